@@ -1,0 +1,77 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one.
+
+With ``BACKUPKIT_TEST_DSN`` set, tests use that server (its user must be able
+to CREATE DATABASE and CREATE ROLE); otherwise one embedded PostgreSQL 18 is
+started for the session.  Each test gets fresh databases from ``make_db``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from backupkit.embedded import temporary_server
+
+
+class Server:
+    """A PostgreSQL server the tests may create and drop databases on."""
+
+    def __init__(self, admin_dsn: str, embedded=None):
+        self.admin_dsn = admin_dsn
+        self.embedded = embedded
+        self._n = itertools.count()
+        self.created: list[str] = []
+
+    def dsn(self, dbname: str) -> str:
+        return make_conninfo(self.admin_dsn, dbname=dbname)
+
+    @property
+    def password(self) -> str | None:
+        return conninfo_to_dict(self.admin_dsn).get("password")
+
+    def createdb(self, prefix: str = "t") -> str:
+        name = f"bk_{prefix}_{next(self._n)}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.created.append(name)
+        return self.dsn(name)
+
+    def dropdb(self, dsn: str) -> None:
+        name = conninfo_to_dict(dsn)["dbname"]
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The session's PostgreSQL server (embedded unless BACKUPKIT_TEST_DSN is set)."""
+    dsn = os.environ.get("BACKUPKIT_TEST_DSN")
+    if dsn:
+        yield Server(dsn)
+        return
+    server = temporary_server().start()
+    try:
+        yield Server(server.dsn(), embedded=server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_db(pg_server):
+    """Factory: ``make_db()`` returns the DSN of a new empty database, dropped after the test."""
+    made = []
+
+    def make(prefix: str = "t") -> str:
+        dsn = pg_server.createdb(prefix)
+        made.append(dsn)
+        return dsn
+
+    yield make
+    for dsn in made:
+        pg_server.dropdb(dsn)
