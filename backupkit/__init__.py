@@ -1,0 +1,38 @@
+"""backupkit: checkable, exactly-restorable snapshots of Supabase / PostgreSQL databases.
+
+The public API is what ``__all__`` lists; modules behind it are private.
+"""
+
+__version__ = "0.1.0"
+
+from .backup import BackupResult, backup
+from .dsn import redact, resolve_dsn
+from .errors import (
+    BackupkitError,
+    ConfigError,
+    ConnectionFailed,
+    LockError,
+    RestoreError,
+    RetentionError,
+    RowLevelSecurityError,
+    SnapshotDamaged,
+    SnapshotError,
+    SnapshotNotFound,
+    SourceError,
+    StorageError,
+    TargetNotEmpty,
+    ToolError,
+)
+from .store import Snapshot, list_snapshots, resolve as resolve_snapshot, set_pin
+from .verify import VerifyReport, ensure_intact, verify
+
+__all__ = [
+    "__version__",
+    "backup", "BackupResult",
+    "verify", "ensure_intact", "VerifyReport",
+    "list_snapshots", "resolve_snapshot", "set_pin", "Snapshot",
+    "resolve_dsn", "redact",
+    "BackupkitError", "ConfigError", "ConnectionFailed", "ToolError", "SourceError",
+    "RowLevelSecurityError", "SnapshotError", "SnapshotNotFound", "SnapshotDamaged",
+    "StorageError", "RestoreError", "TargetNotEmpty", "LockError", "RetentionError",
+]

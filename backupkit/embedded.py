@@ -76,9 +76,10 @@ class EmbeddedServer:
     keeps the data folder so a later process can start it again.
     """
 
-    def __init__(self, datadir: Path | str, *, persistent: bool = False):
+    def __init__(self, datadir: Path | str, *, persistent: bool = False, remove_parent: bool = False):
         self.datadir = Path(datadir).resolve()
         self.persistent = persistent
+        self._remove_parent = remove_parent
         self._started_here = False
 
     # -- paths and credentials -------------------------------------------------
@@ -176,6 +177,8 @@ class EmbeddedServer:
             shutil.rmtree(self.datadir, ignore_errors=True)
             for f in (self._pwfile, self._portfile):
                 f.unlink(missing_ok=True)
+            if self._remove_parent:
+                shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
     def createdb(self, name: str) -> str:
         """Create database ``name`` and return its DSN."""
@@ -197,7 +200,7 @@ def temporary_server() -> EmbeddedServer:
     """A throwaway server in a fresh temporary folder, deleted when stopped."""
     root = Path(tempfile.mkdtemp(prefix="backupkit-pg-"))
     os.chmod(root, 0o755)
-    return EmbeddedServer(root / "data")
+    return EmbeddedServer(root / "data", remove_parent=True)
 
 
 def home() -> Path:

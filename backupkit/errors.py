@@ -12,7 +12,8 @@ one place (``backupkit.cli.EXIT_CODES``); README lists them.
     │   └── RowLevelSecurityError  COPY would silently skip rows hidden by RLS
     ├── SnapshotError          a snapshot folder that cannot be used
     │   ├── SnapshotNotFound
-    │   └── SnapshotDamaged    verification failed; ``problems`` lists why
+    │   ├── SnapshotDamaged    verification failed; ``problems`` lists why
+    │   └── StorageError       the snapshot cannot be written (disk full, permissions)
     ├── RestoreError           the restore stopped; ``left_behind`` says what remains
     │   └── TargetNotEmpty     the target already has tables from the snapshot
     ├── LockError              another backup or prune holds the directory's lock
@@ -70,6 +71,10 @@ class SnapshotDamaged(SnapshotError):
     def __init__(self, message: str, problems: list[str] | None = None, **kw):
         super().__init__(message, **kw)
         self.problems = list(problems or [])
+
+
+class StorageError(SnapshotError):
+    """The backup directory cannot be written: disk full, permissions, read-only."""
 
 
 class RestoreError(BackupkitError):

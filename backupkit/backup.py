@@ -1,0 +1,334 @@
+"""Taking a snapshot: one consistent moment, every table through COPY, written once.
+
+The main connection opens a REPEATABLE READ transaction and exports its
+snapshot; pg_dump and every worker connection import it, as ``pg_dump -j``
+does, so all tables and the schema come from the same instant.  Everything is
+written under ``DIR/.tmp-*`` and renamed into place only after it verifies.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import re
+import secrets
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from tqdm.auto import tqdm
+
+from . import __version__
+from . import manifest as mf
+from .catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
+from .copyio import FileResult, copy_out, copy_source
+from .dsn import POOLER_WARNING, connect, describe, is_transaction_pooler, redact
+from .errors import BackupkitError, RowLevelSecurityError, SourceError, StorageError
+from .lock import DirLock
+from .pgtools import check_pg_dump
+from .schema import dump_schema
+from .store import TMP_PREFIX, check_label, new_id
+from .verify import verify
+
+log = logging.getLogger("backupkit")
+
+#: Tables larger than this on disk are split into ctid ranges so --jobs can share them.
+CHUNK_BYTES = 256 << 20
+
+
+@dataclass
+class BackupResult:
+    """A finished snapshot: where it is, its manifest, and anything worth a warning."""
+
+    path: Path
+    manifest: dict
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def rows(self) -> int:
+        return sum(t["rows"] for t in self.manifest["tables"])
+
+    @property
+    def bytes(self) -> int:
+        return sum(f["bytes"] for f in mf.all_files(self.manifest))
+
+    def summary(self) -> list[dict]:
+        """One row per table: name, rows, compressed bytes, files."""
+        return [{"table": mf.table_key(t), "rows": t["rows"],
+                 "bytes": sum(f["bytes"] for f in t["files"]), "files": len(t["files"])}
+                for t in self.manifest["tables"]]
+
+
+def _encode(name: str) -> str:
+    # Dots are encoded too, so "a.b"."c" and "a"."b.c" get different files.
+    return re.sub(r"[^A-Za-z0-9_-]", lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
+
+
+def _file_stem(table: dict) -> str:
+    return f"{_encode(table['schema'])}.{_encode(table['name'])}"
+
+
+def _chunks(table: dict, chunk_bytes: int, server_version_num: int) -> list[sql.Composable | None]:
+    """ctid ranges covering the table (TID range scans need PostgreSQL 14+)."""
+    size = table["relation_bytes"]
+    if server_version_num < 140000 or size <= chunk_bytes:
+        return [None]
+    pages = size // 8192
+    n = -(-size // chunk_bytes)
+    bounds = [pages * i // n for i in range(1, n)]
+    ranges, lo = [], 0
+    for hi in bounds:
+        ranges.append(sql.SQL("ctid >= {} AND ctid < {}").format(
+            sql.Literal(f"({lo},0)"), sql.Literal(f"({hi},0)")))
+        lo = hi
+    # Open-ended last range: rows are never lost if the relation grew after it was measured.
+    ranges.append(sql.SQL("ctid >= {}").format(sql.Literal(f"({lo},0)")))
+    return ranges
+
+
+def _open_worker(dsn: str, snapshot: str) -> psycopg.Connection:
+    conn = connect(dsn)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+    return conn
+
+
+def _storage_error(exc: OSError, where: Path) -> StorageError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    hint = "free some space or back up to another --to folder" if exc.errno == errno.ENOSPC else \
+        "check the folder's permissions and that it is writable"
+    return StorageError(f"cannot write the snapshot under {where}: {reason}", hint=hint)
+
+
+def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables: list[str] = (),
+           exclude: list[str] = (), jobs: int = 1, label: str | None = None,
+           allow_partial: bool = False, progress: bool | None = None,
+           chunk_bytes: int = CHUNK_BYTES, on_snapshot=None) -> BackupResult:
+    """Back up ``dsn`` into a new snapshot folder under ``to`` and return it.
+
+    ``schemas`` defaults to ``["public"]``; ``tables``/``exclude`` take
+    ``schema.table`` names.  ``on_snapshot(snapshot_id)`` is called once the
+    consistent moment is fixed, before any data is read.
+    """
+    started = time.monotonic()
+    label = check_label(label)
+    if jobs < 1:
+        raise BackupkitError("--jobs must be at least 1")
+    schemas = list(schemas or ["public"])
+    for t in [*tables, *exclude]:
+        if "." not in t:
+            raise BackupkitError(f"table {t!r} needs a schema: write it as schema.table")
+        if t.split(".", 1)[0] not in schemas:
+            schemas.append(t.split(".", 1)[0])
+    to = Path(to)
+    try:
+        to.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _storage_error(exc, to) from None
+    warnings = [POOLER_WARNING] if is_transaction_pooler(dsn) else []
+    with DirLock(to, "backup") as lock:
+        if lock.took_over:
+            warnings.append(lock.took_over)
+        result = _backup_locked(dsn, to, schemas, list(tables), list(exclude), jobs, label,
+                                allow_partial, progress, chunk_bytes, on_snapshot, warnings)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partial, progress,
+                   chunk_bytes, on_snapshot, warnings) -> BackupResult:
+    main = connect(dsn)
+    tmp: Path | None = None
+    try:
+        main.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        main.read_only = True
+        snapshot = main.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        now = datetime.now(timezone.utc)
+        server = main.execute(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
+            "current_setting('server_encoding'), current_database()").fetchone()
+        _, pg_dump_version = check_pg_dump(server[1])
+        main.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+        missing = sorted(set(schemas) - set(existing_schemas(main, schemas)))
+        if missing:
+            raise SourceError(f"no such schema: {', '.join(missing)}",
+                              hint="check the --schema names (`backupkit check` lists what is there)")
+        role = role_info(main)
+        chosen = select_tables(list_tables(main, schemas), include, exclude)
+        hidden = [t for t in chosen if not t["rls"]["bypassed"]]
+        if hidden and not allow_partial:
+            names = ", ".join(mf.table_key(t) for t in hidden)
+            raise RowLevelSecurityError(
+                f"row-level security would hide rows of {names} from role {role['user']}, "
+                "so the backup would silently be partial",
+                hint="connect as the tables' owner or a role with BYPASSRLS (Supabase: the postgres "
+                     "role), or pass --allow-partial to back up only the visible rows",
+            )
+        for t in chosen:
+            main.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                sql.Identifier(t["schema"], t["name"])))
+        sequences = list_sequences(main, schemas)
+        matviews = list_matviews(main, schemas)
+        if on_snapshot:
+            on_snapshot(snapshot)
+
+        sid = new_id(now, label)
+        tmp = to / f"{TMP_PREFIX}{sid}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir(mode=0o700)
+            (tmp / "data").mkdir(mode=0o700)
+            dump_schema(dsn, tmp, snapshot=snapshot, schemas=schemas, tables=include, exclude=exclude)
+        except OSError as exc:
+            raise _storage_error(exc, to) from None
+        results = _copy_all(dsn, snapshot, chosen, tmp, jobs, chunk_bytes, server[1], progress)
+
+        src = describe(dsn)
+        manifest = {
+            "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
+            "id": sid, "label": label,
+            "created_at": now.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
+            "backupkit_version": __version__,
+            "source": {**src, "server_version": server[0], "server_version_num": server[1],
+                       "encoding": server[2], "database": server[3],
+                       "pg_dump_version": "%d.%d" % pg_dump_version},
+            "transaction_snapshot": snapshot,
+            "rls_bypass": bool(role["superuser"] or role["bypassrls"]),
+            "partial": bool(hidden),
+            "partial_tables": [mf.table_key(t) for t in hidden],
+            "schemas": schemas, "include_tables": include, "exclude_tables": exclude,
+            "tables": [_table_entry(t, results[mf.table_key(t)]) for t in chosen],
+            "sequences": [{k: s[k] for k in ("schema", "name", "last_value", "is_called", "owned_by")}
+                          for s in sequences],
+            "materialized_views": matviews,
+            "schema_files": [_file_entry(tmp, p) for p in sorted((tmp / "schema").iterdir())],
+        }
+        try:
+            mf.write(tmp, manifest)
+        except OSError as exc:
+            raise _storage_error(exc, to) from None
+        report = verify(tmp)
+        if not report.ok:
+            raise StorageError("the snapshot did not verify right after writing: " + "; ".join(report.problems),
+                               hint="the storage under --to may be faulty; try another folder")
+        final = to / sid
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(to)
+        tmp = None
+        if hidden:
+            warnings.append("partial backup: only rows visible to %s were copied from %s"
+                            % (role["user"], ", ".join(manifest["partial_tables"])))
+        return BackupResult(final, mf.read(final), warnings)
+    except psycopg.Error as exc:
+        raise SourceError(f"the database stopped the backup: {redact(str(exc).strip(), dsn)}",
+                          hint="nothing was written; fix the cause and run the backup again") from None
+    finally:
+        main.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _table_entry(t: dict, files: list[FileResult]) -> dict:
+    keep = ("schema", "name", "parent", "is_partition", "columns", "copy_columns", "primary_key",
+            "foreign_keys", "indexes", "rls")
+    entry = {k: t[k] for k in keep}
+    entry["rows"] = sum(f.rows for f in files)
+    entry["files"] = [f.to_dict() for f in files]
+    return entry
+
+
+def _file_entry(folder: Path, path: Path) -> dict:
+    from .verify import sha256_file
+
+    return {"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_all(dsn, snapshot, tables, folder, jobs, chunk_bytes, server_version_num, progress):
+    """Copy every (table, chunk) with ``jobs`` worker connections sharing the snapshot."""
+    work: queue.Queue = queue.Queue()
+    items = []
+    for t in sorted(tables, key=lambda t: -t["relation_bytes"]):
+        for n, where in enumerate(_chunks(t, chunk_bytes, server_version_num)):
+            items.append((t, n, where))
+    for it in items:
+        work.put(it)
+    results: dict[str, list[FileResult]] = {mf.table_key(t): [] for t in tables}
+    remaining = {mf.table_key(t): 0 for t in tables}
+    for t, _, _ in items:
+        remaining[mf.table_key(t)] += 1
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    guard = threading.Lock()
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(tables), unit="table", desc="backup", disable=not show, file=sys.stderr)
+    rows_done = [0]
+
+    def worker():
+        try:
+            conn = _open_worker(dsn, snapshot)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+            stop.set()
+            return
+        try:
+            while not stop.is_set():
+                try:
+                    t, n, where = work.get_nowait()
+                except queue.Empty:
+                    return
+                key = mf.table_key(t)
+                dest = folder / "data" / f"{_file_stem(t)}.{n:04d}.csv.zst"
+                if not t["rls"]["bypassed"]:
+                    conn.execute("SELECT pg_catalog.set_config('row_security', 'on', false)")
+                res = copy_out(conn, copy_source(t, where), dest, folder)
+                if not t["rls"]["bypassed"]:
+                    conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+                with guard:
+                    results[key].append((n, res))
+                    remaining[key] -= 1
+                    rows_done[0] += res.rows
+                    if remaining[key] == 0:
+                        bar.update(1)
+                        bar.set_postfix(rows=rows_done[0], refresh=False)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            stop.set()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, name=f"backupkit-copy-{i}") for i in range(min(jobs, len(items)) or 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    bar.close()
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, OSError):
+            raise _storage_error(exc, folder.parent)
+        raise exc
+    return {k: [r for _, r in sorted(v, key=lambda nr: nr[0])] for k, v in results.items()}

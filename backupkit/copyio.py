@@ -1,0 +1,151 @@
+"""Moving table data in blocks: COPY out to a zstd file, and zstd file back into COPY.
+
+Data never sits whole in memory: rows are gathered into blocks of about
+``BLOCK`` bytes, compressed and hashed as they go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import zstandard
+from psycopg import sql
+
+from .errors import SnapshotDamaged
+
+BLOCK = 1 << 20
+ZSTD_LEVEL = 3
+COPY_OPTIONS = sql.SQL("(FORMAT csv)")
+
+
+@dataclass
+class FileResult:
+    """What was written: relative path, compressed bytes, SHA-256 of those bytes, rows."""
+
+    path: str
+    bytes: int
+    sha256: str
+    rows: int
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "rows": self.rows}
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def copy_source(table: dict, where: sql.Composable | None = None) -> sql.Composed:
+    """The COPY TO statement for a manifest table entry (generated columns left out)."""
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
+    rel = sql.Identifier(table["schema"], table["name"])
+    if where is None:
+        return sql.SQL("COPY {} ({}) TO STDOUT {}").format(rel, cols, COPY_OPTIONS)
+    # ONLY: an inheritance parent's chunks must not pick up its children's rows.
+    return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT {}").format(cols, rel, where, COPY_OPTIONS)
+
+
+def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, folder: Path,
+             on_rows=None) -> FileResult:
+    """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into ``dest``."""
+    rows = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw:
+        hashed = _HashingFile(raw)
+        zw = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(hashed, closefd=False)
+        buf = bytearray()
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for row in copy:
+                buf += row
+                rows += 1
+                if len(buf) >= BLOCK:
+                    zw.write(buf)
+                    buf.clear()
+                    if on_rows:
+                        on_rows(rows)
+        zw.write(buf)
+        zw.flush(zstandard.FLUSH_FRAME)
+        zw.close()
+        raw.flush()
+        os.fsync(raw.fileno())
+    if on_rows:
+        on_rows(rows)
+    return FileResult(str(dest.relative_to(folder)), hashed.size, hashed.sha.hexdigest(), rows)
+
+
+def iter_file_blocks(path: Path, expected_sha256: str | None = None, size: int = BLOCK):
+    """Yield the decompressed content of a data file in blocks.
+
+    With ``expected_sha256`` the compressed bytes are hashed as they are read and
+    a mismatch raises SnapshotDamaged after the last block, so a caller inside
+    a transaction can roll back what it loaded.
+    """
+    sha = hashlib.sha256()
+    with open(path, "rb") as raw:
+
+        class _Hashing:
+            def read(self, n: int = -1) -> bytes:
+                data = raw.read(n)
+                sha.update(data)
+                return data
+
+        reader = zstandard.ZstdDecompressor().stream_reader(_Hashing(), read_across_frames=True)
+        while True:
+            block = reader.read(size)
+            if not block:
+                break
+            yield block
+        # Hash any tail the decompressor did not need to read.
+        while raw_tail := raw.read(size):
+            sha.update(raw_tail)
+    if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
+        raise SnapshotDamaged(f"{path.name} changed while it was being read (checksum mismatch)",
+                              [f"{path.name}: checksum mismatch"])
+
+
+def copy_in(conn: psycopg.Connection, table: dict, folder: Path) -> int:
+    """Load every data file of a manifest table entry with ``COPY ... FROM STDIN``; returns bytes fed."""
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
+        sql.Identifier(table["schema"], table["name"]), cols, COPY_OPTIONS)
+    fed = 0
+    with conn.cursor() as cur, cur.copy(stmt) as copy:
+        for f in table["files"]:
+            for block in iter_file_blocks(folder / f["path"], f["sha256"]):
+                copy.write(block)
+                fed += len(block)
+    return fed
+
+
+def count_rows(path: Path) -> int:
+    """Rows in a data file, counted by decompressing it (CSV rows may contain newlines)."""
+    rows = 0
+    in_quotes = False
+    for block in iter_file_blocks(path):
+        # A newline ends a row only outside quotes; "" inside quotes toggles twice, harmlessly.
+        if b'"' not in block and not in_quotes:
+            rows += block.count(b"\n")
+            continue
+        for part_no, part in enumerate(block.split(b'"')):
+            if part_no:
+                in_quotes = not in_quotes
+            if not in_quotes:
+                rows += part.count(b"\n")
+    return rows

@@ -1,0 +1,120 @@
+"""Finding, describing and connecting with a DSN without ever showing its password."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .errors import ConfigError, ConnectionFailed
+
+#: Environment variables consulted, in order, when no DSN is given.
+DSN_ENV_VARS = ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")
+
+#: Session settings for every connection, so COPY text is the same whatever the
+#: server's or role's defaults (Supabase sets statement_timeout per role).
+SESSION_SETTINGS = {
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "client_encoding": "UTF8",
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+}
+
+
+def resolve_dsn(dsn: str | None = None, env: Mapping[str, str] | None = None,
+                env_var: str | None = None) -> str:
+    """Return ``dsn``, else the first of ``$BACKUPKIT_DSN``, ``$DATABASE_URL``, ``$SUPABASE_DB_URL``.
+
+    ``env_var`` names one variable to read instead (notebooks take the *name*
+    of the variable as a parameter so the secret never enters the notebook).
+    """
+    env = os.environ if env is None else env
+    if dsn:
+        return dsn
+    names = (env_var,) if env_var else DSN_ENV_VARS
+    for name in names:
+        if env.get(name):
+            return env[name]
+    raise ConfigError(
+        "no database given",
+        hint=f"pass --dsn or set {' or '.join('$' + n for n in names)}",
+    )
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        return conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None
+
+
+def redact(text: str, dsn: str | None = None) -> str:
+    """``text`` with any password (from ``dsn`` or URI/key=value syntax) replaced by ``****``."""
+    if dsn:
+        pw = _password(dsn)
+        if pw:
+            text = text.replace(pw, "****")
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1****@", text)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1****", text, flags=re.I)
+
+
+def describe(dsn: str) -> dict:
+    """host, port, database and user of ``dsn`` (never the password)."""
+    try:
+        d = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"not a valid DSN: {redact(str(exc), dsn)}",
+                          hint="use postgresql://user:password@host:5432/dbname") from None
+    return {
+        "host": d.get("host") or d.get("hostaddr") or "localhost",
+        "port": int(d.get("port") or 5432),
+        "database": d.get("dbname") or d.get("user") or "postgres",
+        "user": d.get("user") or os.environ.get("PGUSER") or "",
+    }
+
+
+def split_password(dsn: str) -> tuple[str, dict[str, str]]:
+    """The DSN without its password and an env dict carrying it, for child processes.
+
+    Passing the password on a command line would show it in ``ps``.
+    """
+    d = conninfo_to_dict(dsn)
+    pw = d.pop("password", None)
+    return make_conninfo("", **d), ({"PGPASSWORD": pw} if pw else {})
+
+
+def is_transaction_pooler(dsn: str) -> bool:
+    """True when ``dsn`` goes through Supabase's transaction pooler (port 6543)."""
+    return describe(dsn)["port"] == 6543
+
+
+POOLER_WARNING = (
+    "this DSN goes through a transaction pooler (port 6543): exported snapshots and "
+    "long transactions do not work there; use the session pooler (port 5432) or the "
+    "direct connection string from Supabase's Connect dialog"
+)
+
+
+def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit") -> psycopg.Connection:
+    """Open a connection with backupkit's session settings; errors never carry the password."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, application_name=application, connect_timeout=15)
+    except psycopg.OperationalError as exc:
+        where = describe(dsn)
+        reason = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc), dsn)
+        raise ConnectionFailed(
+            f"cannot connect to {where['host']}:{where['port']}/{where['database']} "
+            f"as {where['user'] or '(default user)'}: {reason}",
+            hint="check host, port, user and password in the DSN, and that the server accepts connections",
+        ) from None
+    for name, value in SESSION_SETTINGS.items():
+        conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+    conn.autocommit = autocommit
+    return conn

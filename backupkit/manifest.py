@@ -1,0 +1,76 @@
+"""manifest.json: reading, writing and the self-checksum that makes edits visible."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import SnapshotDamaged, SnapshotNotFound
+
+FORMAT = "backupkit-snapshot"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON, without its own ``manifest_sha256``."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seal(manifest: dict) -> dict:
+    """Return ``manifest`` with ``manifest_sha256`` set."""
+    return {**manifest, "manifest_sha256": digest(manifest)}
+
+
+def write(folder: Path, manifest: dict) -> Path:
+    """Write the sealed manifest (0600) into ``folder`` and fsync it."""
+    path = folder / MANIFEST
+    data = json.dumps(seal(manifest), indent=2, ensure_ascii=False).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def read(folder: Path | str) -> dict:
+    """Load a snapshot's manifest, checking it is one; the checksum is checked by verify."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise SnapshotNotFound(f"no snapshot at {folder}",
+                               hint="run `backupkit list DIR` to see the snapshots there")
+    if not path.is_file():
+        raise SnapshotDamaged(f"{folder} has no {MANIFEST}", [f"missing {MANIFEST}"],
+                              hint="this is not a complete snapshot; do not restore from it")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SnapshotDamaged(f"{path} is not valid JSON: {exc}", [f"{MANIFEST} unreadable"]) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SnapshotDamaged(f"{path} is not a backupkit manifest", [f"{MANIFEST} has the wrong format"])
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise SnapshotDamaged(
+            f"{folder} was written by a newer backupkit (format {manifest['format_version']})",
+            [f"unsupported format_version {manifest['format_version']}"],
+            hint="upgrade backupkit to read it",
+        )
+    return manifest
+
+
+def table_key(table: dict) -> str:
+    """``schema.name`` of a manifest table entry."""
+    return f"{table['schema']}.{table['name']}"
+
+
+def all_files(manifest: dict) -> list[dict]:
+    """Every file entry (schema and data) the manifest vouches for."""
+    files = list(manifest.get("schema_files", []))
+    for t in manifest.get("tables", []):
+        files.extend(t.get("files", []))
+    return files

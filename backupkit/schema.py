@@ -1,0 +1,116 @@
+"""The schema half of a snapshot: a real ``pg_dump --schema-only``, split like pg_restore.
+
+Backup stores the custom-format archive (``schema.dump``) as the restore
+source and renders its pre-data and post-data sections as plain SQL for people
+and diffs.  Restore asks ``pg_restore`` to render chosen TOC entries of one
+section to SQL, which backupkit runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .pgtools import find_tool, run_tool
+
+DUMP = "schema/schema.dump"
+PRE_DATA = "schema/pre-data.sql"
+POST_DATA = "schema/post-data.sql"
+
+#: TOC entry types that belong to one table, named "table ..." in the TOC tag.
+_TABLE_TAGGED = {"CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
+                 "DEFAULT", "ROW SECURITY", "RULE"}
+_MULTIWORD = sorted(
+    ["FK CONSTRAINT", "CHECK CONSTRAINT", "ROW SECURITY", "SEQUENCE OWNED BY", "SEQUENCE SET",
+     "TABLE DATA", "DEFAULT ACL", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FOREIGN TABLE",
+     "TABLE ATTACH", "INDEX ATTACH", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
+     "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "FOREIGN DATA WRAPPER", "FOREIGN SERVER",
+     "USER MAPPING", "EVENT TRIGGER", "OPERATOR CLASS", "OPERATOR FAMILY", "PROCEDURAL LANGUAGE",
+     "SHELL TYPE", "ACCESS METHOD", "DATABASE PROPERTIES", "LARGE OBJECT", "PUBLICATION TABLE",
+     "PUBLICATION TABLES IN SCHEMA", "STATISTICS DATA", "BLOB METADATA"],
+    key=len, reverse=True)
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One line of ``pg_restore -l``: its id, object type and the rest (schema, tag, owner)."""
+
+    line: str
+    type: str
+    rest: str
+
+    def belongs_to(self, schema: str, name: str) -> bool:
+        """True when this entry's schema and tag start with the given ``schema`` and ``name``."""
+        return self.rest.startswith(f"{schema} {name} ") or self.rest == f"{schema} {name}"
+
+
+def dump_schema(dsn: str, folder: Path, *, snapshot: str, schemas: list[str],
+                tables: list[str] | None = None, exclude: list[str] | None = None) -> list[Path]:
+    """Run pg_dump --schema-only inside the exported ``snapshot``; write archive and SQL files."""
+    pg_dump = find_tool("pg_dump")
+    (folder / "schema").mkdir(mode=0o700)
+    args = ["--schema-only", "--format=custom", f"--snapshot={snapshot}", "--no-sync",
+            f"--file={folder / DUMP}"]
+    args += [f"--schema={_pattern(s)}" for s in schemas]
+    args += [f"--table={_pattern(*t.split('.', 1))}" for t in tables or []]
+    args += [f"--exclude-table={_pattern(*t.split('.', 1))}" for t in exclude or []]
+    run_tool(pg_dump, args, dsn)
+    for section, rel in (("pre-data", PRE_DATA), ("post-data", POST_DATA)):
+        sql_text = render(folder / DUMP, section)
+        (folder / rel).write_text(sql_text)
+    paths = [folder / DUMP, folder / PRE_DATA, folder / POST_DATA]
+    for p in paths:
+        p.chmod(0o600)
+    return paths
+
+
+def _pattern(*parts: str) -> str:
+    """A pg_dump name pattern matching exactly these names (quotes defeat wildcards and dots)."""
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+def toc(dump: Path) -> list[TocEntry]:
+    """The archive's table of contents, comments dropped."""
+    out = run_tool(find_tool("pg_restore"), ["--list", str(dump)], text=True).stdout
+    entries = []
+    for line in out.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        m = re.match(r"^\d+; \d+ \d+ (.*)$", line)
+        if not m:
+            continue
+        body = m.group(1)
+        etype = next((t for t in _MULTIWORD if body.startswith(t + " ")), body.split(" ", 1)[0])
+        entries.append(TocEntry(line, etype, body[len(etype) + 1:]))
+    return entries
+
+
+def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
+           no_owner: bool = False, no_acl: bool = False) -> str:
+    """SQL for one section of the archive, optionally only the given TOC entries.
+
+    psql meta-commands (``\\restrict``) are removed: the SQL runs through psycopg.
+    """
+    args = [f"--section={section}", "--file=-"]
+    if no_owner:
+        args.append("--no-owner")
+    if no_acl:
+        args.append("--no-acl")
+    list_file = None
+    if entries is not None:
+        # A temporary file, never inside the snapshot: snapshots are write-once.
+        fd, name = tempfile.mkstemp(prefix="backupkit-toc-", suffix=".list")
+        list_file = Path(name)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(e.line + "\n" for e in entries))
+        args.append(f"--use-list={list_file}")
+    try:
+        out = run_tool(find_tool("pg_restore"), [*args, str(dump)], text=True).stdout
+    finally:
+        if list_file is not None:
+            list_file.unlink(missing_ok=True)
+    return "".join(l for l in out.splitlines(keepends=True) if not l.startswith("\\"))
+

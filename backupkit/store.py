@@ -1,0 +1,151 @@
+"""The backup directory: which folders are snapshots, which are unfinished, which are pinned.
+
+Layout of ``DIR``::
+
+    DIR/<id>/            complete snapshots (renamed into place when verified)
+    DIR/.tmp-<id>-<r>/   a backup being written, or left by a crash
+    DIR/.trash-<id>-<r>/ a snapshot being deleted by prune
+    DIR/.pins/<id>       pin markers (outside the snapshot, which never changes)
+    DIR/.lock            held by a running backup or prune
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from . import manifest as mf
+from .errors import ConfigError, SnapshotError, SnapshotNotFound
+
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+PINS = ".pins"
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass
+class Snapshot:
+    """A complete snapshot folder and the summary its manifest gives."""
+
+    id: str
+    path: Path
+    created_at: datetime | None
+    label: str | None = None
+    tables: int = 0
+    rows: int = 0
+    bytes: int = 0
+    pinned: bool = False
+    partial: bool = False
+    error: str | None = None  # set when the manifest cannot be read
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "path": str(self.path),
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "label": self.label, "tables": self.tables, "rows": self.rows, "bytes": self.bytes,
+            "pinned": self.pinned, "partial": self.partial, "error": self.error,
+        }
+
+
+@dataclass
+class Unfinished:
+    """A temporary folder: a backup in progress or one that crashed, or an interrupted delete."""
+
+    path: Path
+    kind: str  # "tmp" or "trash"
+    age_seconds: float = field(default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "age_seconds": round(self.age_seconds)}
+
+
+def check_label(label: str | None) -> str | None:
+    """Validate a snapshot label (it becomes part of a folder name)."""
+    if label is None or LABEL_RE.match(label):
+        return label
+    raise ConfigError(f"invalid label {label!r}",
+                      hint="use letters, digits, '.', '_' and '-' only (at most 64)")
+
+
+def new_id(now: datetime, label: str | None) -> str:
+    """Snapshot id from the UTC start time (milliseconds) and optional label."""
+    stamp = now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
+    return f"{stamp}-{label}" if label else stamp
+
+
+def _summary(path: Path, pinned: set[str]) -> Snapshot:
+    try:
+        m = mf.read(path)
+        return Snapshot(
+            id=path.name, path=path, created_at=datetime.fromisoformat(m["created_at"]),
+            label=m.get("label"), tables=len(m["tables"]),
+            rows=sum(t["rows"] for t in m["tables"]),
+            bytes=sum(f["bytes"] for f in mf.all_files(m)),
+            pinned=path.name in pinned, partial=bool(m.get("partial")),
+        )
+    except (SnapshotError, KeyError, TypeError, ValueError) as exc:
+        return Snapshot(id=path.name, path=path, created_at=None, pinned=path.name in pinned,
+                        error=str(exc))
+
+
+def pins(directory: Path) -> set[str]:
+    """Ids pinned in ``directory``."""
+    d = Path(directory) / PINS
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def list_snapshots(directory: Path | str) -> tuple[list[Snapshot], list[Unfinished]]:
+    """Complete snapshots newest first, and unfinished temporary folders."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SnapshotNotFound(f"{directory} is not a directory",
+                               hint="pass the folder given to `backupkit backup --to`")
+    pinned = pins(directory)
+    snaps, unfinished = [], []
+    now = time.time()
+    for entry in sorted(directory.iterdir()):
+        if not entry.is_dir():
+            continue
+        if entry.name.startswith(TMP_PREFIX) or entry.name.startswith(TRASH_PREFIX):
+            kind = "tmp" if entry.name.startswith(TMP_PREFIX) else "trash"
+            unfinished.append(Unfinished(entry, kind, now - entry.stat().st_mtime))
+        elif not entry.name.startswith("."):
+            snaps.append(_summary(entry, pinned))
+    snaps.sort(key=lambda s: (s.created_at is not None, s.created_at or datetime.min, s.id), reverse=True)
+    return snaps, unfinished
+
+
+def resolve(directory_or_snapshot: Path | str, ref: str | None = None) -> Path:
+    """A snapshot folder from a path, or from ``DIR`` plus an id / ``latest`` / ``latest~1``."""
+    base = Path(directory_or_snapshot)
+    if ref is None:
+        if (base / mf.MANIFEST).exists() or not base.is_dir():
+            return base
+        ref = "latest"
+    m = re.fullmatch(r"latest(?:~(\d+))?", ref)
+    if m:
+        snaps = [s for s in list_snapshots(base)[0] if s.error is None]
+        n = int(m.group(1) or 0)
+        if n >= len(snaps):
+            raise SnapshotNotFound(f"{base} has only {len(snaps)} complete snapshot(s); no {ref}")
+        return snaps[n].path
+    return base / ref
+
+
+def set_pin(snapshot: Path | str, pinned: bool = True) -> bool:
+    """Pin (or unpin) a snapshot so prune never removes it; returns the new state."""
+    snapshot = Path(snapshot)
+    mf.read(snapshot)
+    pin_dir = snapshot.parent / PINS
+    marker = pin_dir / snapshot.name
+    if pinned:
+        pin_dir.mkdir(mode=0o700, exist_ok=True)
+        marker.write_text(datetime.now().astimezone().isoformat() + "\n")
+        os.chmod(marker, 0o600)
+    else:
+        marker.unlink(missing_ok=True)
+    return pinned
