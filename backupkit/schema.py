@@ -89,7 +89,7 @@ def toc(dump: Path) -> list[TocEntry]:
 
 
 def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
-           no_owner: bool = False, no_acl: bool = False) -> str:
+           no_owner: bool = False, no_acl: bool = False, clean: bool = False) -> str:
     """SQL for one section of the archive, optionally only the given TOC entries.
 
     psql meta-commands (``\\restrict``) are removed: the SQL runs through psycopg.
@@ -99,6 +99,8 @@ def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
         args.append("--no-owner")
     if no_acl:
         args.append("--no-acl")
+    if clean:
+        args += ["--clean", "--if-exists"]
     list_file = None
     if entries is not None:
         # A temporary file, never inside the snapshot: snapshots are write-once.

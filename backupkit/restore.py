@@ -1,0 +1,356 @@
+"""Restoring a snapshot exactly, in pg_restore's order, atomically where PostgreSQL allows.
+
+Order: (clean) → pre-data DDL → table data by ``COPY FROM STDIN`` → post-data
+(indexes, constraints, foreign keys, triggers, policies) → sequences → refresh
+of materialized views.  Triggers and foreign keys are created after the data,
+so none fires and table order never matters.
+
+With one job everything runs in one transaction: any error leaves the target
+exactly as it was.  With ``jobs > 1`` the data loads in parallel transactions;
+on error the objects this restore created are dropped again, and anything
+that could not be undone is named in the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from tqdm.auto import tqdm
+
+from . import manifest as mf
+from .copyio import copy_in
+from .dsn import connect, redact
+from .errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
+from .schema import DUMP, TocEntry, render, toc
+from .selection import select_tables
+from .verify import ensure_intact
+
+log = logging.getLogger("backupkit")
+
+_DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
+_ACL_GRANTEE = re.compile(r"\b(?:TO|FROM)\s+(.+?)(?:\s+WITH GRANT OPTION)?;\s*$")
+_GLOBAL_TYPES = {"SCHEMA", "TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "COLLATION",
+                 "EXTENSION", "SHELL TYPE", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
+                 "OPERATOR", "CAST"}
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do; ``restore(..., dry_run=True)`` returns it without touching anything."""
+
+    snapshot: Path
+    tables: list[dict]
+    existing: list[str]
+    drop_first: bool
+    schema: bool
+    data: bool
+    full: bool = True
+    skipped_grants: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        """Human-readable steps."""
+        steps = [f"verify snapshot {self.snapshot.name}"]
+        if self.drop_first and self.existing:
+            steps.append(f"drop existing tables first (--clean): {', '.join(self.existing)}")
+        if self.schema:
+            steps.append("create schema objects (pre-data)")
+        if self.data:
+            rows = sum(t["rows"] for t in self.tables)
+            steps.append(f"load {len(self.tables)} tables, {rows} rows, with COPY")
+        if self.schema:
+            steps.append("create indexes, constraints, foreign keys, triggers, policies (post-data)")
+        steps.append("set sequences; refresh materialized views")
+        return steps
+
+    def to_dict(self) -> dict:
+        return {"snapshot": str(self.snapshot), "tables": [mf.table_key(t) for t in self.tables],
+                "rows": sum(t["rows"] for t in self.tables), "existing": self.existing,
+                "clean": self.drop_first, "schema": self.schema, "data": self.data,
+                "steps": self.describe()}
+
+
+@dataclass
+class RestoreResult:
+    """A finished restore."""
+
+    plan: RestorePlan
+    rows: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return {**self.plan.to_dict(), "rows_loaded": self.rows, "seconds": round(self.seconds, 3),
+                "warnings": self.warnings, "dry_run": self.dry_run}
+
+
+def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
+    if not keys:
+        return []
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname || '.' || c.relname = ANY(%s)",
+        (keys,)).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def _wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], full: bool,
+                    target: psycopg.Connection) -> list[TocEntry]:
+    """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``."""
+    schemas = {r[0] for r in target.execute("SELECT nspname FROM pg_namespace").fetchall()}
+    # An existing schema (public, always) must not be created again nor re-commented.
+    def keep_global(e: TocEntry) -> bool:
+        if e.type == "SCHEMA":
+            return e.rest.split(" ")[1] not in schemas and not any(
+                e.rest.startswith(f"- {s} ") for s in schemas)
+        if e.type == "COMMENT" and e.rest.startswith("- SCHEMA "):
+            return not any(e.rest.startswith(f"- SCHEMA {s} ") for s in schemas)
+        return True
+
+    if full:
+        return [e for e in entries if keep_global(e)]
+    wanted = []
+    seqs = {(s["schema"], s["name"]) for s in manifest.get("sequences", [])
+            if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in {mf.table_key(t) for t in chosen}}
+    names = {(t["schema"], t["name"]) for t in chosen}
+    names |= {tuple(t["parent"].split(".", 1)) for t in chosen if t.get("parent") and t.get("is_partition")}
+    indexes = {(t["schema"], i) for t in chosen for i in t.get("indexes", [])}
+    for e in entries:
+        if e.type in ("TABLE", "TABLE ATTACH"):
+            ok = any(e.belongs_to(s, n) for s, n in names)
+        elif e.type in ("INDEX", "INDEX ATTACH"):
+            ok = any(e.belongs_to(s, i) for s, i in indexes)
+        elif e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
+            ok = any(e.belongs_to(s, n) for s, n in seqs)
+        elif e.type in ("COMMENT", "ACL", "SECURITY LABEL"):
+            ok = any(e.rest.startswith(f"{s} TABLE {n} ") or e.rest.startswith(f"{s} COLUMN {n}.")
+                     or e.rest.startswith(f"{s} SEQUENCE {n} ") for s, n in names | seqs)
+        elif e.type in ("CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
+                        "DEFAULT", "ROW SECURITY", "RULE"):
+            ok = any(e.belongs_to(s, n) for s, n in names)
+        elif e.type in _GLOBAL_TYPES:
+            ok = keep_global(e) and e.type == "SCHEMA"
+        else:
+            ok = False
+        if ok:
+            wanted.append(e)
+    return wanted
+
+
+def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
+    """Drop GRANT/REVOKE lines naming roles the target lacks (Supabase's roles on plain PostgreSQL)."""
+    kept, skipped = [], []
+    for line in script.splitlines(keepends=True):
+        m = _ACL_GRANTEE.search(line) if line.startswith(("GRANT ", "REVOKE ")) else None
+        if m:
+            grantee = m.group(1).strip().strip('"')
+            if grantee.upper() != "PUBLIC" and grantee not in roles:
+                skipped.append(line.strip())
+                continue
+        kept.append(line)
+    return "".join(kept), skipped
+
+
+def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: list[str] = (),
+            with_dependencies: bool = False, schema_only: bool = False, data_only: bool = False,
+            clean: bool = False, jobs: int = 1, owner: bool = False, dry_run: bool = False,
+            progress: bool | None = None, _fail_after_tables: int | None = None) -> RestoreResult:
+    """Restore ``snapshot`` into the database at ``dsn`` and return what was done.
+
+    The snapshot is verified first; a damaged one restores nothing.  The target
+    must not already have the snapshot's tables unless ``clean`` (drop them
+    first; with ``data_only``: empty them).  ``owner=False`` (the default)
+    leaves objects owned by the connecting role, which is what a Supabase or
+    fresh database needs; GRANTs to roles the target lacks are skipped and reported.
+    """
+    started = time.monotonic()
+    if schema_only and data_only:
+        raise ConfigError("--schema-only and --data-only exclude each other")
+    if jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    folder = Path(snapshot)
+    manifest = ensure_intact(folder)
+    chosen = select_tables(manifest, list(tables), list(schemas), with_dependencies)
+    full = not tables and not schemas
+    keys = [mf.table_key(t) for t in chosen]
+    with connect(dsn) as conn:
+        existing = _existing_tables(conn, keys + sorted(
+            {t["parent"] for t in chosen if t.get("parent") and t.get("is_partition")}))
+        if data_only:
+            missing = sorted(set(keys) - set(existing))
+            if missing:
+                raise RestoreError(f"--data-only needs the tables to exist; missing: {', '.join(missing)}",
+                                   hint="restore without --data-only to create them")
+            nonempty = [k for k in keys if conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*k.split(".", 1)))).fetchone()[0]]
+            if nonempty and not clean:
+                raise TargetNotEmpty(f"the target's tables already hold rows: {', '.join(nonempty)}",
+                                     hint="pass --clean to empty them first, or restore elsewhere")
+        elif existing and not clean:
+            raise TargetNotEmpty(
+                f"the target already has {len(existing)} of the snapshot's tables: "
+                + ", ".join(existing[:10]) + (" ..." if len(existing) > 10 else ""),
+                hint="restore into an empty database, or pass --clean to drop those tables first",
+            )
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+        plan = RestorePlan(folder, chosen, existing, clean and bool(existing), not data_only, not schema_only,
+                           full)
+        entries = [] if data_only else _wanted_entries(toc(folder / DUMP), manifest, chosen, full, conn)
+    result = RestoreResult(plan, dry_run=dry_run)
+    if dry_run:
+        return result
+
+    dump = folder / DUMP
+    scripts = {}
+    if not data_only:
+        for section in ("pre-data", "post-data"):
+            text = render(dump, section, entries, no_owner=not owner)
+            scripts[section], skipped = _filter_grants(text, roles)
+            plan.skipped_grants += skipped
+        # pg_restore --clean writes the DROPs in reverse dependency order; keep just those.
+        drops = "".join(l for section in ("post-data", "pre-data")
+                        for l in render(dump, section, entries, clean=True).splitlines(keepends=True)
+                        if _DROP_LINE.match(l))
+        scripts["undo"] = drops or "SELECT 1"
+        if plan.drop_first:
+            # Schemas that existed before are left alone; their other contents are not ours.
+            scripts["clean"] = "".join(l for l in drops.splitlines(keepends=True)
+                                       if not l.startswith("DROP SCHEMA")) or "SELECT 1"
+    if plan.skipped_grants:
+        result.warnings.append(f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
+                               "does not have (e.g. " + plan.skipped_grants[0] + ")")
+    for k in existing:
+        if clean:
+            log.warning("--clean: %s %s", "emptying" if data_only else "dropping", k)
+
+    show = sys.stderr.isatty() if progress is None else progress
+    if jobs == 1 or schema_only or len(chosen) < 2:
+        result.rows = _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, data_only and clean,
+                                      show, _fail_after_tables)
+    else:
+        result.rows = _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, data_only and clean,
+                                        jobs, show, _fail_after_tables)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _sequences_and_matviews(conn: psycopg.Connection, manifest: dict, chosen: list[dict], full: bool) -> None:
+    keys = {mf.table_key(t) for t in chosen}
+    for s in manifest.get("sequences", []):
+        owned = s.get("owned_by")
+        if full or (owned and f"{owned[0]}.{owned[1]}" in keys):
+            conn.execute("SELECT pg_catalog.setval(%s::regclass, %s, %s)",
+                         (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]))
+    if full:
+        for v in manifest.get("materialized_views", []):
+            if v["populated"]:
+                conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
+
+
+def _truncate(conn: psycopg.Connection, chosen: list[dict]) -> None:
+    conn.execute(sql.SQL("TRUNCATE {}").format(
+        sql.SQL(", ").join(sql.Identifier(t["schema"], t["name"]) for t in chosen)))
+
+
+def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, show, fail_after) -> int:
+    rows = 0
+    with connect(dsn) as conn:  # one transaction: psycopg commits on clean exit, rolls back on error
+        try:
+            if "clean" in scripts:
+                conn.execute(scripts["clean"])
+            if truncate:
+                _truncate(conn, chosen)
+            if "pre-data" in scripts:
+                conn.execute(scripts["pre-data"])
+            if plan.data:
+                conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+                for n, t in enumerate(tqdm(chosen, desc="restore", unit="table", disable=not show,
+                                           file=sys.stderr)):
+                    if fail_after is not None and n >= fail_after:
+                        raise RestoreError("injected failure (test)")
+                    copy_in(conn, t, folder)
+                    rows += t["rows"]
+            if "post-data" in scripts:
+                conn.execute(scripts["post-data"])
+            _sequences_and_matviews(conn, manifest, chosen, plan.full)
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise RestoreError(f"restore failed and was rolled back, the target is unchanged: "
+                               f"{redact(str(exc).strip(), dsn)}",
+                               hint="fix the cause (see the message) and run the restore again") from None
+        except BackupkitError as exc:
+            conn.rollback()
+            raise type(exc)(f"{exc} — rolled back, the target is unchanged") from None
+    return rows
+
+
+def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs, show, fail_after) -> int:
+    """pre-data committed, data in parallel transactions, post-data last; undo on failure."""
+    with connect(dsn) as conn:
+        try:
+            if "clean" in scripts:
+                conn.execute(scripts["clean"])
+            if truncate:
+                _truncate(conn, chosen)
+            if "pre-data" in scripts:
+                conn.execute(scripts["pre-data"])
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise RestoreError(f"restore failed before loading data and was rolled back: "
+                               f"{redact(str(exc).strip(), dsn)}") from None
+    bar = tqdm(total=len(chosen), desc="restore", unit="table", disable=not show, file=sys.stderr)
+    lock = threading.Lock()
+    started = [0]
+
+    def load(t: dict) -> int:
+        with lock:
+            if fail_after is not None and started[0] >= fail_after:
+                raise RestoreError("injected failure (test)")
+            started[0] += 1
+        with connect(dsn) as c:
+            c.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+            copy_in(c, t, folder)
+        with lock:
+            bar.update(1)
+        return t["rows"]
+
+    try:
+        with ThreadPoolExecutor(jobs) as pool:
+            rows = sum(pool.map(load, sorted(chosen, key=lambda t: -sum(f["bytes"] for f in t["files"]))))
+        with connect(dsn) as conn:
+            if "post-data" in scripts:
+                conn.execute(scripts["post-data"])
+            _sequences_and_matviews(conn, manifest, chosen, plan.full)
+    except (psycopg.Error, BackupkitError) as exc:
+        bar.close()
+        left = _undo(dsn, scripts, chosen, plan)
+        raise RestoreError(f"restore failed: {redact(str(exc).strip(), dsn)}; {left}", left_behind=left,
+                           hint="fix the cause and run the restore again") from None
+    bar.close()
+    return rows
+
+
+def _undo(dsn: str, scripts: dict, chosen: list[dict], plan: RestorePlan) -> str:
+    """Drop what a failed parallel restore created; say what could not be undone."""
+    lost = (f" The tables dropped by --clean ({', '.join(plan.existing)}) cannot be brought back; "
+            "restore them again from this snapshot.") if plan.drop_first and plan.schema else ""
+    if not plan.schema:
+        return ("data loaded into some tables before the failure was committed; empty them with "
+                "TRUNCATE " + ", ".join(mf.table_key(t) for t in chosen) + " before retrying.")
+    try:
+        with connect(dsn) as conn:
+            conn.execute(scripts["undo"])
+        return "the objects this restore created were dropped again." + lost
+    except psycopg.Error as exc:
+        return ("the objects created so far could NOT all be dropped (" + str(exc).strip().splitlines()[0]
+                + "); drop these tables by hand: " + ", ".join(mf.table_key(t) for t in chosen) + "." + lost)
+
