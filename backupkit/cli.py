@@ -1,0 +1,379 @@
+"""The ``backupkit`` command: parse, make one library call, print.
+
+Errors become exit codes here and nowhere else (``EXIT_CODES``); README lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .dsn import redact, resolve_dsn
+from .errors import (
+    BackupkitError, ConfigError, ConnectionFailed, LockError, RestoreError, RetentionError,
+    SnapshotDamaged, SnapshotError, SourceError, StorageError, ToolError,
+)
+
+#: Exception class → exit code, most specific first.  0 is success, 1 an unexpected bug.
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (ConfigError, 2),
+    (ConnectionFailed, 3),
+    (ToolError, 4),
+    (SourceError, 5),
+    (SnapshotDamaged, 6),
+    (StorageError, 8),
+    (SnapshotError, 7),
+    (RestoreError, 9),
+    (LockError, 10),
+    (RetentionError, 11),
+    (BackupkitError, 1),
+]
+EXIT_INTERRUPTED = 130
+
+
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code for an exception."""
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _warn(msgs) -> None:
+    for m in msgs:
+        print(f"warning: {m}", file=sys.stderr)
+
+
+# -- commands -----------------------------------------------------------------------
+
+def cmd_backup(a) -> int:
+    from .backup import backup
+
+    res = backup(resolve_dsn(a.dsn), a.to, schemas=a.schema or None, tables=a.table or [],
+                 exclude=a.exclude_table or [], jobs=a.jobs, label=a.label,
+                 allow_partial=a.allow_partial, progress=None if not a.quiet else False)
+    _warn(res.warnings)
+    if not a.quiet:
+        print(f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
+              f"{_human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
+    print(res.path)
+    return 0
+
+
+def cmd_list(a) -> int:
+    from .store import list_snapshots
+
+    snaps, unfinished = list_snapshots(a.dir)
+    if a.json:
+        print(json.dumps({"snapshots": [s.to_dict() for s in snaps],
+                          "unfinished": [u.to_dict() for u in unfinished]}, indent=2))
+        return 0
+    rows = [{"id": s.id, "created_at": s.created_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.created_at else "?",
+             "tables": s.tables, "rows": s.rows, "size": _human(s.bytes), "label": s.label or "",
+             "flags": " ".join(f for f, on in (("pinned", s.pinned), ("partial", s.partial),
+                                               ("UNREADABLE", s.error)) if on)} for s in snaps]
+    _print_table(rows, ["id", "created_at", "tables", "rows", "size", "label", "flags"])
+    for u in unfinished:
+        what = "unfinished backup (in progress, or left by a crash)" if u.kind == "tmp" else "interrupted delete"
+        print(f"incomplete: {u.path.name}  {what}, {u.age_seconds / 60:.0f} min old — not a snapshot")
+    return 0
+
+
+def cmd_verify(a) -> int:
+    from .store import resolve
+    from .verify import verify
+
+    report = verify(resolve(a.snapshot), deep=a.deep)
+    if a.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for p in report.problems:
+            print(f"PROBLEM: {p}")
+        state = "intact" if report.ok else f"DAMAGED ({len(report.problems)} problems)"
+        print(f"{report.snapshot.name}: {state} — {report.files} files, {_human(report.bytes)}"
+              + (", rows recounted" if a.deep else ""))
+    return 0 if report.ok else exit_code(SnapshotDamaged(""))
+
+
+def cmd_check(a) -> int:
+    from .preflight import check
+
+    report = check(resolve_dsn(a.dsn), schemas=a.schema or None, to=a.to)
+    if a.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for i in report.items:
+            print(f"{i['status'].upper():5} {i['check']}: {i['detail']}")
+    return 0 if report.ok else exit_code(SourceError(""))
+
+
+def cmd_restore(a) -> int:
+    from .restore import restore
+    from .store import resolve
+
+    res = restore(resolve(a.snapshot), resolve_dsn(a.dsn), tables=a.table or [], schemas=a.schema or [],
+                  with_dependencies=a.with_dependencies, schema_only=a.schema_only, data_only=a.data_only,
+                  clean=a.clean, jobs=a.jobs, owner=a.owner, dry_run=a.dry_run,
+                  progress=None if not a.quiet else False)
+    _warn(res.warnings)
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    elif a.dry_run:
+        print("dry run — would:")
+        for step in res.plan.describe():
+            print(f"  - {step}")
+    else:
+        print(f"restored {len(res.plan.tables)} tables, {res.rows} rows in {res.seconds:.1f}s")
+    return 0
+
+
+def cmd_pin(a, pinned: bool = True) -> int:
+    from .store import resolve, set_pin
+
+    path = resolve(a.snapshot)
+    set_pin(path, pinned)
+    print(f"{'pinned' if pinned else 'unpinned'} {path.name}")
+    return 0
+
+
+def cmd_prune(a) -> int:
+    from .prune import prune
+    from .retention import Policy, parse_duration
+
+    policy = Policy(keep_last=a.keep_last, keep_hourly=a.keep_hourly, keep_daily=a.keep_daily,
+                    keep_weekly=a.keep_weekly, keep_monthly=a.keep_monthly, keep_yearly=a.keep_yearly,
+                    keep_within=parse_duration(a.keep_within) if a.keep_within else None,
+                    max_age_days=a.max_age_days, min_keep=a.min_keep, tz=a.tz or _local_tz())
+    res = prune(a.dir, policy, now=datetime.now(timezone.utc), dry_run=a.dry_run,
+                stale_after_hours=a.stale_after_hours)
+    _warn(res.warnings)
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return 0
+    _print_table([{"action": d["action"], "id": d["id"], "reasons": "; ".join(d["reasons"])}
+                  for d in res.decisions], ["action", "id", "reasons"])
+    for s in res.stale:
+        print(f"{'would remove' if a.dry_run else 'removed'} stale temporary folder {s}")
+    verb = "would remove" if a.dry_run else "removed"
+    print(f"{verb} {len(res.removed)} snapshot(s), kept {len(res.kept)}" + (" (dry run)" if a.dry_run else ""))
+    return 0
+
+
+def _local_tz() -> str:
+    """The machine's IANA zone name when it can be found, else UTC."""
+    try:
+        link = Path("/etc/localtime").resolve()
+        if "zoneinfo/" in str(link):
+            return str(link).split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return "UTC"
+
+
+def cmd_diff(a) -> int:
+    from .diff import diff_snapshots, integrity
+    from .report import render_html, render_json
+    from .store import resolve
+
+    old, new = resolve(a.old), resolve(a.new)
+    d = diff_snapshots(old, new)
+    if a.html:
+        Path(a.html).write_text(render_html(d, integrity(old), integrity(new)))
+        print(f"wrote {a.html}", file=sys.stderr)
+    if a.json:
+        print(render_json(d))
+        return 0
+    _print_table([{"table": f"{t['schema']}.{t['name']}", "rows_old": t["rows_old"], "rows_new": t["rows_new"],
+                   "inserted": t["inserted"], "deleted": t["deleted"],
+                   "updated": "-" if t["updated"] is None else t["updated"],
+                   "schema": "changed" if t.get("schema_changes") else ""}
+                  for t in d["tables"]],
+                 ["table", "rows_old", "rows_new", "inserted", "deleted", "updated", "schema"])
+    for key in ("tables_added", "tables_removed"):
+        if d.get(key):
+            print(f"{key.replace('_', ' ')}: {', '.join(d[key])}")
+    return 0
+
+
+def cmd_sql(a) -> int:
+    from .duck import open_snapshot
+    from .store import resolve
+
+    con = open_snapshot(resolve(a.snapshot))
+    if a.query:
+        rel = con.sql(a.query)
+        if rel is not None:
+            rel.show(max_rows=a.max_rows)
+        return 0
+    print("DuckDB over the snapshot; tables are views like public.orders. End with Ctrl-D.")
+    buf = ""
+    while True:
+        try:
+            line = input("sql> " if not buf else "...> ")
+        except EOFError:
+            print()
+            return 0
+        buf += line + "\n"
+        if buf.strip().endswith(";"):
+            try:
+                rel = con.sql(buf)
+                if rel is not None:
+                    rel.show(max_rows=a.max_rows)
+            except Exception as exc:  # noqa: BLE001 - an interactive prompt shows errors and goes on
+                print(f"error: {exc}")
+            buf = ""
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    res = run_demo(a.to, scale=a.scale, keep_server=False)
+    for line in res.lines:
+        print(line)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs test)."""
+    p = argparse.ArgumentParser(prog="backupkit", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"backupkit {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dsn_help = "PostgreSQL DSN (default: $BACKUPKIT_DSN, $DATABASE_URL, $SUPABASE_DB_URL)"
+
+    b = sub.add_parser("backup", help="take a snapshot of a database")
+    b.add_argument("--dsn", help=dsn_help)
+    b.add_argument("--to", required=True, type=Path, help="backup directory")
+    b.add_argument("--schema", action="append", help="schema to include (repeatable; default public)")
+    b.add_argument("--table", action="append", help="only this schema.table (repeatable)")
+    b.add_argument("--exclude-table", action="append", help="leave out schema.table (repeatable)")
+    b.add_argument("--jobs", "-j", type=int, default=1, help="parallel COPY connections (default 1)")
+    b.add_argument("--label", help="label appended to the snapshot id")
+    b.add_argument("--allow-partial", action="store_true",
+                   help="back up only the rows RLS lets this role see (marked partial)")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_backup)
+
+    ls = sub.add_parser("list", help="list snapshots in a backup directory")
+    ls.add_argument("dir", type=Path)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    v = sub.add_parser("verify", help="check a snapshot against its manifest")
+    v.add_argument("snapshot", help="snapshot folder (or DIR to verify the newest)")
+    v.add_argument("--deep", action="store_true", help="also decompress and recount rows")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    c = sub.add_parser("check", help="preflight: can this database be backed up completely?")
+    c.add_argument("--dsn", help=dsn_help)
+    c.add_argument("--schema", action="append")
+    c.add_argument("--to", type=Path, help="backup directory, to check free space")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("restore", help="restore a snapshot into a database")
+    r.add_argument("snapshot", help="snapshot folder (or DIR for the newest)")
+    r.add_argument("--dsn", help="target DSN (default: $BACKUPKIT_DSN, $DATABASE_URL, $SUPABASE_DB_URL)")
+    r.add_argument("--table", action="append", help="only this schema.table (repeatable)")
+    r.add_argument("--schema", action="append", help="only tables of this schema (repeatable)")
+    r.add_argument("--with-dependencies", action="store_true",
+                   help="also restore tables the chosen ones reference by foreign key")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--schema-only", action="store_true")
+    mode.add_argument("--data-only", action="store_true")
+    r.add_argument("--clean", action="store_true", help="drop (or with --data-only, empty) existing tables first")
+    r.add_argument("--jobs", "-j", type=int, default=1,
+                   help="parallel loads; 1 (default) restores in one transaction")
+    own = r.add_mutually_exclusive_group()
+    own.add_argument("--no-owner", dest="owner", action="store_false",
+                     help="objects owned by the connecting role (default)")
+    own.add_argument("--owner", dest="owner", action="store_true", help="restore original ownership")
+    r.add_argument("--dry-run", action="store_true", help="show what would be done")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--quiet", "-q", action="store_true")
+    r.set_defaults(func=cmd_restore, owner=False)
+
+    for name, pinned in (("pin", True), ("unpin", False)):
+        pp = sub.add_parser(name, help=f"{name} a snapshot ({'prune never removes it' if pinned else 'let prune decide'})")
+        pp.add_argument("snapshot")
+        pp.set_defaults(func=lambda a, _p=pinned: cmd_pin(a, _p))
+
+    pr = sub.add_parser("prune", help="remove snapshots a retention policy does not keep")
+    pr.add_argument("dir", type=Path)
+    for opt in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        pr.add_argument(f"--keep-{opt}", type=int, metavar="N", help=f"keep {opt} snapshots (-1: all)")
+    pr.add_argument("--keep-within", metavar="DURATION", help="keep all within e.g. 7d, 1y2m of the newest")
+    pr.add_argument("--max-age-days", type=float, help="keep what is younger (default policy: 30)")
+    pr.add_argument("--min-keep", type=int, default=1, help="never keep fewer (default 1)")
+    pr.add_argument("--tz", help="time zone for calendar buckets (default: this machine's)")
+    pr.add_argument("--stale-after-hours", type=float, default=24,
+                    help="remove unfinished temporary folders older than this (default 24)")
+    pr.add_argument("--dry-run", action="store_true", help="show decisions, delete nothing")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
+
+    d = sub.add_parser("diff", help="compare two snapshots (DuckDB)")
+    d.add_argument("old")
+    d.add_argument("new")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    d.set_defaults(func=cmd_diff)
+
+    q = sub.add_parser("sql", help="query a snapshot with DuckDB SQL")
+    q.add_argument("snapshot")
+    q.add_argument("query", nargs="?", help="SQL to run (default: an interactive prompt)")
+    q.add_argument("--max-rows", type=int, default=40)
+    q.set_defaults(func=cmd_sql)
+
+    dm = sub.add_parser("demo", help="build a demo database on embedded PostgreSQL, back it up twice, verify")
+    dm.add_argument("--to", type=Path, default=Path("backups"), help="backup directory (default ./backups)")
+    dm.add_argument("--scale", type=float, default=1.0, help="demo size (1.0: a few hundred thousand rows)")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``backupkit`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; no snapshot was left looking complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BackupkitError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exit_code(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
