@@ -99,6 +99,12 @@ def _chunks(table: dict, chunk_bytes: int, server_version_num: int) -> list[sql.
     return ranges
 
 
+def _warn(warnings: list[str], message: str) -> None:
+    """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
+    log.warning(message)
+    warnings.append(message)
+
+
 def _open_worker(dsn: str, snapshot: str) -> psycopg.Connection:
     conn = connect(dsn)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -140,10 +146,12 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
         to.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise _storage_error(exc, to) from None
-    warnings = [POOLER_WARNING] if is_transaction_pooler(dsn) else []
+    warnings: list[str] = []
+    if is_transaction_pooler(dsn):
+        _warn(warnings, POOLER_WARNING)
     with DirLock(to, "backup") as lock:
         if lock.took_over:
-            warnings.append(lock.took_over)
+            _warn(warnings, lock.took_over)
         result = _backup_locked(dsn, to, schemas, list(tables), list(exclude), jobs, label,
                                 allow_partial, progress, chunk_bytes, on_snapshot, warnings)
     result.seconds = time.monotonic() - started
@@ -231,8 +239,8 @@ def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partia
         _fsync_dir(to)
         tmp = None
         if hidden:
-            warnings.append("partial backup: only rows visible to %s were copied from %s"
-                            % (role["user"], ", ".join(manifest["partial_tables"])))
+            _warn(warnings, "partial backup: only rows visible to %s were copied from %s"
+                  % (role["user"], ", ".join(manifest["partial_tables"])))
         return BackupResult(final, mf.read(final), warnings)
     except psycopg.Error as exc:
         raise SourceError(f"the database stopped the backup: {redact(str(exc).strip(), dsn)}",

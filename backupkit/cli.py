@@ -75,7 +75,6 @@ def cmd_backup(a) -> int:
     res = backup(resolve_dsn(a.dsn), a.to, schemas=a.schema or None, tables=a.table or [],
                  exclude=a.exclude_table or [], jobs=a.jobs, label=a.label,
                  allow_partial=a.allow_partial, progress=None if not a.quiet else False)
-    _warn(res.warnings)
     if not a.quiet:
         print(f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
               f"{_human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
@@ -138,7 +137,6 @@ def cmd_restore(a) -> int:
                   with_dependencies=a.with_dependencies, schema_only=a.schema_only, data_only=a.data_only,
                   clean=a.clean, jobs=a.jobs, owner=a.owner, dry_run=a.dry_run,
                   progress=None if not a.quiet else False)
-    _warn(res.warnings)
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
     elif a.dry_run:

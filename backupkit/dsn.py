@@ -102,13 +102,24 @@ POOLER_WARNING = (
 )
 
 
+def _reason(exc: Exception) -> str:
+    """The informative part of libpq's message ("Connection refused", "password authentication failed ...")."""
+    lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if "failed: " in first:
+        first = first.rsplit("failed: ", 1)[1]
+    return " ".join(first.replace("FATAL:", "").split())
+
+
 def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit") -> psycopg.Connection:
     """Open a connection with backupkit's session settings; errors never carry the password."""
     try:
         conn = psycopg.connect(dsn, autocommit=True, application_name=application, connect_timeout=15)
     except psycopg.OperationalError as exc:
         where = describe(dsn)
-        reason = redact(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc), dsn)
+        reason = redact(_reason(exc), dsn)
         raise ConnectionFailed(
             f"cannot connect to {where['host']}:{where['port']}/{where['database']} "
             f"as {where['user'] or '(default user)'}: {reason}",

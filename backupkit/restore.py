@@ -228,6 +228,7 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     if plan.skipped_grants:
         result.warnings.append(f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
                                "does not have (e.g. " + plan.skipped_grants[0] + ")")
+        log.warning(result.warnings[-1])
     for k in existing:
         if clean:
             log.warning("--clean: %s %s", "emptying" if data_only else "dropping", k)

@@ -1,0 +1,47 @@
+"""Small helpers shared by tests: run the CLI as a user would, build a small database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+SMALL_SCHEMA = """
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE customers (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,
+                        mood mood, tags text[], meta jsonb, created timestamptz DEFAULT now());
+CREATE TABLE orders (id serial PRIMARY KEY, customer_id bigint REFERENCES customers(id),
+                     total numeric(12,2), note text, doubled numeric GENERATED ALWAYS AS (total * 2) STORED);
+CREATE TABLE "Odd ""Name"".x" (a int, b text);
+INSERT INTO customers (name, mood, tags, meta)
+  SELECT 'c' || i, (ARRAY['sad','ok','happy'])[1 + i % 3]::mood, ARRAY['a,b', NULL, 'q"'],
+         jsonb_build_object('i', i) FROM generate_series(1, 2000) i;
+INSERT INTO orders (customer_id, total, note)
+  SELECT 1 + i % 2000, (i % 1000) / 7.0, CASE WHEN i % 5 = 0 THEN '' WHEN i % 7 = 0 THEN NULL ELSE E'n\\n' || i END
+  FROM generate_series(1, 20000) i;
+INSERT INTO "Odd ""Name"".x" VALUES (1, 'dup'), (1, 'dup'), (NULL, NULL);
+"""
+
+
+def load_small(dsn: str) -> None:
+    """A small database with awkward names and values (used by backup/verify tests)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(SMALL_SCHEMA)
+
+
+def run_cli(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m backupkit ARGS`` in a subprocess, as a user would run the command."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "backupkit", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, input=input, timeout=600)
+
+
+def snapshot_dirs(root: Path) -> list[Path]:
+    """Folders under ``root`` that look like snapshots (not hidden)."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if Path(root).exists() else []

@@ -1,0 +1,194 @@
+"""backup, list and the safety promises around them, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import backupkit
+from backupkit import manifest as mf
+from backupkit.copyio import count_rows, iter_file_blocks
+
+from helpers import load_small, run_cli, snapshot_dirs
+
+
+@pytest.fixture
+def small_db(make_db):
+    dsn = make_db("small")
+    load_small(dsn)
+    return dsn
+
+
+def counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        names = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname = 'public'").fetchall()
+        return {f"{s}.{t}": conn.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM ONLY {}").format(psycopg.sql.Identifier(s, t))).fetchone()[0]
+            for s, t in names}
+
+
+def test_manifest_row_counts_equal_count_star(small_db, tmp_path):
+    res = backupkit.backup(small_db, tmp_path, label="t1")
+    m = mf.read(res.path)
+    assert {mf.table_key(t): t["rows"] for t in m["tables"]} == counts(small_db)
+    # ...and the files hold exactly those rows
+    for t in m["tables"]:
+        assert sum(count_rows(res.path / f["path"]) for f in t["files"]) == t["rows"]
+    assert res.path.name.endswith("-t1") and res.path.parent == tmp_path
+
+
+def test_manifest_records_what_restore_and_reports_need(small_db, tmp_path):
+    m = mf.read(backupkit.backup(small_db, tmp_path).path)
+    assert m["format_version"] == 1 and m["manifest_sha256"] == mf.digest(m)
+    src = m["source"]
+    assert src["server_version_num"] >= 140000 and src["database"] == conninfo_to_dict(small_db)["dbname"]
+    assert "password" not in json.dumps(m).lower()
+    assert m["transaction_snapshot"] and m["rls_bypass"] is True and m["partial"] is False
+    orders = next(t for t in m["tables"] if t["name"] == "orders")
+    assert orders["primary_key"] == ["id"]
+    assert [c["name"] for c in orders["columns"]] == ["id", "customer_id", "total", "note", "doubled"]
+    assert "doubled" not in orders["copy_columns"]  # generated: recomputed on restore
+    assert next(c for c in orders["columns"] if c["name"] == "total")["type"] == "numeric(12,2)"
+    seqs = {s["name"]: s for s in m["sequences"]}
+    assert seqs["orders_id_seq"]["last_value"] == 20000 and seqs["orders_id_seq"]["is_called"] is True
+    assert {f["path"] for f in m["schema_files"]} == {"schema/schema.dump", "schema/pre-data.sql",
+                                                      "schema/post-data.sql"}
+    pre = (tmp_path / m["id"] / "schema" / "pre-data.sql").read_text()
+    assert "CREATE TABLE public.orders" in pre and "FOREIGN KEY" not in pre
+    assert "FOREIGN KEY" in (tmp_path / m["id"] / "schema" / "post-data.sql").read_text()
+
+
+def test_files_are_private(small_db, tmp_path):
+    path = backupkit.backup(small_db, tmp_path).path
+    for p in [path, *path.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), p
+
+
+def test_one_consistent_moment_across_jobs(small_db, tmp_path):
+    """Rows committed by another connection while a 3-job backup runs appear in no table."""
+    before = counts(small_db)
+
+    def write_meanwhile(_snapshot_id):
+        with psycopg.connect(small_db, autocommit=True) as other:
+            other.execute("INSERT INTO customers (name) SELECT 'late' FROM generate_series(1, 50)")
+            other.execute("INSERT INTO orders (customer_id, total) SELECT 1, 1 FROM generate_series(1, 70)")
+            other.execute("DELETE FROM \"Odd \"\"Name\"\".x\"")
+
+    res = backupkit.backup(small_db, tmp_path, jobs=3, on_snapshot=write_meanwhile, chunk_bytes=64 * 1024)
+    assert counts(small_db) != before  # the writes really happened
+    m = res.manifest
+    assert {mf.table_key(t): t["rows"] for t in m["tables"]} == before
+    assert len(next(t for t in m["tables"] if t["name"] == "orders")["files"]) > 1  # chunks shared the snapshot
+    customers = next(t for t in m["tables"] if t["name"] == "customers")
+    text = b"".join(b for f in customers["files"] for b in iter_file_blocks(res.path / f["path"]))
+    assert b",late," not in text and b",c1," in text
+
+
+def test_list_shows_complete_newest_first_and_unfinished_apart(small_db, tmp_path):
+    a = backupkit.backup(small_db, tmp_path, label="a").path
+    b = backupkit.backup(small_db, tmp_path, label="b").path
+    (tmp_path / ".tmp-20990101T000000.000Z-crashed").mkdir()
+    out = run_cli("list", tmp_path, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert [s["id"] for s in data["snapshots"]] == [b.name, a.name]
+    assert data["snapshots"][0]["rows"] == sum(counts(small_db).values())
+    assert [u["path"].rsplit("/", 1)[1] for u in data["unfinished"]] == [".tmp-20990101T000000.000Z-crashed"]
+    text = run_cli("list", tmp_path).stdout
+    assert "incomplete: .tmp-20990101T000000.000Z-crashed" in text
+
+
+def test_cli_backup_prints_path_last_and_never_the_password(small_db, tmp_path, pg_server):
+    password = pg_server.password
+    assert password and password in small_db
+    out = run_cli("backup", "--to", tmp_path / "bk", "--label", "cli", "-j", "2", env={"BACKUPKIT_DSN": small_db})
+    assert out.returncode == 0, out.stderr
+    path = out.stdout.strip().splitlines()[-1]
+    assert path.endswith("-cli") and (tmp_path / "bk" / path.rsplit("/", 1)[1] / "manifest.json").is_file()
+    everything = out.stdout + out.stderr + "".join(
+        p.read_bytes().decode("latin-1") for p in (tmp_path / "bk").rglob("*") if p.is_file())
+    assert password not in everything
+
+
+def test_rls_refusal_and_allow_partial(make_db, pg_server, tmp_path):
+    dsn = make_db("rls")
+    role = f"reader_{conninfo_to_dict(dsn)['dbname']}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"""
+            CREATE ROLE {role} LOGIN PASSWORD 'sekret-pw';
+            CREATE TABLE notes (id int PRIMARY KEY, owner text);
+            INSERT INTO notes SELECT i, CASE WHEN i % 2 = 0 THEN '{role}' ELSE 'someone' END FROM generate_series(1, 10) i;
+            ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY mine ON notes FOR SELECT USING (owner = current_user);
+            GRANT SELECT ON notes TO {role};
+            GRANT USAGE ON SCHEMA public TO {role};""")
+    reader = make_conninfo(dsn, user=role, password="sekret-pw")
+    try:
+        out = run_cli("backup", "--dsn", reader, "--to", tmp_path)
+        assert out.returncode == 5, out.stderr
+        assert "row-level security would hide rows of public.notes" in out.stderr
+        assert "Traceback" not in out.stderr and "sekret-pw" not in out.stderr + out.stdout
+        assert snapshot_dirs(tmp_path) == []
+        res = backupkit.backup(reader, tmp_path, allow_partial=True)
+        assert res.manifest["partial"] is True and res.manifest["partial_tables"] == ["public.notes"]
+        assert res.manifest["tables"][0]["rows"] == 5
+        assert any("partial backup" in w for w in res.warnings)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("case", ["wrong password", "refused", "unknown host"])
+def test_connection_errors_are_one_clear_line(small_db, tmp_path, case):
+    d = conninfo_to_dict(small_db)
+    if case == "wrong password":
+        dsn = make_conninfo(small_db, password="not-the-password-123")
+    elif case == "refused":
+        dsn = make_conninfo(small_db, port="1")
+    else:
+        dsn = make_conninfo(small_db, host="no-such-host.invalid")
+    out = run_cli("backup", "--dsn", dsn, "--to", tmp_path)
+    assert out.returncode == 3, out.stderr
+    err = out.stderr
+    assert err.startswith("error: cannot connect to") and "Traceback" not in err
+    assert "not-the-password-123" not in err and d["password"] not in err
+    assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1
+    assert snapshot_dirs(tmp_path) == []
+
+
+def test_missing_table_and_schema_are_clear(small_db, tmp_path):
+    out = run_cli("backup", "--dsn", small_db, "--to", tmp_path, "--table", "public.nope")
+    assert out.returncode == 5 and "no such table: public.nope" in out.stderr
+    out = run_cli("backup", "--dsn", small_db, "--to", tmp_path, "--schema", "ghost")
+    assert out.returncode == 5 and "no such schema: ghost" in out.stderr
+    assert snapshot_dirs(tmp_path) == [] and not any(tmp_path.iterdir()) or \
+        [p.name for p in tmp_path.iterdir()] == [".lock"] or all(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_table_selection(small_db, tmp_path):
+    m = backupkit.backup(small_db, tmp_path, tables=["public.orders"]).manifest
+    assert [mf.table_key(t) for t in m["tables"]] == ["public.orders"]
+    m = backupkit.backup(small_db, tmp_path, exclude=["public.orders"]).manifest
+    assert "public.orders" not in [mf.table_key(t) for t in m["tables"]] and len(m["tables"]) == 2
+
+
+def test_transaction_pooler_is_warned_about(small_db, tmp_path):
+    assert backupkit.dsn.is_transaction_pooler("postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres")
+    out = run_cli("backup", "--dsn", make_conninfo(small_db, port="6543"), "--to", tmp_path)
+    assert "transaction pooler" in out.stderr and out.returncode == 3
+
+
+def test_check_reports_everything(small_db, tmp_path):
+    out = run_cli("check", "--dsn", small_db, "--to", tmp_path, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = {c["check"]: c for c in json.loads(out.stdout)["checks"]}
+    assert {"connection", "pg_dump", "role", "tables", "row-level security", "disk space"} <= set(checks)
+    assert "PostgreSQL 1" in checks["connection"]["detail"]
+    assert all(c["status"] == "ok" for c in checks.values())

@@ -1,0 +1,172 @@
+"""The directory lock, with real processes as holders (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backupkit.errors import LockError
+from backupkit.lock import DirLock, read_lock
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Takes the lock, says so, then holds it until stdin closes (release) or it is killed (no release).
+HOLDER = """
+import sys
+from pathlib import Path
+from backupkit.lock import DirLock
+with DirLock(Path(sys.argv[1]), sys.argv[2]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def spawn():
+    """Start python children that are killed at teardown."""
+    children: list[subprocess.Popen] = []
+
+    def start(code: str, *args: str) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def hold_in_child(spawn, directory: Path, purpose: str = "backup") -> subprocess.Popen:
+    child = spawn(HOLDER, str(directory), purpose)
+    assert child.stdout.readline().strip() == "locked"
+    return child
+
+
+def write_lock(directory: Path, **info) -> None:
+    (directory / ".lock").write_text(json.dumps(info))
+
+
+def test_second_lock_while_held_is_refused_naming_the_holder(tmp_path):
+    with DirLock(tmp_path, "backup"):
+        with pytest.raises(LockError) as exc:
+            DirLock(tmp_path, "prune").acquire()
+    message = str(exc.value)
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in message
+    assert "backup, started " in message
+    assert f"remove {tmp_path / '.lock'} if you are sure no backupkit runs" in message
+    assert read_lock(tmp_path) is None
+
+
+def test_lock_file_is_private_json(tmp_path):
+    with DirLock(tmp_path, "prune") as lock:
+        path = tmp_path / ".lock"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        info = read_lock(tmp_path)
+        assert info == lock.info
+        assert set(info) == {"host", "pid", "purpose", "started_at"}
+        assert (info["host"], info["pid"], info["purpose"]) == (socket.gethostname(), os.getpid(), "prune")
+        assert datetime.fromisoformat(info["started_at"]).utcoffset() == timedelta(0)
+        assert lock.took_over is None
+    assert not path.exists()
+
+
+def test_lock_of_a_dead_pid_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_lock(tmp_path, host=socket.gethostname(), pid=dead.pid, purpose="backup",
+               started_at="2025-11-26T12:00:00+00:00")
+    with DirLock(tmp_path, "prune") as lock:
+        assert lock.took_over is not None
+        assert lock.took_over.startswith(f"took over a stale lock left by pid {dead.pid} on host ")
+        assert "started 2025-11-26T12:00:00+00:00" in lock.took_over
+        assert read_lock(tmp_path)["pid"] == os.getpid()
+    assert read_lock(tmp_path) is None
+
+
+def test_lock_held_by_a_live_child_is_refused(tmp_path, spawn):
+    child = hold_in_child(spawn, tmp_path)
+    with pytest.raises(LockError, match=f"pid {child.pid} on host"):
+        DirLock(tmp_path, "prune").acquire()
+    assert read_lock(tmp_path)["pid"] == child.pid
+    # A clean exit releases it.
+    child.stdin.close()
+    assert child.wait() == 0
+    assert read_lock(tmp_path) is None
+    with DirLock(tmp_path, "prune") as lock:
+        assert lock.took_over is None
+
+
+def test_lock_of_a_killed_child_is_taken_over(tmp_path, spawn):
+    child = hold_in_child(spawn, tmp_path)
+    child.kill()
+    child.wait()
+    assert read_lock(tmp_path)["pid"] == child.pid  # SIGKILL left it behind
+    with DirLock(tmp_path, "backup") as lock:
+        assert f"pid {child.pid}" in lock.took_over
+        assert "no longer runs" in lock.took_over
+
+
+def test_release_leaves_someone_elses_lock_alone(tmp_path, spawn):
+    lock = DirLock(tmp_path, "backup")
+    lock.acquire()
+    (tmp_path / ".lock").unlink()  # a user removed it by hand, and then...
+    child = hold_in_child(spawn, tmp_path, "prune")  # ...another run took the directory
+    assert lock.release() is False
+    assert read_lock(tmp_path)["pid"] == child.pid
+    assert read_lock(tmp_path)["purpose"] == "prune"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see process start times")
+def test_pid_reused_by_a_newer_process_counts_as_dead(tmp_path, spawn):
+    unrelated = spawn("import sys; sys.stdin.read()")
+    write_lock(tmp_path, host=socket.gethostname(), pid=unrelated.pid, purpose="backup",
+               started_at="2001-01-01T00:00:00+00:00")
+    with DirLock(tmp_path, "prune") as lock:
+        assert f"pid {unrelated.pid}" in lock.took_over
+    assert unrelated.poll() is None  # taking over never touches the process
+
+
+def test_other_hosts_lock_is_respected_until_stale(tmp_path):
+    write_lock(tmp_path, host="another-host.invalid", pid=4242, purpose="backup",
+               started_at="2025-11-26T12:00:00+00:00")
+    with pytest.raises(LockError, match="pid 4242 on host another-host.invalid"):
+        DirLock(tmp_path, "prune", stale_after=timedelta(days=365 * 1000)).acquire()
+    with DirLock(tmp_path, "prune") as lock:  # default: stale after 6 hours
+        assert "another-host.invalid" in lock.took_over
+        assert "older than 6:00:00" in lock.took_over
+
+
+@pytest.mark.parametrize("content", ["", "not json", "[]", '{"host": "h", "pid": "12", "started_at": "x"}',
+                                     '{"host": "h", "pid": 12, "started_at": "2025-11-26T12:00:00"}'])
+def test_unreadable_lock_is_refused_and_kept(tmp_path, content):
+    (tmp_path / ".lock").write_text(content)
+    with pytest.raises(LockError, match="not a readable backupkit lock"):
+        DirLock(tmp_path, "backup").acquire()
+    assert (tmp_path / ".lock").read_text() == content
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(LockError, match="cannot lock"):
+        DirLock(tmp_path / "nope", "backup").acquire()
+
+
+def test_one_dirlock_cannot_be_acquired_twice(tmp_path):
+    with DirLock(tmp_path, "backup") as lock:
+        with pytest.raises(LockError, match="already held"):
+            lock.acquire()
+
+
+def test_read_lock_of_an_unlocked_directory(tmp_path):
+    assert read_lock(tmp_path) is None
