@@ -103,27 +103,60 @@ def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
+def _existing_objects(target: psycopg.Connection) -> set[tuple[str, str, str]]:
+    """(kind, schema, name) of the types, functions, collations, extensions and schemas the target has."""
+    rows = target.execute("""
+        SELECT 'TYPE', n.nspname, t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        UNION ALL SELECT 'FUNCTION', n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        UNION ALL SELECT 'COLLATION', n.nspname, c.collname FROM pg_collation c
+                  JOIN pg_namespace n ON n.oid = c.collnamespace
+        UNION ALL SELECT 'EXTENSION', '-', extname FROM pg_extension
+        UNION ALL SELECT 'SCHEMA', '-', nspname FROM pg_namespace""").fetchall()
+    return {tuple(r) for r in rows}
+
+
+def _object_key(e: TocEntry) -> tuple[str, str, str]:
+    """(kind, schema, name) of a TOC entry for a type, function, collation, extension or schema."""
+    schema, _, rest = e.rest.partition(" ")
+    name = rest.rsplit(" ", 1)[0] if " " in rest else rest
+    kind = {"DOMAIN": "TYPE", "SHELL TYPE": "TYPE", "PROCEDURE": "FUNCTION",
+            "AGGREGATE": "FUNCTION"}.get(e.type, e.type)
+    if kind == "FUNCTION":
+        name = name.split("(", 1)[0]
+    return kind, schema, name
+
+
 def _wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], full: bool,
                     target: psycopg.Connection) -> list[TocEntry]:
-    """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``."""
-    schemas = {r[0] for r in target.execute("SELECT nspname FROM pg_namespace").fetchall()}
-    # An existing schema (public, always) must not be created again nor re-commented.
-    def keep_global(e: TocEntry) -> bool:
-        if e.type == "SCHEMA":
-            return e.rest.split(" ")[1] not in schemas and not any(
-                e.rest.startswith(f"- {s} ") for s in schemas)
-        if e.type == "COMMENT" and e.rest.startswith("- SCHEMA "):
-            return not any(e.rest.startswith(f"- SCHEMA {s} ") for s in schemas)
-        return True
+    """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``.
+
+    Objects the target already has (the public schema, always; types and
+    functions on a selective restore into a live database) are not created again.
+    """
+    existing = _existing_objects(target)
+    global_keys = {}
+    for e in entries:
+        if e.type in _GLOBAL_TYPES:
+            global_keys[e.line] = _object_key(e)
+
+    def new_global(e: TocEntry) -> bool:
+        return global_keys[e.line] not in existing
+
+    def comment_on_existing_schema(e: TocEntry) -> bool:
+        return e.type == "COMMENT" and e.rest.startswith("- SCHEMA ") and any(
+            e.rest.startswith(f"- SCHEMA {k[2]} ") for k in existing if k[0] == "SCHEMA")
 
     if full:
-        return [e for e in entries if keep_global(e)]
+        return [e for e in entries
+                if (e.type != "SCHEMA" or new_global(e)) and not comment_on_existing_schema(e)]
     wanted = []
+    chosen_keys = {mf.table_key(t) for t in chosen}
     seqs = {(s["schema"], s["name"]) for s in manifest.get("sequences", [])
-            if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in {mf.table_key(t) for t in chosen}}
+            if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in chosen_keys}
     names = {(t["schema"], t["name"]) for t in chosen}
     names |= {tuple(t["parent"].split(".", 1)) for t in chosen if t.get("parent") and t.get("is_partition")}
     indexes = {(t["schema"], i) for t in chosen for i in t.get("indexes", [])}
+    globals_kept = set()
     for e in entries:
         if e.type in ("TABLE", "TABLE ATTACH"):
             ok = any(e.belongs_to(s, n) for s, n in names)
@@ -131,14 +164,19 @@ def _wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict],
             ok = any(e.belongs_to(s, i) for s, i in indexes)
         elif e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
             ok = any(e.belongs_to(s, n) for s, n in seqs)
-        elif e.type in ("COMMENT", "ACL", "SECURITY LABEL"):
-            ok = any(e.rest.startswith(f"{s} TABLE {n} ") or e.rest.startswith(f"{s} COLUMN {n}.")
-                     or e.rest.startswith(f"{s} SEQUENCE {n} ") for s, n in names | seqs)
         elif e.type in ("CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
                         "DEFAULT", "ROW SECURITY", "RULE"):
             ok = any(e.belongs_to(s, n) for s, n in names)
         elif e.type in _GLOBAL_TYPES:
-            ok = keep_global(e) and e.type == "SCHEMA"
+            # Types, functions and schemas the tables may need, unless the target has them.
+            ok = new_global(e)
+            if ok:
+                globals_kept.add(global_keys[e.line][1:])
+        elif e.type in ("COMMENT", "ACL", "SECURITY LABEL"):
+            ok = any(e.rest.startswith(f"{s} TABLE {n} ") or e.rest.startswith(f"{s} COLUMN {n}.")
+                     or e.rest.startswith(f"{s} SEQUENCE {n} ") for s, n in names | seqs) or any(
+                e.rest.startswith(f"{s} {kind} {n}") for s, n in globals_kept
+                for kind in ("TYPE", "DOMAIN", "FUNCTION", "SCHEMA"))
         else:
             ok = False
         if ok:

@@ -1,0 +1,229 @@
+"""Restore is exact: backup → restore gives a database with the source's fingerprint.
+
+The standard is the one pg_dump/pg_restore meets on the same fixture
+(tests/test_fidelity_pgdump.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+import backupkit
+from backupkit import manifest as mf
+from backupkit.demo_data import create_demo, mutate_demo
+from backupkit.restore import restore
+
+from fidelity_big import add_toast_values
+from fingerprint import diff_fingerprints, fingerprint
+from helpers import load_small, run_cli
+
+FIDELITY_SQL = (Path(__file__).parent / "fidelity.sql").read_text()
+
+
+def all_schemas(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname <> 'information_schema' ORDER BY 1").fetchall()]
+
+
+def assert_same(source: str, target: str) -> None:
+    a, b = fingerprint(source), fingerprint(target)
+    assert a == b, "\n".join(diff_fingerprints(a, b)[:40])
+
+
+@pytest.fixture(scope="module")
+def fidelity(pg_server, tmp_path_factory):
+    """The fidelity fixture with TOASTed values of tens of MB, and one snapshot of it (chunked)."""
+    dsn = pg_server.createdb("fidelity")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(FIDELITY_SQL)
+        # enough pages to be split into several ctid-range chunks
+        conn.execute("CREATE TABLE public.many (id int PRIMARY KEY, v text, n numeric); "
+                     "INSERT INTO public.many SELECT i, md5(i::text), i / 7.0 FROM generate_series(1, 20000) i")
+    add_toast_values(dsn, mb=20)
+    out = tmp_path_factory.mktemp("fidelity-backups")
+    res = backupkit.backup(dsn, out, schemas=all_schemas(dsn), jobs=2, chunk_bytes=16 * 1024)
+    yield dsn, res
+    pg_server.dropdb(dsn)
+
+
+def test_round_trip_of_every_type_is_exact(fidelity, make_db):
+    source, res = fidelity
+    assert any(len(t["files"]) > 1 for t in res.manifest["tables"]), "expected a chunked table"
+    target = make_db("restored")
+    restore(res.path, target)
+    assert_same(source, target)
+
+
+def test_parallel_round_trip_is_exact(fidelity, make_db):
+    source, res = fidelity
+    target = make_db("restored_par")
+    result = restore(res.path, target, jobs=2)
+    assert result.rows == sum(t["rows"] for t in res.manifest["tables"])
+    assert_same(source, target)
+
+
+def test_cli_restore_round_trip(fidelity, make_db):
+    source, res = fidelity
+    target = make_db("restored_cli")
+    out = run_cli("restore", res.path, "--dsn", target, "-q")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"restored {len(res.manifest['tables'])} tables")
+    assert_same(source, target)
+
+
+def test_supabase_shaped_demo_round_trip(make_db, tmp_path):
+    source = make_db("demo")
+    create_demo(source, scale=0.02)
+    mutate_demo(source)
+    res = backupkit.backup(source, tmp_path, schemas=["public", "auth", "storage"], jobs=2)
+    target = make_db("demo_restored")
+    restore(res.path, target, jobs=2)
+    assert_same(source, target)
+
+
+def test_refuses_a_target_that_has_the_tables(make_db, tmp_path):
+    source = make_db("src")
+    load_small(source)
+    res = backupkit.backup(source, tmp_path)
+    target = make_db("tgt")
+    with psycopg.connect(target) as conn:
+        conn.execute("CREATE TABLE orders (keep_me int); INSERT INTO orders VALUES (42)")
+    before = fingerprint(target)
+    out = run_cli("restore", res.path, "--dsn", target)
+    assert out.returncode == 9
+    assert "already has 1 of the snapshot's tables: public.orders" in out.stderr and "--clean" in out.stderr
+    assert fingerprint(target) == before
+
+
+def test_clean_replaces_existing_tables_and_says_so(make_db, tmp_path):
+    source = make_db("src")
+    load_small(source)
+    res = backupkit.backup(source, tmp_path)
+    target = make_db("tgt")
+    restore(res.path, target)
+    with psycopg.connect(target) as conn:
+        conn.execute("DELETE FROM orders WHERE id < 100; UPDATE customers SET name = 'changed'")
+    out = run_cli("restore", res.path, "--dsn", target, "--clean", "-q")
+    assert out.returncode == 0, out.stderr
+    assert "--clean: dropping public.orders" in out.stderr
+    assert_same(source, target)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_failure_midway_leaves_the_target_as_it_was(make_db, tmp_path, jobs):
+    source = make_db("src")
+    load_small(source)
+    res = backupkit.backup(source, tmp_path)
+    target = make_db("tgt")
+    with psycopg.connect(target) as conn:
+        conn.execute("CREATE TABLE unrelated (x int); INSERT INTO unrelated VALUES (1), (2)")
+    before = fingerprint(target)
+    with pytest.raises(backupkit.RestoreError) as err:
+        restore(res.path, target, jobs=jobs, _fail_after_tables=1)
+    assert "injected failure" in str(err.value)
+    assert ("rolled back" in str(err.value)) if jobs == 1 else ("dropped again" in str(err.value))
+    assert fingerprint(target) == before
+
+
+def test_failure_of_the_database_rolls_back(make_db, tmp_path):
+    """A real error from PostgreSQL (a unique violation while creating post-data) undoes everything."""
+    source = make_db("src")
+    with psycopg.connect(source) as conn:
+        conn.execute("CREATE TABLE a (id int); INSERT INTO a VALUES (1), (1); "
+                     "CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b VALUES (1)")
+    res = backupkit.backup(source, tmp_path)
+    # Make the snapshot's post-data fail: a unique index that its own data violates.
+    with psycopg.connect(source) as conn:
+        conn.execute("DELETE FROM a WHERE ctid = (SELECT min(ctid) FROM a); CREATE UNIQUE INDEX a_uq ON a (id)")
+    res2 = backupkit.backup(source, tmp_path)
+    target = make_db("tgt")
+    # Load snapshot 2's schema with snapshot 1's duplicate rows: hand-build by data-only.
+    restore(res2.path, target, schema_only=True)
+    before = fingerprint(target)
+    with pytest.raises(backupkit.RestoreError) as err:
+        restore(res.path, target, data_only=True)
+    assert "duplicate key" in str(err.value) and "target is unchanged" in str(err.value)
+    assert fingerprint(target) == before
+
+
+def test_selective_and_dependency_following_restore(make_db, tmp_path):
+    source = make_db("src")
+    load_small(source)
+    res = backupkit.backup(source, tmp_path)
+    only = make_db("only")
+    restore(res.path, only, tables=['public.Odd "Name".x'])
+    with psycopg.connect(only) as conn:
+        tables = conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
+                              "relnamespace = 'public'::regnamespace ORDER BY 1").fetchall()
+        assert tables == [('Odd "Name".x',)]
+        assert conn.execute('SELECT count(*) FROM "Odd ""Name"".x"').fetchone()[0] == 3
+    deps = make_db("deps")
+    out = run_cli("restore", res.path, "--dsn", deps, "--table", "public.orders", "--with-dependencies", "-q")
+    assert out.returncode == 0, out.stderr
+    with psycopg.connect(deps) as conn, psycopg.connect(source) as src:
+        got = conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
+                           "relnamespace = 'public'::regnamespace ORDER BY 1").fetchall()
+        assert got == [("customers",), ("orders",)]
+        q = "SELECT count(*), sum(total), sum(doubled), max(id) FROM orders"
+        assert conn.execute(q).fetchone() == src.execute(q).fetchone()
+        # the foreign key came along, and the sequence continues after the restored ids
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'").fetchone()[0] == 1
+        assert conn.execute("SELECT nextval('orders_id_seq')").fetchone()[0] == 20001
+    # without --with-dependencies the FK cannot be created: refused, nothing left behind
+    lone = make_db("lone")
+    with pytest.raises(backupkit.RestoreError):
+        restore(res.path, lone, tables=["public.orders"])
+    with psycopg.connect(lone) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
+
+
+def test_damaged_snapshot_restores_nothing(make_db, tmp_path):
+    source = make_db("src")
+    load_small(source)
+    res = backupkit.backup(source, tmp_path)
+    data = res.path / res.manifest["tables"][0]["files"][0]["path"]
+    data.chmod(0o600)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    target = make_db("tgt")
+    before = fingerprint(target)
+    out = run_cli("restore", res.path, "--dsn", target)
+    assert out.returncode == 6
+    assert "damaged" in out.stderr and data.name in out.stderr
+    assert fingerprint(target) == before
+
+
+def test_grants_to_missing_roles_are_skipped_and_reported(make_db, tmp_path, pg_server):
+    source = make_db("src")
+    role = "gone_" + conninfo_to_dict(source)["dbname"]
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}; CREATE TABLE t (x int); GRANT SELECT ON t TO {role}")
+    res = backupkit.backup(source, tmp_path)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    target = make_db("tgt")
+    result = restore(res.path, target)
+    assert any(role in w for w in result.warnings)
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+
+
+def test_dry_run_touches_nothing(make_db, tmp_path):
+    source = make_db("src")
+    load_small(source)
+    res = backupkit.backup(source, tmp_path)
+    target = make_db("tgt")
+    before = fingerprint(target)
+    out = run_cli("restore", res.path, "--dsn", target, "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["dry_run"] is True and sorted(plan["tables"]) == sorted(mf.table_key(t) for t in res.manifest["tables"])
+    assert fingerprint(target) == before
