@@ -135,7 +135,8 @@ def cmd_restore(a) -> int:
 
     res = restore(resolve(a.snapshot), resolve_dsn(a.dsn), tables=a.table or [], schemas=a.schema or [],
                   with_dependencies=a.with_dependencies, schema_only=a.schema_only, data_only=a.data_only,
-                  clean=a.clean, jobs=a.jobs, owner=a.owner, dry_run=a.dry_run,
+                  clean=a.clean, jobs=a.jobs, owner=a.owner, create_roles=a.create_roles,
+                  dry_run=a.dry_run,
                   progress=None if not a.quiet else False)
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--no-owner", dest="owner", action="store_false",
                      help="objects owned by the connecting role (default)")
     own.add_argument("--owner", dest="owner", action="store_true", help="restore original ownership")
+    r.add_argument("--create-roles", action="store_true",
+                   help="create roles named by policies/grants that the target lacks (NOLOGIN)")
     r.add_argument("--dry-run", action="store_true", help="show what would be done")
     r.add_argument("--json", action="store_true")
     r.add_argument("--quiet", "-q", action="store_true")

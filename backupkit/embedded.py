@@ -76,8 +76,11 @@ class EmbeddedServer:
     keeps the data folder so a later process can start it again.
     """
 
-    def __init__(self, datadir: Path | str, *, persistent: bool = False, remove_parent: bool = False):
+    def __init__(self, datadir: Path | str, *, persistent: bool = False, remove_parent: bool = False,
+                 bindir: Path | str | None = None):
         self.datadir = Path(datadir).resolve()
+        # Another installation's binaries (e.g. Debian's PostgreSQL 15 for cross-version tests).
+        self.bindir = Path(bindir) if bindir else None
         self.persistent = persistent
         self._remove_parent = remove_parent
         self._started_here = False
@@ -105,7 +108,7 @@ class EmbeddedServer:
 
     # -- lifecycle ---------------------------------------------------------------
     def _pg(self, name: str, *args: str, **kw) -> subprocess.CompletedProcess:
-        exe = bin_dir() / name
+        exe = (self.bindir or bin_dir()) / name
         return subprocess.run([str(exe), *args], capture_output=True, text=True, **_run_as(), **kw)
 
     def _initdb(self) -> None:
@@ -117,7 +120,7 @@ class EmbeddedServer:
         pwcopy = self.datadir.parent / (self.datadir.name + ".initpw")
         shutil.copy(self._pwfile, pwcopy)
         if run_as:
-            _make_readable_path(bin_dir())
+            _make_readable_path(self.bindir or bin_dir())
             _make_readable_path(self.datadir.parent)
             shutil.chown(self.datadir, SERVER_USER)
             shutil.chown(pwcopy, SERVER_USER)

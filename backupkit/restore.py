@@ -38,6 +38,7 @@ log = logging.getLogger("backupkit")
 
 _DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
 _ACL_GRANTEE = re.compile(r"\b(?:TO|FROM)\s+(.+?)(?:\s+WITH GRANT OPTION)?;\s*$")
+_POLICY_ROLES = re.compile(r"^CREATE POLICY .*? TO (.+?)(?: USING | WITH CHECK |;)", re.M)
 _GLOBAL_TYPES = {"SCHEMA", "TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "COLLATION",
                  "EXTENSION", "SHELL TYPE", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
                  "OPERATOR", "CAST"}
@@ -55,6 +56,7 @@ class RestorePlan:
     data: bool
     full: bool = True
     skipped_grants: list[str] = field(default_factory=list)
+    created_roles: list[str] = field(default_factory=list)
 
     def describe(self) -> list[str]:
         """Human-readable steps."""
@@ -184,6 +186,18 @@ def _wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict],
     return wanted
 
 
+def _role_names(listing: str) -> set[str]:
+    return {r.strip().strip('"') for r in listing.split(",")} - {"public", "PUBLIC", "CURRENT_USER", "SESSION_USER"}
+
+
+def referenced_roles(script: str) -> tuple[set[str], set[str]]:
+    """Roles named by the script's policies, and by its GRANT/REVOKE statements."""
+    policies = set().union(*(_role_names(m) for m in _POLICY_ROLES.findall(script)))
+    grants = set().union(*(_role_names(m.group(1)) for line in script.splitlines()
+                           if line.startswith(("GRANT ", "REVOKE ")) and (m := _ACL_GRANTEE.search(line))))
+    return policies, grants
+
+
 def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
     """Drop GRANT/REVOKE lines naming roles the target lacks (Supabase's roles on plain PostgreSQL)."""
     kept, skipped = [], []
@@ -200,7 +214,8 @@ def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
 
 def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: list[str] = (),
             with_dependencies: bool = False, schema_only: bool = False, data_only: bool = False,
-            clean: bool = False, jobs: int = 1, owner: bool = False, dry_run: bool = False,
+            clean: bool = False, jobs: int = 1, owner: bool = False, create_roles: bool = False,
+            dry_run: bool = False,
             progress: bool | None = None, _fail_after_tables: int | None = None) -> RestoreResult:
     """Restore ``snapshot`` into the database at ``dsn`` and return what was done.
 
@@ -209,6 +224,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     first; with ``data_only``: empty them).  ``owner=False`` (the default)
     leaves objects owned by the connecting role, which is what a Supabase or
     fresh database needs; GRANTs to roles the target lacks are skipped and reported.
+    Policies naming missing roles (Supabase's ``anon``, ``authenticated``) stop the
+    restore before anything changes, unless ``create_roles`` creates them (NOLOGIN).
     """
     started = time.monotonic()
     if schema_only and data_only:
@@ -250,8 +267,24 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     dump = folder / DUMP
     scripts = {}
     if not data_only:
-        for section in ("pre-data", "post-data"):
-            text = render(dump, section, entries, no_owner=not owner)
+        texts = {section: render(dump, section, entries, no_owner=not owner)
+                 for section in ("pre-data", "post-data")}
+        policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
+        missing = sorted(policy_roles - roles)
+        if missing and not create_roles:
+            raise RestoreError(
+                f"the snapshot's row-level security policies name roles this database does not have: "
+                f"{', '.join(missing)}; skipping the policies would weaken security",
+                hint="restore into a Supabase project (which has these roles), create them first, "
+                     "or pass --create-roles to create them as NOLOGIN roles",
+            )
+        if create_roles:
+            new_roles = sorted((policy_roles | grant_roles) - roles)
+            plan.created_roles = new_roles
+            roles |= set(new_roles)
+            texts["pre-data"] = "".join(
+                f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n" for r in new_roles) + texts["pre-data"]
+        for section, text in texts.items():
             scripts[section], skipped = _filter_grants(text, roles)
             plan.skipped_grants += skipped
         # pg_restore --clean writes the DROPs in reverse dependency order; keep just those.

@@ -205,6 +205,11 @@ def _functions(conn, nsp) -> dict:
 
 # -- relations -----------------------------------------------------------------
 
+def _enforced(conn) -> str:
+    """conenforced exists from PostgreSQL 18; older servers enforce every constraint."""
+    return "conenforced" if conn.info.server_version >= 180000 else "true"
+
+
 def _relations(conn, nsp) -> dict:
     rels: dict[str, dict] = {}
     oid_key: dict[int, str] = {}
@@ -264,9 +269,9 @@ def _relations(conn, nsp) -> dict:
         }
 
     for relid, name, contype, d, deferrable, deferred, validated, enforced, islocal, inhcount, \
-            noinherit, comment in _rows(conn, """
+            noinherit, comment in _rows(conn, f"""
             SELECT conrelid, conname, contype, pg_get_constraintdef(oid), condeferrable,
-                   condeferred, convalidated, conenforced, conislocal, coninhcount,
+                   condeferred, convalidated, {_enforced(conn)}, conislocal, coninhcount,
                    -- NO INHERIT means something only for CHECK and NOT NULL constraints.
                    -- For PRIMARY KEY/UNIQUE/EXCLUDE/FOREIGN KEY the flag is inert, and
                    -- PostgreSQL itself sets it differently for the same definition (a
