@@ -227,3 +227,29 @@ def test_dry_run_touches_nothing(make_db, tmp_path):
     plan = json.loads(out.stdout)
     assert plan["dry_run"] is True and sorted(plan["tables"]) == sorted(mf.table_key(t) for t in res.manifest["tables"])
     assert fingerprint(target) == before
+
+
+def test_policies_naming_missing_roles_stop_the_restore_unless_create_roles(make_db, tmp_path, pg_server):
+    source = make_db("src")
+    role = "app_user_" + conninfo_to_dict(source)["dbname"]
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}; CREATE TABLE t (x int); INSERT INTO t VALUES (1); "
+                     f"ALTER TABLE t ENABLE ROW LEVEL SECURITY; CREATE POLICY p ON t TO {role} USING (x > 0)")
+    res = backupkit.backup(source, tmp_path)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    target = make_db("tgt")
+    before = fingerprint(target)
+    out = run_cli("restore", res.path, "--dsn", target)
+    assert out.returncode == 9 and f"policies name roles this database does not have: {role}" in out.stderr
+    assert "--create-roles" in out.stderr and fingerprint(target) == before
+    try:
+        out = run_cli("restore", res.path, "--dsn", target, "--create-roles", "-q")
+        assert out.returncode == 0, out.stderr
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT polroles::regrole[]::text FROM pg_policy").fetchone()[0] == "{%s}" % role
+            assert conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)).fetchone() == (False,)
+    finally:
+        pg_server.dropdb(target)
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
