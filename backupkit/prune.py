@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from .errors import RetentionError
 from .lock import DirLock
 from .retention import Policy, SnapshotInfo, apply_policy
 from .store import TRASH_PREFIX, list_snapshots
@@ -40,13 +41,16 @@ class PruneResult:
                 "removed": self.removed, "stale_removed": self.stale, "warnings": self.warnings}
 
 
-def _intact_flags(snaps) -> dict[str, bool]:
-    """Verify from the newest down until one is intact: only the newest intact one matters
-    to the policy, and hashing every old snapshot on each prune would be wasteful."""
+def _intact_flags(snaps, now: datetime) -> dict[str, bool]:
+    """Verify from the newest down until one dated up to ``now`` is intact: only the newest
+    intact one matters to the policy (snapshots dated after ``now`` take no part in its floors,
+    so one of them being intact proves nothing), and hashing every old snapshot on each prune
+    would be wasteful."""
     flags = {}
     for s in snaps:
         flags[s.id] = verify(s.path).ok
-        if flags[s.id]:
+        # (a created_at without zone is refused by SnapshotInfo right after)
+        if flags[s.id] and (s.created_at.utcoffset() is None or s.created_at <= now):
             break
     return flags
 
@@ -55,6 +59,8 @@ def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool
           stale_after_hours: float = 24, _after_rename=None) -> PruneResult:
     """Remove the snapshots ``policy`` does not keep (none with ``dry_run``); report why for each."""
     directory = Path(directory)
+    if now.utcoffset() is None:
+        raise RetentionError(f"now ({now}) has no time zone")
     result = PruneResult(dry_run=dry_run)
     with DirLock(directory, "prune") as lock:
         if lock.took_over:
@@ -67,7 +73,7 @@ def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool
             result.warnings.append(msg)
             log.warning(msg)
         readable = [s for s in snaps if s not in unreadable]
-        flags = _intact_flags(readable)
+        flags = _intact_flags(readable, now)
         infos = [SnapshotInfo(s.id, s.created_at, pinned=s.pinned, intact=flags.get(s.id, True))
                  for s in readable]
         keep, remove, reasons = apply_policy(infos, policy, now)
