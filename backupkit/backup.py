@@ -41,7 +41,7 @@ from .verify import verify
 log = logging.getLogger("backupkit")
 
 #: Tables larger than this on disk are split into ctid ranges so --jobs can share them.
-CHUNK_BYTES = 256 << 20
+CHUNK_BYTES = 64 << 20
 
 
 @dataclass

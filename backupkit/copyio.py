@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,32 +64,75 @@ def copy_source(table: dict, where: sql.Composable | None = None) -> sql.Compose
     return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT {}").format(cols, rel, where, COPY_OPTIONS)
 
 
+class _BlockWriter:
+    """Compresses, hashes and writes blocks in its own thread.
+
+    zstd and hashlib release the GIL, so compression overlaps with receiving
+    the next rows; the bounded queue keeps memory at a few blocks per worker.
+    """
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.size = 0
+        self.sha256 = ""
+        self.thread = threading.Thread(target=self._run, name=f"backupkit-zstd-{dest.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            fd = os.open(self.dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as raw:
+                hashed = _HashingFile(raw)
+                zw = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(hashed, closefd=False)
+                while (block := self.queue.get()) is not None:
+                    zw.write(block)
+                zw.flush(zstandard.FLUSH_FRAME)
+                zw.close()
+                raw.flush()
+                os.fsync(raw.fileno())
+            self.size, self.sha256 = hashed.size, hashed.sha.hexdigest()
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            self.error = exc
+            # Drain so a blocked put() in the reader wakes up and sees the error.
+            while self.queue.get() is not None:
+                pass
+
+    def put(self, block) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(block)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, folder: Path,
              on_rows=None) -> FileResult:
     """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into ``dest``."""
     rows = 0
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as raw:
-        hashed = _HashingFile(raw)
-        zw = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(hashed, closefd=False)
-        buf = bytearray()
+    writer = _BlockWriter(dest)
+    buf = bytearray()
+    try:
         with conn.cursor() as cur, cur.copy(statement) as copy:
             for row in copy:
                 buf += row
                 rows += 1
                 if len(buf) >= BLOCK:
-                    zw.write(buf)
+                    writer.put(bytes(buf))
                     buf.clear()
                     if on_rows:
                         on_rows(rows)
-        zw.write(buf)
-        zw.flush(zstandard.FLUSH_FRAME)
-        zw.close()
-        raw.flush()
-        os.fsync(raw.fileno())
+        writer.put(bytes(buf))
+    finally:
+        writer.close()
     if on_rows:
         on_rows(rows)
-    return FileResult(str(dest.relative_to(folder)), hashed.size, hashed.sha.hexdigest(), rows)
+    return FileResult(str(dest.relative_to(folder)), writer.size, writer.sha256, rows)
 
 
 def iter_file_blocks(path: Path, expected_sha256: str | None = None, size: int = BLOCK):
