@@ -259,7 +259,8 @@ def cmd_demo(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
-    p = argparse.ArgumentParser(prog="backupkit", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="backupkit", description="Checkable, exactly-restorable backups of "
+                                "Supabase / PostgreSQL databases. See README.md.")
     p.add_argument("--version", action="version", version=f"backupkit {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -357,6 +358,28 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--scale", type=float, default=1.0, help="demo size (1.0: a few hundred thousand rows)")
     dm.set_defaults(func=cmd_demo)
     return p
+
+
+def help_markdown() -> str:
+    """Every command's ``--help`` as Markdown: docs/cli.md is this text (a test keeps them equal)."""
+    import os
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; docs must not depend on it
+    try:
+        parser = build_parser()
+        out = ["# backupkit command reference", "",
+               "Generated from `backupkit COMMAND --help`; exit codes are listed in README.md.", "",
+               "```", parser.format_help().rstrip(), "```"]
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for name, cmd in sub.choices.items():
+            out += ["", f"## backupkit {name}", "", "```", cmd.format_help().rstrip(), "```"]
+        return "\n".join(out) + "\n"
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,7 @@ def read(folder: Path | str) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise SnapshotDamaged(f"{path} is not valid JSON: {exc}", [f"{MANIFEST} unreadable"]) from None
+        raise SnapshotDamaged(f"{path} is not valid JSON: {exc}", [f"{MANIFEST} is not valid JSON ({exc})"]) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotDamaged(f"{path} is not a backupkit manifest", [f"{MANIFEST} has the wrong format"])
     if manifest.get("format_version", 0) > FORMAT_VERSION:

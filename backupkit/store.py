@@ -123,7 +123,8 @@ def resolve(directory_or_snapshot: Path | str, ref: str | None = None) -> Path:
     """A snapshot folder from a path, or from ``DIR`` plus an id / ``latest`` / ``latest~1``."""
     base = Path(directory_or_snapshot)
     if ref is None:
-        if (base / mf.MANIFEST).exists() or not base.is_dir():
+        # A snapshot folder, even one whose manifest is gone, is verified as such.
+        if not base.is_dir() or any((base / n).exists() for n in (mf.MANIFEST, "data", "schema")):
             return base
         ref = "latest"
     m = re.fullmatch(r"latest(?:~(\d+))?", ref)

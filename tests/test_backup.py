@@ -192,3 +192,33 @@ def test_check_reports_everything(small_db, tmp_path):
     assert {"connection", "pg_dump", "role", "tables", "row-level security", "disk space"} <= set(checks)
     assert "PostgreSQL 1" in checks["connection"]["detail"]
     assert all(c["status"] == "ok" for c in checks.values())
+
+
+def test_demo_database_manifest_counts(make_db, tmp_path):
+    from backupkit.demo_data import create_demo
+
+    dsn = make_db("demo")
+    create_demo(dsn, scale=0.02)
+    m = backupkit.backup(dsn, tmp_path, schemas=["public", "auth", "storage"], jobs=2).manifest
+    with psycopg.connect(dsn) as conn:
+        for t in m["tables"]:
+            n = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM ONLY {}").format(
+                psycopg.sql.Identifier(t["schema"], t["name"]))).fetchone()[0]
+            assert t["rows"] == n, mf.table_key(t)
+    assert {"auth.users", "storage.objects", "public.orders", "public.order_items"} <= {mf.table_key(t) for t in m["tables"]}
+    assert all(t["rls"]["enabled"] for t in m["tables"] if t["schema"] == "public")
+
+
+def test_disk_full_leaves_no_snapshot(small_db, tmp_path):
+    """A write failure (here: the file-size limit, as a full disk would) gives one clear line."""
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
+              "from backupkit.cli import main; sys.exit(main(sys.argv[1:]))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script, "backup", "--dsn", small_db, "--to", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 8, out.stderr
+    assert out.stderr.startswith("error: cannot write the snapshot under") and "Traceback" not in out.stderr
+    assert snapshot_dirs(tmp_path) == [] and not list(tmp_path.glob(".tmp-*"))
