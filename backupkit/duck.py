@@ -1,0 +1,213 @@
+"""Querying a snapshot with DuckDB, straight from its zstd CSV files.
+
+``open_snapshot(path)`` returns an in-memory DuckDB connection with one view
+per table, named like the table (``SELECT * FROM public.orders``).  Nothing is
+loaded or sniffed: every view reads its chunk files with explicit options and
+columns, as text, and converts each column with an expression chosen from the
+manifest's ``base_type`` (domains already resolved):
+
+==============================================  ==========================================
+PostgreSQL                                      DuckDB
+==============================================  ==========================================
+smallint, integer, bigint                       SMALLINT, INTEGER, BIGINT
+boolean                                         BOOLEAN
+real, double precision                          FLOAT, DOUBLE (NaN and ±Infinity kept)
+numeric(p,s), 1 <= p <= 38, 0 <= s <= p         DECIMAL(p,s) (NaN becomes NULL)
+numeric, numeric(p>38,s), other typmods         VARCHAR, the exact digits (lossless)
+date                                            DATE (BC and ±infinity kept)
+timestamp[(n)] [with time zone]                 TIMESTAMP / TIMESTAMPTZ (BC, ±infinity kept)
+time[(n)] without time zone                     TIME
+uuid                                            UUID
+json, jsonb                                     JSON
+bytea                                           BLOB (decoded from ``\\x`` hex)
+1-D arrays of int2/int4/int8/bool/float/uuid    SMALLINT[] ... UUID[] (LIST, NULL elements
+  and of text/varchar/char                      kept)
+enums, interval, timetz, money, other arrays,   VARCHAR, the text PostgreSQL wrote
+  everything else
+==============================================  ==========================================
+
+Conversions that can meet a value DuckDB cannot hold (dates and timestamps
+beyond DuckDB's range, numeric NaN, a multi-dimensional array or one with
+explicit bounds in an array column, invalid JSON in a ``json`` column) give
+NULL for that value instead of failing the whole view.  So in a typed view a
+NULL can mean "not representable"; ``open_snapshot(path, raw=True)`` gives
+every column as VARCHAR holding exactly what PostgreSQL wrote (NULL is NULL,
+the empty string is ``''``), which is what comparisons should use.
+
+Generated columns are not in the files and so not in the views.  DuckDB
+matches identifiers case-insensitively: when two tables of one schema differ
+only in case, the later one gets no view (``backupkit.tables.view`` is NULL);
+``relation_sql`` still reads it.  Columns differing only in case are both in
+the view, but only ``SELECT *`` can tell them apart.  A view
+``backupkit.tables`` (schema, name, rows, bytes, files, primary_key, view)
+lists the snapshot's tables, unless the snapshot has a table of that name.
+
+The views trust the files: DuckDB reads a truncated zstd file as a shorter one
+without an error, so verify a snapshot of unknown state first
+(``backupkit.verify``); ``diff`` and ``integrity`` do their own checking.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+
+from . import manifest as mf
+
+#: Longest CSV row DuckDB will read (its default, 2 MB, is too small for big jsonb or
+#: bytea values).  A longer row fails loudly.  DuckDB needs a read buffer larger than
+#: this and counts it against its memory limit for every file being read, so a full
+#: 1 GB (PostgreSQL's field limit) would exhaust the limit with a few threads.
+MAX_LINE_SIZE = 128 << 20
+
+_SIMPLE = {
+    "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "BIGINT",
+    "boolean": "BOOLEAN", "real": "FLOAT", "double precision": "DOUBLE", "uuid": "UUID",
+}
+#: Array element types whose every value converts exactly into a LIST element.
+_ARRAY_ELEMENTS = {
+    **_SIMPLE, "text": "VARCHAR", "character varying": "VARCHAR", "character": "VARCHAR",
+    "name": "VARCHAR",
+}
+# One element of a 1-D array literal: a quoted string (\-escapes inside) or a bare token.
+_ELEMENT_RE = r'"(?:[^"\\]|\\.)*"|[^,{}]+'
+
+
+def ident(name: str) -> str:
+    """A DuckDB identifier, double-quoted so any PostgreSQL name survives."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    """A DuckDB string literal (backslashes are not escapes in DuckDB strings)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def duck_type(base_type: str) -> str:
+    """The DuckDB type a column of PostgreSQL type ``base_type`` is shown as (see the module table)."""
+    t = base_type
+    if t in _SIMPLE:
+        return _SIMPLE[t]
+    m = re.fullmatch(r"numeric\((\d+),(-?\d+)\)", t)
+    if m:
+        p, s = int(m.group(1)), int(m.group(2))
+        # Larger precisions, negative scales and scale > precision (PostgreSQL 15+) do not fit.
+        return f"DECIMAL({p},{s})" if 1 <= p <= 38 and 0 <= s <= p else "VARCHAR"
+    if t == "date":
+        return "DATE"
+    if re.fullmatch(r"timestamp(\(\d\))? without time zone", t):
+        return "TIMESTAMP"
+    if re.fullmatch(r"timestamp(\(\d\))? with time zone", t):
+        return "TIMESTAMP WITH TIME ZONE"
+    if re.fullmatch(r"time(\(\d\))? without time zone", t):
+        return "TIME"
+    if t in ("json", "jsonb"):
+        return "JSON"
+    if t == "bytea":
+        return "BLOB"
+    if t.endswith("[]"):
+        element = re.sub(r"\(\d+\)$", "", t[:-2])
+        if element in _ARRAY_ELEMENTS:
+            return _ARRAY_ELEMENTS[element] + "[]"
+    return "VARCHAR"
+
+
+def column_expr(raw: str, base_type: str) -> str:
+    """SQL converting the text column ``raw`` (an already quoted reference) to ``duck_type(base_type)``."""
+    target = duck_type(base_type)
+    if target == "VARCHAR":
+        return raw
+    if target in _SIMPLE.values():
+        # Every value PostgreSQL writes for these converts exactly; a failure is a real error.
+        return f"CAST({raw} AS {target})"
+    if target in ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE"):
+        # PostgreSQL writes '0044-03-15 BC'; DuckDB reads '0044-03-15 (BC)' with the era after the date.
+        bc = rf"regexp_replace({raw}, '^(\d+-\d\d-\d\d)(.*) BC$', '\1 (BC)\2')"
+        return f"TRY_CAST({bc} AS {target})"
+    if target.endswith("[]"):
+        element = r"""CASE WHEN e = 'NULL' THEN NULL
+                  WHEN e[1] = '"' THEN regexp_replace(substr(e, 2, length(e) - 2), '\\(.)', '\1', 'g')
+                  ELSE e END"""
+        # '{{' starts a multi-dimensional array, '[' explicit bounds: a LIST cannot hold them.
+        return (f"CASE WHEN {raw}[1:2] = '{{{{' OR {raw}[1] = '[' THEN NULL ELSE "
+                f"CAST([{element} FOR e IN regexp_extract_all({raw}, {literal(_ELEMENT_RE)})] "
+                f"AS {target}) END")
+    if target == "BLOB":
+        # Only the default hex output is decoded; bytea_output=escape text stays in raw mode.
+        return rf"CASE WHEN starts_with({raw}, '\x') THEN unhex(substr({raw}, 3)) END"
+    return f"TRY_CAST({raw} AS {target})"
+
+
+def files_sql(folder: Path | str, table: dict) -> str:
+    """``read_csv(...)`` over a table's chunk files, columns named c0, c1, ... as VARCHAR.
+
+    Positional names keep odd or case-colliding column names out of DuckDB's way;
+    callers alias them.
+    """
+    folder = Path(folder).resolve()
+    files = "[" + ", ".join(literal(str(folder / f["path"])) for f in table["files"]) + "]"
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(table["copy_columns"]))) + "}"
+    # Nothing is sniffed: quoting, NULL handling and types are exactly what COPY (FORMAT csv) wrote.
+    return (f"read_csv({files}, header = false, columns = {columns}, auto_detect = false, "
+            "delim = ',', quote = '\"', escape = '\"', allow_quoted_nulls = false, "
+            "compression = 'zstd', strict_mode = true, hive_partitioning = false, "
+            "union_by_name = false, filename = false, encoding = 'utf-8', "
+            f"max_line_size = {MAX_LINE_SIZE}, buffer_size = {MAX_LINE_SIZE + (1 << 20)})")
+
+
+def relation_sql(folder: Path | str, table: dict, *, raw: bool = False) -> str:
+    """A SELECT returning one manifest table's rows with its column names (typed unless ``raw``)."""
+    if not table["copy_columns"]:
+        raise ValueError(f"{mf.table_key(table)} has no stored columns to read")
+    types = {c["name"]: c.get("base_type") or c["type"] for c in table["columns"]}
+    cols = []
+    for i, name in enumerate(table["copy_columns"]):
+        expr = f"c{i}" if raw else column_expr(f"c{i}", types.get(name, "text"))
+        cols.append(f"{expr} AS {ident(name)}")
+    return f"SELECT {', '.join(cols)} FROM {files_sql(folder, table)}"
+
+
+def _tables_view(manifest: dict, views: dict[str, str | None]) -> str:
+    rows = []
+    for t in manifest["tables"]:
+        pk = t.get("primary_key")
+        pk_sql = "NULL::VARCHAR[]" if pk is None else "[" + ", ".join(literal(c) for c in pk) + "]::VARCHAR[]"
+        view = views.get(mf.table_key(t))
+        rows.append(f"({literal(t['schema'])}, {literal(t['name'])}, {int(t['rows'])}::BIGINT, "
+                    f"{sum(int(f['bytes']) for f in t['files'])}::BIGINT, {len(t['files'])}, {pk_sql}, "
+                    f"{'NULL' if view is None else literal(view)}::VARCHAR)")
+    names = "(schema, name, rows, bytes, files, primary_key, view)"
+    if not rows:
+        return (f"SELECT * FROM (VALUES ('', '', 0::BIGINT, 0::BIGINT, 0, NULL::VARCHAR[], NULL::VARCHAR)) "
+                f"AS t{names} WHERE false")
+    return f"SELECT * FROM (VALUES {', '.join(rows)}) AS t{names}"
+
+
+def open_snapshot(path: Path | str, *, raw: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per snapshot table, read from its files.
+
+    With ``raw=True`` every column is VARCHAR holding PostgreSQL's exact text.
+    """
+    folder = Path(path)
+    manifest = mf.read(folder)
+    con = duckdb.connect(":memory:")
+    # The files hold UTC timestamps; show them as such whatever the machine's zone.
+    con.execute("SET TimeZone = 'UTC'")
+    taken: set[tuple[str, str]] = set()
+    views: dict[str, str | None] = {}
+    for t in manifest["tables"]:
+        key = (t["schema"].lower(), t["name"].lower())
+        if key in taken or not t["copy_columns"]:
+            views[mf.table_key(t)] = None
+            continue
+        taken.add(key)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(t['schema'])}")
+        con.execute(f"CREATE VIEW {ident(t['schema'])}.{ident(t['name'])} AS "
+                    + relation_sql(folder, t, raw=raw))
+        views[mf.table_key(t)] = f"{ident(t['schema'])}.{ident(t['name'])}"
+    if ("backupkit", "tables") not in taken:
+        con.execute("CREATE SCHEMA IF NOT EXISTS backupkit")
+        con.execute("CREATE VIEW backupkit.tables AS " + _tables_view(manifest, views))
+    return con
