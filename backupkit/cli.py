@@ -208,12 +208,16 @@ def cmd_diff(a) -> int:
     _print_table([{"table": f"{t['schema']}.{t['name']}", "rows_old": t["rows_old"], "rows_new": t["rows_new"],
                    "inserted": t["inserted"], "deleted": t["deleted"],
                    "updated": "-" if t["updated"] is None else t["updated"],
-                   "schema": "changed" if t.get("schema_changes") else ""}
+                   "schema": "changed" if (t.get("schema_changes") or {}).get("changed") else ""}
                   for t in d["tables"]],
                  ["table", "rows_old", "rows_new", "inserted", "deleted", "updated", "schema"])
     for key in ("tables_added", "tables_removed"):
         if d.get(key):
             print(f"{key.replace('_', ' ')}: {', '.join(d[key])}")
+    for t in d["tables"]:
+        changes = {k: v for k, v in (t.get("schema_changes") or {}).items() if v and k != "changed"}
+        for what, detail in changes.items():
+            print(f"{t['schema']}.{t['name']}: {what.replace('_', ' ')}: {json.dumps(detail, default=str)}")
     return 0
 
 
