@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 
 from .backup import backup
+from .diff import diff_snapshots
 from .demo_data import create_demo, mutate_demo
 from .dsn import resolve_dsn
 from .embedded import EmbeddedServer, home, temporary_server
@@ -51,6 +52,9 @@ def run_demo(to: Path | str = "backups", *, scale: float = 1.0, keep_server: boo
                 raise ConfigError(f"demo snapshot {snap.path} did not verify: {report.problems}")
             say(f"verified {snap.path.name}: intact ({report.files} files, rows recounted)")
         result.snapshots = [first.path, second.path]
+    totals = diff_snapshots(first.path, second.path)["totals"]
+    say(f"diff (DuckDB): {totals['inserted']} rows inserted, {totals['updated']} updated, "
+        f"{totals['deleted']} deleted between the two snapshots")
     say(f"next: backupkit list {to}   |   backupkit diff {first.path} {second.path}   |   "
         f"backupkit sql {second.path} \"select count(*) from public.orders\"")
     return result
