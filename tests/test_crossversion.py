@@ -78,3 +78,17 @@ def test_snapshot_from_15_restores_exactly_into_18(pg15, make_db, tmp_path):
     assert a == b, "\n".join(diff_fingerprints(a, b)[:40])
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT amount::text, tags FROM docs WHERE id = 1").fetchone() == ("$12.34", ["a", "b c", None])
+
+
+def test_too_old_pg_dump_is_refused_clearly(make_db, tmp_path):
+    """Debian's pg_dump 15 cannot dump PostgreSQL 18: one clear line, exit 4, no snapshot."""
+    from helpers import run_cli, snapshot_dirs
+
+    dsn = make_db("old_dump")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+    out = run_cli("backup", "--dsn", dsn, "--to", tmp_path, env={"BACKUPKIT_PG_DUMP": str(PG15 / "pg_dump")})
+    assert out.returncode == 4, out.stderr
+    assert "is version 15." in out.stderr and "older than the server (PostgreSQL 18)" in out.stderr
+    assert "BACKUPKIT_PG_DUMP" in out.stderr and "Traceback" not in out.stderr
+    assert snapshot_dirs(tmp_path) == []
