@@ -333,16 +333,21 @@ def _truncate(conn: psycopg.Connection, chosen: list[dict]) -> None:
         sql.SQL(", ").join(sql.Identifier(t["schema"], t["name"]) for t in chosen)))
 
 
+def _prepare(conn: psycopg.Connection, scripts: dict, chosen: list[dict], truncate: bool) -> None:
+    """Drop or empty what --clean asks for, then create the pre-data objects."""
+    if "clean" in scripts:
+        conn.execute(scripts["clean"])
+    if truncate:
+        _truncate(conn, chosen)
+    if "pre-data" in scripts:
+        conn.execute(scripts["pre-data"])
+
+
 def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, show, fail_after) -> int:
     rows = 0
     with connect(dsn) as conn:  # one transaction: psycopg commits on clean exit, rolls back on error
         try:
-            if "clean" in scripts:
-                conn.execute(scripts["clean"])
-            if truncate:
-                _truncate(conn, chosen)
-            if "pre-data" in scripts:
-                conn.execute(scripts["pre-data"])
+            _prepare(conn, scripts, chosen, truncate)
             if plan.data:
                 conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
                 for n, t in enumerate(tqdm(chosen, desc="restore", unit="table", disable=not show,
@@ -361,7 +366,8 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, show
                                hint="fix the cause (see the message) and run the restore again") from None
         except BackupkitError as exc:
             conn.rollback()
-            raise type(exc)(f"{exc} — rolled back, the target is unchanged") from None
+            exc.args = (f"{exc} — rolled back, the target is unchanged",)
+            raise
     return rows
 
 
@@ -369,12 +375,7 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     """pre-data committed, data in parallel transactions, post-data last; undo on failure."""
     with connect(dsn) as conn:
         try:
-            if "clean" in scripts:
-                conn.execute(scripts["clean"])
-            if truncate:
-                _truncate(conn, chosen)
-            if "pre-data" in scripts:
-                conn.execute(scripts["pre-data"])
+            _prepare(conn, scripts, chosen, truncate)
         except psycopg.Error as exc:
             conn.rollback()
             raise RestoreError(f"restore failed before loading data and was rolled back: "
