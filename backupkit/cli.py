@@ -394,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted; no snapshot was left looking complete", file=sys.stderr)
+        print("interrupted (an unfinished backup never looks like a snapshot; "
+              "a one-transaction restore was rolled back)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BackupkitError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)

@@ -403,10 +403,12 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
             if "post-data" in scripts:
                 conn.execute(scripts["post-data"])
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
-    except (psycopg.Error, BackupkitError) as exc:
+    except (psycopg.Error, BackupkitError, KeyboardInterrupt) as exc:
+        # Committed pre-data must not be left behind silently, not even after Ctrl-C.
         bar.close()
         left = _undo(dsn, scripts, chosen, plan)
-        raise RestoreError(f"restore failed: {redact(str(exc).strip(), dsn)}; {left}", left_behind=left,
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else redact(str(exc).strip(), dsn)
+        raise RestoreError(f"restore failed: {what}; {left}", left_behind=left,
                            hint="fix the cause and run the restore again") from None
     bar.close()
     return rows
