@@ -1,0 +1,896 @@
+"""Benchmark backupkit against PostgreSQL's own tools on one machine, one dataset.
+
+    .venv/bin/python benchmarks/run.py                       # --scale 1: ~1.5 GB of COPY text
+    .venv/bin/python benchmarks/run.py --scale 0.1           # a quick run (a few minutes)
+    .venv/bin/python benchmarks/run.py --only backup,verify --repeat 5 --out bench.md
+    .venv/bin/python benchmarks/run.py --rss-scales 0.05,0.2 # peak RSS of backup -j2 vs table size
+
+What it does:
+
+1. Starts a throwaway embedded PostgreSQL 18 (or uses ``--dsn``, whose role needs
+   CREATEDB; it creates and drops databases named ``bkbench_*``) and builds the
+   dataset once: ``pgbench -i -s 100*scale`` plus a table ``mixed`` of
+   2,000,000*scale rows of text, numeric, timestamptz, jsonb, uuid, boolean and
+   int[] generated server-side; then VACUUM ANALYZE.
+2. Runs every contender as a subprocess, interleaved (each repetition runs each
+   contender once, starting one later in the list than the previous repetition),
+   timing wall-clock and taking peak RSS from ``os.wait4``.  Preparation (fresh
+   output folder, fresh empty database) and clean-up (measuring, deleting,
+   dropping) happen outside the timed region, followed by ``sync`` and a
+   CHECKPOINT so one run's writes do not land in the next one's time.
+3. Prints the machine, the dataset and one markdown table: median and min
+   seconds, throughput, peak RSS, output size, ratios to the peer tool and to the
+   floor (one psql session COPYing every table to /dev/null), and backupkit's
+   performance targets with PASS/MISS.
+
+Passwords reach tools through ``PGPASSWORD`` / ``BACKUPKIT_DSN`` in their
+environment, never their argv.  Everything is written under a temporary folder
+(``--workdir``) that is deleted at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import backupkit  # noqa: E402  (the checkout being benchmarked, not an installed copy)
+from backupkit.dsn import redact, split_password  # noqa: E402
+from backupkit.embedded import bin_dir, temporary_server  # noqa: E402
+
+GROUPS = ("backup", "restore", "verify", "diff")
+MB = 1_000_000
+#: Session settings for the floor's psql, the same backupkit uses, so COPY text is byte-comparable.
+PG_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3"
+DB_PREFIX = "bkbench_"
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries only the report)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- measuring one subprocess (or pipeline) -------------------------------------------------
+
+@dataclass
+class Invocation:
+    """One timed run: a pipeline of argv lists plus what to measure and clean up afterwards.
+
+    ``stdout`` receives the last member's output (None: /dev/null).  ``output``
+    is a file or folder whose size is the run's output size and which is
+    deleted afterwards; ``database`` is a database sized and dropped afterwards.
+    """
+
+    pipeline: list[list[str]]
+    env: dict[str, str]
+    stdout: Path | None = None
+    cwd: Path | None = None
+    output: Path | None = None
+    database: str | None = None
+
+
+@dataclass
+class Measurement:
+    """What one run cost: wall seconds, peak RSS in KiB (summed over pipeline members), output bytes."""
+
+    seconds: float
+    rss_kib: int
+    output_bytes: int | None = None
+
+
+class RunFailed(Exception):
+    """A benchmarked command exited non-zero."""
+
+
+LAUNCHER = Path(__file__).with_name("launch.py")
+
+
+def run_pipeline(inv: Invocation, secret_dsn: str | None = None) -> Measurement:
+    """Run ``inv.pipeline`` (members connected stdout→stdin) and measure it.
+
+    The commands are started by ``launch.py``, a tiny separate process, which
+    times them and takes each member's ``ru_maxrss`` (KiB on Linux) from
+    ``os.wait4``: forked from this process they would inherit its RSS high-water
+    mark (see launch.py).  For a member that forks workers (pg_dump -j,
+    pg_restore -j) the kernel reports the largest single process of its tree,
+    not their sum; members of a pipeline run at the same time, so their peaks
+    are summed.
+    """
+    spec = json.dumps({"pipeline": inv.pipeline, "cwd": str(inv.cwd) if inv.cwd else None})
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory(prefix="bkbench-run-") as tmp, \
+            contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(inv.stdout, "wb")) if inv.stdout else subprocess.DEVNULL
+        result_file = Path(tmp) / "result.json"
+        launcher = subprocess.run([sys.executable, "-S", "-I", str(LAUNCHER), spec, str(result_file)],
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=inv.env)
+        result = json.loads(result_file.read_text()) if result_file.is_file() else None
+        if launcher.returncode or result is None or any(result["status"]):
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip()[-1500:]
+            if secret_dsn:
+                tail = redact(tail, secret_dsn)
+            names = " | ".join(Path(a[0]).name for a in inv.pipeline)
+            codes = result["status"] if result else f"launcher exit {launcher.returncode}"
+            raise RunFailed(f"{names} exited {codes}: {tail}")
+    return Measurement(result["seconds"], sum(result["rss_kib"]))
+
+
+def rss_floor_mb() -> float:
+    """Peak RSS the launcher reports for ``true``: no process measured here can read lower."""
+    true = shutil.which("true") or "/bin/true"
+    return run_pipeline(Invocation([[true]], dict(os.environ))).rss_kib * 1024 / MB
+
+
+def path_bytes(path: Path) -> int:
+    """Size of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- the server ---------------------------------------------------------------------------
+
+class Cluster:
+    """A PostgreSQL server reached through an admin DSN: create, size and drop databases."""
+
+    def __init__(self, admin_dsn: str):
+        self.admin_dsn = admin_dsn
+
+    def dsn(self, dbname: str) -> str:
+        """The admin DSN pointed at another database (password included: keep out of argv and logs)."""
+        return make_conninfo(self.admin_dsn, dbname=dbname)
+
+    def tool_env(self, dbname: str) -> tuple[str, dict[str, str]]:
+        """``--dbname`` value without the password, and an environment carrying it."""
+        bare, extra = split_password(self.dsn(dbname))
+        return bare, {**os.environ, **extra}
+
+    def execute(self, dbname: str, *statements: str | sql.Composable) -> list:
+        """Run statements in one autocommit session; return the last one's rows (if any)."""
+        rows: list = []
+        with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
+            for s in statements:
+                cur = conn.execute(s)
+                rows = cur.fetchall() if cur.description else []
+        return rows
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        """Create ``name`` (dropping a leftover of the same name first)."""
+        self.drop_database(name)
+        stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            stmt = sql.SQL("{} TEMPLATE {} STRATEGY FILE_COPY").format(stmt, sql.Identifier(template))
+        self.execute("postgres", stmt)
+
+    def drop_database(self, name: str) -> None:
+        self.execute("postgres", sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def database_bytes(self, name: str) -> int:
+        return self.execute("postgres", sql.SQL("SELECT pg_database_size({})").format(sql.Literal(name)))[0][0]
+
+    def settle(self) -> None:
+        """Flush the previous run's writes so they are not billed to the next run."""
+        self.execute("postgres", "CHECKPOINT")
+        os.sync()
+
+    def version(self) -> str:
+        return self.execute("postgres", "SHOW server_version")[0][0]
+
+
+@contextlib.contextmanager
+def open_cluster(dsn: str | None) -> Iterator[Cluster]:
+    """The server given by ``dsn``, or a temporary embedded one deleted afterwards."""
+    if dsn:
+        yield Cluster(dsn)
+        return
+    with temporary_server() as server:
+        yield Cluster(server.dsn())
+
+
+# -- tools -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tools:
+    """Paths of every program the benchmark runs."""
+
+    pg_bin: Path
+    python: str
+    backupkit: list[str]
+    zstd: list[str]      # reads stdin; the output file name is appended
+    sha256sum: str
+    duckdb_scan: list[str]
+
+    @classmethod
+    def find(cls) -> "Tools":
+        python = sys.executable
+        console = Path(python).parent / "backupkit"
+        bk = [str(console)] if console.is_file() else [python, "-m", "backupkit"]
+        zstd = shutil.which("zstd")
+        # Without the zstd CLI, the same library backupkit uses, streaming (one thread, level 3).
+        zstd_cmd = [zstd, "-3", "-q", "-o"] if zstd else [python, "-c", _PY_ZSTD]
+        sha = shutil.which("sha256sum")
+        if not sha:
+            raise SystemExit("sha256sum not found (coreutils)")
+        return cls(bin_dir(), python, bk, zstd_cmd, sha,
+                   [python, str(Path(__file__).with_name("duckdb_scan.py"))])
+
+    def pg(self, name: str) -> str:
+        return str(self.pg_bin / name)
+
+
+_PY_ZSTD = ("import sys, zstandard; "
+            "zstandard.ZstdCompressor(level=3).copy_stream(sys.stdin.buffer, open(sys.argv[1], 'wb'))")
+
+
+def tool_version(argv: list[str]) -> str:
+    """First line of ``argv --version`` (or '?')."""
+    try:
+        out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=30)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+# -- the dataset -----------------------------------------------------------------------------
+
+MIXED_DDL = """
+CREATE TABLE mixed (
+    id          bigint NOT NULL,
+    note        text,
+    amount      numeric(12,2),
+    happened_at timestamptz NOT NULL,
+    attrs       jsonb,
+    ref         uuid NOT NULL,
+    active      boolean,
+    tags        int[]
+)"""
+
+#: Server-side rows for ``mixed``: md5-repeat text of random length 0-200 (1% NULL),
+#: and a few NULLs elsewhere.  setseed() in the same session makes it repeatable.
+MIXED_INSERT = """
+INSERT INTO mixed
+SELECT i,
+       CASE WHEN i % 100 = 7 THEN NULL
+            ELSE left(repeat(md5(i::text), 7), (random() * 200)::int) END,
+       CASE WHEN i % 50 = 3 THEN NULL ELSE round((random() * 1e9)::numeric, 2) END,
+       timestamptz '2020-01-01 00:00:00+00' + random() * interval '1500 days',
+       jsonb_build_object('n', i, 'kind', (ARRAY['alpha', 'beta', 'gamma', 'delta'])[1 + i % 4],
+                          'score', round(random()::numeric, 4), 'ok', i % 3 = 0),
+       md5(i::text || ':ref')::uuid,
+       CASE WHEN i % 11 = 0 THEN NULL ELSE random() < 0.5 END,
+       ARRAY[i % 1000, (random() * 100000)::int, i % 7]
+FROM generate_series(1, %(rows)s) AS i"""
+
+#: The change between the two snapshots ``backupkit diff`` compares: 1% of rows of the big tables.
+MUTATIONS = (
+    "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 100 = 0",
+    "UPDATE mixed SET amount = amount + 1, attrs = attrs || '{\"changed\": true}' WHERE id % 100 = 0",
+)
+
+
+@dataclass
+class Dataset:
+    """The benchmark database and what it holds."""
+
+    dbname: str
+    scale: float
+    pgbench_scale: int
+    mixed_rows: int
+    tables: list[tuple[str, str, int]] = field(default_factory=list)  # (schema, name, rows)
+    copy_bytes: int = 0
+    db_bytes: int = 0
+    build_seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(r for _, _, r in self.tables)
+
+    @property
+    def copy_mb(self) -> float:
+        return self.copy_bytes / MB
+
+    def describe(self) -> str:
+        per = ", ".join(f"{n} {r:,}" for _, n, r in self.tables)
+        return (f"scale {self.scale:g} (pgbench -s {self.pgbench_scale}, mixed {self.mixed_rows:,} rows): "
+                f"{self.rows:,} rows [{per}], COPY text {self.copy_mb:,.0f} MB, "
+                f"on disk {self.db_bytes / MB:,.0f} MB; built in {self.build_seconds:.0f} s")
+
+
+def dataset_size(scale: float) -> tuple[int, int]:
+    """(pgbench scale, rows of ``mixed``) for a benchmark scale."""
+    return max(1, round(100 * scale)), max(1000, round(2_000_000 * scale))
+
+
+def build_dataset(cluster: Cluster, tools: Tools, dbname: str, scale: float) -> Dataset:
+    """Create ``dbname`` holding the pgbench tables and ``mixed``, vacuumed and analyzed."""
+    started = time.monotonic()
+    pgbench_scale, mixed_rows = dataset_size(scale)
+    ds = Dataset(dbname, scale, pgbench_scale, mixed_rows)
+    cluster.create_database(dbname)
+    bare, env = cluster.tool_env(dbname)
+    log(f"pgbench -i -s {pgbench_scale} into {dbname}")
+    # Server-side generation (G) is the fastest way to fill pgbench_accounts; -q keeps the log short.
+    run_pipeline(Invocation([[tools.pg("pgbench"), "-i", "-q", "-s", str(pgbench_scale),
+                              "--init-steps=dtGvp", bare]], env), cluster.admin_dsn)
+    log(f"mixed: {mixed_rows:,} rows")
+    cluster.execute(dbname, "SELECT setseed(0.42)", MIXED_DDL,
+                    MIXED_INSERT.replace("%(rows)s", str(int(mixed_rows))),
+                    "ALTER TABLE mixed ADD PRIMARY KEY (id)")
+    log("VACUUM ANALYZE")
+    cluster.execute(dbname, "VACUUM ANALYZE")
+    names = cluster.execute(dbname, "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = 'public' "
+                                     "ORDER BY tablename")
+    for schema, name in names:
+        count = cluster.execute(dbname, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))
+        ds.tables.append((schema, name, count[0][0]))
+    ds.db_bytes = cluster.database_bytes(dbname)
+    ds.copy_bytes = count_copy_bytes(cluster, tools, ds)
+    ds.build_seconds = time.monotonic() - started
+    return ds
+
+
+def floor_invocation(cluster: Cluster, tools: Tools, ds: Dataset) -> Invocation:
+    """One psql session running ``COPY t TO STDOUT (FORMAT csv)`` for every table, to /dev/null."""
+    bare, env = cluster.tool_env(ds.dbname)
+    env["PGOPTIONS"] = PG_OPTIONS
+    argv = [tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", f"--dbname={bare}"]
+    for schema, name, _ in ds.tables:
+        ident = sql.Identifier(schema, name).as_string()
+        argv += ["-c", f"COPY {ident} TO STDOUT (FORMAT csv)"]
+    return Invocation([argv], env)
+
+
+def count_copy_bytes(cluster: Cluster, tools: Tools, ds: Dataset) -> int:
+    """Bytes of COPY text of the whole dataset: the floor's command, counted (also warms the cache)."""
+    inv = floor_invocation(cluster, tools, ds)
+    total = 0
+    with subprocess.Popen(inv.pipeline[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=inv.env) as p:
+        while block := p.stdout.read(1 << 20):
+            total += len(block)
+        err = p.stderr.read().decode(errors="replace")
+    if p.returncode:
+        raise RunFailed(f"psql COPY failed: {redact(err, cluster.admin_dsn)}")
+    return total
+
+
+# -- fixtures: what restore, verify and diff read ---------------------------------------------
+
+@dataclass
+class Fixtures:
+    """Inputs made once, untimed: a snapshot (OLD), a pg_dump -Fd dump, a changed snapshot (NEW)."""
+
+    old: Path | None = None
+    dump_dir: Path | None = None
+    new: Path | None = None
+
+
+def backupkit_env(cluster: Cluster, dbname: str) -> dict[str, str]:
+    """Environment giving backupkit its DSN (password included) without putting it in argv."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_DB_URL")}
+    env["BACKUPKIT_DSN"] = cluster.dsn(dbname)
+    return env
+
+
+def take_snapshot(cluster: Cluster, tools: Tools, dbname: str, to: Path) -> Path:
+    """``backupkit backup --jobs 2`` of ``dbname`` into ``to``; returns the snapshot's path."""
+    out = to.parent / f"{to.name}.stdout"
+    run_pipeline(Invocation([[*tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(to)]],
+                            backupkit_env(cluster, dbname), stdout=out), cluster.admin_dsn)
+    path = Path(out.read_text().strip().splitlines()[-1])
+    out.unlink()
+    return path
+
+
+def make_fixtures(cluster: Cluster, tools: Tools, ds: Dataset, work: Path, groups: set[str],
+                  diff_ready: bool) -> Fixtures:
+    """Build only the inputs the selected groups need."""
+    fx = Fixtures()
+    snapshots = work / "fixtures" / "snapshots"
+    snapshots.parent.mkdir(parents=True, exist_ok=True)
+    if groups & {"restore", "verify"} or ("diff" in groups and diff_ready):
+        log("fixture: snapshot OLD (backupkit backup -j2)")
+        fx.old = take_snapshot(cluster, tools, ds.dbname, snapshots)
+    if "restore" in groups:
+        log("fixture: pg_dump -Fd -j 2")
+        fx.dump_dir = work / "fixtures" / "dump.d"
+        bare, env = cluster.tool_env(ds.dbname)
+        run_pipeline(Invocation([[tools.pg("pg_dump"), "-Fd", "-j", "2", "-f", str(fx.dump_dir),
+                                  f"--dbname={bare}"]], env), cluster.admin_dsn)
+    if "diff" in groups and diff_ready:
+        changed = ds.dbname + "_changed"
+        log(f"fixture: snapshot NEW after changing 1% of rows ({changed}, a copy of {ds.dbname})")
+        cluster.create_database(changed, template=ds.dbname)
+        try:
+            cluster.execute(changed, *MUTATIONS)
+            fx.new = take_snapshot(cluster, tools, changed, snapshots)
+        finally:
+            cluster.drop_database(changed)
+    cluster.settle()
+    return fx
+
+
+# -- contenders ----------------------------------------------------------------------------
+
+@dataclass
+class Bench:
+    """Everything a contender needs to build its command line."""
+
+    cluster: Cluster
+    tools: Tools
+    dataset: Dataset
+    fixtures: Fixtures
+    runs_dir: Path
+
+    def fresh_path(self, tag: str) -> Path:
+        path = self.runs_dir / tag
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return path
+
+    def pg_dump(self, *args: str) -> tuple[list[str], dict[str, str]]:
+        bare, env = self.cluster.tool_env(self.dataset.dbname)
+        return [self.tools.pg("pg_dump"), *args, f"--dbname={bare}"], env
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A named command; ``invoke(bench, tag)`` prepares its run (untimed) and returns it."""
+
+    name: str
+    group: str
+    invoke: Callable[[Bench, str], Invocation]
+
+
+def _floor(b: Bench, tag: str) -> Invocation:
+    return floor_invocation(b.cluster, b.tools, b.dataset)
+
+
+def _backupkit_backup(jobs: int) -> Callable[[Bench, str], Invocation]:
+    def invoke(b: Bench, tag: str) -> Invocation:
+        to = b.fresh_path(tag)
+        return Invocation([[*b.tools.backupkit, "backup", "--jobs", str(jobs), "-q", "--to", str(to)]],
+                          backupkit_env(b.cluster, b.dataset.dbname), output=to)
+    return invoke
+
+
+def _pg_dump_dir(b: Bench, tag: str) -> Invocation:
+    out = b.fresh_path(tag)
+    argv, env = b.pg_dump("-Fd", "-j", "2", "-f", str(out))
+    return Invocation([argv], env, output=out)
+
+
+def _pg_dump_custom(b: Bench, tag: str) -> Invocation:
+    out = b.fresh_path(tag)
+    argv, env = b.pg_dump("-Fc", "-f", str(out))
+    return Invocation([argv], env, output=out)
+
+
+def _pg_dump_zstd(b: Bench, tag: str) -> Invocation:
+    out = b.fresh_path(tag)
+    argv, env = b.pg_dump("-Fp")
+    return Invocation([argv, [*b.tools.zstd, str(out)]], env, output=out)
+
+
+def _fresh_target(b: Bench, tag: str) -> str:
+    name = f"{DB_PREFIX}restore_{re.sub(r'[^a-z0-9_]', '_', tag.lower())}"[:63]
+    b.cluster.create_database(name)
+    return name
+
+
+def _backupkit_restore(b: Bench, tag: str) -> Invocation:
+    target = _fresh_target(b, tag)
+    return Invocation([[*b.tools.backupkit, "restore", str(b.fixtures.old), "--jobs", "2", "-q"]],
+                      backupkit_env(b.cluster, target), database=target)
+
+
+def _pg_restore(b: Bench, tag: str) -> Invocation:
+    target = _fresh_target(b, tag)
+    bare, env = b.cluster.tool_env(target)
+    return Invocation([[b.tools.pg("pg_restore"), "-j", "2", f"--dbname={bare}", str(b.fixtures.dump_dir)]],
+                      env, database=target)
+
+
+def _backupkit_verify(b: Bench, tag: str) -> Invocation:
+    return Invocation([[*b.tools.backupkit, "verify", str(b.fixtures.old)]], dict(os.environ))
+
+
+def _sha256sum(b: Bench, tag: str) -> Invocation:
+    manifest = json.loads((b.fixtures.old / "manifest.json").read_text())
+    files = [f["path"] for f in manifest["schema_files"]] + [f["path"] for t in manifest["tables"]
+                                                             for f in t["files"]]
+    return Invocation([[b.tools.sha256sum, "--", *files]], dict(os.environ), cwd=b.fixtures.old)
+
+
+def _backupkit_diff(b: Bench, tag: str) -> Invocation:
+    return Invocation([[*b.tools.backupkit, "diff", str(b.fixtures.old), str(b.fixtures.new), "--json"]],
+                      dict(os.environ))
+
+
+def _duckdb_scan(b: Bench, tag: str) -> Invocation:
+    return Invocation([[*b.tools.duckdb_scan, str(b.fixtures.old), str(b.fixtures.new)]], dict(os.environ))
+
+
+FLOOR = "floor: psql COPY → /dev/null"
+BK_BACKUP_1 = "backupkit backup -j1"
+BK_BACKUP_2 = "backupkit backup -j2"
+PG_DUMP_FD = "pg_dump -Fd -j2"
+PG_DUMP_FC = "pg_dump -Fc"
+PG_DUMP_ZSTD = "pg_dump -Fp | zstd -3"
+BK_RESTORE = "backupkit restore -j2"
+PG_RESTORE = "pg_restore -j2 (from -Fd)"
+BK_VERIFY = "backupkit verify"
+SHA256SUM = "sha256sum (same files)"
+BK_DIFF = "backupkit diff --json"
+DUCKDB_SCAN = "duckdb scan (both snapshots)"
+
+CONTENDERS = [
+    Contender(FLOOR, "floor", _floor),
+    Contender(BK_BACKUP_1, "backup", _backupkit_backup(1)),
+    Contender(BK_BACKUP_2, "backup", _backupkit_backup(2)),
+    Contender(PG_DUMP_FD, "backup", _pg_dump_dir),
+    Contender(PG_DUMP_FC, "backup", _pg_dump_custom),
+    Contender(PG_DUMP_ZSTD, "backup", _pg_dump_zstd),
+    Contender(BK_RESTORE, "restore", _backupkit_restore),
+    Contender(PG_RESTORE, "restore", _pg_restore),
+    Contender(BK_VERIFY, "verify", _backupkit_verify),
+    Contender(SHA256SUM, "verify", _sha256sum),
+    Contender(BK_DIFF, "diff", _backupkit_diff),
+    Contender(DUCKDB_SCAN, "diff", _duckdb_scan),
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A performance goal: ``contender``'s median time ≤ ``max_ratio`` × ``peer``'s (``peer`` None: RSS)."""
+
+    contender: str
+    peer: str | None
+    max_ratio: float = 0.0
+    max_rss_mb: float = 0.0
+
+
+#: Who each contender is compared with (first peer fills the "vs peer" column; all are shown).
+PEERS: dict[str, list[str]] = {
+    BK_BACKUP_1: [PG_DUMP_FC],
+    BK_BACKUP_2: [PG_DUMP_FD, PG_DUMP_ZSTD],
+    BK_RESTORE: [PG_RESTORE],
+    BK_VERIFY: [SHA256SUM],
+    BK_DIFF: [DUCKDB_SCAN],
+}
+
+TARGETS = [
+    Target(BK_BACKUP_2, PG_DUMP_FD, max_ratio=0.5),
+    Target(BK_BACKUP_2, PG_DUMP_ZSTD, max_ratio=1.0),
+    Target(BK_BACKUP_2, FLOOR, max_ratio=1.25),
+    Target(BK_BACKUP_2, None, max_rss_mb=150),
+    Target(BK_RESTORE, PG_RESTORE, max_ratio=0.9),
+    Target(BK_VERIFY, SHA256SUM, max_ratio=1.0),
+    Target(BK_DIFF, DUCKDB_SCAN, max_ratio=1.5),
+]
+
+
+def diff_available() -> bool:
+    """``backupkit diff`` is being written separately: benchmark it only once its module exists."""
+    return (Path(backupkit.__file__).parent / "diff.py").is_file()
+
+
+# -- running ----------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """Every run of one contender."""
+
+    contender: Contender
+    runs: list[Measurement] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(m.seconds for m in self.runs) if self.runs else None
+
+    @property
+    def best(self) -> float | None:
+        return min(m.seconds for m in self.runs) if self.runs else None
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        return max(m.rss_kib for m in self.runs) * 1024 / MB if self.runs else None
+
+    @property
+    def output_mb(self) -> float | None:
+        sizes = [m.output_bytes for m in self.runs if m.output_bytes is not None]
+        return statistics.median(sizes) / MB if sizes else None
+
+
+def finish(bench: Bench, inv: Invocation, m: Measurement) -> None:
+    """Untimed clean-up after a run: record the output size, delete the output, drop the target."""
+    if inv.output is not None and inv.output.exists():
+        m.output_bytes = path_bytes(inv.output)
+        shutil.rmtree(inv.output) if inv.output.is_dir() else inv.output.unlink()
+    if inv.database is not None:
+        m.output_bytes = bench.cluster.database_bytes(inv.database)
+        bench.cluster.drop_database(inv.database)
+
+
+def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int) -> dict[str, Result]:
+    """Run each contender ``repeat`` times, round-robin, rotating who goes first each repetition."""
+    results = {c.name: Result(c) for c in contenders}
+    for rep in range(repeat):
+        order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
+        for c in order:
+            res = results[c.name]
+            if res.error:
+                continue
+            tag = f"{re.sub(r'[^A-Za-z0-9]+', '-', c.name).strip('-')}-{rep}"
+            inv = None
+            try:
+                inv = c.invoke(bench, tag)
+                bench.cluster.settle()
+                m = run_pipeline(inv, bench.cluster.admin_dsn)
+                finish(bench, inv, m)
+            except (RunFailed, OSError, psycopg.Error, backupkit.BackupkitError) as exc:
+                res.error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+                log(f"[{rep + 1}/{repeat}] {c.name}: FAILED — {redact(str(exc), bench.cluster.admin_dsn)}")
+                if inv is not None:
+                    with contextlib.suppress(Exception):
+                        finish(bench, inv, Measurement(0, 0))
+                continue
+            res.runs.append(m)
+            size = f", output {m.output_bytes / MB:,.1f} MB" if m.output_bytes is not None else ""
+            log(f"[{rep + 1}/{repeat}] {c.name}: {m.seconds:.2f} s, peak RSS {m.rss_kib * 1024 / MB:,.0f} MB{size}")
+    return results
+
+
+# -- the report -------------------------------------------------------------------------------
+
+def startup_seconds(tools: Tools) -> float:
+    """Wall time of ``backupkit --version``: the fixed import cost every backupkit command pays."""
+    inv = Invocation([[*tools.backupkit, "--version"]], dict(os.environ))
+    return statistics.median(run_pipeline(inv).seconds for _ in range(3))
+
+
+def machine_lines(cluster: Cluster, tools: Tools) -> list[str]:
+    """Where the numbers come from: CPU, memory, versions."""
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
+                   if l.startswith("MemTotal:"))
+        ram = f"{kib / 1024 / 1024:.1f} GiB"
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip() or "?"
+    import duckdb
+    zstd = (tool_version([tools.zstd[0]]).strip("* ").split(", by")[0]
+            if Path(tools.zstd[0]).name == "zstd" else "python zstandard (no zstd CLI)")
+    return [
+        f"- machine: {nproc} CPUs ({cpu}), {ram} RAM, {platform.system()} {platform.release()}",
+        f"- PostgreSQL {cluster.version()}; {tool_version([tools.pg('pg_dump')])}",
+        f"- backupkit {backupkit.__version__} (git {commit}); Python {platform.python_version()}; "
+        f"duckdb {duckdb.__version__}; {zstd}",
+        f"- RSS floor: `true` started the same way reads {rss_floor_mb():.1f} MB (the launcher's share); "
+        f"backupkit start-up (`backupkit --version`): {startup_seconds(tools):.2f} s, "
+        "included in every backupkit row",
+    ]
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(results: dict[str, Result], a: str, b: str) -> float | None:
+    ra, rb = results.get(a), results.get(b)
+    if not ra or not rb or ra.median is None or not rb.median:
+        return None
+    return ra.median / rb.median
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _cell(text: str) -> str:
+    """Escape a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def report_table(results: dict[str, Result], ds: Dataset) -> list[str]:
+    """The markdown table: one row per contender, targets next to the ratios they judge."""
+    head = ["contender", "runs", "median s", "min s", "MB/s", "peak RSS MB", "output MB", "vs peer", "vs floor"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["--:"] * 6 + ["---", "---"]) + "|"]
+    targets = {(t.contender, t.peer): t for t in TARGETS}
+    for name, res in results.items():
+        if res.error and not res.runs:
+            lines.append("| " + " | ".join([_cell(name), "0", f"FAILED: {_cell(res.error)}"] + ["—"] * 6) + " |")
+            continue
+        mbps = ds.copy_mb / res.median if res.median else None
+        rss = _fmt(res.peak_rss_mb, 0)
+        rss_target = targets.get((name, None))
+        if rss_target and res.peak_rss_mb is not None:
+            rss += f" (target <{rss_target.max_rss_mb:g}: {_verdict(res.peak_rss_mb < rss_target.max_rss_mb)})"
+        peers = []
+        for peer in PEERS.get(name, []):
+            r = _ratio(results, name, peer)
+            if r is None:
+                continue
+            text = f"{r:.2f}× {peer}"
+            t = targets.get((name, peer))
+            if t:
+                text += f" (target ≤{t.max_ratio:g}: {_verdict(r <= t.max_ratio)})"
+            peers.append(text)
+        vs_floor = _ratio(results, name, FLOOR)
+        floor_text = "—" if vs_floor is None else f"{vs_floor:.2f}×"
+        t = targets.get((name, FLOOR))
+        if t and vs_floor is not None:
+            floor_text += f" (target ≤{t.max_ratio:g}: {_verdict(vs_floor <= t.max_ratio)})"
+        name_cell = name + (f" (failed once: {res.error})" if res.error else "")
+        lines.append("| " + " | ".join(_cell(c) for c in [
+            name_cell, str(len(res.runs)), _fmt(res.median), _fmt(res.best), _fmt(mbps, 0), rss,
+            _fmt(res.output_mb, 1), "; ".join(peers) or "—", floor_text]) + " |")
+    return lines
+
+
+LEGEND = [
+    "MB = 10^6 bytes. MB/s = the dataset's COPY text (CSV) ÷ median seconds, for every row alike "
+    "(a common yardstick, not the bytes each tool touched). Peak RSS = ru_maxrss from wait4: for "
+    "pg_dump -j / pg_restore -j the largest single process of the tree, for a pipeline the sum of its "
+    "members; server memory is not included. Output MB: backup size on disk; for restores the target "
+    "database's size. Ratios are of medians; the floor is one psql session COPYing every table to "
+    "/dev/null.",
+]
+
+
+def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], repeat: int,
+                  notes: list[str]) -> list[str]:
+    """Everything printed: machine, dataset, the table, a legend."""
+    out = ["## backupkit benchmark", "", *machine,
+           f"- dataset: {ds.describe()}",
+           f"- {repeat} repetition(s), contenders interleaved; page cache warm; "
+           f"timed region = the subprocess only", ""]
+    out += report_table(results, ds)
+    out += ["", *LEGEND, *notes]
+    return out
+
+
+# -- the RSS-vs-size mode ------------------------------------------------------------------------
+
+def rss_scales(cluster: Cluster, tools: Tools, scales: list[float], repeat: int, work: Path) -> list[str]:
+    """Build each scale's dataset in turn and measure ``backupkit backup --jobs 2`` on it."""
+    rows = []
+    contender = Contender(BK_BACKUP_2, "backup", _backupkit_backup(2))
+    for i, scale in enumerate(scales):
+        ds = build_dataset(cluster, tools, f"{DB_PREFIX}rss_{i}", scale)
+        log(ds.describe())
+        bench = Bench(cluster, tools, ds, Fixtures(), work / "runs")
+        bench.runs_dir.mkdir(parents=True, exist_ok=True)
+        res = run_interleaved(bench, [contender], repeat)[contender.name]
+        cluster.drop_database(ds.dbname)
+        rows.append((ds, res))
+    lines = ["| scale | rows | COPY text MB | backup -j2 median s | peak RSS MB | snapshot MB |",
+             "|--:|--:|--:|--:|--:|--:|"]
+    for ds, res in rows:
+        lines.append(f"| {ds.scale:g} | {ds.rows:,} | {ds.copy_mb:,.0f} | "
+                     f"{_fmt(res.median) if not res.error else 'FAILED: ' + _cell(res.error)} | "
+                     f"{_fmt(res.peak_rss_mb, 0)} | {_fmt(res.output_mb, 1)} |")
+    (small, r0), (big, r1) = rows[0], rows[-1]
+    if r0.peak_rss_mb and r1.peak_rss_mb:
+        lines += ["", f"Data grew {big.copy_bytes / small.copy_bytes:.1f}×, peak RSS "
+                      f"{r1.peak_rss_mb / r0.peak_rss_mb:.2f}× ({r0.peak_rss_mb:.0f} → {r1.peak_rss_mb:.0f} MB)."]
+    return lines
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="--scale 0.1 is a quick run (~150 MB of COPY text); --scale 1 ~1.5 GB.")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="dataset size: pgbench -s 100*S plus 2,000,000*S rows of mixed (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions of every contender (default 3)")
+    p.add_argument("--only", default=",".join(GROUPS),
+                   help=f"comma-separated groups among {','.join(GROUPS)} (the floor always runs)")
+    p.add_argument("--out", type=Path, help="also write the markdown report to this file")
+    p.add_argument("--dsn", default=os.environ.get("BACKUPKIT_BENCH_DSN"),
+                   help="use this server (role needs CREATEDB; databases bkbench_* are created and dropped) "
+                        "instead of an embedded one; default $BACKUPKIT_BENCH_DSN, which keeps the password "
+                        "out of ps")
+    p.add_argument("--rss-scales", metavar="S1,S2",
+                   help="only measure peak RSS of backupkit backup --jobs 2 at these scales, side by side")
+    p.add_argument("--workdir", type=Path, help="where snapshots and dumps go (default: a temporary folder)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder")
+    a = p.parse_args(argv)
+    a.groups = {g.strip() for g in a.only.split(",") if g.strip()}
+    if unknown := a.groups - set(GROUPS):
+        p.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
+    if a.repeat < 1 or a.scale <= 0:
+        p.error("--repeat must be ≥ 1 and --scale > 0")
+    if a.rss_scales:
+        try:
+            a.rss_scales = [float(s) for s in a.rss_scales.split(",") if s.strip()]
+        except ValueError:
+            p.error("--rss-scales takes numbers, e.g. 0.05,0.2")
+        if len(a.rss_scales) < 2 or min(a.rss_scales) <= 0:
+            p.error("--rss-scales needs at least two positive scales")
+    return a
+
+
+def benchmark(cluster: Cluster, tools: Tools, args: argparse.Namespace, work: Path) -> list[str]:
+    """The main mode: build the dataset, the fixtures, run everything, return the report lines."""
+    ds = build_dataset(cluster, tools, f"{DB_PREFIX}src", args.scale)
+    log(ds.describe())
+    notes = []
+    diff_ready = diff_available()
+    if "diff" in args.groups and not diff_ready:
+        print("diff: not available", file=sys.stderr)
+        notes.append("diff: not available (backupkit/diff.py does not exist yet)")
+    fixtures = make_fixtures(cluster, tools, ds, work, args.groups, diff_ready)
+    chosen = [c for c in CONTENDERS
+              if c.group == "floor" or (c.group in args.groups and (c.group != "diff" or diff_ready))]
+    bench = Bench(cluster, tools, ds, fixtures, work / "runs")
+    bench.runs_dir.mkdir(parents=True, exist_ok=True)
+    results = run_interleaved(bench, chosen, args.repeat)
+    if "zstd" not in Path(tools.zstd[0]).name and "backup" in args.groups:
+        notes.append("zstd CLI not found: pg_dump -Fp was piped into python's zstandard at level 3.")
+    return summary_lines(results, ds, machine_lines(cluster, tools), args.repeat, notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tools = Tools.find()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="backupkit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with open_cluster(args.dsn) as cluster:
+            try:
+                if args.rss_scales:
+                    lines = ["## backupkit backup --jobs 2: peak RSS vs dataset size", "",
+                             *machine_lines(cluster, tools), ""]
+                    lines += rss_scales(cluster, tools, args.rss_scales, args.repeat, work)
+                else:
+                    lines = benchmark(cluster, tools, args, work)
+            finally:
+                if args.dsn:  # an embedded server is deleted whole; on a real one, clean up after us
+                    for (name,) in cluster.execute("postgres", sql.SQL(
+                            "SELECT datname FROM pg_database WHERE starts_with(datname, {})").format(
+                            sql.Literal(DB_PREFIX))):
+                        cluster.drop_database(name)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"kept {work}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+        log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
