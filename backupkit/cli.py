@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .dsn import redact, resolve_dsn
 from .errors import (
     BackupkitError, ConfigError, ConnectionFailed, LockError, RestoreError, RetentionError,
     SnapshotDamaged, SnapshotError, SourceError, StorageError, ToolError,
@@ -71,6 +70,7 @@ def _warn(msgs) -> None:
 
 def cmd_backup(a) -> int:
     from .backup import backup
+    from .dsn import resolve_dsn
 
     res = backup(resolve_dsn(a.dsn), a.to, schemas=a.schema or None, tables=a.table or [],
                  exclude=a.exclude_table or [], jobs=a.jobs, label=a.label,
@@ -118,6 +118,7 @@ def cmd_verify(a) -> int:
 
 
 def cmd_check(a) -> int:
+    from .dsn import resolve_dsn
     from .preflight import check
 
     report = check(resolve_dsn(a.dsn), schemas=a.schema or None, to=a.to)
@@ -130,6 +131,7 @@ def cmd_check(a) -> int:
 
 
 def cmd_restore(a) -> int:
+    from .dsn import resolve_dsn
     from .restore import restore
     from .store import resolve
 
@@ -398,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
               "a one-transaction restore was rolled back)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BackupkitError as exc:
+        from .dsn import redact
+
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)

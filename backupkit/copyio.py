@@ -17,9 +17,8 @@ import psycopg
 import zstandard
 from psycopg import sql
 
-from .errors import SnapshotDamaged
+from .datafile import BLOCK, iter_file_blocks
 
-BLOCK = 1 << 20
 ZSTD_LEVEL = 3
 COPY_OPTIONS = sql.SQL("(FORMAT csv)")
 
@@ -135,36 +134,6 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, fo
     return FileResult(str(dest.relative_to(folder)), writer.size, writer.sha256, rows)
 
 
-def iter_file_blocks(path: Path, expected_sha256: str | None = None, size: int = BLOCK):
-    """Yield the decompressed content of a data file in blocks.
-
-    With ``expected_sha256`` the compressed bytes are hashed as they are read and
-    a mismatch raises SnapshotDamaged after the last block, so a caller inside
-    a transaction can roll back what it loaded.
-    """
-    sha = hashlib.sha256()
-    with open(path, "rb") as raw:
-
-        class _Hashing:
-            def read(self, n: int = -1) -> bytes:
-                data = raw.read(n)
-                sha.update(data)
-                return data
-
-        reader = zstandard.ZstdDecompressor().stream_reader(_Hashing(), read_across_frames=True)
-        while True:
-            block = reader.read(size)
-            if not block:
-                break
-            yield block
-        # Hash any tail the decompressor did not need to read.
-        while raw_tail := raw.read(size):
-            sha.update(raw_tail)
-    if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
-        raise SnapshotDamaged(f"{path.name} changed while it was being read (checksum mismatch)",
-                              [f"{path.name}: checksum mismatch"])
-
-
 def copy_in(conn: psycopg.Connection, table: dict, folder: Path) -> int:
     """Load every data file of a manifest table entry with ``COPY ... FROM STDIN``; returns bytes fed."""
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
@@ -177,20 +146,3 @@ def copy_in(conn: psycopg.Connection, table: dict, folder: Path) -> int:
                 copy.write(block)
                 fed += len(block)
     return fed
-
-
-def count_rows(path: Path) -> int:
-    """Rows in a data file, counted by decompressing it (CSV rows may contain newlines)."""
-    rows = 0
-    in_quotes = False
-    for block in iter_file_blocks(path):
-        # A newline ends a row only outside quotes; "" inside quotes toggles twice, harmlessly.
-        if b'"' not in block and not in_quotes:
-            rows += block.count(b"\n")
-            continue
-        for part_no, part in enumerate(block.split(b'"')):
-            if part_no:
-                in_quotes = not in_quotes
-            if not in_quotes:
-                rows += part.count(b"\n")
-    return rows

@@ -11,7 +11,7 @@ from pathlib import Path
 import zstandard
 
 from . import manifest as mf
-from .copyio import count_rows
+from .datafile import count_rows
 from .errors import SnapshotDamaged, SnapshotNotFound
 
 _READ = 1 << 20

@@ -11,7 +11,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import backupkit
 from backupkit import manifest as mf
-from backupkit.copyio import count_rows, iter_file_blocks
+from backupkit.datafile import count_rows, iter_file_blocks
 
 from helpers import load_small, run_cli, snapshot_dirs
 
