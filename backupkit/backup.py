@@ -11,12 +11,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
 import re
 import secrets
 import shutil
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,12 +21,11 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
-from tqdm.auto import tqdm
 
 from . import __version__
 from . import manifest as mf
 from .catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
-from .copyio import FileResult, copy_out, copy_source
+from .copyio import FileResult
 from .dsn import POOLER_WARNING, connect, describe, is_transaction_pooler, redact
 from .errors import BackupkitError, RowLevelSecurityError, SourceError, StorageError
 from .lock import DirLock
@@ -37,12 +33,9 @@ from .pgtools import check_pg_dump
 from .schema import dump_schema
 from .store import TMP_PREFIX, check_label, new_id
 from .verify import verify
+from .workers import CHUNK_BYTES, copy_all, plan
 
 log = logging.getLogger("backupkit")
-
-#: Tables larger than this on disk are split into ctid ranges so --jobs can share them.
-CHUNK_BYTES = 64 << 20
-
 
 @dataclass
 class BackupResult:
@@ -81,37 +74,10 @@ def _file_stem(table: dict) -> str:
     return f"{_encode(table['schema'])}.{_encode(table['name'])}"
 
 
-def _chunks(table: dict, chunk_bytes: int, server_version_num: int) -> list[sql.Composable | None]:
-    """ctid ranges covering the table (TID range scans need PostgreSQL 14+)."""
-    size = table["relation_bytes"]
-    if server_version_num < 140000 or size <= chunk_bytes:
-        return [None]
-    pages = size // 8192
-    n = -(-size // chunk_bytes)
-    bounds = [pages * i // n for i in range(1, n)]
-    ranges, lo = [], 0
-    for hi in bounds:
-        ranges.append(sql.SQL("ctid >= {} AND ctid < {}").format(
-            sql.Literal(f"({lo},0)"), sql.Literal(f"({hi},0)")))
-        lo = hi
-    # Open-ended last range: rows are never lost if the relation grew after it was measured.
-    ranges.append(sql.SQL("ctid >= {}").format(sql.Literal(f"({lo},0)")))
-    return ranges
-
-
 def _warn(warnings: list[str], message: str) -> None:
     """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
     log.warning(message)
     warnings.append(message)
-
-
-def _open_worker(dsn: str, snapshot: str) -> psycopg.Connection:
-    conn = connect(dsn)
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-    conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-    return conn
 
 
 def _storage_error(exc: OSError, where: Path) -> StorageError:
@@ -203,7 +169,12 @@ def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partia
             dump_schema(dsn, tmp, snapshot=snapshot, schemas=schemas, tables=include, exclude=exclude)
         except OSError as exc:
             raise _storage_error(exc, to) from None
-        results = _copy_all(dsn, snapshot, chosen, tmp, jobs, chunk_bytes, server[1], progress)
+        stems = {mf.table_key(t): _file_stem(t) for t in chosen}
+        items = plan(chosen, tmp, stems, chunk_bytes, server[1])
+        try:
+            results = copy_all(dsn, snapshot, items, tmp, jobs, progress)
+        except OSError as exc:
+            raise _storage_error(exc, to) from None
 
         src = describe(dsn)
         manifest = {
@@ -273,70 +244,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _copy_all(dsn, snapshot, tables, folder, jobs, chunk_bytes, server_version_num, progress):
-    """Copy every (table, chunk) with ``jobs`` worker connections sharing the snapshot."""
-    work: queue.Queue = queue.Queue()
-    items = []
-    for t in sorted(tables, key=lambda t: -t["relation_bytes"]):
-        for n, where in enumerate(_chunks(t, chunk_bytes, server_version_num)):
-            items.append((t, n, where))
-    for it in items:
-        work.put(it)
-    results: dict[str, list[FileResult]] = {mf.table_key(t): [] for t in tables}
-    remaining = {mf.table_key(t): 0 for t in tables}
-    for t, _, _ in items:
-        remaining[mf.table_key(t)] += 1
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    guard = threading.Lock()
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(tables), unit="table", desc="backup", disable=not show, file=sys.stderr)
-    rows_done = [0]
-
-    def worker():
-        try:
-            conn = _open_worker(dsn, snapshot)
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
-            errors.append(exc)
-            stop.set()
-            return
-        try:
-            while not stop.is_set():
-                try:
-                    t, n, where = work.get_nowait()
-                except queue.Empty:
-                    return
-                key = mf.table_key(t)
-                dest = folder / "data" / f"{_file_stem(t)}.{n:04d}.csv.zst"
-                if not t["rls"]["bypassed"]:
-                    conn.execute("SELECT pg_catalog.set_config('row_security', 'on', false)")
-                res = copy_out(conn, copy_source(t, where), dest, folder)
-                if not t["rls"]["bypassed"]:
-                    conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-                with guard:
-                    results[key].append((n, res))
-                    remaining[key] -= 1
-                    rows_done[0] += res.rows
-                    if remaining[key] == 0:
-                        bar.update(1)
-                        bar.set_postfix(rows=rows_done[0], refresh=False)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-            stop.set()
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, name=f"backupkit-copy-{i}") for i in range(min(jobs, len(items)) or 1)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    bar.close()
-    if errors:
-        exc = errors[0]
-        if isinstance(exc, OSError):
-            raise _storage_error(exc, folder.parent)
-        raise exc
-    return {k: [r for _, r in sorted(v, key=lambda nr: nr[0])] for k, v in results.items()}

@@ -1,0 +1,197 @@
+"""Copying a snapshot's tables in parallel, every worker inside the one exported snapshot.
+
+Large tables are split into ctid ranges so ``--jobs`` can share one big table.
+With ``jobs > 1`` and enough data the workers are processes, not threads:
+receiving COPY costs Python work per row, and threads would serialise it on
+the GIL.  Small backups use threads, which start instantly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from tqdm.auto import tqdm
+
+from . import manifest as mf
+from .copyio import FileResult, copy_out, copy_source
+from .dsn import connect
+
+#: Tables larger than this on disk are split into ctid ranges.
+CHUNK_BYTES = 64 << 20
+#: Below this much data, worker processes cost more to start than they save.
+PROCESS_THRESHOLD = 64 << 20
+_PAGE = 8192
+
+
+@dataclass(frozen=True)
+class Item:
+    """One COPY: a table (or one ctid range of it) into one data file."""
+
+    table: dict
+    n: int
+    pages: tuple[int, int | None] | None
+    dest: Path
+
+    @property
+    def key(self) -> str:
+        return mf.table_key(self.table)
+
+
+def page_ranges(relation_bytes: int, chunk_bytes: int, server_version_num: int) -> list[tuple[int, int | None] | None]:
+    """[lo, hi) page ranges covering a table; ``[None]`` when it is not split.
+
+    TID range scans need PostgreSQL 14+.  The last range is open-ended, so no
+    row is lost if the table grew after it was measured.
+    """
+    if server_version_num < 140000 or relation_bytes <= chunk_bytes:
+        return [None]
+    pages = relation_bytes // _PAGE
+    n = -(-relation_bytes // chunk_bytes)
+    bounds = [0] + [pages * i // n for i in range(1, n)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:])] + [(bounds[-1], None)]
+
+
+def plan(tables: list[dict], folder: Path, stems: dict[str, str], chunk_bytes: int,
+         server_version_num: int) -> list[Item]:
+    """Every COPY to run, largest tables first so the slowest work starts early."""
+    items = []
+    for t in sorted(tables, key=lambda t: -t["relation_bytes"]):
+        for n, pages in enumerate(page_ranges(t["relation_bytes"], chunk_bytes, server_version_num)):
+            items.append(Item(t, n, pages, folder / "data" / f"{stems[mf.table_key(t)]}.{n:04d}.csv.zst"))
+    return items
+
+
+def open_worker(dsn: str, snapshot: str) -> psycopg.Connection:
+    """A connection inside the exported snapshot, with row security off (as pg_dump does)."""
+    conn = connect(dsn)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+    return conn
+
+
+def _copy_item(conn: psycopg.Connection, item: Item, folder: Path) -> FileResult:
+    partial = not item.table["rls"]["bypassed"]
+    if partial:  # --allow-partial: take the rows RLS shows instead of failing
+        conn.execute("SELECT pg_catalog.set_config('row_security', 'on', false)")
+    res = copy_out(conn, copy_source(item.table, item.pages), item.dest, folder)
+    if partial:
+        conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+    return res
+
+
+# -- worker processes ------------------------------------------------------------------
+_process_conn: psycopg.Connection | None = None
+
+
+def _init_process(dsn: str, snapshot: str) -> None:
+    global _process_conn
+    _process_conn = open_worker(dsn, snapshot)
+
+
+def _run_in_process(item: Item, folder: Path) -> FileResult:
+    return _copy_item(_process_conn, item, folder)
+
+
+class _Progress:
+    """Counts finished tables (a table is done when all its chunks are)."""
+
+    def __init__(self, items: list[Item], show: bool):
+        self.left: dict[str, int] = {}
+        for it in items:
+            self.left[it.key] = self.left.get(it.key, 0) + 1
+        self.rows = 0
+        self.lock = threading.Lock()
+        self.bar = tqdm(total=len(self.left), unit="table", desc="backup", disable=not show, file=sys.stderr)
+
+    def done(self, item: Item, res: FileResult) -> None:
+        with self.lock:
+            self.rows += res.rows
+            self.left[item.key] -= 1
+            if self.left[item.key] == 0:
+                self.bar.update(1)
+                self.bar.set_postfix(rows=self.rows, refresh=False)
+
+
+def copy_all(dsn: str, snapshot: str, items: list[Item], folder: Path, jobs: int,
+             progress: bool | None) -> dict[str, list[FileResult]]:
+    """Run every item with ``jobs`` workers; results per table, chunks in order."""
+    show = sys.stderr.isatty() if progress is None else progress
+    prog = _Progress(items, show)
+    results: dict[tuple[str, int], FileResult] = {}
+    big = sum(it.table["relation_bytes"] for it in items if it.n == 0) > PROCESS_THRESHOLD
+    try:
+        if jobs > 1 and len(items) > 1 and big:
+            _with_processes(dsn, snapshot, items, folder, jobs, prog, results)
+        else:
+            _with_threads(dsn, snapshot, items, folder, jobs, prog, results)
+    finally:
+        prog.bar.close()
+    by_table: dict[str, list[FileResult]] = {it.key: [] for it in items}
+    for it in sorted(items, key=lambda i: (i.key, i.n)):
+        by_table[it.key].append(results[it.key, it.n])
+    return by_table
+
+
+def _with_processes(dsn, snapshot, items, folder, jobs, prog, results) -> None:
+    # spawn, not fork: a forked child would share the parent's libpq sockets.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx,
+                             initializer=_init_process, initargs=(dsn, snapshot)) as pool:
+        futures = {pool.submit(_run_in_process, it, folder): it for it in items}
+        try:
+            for f in as_completed(futures):
+                it = futures[f]
+                results[it.key, it.n] = f.result()
+                prog.done(it, results[it.key, it.n])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _with_threads(dsn, snapshot, items, folder, jobs, prog, results) -> None:
+    work: queue.Queue = queue.Queue()
+    for it in items:
+        work.put(it)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            conn = open_worker(dsn, snapshot)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+            stop.set()
+            return
+        try:
+            while not stop.is_set():
+                try:
+                    it = work.get_nowait()
+                except queue.Empty:
+                    return
+                results[it.key, it.n] = _copy_item(conn, it, folder)
+                prog.done(it, results[it.key, it.n])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            stop.set()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, name=f"backupkit-copy-{i}")
+               for i in range(max(1, min(jobs, len(items))))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
