@@ -71,8 +71,13 @@ def test_files_are_private(small_db, tmp_path):
         assert mode == (0o700 if p.is_dir() else 0o600), p
 
 
-def test_one_consistent_moment_across_jobs(small_db, tmp_path):
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_one_consistent_moment_across_jobs(small_db, tmp_path, monkeypatch, workers):
     """Rows committed by another connection while a 3-job backup runs appear in no table."""
+    import backupkit.workers
+
+    # Small data normally runs in threads; force worker processes for the second case.
+    monkeypatch.setattr(backupkit.workers, "PROCESS_THRESHOLD", 0 if workers == "processes" else 1 << 40)
     before = counts(small_db)
 
     def write_meanwhile(_snapshot_id):
