@@ -266,6 +266,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
 
     dump = folder / DUMP
     scripts = {}
+    # One transaction unless there are at least two files to load side by side.
+    parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in chosen) >= 2
     if not data_only:
         texts = {section: render(dump, section, entries, no_owner=not owner)
                  for section in ("pre-data", "post-data")}
@@ -287,6 +289,10 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         for section, text in texts.items():
             scripts[section], skipped = _filter_grants(text, roles)
             plan.skipped_grants += skipped
+        if parallel:
+            scripts["index-groups"], rest = _index_groups(dump, entries, chosen, jobs)
+            scripts["post-data-rest"] = _filter_grants(render(dump, "post-data", rest, no_owner=not owner),
+                                                       roles)[0]
         # pg_restore --clean writes the DROPs in reverse dependency order; keep just those.
         drops = "".join(l for section in ("post-data", "pre-data")
                         for l in render(dump, section, entries, clean=True).splitlines(keepends=True)
@@ -305,7 +311,7 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
             log.warning("--clean: %s %s", "emptying" if data_only else "dropping", k)
 
     show = sys.stderr.isatty() if progress is None else progress
-    if jobs == 1 or schema_only or len(chosen) < 2:
+    if not parallel:
         result.rows = _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, data_only and clean,
                                       show, _fail_after_tables)
     else:
@@ -384,23 +390,37 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     lock = threading.Lock()
     started = [0]
 
-    def load(t: dict) -> int:
+    left = {mf.table_key(t): len(t["files"]) for t in chosen}
+
+    def load(t: dict, f: dict) -> int:
         with lock:
             if fail_after is not None and started[0] >= fail_after:
                 raise RestoreError("injected failure (test)")
             started[0] += 1
         with connect(dsn) as c:
             c.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-            copy_in(c, t, folder)
+            copy_in(c, t, folder, [f])
         with lock:
-            bar.update(1)
-        return t["rows"]
+            left[mf.table_key(t)] -= 1
+            if not left[mf.table_key(t)]:
+                bar.update(1)
+        return f.get("rows", 0)
 
+    def run_script(script: str) -> None:
+        with connect(dsn) as c:
+            c.execute(script)
+
+    # Chunks of one big table load side by side, largest first.
+    work = sorted(((t, f) for t in chosen for f in t["files"]), key=lambda tf: -tf[1]["bytes"])
     try:
         with ThreadPoolExecutor(jobs) as pool:
-            rows = sum(pool.map(load, sorted(chosen, key=lambda t: -sum(f["bytes"] for f in t["files"]))))
+            rows = sum(pool.map(lambda tf: load(*tf), work))
+            if scripts.get("index-groups"):
+                list(pool.map(run_script, scripts["index-groups"]))
         with connect(dsn) as conn:
-            if "post-data" in scripts:
+            if "post-data-rest" in scripts:
+                conn.execute(scripts["post-data-rest"])
+            elif "post-data" in scripts:
                 conn.execute(scripts["post-data"])
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
     except (psycopg.Error, BackupkitError, KeyboardInterrupt) as exc:
@@ -412,6 +432,27 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
                            hint="fix the cause and run the restore again") from None
     bar.close()
     return rows
+
+
+def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict], jobs: int) -> tuple[list[str], list[TocEntry]]:
+    """Split post-data so each table's indexes and key constraints build in parallel, as
+    ``pg_restore -j`` does; foreign keys, triggers and policies (the rest) come after."""
+    owner_of = {(t["schema"], i): t for t in chosen for i in t.get("indexes", [])}
+    groups: list[list[TocEntry]] = [[] for _ in range(jobs)]
+    bucket = {mf.table_key(t): n % jobs for n, t in enumerate(
+        sorted(chosen, key=lambda t: -sum(f["bytes"] for f in t["files"])))}
+    rest = []
+    for e in entries:
+        table = None
+        if e.type == "INDEX":
+            table = next((t for (s, i), t in owner_of.items() if e.belongs_to(s, i)), None)
+        elif e.type == "CONSTRAINT":
+            table = next((t for t in chosen if e.belongs_to(t["schema"], t["name"])), None)
+        if table is None:
+            rest.append(e)
+        else:
+            groups[bucket[mf.table_key(table)]].append(e)
+    return [render(dump, "post-data", g) for g in groups if g], rest
 
 
 def _undo(dsn: str, scripts: dict, chosen: list[dict], plan: RestorePlan) -> str:
