@@ -27,7 +27,7 @@ from . import manifest as mf
 from .catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
 from .copyio import FileResult
 from .dsn import POOLER_WARNING, connect, describe, is_transaction_pooler, redact
-from .errors import BackupkitError, RowLevelSecurityError, SourceError, StorageError
+from .errors import ConfigError, RowLevelSecurityError, SourceError, StorageError
 from .lock import DirLock
 from .pgtools import check_pg_dump
 from .schema import dump_schema
@@ -36,6 +36,7 @@ from .verify import verify
 from .workers import CHUNK_BYTES, copy_all, plan
 
 log = logging.getLogger("backupkit")
+
 
 @dataclass
 class BackupResult:
@@ -100,11 +101,11 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
     started = time.monotonic()
     label = check_label(label)
     if jobs < 1:
-        raise BackupkitError("--jobs must be at least 1")
+        raise ConfigError("--jobs must be at least 1")
     schemas = list(schemas or ["public"])
     for t in [*tables, *exclude]:
         if "." not in t:
-            raise BackupkitError(f"table {t!r} needs a schema: write it as schema.table")
+            raise ConfigError(f"table {t!r} needs a schema: write it as schema.table")
         if t.split(".", 1)[0] not in schemas:
             schemas.append(t.split(".", 1)[0])
     to = Path(to)
