@@ -8,6 +8,8 @@ for psycopg and DuckDB, and a scheduled job starts fast.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -32,6 +34,23 @@ _EXPORTS = {
 _RENAMED = {"resolve_snapshot": "resolve"}
 
 __all__ = ["__version__", *_EXPORTS]
+
+
+class _Package(types.ModuleType):
+    """Keeps ``backupkit.backup`` the function even after ``backupkit/backup.py`` is imported.
+
+    Importing a submodule sets it as an attribute of its package; for the four
+    modules named like the function they define (backup, restore, verify, prune)
+    that would shadow the function, so the module is not stored there.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

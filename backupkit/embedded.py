@@ -58,7 +58,8 @@ def _run_as() -> dict:
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
             check=True, capture_output=True,
         )
-    return {"user": SERVER_USER}
+    # Drop root's groups too: a folder only root's group may enter must stay closed.
+    return {"user": SERVER_USER, "group": pwd.getpwnam(SERVER_USER).pw_gid, "extra_groups": []}
 
 
 def _make_readable_path(path: Path) -> None:

@@ -44,24 +44,16 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import pandas as pd
 
-import backupkit as _package
-
-# Look the public functions up before importing the modules that define them: with the
-# package's lazy imports, importing e.g. backupkit.backup first would leave the *module*
-# as ``backupkit.backup`` for everyone.  (Until backupkit/__init__.py guards against it.)
-for _name in ("verify", "restore", "prune", "backup"):  # modules imported by later ones first
-    getattr(_package, _name)
-
-from . import __version__, manifest as mf  # noqa: E402
-from .backup import BackupResult, backup as _backup  # noqa: E402
-from .dsn import DSN_ENV_VARS, redact, resolve_dsn  # noqa: E402
-from .errors import BackupkitError, ConfigError, SnapshotDamaged, SnapshotNotFound, SourceError  # noqa: E402
-from .preflight import check as _check  # noqa: E402
-from .prune import PruneResult, prune as _prune  # noqa: E402
-from .restore import RestoreResult, restore as _restore  # noqa: E402
-from .retention import Policy  # noqa: E402
-from .store import list_snapshots, resolve  # noqa: E402
-from .verify import verify as _verify  # noqa: E402
+from . import __version__, manifest as mf
+from .backup import BackupResult, backup as _backup
+from .dsn import DSN_ENV_VARS, redact, resolve_dsn
+from .errors import BackupkitError, ConfigError, SnapshotDamaged, SnapshotNotFound, SourceError
+from .preflight import check as _check
+from .prune import PruneResult, prune as _prune
+from .restore import RestoreResult, restore as _restore
+from .retention import Policy
+from .store import list_snapshots, resolve
+from .verify import verify as _verify
 
 #: First line of the cell papermill injects (its Python translator writes ``# Parameters``).
 INJECTED_MARKER = "# Parameters"

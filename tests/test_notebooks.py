@@ -1,0 +1,444 @@
+"""The notebooks, run as a scheduler runs them (papermill) and as a fresh checkout runs them (nbval).
+
+Papermill runs use non-default parameters against a ``make_db`` database loaded
+with the demo data; the DSN reaches the kernel only through an environment
+variable whose *name* is the ``dsn_env`` parameter.  Every test checks what is
+on disk afterwards: snapshots, run records, restored tables, and that no
+password appears in an executed notebook or a run record.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import papermill
+import psycopg
+import pytest
+from papermill.exceptions import PapermillExecutionError
+from papermill.inspection import _infer_parameters
+from papermill.iorw import load_notebook_node
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from backupkit import notebook as nb
+from backupkit.backup import backup
+from backupkit.demo_data import create_demo, mutate_demo
+from backupkit.dsn import DSN_ENV_VARS
+from backupkit.embedded import EmbeddedServer
+from backupkit.errors import ConfigError
+from backupkit.store import list_snapshots
+from backupkit.verify import verify
+
+from helpers import snapshot_dirs
+
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+NAMES = ["backup", "explore", "prune", "report", "restore"]
+SOURCE_VAR = "BK_NB_SOURCE"
+TARGET_VAR = "BK_NB_TARGET"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def execute(name: str, cwd: Path, **parameters) -> Path:
+    """Run notebooks/<name>.ipynb with papermill in ``cwd``; returns the executed notebook's path."""
+    out = cwd / f"{name}.out.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
+                               kernel_name="python3", cwd=str(cwd), progress_bar=False)
+    return out
+
+
+def outputs_of(notebook: Path, source: str) -> list[dict]:
+    """Outputs of the code cell whose source is exactly ``source``."""
+    book = nbformat.read(notebook, as_version=4)
+    cells = [c for c in book.cells if c.cell_type == "code" and c.source.strip() == source]
+    assert len(cells) == 1, f"no single cell {source!r} in {notebook.name}"
+    return cells[0].outputs
+
+
+def html_table(notebook: Path, source: str) -> list[dict[str, str]]:
+    """The DataFrame a cell displayed, parsed back from its text/html output."""
+    (out,) = [o for o in outputs_of(notebook, source) if "text/html" in o.get("data", {})]
+    page = out["data"]["text/html"]
+    head, body = page.split("</thead>", 1)
+    columns = [html.unescape(c) for c in re.findall(r"<th[^>]*>(.*?)</th>", head, re.S)]
+    rows = []
+    for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S):
+        cells = [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr, re.S)]
+        rows.append(dict(zip(columns, cells)))
+    return rows
+
+
+def run_records(runs: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+
+
+def assert_no_secret(paths: list[Path], *dsns: str) -> None:
+    """No DSN, and no password of one, anywhere in these files."""
+    for path in paths:
+        text = path.read_text()
+        for dsn in dsns:
+            assert dsn not in text, f"{path.name} contains a DSN"
+            password = conninfo_to_dict(dsn).get("password")
+            if password:
+                assert password not in text, f"{path.name} contains a password"
+
+
+def row_counts(dsn: str, tables: list[str]) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        return {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(*t.split(".", 1)))).fetchone()[0] for t in tables}
+
+
+PUBLIC = ["public.audit_log", "public.events", "public.order_items", "public.orders", "public.products",
+          "public.profiles"]
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+def _demo_server(home: Path) -> EmbeddedServer:
+    return EmbeddedServer(home / "demo-pg" / "data", persistent=True)
+
+
+@pytest.fixture
+def home(monkeypatch):
+    """A private BACKUPKIT_HOME and no DSN in the environment; any demo server there is stopped after.
+
+    It is a mkdtemp folder opened to 0755 (as ``temporary_server`` does) rather than under
+    ``tmp_path``: run as root, the server's processes keep group root, and pytest's 0700
+    folders (which embedded.py opens only to "other") would stay closed to them.
+    """
+    path = Path(tempfile.mkdtemp(prefix="backupkit-home-"))
+    os.chmod(path, 0o755)
+    monkeypatch.setenv("BACKUPKIT_HOME", str(path))
+    for name in DSN_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    yield path
+    try:
+        nb.stop_demo_server(path)
+        assert not _demo_server(path)._running()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def source(make_db, home, monkeypatch):
+    """A demo database (scale 0.02) whose DSN only the kernel's $BK_NB_SOURCE holds."""
+    dsn = make_db("nbsrc")
+    create_demo(dsn, scale=0.02)
+    monkeypatch.setenv(SOURCE_VAR, dsn)
+    return dsn
+
+
+# -- the notebooks as files ----------------------------------------------------------------------
+
+FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.For, ast.While, ast.If,
+             ast.IfExp, ast.With, ast.Try, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_files_are_clean_and_declare_their_parameters(name):
+    path = NOTEBOOKS / f"{name}.ipynb"
+    book = nbformat.read(path, as_version=4)
+    nbformat.validate(book)
+    assert book.nbformat == 4 and book.metadata.kernelspec.name == "python3"
+    first = book.cells[0]
+    assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", [])
+    declared = nb._literal_assignments(first.source)
+    # papermill's own reading of the parameters cell agrees (else it would warn about real parameters).
+    assert [p.name for p in _infer_parameters(load_notebook_node(str(path)))] == list(declared)
+    for cell in book.cells:
+        if cell.cell_type != "code":
+            continue
+        assert cell.outputs == [] and cell.execution_count is None, "outputs must be cleared"
+        tree = ast.parse(cell.source)
+        logic = [type(n).__name__ for n in ast.walk(tree) if isinstance(n, FORBIDDEN)]
+        assert logic == [], f"{name}: a cell holds logic ({logic}): {cell.source!r}"
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        assert len(calls) <= 1, f"{name}: a cell makes more than one call: {cell.source!r}"
+
+
+# -- papermill runs -------------------------------------------------------------------------------
+
+def test_backup_notebook_backs_up_verifies_prunes_and_records_the_run(source, tmp_path):
+    older = [backup(source, tmp_path / "bk", label=f"old{i}", progress=False) for i in range(2)]
+
+    out = execute("backup", tmp_path, backup_dir="bk", dsn_env=SOURCE_VAR, schemas=["public", "auth"],
+                  jobs=2, label="nightly", runs_dir="runs", prune=True, keep_last=2)
+
+    snaps = list_snapshots(tmp_path / "bk")[0]
+    new = snaps[0]
+    assert new.label == "nightly"
+    # keep_last=2 with prune=True removed the oldest snapshot and kept the other two.
+    assert [s.id for s in snaps] == [new.id, older[1].id]
+    report = verify(new.path, deep=True)
+    assert report.ok, report.problems
+    manifest = json.loads((new.path / "manifest.json").read_text())
+    assert manifest["schemas"] == ["public", "auth"]
+    db = row_counts(source, [*PUBLIC, "auth.users"])
+    assert {f"{t['schema']}.{t['name']}": t["rows"] for t in manifest["tables"]} == db
+
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "succeeded" and record["exit_reason"] == "completed"
+    assert record["snapshot"] == {"id": new.id, "path": str(Path("bk") / new.id)}
+    assert set(record["steps"]) == {"parameters", "preflight", "backup", "verify", "prune"}
+    assert record["summary"]["removed"] == [older[0].id]
+    assert record["parameters"]["dsn_env"] == SOURCE_VAR and record["finished_at"]
+
+    summary = {r["table"]: int(r["rows"]) for r in html_table(out, "nb.backup_table(result)")}
+    assert summary == {**db, "(total)": sum(db.values())}
+    assert any("image/png" in o.get("data", {}) for o in outputs_of(out, "nb.table_chart(result)"))
+    assert_no_secret([out, *(tmp_path / "runs").glob("*.json")], source)
+
+
+def test_report_notebook_shows_the_changes_between_two_snapshots(source, tmp_path):
+    before = row_counts(source, PUBLIC)
+    first = backup(source, tmp_path / "bk", label="before", progress=False)
+    changed = mutate_demo(source)
+    after = row_counts(source, PUBLIC)
+    backup(source, tmp_path / "bk", label="after", progress=False)
+    third = backup(source, tmp_path / "bk", label="again", progress=False)
+
+    # Not the defaults: an explicit old id, and `new` as latest~1 (the "after" snapshot, not the newest).
+    out = execute("report", tmp_path, backup_dir="bk", old=first.id, new="latest~1", sample=2,
+                  html_report="report.html")
+
+    rows = {r["table"]: r for r in html_table(out, "nb.diff_table(diff)")}
+    assert set(rows) == set(PUBLIC)
+    for table in PUBLIC:
+        assert int(rows[table]["rows_old"]) == before[table]
+        assert int(rows[table]["rows_new"]) == after[table]
+        assert int(rows[table]["delta"]) == after[table] - before[table]
+    # mutate_demo's own counts (audit_log rows written by its trigger are not in them).
+    counted = ["public.orders", "public.order_items", "public.profiles", "public.events"]
+    assert sum(int(rows[t]["inserted"]) for t in counted) == changed["inserted"]
+    assert sum(int(rows[t]["deleted"]) for t in counted) == changed["deleted"]
+    assert sum(int(rows[t]["updated"]) for t in counted) == changed["updated"]
+    assert int(rows["public.audit_log"]["inserted"]) == after["public.audit_log"] - before["public.audit_log"]
+    assert rows["public.products"]["compared by"] == "identical"
+
+    pair = outputs_of(out, "pair = nb.pick_pair(backup_dir, old, new)\npair")[0]["data"]["text/plain"]
+    assert first.id in pair and third.id not in pair
+    samples = html_table(out, "nb.sample_updates_table(diff)")
+    assert samples and {r["table"] for r in samples} <= set(counted)
+    for table in {r["table"] for r in samples}:
+        assert 1 <= len({r["key"] for r in samples if r["table"] == table}) <= 2  # sample=2
+    assert any(r["table"] == "public.orders" for r in samples)
+    integrity = html_table(out, "nb.integrity_table(checks)")
+    assert integrity and all(r["ok"] == "True" for r in integrity)
+    assert {r["check"] for r in integrity} >= {"checksums", "primary_key", "foreign_key", "sequence"}
+    assert html_table(out, "nb.diff_overview(diff)") == []
+    page = (tmp_path / "report.html").read_text()
+    assert first.id in page and "<svg" in page
+    assert_no_secret([out, tmp_path / "report.html"], source)
+
+
+def test_restore_notebook_restores_a_chosen_snapshot_into_an_empty_database(source, make_db, tmp_path,
+                                                                            monkeypatch):
+    tables = [*PUBLIC, "auth.users"]
+    before = row_counts(source, tables)
+    first = backup(source, tmp_path / "bk", schemas=["public", "auth"], progress=False)
+    mutate_demo(source)
+    backup(source, tmp_path / "bk", schemas=["public", "auth"], progress=False)
+    target = make_db("nbtgt")
+    monkeypatch.setenv(TARGET_VAR, target)
+
+    out = execute("restore", tmp_path, backup_dir="bk", snapshot=first.id, target_dsn_env=TARGET_VAR,
+                  dry_run=False, jobs=2, runs_dir="runs")
+
+    assert row_counts(target, tables) == before  # the older snapshot's rows, not today's
+    with psycopg.connect(target) as conn:
+        fks = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                           "AND connamespace = 'public'::regnamespace").fetchone()[0]
+    assert fks > 0
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "succeeded" and record["snapshot"]["id"] == first.id
+    assert record["summary"]["rows_loaded"] == sum(before.values())
+    steps = html_table(out, "nb.restore_steps(outcome)")
+    assert steps and all(s["state"] == "done" for s in steps)
+    assert_no_secret([out, *(tmp_path / "runs").glob("*.json")], source, target)
+
+
+def test_prune_notebook_dry_run_removes_nothing_and_a_real_run_applies_the_policy(source, tmp_path):
+    snaps = [backup(source, tmp_path / "bk", label=f"s{i}", progress=False).id for i in range(3)]
+
+    out = execute("prune", tmp_path, backup_dir="bk", keep_last=1, runs_dir="runs")  # dry_run defaults to True
+
+    assert sorted(p.name for p in snapshot_dirs(tmp_path / "bk")) == sorted(snaps)
+    decisions = {r["snapshot"]: r for r in html_table(out, "nb.prune(backup_dir, policy, dry_run=dry_run, run=run)")}
+    assert decisions[snaps[2]]["action"] == "keep" and "last 1/1" in decisions[snaps[2]]["reasons"]
+    assert [decisions[s]["action"] for s in snaps[:2]] == ["would remove", "would remove"]
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "succeeded" and record["summary"]["removed"] == []
+    assert sorted(record["summary"]["would_remove"]) == sorted(snaps[:2])
+
+    execute("prune", tmp_path, backup_dir="bk", keep_last=1, dry_run=False, runs_dir="runs2")
+    assert [p.name for p in snapshot_dirs(tmp_path / "bk")] == [snaps[2]]
+    (record,) = run_records(tmp_path / "runs2")
+    assert sorted(record["summary"]["removed"]) == sorted(snaps[:2])
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"backupdir": "elsewhere"}, ["unknown parameter 'backupdir'", "did you mean 'backup_dir'", "backup_dir, dsn_env"]),
+    ({"label": 2024}, ["parameter 'label' must be text", "-r NAME VALUE"]),
+])
+def test_unknown_or_mistyped_parameter_fails_the_run(source, tmp_path, bad, expected):
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("backup", tmp_path, dsn_env=SOURCE_VAR, runs_dir="runs", **bad)
+    assert info.value.ename == "ConfigError"
+    for text in expected:
+        assert text in info.value.evalue
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "failed" and record["failed_step"] == "parameters"
+    assert all(text in record["exit_reason"] for text in expected)
+    assert record["steps"].keys() == {"parameters"}  # nothing ran after the check
+    assert not (tmp_path / "backups").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_failing_run_says_why_records_failed_and_leaves_no_snapshot(source, tmp_path, monkeypatch):
+    wrong_password = "wrong-" + secrets.token_hex(8)
+    wrong = make_conninfo(source, password=wrong_password)
+    monkeypatch.setenv("BK_NB_WRONG", wrong)
+
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("backup", tmp_path, backup_dir="bk", dsn_env="BK_NB_WRONG", runs_dir="runs")
+
+    assert info.value.ename == "ConnectionFailed"
+    assert "password authentication failed" in info.value.evalue
+    out = tmp_path / "backup.out.ipynb"
+    errors = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and "password authentication failed" in errors[0]["evalue"]
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "failed" and record["failed_step"] == "preflight"
+    assert record["exit_reason"].startswith("ConnectionFailed: cannot connect to ")
+    assert "password authentication failed" in record["exit_reason"]
+    assert record["snapshot"] is None and "backup" not in record["steps"]
+    assert snapshot_dirs(tmp_path / "bk") == []
+    assert wrong_password not in out.read_text()
+    assert_no_secret([out, *(tmp_path / "runs").glob("*.json")], source, wrong)
+
+
+# -- a fresh checkout: nbval, defaults only, the embedded demo database ----------------------------
+
+def test_every_notebook_runs_as_is_under_nbval(home, tmp_path):
+    shutil.copytree(NOTEBOOKS, tmp_path / "notebooks")
+    env = {k: v for k, v in os.environ.items() if k not in DSN_ENV_VARS and not k.startswith("BK_NB_")}
+    env["BACKUPKIT_HOME"] = str(home)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "notebooks/", "-p", "no:cacheprovider",
+                           "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert re.search(r"\b(\d+) passed\b", proc.stdout) and "failed" not in proc.stdout.splitlines()[-1]
+
+    # backup took one snapshot of the demo database; prune's defaults added the second one it needs.
+    snaps = list_snapshots(tmp_path / "notebooks" / "backups")[0]
+    assert len(snaps) == 2 and all(verify(s.path).ok for s in snaps)
+    assert all(nb.is_demo_source(json.loads((s.path / "manifest.json").read_text())["source"]) for s in snaps)
+    records = run_records(tmp_path / "notebooks" / "runs")
+    assert sorted(r["job"] for r in records) == ["backup", "prune", "restore"]
+    assert all(r["status"] == "succeeded" for r in records)
+    password = (home / "demo-pg" / "data.password").read_text().strip()
+    for path in (tmp_path / "notebooks" / "runs").glob("*.json"):
+        assert password not in path.read_text()
+
+
+# -- the library side, without a kernel ---------------------------------------------------------------
+
+def test_locate_parameters_finds_declared_and_injected_cells():
+    declared = 'a = 1\nb = "x"  # text\nc = ["public"]'
+    history = ["", declared, "# Parameters\na = 2\nzz = 3\n", "from backupkit import notebook as nb",
+               'run = nb.start_run("backup", runs_dir="runs")']
+    assert nb.locate_parameters(history) == ({"a": 1, "b": "x", "c": ["public"]}, {"a": 2, "zz": 3})
+    # Interactive: no injected cell, and a re-run parameters cell wins.
+    assert nb.locate_parameters(["", declared, "x = f()", "a = 5\nb = 'y'\nc = []"]) == ({"a": 5, "b": "y", "c": []}, {})
+    with pytest.raises(ConfigError):
+        nb.locate_parameters(["", "import os"])
+
+
+def test_parameter_problems_name_unknown_and_mistyped_parameters():
+    declared = {"backup_dir": "backups", "jobs": 1, "prune": False, "schemas": ["public"], "keep_last": None,
+                "ratio": 0.5}
+    ok = {"backup_dir": "x", "jobs": 2, "prune": True, "schemas": ["a", "b"], "keep_last": 3, "ratio": 1}
+    assert nb.parameter_problems(declared, ["jobs", "prune"], ok) == []
+    problems = nb.parameter_problems(declared, ["backupdir"], {**ok, "jobs": "2", "prune": 1, "schemas": "public"})
+    assert problems[0] == "unknown parameter 'backupdir' (did you mean 'backup_dir'?)"
+    assert problems[1].startswith("this notebook's parameters are: backup_dir, jobs, prune")
+    assert [p.split("'")[1] for p in problems[2:]] == ["jobs", "prune", "schemas"]
+
+
+def test_demo_snapshots_are_only_taken_for_the_defaults_and_never_mixed_in():
+    demo = {"host": "127.0.0.1", "database": "demo"}
+    real = {"host": "db.example.supabase.co", "database": "postgres"}
+    assert nb.demo_snapshots_needed([], 2, "", {}) == 2
+    assert nb.demo_snapshots_needed([demo], 2, "", {}) == 1
+    assert nb.demo_snapshots_needed([demo, demo], 2, "", {}) == 0
+    assert nb.demo_snapshots_needed([], 2, "MY_DSN", {}) == 0
+    assert nb.demo_snapshots_needed([], 2, "", {"DATABASE_URL": "postgresql://x"}) == 0
+    assert nb.demo_snapshots_needed([real], 2, "", {}) == 0
+
+
+def test_run_record_hook_marks_a_failed_cell_and_redacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("BK_NB_SECRET", "postgresql://u:hunter2secret@h:5432/d")
+    run = nb.start_run("backup", {"dsn_env": "BK_NB_SECRET"}, tmp_path / "runs")
+    assert json.loads(run.path.read_text())["status"] == "running"
+    with run.step("backup"):
+        pass
+    nb._post_run_cell(SimpleNamespace(error_in_exec=None, error_before_exec=None))
+    assert run.status == "running"
+    nb._post_run_cell(SimpleNamespace(error_in_exec=RuntimeError("no route to h with hunter2secret\nmore"),
+                                      error_before_exec=None))
+    record = json.loads(run.path.read_text())
+    assert record["status"] == "failed" and record["exit_reason"] == "RuntimeError: no route to h with ****"
+    assert "backup" in record["steps"] and "hunter2secret" not in run.path.read_text()
+    # The first failure stays the reason; a later finish() does not turn it into a success.
+    assert run.finish()["status"] == "failed"
+
+
+def test_explorer_previews_tables_and_runs_sql(source, tmp_path):
+    snap = backup(source, tmp_path / "bk", progress=False)
+    box = nb.explorer(tmp_path / "bk", table="public.products", limit=3)
+    assert box.table.value == '"public"."products"' and box.preview.value.count("<tr>") == 3  # limit
+    box.table.value = '"public"."orders"'
+    assert "placed_at" in box.preview.value
+    box.sql.value = "SELECT count(*) AS n FROM public.orders"
+    box.run.click()
+    orders = next(t["rows"] for t in snap.manifest["tables"] if t["name"] == "orders")
+    assert f"<td>{orders}</td>" in box.result.value
+    box.sql.value = "SELECT * FROM public.nope"
+    box.run.click()
+    assert "CatalogException" in box.result.value and "Traceback" not in box.result.value
+
+
+def _fake_shell(history: list[str], user_ns: dict) -> SimpleNamespace:
+    return SimpleNamespace(history_manager=SimpleNamespace(input_hist_raw=["", *history]), user_ns=user_ns,
+                           user_ns_hidden={"In": [], "Out": {}})
+
+
+def test_check_parameters_uses_the_history_papermill_keeps_else_the_namespace(tmp_path):
+    params = 'backup_dir = "backups"\njobs = 1'
+    this_cell = "nb.check_parameters(run)"
+    run = nb.start_run("backup", runs_dir=tmp_path / "runs")
+    ns = {"In": [], "Out": {}, "backup_dir": "x", "jobs": 2, "jbos": 3, "nb": nb, "run": run}
+    shell = _fake_shell([params, "# Parameters\nbackup_dir = 'x'\njobs = 2\njbos = 3\n", "import x", this_cell], ns)
+    with pytest.raises(ConfigError, match="unknown parameter 'jbos' .did you mean 'jobs'"):
+        nb.check_parameters(run, shell=shell)
+    record = json.loads(run.path.read_text())
+    assert record["status"] == "failed" and record["failed_step"] == "parameters"
+    assert record["parameters"] == {"backup_dir": "x", "jobs": 2, "jbos": 3}
+
+    ok = _fake_shell([params, "# Parameters\njobs = 2\n", this_cell], {**ns, "jbos": None})
+    assert nb.check_parameters(shell=ok) == {"backup_dir": "x", "jobs": 2}
+    # No history kept (nbval runs cells with store_history=False): the namespace's plain values.
+    ns.pop("jbos")
+    assert nb.check_parameters(shell=_fake_shell([], ns)) == {"backup_dir": "x", "jobs": 2}
