@@ -16,12 +16,16 @@ the empty string differ, 1.50 and 1.5 in an unconstrained numeric differ.
 from __future__ import annotations
 
 import difflib
+import os
+import tempfile
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 
 from . import manifest as mf
-from .duck import files_sql
+from .duck import MAX_LINE_SIZE, files_sql, literal, read_buffer
 from .errors import SnapshotDamaged, SnapshotError
 from .schema import POST_DATA, PRE_DATA
 from .verify import sha256_file, verify
@@ -30,6 +34,14 @@ from .verify import sha256_file, verify
 SQL_DIFF_LINES = 200
 #: Orphan / duplicate rows quoted per integrity check.
 SAMPLES = 5
+#: Longest row a diff first reads a table with.  DuckDB reserves a read buffer a
+#: little larger than this for every file being read and counts it against the
+#: memory limit, so the usual rows are read with small buffers; a table with a
+#: longer row fails that attempt and is read again with ``duck.MAX_LINE_SIZE``.
+DIFF_LINE_SIZE = 16 << 20
+#: DuckDB memory for a diff's joins and aggregates, beyond its read buffers.  A
+#: larger table spills to a temporary folder instead of growing the process.
+DIFF_WORK_MEMORY = 192 << 20
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -38,17 +50,57 @@ def _connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _source(folder: Path, table: dict, columns: list[str], alias: str = "k") -> str:
-    """``(SELECT c_i AS k0, ... FROM read_csv(...))`` with the given columns, by name, in order."""
+def _threads() -> int:
+    """CPUs this process may run on (DuckDB's default counts the machine's, ignoring affinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _diff_connect(spill: str) -> duckdb.DuckDBPyConnection:
+    """A connection for diffs: every CPU, bounded memory, spilling to ``spill``."""
+    con = _connect()
+    con.execute(f"SET threads = {_threads()}")
+    # Nothing a diff returns depends on row order; keeping it costs memory in scans.
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET temp_directory = {literal(spill)}")
+    _limit_memory(con, DIFF_LINE_SIZE)
+    return con
+
+
+def _limit_memory(con, line_size: int) -> None:
+    """Work memory plus two read buffers per thread (the file being read and the next one)."""
+    limit = DIFF_WORK_MEMORY + 2 * _threads() * read_buffer(line_size)
+    con.execute(f"SET memory_limit = '{limit >> 20}MiB'")
+
+
+def _source(folder: Path, table: dict, columns: list[str], alias: str = "k", *,
+            max_line_size: int = MAX_LINE_SIZE, extra: str = "") -> str:
+    """``(SELECT c_i AS k0, ... FROM read_csv(...))`` with the given columns, by name, in order.
+
+    ``extra`` is appended to the select list (it may use ``c_i`` and ``file_index``).
+    A table whose ``files`` is empty reads as no rows of VARCHAR columns (``extra``
+    must then be valid without a FROM).
+    """
     pos = {c: i for i, c in enumerate(table["copy_columns"])}
+    if not table["files"]:
+        cols = ", ".join(f"NULL::VARCHAR AS {alias}{n}" for n in range(len(columns)))
+        return f"(SELECT {', '.join(x for x in (cols, extra) if x)} WHERE false)"
     cols = ", ".join(f"c{pos[c]} AS {alias}{n}" for n, c in enumerate(columns))
-    return f"(SELECT {cols} FROM {files_sql(folder, table)})"
+    return (f"(SELECT {', '.join(x for x in (cols, extra) if x)} "
+            f"FROM {files_sql(folder, table, max_line_size=max_line_size)})")
 
 
-def _row_hash(n: int, alias: str = "v") -> str:
-    """MD5 of ``n`` text columns, each length-prefixed so (NULL, '', 'a,b') never collide."""
-    parts = [f"coalesce(length({alias}{i})::VARCHAR || ':' || {alias}{i}, '-')" for i in range(n)]
-    return f"md5_number(concat({', '.join(parts)}))" if parts else "md5_number('')"
+def _row_hash(refs: list[str]) -> str:
+    """MD5 (128 bits) of text columns, each length-prefixed so (NULL, '', 'a,b') never collide.
+
+    ``concat`` skips NULLs, so a value encodes as ``<bytes>:<text>`` and NULL as a bare
+    ``:`` (no digits): reading the encoding left to right gives the columns back, so
+    different rows give different MD5 input.  One ``concat`` call builds it in one go.
+    """
+    if not refs:
+        return "md5_number('')"
+    return "md5_number(concat(" + ", ".join(f"strlen({r}), ':', {r}" for r in refs) + "))"
 
 
 def _names(columns: list[dict]) -> dict[str, str]:
@@ -80,105 +132,201 @@ def _fk_key(fk: dict) -> tuple:
     return (fk["name"], fk["ref_schema"], fk["ref_table"], tuple(fk["columns"]), tuple(fk["ref_columns"]))
 
 
-def _compare_by_key(con, old_dir, new_dir, old, new, pk, common, sample) -> dict:
-    """Inserted/deleted/updated counts of a table joined on its primary key, and a few updates."""
+def _read_files(old: dict, new: dict) -> tuple[list[dict], list[dict]] | None:
+    """The files of each side that must be read: those without a byte-identical partner.
+
+    Byte-identical files (same SHA-256 in both manifests) hold the same rows, so they
+    contribute the same bag of rows to both sides and cancel out of a multiset
+    comparison.  They also cancel out of a comparison by primary key: a key in such a
+    file has that very row in both snapshots, and (the key being unique in each
+    snapshot) no other row, so it is unchanged and no other key's outcome depends on
+    it.  None when a file lacks its row count (then every file is read and checked
+    against the table's count).
+    """
+    if any("rows" not in f for f in old["files"] + new["files"]):
+        return None
+    shared = Counter(f["sha256"] for f in old["files"]) & Counter(f["sha256"] for f in new["files"])
+
+    def unpaired(files):
+        left, out = Counter(shared), []
+        for f in files:
+            if left[f["sha256"]]:
+                left[f["sha256"]] -= 1
+            else:
+                out.append(f)
+        return out
+
+    return unpaired(old["files"]), unpaired(new["files"])
+
+
+def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
+    """Inserted/deleted/updated counts of a table joined on its primary key, and a few updates.
+
+    One pass over each side: only the key, one MD5 of the other columns and the index
+    of the file a row came from reach the join.  The ``sample`` smallest changed keys
+    (by key text) come out of the same pass with their files; a second, small query
+    reads just those files for the samples' values.
+    """
+    (old_dir, old, _), (new_dir, new, _) = sides
     rest = [c for c in common if c not in pk]
     n = len(pk)
     on = " AND ".join(f"o.k{i} = n.k{i}" for i in range(n))
+    pos = {c: i for i, c in enumerate(old["copy_columns"])}, {c: i for i, c in enumerate(new["copy_columns"])}
 
-    def keyed(folder, table):
-        src = _source(folder, table, pk + rest, "v")
-        keys = ", ".join(f"v{i} AS k{i}" for i in range(n))
-        return f"(SELECT {keys}, {_row_hash(len(pk + rest))} AS h FROM {src})"
+    def keyed(folder, table, p):
+        hashed = _row_hash([f"c{p[c]}" for c in rest])
+        extra = (f"{hashed} AS h, file_index::UINTEGER AS f" if table["files"]
+                 else "NULL::UHUGEINT AS h, NULL::UINTEGER AS f")
+        return _source(folder, table, pk, "k", max_line_size=line_size, extra=extra)
 
-    o, nw = keyed(old_dir, old), keyed(new_dir, new)
-    inserted, deleted, updated, rows_old, rows_new = con.execute(
+    picks = ""
+    if sample > 0:
+        key = ", ".join(f"k{i} := o.k{i}" for i in range(n))
+        picks = (f", min(struct_pack({key}, fo := o.f, fn := n.f), {int(sample)}) "
+                 f"FILTER (WHERE o.h <> n.h)")
+    inserted, deleted, updated, rows_old, rows_new, *found = con.execute(
         f"SELECT count(*) FILTER (WHERE o.h IS NULL), count(*) FILTER (WHERE n.h IS NULL), "
-        f"count(*) FILTER (WHERE o.h <> n.h), count(o.h), count(n.h) "
-        f"FROM {o} AS o FULL JOIN {nw} AS n ON {on}").fetchone()
-    _check_rows(old, rows_old, new, rows_new)
+        f"count(*) FILTER (WHERE o.h <> n.h), count(o.h), count(n.h){picks} "
+        f"FROM {keyed(old_dir, old, pos[0])} AS o FULL JOIN {keyed(new_dir, new, pos[1])} AS n ON {on}"
+    ).fetchone()
+    _check_rows(sides, rows_old, rows_new)
     samples = []
-    if updated and sample > 0:
-        order = ", ".join(f"o.k{i}" for i in range(n))
-        keys = (f"(SELECT {', '.join(f'o.k{i} AS k{i}' for i in range(n))} FROM {o} AS o JOIN {nw} AS n "
-                f"ON {on} WHERE o.h <> n.h ORDER BY {order} LIMIT {int(sample)})")
-        width = len(pk + rest)
-        a, b = _source(old_dir, old, pk + rest, "v"), _source(new_dir, new, pk + rest, "v")
-        cols = ", ".join([f"a.v{i}" for i in range(width)] + [f"b.v{i}" for i in range(n, width)])
-        join_a = " AND ".join(f"a.v{i} = s.k{i}" for i in range(n))
-        join_b = " AND ".join(f"b.v{i} = s.k{i}" for i in range(n))
-        rows = con.execute(
-            f"SELECT {cols} FROM {keys} AS s JOIN {a} AS a ON {join_a} JOIN {b} AS b ON {join_b} "
-            f"ORDER BY {', '.join(f's.k{i}' for i in range(n))}").fetchall()
-        for row in rows:  # at most `sample` rows
-            old_vals, new_vals = row[n:width], row[width:]
-            samples.append({
-                "key": dict(zip(pk, row[:n])),
-                "changes": {c: [ov, nv] for c, ov, nv in zip(rest, old_vals, new_vals) if ov != nv},
-            })
+    if updated and found and found[0]:
+        picked = found[0]
+        keys = [tuple(p[f"k{i}"] for i in range(n)) for p in picked]
+        values = _fetch_rows(con, sides, pk, rest, keys, [{p["fo"] for p in picked}, {p["fn"] for p in picked}],
+                             line_size)
+        for k in keys:
+            ov, nv = values[0].get(k), values[1].get(k)
+            if ov is None or nv is None:  # cannot happen unless a file changed since the first pass
+                raise SnapshotDamaged(f"{mf.table_key(new)}: a row read once was not found again",
+                                      [f"{mf.table_key(new)}: data changed while being read"])
+            samples.append({"key": dict(zip(pk, k)),
+                            "changes": {c: [a, b] for c, a, b in zip(rest, ov, nv) if a != b}})
     return {"inserted": inserted, "deleted": deleted, "updated": updated, "sample_updates": samples}
 
 
-def _compare_multiset(con, old_dir, new_dir, old, new, common) -> dict:
+def _fetch_rows(con, sides, pk, rest, keys, file_sets, line_size) -> list[dict]:
+    """{key: values of ``rest``} of both sides for the given keys, reading only the given files."""
+    n = len(pk)
+    match = " OR ".join("(" + " AND ".join(f"k{i} = {literal(v)}" for i, v in enumerate(k)) + ")" for k in keys)
+    parts = []
+    for s, ((folder, table, _), wanted) in enumerate(zip(sides, file_sets)):
+        subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in wanted]}
+        src = _source(folder, subset, pk + rest, "k", max_line_size=line_size)
+        parts.append(f"SELECT {s} AS s, * FROM {src} WHERE {match}")
+    out: list[dict] = [{}, {}]
+    for row in con.execute(" UNION ALL ".join(parts)).fetchall():
+        out[row[0]][tuple(row[1:n + 1])] = row[n + 1:]
+    return out
+
+
+def _compare_multiset(con, sides, common, line_size) -> dict:
     """Rows added and removed between two bags of rows, duplicates counted."""
+    (old_dir, old, expect_old), (new_dir, new, expect_new) = sides
     if not common:
         # No stored columns: every row is the same empty tuple, only the counts can differ.
-        return {"inserted": max(new["rows"] - old["rows"], 0), "deleted": max(old["rows"] - new["rows"], 0),
+        return {"inserted": max(expect_new - expect_old, 0), "deleted": max(expect_old - expect_new, 0),
                 "updated": None, "sample_updates": []}
 
-    def bag(folder, table):
-        src = _source(folder, table, common, "v")
-        return f"(SELECT {_row_hash(len(common))} AS h, count(*) AS c FROM {src} GROUP BY h)"
+    def bag(s, folder, table):
+        pos = {c: i for i, c in enumerate(table["copy_columns"])}
+        if not table["files"]:
+            return f"(SELECT {s} AS s, NULL::UHUGEINT AS h WHERE false)"
+        hashed = _row_hash([f"c{pos[c]}" for c in common])
+        return f"(SELECT {s} AS s, {hashed} AS h FROM {files_sql(folder, table, max_line_size=line_size)})"
 
+    # One aggregate over both sides: per distinct row, how often each side has it.
+    counted = (f"SELECT count(*) FILTER (WHERE s = 0) AS o, count(*) FILTER (WHERE s = 1) AS n "
+               f"FROM (SELECT * FROM {bag(0, old_dir, old)} UNION ALL SELECT * FROM {bag(1, new_dir, new)}) "
+               f"GROUP BY h")
     inserted, deleted, rows_old, rows_new = con.execute(
-        f"SELECT coalesce(sum(greatest(coalesce(n.c, 0) - coalesce(o.c, 0), 0)), 0)::BIGINT, "
-        f"coalesce(sum(greatest(coalesce(o.c, 0) - coalesce(n.c, 0), 0)), 0)::BIGINT, "
-        f"coalesce(sum(o.c), 0)::BIGINT, coalesce(sum(n.c), 0)::BIGINT "
-        f"FROM {bag(old_dir, old)} AS o FULL JOIN {bag(new_dir, new)} AS n ON o.h = n.h").fetchone()
-    _check_rows(old, rows_old, new, rows_new)
+        f"SELECT coalesce(sum(greatest(n - o, 0)), 0)::BIGINT, coalesce(sum(greatest(o - n, 0)), 0)::BIGINT, "
+        f"coalesce(sum(o), 0)::BIGINT, coalesce(sum(n), 0)::BIGINT FROM ({counted})").fetchone()
+    _check_rows(sides, rows_old, rows_new)
     return {"inserted": inserted, "deleted": deleted, "updated": None, "sample_updates": []}
 
 
 def _check_files(folder: Path, table: dict) -> None:
     """Raise SnapshotDamaged unless every data file of ``table`` matches its manifest entry.
 
-    DuckDB reads a truncated zstd file as if it simply ended, without an error,
-    so files are hashed before they are trusted (hashing is cheap next to parsing).
+    DuckDB reads a truncated zstd file as if it simply ended, without an error, so
+    files are hashed before their rows are trusted.  Sizes first (a missing or
+    truncated file fails at once), then SHA-256.  ``diff_snapshots`` runs this in a
+    background thread while DuckDB reads the same files, and waits for it before it
+    reports the table.
     """
+    def damaged(f):
+        return SnapshotDamaged(f"{folder.name}: {f['path']} is missing or does not match its checksum",
+                               [f"{f['path']}: checksum mismatch"], hint=f"run `backupkit verify {folder}`")
+
     for f in table["files"]:
         path = folder / f["path"]
-        if not path.is_file() or path.stat().st_size != f["bytes"] or sha256_file(path) != f["sha256"]:
-            raise SnapshotDamaged(f"{folder.name}: {f['path']} is missing or does not match its checksum",
-                                  [f"{f['path']}: checksum mismatch"],
-                                  hint=f"run `backupkit verify {folder}`")
+        if not path.is_file() or path.stat().st_size != f["bytes"]:
+            raise damaged(f)
+    for f in table["files"]:
+        if sha256_file(folder / f["path"]) != f["sha256"]:
+            raise damaged(f)
 
 
-def _check_rows(old: dict, rows_old: int, new: dict, rows_new: int) -> None:
+def _check_rows(sides, rows_old: int, rows_new: int) -> None:
     """Raise SnapshotDamaged when DuckDB did not read the rows the manifests promise."""
-    for t, got in ((old, rows_old), (new, rows_new)):
-        if got != t["rows"]:
-            raise SnapshotDamaged(f"read {got} rows of {mf.table_key(t)}, the manifest says {t['rows']}",
+    for (_, t, expected), got in zip(sides, (rows_old, rows_new)):
+        if got != expected:
+            raise SnapshotDamaged(f"read {got} rows of {mf.table_key(t)}, the manifest says {expected}",
                                   [f"{mf.table_key(t)}: row count mismatch"])
 
 
-def _compare(con, old_dir, new_dir, old, new, common, keyed, sample) -> dict:
+def _plan(old_dir: Path, new_dir: Path, old: dict, new: dict):
+    """``((folder, table with only the files to read, rows expected), same for new)``, or None
+    when both sides hold byte-identical files and nothing needs reading."""
+    if Counter(f["sha256"] for f in old["files"]) == Counter(f["sha256"] for f in new["files"]):
+        return None
+    read = _read_files(old, new)
+    if read is None:
+        return (old_dir, old, old["rows"]), (new_dir, new, new["rows"])
+    return tuple((folder, {**t, "files": files}, sum(f["rows"] for f in files))
+                 for folder, t, files in ((old_dir, old, read[0]), (new_dir, new, read[1])))
+
+
+def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
     """The row-level part of one table's diff, by the cheapest exact method."""
+    (_, old, _), (_, new, _) = sides
     pk_old, pk_new = old.get("primary_key"), new.get("primary_key")
-    if [f["sha256"] for f in old["files"]] == [f["sha256"] for f in new["files"]]:
-        # Byte-identical files hold identical rows: nothing to read.
-        return {"method": "identical", "note": None, "inserted": 0, "deleted": 0,
-                "updated": 0 if keyed else None, "sample_updates": []}
-    _check_files(old_dir, old)
-    _check_files(new_dir, new)
     if keyed:
-        return {"method": "primary_key", "note": None,
-                **_compare_by_key(con, old_dir, new_dir, old, new, pk_old, common, sample)}
-    note = None
-    if pk_old != pk_new:
-        note = "primary key changed; compared as a multiset of rows"
-    elif pk_old:
-        note = "primary key columns not stored in both snapshots; compared as a multiset"
-    return {"method": "multiset", "note": note, **_compare_multiset(con, old_dir, new_dir, old, new, common)}
+        method, note = "primary_key", None
+    else:
+        method, note = "multiset", None
+        if pk_old != pk_new:
+            note = "primary key changed; compared as a multiset of rows"
+        elif pk_old:
+            note = "primary key columns not stored in both snapshots; compared as a multiset"
+    line_size = DIFF_LINE_SIZE
+    while True:
+        try:
+            if keyed:
+                result = _compare_by_key(con, sides, pk_old, common, sample, line_size)
+            else:
+                result = _compare_multiset(con, sides, common, line_size)
+            break
+        except (duckdb.Error, SnapshotDamaged) as exc:
+            # A damaged file explains any failure best: report it rather than its symptom.
+            _wait(checks)
+            long_row = isinstance(exc, (duckdb.InvalidInputException, duckdb.NotImplementedException))
+            if not long_row or line_size >= MAX_LINE_SIZE:
+                raise
+            # Probably a row longer than DIFF_LINE_SIZE: read again with buffers for the longest.
+            line_size = MAX_LINE_SIZE
+            _limit_memory(con, line_size)
+    if line_size != DIFF_LINE_SIZE:
+        _limit_memory(con, DIFF_LINE_SIZE)
+    _wait(checks)
+    return {"method": method, "note": note, **result}
+
+
+def _wait(checks: list[Future]) -> None:
+    for c in checks:
+        c.result()  # raises SnapshotDamaged
 
 
 def _schema_sql(old_dir: Path, new_dir: Path, old_m: dict, new_m: dict) -> tuple[dict, str, bool]:
@@ -222,29 +370,52 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
     def brief(t):
         return {"schema": t["schema"], "name": t["name"], "rows": t["rows"]}
 
+    # What each table needs: its files to read (none when byte-identical), planned from
+    # the manifests alone so the files can be hashed ahead of DuckDB reading them.
+    work = []
+    for key, new in new_t.items():
+        old = old_t.get(key)
+        if old is not None:
+            work.append((key, old, new, _plan(old_dir, new_dir, old, new)))
+
     tables = []
-    con = _connect()
+    # SHA-256 of the files read runs in a background thread, overlapping DuckDB's reading;
+    # a table is reported only once its files' hashes matched (see _check_files).  Files of
+    # a table skipped as byte-identical are not hashed: the result for them (no change)
+    # comes from the two manifests alone, and the manifests are what the diff compares; a
+    # damaged copy on disk is verify's to find, and nothing read from it reaches the report.
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="backupkit-diff-sha")
+    spill = tempfile.TemporaryDirectory(prefix="backupkit-diff-")
+    con = None
     try:
-        for key, new in new_t.items():
-            old = old_t.get(key)
-            if old is None:
-                continue
+        checks = {key: [hasher.submit(lambda f=folder, t=t: _check_files(f, t)) for folder, t, _ in sides]
+                  for key, _, _, sides in work if sides is not None}
+        con = _diff_connect(spill.name)
+        for key, old, new, sides in work:
             entry = {"schema": new["schema"], "name": new["name"],
                      "rows_old": old["rows"], "rows_new": new["rows"],
                      "primary_key": new.get("primary_key")}
             common = [c for c in old["copy_columns"] if c in set(new["copy_columns"])]
             pk_old, pk_new = old.get("primary_key"), new.get("primary_key")
             keyed = bool(pk_old) and pk_old == pk_new and all(c in common for c in pk_old)
-            try:
-                entry.update(_compare(con, old_dir, new_dir, old, new, common, keyed, sample))
-            except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-                raise SnapshotDamaged(f"cannot read the data of {key}: {exc}", [f"{key}: {exc}"],
-                                      hint="run `backupkit verify` on both snapshots") from None
+            if sides is None:
+                # Byte-identical files hold identical rows: nothing to read.
+                entry.update({"method": "identical", "note": None, "inserted": 0, "deleted": 0,
+                              "updated": 0 if keyed else None, "sample_updates": []})
+            else:
+                try:
+                    entry.update(_compare(con, sides, checks[key], common, keyed, sample))
+                except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+                    raise SnapshotDamaged(f"cannot read the data of {key}: {exc}", [f"{key}: {exc}"],
+                                          hint="run `backupkit verify` on both snapshots") from None
             entry["compared_columns"] = common
             entry["schema_changes"] = schema_changes(old, new)
             tables.append(entry)
     finally:
-        con.close()
+        hasher.shutdown(wait=True, cancel_futures=True)
+        if con is not None:
+            con.close()
+        spill.cleanup()
     changed, sql_diff, truncated = _schema_sql(old_dir, new_dir, old_m, new_m)
     return {
         "old": _side(old_dir, old_m),

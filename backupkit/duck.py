@@ -140,11 +140,14 @@ def column_expr(raw: str, base_type: str) -> str:
     return f"TRY_CAST({raw} AS {target})"
 
 
-def files_sql(folder: Path | str, table: dict) -> str:
+def files_sql(folder: Path | str, table: dict, *, max_line_size: int = MAX_LINE_SIZE) -> str:
     """``read_csv(...)`` over a table's chunk files, columns named c0, c1, ... as VARCHAR.
 
     Positional names keep odd or case-colliding column names out of DuckDB's way;
-    callers alias them.
+    callers alias them.  A smaller ``max_line_size`` makes DuckDB's read buffer
+    (and the memory it reserves per file being read) smaller; a longer row then
+    fails the query (``duckdb.InvalidInputException`` or ``NotImplementedException``)
+    and a caller can retry with the default.
     """
     folder = Path(folder).resolve()
     files = "[" + ", ".join(literal(str(folder / f["path"])) for f in table["files"]) + "]"
@@ -154,7 +157,12 @@ def files_sql(folder: Path | str, table: dict) -> str:
             "delim = ',', quote = '\"', escape = '\"', allow_quoted_nulls = false, "
             "compression = 'zstd', strict_mode = true, hive_partitioning = false, "
             "union_by_name = false, filename = false, encoding = 'utf-8', "
-            f"max_line_size = {MAX_LINE_SIZE}, buffer_size = {MAX_LINE_SIZE + (1 << 20)})")
+            f"max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)})")
+
+
+def read_buffer(max_line_size: int = MAX_LINE_SIZE) -> int:
+    """The read buffer ``files_sql`` asks for: DuckDB wants it larger than the longest row."""
+    return max_line_size + (1 << 20)
 
 
 def relation_sql(folder: Path | str, table: dict, *, raw: bool = False) -> str:
