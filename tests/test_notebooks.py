@@ -38,6 +38,8 @@ from backupkit.demo_data import create_demo, mutate_demo
 from backupkit.dsn import DSN_ENV_VARS
 from backupkit.embedded import EmbeddedServer
 from backupkit.errors import ConfigError
+from backupkit.notebook.params import _literal_assignments
+from backupkit.notebook.runs import _post_run_cell
 from backupkit.store import list_snapshots
 from backupkit.verify import verify
 
@@ -155,7 +157,7 @@ def test_notebook_files_are_clean_and_declare_their_parameters(name):
     assert book.nbformat == 4 and book.metadata.kernelspec.name == "python3"
     first = book.cells[0]
     assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", [])
-    declared = nb._literal_assignments(first.source)
+    declared = _literal_assignments(first.source)
     # papermill's own reading of the parameters cell agrees (else it would warn about real parameters).
     assert [p.name for p in _infer_parameters(load_notebook_node(str(path)))] == list(declared)
     for cell in book.cells:
@@ -394,10 +396,10 @@ def test_run_record_hook_marks_a_failed_cell_and_redacts(tmp_path, monkeypatch):
     assert json.loads(run.path.read_text())["status"] == "running"
     with run.step("backup"):
         pass
-    nb._post_run_cell(SimpleNamespace(error_in_exec=None, error_before_exec=None))
+    _post_run_cell(SimpleNamespace(error_in_exec=None, error_before_exec=None))
     assert run.status == "running"
-    nb._post_run_cell(SimpleNamespace(error_in_exec=RuntimeError("no route to h with hunter2secret\nmore"),
-                                      error_before_exec=None))
+    _post_run_cell(SimpleNamespace(error_in_exec=RuntimeError("no route to h with hunter2secret\nmore"),
+                                   error_before_exec=None))
     record = json.loads(run.path.read_text())
     assert record["status"] == "failed" and record["exit_reason"] == "RuntimeError: no route to h with ****"
     assert "backup" in record["steps"] and "hunter2secret" not in run.path.read_text()

@@ -1,0 +1,67 @@
+"""What the notebooks call: one function per cell, each returning something worth showing.
+
+The notebooks in ``notebooks/`` (backup, restore, prune, report, explore) hold
+no logic of their own: every cell makes one call into this package (or the
+public API) and shows the result.  This package provides
+
+* **strict parameters** — ``check_parameters()`` fails the run when papermill
+  injected a parameter the notebook does not declare (papermill itself only
+  logs a warning) or gave a declared one a value of the wrong type;
+* **a run record** — ``start_run()`` writes ``RUNS_DIR/<run_id>.json`` and keeps
+  it current (steps and their durations, the snapshot, the outcome); an IPython
+  ``post_run_cell`` hook marks the run failed when any cell raises, so a
+  scheduled run that dies still leaves ``status: failed`` and the reason;
+* **operations** taking the *name* of the environment variable that holds a
+  DSN (``dsn_env``), never a DSN, so no secret enters a notebook's parameters,
+  variables or outputs; ``""`` means the CLI's lookup, then the embedded demo
+  database (restores: a scratch database on the demo server);
+* **display helpers** turning results into pandas DataFrames and matplotlib
+  figures, and ``explorer()``, the snapshot/table/SQL widget.
+
+Decisions (which cells hold the parameters, which are unknown, whether demo
+snapshots are needed, what a table shows) are pure functions; the I/O wraps them.
+
+Notebooks import the package (``from backupkit import notebook as nb``) and
+use the names re-exported here; the code lives in one module per concern:
+``params`` (parameter discovery and checking), ``runs`` (run records and the
+IPython hook), ``jobs`` (operations, snapshot picking, demo snapshots and
+server), ``tables`` (DataFrame helpers), ``charts`` (matplotlib figures) and
+``explore`` (DuckDB queries and the explorer widget).  Imports point one way,
+towards ``runs``: ``params``, ``jobs`` and ``tables`` use ``runs``; ``charts``
+uses ``tables``; ``explore`` uses ``jobs`` and ``runs``.
+"""
+
+from __future__ import annotations
+
+from .charts import change_chart, history_chart, history_frame, table_chart
+from .explore import MAX_ROWS, error_html, explorer, frame_html, preview_sql, query, run_query, snapshot_tables
+from .jobs import (DEMO_LABEL, RESTORE_SCRATCH_DB, Pair, backup, demo_snapshots_needed, ensure_demo_snapshots,
+                   failed_checks, is_demo_source, make_policy, pick_pair, pick_snapshot, preflight, prune,
+                   prune_table, restore, stop_demo_server, verify)
+from .params import (INJECTED_MARKER, check_parameters, is_injected, locate_parameters, namespace_parameters,
+                     parameter_problems)
+from .runs import RunRecord, new_run_id, one_line, start_run
+from .tables import (backup_table, check_integrity, diff_overview, diff_table, history_rows, history_table,
+                     integrity_rows, integrity_table, restore_steps, restore_table, sample_updates_table,
+                     save_html_report, schema_change_rows, schema_changes_table, table_stats)
+
+__all__ = [
+    # constants
+    "INJECTED_MARKER", "RESTORE_SCRATCH_DB", "DEMO_LABEL", "MAX_ROWS",
+    # params
+    "is_injected", "locate_parameters", "parameter_problems", "namespace_parameters", "check_parameters",
+    # runs
+    "new_run_id", "one_line", "RunRecord", "start_run",
+    # jobs
+    "is_demo_source", "demo_snapshots_needed", "ensure_demo_snapshots", "pick_snapshot", "Pair", "pick_pair",
+    "failed_checks", "preflight", "backup", "verify", "make_policy", "prune", "prune_table", "restore",
+    "stop_demo_server",
+    # tables
+    "table_stats", "backup_table", "history_rows", "history_table", "restore_steps", "restore_table",
+    "diff_overview", "diff_table", "schema_change_rows", "schema_changes_table", "sample_updates_table",
+    "integrity_rows", "check_integrity", "integrity_table", "save_html_report",
+    # charts
+    "table_chart", "history_frame", "history_chart", "change_chart",
+    # explore
+    "snapshot_tables", "run_query", "query", "preview_sql", "frame_html", "error_html", "explorer",
+]

@@ -1,0 +1,142 @@
+"""The snapshot explorer: query a snapshot with DuckDB, and ``explorer()``, the ipywidgets UI over it.
+
+``snapshot_tables``, ``query`` and ``run_query`` run DuckDB SQL over a
+snapshot's views (tables named as in PostgreSQL, e.g. ``public.orders``) and
+return at most ``MAX_ROWS`` rows as a DataFrame.  ``explorer()`` builds a
+widget to pick a snapshot and a table, preview its rows and run SQL; errors
+show as a short red message in the widget and are never raised into its loop.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import SnapshotNotFound
+from ..store import list_snapshots
+from .jobs import pick_snapshot
+from .runs import one_line
+
+#: Rows a query result or preview shows at most.
+MAX_ROWS = 200
+
+
+def snapshot_tables(snapshot: Path | str) -> pd.DataFrame:
+    """The tables of a snapshot (DuckDB's ``backupkit.tables`` view)."""
+    from ..duck import open_snapshot
+
+    con = open_snapshot(snapshot)
+    try:
+        return con.sql("SELECT schema, name, rows, bytes, files, primary_key, view "
+                       "FROM backupkit.tables ORDER BY schema, name").df()
+    finally:
+        con.close()
+
+
+def run_query(con, sql: str, limit: int = MAX_ROWS) -> pd.DataFrame:
+    """The first ``limit`` rows of ``sql`` on a DuckDB connection (empty frame for statements)."""
+    rel = con.sql(sql)
+    if rel is None:
+        return pd.DataFrame()
+    return rel.limit(limit).df()
+
+
+def query(snapshot: Path | str, sql: str, limit: int = MAX_ROWS) -> pd.DataFrame:
+    """Run DuckDB SQL over a snapshot's views (tables named as in PostgreSQL, e.g. public.orders)."""
+    from ..duck import open_snapshot
+
+    con = open_snapshot(snapshot)
+    try:
+        return run_query(con, sql, limit)
+    finally:
+        con.close()
+
+
+def preview_sql(view: str, limit: int = 20) -> str:
+    """SQL previewing the first rows of a DuckDB view."""
+    return f"SELECT * FROM {view} LIMIT {int(limit)}"
+
+
+def frame_html(df: pd.DataFrame, limit: int = MAX_ROWS) -> str:
+    """HTML of a result table, noting when it was cut at ``limit`` rows."""
+    note = f"<p><i>first {limit} rows</i></p>" if len(df) >= limit else ""
+    return df.to_html(index=False, max_rows=limit, na_rep="NULL") + note
+
+
+def error_html(exc: BaseException) -> str:
+    """An error as a short red message (no traceback)."""
+    return f'<pre style="color:#b00">{html.escape(one_line(exc))}</pre>'
+
+
+def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", table: str = "",
+             sql: str = "SELECT schema, name, rows, bytes FROM backupkit.tables ORDER BY rows DESC",
+             limit: int = 20):
+    """A widget: pick a snapshot and a table, preview its rows, run DuckDB SQL over the views."""
+    import ipywidgets as w
+
+    from ..duck import open_snapshot
+
+    snaps = [s for s in list_snapshots(backup_dir)[0] if s.error is None]
+    if not snaps:
+        raise SnapshotNotFound(f"no complete snapshot in {backup_dir}",
+                               hint="take one with notebooks/backup.ipynb or `backupkit backup`")
+    chosen = str(pick_snapshot(backup_dir, str(snapshot))) if snapshot else str(snaps[0].path)
+    options = [(f"{s.id}  ({s.tables} tables, {s.rows} rows)", str(s.path)) for s in snaps]
+    if chosen not in [v for _, v in options]:
+        options.insert(0, (Path(chosen).name, chosen))
+
+    snap_dd = w.Dropdown(options=options, value=chosen, description="snapshot", layout=w.Layout(width="60%"))
+    table_dd = w.Dropdown(description="table", layout=w.Layout(width="35%"))
+    preview = w.HTML()
+    sql_box = w.Textarea(value=sql, placeholder="SELECT ... FROM public.orders",
+                         layout=w.Layout(width="100%", height="6em"))
+    button = w.Button(description="Run query", button_style="primary", icon="play")
+    result = w.HTML()
+    state: dict[str, Any] = {"con": None, "loading": False}
+
+    def show_table(change=None):
+        if state["loading"]:
+            return
+        if not table_dd.value:
+            preview.value = "<i>this snapshot has no tables</i>"
+            return
+        try:
+            preview.value = frame_html(run_query(state["con"], preview_sql(table_dd.value, limit), limit), limit)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never raised into the widget loop
+            preview.value = error_html(exc)
+
+    def open_selected(change=None):
+        if state["con"] is not None:
+            state["con"].close()
+        state["con"] = open_snapshot(snap_dd.value)
+        views = [r[0] for r in state["con"].sql(
+            "SELECT view FROM backupkit.tables WHERE view IS NOT NULL ORDER BY schema, name").fetchall()]
+        labels = [(v.replace('"', ""), v) for v in views]
+        wanted = next((v for lbl, v in labels if lbl == table), None)
+        state["loading"] = True  # one preview after the switch, not one per option change
+        try:
+            table_dd.options = labels
+            table_dd.value = wanted or (views[0] if views else None)
+        finally:
+            state["loading"] = False
+        show_table()
+
+    def run_sql(_button=None):
+        try:
+            result.value = frame_html(run_query(state["con"], sql_box.value), MAX_ROWS)
+        except Exception as exc:  # noqa: BLE001
+            result.value = error_html(exc)
+
+    open_selected()
+    snap_dd.observe(open_selected, "value")
+    table_dd.observe(show_table, "value")
+    button.on_click(run_sql)
+    run_sql()
+    box = w.VBox([w.HBox([snap_dd, table_dd]), preview, sql_box, button, result])
+    # Reachable for scripts and tests: box.snapshot.value = ..., box.run.click(), box.result.value
+    box.snapshot, box.table, box.preview, box.sql, box.run, box.result = (
+        snap_dd, table_dd, preview, sql_box, button, result)
+    return box

@@ -1,0 +1,272 @@
+"""The operations a notebook runs, and the databases and snapshots they run on.
+
+Each operation (preflight, backup, verify, prune, restore) takes the *name* of
+the environment variable that holds a DSN (``dsn_env``), never a DSN, so no
+secret enters a notebook's parameters, variables or outputs; ``""`` means the
+CLI's lookup, then the embedded demo database (restores: a scratch database on
+the demo server).  Given a ``RunRecord`` an operation runs as one of its steps
+and adds what it did to the run's summary.  Also here: picking snapshots by id,
+path or ``latest~N``, taking demo snapshots so the defaults have something to
+show, and stopping the persistent demo server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from .. import manifest as mf
+from ..backup import BackupResult, backup as _backup
+from ..dsn import DSN_ENV_VARS, resolve_dsn
+from ..errors import BackupkitError, ConfigError, SnapshotDamaged, SnapshotNotFound, SourceError
+from ..preflight import check as _check
+from ..prune import PruneResult, prune as _prune
+from ..restore import RestoreResult, restore as _restore
+from ..retention import Policy
+from ..store import list_snapshots, resolve
+from ..verify import verify as _verify
+from .runs import RunRecord, _maybe_step, _now
+
+#: Database on the embedded demo server that restores go to when no target is named.
+RESTORE_SCRATCH_DB = "restore_target"
+#: Label of the snapshots ``ensure_demo_snapshots`` takes.
+DEMO_LABEL = "demo"
+
+
+# == databases and snapshots ==================================================================
+
+def _dsn(dsn_env: str) -> str:
+    """The DSN a notebook means (see ``demo.notebook_dsn``); never display it."""
+    from ..demo import notebook_dsn
+
+    return notebook_dsn(dsn_env or None)
+
+
+def _restore_target(target_dsn_env: str) -> str:
+    """The restore target: ``$target_dsn_env``, else an empty scratch database on the demo server."""
+    if target_dsn_env:
+        try:
+            return resolve_dsn(env_var=target_dsn_env)
+        except ConfigError:
+            raise ConfigError(f"${target_dsn_env} is not set",
+                              hint=f"export {target_dsn_env}=postgresql://... or leave target_dsn_env "
+                                   "empty to restore into a scratch database on the embedded demo server"
+                              ) from None
+    import psycopg
+
+    from ..demo import demo_server
+
+    server = demo_server()
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (RESTORE_SCRATCH_DB,)).fetchone()
+    return server.dsn(RESTORE_SCRATCH_DB) if exists else server.createdb(RESTORE_SCRATCH_DB)
+
+
+def is_demo_source(source: Mapping[str, Any] | None) -> bool:
+    """True when a manifest's ``source`` is the embedded demo database."""
+    from ..demo import DEMO_DB
+
+    return bool(source) and source.get("database") == DEMO_DB and source.get("host") in ("127.0.0.1", "localhost")
+
+
+def demo_snapshots_needed(sources: list[Mapping[str, Any] | None], n: int, dsn_env: str,
+                          env: Mapping[str, str]) -> int:
+    """How many demo snapshots to take so a notebook's defaults have ``n`` to work with.
+
+    None unless the notebook's database is the demo one (``dsn_env`` empty and no
+    CLI DSN variable set) and every snapshot already there came from the demo
+    database too: demo snapshots never mix into a real backup directory.
+    """
+    if dsn_env or any(env.get(v) for v in DSN_ENV_VARS) or len(sources) >= n:
+        return 0
+    if not all(is_demo_source(s) for s in sources):
+        return 0
+    return n - len(sources)
+
+
+def _sources(backup_dir: Path) -> list[dict | None]:
+    if not backup_dir.is_dir():
+        return []
+    out = []
+    for s in list_snapshots(backup_dir)[0]:
+        try:
+            out.append(mf.read(s.path).get("source"))
+        except BackupkitError:
+            out.append(None)
+    return out
+
+
+def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_env: str = "") -> list[str]:
+    """Take demo snapshots until ``backup_dir`` has ``n`` (defaults only; see ``demo_snapshots_needed``).
+
+    Between two snapshots one "day of traffic" changes the demo database, so a
+    comparison has something to show.  Returns the ids taken (usually none).
+    """
+    backup_dir = Path(backup_dir)
+    sources = _sources(backup_dir)
+    missing = demo_snapshots_needed(sources, n, dsn_env, os.environ)
+    if not missing:
+        return []
+    from ..demo import demo_dsn
+    from ..demo_data import mutate_demo
+
+    dsn = demo_dsn()
+    taken = []
+    for i in range(missing):
+        if sources or i:
+            mutate_demo(dsn)
+        taken.append(_backup(dsn, backup_dir, label=DEMO_LABEL, progress=False).id)
+    return taken
+
+
+def pick_snapshot(backup_dir: Path | str = "backups", snapshot: str = "") -> Path:
+    """A snapshot folder: ``snapshot`` as a path, an id or ``latest~N`` in ``backup_dir``; "" = newest."""
+    if snapshot and Path(snapshot).is_dir():
+        path = Path(snapshot)
+    else:
+        path = resolve(backup_dir, snapshot or "latest")
+    mf.read(path)  # a clear SnapshotNotFound / SnapshotDamaged now rather than later
+    return path
+
+
+class Pair(NamedTuple):
+    """The two snapshots a report compares."""
+
+    old: Path
+    new: Path
+
+
+def pick_pair(backup_dir: Path | str = "backups", old: str = "", new: str = "") -> Pair:
+    """Snapshots to compare: ``new`` defaults to the newest, ``old`` to the one before ``new``."""
+    new_path = pick_snapshot(backup_dir, new)
+    if old:
+        return Pair(pick_snapshot(backup_dir, old), new_path)
+    complete = [s for s in list_snapshots(backup_dir)[0] if s.error is None]
+    ids = [s.id for s in complete]
+    after = ids.index(new_path.name) + 1 if new_path.name in ids else len(ids)
+    if after >= len(ids):
+        raise SnapshotNotFound(f"{backup_dir} has no snapshot older than {new_path.name} to compare with",
+                               hint="take another backup (notebooks/backup.ipynb) or name `old` explicitly")
+    return Pair(complete[after].path, new_path)
+
+
+# == operations (each a step of a run) ========================================================
+
+def failed_checks(items: list[dict]) -> list[str]:
+    """``check: detail`` of every preflight check that failed."""
+    return [f"{i['check']}: {i['detail']}" for i in items if i["status"] == "fail"]
+
+
+def preflight(backup_dir: Path | str = "backups", dsn_env: str = "", schemas: list[str] | None = None, *,
+              run: RunRecord | None = None) -> pd.DataFrame:
+    """Run ``backupkit check``; the table of checks, or ``SourceError`` naming every failed one."""
+    with _maybe_step(run, "preflight"):
+        report = _check(_dsn(dsn_env), schemas=schemas, to=backup_dir)
+        failed = failed_checks(report.items)
+        if failed:
+            raise SourceError("preflight failed: " + "; ".join(failed),
+                              hint="fix what the checks name (`backupkit check` shows the same list)")
+    return pd.DataFrame(report.items, columns=["check", "status", "detail"])
+
+
+def backup(backup_dir: Path | str = "backups", dsn_env: str = "", *, schemas: list[str] | None = None,
+           jobs: int = 1, label: str = "", tables: list[str] = (), exclude: list[str] = (),
+           run: RunRecord | None = None) -> BackupResult:
+    """Back up the database ``$dsn_env`` names into a new snapshot under ``backup_dir``."""
+    with _maybe_step(run, "backup"):
+        result = _backup(_dsn(dsn_env), backup_dir, schemas=schemas, tables=list(tables), exclude=list(exclude),
+                         jobs=jobs, label=label or None, progress=False)
+    if run is not None:
+        run.set_snapshot(result.id, result.path)
+        run.summary.update(tables=len(result.manifest["tables"]), rows=result.rows, bytes=result.bytes,
+                           warnings=result.warnings)
+        run.write()
+    return result
+
+
+def verify(snapshot: Path | str, *, deep: bool = True, run: RunRecord | None = None) -> pd.DataFrame:
+    """Verify a snapshot (``deep``: also recount rows); one row, or ``SnapshotDamaged`` naming the problems."""
+    with _maybe_step(run, "verify"):
+        report = _verify(snapshot, deep=deep)
+        if not report.ok:
+            raise SnapshotDamaged(f"snapshot {Path(snapshot).name} is damaged: " + "; ".join(report.problems[:5]),
+                                  report.problems, hint="restore from another snapshot and check the storage")
+    return pd.DataFrame([{"snapshot": Path(snapshot).name, "intact": report.ok, "files": report.files,
+                          "MB": round(report.bytes / 1e6, 2), "rows recounted": report.deep}])
+
+
+def make_policy(keep_last: int | None = None, keep_hourly: int | None = None, keep_daily: int | None = None,
+                keep_weekly: int | None = None, keep_monthly: int | None = None, keep_yearly: int | None = None,
+                keep_within: str | None = None, max_age_days: float | None = None, min_keep: int = 1,
+                tz: str = "UTC") -> Policy:
+    """A retention ``Policy`` from notebook parameters (None or "" = rule off; no rule = keep 30 days)."""
+    given = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
+             "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly,
+             "keep_within": keep_within or None, "max_age_days": max_age_days, "min_keep": min_keep, "tz": tz}
+    return Policy.from_dict({k: v for k, v in given.items() if v is not None})
+
+
+def prune(backup_dir: Path | str, policy: Policy, *, dry_run: bool = True,
+          run: RunRecord | None = None) -> pd.DataFrame:
+    """Apply ``policy`` to ``backup_dir`` (nothing is removed with ``dry_run``); every decision and why."""
+    with _maybe_step(run, "prune"):
+        result = _prune(backup_dir, policy, now=_now(), dry_run=dry_run)
+    if run is not None:
+        run.summary.update(prune_dry_run=dry_run, kept=result.kept,
+                           removed=[] if dry_run else result.removed,
+                           would_remove=result.removed if dry_run else [],
+                           prune_warnings=result.warnings)
+        run.write()
+    return prune_table(result)
+
+
+def prune_table(result: PruneResult) -> pd.DataFrame:
+    """Prune decisions: each snapshot, keep or remove, and every reason."""
+    gone = "would remove" if result.dry_run else "removed"
+    rows = [{"snapshot": d["id"], "created_at": d["created_at"],
+             "action": "keep" if d["action"] == "keep" else gone,
+             "reasons": "; ".join(d["reasons"]), "intact": d["intact"]} for d in result.decisions]
+    rows += [{"snapshot": name, "action": gone, "reasons": "unfinished or interrupted folder"}
+             for name in result.stale]
+    rows += [{"action": "warning", "reasons": w} for w in result.warnings]
+    return pd.DataFrame(rows, columns=["snapshot", "created_at", "action", "reasons", "intact"])
+
+
+def restore(snapshot: Path | str, target_dsn_env: str = "", *, tables: list[str] = (),
+            with_dependencies: bool = False, clean: bool = False, jobs: int = 1, dry_run: bool = True,
+            run: RunRecord | None = None) -> RestoreResult:
+    """Restore ``snapshot`` into ``$target_dsn_env`` ("" = the demo server's scratch database).
+
+    With ``dry_run`` nothing changes and the result holds the plan.
+    """
+    with _maybe_step(run, "restore"):
+        result = _restore(snapshot, _restore_target(target_dsn_env), tables=list(tables),
+                          with_dependencies=with_dependencies, clean=clean, jobs=jobs, dry_run=dry_run,
+                          progress=False)
+    if run is not None:
+        run.set_snapshot(Path(snapshot).name, snapshot)
+        run.summary.update(dry_run=dry_run, tables=len(result.plan.tables), rows_loaded=result.rows,
+                           restore_warnings=result.warnings)
+        run.write()
+    return result
+
+
+# == embedded demo server =====================================================================
+
+def stop_demo_server(home: Path | str | None = None) -> bool:
+    """Stop the persistent demo server under ``home`` (default ``$BACKUPKIT_HOME``) if it runs.
+
+    Kernels stop the server they started when they exit; this is for a kernel
+    that was killed instead.  Returns True when a running server was stopped.
+    """
+    from ..embedded import EmbeddedServer, home as default_home
+
+    server = EmbeddedServer(Path(home or default_home()) / "demo-pg" / "data", persistent=True)
+    if not server._running():
+        return False
+    server._pg("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(server.datadir))
+    return True

@@ -1,0 +1,187 @@
+"""Display helpers: results, manifests and diffs as pandas DataFrames (one row per thing shown).
+
+Each function turns what the public API returns (a manifest, the snapshot
+history, a restore result, a diff, integrity reports) into a DataFrame with
+fixed columns, so an empty result still shows its header.  The row-building
+parts are pure functions; ``check_integrity`` and ``save_html_report`` wrap
+``backupkit.integrity`` and the HTML report for the report notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from .. import manifest as mf
+from ..backup import BackupResult
+from ..restore import RestoreResult
+from ..store import list_snapshots
+from .runs import _iso
+
+
+def _mb(n: int | float) -> float:
+    return round(n / 1e6, 3)
+
+
+def table_stats(manifest: dict) -> pd.DataFrame:
+    """One row per table of a manifest: rows, compressed MB, files."""
+    rows = [{"table": mf.table_key(t), "rows": t["rows"],
+             "MB": _mb(sum(f["bytes"] for f in t["files"])), "files": len(t["files"])}
+            for t in manifest["tables"]]
+    return pd.DataFrame(rows, columns=["table", "rows", "MB", "files"])
+
+
+def _manifest_of(source: BackupResult | Path | str) -> dict:
+    return source.manifest if isinstance(source, BackupResult) else mf.read(source)
+
+
+def backup_table(source: BackupResult | Path | str) -> pd.DataFrame:
+    """A backup (or any snapshot) per table: rows, compressed MB and files, with a total line."""
+    df = table_stats(_manifest_of(source))
+    total = pd.DataFrame([{"table": "(total)", "rows": int(df["rows"].sum()), "MB": round(df["MB"].sum(), 3),
+                           "files": int(df["files"].sum())}])
+    return pd.concat([df, total], ignore_index=True)
+
+
+def history_rows(snapshots: list, unfinished: list) -> list[dict]:
+    """Rows of the snapshot history (newest first), unfinished folders last."""
+    rows = [{"snapshot": s.id, "created_at": _iso(s.created_at), "label": s.label or "", "tables": s.tables,
+             "rows": s.rows, "MB": _mb(s.bytes), "pinned": s.pinned, "partial": s.partial,
+             "status": "unreadable: " + s.error if s.error else "complete"} for s in snapshots]
+    rows += [{"snapshot": u.path.name, "status": f"unfinished ({u.kind}, {u.age_seconds / 3600:.1f} h old)"}
+             for u in unfinished]
+    return rows
+
+
+def history_table(backup_dir: Path | str = "backups") -> pd.DataFrame:
+    """Every snapshot in ``backup_dir``, newest first (``backupkit list`` as a table)."""
+    columns = ["snapshot", "created_at", "label", "tables", "rows", "MB", "pinned", "partial", "status"]
+    return pd.DataFrame(history_rows(*list_snapshots(backup_dir)), columns=columns)
+
+
+def restore_steps(result: RestoreResult) -> pd.DataFrame:
+    """The restore's steps, planned (dry run) or done."""
+    state = "planned" if result.dry_run else "done"
+    rows = [{"step": s, "state": state} for s in result.plan.describe()]
+    rows += [{"step": w, "state": "warning"} for w in result.warnings]
+    return pd.DataFrame(rows, columns=["step", "state"])
+
+
+def restore_table(result: RestoreResult) -> pd.DataFrame:
+    """The restore's tables: rows, whether the target already had them, and what happens to them."""
+    plan = result.plan
+    existing = set(plan.existing)
+    rows = []
+    for t in plan.tables:
+        key = mf.table_key(t)
+        if key in existing:
+            action = ("empty, then load" if not plan.schema else "drop, create, load") if plan.drop_first \
+                else "exists (refused)"
+        else:
+            action = "create" + (", load" if plan.data else "") if plan.schema else "load"
+        rows.append({"table": key, "rows": t["rows"], "in target before": key in existing, "action": action})
+    return pd.DataFrame(rows, columns=["table", "rows", "in target before", "action"])
+
+
+def diff_overview(diff: dict) -> pd.DataFrame:
+    """Tables added and removed between two snapshots (empty when the set of tables is the same)."""
+    rows = [{"table": f"{t['schema']}.{t['name']}", "change": "added", "rows": t["rows"]}
+            for t in diff["tables_added"]]
+    rows += [{"table": f"{t['schema']}.{t['name']}", "change": "removed", "rows": t["rows"]}
+             for t in diff["tables_removed"]]
+    return pd.DataFrame(rows, columns=["table", "change", "rows"])
+
+
+def diff_table(diff: dict) -> pd.DataFrame:
+    """Per table in both snapshots: row counts, delta, inserted / deleted / updated rows."""
+    rows = [{"table": f"{t['schema']}.{t['name']}", "rows_old": t["rows_old"], "rows_new": t["rows_new"],
+             "delta": t["rows_new"] - t["rows_old"], "inserted": t["inserted"], "deleted": t["deleted"],
+             "updated": t["updated"], "compared by": t.get("method")} for t in diff["tables"]]
+    columns = ["table", "rows_old", "rows_new", "delta", "inserted", "deleted", "updated", "compared by"]
+    return pd.DataFrame(rows, columns=columns).astype({"updated": "Int64"})
+
+
+def schema_change_rows(diff: dict) -> list[dict]:
+    """One row per schema change the manifests show (columns, types, keys, indexes)."""
+    rows = []
+    for t in diff["tables"]:
+        c = t.get("schema_changes") or {}
+        if not c.get("changed"):
+            continue
+        name = f"{t['schema']}.{t['name']}"
+        rows += [{"table": name, "change": "column added", "detail": x} for x in c.get("columns_added", [])]
+        rows += [{"table": name, "change": "column dropped", "detail": x} for x in c.get("columns_dropped", [])]
+        rows += [{"table": name, "change": "column type", "detail": f"{x['column']}: {x['old']} → {x['new']}"}
+                 for x in c.get("columns_retyped", [])]
+        if c.get("primary_key"):
+            rows.append({"table": name, "change": "primary key",
+                         "detail": f"{c['primary_key']['old']} → {c['primary_key']['new']}"})
+        rows += [{"table": name, "change": "foreign key added", "detail": f.get("name")}
+                 for f in c.get("foreign_keys_added", [])]
+        rows += [{"table": name, "change": "foreign key removed", "detail": f.get("name")}
+                 for f in c.get("foreign_keys_removed", [])]
+        rows += [{"table": name, "change": "index added", "detail": x} for x in c.get("indexes_added", [])]
+        rows += [{"table": name, "change": "index removed", "detail": x} for x in c.get("indexes_removed", [])]
+    if diff.get("schema_sql_changed"):
+        files = [p for p, changed in diff.get("schema_sql_files", {}).items() if changed]
+        rows.append({"table": "(schema SQL)", "change": "differs", "detail": ", ".join(files)})
+    return rows
+
+
+def schema_changes_table(diff: dict) -> pd.DataFrame:
+    """Schema changes between two snapshots (empty when there are none)."""
+    return pd.DataFrame(schema_change_rows(diff), columns=["table", "change", "detail"])
+
+
+def sample_updates_table(diff: dict) -> pd.DataFrame:
+    """A few updated rows per table: key, column, old and new value (PostgreSQL's text)."""
+    rows = []
+    for t in diff["tables"]:
+        for s in t.get("sample_updates") or []:
+            key = ", ".join(f"{k}={v}" for k, v in s["key"].items())
+            rows += [{"table": f"{t['schema']}.{t['name']}", "key": key, "column": col, "old": old, "new": new}
+                     for col, (old, new) in s["changes"].items()]
+    return pd.DataFrame(rows, columns=["table", "key", "column", "old", "new"])
+
+
+def integrity_rows(name: str, report: dict) -> list[dict]:
+    """Rows for one snapshot's integrity report: the checksum check, then every data check."""
+    sums = report["checksums"]
+    rows = [{"snapshot": name, "check": "checksums", "table": "", "ok": sums["ok"],
+             "detail": "; ".join(sums["problems"][:5]) or f"{sums['files']} files intact"}]
+    rows += [{"snapshot": name, "check": c["check"], "table": c["table"], "ok": c["ok"], "detail": c["detail"]}
+             for c in report["checks"]]
+    return rows
+
+
+def check_integrity(*snapshots: Path | str) -> dict[str, dict]:
+    """``backupkit.integrity`` of each snapshot (checksums; primary keys, foreign keys and
+    sequences checked in DuckDB), keyed by snapshot id."""
+    from ..diff import integrity
+
+    return {Path(s).name: integrity(s) for s in snapshots}
+
+
+def integrity_table(reports: Mapping[str, dict]) -> pd.DataFrame:
+    """The checks of ``check_integrity``'s reports, one row each; ``ok`` False marks a problem."""
+    rows = []
+    for name, report in reports.items():
+        rows += integrity_rows(name, report)
+    return pd.DataFrame(rows, columns=["snapshot", "check", "table", "ok", "detail"])
+
+
+def save_html_report(diff: dict, reports: Mapping[str, dict] | None = None,
+                     path: Path | str = "") -> Path | None:
+    """Write the diff (and integrity reports) as one self-contained HTML page; "" writes nothing."""
+    if not path:
+        return None
+    from ..report import render_html
+
+    reports = reports or {}
+    page = render_html(diff, reports.get(diff["old"]["id"]), reports.get(diff["new"]["id"]))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
