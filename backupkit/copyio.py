@@ -88,6 +88,7 @@ class _BlockWriter:
         self.thread.start()
 
     def _run(self) -> None:
+        ended = False
         try:
             fd = os.open(self.dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as raw:
@@ -95,6 +96,7 @@ class _BlockWriter:
                 zw = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(hashed, closefd=False)
                 while (block := self.queue.get()) is not None:
                     zw.write(block)
+                ended = True
                 zw.flush(zstandard.FLUSH_FRAME)
                 zw.close()
                 raw.flush()
@@ -102,8 +104,9 @@ class _BlockWriter:
             self.size, self.sha256 = hashed.size, hashed.sha.hexdigest()
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
             self.error = exc
-            # Drain so a blocked put() in the reader wakes up and sees the error.
-            while self.queue.get() is not None:
+            # Drain so a blocked put() in the reader wakes up and sees the error; once
+            # the end marker was taken there is nothing more to wait for.
+            while not ended and self.queue.get() is not None:
                 pass
 
     def put(self, block) -> None:

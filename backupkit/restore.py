@@ -30,7 +30,7 @@ from . import manifest as mf
 from .copyio import copy_in
 from .dsn import connect, redact
 from .errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
-from .schema import DUMP, TocEntry, render, toc
+from .schema import DUMP, TocEntry, render, split_entries, toc
 from .selection import select_tables
 from .verify import ensure_intact
 
@@ -186,23 +186,36 @@ def _wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict],
     return wanted
 
 
+def _acl_lines(script: str):
+    """(line, is_acl) for every line, is_acl only inside pg_restore's ACL entries."""
+    preamble, entries = split_entries(script)
+    for line in preamble.splitlines(keepends=True):
+        yield line, False
+    for etype, header, body in entries:
+        yield header, False
+        for line in body.splitlines(keepends=True):
+            yield line, etype in ("ACL", "DEFAULT ACL")
+
+
 def _role_names(listing: str) -> set[str]:
     return {r.strip().strip('"') for r in listing.split(",")} - {"public", "PUBLIC", "CURRENT_USER", "SESSION_USER"}
 
 
 def referenced_roles(script: str) -> tuple[set[str], set[str]]:
     """Roles named by the script's policies, and by its GRANT/REVOKE statements."""
-    policies = set().union(*(_role_names(m) for m in _POLICY_ROLES.findall(script)))
-    grants = set().union(*(_role_names(m.group(1)) for line in script.splitlines()
-                           if line.startswith(("GRANT ", "REVOKE ")) and (m := _ACL_GRANTEE.search(line))))
+    bodies = [body for etype, _, body in split_entries(script)[1] if etype == "POLICY"]
+    policies = set().union(*(_role_names(m) for b in bodies for m in _POLICY_ROLES.findall(b)))
+    grants = set().union(*(_role_names(m.group(1)) for line, acl in _acl_lines(script)
+                           if acl and line.startswith(("GRANT ", "REVOKE "))
+                           and (m := _ACL_GRANTEE.search(line))))
     return policies, grants
 
 
 def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
     """Drop GRANT/REVOKE lines naming roles the target lacks (Supabase's roles on plain PostgreSQL)."""
     kept, skipped = [], []
-    for line in script.splitlines(keepends=True):
-        m = _ACL_GRANTEE.search(line) if line.startswith(("GRANT ", "REVOKE ")) else None
+    for line, acl in _acl_lines(script):
+        m = _ACL_GRANTEE.search(line) if acl and line.startswith(("GRANT ", "REVOKE ")) else None
         if m:
             grantee = m.group(1).strip().strip('"')
             if grantee.upper() != "PUBLIC" and grantee not in roles:
@@ -294,9 +307,10 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
             scripts["post-data-rest"] = _filter_grants(render(dump, "post-data", rest, no_owner=not owner),
                                                        roles)[0]
         # pg_restore --clean writes the DROPs in reverse dependency order; keep just those.
+        # Only the preamble: a DROP inside a function body must never run.
         drops = "".join(l for section in ("post-data", "pre-data")
-                        for l in render(dump, section, entries, clean=True).splitlines(keepends=True)
-                        if _DROP_LINE.match(l))
+                        for l in split_entries(render(dump, section, entries, clean=True))[0]
+                        .splitlines(keepends=True) if _DROP_LINE.match(l))
         scripts["undo"] = drops or "SELECT 1"
         if plan.drop_first:
             # Schemas that existed before are left alone; their other contents are not ours.

@@ -34,6 +34,10 @@ _MULTIWORD = sorted(
     key=len, reverse=True)
 
 
+_META = re.compile(r"^\\(un)?restrict \S+\s*$")
+_HEADER = re.compile(r"^--\n-- (?:Data for )?Name: [^\n]*?; Type: ([A-Z ]+); Schema: [^\n]*\n--\n", re.M)
+
+
 @dataclass(frozen=True)
 class TocEntry:
     """One line of ``pg_restore -l``: its id, object type and the rest (schema, tag, owner)."""
@@ -114,5 +118,25 @@ def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
     finally:
         if list_file is not None:
             list_file.unlink(missing_ok=True)
-    return "".join(l for l in out.splitlines(keepends=True) if not l.startswith("\\"))
+    # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
+    # part of a function body or a string literal and must survive untouched.
+    return "".join(l for l in out.splitlines(keepends=True) if not _META.match(l))
+
+
+def split_entries(script: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """Split pg_restore's SQL into its preamble and (type, header, body) per TOC entry.
+
+    The preamble holds the session SETs and, with --clean, the DROPs.  Entries
+    are found by the ``-- Name: ...; Type: ...;`` header pg_restore writes
+    before each, so text inside a function body is never taken for a statement.
+    ``preamble + "".join(header + body ...)`` gives the script back unchanged.
+    """
+    matches = list(_HEADER.finditer(script))
+    if not matches:
+        return script, []
+    entries = []
+    for m, nxt in zip(matches, [*matches[1:], None]):
+        end = nxt.start() if nxt else len(script)
+        entries.append((m.group(1), m.group(0), script[m.end():end]))
+    return script[:matches[0].start()], entries
 

@@ -253,3 +253,26 @@ def test_policies_naming_missing_roles_stop_the_restore_unless_create_roles(make
         pg_server.dropdb(target)
         with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_statements_inside_function_bodies_are_data_not_commands(make_db, tmp_path):
+    """A function body holding DROP/GRANT/backslash lines survives exactly and never runs."""
+    source = make_db("src")
+    body = ("CREATE FUNCTION public.tricky() RETURNS text LANGUAGE sql AS $f$\n"
+            "DROP TABLE IF EXISTS public.keep_me;\nSELECT 'x'::text;\n$f$;\n"
+            "CREATE FUNCTION public.latex() RETURNS text LANGUAGE sql AS $f$\nSELECT '\n\\documentclass{article}\n"
+            "GRANT ALL ON x TO nobody_here;\n'::text\n$f$;\n"
+            "CREATE TABLE public.t (x int); INSERT INTO public.t VALUES (1);")
+    with psycopg.connect(source) as conn:
+        conn.execute(body)
+    res = backupkit.backup(source, tmp_path)
+    assert "\\documentclass{article}" in (res.path / "schema" / "pre-data.sql").read_text()
+    target = make_db("tgt")
+    with psycopg.connect(target) as conn:
+        conn.execute("CREATE TABLE public.keep_me (v text); INSERT INTO public.keep_me VALUES ('precious');"
+                     "CREATE TABLE public.t (x int)")
+    restore(res.path, target, clean=True)
+    with psycopg.connect(target) as conn, psycopg.connect(source) as src:
+        assert conn.execute("SELECT v FROM public.keep_me").fetchone() == ("precious",)
+        q = "SELECT pg_get_functiondef('public.tricky'::regproc), public.latex()"
+        assert conn.execute(q).fetchone() == src.execute(q).fetchone()
