@@ -184,15 +184,14 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, fo
 def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None) -> int:
     """Load a manifest table entry's data files (or just ``files``) with ``COPY ... FROM STDIN``.
 
-    Returns the bytes fed.
+    Returns the rows PostgreSQL reports loaded.
     """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     stmt = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
         sql.Identifier(table["schema"], table["name"]), cols, COPY_OPTIONS)
-    fed = 0
-    with conn.cursor() as cur, cur.copy(stmt) as copy:
-        for f in table["files"] if files is None else files:
-            for block in iter_file_blocks(folder / f["path"], f["sha256"]):
-                copy.write(block)
-                fed += len(block)
-    return fed
+    with conn.cursor() as cur:
+        with cur.copy(stmt) as copy:
+            for f in table["files"] if files is None else files:
+                for block in iter_file_blocks(folder / f["path"], f["sha256"]):
+                    copy.write(block)
+        return cur.rowcount

@@ -225,11 +225,72 @@ def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
     return "".join(kept), skipped
 
 
+def _check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool) -> list[str]:
+    """The snapshot's tables the target already has; refuse what would mix old and new rows."""
+    keys = [mf.table_key(t) for t in chosen]
+    parents = sorted({t["parent"] for t in chosen if t.get("parent") and t.get("is_partition")})
+    existing = _existing_tables(conn, keys + parents)
+    if data_only:
+        missing = sorted(set(keys) - set(existing))
+        if missing:
+            raise RestoreError(f"--data-only needs the tables to exist; missing: {', '.join(missing)}",
+                               hint="restore without --data-only to create them")
+        nonempty = [k for k in keys if conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*k.split(".", 1)))).fetchone()[0]]
+        if nonempty and not clean:
+            raise TargetNotEmpty(f"the target's tables already hold rows: {', '.join(nonempty)}",
+                                 hint="pass --clean to empty them first, or restore elsewhere")
+    elif existing and not clean:
+        raise TargetNotEmpty(
+            f"the target already has {len(existing)} of the snapshot's tables: "
+            + ", ".join(existing[:10]) + (" ..." if len(existing) > 10 else ""),
+            hint="restore into an empty database, or pass --clean to drop those tables first",
+        )
+    return existing
+
+
+def _build_scripts(dump: Path, entries: list[TocEntry], chosen: list[dict], plan: RestorePlan,
+                   roles: set[str], owner: bool, create_roles: bool, jobs: int, parallel: bool) -> dict:
+    """The SQL each step runs, rendered by pg_restore from the snapshot's archive."""
+    texts = {section: render(dump, section, entries, no_owner=not owner) for section in ("pre-data", "post-data")}
+    policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
+    missing = sorted(policy_roles - roles)
+    if missing and not create_roles:
+        raise RestoreError(
+            f"the snapshot's row-level security policies name roles this database does not have: "
+            f"{', '.join(missing)}; skipping the policies would weaken security",
+            hint="restore into a Supabase project (which has these roles), create them first, "
+                 "or pass --create-roles to create them as NOLOGIN roles",
+        )
+    if create_roles:
+        plan.created_roles = sorted((policy_roles | grant_roles) - roles)
+        roles = roles | set(plan.created_roles)
+        texts["pre-data"] = "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n"
+                                    for r in plan.created_roles) + texts["pre-data"]
+    scripts = {}
+    for section, text in texts.items():
+        scripts[section], skipped = _filter_grants(text, roles)
+        plan.skipped_grants += skipped
+    if parallel:
+        scripts["index-groups"], rest = _index_groups(dump, entries, chosen, jobs)
+        scripts["post-data-rest"] = _filter_grants(render(dump, "post-data", rest, no_owner=not owner), roles)[0]
+    # pg_restore --clean writes the DROPs, in reverse dependency order, before everything
+    # else: take them from that preamble only, never from inside a function body.
+    drops = "".join(line for section in ("post-data", "pre-data")
+                    for line in split_entries(render(dump, section, entries, clean=True))[0]
+                    .splitlines(keepends=True) if _DROP_LINE.match(line))
+    scripts["undo"] = drops or "SELECT 1"
+    if plan.drop_first:
+        # Schemas that existed before are left alone; their other contents are not ours.
+        scripts["clean"] = "".join(line for line in drops.splitlines(keepends=True)
+                                   if not line.startswith("DROP SCHEMA")) or "SELECT 1"
+    return scripts
+
+
 def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: list[str] = (),
             with_dependencies: bool = False, schema_only: bool = False, data_only: bool = False,
             clean: bool = False, jobs: int = 1, owner: bool = False, create_roles: bool = False,
-            dry_run: bool = False,
-            progress: bool | None = None, _fail_after_tables: int | None = None) -> RestoreResult:
+            dry_run: bool = False, progress: bool | None = None) -> RestoreResult:
     """Restore ``snapshot`` into the database at ``dsn`` and return what was done.
 
     The snapshot is verified first; a damaged one restores nothing.  The target
@@ -249,88 +310,36 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     manifest = ensure_intact(folder)
     chosen = select_tables(manifest, list(tables), list(schemas), with_dependencies)
     full = not tables and not schemas
-    keys = [mf.table_key(t) for t in chosen]
     with connect(dsn) as conn:
-        existing = _existing_tables(conn, keys + sorted(
-            {t["parent"] for t in chosen if t.get("parent") and t.get("is_partition")}))
-        if data_only:
-            missing = sorted(set(keys) - set(existing))
-            if missing:
-                raise RestoreError(f"--data-only needs the tables to exist; missing: {', '.join(missing)}",
-                                   hint="restore without --data-only to create them")
-            nonempty = [k for k in keys if conn.execute(
-                sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*k.split(".", 1)))).fetchone()[0]]
-            if nonempty and not clean:
-                raise TargetNotEmpty(f"the target's tables already hold rows: {', '.join(nonempty)}",
-                                     hint="pass --clean to empty them first, or restore elsewhere")
-        elif existing and not clean:
-            raise TargetNotEmpty(
-                f"the target already has {len(existing)} of the snapshot's tables: "
-                + ", ".join(existing[:10]) + (" ..." if len(existing) > 10 else ""),
-                hint="restore into an empty database, or pass --clean to drop those tables first",
-            )
+        existing = _check_target(conn, chosen, data_only, clean)
         roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
         plan = RestorePlan(folder, chosen, existing, clean and bool(existing), not data_only, not schema_only,
                            full)
         entries = [] if data_only else _wanted_entries(toc(folder / DUMP), manifest, chosen, full, conn)
     result = RestoreResult(plan, dry_run=dry_run)
-    if dry_run:
-        return result
-
-    dump = folder / DUMP
-    scripts = {}
-    # One transaction unless there are at least two files to load side by side.
+    if manifest.get("partial"):
+        result.warnings.append("this snapshot is PARTIAL: row-level security hid rows of "
+                               + ", ".join(manifest.get("partial_tables", [])) + " when it was taken")
+    if clean and jobs > 1:
+        # Committed DROPs followed by a failed parallel load would lose the old tables.
+        result.warnings.append("--clean restores in one transaction; --jobs is ignored")
+        jobs = 1
     parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in chosen) >= 2
-    if not data_only:
-        texts = {section: render(dump, section, entries, no_owner=not owner)
-                 for section in ("pre-data", "post-data")}
-        policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
-        missing = sorted(policy_roles - roles)
-        if missing and not create_roles:
-            raise RestoreError(
-                f"the snapshot's row-level security policies name roles this database does not have: "
-                f"{', '.join(missing)}; skipping the policies would weaken security",
-                hint="restore into a Supabase project (which has these roles), create them first, "
-                     "or pass --create-roles to create them as NOLOGIN roles",
-            )
-        if create_roles:
-            new_roles = sorted((policy_roles | grant_roles) - roles)
-            plan.created_roles = new_roles
-            roles |= set(new_roles)
-            texts["pre-data"] = "".join(
-                f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n" for r in new_roles) + texts["pre-data"]
-        for section, text in texts.items():
-            scripts[section], skipped = _filter_grants(text, roles)
-            plan.skipped_grants += skipped
-        if parallel:
-            scripts["index-groups"], rest = _index_groups(dump, entries, chosen, jobs)
-            scripts["post-data-rest"] = _filter_grants(render(dump, "post-data", rest, no_owner=not owner),
-                                                       roles)[0]
-        # pg_restore --clean writes the DROPs in reverse dependency order; keep just those.
-        # Only the preamble: a DROP inside a function body must never run.
-        drops = "".join(l for section in ("post-data", "pre-data")
-                        for l in split_entries(render(dump, section, entries, clean=True))[0]
-                        .splitlines(keepends=True) if _DROP_LINE.match(l))
-        scripts["undo"] = drops or "SELECT 1"
-        if plan.drop_first:
-            # Schemas that existed before are left alone; their other contents are not ours.
-            scripts["clean"] = "".join(l for l in drops.splitlines(keepends=True)
-                                       if not l.startswith("DROP SCHEMA")) or "SELECT 1"
+    scripts = {} if data_only else _build_scripts(folder / DUMP, entries, chosen, plan, roles, owner,
+                                                  create_roles, jobs, parallel)
     if plan.skipped_grants:
         result.warnings.append(f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
                                "does not have (e.g. " + plan.skipped_grants[0] + ")")
-        log.warning(result.warnings[-1])
+    for w in result.warnings:
+        log.warning(w)
+    if dry_run:
+        return result
     for k in existing:
-        if clean:
-            log.warning("--clean: %s %s", "emptying" if data_only else "dropping", k)
+        log.warning("--clean: %s %s", "emptying" if data_only else "dropping", k)
 
     show = sys.stderr.isatty() if progress is None else progress
-    if not parallel:
-        result.rows = _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, data_only and clean,
-                                      show, _fail_after_tables)
-    else:
-        result.rows = _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, data_only and clean,
-                                        jobs, show, _fail_after_tables)
+    run = _restore_parallel if parallel else _restore_one_tx
+    result.rows = run(dsn, manifest, folder, chosen, scripts, plan, data_only and clean, jobs, show)
     result.seconds = time.monotonic() - started
     return result
 
@@ -363,19 +372,43 @@ def _prepare(conn: psycopg.Connection, scripts: dict, chosen: list[dict], trunca
         conn.execute(scripts["pre-data"])
 
 
-def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, show, fail_after) -> int:
+def _load_session(conn: psycopg.Connection, plan: RestorePlan) -> None:
+    """Session settings for loading data.
+
+    With --data-only the tables' triggers and foreign keys already exist, so
+    they are switched off the way pg_restore --disable-triggers does.
+    """
+    conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+    if not plan.schema:
+        try:
+            conn.execute("SET session_replication_role = replica")
+        except psycopg.errors.InsufficientPrivilege:
+            raise RestoreError(
+                "--data-only must stop the tables' triggers and foreign-key checks while loading, "
+                "which needs a superuser (or a role allowed to set session_replication_role)",
+                hint="restore without --data-only into an empty database, or connect as a superuser",
+            ) from None
+
+
+def _load(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None) -> int:
+    """COPY one table's files in and check PostgreSQL took exactly the manifest's rows."""
+    files = table["files"] if files is None else files
+    loaded = copy_in(conn, table, folder, files)
+    expected = sum(f.get("rows", 0) for f in files)
+    if loaded != expected:
+        raise RestoreError(f"{mf.table_key(table)}: PostgreSQL loaded {loaded} rows, the manifest says {expected}")
+    return loaded
+
+
+def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs, show) -> int:
     rows = 0
     with connect(dsn) as conn:  # one transaction: psycopg commits on clean exit, rolls back on error
         try:
             _prepare(conn, scripts, chosen, truncate)
             if plan.data:
-                conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-                for n, t in enumerate(tqdm(chosen, desc="restore", unit="table", disable=not show,
-                                           file=sys.stderr)):
-                    if fail_after is not None and n >= fail_after:
-                        raise RestoreError("injected failure (test)")
-                    copy_in(conn, t, folder)
-                    rows += t["rows"]
+                _load_session(conn, plan)
+                for t in tqdm(chosen, desc="restore", unit="table", disable=not show, file=sys.stderr):
+                    rows += _load(conn, t, folder)
             if "post-data" in scripts:
                 conn.execute(scripts["post-data"])
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
@@ -388,10 +421,14 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, show
             conn.rollback()
             exc.args = (f"{exc} — rolled back, the target is unchanged",)
             raise
+        except Exception as exc:  # a vanished or unreadable data file, a zstd error
+            conn.rollback()
+            raise RestoreError(f"restore failed and was rolled back, the target is unchanged: {exc}",
+                               hint="verify the snapshot (`backupkit verify --deep`) and try again") from None
     return rows
 
 
-def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs, show, fail_after) -> int:
+def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs, show) -> int:
     """pre-data committed, data in parallel transactions, post-data last; undo on failure."""
     with connect(dsn) as conn:
         try:
@@ -402,23 +439,17 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
                                f"{redact(str(exc).strip(), dsn)}") from None
     bar = tqdm(total=len(chosen), desc="restore", unit="table", disable=not show, file=sys.stderr)
     lock = threading.Lock()
-    started = [0]
-
     left = {mf.table_key(t): len(t["files"]) for t in chosen}
 
     def load(t: dict, f: dict) -> int:
-        with lock:
-            if fail_after is not None and started[0] >= fail_after:
-                raise RestoreError("injected failure (test)")
-            started[0] += 1
         with connect(dsn) as c:
-            c.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-            copy_in(c, t, folder, [f])
+            _load_session(c, plan)
+            n = _load(c, t, folder, [f])
         with lock:
             left[mf.table_key(t)] -= 1
             if not left[mf.table_key(t)]:
                 bar.update(1)
-        return f.get("rows", 0)
+        return n
 
     def run_script(script: str) -> None:
         with connect(dsn) as c:
@@ -426,24 +457,24 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
 
     # Chunks of one big table load side by side, largest first.
     work = sorted(((t, f) for t in chosen for f in t["files"]), key=lambda tf: -tf[1]["bytes"])
+    pool = ThreadPoolExecutor(jobs)
     try:
-        with ThreadPoolExecutor(jobs) as pool:
-            rows = sum(pool.map(lambda tf: load(*tf), work))
-            if scripts.get("index-groups"):
-                list(pool.map(run_script, scripts["index-groups"]))
+        rows = sum(pool.map(lambda tf: load(*tf), work))
+        if scripts.get("index-groups"):
+            list(pool.map(run_script, scripts["index-groups"]))
         with connect(dsn) as conn:
-            if "post-data-rest" in scripts:
-                conn.execute(scripts["post-data-rest"])
-            elif "post-data" in scripts:
-                conn.execute(scripts["post-data"])
+            conn.execute(scripts.get("post-data-rest") or scripts.get("post-data") or "SELECT 1")
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
-    except (psycopg.Error, BackupkitError, KeyboardInterrupt) as exc:
-        # Committed pre-data must not be left behind silently, not even after Ctrl-C.
+    except BaseException as exc:
+        # Whatever went wrong (a database error, a vanished file, Ctrl-C), committed
+        # pre-data must not be left behind silently.
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-        left = _undo(dsn, scripts, chosen, plan)
+        left_behind = _undo(dsn, scripts, chosen, plan)
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else redact(str(exc).strip(), dsn)
-        raise RestoreError(f"restore failed: {what}; {left}", left_behind=left,
+        raise RestoreError(f"restore failed: {what}; {left_behind}", left_behind=left_behind,
                            hint="fix the cause and run the restore again") from None
+    pool.shutdown()
     bar.close()
     return rows
 

@@ -6,6 +6,7 @@ The standard is the one pg_dump/pg_restore meets on the same fixture
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def test_clean_replaces_existing_tables_and_says_so(make_db, tmp_path):
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_failure_midway_leaves_the_target_as_it_was(make_db, tmp_path, jobs):
+def test_failure_midway_leaves_the_target_as_it_was(make_db, tmp_path, monkeypatch, jobs):
     source = make_db("src")
     load_small(source)
     res = backupkit.backup(source, tmp_path)
@@ -125,9 +126,21 @@ def test_failure_midway_leaves_the_target_as_it_was(make_db, tmp_path, jobs):
     with psycopg.connect(target) as conn:
         conn.execute("CREATE TABLE unrelated (x int); INSERT INTO unrelated VALUES (1), (2)")
     before = fingerprint(target)
+    restore_module = importlib.import_module("backupkit.restore")  # the module, not the function
+
+    real_copy_in, calls = restore_module.copy_in, []
+
+    def failing_copy_in(*args, **kwargs):
+        # The first table loads for real; the second fails, as a vanished file would.
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("injected failure: data file vanished")
+        return real_copy_in(*args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "copy_in", failing_copy_in)
     with pytest.raises(backupkit.RestoreError) as err:
-        restore(res.path, target, jobs=jobs, _fail_after_tables=1)
-    assert "injected failure" in str(err.value)
+        restore(res.path, target, jobs=jobs)
+    assert "injected failure" in str(err.value) and len(calls) >= 2
     assert ("rolled back" in str(err.value)) if jobs == 1 else ("dropped again" in str(err.value))
     assert fingerprint(target) == before
 
@@ -276,3 +289,26 @@ def test_statements_inside_function_bodies_are_data_not_commands(make_db, tmp_pa
         assert conn.execute("SELECT v FROM public.keep_me").fetchone() == ("precious",)
         q = "SELECT pg_get_functiondef('public.tricky'::regproc), public.latex()"
         assert conn.execute(q).fetchone() == src.execute(q).fetchone()
+
+
+def test_data_only_does_not_fire_the_targets_triggers(make_db, tmp_path):
+    """--data-only loads into existing tables without firing their triggers or FK checks."""
+    source = make_db("src")
+    schema = ("CREATE TABLE parent (id int PRIMARY KEY); "
+              "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, "
+              "updated_at timestamptz); "
+              "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS "
+              "$$BEGIN NEW.updated_at := '2000-01-01'; RETURN NEW; END$$; "
+              "CREATE TRIGGER stamp BEFORE INSERT ON child FOR EACH ROW EXECUTE FUNCTION stamp();")
+    with psycopg.connect(source) as conn:
+        conn.execute(schema)
+        conn.execute("ALTER TABLE child DISABLE TRIGGER stamp; INSERT INTO parent VALUES (1), (2); "
+                     "INSERT INTO child VALUES (1, 2, '2024-06-01'), (2, 1, '2024-06-02')")
+    res = backupkit.backup(source, tmp_path)
+    target = make_db("tgt")
+    with psycopg.connect(target) as conn:
+        conn.execute(schema)
+    restore(res.path, target, data_only=True)
+    with psycopg.connect(target) as conn:
+        got = conn.execute("SELECT id, parent_id, updated_at::text FROM child ORDER BY id").fetchall()
+    assert got == [(1, 2, "2024-06-01 00:00:00+00"), (2, 1, "2024-06-02 00:00:00+00")]
