@@ -106,6 +106,7 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
     for t in [*tables, *exclude]:
         if "." not in t:
             raise ConfigError(f"table {t!r} needs a schema: write it as schema.table")
+    for t in tables:  # naming a table includes its schema; excluding one never adds it
         if t.split(".", 1)[0] not in schemas:
             schemas.append(t.split(".", 1)[0])
     to = Path(to)
@@ -125,57 +126,65 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
     return result
 
 
+def _inspect(dsn: str, schemas: list[str], include: list[str], exclude: list[str]):
+    """Before the snapshot: server version, pg_dump, and which tables to lock (side connection)."""
+    with connect(dsn, autocommit=True) as side:
+        server = side.execute(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
+            "current_setting('server_encoding'), current_database()").fetchone()
+        _, pg_dump_version = check_pg_dump(server[1])
+        missing = sorted(set(schemas) - set(existing_schemas(side, schemas)))
+        if missing:
+            raise SourceError(f"no such schema: {', '.join(missing)}",
+                              hint="check the --schema names (`backupkit check` lists what is there)")
+        names = [(t["schema"], t["name"]) for t in select_tables(list_tables(side, schemas), include, exclude)]
+    return server, pg_dump_version, names
+
+
+def _lock(conn: psycopg.Connection, names) -> None:
+    for schema, name in names:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(schema, name)))
+
+
 def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partial, progress,
                    chunk_bytes, on_snapshot, warnings) -> BackupResult:
+    server, pg_dump_version, names = _inspect(dsn, schemas, include, exclude)
     main = connect(dsn)
     tmp: Path | None = None
     try:
         main.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         main.read_only = True
+        # Lock before the snapshot is taken (LOCK takes none): a TRUNCATE or ALTER that
+        # commits in between would otherwise empty a table inside our "consistent" view.
+        _lock(main, names)
         snapshot = main.execute("SELECT pg_export_snapshot()").fetchone()[0]
         now = datetime.now(timezone.utc)
-        server = main.execute(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
-            "current_setting('server_encoding'), current_database()").fetchone()
-        _, pg_dump_version = check_pg_dump(server[1])
         main.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-        missing = sorted(set(schemas) - set(existing_schemas(main, schemas)))
-        if missing:
-            raise SourceError(f"no such schema: {', '.join(missing)}",
-                              hint="check the --schema names (`backupkit check` lists what is there)")
         role = role_info(main)
         chosen = select_tables(list_tables(main, schemas), include, exclude)
+        _lock(main, [(t["schema"], t["name"]) for t in chosen if (t["schema"], t["name"]) not in set(names)])
         hidden = [t for t in chosen if not t["rls"]["bypassed"]]
         if hidden and not allow_partial:
-            names = ", ".join(mf.table_key(t) for t in hidden)
+            hidden_names = ", ".join(mf.table_key(t) for t in hidden)
             raise RowLevelSecurityError(
-                f"row-level security would hide rows of {names} from role {role['user']}, "
+                f"row-level security would hide rows of {hidden_names} from role {role['user']}, "
                 "so the backup would silently be partial",
                 hint="connect as the tables' owner or a role with BYPASSRLS (Supabase: the postgres "
                      "role), or pass --allow-partial to back up only the visible rows",
             )
-        for t in chosen:
-            main.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                sql.Identifier(t["schema"], t["name"])))
-        sequences = list_sequences(main, schemas)
-        matviews = list_matviews(main, schemas)
+        sequences = _sequences_of(list_sequences(main, schemas), chosen, include, exclude)
+        matviews = list_matviews(main, schemas) if not include else []
         if on_snapshot:
             on_snapshot(snapshot)
 
         sid = new_id(now, label)
         tmp = to / f"{TMP_PREFIX}{sid}-{secrets.token_hex(4)}"
-        try:
-            tmp.mkdir(mode=0o700)
-            (tmp / "data").mkdir(mode=0o700)
-            dump_schema(dsn, tmp, snapshot=snapshot, schemas=schemas, tables=include, exclude=exclude)
-        except OSError as exc:
-            raise _storage_error(exc, to) from None
+        tmp.mkdir(mode=0o700)
+        (tmp / "data").mkdir(mode=0o700)
+        dump_schema(dsn, tmp, snapshot=snapshot, schemas=schemas, tables=include, exclude=exclude)
         stems = {mf.table_key(t): _file_stem(t) for t in chosen}
         items = plan(chosen, tmp, stems, chunk_bytes, server[1])
-        try:
-            results = copy_all(dsn, snapshot, items, tmp, jobs, progress)
-        except OSError as exc:
-            raise _storage_error(exc, to) from None
+        results = copy_all(dsn, snapshot, items, tmp, jobs, progress)
 
         src = describe(dsn)
         manifest = {
@@ -197,18 +206,17 @@ def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partia
             "materialized_views": matviews,
             "schema_files": [_file_entry(tmp, p) for p in sorted((tmp / "schema").iterdir())],
         }
-        try:
-            mf.write(tmp, manifest)
-        except OSError as exc:
-            raise _storage_error(exc, to) from None
+        mf.write(tmp, manifest)
         report = verify(tmp)
         if not report.ok:
             raise StorageError("the snapshot did not verify right after writing: " + "; ".join(report.problems),
                                hint="the storage under --to may be faulty; try another folder")
         final = to / sid
-        _fsync_dir(tmp)
+        # Everything durable before the rename makes it a snapshot (data files fsync themselves).
+        for path in [*(tmp / "schema").iterdir(), tmp / "schema", tmp / "data", tmp]:
+            _fsync(path)
         os.rename(tmp, final)
-        _fsync_dir(to)
+        _fsync(to)
         tmp = None
         if hidden:
             _warn(warnings, "partial backup: only rows visible to %s were copied from %s"
@@ -217,10 +225,25 @@ def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partia
     except psycopg.Error as exc:
         raise SourceError(f"the database stopped the backup: {redact(str(exc).strip(), dsn)}",
                           hint="nothing was written; fix the cause and run the backup again") from None
+    except OSError as exc:  # disk full, permissions, read-only file system
+        raise _storage_error(exc, to) from None
     finally:
         main.close()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sequences_of(sequences: list[dict], chosen: list[dict], include: list[str], exclude: list[str]) -> list[dict]:
+    """The sequences pg_dump puts in this snapshot's schema: with --table only those the
+    chosen tables own; never those owned by an excluded table."""
+    keys = {mf.table_key(t) for t in chosen}
+
+    def owner(s: dict) -> str | None:
+        return f"{s['owned_by'][0]}.{s['owned_by'][1]}" if s.get("owned_by") else None
+
+    if include:
+        return [s for s in sequences if owner(s) in keys]
+    return [s for s in sequences if owner(s) is None or owner(s) in keys or owner(s) not in exclude]
 
 
 def _table_entry(t: dict, files: list[FileResult]) -> dict:
@@ -239,7 +262,7 @@ def _file_entry(folder: Path, path: Path) -> dict:
             "sha256": sha256_file(path)}
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -158,7 +158,10 @@ def list_tables(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
 def select_tables(tables: list[dict], include: list[str], exclude: list[str]) -> list[dict]:
     """Filter by ``schema.table`` names; unknown names are an error, not silently ignored."""
     names = {f"{t['schema']}.{t['name']}" for t in tables}
-    unknown = [n for n in [*include, *exclude] if n not in names]
+    schemas = {t["schema"] for t in tables}
+    # Excluding a table of a schema that is not backed up is a no-op, not a typo.
+    unknown = [n for n in [*include, *(e for e in exclude if e.split(".", 1)[0] in schemas)]
+               if n not in names]
     if unknown:
         raise SourceError(
             f"no such table: {', '.join(unknown)}",
