@@ -109,6 +109,7 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
     for t in tables:  # naming a table includes its schema; excluding one never adds it
         if t.split(".", 1)[0] not in schemas:
             schemas.append(t.split(".", 1)[0])
+    describe(dsn)  # a DSN that cannot be parsed fails before anything is created
     to = Path(to)
     try:
         to.mkdir(mode=0o700, parents=True, exist_ok=True)

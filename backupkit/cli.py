@@ -227,9 +227,15 @@ def cmd_sql(a) -> int:
     from .duck import open_snapshot
     from .store import resolve
 
+    import duckdb
+
     con = open_snapshot(resolve(a.snapshot))
     if a.query:
-        rel = con.sql(a.query)
+        try:
+            rel = con.sql(a.query)
+        except duckdb.Error as exc:
+            raise ConfigError(f"DuckDB could not run the query: {exc}",
+                              hint="tables are views like public.orders; `select * from backupkit.tables` lists them") from None
         if rel is not None:
             rel.show(max_rows=a.max_rows)
         return 0

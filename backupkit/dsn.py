@@ -52,7 +52,9 @@ def _password(dsn: str) -> str | None:
     try:
         return conninfo_to_dict(dsn).get("password")
     except psycopg.ProgrammingError:
-        return None
+        # Unparseable: take what stands between "user:" and "@" of a URI.
+        m = re.match(r"postgres(?:ql)?://[^:/@\s]*:([^@\s]*)@", dsn)
+        return m.group(1) if m else None
 
 
 def redact(text: str, dsn: str | None = None) -> str:
@@ -65,16 +67,26 @@ def redact(text: str, dsn: str | None = None) -> str:
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1****", text, flags=re.I)
 
 
+def _parse(dsn: str) -> dict:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the offending part, which may be the password: never show it.
+        raise ConfigError("the DSN cannot be parsed (check its quoting and %-escapes)",
+                          hint="use postgresql://user:password@host:5432/dbname, with special "
+                               "characters in the password percent-encoded") from None
+
+
 def describe(dsn: str) -> dict:
     """host, port, database and user of ``dsn`` (never the password)."""
-    try:
-        d = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"not a valid DSN: {redact(str(exc), dsn)}",
-                          hint="use postgresql://user:password@host:5432/dbname") from None
+    d = _parse(dsn)
+    port = d.get("port") or "5432"
+    if not port.isdigit():
+        raise ConfigError(f"the DSN's port {port!r} is not one port number",
+                          hint="use postgresql://user:password@host:5432/dbname (one host and port)")
     return {
         "host": d.get("host") or d.get("hostaddr") or "localhost",
-        "port": int(d.get("port") or 5432),
+        "port": int(port),
         "database": d.get("dbname") or d.get("user") or "postgres",
         "user": d.get("user") or os.environ.get("PGUSER") or "",
     }
@@ -85,7 +97,7 @@ def split_password(dsn: str) -> tuple[str, dict[str, str]]:
 
     Passing the password on a command line would show it in ``ps``.
     """
-    d = conninfo_to_dict(dsn)
+    d = _parse(dsn)
     pw = d.pop("password", None)
     return make_conninfo("", **d), ({"PGPASSWORD": pw} if pw else {})
 
@@ -115,10 +127,10 @@ def _reason(exc: Exception) -> str:
 
 def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit") -> psycopg.Connection:
     """Open a connection with backupkit's session settings; errors never carry the password."""
+    where = describe(dsn)  # raises a clean ConfigError for a DSN that cannot be parsed
     try:
         conn = psycopg.connect(dsn, autocommit=True, application_name=application, connect_timeout=15)
     except psycopg.OperationalError as exc:
-        where = describe(dsn)
         reason = redact(_reason(exc), dsn)
         raise ConnectionFailed(
             f"cannot connect to {where['host']}:{where['port']}/{where['database']} "

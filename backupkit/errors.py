@@ -36,6 +36,10 @@ class BackupkitError(Exception):
         if hint is not None:
             self.hint = hint
 
+    def __reduce__(self):
+        # Keep hint and other attributes when a worker process sends the error back.
+        return (self.__class__, self.args[:1], self.__dict__)
+
 
 class ConfigError(BackupkitError):
     """Arguments or environment do not describe a runnable job."""

@@ -59,6 +59,7 @@ def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool
           stale_after_hours: float = 24, _after_rename=None) -> PruneResult:
     """Remove the snapshots ``policy`` does not keep (none with ``dry_run``); report why for each."""
     directory = Path(directory)
+    list_snapshots(directory)  # a missing directory is "not found", not "locked"
     if now.utcoffset() is None:
         raise RetentionError(f"now ({now}) has no time zone")
     result = PruneResult(dry_run=dry_run)

@@ -129,7 +129,8 @@ def resolve(directory_or_snapshot: Path | str, ref: str | None = None) -> Path:
         ref = "latest"
     m = re.fullmatch(r"latest(?:~(\d+))?", ref)
     if m:
-        snaps = [s for s in list_snapshots(base)[0] if s.error is None]
+        # Unreadable ones count too: "latest" must never silently mean an older snapshot.
+        snaps = list_snapshots(base)[0]
         n = int(m.group(1) or 0)
         if n >= len(snaps):
             raise SnapshotNotFound(f"{base} has only {len(snaps)} complete snapshot(s); no {ref}")

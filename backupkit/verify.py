@@ -86,7 +86,10 @@ def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None)
         for t in m["tables"]:
             entries += [(f, f.get("rows") if deep else None) for f in t["files"]]
         listed = {e["path"] for e, _ in entries}
-    except (KeyError, TypeError) as exc:
+        for e, _ in entries:  # checked here so a hand-edited entry is a problem, not a crash
+            if not isinstance(e.get("sha256"), str) or not isinstance(e.get("bytes"), int):
+                raise KeyError(f"{e['path']}: sha256/bytes")
+    except (KeyError, TypeError, AttributeError) as exc:
         report.problems.append(f"manifest.json is missing required fields ({exc})")
         return report
     workers = jobs or min(4, os.cpu_count() or 1)

@@ -13,6 +13,7 @@ import queue
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from . import manifest as mf
 from .copyio import FileResult, copy_out, copy_source
 from .dsn import connect
+from .errors import SourceError
 
 #: Tables larger than this on disk are split into ctid ranges.
 CHUNK_BYTES = 64 << 20
@@ -91,14 +93,22 @@ def _copy_item(conn: psycopg.Connection, item: Item, folder: Path) -> FileResult
 
 # -- worker processes ------------------------------------------------------------------
 _process_conn: psycopg.Connection | None = None
+_process_error: BaseException | None = None
 
 
 def _init_process(dsn: str, snapshot: str) -> None:
-    global _process_conn
-    _process_conn = open_worker(dsn, snapshot)
+    # An initializer that raises only "breaks" the pool; keep the error for the first task,
+    # which carries it back to the parent with its message and hint.
+    global _process_conn, _process_error
+    try:
+        _process_conn = open_worker(dsn, snapshot)
+    except BaseException as exc:  # noqa: BLE001
+        _process_error = exc
 
 
 def _run_in_process(item: Item, folder: Path) -> FileResult:
+    if _process_error is not None:
+        raise _process_error
     return _copy_item(_process_conn, item, folder)
 
 
@@ -153,6 +163,9 @@ def _with_processes(dsn, snapshot, items, folder, jobs, prog, results) -> None:
                 it = futures[f]
                 results[it.key, it.n] = f.result()
                 prog.done(it, results[it.key, it.n])
+        except BrokenProcessPool as exc:
+            raise SourceError(f"a backup worker process died ({exc})",
+                              hint="check memory limits and the server log, then run the backup again") from None
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -191,7 +204,13 @@ def _with_threads(dsn, snapshot, items, folder, jobs, prog, results) -> None:
                for i in range(max(1, min(jobs, len(items))))]
     for th in threads:
         th.start()
-    for th in threads:
-        th.join()
+    try:
+        for th in threads:
+            th.join()
+    except BaseException:  # Ctrl-C: stop taking work before the .tmp folder is removed
+        stop.set()
+        for th in threads:
+            th.join()
+        raise
     if errors:
         raise errors[0]

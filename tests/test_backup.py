@@ -266,3 +266,24 @@ def test_excluding_a_table_does_not_add_its_schema(small_db, tmp_path):
         conn.execute("CREATE SCHEMA audit; CREATE TABLE audit.big (x int)")
     m = backupkit.backup(small_db, tmp_path, exclude=["audit.big"]).manifest
     assert m["schemas"] == ["public"] and all(t["schema"] == "public" for t in m["tables"])
+
+
+def test_worker_process_login_failure_is_a_clear_error(make_db, tmp_path, monkeypatch):
+    """When worker processes cannot connect (connection limit), the backup says so, exit-code 3 style."""
+    import backupkit.workers
+
+    monkeypatch.setattr(backupkit.workers, "PROCESS_THRESHOLD", 0)
+    dsn = make_db("limit")
+    load_small(dsn)
+    role = "lim_" + conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-limit-1' CONNECTION LIMIT 2; "
+                     f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        # main + side connection fit in the limit of 2; the three workers cannot all log in
+        with pytest.raises((backupkit.ConnectionFailed, backupkit.SourceError)) as err:
+            backupkit.backup(make_conninfo(dsn, user=role, password="pw-limit-1"), tmp_path, jobs=3)
+        assert "pw-limit-1" not in str(err.value) and snapshot_dirs(tmp_path) == []
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
