@@ -287,3 +287,17 @@ def test_worker_process_login_failure_is_a_clear_error(make_db, tmp_path, monkey
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("command", ["backup", "check", "restore"])
+def test_unparseable_dsn_never_shows_the_password(tmp_path, command):
+    dsn = "postgresql://app:s3cr%zzet-pw@db.example.invalid/db"
+    args = {"backup": ["backup", "--dsn", dsn, "--to", tmp_path / "b"],
+            "check": ["check", "--dsn", dsn],
+            "restore": ["restore", tmp_path, "--dsn", dsn]}[command]
+    out = run_cli(*args)
+    assert "s3cr" not in out.stdout + out.stderr and "Traceback" not in out.stderr
+    assert out.returncode in (2, 7), out.stderr  # restore: the empty folder is no snapshot (7)
+    if command != "restore":
+        assert out.returncode == 2 and "the DSN cannot be parsed" in out.stderr
+    assert not (tmp_path / "b").exists()
