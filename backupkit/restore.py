@@ -455,8 +455,11 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
         with connect(dsn) as c:
             c.execute(script)
 
-    # Chunks of one big table load side by side, largest first.
-    work = sorted(((t, f) for t in chosen for f in t["files"]), key=lambda tf: -tf[1]["bytes"])
+    # Interleave tables (largest first) so parallel loads go to different tables where they
+    # can: two COPYs into one table contend for its extension lock.
+    by_size = sorted(chosen, key=lambda t: -sum(f["bytes"] for f in t["files"]))
+    work = [(t, t["files"][i]) for i in range(max(len(t["files"]) for t in chosen))
+            for t in by_size if i < len(t["files"])]
     pool = ThreadPoolExecutor(jobs)
     try:
         rows = sum(pool.map(lambda tf: load(*tf), work))
