@@ -5,12 +5,20 @@ VARCHAR), so "changed" means "PostgreSQL would print it differently": NULL and
 the empty string differ, 1.50 and 1.5 in an unconstrained numeric differ.
 
 * A table with the same primary key in both snapshots is joined on that key;
-  a row counts as updated when an MD5 of its columns (those present in both
-  snapshots, length-prefixed so NULL, '' and separators cannot be confused)
-  differs.
+  a row counts as updated when an MD5 of its other columns (those present in
+  both snapshots, length-prefixed so NULL, '' and separators cannot be
+  confused) differs.
 * A table without a primary key, or whose key changed, is compared as a
   multiset: rows added and removed, duplicates counted; ``updated`` is None.
-* A table whose chunk files are byte-identical (same SHA-256 list) is not read.
+* A table whose chunk files are byte-identical (the same SHA-256s) is not read.
+  Of a table that changed, a file with a byte-identical partner on the other
+  side is not read either: the two hold the same rows, which cancel out.
+
+Every side is read once, in one DuckDB query per table, on every CPU, under a
+memory limit: a join larger than ``DIFF_WORK_MEMORY`` spills to a temporary
+folder instead of growing the process.  The files read are checked against the
+manifests (sizes, SHA-256 in a background thread while DuckDB reads them, and
+the rows DuckDB read), so a damaged file is reported, not diffed.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ import duckdb
 from . import manifest as mf
 from .duck import MAX_LINE_SIZE, files_sql, literal, read_buffer
 from .errors import SnapshotDamaged, SnapshotError
-from .schema import POST_DATA, PRE_DATA
 from .verify import sha256_file, verify
 
+#: The schema files of a snapshot, as ``schema.PRE_DATA`` / ``schema.POST_DATA`` name them
+#: (part of the snapshot format).  Not imported: ``backupkit.schema`` pulls in psycopg,
+#: a tenth of a second of start-up that a diff has no use for.
+PRE_DATA, POST_DATA = "schema/pre-data.sql", "schema/post-data.sql"
 #: Lines of unified diff of the schema SQL kept in a diff report.
 SQL_DIFF_LINES = 200
 #: Orphan / duplicate rows quoted per integrity check.
@@ -38,7 +49,7 @@ SAMPLES = 5
 #: little larger than this for every file being read and counts it against the
 #: memory limit, so the usual rows are read with small buffers; a table with a
 #: longer row fails that attempt and is read again with ``duck.MAX_LINE_SIZE``.
-DIFF_LINE_SIZE = 16 << 20
+DIFF_LINE_SIZE = 8 << 20
 #: DuckDB memory for a diff's joins and aggregates, beyond its read buffers.  A
 #: larger table spills to a temporary folder instead of growing the process.
 DIFF_WORK_MEMORY = 192 << 20
@@ -63,14 +74,22 @@ def _diff_connect(spill: str) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET threads = {_threads()}")
     # Nothing a diff returns depends on row order; keeping it costs memory in scans.
     con.execute("SET preserve_insertion_order = false")
+    # A hash join builds on its right side, as written: _compare_by_key puts the smaller,
+    # narrow side there and streams the wide one, whatever DuckDB estimates their sizes to be.
+    con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+    # The bar goes to stdout, which holds the report with --json.
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SET temp_directory = {literal(spill)}")
     _limit_memory(con, DIFF_LINE_SIZE)
     return con
 
 
-def _limit_memory(con, line_size: int) -> None:
-    """Work memory plus two read buffers per thread (the file being read and the next one)."""
-    limit = DIFF_WORK_MEMORY + 2 * _threads() * read_buffer(line_size)
+def _limit_memory(con, line_size: int | None) -> None:
+    """Work memory plus four read buffers of ``line_size`` per thread; None: DuckDB's default."""
+    if line_size is None:
+        con.execute("RESET memory_limit")
+        return
+    limit = DIFF_WORK_MEMORY + 4 * _threads() * read_buffer(line_size)
     con.execute(f"SET memory_limit = '{limit >> 20}MiB'")
 
 
@@ -162,63 +181,71 @@ def _read_files(old: dict, new: dict) -> tuple[list[dict], list[dict]] | None:
 def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
     """Inserted/deleted/updated counts of a table joined on its primary key, and a few updates.
 
-    One pass over each side: only the key, one MD5 of the other columns and the index
-    of the file a row came from reach the join.  The ``sample`` smallest changed keys
-    (by key text) come out of the same pass with their files; a second, small query
-    reads just those files for the samples' values.
+    One pass over each side.  The side with fewer rows (by the manifests) is the join's
+    build side, its hash table: only its key, one MD5 of its other columns and the index
+    of the file the row came from are kept, so memory is a few dozen bytes a row however
+    wide the rows.  The other side streams past it with its values, and the ``sample``
+    smallest changed keys (by key text) come out of the same pass with those values and
+    the build side's file; a second, small query reads just those files for the build
+    side's values.
     """
-    (old_dir, old, _), (new_dir, new, _) = sides
     rest = [c for c in common if c not in pk]
     n = len(pk)
-    on = " AND ".join(f"o.k{i} = n.k{i}" for i in range(n))
-    pos = {c: i for i, c in enumerate(old["copy_columns"])}, {c: i for i, c in enumerate(new["copy_columns"])}
+    sample = int(sample) if rest else 0  # with only key columns a row cannot be updated
+    build = 0 if sides[0][2] <= sides[1][2] else 1  # 0: old, 1: new
+    alias = ("o", "n")
 
-    def keyed(folder, table, p):
-        hashed = _row_hash([f"c{p[c]}" for c in rest])
-        extra = (f"{hashed} AS h, file_index::UINTEGER AS f" if table["files"]
-                 else "NULL::UHUGEINT AS h, NULL::UINTEGER AS f")
-        return _source(folder, table, pk, "k", max_line_size=line_size, extra=extra)
+    def relation(side: int) -> str:
+        folder, table, _ = sides[side]
+        pos = {c: i for i, c in enumerate(table["copy_columns"])}
+        cols = [("h", _row_hash([f"c{pos[c]}" for c in rest]), "UHUGEINT")]
+        if side == build:
+            cols.append(("f", "file_index::UINTEGER", "UINTEGER"))
+        elif sample:
+            cols += [(f"v{i}", f"c{pos[c]}", "VARCHAR") for i, c in enumerate(rest)]
+        if table["files"]:
+            extra = ", ".join(f"{expr} AS {name}" for name, expr, _ in cols)
+        else:  # every file paired off: no rows, typed like the rest
+            extra = ", ".join(f"NULL::{t} AS {name}" for name, _, t in cols)
+        return f"{_source(folder, table, pk, 'k', max_line_size=line_size, extra=extra)} AS {alias[side]}"
 
+    b, p = alias[build], alias[1 - build]
     picks = ""
-    if sample > 0:
-        key = ", ".join(f"k{i} := o.k{i}" for i in range(n))
-        picks = (f", min(struct_pack({key}, fo := o.f, fn := n.f), {int(sample)}) "
-                 f"FILTER (WHERE o.h <> n.h)")
+    if sample:
+        key = ", ".join(f"k{i} := {p}.k{i}" for i in range(n))
+        values = ", ".join(f"{p}.v{i}" for i in range(len(rest)))
+        picks = f", min(struct_pack({key}, f := {b}.f, v := [{values}]), {sample}) FILTER (WHERE o.h <> n.h)"
+    on = " AND ".join(f"o.k{i} = n.k{i}" for i in range(n))
+    # The right side of a join is its build side (see _diff_connect).
     inserted, deleted, updated, rows_old, rows_new, *found = con.execute(
         f"SELECT count(*) FILTER (WHERE o.h IS NULL), count(*) FILTER (WHERE n.h IS NULL), "
         f"count(*) FILTER (WHERE o.h <> n.h), count(o.h), count(n.h){picks} "
-        f"FROM {keyed(old_dir, old, pos[0])} AS o FULL JOIN {keyed(new_dir, new, pos[1])} AS n ON {on}"
+        f"FROM {relation(1 - build)} FULL JOIN {relation(build)} ON {on}"
     ).fetchone()
     _check_rows(sides, rows_old, rows_new)
     samples = []
     if updated and found and found[0]:
         picked = found[0]
-        keys = [tuple(p[f"k{i}"] for i in range(n)) for p in picked]
-        values = _fetch_rows(con, sides, pk, rest, keys, [{p["fo"] for p in picked}, {p["fn"] for p in picked}],
-                             line_size)
-        for k in keys:
-            ov, nv = values[0].get(k), values[1].get(k)
-            if ov is None or nv is None:  # cannot happen unless a file changed since the first pass
-                raise SnapshotDamaged(f"{mf.table_key(new)}: a row read once was not found again",
-                                      [f"{mf.table_key(new)}: data changed while being read"])
+        keys = [tuple(r[f"k{i}"] for i in range(n)) for r in picked]
+        folder, table, _ = sides[build]
+        built = _fetch(con, folder, table, pk, rest, keys, {r["f"] for r in picked}, line_size)
+        for k, r in zip(keys, picked):
+            if k not in built:  # cannot happen unless a file changed since the first pass
+                raise SnapshotDamaged(f"{mf.table_key(table)}: a row read once was not found again",
+                                      [f"{mf.table_key(table)}: data changed while being read"])
+            ov, nv = (built[k], r["v"]) if build == 0 else (r["v"], built[k])
             samples.append({"key": dict(zip(pk, k)),
                             "changes": {c: [a, b] for c, a, b in zip(rest, ov, nv) if a != b}})
     return {"inserted": inserted, "deleted": deleted, "updated": updated, "sample_updates": samples}
 
 
-def _fetch_rows(con, sides, pk, rest, keys, file_sets, line_size) -> list[dict]:
-    """{key: values of ``rest``} of both sides for the given keys, reading only the given files."""
+def _fetch(con, folder, table, pk, rest, keys, wanted, line_size) -> dict:
+    """{key: values of ``rest``} in ``table`` for the given keys, reading only the files numbered ``wanted``."""
     n = len(pk)
     match = " OR ".join("(" + " AND ".join(f"k{i} = {literal(v)}" for i, v in enumerate(k)) + ")" for k in keys)
-    parts = []
-    for s, ((folder, table, _), wanted) in enumerate(zip(sides, file_sets)):
-        subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in wanted]}
-        src = _source(folder, subset, pk + rest, "k", max_line_size=line_size)
-        parts.append(f"SELECT {s} AS s, * FROM {src} WHERE {match}")
-    out: list[dict] = [{}, {}]
-    for row in con.execute(" UNION ALL ".join(parts)).fetchall():
-        out[row[0]][tuple(row[1:n + 1])] = row[n + 1:]
-    return out
+    subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in wanted]}
+    src = _source(folder, subset, pk + rest, "k", max_line_size=line_size)
+    return {tuple(row[:n]): tuple(row[n:]) for row in con.execute(f"SELECT * FROM {src} WHERE {match}").fetchall()}
 
 
 def _compare_multiset(con, sides, common, line_size) -> dict:
@@ -290,7 +317,14 @@ def _plan(old_dir: Path, new_dir: Path, old: dict, new: dict):
 
 
 def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
-    """The row-level part of one table's diff, by the cheapest exact method."""
+    """The row-level part of one table's diff, by the cheapest exact method.
+
+    First read with small buffers under the memory limit.  A row longer than
+    ``DIFF_LINE_SIZE`` fails that read, which is done again with buffers for
+    ``duck.MAX_LINE_SIZE``; should DuckDB run out of memory inside the limit (it
+    spills joins and aggregates, but not everything), the table is read again
+    without the limit, so the limit can make a diff slower but never make it fail.
+    """
     (_, old, _), (_, new, _) = sides
     pk_old, pk_new = old.get("primary_key"), new.get("primary_key")
     if keyed:
@@ -301,8 +335,9 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
             note = "primary key changed; compared as a multiset of rows"
         elif pk_old:
             note = "primary key columns not stored in both snapshots; compared as a multiset"
-    line_size = DIFF_LINE_SIZE
+    line_size, capped = DIFF_LINE_SIZE, True
     while True:
+        _limit_memory(con, line_size if capped else None)
         try:
             if keyed:
                 result = _compare_by_key(con, sides, pk_old, common, sample, line_size)
@@ -312,14 +347,13 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
         except (duckdb.Error, SnapshotDamaged) as exc:
             # A damaged file explains any failure best: report it rather than its symptom.
             _wait(checks)
-            long_row = isinstance(exc, (duckdb.InvalidInputException, duckdb.NotImplementedException))
-            if not long_row or line_size >= MAX_LINE_SIZE:
+            if capped and isinstance(exc, duckdb.OutOfMemoryException):
+                capped = False
+            elif line_size < MAX_LINE_SIZE and isinstance(exc, (duckdb.InvalidInputException,
+                                                                 duckdb.NotImplementedException)):
+                line_size = MAX_LINE_SIZE
+            else:
                 raise
-            # Probably a row longer than DIFF_LINE_SIZE: read again with buffers for the longest.
-            line_size = MAX_LINE_SIZE
-            _limit_memory(con, line_size)
-    if line_size != DIFF_LINE_SIZE:
-        _limit_memory(con, DIFF_LINE_SIZE)
     _wait(checks)
     return {"method": method, "note": note, **result}
 
@@ -350,6 +384,31 @@ def _side(folder: Path, m: dict) -> dict:
     return {"path": str(folder), "id": m.get("id"), "created_at": m.get("created_at")}
 
 
+def _common(old: dict, new: dict) -> list[str]:
+    """The stored columns both snapshots have, in the old order."""
+    return [c for c in old["copy_columns"] if c in set(new["copy_columns"])]
+
+
+def _keyed(old: dict, new: dict) -> bool:
+    """Whether the table can be compared by primary key: the same key, stored on both sides."""
+    pk_old, pk_new = old.get("primary_key"), new.get("primary_key")
+    return bool(pk_old) and pk_old == pk_new and all(c in _common(old, new) for c in pk_old)
+
+
+def _run_tables(con, work, checks, sample) -> dict[str, dict]:
+    """Compare every table that needs reading, one at a time; {table key: row-level result}."""
+    results = {}
+    for key, old, new, sides in work:
+        if sides is None:
+            continue
+        try:
+            results[key] = _compare(con, sides, checks[key], _common(old, new), _keyed(old, new), sample)
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            raise SnapshotDamaged(f"cannot read the data of {key}: {exc}", [f"{key}: {exc}"],
+                                  hint="run `backupkit verify` on both snapshots") from None
+    return results
+
+
 def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 5) -> dict:
     """Compare two snapshots: tables added/removed, per-table row changes, schema changes.
 
@@ -378,7 +437,6 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
         if old is not None:
             work.append((key, old, new, _plan(old_dir, new_dir, old, new)))
 
-    tables = []
     # SHA-256 of the files read runs in a background thread, overlapping DuckDB's reading;
     # a table is reported only once its files' hashes matched (see _check_files).  Files of
     # a table skipped as byte-identical are not hashed: the result for them (no change)
@@ -387,35 +445,30 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
     hasher = ThreadPoolExecutor(1, thread_name_prefix="backupkit-diff-sha")
     spill = tempfile.TemporaryDirectory(prefix="backupkit-diff-")
     con = None
+    results: dict[str, dict] = {}
     try:
         checks = {key: [hasher.submit(lambda f=folder, t=t: _check_files(f, t)) for folder, t, _ in sides]
                   for key, _, _, sides in work if sides is not None}
         con = _diff_connect(spill.name)
-        for key, old, new, sides in work:
-            entry = {"schema": new["schema"], "name": new["name"],
-                     "rows_old": old["rows"], "rows_new": new["rows"],
-                     "primary_key": new.get("primary_key")}
-            common = [c for c in old["copy_columns"] if c in set(new["copy_columns"])]
-            pk_old, pk_new = old.get("primary_key"), new.get("primary_key")
-            keyed = bool(pk_old) and pk_old == pk_new and all(c in common for c in pk_old)
-            if sides is None:
-                # Byte-identical files hold identical rows: nothing to read.
-                entry.update({"method": "identical", "note": None, "inserted": 0, "deleted": 0,
-                              "updated": 0 if keyed else None, "sample_updates": []})
-            else:
-                try:
-                    entry.update(_compare(con, sides, checks[key], common, keyed, sample))
-                except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-                    raise SnapshotDamaged(f"cannot read the data of {key}: {exc}", [f"{key}: {exc}"],
-                                          hint="run `backupkit verify` on both snapshots") from None
-            entry["compared_columns"] = common
-            entry["schema_changes"] = schema_changes(old, new)
-            tables.append(entry)
+        results = _run_tables(con, work, checks, sample)
     finally:
         hasher.shutdown(wait=True, cancel_futures=True)
         if con is not None:
             con.close()
         spill.cleanup()
+    tables = []
+    for key, old, new, sides in work:
+        entry = {"schema": new["schema"], "name": new["name"], "rows_old": old["rows"], "rows_new": new["rows"],
+                 "primary_key": new.get("primary_key")}
+        if sides is None:
+            # Byte-identical files hold identical rows: nothing to read.
+            entry.update({"method": "identical", "note": None, "inserted": 0, "deleted": 0,
+                          "updated": 0 if _keyed(old, new) else None, "sample_updates": []})
+        else:
+            entry.update(results[key])
+        entry["compared_columns"] = _common(old, new)
+        entry["schema_changes"] = schema_changes(old, new)
+        tables.append(entry)
     changed, sql_diff, truncated = _schema_sql(old_dir, new_dir, old_m, new_m)
     return {
         "old": _side(old_dir, old_m),
