@@ -38,6 +38,14 @@ def assert_same(source: str, target: str) -> None:
     assert a == b, "\n".join(diff_fingerprints(a, b)[:40])
 
 
+@pytest.fixture
+def small(make_db, tmp_path):
+    """(source DSN, snapshot) of the small database, for the tests of restore's safety rules."""
+    source = make_db("src")
+    load_small(source)
+    return source, backupkit.backup(source, tmp_path)
+
+
 @pytest.fixture(scope="module")
 def fidelity(pg_server, tmp_path_factory):
     """The fidelity fixture with TOASTed values of tens of MB, and one snapshot of it (chunked)."""
@@ -89,10 +97,8 @@ def test_supabase_shaped_demo_round_trip(make_db, tmp_path):
     assert_same(source, target)
 
 
-def test_refuses_a_target_that_has_the_tables(make_db, tmp_path):
-    source = make_db("src")
-    load_small(source)
-    res = backupkit.backup(source, tmp_path)
+def test_refuses_a_target_that_has_the_tables(small, make_db):
+    source, res = small
     target = make_db("tgt")
     with psycopg.connect(target) as conn:
         conn.execute("CREATE TABLE orders (keep_me int); INSERT INTO orders VALUES (42)")
@@ -103,10 +109,8 @@ def test_refuses_a_target_that_has_the_tables(make_db, tmp_path):
     assert fingerprint(target) == before
 
 
-def test_clean_replaces_existing_tables_and_says_so(make_db, tmp_path):
-    source = make_db("src")
-    load_small(source)
-    res = backupkit.backup(source, tmp_path)
+def test_clean_replaces_existing_tables_and_says_so(small, make_db):
+    source, res = small
     target = make_db("tgt")
     restore(res.path, target)
     with psycopg.connect(target) as conn:
@@ -118,10 +122,8 @@ def test_clean_replaces_existing_tables_and_says_so(make_db, tmp_path):
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_failure_midway_leaves_the_target_as_it_was(make_db, tmp_path, monkeypatch, jobs):
-    source = make_db("src")
-    load_small(source)
-    res = backupkit.backup(source, tmp_path)
+def test_failure_midway_leaves_the_target_as_it_was(small, make_db, monkeypatch, jobs):
+    source, res = small
     target = make_db("tgt")
     with psycopg.connect(target) as conn:
         conn.execute("CREATE TABLE unrelated (x int); INSERT INTO unrelated VALUES (1), (2)")
@@ -166,10 +168,8 @@ def test_failure_of_the_database_rolls_back(make_db, tmp_path):
     assert fingerprint(target) == before
 
 
-def test_selective_and_dependency_following_restore(make_db, tmp_path):
-    source = make_db("src")
-    load_small(source)
-    res = backupkit.backup(source, tmp_path)
+def test_selective_and_dependency_following_restore(small, make_db):
+    source, res = small
     only = make_db("only")
     restore(res.path, only, tables=['public.Odd "Name".x'])
     with psycopg.connect(only) as conn:
@@ -197,10 +197,8 @@ def test_selective_and_dependency_following_restore(make_db, tmp_path):
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
 
 
-def test_damaged_snapshot_restores_nothing(make_db, tmp_path):
-    source = make_db("src")
-    load_small(source)
-    res = backupkit.backup(source, tmp_path)
+def test_damaged_snapshot_restores_nothing(small, make_db):
+    source, res = small
     data = res.path / res.manifest["tables"][0]["files"][0]["path"]
     data.chmod(0o600)
     raw = bytearray(data.read_bytes())
@@ -229,10 +227,8 @@ def test_grants_to_missing_roles_are_skipped_and_reported(make_db, tmp_path, pg_
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
 
 
-def test_dry_run_touches_nothing(make_db, tmp_path):
-    source = make_db("src")
-    load_small(source)
-    res = backupkit.backup(source, tmp_path)
+def test_dry_run_touches_nothing(small, make_db):
+    source, res = small
     target = make_db("tgt")
     before = fingerprint(target)
     out = run_cli("restore", res.path, "--dsn", target, "--dry-run", "--json")
