@@ -74,22 +74,22 @@ def _diff_connect(spill: str) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET threads = {_threads()}")
     # Nothing a diff returns depends on row order; keeping it costs memory in scans.
     con.execute("SET preserve_insertion_order = false")
-    # A hash join builds on its right side, as written: _compare_by_key puts the smaller,
-    # narrow side there and streams the wide one, whatever DuckDB estimates their sizes to be.
+    # A hash join builds on its right side, as written: _compare_by_key puts the side with
+    # fewer rows (it knows them from the manifests) there, whatever DuckDB estimates.
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
     # The bar goes to stdout, which holds the report with --json.
     con.execute("SET enable_progress_bar = false")
     con.execute(f"SET temp_directory = {literal(spill)}")
-    _limit_memory(con, DIFF_LINE_SIZE)
+    _limit_memory(con, DIFF_LINE_SIZE, DIFF_WORK_MEMORY)
     return con
 
 
-def _limit_memory(con, line_size: int | None) -> None:
-    """Work memory plus four read buffers of ``line_size`` per thread; None: DuckDB's default."""
-    if line_size is None:
+def _limit_memory(con, line_size: int, work: int | None) -> None:
+    """``work`` bytes plus four read buffers of ``line_size`` per thread; ``work=None``: DuckDB's default."""
+    if work is None:
         con.execute("RESET memory_limit")
         return
-    limit = DIFF_WORK_MEMORY + 4 * _threads() * read_buffer(line_size)
+    limit = work + 4 * _threads() * read_buffer(line_size)
     con.execute(f"SET memory_limit = '{limit >> 20}MiB'")
 
 
@@ -181,71 +181,66 @@ def _read_files(old: dict, new: dict) -> tuple[list[dict], list[dict]] | None:
 def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
     """Inserted/deleted/updated counts of a table joined on its primary key, and a few updates.
 
-    One pass over each side.  The side with fewer rows (by the manifests) is the join's
-    build side, its hash table: only its key, one MD5 of its other columns and the index
-    of the file the row came from are kept, so memory is a few dozen bytes a row however
-    wide the rows.  The other side streams past it with its values, and the ``sample``
-    smallest changed keys (by key text) come out of the same pass with those values and
-    the build side's file; a second, small query reads just those files for the build
-    side's values.
+    One pass over each side, keeping per row only its key, one MD5 of its other columns
+    and the index of the file it came from: the hash table (built on the side with fewer
+    rows, by the manifests) takes a few dozen bytes a row however wide the rows, and
+    when it spills, little is written.  The ``sample`` smallest changed keys (by key
+    text) come out of the same pass with their files; a second, small query reads just
+    those files for the samples' values.
     """
     rest = [c for c in common if c not in pk]
     n = len(pk)
-    sample = int(sample) if rest else 0  # with only key columns a row cannot be updated
-    build = 0 if sides[0][2] <= sides[1][2] else 1  # 0: old, 1: new
-    alias = ("o", "n")
+    sample = max(int(sample), 0) if rest else 0  # with only key columns a row cannot be updated
 
-    def relation(side: int) -> str:
+    def relation(side: int, alias: str) -> str:
         folder, table, _ = sides[side]
         pos = {c: i for i, c in enumerate(table["copy_columns"])}
-        cols = [("h", _row_hash([f"c{pos[c]}" for c in rest]), "UHUGEINT")]
-        if side == build:
-            cols.append(("f", "file_index::UINTEGER", "UINTEGER"))
-        elif sample:
-            cols += [(f"v{i}", f"c{pos[c]}", "VARCHAR") for i, c in enumerate(rest)]
         if table["files"]:
-            extra = ", ".join(f"{expr} AS {name}" for name, expr, _ in cols)
+            extra = f"{_row_hash([f'c{pos[c]}' for c in rest])} AS h, file_index::UINTEGER AS f"
         else:  # every file paired off: no rows, typed like the rest
-            extra = ", ".join(f"NULL::{t} AS {name}" for name, _, t in cols)
-        return f"{_source(folder, table, pk, 'k', max_line_size=line_size, extra=extra)} AS {alias[side]}"
+            extra = "NULL::UHUGEINT AS h, NULL::UINTEGER AS f"
+        return f"{_source(folder, table, pk, 'k', max_line_size=line_size, extra=extra)} AS {alias}"
 
-    b, p = alias[build], alias[1 - build]
     picks = ""
     if sample:
-        key = ", ".join(f"k{i} := {p}.k{i}" for i in range(n))
-        values = ", ".join(f"{p}.v{i}" for i in range(len(rest)))
-        picks = f", min(struct_pack({key}, f := {b}.f, v := [{values}]), {sample}) FILTER (WHERE o.h <> n.h)"
+        key = ", ".join(f"k{i} := o.k{i}" for i in range(n))
+        picks = f", min(struct_pack({key}, fo := o.f, fn := n.f), {sample}) FILTER (WHERE o.h <> n.h)"
     on = " AND ".join(f"o.k{i} = n.k{i}" for i in range(n))
-    # The right side of a join is its build side (see _diff_connect).
+    # The right side of a join is its build side (see _diff_connect): the one with fewer rows.
+    probe, build = (relation(1, "n"), relation(0, "o")) if sides[0][2] <= sides[1][2] else \
+        (relation(0, "o"), relation(1, "n"))
     inserted, deleted, updated, rows_old, rows_new, *found = con.execute(
         f"SELECT count(*) FILTER (WHERE o.h IS NULL), count(*) FILTER (WHERE n.h IS NULL), "
         f"count(*) FILTER (WHERE o.h <> n.h), count(o.h), count(n.h){picks} "
-        f"FROM {relation(1 - build)} FULL JOIN {relation(build)} ON {on}"
-    ).fetchone()
+        f"FROM {probe} FULL JOIN {build} ON {on}").fetchone()
     _check_rows(sides, rows_old, rows_new)
     samples = []
     if updated and found and found[0]:
-        picked = found[0]
-        keys = [tuple(r[f"k{i}"] for i in range(n)) for r in picked]
-        folder, table, _ = sides[build]
-        built = _fetch(con, folder, table, pk, rest, keys, {r["f"] for r in picked}, line_size)
-        for k, r in zip(keys, picked):
-            if k not in built:  # cannot happen unless a file changed since the first pass
-                raise SnapshotDamaged(f"{mf.table_key(table)}: a row read once was not found again",
-                                      [f"{mf.table_key(table)}: data changed while being read"])
-            ov, nv = (built[k], r["v"]) if build == 0 else (r["v"], built[k])
-            samples.append({"key": dict(zip(pk, k)),
-                            "changes": {c: [a, b] for c, a, b in zip(rest, ov, nv) if a != b}})
+        keys = [tuple(r[f"k{i}"] for i in range(n)) for r in found[0]]
+        old_rows, new_rows = _fetch(con, sides, pk, rest, keys, [{r["fo"] for r in found[0]},
+                                                                 {r["fn"] for r in found[0]}], line_size)
+        for k in keys:
+            if k not in old_rows or k not in new_rows:  # only if a file changed since the first pass
+                raise SnapshotDamaged(f"{mf.table_key(sides[0][1])}: a row read once was not found again",
+                                      [f"{mf.table_key(sides[0][1])}: data changed while being read"])
+            samples.append({"key": dict(zip(pk, k)), "changes": {
+                c: [a, b] for c, a, b in zip(rest, old_rows[k], new_rows[k]) if a != b}})
     return {"inserted": inserted, "deleted": deleted, "updated": updated, "sample_updates": samples}
 
 
-def _fetch(con, folder, table, pk, rest, keys, wanted, line_size) -> dict:
-    """{key: values of ``rest``} in ``table`` for the given keys, reading only the files numbered ``wanted``."""
+def _fetch(con, sides, pk, rest, keys, wanted, line_size) -> tuple[dict, dict]:
+    """{key: values of ``rest``} of each side for the given keys, reading only the files numbered ``wanted``."""
     n = len(pk)
     match = " OR ".join("(" + " AND ".join(f"k{i} = {literal(v)}" for i, v in enumerate(k)) + ")" for k in keys)
-    subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in wanted]}
-    src = _source(folder, subset, pk + rest, "k", max_line_size=line_size)
-    return {tuple(row[:n]): tuple(row[n:]) for row in con.execute(f"SELECT * FROM {src} WHERE {match}").fetchall()}
+    parts = []
+    for s, ((folder, table, _), files) in enumerate(zip(sides, wanted)):
+        subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in files]}
+        parts.append(f"SELECT {s} AS s, * FROM {_source(folder, subset, pk + rest, 'k', max_line_size=line_size)} "
+                     f"WHERE {match}")
+    out: tuple[dict, dict] = ({}, {})
+    for row in con.execute(" UNION ALL ".join(parts)).fetchall():
+        out[row[0]][tuple(row[1:n + 1])] = tuple(row[n + 1:])
+    return out
 
 
 def _compare_multiset(con, sides, common, line_size) -> dict:
@@ -321,9 +316,10 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
 
     First read with small buffers under the memory limit.  A row longer than
     ``DIFF_LINE_SIZE`` fails that read, which is done again with buffers for
-    ``duck.MAX_LINE_SIZE``; should DuckDB run out of memory inside the limit (it
-    spills joins and aggregates, but not everything), the table is read again
-    without the limit, so the limit can make a diff slower but never make it fail.
+    ``duck.MAX_LINE_SIZE``.  Should DuckDB run out of memory inside the limit (it
+    spills joins and aggregates, but not everything, and not always in time), the
+    table is read again with twice the work memory, then four times, then without a
+    limit: the limit can make a diff slower, never make it fail.
     """
     (_, old, _), (_, new, _) = sides
     pk_old, pk_new = old.get("primary_key"), new.get("primary_key")
@@ -335,9 +331,9 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
             note = "primary key changed; compared as a multiset of rows"
         elif pk_old:
             note = "primary key columns not stored in both snapshots; compared as a multiset"
-    line_size, capped = DIFF_LINE_SIZE, True
+    line_size, work = DIFF_LINE_SIZE, DIFF_WORK_MEMORY
     while True:
-        _limit_memory(con, line_size if capped else None)
+        _limit_memory(con, line_size, work)
         try:
             if keyed:
                 result = _compare_by_key(con, sides, pk_old, common, sample, line_size)
@@ -347,8 +343,8 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
         except (duckdb.Error, SnapshotDamaged) as exc:
             # A damaged file explains any failure best: report it rather than its symptom.
             _wait(checks)
-            if capped and isinstance(exc, duckdb.OutOfMemoryException):
-                capped = False
+            if work is not None and isinstance(exc, duckdb.OutOfMemoryException):
+                work = 2 * work if work < 4 * DIFF_WORK_MEMORY else None
             elif line_size < MAX_LINE_SIZE and isinstance(exc, (duckdb.InvalidInputException,
                                                                  duckdb.NotImplementedException)):
                 line_size = MAX_LINE_SIZE
