@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
+from pathlib import Path
 import uuid
 
 import psycopg
@@ -75,3 +78,22 @@ def make_db(pg_server):
     yield make
     for dsn in made:
         pg_server.dropdb(dsn)
+
+
+@pytest.fixture
+def spawn():
+    """Start python children (with this repo importable) that are killed at teardown."""
+    children: list[subprocess.Popen] = []
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+    def start(code: str, *args: str) -> subprocess.Popen:
+        child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()

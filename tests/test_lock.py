@@ -29,23 +29,6 @@ with DirLock(Path(sys.argv[1]), sys.argv[2]):
 """
 
 
-@pytest.fixture
-def spawn():
-    """Start python children that are killed at teardown."""
-    children: list[subprocess.Popen] = []
-
-    def start(code: str, *args: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, env=env)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
 
 
 def hold_in_child(spawn, directory: Path, purpose: str = "backup") -> subprocess.Popen:

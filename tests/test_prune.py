@@ -385,23 +385,6 @@ with DirLock(Path(sys.argv[1]), "backup"):
 """
 
 
-@pytest.fixture
-def spawn():
-    """Start python children that are killed at teardown."""
-    children: list[subprocess.Popen] = []
-
-    def start(code: str, *args: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
-                                 env=env)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
 
 
 def test_prune_refuses_while_a_backup_holds_the_lock_then_takes_over_a_stale_one(source, tmp_path, spawn):
