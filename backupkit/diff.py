@@ -37,10 +37,6 @@ from .duck import MAX_LINE_SIZE, files_sql, literal, read_buffer
 from .errors import SnapshotDamaged, SnapshotError
 from .verify import sha256_file, verify
 
-#: The schema files of a snapshot, as ``schema.PRE_DATA`` / ``schema.POST_DATA`` name them
-#: (part of the snapshot format).  Not imported: ``backupkit.schema`` pulls in psycopg,
-#: a tenth of a second of start-up that a diff has no use for.
-PRE_DATA, POST_DATA = "schema/pre-data.sql", "schema/post-data.sql"
 #: Lines of unified diff of the schema SQL kept in a diff report.
 SQL_DIFF_LINES = 200
 #: Orphan / duplicate rows quoted per integrity check.
@@ -363,7 +359,7 @@ def _schema_sql(old_dir: Path, new_dir: Path, old_m: dict, new_m: dict) -> tuple
     """Which schema SQL files differ (by manifest SHA-256), and a capped unified diff of them."""
     sha_old = {f["path"]: f["sha256"] for f in old_m.get("schema_files", [])}
     sha_new = {f["path"]: f["sha256"] for f in new_m.get("schema_files", [])}
-    changed = {p: sha_old.get(p) != sha_new.get(p) for p in (PRE_DATA, POST_DATA)}
+    changed = {p: sha_old.get(p) != sha_new.get(p) for p in (mf.PRE_DATA, mf.POST_DATA)}
     lines: list[str] = []
     for p, differs in changed.items():
         if not differs:

@@ -12,6 +12,10 @@ from .errors import SnapshotDamaged, SnapshotNotFound
 FORMAT = "backupkit-snapshot"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: The schema files inside a snapshot (kept here, free of psycopg, for readers like diff).
+DUMP = "schema/schema.dump"
+PRE_DATA = "schema/pre-data.sql"
+POST_DATA = "schema/post-data.sql"
 
 
 def digest(manifest: dict) -> str:

@@ -14,11 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .manifest import DUMP, POST_DATA, PRE_DATA
 from .pgtools import find_tool, run_tool
-
-DUMP = "schema/schema.dump"
-PRE_DATA = "schema/pre-data.sql"
-POST_DATA = "schema/post-data.sql"
 
 #: TOC entry types that belong to one table, named "table ..." in the TOC tag.
 _TABLE_TAGGED = {"CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
