@@ -22,6 +22,7 @@ from .datafile import BLOCK, iter_file_blocks
 
 ZSTD_LEVEL = 1
 COPY_OPTIONS = sql.SQL("(FORMAT csv)")
+COPY_IN_FREEZE = sql.SQL("(FORMAT csv, FREEZE)")
 
 
 @dataclass
@@ -181,14 +182,17 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, fo
     return FileResult(str(dest.relative_to(folder)), writer.size, writer.sha256, rows[0])
 
 
-def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None) -> int:
+def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None,
+            *, freeze: bool = False) -> int:
     """Load a manifest table entry's data files (or just ``files``) with ``COPY ... FROM STDIN``.
 
+    ``freeze`` loads the rows already frozen (``COPY FREEZE``), which PostgreSQL
+    allows only into a table created or truncated in the same transaction.
     Returns the rows PostgreSQL reports loaded.
     """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     stmt = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
-        sql.Identifier(table["schema"], table["name"]), cols, COPY_OPTIONS)
+        sql.Identifier(table["schema"], table["name"]), cols, COPY_IN_FREEZE if freeze else COPY_OPTIONS)
     with conn.cursor() as cur:
         with cur.copy(stmt) as copy:
             for f in table["files"] if files is None else files:

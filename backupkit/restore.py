@@ -6,9 +6,11 @@ of materialized views.  Triggers and foreign keys are created after the data,
 so none fires and table order never matters.
 
 With one job everything runs in one transaction: any error leaves the target
-exactly as it was.  With ``jobs > 1`` the data loads in parallel transactions;
-on error the objects this restore created are dropped again, and anything
-that could not be undone is named in the error.
+exactly as it was.  With ``jobs > 1`` the data loads in parallel transactions,
+and each table's indexes build as soon as its data is in; on error the
+objects this restore created are dropped again, and anything that could not
+be undone is named in the error.  Rows of tables created (or emptied) in the
+loading transaction arrive frozen (``COPY FREEZE``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import re
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .dsn import connect, redact
 from .errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
 from .schema import DUMP, TocEntry, render, split_entries, toc
 from .selection import select_tables
+from .taskpool import TaskPool
 from .verify import ensure_intact
 
 log = logging.getLogger("backupkit")
@@ -250,7 +252,7 @@ def _check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool,
 
 
 def _build_scripts(dump: Path, entries: list[TocEntry], chosen: list[dict], plan: RestorePlan,
-                   roles: set[str], owner: bool, create_roles: bool, jobs: int, parallel: bool) -> dict:
+                   roles: set[str], owner: bool, create_roles: bool, parallel: bool) -> dict:
     """The SQL each step runs, rendered by pg_restore from the snapshot's archive."""
     texts = {section: render(dump, section, entries, no_owner=not owner) for section in ("pre-data", "post-data")}
     policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
@@ -272,7 +274,7 @@ def _build_scripts(dump: Path, entries: list[TocEntry], chosen: list[dict], plan
         scripts[section], skipped = _filter_grants(text, roles)
         plan.skipped_grants += skipped
     if parallel:
-        scripts["index-groups"], rest = _index_groups(dump, entries, chosen, jobs)
+        scripts["index-groups"], rest = _index_groups(dump, entries, chosen)
         scripts["post-data-rest"] = _filter_grants(render(dump, "post-data", rest, no_owner=not owner), roles)[0]
     # pg_restore --clean writes the DROPs, in reverse dependency order, before everything
     # else: take them from that preamble only, never from inside a function body.
@@ -326,7 +328,7 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         jobs = 1
     parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in chosen) >= 2
     scripts = {} if data_only else _build_scripts(folder / DUMP, entries, chosen, plan, roles, owner,
-                                                  create_roles, jobs, parallel)
+                                                  create_roles, parallel)
     if plan.skipped_grants:
         result.warnings.append(f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
                                "does not have (e.g. " + plan.skipped_grants[0] + ")")
@@ -390,10 +392,11 @@ def _load_session(conn: psycopg.Connection, plan: RestorePlan) -> None:
             ) from None
 
 
-def _load(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None) -> int:
+def _load(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None,
+          freeze: bool = False) -> int:
     """COPY one table's files in and check PostgreSQL took exactly the manifest's rows."""
     files = table["files"] if files is None else files
-    loaded = copy_in(conn, table, folder, files)
+    loaded = copy_in(conn, table, folder, files, freeze=freeze)
     expected = sum(f.get("rows", 0) for f in files)
     if loaded != expected:
         raise RestoreError(f"{mf.table_key(table)}: PostgreSQL loaded {loaded} rows, the manifest says {expected}")
@@ -407,8 +410,11 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
             _prepare(conn, scripts, chosen, truncate)
             if plan.data:
                 _load_session(conn, plan)
+                # Tables created (or emptied) in this transaction can take their rows frozen:
+                # no hint-bit rewrite of every page and no anti-wraparound VACUUM of them later.
+                freeze = plan.schema or truncate
                 for t in tqdm(chosen, desc="restore", unit="table", disable=not show, file=sys.stderr):
-                    rows += _load(conn, t, folder)
+                    rows += _load(conn, t, folder, freeze=freeze)
             if "post-data" in scripts:
                 conn.execute(scripts["post-data"])
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
@@ -440,55 +446,83 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     bar = tqdm(total=len(chosen), desc="restore", unit="table", disable=not show, file=sys.stderr)
     lock = threading.Lock()
     left = {mf.table_key(t): len(t["files"]) for t in chosen}
-
-    def load(t: dict, f: dict) -> int:
-        with connect(dsn) as c:
-            _load_session(c, plan)
-            n = _load(c, t, folder, [f])
-        with lock:
-            left[mf.table_key(t)] -= 1
-            if not left[mf.table_key(t)]:
-                bar.update(1)
-        return n
+    loaded = []
+    pool = TaskPool(jobs)
+    index_groups = scripts.get("index-groups", {})
 
     def run_script(script: str) -> None:
         with connect(dsn) as c:
             c.execute(script)
 
-    # Interleave tables (largest first) so parallel loads go to different tables where they
-    # can: two COPYs into one table contend for its extension lock.
-    by_size = sorted(chosen, key=lambda t: -sum(f["bytes"] for f in t["files"]))
-    work = [(t, t["files"][i]) for i in range(max(len(t["files"]) for t in chosen))
-            for t in by_size if i < len(t["files"])]
-    pool = ThreadPoolExecutor(jobs)
+    def table_done(key: str) -> None:
+        bar.update(1)
+        if key in index_groups:
+            # Jump the queue: this table's indexes build while other tables still load.
+            pool.submit(lambda: run_script(index_groups[key]), first=True)
+
+    def load(t: dict, files: list[dict], freeze: bool) -> None:
+        with connect(dsn) as c:
+            _load_session(c, plan)
+            if freeze:  # the table is this restore's own and still empty
+                c.execute(sql.SQL("TRUNCATE ONLY {}").format(sql.Identifier(t["schema"], t["name"])))
+            n = _load(c, t, folder, files, freeze=freeze)
+        key = mf.table_key(t)
+        with lock:
+            loaded.append(n)
+            left[key] -= len(files)
+            done = not left[key]
+        if done:
+            table_done(key)
+
+    for t, files, freeze in _load_units(chosen, jobs, plan.schema):
+        pool.submit(lambda t=t, files=files, freeze=freeze: load(t, files, freeze))
+    for t in chosen:
+        if not t["files"]:
+            table_done(mf.table_key(t))
     try:
-        rows = sum(pool.map(lambda tf: load(*tf), work))
-        if scripts.get("index-groups"):
-            list(pool.map(run_script, scripts["index-groups"]))
+        pool.run()
         with connect(dsn) as conn:
             conn.execute(scripts.get("post-data-rest") or scripts.get("post-data") or "SELECT 1")
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
     except BaseException as exc:
         # Whatever went wrong (a database error, a vanished file, Ctrl-C), committed
         # pre-data must not be left behind silently.
-        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         left_behind = _undo(dsn, scripts, chosen, plan)
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else redact(str(exc).strip(), dsn)
         raise RestoreError(f"restore failed: {what}; {left_behind}", left_behind=left_behind,
                            hint="fix the cause and run the restore again") from None
-    pool.shutdown()
     bar.close()
-    return rows
+    return sum(loaded)
 
 
-def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict], jobs: int) -> tuple[list[str], list[TocEntry]]:
-    """Split post-data so each table's indexes and key constraints build in parallel, as
-    ``pg_restore -j`` does; foreign keys, triggers and policies (the rest) come after."""
+def _load_units(chosen: list[dict], jobs: int, fresh: bool) -> list[tuple[dict, list[dict], bool]]:
+    """(table, files, freeze) units of work for a parallel load, in the order to start them.
+
+    A table of several files larger than its fair share (1/jobs of the data)
+    is loaded file by file in parallel transactions; any other loads whole in one transaction,
+    frozen when the restore created it (``fresh``). Largest first, and
+    interleaved so parallel COPYs go to different tables where they can: two
+    COPYs into one table contend for its extension lock.
+    """
+    size = {mf.table_key(t): sum(f["bytes"] for f in t["files"]) for t in chosen}
+    share = sum(size.values()) / jobs
+    largest_first = sorted((t for t in chosen if t["files"]), key=lambda t: -size[mf.table_key(t)])
+    split = [t for t in largest_first if len(t["files"]) > 1 and size[mf.table_key(t)] > share]
+    queues = [[(t, [f], False) for f in t["files"]] for t in split]
+    queues.append([(t, t["files"], fresh) for t in largest_first if t not in split])
+    units = []
+    for i in range(max(map(len, queues))):
+        units += [q[i] for q in queues if i < len(q)]
+    return units
+
+
+def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict]) -> tuple[dict[str, str], list[TocEntry]]:
+    """Split post-data into each table's indexes and key constraints, which can build as soon
+    as that table is loaded (as ``pg_restore -j`` does), and the rest (foreign keys, triggers,
+    policies), which comes after all data."""
     owner_of = {(t["schema"], i): t for t in chosen for i in t.get("indexes", [])}
-    groups: list[list[TocEntry]] = [[] for _ in range(jobs)]
-    bucket = {mf.table_key(t): n % jobs for n, t in enumerate(
-        sorted(chosen, key=lambda t: -sum(f["bytes"] for f in t["files"])))}
+    groups: dict[str, list[TocEntry]] = {}
     rest = []
     for e in entries:
         table = None
@@ -499,8 +533,8 @@ def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict], jobs:
         if table is None:
             rest.append(e)
         else:
-            groups[bucket[mf.table_key(table)]].append(e)
-    return [render(dump, "post-data", g) for g in groups if g], rest
+            groups.setdefault(mf.table_key(table), []).append(e)
+    return {key: render(dump, "post-data", g) for key, g in groups.items()}, rest
 
 
 def _undo(dsn: str, scripts: dict, chosen: list[dict], plan: RestorePlan) -> str:

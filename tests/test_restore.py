@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 import psycopg
@@ -308,3 +309,28 @@ def test_data_only_does_not_fire_the_targets_triggers(make_db, tmp_path):
     with psycopg.connect(target) as conn:
         got = conn.execute("SELECT id, parent_id, updated_at::text FROM child ORDER BY id").fetchall()
     assert got == [(1, 2, "2024-06-01 00:00:00+00"), (2, 1, "2024-06-02 00:00:00+00")]
+
+
+def frozen_by_vacuum(dsn: str) -> dict[str, int]:
+    """Tuples ``VACUUM (FREEZE)`` still had to freeze, per table of the small database."""
+    frozen = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        for table in ("customers", "orders"):
+            notices.clear()
+            conn.execute(f"VACUUM (FREEZE, VERBOSE) {table}")
+            report = "\n".join(notices)
+            frozen[table] = int(re.search(r"had (\d+) tuples frozen", report).group(1))
+    return frozen
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_restored_rows_arrive_frozen(small, make_db, jobs):
+    # COPY FREEZE into the tables the restore created: no later VACUUM has to rewrite
+    # every page to freeze them (pg_restore's rows all need that).
+    source, res = small
+    assert sum(frozen_by_vacuum(source).values()) > 0  # the check can see unfrozen rows
+    target = make_db("frozen")
+    restore(res.path, target, jobs=jobs)
+    assert frozen_by_vacuum(target) == {"customers": 0, "orders": 0}
