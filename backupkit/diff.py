@@ -4,19 +4,20 @@ Rows are compared on PostgreSQL's exact text (``duck.files_sql``, every column
 VARCHAR), so "changed" means "PostgreSQL would print it differently": NULL and
 the empty string differ, 1.50 and 1.5 in an unconstrained numeric differ.
 
-* A table with the same primary key in both snapshots is joined on that key;
-  a row counts as updated when an MD5 of its other columns (those present in
-  both snapshots, length-prefixed so NULL, '' and separators cannot be
-  confused) differs.
+* A table with the same primary key in both snapshots is joined on that key,
+  chunk file against same-numbered chunk file, then what did not match there in
+  one last join; a row counts as updated when any of its other columns (those
+  present in both snapshots) differs.  Values are compared themselves, not hashed.
 * A table without a primary key, or whose key changed, is compared as a
   multiset: rows added and removed, duplicates counted; ``updated`` is None.
 * A table whose chunk files are byte-identical (the same SHA-256s) is not read.
   Of a table that changed, a file with a byte-identical partner on the other
   side is not read either: the two hold the same rows, which cancel out.
 
-Every side is read once, in one DuckDB query per table, on every CPU, under a
-memory limit: a join larger than ``DIFF_WORK_MEMORY`` spills to a temporary
-folder instead of growing the process.  The files read are checked against the
+Every side is read once, on every CPU, under a memory limit: a join larger
+than ``DIFF_WORK_MEMORY`` spills to a temporary folder instead of growing the
+process, and joining chunk by chunk keeps joins the size of a chunk, not of
+the table.  The files read are checked against the
 manifests (sizes, SHA-256 in a background thread while DuckDB reads them, and
 the rows DuckDB read), so a damaged file is reported, not diffed.
 """
@@ -46,9 +47,9 @@ SAMPLES = 5
 #: memory limit, so the usual rows are read with small buffers; a table with a
 #: longer row fails that attempt and is read again with ``duck.MAX_LINE_SIZE``.
 DIFF_LINE_SIZE = 8 << 20
-#: DuckDB memory for a diff's joins and aggregates, beyond its read buffers.  A
-#: larger table spills to a temporary folder instead of growing the process.
-DIFF_WORK_MEMORY = 192 << 20
+#: DuckDB memory for a diff's joins and aggregates, beyond its read buffers: two
+#: chunk joins of 64 MB chunks at once fit; more spills to a temporary folder.
+DIFF_WORK_MEMORY = 384 << 20
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -175,47 +176,79 @@ def _read_files(old: dict, new: dict) -> tuple[list[dict], list[dict]] | None:
 
 
 def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
-    """Inserted/deleted/updated counts of a table joined on its primary key, and a few updates.
+    """Inserted/deleted/updated counts of a table matched on its primary key, and a few updates.
 
-    One pass over each side, keeping per row only its key, one MD5 of its other columns
-    and the index of the file it came from: the hash table (built on the side with fewer
-    rows, by the manifests) takes a few dozen bytes a row however wide the rows, and
-    when it spills, little is written.  The ``sample`` smallest changed keys (by key
-    text) come out of the same pass with their files; a second, small query reads just
-    those files for the samples' values.
+    Files are joined in pairs, the i-th file to read of each side: a row that was not
+    moved stays in the same ctid range, so in the same-numbered chunk (see
+    ``workers.page_ranges``), and each join holds one chunk, not the table.  A pair keeps
+    only what did not match: the keys of rows that differ, and the whole rows whose key
+    is not in the partner file.  Those leftovers meet in one last join; a key being
+    unique on each side, every row finds its partner there if it has one, so the result
+    is exact however rows moved.  Rows are compared column by column on PostgreSQL's
+    text: nothing is hashed.  The ``sample`` smallest changed keys (by key text) are
+    then read again, from just their files, for their values.
     """
     rest = [c for c in common if c not in pk]
-    n = len(pk)
+    n, width = len(pk), len(pk) + len(rest)
     sample = max(int(sample), 0) if rest else 0  # with only key columns a row cannot be updated
+    keys = ", ".join(f"x{j} := {{a}}.x{j}" for j in range(n))
+    row = ", ".join(f"x{j} := {{a}}.x{j}" for j in range(width)) + ", f := {a}.f"
+    on = " AND ".join(f"o.x{j} = n.x{j}" for j in range(n))
+    differ = " OR ".join(f"o.x{j} IS DISTINCT FROM n.x{j}" for j in range(n, width)) or "false"
+    both = f"o.x0 IS NOT NULL AND n.x0 IS NOT NULL AND ({differ})"  # key columns are NOT NULL
+    changed = f"struct_pack({keys.format(a='o')}, fo := o.f, fn := n.f)"
 
-    def relation(side: int, alias: str) -> str:
+    def file(side: int, i: int, alias: str) -> str:
         folder, table, _ = sides[side]
-        pos = {c: i for i, c in enumerate(table["copy_columns"])}
-        if table["files"]:
-            extra = f"{_row_hash([f'c{pos[c]}' for c in rest])} AS h, file_index::UINTEGER AS f"
-        else:  # every file paired off: no rows, typed like the rest
-            extra = "NULL::UHUGEINT AS h, NULL::UINTEGER AS f"
-        return f"{_source(folder, table, pk, 'k', max_line_size=line_size, extra=extra)} AS {alias}"
+        one = {**table, "files": table["files"][i:i + 1]}  # past the end: no rows
+        return f"{_source(folder, one, pk + rest, 'x', max_line_size=line_size, extra=f'{i}::UINTEGER AS f')} AS {alias}"
 
-    picks = ""
-    if sample:
-        key = ", ".join(f"k{i} := o.k{i}" for i in range(n))
-        picks = f", min(struct_pack({key}, fo := o.f, fn := n.f), {sample}) FILTER (WHERE o.h <> n.h)"
-    on = " AND ".join(f"o.k{i} = n.k{i}" for i in range(n))
-    # The right side of a join is its build side (see _diff_connect): the one with fewer rows.
-    probe, build = (relation(1, "n"), relation(0, "o")) if sides[0][2] <= sides[1][2] else \
-        (relation(0, "o"), relation(1, "n"))
-    inserted, deleted, updated, rows_old, rows_new, *found = con.execute(
-        f"SELECT count(*) FILTER (WHERE o.h IS NULL), count(*) FILTER (WHERE n.h IS NULL), "
-        f"count(*) FILTER (WHERE o.h <> n.h), count(o.h), count(n.h){picks} "
-        f"FROM {probe} FULL JOIN {build} ON {on}").fetchone()
-    _check_rows(sides, rows_old, rows_new)
+    def rows_of(side: int, i: int) -> int:
+        files = sides[side][1]["files"]
+        return files[i].get("rows", 0) if i < len(files) else 0
+
+    def pair(i: int) -> str:
+        # The right side of a join is its build side (see _diff_connect): the one with fewer rows.
+        o, n_ = file(0, i, "o"), file(1, i, "n")
+        probe, build = (n_, o) if rows_of(0, i) <= rows_of(1, i) else (o, n_)
+        return (f"SELECT count(o.x0) AS rows_o, count(n.x0) AS rows_n, "
+                f"list(struct_pack({row.format(a='o')})) FILTER (WHERE n.x0 IS NULL) AS only_o, "
+                f"list(struct_pack({row.format(a='n')})) FILTER (WHERE o.x0 IS NULL) AS only_n, "
+                f"list({changed}) FILTER (WHERE {both}) AS upd "
+                f"FROM {probe} FULL JOIN {build} ON {on}")
+
+    def run_pair(i: int) -> None:
+        with con.cursor() as cur:
+            cur.execute(f"INSERT INTO bk_pairs {pair(i)}")
+
+    pairs = max(len(sides[0][1]["files"]), len(sides[1][1]["files"]))
+    con.execute(f"CREATE OR REPLACE TABLE bk_pairs AS {pair(pairs)}")  # past both ends: typed, no rows
+    # One file is read by one DuckDB thread and a join reads its build side first, so
+    # pairs run side by side on their own cursors to keep every CPU busy.
+    with ThreadPoolExecutor(_threads(), thread_name_prefix="backupkit-diff") as pool:
+        for done in [pool.submit(run_pair, i) for i in range(pairs)]:
+            done.result()
+    picks = f", min({changed}, {sample}) FILTER (WHERE {both})" if sample else ""
+    inserted, deleted, updated, *found = con.execute(
+        f"SELECT count(*) FILTER (WHERE o.x0 IS NULL), count(*) FILTER (WHERE n.x0 IS NULL), "
+        f"count(*) FILTER (WHERE {both}){picks} "
+        f"FROM (SELECT unnest(only_o, recursive := true) FROM bk_pairs) o "
+        f"FULL JOIN (SELECT unnest(only_n, recursive := true) FROM bk_pairs) n ON {on}").fetchone()
+    in_pairs, *found_in_pairs = con.execute(
+        "SELECT count(*)" + (f", min(u, {sample})" if sample else "") +
+        " FROM (SELECT unnest(upd) AS u FROM bk_pairs)").fetchone()
+    rows_old, rows_new = con.execute("SELECT sum(rows_o)::BIGINT, sum(rows_n)::BIGINT FROM bk_pairs").fetchone()
+    con.execute("DROP TABLE bk_pairs")
+    _check_rows(sides, rows_old or 0, rows_new or 0)
+    updated += in_pairs
+    picked = sorted((found[0] or []) + (found_in_pairs[0] or []) if sample else [],
+                    key=lambda r: tuple(r[f"x{j}"] for j in range(n)))[:sample]
     samples = []
-    if updated and found and found[0]:
-        keys = [tuple(r[f"k{i}"] for i in range(n)) for r in found[0]]
-        old_rows, new_rows = _fetch(con, sides, pk, rest, keys, [{r["fo"] for r in found[0]},
-                                                                 {r["fn"] for r in found[0]}], line_size)
-        for k in keys:
+    if picked:
+        keys_ = [tuple(r[f"x{j}"] for j in range(n)) for r in picked]
+        old_rows, new_rows = _fetch(con, sides, pk, rest, keys_, [{r["fo"] for r in picked},
+                                                                  {r["fn"] for r in picked}], line_size)
+        for k in keys_:
             if k not in old_rows or k not in new_rows:  # only if a file changed since the first pass
                 raise SnapshotDamaged(f"{mf.table_key(sides[0][1])}: a row read once was not found again",
                                       [f"{mf.table_key(sides[0][1])}: data changed while being read"])

@@ -51,13 +51,14 @@ def page_ranges(relation_bytes: int, chunk_bytes: int, server_version_num: int) 
     """[lo, hi) page ranges covering a table; ``[None]`` when it is not split.
 
     TID range scans need PostgreSQL 14+.  The last range is open-ended, so no
-    row is lost if the table grew after it was measured.
+    row is lost if the table grew after it was measured.  Boundaries fall on
+    multiples of ``chunk_bytes`` worth of pages, so they stay put as a table
+    grows: a row that was not moved is in the same-numbered chunk in the next
+    snapshot, which is what lets ``diff`` compare chunk by chunk.
     """
     if server_version_num < 140000 or relation_bytes <= chunk_bytes:
         return [None]
-    pages = relation_bytes // _PAGE
-    n = -(-relation_bytes // chunk_bytes)
-    bounds = [0] + [pages * i // n for i in range(1, n)]
+    bounds = list(range(0, relation_bytes // _PAGE, max(1, chunk_bytes // _PAGE)))
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:])] + [(bounds[-1], None)]
 
 
