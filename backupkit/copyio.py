@@ -27,15 +27,18 @@ COPY_IN_FREEZE = sql.SQL("(FORMAT csv, FREEZE)")
 
 @dataclass
 class FileResult:
-    """What was written: relative path, compressed bytes, SHA-256 of those bytes, rows."""
+    """What was written: relative path, compressed bytes, SHA-256 of those bytes, rows,
+    and the bytes of CSV text they hold (what a restore has to load)."""
 
     path: str
     bytes: int
     sha256: str
     rows: int
+    text_bytes: int
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "rows": self.rows}
+        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "rows": self.rows,
+                "text_bytes": self.text_bytes}
 
 
 class _HashingFile:
@@ -84,6 +87,7 @@ class _BlockWriter:
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.size = 0
+        self.text_bytes = 0
         self.sha256 = ""
         self.thread = threading.Thread(target=self._run, name=f"backupkit-zstd-{dest.name}", daemon=True)
         self.thread.start()
@@ -97,6 +101,7 @@ class _BlockWriter:
                 zw = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(hashed, closefd=False)
                 while (block := self.queue.get()) is not None:
                     zw.write(block)
+                    self.text_bytes += len(block)
                 ended = True
                 zw.flush(zstandard.FLUSH_FRAME)
                 zw.close()
@@ -179,7 +184,7 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, fo
             writer.put(block)
     finally:
         writer.close()
-    return FileResult(str(dest.relative_to(folder)), writer.size, writer.sha256, rows[0])
+    return FileResult(str(dest.relative_to(folder)), writer.size, writer.sha256, rows[0], writer.text_bytes)
 
 
 def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None,

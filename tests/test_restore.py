@@ -334,3 +334,24 @@ def test_restored_rows_arrive_frozen(small, make_db, jobs):
     target = make_db("frozen")
     restore(res.path, target, jobs=jobs)
     assert frozen_by_vacuum(target) == {"customers": 0, "orders": 0}
+
+
+def test_only_a_table_that_would_be_the_long_pole_is_split_across_jobs():
+    from backupkit.restore import _load_units
+
+    def table(name, *text_bytes):
+        return {"schema": "public", "name": name,
+                "files": [{"path": f"{name}.{i}", "bytes": 1, "text_bytes": b} for i, b in enumerate(text_bytes)]}
+
+    big, mid, small = table("big", 30, 20, 20), table("mid", 10, 10), table("small", 10)
+    units = _load_units([small, mid, big], jobs=2, fresh=True)
+    # big holds 70% (> 2/3): file by file, not frozen; the others whole and frozen; interleaved
+    assert [(t["name"], [f["path"] for f in files], freeze) for t, files, freeze in units] == [
+        ("big", ["big.0"], False), ("mid", ["mid.0", "mid.1"], True),
+        ("big", ["big.1"], False), ("small", ["small.0"], True),
+        ("big", ["big.2"], False)]
+    assert all(not freeze for _, _, freeze in _load_units([small, mid, big], jobs=2, fresh=False))
+    # with more jobs a smaller share is already the long pole (2/(jobs+1))
+    split = {t["name"] for t, files, _ in _load_units([small, mid, big], jobs=10, fresh=True)
+             if len(files) < len(t["files"])}
+    assert split == {"big", "mid"}
