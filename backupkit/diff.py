@@ -28,7 +28,7 @@ import difflib
 import os
 import tempfile
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import duckdb
@@ -50,6 +50,11 @@ DIFF_LINE_SIZE = 8 << 20
 #: DuckDB memory for a diff's joins and aggregates, beyond its read buffers: two
 #: chunk joins of 64 MB chunks at once fit; more spills to a temporary folder.
 DIFF_WORK_MEMORY = 384 << 20
+#: Chunk pairs a diff joins at once (DIFF_WORK_MEMORY is sized for two).
+PAIRS_AT_ONCE = 2
+#: Rows left unmatched by chunk pairs that a diff keeps in memory before it gives up
+#: pairing (rows moved wholesale) and joins the whole table at once, spilling.
+MAX_LEFTOVER_ROWS = 1_000_000
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -217,17 +222,35 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
                 f"list({changed}) FILTER (WHERE {both}) AS upd "
                 f"FROM {probe} FULL JOIN {build} ON {on}")
 
-    def run_pair(i: int) -> None:
+    def run_pair(i: int) -> int:
+        """Join pair ``i`` into bk_pairs; returns how many leftover rows it kept."""
         with con.cursor() as cur:
-            cur.execute(f"INSERT INTO bk_pairs {pair(i)}")
+            return cur.execute(f"INSERT INTO bk_pairs {pair(i)} "
+                               "RETURNING coalesce(len(only_o), 0) + coalesce(len(only_n), 0)").fetchone()[0]
 
     pairs = max(len(sides[0][1]["files"]), len(sides[1][1]["files"]))
     con.execute(f"CREATE OR REPLACE TABLE bk_pairs AS {pair(pairs)}")  # past both ends: typed, no rows
     # One file is read by one DuckDB thread and a join reads its build side first, so
-    # pairs run side by side on their own cursors to keep every CPU busy.
-    with ThreadPoolExecutor(_threads(), thread_name_prefix="backupkit-diff") as pool:
-        for done in [pool.submit(run_pair, i) for i in range(pairs)]:
-            done.result()
+    # two pairs run side by side on their own cursors to keep two CPUs busy.
+    pending, running, leftovers = list(range(pairs)), set(), 0
+    with ThreadPoolExecutor(PAIRS_AT_ONCE, thread_name_prefix="backupkit-diff") as pool:
+        try:
+            while pending or running:
+                while pending and len(running) < PAIRS_AT_ONCE and leftovers <= MAX_LEFTOVER_ROWS:
+                    running.add(pool.submit(run_pair, pending.pop(0)))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                leftovers += sum(f.result() for f in done)
+        except BaseException:
+            for f in running:
+                f.cancel()
+            raise
+    if pending:
+        # Rows moved wholesale (VACUUM FULL, CLUSTER, a reload, other chunk boundaries):
+        # leftovers are held in memory, so join the whole table at once instead, which spills.
+        con.execute("DROP TABLE bk_pairs")
+        return _compare_whole(con, sides, pk, rest, sample, line_size)
     picks = f", min({changed}, {sample}) FILTER (WHERE {both})" if sample else ""
     inserted, deleted, updated, *found = con.execute(
         f"SELECT count(*) FILTER (WHERE o.x0 IS NULL), count(*) FILTER (WHERE n.x0 IS NULL), "
@@ -243,18 +266,50 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
     updated += in_pairs
     picked = sorted((found[0] or []) + (found_in_pairs[0] or []) if sample else [],
                     key=lambda r: tuple(r[f"x{j}"] for j in range(n)))[:sample]
+    return {"inserted": inserted, "deleted": deleted, "updated": updated,
+            "sample_updates": _samples(con, sides, pk, rest, picked, line_size)}
+
+
+def _compare_whole(con, sides, pk, rest, sample, line_size) -> dict:
+    """``_compare_by_key`` as one join of every file of each side (no leftovers kept)."""
+    n, width = len(pk), len(pk) + len(rest)
+    on = " AND ".join(f"o.x{j} = n.x{j}" for j in range(n))
+    differ = " OR ".join(f"o.x{j} IS DISTINCT FROM n.x{j}" for j in range(n, width)) or "false"
+    both = f"o.x0 IS NOT NULL AND n.x0 IS NOT NULL AND ({differ})"
+    keys = ", ".join(f"x{j} := o.x{j}" for j in range(n))
+
+    def relation(side: int, alias: str) -> str:
+        folder, table, _ = sides[side]
+        extra = "file_index::UINTEGER AS f" if table["files"] else "NULL::UINTEGER AS f"
+        return f"{_source(folder, table, pk + rest, 'x', max_line_size=line_size, extra=extra)} AS {alias}"
+
+    picks = f", min(struct_pack({keys}, fo := o.f, fn := n.f), {sample}) FILTER (WHERE {both})" if sample else ""
+    probe, build = (relation(1, "n"), relation(0, "o")) if sides[0][2] <= sides[1][2] else \
+        (relation(0, "o"), relation(1, "n"))
+    inserted, deleted, updated, rows_old, rows_new, *found = con.execute(
+        f"SELECT count(*) FILTER (WHERE o.x0 IS NULL), count(*) FILTER (WHERE n.x0 IS NULL), "
+        f"count(*) FILTER (WHERE {both}), count(o.x0), count(n.x0){picks} "
+        f"FROM {probe} FULL JOIN {build} ON {on}").fetchone()
+    _check_rows(sides, rows_old, rows_new)
+    return {"inserted": inserted, "deleted": deleted, "updated": updated,
+            "sample_updates": _samples(con, sides, pk, rest, (found[0] or []) if sample else [], line_size)}
+
+
+def _samples(con, sides, pk, rest, picked: list[dict], line_size) -> list[dict]:
+    """The changed columns of the picked keys (``x0``.. with old and new file numbers ``fo``/``fn``)."""
+    n = len(pk)
     samples = []
     if picked:
-        keys_ = [tuple(r[f"x{j}"] for j in range(n)) for r in picked]
-        old_rows, new_rows = _fetch(con, sides, pk, rest, keys_, [{r["fo"] for r in picked},
-                                                                  {r["fn"] for r in picked}], line_size)
-        for k in keys_:
+        keys = [tuple(r[f"x{j}"] for j in range(n)) for r in picked]
+        old_rows, new_rows = _fetch(con, sides, pk, rest, keys, [{r["fo"] for r in picked},
+                                                                 {r["fn"] for r in picked}], line_size)
+        for k in keys:
             if k not in old_rows or k not in new_rows:  # only if a file changed since the first pass
                 raise SnapshotDamaged(f"{mf.table_key(sides[0][1])}: a row read once was not found again",
                                       [f"{mf.table_key(sides[0][1])}: data changed while being read"])
             samples.append({"key": dict(zip(pk, k)), "changes": {
                 c: [a, b] for c, a, b in zip(rest, old_rows[k], new_rows[k]) if a != b}})
-    return {"inserted": inserted, "deleted": deleted, "updated": updated, "sample_updates": samples}
+    return samples
 
 
 def _fetch(con, sides, pk, rest, keys, wanted, line_size) -> tuple[dict, dict]:

@@ -172,20 +172,24 @@ def _with_processes(dsn, snapshot, items, folder, jobs, prog, results) -> None:
         with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=ctx,
                                  initializer=_init_process, initargs=(dsn, snapshot)) as pool:
             running: dict = {}
-            while True:
-                while len(running) < jobs - 1 and not stop.is_set():
-                    try:
-                        it = work.get_nowait()
-                    except queue.Empty:
+            try:
+                while True:
+                    while len(running) < jobs - 1 and not stop.is_set():
+                        try:
+                            it = work.get_nowait()
+                        except queue.Empty:
+                            break
+                        running[pool.submit(_run_in_process, it, folder)] = it
+                    if not running:
                         break
-                    running[pool.submit(_run_in_process, it, folder)] = it
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for f in done:
-                    it = running.pop(f)
-                    results[it.key, it.n] = f.result()
-                    prog.done(it, results[it.key, it.n])
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        it = running.pop(f)
+                        results[it.key, it.n] = f.result()
+                        prog.done(it, results[it.key, it.n])
+            except BaseException:
+                stop.set()  # before the pool's exit waits for running items: no new work here either
+                raise
     except BrokenProcessPool as exc:
         stop.set()
         here.join()
