@@ -15,6 +15,7 @@ loading transaction arrive frozen (``COPY FREEZE``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -447,11 +448,31 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     lock = threading.Lock()
     left = {mf.table_key(t): len(t["files"]) for t in chosen}
     loaded = []
-    pool = TaskPool(jobs)
+    live: set = set()  # connections running a task, cancelled at the first failure
+
+    def cancel_running() -> None:
+        with lock:
+            running = list(live)
+        for c in running:
+            with contextlib.suppress(Exception):
+                c.cancel_safe()
+
+    pool = TaskPool(jobs, on_failure=cancel_running)
     index_groups = scripts.get("index-groups", {})
 
-    def run_script(script: str) -> None:
+    @contextlib.contextmanager
+    def task_connection():
         with connect(dsn) as c:
+            with lock:
+                live.add(c)
+            try:
+                yield c
+            finally:
+                with lock:
+                    live.discard(c)
+
+    def run_script(script: str) -> None:
+        with task_connection() as c:
             c.execute(script)
 
     def table_done(key: str) -> None:
@@ -461,10 +482,10 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
             pool.submit(lambda: run_script(index_groups[key]), first=True)
 
     def load(t: dict, files: list[dict], freeze: bool) -> None:
-        with connect(dsn) as c:
+        with task_connection() as c:
             _load_session(c, plan)
-            if freeze:  # the table is this restore's own and still empty
-                c.execute(sql.SQL("TRUNCATE ONLY {}").format(sql.Identifier(t["schema"], t["name"])))
+            if freeze:  # the table is this restore's own: make sure nobody wrote to it since
+                _empty_own_table(c, t)
             n = _load(c, t, folder, files, freeze=freeze)
         key = mf.table_key(t)
         with lock:
@@ -494,6 +515,20 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
                            hint="fix the cause and run the restore again") from None
     bar.close()
     return sum(loaded)
+
+
+def _empty_own_table(conn: psycopg.Connection, table: dict) -> None:
+    """Lock a table this restore created and still empty, then TRUNCATE it so COPY FREEZE may load it.
+
+    Its CREATE is already committed, so another session could have written rows into
+    it meanwhile; those are never thrown away: the restore stops instead.
+    """
+    rel = sql.Identifier(table["schema"], table["name"])
+    conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(rel))
+    if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})").format(rel)).fetchone()[0]:
+        raise RestoreError(f"{mf.table_key(table)} received rows from another session during the restore",
+                           hint="stop whatever writes to the target database, then restore again")
+    conn.execute(sql.SQL("TRUNCATE ONLY {}").format(rel))
 
 
 def _load_units(chosen: list[dict], jobs: int, fresh: bool) -> list[tuple[dict, list[dict], bool]]:

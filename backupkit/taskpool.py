@@ -18,11 +18,14 @@ class TaskPool:
 
     ``submit`` may be called from inside a task.  ``run`` returns when the
     queue is empty and every worker is idle, or re-raises the first exception
-    once the tasks already running have finished (none is started after it).
+    once the tasks already running have finished (none is started after it;
+    ``on_failure`` can make the running ones finish sooner).
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, on_failure: Callable[[], None] | None = None):
         self.workers = max(1, workers)
+        # Called once, at the first failure or Ctrl-C, to cut short the tasks still running.
+        self._on_failure = on_failure
         self._tasks: deque[Callable[[], None]] = deque()
         self._cv = threading.Condition()
         self._busy = 0
@@ -36,10 +39,13 @@ class TaskPool:
 
     def _fail(self, exc: BaseException) -> None:
         with self._cv:
-            if self._error is None:
+            first = self._error is None
+            if first:
                 self._error = exc
             self._tasks.clear()
             self._cv.notify_all()
+        if first and self._on_failure is not None:
+            self._on_failure()
 
     def _work(self) -> None:
         while True:

@@ -355,3 +355,23 @@ def test_only_a_table_that_would_be_the_long_pole_is_split_across_jobs():
     split = {t["name"] for t, files, _ in _load_units([small, mid, big], jobs=10, fresh=True)
              if len(files) < len(t["files"])}
     assert split == {"big", "mid"}
+
+
+def test_rows_another_session_writes_into_new_tables_stop_a_parallel_restore(small, make_db, monkeypatch):
+    # A parallel restore commits its CREATE TABLEs before loading; it must not TRUNCATE
+    # away rows someone wrote meanwhile (to load them frozen) without saying so.
+    source, res = small
+    target = make_db("busy")
+    restore_module = importlib.import_module("backupkit.restore")
+    real = restore_module._empty_own_table
+
+    def someone_writes_first(conn, table):
+        if table["name"] == "orders":
+            with psycopg.connect(target, autocommit=True) as other:
+                other.execute("INSERT INTO orders (customer_id, total) VALUES (NULL, 1)")
+        return real(conn, table)
+
+    monkeypatch.setattr(restore_module, "_empty_own_table", someone_writes_first)
+    with pytest.raises(backupkit.RestoreError) as err:
+        restore(res.path, target, jobs=2)
+    assert "public.orders received rows from another session" in str(err.value)

@@ -63,3 +63,18 @@ def test_every_task_runs_once_on_several_workers():
         pool.submit(lambda n=n: task(n))
     pool.run()
     assert sorted(seen) == sorted(list(range(100)) + list(range(100, 150)))
+
+
+def test_on_failure_is_called_once_to_cut_running_tasks_short():
+    calls, cut_short = [], threading.Event()
+    pool = TaskPool(2, on_failure=lambda: (calls.append(1), cut_short.set()))
+
+    def long_task():
+        assert cut_short.wait(5), "the long task was never told to stop"
+        raise RuntimeError("cancelled")  # what a cancelled COPY raises, say
+
+    pool.submit(long_task)
+    pool.submit(lambda: (_ for _ in ()).throw(OSError("first failure")))
+    with pytest.raises(OSError, match="first failure"):
+        pool.run()
+    assert calls == [1]
