@@ -1,9 +1,11 @@
 """Copying a snapshot's tables in parallel, every worker inside the one exported snapshot.
 
 Large tables are split into ctid ranges so ``--jobs`` can share one big table.
-With ``jobs > 1`` and enough data the workers are processes, not threads:
-receiving COPY costs Python work per row, and threads would serialise it on
-the GIL.  Small backups use threads, which start instantly.
+With ``jobs > 1`` and enough data, ``jobs - 1`` workers are processes and one
+stream runs in this process: receiving COPY costs Python work per row, and
+threads would serialise it on the GIL.  Small backups use threads, which
+start instantly.  Chunk boundaries sit at fixed page multiples, so an unmoved
+row keeps its chunk number from one snapshot to the next (``diff`` relies on it).
 """
 
 from __future__ import annotations
