@@ -196,12 +196,8 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
     rest = [c for c in common if c not in pk]
     n, width = len(pk), len(pk) + len(rest)
     sample = max(int(sample), 0) if rest else 0  # with only key columns a row cannot be updated
-    keys = ", ".join(f"x{j} := {{a}}.x{j}" for j in range(n))
     row = ", ".join(f"x{j} := {{a}}.x{j}" for j in range(width)) + ", f := {a}.f"
-    on = " AND ".join(f"o.x{j} = n.x{j}" for j in range(n))
-    differ = " OR ".join(f"o.x{j} IS DISTINCT FROM n.x{j}" for j in range(n, width)) or "false"
-    both = f"o.x0 IS NOT NULL AND n.x0 IS NOT NULL AND ({differ})"  # key columns are NOT NULL
-    changed = f"struct_pack({keys.format(a='o')}, fo := o.f, fn := n.f)"
+    on, both, changed = _match_sql(n, width)
 
     def file(side: int, i: int, alias: str) -> str:
         folder, table, _ = sides[side]
@@ -270,20 +266,27 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
             "sample_updates": _samples(con, sides, pk, rest, picked, line_size)}
 
 
-def _compare_whole(con, sides, pk, rest, sample, line_size) -> dict:
-    """``_compare_by_key`` as one join of every file of each side (no leftovers kept)."""
-    n, width = len(pk), len(pk) + len(rest)
+def _match_sql(n: int, width: int) -> tuple[str, str, str]:
+    """SQL over ``o`` and ``n`` (columns x0.. with the n key columns first, file number f):
+    the join condition, "matched and some other column differs", and the changed row's
+    key with its old and new file numbers."""
     on = " AND ".join(f"o.x{j} = n.x{j}" for j in range(n))
     differ = " OR ".join(f"o.x{j} IS DISTINCT FROM n.x{j}" for j in range(n, width)) or "false"
-    both = f"o.x0 IS NOT NULL AND n.x0 IS NOT NULL AND ({differ})"
+    both = f"o.x0 IS NOT NULL AND n.x0 IS NOT NULL AND ({differ})"  # key columns are NOT NULL
     keys = ", ".join(f"x{j} := o.x{j}" for j in range(n))
+    return on, both, f"struct_pack({keys}, fo := o.f, fn := n.f)"
+
+
+def _compare_whole(con, sides, pk, rest, sample, line_size) -> dict:
+    """``_compare_by_key`` as one join of every file of each side (no leftovers kept)."""
+    on, both, changed = _match_sql(len(pk), len(pk) + len(rest))
 
     def relation(side: int, alias: str) -> str:
         folder, table, _ = sides[side]
         extra = "file_index::UINTEGER AS f" if table["files"] else "NULL::UINTEGER AS f"
         return f"{_source(folder, table, pk + rest, 'x', max_line_size=line_size, extra=extra)} AS {alias}"
 
-    picks = f", min(struct_pack({keys}, fo := o.f, fn := n.f), {sample}) FILTER (WHERE {both})" if sample else ""
+    picks = f", min({changed}, {sample}) FILTER (WHERE {both})" if sample else ""
     probe, build = (relation(1, "n"), relation(0, "o")) if sides[0][2] <= sides[1][2] else \
         (relation(0, "o"), relation(1, "n"))
     inserted, deleted, updated, rows_old, rows_new, *found = con.execute(
