@@ -23,7 +23,7 @@ _EXPORTS = {
     "list_snapshots": "store", "resolve_snapshot": "store", "set_pin": "store", "Snapshot": "store",
     "prune": "prune", "PruneResult": "prune",
     "Policy": "retention", "apply_policy": "retention",
-    "open_snapshot": "duck", "diff_snapshots": "diff", "integrity": "diff",
+    "open_snapshot": "duck", "diff_snapshots": "diff", "integrity": "integrity",
     "resolve_dsn": "dsn", "redact": "dsn",
     "BackupkitError": "errors", "ConfigError": "errors", "ConnectionFailed": "errors",
     "ToolError": "errors", "SourceError": "errors", "RowLevelSecurityError": "errors",
@@ -40,7 +40,7 @@ class _Package(types.ModuleType):
     """Keeps ``backupkit.backup`` the function even after ``backupkit/backup.py`` is imported.
 
     Importing a submodule sets it as an attribute of its package; for the four
-    modules named like the function they define (backup, restore, verify, prune)
+    modules named like the function they define (backup, restore, verify, prune, integrity)
     that would shadow the function, so the module is not stored there.
     """
 
@@ -68,7 +68,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .backup import BackupResult, backup
-    from .diff import diff_snapshots, integrity
+    from .diff import diff_snapshots
+    from .integrity import integrity
     from .dsn import redact, resolve_dsn
     from .duck import open_snapshot
     from .errors import (BackupkitError, ConfigError, ConnectionFailed, LockError, RestoreError,

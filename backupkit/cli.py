@@ -195,7 +195,8 @@ def _local_tz() -> str:
 
 
 def cmd_diff(a) -> int:
-    from .diff import diff_snapshots, integrity
+    from .diff import diff_snapshots
+    from .integrity import integrity
     from .report import render_html, render_json
     from .store import resolve
 

@@ -1,4 +1,4 @@
-"""Comparing two snapshots, and checking one snapshot's data for integrity, with DuckDB.
+"""Comparing two snapshots with DuckDB.
 
 Rows are compared on PostgreSQL's exact text (``duck.files_sql``, every column
 VARCHAR), so "changed" means "PostgreSQL would print it differently": NULL and
@@ -34,14 +34,12 @@ from pathlib import Path
 import duckdb
 
 from . import manifest as mf
-from .duck import MAX_LINE_SIZE, files_sql, literal, read_buffer
-from .errors import SnapshotDamaged, SnapshotError
-from .verify import sha256_file, verify
+from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
+from .errors import SnapshotDamaged
+from .verify import sha256_file
 
 #: Lines of unified diff of the schema SQL kept in a diff report.
 SQL_DIFF_LINES = 200
-#: Orphan / duplicate rows quoted per integrity check.
-SAMPLES = 5
 #: Longest row a diff first reads a table with.  DuckDB reserves a read buffer a
 #: little larger than this for every file being read and counts it against the
 #: memory limit, so the usual rows are read with small buffers; a table with a
@@ -57,12 +55,6 @@ PAIRS_AT_ONCE = 2
 MAX_LEFTOVER_ROWS = 1_000_000
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    return con
-
-
 def _threads() -> int:
     """CPUs this process may run on (DuckDB's default counts the machine's, ignoring affinity)."""
     if hasattr(os, "sched_getaffinity"):
@@ -72,7 +64,7 @@ def _threads() -> int:
 
 def _diff_connect(spill: str) -> duckdb.DuckDBPyConnection:
     """A connection for diffs: every CPU, bounded memory, spilling to ``spill``."""
-    con = _connect()
+    con = duck_connection()
     con.execute(f"SET threads = {_threads()}")
     # Nothing a diff returns depends on row order; keeping it costs memory in scans.
     con.execute("SET preserve_insertion_order = false")
@@ -93,23 +85,6 @@ def _limit_memory(con, line_size: int, work: int | None) -> None:
         return
     limit = work + 4 * _threads() * read_buffer(line_size)
     con.execute(f"SET memory_limit = '{limit >> 20}MiB'")
-
-
-def _source(folder: Path, table: dict, columns: list[str], alias: str = "k", *,
-            max_line_size: int = MAX_LINE_SIZE, extra: str = "") -> str:
-    """``(SELECT c_i AS k0, ... FROM read_csv(...))`` with the given columns, by name, in order.
-
-    ``extra`` is appended to the select list (it may use ``c_i`` and ``file_index``).
-    A table whose ``files`` is empty reads as no rows of VARCHAR columns (``extra``
-    must then be valid without a FROM).
-    """
-    pos = {c: i for i, c in enumerate(table["copy_columns"])}
-    if not table["files"]:
-        cols = ", ".join(f"NULL::VARCHAR AS {alias}{n}" for n in range(len(columns)))
-        return f"(SELECT {', '.join(x for x in (cols, extra) if x)} WHERE false)"
-    cols = ", ".join(f"c{pos[c]} AS {alias}{n}" for n, c in enumerate(columns))
-    return (f"(SELECT {', '.join(x for x in (cols, extra) if x)} "
-            f"FROM {files_sql(folder, table, max_line_size=max_line_size)})")
 
 
 def _row_hash(refs: list[str]) -> str:
@@ -202,7 +177,7 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
     def file(side: int, i: int, alias: str) -> str:
         folder, table, _ = sides[side]
         one = {**table, "files": table["files"][i:i + 1]}  # past the end: no rows
-        return f"{_source(folder, one, pk + rest, 'x', max_line_size=line_size, extra=f'{i}::UINTEGER AS f')} AS {alias}"
+        return f"{columns_sql(folder, one, pk + rest, 'x', max_line_size=line_size, extra=f'{i}::UINTEGER AS f')} AS {alias}"
 
     def rows_of(side: int, i: int) -> int:
         files = sides[side][1]["files"]
@@ -284,7 +259,7 @@ def _compare_whole(con, sides, pk, rest, sample, line_size) -> dict:
     def relation(side: int, alias: str) -> str:
         folder, table, _ = sides[side]
         extra = "file_index::UINTEGER AS f" if table["files"] else "NULL::UINTEGER AS f"
-        return f"{_source(folder, table, pk + rest, 'x', max_line_size=line_size, extra=extra)} AS {alias}"
+        return f"{columns_sql(folder, table, pk + rest, 'x', max_line_size=line_size, extra=extra)} AS {alias}"
 
     picks = f", min({changed}, {sample}) FILTER (WHERE {both})" if sample else ""
     probe, build = (relation(1, "n"), relation(0, "o")) if sides[0][2] <= sides[1][2] else \
@@ -322,7 +297,7 @@ def _fetch(con, sides, pk, rest, keys, wanted, line_size) -> tuple[dict, dict]:
     parts = []
     for s, ((folder, table, _), files) in enumerate(zip(sides, wanted)):
         subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in files]}
-        parts.append(f"SELECT {s} AS s, * FROM {_source(folder, subset, pk + rest, 'k', max_line_size=line_size)} "
+        parts.append(f"SELECT {s} AS s, * FROM {columns_sql(folder, subset, pk + rest, 'k', max_line_size=line_size)} "
                      f"WHERE {match}")
     out: tuple[dict, dict] = ({}, {})
     for row in con.execute(" UNION ALL ".join(parts)).fetchall():
@@ -565,108 +540,3 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
         "schema_sql_diff_truncated": truncated,
         "totals": {k: sum(t[k] or 0 for t in tables) for k in ("inserted", "deleted", "updated")},
     }
-
-
-# -- integrity -----------------------------------------------------------------------------
-
-def _check(check: str, table: str, ok: bool, detail: str, **extra) -> dict:
-    return {"check": check, "table": table, "ok": ok, "detail": detail, **extra}
-
-
-def _pk_check(con, folder: Path, t: dict) -> dict:
-    pk = t["primary_key"]
-    n = len(pk)
-    keys = ", ".join(f"k{i}" for i in range(n))
-    src = _source(folder, t, pk)
-    any_null = " OR ".join(f"k{i} IS NULL" for i in range(n))
-    # Keys with a NULL are counted apart: they are a violation of their own, not duplicates.
-    dups = f"SELECT {keys}, count(*) AS c FROM {src} WHERE NOT ({any_null}) GROUP BY {keys} HAVING count(*) > 1"
-    nulls, dup_keys, dup_rows = con.execute(
-        f"SELECT (SELECT count(*) FROM {src} WHERE {any_null}), count(*), coalesce(sum(c), 0)::BIGINT "
-        f"FROM ({dups})").fetchone()
-    samples = [dict(zip(pk, r)) for r in con.execute(
-        f"SELECT {keys} FROM ({dups}) ORDER BY {keys} LIMIT {SAMPLES}").fetchall()] if dup_keys else []
-    ok = not nulls and not dup_keys
-    detail = f"primary key ({', '.join(pk)}) unique and not null" if ok else \
-        f"{dup_keys} duplicated key values over {dup_rows} rows, {nulls} rows with a NULL key column"
-    return _check("primary_key", mf.table_key(t), ok, detail, count=dup_rows + nulls, samples=samples)
-
-
-def _fk_check(con, folder: Path, t: dict, fk: dict, ref: dict) -> dict:
-    cols, ref_cols = fk["columns"], fk["ref_columns"]
-    n = len(cols)
-    child, parent = _source(folder, t, cols), _source(folder, ref, ref_cols, "r")
-    # MATCH SIMPLE: a row with any NULL in the key references nothing.
-    not_null = " AND ".join(f"c.k{i} IS NOT NULL" for i in range(n))
-    on = " AND ".join(f"c.k{i} = p.r{i}" for i in range(n))
-    orphans_sql = (f"SELECT {', '.join(f'c.k{i}' for i in range(n))} FROM {child} AS c "
-                   f"WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {on})")
-    count = con.execute(f"SELECT count(*) FROM ({orphans_sql})").fetchone()[0]
-    samples = [dict(zip(cols, r)) for r in con.execute(
-        f"SELECT DISTINCT * FROM ({orphans_sql}) ORDER BY ALL LIMIT {SAMPLES}").fetchall()] if count else []
-    target = f"{fk['ref_schema']}.{fk['ref_table']}({', '.join(ref_cols)})"
-    detail = (f"{fk['name']}: every ({', '.join(cols)}) found in {target}" if not count else
-              f"{fk['name']}: {count} rows reference a missing row of {target}")
-    return _check("foreign_key", mf.table_key(t), not count, detail, constraint=fk["name"],
-                  count=count, samples=samples)
-
-
-def _sequence_check(con, folder: Path, seq: dict, t: dict) -> dict:
-    column = seq["owned_by"][2]
-    name = f"{seq['schema']}.{seq['name']}"
-    if column not in t["copy_columns"]:
-        return _check("sequence", mf.table_key(t), True, f"{name}: column {column} not stored, not checked")
-    top = con.execute(f"SELECT max(TRY_CAST(k0 AS HUGEINT)) FROM {_source(folder, t, [column])}").fetchone()[0]
-    # nextval returns last_value + 1 once the sequence was called, else last_value itself.
-    following = seq["last_value"] + 1 if seq["is_called"] else seq["last_value"]
-    ok = top is None or following > top
-    detail = (f"{name}: next value {following} > max({column}) = {top}" if ok else
-              f"{name}: next value {following} but max({column}) is {top}; new rows would collide")
-    return _check("sequence", mf.table_key(t), ok, detail, sequence=name, next_value=following,
-                  max_value=None if top is None else int(top))
-
-
-def integrity(path: Path | str) -> dict:
-    """Checksums plus data checks in DuckDB: primary keys, foreign keys, sequences ahead of their columns.
-
-    Returns ``{"ok", "checksums": VerifyReport.to_dict(), "checks": [{"check", "table",
-    "ok", "detail", ...}]}``.  Foreign keys are checked only when both tables are in the
-    snapshot, MATCH SIMPLE (a key with a NULL references nothing), comparing PostgreSQL's
-    text of the key columns.
-    """
-    folder = Path(path)
-    report = verify(folder)
-    result = {"ok": report.ok, "checksums": report.to_dict(), "checks": []}
-    try:
-        m = mf.read(folder)
-    except SnapshotError:  # verify already listed why the manifest is unusable
-        result["ok"] = False
-        return result
-    tables = {(t["schema"], t["name"]): t for t in m["tables"]}
-    jobs = []
-    for t in m["tables"]:
-        if t.get("primary_key") and all(c in t["copy_columns"] for c in t["primary_key"]):
-            jobs.append(("primary_key", t, lambda con, t=t: _pk_check(con, folder, t)))
-        for fk in t.get("foreign_keys") or []:
-            ref = tables.get((fk["ref_schema"], fk["ref_table"]))
-            if ref is not None and all(c in ref["copy_columns"] for c in fk["ref_columns"]) \
-                    and all(c in t["copy_columns"] for c in fk["columns"]):
-                jobs.append(("foreign_key", t, lambda con, t=t, fk=fk, ref=ref: _fk_check(con, folder, t, fk, ref)))
-    for s in m.get("sequences") or []:
-        owner = s.get("owned_by")
-        t = tables.get((owner[0], owner[1])) if owner else None
-        if t is not None:
-            jobs.append(("sequence", t, lambda con, s=s, t=t: _sequence_check(con, folder, s, t)))
-    con = _connect()
-    try:
-        for check, t, run in jobs:
-            try:
-                result["checks"].append(run(con))
-            except duckdb.Error as exc:
-                # A damaged or missing file fails its checks, not the whole report.
-                result["checks"].append(_check(check, mf.table_key(t), False, f"could not read the data: {exc}"))
-    finally:
-        con.close()
-    result["ok"] = report.ok and all(c["ok"] for c in result["checks"])
-    return result
-

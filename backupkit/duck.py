@@ -160,6 +160,30 @@ def files_sql(folder: Path | str, table: dict, *, max_line_size: int = MAX_LINE_
             f"max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)})")
 
 
+def columns_sql(folder: Path, table: dict, columns: list[str], alias: str = "k", *,
+            max_line_size: int = MAX_LINE_SIZE, extra: str = "") -> str:
+    """``(SELECT c_i AS k0, ... FROM read_csv(...))`` with the given columns, by name, in order.
+
+    ``extra`` is appended to the select list (it may use ``c_i`` and ``file_index``).
+    A table whose ``files`` is empty reads as no rows of VARCHAR columns (``extra``
+    must then be valid without a FROM).
+    """
+    pos = {c: i for i, c in enumerate(table["copy_columns"])}
+    if not table["files"]:
+        cols = ", ".join(f"NULL::VARCHAR AS {alias}{n}" for n in range(len(columns)))
+        return f"(SELECT {', '.join(x for x in (cols, extra) if x)} WHERE false)"
+    cols = ", ".join(f"c{pos[c]} AS {alias}{n}" for n, c in enumerate(columns))
+    return (f"(SELECT {', '.join(x for x in (cols, extra) if x)} "
+            f"FROM {files_sql(folder, table, max_line_size=max_line_size)})")
+
+
+def duck_connection() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with UTC as its time zone."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
 def read_buffer(max_line_size: int = MAX_LINE_SIZE) -> int:
     """The read buffer ``files_sql`` asks for: DuckDB wants it larger than the longest row."""
     return max_line_size + (1 << 20)

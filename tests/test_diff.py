@@ -11,7 +11,8 @@ import pytest
 import backupkit
 from backupkit import manifest as mf
 from backupkit.errors import SnapshotDamaged
-from backupkit.diff import diff_snapshots, integrity
+from backupkit.diff import diff_snapshots
+from backupkit.integrity import integrity
 from backupkit.report import render_html, render_json
 
 ODD = 'x<y>&"z'  # a table name that must be escaped in HTML
@@ -298,3 +299,10 @@ def test_rows_moved_between_chunks_are_matched_exactly(make_db, tmp_path, monkey
         assert t["sample_updates"][0]["changes"] == {"w": ["1", "101"]}
     t = diff_snapshots(moved.path, reversed_.path)["tables"][0]
     assert (t["inserted"], t["deleted"], t["updated"]) == (0, 0, 0)
+
+
+def test_the_public_names_stay_functions_after_their_modules_are_imported():
+    import importlib
+    for name in ("backup", "restore", "verify", "prune", "integrity"):
+        importlib.import_module(f"backupkit.{name}")
+        assert callable(getattr(backupkit, name)), name

@@ -159,7 +159,7 @@ def integrity_rows(name: str, report: dict) -> list[dict]:
 def check_integrity(*snapshots: Path | str) -> dict[str, dict]:
     """``backupkit.integrity`` of each snapshot (checksums; primary keys, foreign keys and
     sequences checked in DuckDB), keyed by snapshot id."""
-    from ..diff import integrity
+    from ..integrity import integrity
 
     return {Path(s).name: integrity(s) for s in snapshots}
 
