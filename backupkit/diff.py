@@ -200,7 +200,9 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
                                "RETURNING coalesce(len(only_o), 0) + coalesce(len(only_n), 0)").fetchone()[0]
 
     pairs = max(len(sides[0][1]["files"]), len(sides[1][1]["files"]))
-    con.execute(f"CREATE OR REPLACE TABLE bk_pairs AS {pair(pairs)}")  # past both ends: typed, no rows
+    # Pair "past both ends" reads no file: one row of zero counts and NULL lists, which
+    # sets the table's column types and adds nothing to any total.
+    con.execute(f"CREATE OR REPLACE TABLE bk_pairs AS {pair(pairs)}")
     # One file is read by one DuckDB thread and a join reads its build side first, so
     # two pairs run side by side on their own cursors to keep two CPUs busy.
     pending, running, leftovers = list(range(pairs)), set(), 0

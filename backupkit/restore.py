@@ -447,7 +447,7 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     bar = tqdm(total=len(chosen), desc="restore", unit="table", disable=not show, file=sys.stderr)
     lock = threading.Lock()
     left = {mf.table_key(t): len(t["files"]) for t in chosen}
-    loaded = []
+    loaded: list[int] = []
     live: set = set()  # connections running a task, cancelled at the first failure
 
     def cancel_running() -> None:
@@ -503,7 +503,10 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     try:
         pool.run()
         with connect(dsn) as conn:
-            conn.execute(scripts.get("post-data-rest") or scripts.get("post-data") or "SELECT 1")
+            # In a parallel restore the index groups already ran: only the rest is left.
+            rest = scripts["post-data-rest"] if "post-data-rest" in scripts else scripts.get("post-data")
+            if rest:
+                conn.execute(rest)
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
     except BaseException as exc:
         # Whatever went wrong (a database error, a vanished file, Ctrl-C), committed
