@@ -52,14 +52,24 @@ def _run_as() -> dict:
     import pwd
 
     try:
-        pwd.getpwnam(SERVER_USER)
+        user = pwd.getpwnam(SERVER_USER)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
-            check=True, capture_output=True,
-        )
+        # Two processes starting their first server at once (pytest -n, two notebooks)
+        # must not both run useradd: concurrent useradds can leave one of them holding
+        # a uid that the other's write to /etc/passwd then took away.
+        with open(os.path.join(tempfile.gettempdir(), "backupkit-useradd.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                user = pwd.getpwnam(SERVER_USER)
+            except KeyError:
+                subprocess.run(
+                    ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
+                    check=True, capture_output=True,
+                )
+                user = pwd.getpwnam(SERVER_USER)
     # Drop root's groups too: a folder only root's group may enter must stay closed.
-    return {"user": SERVER_USER, "group": pwd.getpwnam(SERVER_USER).pw_gid, "extra_groups": []}
+    # The name, not the uid: subprocess looks it up again, after any such race.
+    return {"user": SERVER_USER, "group": user.pw_gid, "extra_groups": []}
 
 
 def _make_readable_path(path: Path) -> None:
