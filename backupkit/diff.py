@@ -8,6 +8,9 @@ the empty string differ, 1.50 and 1.5 in an unconstrained numeric differ.
   chunk file against same-numbered chunk file, then what did not match there in
   one last join; a row counts as updated when any of its other columns (those
   present in both snapshots) differs.  Values are compared themselves, not hashed.
+  When both snapshots store the same columns, rows are first matched by their
+  whole CSV line (``lines.py``), and only the lines left over are parsed and
+  joined on the key: unchanged rows are never split into columns.
 * A table without a primary key, or whose key changed, is compared as a
   multiset: rows added and removed, duplicates counted; ``updated`` is None.
 * A table whose chunk files are byte-identical (the same SHA-256s) is not read.
@@ -26,9 +29,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import tempfile
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -36,6 +40,7 @@ import duckdb
 from . import manifest as mf
 from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
 from .errors import SnapshotDamaged
+from .lines import match_lines, run_pairs
 from .verify import sha256_file
 
 #: Lines of unified diff of the schema SQL kept in a diff report.
@@ -48,8 +53,6 @@ DIFF_LINE_SIZE = 8 << 20
 #: DuckDB memory for a diff's joins and aggregates, beyond its read buffers: two
 #: chunk joins of 64 MB chunks at once fit; more spills to a temporary folder.
 DIFF_WORK_MEMORY = 384 << 20
-#: Chunk pairs a diff joins at once (DIFF_WORK_MEMORY is sized for two).
-PAIRS_AT_ONCE = 2
 #: Rows left unmatched by chunk pairs that a diff keeps in memory before it gives up
 #: pairing (rows moved wholesale) and joins the whole table at once, spilling.
 MAX_LEFTOVER_ROWS = 1_000_000
@@ -155,10 +158,13 @@ def _read_files(old: dict, new: dict) -> tuple[list[dict], list[dict]] | None:
     return unpaired(old["files"]), unpaired(new["files"])
 
 
-def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
+def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> dict:
     """Inserted/deleted/updated counts of a table matched on its primary key, and a few updates.
 
-    Files are joined in pairs, the i-th file to read of each side: a row that was not
+    When both sides store the same columns in the same order, rows are first matched
+    by their whole CSV line (``lines.match_lines``) and only the lines left without a
+    twin are parsed and joined here, as one small table.  Otherwise, or when lines
+    are not rows (a value holds a newline), files are joined column by column in pairs, the i-th file to read of each side: a row that was not
     moved stays in the same ctid range, so in the same-numbered chunk (see
     ``workers.page_ranges``), and each join holds one chunk, not the table.  A pair keeps
     only what did not match: the keys of rows that differ, and the whole rows whose key
@@ -169,6 +175,10 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
     then read again, from just their files, for their values.
     """
     rest = [c for c in common if c not in pk]
+    if sides[0][1]["copy_columns"] == sides[1][1]["copy_columns"] == common:
+        left = match_lines(con, sides, spill, line_size, MAX_LEFTOVER_ROWS)
+        if left is not None:
+            return _compare_whole(con, left, pk, rest, sample, line_size)
     n, width = len(pk), len(pk) + len(rest)
     sample = max(int(sample), 0) if rest else 0  # with only key columns a row cannot be updated
     row = ", ".join(f"x{j} := {{a}}.x{j}" for j in range(width)) + ", f := {a}.f"
@@ -203,23 +213,7 @@ def _compare_by_key(con, sides, pk, common, sample, line_size) -> dict:
     # Pair "past both ends" reads no file: one row of zero counts and NULL lists, which
     # sets the table's column types and adds nothing to any total.
     con.execute(f"CREATE OR REPLACE TABLE bk_pairs AS {pair(pairs)}")
-    # One file is read by one DuckDB thread and a join reads its build side first, so
-    # two pairs run side by side on their own cursors to keep two CPUs busy.
-    pending, running, leftovers = list(range(pairs)), set(), 0
-    with ThreadPoolExecutor(PAIRS_AT_ONCE, thread_name_prefix="backupkit-diff") as pool:
-        try:
-            while pending or running:
-                while pending and len(running) < PAIRS_AT_ONCE and leftovers <= MAX_LEFTOVER_ROWS:
-                    running.add(pool.submit(run_pair, pending.pop(0)))
-                if not running:
-                    break
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                leftovers += sum(f.result() for f in done)
-        except BaseException:
-            for f in running:
-                f.cancel()
-            raise
-    if pending:
+    if not run_pairs(pairs, run_pair, MAX_LEFTOVER_ROWS):
         # Rows moved wholesale (VACUUM FULL, CLUSTER, a reload, other chunk boundaries):
         # leftovers are held in memory, so join the whole table at once instead, which spills.
         con.execute("DROP TABLE bk_pairs")
@@ -375,7 +369,7 @@ def _plan(old_dir: Path, new_dir: Path, old: dict, new: dict):
                  for folder, t, files in ((old_dir, old, read[0]), (new_dir, new, read[1])))
 
 
-def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
+def _compare(con, sides, checks: list[Future], common, keyed, sample, spill: Path) -> dict:
     """The row-level part of one table's diff, by the cheapest exact method.
 
     First read with small buffers under the memory limit.  A row longer than
@@ -400,7 +394,7 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample) -> dict:
         _limit_memory(con, line_size, work)
         try:
             if keyed:
-                result = _compare_by_key(con, sides, pk_old, common, sample, line_size)
+                result = _compare_by_key(con, sides, pk_old, common, sample, line_size, spill)
             else:
                 result = _compare_multiset(con, sides, common, line_size)
             break
@@ -455,17 +449,21 @@ def _keyed(old: dict, new: dict) -> bool:
     return bool(pk_old) and pk_old == pk_new and all(c in _common(old, new) for c in pk_old)
 
 
-def _run_tables(con, work, checks, sample) -> dict[str, dict]:
+def _run_tables(con, work, checks, sample, spill: Path) -> dict[str, dict]:
     """Compare every table that needs reading, one at a time; {table key: row-level result}."""
     results = {}
-    for key, old, new, sides in work:
+    for n, (key, old, new, sides) in enumerate(work):
         if sides is None:
             continue
+        folder = spill / f"table-{n}"  # leftover lines of this table (see lines.match_lines)
+        folder.mkdir()
         try:
-            results[key] = _compare(con, sides, checks[key], _common(old, new), _keyed(old, new), sample)
+            results[key] = _compare(con, sides, checks[key], _common(old, new), _keyed(old, new), sample, folder)
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
             raise SnapshotDamaged(f"cannot read the data of {key}: {exc}", [f"{key}: {exc}"],
                                   hint="run `backupkit verify` on both snapshots") from None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     return results
 
 
@@ -510,7 +508,7 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
         checks = {key: [hasher.submit(lambda f=folder, t=t: _check_files(f, t)) for folder, t, _ in sides]
                   for key, _, _, sides in work if sides is not None}
         con = _diff_connect(spill.name)
-        results = _run_tables(con, work, checks, sample)
+        results = _run_tables(con, work, checks, sample, Path(spill.name))
     finally:
         hasher.shutdown(wait=True, cancel_futures=True)
         if con is not None:

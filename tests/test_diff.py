@@ -306,3 +306,40 @@ def test_the_public_names_stay_functions_after_their_modules_are_imported():
     for name in ("backup", "restore", "verify", "prune", "integrity"):
         importlib.import_module(f"backupkit.{name}")
         assert callable(getattr(backupkit, name)), name
+
+
+@pytest.mark.parametrize("kind", ["plain", "newlines", "delimiter byte"])
+def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(make_db, tmp_path, monkeypatch, kind):
+    # Unchanged rows are matched by their whole CSV line when lines are rows; a value
+    # holding a newline (or the byte the line reader splits on) makes the diff parse
+    # columns instead. Either way, every change is found, down to trailing spaces and
+    # '' versus NULL, and a row rewritten with the same values is not a change.
+    import importlib
+    lines_module = importlib.import_module("backupkit.lines")
+    dsn = make_db("bylines")
+    odd = {"plain": "'p'", "newlines": "E'two\\nlines'", "delimiter byte": "E'a\\x01b'"}[kind]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, c char(6), j jsonb); "
+                     f"INSERT INTO t SELECT g, CASE WHEN g = 5 THEN {odd} ELSE 'v, \"' || g || '\"' END, "
+                     "'x', jsonb_build_object('g', g) FROM generate_series(1, 20000) g")
+    before = backupkit.backup(dsn, tmp_path, label="before", chunk_bytes=256 * 1024, progress=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE t SET v = v || ' ' WHERE id = 1")          # a trailing space
+        conn.execute("UPDATE t SET v = '' WHERE id = 2")                # to the empty string
+        conn.execute("UPDATE t SET v = NULL WHERE id = 3")              # to NULL
+        conn.execute("UPDATE t SET v = '' WHERE id = 4; UPDATE t SET v = NULL WHERE id = 4")
+        conn.execute("UPDATE t SET c = 'y' WHERE id % 1000 = 7")        # 20 rows, a char(6) column
+        conn.execute("UPDATE t SET j = j WHERE id % 10 = 9")            # rewritten, unchanged
+        conn.execute("DELETE FROM t WHERE id BETWEEN 100 AND 109")
+        conn.execute("INSERT INTO t VALUES (30001, 'new', 'n', '{}'), (30002, NULL, NULL, NULL)")
+    after = backupkit.backup(dsn, tmp_path, label="after", chunk_bytes=256 * 1024, progress=False)
+    assert len(mf.read(before.path)["tables"][0]["files"]) > 3
+
+    passes = []
+    real = lines_module.match_lines
+    monkeypatch.setattr("backupkit.diff.match_lines", lambda *a: passes.append(real(*a)) or passes[-1])
+    t = diff_snapshots(before.path, after.path)["tables"][0]
+    assert (t["inserted"], t["deleted"], t["updated"]) == (2, 10, 24)
+    assert [s["key"]["id"] for s in t["sample_updates"]] == ["1", "10007", "1007", "11007", "12007"]  # by key text
+    assert t["sample_updates"][0]["changes"] == {"v": ['v, "1"', 'v, "1" ']}
+    assert [p is not None for p in passes] == [kind == "plain"]
