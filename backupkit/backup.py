@@ -25,6 +25,7 @@ from psycopg import sql
 from . import __version__
 from . import manifest as mf
 from .catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
+from . import copyio
 from .copyio import FileResult
 from .dsn import POOLER_WARNING, connect, describe, is_transaction_pooler, redact
 from .errors import ConfigError, RowLevelSecurityError, SourceError, StorageError
@@ -251,6 +252,7 @@ def _table_entry(t: dict, files: list[FileResult]) -> dict:
     keep = ("schema", "name", "parent", "is_partition", "columns", "copy_columns", "primary_key",
             "foreign_keys", "indexes", "rls")
     entry = {k: t[k] for k in keep}
+    entry["data_format"] = copyio.DATA_FORMAT
     entry["rows"] = sum(f.rows for f in files)
     entry["files"] = [f.to_dict() for f in files]
     return entry

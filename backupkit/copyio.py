@@ -18,17 +18,25 @@ import psycopg.errors
 import zstandard
 from psycopg import pq, sql
 
+from . import manifest as mf
 from .datafile import BLOCK, iter_file_blocks
 
 ZSTD_LEVEL = 1
-COPY_OPTIONS = sql.SQL("(FORMAT csv)")
-COPY_IN_FREEZE = sql.SQL("(FORMAT csv, FREEZE)")
+#: What a backup writes (see manifest.TEXT).
+DATA_FORMAT = mf.TEXT
+
+
+def copy_options(data_format: str, *, freeze: bool = False) -> sql.Composable:
+    """``(FORMAT ...)`` of a COPY in ``data_format``; ``freeze`` adds FREEZE (COPY FROM only)."""
+    if data_format not in (mf.TEXT, mf.CSV):
+        raise ValueError(f"unknown data format {data_format!r}")
+    return sql.SQL("(FORMAT {}{})").format(sql.SQL(data_format), sql.SQL(", FREEZE" if freeze else ""))
 
 
 @dataclass
 class FileResult:
     """What was written: relative path, compressed bytes, SHA-256 of those bytes, rows,
-    and the bytes of CSV text they hold (what a restore has to load)."""
+    and the bytes of COPY text they hold (what a restore has to load)."""
 
     path: str
     bytes: int
@@ -59,20 +67,21 @@ class _HashingFile:
 
 
 def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql.Composed:
-    """The COPY TO statement for a manifest table entry (generated columns left out).
+    """The COPY TO statement for a manifest table entry (generated columns left out), in DATA_FORMAT.
 
     ``pages`` = (lo, hi) limits it to a ctid range (hi None: to the end).
     """
+    options = copy_options(DATA_FORMAT)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     rel = sql.Identifier(table["schema"], table["name"])
     if pages is None:
-        return sql.SQL("COPY {} ({}) TO STDOUT {}").format(rel, cols, COPY_OPTIONS)
+        return sql.SQL("COPY {} ({}) TO STDOUT {}").format(rel, cols, options)
     lo, hi = pages
     where = sql.SQL("ctid >= {}").format(sql.Literal(f"({lo},0)"))
     if hi is not None:
         where = sql.SQL("{} AND ctid < {}").format(where, sql.Literal(f"({hi},0)"))
     # ONLY: an inheritance parent's chunks must not pick up its children's rows.
-    return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT {}").format(cols, rel, where, COPY_OPTIONS)
+    return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT {}").format(cols, rel, where, options)
 
 
 class _BlockWriter:
@@ -197,7 +206,7 @@ def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dic
     """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     stmt = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
-        sql.Identifier(table["schema"], table["name"]), cols, COPY_IN_FREEZE if freeze else COPY_OPTIONS)
+        sql.Identifier(table["schema"], table["name"]), cols, copy_options(mf.data_format(table), freeze=freeze))
     with conn.cursor() as cur:
         with cur.copy(stmt) as copy:
             for f in table["files"] if files is None else files:

@@ -8,9 +8,9 @@ the empty string differ, 1.50 and 1.5 in an unconstrained numeric differ.
   chunk file against same-numbered chunk file, then what did not match there in
   one last join; a row counts as updated when any of its other columns (those
   present in both snapshots) differs.  Values are compared themselves, not hashed.
-  When both snapshots store the same columns, rows are first matched by their
-  whole CSV line (``lines.py``), and only the lines left over are parsed and
-  joined on the key: unchanged rows are never split into columns.
+  When both snapshots store the same columns in the same data format, rows are
+  first matched by their whole line (``lines.py``), and only the lines left over
+  are parsed and joined on the key: unchanged rows are never split into columns.
 * A table without a primary key, or whose key changed, is compared as a
   multiset: rows added and removed, duplicates counted; ``updated`` is None.
 * A table whose chunk files are byte-identical (the same SHA-256s) is not read.
@@ -161,10 +161,11 @@ def _read_files(old: dict, new: dict) -> tuple[list[dict], list[dict]] | None:
 def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> dict:
     """Inserted/deleted/updated counts of a table matched on its primary key, and a few updates.
 
-    When both sides store the same columns in the same order, rows are first matched
-    by their whole CSV line (``lines.match_lines``) and only the lines left without a
-    twin are parsed and joined here, as one small table.  Otherwise, or when lines
-    are not rows (a value holds a newline), files are joined column by column in pairs, the i-th file to read of each side: a row that was not
+    When both sides store the same columns in the same order and data format, rows
+    are first matched by their whole line (``lines.match_lines``) and only the lines
+    left without a twin are parsed and joined here, as one small table.  Otherwise,
+    or when lines are not rows (a CSV value holds a newline), files are joined column
+    by column in pairs, the i-th file to read of each side: a row that was not
     moved stays in the same ctid range, so in the same-numbered chunk (see
     ``workers.page_ranges``), and each join holds one chunk, not the table.  A pair keeps
     only what did not match: the keys of rows that differ, and the whole rows whose key
@@ -175,7 +176,8 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> d
     then read again, from just their files, for their values.
     """
     rest = [c for c in common if c not in pk]
-    if sides[0][1]["copy_columns"] == sides[1][1]["copy_columns"] == common:
+    (_, old, _), (_, new, _) = sides
+    if old["copy_columns"] == new["copy_columns"] == common and mf.data_format(old) == mf.data_format(new):
         left = match_lines(con, sides, spill, line_size, MAX_LEFTOVER_ROWS)
         if left is not None:
             return _compare_whole(con, left, pk, rest, sample, line_size)

@@ -1,4 +1,4 @@
-"""Querying a snapshot with DuckDB, straight from its zstd CSV files.
+"""Querying a snapshot with DuckDB, straight from its zstd data files (COPY text or CSV).
 
 ``open_snapshot(path)`` returns an in-memory DuckDB connection with one view
 per table, named like the table (``SELECT * FROM public.orders``).  Nothing is
@@ -141,23 +141,53 @@ def column_expr(raw: str, base_type: str) -> str:
 
 
 def files_sql(folder: Path | str, table: dict, *, max_line_size: int = MAX_LINE_SIZE) -> str:
-    """``read_csv(...)`` over a table's chunk files, columns named c0, c1, ... as VARCHAR.
+    """Rows of a table's chunk files, columns named c0, c1, ... as VARCHAR holding each value's text.
 
     Positional names keep odd or case-colliding column names out of DuckDB's way;
-    callers alias them.  A smaller ``max_line_size`` makes DuckDB's read buffer
-    (and the memory it reserves per file being read) smaller; a longer row then
-    fails the query (``duckdb.InvalidInputException`` or ``NotImplementedException``)
-    and a caller can retry with the default.
+    callers alias them.  NULL is NULL and the empty string is ``''``, in either
+    data format (``manifest.data_format``).  A smaller ``max_line_size`` makes
+    DuckDB's read buffer (and the memory it reserves per file being read) smaller;
+    a longer row then fails the query (``duckdb.InvalidInputException`` or
+    ``NotImplementedException``) and a caller can retry with the default.  The
+    virtual column ``file_index`` numbers the files.
     """
     folder = Path(folder).resolve()
     files = "[" + ", ".join(literal(str(folder / f["path"])) for f in table["files"]) + "]"
-    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(table["copy_columns"]))) + "}"
+    n = len(table["copy_columns"])
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
+    common = ("header = false, auto_detect = false, compression = 'zstd', strict_mode = true, "
+              "hive_partitioning = false, union_by_name = false, filename = false, encoding = 'utf-8', "
+              f"max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)}")
+    if mf.data_format(table) == mf.TEXT:
+        # Nothing is quoted in COPY's text format: a field ends at a tab, a row at a newline,
+        # and both are escaped inside values; an empty field is '' and \N is NULL.
+        reader = (f"read_csv({files}, columns = {columns}, delim = '\t', quote = '', escape = '', "
+                  f"new_line = '\\n', {common})")
+        cols = ", ".join(f"{_text_value(f'c{i}')} AS c{i}" for i in range(n))
+        return f"(SELECT {cols}, file_index FROM {reader})"
     # Nothing is sniffed: quoting, NULL handling and types are exactly what COPY (FORMAT csv) wrote.
-    return (f"read_csv({files}, header = false, columns = {columns}, auto_detect = false, "
-            "delim = ',', quote = '\"', escape = '\"', allow_quoted_nulls = false, "
-            "compression = 'zstd', strict_mode = true, hive_partitioning = false, "
-            "union_by_name = false, filename = false, encoding = 'utf-8', "
-            f"max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)})")
+    return (f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', "
+            f"allow_quoted_nulls = false, {common})")
+
+
+#: The escapes COPY's text format writes (besides \\ for a backslash): \b \f \n \r \t \v.
+_TEXT_ESCAPES = (("b", 8), ("f", 12), ("n", 10), ("r", 13), ("t", 9), ("v", 11))
+
+
+def _text_value(c: str) -> str:
+    r"""SQL turning the field ``c`` of a COPY text-format row, as DuckDB read it, into the value.
+
+    DuckDB reads an empty field as NULL, which in this format is the empty string;
+    ``\N`` is NULL (a value ``\N`` is written ``\\N``).  Escaped backslashes become
+    NUL first, a byte no PostgreSQL text holds, so that ``\\n`` stays a backslash
+    and an ``n``.
+    """
+    unescaped = rf"replace({c}, '\\', chr(0))"
+    for letter, code in _TEXT_ESCAPES:
+        unescaped = rf"replace({unescaped}, '\{letter}', chr({code}))"
+    unescaped = rf"replace({unescaped}, chr(0), '\')"
+    return (rf"CASE WHEN {c} IS NULL THEN '' WHEN {c} = '\N' THEN NULL "
+            rf"WHEN contains({c}, '\') THEN {unescaped} ELSE {c} END")
 
 
 def columns_sql(folder: Path, table: dict, columns: list[str], alias: str = "k", *,

@@ -1,19 +1,22 @@
-"""A diff's first pass over a keyed table: rows matched by the bytes of their CSV line.
+"""A diff's first pass over a keyed table: rows matched by the bytes of their line.
 
-COPY writes a row as one line whose text is a function of the row's values (a
-value is quoted only when it has to be), so a line found byte for byte on both
-sides is a row that did not change.  Matching whole lines is about half the
-work of splitting every row into columns and joining on the key, because no
-column is parsed.  Only the lines without a twin, the few rows inserted, deleted
-or updated, are then parsed and joined on the primary key (``diff._compare_whole``
-over the leftover lines), which decides on the values themselves; that second
-step is what makes the result exact, and the same as parsing everything.
+COPY writes a row as one line whose text is a function of the row's values (in
+CSV a value is quoted only when it has to be; the text format escapes the same
+characters every time), so a line found byte for byte on both sides is a row
+that did not change.  Matching whole lines is about half the work of splitting
+every row into columns and joining on the key, because no column is parsed.
+Only the lines without a twin, the few rows inserted, deleted or updated, are
+then parsed and joined on the primary key (``diff._compare_whole`` over the
+leftover lines), which decides on the values themselves; that second step is
+what makes the result exact, and the same as parsing everything.
 
-A line is a row only when no value holds a newline.  A file has exactly as
-many lines as the manifest has rows exactly when that is so, since every
-newline inside a value adds one.  Each pair checks this, and so does every
-other assumption (one column per line, no line longer than the read buffer):
-when one fails, ``match_lines`` returns None and the caller parses columns.
+A line is a row only when no value holds a newline: always so in COPY's text
+format, which escapes it, but not in a CSV snapshot (written before 2026-12).
+A file has exactly as many lines as the manifest has rows exactly when that is
+so, since every newline inside a value adds one.  Each pair checks this, and so
+does every other assumption (one column per line, no line longer than the read
+buffer, no empty line): when one fails, ``match_lines`` returns None and the
+caller parses columns.
 """
 
 from __future__ import annotations

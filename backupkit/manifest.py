@@ -10,7 +10,14 @@ from pathlib import Path
 from .errors import SnapshotDamaged, SnapshotNotFound
 
 FORMAT = "backupkit-snapshot"
-FORMAT_VERSION = 1
+#: 2: data files in COPY's text format (1: CSV).  Older backupkits refuse a newer version.
+FORMAT_VERSION = 2
+#: A table entry's ``data_format``: how its data files are written.  Absent means CSV
+#: (format version 1); new snapshots write TEXT, the format pg_dump uses, because
+#: PostgreSQL writes it 15-20% faster than CSV and loads it 15-35% faster.
+CSV, TEXT = "csv", "text"
+#: Data file names end so, by format.
+DATA_SUFFIX = {CSV: ".csv.zst", TEXT: ".copy.zst"}
 MANIFEST = "manifest.json"
 #: The schema files inside a snapshot (kept here, free of psycopg, for readers like diff).
 DUMP = "schema/schema.dump"
@@ -65,6 +72,11 @@ def read(folder: Path | str) -> dict:
             hint="upgrade backupkit to read it",
         )
     return manifest
+
+
+def data_format(table: dict) -> str:
+    """How a manifest table entry's data files are written: ``TEXT`` or ``CSV``."""
+    return table.get("data_format", CSV)
 
 
 def table_key(table: dict) -> str:

@@ -45,7 +45,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_file(folder: Path, entry: dict, rows: int | None) -> list[str]:
+def _check_file(folder: Path, entry: dict, rows: int | None, data_format: str = mf.CSV) -> list[str]:
     path = folder / entry["path"]
     if not path.is_file():
         return [f"missing file {entry['path']}"]
@@ -57,7 +57,7 @@ def _check_file(folder: Path, entry: dict, rows: int | None) -> list[str]:
         problems.append(f"{entry['path']}: checksum mismatch (the file's content changed)")
     if rows is not None and not problems:
         try:
-            found = count_rows(path)
+            found = count_rows(path, data_format)
         except zstandard.ZstdError as exc:
             return [f"{entry['path']}: cannot be decompressed ({exc})"]
         if found != rows:
@@ -82,11 +82,11 @@ def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None)
     if m.get("manifest_sha256") != mf.digest(m):
         report.problems.append("manifest.json was edited after the backup (its checksum does not match)")
     try:
-        entries = [(e, None) for e in m.get("schema_files", [])]
+        entries = [(e, None, mf.CSV) for e in m.get("schema_files", [])]
         for t in m["tables"]:
-            entries += [(f, f.get("rows") if deep else None) for f in t["files"]]
-        listed = {e["path"] for e, _ in entries}
-        for e, _ in entries:  # checked here so a hand-edited entry is a problem, not a crash
+            entries += [(f, f.get("rows") if deep else None, mf.data_format(t)) for f in t["files"]]
+        listed = {e["path"] for e, _, _ in entries}
+        for e, _, _ in entries:  # checked here so a hand-edited entry is a problem, not a crash
             if not isinstance(e.get("sha256"), str) or not isinstance(e.get("bytes"), int):
                 raise KeyError(f"{e['path']}: sha256/bytes")
     except (KeyError, TypeError, AttributeError) as exc:
@@ -97,7 +97,7 @@ def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None)
         for problems in pool.map(lambda er: _check_file(folder, *er), entries):
             report.problems.extend(problems)
     report.files = len(entries)
-    report.bytes = sum(e.get("bytes", 0) for e, _ in entries)
+    report.bytes = sum(e.get("bytes", 0) for e, _, _ in entries)
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if path.is_file() and rel != mf.MANIFEST and rel not in listed:

@@ -24,6 +24,7 @@ from psycopg import sql
 from tqdm.auto import tqdm
 
 from . import manifest as mf
+from . import copyio
 from .copyio import FileResult, copy_out, copy_source
 from .dsn import connect
 from .errors import SourceError
@@ -70,7 +71,7 @@ def plan(tables: list[dict], folder: Path, stems: dict[str, str], chunk_bytes: i
     items = []
     for t in sorted(tables, key=lambda t: -t["relation_bytes"]):
         for n, pages in enumerate(page_ranges(t["relation_bytes"], chunk_bytes, server_version_num)):
-            items.append(Item(t, n, pages, folder / "data" / f"{stems[mf.table_key(t)]}.{n:04d}.csv.zst"))
+            items.append(Item(t, n, pages, folder / "data" / f"{stems[mf.table_key(t)]}.{n:04d}{mf.DATA_SUFFIX[copyio.DATA_FORMAT]}"))
     return items
 
 

@@ -3,7 +3,8 @@
 Usage: ``python benchmarks/duckdb_scan.py SNAPSHOT [SNAPSHOT ...]``
 
 For each table of each snapshot it runs ``SELECT count(*) FROM read_csv([...files...])``
-with every column typed VARCHAR and the CSV dialect COPY (FORMAT csv) writes, so
+with every column typed VARCHAR and the dialect the files were written in (COPY's text
+format, or CSV for snapshots from before 2026-12), so
 DuckDB decompresses and parses every byte once and does nothing else.  That is
 the least work any exact comparison of the two snapshots has to do.  It prints
 one ``snapshot table rows`` line per table and exits 1 if a count disagrees with
@@ -27,12 +28,15 @@ def _quote(text: str) -> str:
 
 
 def count_sql(folder: Path, table: dict) -> str:
-    """A count(*) over one table's zstd CSV chunk files, nothing sniffed."""
+    """A count(*) over one table's zstd chunk files, nothing sniffed, in the dialect they were written in."""
     files = ", ".join(_quote(str(folder / f["path"])) for f in table["files"])
     columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(table["copy_columns"])))
+    if table.get("data_format", "csv") == "text":  # COPY's text format: tabs, nothing quoted
+        dialect = "delim = '\t', quote = '', escape = ''"
+    else:
+        dialect = "delim = ',', quote = '\"', escape = '\"'"
     return (f"SELECT count(*) FROM read_csv([{files}], header = false, columns = {{{columns}}}, "
-            "auto_detect = false, delim = ',', quote = '\"', escape = '\"', "
-            "compression = 'zstd', max_line_size = 134217728)")
+            f"auto_detect = false, {dialect}, compression = 'zstd', max_line_size = 134217728)")
 
 
 def scan(folders: list[Path]) -> list[tuple[str, str, int, int]]:

@@ -349,13 +349,13 @@ def build_dataset(cluster: Cluster, tools: Tools, dbname: str, scale: float) -> 
 
 
 def floor_invocation(cluster: Cluster, tools: Tools, ds: Dataset) -> Invocation:
-    """One psql session running ``COPY t TO STDOUT (FORMAT csv)`` for every table, to /dev/null."""
+    """One psql session running ``COPY t TO STDOUT`` (text format, as backupkit) for every table, to /dev/null."""
     bare, env = cluster.tool_env(ds.dbname)
     env["PGOPTIONS"] = PG_OPTIONS
     argv = [tools.pg("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", f"--dbname={bare}"]
     for schema, name, _ in ds.tables:
         ident = sql.Identifier(schema, name).as_string()
-        argv += ["-c", f"COPY {ident} TO STDOUT (FORMAT csv)"]
+        argv += ["-c", f"COPY {ident} TO STDOUT (FORMAT text)"]
     return Invocation([argv], env)
 
 
@@ -755,7 +755,7 @@ def report_table(results: dict[str, Result], ds: Dataset) -> list[str]:
 
 
 LEGEND = [
-    "MB = 10^6 bytes. MB/s = the dataset's COPY text (CSV) ÷ median seconds, for every row alike "
+    "MB = 10^6 bytes. MB/s = the dataset's COPY output (text format) ÷ median seconds, for every row alike "
     "(a common yardstick, not the bytes each tool touched). Peak RSS = ru_maxrss from wait4: for "
     "pg_dump -j / pg_restore -j the largest single process of the tree, for a pipeline the sum of its "
     "members; server memory is not included. Output MB: backup size on disk; for restores the target "

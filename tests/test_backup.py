@@ -39,13 +39,14 @@ def test_manifest_row_counts_equal_count_star(small_db, tmp_path):
     assert {mf.table_key(t): t["rows"] for t in m["tables"]} == counts(small_db)
     # ...and the files hold exactly those rows
     for t in m["tables"]:
-        assert sum(count_rows(res.path / f["path"]) for f in t["files"]) == t["rows"]
+        assert sum(count_rows(res.path / f["path"], mf.data_format(t)) for f in t["files"]) == t["rows"]
     assert res.path.name.endswith("-t1") and res.path.parent == tmp_path
 
 
 def test_manifest_records_what_restore_and_reports_need(small_db, tmp_path):
     m = mf.read(backupkit.backup(small_db, tmp_path).path)
-    assert m["format_version"] == 1 and m["manifest_sha256"] == mf.digest(m)
+    assert m["format_version"] == 2 and m["manifest_sha256"] == mf.digest(m)
+    assert {t["data_format"] for t in m["tables"]} == {"text"}  # COPY's text format, as pg_dump writes
     src = m["source"]
     assert src["server_version_num"] >= 140000 and src["database"] == conninfo_to_dict(small_db)["dbname"]
     assert "password" not in json.dumps(m).lower()
@@ -93,7 +94,7 @@ def test_one_consistent_moment_across_jobs(small_db, tmp_path, monkeypatch, work
     assert len(next(t for t in m["tables"] if t["name"] == "orders")["files"]) > 1  # chunks shared the snapshot
     customers = next(t for t in m["tables"] if t["name"] == "customers")
     text = b"".join(b for f in customers["files"] for b in iter_file_blocks(res.path / f["path"]))
-    assert b",late," not in text and b",c1," in text
+    assert b"\tlate\t" not in text and b"\tc1\t" in text
 
 
 def test_list_shows_complete_newest_first_and_unfinished_apart(small_db, tmp_path):

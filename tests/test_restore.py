@@ -79,6 +79,18 @@ def test_parallel_round_trip_is_exact(fidelity, make_db):
     assert_same(source, target)
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_csv_snapshot_from_before_the_text_format_restores_exactly(fidelity, make_db, tmp_path, monkeypatch, jobs):
+    # Snapshots written before 2026-12 hold CSV (format version 1); they must keep restoring.
+    source, _ = fidelity
+    monkeypatch.setattr("backupkit.copyio.DATA_FORMAT", "csv")
+    res = backupkit.backup(source, tmp_path, schemas=all_schemas(source), chunk_bytes=16 * 1024)
+    assert {t["data_format"] for t in res.manifest["tables"]} == {"csv"}
+    target = make_db(f"from_csv_{jobs}")
+    restore(res.path, target, jobs=jobs)
+    assert_same(source, target)
+
+
 def test_cli_restore_round_trip(fidelity, make_db):
     source, res = fidelity
     target = make_db("restored_cli")
