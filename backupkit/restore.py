@@ -29,6 +29,7 @@ from psycopg import sql
 from tqdm.auto import tqdm
 
 from . import manifest as mf
+from .column_options import drop_options, unknown_options
 from .copyio import copy_in
 from .dsn import connect, redact
 from .errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
@@ -59,6 +60,7 @@ class RestorePlan:
     data: bool
     full: bool = True
     skipped_grants: list[str] = field(default_factory=list)
+    dropped_column_options: list[str] = field(default_factory=list)
     created_roles: list[str] = field(default_factory=list)
 
     def describe(self) -> list[str]:
@@ -252,10 +254,12 @@ def _check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool,
     return existing
 
 
-def _build_scripts(dump: Path, entries: list[TocEntry], chosen: list[dict], plan: RestorePlan,
+def _build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[dict], plan: RestorePlan,
                    roles: set[str], owner: bool, create_roles: bool, parallel: bool) -> dict:
     """The SQL each step runs, rendered by pg_restore from the snapshot's archive."""
     texts = {section: render(dump, section, entries, no_owner=not owner) for section in ("pre-data", "post-data")}
+    texts["pre-data"], plan.dropped_column_options = drop_options(
+        texts["pre-data"], unknown_options(dsn, texts["pre-data"]))
     policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
     missing = sorted(policy_roles - roles)
     if missing and not create_roles:
@@ -328,11 +332,15 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         result.warnings.append("--clean restores in one transaction; --jobs is ignored")
         jobs = 1
     parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in chosen) >= 2
-    scripts = {} if data_only else _build_scripts(folder / DUMP, entries, chosen, plan, roles, owner,
+    scripts = {} if data_only else _build_scripts(dsn, folder / DUMP, entries, chosen, plan, roles, owner,
                                                   create_roles, parallel)
     if plan.skipped_grants:
         result.warnings.append(f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
                                "does not have (e.g. " + plan.skipped_grants[0] + ")")
+    if plan.dropped_column_options:
+        result.warnings.append(f"left out column options the target server does not know in "
+                               f"{len(plan.dropped_column_options)} statements (e.g. "
+                               f"{plan.dropped_column_options[0]})")
     for w in result.warnings:
         log.warning(w)
     if dry_run:

@@ -387,3 +387,38 @@ def test_rows_another_session_writes_into_new_tables_stop_a_parallel_restore(sma
     with pytest.raises(backupkit.RestoreError) as err:
         restore(res.path, target, jobs=2)
     assert "public.orders received rows from another session" in str(err.value)
+
+
+def test_column_options_the_target_does_not_know_are_left_out_and_named(make_db, tmp_path):
+    # Debian's PostgreSQL 15.20 sets a pg_attver option on every column; PostgreSQL 18
+    # rejects the statement that carries it. Unknown options are left out (and said),
+    # known ones (n_distinct) kept, and a function body quoting such a line is untouched.
+    from backupkit.column_options import drop_options, unknown_options
+    from backupkit.schema import render
+
+    source = make_db("colopts")
+    with psycopg.connect(source) as conn:
+        conn.execute("CREATE TABLE t (a int, b text); ALTER TABLE t ALTER COLUMN a SET (n_distinct = -1); "
+                     "ALTER TABLE t ALTER COLUMN b SET (n_distinct = 5)")
+        conn.execute("CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT "
+                     "'\nALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);\n' $$")
+    snap = backupkit.backup(source, tmp_path, progress=False)
+    real = render(snap.path / "schema" / "schema.dump", "pre-data")
+    script = real.replace("ALTER COLUMN a SET (n_distinct=-1);", "ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);")
+    script = script.replace("ALTER COLUMN b SET (n_distinct=5);", "ALTER COLUMN b SET (pg_attver=7);")
+    assert script.count("pg_attver=7") == 3  # both columns and the function body
+    target = make_db("colopts_target")
+    assert unknown_options(target, script) == {"pg_attver"}
+    cleaned, dropped = drop_options(script, {"pg_attver"})
+    assert dropped == ["ALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);",
+                       "ALTER TABLE ONLY public.t ALTER COLUMN b SET (pg_attver=7);"]
+    assert "ALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1);" in cleaned
+    assert "ALTER COLUMN b SET" not in cleaned
+    assert cleaned.count("pg_attver=7") == 1  # only the function's text is left
+    assert unknown_options(target, real) == set() and drop_options(real, set()) == (real, [])
+    result = restore(snap.path, target)
+    assert result.warnings == []
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT attname, attoptions FROM pg_attribute WHERE attrelid = 't'::regclass "
+                            "AND attnum > 0 ORDER BY attnum").fetchall() == [("a", ["n_distinct=-1"]),
+                                                                            ("b", ["n_distinct=5"])]

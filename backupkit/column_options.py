@@ -1,0 +1,92 @@
+"""Column options a snapshot's DDL sets that the target server does not know.
+
+pg_dump writes each column's ``attoptions`` as ``ALTER TABLE ONLY t ALTER COLUMN c
+SET (name=value, ...);`` inside the table's entry.  Core PostgreSQL knows only
+``n_distinct`` and ``n_distinct_inherited``, planner hints; a server build can
+add its own (Debian's PostgreSQL 15.20 puts ``pg_attver`` on every column), and
+another server rejects the whole statement with "unrecognized parameter", which
+would stop the restore.  Such options cannot mean anything to the target, so
+they are left out and the restore says which; every option the target accepts
+is kept as it was.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+
+from .dsn import connect
+from .schema import split_entries
+
+_SET_OPTIONS = re.compile(r"^(ALTER TABLE ONLY .+ ALTER COLUMN .+ SET \()(.+)\);$")
+# One option of a reloptions list: name=value, the value bare or single-quoted.
+_OPTION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*('(?:[^']|'')*'|[^,]*)\s*(?:,|$)")
+
+
+def _options(listing: str) -> list[tuple[str, str]] | None:
+    """[(name, "name=value")] of an option list, or None when it does not parse (left untouched)."""
+    found, pos = [], 0
+    while pos < len(listing):
+        m = _OPTION.match(listing, pos)
+        if not m or m.end() == pos:
+            return None
+        found.append((m.group(1), f"{m.group(1)}={m.group(2).strip()}"))
+        pos = m.end()
+    return found
+
+
+def _statements(script: str):
+    """(entry index, line index, prefix, options) of every column-option line in a TABLE entry."""
+    _, entries = split_entries(script)
+    for n, (etype, _, body) in enumerate(entries):
+        if etype != "TABLE":
+            continue  # never a line of a function body or anything else
+        for i, line in enumerate(body.split("\n")):
+            m = _SET_OPTIONS.match(line)
+            if m and (opts := _options(m.group(2))) is not None:
+                yield n, i, m.group(1), opts
+
+
+def unknown_options(dsn: str, script: str) -> set[str]:
+    """Names of the column options ``script`` sets that the server at ``dsn`` rejects as unknown.
+
+    Each distinct option is tried once, as written, on a temporary table inside a
+    savepoint; an invalid value of a known option is not "unknown" and is kept, so
+    the restore still reports it.
+    """
+    samples = {}
+    for _, _, _, opts in _statements(script):
+        for name, text in opts:
+            samples.setdefault(name, text)
+    if not samples:
+        return set()
+    unknown = set()
+    with connect(dsn) as conn, conn.transaction(force_rollback=True):
+        conn.execute("CREATE TEMP TABLE backupkit_option_probe (x int)")
+        for name, text in samples.items():
+            try:
+                with conn.transaction():
+                    conn.execute(f"ALTER TABLE backupkit_option_probe ALTER COLUMN x SET ({text})")
+            except psycopg.errors.InvalidParameterValue as exc:
+                if "unrecognized parameter" in str(exc):
+                    unknown.add(name)
+            except psycopg.Error:
+                pass
+    return unknown
+
+
+def drop_options(script: str, names: set[str]) -> tuple[str, list[str]]:
+    """``script`` without the column options ``names``, and the statements that lost some."""
+    if not names:
+        return script, []
+    preamble, entries = split_entries(script)
+    bodies = [body.split("\n") for _, _, body in entries]
+    dropped = []
+    for n, i, prefix, opts in list(_statements(script)):
+        kept = [text for name, text in opts if name not in names]
+        if len(kept) == len(opts):
+            continue
+        dropped.append(bodies[n][i])
+        bodies[n][i] = f"{prefix}{', '.join(kept)});" if kept else ""
+    return preamble + "".join(h + "\n".join(b) for (_, h, _), b in zip(entries, bodies)), dropped
