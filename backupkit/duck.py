@@ -31,8 +31,10 @@ beyond DuckDB's range, numeric NaN, a multi-dimensional array or one with
 explicit bounds in an array column, invalid JSON in a ``json`` column) give
 NULL for that value instead of failing the whole view.  So in a typed view a
 NULL can mean "not representable"; ``open_snapshot(path, raw=True)`` gives
-every column as VARCHAR holding exactly what PostgreSQL wrote (NULL is NULL,
-the empty string is ``''``), which is what comparisons should use.
+every column as VARCHAR holding exactly the text PostgreSQL printed for the
+value (COPY's escapes undone; NULL is NULL, the empty string is ``''``), which
+is what comparisons should use.  Snapshots hold COPY's text format; those from
+before 2026-12 hold CSV, and read the same (``manifest.data_format``).
 
 Generated columns are not in the files and so not in the views.  DuckDB
 matches identifiers case-insensitively: when two tables of one schema differ
