@@ -215,7 +215,7 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> d
     # Pair "past both ends" reads no file: one row of zero counts and NULL lists, which
     # sets the table's column types and adds nothing to any total.
     con.execute(f"CREATE OR REPLACE TABLE bk_pairs AS {pair(pairs)}")
-    if not run_pairs(pairs, run_pair, MAX_LEFTOVER_ROWS):
+    if not run_pairs(con, pairs, run_pair, MAX_LEFTOVER_ROWS):
         # Rows moved wholesale (VACUUM FULL, CLUSTER, a reload, other chunk boundaries):
         # leftovers are held in memory, so join the whole table at once instead, which spills.
         con.execute("DROP TABLE bk_pairs")
