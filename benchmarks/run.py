@@ -631,16 +631,25 @@ def finish(bench: Bench, inv: Invocation, m: Measurement) -> None:
         bench.cluster.drop_database(inv.database)
 
 
-def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int) -> dict[str, Result]:
-    """Run each contender ``repeat`` times, round-robin, rotating who goes first each repetition."""
+def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int, warmup: int = 0) -> dict[str, Result]:
+    """Run each contender ``repeat`` times, round-robin, rotating who goes first each repetition.
+
+    ``warmup`` untimed rounds come first: the first run on a fresh server also pays for
+    creating its WAL segments and reading the inputs into the page cache, whichever
+    contender it is.
+    """
     results = {c.name: Result(c) for c in contenders}
-    for rep in range(repeat):
+    for rep in range(-warmup, repeat):
         order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
         for c in order:
             res = results[c.name]
             if res.error:
                 continue
-            tag = f"{re.sub(r'[^A-Za-z0-9]+', '-', c.name).strip('-')}-{rep}"
+            if rep < 0:
+                label = f"warm-up {rep + warmup + 1}/{warmup}"
+            else:
+                label = f"{rep + 1}/{repeat}"
+            tag = f"{re.sub(r'[^A-Za-z0-9]+', '-', c.name).strip('-')}-{rep + warmup}"
             inv = None
             try:
                 inv = c.invoke(bench, tag)
@@ -649,14 +658,15 @@ def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int) -> d
                 finish(bench, inv, m)
             except (RunFailed, OSError, psycopg.Error, backupkit.BackupkitError) as exc:
                 res.error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-                log(f"[{rep + 1}/{repeat}] {c.name}: FAILED — {redact(str(exc), bench.cluster.admin_dsn)}")
+                log(f"[{label}] {c.name}: FAILED — {redact(str(exc), bench.cluster.admin_dsn)}")
                 if inv is not None:
                     with contextlib.suppress(Exception):
                         finish(bench, inv, Measurement(0, 0))
                 continue
-            res.runs.append(m)
+            if rep >= 0:
+                res.runs.append(m)
             size = f", output {m.output_bytes / MB:,.1f} MB" if m.output_bytes is not None else ""
-            log(f"[{rep + 1}/{repeat}] {c.name}: {m.seconds:.2f} s, peak RSS {m.rss_kib * 1024 / MB:,.0f} MB{size}")
+            log(f"[{label}] {c.name}: {m.seconds:.2f} s, peak RSS {m.rss_kib * 1024 / MB:,.0f} MB{size}")
     return results
 
 
@@ -765,11 +775,11 @@ LEGEND = [
 
 
 def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], repeat: int,
-                  notes: list[str]) -> list[str]:
+                  notes: list[str], warmup: int = 0) -> list[str]:
     """Everything printed: machine, dataset, the table, a legend."""
     out = ["## backupkit benchmark", "", *machine,
            f"- dataset: {ds.describe()}",
-           f"- {repeat} repetition(s), contenders interleaved; page cache warm; "
+           f"- {warmup} untimed warm-up round(s), then {repeat} repetition(s), contenders interleaved; page cache warm; "
            f"timed region = the subprocess only", ""]
     out += report_table(results, ds)
     out += ["", *LEGEND, *notes]
@@ -812,6 +822,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1.0,
                    help="dataset size: pgbench -s 100*S plus 2,000,000*S rows of mixed (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of every contender (default 3)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed rounds of every contender before the timed ones (default 1)")
     p.add_argument("--only", default=",".join(GROUPS),
                    help=f"comma-separated groups among {','.join(GROUPS)} (the floor always runs)")
     p.add_argument("--out", type=Path, help="also write the markdown report to this file")
@@ -827,8 +839,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.groups = {g.strip() for g in a.only.split(",") if g.strip()}
     if unknown := a.groups - set(GROUPS):
         p.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
-    if a.repeat < 1 or a.scale <= 0:
-        p.error("--repeat must be ≥ 1 and --scale > 0")
+    if a.repeat < 1 or a.scale <= 0 or a.warmup < 0:
+        p.error("--repeat must be ≥ 1, --warmup ≥ 0 and --scale > 0")
     if a.rss_scales:
         try:
             a.rss_scales = [float(s) for s in a.rss_scales.split(",") if s.strip()]
@@ -853,10 +865,10 @@ def benchmark(cluster: Cluster, tools: Tools, args: argparse.Namespace, work: Pa
               if c.group == "floor" or (c.group in args.groups and (c.group != "diff" or diff_ready))]
     bench = Bench(cluster, tools, ds, fixtures, work / "runs")
     bench.runs_dir.mkdir(parents=True, exist_ok=True)
-    results = run_interleaved(bench, chosen, args.repeat)
+    results = run_interleaved(bench, chosen, args.repeat, args.warmup)
     if "zstd" not in Path(tools.zstd[0]).name and "backup" in args.groups:
         notes.append("zstd CLI not found: pg_dump -Fp was piped into python's zstandard at level 3.")
-    return summary_lines(results, ds, machine_lines(cluster, tools), args.repeat, notes)
+    return summary_lines(results, ds, machine_lines(cluster, tools), args.repeat, notes, args.warmup)
 
 
 def main(argv: list[str] | None = None) -> int:
