@@ -176,13 +176,13 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> d
     then read again, from just their files, for their values.
     """
     rest = [c for c in common if c not in pk]
+    sample = max(int(sample), 0) if rest else 0  # with only key columns a row cannot be updated
     (_, old, _), (_, new, _) = sides
     if old["copy_columns"] == new["copy_columns"] == common and mf.data_format(old) == mf.data_format(new):
         left = match_lines(con, sides, spill, line_size, MAX_LEFTOVER_ROWS)
         if left is not None:
             return _compare_whole(con, left, pk, rest, sample, line_size)
     n, width = len(pk), len(pk) + len(rest)
-    sample = max(int(sample), 0) if rest else 0  # with only key columns a row cannot be updated
     row = ", ".join(f"x{j} := {{a}}.x{j}" for j in range(width)) + ", f := {a}.f"
     on, both, changed = _match_sql(n, width)
 

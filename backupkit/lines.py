@@ -51,21 +51,22 @@ def run_pairs(con: duckdb.DuckDBPyConnection, pairs: int, run_pair: Callable[[in
     pending, running, leftovers = list(range(pairs)), set(), 0
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     con.execute(f"SET threads = {max(1, int(threads) // PAIRS_AT_ONCE)}")
-    with ThreadPoolExecutor(PAIRS_AT_ONCE, thread_name_prefix="backupkit-diff") as pool:
-        try:
-            while pending or running:
-                while pending and len(running) < PAIRS_AT_ONCE and leftovers <= limit:
-                    running.add(pool.submit(run_pair, pending.pop(0)))
-                if not running:
-                    break
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                leftovers += sum(f.result() for f in done)
-        except BaseException:
-            for f in running:
-                f.cancel()
-            raise
-        finally:
-            con.execute(f"SET threads = {int(threads)}")
+    try:
+        with ThreadPoolExecutor(PAIRS_AT_ONCE, thread_name_prefix="backupkit-diff") as pool:
+            try:
+                while pending or running:
+                    while pending and len(running) < PAIRS_AT_ONCE and leftovers <= limit:
+                        running.add(pool.submit(run_pair, pending.pop(0)))
+                    if not running:
+                        break
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    leftovers += sum(f.result() for f in done)
+            except BaseException:
+                for f in running:
+                    f.cancel()
+                raise
+    finally:  # once no pair query runs any more
+        con.execute(f"SET threads = {int(threads)}")
     return not pending
 
 
@@ -135,10 +136,15 @@ def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: Path, line_size: i
 
 
 def _write_lines(con: duckdb.DuckDBPyConnection, query: str, dest: Path) -> int:
-    """Write the strings ``query`` returns as newline-ended lines, zstd-compressed; return how many."""
+    """Write the strings ``query`` returns as newline-ended lines, zstd-compressed; return how many.
+
+    The file starts with a UTF-8 byte order mark: DuckDB drops one at the start of a
+    file, and without it a first line that begins with U+FEFF would lose that character.
+    """
     n = 0
     cur = con.execute(query)
     with open(dest, "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as out:
+        out.write("\ufeff".encode())
         while batch := cur.fetchmany(_BATCH):
             out.write(("\n".join(r[0] for r in batch) + "\n").encode())
             n += len(batch)

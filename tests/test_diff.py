@@ -349,3 +349,22 @@ def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(make_db, tmp
     assert [s["key"]["id"] for s in t["sample_updates"]] == ["1", "10007", "1007", "11007", "12007"]  # by key text
     assert t["sample_updates"][0]["changes"] == {"v": ['v, "1"', 'v, "1" ']}
     assert [p is not None for p in passes] == [by_line]
+
+
+def test_leftover_lines_keep_a_leading_byte_order_mark_and_odd_sample_sizes_work(make_db, tmp_path):
+    # The line pass writes unmatched lines to spill files; DuckDB drops a UTF-8 BOM at the
+    # start of a file, which must not cost a key that begins with U+FEFF its first character.
+    dsn = make_db("bom")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tk (k text PRIMARY KEY, v int); "
+                     "INSERT INTO tk SELECT 'k' || g, g FROM generate_series(1, 100) g; "
+                     "INSERT INTO tk VALUES (E'\\uFEFFA', 0)")
+    before = backupkit.backup(dsn, tmp_path, label="before", progress=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE tk SET v = 1 WHERE k = E'\\uFEFFA'; INSERT INTO tk VALUES ('zz', 5)")
+    after = backupkit.backup(dsn, tmp_path, label="after", progress=False)
+    t = diff_snapshots(before.path, after.path)["tables"][0]
+    assert (t["inserted"], t["deleted"], t["updated"]) == (1, 0, 1)
+    assert t["sample_updates"] == [{"key": {"k": "\ufeffA"}, "changes": {"v": ["0", "1"]}}]
+    assert diff_snapshots(before.path, after.path, sample=-1)["tables"][0]["sample_updates"] == []
+    assert len(diff_snapshots(before.path, after.path, sample=2.5)["tables"][0]["sample_updates"]) == 1
