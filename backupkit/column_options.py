@@ -19,6 +19,8 @@ import psycopg
 from .dsn import connect
 from .schema import split_entries
 
+#: The column options core PostgreSQL defines (attribute_reloptions).
+_CORE_OPTIONS = {"n_distinct", "n_distinct_inherited"}
 _SET_OPTIONS = re.compile(r"^(ALTER TABLE ONLY .+ ALTER COLUMN .+ SET \()(.+)\);$")
 # One option of a reloptions list: name=value, the value bare or single-quoted.
 _OPTION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*('(?:[^']|'')*'|[^,]*)\s*(?:,|$)")
@@ -36,14 +38,44 @@ def _options(listing: str) -> list[tuple[str, str]] | None:
     return found
 
 
+def _lines_outside_quotes(body: str) -> set[int]:
+    """Indexes of the lines of ``body`` that start outside any string or quoted identifier.
+
+    pg_dump writes with standard_conforming_strings on: '...' with '' inside, E'...'
+    with backslash escapes, "..." with "" inside.  A DEFAULT's string constant can
+    span lines, and a line inside it is text, not a statement.
+    """
+    starts, quote, escapes, i, line = {0}, None, False, 0, 0
+    while i < len(body):
+        c = body[i]
+        if c == "\n":
+            line += 1
+            if quote is None:
+                starts.add(line)
+        elif quote is None:
+            if c in "'\"":
+                quote, escapes = c, c == "'" and i > 0 and body[i - 1] in "Ee" and not (
+                    i > 1 and (body[i - 2].isalnum() or body[i - 2] == "_"))
+        elif escapes and c == "\\":
+            i += 1  # the escaped character, whatever it is
+        elif c == quote:
+            if i + 1 < len(body) and body[i + 1] == quote:
+                i += 1  # a doubled quote stays inside
+            else:
+                quote = None
+        i += 1
+    return starts
+
+
 def _statements(script: str):
     """(entry index, line index, prefix, options) of every column-option line in a TABLE entry."""
     _, entries = split_entries(script)
     for n, (etype, _, body) in enumerate(entries):
         if etype != "TABLE":
             continue  # never a line of a function body or anything else
+        statement_lines = _lines_outside_quotes(body)
         for i, line in enumerate(body.split("\n")):
-            m = _SET_OPTIONS.match(line)
+            m = _SET_OPTIONS.match(line) if i in statement_lines else None
             if m and (opts := _options(m.group(2))) is not None:
                 yield n, i, m.group(1), opts
 
@@ -52,8 +84,9 @@ def unknown_options(dsn: str, script: str) -> set[str]:
     """Names of the column options ``script`` sets that the server at ``dsn`` rejects as unknown.
 
     Each distinct option is tried once, as written, on a temporary table inside a
-    savepoint; an invalid value of a known option is not "unknown" and is kept, so
-    the restore still reports it.
+    savepoint.  An invalid value of an option core PostgreSQL has is not "unknown"
+    and is kept, so the restore still reports it.  When the probe cannot run (no
+    TEMP privilege), nothing is dropped and the restore fails as it would have.
     """
     samples = {}
     for _, _, _, opts in _statements(script):
@@ -63,13 +96,18 @@ def unknown_options(dsn: str, script: str) -> set[str]:
         return set()
     unknown = set()
     with connect(dsn) as conn, conn.transaction(force_rollback=True):
-        conn.execute("CREATE TEMP TABLE backupkit_option_probe (x int)")
+        try:
+            with conn.transaction():
+                conn.execute("CREATE TEMP TABLE backupkit_option_probe (x int)")
+        except psycopg.Error:
+            return set()
         for name, text in samples.items():
             try:
                 with conn.transaction():
                     conn.execute(f"ALTER TABLE backupkit_option_probe ALTER COLUMN x SET ({text})")
             except psycopg.errors.InvalidParameterValue as exc:
-                if "unrecognized parameter" in str(exc):
+                # The message may be translated (lc_messages): a name core PostgreSQL lacks decides too.
+                if "unrecognized parameter" in str(exc) or name.lower() not in _CORE_OPTIONS:
                     unknown.add(name)
             except psycopg.Error:
                 pass

@@ -422,3 +422,36 @@ def test_column_options_the_target_does_not_know_are_left_out_and_named(make_db,
         assert conn.execute("SELECT attname, attoptions FROM pg_attribute WHERE attrelid = 't'::regclass "
                             "AND attnum > 0 ORDER BY attnum").fetchall() == [("a", ["n_distinct=-1"]),
                                                                             ("b", ["n_distinct=5"])]
+
+
+def test_a_column_option_line_inside_a_string_default_is_text_not_a_statement(make_db, tmp_path):
+    from backupkit.column_options import drop_options
+    from backupkit.schema import render
+
+    source = make_db("colopt_default")
+    odd = "x\nALTER TABLE ONLY public.t ALTER COLUMN id SET (pg_attver=1);\ny"
+    with psycopg.connect(source) as conn:
+        conn.execute("CREATE TABLE t (id int, note text DEFAULT %s)" % psycopg.sql.quote(odd))
+    snap = backupkit.backup(source, tmp_path, progress=False)
+    script = render(snap.path / "schema" / "schema.dump", "pre-data")
+    assert "\nALTER TABLE ONLY public.t ALTER COLUMN id SET (pg_attver=1);\n" in script
+    assert drop_options(script, {"pg_attver"}) == (script, [])
+    target = make_db("colopt_default_target")
+    restore(snap.path, target)
+    with psycopg.connect(target) as conn:
+        conn.execute("INSERT INTO t (id) VALUES (1)")
+        assert conn.execute("SELECT note FROM t").fetchone()[0] == odd
+
+
+def test_a_table_without_columns_backs_up_restores_and_diffs(make_db, tmp_path):
+    source = make_db("zero")
+    with psycopg.connect(source) as conn:
+        conn.execute("CREATE TABLE zero (); INSERT INTO zero DEFAULT VALUES; INSERT INTO zero DEFAULT VALUES; "
+                     "CREATE TABLE only_generated (a int GENERATED ALWAYS AS (1) STORED); "
+                     "INSERT INTO only_generated DEFAULT VALUES")
+    snap = backupkit.backup(source, tmp_path, progress=False)
+    assert {t["name"]: t["rows"] for t in snap.manifest["tables"]} == {"zero": 2, "only_generated": 1}
+    assert backupkit.verify(snap.path, deep=True).ok
+    target = make_db("zero_target")
+    restore(snap.path, target)
+    assert_same(source, target)
