@@ -75,6 +75,8 @@ def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     rel = sql.Identifier(table["schema"], table["name"])
     if pages is None:
+        if not table["copy_columns"]:  # a table of no (stored) columns: "()" is a syntax error
+            return sql.SQL("COPY {} TO STDOUT {}").format(rel, options)
         return sql.SQL("COPY {} ({}) TO STDOUT {}").format(rel, cols, options)
     lo, hi = pages
     where = sql.SQL("ctid >= {}").format(sql.Literal(f"({lo},0)"))
@@ -205,8 +207,10 @@ def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dic
     Returns the rows PostgreSQL reports loaded.
     """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
-        sql.Identifier(table["schema"], table["name"]), cols, copy_options(mf.data_format(table), freeze=freeze))
+    rel = sql.Identifier(table["schema"], table["name"])
+    options = copy_options(mf.data_format(table), freeze=freeze)
+    stmt = (sql.SQL("COPY {} ({}) FROM STDIN {}").format(rel, cols, options) if table["copy_columns"]
+            else sql.SQL("COPY {} FROM STDIN {}").format(rel, options))
     with conn.cursor() as cur:
         with cur.copy(stmt) as copy:
             for f in table["files"] if files is None else files:

@@ -169,7 +169,7 @@ def files_sql(folder: Path | str, table: dict, *, max_line_size: int = MAX_LINE_
         return f"(SELECT {cols}, file_index FROM {reader})"
     # Nothing is sniffed: quoting, NULL handling and types are exactly what COPY (FORMAT csv) wrote.
     return (f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', "
-            f"allow_quoted_nulls = false, {common})")
+            f"new_line = '\\n', allow_quoted_nulls = false, {common})")
 
 
 #: The escapes COPY's text format writes (besides \\ for a backslash): \b \f \n \r \t \v.

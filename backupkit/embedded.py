@@ -57,7 +57,10 @@ def _run_as() -> dict:
         # Two processes starting their first server at once (pytest -n, two notebooks)
         # must not both run useradd: concurrent useradds can leave one of them holding
         # a uid that the other's write to /etc/passwd then took away.
-        with open(os.path.join(tempfile.gettempdir(), "backupkit-useradd.lock"), "w") as lock:
+        # O_NOFOLLOW and no truncation: root must not write through a link someone planted.
+        fd = os.open(os.path.join(tempfile.gettempdir(), "backupkit-useradd.lock"),
+                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 user = pwd.getpwnam(SERVER_USER)

@@ -246,6 +246,8 @@ INSERT INTO esc VALUES (1, e'tab\there'), (2, e'cr\rlf\n'), (3, e'\b\f\v'), (4, 
   (11, e'\x01 and \x02'), (12, 'trailing  ');
 CREATE TABLE one_column (v text);
 INSERT INTO one_column VALUES (''), (NULL), ('x'), (''), (e'\\N');
+CREATE TABLE cr_first (v text);
+INSERT INTO cr_first VALUES (e'a\rb'), ('c'), (e'd\r');
 """
 
 
@@ -263,6 +265,7 @@ def test_every_escape_reads_back_exactly_in_either_data_format(make_db, tmp_path
     con = open_snapshot(snap.path, raw=True)
     assert con.execute("SELECT id::INT, v FROM public.esc ORDER BY 1").fetchall() == \
         pg_rows(dsn, "SELECT id, v FROM esc ORDER BY id")
-    assert sorted(con.execute("SELECT v FROM public.one_column").fetchall(), key=repr) == \
-        sorted(pg_rows(dsn, "SELECT v FROM one_column"), key=repr)
+    for table in ("one_column", "cr_first"):
+        assert sorted(con.execute(f"SELECT v FROM public.{table}").fetchall(), key=repr) == \
+            sorted(pg_rows(dsn, f"SELECT v FROM {table}"), key=repr)
     assert backupkit.verify(snap.path, deep=True).ok
