@@ -157,19 +157,16 @@ def files_sql(folder: Path | str, table: dict, *, max_line_size: int = MAX_LINE_
     files = "[" + ", ".join(literal(str(folder / f["path"])) for f in table["files"]) + "]"
     n = len(table["copy_columns"])
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
-    common = ("header = false, auto_detect = false, compression = 'zstd', strict_mode = true, "
-              "hive_partitioning = false, union_by_name = false, filename = false, encoding = 'utf-8', "
-              f"max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)}")
+    common = reader_options(max_line_size)
     if mf.data_format(table) == mf.TEXT:
         # Nothing is quoted in COPY's text format: a field ends at a tab, a row at a newline,
         # and both are escaped inside values; an empty field is '' and \N is NULL.
-        reader = (f"read_csv({files}, columns = {columns}, delim = '\t', quote = '', escape = '', "
-                  f"new_line = '\\n', {common})")
+        reader = f"read_csv({files}, columns = {columns}, delim = '\t', quote = '', escape = '', {common})"
         cols = ", ".join(f"{_text_value(f'c{i}')} AS c{i}" for i in range(n))
         return f"(SELECT {cols}, file_index FROM {reader})"
     # Nothing is sniffed: quoting, NULL handling and types are exactly what COPY (FORMAT csv) wrote.
     return (f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', "
-            f"new_line = '\\n', allow_quoted_nulls = false, {common})")
+            f"allow_quoted_nulls = false, {common})")
 
 
 #: The escapes COPY's text format writes (besides \\ for a backslash): \b \f \n \r \t \v.
@@ -214,6 +211,13 @@ def duck_connection() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+def reader_options(max_line_size: int = MAX_LINE_SIZE) -> str:
+    """The ``read_csv`` options every reader of data files shares: nothing sniffed, zstd, strict."""
+    return ("header = false, auto_detect = false, compression = 'zstd', strict_mode = true, "
+            "hive_partitioning = false, union_by_name = false, filename = false, encoding = 'utf-8', "
+            f"new_line = '\\n', max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)}")
 
 
 def read_buffer(max_line_size: int = MAX_LINE_SIZE) -> int:

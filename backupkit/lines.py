@@ -28,7 +28,7 @@ from typing import Callable
 import duckdb
 import zstandard
 
-from .duck import literal, read_buffer
+from .duck import literal, reader_options
 
 #: Chunk pairs a diff joins at once (diff.DIFF_WORK_MEMORY is sized for two).
 PAIRS_AT_ONCE = 2
@@ -76,11 +76,8 @@ def _lines_sql(folder: Path, files: list[dict], i: int, line_size: int) -> str:
         return "(SELECT NULL::VARCHAR AS l, NULL::UBIGINT AS h WHERE false)"
     path = literal(str(Path(folder).resolve() / files[i]["path"]))
     # No quote and no escape character: every byte of the line but its newline is kept.
-    return (f"(SELECT l, hash(l) AS h FROM read_csv({path}, header = false, columns = {{'l': 'VARCHAR'}}, "
-            f"auto_detect = false, delim = {literal(_DELIM)}, quote = '', escape = '', new_line = '\\n', "
-            "allow_quoted_nulls = false, compression = 'zstd', strict_mode = true, "
-            "hive_partitioning = false, union_by_name = false, filename = false, encoding = 'utf-8', "
-            f"max_line_size = {line_size}, buffer_size = {read_buffer(line_size)}))")
+    return (f"(SELECT l, hash(l) AS h FROM read_csv({path}, columns = {{'l': 'VARCHAR'}}, "
+            f"delim = {literal(_DELIM)}, quote = '', escape = '', {reader_options(line_size)}))")
 
 
 def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: Path, line_size: int,
