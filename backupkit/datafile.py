@@ -10,6 +10,7 @@ from pathlib import Path
 
 import zstandard
 
+from . import manifest as mf
 from .errors import SnapshotDamaged
 
 BLOCK = 1 << 20
@@ -45,13 +46,13 @@ def iter_file_blocks(path: Path, expected_sha256: str | None = None, size: int =
                               [f"{path.name}: checksum mismatch"])
 
 
-def count_rows(path: Path, data_format: str = "csv") -> int:
+def count_rows(path: Path, data_format: str = mf.CSV) -> int:
     """Rows in a data file, counted by decompressing it.
 
     COPY's text format escapes a newline inside a value, so every newline ends a
     row; in CSV only those outside quotes do.
     """
-    if data_format == "text":
+    if data_format == mf.TEXT:
         return sum(block.count(b"\n") for block in iter_file_blocks(path))
     rows = 0
     in_quotes = False
