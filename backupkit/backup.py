@@ -22,10 +22,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from . import __version__
+from . import __version__, copyio
 from . import manifest as mf
 from .catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
-from . import copyio
 from .copyio import FileResult
 from .dsn import POOLER_WARNING, connect, describe, is_transaction_pooler, redact
 from .errors import ConfigError, RowLevelSecurityError, SourceError, StorageError

@@ -71,8 +71,8 @@ def _statements(script: str):
     """(entry index, line index, prefix, options) of every column-option line in a TABLE entry."""
     _, entries = split_entries(script)
     for n, (etype, _, body) in enumerate(entries):
-        if etype != "TABLE":
-            continue  # never a line of a function body or anything else
+        if etype != "TABLE" or " SET (" not in body:
+            continue  # never a line of a function body; and most tables have no options to scan for
         statement_lines = _lines_outside_quotes(body)
         for i, line in enumerate(body.split("\n")):
             m = _SET_OPTIONS.match(line) if i in statement_lines else None

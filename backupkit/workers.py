@@ -71,7 +71,8 @@ def plan(tables: list[dict], folder: Path, stems: dict[str, str], chunk_bytes: i
     items = []
     for t in sorted(tables, key=lambda t: -t["relation_bytes"]):
         for n, pages in enumerate(page_ranges(t["relation_bytes"], chunk_bytes, server_version_num)):
-            items.append(Item(t, n, pages, folder / "data" / f"{stems[mf.table_key(t)]}.{n:04d}{mf.DATA_SUFFIX[copyio.DATA_FORMAT]}"))
+            name = f"{stems[mf.table_key(t)]}.{n:04d}{mf.DATA_SUFFIX[copyio.DATA_FORMAT]}"
+            items.append(Item(t, n, pages, folder / "data" / name))
     return items
 
 
