@@ -1,15 +1,15 @@
 """Moving table data in blocks: COPY out to a zstd file, and zstd file back into COPY.
 
 Data never sits whole in memory: rows are gathered into blocks of about
-``BLOCK`` bytes, compressed and hashed as they go.
+``BLOCK`` bytes, compressed and hashed as they go. Each block becomes one
+zstd frame; a data file is the frames one after another, which every zstd
+reader (``zstd -d``, python-zstandard, DuckDB) reads as one stream.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,9 @@ from . import manifest as mf
 from .datafile import BLOCK, iter_file_blocks
 
 ZSTD_LEVEL = 1
+#: Rows read between looks at the block's size, and the row size that ends a batch early.
+_BATCH_ROWS = 64
+_LARGE_ROW = 1 << 16
 #: What a backup writes (see manifest.TEXT).
 DATA_FORMAT = mf.TEXT
 
@@ -49,23 +52,6 @@ class FileResult:
                 "text_bytes": self.text_bytes}
 
 
-class _HashingFile:
-    """A write-only file that hashes and counts what passes through it."""
-
-    def __init__(self, raw):
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
 def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql.Composed:
     """The COPY TO statement for a manifest table entry (generated columns left out), in DATA_FORMAT.
 
@@ -86,66 +72,14 @@ def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql
     return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT {}").format(cols, rel, where, options)
 
 
-class _BlockWriter:
-    """Compresses, hashes and writes blocks in its own thread.
-
-    zstd and hashlib release the GIL, so compression overlaps with receiving
-    the next rows; the bounded queue keeps memory at a few blocks per worker.
-    """
-
-    def __init__(self, dest: Path):
-        self.dest = dest
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.size = 0
-        self.text_bytes = 0
-        self.sha256 = ""
-        self.thread = threading.Thread(target=self._run, name=f"backupkit-zstd-{dest.name}", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        ended = False
-        try:
-            fd = os.open(self.dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as raw:
-                hashed = _HashingFile(raw)
-                zw = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(hashed, closefd=False)
-                while (block := self.queue.get()) is not None:
-                    zw.write(block)
-                    self.text_bytes += len(block)
-                ended = True
-                zw.flush(zstandard.FLUSH_FRAME)
-                zw.close()
-                raw.flush()
-                os.fsync(raw.fileno())
-            self.size, self.sha256 = hashed.size, hashed.sha.hexdigest()
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-            self.error = exc
-            # Drain so a blocked put() in the reader wakes up and sees the error; once
-            # the end marker was taken there is nothing more to wait for.
-            while not ended and self.queue.get() is not None:
-                pass
-
-    def put(self, block) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(block)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: list[int]):
     """Yield blocks of a COPY TO STDOUT, about BLOCK bytes each; then append the row count to ``row_count``.
 
     Reads libpq's CopyData messages (one per row) directly: psycopg's row
     iterator costs about twice as much per row, and per-row cost is what
     bounds backup speed. Rows are appended to a bytearray rather than
-    collected and joined, which halves what the loop costs per row; the row
-    count comes from the server's command tag, not from counting in the loop.
+    collected and joined, and the block's size is looked at once per batch
+    of rows, not per row; the row count comes from the server's command tag.
     """
     pg = conn.pgconn
     pg.send_query(statement.as_bytes(conn))  # raises OperationalError itself on failure
@@ -157,14 +91,22 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
         raise _error(res, conn)
     get = pg.get_copy_data
     buf = bytearray()
+    batch, large = range(_BATCH_ROWS), _LARGE_ROW  # locals: this loop runs once per row
     while True:
-        nbytes, data = get(0)
+        for _ in batch:
+            nbytes, data = get(0)
+            # A large row ends the batch too, so a block overshoots BLOCK by less
+            # than _BATCH_ROWS small rows plus one row, whatever the rows' sizes.
+            if not 0 < nbytes < large:
+                break
+            buf += data
         if nbytes <= 0:
             break
-        buf += data
+        if nbytes >= large:
+            buf += data
         if len(buf) >= BLOCK:
             yield buf
-            buf = bytearray()  # the writer thread owns the yielded one now
+            buf = bytearray()  # the caller may still hold the yielded one
     if nbytes == -2:
         raise psycopg.OperationalError(pg.error_message.decode(errors="replace"))
     res = pg.get_result()
@@ -187,15 +129,29 @@ def _error(res, conn: psycopg.Connection) -> psycopg.Error:
 
 
 def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, folder: Path) -> FileResult:
-    """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into ``dest``."""
+    """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into ``dest``.
+
+    Compression runs in this thread, between reads: a separate compressing
+    thread costs more in hand-overs (GIL, queue) than it wins by overlapping,
+    measured on two cores with one and with two jobs (benchmarks/RESULTS.md).
+    """
     rows: list[int] = []
-    writer = _BlockWriter(dest)
-    try:
+    compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
+    sha = hashlib.sha256()
+    size = text_bytes = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw:
         for block in _receive(conn, statement, rows):
-            writer.put(block)
-    finally:
-        writer.close()
-    return FileResult(str(dest.relative_to(folder)), writer.size, writer.sha256, rows[0], writer.text_bytes)
+            # One frame per block: one-shot compression reads the block in place,
+            # where a streaming compressor first copies it into its window.
+            frame = compress(block)
+            sha.update(frame)
+            size += len(frame)
+            text_bytes += len(block)
+            raw.write(frame)
+        raw.flush()
+        os.fsync(raw.fileno())
+    return FileResult(str(dest.relative_to(folder)), size, sha.hexdigest(), rows[0], text_bytes)
 
 
 def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None,
