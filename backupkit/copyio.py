@@ -25,6 +25,7 @@ ZSTD_LEVEL = 1
 #: Rows read between looks at the block's size, and the row size that ends a batch early.
 _BATCH_ROWS = 64
 _LARGE_ROW = 1 << 16
+_COPY_IN_BLOCK = 128 << 10
 #: What a backup writes (see manifest.TEXT).
 DATA_FORMAT = mf.TEXT
 
@@ -170,6 +171,7 @@ def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dic
     with conn.cursor() as cur:
         with cur.copy(stmt) as copy:
             for f in table["files"] if files is None else files:
-                for block in iter_file_blocks(folder / f["path"], f["sha256"]):
+                # Blocks of psycopg's largest single write: a larger one it would copy into slices.
+                for block in iter_file_blocks(folder / f["path"], f["sha256"], _COPY_IN_BLOCK):
                     copy.write(block)
         return cur.rowcount
