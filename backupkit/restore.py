@@ -479,17 +479,24 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
                 with lock:
                     live.discard(c)
 
-    def run_script(script: str) -> None:
+    def build_indexes(script: str) -> None:
         with task_connection() as c:
+            with lock:
+                loading = units_left > 0
+            if loading:
+                # A parallel build would take CPU from the COPYs still running, one of
+                # which is the long pole; once all data is in, builds may go parallel.
+                c.execute("SET max_parallel_maintenance_workers = 0")
             c.execute(script)
 
     def table_done(key: str) -> None:
         bar.update(1)
         if key in index_groups:
             # Jump the queue: this table's indexes build while other tables still load.
-            pool.submit(lambda: run_script(index_groups[key]), first=True)
+            pool.submit(lambda: build_indexes(index_groups[key]), first=True)
 
     def load(t: dict, files: list[dict], freeze: bool) -> None:
+        nonlocal units_left
         with task_connection() as c:
             _load_session(c, plan)
             if freeze:  # the table is this restore's own: make sure nobody wrote to it since
@@ -498,12 +505,15 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
         key = mf.table_key(t)
         with lock:
             loaded.append(n)
+            units_left -= 1
             left[key] -= len(files)
             done = not left[key]
         if done:
             table_done(key)
 
-    for t, files, freeze in _load_units(chosen, jobs, plan.schema):
+    units = _load_units(chosen, jobs, plan.schema)
+    units_left = len(units)
+    for t, files, freeze in units:
         pool.submit(lambda t=t, files=files, freeze=freeze: load(t, files, freeze))
     for t in chosen:
         if not t["files"]:
