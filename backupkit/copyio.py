@@ -2,8 +2,8 @@
 
 Data never sits whole in memory: rows are gathered into blocks of about
 ``BLOCK`` bytes, compressed and hashed as they go. Each block becomes one
-zstd frame; a data file is the frames one after another, which every zstd
-reader (``zstd -d``, python-zstandard, DuckDB) reads as one stream.
+zstd frame; a data file is the frames one after another, which ``zstd -d``,
+DuckDB and python-zstandard (with ``read_across_frames=True``) read as one stream.
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
         if len(buf) >= BLOCK:
             yield buf
             buf = bytearray()  # the caller may still hold the yielded one
-    if nbytes == -2:
-        raise psycopg.OperationalError(pg.error_message.decode(errors="replace"))
+    # get_copy_data raised on a broken stream (-2) itself; -1 is the normal end.
     res = pg.get_result()
     _drain(pg)
     if res is None or res.status != pq.ExecStatus.COMMAND_OK:

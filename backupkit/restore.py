@@ -483,10 +483,12 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
         with task_connection() as c:
             with lock:
                 loading = units_left > 0
-            if loading:
+            if loading and c.info.server_version >= 110000:  # the setting is new in 11
                 # A parallel build would take CPU from the COPYs still running, one of
                 # which is the long pole; once all data is in, builds may go parallel.
-                c.execute("SET max_parallel_maintenance_workers = 0")
+                # LOCAL: the script runs in this transaction, and a pooler's shared
+                # session keeps nothing of it.
+                c.execute("SET LOCAL max_parallel_maintenance_workers = 0")
             c.execute(script)
 
     def table_done(key: str) -> None:

@@ -10,11 +10,13 @@ import zstandard
 from backupkit import copyio
 from backupkit.datafile import BLOCK, iter_file_blocks
 
-# Small rows with a large one now and then, and runs of large ones: the batch
-# loop must keep every row, in order, and end a batch early at a large row.
+# Small rows with a large one now and then, a run of ~70 KB rows and a run of
+# 40 half-megabyte rows: the batch loop must keep every row, in order, and end a
+# batch early at a large row (else 40 such rows would make one 20 MB block).
 _TABLE = """
 CREATE TABLE t (id int PRIMARY KEY, v text);
-INSERT INTO t SELECT g, CASE WHEN g % 997 = 0 OR g BETWEEN 5000 AND 5100 THEN repeat(md5(g::text), 2200 + g % 7)
+INSERT INTO t SELECT g, CASE WHEN g BETWEEN 20000 AND 20039 THEN repeat(md5(g::text), 16400)
+                             WHEN g % 997 = 0 OR g BETWEEN 5000 AND 5100 THEN repeat(md5(g::text), 2200 + g % 7)
                              ELSE repeat('s', g % 50) END
 FROM generate_series(1, 40000) g;
 """
