@@ -774,6 +774,19 @@ LEGEND = [
 ]
 
 
+def size_line(results: dict[str, Result]) -> list[str]:
+    """The snapshot's size next to every other backup's, as ratios."""
+    ours = results.get(BK_BACKUP_2)
+    if not ours or ours.output_mb is None:
+        return []
+    peers = [(name, results[name].output_mb) for name in (PG_DUMP_FD, PG_DUMP_FC, PG_DUMP_ZSTD)
+             if name in results and results[name].output_mb]
+    if not peers:
+        return []
+    return ["", f"Snapshot size: {ours.output_mb:,.1f} MB = " + ", ".join(
+        f"{ours.output_mb / mb:.2f}× {_cell(name)} ({mb:,.1f} MB)" for name, mb in peers) + "."]
+
+
 def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], repeat: int,
                   notes: list[str], warmup: int = 0) -> list[str]:
     """Everything printed: machine, dataset, the table, a legend."""
@@ -782,6 +795,7 @@ def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], r
            f"- {warmup} untimed warm-up round(s), then {repeat} repetition(s), contenders interleaved; page cache warm; "
            f"timed region = the subprocess only", ""]
     out += report_table(results, ds)
+    out += size_line(results)
     out += ["", *LEGEND, *notes]
     return out
 
