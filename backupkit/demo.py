@@ -61,14 +61,21 @@ def run_demo(to: Path | str = "backups", *, scale: float = 1.0, keep_server: boo
     return result
 
 
-def demo_server() -> EmbeddedServer:
-    """The persistent embedded server behind the notebooks' defaults (started if needed)."""
-    return EmbeddedServer(home() / "demo-pg" / "data", persistent=True).start()
+def demo_server(*, keep_running: bool = False) -> EmbeddedServer:
+    """The persistent embedded server behind the notebooks' defaults (started if needed).
+
+    It stops when the process that started it exits, unless ``keep_running``.
+    """
+    return EmbeddedServer(home() / "demo-pg" / "data", persistent=True).start(keep_running=keep_running)
 
 
-def demo_dsn(scale: float = 0.2) -> str:
-    """DSN of the demo database on the persistent embedded server, created on first use."""
-    server = demo_server()
+def demo_dsn(scale: float = 0.2, *, keep_running: bool = False) -> str:
+    """DSN of the demo database on the persistent embedded server, created on first use.
+
+    ``keep_running`` leaves the server up after this process exits, for the CLI
+    (``backupkit.notebook.stop_demo_server()`` stops it).
+    """
+    server = demo_server(keep_running=keep_running)
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DB,)).fetchone()
     if not exists:

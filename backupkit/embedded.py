@@ -152,8 +152,12 @@ class EmbeddedServer:
             return False
         return self._pg("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0
 
-    def start(self) -> "EmbeddedServer":
-        """Create the cluster if needed and start it unless it already runs."""
+    def start(self, *, keep_running: bool = False) -> "EmbeddedServer":
+        """Create the cluster if needed and start it unless it already runs.
+
+        The server stops when this process exits, unless ``keep_running`` (a
+        persistent server for other processes to use; ``stop_demo_server`` ends it).
+        """
         self.datadir.parent.mkdir(parents=True, exist_ok=True)
         lockpath = self.datadir.parent / (self.datadir.name + ".lock")
         with open(lockpath, "w") as lock:
@@ -179,8 +183,9 @@ class EmbeddedServer:
                 log = (self.datadir / "server.log")
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise ToolError(f"could not start embedded PostgreSQL: {res.stderr.strip()}\n{tail}")
-            self._started_here = True
-            atexit.register(self.stop)
+            if not keep_running:
+                self._started_here = True
+                atexit.register(self.stop)
         return self
 
     def stop(self) -> None:

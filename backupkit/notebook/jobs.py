@@ -237,16 +237,17 @@ def prune_table(result: PruneResult) -> pd.DataFrame:
 
 
 def restore(snapshot: Path | str, target_dsn_env: str = "", *, tables: list[str] = (),
-            with_dependencies: bool = False, clean: bool = False, jobs: int = 1, dry_run: bool = True,
-            run: RunRecord | None = None) -> RestoreResult:
+            with_dependencies: bool = False, clean: bool = False, create_roles: bool = False,
+            jobs: int = 1, dry_run: bool = True, run: RunRecord | None = None) -> RestoreResult:
     """Restore ``snapshot`` into ``$target_dsn_env`` ("" = the demo server's scratch database).
 
-    With ``dry_run`` nothing changes and the result holds the plan.
+    With ``dry_run`` nothing changes and the result holds the plan; ``create_roles``
+    creates the roles the snapshot names that the target lacks, as NOLOGIN roles.
     """
     with _maybe_step(run, "restore"):
         result = _restore(snapshot, _restore_target(target_dsn_env), tables=list(tables),
-                          with_dependencies=with_dependencies, clean=clean, jobs=jobs, dry_run=dry_run,
-                          progress=False)
+                          with_dependencies=with_dependencies, clean=clean, create_roles=create_roles,
+                          jobs=jobs, dry_run=dry_run, progress=False)
     if run is not None:
         run.set_snapshot(Path(snapshot).name, snapshot)
         run.summary.update(dry_run=dry_run, tables=len(result.plan.tables), rows_loaded=result.rows,

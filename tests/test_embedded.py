@@ -1,0 +1,53 @@
+"""The embedded server's lifetime: it ends with the process that started it, unless kept running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from backupkit.notebook import stop_demo_server
+
+_START = """
+import sys
+from backupkit.embedded import EmbeddedServer
+server = EmbeddedServer(sys.argv[1], persistent=True).start(keep_running=sys.argv[2] == "keep")
+print(server.dsn())
+"""
+
+
+@pytest.fixture
+def home():
+    # Not pytest's tmp_path: its 0700 parents would shut out the server's own OS user under root.
+    root = Path(tempfile.mkdtemp(prefix="backupkit-home-"))
+    os.chmod(root, 0o755)
+    yield root
+    stop_demo_server(root)
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def _start_in_child(datadir: Path, mode: str) -> str:
+    res = subprocess.run([sys.executable, "-c", _START, str(datadir), mode],
+                         capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+    return res.stdout.strip()
+
+
+def test_a_kept_server_outlives_its_starter_until_stopped(home):
+    dsn = _start_in_child(home / "demo-pg" / "data", "keep")
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert stop_demo_server(home) is True
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=5)
+
+
+def test_a_server_stops_with_the_process_that_started_it(home):
+    dsn = _start_in_child(home / "demo-pg" / "data", "stop")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=5)
+    assert stop_demo_server(home) is False
