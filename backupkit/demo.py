@@ -61,19 +61,33 @@ def run_demo(to: Path | str = "backups", *, scale: float = 1.0, keep_server: boo
     return result
 
 
+def _demo_cluster(home_dir: Path | str | None = None) -> EmbeddedServer:
+    return EmbeddedServer(Path(home_dir or home()) / "demo-pg" / "data", persistent=True)
+
+
 def demo_server(*, keep_running: bool = False) -> EmbeddedServer:
     """The persistent embedded server behind the notebooks' defaults (started if needed).
 
     It stops when the process that started it exits, unless ``keep_running``.
     """
-    return EmbeddedServer(home() / "demo-pg" / "data", persistent=True).start(keep_running=keep_running)
+    return _demo_cluster().start(keep_running=keep_running)
+
+
+def stop_demo_server(home_dir: Path | str | None = None) -> bool:
+    """Stop the persistent demo server under ``home_dir`` (default ``$BACKUPKIT_HOME``) if it runs.
+
+    For a server kept running for the CLI, or left behind by a kernel that was
+    killed (kernels stop the server they started when they exit).  Returns True
+    when a running server was stopped.
+    """
+    return _demo_cluster(home_dir).shut_down()
 
 
 def demo_dsn(scale: float = 0.2, *, keep_running: bool = False) -> str:
     """DSN of the demo database on the persistent embedded server, created on first use.
 
     ``keep_running`` leaves the server up after this process exits, for the CLI
-    (``backupkit.notebook.stop_demo_server()`` stops it).
+    (``stop_demo_server()`` stops it).
     """
     server = demo_server(keep_running=keep_running)
     with psycopg.connect(server.dsn(), autocommit=True) as conn:

@@ -156,7 +156,7 @@ class EmbeddedServer:
         """Create the cluster if needed and start it unless it already runs.
 
         The server stops when this process exits, unless ``keep_running`` (a
-        persistent server for other processes to use; ``stop_demo_server`` ends it).
+        persistent server for other processes to use; ``shut_down`` ends it).
         """
         self.datadir.parent.mkdir(parents=True, exist_ok=True)
         lockpath = self.datadir.parent / (self.datadir.name + ".lock")
@@ -187,6 +187,14 @@ class EmbeddedServer:
                 self._started_here = True
                 atexit.register(self.stop)
         return self
+
+    def shut_down(self) -> bool:
+        """Stop the server whoever started it (a kept-running one); True if it was running."""
+        if not self._running():
+            return False
+        self._pg("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(self.datadir))
+        self._started_here = False
+        return True
 
     def stop(self) -> None:
         """Stop the server if this process started it; delete it unless persistent."""

@@ -6,8 +6,8 @@ secret enters a notebook's parameters, variables or outputs; ``""`` means the
 CLI's lookup, then the embedded demo database (restores: a scratch database on
 the demo server).  Given a ``RunRecord`` an operation runs as one of its steps
 and adds what it did to the run's summary.  Also here: picking snapshots by id,
-path or ``latest~N``, taking demo snapshots so the defaults have something to
-show, and stopping the persistent demo server.
+path or ``latest~N``, and taking demo snapshots so the defaults have something
+to show.
 """
 
 from __future__ import annotations
@@ -254,20 +254,3 @@ def restore(snapshot: Path | str, target_dsn_env: str = "", *, tables: list[str]
                            restore_warnings=result.warnings)
         run.write()
     return result
-
-
-# == embedded demo server =====================================================================
-
-def stop_demo_server(home: Path | str | None = None) -> bool:
-    """Stop the persistent demo server under ``home`` (default ``$BACKUPKIT_HOME``) if it runs.
-
-    Kernels stop the server they started when they exit; this is for a kernel
-    that was killed instead.  Returns True when a running server was stopped.
-    """
-    from ..embedded import EmbeddedServer, home as default_home
-
-    server = EmbeddedServer(Path(home or default_home()) / "demo-pg" / "data", persistent=True)
-    if not server._running():
-        return False
-    server._pg("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(server.datadir))
-    return True
