@@ -84,5 +84,6 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
         free = shutil.disk_usage(probe).free
         # Compressed snapshots are usually far smaller than the database; its size is a safe bound.
         status = "ok" if free > size else "warn"
-        report.add("disk space", status, f"{free / 1e9:.1f} GB free at {probe}, database is {size / 1e9:.2f} GB")
+        where = str(probe) if probe == target else f"{probe} ({target} does not exist yet; backup creates it)"
+        report.add("disk space", status, f"{free / 1e9:.1f} GB free at {where}, database is {size / 1e9:.2f} GB")
     return report

@@ -200,6 +200,13 @@ def test_check_reports_everything(small_db, tmp_path):
     assert all(c["status"] == "ok" for c in checks.values())
 
 
+def test_check_names_the_folder_it_measured_when_the_target_does_not_exist_yet(small_db, tmp_path):
+    out = run_cli("check", "--dsn", small_db, "--to", tmp_path / "new" / "backups", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    detail = {c["check"]: c for c in json.loads(out.stdout)["checks"]}["disk space"]["detail"]
+    assert f"free at {tmp_path} (" in detail and "does not exist yet" in detail
+
+
 def test_demo_database_manifest_counts(make_db, tmp_path):
     from backupkit.demo_data import create_demo
 
