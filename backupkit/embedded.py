@@ -192,9 +192,12 @@ class EmbeddedServer:
         """Stop the server whoever started it (a kept-running one); True if it was running."""
         if not self._running():
             return False
-        self._pg("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(self.datadir))
+        self._pg_stop()
         self._started_here = False
         return True
+
+    def _pg_stop(self) -> None:
+        self._pg("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(self.datadir))
 
     def stop(self) -> None:
         """Stop the server if this process started it; delete it unless persistent."""
@@ -202,7 +205,7 @@ class EmbeddedServer:
             return
         self._started_here = False
         with contextlib.suppress(Exception):
-            self._pg("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(self.datadir))
+            self._pg_stop()
         if not self.persistent:
             shutil.rmtree(self.datadir, ignore_errors=True)
             for f in (self._pwfile, self._portfile):

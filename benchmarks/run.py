@@ -775,7 +775,7 @@ LEGEND = [
 
 
 def size_line(results: dict[str, Result]) -> list[str]:
-    """The snapshot's size next to every other backup's, as ratios."""
+    """The snapshot's size next to every other backup's, as ratios (a line of text, not a table cell)."""
     ours = results.get(BK_BACKUP_2)
     if not ours or ours.output_mb is None:
         return []
@@ -784,7 +784,7 @@ def size_line(results: dict[str, Result]) -> list[str]:
     if not peers:
         return []
     return ["", f"Snapshot size: {ours.output_mb:,.1f} MB = " + ", ".join(
-        f"{ours.output_mb / mb:.2f}× {_cell(name)} ({mb:,.1f} MB)" for name, mb in peers) + "."]
+        f"{ours.output_mb / mb:.2f}× {name} ({mb:,.1f} MB)" for name, mb in peers) + "."]
 
 
 def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], repeat: int,

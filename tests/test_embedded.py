@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ def home():
     os.chmod(root, 0o755)
     yield root
     stop_demo_server(root)
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _start_in_child(datadir: Path, mode: str) -> str:
