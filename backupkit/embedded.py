@@ -91,8 +91,10 @@ class EmbeddedServer:
     """
 
     def __init__(self, datadir: Path | str, *, persistent: bool = False, remove_parent: bool = False,
-                 bindir: Path | str | None = None):
+                 bindir: Path | str | None = None, superuser: str = SUPERUSER):
         self.datadir = Path(datadir).resolve()
+        # The bootstrap superuser's name (Supabase's is supabase_admin; its postgres is not one).
+        self.superuser = superuser
         # Another installation's binaries (e.g. Debian's PostgreSQL 15 for cross-version tests).
         self.bindir = Path(bindir) if bindir else None
         self.persistent = persistent
@@ -116,9 +118,13 @@ class EmbeddedServer:
     def port(self) -> int:
         return int(self._portfile.read_text())
 
-    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
-        """A libpq URI for ``dbname`` on this server, password included: keep it out of logs."""
-        return f"postgresql://{user}:{self.password}@127.0.0.1:{self.port}/{dbname}"
+    def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
+        """A libpq URI for ``dbname`` on this server, password included: keep it out of logs.
+
+        ``user`` defaults to the bootstrap superuser; any other role must have the
+        server's password set (tests give their roles the same one).
+        """
+        return f"postgresql://{user or self.superuser}:{self.password}@127.0.0.1:{self.port}/{dbname}"
 
     # -- lifecycle ---------------------------------------------------------------
     def _pg(self, name: str, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -139,7 +145,7 @@ class EmbeddedServer:
             shutil.chown(self.datadir, SERVER_USER)
             shutil.chown(pwcopy, SERVER_USER)
         res = self._pg(
-            "initdb", "-D", str(self.datadir), "-U", SUPERUSER, "--pwfile", str(pwcopy),
+            "initdb", "-D", str(self.datadir), "-U", self.superuser, "--pwfile", str(pwcopy),
             "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8",
             "--locale=C", "--no-sync",
         )
@@ -229,11 +235,11 @@ class EmbeddedServer:
         self.stop()
 
 
-def temporary_server() -> EmbeddedServer:
+def temporary_server(*, superuser: str = SUPERUSER) -> EmbeddedServer:
     """A throwaway server in a fresh temporary folder, deleted when stopped."""
     root = Path(tempfile.mkdtemp(prefix="backupkit-pg-"))
     os.chmod(root, 0o755)
-    return EmbeddedServer(root / "data", remove_parent=True)
+    return EmbeddedServer(root / "data", remove_parent=True, superuser=superuser)
 
 
 def home() -> Path:
