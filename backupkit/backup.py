@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from . import __version__, copyio
+from . import __version__, copyio, database_objects
 from . import manifest as mf
 from .catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
 from .copyio import FileResult
@@ -186,6 +186,12 @@ def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partia
         stems = {mf.table_key(t): _file_stem(t) for t in chosen}
         items = plan(chosen, tmp, stems, chunk_bytes, server[1])
         results = copy_all(dsn, snapshot, items, tmp, jobs, progress)
+        database = database_objects.describe(main, schemas)
+        schema_sql = "".join((tmp / rel).read_text() for rel in (mf.PRE_DATA, mf.POST_DATA, mf.DATABASE_SQL))
+        acls = [x["acl"] for x in database["large_objects"] + database["default_privileges"]]
+        names = (database_objects.referenced_roles(schema_sql) | database_objects.acl_roles(acls)
+                 | {x["owner"] for x in database["large_objects"] + database["publications"]})
+        roles = database_objects.role_attributes(main, names)
 
         src = describe(dsn)
         manifest = {
@@ -205,6 +211,8 @@ def _backup_locked(dsn, to, schemas, include, exclude, jobs, label, allow_partia
             "sequences": [{k: s[k] for k in ("schema", "name", "last_value", "is_called", "owned_by")}
                           for s in sequences],
             "materialized_views": matviews,
+            **database,
+            "roles": roles,
             "schema_files": [_file_entry(tmp, p) for p in sorted((tmp / "schema").iterdir())],
         }
         mf.write(tmp, manifest)

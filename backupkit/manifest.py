@@ -23,6 +23,9 @@ MANIFEST = "manifest.json"
 DUMP = "schema/schema.dump"
 PRE_DATA = "schema/pre-data.sql"
 POST_DATA = "schema/post-data.sql"
+#: Extensions, publications, database-wide default privileges, large objects (since 2026-12).
+DATABASE_DUMP = "schema/database.dump"
+DATABASE_SQL = "schema/database.sql"
 
 
 def digest(manifest: dict) -> str:

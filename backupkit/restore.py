@@ -31,6 +31,11 @@ from . import manifest as mf
 from .copyio import copy_in
 from .dsn import connect, redact
 from .errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
+from .database_scripts import plan_database, read_target, restore_large_objects, default_acl_allowed
+from .auth_stand_in import StandIn, plan_stand_in
+from .manifest import DATABASE_DUMP
+from .restore_checks import missing_references, role_creation, schema_privileges
+from .platform import kept_rows, problems as platform_problems, read_platform
 from .schema import DUMP, toc
 from .scripts import build_scripts, wanted_entries
 from .selection import select_tables
@@ -54,6 +59,12 @@ class RestorePlan:
     skipped_grants: list[str] = field(default_factory=list)
     dropped_column_options: list[str] = field(default_factory=list)
     created_roles: list[str] = field(default_factory=list)
+    #: The snapshot's large objects this restore creates (full restores only).
+    large_objects: list[dict] = field(default_factory=list)
+    #: The Supabase project's own tables that get rows but are never created or dropped.
+    platform_tables: list[str] = field(default_factory=list)
+    #: What the restore makes or leaves out beyond the snapshot's own objects, in words.
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> list[str]:
         """Human-readable steps."""
@@ -65,6 +76,8 @@ class RestorePlan:
         if self.data:
             rows = sum(t["rows"] for t in self.tables)
             steps.append(f"load {len(self.tables)} tables, {rows} rows, with COPY")
+        if self.large_objects:
+            steps.append(f"create {len(self.large_objects)} large objects and load their data")
         if self.schema:
             steps.append("create indexes, constraints, foreign keys, triggers, policies (post-data)")
         steps.append("set sequences; refresh materialized views")
@@ -74,7 +87,7 @@ class RestorePlan:
         return {"snapshot": str(self.snapshot), "tables": [mf.table_key(t) for t in self.tables],
                 "rows": sum(t["rows"] for t in self.tables), "existing": self.existing,
                 "clean": self.drop_first, "schema": self.schema, "data": self.data,
-                "steps": self.describe()}
+                "steps": self.describe(), "notes": self.notes, "created_roles": self.created_roles}
 
 
 @dataclass
@@ -149,12 +162,43 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     manifest = ensure_intact(folder)
     chosen = select_tables(manifest, list(tables), list(schemas), with_dependencies)
     full = not tables and not schemas
+    problems: list[str] = []
     with connect(dsn) as conn:
-        existing = _check_target(conn, chosen, data_only, clean)
-        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+        platform = read_platform(conn, chosen)
+        existing = _check_target(conn, [t for t in chosen if mf.table_key(t) not in platform.tables],
+                                 data_only, clean)
+        target = read_target(conn, manifest)
+        problems += platform_problems(platform)
+        if platform and not schema_only and not _may_disable_triggers(conn):
+            problems.append("loading the project's auth/storage tables needs their triggers off "
+                            "(session_replication_role), which this role may not set")
         plan = RestorePlan(folder, chosen, existing, clean and bool(existing), not data_only, not schema_only,
                            full)
-        entries = [] if data_only else wanted_entries(toc(folder / DUMP), manifest, chosen, full, conn)
+        plan.platform_tables = sorted(platform.tables)
+        entries = [] if data_only else wanted_entries(toc(folder / DUMP), manifest, chosen, full, conn, platform)
+    if platform:
+        kept = kept_rows(platform)
+        if kept:
+            chosen = [t for t in chosen if mf.table_key(t) not in kept]
+            plan.tables = chosen
+            plan.notes.append("kept the project's own " + ", ".join(kept) + " (the platform's migration records)")
+        plan.notes.append("loaded rows into the project's own " + ", ".join(sorted(set(platform.tables) - set(kept)))
+                          + "; their owners and grants are unchanged")
+    database = None
+    if not data_only:
+        entries = _allowed_default_acls(entries, target, plan)
+        if _has_file(manifest, DATABASE_DUMP):
+            dbplan = plan_database(toc(folder / DATABASE_DUMP), manifest, target,
+                                   tables={mf.table_key(t) for t in chosen} | {t["parent"] for t in chosen
+                                                                                if t.get("parent")},
+                                   full=full, clean=clean,
+                                   schemas_made={e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"})
+            problems += dbplan.problems
+            plan.notes += dbplan.notes
+            if dbplan.large_objects and not schema_only:
+                plan.large_objects = list(manifest.get("large_objects", []))
+            database = (folder / DATABASE_DUMP, dbplan)
+    roles = target.roles
     result = RestoreResult(plan, dry_run=dry_run)
     if manifest.get("partial"):
         result.warnings.append("this snapshot is PARTIAL: row-level security hid rows of "
@@ -163,9 +207,35 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         # Committed DROPs followed by a failed parallel load would lose the old tables.
         result.warnings.append("--clean restores in one transaction; --jobs is ignored")
         jobs = 1
+    elif platform and jobs > 1:
+        # Rows committed into the project's own tables could not be undone by dropping them.
+        result.warnings.append("a restore into the project's auth/storage tables runs in one transaction; "
+                               "--jobs is ignored")
+        jobs = 1
     parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in chosen) >= 2
     scripts = {} if data_only else build_scripts(dsn, folder / DUMP, entries, chosen, plan, roles, owner,
-                                                  create_roles, parallel)
+                                                  create_roles, parallel, database)
+    stand_in = None if data_only else plan_stand_in(
+        manifest, chosen, scripts["pre-data"] + scripts["post-data"], target.schemas)
+    if stand_in:
+        _add_stand_in(scripts, stand_in)
+        plan.notes.append(stand_in.describe())
+    with connect(dsn) as conn:
+        provided = {"auth.users"} if stand_in and stand_in.columns else set()
+        if not data_only:  # foreign keys are created by post-data
+            problems += missing_references(conn, chosen, provided)
+        problems += schema_privileges(conn, entries)
+        problems += role_creation(conn, plan.created_roles)
+    if problems:
+        raise RestoreError("the restore cannot succeed, nothing was changed: " + "; ".join(problems),
+                           hint="fix each problem named, then run the restore (or --dry-run) again")
+    if plan.large_objects:
+        scripts["large-objects"] = (database[1].large_objects, not owner)
+        if clean and target.large_objects:
+            scripts["clean"] = (scripts.get("clean", "") + "SELECT pg_catalog.lo_unlink(oid) FROM "
+                                "pg_catalog.pg_largeobject_metadata WHERE oid::bigint IN ("
+                                + ", ".join(map(str, sorted(target.large_objects))) + ");\n")
+            plan.drop_first = True
     if plan.skipped_grants:
         result.warnings.append(f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
                                "does not have (e.g. " + plan.skipped_grants[0] + ")")
@@ -175,6 +245,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
                                f"{plan.dropped_column_options[0]})")
     for w in result.warnings:
         log.warning(w)
+    for n in plan.notes:
+        log.info(n)
     if dry_run:
         return result
     for k in existing:
@@ -185,6 +257,49 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     result.rows = run(dsn, manifest, folder, chosen, scripts, plan, data_only and clean, jobs, show)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _add_stand_in(scripts: dict, stand_in: StandIn) -> None:
+    """The auth stand-in is made first, filled after the data and before the foreign keys, undone last."""
+    scripts["pre-data"] = stand_in.create_sql() + scripts["pre-data"]
+    for key in ("post-data", "post-data-rest"):
+        if key in scripts:
+            scripts[key] = stand_in.fill_sql() + scripts[key]
+    scripts["undo"] = scripts.get("undo", "") + "DROP SCHEMA IF EXISTS auth CASCADE;\n"
+
+
+def _may_disable_triggers(conn: psycopg.Connection) -> bool:
+    """Whether this role may SET session_replication_role (superuser, or granted as Supabase does)."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL session_replication_role = replica")
+        return True
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+
+
+def _has_file(manifest: dict, rel: str) -> bool:
+    return any(f["path"] == rel for f in manifest.get("schema_files", []))
+
+
+def _allowed_default_acls(entries: list, target, plan: RestorePlan) -> list:
+    """Leave out ALTER DEFAULT PRIVILEGES FOR ROLE a role the connecting role cannot act for."""
+    kept = []
+    for e in entries:
+        if e.type == "DEFAULT ACL":
+            ok, note = default_acl_allowed(e, target)
+            if not ok:
+                plan.notes.append(note)
+                continue
+        kept.append(e)
+    return kept
+
+
+def _large_objects(conn: psycopg.Connection, folder: Path, scripts: dict) -> None:
+    """Create the snapshot's large objects and stream their data in (pg_restore's data section)."""
+    if "large-objects" in scripts:
+        entries, no_owner = scripts["large-objects"]
+        restore_large_objects(conn, folder / DATABASE_DUMP, entries, no_owner=no_owner)
 
 
 def _sequences_and_matviews(conn: psycopg.Connection, manifest: dict, chosen: list[dict], full: bool) -> None:
@@ -222,7 +337,7 @@ def _load_session(conn: psycopg.Connection, plan: RestorePlan) -> None:
     they are switched off the way pg_restore --disable-triggers does.
     """
     conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-    if not plan.schema:
+    if not plan.schema or plan.platform_tables:
         try:
             conn.execute("SET session_replication_role = replica")
         except psycopg.errors.InsufficientPrivilege:
@@ -255,7 +370,11 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
                 # no hint-bit rewrite of every page and no anti-wraparound VACUUM of them later.
                 freeze = plan.schema or truncate
                 for t in tqdm(chosen, desc="restore", unit="table", disable=not show, file=sys.stderr):
-                    rows += _load(conn, t, folder, freeze=freeze)
+                    own = mf.table_key(t) not in plan.platform_tables
+                    rows += _load(conn, t, folder, freeze=freeze and own)
+                if plan.platform_tables:  # the app's triggers, created next, must fire again
+                    conn.execute("SET session_replication_role = DEFAULT")
+            _large_objects(conn, folder, scripts)
             if "post-data" in scripts:
                 conn.execute(scripts["post-data"])
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
@@ -355,6 +474,7 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     try:
         pool.run()
         with connect(dsn) as conn:
+            _large_objects(conn, folder, scripts)
             # In a parallel restore the index groups already ran: only the rest is left.
             rest = scripts["post-data-rest"] if "post-data-rest" in scripts else scripts.get("post-data")
             if rest:

@@ -8,13 +8,16 @@ section to SQL, which backupkit runs in its own transaction.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import DUMP, POST_DATA, PRE_DATA
+from .manifest import DATABASE_DUMP, DATABASE_SQL, DUMP, POST_DATA, PRE_DATA
+from .errors import ToolError
 from .pgtools import find_tool, run_tool
 
 #: TOC entry types that belong to one table, named "table ..." in the TOC tag.
@@ -62,7 +65,13 @@ def dump_schema(dsn: str, folder: Path, *, snapshot: str, schemas: list[str],
     for section, rel in (("pre-data", PRE_DATA), ("post-data", POST_DATA)):
         sql_text = render(folder / DUMP, section)
         (folder / rel).write_text(sql_text)
-    paths = [folder / DUMP, folder / PRE_DATA, folder / POST_DATA]
+    from .database_objects import dump_database_objects
+
+    dump_database_objects(dsn, folder, snapshot=snapshot)
+    # Its DDL for people and diffs; the large objects' data stays in the archive only.
+    (folder / DATABASE_SQL).write_text(render(folder / DATABASE_DUMP, "pre-data")
+                                       + render(folder / DATABASE_DUMP, "post-data"))
+    paths = [folder / DUMP, folder / PRE_DATA, folder / POST_DATA, folder / DATABASE_DUMP, folder / DATABASE_SQL]
     for p in paths:
         p.chmod(0o600)
     return paths
@@ -118,6 +127,34 @@ def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
     # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
     # part of a function body or a string literal and must survive untouched.
     return "".join(l for l in out.splitlines(keepends=True) if not _META.match(l))
+
+
+@contextlib.contextmanager
+def render_lines(dump: Path, section: str, entries: list[TocEntry], *, no_owner: bool = False):
+    """Like ``render`` but streamed: yields an iterator over pg_restore's output lines.
+
+    For sections that hold data (large objects), which must never sit whole in memory.
+    """
+    args = [f"--section={section}", "--file=-"] + (["--no-owner"] if no_owner else [])
+    fd, name = tempfile.mkstemp(prefix="backupkit-toc-", suffix=".list")
+    list_file = Path(name)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(e.line + "\n" for e in entries))
+    proc = subprocess.Popen([str(find_tool("pg_restore")), *args, f"--use-list={list_file}", str(dump)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield (line for line in proc.stdout if not _META.match(line))
+        proc.stdout.read()
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise ToolError(f"pg_restore failed: {err.strip()}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        list_file.unlink(missing_ok=True)
 
 
 def split_entries(script: str) -> tuple[str, list[tuple[str, str, str]]]:

@@ -18,6 +18,8 @@ from psycopg import sql
 from . import manifest as mf
 from .column_options import drop_options, unknown_options
 from .errors import RestoreError
+from .database_scripts import DatabasePlan
+from .platform import Platform
 from .schema import TocEntry, render, split_entries
 
 _DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
@@ -52,13 +54,19 @@ def _object_key(e: TocEntry) -> tuple[str, str, str]:
 
 
 def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], full: bool,
-                   target: psycopg.Connection) -> list[TocEntry]:
+                   target: psycopg.Connection, platform: Platform | None = None) -> list[TocEntry]:
     """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``.
 
     Objects the target already has (the public schema, always; types and
-    functions on a selective restore into a live database) are not created again.
+    functions on a selective restore into a live database; whatever the
+    Supabase platform already has) are not created again.
     """
     existing = _existing_objects(target)
+    if platform:
+        def key_of(e: TocEntry):
+            return _object_key(e) if e.type in _GLOBAL_TYPES else None
+
+        entries = [e for e in entries if platform.keeps(e, existing, key_of)]
     global_keys = {}
     for e in entries:
         if e.type in _GLOBAL_TYPES:
@@ -149,13 +157,23 @@ def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
 
 
 def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[dict], plan,
-                  roles: set[str], owner: bool, create_roles: bool, parallel: bool) -> dict:
-    """The SQL each step runs, rendered by pg_restore from the snapshot's archive.
+                  roles: set[str], owner: bool, create_roles: bool, parallel: bool,
+                  database: tuple[Path, DatabasePlan] | None = None) -> dict:
+    """The SQL each step runs, rendered by pg_restore from the snapshot's archives.
+
+    ``database`` is the database-level archive and the plan of its entries.
 
     Records on ``plan`` (a RestorePlan) the grants skipped, the column options
     dropped and the roles created.
     """
     texts = {section: render(dump, section, entries, no_owner=not owner) for section in ("pre-data", "post-data")}
+    if database is not None:
+        db_dump, dbplan = database
+        # Extensions before the types that use them; publications and default privileges last.
+        texts["pre-data"] = _after_schemas(texts["pre-data"], dbplan.setup_sql() + (
+            render(db_dump, "pre-data", dbplan.pre, no_owner=not owner) if dbplan.pre else ""))
+        if dbplan.post:
+            texts["post-data"] += render(db_dump, "post-data", dbplan.post, no_owner=not owner)
     texts["pre-data"], plan.dropped_column_options = drop_options(
         texts["pre-data"], unknown_options(dsn, texts["pre-data"]))
     policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
@@ -168,7 +186,10 @@ def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[di
                  "or pass --create-roles to create them as NOLOGIN roles",
         )
     if create_roles:
-        plan.created_roles = sorted((policy_roles | grant_roles) - roles)
+        from .database_objects import referenced_roles as every_role  # owners too, with --owner
+
+        plan.created_roles = sorted((every_role(texts["pre-data"] + texts["post-data"]) | policy_roles
+                                     | grant_roles) - roles)
         roles = roles | set(plan.created_roles)
         texts["pre-data"] = "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n"
                                     for r in plan.created_roles) + texts["pre-data"]
@@ -178,18 +199,35 @@ def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[di
         plan.skipped_grants += skipped
     if parallel:
         scripts["index-groups"], rest = _index_groups(dump, entries, chosen)
-        scripts["post-data-rest"] = _filter_grants(render(dump, "post-data", rest, no_owner=not owner), roles)[0]
+        rest_sql = render(dump, "post-data", rest, no_owner=not owner)
+        if database is not None and database[1].post:
+            rest_sql += render(database[0], "post-data", database[1].post, no_owner=not owner)
+        scripts["post-data-rest"] = _filter_grants(rest_sql, roles)[0]
     # pg_restore --clean writes the DROPs, in reverse dependency order, before everything
     # else: take them from that preamble only, never from inside a function body.
     drops = "".join(line for section in ("post-data", "pre-data")
                     for line in split_entries(render(dump, section, entries, clean=True))[0]
                     .splitlines(keepends=True) if _DROP_LINE.match(line))
+    if database is not None:
+        # Publications, large objects and extensions this restore made go after its tables.
+        drops += database[1].undo_sql([lo["oid"] for lo in plan.large_objects])
     scripts["undo"] = drops or "SELECT 1"
     if plan.drop_first:
         # Schemas that existed before are left alone; their other contents are not ours.
         scripts["clean"] = "".join(line for line in drops.splitlines(keepends=True)
                                    if not line.startswith("DROP SCHEMA")) or "SELECT 1"
     return scripts
+
+
+def _after_schemas(script: str, insert: str) -> str:
+    """``insert`` placed after the script's leading CREATE SCHEMA entries, where pg_dump puts extensions."""
+    preamble, entries = split_entries(script)
+    n = 0
+    while n < len(entries) and (entries[n][0] == "SCHEMA" or (
+            entries[n][0] == "COMMENT" and "COMMENT ON SCHEMA" in entries[n][2])):
+        n += 1
+    head = preamble + "".join(h + b for _, h, b in entries[:n])
+    return head + insert + "".join(h + b for _, h, b in entries[n:])
 
 
 def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict]) -> tuple[dict[str, str], list[TocEntry]]:

@@ -59,7 +59,12 @@ def test_manifest_records_what_restore_and_reports_need(small_db, tmp_path):
     seqs = {s["name"]: s for s in m["sequences"]}
     assert seqs["orders_id_seq"]["last_value"] == 20000 and seqs["orders_id_seq"]["is_called"] is True
     assert {f["path"] for f in m["schema_files"]} == {"schema/schema.dump", "schema/pre-data.sql",
-                                                      "schema/post-data.sql"}
+                                                      "schema/post-data.sql", "schema/database.dump",
+                                                      "schema/database.sql"}
+    # What lives outside the schemas is described even when there is none of it.
+    assert m["extensions"] == [] and m["publications"] == [] and m["large_objects"] == []
+    assert {r["name"] for r in m["roles"]} == {conninfo_to_dict(small_db)["user"]}
+    assert not any(r.get("password") or r.get("rolpassword") for r in m["roles"])
     pre = (tmp_path / m["id"] / "schema" / "pre-data.sql").read_text()
     assert "CREATE TABLE public.orders" in pre and "FOREIGN KEY" not in pre
     assert "FOREIGN KEY" in (tmp_path / m["id"] / "schema" / "post-data.sql").read_text()

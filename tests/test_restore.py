@@ -67,14 +67,15 @@ def test_round_trip_of_every_type_is_exact(fidelity, make_db):
     source, res = fidelity
     assert any(len(t["files"]) > 1 for t in res.manifest["tables"]), "expected a chunked table"
     target = make_db("restored")
-    restore(res.path, target)
+    # --owner as a superuser: the standard pg_dump/pg_restore meet, owners and grants included.
+    restore(res.path, target, owner=True)
     assert_same(source, target)
 
 
 def test_parallel_round_trip_is_exact(fidelity, make_db):
     source, res = fidelity
     target = make_db("restored_par")
-    result = restore(res.path, target, jobs=2)
+    result = restore(res.path, target, jobs=2, owner=True)
     assert result.rows == sum(t["rows"] for t in res.manifest["tables"])
     assert_same(source, target)
 
@@ -87,14 +88,14 @@ def test_a_csv_snapshot_from_before_the_text_format_restores_exactly(fidelity, m
     res = backupkit.backup(source, tmp_path, schemas=all_schemas(source), chunk_bytes=16 * 1024)
     assert {t["data_format"] for t in res.manifest["tables"]} == {"csv"}
     target = make_db(f"from_csv_{jobs}")
-    restore(res.path, target, jobs=jobs)
+    restore(res.path, target, jobs=jobs, owner=True)
     assert_same(source, target)
 
 
 def test_cli_restore_round_trip(fidelity, make_db):
     source, res = fidelity
     target = make_db("restored_cli")
-    out = run_cli("restore", res.path, "--dsn", target, "-q")
+    out = run_cli("restore", res.path, "--dsn", target, "--owner", "-q")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"restored {len(res.manifest['tables'])} tables")
     assert_same(source, target)
