@@ -97,3 +97,7 @@ def spawn():
         if child.poll() is None:
             child.kill()
         child.wait()
+
+
+# A Supabase-shaped server built from Supabase's own SQL (tests/supabase/README.md).
+from supabase_platform import supabase, supabase_project  # noqa: E402,F401

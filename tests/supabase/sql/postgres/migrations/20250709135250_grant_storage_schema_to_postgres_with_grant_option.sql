@@ -1,0 +1,4 @@
+-- migrate:up
+grant usage on schema storage to postgres with grant option;
+
+-- migrate:down

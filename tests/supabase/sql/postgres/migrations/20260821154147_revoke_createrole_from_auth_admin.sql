@@ -1,0 +1,4 @@
+-- migrate:up
+alter role supabase_auth_admin nocreaterole;
+
+-- migrate:down
