@@ -33,6 +33,8 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (BackupkitError, 1),
 ]
 EXIT_INTERRUPTED = 130
+#: ``diff --exit-code``: the snapshots differ (like ``git diff --exit-code``); 0 when the same.
+EXIT_DIFFERENT = 12
 
 
 def exit_code(exc: BaseException) -> int:
@@ -197,17 +199,18 @@ def _local_tz() -> str:
 def cmd_diff(a) -> int:
     from .diff import diff_snapshots
     from .integrity import integrity
-    from .report import render_html, render_json
+    from .report import render_html, render_json, schema_text
     from .store import resolve
 
     old, new = resolve(a.old), resolve(a.new)
     d = diff_snapshots(old, new)
+    code = EXIT_DIFFERENT if a.exit_code and not d["same"] else 0
     if a.html:
         Path(a.html).write_text(render_html(d, integrity(old), integrity(new)))
         print(f"wrote {a.html}", file=sys.stderr)
     if a.json:
         print(render_json(d))
-        return 0
+        return code
     _print_table([{"table": f"{t['schema']}.{t['name']}", "rows_old": t["rows_old"], "rows_new": t["rows_new"],
                    "inserted": t["inserted"], "deleted": t["deleted"],
                    "updated": "-" if t["updated"] is None else t["updated"],
@@ -216,12 +219,15 @@ def cmd_diff(a) -> int:
                  ["table", "rows_old", "rows_new", "inserted", "deleted", "updated", "schema"])
     for key in ("tables_added", "tables_removed"):
         if d.get(key):
-            print(f"{key.replace('_', ' ')}: {', '.join(d[key])}")
+            names = ", ".join(f"{t['schema']}.{t['name']}" for t in d[key])
+            print(f"{key.replace('_', ' ')}: {names}")
     for t in d["tables"]:
         changes = {k: v for k, v in (t.get("schema_changes") or {}).items() if v and k != "changed"}
         for what, detail in changes.items():
             print(f"{t['schema']}.{t['name']}: {what.replace('_', ' ')}: {json.dumps(detail, default=str)}")
-    return 0
+    for line in schema_text(d):
+        print(line)
+    return code
 
 
 def cmd_sql(a) -> int:
@@ -358,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("new")
     d.add_argument("--json", action="store_true")
     d.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    d.add_argument("--exit-code", action="store_true",
+                   help=f"exit {EXIT_DIFFERENT} when the snapshots differ (data or schema), 0 when the same")
     d.set_defaults(func=cmd_diff)
 
     q = sub.add_parser("sql", help="query a snapshot with DuckDB SQL")

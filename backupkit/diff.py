@@ -41,6 +41,7 @@ from . import manifest as mf
 from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
 from .errors import SnapshotDamaged
 from .lines import match_lines, run_pairs
+from .schema_diff import schema_objects
 from .verify import sha256_file
 
 #: Lines of unified diff of the schema SQL kept in a diff report.
@@ -477,7 +478,9 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
     inserted, deleted, updated, method, note, sample_updates [{key, changes: {column:
     [old, new]}}] ordered by key text, compared_columns, schema_changes),
     ``schema_sql_changed``, ``schema_sql_files``, ``schema_sql_diff`` (at most
-    SQL_DIFF_LINES lines), ``schema_sql_diff_truncated`` and ``totals``.  Values are
+    SQL_DIFF_LINES lines), ``schema_sql_diff_truncated``, ``schema_objects`` (each
+    object added, removed or changed: type, schema, name, change, detail; see
+    ``schema_diff``), ``totals`` and ``same`` (see ``same``).  Values are
     PostgreSQL's text.  Raises SnapshotDamaged when a data file read does not match
     its manifest.
     """
@@ -530,7 +533,7 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
         entry["schema_changes"] = schema_changes(old, new)
         tables.append(entry)
     changed, sql_diff, truncated = _schema_sql(old_dir, new_dir, old_m, new_m)
-    return {
+    result = {
         "old": _side(old_dir, old_m),
         "new": _side(new_dir, new_m),
         "tables_added": [brief(t) for k, t in new_t.items() if k not in old_t],
@@ -540,5 +543,20 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
         "schema_sql_files": changed,
         "schema_sql_diff": sql_diff,
         "schema_sql_diff_truncated": truncated,
+        "schema_objects": schema_objects(old_dir, new_dir, old_m, new_m),
         "totals": {k: sum(t[k] or 0 for t in tables) for k in ("inserted", "deleted", "updated")},
     }
+    result["same"] = same(result)
+    return result
+
+
+def same(diff: dict) -> bool:
+    """Whether a diff found nothing: no table added or removed, no row or table definition
+    changed, no schema object added, removed or changed.
+
+    Schema SQL that differs outside every object (pg_dump's version comment, its
+    session settings) is not a difference: it says nothing about the database.
+    """
+    return not (diff["tables_added"] or diff["tables_removed"] or diff["schema_objects"]
+                or any(t["inserted"] or t["deleted"] or t["updated"] or t["schema_changes"]["changed"]
+                       for t in diff["tables"]))

@@ -1,4 +1,5 @@
-"""Rendering a snapshot diff (and integrity reports) as JSON or as one self-contained HTML page.
+"""Rendering a snapshot diff (and integrity reports) as JSON, as one self-contained HTML page,
+and the schema part of diff's text output.
 
 The HTML page has no scripts, fonts or links to fetch: CSS is inline and the
 charts are SVG drawn here from the numbers.  Every piece of text taken from a
@@ -10,8 +11,14 @@ from __future__ import annotations
 import json
 from html import escape
 
+from .schema_diff import describe, owner_only, qualified
+
 #: Bars drawn per chart; the rest are summarised in a line under it.
 CHART_TABLES = 40
+#: Schema objects diff's text output lists; --json and --html list more.
+TEXT_SCHEMA_OBJECTS = 25
+#: Schema objects the HTML report lists (a restore that kept no owner changes every object).
+HTML_SCHEMA_OBJECTS = 2000
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:72em;
@@ -157,6 +164,59 @@ def _samples(tables: list[dict]) -> str:
         '<p class="muted">No updated rows.</p>'
 
 
+def _counted(objects: list[dict]) -> str:
+    """``3 objects changed (2 removed, 1 changed)``."""
+    by = {c: sum(o["change"] == c for o in objects) for c in ("removed", "added", "changed")}
+    return (f"{len(objects)} object{'s' if len(objects) != 1 else ''} changed ("
+            + ", ".join(f"{n} {c}" for c, n in by.items() if n) + ")")
+
+
+def _owner_note(objects: list[dict]) -> str | None:
+    """A line saying how many objects differ in their owner only: a restore without --owner
+    gives every object to the restoring role, which is a difference, but not a lost object."""
+    n = sum(owner_only(o) for o in objects)
+    if not n:
+        return None
+    return (f"{n} of them differ only in owner (a restore without --owner makes the restoring "
+            f"role the owner of everything)")
+
+
+def schema_text(diff: dict, limit: int = TEXT_SCHEMA_OBJECTS) -> list[str]:
+    """The "schema: ..." section of diff's text output: each object added, removed or
+    changed, at most ``limit`` of them, or "schema: same"."""
+    objects = diff.get("schema_objects") or []
+    if not objects:
+        return ["schema: same" + (" (the schema SQL differs only outside object definitions)"
+                                  if diff.get("schema_sql_changed") else "")]
+    lines = [f"schema: {_counted(objects)}"]
+    for o in objects[:limit]:
+        lines.append(f"  {o['change']:<8} {describe(o)}" + (f": {o['detail']}" if o.get("detail") else ""))
+    if len(objects) > limit:
+        lines.append(f"  ... and {len(objects) - limit} more (--json lists them all)")
+    note = _owner_note(objects)
+    if note:
+        lines.append(f"  {note}")
+    return lines
+
+
+def _schema_objects(diff: dict) -> str:
+    objects = diff.get("schema_objects") or []
+    if not objects:
+        return '<p class="muted">No schema object added, removed or changed.</p>'
+    css = {"removed": "del", "added": "add", "changed": ""}
+    shown = objects[:HTML_SCHEMA_OBJECTS]
+    rows = [[f'<span class="{css[o["change"]]}">{_e(o["change"])}</span>' if css[o["change"]] else _e(o["change"]),
+             _e(o["type"]),
+             f"<code>{_e(qualified(o))}</code>", _e(o.get("detail"))] for o in shown]
+    out = [f"<p>{_e(_counted(objects))}</p>", _table(["change", "type", "object", "detail"], rows)]
+    if len(objects) > len(shown):
+        out.append(f'<p class="muted">... and {len(objects) - len(shown)} more (the JSON output lists them all).</p>')
+    note = _owner_note(objects)
+    if note:
+        out.append(f'<p class="muted">{_e(note)}.</p>')
+    return "".join(out)
+
+
 def _integrity(title: str, report: dict | None) -> str:
     if report is None:
         return ""
@@ -186,6 +246,7 @@ def render_html(diff: dict, integrity_old: dict | None = None, integrity_new: di
         ("tables compared", _num(len(tables))), ("tables added", _num(len(diff["tables_added"]))),
         ("tables removed", _num(len(diff["tables_removed"]))), ("rows inserted", _num(totals["inserted"])),
         ("rows deleted", _num(totals["deleted"])), ("rows updated", _num(totals["updated"])),
+        ("schema objects changed", _num(len(diff.get("schema_objects") or []))),
         ("schema SQL", "changed" if diff["schema_sql_changed"] else "same")))
     added, removed = (
         _table([f"{what} table", "rows"], [[f"<code>{_e(t['schema'])}.{_e(t['name'])}</code>", _num(t["rows"])]
@@ -225,6 +286,8 @@ def render_html(diff: dict, integrity_old: dict | None = None, integrity_new: di
 <h2>Rows</h2>
 {_charts(tables)}
 {counts}
+<h2>Schema objects</h2>
+{_schema_objects(diff)}
 <h2>Schema changes</h2>
 {_schema_changes(tables)}
 <h3>Schema SQL</h3>

@@ -7,6 +7,7 @@ import shutil
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
 from backupkit import manifest as mf
@@ -14,6 +15,8 @@ from backupkit.errors import SnapshotDamaged
 from backupkit.diff import diff_snapshots
 from backupkit.integrity import integrity
 from backupkit.report import render_html, render_json
+
+from helpers import run_cli
 
 ODD = 'x<y>&"z'  # a table name that must be escaped in HTML
 
@@ -368,3 +371,176 @@ def test_leftover_lines_keep_a_leading_byte_order_mark_and_odd_sample_sizes_work
     assert t["sample_updates"] == [{"key": {"k": "\ufeffA"}, "changes": {"v": ["0", "1"]}}]
     assert diff_snapshots(before.path, after.path, sample=-1)["tables"][0]["sample_updates"] == []
     assert len(diff_snapshots(before.path, after.path, sample=2.5)["tables"][0]["sample_updates"]) == 1
+
+
+# -- schema objects, object by object (a restore that lost a view, a trigger and policies) ---
+
+LOST_BY_RESTORE = """
+CREATE TABLE accounts (id int PRIMARY KEY, owner_id int, balance numeric);
+INSERT INTO accounts SELECT g, g % 3, g * 10 FROM generate_series(1, 50) g;
+CREATE TABLE "odd tab" (id int PRIMARY KEY);
+CREATE VIEW rich AS SELECT * FROM accounts WHERE balance > 100;
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+CREATE TRIGGER accounts_touch BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION touch();
+ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON accounts USING (owner_id = 1);
+CREATE POLICY "read all" ON accounts FOR SELECT USING (true);
+CREATE POLICY "p 1" ON "odd tab" USING (true);
+COMMENT ON TABLE accounts IS 'money';
+"""
+
+
+@pytest.fixture(scope="module")
+def lost(pg_server, tmp_path_factory):
+    """Snapshots of a database before, again unchanged, and after losing schema objects."""
+    dsn = pg_server.createdb("lost")
+    role = "owner_" + conninfo_to_dict(dsn)["dbname"]
+    root = tmp_path_factory.mktemp("lost")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(LOST_BY_RESTORE)
+        source = backupkit.backup(dsn, root, label="source", progress=False).path
+        again = backupkit.backup(dsn, root, label="again", progress=False).path
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"""
+                DROP VIEW rich; DROP TRIGGER accounts_touch ON accounts;
+                DROP POLICY own_rows ON accounts; DROP POLICY "p 1" ON "odd tab";
+                COMMENT ON TABLE accounts IS 'cash';
+                CREATE ROLE {role}; ALTER FUNCTION touch() OWNER TO {role};""")
+        restored = backupkit.backup(dsn, root, label="restored", progress=False).path
+        yield source, again, restored
+    finally:
+        pg_server.dropdb(dsn)
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_lost_schema_objects_are_named_in_json_text_and_html(lost, tmp_path):
+    source, _, restored = lost
+    out = run_cli("diff", source, restored, "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["same"] is False and d["schema_sql_changed"] is True  # the old keys stay
+    assert all(counts(t) == (0, 0, 0) for t in d["tables"])  # no row changed: only the schema
+    objects = d["schema_objects"]
+    assert {"type": "view", "schema": "public", "name": "rich", "change": "removed"} in objects
+    assert {"type": "trigger", "schema": "public", "name": "accounts_touch", "table": "accounts",
+            "change": "removed"} in objects
+    assert {"type": "policy", "schema": "public", "name": "own_rows", "table": "accounts",
+            "change": "removed"} in objects
+    assert {"type": "policy", "schema": "public", "name": "p 1", "table": "odd tab", "change": "removed"} in objects
+    assert {"type": "table", "schema": "public", "name": "accounts", "change": "changed",
+            "detail": "comment"} in objects
+    touch = next(o for o in objects if o["name"] == "touch()")
+    assert (touch["type"], touch["change"], touch["owner"]["old"]) == ("function", "changed", "postgres")
+    assert touch["detail"] == f"owner postgres → {touch['owner']['new']}"
+    assert not any(o["name"] == "read all" for o in objects)  # unchanged objects are not listed
+    assert len(objects) == 6
+
+    text = run_cli("diff", source, restored)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert "schema: 6 objects changed (4 removed, 2 changed)" in lines
+    for line in ("  removed  view public.rich", "  removed  trigger accounts_touch on public.accounts",
+                 "  removed  policy own_rows on public.accounts", "  removed  policy p 1 on public.odd tab",
+                 "  changed  table public.accounts: comment"):
+        assert line in lines, text.stdout
+    assert any(l.startswith("  changed  function public.touch(): owner postgres → ") for l in lines)
+    assert any(l.startswith("  1 of them differ only in owner") for l in lines), text.stdout
+
+    page = tmp_path / "report.html"
+    html = run_cli("diff", source, restored, "--html", page)
+    assert html.returncode == 0, html.stderr
+    section = page.read_text().split("<h2>Schema objects</h2>", 1)[1].split("<h2>", 1)[0]
+    for name in ("public.rich", "accounts_touch on public.accounts", "own_rows on public.accounts",
+                 "p 1 on public.odd tab", "public.touch()"):
+        assert f"<code>{name}</code>" in section, name
+    assert "removed" in section and "owner postgres →" in section
+
+
+def test_exit_code_tells_same_from_different(lost, snaps):
+    source, again, restored = lost
+    different = run_cli("diff", "--exit-code", source, restored)
+    assert different.returncode == 12, different.stderr
+    assert run_cli("diff", "--exit-code", "--json", source, restored).returncode == 12
+    same = run_cli("diff", "--exit-code", source, again)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "schema: same" in same.stdout.splitlines()
+    assert json.loads(run_cli("diff", "--exit-code", "--json", source, again).stdout)["same"] is True
+    # Data alone differs: rows changed, the schema did not.
+    before, chunked, after = snaps
+    assert run_cli("diff", "--exit-code", before, chunked).returncode == 0
+    assert run_cli("diff", "--exit-code", before, after).returncode == 12
+
+
+def test_data_only_difference_is_not_same(make_db, tmp_path):
+    dsn = make_db("rows")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
+    one = backupkit.backup(dsn, tmp_path, label="one", progress=False).path
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE t SET v = 'b'")
+    two = backupkit.backup(dsn, tmp_path, label="two", progress=False).path
+    d = diff_snapshots(one, two)
+    assert d["schema_objects"] == [] and d["same"] is False
+    out = run_cli("diff", "--exit-code", one, two)
+    assert out.returncode == 12 and "schema: same" in out.stdout.splitlines()
+
+
+def test_table_changes_are_schema_objects_too(diff):
+    objects = {(o["type"], o["name"], o["change"]) for o in diff["schema_objects"]}
+    assert ("table", "dropme", "removed") in objects and ("table", "added", "added") in objects
+    assert ("index", "orders_customer_idx", "added") in objects
+    assert ("table", "orders", "changed") in objects  # a column added
+    assert ("constraint", "rekeyed_pkey", "changed") in objects  # now on (code)
+    assert ("table", "static", "changed") not in objects
+    assert diff["same"] is False
+
+
+def test_database_objects_of_the_manifests_are_compared_when_both_have_them():
+    from backupkit.schema_diff import manifest_objects
+
+    pub = {"name": "realtime", "owner": "postgres", "all_tables": False, "publish": ["insert"], "via_root": False,
+           "tables": [{"schema": "public", "name": "orders", "columns": None, "row_filter": None}], "schemas": []}
+    old = {"extensions": [{"name": "pgcrypto", "version": "1.3", "schema": "extensions", "required": True},
+                          {"name": "pg_trgm", "version": "1.6", "schema": "public", "required": False}],
+           "publications": [pub],
+           "default_privileges": [{"role": "postgres", "schema": "public", "object_type": "tables",
+                                   "acl": ["anon=r/postgres"]}],
+           "large_objects": [{"oid": 7, "owner": "postgres"}, {"oid": 8, "owner": "postgres"}]}
+    new = {"extensions": [{"name": "pgcrypto", "version": "1.4", "schema": "extensions", "required": False},
+                          {"name": "vector", "version": "0.8", "schema": "extensions", "required": True}],
+           "publications": [{**pub, "owner": "supabase_admin", "tables": [
+               {"schema": "public", "name": "orders", "columns": ["id"], "row_filter": None},
+               {"schema": "public", "name": "items", "columns": None, "row_filter": None}]}],
+           "default_privileges": [{"role": "postgres", "schema": "public", "object_type": "tables", "acl": []}],
+           "large_objects": [{"oid": 7, "owner": "app"}]}
+    found = {(o["type"], o["schema"], o["name"], o["change"]): o.get("detail") for o in manifest_objects(old, new)}
+    assert found == {
+        ("extension", "extensions", "pgcrypto", "changed"): 'version "1.3" → "1.4"',  # not "required"
+        ("extension", "public", "pg_trgm", "removed"): None,
+        ("extension", "extensions", "vector", "added"): None,
+        ("publication", None, "realtime", "changed"):
+            "tables +public.items public.orders columns/row filter, owner postgres → supabase_admin",
+        ("default privileges", "public", "tables for role postgres", "changed"): "grants",
+        ("large object", None, "7", "changed"): "owner postgres → app",
+        ("large object", None, "8", "removed"): None,
+    }
+    # A manifest written before these lists existed says nothing about them.
+    assert manifest_objects({}, new) == []
+    assert sorted((o["name"], o["change"]) for o in manifest_objects(old, {"extensions": []})) == [
+        ("pg_trgm", "removed"), ("pgcrypto", "removed")]
+
+
+def test_text_output_caps_long_lists_and_says_same():
+    from backupkit.report import TEXT_SCHEMA_OBJECTS, schema_text
+
+    many = [{"type": "large object", "schema": None, "name": str(i), "change": "added"}
+            for i in range(TEXT_SCHEMA_OBJECTS + 7)]
+    lines = schema_text({"schema_objects": many})
+    assert lines[0] == f"schema: {len(many)} objects changed ({len(many)} added)"
+    assert lines[1] == "  added    large object 0"
+    assert lines[-1] == "  ... and 7 more (--json lists them all)"
+    assert len(lines) == TEXT_SCHEMA_OBJECTS + 2
+    assert schema_text({"schema_objects": [], "schema_sql_changed": False}) == ["schema: same"]
+    assert schema_text({"schema_objects": many[:1]})[0] == "schema: 1 object changed (1 added)"
