@@ -19,7 +19,8 @@ temporary schemas are excluded):
   populated flag and, when populated, the same count and hash.
 * ``sequences``: type, start, increment, min, max, cache, cycle, persistence,
   owner column (serial / identity), ``last_value`` and ``is_called``
-  (``log_cnt`` is deliberately left out: it is WAL bookkeeping).
+  (``log_cnt`` is deliberately left out: it is WAL bookkeeping); owner,
+  ACL, comment.
 * ``relations``: for tables, partitioned tables, views, materialized views
   and foreign tables: kind, persistence, owner,
   ACL, comment, reloptions, replica identity, RLS enabled/forced, partition
@@ -32,9 +33,31 @@ temporary schemas are excluded):
   replica-identity / valid flags and comment), triggers (pg_get_triggerdef,
   enabled state, comment), rules and RLS policies.
 * ``types``: enum labels in sort order, domains (base type, NOT NULL, default,
-  collation, constraints), composite types' attributes, range types.
-* ``functions``: pg_get_functiondef, owner, ACL, comment.
+  collation, constraints), composite types' attributes, range types; each
+  with owner, ACL and comment.
+* ``functions``: pg_get_functiondef, owner, ACL, comment (extension members
+  included: they must come back with the extension, in its schema).
 * ``schemas`` (owner, ACL, comment) and ``extensions`` (version, schema).
+* ``default_privileges`` (ALTER DEFAULT PRIVILEGES, pg_default_acl): per role,
+  schema (``*`` for a database-wide entry) and object type, the ACL.
+
+Objects that belong to no schema are covered only by a whole-database
+fingerprint (no ``schemas`` filter; with one, these keys are empty, as are the
+database-wide default privileges, and ``extensions`` lists only those in the
+chosen schemas):
+
+* ``publications``: owner, FOR ALL TABLES flag, published actions,
+  publish_via_partition_root, publish_generated_columns (PostgreSQL 18+, else
+  None), comment, member tables with their column lists (names, in column
+  order; None for all columns) and row filters (pg_get_expr), member schemas
+  (FOR TABLES IN SCHEMA).
+* ``large_objects``, by OID (which pg_dump keeps): owner, ACL, comment, size
+  and md5 of the content (read whole with lo_get: meant for test-sized objects).
+* ``event_triggers``: event, owner, function, enabled state, tags, comment.
+
+Owners and ACLs print role names (aclitem text), never role OIDs: roles are
+cluster-wide, so a restore on the same server (or one with the same roles)
+compares equal.
 
 Every query runs in one REPEATABLE READ READ ONLY transaction with fixed
 output settings (search_path=pg_catalog so every name printed by the
@@ -43,7 +66,8 @@ TimeZone=UTC, DateStyle=ISO, IntervalStyle=postgres, extra_float_digits=3
 so float text is exact and shows -0 and NaN, bytea_output=hex,
 lc_monetary=C) and with row_security=off, so a table's rows can never be
 silently hidden by a policy: if the role is subject to RLS the query fails
-instead.  Use a superuser or a BYPASSRLS role.
+instead.  Use a superuser (or a BYPASSRLS role that may also read every large
+object).
 """
 
 from __future__ import annotations
@@ -110,6 +134,11 @@ def _fingerprint_conn(conn: psycopg.Connection, schemas: Iterable[str] | None) -
         "relations": _relations(conn, nsp),
         "sequences": _sequences(conn, nsp),
         "data": _data(conn, nsp),
+        # Objects outside every schema: only in a whole-database fingerprint.
+        "publications": _publications(conn) if schemas is None else {},
+        "large_objects": _large_objects(conn) if schemas is None else {},
+        "default_privileges": _default_privileges(conn, nsp, all_schemas=schemas is None),
+        "event_triggers": _event_triggers(conn) if schemas is None else {},
     }
     return fp
 
@@ -200,6 +229,80 @@ def _functions(conn, nsp) -> dict:
                    pg_get_userbyid(p.proowner), p.proacl::text, obj_description(p.oid, 'pg_proc')
             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
             WHERE n.nspname = ANY(%s)""", (nsp,))
+    }
+
+
+# -- database-wide objects -------------------------------------------------------
+
+def _publications(conn) -> dict:
+    pubs = {}
+    for oid, name, owner, all_tables, ins, upd, dele, trunc, via_root, gencols, comment in _rows(conn, """
+            SELECT p.oid, p.pubname, pg_get_userbyid(p.pubowner), p.puballtables,
+                   p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, p.pubviaroot,
+                   to_jsonb(p) ->> 'pubgencols',  -- PostgreSQL 18+, else NULL
+                   obj_description(p.oid, 'pg_publication')
+            FROM pg_publication p"""):
+        pubs[name] = {
+            "owner": owner, "all_tables": all_tables,
+            "publish": [a for a, on in (("insert", ins), ("update", upd), ("delete", dele),
+                                        ("truncate", trunc)) if on],
+            "via_partition_root": via_root, "generated_columns": gencols, "comment": comment,
+            "tables": {}, "schemas": [],
+        }
+        for key, columns, row_filter in _rows(conn, f"""
+                SELECT {_QNAME},
+                       CASE WHEN pr.prattrs IS NOT NULL THEN
+                           ARRAY(SELECT a.attname::text FROM pg_attribute a
+                                 WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs)
+                                 ORDER BY a.attnum) END,
+                       pg_get_expr(pr.prqual, pr.prrelid)
+                FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE pr.prpubid = %s""", (oid,)):
+            pubs[name]["tables"][key] = {"columns": columns, "row_filter": row_filter}
+        pubs[name]["schemas"] = [r[0] for r in _rows(conn, """
+            SELECT n.nspname FROM pg_publication_namespace pn
+            JOIN pg_namespace n ON n.oid = pn.pnnspid
+            WHERE pn.pnpubid = %s ORDER BY n.nspname""", (oid,))]
+    return pubs
+
+
+def _large_objects(conn) -> dict:
+    """By OID (pg_dump and pg_restore keep large objects' OIDs).  lo_get reads
+    each whole object into memory: fine for test-sized objects."""
+    return {
+        str(oid): {"owner": owner, "acl": acl, "comment": comment, "size": size, "md5": digest}
+        for oid, owner, acl, comment, size, digest in _rows(conn, """
+            SELECT m.oid::bigint, pg_get_userbyid(m.lomowner), m.lomacl::text,
+                   obj_description(m.oid, 'pg_largeobject'),
+                   length(lo_get(m.oid)), md5(lo_get(m.oid))
+            FROM pg_largeobject_metadata m""")
+    }
+
+
+def _default_privileges(conn, nsp, all_schemas: bool) -> dict:
+    """ALTER DEFAULT PRIVILEGES, keyed ``role in schema on type`` (quote_ident
+    names; schema ``*`` for a database-wide entry, only without a schema filter)."""
+    return {
+        key: {"role": role, "schema": schema, "object_type": objtype, "acl": acl}
+        for key, role, schema, objtype, acl in _rows(conn, """
+            SELECT quote_ident(pg_get_userbyid(d.defaclrole)) || ' in '
+                       || coalesce(quote_ident(n.nspname), '*') || ' on ' || d.defaclobjtype::text,
+                   pg_get_userbyid(d.defaclrole), n.nspname, d.defaclobjtype::text,
+                   d.defaclacl::text
+            FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
+            WHERE (d.defaclnamespace = 0 AND %s) OR n.nspname = ANY(%s)""", (all_schemas, nsp))
+    }
+
+
+def _event_triggers(conn) -> dict:
+    return {
+        name: {"event": event, "owner": owner, "function": func, "enabled": enabled,
+               "tags": tags, "comment": comment}
+        for name, event, owner, func, enabled, tags, comment in _rows(conn, """
+            SELECT evtname, evtevent, pg_get_userbyid(evtowner), evtfoid::regprocedure::text,
+                   evtenabled, evttags, obj_description(oid, 'pg_event_trigger')
+            FROM pg_event_trigger""")
     }
 
 

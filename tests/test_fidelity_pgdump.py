@@ -133,6 +133,35 @@ def test_fixture_loads_and_fingerprint_is_deterministic(make_db):
         "products_lower_name_idx", "products_active_price_idx", "products_name_include_idx"}
     assert rels["public.misc"]["columns"]["x"]["type"] == "xml"
 
+    # extensions in their own schema, used by public tables and a domain
+    assert {k: v["schema"] for k, v in first["extensions"].items()}.items() >= {
+        ("citext", "ext"), ("hstore", "ext")}
+    ext_cols = rels["public.ext_typed"]["columns"]
+    assert (ext_cols["nick"]["type"], ext_cols["aliases"]["type"], ext_cols["attrs"]["type"]) == (
+        "ext.citext", "ext.citext[]", "ext.hstore")
+    assert first["types"]["public.email_address"]["base"] == "ext.citext"
+    assert data["public.ext_typed"]["rows"] == 4
+    # database-wide objects
+    pubs = first["publications"]
+    assert set(pubs) == {"fid_pub_filtered", "fid_pub_schema", "fid_pub_plain", "fid pub Root",
+                         "fid_pub_empty"}
+    assert pubs["fid_pub_filtered"]["tables"]["public.products"] == {
+        "columns": ["id", "sku", "price", "active"], "row_filter": "((price > (0)::numeric) AND active)"}
+    assert pubs["fid_pub_filtered"]["publish"] == ["insert", "truncate"]
+    assert pubs["fid_pub_schema"]["schemas"] == ["Odd Schema.v1"]
+    assert pubs["fid pub Root"]["via_partition_root"] is True
+    assert set(pubs["fid_pub_plain"]["tables"]) == {"public.employees", "public.composite_pk"}
+    los = first["large_objects"]
+    assert set(los) == {"4242001", "4242002"}
+    assert los["4242001"]["owner"] == "bk_fid_owner" and los["4242001"]["size"] > 3 * 2048
+    assert '"bk fid Reader' in los["4242001"]["acl"] and los["4242001"]["comment"]
+    assert los["4242002"]["size"] == 0
+    defacl = first["default_privileges"]
+    assert {(v["role"], v["schema"], v["object_type"]) for v in defacl.values()} == {
+        ("bk_fid_owner", None, "r"), ("bk_fid_owner", None, "f"),
+        ("bk_fid_owner", "public", "S"), ("bk_fid_owner", "Odd Schema.v1", "r")}
+    assert first["event_triggers"] == {}
+
 
 def test_fingerprint_schema_filter(fixture_db, base_fp):
     odd = fingerprint(fixture_db, schemas=["Odd Schema.v1"])
@@ -140,6 +169,9 @@ def test_fingerprint_schema_filter(fixture_db, base_fp):
     assert set(odd["data"]) == {ODD_TABLE, '"Odd Schema.v1".lower_case_in_odd_schema'}
     assert odd["data"][ODD_TABLE] == base_fp["data"][ODD_TABLE]
     assert odd["relations"][ODD_TABLE] == base_fp["relations"][ODD_TABLE]
+    # objects outside every schema only appear in a whole-database fingerprint
+    assert odd["publications"] == odd["large_objects"] == odd["event_triggers"] == {}
+    assert [v["schema"] for v in odd["default_privileges"].values()] == ["Odd Schema.v1"]
 
 
 # -- (b) the fingerprint detects every kind of change ----------------------------
@@ -185,6 +217,50 @@ MUTATIONS = {
     "odd-table-value": (
         f"UPDATE {ODD_TABLE} SET \"user\" = NULL WHERE \"select\" = 2",  # '' -> NULL
         [f"data[{json.dumps(ODD_TABLE)}]"]),
+    # equal as citext, different as text: a restore must keep the exact value
+    "citext-case-only": (
+        "UPDATE ext_typed SET nick = 'ALICE' WHERE id = 1",
+        ['data["public.ext_typed"]']),
+    "publication-row-filter": (
+        "ALTER PUBLICATION fid_pub_filtered SET TABLE products (id, sku, price, active)"
+        " WHERE (price > 1 AND active), TABLE ext_typed WHERE (id > 1 AND id <> 3)",
+        ['publications["fid_pub_filtered"]["tables"]["public.products"]["row_filter"]']),
+    "publication-column-list": (
+        "ALTER PUBLICATION fid_pub_filtered SET TABLE products (id, sku, active)"
+        " WHERE (price > 0 AND active), TABLE ext_typed WHERE (id > 1 AND id <> 3)",
+        ['publications["fid_pub_filtered"]["tables"]["public.products"]["columns"]']),
+    "publication-schema-dropped": (
+        'ALTER PUBLICATION fid_pub_schema DROP TABLES IN SCHEMA "Odd Schema.v1"',
+        ['publications["fid_pub_schema"]["schemas"]']),
+    "publication-via-root": (
+        "ALTER PUBLICATION fid_pub_plain SET (publish_via_partition_root = true)",
+        ['publications["fid_pub_plain"]["via_partition_root"]']),
+    "publication-actions": (
+        "ALTER PUBLICATION \"fid pub Root\" SET (publish = 'insert, delete')",
+        ['publications["fid pub Root"]["publish"]']),
+    "large-object-content": (  # same size, one byte changed
+        "SELECT lo_put(4242001, 0, '\\x4c')",
+        ['large_objects["4242001"]["md5"]']),
+    "large-object-grant": (
+        'REVOKE SELECT ON LARGE OBJECT 4242001 FROM "bk fid Reader"',
+        ['large_objects["4242001"]["acl"]']),
+    "large-object-owner": (
+        "ALTER LARGE OBJECT 4242002 OWNER TO bk_fid_owner",
+        ['large_objects["4242002"]["owner"]']),
+    "large-object-comment": (
+        "COMMENT ON LARGE OBJECT 4242002 IS 'now with a comment'",
+        ['large_objects["4242002"]["comment"]']),
+    "dropped-default-privilege": (  # back to the built-in default: the entry disappears
+        'ALTER DEFAULT PRIVILEGES FOR ROLE bk_fid_owner REVOKE SELECT ON TABLES FROM "bk fid Reader"',
+        ['default_privileges["bk_fid_owner in * on r"]']),
+    "dropped-schema-default-privilege": (
+        'ALTER DEFAULT PRIVILEGES FOR ROLE bk_fid_owner IN SCHEMA public'
+        ' REVOKE USAGE, SELECT ON SEQUENCES FROM "bk fid Reader"',
+        ['default_privileges["bk_fid_owner in public on S"]']),
+    "event-trigger-added": (
+        "CREATE FUNCTION public.fid_evt() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN END$$;"
+        "CREATE EVENT TRIGGER fid_evt ON ddl_command_end EXECUTE FUNCTION public.fid_evt()",
+        ['functions["public.fid_evt()"]', 'event_triggers["fid_evt"]']),
 }
 
 
