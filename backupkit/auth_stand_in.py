@@ -80,7 +80,12 @@ def plan_stand_in(manifest: dict, chosen: list[dict], schema_sql: str, target_sc
     """The stand-in the restore needs, or None (the target has ``auth``, or nothing points at it)."""
     if "auth" in target_schemas or any(t["schema"] == "auth" for t in chosen):
         return None
-    stand_in = StandIn(functions=sorted(set(_AUTH_CALL.findall(schema_sql))))
+    if not _AUTH_CALL.search(schema_sql) and not any(
+            fk["ref_schema"] == "auth" for t in chosen for fk in t.get("foreign_keys", [])):
+        return None
+    # All four, not only those the policies name: function bodies are not checked when
+    # created, so an app function calling auth.role() would fail only when it runs.
+    stand_in = StandIn(functions=sorted(_FUNCTIONS))
     for t in chosen:
         types = {c["name"]: c["type"] for c in t["columns"]}
         for fk in t.get("foreign_keys", []):
@@ -89,8 +94,6 @@ def plan_stand_in(manifest: dict, chosen: list[dict], schema_sql: str, target_sc
             col, ref = fk["columns"][0], fk["ref_columns"][0]
             stand_in.columns.setdefault(ref, types[col])
             stand_in.sources.append((t["schema"], t["name"], col, ref))
-    if not stand_in.functions and not stand_in.columns:
-        return None
     return stand_in
 
 

@@ -157,7 +157,7 @@ def plan_database(entries: list[TocEntry], manifest: dict, target: Target, *, ta
             keep, note = default_acl_allowed(e, target)
             if keep:
                 plan.post.append(e)
-            else:
+            elif note not in plan.notes:
                 plan.notes.append(note)
         elif e.type == "EVENT TRIGGER" and full:
             name = _name(e)

@@ -39,6 +39,8 @@ class Platform:
     triggers: set[tuple[str, str, str]] = field(default_factory=set)
     policies: set[tuple[str, str, str]] = field(default_factory=set)
     nonempty: set[str] = field(default_factory=set)
+    #: platform tables with rows in the snapshot that the connecting role may not insert into
+    denied: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.tables)
@@ -88,7 +90,10 @@ def read_platform(conn: psycopg.Connection, chosen: list[dict]) -> Platform:
     platform.policies = {tuple(r) for r in conn.execute(
         "SELECT schemaname, tablename, policyname FROM pg_policies WHERE schemaname = ANY(%s)",
         (sorted(schemas),)).fetchall()}
-    for key in platform.tables:
+    for key, t in platform.tables.items():
+        if t["rows"] and not conn.execute("SELECT has_table_privilege(%s, 'INSERT')",
+                                          (sql.Identifier(*key.split(".", 1)).as_string(conn),)).fetchone()[0]:
+            platform.denied.add(key)
         if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
                 sql.Identifier(*key.split(".", 1)))).fetchone()[0]:
             platform.nonempty.add(key)
@@ -97,13 +102,22 @@ def read_platform(conn: psycopg.Connection, chosen: list[dict]) -> Platform:
 
 def problems(platform: Platform) -> list[str]:
     """Platform tables that already hold rows of their own (bookkeeping aside)."""
+    out = []
+    denied = sorted(platform.denied - BOOKKEEPING)
+    if denied:
+        out.append(f"the connecting role may not insert into the project's {', '.join(denied)}")
     full = sorted(platform.nonempty - BOOKKEEPING)
     if not full:
-        return []
-    return [f"the project's own {', '.join(full)} already hold rows; restore into a new project, "
+        return out
+    return out + [f"the project's own {', '.join(full)} already hold rows; restore into a new project, "
             "or empty them there first (backupkit never drops or empties the platform's tables)"]
 
 
 def kept_rows(platform: Platform) -> list[str]:
     """Bookkeeping tables whose target rows are kept instead of the snapshot's."""
-    return sorted(platform.nonempty & BOOKKEEPING)
+    return sorted((platform.nonempty | platform.denied) & BOOKKEEPING)
+
+
+def empty(platform: Platform) -> list[str]:
+    """Platform tables the snapshot holds no rows of: nothing to load (and maybe no right to)."""
+    return sorted(k for k, t in platform.tables.items() if not t["rows"])

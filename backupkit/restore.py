@@ -35,7 +35,7 @@ from .database_scripts import plan_database, read_target, restore_large_objects,
 from .auth_stand_in import StandIn, plan_stand_in
 from .manifest import DATABASE_DUMP
 from .restore_checks import missing_references, role_creation, schema_privileges
-from .platform import kept_rows, problems as platform_problems, read_platform
+from .platform import empty as platform_empty, kept_rows, problems as platform_problems, read_platform
 from .schema import DUMP, toc
 from .scripts import build_scripts, wanted_entries
 from .selection import select_tables
@@ -165,8 +165,13 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     problems: list[str] = []
     with connect(dsn) as conn:
         platform = read_platform(conn, chosen)
-        existing = _check_target(conn, [t for t in chosen if mf.table_key(t) not in platform.tables],
-                                 data_only, clean)
+        refused: TargetNotEmpty | None = None
+        try:
+            existing = _check_target(conn, [t for t in chosen if mf.table_key(t) not in platform.tables],
+                                     data_only, clean)
+        except TargetNotEmpty as exc:  # listed with every other problem, below
+            refused, existing = exc, []
+            problems.append(str(exc))
         target = read_target(conn, manifest)
         problems += platform_problems(platform)
         if platform and not schema_only and not _may_disable_triggers(conn):
@@ -179,11 +184,14 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     if platform:
         kept = kept_rows(platform)
         if kept:
-            chosen = [t for t in chosen if mf.table_key(t) not in kept]
-            plan.tables = chosen
             plan.notes.append("kept the project's own " + ", ".join(kept) + " (the platform's migration records)")
-        plan.notes.append("loaded rows into the project's own " + ", ".join(sorted(set(platform.tables) - set(kept)))
-                          + "; their owners and grants are unchanged")
+        skip = set(kept) | set(platform_empty(platform))
+        chosen = [t for t in chosen if mf.table_key(t) not in skip]
+        plan.tables = chosen
+        loading = sorted(set(platform.tables) - skip)
+        if loading:
+            plan.notes.append("loaded rows into the project's own " + ", ".join(loading)
+                              + "; their owners and grants are unchanged")
     database = None
     if not data_only:
         entries = _allowed_default_acls(entries, target, plan)
@@ -226,6 +234,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
             problems += missing_references(conn, chosen, provided)
         problems += schema_privileges(conn, entries)
         problems += role_creation(conn, plan.created_roles)
+    if refused and len(problems) == 1:
+        raise refused
     if problems:
         raise RestoreError("the restore cannot succeed, nothing was changed: " + "; ".join(problems),
                            hint="fix each problem named, then run the restore (or --dry-run) again")
@@ -289,7 +299,8 @@ def _allowed_default_acls(entries: list, target, plan: RestorePlan) -> list:
         if e.type == "DEFAULT ACL":
             ok, note = default_acl_allowed(e, target)
             if not ok:
-                plan.notes.append(note)
+                if note not in plan.notes:
+                    plan.notes.append(note)
                 continue
         kept.append(e)
     return kept

@@ -79,9 +79,17 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
         return e.type == "COMMENT" and e.rest.startswith("- SCHEMA ") and any(
             e.rest.startswith(f"- SCHEMA {k[2]} ") for k in existing if k[0] == "SCHEMA")
 
+    # Grants on a schema the target has and the connecting role does not own (Supabase's
+    # auth, storage) are the owner's to give; re-granting them fails or changes nothing.
+    not_ours = {r[0] for r in target.execute(
+        "SELECT nspname FROM pg_namespace WHERE NOT pg_has_role(nspowner, 'USAGE')").fetchall()}
+
+    def acl_on_foreign_schema(e: TocEntry) -> bool:
+        return e.type == "ACL" and any(e.rest.startswith(f"- SCHEMA {n} ") for n in not_ours)
+
     if full:
-        return [e for e in entries
-                if (e.type != "SCHEMA" or new_global(e)) and not comment_on_existing_schema(e)]
+        return [e for e in entries if (e.type != "SCHEMA" or new_global(e))
+                and not comment_on_existing_schema(e) and not acl_on_foreign_schema(e)]
     wanted = []
     chosen_keys = {mf.table_key(t) for t in chosen}
     seqs = {(s["schema"], s["name"]) for s in manifest.get("sequences", [])
