@@ -45,8 +45,13 @@ class Target:
     event_triggers: set[str]
     large_objects: set[int]
 
+    #: roles the restore will create (--create-roles) before it needs them
+    will_create: set[str] = field(default_factory=set)
+
     def may_act_for(self, role: str) -> bool:
         """Whether the connecting role may ALTER DEFAULT PRIVILEGES FOR ROLE ``role``."""
+        if role in self.will_create:
+            return self.superuser  # a CREATEROLE creator is not a member with SET/INHERIT
         return role in self.roles and (self.superuser or role in self.member_of)
 
 
@@ -182,16 +187,19 @@ def _plan_publications(plan: DatabasePlan, entries: list[TocEntry], manifest: di
     """Create the snapshot's publications the target lacks; add the members it lacks."""
     pubs = manifest.get("publications", [])
     wanted: set[str] = set()
+    members: list[str] = []
     for pub in pubs:
         for t in pub.get("tables", []):
             key = f"{t['schema']}.{t['name']}"
             if (full or key in tables) and (pub["name"], t["schema"], t["name"]) not in target.publication_tables:
                 wanted.add(pub["name"])
+                members.append(f"{pub['name']}: {key}")
                 plan.post += [e for e in entries if e.type == "PUBLICATION TABLE"
                               and e.rest.startswith(f"{t['schema']} {pub['name']} {t['name']} ")]
         for s in pub.get("schemas", []):
             if (full or any(k.startswith(s + ".") for k in tables)) and (pub["name"], s) not in target.publication_schemas:
                 wanted.add(pub["name"])
+                members.append(f"{pub['name']}: tables in schema {s}")
                 plan.post += [e for e in entries if e.type == "PUBLICATION TABLES IN SCHEMA"
                               and e.rest.startswith(f"{s} {pub['name']} {s} ")]
         if full:
@@ -201,10 +209,8 @@ def _plan_publications(plan: DatabasePlan, entries: list[TocEntry], manifest: di
     # Creation first: members are added to a publication that exists by then.
     plan.post[:0] = [e for e in entries if (e.type == "PUBLICATION" and _name(e) in create) or (
         e.type == "COMMENT" and any(e.rest.startswith(f"- PUBLICATION {p} ") for p in create))]
-    added = [e for e in plan.post if e.type.startswith("PUBLICATION ")]
-    if added:
-        plan.notes.append(f"added {len(added)} publication member(s): "
-                          + ", ".join(sorted({e.rest.split(' ')[1] for e in added})))
+    if members:
+        plan.notes.append(f"added {len(members)} publication member(s): " + "; ".join(members))
 
 
 def default_acl_allowed(e: TocEntry, target: Target) -> tuple[bool, str]:
@@ -212,7 +218,7 @@ def default_acl_allowed(e: TocEntry, target: Target) -> tuple[bool, str]:
     role = e.rest.rsplit(" ", 1)[-1].strip()
     if target.may_act_for(role):
         return True, ""
-    why = "that role does not exist here" if role not in target.roles else \
+    why = "that role does not exist here" if role not in target.roles | target.will_create else \
         f"{target.user} is not a member of it"
     scope = "database-wide" if e.rest.startswith("- ") else f"in schema {e.rest.split(' ', 1)[0]}"
     return False, f"skipped default privileges FOR ROLE {role} ({scope}): {why}"

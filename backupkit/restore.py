@@ -33,6 +33,7 @@ from .dsn import connect, redact
 from .errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
 from .database_scripts import plan_database, read_target, restore_large_objects, default_acl_allowed
 from .auth_stand_in import StandIn, plan_stand_in
+from .in_place import broken_references, empty_sql, split_by_shape
 from .manifest import DATABASE_DUMP
 from .restore_checks import missing_references, role_creation, schema_privileges
 from .platform import empty as platform_empty, kept_rows, problems as platform_problems, read_platform
@@ -61,6 +62,8 @@ class RestorePlan:
     created_roles: list[str] = field(default_factory=list)
     #: The snapshot's large objects this restore creates (full restores only).
     large_objects: list[dict] = field(default_factory=list)
+    #: Existing tables whose rows a selective --clean restore replaces, keeping the tables.
+    in_place: list[str] = field(default_factory=list)
     #: The Supabase project's own tables that get rows but are never created or dropped.
     platform_tables: list[str] = field(default_factory=list)
     #: What the restore makes or leaves out beyond the snapshot's own objects, in words.
@@ -73,6 +76,8 @@ class RestorePlan:
             steps.append(f"drop existing tables first (--clean): {', '.join(self.existing)}")
         if self.schema:
             steps.append("create schema objects (pre-data)")
+        if self.in_place:
+            steps.append(f"empty {', '.join(self.in_place)} in place (triggers off), keeping the tables")
         if self.data:
             rows = sum(t["rows"] for t in self.tables)
             steps.append(f"load {len(self.tables)} tables, {rows} rows, with COPY")
@@ -87,7 +92,8 @@ class RestorePlan:
         return {"snapshot": str(self.snapshot), "tables": [mf.table_key(t) for t in self.tables],
                 "rows": sum(t["rows"] for t in self.tables), "existing": self.existing,
                 "clean": self.drop_first, "schema": self.schema, "data": self.data,
-                "steps": self.describe(), "notes": self.notes, "created_roles": self.created_roles}
+                "steps": self.describe(), "notes": self.notes, "created_roles": self.created_roles,
+                "in_place": self.in_place}
 
 
 @dataclass
@@ -173,6 +179,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
             refused, existing = exc, []
             problems.append(str(exc))
         target = read_target(conn, manifest)
+        if create_roles:
+            target.will_create = {r["name"] for r in manifest.get("roles", [])} - target.roles
         problems += platform_problems(platform)
         if platform and not schema_only and not _may_disable_triggers(conn):
             problems.append("loading the project's auth/storage tables needs their triggers off "
@@ -180,7 +188,25 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         plan = RestorePlan(folder, chosen, existing, clean and bool(existing), not data_only, not schema_only,
                            full)
         plan.platform_tables = sorted(platform.tables)
-        entries = [] if data_only else wanted_entries(toc(folder / DUMP), manifest, chosen, full, conn, platform)
+        in_place: list[dict] = []
+        if clean and existing and not full and not data_only and not schema_only:
+            in_place, reshaped = split_by_shape(conn, [t for t in chosen if mf.table_key(t) in existing])
+            plan.in_place = [mf.table_key(t) for t in in_place]
+            existing = [k for k in existing if k not in plan.in_place]
+            plan.existing, plan.drop_first = existing, bool(existing)
+            if in_place:
+                plan.notes.append("replacing the rows of " + ", ".join(plan.in_place) + " in place: their "
+                                  "indexes, triggers, policies, grants, publication membership and what points "
+                                  "at them (views, other tables' foreign keys) stay as they are")
+                if not _may_disable_triggers(conn):
+                    problems.append("replacing rows in place needs the tables' triggers and foreign-key actions "
+                                    "off (session_replication_role), which this role may not set")
+            if reshaped:
+                plan.notes.append("dropping and recreating " + "; ".join(reshaped) + ": their columns are not "
+                                  "the snapshot's any more, so views or other tables' foreign keys on them "
+                                  "stop the restore")
+        rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
+        entries = [] if data_only else wanted_entries(toc(folder / DUMP), manifest, rebuilt, full, conn, platform)
     if platform:
         kept = kept_rows(platform)
         if kept:
@@ -222,7 +248,7 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         jobs = 1
     parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in chosen) >= 2
     scripts = {} if data_only else build_scripts(dsn, folder / DUMP, entries, chosen, plan, roles, owner,
-                                                  create_roles, parallel, database)
+                                                  create_roles, parallel, database, target.will_create)
     stand_in = None if data_only else plan_stand_in(
         manifest, chosen, scripts["pre-data"] + scripts["post-data"], target.schemas)
     if stand_in:
@@ -239,6 +265,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     if problems:
         raise RestoreError("the restore cannot succeed, nothing was changed: " + "; ".join(problems),
                            hint="fix each problem named, then run the restore (or --dry-run) again")
+    if in_place:
+        scripts["empty"] = empty_sql(in_place)
     if plan.large_objects:
         scripts["large-objects"] = (database[1].large_objects, not owner)
         if clean and target.large_objects:
@@ -348,7 +376,7 @@ def _load_session(conn: psycopg.Connection, plan: RestorePlan) -> None:
     they are switched off the way pg_restore --disable-triggers does.
     """
     conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
-    if not plan.schema or plan.platform_tables:
+    if not plan.schema or plan.platform_tables or plan.in_place:
         try:
             conn.execute("SET session_replication_role = replica")
         except psycopg.errors.InsufficientPrivilege:
@@ -377,18 +405,24 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
             _prepare(conn, scripts, chosen, truncate)
             if plan.data:
                 _load_session(conn, plan)
+                if "empty" in scripts:  # with triggers off: no ON DELETE CASCADE into other tables
+                    conn.execute(scripts["empty"])
                 # Tables created (or emptied) in this transaction can take their rows frozen:
                 # no hint-bit rewrite of every page and no anti-wraparound VACUUM of them later.
                 freeze = plan.schema or truncate
                 for t in tqdm(chosen, desc="restore", unit="table", disable=not show, file=sys.stderr):
-                    own = mf.table_key(t) not in plan.platform_tables
+                    own = mf.table_key(t) not in plan.platform_tables + plan.in_place
                     rows += _load(conn, t, folder, freeze=freeze and own)
-                if plan.platform_tables:  # the app's triggers, created next, must fire again
+                if plan.platform_tables or plan.in_place:  # triggers created next must fire again
                     conn.execute("SET session_replication_role = DEFAULT")
             _large_objects(conn, folder, scripts)
             if "post-data" in scripts:
                 conn.execute(scripts["post-data"])
             _sequences_and_matviews(conn, manifest, chosen, plan.full)
+            broken = broken_references(conn, [t for t in chosen if mf.table_key(t) in plan.in_place])
+            if broken:
+                raise RestoreError("the restored rows break foreign keys: " + ", ".join(broken),
+                                   hint="restore the referencing or referenced tables too (--with-dependencies)")
         except psycopg.Error as exc:
             conn.rollback()
             raise RestoreError(f"restore failed and was rolled back, the target is unchanged: "

@@ -166,10 +166,12 @@ def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
 
 def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[dict], plan,
                   roles: set[str], owner: bool, create_roles: bool, parallel: bool,
-                  database: tuple[Path, DatabasePlan] | None = None) -> dict:
+                  database: tuple[Path, DatabasePlan] | None = None, more_roles: set[str] = frozenset()) -> dict:
     """The SQL each step runs, rendered by pg_restore from the snapshot's archives.
 
-    ``database`` is the database-level archive and the plan of its entries.
+    ``database`` is the database-level archive and the plan of its entries;
+    ``more_roles`` roles to create with ``create_roles`` beyond those the SQL names
+    (a large object's owner, a default privilege's role: the manifest's roles).
 
     Records on ``plan`` (a RestorePlan) the grants skipped, the column options
     dropped and the roles created.
@@ -197,7 +199,7 @@ def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[di
         from .database_objects import referenced_roles as every_role  # owners too, with --owner
 
         plan.created_roles = sorted((every_role(texts["pre-data"] + texts["post-data"]) | policy_roles
-                                     | grant_roles) - roles)
+                                     | grant_roles | set(more_roles)) - roles)
         roles = roles | set(plan.created_roles)
         texts["pre-data"] = "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n"
                                     for r in plan.created_roles) + texts["pre-data"]

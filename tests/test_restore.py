@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
@@ -456,3 +458,27 @@ def test_a_table_without_columns_backs_up_restores_and_diffs(make_db, tmp_path):
     target = make_db("zero_target")
     restore(snap.path, target)
     assert_same(source, target)
+
+
+def test_create_roles_makes_the_owner_of_a_large_object_and_default_privileges(make_db, tmp_path):
+    """Roles named only outside the schemas (a large object's owner, a default privilege's
+    role) are made by --create-roles too, and publication notes name members exactly."""
+    role = f"bk_lo_owner_{uuid.uuid4().hex[:8]}"
+    source = make_db("lo_roles")
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute(sql.SQL(
+            "CREATE SCHEMA \"a b\"; CREATE TABLE \"a b\".t (x int PRIMARY KEY); CREATE PUBLICATION \"p q\" FOR TABLE \"a b\".t;"
+            "SELECT lo_from_bytea(777001, 'abc'); ALTER LARGE OBJECT 777001 OWNER TO {r};"
+            "ALTER DEFAULT PRIVILEGES FOR ROLE {r} GRANT SELECT ON TABLES TO PUBLIC").format(r=sql.Identifier(role)))
+    res = backupkit.backup(source, tmp_path, schemas=["a b"])
+    with psycopg.connect(source, autocommit=True) as conn:  # the role must be gone for the restore to make it
+        conn.execute(sql.SQL("SELECT lo_unlink(777001); DROP OWNED BY {r}; DROP ROLE {r}").format(r=sql.Identifier(role)))
+    target = make_db("lo_roles_target")
+    result = restore(res.path, target, owner=True, create_roles=True)
+    assert role in result.plan.created_roles
+    assert "added 1 publication member(s): p q: a b.t" in result.plan.notes
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT pg_get_userbyid(lomowner) FROM pg_largeobject_metadata "
+                            "WHERE oid = 777001").fetchone() == (role,)
+        assert conn.execute("SELECT pg_get_userbyid(defaclrole) FROM pg_default_acl").fetchall() == [(role,)]
