@@ -150,6 +150,10 @@ def cmd_restore(a) -> int:
             print(f"  - {step}")
     else:
         print(f"restored {len(res.plan.tables)} tables, {res.rows} rows in {res.seconds:.1f}s")
+    if not a.json:
+        # What the restore made or left out beyond the snapshot's own objects, in words.
+        for note in res.plan.notes:
+            print(f"  note: {note}")
     return 0
 
 

@@ -62,6 +62,8 @@ class RestorePlan:
     created_roles: list[str] = field(default_factory=list)
     #: The snapshot's large objects this restore creates (full restores only).
     large_objects: list[dict] = field(default_factory=list)
+    #: Whole schemas a selective restore takes (their views and sequences too).
+    schemas: list[str] = field(default_factory=list)
     #: Existing tables whose rows a selective --clean restore replaces, keeping the tables.
     in_place: list[str] = field(default_factory=list)
     #: The Supabase project's own tables that get rows but are never created or dropped.
@@ -169,8 +171,18 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     chosen = select_tables(manifest, list(tables), list(schemas), with_dependencies)
     full = not tables and not schemas
     problems: list[str] = []
+    early_notes: list[str] = []
     with connect(dsn) as conn:
         platform = read_platform(conn, chosen)
+        if with_dependencies and platform:
+            # A live project already has the platform tables the chosen ones reference
+            # (auth.users): they are the dependency, not something to load again.
+            named = {mf.table_key(t) for t in select_tables(manifest, list(tables), list(schemas))}
+            pulled = sorted(k for k in platform.tables if k not in named)
+            if pulled:
+                chosen = [t for t in chosen if mf.table_key(t) not in pulled]
+                platform = read_platform(conn, chosen)
+                early_notes.append("left the project's own " + ", ".join(pulled) + " as they are (dependencies it has)")
         refused: TargetNotEmpty | None = None
         try:
             existing = _check_target(conn, [t for t in chosen if mf.table_key(t) not in platform.tables],
@@ -188,6 +200,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         plan = RestorePlan(folder, chosen, existing, clean and bool(existing), not data_only, not schema_only,
                            full)
         plan.platform_tables = sorted(platform.tables)
+        plan.notes += early_notes
+        plan.schemas = list(schemas)
         in_place: list[dict] = []
         if clean and existing and not full and not data_only and not schema_only:
             in_place, reshaped = split_by_shape(conn, [t for t in chosen if mf.table_key(t) in existing])
@@ -206,7 +220,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
                                   "the snapshot's any more, so views or other tables' foreign keys on them "
                                   "stop the restore")
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
-        entries = [] if data_only else wanted_entries(toc(folder / DUMP), manifest, rebuilt, full, conn, platform)
+        entries = [] if data_only else wanted_entries(toc(folder / DUMP), manifest, rebuilt, full, conn, platform,
+                                                      schemas=list(schemas), tables_named=bool(tables))
     if platform:
         kept = kept_rows(platform)
         if kept:
@@ -283,8 +298,6 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
                                f"{plan.dropped_column_options[0]})")
     for w in result.warnings:
         log.warning(w)
-    for n in plan.notes:
-        log.info(n)
     if dry_run:
         return result
     for k in existing:
@@ -341,17 +354,19 @@ def _large_objects(conn: psycopg.Connection, folder: Path, scripts: dict) -> Non
         restore_large_objects(conn, folder / DATABASE_DUMP, entries, no_owner=no_owner)
 
 
-def _sequences_and_matviews(conn: psycopg.Connection, manifest: dict, chosen: list[dict], full: bool) -> None:
+def _sequences_and_matviews(conn: psycopg.Connection, manifest: dict, chosen: list[dict], plan: RestorePlan) -> None:
+    """setval of the restored sequences (all, those of whole schemas, those chosen tables own);
+    refresh of the restored populated materialized views."""
     keys = {mf.table_key(t) for t in chosen}
+    full = plan.full
     for s in manifest.get("sequences", []):
         owned = s.get("owned_by")
-        if full or (owned and f"{owned[0]}.{owned[1]}" in keys):
+        if full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
             conn.execute("SELECT pg_catalog.setval(%s::regclass, %s, %s)",
                          (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]))
-    if full:
-        for v in manifest.get("materialized_views", []):
-            if v["populated"]:
-                conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
+    for v in manifest.get("materialized_views", []):
+        if v["populated"] and (full or v["schema"] in plan.schemas):
+            conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
 
 
 def _truncate(conn: psycopg.Connection, chosen: list[dict]) -> None:
@@ -418,7 +433,7 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
             _large_objects(conn, folder, scripts)
             if "post-data" in scripts:
                 conn.execute(scripts["post-data"])
-            _sequences_and_matviews(conn, manifest, chosen, plan.full)
+            _sequences_and_matviews(conn, manifest, chosen, plan)
             broken = broken_references(conn, [t for t in chosen if mf.table_key(t) in plan.in_place])
             if broken:
                 raise RestoreError("the restored rows break foreign keys: " + ", ".join(broken),
@@ -524,7 +539,7 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
             rest = scripts["post-data-rest"] if "post-data-rest" in scripts else scripts.get("post-data")
             if rest:
                 conn.execute(rest)
-            _sequences_and_matviews(conn, manifest, chosen, plan.full)
+            _sequences_and_matviews(conn, manifest, chosen, plan)
     except BaseException as exc:
         # Whatever went wrong (a database error, a vanished file, Ctrl-C), committed
         # pre-data must not be left behind silently.

@@ -54,12 +54,16 @@ def _object_key(e: TocEntry) -> tuple[str, str, str]:
 
 
 def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], full: bool,
-                   target: psycopg.Connection, platform: Platform | None = None) -> list[TocEntry]:
-    """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``.
+                   target: psycopg.Connection, platform: Platform | None = None,
+                   schemas: list[str] = (), tables_named: bool = True) -> list[TocEntry]:
+    """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
+    and, for ``schemas``, everything in those schemas (views, functions, sequences too).
 
     Objects the target already has (the public schema, always; types and
     functions on a selective restore into a live database; whatever the
-    Supabase platform already has) are not created again.
+    Supabase platform already has) are not created again.  A restore of whole
+    schemas only takes other schemas' types its tables' columns use, never
+    their functions.
     """
     existing = _existing_objects(target)
     if platform:
@@ -98,8 +102,28 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
     names |= {tuple(t["parent"].split(".", 1)) for t in chosen if t.get("parent") and t.get("is_partition")}
     indexes = {(t["schema"], i) for t in chosen for i in t.get("indexes", [])}
     globals_kept = set()
+    selected = set(schemas)
+    used_types = {_bare_type(c["type"]) for t in chosen for c in t["columns"]}
+
+    def in_selected(e: TocEntry) -> bool:
+        return e.rest.split(" ", 1)[0] in selected
+
+    def type_used(kind: str, schema: str, name: str) -> bool:
+        return kind == "TYPE" and (f"{schema}.{name}" in used_types or (schema == "public" and name in used_types))
+
+    # Schemas of other schemas' types the chosen columns use: created if the target lacks them.
+    type_schemas = {k[1] for k in global_keys.values() if type_used(*k)}
+
+    def global_wanted(e: TocEntry) -> bool:
+        kind, schema, name = global_keys[e.line]
+        if kind == "SCHEMA":
+            return name in selected or tables_named or name in type_schemas
+        return schema in selected or tables_named or type_used(kind, schema, name)
+
     for e in entries:
-        if e.type in ("TABLE", "TABLE ATTACH"):
+        if selected and in_selected(e) and e.type not in _GLOBAL_TYPES:
+            ok = True  # a whole schema: its views, sequences, comments and grants too
+        elif e.type in ("TABLE", "TABLE ATTACH"):
             ok = any(e.belongs_to(s, n) for s, n in names)
         elif e.type in ("INDEX", "INDEX ATTACH"):
             ok = any(e.belongs_to(s, i) for s, i in indexes)
@@ -110,7 +134,7 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
             ok = any(e.belongs_to(s, n) for s, n in names)
         elif e.type in _GLOBAL_TYPES:
             # Types, functions and schemas the tables may need, unless the target has them.
-            ok = new_global(e)
+            ok = new_global(e) and global_wanted(e)
             if ok:
                 globals_kept.add(global_keys[e.line][1:])
         elif e.type in ("COMMENT", "ACL", "SECURITY LABEL"):
@@ -123,6 +147,11 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
         if ok:
             wanted.append(e)
     return wanted
+
+
+def _bare_type(type_name: str) -> str:
+    """``schema.type`` of a column type as format_type prints it, without typmod or array brackets."""
+    return re.sub(r"(\(.*\))?(\[\])*$", "", type_name).replace('"', "")
 
 
 def _acl_lines(script: str):

@@ -482,3 +482,28 @@ def test_create_roles_makes_the_owner_of_a_large_object_and_default_privileges(m
         assert conn.execute("SELECT pg_get_userbyid(lomowner) FROM pg_largeobject_metadata "
                             "WHERE oid = 777001").fetchone() == (role,)
         assert conn.execute("SELECT pg_get_userbyid(defaclrole) FROM pg_default_acl").fetchall() == [(role,)]
+
+
+def test_a_schema_restore_brings_the_whole_schema_and_only_what_it_uses_of_others(make_db, tmp_path):
+    source = make_db("schemas_src")
+    with psycopg.connect(source) as conn:
+        conn.execute("""
+            CREATE SCHEMA app; CREATE SCHEMA other;
+            CREATE TYPE other.level AS ENUM ('low', 'high');
+            CREATE FUNCTION other.unused() RETURNS int LANGUAGE sql AS 'SELECT 1';
+            CREATE FUNCTION app.twice(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 * 2';
+            CREATE TABLE app.t (id int PRIMARY KEY, lvl other.level);
+            INSERT INTO app.t VALUES (1, 'low'), (2, 'high');
+            CREATE VIEW app.v AS SELECT id, app.twice(id) AS d FROM app.t;
+            CREATE SEQUENCE app.free_seq; SELECT setval('app.free_seq', 41);
+            CREATE MATERIALIZED VIEW app.mv AS SELECT count(*) AS n FROM app.t;
+            CREATE TABLE other.x (id int)""")
+    res = backupkit.backup(source, tmp_path, schemas=["app", "other"])
+    target = make_db("schemas_tgt")
+    restore(res.path, target, schemas=["app"])
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT d FROM app.v ORDER BY id").fetchall() == [(2,), (4,)]
+        assert conn.execute("SELECT n FROM app.mv").fetchone() == (2,)
+        assert conn.execute("SELECT last_value FROM app.free_seq").fetchone() == (41,)
+        assert conn.execute("SELECT to_regtype('other.level') IS NOT NULL, to_regproc('other.unused') IS NULL, "
+                            "to_regclass('other.x') IS NULL").fetchone() == (True, True, True)

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 
 import backupkit
+from backupkit import manifest as mf
 from backupkit.errors import RestoreError
 
 from fingerprint import diff_fingerprints, fingerprint
@@ -224,3 +225,17 @@ def test_in_place_restore_of_a_realtime_table_keeps_its_publication_membership(s
         assert conn.execute("SELECT count(*) FROM public.messages").fetchone()[0] == 4
         assert conn.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
                             "AND schemaname = 'public' AND tablename = 'messages'").fetchone()[0] == 1
+
+
+def test_a_table_that_references_auth_users_restores_with_dependencies_into_the_live_project(
+        supabase_project, app_snapshot):
+    """--with-dependencies follows profiles -> auth.users, which the live project has: it is
+    left as it is, not loaded again or dropped."""
+    source, res = app_snapshot
+    before = fingerprint(supabase_project.admin(source))
+    with psycopg.connect(source) as conn:
+        conn.execute("UPDATE public.profiles SET full_name = NULL")
+    result = backupkit.restore(res.path, source, tables=["public.profiles"], with_dependencies=True, clean=True)
+    assert any("left the project's own auth.users" in n for n in result.plan.notes)
+    assert [mf.table_key(t) for t in result.plan.tables] == ["public.profiles"]
+    assert_same(before, fingerprint(supabase_project.admin(source)))

@@ -66,17 +66,22 @@ def restore_steps(result: RestoreResult) -> pd.DataFrame:
     state = "planned" if result.dry_run else "done"
     rows = [{"step": s, "state": state} for s in result.plan.describe()]
     rows += [{"step": w, "state": "warning"} for w in result.warnings]
+    rows += [{"step": n, "state": "note"} for n in result.plan.notes]
     return pd.DataFrame(rows, columns=["step", "state"])
 
 
 def restore_table(result: RestoreResult) -> pd.DataFrame:
     """The restore's tables: rows, whether the target already had them, and what happens to them."""
     plan = result.plan
-    existing = set(plan.existing)
+    existing = set(plan.existing) | set(plan.in_place) | set(plan.platform_tables)
     rows = []
     for t in plan.tables:
         key = mf.table_key(t)
-        if key in existing:
+        if key in plan.in_place:
+            action = "replace rows in place"
+        elif key in plan.platform_tables:
+            action = "load into the project's own table"
+        elif key in existing:
             action = ("empty, then load" if not plan.schema else "drop, create, load") if plan.drop_first \
                 else "exists (refused)"
         else:
