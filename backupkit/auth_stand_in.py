@@ -45,6 +45,8 @@ class StandIn:
     columns: dict[str, str] = field(default_factory=dict)
     #: (schema, table, column, auth.users column) whose values become auth.users rows
     sources: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: roles given USAGE on the schema (Supabase's anon, authenticated, service_role)
+    grantees: list[str] = field(default_factory=list)
 
     def create_sql(self) -> str:
         """The schema, functions and table, created before the snapshot's own objects."""
@@ -59,8 +61,12 @@ class StandIn:
         return "".join(out)
 
     def fill_sql(self) -> str:
-        """auth.users rows for every id the restored rows reference (after the data, before foreign keys)."""
+        """auth.users rows for every id the restored rows reference (after the data, before foreign
+        keys), and USAGE on the schema for the API roles (made by then, with --create-roles)."""
         out = []
+        if self.grantees:
+            out.append("GRANT USAGE ON SCHEMA auth TO "
+                       + ", ".join(sql.Identifier(r).as_string() for r in self.grantees) + ";\n")
         for schema, table, column, target in self.sources:
             out.append(sql.SQL("INSERT INTO auth.users ({}) SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL "
                                "ON CONFLICT DO NOTHING;\n").format(

@@ -44,6 +44,8 @@ class Target:
     publication_schemas: set[tuple[str, str]]
     event_triggers: set[str]
     large_objects: set[int]
+    #: ``schema.name`` of every function (an event trigger's must exist)
+    functions: set[str] = field(default_factory=set)
 
     #: roles the restore will create (--create-roles) before it needs them
     will_create: set[str] = field(default_factory=set)
@@ -79,6 +81,8 @@ def read_target(conn: psycopg.Connection, manifest: dict) -> Target:
             "SELECT p.pubname, n.nspname FROM pg_publication_namespace pn "
             "JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid").fetchall()},
         event_triggers=set(col("SELECT evtname FROM pg_event_trigger")),
+        functions=set(col("SELECT n.nspname || '.' || p.proname FROM pg_proc p "
+                          "JOIN pg_namespace n ON n.oid = p.pronamespace")),
         large_objects=set(col("SELECT oid::bigint FROM pg_largeobject_metadata WHERE oid::bigint = ANY(%s)",
                               (oids,))) if oids else set(),
     )
@@ -120,9 +124,14 @@ def _name(e: TocEntry) -> str:
 
 
 def plan_database(entries: list[TocEntry], manifest: dict, target: Target, *, tables: set[str],
-                  full: bool, clean: bool, schemas_made: set[str] = frozenset()) -> DatabasePlan:
+                  full: bool, clean: bool, schemas_made: set[str] = frozenset(),
+                  functions_made: set[str] = frozenset(),
+                  event_functions: dict[str, str] | None = None) -> DatabasePlan:
     """Choose the archive entries for ``target``; ``tables`` are the restored ``schema.name`` keys,
-    ``schemas_made`` the schemas the restore itself creates (an extension's schema may be one)."""
+    ``schemas_made`` the schemas the restore itself creates (an extension's schema may be one),
+    ``functions_made`` the ``schema.name`` of functions it creates, and ``event_functions``
+    each event trigger's function (``event_trigger_functions``)."""
+    event_functions = event_functions or {}
     plan = DatabasePlan()
     by_name = {x["name"]: x for x in manifest.get("extensions", [])}
     created: set[str] = set()
@@ -168,10 +177,14 @@ def plan_database(entries: list[TocEntry], manifest: dict, target: Target, *, ta
             name = _name(e)
             if name in target.event_triggers:
                 continue
-            if target.superuser:
-                plan.post.append(e)
-            else:
+            function = event_functions.get(name)
+            if not target.superuser:
                 plan.notes.append(f"skipped event trigger {name}: only a superuser can create one")
+            elif function and function not in target.functions | functions_made:
+                plan.notes.append(f"skipped event trigger {name}: its function {function} is neither "
+                                  "in the snapshot nor in this database")
+            else:
+                plan.post.append(e)
     los = [e for e in entries if e.type in _LO_TYPES
            or (e.type in ("COMMENT", "ACL", "SECURITY LABEL") and e.rest.startswith("- LARGE OBJECT "))]
     if full and los:
@@ -222,6 +235,19 @@ def default_acl_allowed(e: TocEntry, target: Target) -> tuple[bool, str]:
         f"{target.user} is not a member of it"
     scope = "database-wide" if e.rest.startswith("- ") else f"in schema {e.rest.split(' ', 1)[0]}"
     return False, f"skipped default privileges FOR ROLE {role} ({scope}): {why}"
+
+
+_EXECUTE = re.compile(r"^CREATE EVENT TRIGGER (.+?) ON .*?EXECUTE (?:FUNCTION|PROCEDURE) (.+?)\(\);", re.M | re.S)
+
+
+def event_trigger_functions(script: str) -> dict[str, str]:
+    """Each event trigger's function, ``schema.name``, from pg_restore's SQL of the triggers."""
+    return {_unquote(m.group(1)): ".".join(_unquote(p) for p in m.group(2).split("."))
+            for m in _EXECUTE.finditer(script)}
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name
 
 
 _TX_LINE = re.compile(r"^(BEGIN|COMMIT);\s*$")

@@ -14,6 +14,8 @@ checked afterwards, in both directions, and any violation rolls everything back.
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 from psycopg import sql
 
@@ -42,12 +44,18 @@ def _regclass(table: dict) -> str:
     return sql.Identifier(table["schema"], table["name"]).as_string()
 
 
+def _unqualified(type_name: str) -> str:
+    return re.sub(r'^(?:"(?:[^"]|"")+"|[^".(\s]+)\.', "", type_name)
+
+
 def split_by_shape(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[dict], list[str]]:
     """The tables whose columns (names and types, in order) are the snapshot's, and how the others differ."""
     same, differ = [], []
     for t in tables:
-        have = [tuple(r) for r in conn.execute(_COLUMNS, (_regclass(t),)).fetchall()]
-        want = [(c["name"], c["type"]) for c in t["columns"]]
+        # Types as format_type printed them, whose schema prefix depends on each side's
+        # search_path (Supabase's has extensions): compared without it.
+        have = [(n, _unqualified(ty)) for n, ty in conn.execute(_COLUMNS, (_regclass(t),)).fetchall()]
+        want = [(c["name"], _unqualified(c["type"])) for c in t["columns"]]
         if have == want:
             same.append(t)
         else:

@@ -31,14 +31,15 @@ from . import manifest as mf
 from .copyio import copy_in
 from .dsn import connect, redact
 from .errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
-from .database_scripts import plan_database, read_target, restore_large_objects, default_acl_allowed
+from .database_scripts import (default_acl_allowed, event_trigger_functions, plan_database, read_target,
+                               restore_large_objects)
 from .auth_stand_in import StandIn, plan_stand_in
 from .in_place import broken_references, empty_sql, split_by_shape
 from .manifest import DATABASE_DUMP
 from .restore_checks import missing_references, role_creation, schema_privileges
 from .platform import empty as platform_empty, kept_rows, problems as platform_problems, read_platform
-from .schema import DUMP, toc
-from .scripts import build_scripts, wanted_entries
+from .schema import DUMP, render, toc
+from .scripts import build_scripts, object_key, wanted_entries
 from .selection import select_tables
 from .taskpool import TaskPool
 from .verify import ensure_intact
@@ -241,7 +242,10 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
                                    tables={mf.table_key(t) for t in chosen} | {t["parent"] for t in chosen
                                                                                 if t.get("parent")},
                                    full=full, clean=clean,
-                                   schemas_made={e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"})
+                                   schemas_made={e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"},
+                                   functions_made={".".join(object_key(e)[1:]) for e in entries
+                                                   if e.type in ("FUNCTION", "PROCEDURE")},
+                                   event_functions=_event_functions(folder / DATABASE_DUMP))
             problems += dbplan.problems
             plan.notes += dbplan.notes
             if dbplan.large_objects and not schema_only:
@@ -267,13 +271,16 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     stand_in = None if data_only else plan_stand_in(
         manifest, chosen, scripts["pre-data"] + scripts["post-data"], target.schemas)
     if stand_in:
+        # Supabase's API roles may use auth.uid() in policies: they need the schema, as there.
+        stand_in.grantees = sorted({"anon", "authenticated", "service_role"} & (roles | set(plan.created_roles)))
         _add_stand_in(scripts, stand_in)
         plan.notes.append(stand_in.describe())
     with connect(dsn) as conn:
         provided = {"auth.users"} if stand_in and stand_in.columns else set()
         if not data_only:  # foreign keys are created by post-data
             problems += missing_references(conn, chosen, provided)
-        problems += schema_privileges(conn, entries)
+        made = set(database[1].schemas_to_create if database else []) | ({"auth"} if stand_in else set())
+        problems += schema_privileges(conn, entries, made)
         problems += role_creation(conn, plan.created_roles)
     if refused and len(problems) == 1:
         raise refused
@@ -327,6 +334,12 @@ def _may_disable_triggers(conn: psycopg.Connection) -> bool:
         return True
     except psycopg.errors.InsufficientPrivilege:
         return False
+
+
+def _event_functions(dump: Path) -> dict[str, str]:
+    """Event triggers' functions, read from the archive's SQL (none in most databases)."""
+    triggers = [e for e in toc(dump) if e.type == "EVENT TRIGGER"]
+    return event_trigger_functions(render(dump, "post-data", triggers)) if triggers else {}
 
 
 def _has_file(manifest: dict, rel: str) -> bool:
@@ -437,7 +450,8 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
             broken = broken_references(conn, [t for t in chosen if mf.table_key(t) in plan.in_place])
             if broken:
                 raise RestoreError("the restored rows break foreign keys: " + ", ".join(broken),
-                                   hint="restore the referencing or referenced tables too (--with-dependencies)")
+                                   hint="restore the tables on both sides of each key together "
+                                        "(name them all with --table)")
         except psycopg.Error as exc:
             conn.rollback()
             raise RestoreError(f"restore failed and was rolled back, the target is unchanged: "

@@ -33,10 +33,12 @@ def missing_references(conn: psycopg.Connection, chosen: list[dict], provided: s
             + "; ".join(missing) + " (restore those tables too, e.g. --with-dependencies, or back up their schema)"]
 
 
-def schema_privileges(conn: psycopg.Connection, entries: list[TocEntry]) -> list[str]:
-    """Schemas the restore creates objects in where the connecting role may not create."""
+def schema_privileges(conn: psycopg.Connection, entries: list[TocEntry],
+                      more_schemas: set[str] = frozenset()) -> list[str]:
+    """Schemas the restore creates objects in where the connecting role may not create;
+    ``more_schemas`` are schemas it makes itself (an extension's, the auth stand-in's)."""
     creating = {e.rest.split(" ", 1)[0] for e in entries if e.type in _CREATES_IN_SCHEMA}
-    new_schemas = {e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"}
+    new_schemas = {e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"} | set(more_schemas)
     problems = []
     rows = conn.execute(
         "SELECT nspname, has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = ANY(%s)",

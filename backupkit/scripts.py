@@ -42,7 +42,7 @@ def _existing_objects(target: psycopg.Connection) -> set[tuple[str, str, str]]:
     return {tuple(r) for r in rows}
 
 
-def _object_key(e: TocEntry) -> tuple[str, str, str]:
+def object_key(e: TocEntry) -> tuple[str, str, str]:
     """(kind, schema, name) of a TOC entry for a type, function, collation, extension or schema."""
     schema, _, rest = e.rest.partition(" ")
     name = rest.rsplit(" ", 1)[0] if " " in rest else rest
@@ -68,13 +68,13 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
     existing = _existing_objects(target)
     if platform:
         def key_of(e: TocEntry):
-            return _object_key(e) if e.type in _GLOBAL_TYPES else None
+            return object_key(e) if e.type in _GLOBAL_TYPES else None
 
         entries = [e for e in entries if platform.keeps(e, existing, key_of)]
     global_keys = {}
     for e in entries:
         if e.type in _GLOBAL_TYPES:
-            global_keys[e.line] = _object_key(e)
+            global_keys[e.line] = object_key(e)
 
     def new_global(e: TocEntry) -> bool:
         return global_keys[e.line] not in existing
