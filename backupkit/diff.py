@@ -39,10 +39,10 @@ import duckdb
 
 from . import manifest as mf
 from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
+from .datafile import check_files
 from .errors import SnapshotDamaged
 from .lines import match_lines, run_pairs
 from .schema_diff import schema_objects
-from .verify import sha256_file
 
 #: Lines of unified diff of the schema SQL kept in a diff report.
 SQL_DIFF_LINES = 200
@@ -334,22 +334,25 @@ def _check_files(folder: Path, table: dict) -> None:
     """Raise SnapshotDamaged unless every data file of ``table`` matches its manifest entry.
 
     DuckDB reads a truncated zstd file as if it simply ended, without an error, so
-    files are hashed before their rows are trusted.  Sizes first (a missing or
-    truncated file fails at once), then SHA-256.  ``diff_snapshots`` runs this in a
-    background thread while DuckDB reads the same files, and waits for it before it
-    reports the table.
+    files are hashed before their rows are trusted (``datafile.check_files``: inside
+    the snapshot, sizes first, so a missing or truncated file fails at once, then
+    SHA-256, each file once per process).  ``diff_snapshots`` runs this in a
+    background thread while DuckDB reads the same files, so the hash costs no second
+    wait, and waits for it before it reports the table.
     """
-    def damaged(f):
-        return SnapshotDamaged(f"{folder.name}: {f['path']} is missing or does not match its checksum",
-                               [f"{f['path']}: checksum mismatch"], hint=f"run `backupkit verify {folder}`")
+    try:
+        check_files(folder, table["files"], threads=1)  # one thread: DuckDB has the other CPUs
+    except SnapshotDamaged as exc:
+        raise SnapshotDamaged(f"{folder.name}: a data file is missing or does not match its checksum: "
+                              + "; ".join(exc.problems[:3]), exc.problems,
+                              hint=f"run `backupkit verify {folder}`") from None
 
-    for f in table["files"]:
-        path = folder / f["path"]
-        if not path.is_file() or path.stat().st_size != f["bytes"]:
-            raise damaged(f)
-    for f in table["files"]:
-        if sha256_file(folder / f["path"]) != f["sha256"]:
-            raise damaged(f)
+
+def _check_schema_files(folder: Path, m: dict) -> None:
+    """Raise SnapshotDamaged unless the schema SQL files a diff reads match the manifest."""
+    entries = [f for f in m.get("schema_files") or [] if isinstance(f, dict)
+               and f.get("path") in (mf.PRE_DATA, mf.POST_DATA)]
+    check_files(folder, entries)
 
 
 def _check_rows(sides, rows_old: int, rows_new: int) -> None:
@@ -532,6 +535,9 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
         entry["compared_columns"] = _common(old, new)
         entry["schema_changes"] = schema_changes(old, new)
         tables.append(entry)
+    # The schema SQL is read as well (its diff, its objects): checked like the data.
+    _check_schema_files(old_dir, old_m)
+    _check_schema_files(new_dir, new_m)
     changed, sql_diff, truncated = _schema_sql(old_dir, new_dir, old_m, new_m)
     result = {
         "old": _side(old_dir, old_m),

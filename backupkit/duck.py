@@ -44,19 +44,51 @@ the view, but only ``SELECT *`` can tell them apart.  A view
 ``backupkit.tables`` (schema, name, rows, bytes, files, primary_key, view)
 lists the snapshot's tables, unless the snapshot has a table of that name.
 
-The views trust the files: DuckDB reads a truncated zstd file as a shorter one
-without an error, so verify a snapshot of unknown state first
-(``backupkit.verify``); ``diff`` and ``integrity`` do their own checking.
+Every file is checked before any view exists.  DuckDB reads a truncated zstd file
+as a shorter one without an error, so ``open_snapshot`` first checks every data file
+of the snapshot against the manifest (a regular file inside the folder, its size,
+its SHA-256; ``datafile.check_files``, several files at once, each file hashed once
+per process) and raises SnapshotDamaged naming the damaged or missing files before
+it creates a single view.  One damaged table therefore blocks queries on all the
+others: a snapshot with a damaged file is a damaged snapshot, and the views cannot
+check a file when a query reads it, so checking lazily per table would mean either
+trusting files nobody checked or hashing on every query.  ``backupkit verify``
+lists every problem; ``relation_sql`` still reads any table for someone who wants
+the rest of a damaged snapshot.
+
+File paths are given to DuckDB as exact lists, never as patterns: DuckDB globs
+every path it reads (``[``, ``*``, ``?``), so a snapshot in ``backups/glob[1]/``
+would read the files of ``backups/glob1/``.  ``path_sql`` escapes those
+characters (``[[]``, ``[*]``, ``[?]``), which match only themselves.
+
+The connection is a sandbox (unless ``external_access=True``): it can read the
+snapshot's data files and nothing else, and write nothing.  DuckDB's own file
+access is off (``enable_external_access = false``) except for exactly those files
+(``allowed_paths``, not ``allowed_directories``, which would let ``COPY`` create
+files in the snapshot), extensions are neither installed nor loaded, and the
+configuration is locked (``lock_configuration``; only ``TimeZone``, ``threads``,
+``memory_limit`` and ``enable_progress_bar`` can still be set).  DuckDB lets a
+file in ``allowed_paths`` be written too (``COPY ... TO`` it, ``ATTACH`` it), so
+SQL given to the connection is also refused, before it runs, when it holds a
+statement that writes files or reaches outside (``COPY``, ``EXPORT``, ``ATTACH``,
+``DETACH``, ``INSTALL``, ``LOAD``); see ``SnapshotConnection``.  Spilling goes to
+a temporary folder of its own (DuckDB removes it on close), never to the working
+directory.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+import tempfile
 from pathlib import Path
 
 import duckdb
 
 from . import manifest as mf
+from .datafile import check_files, data_path
+from .errors import SnapshotDamaged
 
 #: Longest CSV row DuckDB will read (its default, 2 MB, is too small for big jsonb or
 #: bytea values).  A longer row fails loudly.  DuckDB needs a read buffer larger than
@@ -85,6 +117,26 @@ def ident(name: str) -> str:
 def literal(text: str) -> str:
     """A DuckDB string literal (backslashes are not escapes in DuckDB strings)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def glob_escape(path: str) -> str:
+    """``path`` as a DuckDB file pattern matching only itself.
+
+    DuckDB expands ``*``, ``?`` and ``[...]`` in every file path it reads, even in an
+    explicit list; a one-character class (``[[]``, ``[*]``, ``[?]``) matches exactly
+    that character.  Paths without those characters are returned unchanged.
+    """
+    return re.sub(r"[\[*?]", lambda m: f"[{m.group()}]", path)
+
+
+def path_sql(path: Path | str) -> str:
+    """A DuckDB string literal naming exactly the file ``path`` (an absolute path), never a pattern."""
+    return literal(glob_escape(str(path)))
+
+
+def _file_paths(folder: Path | str, files: list[dict]) -> list[Path]:
+    """The resolved paths of a table's files (refused when one leaves the snapshot, see ``datafile.data_path``)."""
+    return [data_path(Path(folder), f) for f in files]
 
 
 def duck_type(base_type: str) -> str:
@@ -153,9 +205,11 @@ def files_sql(folder: Path | str, table: dict, *, max_line_size: int = MAX_LINE_
     ``NotImplementedException``) and a caller can retry with the default.  The
     virtual column ``file_index`` numbers the files.
     """
-    folder = Path(folder).resolve()
-    files = "[" + ", ".join(literal(str(folder / f["path"])) for f in table["files"]) + "]"
+    files = "[" + ", ".join(path_sql(p) for p in _file_paths(folder, table["files"])) + "]"
     n = len(table["copy_columns"])
+    if not table["files"]:  # read_csv needs at least one file
+        cols = ", ".join(f"NULL::VARCHAR AS c{i}" for i in range(n))
+        return f"(SELECT {cols}, NULL::UBIGINT AS file_index WHERE false)"
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
     common = reader_options(max_line_size)
     if mf.data_format(table) == mf.TEXT:
@@ -253,29 +307,165 @@ def _tables_view(manifest: dict, views: dict[str, str | None]) -> str:
     return f"SELECT * FROM (VALUES {', '.join(rows)}) AS t{names}"
 
 
-def open_snapshot(path: Path | str, *, raw: bool = False) -> duckdb.DuckDBPyConnection:
+#: Statements SQL given to a sandboxed connection may hold: they read, or change only
+#: the in-memory database.  Everything else (COPY, EXPORT, ATTACH, DETACH, INSTALL,
+#: LOAD, ...) is refused before it runs.
+_LENS_STATEMENTS = frozenset(getattr(duckdb.StatementType, n) for n in (
+    "SELECT", "EXPLAIN", "PRAGMA", "SET", "VARIABLE_SET", "CREATE", "CREATE_FUNC", "INSERT", "UPDATE",
+    "DELETE", "MERGE_INTO", "DROP", "ALTER", "PREPARE", "EXECUTE", "TRANSACTION", "CALL", "ANALYZE",
+    "VACUUM") if hasattr(duckdb.StatementType, n))
+#: Settings a sandboxed connection may still change (none reaches a file).
+LENS_SETTINGS = ("TimeZone", "threads", "memory_limit", "enable_progress_bar")
+_LENS_HINT = ("the snapshot's SQL lens reads the snapshot's files and nothing else, and writes nothing; "
+              "open_snapshot(path, external_access=True) lifts this")
+
+
+def check_lens_sql(sql) -> None:
+    """Raise ``duckdb.PermissionException`` when ``sql`` holds a statement a sandboxed connection refuses.
+
+    ``sql`` is SQL text (parsed by DuckDB's own parser, so what is checked is what
+    would run) or a ``duckdb.Statement``.  A parse error is raised as DuckDB raises it.
+    """
+    statements = [sql] if isinstance(sql, duckdb.Statement) else duckdb.extract_statements(sql)
+    for st in statements:
+        if st.type not in _LENS_STATEMENTS:
+            name = str(st.type).rsplit(".", 1)[-1]
+            raise duckdb.PermissionException(f"Permission Error: {name} statements are not allowed: {_LENS_HINT}")
+
+
+class SnapshotConnection:
+    """A sandboxed DuckDB connection over a snapshot (what ``open_snapshot`` returns).
+
+    It behaves like the ``duckdb.DuckDBPyConnection`` it wraps (every attribute is
+    passed on), except that SQL text given to ``execute``, ``executemany``, ``sql``,
+    ``query`` and ``from_query`` is first checked by ``check_lens_sql``, cursors are
+    wrapped the same way, and a permission error names the sandbox.  The DuckDB
+    settings (see the module docstring) keep any query to the snapshot's files; this
+    check stops what those settings cannot: writing over one of those very files
+    (``COPY ... TO`` or ``ATTACH``).  It guards SQL, not Python: code holding the
+    connection can do what Python can, e.g. ``con.sql(q).write_csv(path)`` (under
+    DuckDB's settings, ``path`` must be one of the snapshot's files: don't).
+    ``.duckdb`` is the wrapped connection.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.duckdb = con
+
+    def _run(self, method: str, query, *args, **kwargs):
+        check_lens_sql(query)
+        try:
+            result = getattr(self.duckdb, method)(query, *args, **kwargs)
+        except duckdb.PermissionException as exc:
+            raise duckdb.PermissionException(f"{exc} ({_LENS_HINT})") from None
+        return self if result is self.duckdb else result
+
+    def execute(self, query, *args, **kwargs):
+        return self._run("execute", query, *args, **kwargs)
+
+    def executemany(self, query, *args, **kwargs):
+        return self._run("executemany", query, *args, **kwargs)
+
+    def sql(self, query, *args, **kwargs):
+        return self._run("sql", query, *args, **kwargs)
+
+    def query(self, query, *args, **kwargs):
+        return self._run("query", query, *args, **kwargs)
+
+    def from_query(self, query, *args, **kwargs):
+        return self._run("from_query", query, *args, **kwargs)
+
+    def cursor(self) -> "SnapshotConnection":
+        return SnapshotConnection(self.duckdb.cursor())
+
+    def close(self) -> None:
+        self.duckdb.close()
+
+    def __getattr__(self, name):
+        return getattr(self.duckdb, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return f"<backupkit.duck.SnapshotConnection over {self.duckdb!r}>"
+
+
+def _sandbox(con: duckdb.DuckDBPyConnection, paths: list[Path], spill: str) -> None:
+    """Let ``con`` read exactly ``paths`` (as written in the views and as DuckDB expands them), nothing else."""
+    allowed = sorted({str(p) for p in paths} | {glob_escape(str(p)) for p in paths})
+    con.execute(f"SET temp_directory = {literal(spill)}")
+    con.execute("SET allowed_paths = [" + ", ".join(literal(a) for a in allowed) + "]::VARCHAR[]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET allowed_configs = [" + ", ".join(literal(c) for c in LENS_SETTINGS) + "]::VARCHAR[]")
+    con.execute("SET lock_configuration = true")
+
+
+def _manifest_damaged(folder: Path, exc: Exception) -> SnapshotDamaged:
+    problem = f"manifest.json is malformed ({type(exc).__name__}: {exc})"
+    return SnapshotDamaged(f"snapshot {folder.name}: {problem}", [problem],
+                           hint=f"run `backupkit verify {folder}`")
+
+
+def open_snapshot(path: Path | str, *, raw: bool = False,
+                  external_access: bool = False) -> "SnapshotConnection | duckdb.DuckDBPyConnection":
     """An in-memory DuckDB connection with a view per snapshot table, read from its files.
 
     With ``raw=True`` every column is VARCHAR holding PostgreSQL's exact text.
+
+    Every data file is checked against the manifest first (see the module docstring):
+    a missing, truncated or changed file raises SnapshotDamaged naming it, before any
+    view exists, so no query on a damaged snapshot can return rows, whichever table
+    it reads.
+
+    The connection is a sandbox, a ``SnapshotConnection``: it reads the snapshot's
+    data files and nothing else, and writes no file.  ``external_access=True`` gives
+    a plain ``duckdb.DuckDBPyConnection`` with DuckDB's full file access instead, for
+    exporting results (``COPY (...) TO 'out.parquet'``) or joining other files.
     """
     folder = Path(path)
     manifest = mf.read(folder)
+    try:
+        tables = manifest["tables"]
+        entries = [f for t in tables for f in t["files"]]
+        paths = [data_path(folder, f) for f in entries]
+        taken: set[tuple[str, str]] = set()
+        views: dict[str, str | None] = {}
+        statements = []
+        for t in tables:
+            key = (t["schema"].lower(), t["name"].lower())
+            if key in taken or not t["copy_columns"]:
+                views[mf.table_key(t)] = None
+                continue
+            taken.add(key)
+            statements.append(f"CREATE SCHEMA IF NOT EXISTS {ident(t['schema'])}")
+            statements.append(f"CREATE VIEW {ident(t['schema'])}.{ident(t['name'])} AS "
+                              + relation_sql(folder, t, raw=raw))
+            views[mf.table_key(t)] = f"{ident(t['schema'])}.{ident(t['name'])}"
+        if ("backupkit", "tables") not in taken:
+            statements.append("CREATE SCHEMA IF NOT EXISTS backupkit")
+            statements.append("CREATE VIEW backupkit.tables AS " + _tables_view(manifest, views))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _manifest_damaged(folder, exc) from None
+    check_files(folder, entries)
     con = duckdb.connect(":memory:")
-    # The files hold UTC timestamps; show them as such whatever the machine's zone.
-    con.execute("SET TimeZone = 'UTC'")
-    taken: set[tuple[str, str]] = set()
-    views: dict[str, str | None] = {}
-    for t in manifest["tables"]:
-        key = (t["schema"].lower(), t["name"].lower())
-        if key in taken or not t["copy_columns"]:
-            views[mf.table_key(t)] = None
-            continue
-        taken.add(key)
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(t['schema'])}")
-        con.execute(f"CREATE VIEW {ident(t['schema'])}.{ident(t['name'])} AS "
-                    + relation_sql(folder, t, raw=raw))
-        views[mf.table_key(t)] = f"{ident(t['schema'])}.{ident(t['name'])}"
-    if ("backupkit", "tables") not in taken:
-        con.execute("CREATE SCHEMA IF NOT EXISTS backupkit")
-        con.execute("CREATE VIEW backupkit.tables AS " + _tables_view(manifest, views))
-    return con
+    try:
+        # The files hold UTC timestamps; show them as such whatever the machine's zone.
+        con.execute("SET TimeZone = 'UTC'")
+        for statement in statements:
+            con.execute(statement)
+        if external_access:
+            return con
+        # Spilling goes to a folder of its own, which DuckDB creates when it first spills
+        # and removes on close (by default it is .tmp in the working directory).
+        spill = os.path.join(tempfile.gettempdir(), f"backupkit-sql-{os.getpid()}-{secrets.token_hex(8)}")
+        _sandbox(con, paths, spill)
+    except BaseException:
+        con.close()
+        raise
+    return SnapshotConnection(con)

@@ -9,7 +9,7 @@ import duckdb
 
 from . import manifest as mf
 from .duck import columns_sql, duck_connection
-from .errors import SnapshotError
+from .errors import SnapshotDamaged, SnapshotError
 from .verify import verify
 
 #: Orphan / duplicate rows quoted per integrity check.
@@ -73,6 +73,17 @@ def _sequence_check(con, folder: Path, seq: dict, t: dict) -> dict:
                   max_value=None if top is None else int(top))
 
 
+def _damaged_files(problems: list[str], m: dict) -> set[str]:
+    """The data files ``verify``'s problems name (missing, wrong size or checksum, unreadable)."""
+    paths = {f.get("path") for t in m.get("tables") or [] for f in t.get("files") or [] if isinstance(f, dict)}
+    out = set()
+    for p in problems:
+        for path in paths:
+            if isinstance(path, str) and (p == f"missing file {path}" or p.startswith(f"{path}:")):
+                out.add(path)
+    return out
+
+
 def integrity(path: Path | str) -> dict:
     """Checksums plus data checks in DuckDB: primary keys, foreign keys, sequences ahead of their columns.
 
@@ -80,6 +91,11 @@ def integrity(path: Path | str) -> dict:
     "ok", "detail", ...}]}``.  Foreign keys are checked only when both tables are in the
     snapshot, MATCH SIMPLE (a key with a NULL references nothing), comparing PostgreSQL's
     text of the key columns.
+
+    Every data file is hashed first (``verify``); a check whose table has a damaged or
+    missing file fails with "not checked" instead of reading it, so no result of a
+    data check comes from a file that does not match its manifest.  File paths reach
+    DuckDB as exact paths (``duck.path_sql``), never as patterns.
     """
     folder = Path(path)
     report = verify(folder)
@@ -93,24 +109,33 @@ def integrity(path: Path | str) -> dict:
     jobs = []
     for t in m["tables"]:
         if t.get("primary_key") and all(c in t["copy_columns"] for c in t["primary_key"]):
-            jobs.append(("primary_key", t, lambda con, t=t: _pk_check(con, folder, t)))
+            jobs.append(("primary_key", t, [t], lambda con, t=t: _pk_check(con, folder, t)))
         for fk in t.get("foreign_keys") or []:
             ref = tables.get((fk["ref_schema"], fk["ref_table"]))
             if ref is not None and all(c in ref["copy_columns"] for c in fk["ref_columns"]) \
                     and all(c in t["copy_columns"] for c in fk["columns"]):
-                jobs.append(("foreign_key", t, lambda con, t=t, fk=fk, ref=ref: _fk_check(con, folder, t, fk, ref)))
+                jobs.append(("foreign_key", t, [t, ref],
+                             lambda con, t=t, fk=fk, ref=ref: _fk_check(con, folder, t, fk, ref)))
     for s in m.get("sequences") or []:
         owner = s.get("owned_by")
         t = tables.get((owner[0], owner[1])) if owner else None
         if t is not None:
-            jobs.append(("sequence", t, lambda con, s=s, t=t: _sequence_check(con, folder, s, t)))
+            jobs.append(("sequence", t, [t], lambda con, s=s, t=t: _sequence_check(con, folder, s, t)))
+    damaged = _damaged_files(report.problems, m)
     con = duck_connection()
     try:
-        for check, t, run in jobs:
+        for check, t, reads, run in jobs:
+            # Only files verify found intact are read: a damaged or missing file fails the
+            # checks of its table (and of foreign keys into it), not the whole report, and
+            # no count or sample ever comes from it.
+            bad = [f["path"] for r in reads for f in r["files"] if f["path"] in damaged]
+            if bad:
+                result["checks"].append(_check(check, mf.table_key(t), False,
+                                               f"not checked: damaged data file {', '.join(sorted(set(bad)))}"))
+                continue
             try:
                 result["checks"].append(run(con))
-            except duckdb.Error as exc:
-                # A damaged or missing file fails its checks, not the whole report.
+            except (duckdb.Error, SnapshotDamaged) as exc:
                 result["checks"].append(_check(check, mf.table_key(t), False, f"could not read the data: {exc}"))
     finally:
         con.close()

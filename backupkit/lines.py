@@ -28,7 +28,8 @@ from typing import Callable
 import duckdb
 import zstandard
 
-from .duck import literal, reader_options
+from .datafile import data_path
+from .duck import literal, path_sql, reader_options
 
 #: Chunk pairs a diff joins at once (diff.DIFF_WORK_MEMORY is sized for two).
 PAIRS_AT_ONCE = 2
@@ -74,7 +75,7 @@ def _lines_sql(folder: Path, files: list[dict], i: int, line_size: int) -> str:
     """The i-th file's lines as one VARCHAR column ``l``, byte for byte (no rows past the end)."""
     if i >= len(files):
         return "(SELECT NULL::VARCHAR AS l, NULL::UBIGINT AS h WHERE false)"
-    path = literal(str(Path(folder).resolve() / files[i]["path"]))
+    path = path_sql(data_path(Path(folder), files[i]))  # exactly this file, never a pattern
     # No quote and no escape character: every byte of the line but its newline is kept.
     return (f"(SELECT l, hash(l) AS h FROM read_csv({path}, columns = {{'l': 'VARCHAR'}}, "
             f"delim = {literal(_DELIM)}, quote = '', escape = '', {reader_options(line_size)}))")

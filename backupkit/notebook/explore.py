@@ -5,6 +5,13 @@ snapshot's views (tables named as in PostgreSQL, e.g. ``public.orders``) and
 return at most ``MAX_ROWS`` rows as a DataFrame.  ``explorer()`` builds a
 widget to pick a snapshot and a table, preview its rows and run SQL; errors
 show as a short red message in the widget and are never raised into its loop.
+
+Everything here reads through ``duck.open_snapshot``, so a snapshot whose data
+files do not match its manifest is refused as a whole (SnapshotDamaged naming the
+files; the widget shows it and lets you pick another), and the SQL is sandboxed:
+it reads the snapshot's files and nothing else, and writes no file (``COPY``,
+``ATTACH``, ``read_csv('/etc/passwd')`` fail).  For exports use
+``open_snapshot(path, external_access=True)`` in your own cell.
 """
 
 from __future__ import annotations
@@ -111,7 +118,17 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
     def open_selected(change=None):
         if state["con"] is not None:
             state["con"].close()
-        state["con"] = open_snapshot(snap_dd.value)
+            state["con"] = None
+        try:
+            state["con"] = open_snapshot(snap_dd.value)
+        except Exception as exc:  # noqa: BLE001 - a damaged snapshot is shown, never raised into the loop
+            state["loading"] = True
+            try:
+                table_dd.options = []
+            finally:
+                state["loading"] = False
+            preview.value = error_html(exc)
+            return
         views = [r[0] for r in state["con"].sql(
             "SELECT view FROM backupkit.tables WHERE view IS NOT NULL ORDER BY schema, name").fetchall()]
         labels = [(v.replace('"', ""), v) for v in views]
@@ -125,6 +142,9 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
         show_table()
 
     def run_sql(_button=None):
+        if state["con"] is None:
+            result.value = error_html(SnapshotNotFound("no snapshot is open: pick an intact one"))
+            return
         try:
             result.value = frame_html(run_query(state["con"], sql_box.value), MAX_ROWS)
         except Exception as exc:  # noqa: BLE001
