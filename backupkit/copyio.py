@@ -134,13 +134,15 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, fo
     Compression runs in this thread, between reads: a separate compressing
     thread costs more in hand-overs (GIL, queue) than it wins by overlapping,
     measured on two cores with one and with two jobs (benchmarks/RESULTS.md).
+    The connection's lock is held throughout, as psycopg's own calls hold it, so
+    no other thread (the backup's keep-alive) sends a query into the COPY.
     """
     rows: list[int] = []
     compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
     sha = hashlib.sha256()
     size = text_bytes = 0
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as raw:
+    with os.fdopen(fd, "wb") as raw, conn.lock:
         for block in _receive(conn, statement, rows):
             # One frame per block: one-shot compression reads the block in place,
             # where a streaming compressor first copies it into its window.

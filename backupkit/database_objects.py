@@ -140,8 +140,11 @@ def role_attributes(conn: psycopg.Connection, names: set[str]) -> list[dict]:
 def dump_database_objects(dsn: str, folder: Path, *, snapshot: str) -> Path:
     """pg_dump every schema excluded: extensions, publications, database-wide default
     privileges, large objects (with their data), event triggers; into ``schema/database.dump``."""
+    from .workers import dies_with_us
+
     path = folder / DATABASE_DUMP
     run_tool(find_tool("pg_dump"), ["--format=custom", f"--snapshot={snapshot}", "--no-sync",
-                                    "--exclude-schema=*", "-b", f"--file={path}"], dsn)
+                                    "--exclude-schema=*", "-b", f"--file={path}"], dsn,
+             preexec_fn=dies_with_us())  # ends with this process, like the schema's pg_dump
     path.chmod(0o600)
     return path

@@ -125,11 +125,25 @@ def _reason(exc: Exception) -> str:
     return " ".join(first.replace("FATAL:", "").split())
 
 
-def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit") -> psycopg.Connection:
-    """Open a connection with backupkit's session settings; errors never carry the password."""
+#: TCP keepalives (unless the DSN sets its own), so a client waiting on a server that vanished
+#: from the network notices within about a minute instead of the kernel's two hours.
+TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                  "keepalives_count": "3"}
+
+
+def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit",
+            settings: Mapping[str, str] | None = None, connect_timeout: int = 15) -> psycopg.Connection:
+    """Open a connection with backupkit's session settings; errors never carry the password.
+
+    ``settings`` are applied after (and override) ``SESSION_SETTINGS``, e.g. a
+    backup's ``lock_timeout`` and ``idle_in_transaction_session_timeout``.
+    """
     where = describe(dsn)  # raises a clean ConfigError for a DSN that cannot be parsed
+    given = _parse(dsn)
+    keepalives = {k: v for k, v in TCP_KEEPALIVES.items() if k not in given}
     try:
-        conn = psycopg.connect(dsn, autocommit=True, application_name=application, connect_timeout=15)
+        conn = psycopg.connect(dsn, autocommit=True, application_name=application,
+                               connect_timeout=connect_timeout, **keepalives)
     except psycopg.OperationalError as exc:
         reason = redact(_reason(exc), dsn)
         raise ConnectionFailed(
@@ -137,7 +151,12 @@ def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit
             f"as {where['user'] or '(default user)'}: {reason}",
             hint="check host, port, user and password in the DSN, and that the server accepts connections",
         ) from None
-    for name, value in SESSION_SETTINGS.items():
-        conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+    every = {**SESSION_SETTINGS, **(settings or {})}
+    try:  # one round trip for all of them
+        conn.execute("SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(every)),
+                     [x for kv in every.items() for x in kv])
+    except BaseException:
+        conn.close()
+        raise
     conn.autocommit = autocommit
     return conn

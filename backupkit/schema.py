@@ -52,16 +52,25 @@ class TocEntry:
 
 
 def dump_schema(dsn: str, folder: Path, *, snapshot: str, schemas: list[str],
-                tables: list[str] | None = None, exclude: list[str] | None = None) -> list[Path]:
-    """Run pg_dump --schema-only inside the exported ``snapshot``; write archive and SQL files."""
+                tables: list[str] | None = None, exclude: list[str] | None = None,
+                lock_wait_timeout: float | None = None) -> list[Path]:
+    """Run pg_dump --schema-only inside the exported ``snapshot``; write archive and SQL files.
+
+    ``lock_wait_timeout`` (seconds) becomes ``--lock-wait-timeout``; pg_dump dies with this
+    process (it would otherwise hold its table locks until it finished on its own).
+    """
+    from .workers import dies_with_us
+
     pg_dump = find_tool("pg_dump")
     (folder / "schema").mkdir(mode=0o700)
     args = ["--schema-only", "--format=custom", f"--snapshot={snapshot}", "--no-sync",
             f"--file={folder / DUMP}"]
+    if lock_wait_timeout:
+        args.append(f"--lock-wait-timeout={max(1, int(lock_wait_timeout * 1000))}")
     args += [f"--schema={_pattern(s)}" for s in schemas]
     args += [f"--table={_pattern(*t.split('.', 1))}" for t in tables or []]
     args += [f"--exclude-table={_pattern(*t.split('.', 1))}" for t in exclude or []]
-    run_tool(pg_dump, args, dsn)
+    run_tool(pg_dump, args, dsn, preexec_fn=dies_with_us())
     for section, rel in (("pre-data", PRE_DATA), ("post-data", POST_DATA)):
         sql_text = render(folder / DUMP, section)
         (folder / rel).write_text(sql_text)
