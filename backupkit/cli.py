@@ -76,7 +76,8 @@ def cmd_backup(a) -> int:
 
     res = backup(resolve_dsn(a.dsn), a.to, schemas=a.schema or None, tables=a.table or [],
                  exclude=a.exclude_table or [], jobs=a.jobs, label=a.label,
-                 allow_partial=a.allow_partial, progress=None if not a.quiet else False)
+                 allow_partial=a.allow_partial, progress=None if not a.quiet else False,
+                 lock_wait_timeout=a.lock_wait_timeout, timeout=a.timeout)
     if not a.quiet:
         print(f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
               f"{_human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
@@ -97,6 +98,9 @@ def cmd_list(a) -> int:
              "flags": " ".join(f for f, on in (("pinned", s.pinned), ("partial", s.partial),
                                                ("UNREADABLE", s.error)) if on)} for s in snaps]
     _print_table(rows, ["id", "created_at", "tables", "rows", "size", "label", "flags"])
+    for s in snaps:
+        if s.error:
+            print(f"unreadable: {s.id}: {s.error}")
     for u in unfinished:
         what = "unfinished backup (in progress, or left by a crash)" if u.kind == "tmp" else "interrupted delete"
         print(f"incomplete: {u.path.name}  {what}, {u.age_seconds / 60:.0f} min old — not a snapshot")
@@ -170,9 +174,15 @@ def cmd_prune(a) -> int:
     from .prune import prune
     from .retention import Policy, parse_duration
 
+    keep_within = None
+    if a.keep_within is not None:  # "" is a mistake, not "no rule" (that would be the default policy)
+        try:
+            keep_within = parse_duration(a.keep_within)
+        except RetentionError as exc:
+            raise ConfigError(f"--keep-within: {exc}", hint="e.g. --keep-within 30d or 1y2m") from None
     policy = Policy(keep_last=a.keep_last, keep_hourly=a.keep_hourly, keep_daily=a.keep_daily,
                     keep_weekly=a.keep_weekly, keep_monthly=a.keep_monthly, keep_yearly=a.keep_yearly,
-                    keep_within=parse_duration(a.keep_within) if a.keep_within else None,
+                    keep_within=keep_within,
                     max_age_days=a.max_age_days, min_keep=a.min_keep, tz=a.tz or _local_tz())
     res = prune(a.dir, policy, now=datetime.now(timezone.utc), dry_run=a.dry_run,
                 stale_after_hours=a.stale_after_hours)
@@ -210,7 +220,7 @@ def cmd_diff(a) -> int:
     d = diff_snapshots(old, new)
     code = EXIT_DIFFERENT if a.exit_code and not d["same"] else 0
     if a.html:
-        Path(a.html).write_text(render_html(d, integrity(old), integrity(new)))
+        _write_private(Path(a.html), render_html(d, integrity(old), integrity(new)))
         print(f"wrote {a.html}", file=sys.stderr)
     if a.json:
         print(render_json(d))
@@ -234,21 +244,35 @@ def cmd_diff(a) -> int:
     return code
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 whatever the umask): a report
+    shows row values, which are as private as the snapshot's own 0600 files."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+            f.write(text)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def cmd_sql(a) -> int:
     from .duck import open_snapshot
     from .store import resolve
 
     import duckdb
 
-    con = open_snapshot(resolve(a.snapshot))
+    con = open_snapshot(resolve(a.snapshot), external_access=a.external_access)
     if a.query:
         try:
             rel = con.sql(a.query)
+            if rel is not None:  # rows are read here: a failure here is the query's too
+                rel.show(max_rows=a.max_rows)
         except duckdb.Error as exc:
             raise ConfigError(f"DuckDB could not run the query: {exc}",
                               hint="tables are views like public.orders; `select * from backupkit.tables` lists them") from None
-        if rel is not None:
-            rel.show(max_rows=a.max_rows)
         return 0
     print("DuckDB over the snapshot; tables are views like public.orders. End with Ctrl-D.")
     buf = ""
@@ -299,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label", help="label appended to the snapshot id")
     b.add_argument("--allow-partial", action="store_true",
                    help="back up only the rows RLS lets this role see (marked partial)")
+    b.add_argument("--lock-wait-timeout", type=float, default=60, metavar="SECONDS",
+                   help="give up when a table stays locked (e.g. by a migration) this long "
+                        "(default 60; 0 waits forever)")
+    b.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
+                   help="give up when the whole backup takes longer (default 1800; 0: no limit)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_backup)
 
@@ -376,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("snapshot")
     q.add_argument("query", nargs="?", help="SQL to run (default: an interactive prompt)")
     q.add_argument("--max-rows", type=int, default=40)
+    q.add_argument("--external-access", action="store_true",
+                   help="let queries read and write other files (COPY ... TO to export results); "
+                        "by default DuckDB sees only this snapshot's files and writes nothing")
     q.set_defaults(func=cmd_sql)
 
     dm = sub.add_parser("demo", help="build a demo database on embedded PostgreSQL, back it up twice, verify")
@@ -407,13 +439,32 @@ def help_markdown() -> str:
             os.environ["COLUMNS"] = old
 
 
+def _os_error(exc: OSError) -> BackupkitError:
+    """A last net for file-system errors no command turned into its own message: one line,
+    exit 8 when something could not be written (disk full, read-only), else 7 (cannot read)."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return StorageError(f"cannot write {where}{exc.strerror or exc}")
+    return SnapshotError(f"cannot access {where}{exc.strerror or exc}",
+                         hint="check that this user may read (and for backup/prune/pin, write) the backup directory")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``backupkit`` command."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        return args.func(args)
+        if getattr(args, "jobs", None) is not None:
+            from .verify import check_jobs
+
+            check_jobs(args.jobs)
+        try:
+            return args.func(args)
+        except OSError as exc:
+            raise _os_error(exc) from None
     except KeyboardInterrupt:
         print("interrupted (an unfinished backup never looks like a snapshot; "
               "a one-transaction restore was rolled back)", file=sys.stderr)

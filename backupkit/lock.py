@@ -10,6 +10,11 @@ taken), or when it ran on another host and the lock is older than
 Checking a lock and replacing a stale one is not one atomic step, so every
 acquire and release on this host is serialised with ``flock`` on the
 directory itself (released by the kernel if we die).
+
+A ``.lock`` that is empty or not a backupkit lock is replaced once it is older
+than ``GARBAGE_GRACE``; a fresher one is refused with the command to remove it.
+A directory that cannot be written (permissions, read-only, disk full) raises
+``StorageError`` (exit 8), never ``LockError`` (exit 10, "locked").
 """
 
 from __future__ import annotations
@@ -19,35 +24,58 @@ import fcntl
 import json
 import os
 import socket
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import LockError
+from .errors import LockError, StorageError
 
 LOCK_NAME = ".lock"
 DEFAULT_STALE_AFTER = timedelta(hours=6)
+#: A ``.lock`` that is not valid JSON and older than this is a crash's leftover, not a lock
+#: being written (writing one takes microseconds); it is replaced.
+GARBAGE_GRACE = timedelta(minutes=1)
 
 # /proc start times are coarse (btime is whole seconds); a pid is only called
 # reused when its process started clearly after the lock was taken.
 _PID_REUSE_SLACK = timedelta(seconds=10)
 
 
+def _storage(what: str, path: Path, exc: OSError) -> StorageError:
+    """Not "locked": the directory itself cannot be used (permissions, read-only, disk full)."""
+    return StorageError(f"{what} {path}: {exc.strerror or exc}",
+                        hint="the backup directory must be writable by this user and its disk not full")
+
+
 def read_lock(directory: Path) -> dict[str, Any] | None:
     """The lock's JSON, or None when ``directory`` is not locked.
 
-    Raises ``LockError`` when the file exists but is not a backupkit lock.
+    Raises ``LockError`` when the file exists but is not a backupkit lock, and
+    ``StorageError`` when it cannot be read.
     """
     path = Path(directory) / LOCK_NAME
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _storage("cannot read the lock", path, exc) from None
     return _parse(path, raw)
+
+
+class _Unreadable(LockError):
+    """A ``.lock`` that is not a backupkit lock; ``reason`` says why."""
+
+    def __init__(self, message: str, reason: str = "", **kw):
+        super().__init__(message, **kw)
+        self.reason = reason
 
 
 def _parse(path: Path, raw: bytes) -> dict[str, Any]:
     try:
+        if not raw.strip():
+            raise ValueError("empty")
         info = json.loads(raw)
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
@@ -57,9 +85,10 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
             raise ValueError("no host")
         _started(info)
     except ValueError as exc:
-        raise LockError(
-            f"{path} exists but is not a readable backupkit lock ({exc}); another process may be"
-            f" taking the lock right now — wait for it, or remove {path} if you are sure no backupkit runs"
+        raise _Unreadable(
+            f"{path} exists but is not a readable backupkit lock ({exc}); if no backupkit"
+            f" is starting in this directory this very moment, remove it: rm {path}",
+            reason=str(exc),
         ) from None
     return info
 
@@ -120,6 +149,7 @@ class DirLock:
         self.took_over: str | None = None
         self.info: dict[str, Any] | None = None
         self._written: bytes | None = None
+        self._garbage_reason: str | None = None
 
     def __enter__(self) -> DirLock:
         self.acquire()
@@ -133,7 +163,7 @@ class DirLock:
         try:
             fd = os.open(self.directory, os.O_RDONLY)
         except OSError as exc:
-            raise LockError(f"cannot lock {self.directory}: {exc.strerror}") from exc
+            raise _storage("cannot lock", self.directory, exc) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -142,6 +172,33 @@ class DirLock:
             yield
         finally:
             os.close(fd)  # also drops the flock
+
+    def _garbage(self, exc: _Unreadable) -> dict[str, Any] | None:
+        """Handle a ``.lock`` that is empty or not JSON (we hold the flock).
+
+        Every acquire on this host writes its lock while holding the flock we now
+        hold, so a garbage file here was left by a crash (a full disk, a power
+        loss between create and write) or is being written from another host this
+        instant.  One older than ``GARBAGE_GRACE`` is therefore removed and the
+        lock taken over (``took_over`` says so); a fresher one is refused, with
+        the exact command to remove it.
+        """
+        try:
+            age = time.time() - self.path.lstat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _storage("cannot read the lock", self.path, e) from None
+        if age < GARBAGE_GRACE.total_seconds():
+            raise exc
+        self._garbage_reason = f"replaced an unreadable lock file ({exc.reason}, {age:.0f} s old)"
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise _storage("cannot remove the unreadable lock", self.path, e) from None
+        return None
 
     def _stale_because(self, info: dict[str, Any], now: datetime) -> str | None:
         """Why the lock's holder is gone, or None if it may still run."""
@@ -160,7 +217,10 @@ class DirLock:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose, "started_at": now.isoformat()}
         data = json.dumps(info, indent=1).encode() + b"\n"
         with self._serialised():
-            old = read_lock(self.directory)
+            try:
+                old = read_lock(self.directory)
+            except _Unreadable as exc:
+                old = self._garbage(exc)
             if old is not None:
                 why = self._stale_because(old, now)
                 if why is None:
@@ -179,7 +239,7 @@ class DirLock:
                     f" wait for it, or remove {self.path} if you are sure no backupkit runs"
                 ) from None
             except OSError as exc:
-                raise LockError(f"cannot create {self.path}: {exc.strerror}") from exc
+                raise _storage("cannot create the lock", self.path, exc) from None
             try:
                 try:
                     os.write(fd, data)
@@ -189,9 +249,11 @@ class DirLock:
             except OSError as exc:
                 # An empty lock file would block every later run until removed by hand.
                 self.path.unlink(missing_ok=True)
-                raise LockError(f"cannot write {self.path}: {exc.strerror}") from exc
+                raise _storage("cannot write the lock", self.path, exc) from None
         if old is not None:
             self.took_over = f"took over a stale lock left by {describe(old)}: {why}"
+        elif self._garbage_reason:
+            self.took_over = self._garbage_reason
         self._written = data
         self.info = info
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,11 +80,26 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
                        f"not included unless named with --schema: {', '.join(managed)}")
         report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
     if to is not None:
-        target = Path(to)
-        probe = target if target.exists() else next((p for p in target.parents if p.exists()), Path("."))
-        free = shutil.disk_usage(probe).free
-        # Compressed snapshots are usually far smaller than the database; its size is a safe bound.
-        status = "ok" if free > size else "warn"
-        where = str(probe) if probe == target else f"{probe} ({target} does not exist yet; backup creates it)"
-        report.add("disk space", status, f"{free / 1e9:.1f} GB free at {where}, database is {size / 1e9:.2f} GB")
+        _check_target(report, Path(to), size)
     return report
+
+
+def _check_target(report: CheckReport, target: Path, size: int) -> None:
+    """Disk space at ``--to``, which must be (or be creatable as) a writable folder."""
+    try:
+        probe = target if target.exists() else next((p for p in target.parents if p.exists()), Path("."))
+        if not probe.is_dir():
+            what = f"{probe} is not a folder" + ("" if probe == target else f" (so {target} cannot be made)")
+            report.add("disk space", "fail", f"{what}; --to must be a backup directory")
+            return
+        if not os.access(probe, os.W_OK | os.X_OK):
+            report.add("disk space", "fail", f"{probe} is not writable by this user")
+            return
+        free = shutil.disk_usage(probe).free
+    except OSError as exc:
+        report.add("disk space", "fail", f"cannot examine {target}: {exc.strerror or exc}")
+        return
+    # Compressed snapshots are usually far smaller than the database; its size is a safe bound.
+    status = "ok" if free > size else "warn"
+    where = str(probe) if probe == target else f"{probe} ({target} does not exist yet; backup creates it)"
+    report.add("disk space", status, f"{free / 1e9:.1f} GB free at {where}, database is {size / 1e9:.2f} GB")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backupkit.errors import LockError
+from backupkit.errors import StorageError, LockError
 from backupkit.lock import DirLock, read_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,8 @@ def test_unreadable_lock_is_refused_and_kept(tmp_path, content):
 
 
 def test_missing_directory(tmp_path):
-    with pytest.raises(LockError, match="cannot lock"):
+    # A folder problem is storage (exit 8), never "locked" (exit 10), which would say to wait.
+    with pytest.raises(StorageError, match="cannot lock"):
         DirLock(tmp_path / "nope", "backup").acquire()
 
 
