@@ -36,13 +36,15 @@ from .database_scripts import (default_acl_allowed, event_trigger_functions, pla
 from .auth_stand_in import StandIn, plan_stand_in
 from .in_place import broken_references, empty_sql, split_by_shape
 from .manifest import DATABASE_DUMP
+from . import restore_mark
+from .signals import sigterm_as_interrupt
 from .restore_checks import missing_references, role_creation, schema_privileges
 from .platform import empty as platform_empty, kept_rows, problems as platform_problems, read_platform
 from .schema import DUMP, render, toc
 from .scripts import build_scripts, object_key, wanted_entries
 from .selection import select_tables
 from .taskpool import TaskPool
-from .verify import ensure_intact
+from .verify import check_jobs, ensure_intact
 
 log = logging.getLogger("backupkit")
 
@@ -165,8 +167,7 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     started = time.monotonic()
     if schema_only and data_only:
         raise ConfigError("--schema-only and --data-only exclude each other")
-    if jobs < 1:
-        raise ConfigError("--jobs must be at least 1")
+    check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
     folder = Path(snapshot)
     manifest = ensure_intact(folder)
     chosen = select_tables(manifest, list(tables), list(schemas), with_dependencies)
@@ -192,6 +193,13 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
             refused, existing = exc, []
             problems.append(str(exc))
         target = read_target(conn, manifest)
+        marks = restore_mark.read(conn)
+        if marks and not clean:
+            problems.append(restore_mark.describe(marks) + "; restore again with --clean to replace them")
+        elif marks:
+            early_notes.append("replacing what an unfinished restore left: " + restore_mark.describe(marks))
+        may_mark = conn.execute("SELECT has_database_privilege(current_database(), 'CREATE') "
+                                "OR to_regnamespace(%s) IS NOT NULL", (restore_mark.SCHEMA,)).fetchone()[0]
         if create_roles:
             target.will_create = {r["name"] for r in manifest.get("roles", [])} - target.roles
         problems += platform_problems(platform)
@@ -204,7 +212,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         plan.notes += early_notes
         plan.schemas = list(schemas)
         in_place: list[dict] = []
-        if clean and existing and not full and not data_only and not schema_only:
+        # Tables an interrupted restore left may lack their indexes and keys: never kept in place.
+        if clean and existing and not full and not data_only and not schema_only and not marks:
             in_place, reshaped = split_by_shape(conn, [t for t in chosen if mf.table_key(t) in existing])
             plan.in_place = [mf.table_key(t) for t in in_place]
             existing = [k for k in existing if k not in plan.in_place]
@@ -265,6 +274,10 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
         result.warnings.append("a restore into the project's auth/storage tables runs in one transaction; "
                                "--jobs is ignored")
         jobs = 1
+    if jobs > 1 and not may_mark:
+        result.warnings.append("a parallel restore marks the target until it finishes (schema "
+                               f"{restore_mark.SCHEMA}), which this role may not create; --jobs is ignored")
+        jobs = 1
     parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in chosen) >= 2
     scripts = {} if data_only else build_scripts(dsn, folder / DUMP, entries, chosen, plan, roles, owner,
                                                   create_roles, parallel, database, target.will_create)
@@ -289,6 +302,10 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
                            hint="fix each problem named, then run the restore (or --dry-run) again")
     if in_place:
         scripts["empty"] = empty_sql(in_place)
+    if parallel:
+        scripts["mark"] = restore_mark.set_sql(manifest["id"], [mf.table_key(t) for t in chosen]).as_string()
+    if parallel or marks:
+        scripts["unmark"] = restore_mark.clear_sql()
     if plan.large_objects:
         scripts["large-objects"] = (database[1].large_objects, not owner)
         if clean and target.large_objects:
@@ -312,7 +329,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
 
     show = sys.stderr.isatty() if progress is None else progress
     run = _restore_parallel if parallel else _restore_one_tx
-    result.rows = run(dsn, manifest, folder, chosen, scripts, plan, data_only and clean, jobs, show)
+    with sigterm_as_interrupt():
+        result.rows = run(dsn, manifest, folder, chosen, scripts, plan, data_only and clean, jobs, show)
     result.seconds = time.monotonic() - started
     return result
 
@@ -382,6 +400,19 @@ def _sequences_and_matviews(conn: psycopg.Connection, manifest: dict, chosen: li
             conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
 
 
+def _watch_client(conn: psycopg.Connection) -> None:
+    """Have the server check every second that this client is still there (PostgreSQL 14+),
+    so a killed restore's sessions end with it instead of finishing their statement first."""
+    if conn.info.server_version >= 140000:
+        conn.execute("SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false)")
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    """Roll back; on a lost connection there is nothing to roll back (the server did it)."""
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()
+
+
 def _truncate(conn: psycopg.Connection, chosen: list[dict]) -> None:
     conn.execute(sql.SQL("TRUNCATE {}").format(
         sql.SQL(", ").join(sql.Identifier(t["schema"], t["name"]) for t in chosen)))
@@ -430,6 +461,7 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
     rows = 0
     with connect(dsn) as conn:  # one transaction: psycopg commits on clean exit, rolls back on error
         try:
+            _watch_client(conn)
             _prepare(conn, scripts, chosen, truncate)
             if plan.data:
                 _load_session(conn, plan)
@@ -447,22 +479,24 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
             if "post-data" in scripts:
                 conn.execute(scripts["post-data"])
             _sequences_and_matviews(conn, manifest, chosen, plan)
+            if "unmark" in scripts:
+                conn.execute(scripts["unmark"])
             broken = broken_references(conn, [t for t in chosen if mf.table_key(t) in plan.in_place])
             if broken:
                 raise RestoreError("the restored rows break foreign keys: " + ", ".join(broken),
                                    hint="restore the tables on both sides of each key together "
                                         "(name them all with --table)")
         except psycopg.Error as exc:
-            conn.rollback()
+            _rollback(conn)
             raise RestoreError(f"restore failed and was rolled back, the target is unchanged: "
                                f"{redact(str(exc).strip(), dsn)}",
                                hint="fix the cause (see the message) and run the restore again") from None
         except BackupkitError as exc:
-            conn.rollback()
+            _rollback(conn)
             exc.args = (f"{exc} — rolled back, the target is unchanged",)
             raise
         except Exception as exc:  # a vanished or unreadable data file, a zstd error
-            conn.rollback()
+            _rollback(conn)
             raise RestoreError(f"restore failed and was rolled back, the target is unchanged: {exc}",
                                hint="verify the snapshot (`backupkit verify --deep`) and try again") from None
     return rows
@@ -473,8 +507,10 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     with connect(dsn) as conn:
         try:
             _prepare(conn, scripts, chosen, truncate)
+            conn.execute(scripts["mark"])  # committed with pre-data: visible until the last step
         except psycopg.Error as exc:
-            conn.rollback()
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
             raise RestoreError(f"restore failed before loading data and was rolled back: "
                                f"{redact(str(exc).strip(), dsn)}") from None
     bar = tqdm(total=len(chosen), desc="restore", unit="table", disable=not show, file=sys.stderr)
@@ -483,19 +519,37 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     loaded: list[int] = []
     live: set = set()  # connections running a task, cancelled at the first failure
 
-    def cancel_running() -> None:
-        with lock:
-            running = list(live)
-        for c in running:
-            with contextlib.suppress(Exception):
-                c.cancel_safe()
+    stopping = threading.Event()
 
+    def cancel_running() -> None:
+        # A cancel that reaches a connection between two statements is lost and the task
+        # would run its next one to the end: keep cancelling until every task has ended.
+        stopping.set()
+
+        def keep_cancelling() -> None:
+            while True:
+                with lock:
+                    running = list(live)
+                if not running and pool_done.is_set():
+                    return
+                for c in running:
+                    with contextlib.suppress(Exception):
+                        c.cancel_safe()
+                if pool_done.wait(0.2):
+                    return
+
+        threading.Thread(target=keep_cancelling, name="backupkit-cancel", daemon=True).start()
+
+    pool_done = threading.Event()
     pool = TaskPool(jobs, on_failure=cancel_running)
     index_groups = scripts.get("index-groups", {})
 
     @contextlib.contextmanager
     def task_connection():
+        if stopping.is_set():
+            raise RestoreError("stopped: another part of the restore failed")
         with connect(dsn) as c:
+            _watch_client(c)
             with lock:
                 live.add(c)
             try:
@@ -546,7 +600,10 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
         if not t["files"]:
             table_done(mf.table_key(t))
     try:
-        pool.run()
+        try:
+            pool.run()
+        finally:
+            pool_done.set()
         with connect(dsn) as conn:
             _large_objects(conn, folder, scripts)
             # In a parallel restore the index groups already ran: only the rest is left.
@@ -554,12 +611,16 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
             if rest:
                 conn.execute(rest)
             _sequences_and_matviews(conn, manifest, chosen, plan)
+            conn.execute(scripts["unmark"])
     except BaseException as exc:
         # Whatever went wrong (a database error, a vanished file, Ctrl-C), committed
         # pre-data must not be left behind silently.
         bar.close()
         left_behind = _undo(dsn, scripts, chosen, plan)
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else redact(str(exc).strip(), dsn)
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: say what is left, exit 130
+            log.error("restore interrupted; %s", left_behind)
+            raise
+        what = redact(str(exc).strip(), dsn)
         raise RestoreError(f"restore failed: {what}; {left_behind}", left_behind=left_behind,
                            hint="fix the cause and run the restore again") from None
     bar.close()
@@ -609,13 +670,16 @@ def _undo(dsn: str, scripts: dict, chosen: list[dict], plan: RestorePlan) -> str
     lost = (f" The tables dropped by --clean ({', '.join(plan.existing)}) cannot be brought back; "
             "restore them again from this snapshot.") if plan.drop_first and plan.schema else ""
     if not plan.schema:
-        return ("data loaded into some tables before the failure was committed; empty them with "
-                "TRUNCATE " + ", ".join(mf.table_key(t) for t in chosen) + " before retrying.")
+        return ("data loaded into some tables before the failure was committed, and the target stays "
+                f"marked as an unfinished restore (schema {restore_mark.SCHEMA}): run the same restore "
+                "again with --clean, which empties them first.")
     try:
         with connect(dsn) as conn:
             conn.execute(scripts["undo"])
+            conn.execute(scripts["unmark"])
         return "the objects this restore created were dropped again." + lost
-    except psycopg.Error as exc:
+    except (psycopg.Error, BackupkitError) as exc:
         return ("the objects created so far could NOT all be dropped (" + str(exc).strip().splitlines()[0]
-                + "); drop these tables by hand: " + ", ".join(mf.table_key(t) for t in chosen) + "." + lost)
+                + f"); the target stays marked as an unfinished restore (schema {restore_mark.SCHEMA}): "
+                "run the same restore again with --clean to replace what it left." + lost)
 

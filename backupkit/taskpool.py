@@ -68,17 +68,20 @@ class TaskPool:
 
     def run(self) -> None:
         """Work through the queue; raise the first task's exception, if any."""
-        threads = [threading.Thread(target=self._work, name=f"backupkit-restore-{n}", daemon=True)
-                   for n in range(self.workers)]
-        for t in threads:
-            t.start()
+        threads: list[threading.Thread] = []
         try:
+            # Started inside the try: a Ctrl-C or SIGTERM can land while a later thread starts
+            # and an earlier one already runs a task, which must then be cut short too.
+            for n in range(self.workers):
+                threads.append(threading.Thread(target=self._work, name=f"backupkit-restore-{n}", daemon=True))
+                threads[-1].start()
             for t in threads:
                 t.join()
         except BaseException as exc:  # Ctrl-C while waiting: let running tasks end, start no more
             self._fail(exc)
             for t in threads:
-                t.join()
+                if t.ident is not None:
+                    t.join()
             raise
         if self._error is not None:
             raise self._error

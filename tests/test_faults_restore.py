@@ -1,0 +1,149 @@
+"""A restore stopped from outside: SIGTERM, kill -9, a server restart, a lost connection.
+
+After any of them the target is unchanged, fully restored, or visibly marked as an
+unfinished restore (schema ``_backupkit``), and the message says which.  The restore
+runs in a child process, as a scheduled job would; the child's loads pause after
+their first table so the signal always lands mid-load (only the timing is changed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+import backupkit
+from backupkit.embedded import temporary_server
+from backupkit.errors import RestoreError
+
+from fingerprint import fingerprint
+from helpers import load_small, run_cli
+
+# The child restores with --jobs 2 and, after each table's load, says so and waits in the server.
+_CHILD = r"""
+import sys, time
+import importlib
+r = importlib.import_module("backupkit.restore")  # the module: backupkit.restore is the function
+real = r.copy_in
+def paused(conn, *args, **kw):
+    n = real(conn, *args, **kw)
+    print("loaded", flush=True)
+    conn.execute("SELECT pg_sleep(60)")  # server-side, like a long COPY: a cancel ends it
+    return n
+r.copy_in = paused
+try:
+    r.restore(sys.argv[1], sys.argv[2], jobs=2)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def _marked(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT to_regnamespace('_backupkit') IS NOT NULL").fetchone()[0]
+
+
+@pytest.fixture
+def small_snapshot(make_db, tmp_path):
+    source = make_db("src")
+    load_small(source)
+    return source, backupkit.backup(source, tmp_path)
+
+
+def _start_and_wait_for_load(spawn, snapshot, target) -> subprocess.Popen:
+    child = spawn(_CHILD, str(snapshot), target)
+    assert child.stdout.readline().strip() == "loaded", "the child restore never reached its load"
+    assert _marked(target), "a parallel restore must mark the target while it runs"
+    return child
+
+
+def test_sigterm_mid_parallel_restore_undoes_it_and_exits_130(small_snapshot, make_db, spawn):
+    _, res = small_snapshot
+    target = make_db("tgt")
+    before = fingerprint(target)
+    child = _start_and_wait_for_load(spawn, res.path, target)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 130
+    assert fingerprint(target) == before  # the objects it created are gone, the mark too
+    assert not _marked(target)
+
+
+def test_kill_9_mid_parallel_restore_leaves_a_mark_that_the_next_restore_reports(small_snapshot, make_db, spawn):
+    source, res = small_snapshot
+    target = make_db("tgt")
+    child = _start_and_wait_for_load(spawn, res.path, target)
+    child.kill()
+    child.wait(timeout=30)
+    assert _marked(target)  # nothing could undo it: visibly marked
+    out = run_cli("restore", res.path, "--dsn", target, "--dry-run")
+    assert out.returncode == 9 and "Traceback" not in out.stderr
+    assert f"a restore of snapshot {res.id}" in out.stderr and "did not finish" in out.stderr
+    assert "--clean" in out.stderr
+    out = run_cli("restore", res.path, "--dsn", target, "--clean", "-q")
+    assert out.returncode == 0, out.stderr
+    assert "replacing what an unfinished restore left" in out.stdout
+    assert not _marked(target)
+    assert fingerprint(target) == fingerprint(source)
+
+
+def test_server_restart_mid_parallel_restore_keeps_the_cause_and_says_what_is_left(tmp_path, spawn):
+    server = temporary_server().start()  # its own server: this test restarts it
+    try:
+        source, target = server.createdb("src"), server.createdb("tgt")
+        load_small(source)
+        res = backupkit.backup(source, tmp_path)
+        before = fingerprint(target)
+        child = spawn(_CHILD.replace("except KeyboardInterrupt", "except Exception as e:\n    print(e, flush=True)"
+                                     "\n    sys.exit(9)\nexcept KeyboardInterrupt"), str(res.path), target)
+        assert child.stdout.readline().strip() == "loaded"
+        restarted = server._pg("pg_ctl", "restart", "-m", "fast", "-w", "-D", str(server.datadir),
+                               "-l", str(server.datadir / "server.log"),
+                               stdin=subprocess.DEVNULL)
+        assert restarted.returncode == 0, restarted.stderr
+        assert child.wait(timeout=120) == 9
+        message = child.stdout.read()
+        assert "terminat" in message or "shutting down" in message or "connection" in message, message
+        if _marked(target):
+            assert "stays marked as an unfinished restore" in message
+        else:
+            assert "were dropped again" in message and fingerprint(target) == before
+    finally:
+        server.stop()
+
+
+def test_a_lost_connection_in_a_one_transaction_restore_is_one_clear_error(small_snapshot, make_db, monkeypatch):
+    _, res = small_snapshot
+    target = make_db("tgt")
+    before = fingerprint(target)
+    restore_module = importlib.import_module("backupkit.restore")
+    real = restore_module.copy_in
+
+    def lose_connection(conn, *args, **kw):
+        with psycopg.connect(target, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return real(conn, *args, **kw)
+
+    monkeypatch.setattr(restore_module, "copy_in", lose_connection)
+    with pytest.raises(RestoreError) as err:
+        backupkit.restore(res.path, target)
+    assert "rolled back, the target is unchanged" in str(err.value)
+    assert fingerprint(target) == before
+
+
+def test_the_cli_reports_a_lost_connection_without_a_traceback(small_snapshot, make_db):
+    _, res = small_snapshot
+    target = make_db("tgt")
+    code = (_CHILD.replace('conn.execute("SELECT pg_sleep(60)")', "pass")
+            .replace("n = real(conn, *args, **kw)", "import psycopg\n    psycopg.connect(sys.argv[2], autocommit=True)"
+                     ".execute('SELECT pg_terminate_backend(%s)', (conn.info.backend_pid,))\n"
+                     "    n = real(conn, *args, **kw)")
+            .replace("r.restore(sys.argv[1], sys.argv[2], jobs=2)",
+                     "from backupkit.cli import main\n    sys.exit(main(['restore', sys.argv[1], '--dsn', sys.argv[2], '-q']))"))
+    out = subprocess.run([sys.executable, "-c", code, str(res.path), target], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 9, out.stderr
+    assert "Traceback" not in out.stderr and "the target is unchanged" in out.stderr
