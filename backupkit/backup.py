@@ -17,9 +17,9 @@ sessions closed, and ``KeyboardInterrupt`` raised.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
-import math
 import os
 import re
 import secrets
@@ -44,6 +44,7 @@ from .errors import BackupkitError, ConfigError, RowLevelSecurityError, SourceEr
 from .lock import DirLock
 from .pgtools import check_pg_dump
 from .schema import dump_schema
+from .deadline import seconds as _seconds
 from .signals import sigterm_as_interrupt
 from .store import TMP_PREFIX, check_label, new_id
 from .verify import check_jobs, verify
@@ -152,10 +153,24 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
             schemas.append(t.split(".", 1)[0])
     describe(dsn)  # a DSN that cannot be parsed fails before anything is created
     to = Path(to)
+    created = not to.exists()
     try:
         to.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise _storage_error(exc, to) from None
+    try:
+        return _backup_in(dsn, to, schemas, list(tables), list(exclude), jobs, label, allow_partial, progress,
+                          chunk_bytes, on_snapshot, lock_wait_timeout, timeout, started)
+    except BaseException:
+        if created:  # a backup that could not even connect leaves no empty --to folder behind
+            with contextlib.suppress(OSError):
+                to.rmdir()
+        raise
+
+
+def _backup_in(dsn, to, schemas, tables, exclude, jobs, label, allow_partial, progress, chunk_bytes,
+               on_snapshot, lock_wait_timeout, timeout, started) -> BackupResult:
+    """The backup once its folder exists: lock it, take the snapshot, release it."""
     warnings: list[str] = []
     if is_transaction_pooler(dsn):
         _warn(warnings, POOLER_WARNING)
@@ -166,7 +181,7 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
         if lock.took_over:
             _warn(warnings, lock.took_over)
         try:
-            result = _backup_locked(session, to, schemas, list(tables), list(exclude), jobs, label,
+            result = _backup_locked(session, to, schemas, tables, exclude, jobs, label,
                                     allow_partial, progress, chunk_bytes, on_snapshot, warnings, watchdog)
         except (BackupkitError, psycopg.Error, OSError):
             if watchdog.expired:
@@ -174,19 +189,6 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
             raise
     result.seconds = time.monotonic() - started
     return result
-
-
-def _seconds(value: float | None, flag: str) -> float | None:
-    """A time limit in seconds; 0 or None means none."""
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be a number of seconds, not {value!r}") from None
-    if math.isnan(value) or value < 0:
-        raise ConfigError(f"{flag} must be 0 (no limit) or a positive number of seconds, not {value}")
-    return None if value == 0 or math.isinf(value) else value
 
 
 class _Watchdog:

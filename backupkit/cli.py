@@ -144,7 +144,7 @@ def cmd_restore(a) -> int:
     res = restore(resolve(a.snapshot), resolve_dsn(a.dsn), tables=a.table or [], schemas=a.schema or [],
                   with_dependencies=a.with_dependencies, schema_only=a.schema_only, data_only=a.data_only,
                   clean=a.clean, jobs=a.jobs, owner=a.owner, create_roles=a.create_roles,
-                  dry_run=a.dry_run,
+                  dry_run=a.dry_run, lock_wait_timeout=a.lock_wait_timeout, timeout=a.timeout,
                   progress=None if not a.quiet else False)
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
@@ -370,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create roles named by policies/grants that the target lacks (NOLOGIN)")
     r.add_argument("--dry-run", action="store_true", help="show what would be done")
     r.add_argument("--json", action="store_true")
+    r.add_argument("--lock-wait-timeout", type=float, default=60, metavar="SECONDS",
+                   help="give up (rolled back) when a lock is not granted within this time, so a restore "
+                        "into a live database never holds up its queries long (default 60; 0 waits forever)")
+    r.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                   help="give up (rolled back or undone) when the restore takes longer (default 0: no limit)")
     r.add_argument("--quiet", "-q", action="store_true")
     r.set_defaults(func=cmd_restore, owner=False)
 

@@ -37,6 +37,7 @@ from .auth_stand_in import StandIn, plan_stand_in
 from .in_place import broken_references, empty_sql, split_by_shape
 from .manifest import DATABASE_DUMP
 from . import restore_mark
+from .deadline import Deadline, seconds as _seconds
 from .signals import sigterm_as_interrupt
 from .restore_checks import missing_references, role_creation, schema_privileges
 from .platform import empty as platform_empty, kept_rows, problems as platform_problems, read_platform
@@ -47,6 +48,9 @@ from .taskpool import TaskPool
 from .verify import check_jobs, ensure_intact
 
 log = logging.getLogger("backupkit")
+
+#: Seconds a restore waits for a lock before giving up (as backup's --lock-wait-timeout).
+LOCK_WAIT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -71,6 +75,9 @@ class RestorePlan:
     in_place: list[str] = field(default_factory=list)
     #: The Supabase project's own tables that get rows but are never created or dropped.
     platform_tables: list[str] = field(default_factory=list)
+    #: Limits of the run (set when it starts; not part of what it does).
+    lock_wait_timeout: float | None = field(default=None, repr=False)
+    deadline: "Deadline | None" = field(default=None, repr=False)
     #: What the restore makes or leaves out beyond the snapshot's own objects, in words.
     notes: list[str] = field(default_factory=list)
 
@@ -153,8 +160,14 @@ def _check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool,
 def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: list[str] = (),
             with_dependencies: bool = False, schema_only: bool = False, data_only: bool = False,
             clean: bool = False, jobs: int = 1, owner: bool = False, create_roles: bool = False,
-            dry_run: bool = False, progress: bool | None = None) -> RestoreResult:
+            dry_run: bool = False, progress: bool | None = None,
+            lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT, timeout: float | None = None) -> RestoreResult:
     """Restore ``snapshot`` into the database at ``dsn`` and return what was done.
+
+    ``lock_wait_timeout`` (seconds, None or 0: wait forever) bounds every lock wait,
+    so a restore into a live database never queues the application's queries behind
+    it for long; ``timeout`` (default: none) bounds the whole run, which is then
+    rolled back or undone like any failure.
 
     The snapshot is verified first; a damaged one restores nothing.  The target
     must not already have the snapshot's tables unless ``clean`` (drop them
@@ -168,6 +181,7 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     if schema_only and data_only:
         raise ConfigError("--schema-only and --data-only exclude each other")
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
+    lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "--lock-wait-timeout"), _seconds(timeout, "--timeout")
     folder = Path(snapshot)
     manifest = ensure_intact(folder)
     chosen = select_tables(manifest, list(tables), list(schemas), with_dependencies)
@@ -329,7 +343,8 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
 
     show = sys.stderr.isatty() if progress is None else progress
     run = _restore_parallel if parallel else _restore_one_tx
-    with sigterm_as_interrupt():
+    plan.lock_wait_timeout = lock_wait_timeout
+    with sigterm_as_interrupt(), Deadline(timeout) as plan.deadline:
         result.rows = run(dsn, manifest, folder, chosen, scripts, plan, data_only and clean, jobs, show)
     result.seconds = time.monotonic() - started
     return result
@@ -400,11 +415,27 @@ def _sequences_and_matviews(conn: psycopg.Connection, manifest: dict, chosen: li
             conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
 
 
-def _watch_client(conn: psycopg.Connection) -> None:
-    """Have the server check every second that this client is still there (PostgreSQL 14+),
-    so a killed restore's sessions end with it instead of finishing their statement first."""
+def _session(conn: psycopg.Connection, plan: RestorePlan) -> None:
+    """Settings of every restore session, which the run's deadline may cancel.
+
+    The server checks every second that this client is still there (PostgreSQL 14+),
+    so a killed restore's sessions end with it instead of finishing their statement
+    first; lock waits end after ``lock_wait_timeout``.
+    """
     if conn.info.server_version >= 140000:
         conn.execute("SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false)")
+    if plan.lock_wait_timeout:
+        conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)",
+                     (f"{int(plan.lock_wait_timeout * 1000)}ms",))
+    if plan.deadline is not None:
+        plan.deadline.watch(conn)
+
+
+def _why(exc: BaseException, plan: RestorePlan, dsn: str) -> str:
+    """The error's text, or the time limit when the deadline is what cancelled it."""
+    if plan.deadline is not None and plan.deadline.expired:
+        return f"the restore did not finish within its time limit ({plan.deadline.seconds:g} s)"
+    return redact(str(exc).strip(), dsn)
 
 
 def _rollback(conn: psycopg.Connection) -> None:
@@ -461,7 +492,7 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
     rows = 0
     with connect(dsn) as conn:  # one transaction: psycopg commits on clean exit, rolls back on error
         try:
-            _watch_client(conn)
+            _session(conn, plan)
             _prepare(conn, scripts, chosen, truncate)
             if plan.data:
                 _load_session(conn, plan)
@@ -489,7 +520,7 @@ def _restore_one_tx(dsn, manifest, folder, chosen, scripts, plan, truncate, jobs
         except psycopg.Error as exc:
             _rollback(conn)
             raise RestoreError(f"restore failed and was rolled back, the target is unchanged: "
-                               f"{redact(str(exc).strip(), dsn)}",
+                               f"{_why(exc, plan, dsn)}",
                                hint="fix the cause (see the message) and run the restore again") from None
         except BackupkitError as exc:
             _rollback(conn)
@@ -506,13 +537,14 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
     """pre-data committed, data in parallel transactions, post-data last; undo on failure."""
     with connect(dsn) as conn:
         try:
+            _session(conn, plan)
             _prepare(conn, scripts, chosen, truncate)
             conn.execute(scripts["mark"])  # committed with pre-data: visible until the last step
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             raise RestoreError(f"restore failed before loading data and was rolled back: "
-                               f"{redact(str(exc).strip(), dsn)}") from None
+                               f"{_why(exc, plan, dsn)}") from None
     bar = tqdm(total=len(chosen), desc="restore", unit="table", disable=not show, file=sys.stderr)
     lock = threading.Lock()
     left = {mf.table_key(t): len(t["files"]) for t in chosen}
@@ -549,7 +581,7 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
         if stopping.is_set():
             raise RestoreError("stopped: another part of the restore failed")
         with connect(dsn) as c:
-            _watch_client(c)
+            _session(c, plan)
             with lock:
                 live.add(c)
             try:
@@ -605,6 +637,7 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
         finally:
             pool_done.set()
         with connect(dsn) as conn:
+            _session(conn, plan)
             _large_objects(conn, folder, scripts)
             # In a parallel restore the index groups already ran: only the rest is left.
             rest = scripts["post-data-rest"] if "post-data-rest" in scripts else scripts.get("post-data")
@@ -620,7 +653,7 @@ def _restore_parallel(dsn, manifest, folder, chosen, scripts, plan, truncate, jo
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: say what is left, exit 130
             log.error("restore interrupted; %s", left_behind)
             raise
-        what = redact(str(exc).strip(), dsn)
+        what = _why(exc, plan, dsn)
         raise RestoreError(f"restore failed: {what}; {left_behind}", left_behind=left_behind,
                            hint="fix the cause and run the restore again") from None
     bar.close()

@@ -35,6 +35,9 @@ _MULTIWORD = sorted(
 
 
 _META = re.compile(r"^\\(un)?restrict \S+\s*$")
+#: pg_restore's preamble switches lock waits' limit off; the restore's own (--lock-wait-timeout)
+#: must stay in force.  Its other SETs stay: a role's statement_timeout must not cut a long COPY.
+_NO_LIMITS = re.compile(r"^SET lock_timeout = 0;\s*$")
 _HEADER = re.compile(r"^--\n-- (?:Data for )?Name: [^\n]*?; Type: ([A-Z ]+); Schema: [^\n]*\n--\n", re.M)
 
 
@@ -135,7 +138,7 @@ def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
             list_file.unlink(missing_ok=True)
     # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
     # part of a function body or a string literal and must survive untouched.
-    return "".join(l for l in out.splitlines(keepends=True) if not _META.match(l))
+    return "".join(l for l in out.splitlines(keepends=True) if not _META.match(l) and not _NO_LIMITS.match(l))
 
 
 @contextlib.contextmanager
@@ -152,7 +155,7 @@ def render_lines(dump: Path, section: str, entries: list[TocEntry], *, no_owner:
     proc = subprocess.Popen([str(find_tool("pg_restore")), *args, f"--use-list={list_file}", str(dump)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        yield (line for line in proc.stdout if not _META.match(line))
+        yield (line for line in proc.stdout if not _META.match(line) and not _NO_LIMITS.match(line))
         proc.stdout.read()
         err = proc.stderr.read()
         if proc.wait() != 0:

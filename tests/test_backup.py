@@ -314,3 +314,10 @@ def test_unparseable_dsn_never_shows_the_password(tmp_path, command):
     if command != "restore":
         assert out.returncode == 2 and "the DSN cannot be parsed" in out.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_a_backup_that_cannot_connect_leaves_no_folder_behind(tmp_path):
+    to = tmp_path / "new" / "backups"
+    out = run_cli("backup", "--dsn", "postgresql://nobody@127.0.0.1:1/none", "--to", to)
+    assert out.returncode == 3, out.stderr
+    assert not to.exists()

@@ -147,3 +147,34 @@ def test_the_cli_reports_a_lost_connection_without_a_traceback(small_snapshot, m
                          timeout=120)
     assert out.returncode == 9, out.stderr
     assert "Traceback" not in out.stderr and "the target is unchanged" in out.stderr
+
+
+def test_a_restore_that_outlives_its_timeout_is_rolled_back_and_says_so(small_snapshot, make_db, monkeypatch):
+    _, res = small_snapshot
+    target = make_db("tgt")
+    before = fingerprint(target)
+    restore_module = importlib.import_module("backupkit.restore")
+    real = restore_module.copy_in
+
+    def slow(conn, *args, **kw):
+        conn.execute("SELECT pg_sleep(30)")  # stands for a load that takes too long
+        return real(conn, *args, **kw)
+
+    monkeypatch.setattr(restore_module, "copy_in", slow)
+    for jobs in (1, 2):
+        with pytest.raises(RestoreError) as err:
+            backupkit.restore(res.path, target, jobs=jobs, timeout=1.5)
+        assert "did not finish within its time limit (1.5 s)" in str(err.value)
+        assert fingerprint(target) == before
+
+
+def test_a_restore_waiting_for_a_lock_gives_up_after_the_lock_wait_timeout(small_snapshot, make_db):
+    """In place into a live database: a long transaction holds the table; the restore must
+    not wait forever (queueing the application's queries behind its own lock request)."""
+    source, res = small_snapshot
+    with psycopg.connect(source) as holder:
+        holder.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+        out = run_cli("restore", res.path, "--dsn", source, "--table", "public.orders", "--clean",
+                      "--lock-wait-timeout", "1", "-q")
+    assert out.returncode == 9, out.stderr
+    assert "lock timeout" in out.stderr and "Traceback" not in out.stderr

@@ -444,3 +444,14 @@ def test_check_parameters_uses_the_history_papermill_keeps_else_the_namespace(tm
     # No history kept (nbval runs cells with store_history=False): the namespace's plain values.
     ns.pop("jbos")
     assert nb.check_parameters(shell=_fake_shell([], ns)) == {"backup_dir": "x", "jobs": 2}
+
+
+def test_the_runs_folder_is_private_whatever_the_umask(tmp_path):
+    from backupkit.notebook import start_run
+
+    old = os.umask(0)
+    try:
+        start_run("backup", runs_dir=tmp_path / "runs").write()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "runs").stat().st_mode & 0o777 == 0o700

@@ -104,7 +104,11 @@ class RunRecord:
 
     def write(self) -> Path:
         """Write run.json atomically (temporary file, then rename)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if not folder.is_dir():
+            # 0700 whatever the umask: run records name hosts, snapshots and failures.
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
