@@ -35,7 +35,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from . import __version__, copyio, database_objects
+from . import __version__, copyio, database_objects, signing
 from . import manifest as mf
 from .catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
 from .copyio import FileResult
@@ -116,7 +116,7 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
            allow_partial: bool = False, progress: bool | None = None,
            chunk_bytes: int = CHUNK_BYTES, on_snapshot=None,
            lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT,
-           timeout: float | None = TIMEOUT) -> BackupResult:
+           timeout: float | None = TIMEOUT, sign_key: Path | str | None = None) -> BackupResult:
     """Back up ``dsn`` into a new snapshot folder under ``to`` and return it.
 
     ``schemas`` defaults to ``["public"]``; ``tables``/``exclude`` take
@@ -138,12 +138,19 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
 
     SIGTERM (in the main thread) stops the backup like Ctrl-C: everything is
     cleaned up and ``KeyboardInterrupt`` raised.
+
+    ``sign_key`` (path of an Ed25519 private key in PEM, see ``backupkit.signing``)
+    signs ``manifest.json`` into ``manifest.json.sig`` before the snapshot is renamed
+    into place, and records the key's id as the manifest's ``signed_by``.  The key is
+    loaded first: a missing key, or one that group or others may read, is a
+    ``ConfigError`` before anything is connected to or written.
     """
     started = time.monotonic()
     label = check_label(label)
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
     lock_wait_timeout = _seconds(lock_wait_timeout, "--lock-wait-timeout")
     timeout = _seconds(timeout, "--timeout")
+    key = signing.load_private_key(sign_key) if sign_key is not None else None
     schemas = list(schemas or ["public"])
     for t in [*tables, *exclude]:
         if "." not in t:
@@ -160,7 +167,7 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
         raise _storage_error(exc, to) from None
     try:
         return _backup_in(dsn, to, schemas, list(tables), list(exclude), jobs, label, allow_partial, progress,
-                          chunk_bytes, on_snapshot, lock_wait_timeout, timeout, started)
+                          chunk_bytes, on_snapshot, lock_wait_timeout, timeout, started, key)
     except BaseException:
         if created:  # a backup that could not even connect leaves no empty --to folder behind
             with contextlib.suppress(OSError):
@@ -169,7 +176,7 @@ def backup(dsn: str, to: Path | str, *, schemas: list[str] | None = None, tables
 
 
 def _backup_in(dsn, to, schemas, tables, exclude, jobs, label, allow_partial, progress, chunk_bytes,
-               on_snapshot, lock_wait_timeout, timeout, started) -> BackupResult:
+               on_snapshot, lock_wait_timeout, timeout, started, key=None) -> BackupResult:
     """The backup once its folder exists: lock it, take the snapshot, release it."""
     warnings: list[str] = []
     if is_transaction_pooler(dsn):
@@ -182,7 +189,8 @@ def _backup_in(dsn, to, schemas, tables, exclude, jobs, label, allow_partial, pr
             _warn(warnings, lock.took_over)
         try:
             result = _backup_locked(session, to, schemas, tables, exclude, jobs, label,
-                                    allow_partial, progress, chunk_bytes, on_snapshot, warnings, watchdog)
+                                    allow_partial, progress, chunk_bytes, on_snapshot, warnings, watchdog,
+                                    key)
         except (BackupkitError, psycopg.Error, OSError):
             if watchdog.expired:
                 raise watchdog.error() from None
@@ -304,7 +312,8 @@ def _dump_schema(session: SessionSpec, main: psycopg.Connection, tmp: Path, snap
 
 
 def _backup_locked(session: SessionSpec, to, schemas, include, exclude, jobs, label, allow_partial,
-                   progress, chunk_bytes, on_snapshot, warnings, watchdog: _Watchdog) -> BackupResult:
+                   progress, chunk_bytes, on_snapshot, warnings, watchdog: _Watchdog,
+                   key=None) -> BackupResult:
     dsn = session.dsn
     try:
         server, pg_dump_version, names = _inspect(session, schemas, include, exclude)
@@ -384,14 +393,18 @@ def _backup_locked(session: SessionSpec, to, schemas, include, exclude, jobs, la
             "roles": roles,
             "schema_files": [_file_entry(tmp, p) for p in sorted((tmp / "schema").iterdir())],
         }
+        if key is not None:
+            manifest["signed_by"] = signing.key_id(key.public_key())
         mf.write(tmp, manifest)
-        report = verify(tmp)
+        if key is not None:  # signed, and the signature checked, before it can become a snapshot
+            signing.write_signature(tmp, key)
+        report = verify(tmp, public_key=key.public_key() if key is not None else None)
         if not report.ok:
             raise StorageError("the snapshot did not verify right after writing: " + "; ".join(report.problems),
                                hint="the storage under --to may be faulty; try another folder")
         final = to / sid
         # Everything durable before the rename makes it a snapshot (data files fsync themselves).
-        for path in [*(tmp / "schema").iterdir(), tmp / "schema", tmp / "data", tmp]:
+        for path in [*(tmp / "schema").iterdir(), tmp / "schema", tmp / "data", tmp]:  # .sig fsyncs itself
             _fsync(path)
         watchdog.check()  # past the time limit, nothing becomes a snapshot
         os.rename(tmp, final)

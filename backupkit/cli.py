@@ -73,14 +73,17 @@ def _warn(msgs) -> None:
 def cmd_backup(a) -> int:
     from .backup import backup
     from .dsn import resolve_dsn
+    from .signing import sign_key_path
 
     res = backup(resolve_dsn(a.dsn), a.to, schemas=a.schema or None, tables=a.table or [],
                  exclude=a.exclude_table or [], jobs=a.jobs, label=a.label,
                  allow_partial=a.allow_partial, progress=None if not a.quiet else False,
-                 lock_wait_timeout=a.lock_wait_timeout, timeout=a.timeout)
+                 lock_wait_timeout=a.lock_wait_timeout, timeout=a.timeout,
+                 sign_key=sign_key_path(a.sign_key))
     if not a.quiet:
+        signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
         print(f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
-              f"{_human(res.bytes)} in {res.seconds:.1f}s", file=sys.stderr)
+              f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}", file=sys.stderr)
     print(res.path)
     return 0
 
@@ -108,10 +111,11 @@ def cmd_list(a) -> int:
 
 
 def cmd_verify(a) -> int:
+    from .signing import public_key_path
     from .store import resolve
     from .verify import verify
 
-    report = verify(resolve(a.snapshot), deep=a.deep)
+    report = verify(resolve(a.snapshot), deep=a.deep, public_key=public_key_path(a.public_key))
     if a.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -120,7 +124,21 @@ def cmd_verify(a) -> int:
         state = "intact" if report.ok else f"DAMAGED ({len(report.problems)} problems)"
         print(f"{report.snapshot.name}: {state} — {report.files} files, {_human(report.bytes)}"
               + (", rows recounted" if a.deep else ""))
+        print({"valid": f"signed: yes (key {report.key_id})",
+               "invalid": "signed: NO (bad signature)",
+               "missing": "signed: NO (no signature)",
+               "unchecked": "signed: not checked (signature present; pass --public-key to check it)",
+               "absent": "signed: no"}[report.signature])
     return 0 if report.ok else exit_code(SnapshotDamaged(""))
+
+
+def cmd_keygen(a) -> int:
+    from .signing import keygen
+
+    kid = keygen(a.private_key, a.public_key)
+    print(f"wrote Ed25519 key {kid}: private key {a.private_key} (0600; keep it away from the backups), "
+          f"public key {a.public_key}")
+    return 0
 
 
 def cmd_check(a) -> int:
@@ -139,12 +157,14 @@ def cmd_check(a) -> int:
 def cmd_restore(a) -> int:
     from .dsn import resolve_dsn
     from .restore import restore
+    from .signing import public_key_path
     from .store import resolve
 
     res = restore(resolve(a.snapshot), resolve_dsn(a.dsn), tables=a.table or [], schemas=a.schema or [],
                   with_dependencies=a.with_dependencies, schema_only=a.schema_only, data_only=a.data_only,
                   clean=a.clean, jobs=a.jobs, owner=a.owner, create_roles=a.create_roles,
                   dry_run=a.dry_run, lock_wait_timeout=a.lock_wait_timeout, timeout=a.timeout,
+                  public_key=public_key_path(a.public_key),
                   progress=None if not a.quiet else False)
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
@@ -328,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 60; 0 waits forever)")
     b.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
                    help="give up when the whole backup takes longer (default 1800; 0: no limit)")
+    b.add_argument("--sign-key", type=Path, metavar="FILE",
+                   help="sign the manifest with this Ed25519 private key (PEM, mode 0600; from "
+                        "`backupkit keygen`) into manifest.json.sig (default: $BACKUPKIT_SIGN_KEY)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_backup)
 
@@ -339,8 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check a snapshot against its manifest")
     v.add_argument("snapshot", help="snapshot folder (or DIR to verify the newest)")
     v.add_argument("--deep", action="store_true", help="also decompress and recount rows")
+    v.add_argument("--public-key", type=Path, metavar="FILE",
+                   help="require a good signature by this Ed25519 public key (PEM) "
+                        "(default: $BACKUPKIT_PUBLIC_KEY; without one a signature is not checked)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    k = sub.add_parser("keygen", help="create an Ed25519 key pair to sign snapshots with")
+    k.add_argument("--private-key", required=True, type=Path, metavar="FILE",
+                   help="where to write the private key (PEM, mode 0600; never overwritten)")
+    k.add_argument("--public-key", required=True, type=Path, metavar="FILE",
+                   help="where to write the public key (PEM, for verify --public-key)")
+    k.set_defaults(func=cmd_keygen)
 
     c = sub.add_parser("check", help="preflight: can this database be backed up completely?")
     c.add_argument("--dsn", help=dsn_help)
@@ -375,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "into a live database never holds up its queries long (default 60; 0 waits forever)")
     r.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
                    help="give up (rolled back or undone) when the restore takes longer (default 0: no limit)")
+    r.add_argument("--public-key", metavar="FILE",
+                   help="restore only a snapshot signed by this key (default $BACKUPKIT_PUBLIC_KEY)")
     r.add_argument("--quiet", "-q", action="store_true")
     r.set_defaults(func=cmd_restore, owner=False)
 

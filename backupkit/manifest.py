@@ -28,6 +28,10 @@ CSV, TEXT = "csv", "text"
 #: Data file names end so, by format.
 DATA_SUFFIX = {CSV: ".csv.zst", TEXT: ".copy.zst"}
 MANIFEST = "manifest.json"
+#: The Ed25519 signature of manifest.json's bytes (optional; see ``backupkit.signing``).
+SIGNATURE = "manifest.json.sig"
+#: A signature file larger than this is not one backupkit wrote (88 base64 characters and a newline).
+MAX_SIGNATURE_BYTES = 1024
 #: The schema files inside a snapshot (kept here, free of psycopg, for readers like diff).
 DUMP = "schema/schema.dump"
 PRE_DATA = "schema/pre-data.sql"
@@ -49,8 +53,9 @@ def digest(manifest: dict) -> str:
       manifest alone, with no secret, so anyone who can write the snapshot can
       change a data file, put its new hash into the manifest and reseal it
       (``seal``); ``verify`` (even ``--deep``) then passes.  Only a signature
-      made with a key kept away from the backups (not implemented yet) can tell
-      such a snapshot from a genuine one.
+      made with a key kept away from the backups (``backup --sign-key``,
+      ``verify --public-key``; see ``backupkit.signing``) can tell such a
+      snapshot from a genuine one.
     """
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -161,13 +161,15 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
             with_dependencies: bool = False, schema_only: bool = False, data_only: bool = False,
             clean: bool = False, jobs: int = 1, owner: bool = False, create_roles: bool = False,
             dry_run: bool = False, progress: bool | None = None,
-            lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT, timeout: float | None = None) -> RestoreResult:
+            lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT, timeout: float | None = None,
+            public_key: Path | str | None = None) -> RestoreResult:
     """Restore ``snapshot`` into the database at ``dsn`` and return what was done.
 
     ``lock_wait_timeout`` (seconds, None or 0: wait forever) bounds every lock wait,
     so a restore into a live database never queues the application's queries behind
     it for long; ``timeout`` (default: none) bounds the whole run, which is then
-    rolled back or undone like any failure.
+    rolled back or undone like any failure.  With ``public_key`` the snapshot must also
+    carry a valid signature by that key (``backup(..., sign_key=...)``).
 
     The snapshot is verified first; a damaged one restores nothing.  The target
     must not already have the snapshot's tables unless ``clean`` (drop them
@@ -183,7 +185,7 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
     lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "--lock-wait-timeout"), _seconds(timeout, "--timeout")
     folder = Path(snapshot)
-    manifest = ensure_intact(folder)
+    manifest = ensure_intact(folder, public_key=public_key)
     chosen = select_tables(manifest, list(tables), list(schemas), with_dependencies)
     full = not tables and not schemas
     problems: list[str] = []

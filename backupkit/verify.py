@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from pathlib import Path
 import zstandard
 
 from . import manifest as mf
-from .datafile import count_rows
+from .datafile import count_rows, file_sha256
 from .errors import ConfigError, SnapshotDamaged, SnapshotNotFound
 
 _READ = 1 << 20
@@ -33,23 +34,30 @@ class VerifyReport:
     files: int = 0
     bytes: int = 0
     deep: bool = False
+    #: ``manifest.json.sig``: "valid" (checked with the public key given), "invalid" (bad,
+    #: malformed or by another key), "missing" (a public key was given but there is no
+    #: signature), "unchecked" (present, no public key given), "absent" (none, none asked for).
+    signature: str = "absent"
+    #: Id of the public key a valid signature was checked with (``signing.key_id``).
+    key_id: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def signed(self) -> bool:
+        """True only when the signature was checked and is good."""
+        return self.signature == "valid"
+
     def to_dict(self) -> dict:
         return {"snapshot": str(self.snapshot), "ok": self.ok, "problems": self.problems,
-                "files": self.files, "bytes": self.bytes, "deep": self.deep}
+                "files": self.files, "bytes": self.bytes, "deep": self.deep,
+                "signed": self.signed, "signature": self.signature, "key_id": self.key_id}
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(_READ):
-            h.update(block)
-    return h.hexdigest()
+#: Hex SHA-256 of a file, read in 1 MiB blocks (one implementation, in datafile).
+sha256_file = file_sha256
 
 
 def _sha256_fd(fd: int) -> tuple[str, int]:
@@ -123,7 +131,7 @@ def _walk_problems(folder: Path, listed: set[str]) -> list[str]:
                 continue
             elif not stat.S_ISREG(st.st_mode):
                 problems.append(f"{rel} is not a regular file (a device, socket or pipe)")
-            elif rel != mf.MANIFEST and rel not in listed:
+            elif rel not in (mf.MANIFEST, mf.SIGNATURE) and rel not in listed:
                 problems.append(f"unexpected file {rel} (not in the manifest)")
     return problems
 
@@ -140,7 +148,76 @@ def check_jobs(jobs: int | None) -> int | None:
     return jobs
 
 
-def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None) -> VerifyReport:
+def _read_member(folder: Path, rel: str, limit: int) -> bytes | None:
+    """The bytes of contained regular file ``rel`` (None when it is absent); SnapshotDamaged when it
+    is a link, not a regular file or larger than ``limit``; SnapshotError when it cannot be read."""
+    try:
+        fd = mf.open_member(folder, rel)
+    except SnapshotDamaged as exc:
+        if exc.problems == [f"missing file {rel}"]:
+            return None
+        raise
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise mf.unreadable(folder / rel, exc) from None
+    if len(data) > limit:
+        raise SnapshotDamaged(f"{rel} is implausibly large", [f"{rel} is implausibly large"])
+    return data
+
+
+def _check_signature(folder: Path, m: dict, public_key, report: VerifyReport) -> None:
+    """Fill ``report.signature`` and add problems: see ``verify``."""
+    sig_name = mf.SIGNATURE
+    try:
+        sig = _read_member(folder, sig_name, mf.MAX_SIGNATURE_BYTES)
+    except SnapshotDamaged as exc:
+        report.problems.extend(exc.problems or [str(exc)])
+        report.signature = "invalid"
+        return
+    signed_by = m.get("signed_by")
+    if sig is None:
+        if public_key is not None:
+            report.signature = "missing"
+            report.problems.append(f"{sig_name} is missing: the snapshot is not signed, so it cannot be "
+                                   "shown to be genuine")
+        elif signed_by:
+            report.signature = "missing"
+            report.problems.append(f"{sig_name} is missing, but the manifest says it was signed "
+                                   f"(key {signed_by})")
+        return
+    from . import signing  # cryptography only for signed snapshots
+
+    if signing.parse_signature(sig) is None:
+        report.signature = "invalid"
+        report.problems.append(f"{sig_name} is malformed (not a base64 Ed25519 signature)")
+        return
+    if public_key is None:
+        report.signature = "unchecked"
+        return
+    manifest_bytes = _read_member(folder, mf.MANIFEST, mf.MAX_MANIFEST_BYTES)
+    kid = signing.key_id(public_key)
+    try:
+        same = manifest_bytes is not None and json.loads(manifest_bytes.decode()) == m
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        same = False
+    if same and signing.check(manifest_bytes, sig, public_key):
+        report.signature, report.key_id = "valid", kid
+        return
+    report.signature = "invalid"
+    if not same:
+        report.problems.append(f"{mf.MANIFEST} changed while it was being verified")
+    elif signed_by and signed_by != kid:
+        report.problems.append(f"{sig_name}: the manifest says it was signed by key {signed_by}, "
+                               f"not by the public key given ({kid}); the signature does not verify")
+    else:
+        report.problems.append(f"{sig_name}: bad signature: {mf.MANIFEST} is not what key {kid} signed "
+                               "(forged or altered)")
+
+
+def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None,
+           public_key=None) -> VerifyReport:
     """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
 
     Returns a report instead of raising, so callers can show every problem at once.
@@ -153,12 +230,24 @@ def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None)
     It does not prove the snapshot is genuine: someone able to write the snapshot
     can change files and reseal the manifest consistently (``manifest.digest``).
 
+    That is what ``public_key`` is for (a PEM file path or an ``Ed25519PublicKey``; see
+    ``backupkit.signing``): then ``manifest.json.sig`` must be that key's signature of
+    ``manifest.json``'s exact bytes; a missing, malformed or bad signature is a problem,
+    a good one sets ``report.signature = "valid"`` (``report.signed``).  Without
+    ``public_key`` a signature file is accepted (it must be a plain, well-formed file
+    inside the snapshot) but not checked: ``report.signature == "unchecked"``.  A
+    bad key file raises ``ConfigError`` before anything is read.
+
     Raises ``SnapshotNotFound`` when there is no folder and ``SnapshotError`` when a
     file or folder of the snapshot cannot be read (permissions): an unreadable
     snapshot is not known to be damaged, and neither is it known to be intact.
     """
     folder = Path(snapshot)
     jobs = check_jobs(jobs)
+    if isinstance(public_key, (str, Path)):
+        from .signing import load_public_key
+
+        public_key = load_public_key(public_key)
     try:
         if not folder.is_dir():
             raise SnapshotNotFound(f"no snapshot at {folder}", hint="run `backupkit list DIR` to see the snapshots")
@@ -183,13 +272,15 @@ def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None)
             report.problems.extend(problems)
     report.files = len(entries)
     report.bytes = sum(e["bytes"] for e, _, _ in entries)
+    _check_signature(folder, m, public_key, report)
     report.problems.extend(_walk_problems(folder, listed))
     return report
 
 
-def ensure_intact(snapshot: Path | str, *, deep: bool = False) -> dict:
-    """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem."""
-    report = verify(snapshot, deep=deep)
+def ensure_intact(snapshot: Path | str, *, deep: bool = False, public_key=None) -> dict:
+    """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem
+    (with ``public_key``, a missing or bad signature is one; see ``verify``)."""
+    report = verify(snapshot, deep=deep, public_key=public_key)
     if not report.ok:
         raise SnapshotDamaged(
             f"snapshot {Path(snapshot).name} is damaged: " + "; ".join(report.problems[:5])

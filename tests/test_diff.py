@@ -544,3 +544,16 @@ def test_text_output_caps_long_lists_and_says_same():
     assert len(lines) == TEXT_SCHEMA_OBJECTS + 2
     assert schema_text({"schema_objects": [], "schema_sql_changed": False}) == ["schema: same"]
     assert schema_text({"schema_objects": many[:1]})[0] == "schema: 1 object changed (1 added)"
+
+
+def test_text_and_html_name_added_and_removed_tables(snaps, tmp_path):
+    """The normal case after a migration (a table added, one dropped) used to crash both."""
+    before, _, after = snaps
+    text = run_cli("diff", before, after)
+    assert text.returncode == 0 and "Traceback" not in text.stderr, text.stderr
+    assert "public.added" in text.stdout and "public.dropme" in text.stdout
+    page = tmp_path / "r.html"
+    html = run_cli("diff", before, after, "--html", page)
+    assert html.returncode == 0, html.stderr
+    body = page.read_text()
+    assert "added" in body and "dropme" in body
