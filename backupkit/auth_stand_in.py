@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
-from . import manifest as mf
 
 _AUTH_CALL = re.compile(r"\bauth\.(uid|role|jwt|email)\(\)")
 
@@ -101,11 +100,3 @@ def plan_stand_in(manifest: dict, chosen: list[dict], schema_sql: str, target_sc
             stand_in.columns.setdefault(ref, types[col])
             stand_in.sources.append((t["schema"], t["name"], col, ref))
     return stand_in
-
-
-def referenced_tables_missing(chosen: list[dict], present: set[str]) -> list[str]:
-    """``a.b -> c.d`` for foreign keys of ``chosen`` whose referenced table is neither restored nor ``present``."""
-    keys = {mf.table_key(t) for t in chosen}
-    return sorted({f"{mf.table_key(t)} -> {fk['ref_schema']}.{fk['ref_table']}" for t in chosen
-                   for fk in t.get("foreign_keys", [])
-                   if f"{fk['ref_schema']}.{fk['ref_table']}" not in keys | present})

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 
 from .manifest import DATABASE_DUMP
 from .pgtools import find_tool, run_tool
+from .schema import unquote_ident
 
 _EXTENSIONS = """
 SELECT e.extname AS name, e.extversion AS version, n.nspname AS schema
@@ -108,16 +109,12 @@ _OWNER = re.compile(r"\bOWNER TO (\"(?:[^\"]|\"\")+\"|[^\s;]+);")
 _FOR_ROLE = re.compile(r"^ALTER DEFAULT PRIVILEGES FOR ROLE (\"(?:[^\"]|\"\")+\"|[^\s;]+)", re.M)
 
 
-def _unquote(name: str) -> str:
-    return name[1:-1].replace('""', '"') if name.startswith('"') else name
-
-
 def referenced_roles(script: str) -> set[str]:
     """Every role the SQL names as an owner, grantee, policy role or default-privilege role."""
     from .scripts import referenced_roles as policy_and_grant_roles
 
     policies, grants = policy_and_grant_roles(script)
-    owners = {_unquote(m) for m in _OWNER.findall(script)} | {_unquote(m) for m in _FOR_ROLE.findall(script)}
+    owners = {unquote_ident(m) for m in _OWNER.findall(script)} | {unquote_ident(m) for m in _FOR_ROLE.findall(script)}
     return (policies | grants | owners) - {"PUBLIC", "public"}
 
 
@@ -127,7 +124,7 @@ def acl_roles(acls: list[list[str] | None]) -> set[str]:
     for acl in acls:
         for item in acl or []:
             grantee, _, rest = item.rpartition("=")
-            names |= {_unquote(n) for n in (grantee, rest.rpartition("/")[2]) if n}
+            names |= {unquote_ident(n) for n in (grantee, rest.rpartition("/")[2]) if n}
     return names
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .schema import TocEntry
+from .schema import TocEntry, render_lines, unquote_ident
 
 #: Entry types that carry large objects (pg_dump 17+ "BLOB METADATA"/"BLOBS"; older "BLOB").
 _LO_TYPES = {"BLOB METADATA", "BLOB", "BLOBS", "LARGE OBJECT"}
@@ -242,12 +242,8 @@ _EXECUTE = re.compile(r"^CREATE EVENT TRIGGER (.+?) ON .*?EXECUTE (?:FUNCTION|PR
 
 def event_trigger_functions(script: str) -> dict[str, str]:
     """Each event trigger's function, ``schema.name``, from pg_restore's SQL of the triggers."""
-    return {_unquote(m.group(1)): ".".join(_unquote(p) for p in m.group(2).split("."))
+    return {unquote_ident(m.group(1)): ".".join(unquote_ident(p) for p in m.group(2).split("."))
             for m in _EXECUTE.finditer(script)}
-
-
-def _unquote(name: str) -> str:
-    return name[1:-1].replace('""', '"') if name.startswith('"') else name
 
 
 _TX_LINE = re.compile(r"^(BEGIN|COMMIT);\s*$")
@@ -281,8 +277,6 @@ def _complete(statement: str) -> bool:
 def restore_large_objects(conn: psycopg.Connection, dump: Path, entries: list[TocEntry], *,
                           no_owner: bool) -> None:
     """Create the snapshot's large objects and stream their data in, in ``conn``'s transaction."""
-    from .schema import render_lines
-
     with render_lines(dump, "data", entries, no_owner=no_owner) as lines:
         for statement in large_object_statements(lines):
             conn.execute(statement)

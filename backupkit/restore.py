@@ -263,14 +263,15 @@ def restore(snapshot: Path | str, dsn: str, *, tables: list[str] = (), schemas: 
     if not data_only:
         entries = _allowed_default_acls(entries, target, plan)
         if _has_file(manifest, DATABASE_DUMP):
-            dbplan = plan_database(toc(folder / DATABASE_DUMP), manifest, target,
+            db_entries = toc(folder / DATABASE_DUMP)
+            dbplan = plan_database(db_entries, manifest, target,
                                    tables={mf.table_key(t) for t in chosen} | {t["parent"] for t in chosen
                                                                                 if t.get("parent")},
                                    full=full, clean=clean,
                                    schemas_made={e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"},
                                    functions_made={".".join(object_key(e)[1:]) for e in entries
                                                    if e.type in ("FUNCTION", "PROCEDURE")},
-                                   event_functions=_event_functions(folder / DATABASE_DUMP))
+                                   event_functions=_event_functions(folder / DATABASE_DUMP, db_entries))
             problems += dbplan.problems
             plan.notes += dbplan.notes
             if dbplan.large_objects and not schema_only:
@@ -371,9 +372,9 @@ def _may_disable_triggers(conn: psycopg.Connection) -> bool:
         return False
 
 
-def _event_functions(dump: Path) -> dict[str, str]:
+def _event_functions(dump: Path, entries: list) -> dict[str, str]:
     """Event triggers' functions, read from the archive's SQL (none in most databases)."""
-    triggers = [e for e in toc(dump) if e.type == "EVENT TRIGGER"]
+    triggers = [e for e in entries if e.type == "EVENT TRIGGER"]
     return event_trigger_functions(render(dump, "post-data", triggers)) if triggers else {}
 
 

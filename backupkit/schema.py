@@ -41,6 +41,11 @@ _NO_LIMITS = re.compile(r"^SET lock_timeout = 0;\s*$")
 _HEADER = re.compile(r"^--\n-- (?:Data for )?Name: [^\n]*?; Type: ([A-Z ]+); Schema: [^\n]*\n--\n", re.M)
 
 
+def unquote_ident(ident: str) -> str:
+    """A SQL identifier as written, quoted (doubled quotes inside) or plain, back to its name."""
+    return ident[1:-1].replace('""', '"') if len(ident) > 1 and ident[0] == ident[-1] == '"' else ident
+
+
 @dataclass(frozen=True)
 class TocEntry:
     """One line of ``pg_restore -l``: its id, object type and the rest (schema, tag, owner)."""

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from . import manifest as mf
-from .schema import split_entries
+from .schema import split_entries, unquote_ident
 
 _HEADER_LINE = re.compile(r"^-- Name: (.*?); Type: ([A-Z ]+); Schema: (.*?); Owner: (.*?)(?:; Tablespace: .*)?$",
                           re.M)
@@ -49,16 +49,12 @@ _MANIFEST_LISTS = {
 _CHANGE_ORDER = {"removed": 0, "added": 1, "changed": 2}
 
 
-def _unquote(ident: str) -> str:
-    return ident[1:-1].replace('""', '"') if len(ident) > 1 and ident[0] == ident[-1] == '"' else ident
-
-
 def _first_ident(text: str) -> tuple[str, str]:
     """The leading SQL identifier of ``text`` (quoted or not), unquoted, and what follows it."""
     m = re.match(r'("(?:[^"]|"")*"|[^\s."]+)', text)
     if not m:
         return text, ""
-    return _unquote(m.group(1)), text[m.end():]
+    return unquote_ident(m.group(1)), text[m.end():]
 
 
 def _entries(script: str) -> list[dict]:
