@@ -71,9 +71,9 @@ def _warn(msgs) -> None:
 # -- commands -----------------------------------------------------------------------
 
 def cmd_backup(a) -> int:
-    from .backup import backup
-    from .dsn import resolve_dsn
-    from .signing import sign_key_path
+    from .capture.job import backup
+    from .pg.dsn import resolve_dsn
+    from .snapshot.signing import sign_key_path
 
     res = backup(resolve_dsn(a.dsn), a.to, schemas=a.schema or None, tables=a.table or [],
                  exclude=a.exclude_table or [], jobs=a.jobs, label=a.label,
@@ -89,7 +89,7 @@ def cmd_backup(a) -> int:
 
 
 def cmd_list(a) -> int:
-    from .store import list_snapshots
+    from .storage.repository import list_snapshots
 
     snaps, unfinished = list_snapshots(a.dir)
     if a.json:
@@ -111,9 +111,9 @@ def cmd_list(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from .signing import public_key_path
-    from .store import resolve
-    from .verify import verify
+    from .snapshot.signing import public_key_path
+    from .storage.repository import resolve
+    from .snapshot.verify import verify
 
     report = verify(resolve(a.snapshot), deep=a.deep, public_key=public_key_path(a.public_key))
     if a.json:
@@ -133,7 +133,7 @@ def cmd_verify(a) -> int:
 
 
 def cmd_keygen(a) -> int:
-    from .signing import keygen
+    from .snapshot.signing import keygen
 
     kid = keygen(a.private_key, a.public_key)
     print(f"wrote Ed25519 key {kid}: private key {a.private_key} (0600; keep it away from the backups), "
@@ -142,8 +142,8 @@ def cmd_keygen(a) -> int:
 
 
 def cmd_check(a) -> int:
-    from .dsn import resolve_dsn
-    from .preflight import check
+    from .pg.dsn import resolve_dsn
+    from .capture.preflight import check
 
     report = check(resolve_dsn(a.dsn), schemas=a.schema or None, to=a.to)
     if a.json:
@@ -155,10 +155,10 @@ def cmd_check(a) -> int:
 
 
 def cmd_restore(a) -> int:
-    from .dsn import resolve_dsn
-    from .restore import restore
-    from .signing import public_key_path
-    from .store import resolve
+    from .pg.dsn import resolve_dsn
+    from .recovery.job import restore
+    from .snapshot.signing import public_key_path
+    from .storage.repository import resolve
 
     res = restore(resolve(a.snapshot), resolve_dsn(a.dsn), tables=a.table or [], schemas=a.schema or [],
                   with_dependencies=a.with_dependencies, schema_only=a.schema_only, data_only=a.data_only,
@@ -182,7 +182,7 @@ def cmd_restore(a) -> int:
 
 
 def cmd_pin(a, pinned: bool = True) -> int:
-    from .store import resolve, set_pin
+    from .storage.repository import resolve, set_pin
 
     path = resolve(a.snapshot)
     set_pin(path, pinned)
@@ -191,8 +191,8 @@ def cmd_pin(a, pinned: bool = True) -> int:
 
 
 def cmd_prune(a) -> int:
-    from .prune import prune
-    from .retention import Policy, parse_duration
+    from .retention.prune import prune
+    from .retention.policy import Policy, parse_duration
 
     keep_within = None
     if a.keep_within is not None:  # "" is a mistake, not "no rule" (that would be the default policy)
@@ -231,10 +231,10 @@ def _local_tz() -> str:
 
 
 def cmd_diff(a) -> int:
-    from .diff import diff_snapshots
-    from .integrity import integrity
-    from .report import render_html, render_json, schema_text
-    from .store import resolve
+    from .lens.diff import diff_snapshots
+    from .lens.integrity import integrity
+    from .lens.report import render_html, render_json, schema_text
+    from .storage.repository import resolve
 
     old, new = resolve(a.old), resolve(a.new)
     d = diff_snapshots(old, new)
@@ -279,8 +279,8 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def cmd_sql(a) -> int:
-    from .duck import open_snapshot
-    from .store import resolve
+    from .lens.duck import open_snapshot
+    from .storage.repository import resolve
 
     import duckdb
 
@@ -314,7 +314,7 @@ def cmd_sql(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     res = run_demo(a.to, scale=a.scale, keep_server=False)
     for line in res.lines:
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         if getattr(args, "jobs", None) is not None:
-            from .verify import check_jobs
+            from .snapshot.verify import check_jobs
 
             check_jobs(args.jobs)
         try:
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
               "a one-transaction restore was rolled back)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BackupkitError as exc:
-        from .dsn import redact
+        from .pg.dsn import redact
 
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         if exc.hint:

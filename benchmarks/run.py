@@ -54,8 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import backupkit  # noqa: E402  (the checkout being benchmarked, not an installed copy)
-from backupkit.dsn import redact, split_password  # noqa: E402
-from backupkit.embedded import bin_dir, temporary_server  # noqa: E402
+from backupkit.pg.dsn import redact, split_password  # noqa: E402
+from backupkit.pg.embedded import bin_dir, temporary_server  # noqa: E402
 
 GROUPS = ("backup", "restore", "verify", "diff")
 MB = 1_000_000

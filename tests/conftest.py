@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backupkit.embedded import temporary_server
+from backupkit.pg.embedded import temporary_server
 
 
 class Server:

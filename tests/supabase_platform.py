@@ -55,7 +55,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backupkit.embedded import temporary_server
+from backupkit.pg.embedded import temporary_server
 
 SQL_DIR = Path(__file__).resolve().parent / "supabase" / "sql"
 PLATFORM_TEMPLATE = "supabase_platform_template"

@@ -10,8 +10,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import backupkit
-from backupkit import manifest as mf
-from backupkit.datafile import count_rows, iter_file_blocks
+from backupkit.snapshot import manifest as mf
+from backupkit.snapshot.datafile import count_rows, iter_file_blocks
 
 from helpers import load_small, run_cli, snapshot_dirs
 
@@ -80,10 +80,10 @@ def test_files_are_private(small_db, tmp_path):
 @pytest.mark.parametrize("workers", ["threads", "processes"])
 def test_one_consistent_moment_across_jobs(small_db, tmp_path, monkeypatch, workers):
     """Rows committed by another connection while a 3-job backup runs appear in no table."""
-    import backupkit.workers
+    import backupkit.capture.readers
 
     # Small data normally runs in threads; force worker processes for the second case.
-    monkeypatch.setattr(backupkit.workers, "PROCESS_THRESHOLD", 0 if workers == "processes" else 1 << 40)
+    monkeypatch.setattr(backupkit.capture.readers, "PROCESS_THRESHOLD", 0 if workers == "processes" else 1 << 40)
     before = counts(small_db)
 
     def write_meanwhile(_snapshot_id):
@@ -191,7 +191,7 @@ def test_table_selection(small_db, tmp_path):
 
 
 def test_transaction_pooler_is_warned_about(small_db, tmp_path):
-    assert backupkit.dsn.is_transaction_pooler("postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres")
+    assert backupkit.pg.dsn.is_transaction_pooler("postgresql://u:p@aws-0-eu.pooler.supabase.com:6543/postgres")
     out = run_cli("backup", "--dsn", make_conninfo(small_db, port="6543"), "--to", tmp_path)
     assert "transaction pooler" in out.stderr and out.returncode == 3
 
@@ -213,7 +213,7 @@ def test_check_names_the_folder_it_measured_when_the_target_does_not_exist_yet(s
 
 
 def test_demo_database_manifest_counts(make_db, tmp_path):
-    from backupkit.demo_data import create_demo
+    from backupkit.demo.data import create_demo
 
     dsn = make_db("demo")
     create_demo(dsn, scale=0.02)
@@ -261,7 +261,7 @@ def test_tables_are_locked_before_the_snapshot(small_db, tmp_path):
 
 
 def test_single_table_snapshot_restores(small_db, tmp_path, make_db):
-    from backupkit.restore import restore
+    from backupkit.recovery.job import restore
 
     res = backupkit.backup(small_db, tmp_path, tables=["public.orders"], exclude=[])
     assert [s["name"] for s in res.manifest["sequences"]] == ["orders_id_seq"]
@@ -283,9 +283,9 @@ def test_excluding_a_table_does_not_add_its_schema(small_db, tmp_path):
 
 def test_worker_process_login_failure_is_a_clear_error(make_db, tmp_path, monkeypatch):
     """When worker processes cannot connect (connection limit), the backup says so, exit-code 3 style."""
-    import backupkit.workers
+    import backupkit.capture.readers
 
-    monkeypatch.setattr(backupkit.workers, "PROCESS_THRESHOLD", 0)
+    monkeypatch.setattr(backupkit.capture.readers, "PROCESS_THRESHOLD", 0)
     dsn = make_db("limit")
     load_small(dsn)
     role = "lim_" + conninfo_to_dict(dsn)["dbname"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 import backupkit
-from backupkit.restore import restore
+from backupkit.recovery.job import restore
 
 from fingerprint import fingerprint
 from helpers import load_small

@@ -7,8 +7,8 @@ import hashlib
 import psycopg
 import zstandard
 
-from backupkit import copyio
-from backupkit.datafile import BLOCK, iter_file_blocks
+from backupkit.pg import copyio
+from backupkit.snapshot.datafile import BLOCK, iter_file_blocks
 
 # Small rows with a large one now and then, a run of ~70 KB rows and a run of
 # 40 half-megabyte rows: the batch loop must keep every row, in order, and end a

@@ -21,9 +21,9 @@ import psycopg
 import pytest
 
 import backupkit
-from backupkit.demo_data import create_demo, mutate_demo
-from backupkit.embedded import EmbeddedServer
-from backupkit.restore import restore
+from backupkit.demo.data import create_demo, mutate_demo
+from backupkit.pg.embedded import EmbeddedServer
+from backupkit.recovery.job import restore
 
 from fingerprint import diff_fingerprints, fingerprint
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from backupkit.demo_data import BASE_ROWS, TABLES, create_demo, mutate_demo, schema_sql
+from backupkit.demo.data import BASE_ROWS, TABLES, create_demo, mutate_demo, schema_sql
 from backupkit.errors import ConfigError
 
 SCALE = 0.02

@@ -10,11 +10,11 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
-from backupkit import manifest as mf
+from backupkit.snapshot import manifest as mf
 from backupkit.errors import SnapshotDamaged
-from backupkit.diff import diff_snapshots
-from backupkit.integrity import integrity
-from backupkit.report import render_html, render_json
+from backupkit.lens.diff import diff_snapshots
+from backupkit.lens.integrity import integrity
+from backupkit.lens.report import render_html, render_json
 
 from helpers import run_cli
 
@@ -265,7 +265,7 @@ def test_diff_cross_checks_rows_read(snaps, tmp_path, monkeypatch):
     entry = next(t for t in mf.read(copy)["tables"] if t["name"] == "big")
     path = copy / entry["files"][0]["path"]
     path.write_bytes(path.read_bytes()[:40])  # too short for a whole block: reads as no rows
-    monkeypatch.setattr("backupkit.diff._check_files", lambda folder, table: None)
+    monkeypatch.setattr("backupkit.lens.diff._check_files", lambda folder, table: None)
     with pytest.raises(SnapshotDamaged, match="rows of public.big"):
         diff_snapshots(before, copy)
 
@@ -292,7 +292,7 @@ def test_rows_moved_between_chunks_are_matched_exactly(make_db, tmp_path, monkey
     assert len(mf.read(before.path)["tables"][0]["files"]) > 5
     if pairing == "whole table":  # too many leftovers: the diff gives up pairing chunks
         import importlib
-        monkeypatch.setattr(importlib.import_module("backupkit.diff"), "MAX_LEFTOVER_ROWS", 10)
+        monkeypatch.setattr(importlib.import_module("backupkit.lens.diff"), "MAX_LEFTOVER_ROWS", 10)
 
     for after in (moved, reversed_):
         t = diff_snapshots(before.path, after.path)["tables"][0]
@@ -306,8 +306,9 @@ def test_rows_moved_between_chunks_are_matched_exactly(make_db, tmp_path, monkey
 
 def test_the_public_names_stay_functions_after_their_modules_are_imported():
     import importlib
-    for name in ("backup", "restore", "verify", "prune", "integrity"):
-        importlib.import_module(f"backupkit.{name}")
+    for name, module in (("backup", "capture.job"), ("restore", "recovery.job"), ("verify", "snapshot.verify"),
+                         ("prune", "retention.prune"), ("integrity", "lens.integrity")):
+        importlib.import_module(f"backupkit.{module}")
         assert callable(getattr(backupkit, name)), name
 
 
@@ -323,8 +324,8 @@ def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(make_db, tmp
     # found, down to trailing spaces and '' versus NULL, and a row rewritten with the same
     # values is not a change.
     import importlib
-    lines_module = importlib.import_module("backupkit.lines")
-    monkeypatch.setattr("backupkit.copyio.DATA_FORMAT", data_format)
+    lines_module = importlib.import_module("backupkit.lens.diff_lines")
+    monkeypatch.setattr("backupkit.pg.copyio.DATA_FORMAT", data_format)
     dsn = make_db("bylines")
     odd = {"plain": "'p'", "newlines": "E'two\\nlines'", "delimiter byte": "E'a\\x01b'"}[kind]
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -346,7 +347,7 @@ def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(make_db, tmp
 
     passes = []
     real = lines_module.match_lines
-    monkeypatch.setattr("backupkit.diff.match_lines", lambda *a: passes.append(real(*a)) or passes[-1])
+    monkeypatch.setattr("backupkit.lens.diff.match_lines", lambda *a: passes.append(real(*a)) or passes[-1])
     t = diff_snapshots(before.path, after.path)["tables"][0]
     assert (t["inserted"], t["deleted"], t["updated"]) == (2, 10, 24)
     assert [s["key"]["id"] for s in t["sample_updates"]] == ["1", "10007", "1007", "11007", "12007"]  # by key text
@@ -498,7 +499,7 @@ def test_table_changes_are_schema_objects_too(diff):
 
 
 def test_database_objects_of_the_manifests_are_compared_when_both_have_them():
-    from backupkit.schema_diff import manifest_objects
+    from backupkit.lens.schema_diff import manifest_objects
 
     pub = {"name": "realtime", "owner": "postgres", "all_tables": False, "publish": ["insert"], "via_root": False,
            "tables": [{"schema": "public", "name": "orders", "columns": None, "row_filter": None}], "schemas": []}
@@ -533,7 +534,7 @@ def test_database_objects_of_the_manifests_are_compared_when_both_have_them():
 
 
 def test_text_output_caps_long_lists_and_says_same():
-    from backupkit.report import TEXT_SCHEMA_OBJECTS, schema_text
+    from backupkit.lens.report import TEXT_SCHEMA_OBJECTS, schema_text
 
     many = [{"type": "large object", "schema": None, "name": str(i), "change": "added"}
             for i in range(TEXT_SCHEMA_OBJECTS + 7)]

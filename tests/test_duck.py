@@ -1,4 +1,4 @@
-"""DuckDB views over a snapshot: awkward values read exactly, types as documented in backupkit.duck."""
+"""DuckDB views over a snapshot: awkward values read exactly, types as documented in backupkit.lens.duck."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import backupkit
-from backupkit.duck import duck_type, ident, open_snapshot, relation_sql
+from backupkit.lens.duck import duck_type, ident, open_snapshot, relation_sql
 
 SCHEMA = r"""
 SET TimeZone = 'UTC';
@@ -75,7 +75,7 @@ CREATE TABLE chunked (id int PRIMARY KEY, v text, n numeric(10,3));
 INSERT INTO chunked SELECT g, 'row ' || g || repeat(',"', g % 3), g / 7.0 FROM generate_series(1, 50000) g;
 """
 
-#: What DuckDB's typeof() says for each column (the mapping documented in backupkit.duck).
+#: What DuckDB's typeof() says for each column (the mapping documented in backupkit.lens.duck).
 EXPECTED_TYPES = {
     "id": "INTEGER", "s": "VARCHAR", "vc": "VARCHAR", "money12": "DECIMAL(12,2)", "big": "VARCHAR",
     "wide": "VARCHAR", "f8": "DOUBLE", "f4": "FLOAT", "ts": "TIMESTAMP WITH TIME ZONE", "tsn": "TIMESTAMP",
@@ -256,7 +256,7 @@ def test_every_escape_reads_back_exactly_in_either_data_format(make_db, tmp_path
     # New snapshots use COPY's text format (backslash escapes, \N for NULL, '' as an empty
     # field, so a one-column row of '' is an empty line); snapshots from before 2026-12 are
     # CSV. DuckDB must give back each value as PostgreSQL has it, in both.
-    monkeypatch.setattr("backupkit.copyio.DATA_FORMAT", data_format)
+    monkeypatch.setattr("backupkit.pg.copyio.DATA_FORMAT", data_format)
     dsn = make_db("escapes")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(ESCAPES)

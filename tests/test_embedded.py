@@ -16,7 +16,7 @@ from backupkit.notebook import stop_demo_server
 
 _START = """
 import sys
-from backupkit.embedded import EmbeddedServer
+from backupkit.pg.embedded import EmbeddedServer
 server = EmbeddedServer(sys.argv[1], persistent=True).start(keep_running=sys.argv[2] == "keep")
 print(server.dsn())
 """

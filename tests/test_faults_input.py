@@ -30,11 +30,11 @@ from pathlib import Path
 import pytest
 
 import backupkit
-from backupkit import manifest as mf
+from backupkit.snapshot import manifest as mf
 from backupkit.errors import StorageError
-from backupkit.lock import DirLock
-from backupkit.store import new_id
-from backupkit.verify import verify
+from backupkit.storage.lock import DirLock
+from backupkit.storage.repository import new_id
+from backupkit.snapshot.verify import verify
 
 from helpers import load_small, run_cli
 

@@ -14,12 +14,12 @@ import pytest
 import zstandard
 
 import backupkit
-from backupkit import datafile
-from backupkit import manifest as mf
-from backupkit.diff import diff_snapshots
-from backupkit.duck import open_snapshot, relation_sql
+from backupkit.snapshot import datafile
+from backupkit.snapshot import manifest as mf
+from backupkit.lens.diff import diff_snapshots
+from backupkit.lens.duck import open_snapshot, relation_sql
 from backupkit.errors import SnapshotDamaged
-from backupkit.integrity import integrity
+from backupkit.lens.integrity import integrity
 from backupkit.notebook.explore import query
 
 from helpers import load_small, run_cli

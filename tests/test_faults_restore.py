@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 import backupkit
-from backupkit.embedded import temporary_server
+from backupkit.pg.embedded import temporary_server
 from backupkit.errors import RestoreError
 
 from fingerprint import fingerprint
@@ -27,7 +27,7 @@ from helpers import load_small, run_cli
 _CHILD = r"""
 import sys, time
 import importlib
-r = importlib.import_module("backupkit.restore")  # the module: backupkit.restore is the function
+r = importlib.import_module("backupkit.recovery.job")  # the module: backupkit.recovery.job is the function
 real = r.copy_in
 def paused(conn, *args, **kw):
     n = real(conn, *args, **kw)
@@ -119,7 +119,7 @@ def test_a_lost_connection_in_a_one_transaction_restore_is_one_clear_error(small
     _, res = small_snapshot
     target = make_db("tgt")
     before = fingerprint(target)
-    restore_module = importlib.import_module("backupkit.restore")
+    restore_module = importlib.import_module("backupkit.recovery.job")
     real = restore_module.copy_in
 
     def lose_connection(conn, *args, **kw):
@@ -153,7 +153,7 @@ def test_a_restore_that_outlives_its_timeout_is_rolled_back_and_says_so(small_sn
     _, res = small_snapshot
     target = make_db("tgt")
     before = fingerprint(target)
-    restore_module = importlib.import_module("backupkit.restore")
+    restore_module = importlib.import_module("backupkit.recovery.job")
     real = restore_module.copy_in
 
     def slow(conn, *args, **kw):

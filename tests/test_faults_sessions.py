@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 import backupkit
-import backupkit.workers
+import backupkit.capture.readers
 from backupkit.cli import exit_code
 from helpers import load_small, snapshot_dirs
 
@@ -26,9 +26,9 @@ from helpers import load_small, snapshot_dirs
 CHILD = r"""
 import functools, importlib, json, os, sys
 os.dup2(1, 2)  # the test reads stderr from the stdout pipe
-import backupkit.workers
-backupkit.workers.PROCESS_THRESHOLD = 0
-mod = importlib.import_module("backupkit.backup")
+import backupkit.capture.readers
+backupkit.capture.readers.PROCESS_THRESHOLD = 0
+mod = importlib.import_module("backupkit.capture.job")
 mod.backup = functools.partial(mod.backup, chunk_bytes=128 * 1024, **json.loads(sys.argv[1]))
 from backupkit.cli import main
 sys.exit(main(sys.argv[2:]))
@@ -275,12 +275,12 @@ def test_the_run_timeout_kills_a_hung_worker_process(pg_server, big_db, tmp_path
 def test_idle_sessions_of_a_live_backup_are_kept_and_stranded_ones_end(small_db, tmp_path, pg_server, monkeypatch):
     """With a 1 s idle-in-transaction limit, a backup idle for 3 s (in on_snapshot) still
     completes: its keep-alive pings.  A session nobody pings ends by itself."""
-    monkeypatch.setattr(backupkit.workers, "IDLE_TIMEOUT", 1)
-    monkeypatch.setattr(backupkit.workers, "PING_EVERY", 0.2)
+    monkeypatch.setattr(backupkit.capture.readers, "IDLE_TIMEOUT", 1)
+    monkeypatch.setattr(backupkit.capture.readers, "PING_EVERY", 0.2)
     res = backupkit.backup(small_db, tmp_path, progress=False, on_snapshot=lambda _s: time.sleep(3))
     assert res.rows > 0
 
-    spec = backupkit.workers.SessionSpec(small_db, application=f"backupkit backup {os.getpid()} stranded")
+    spec = backupkit.capture.readers.SessionSpec(small_db, application=f"backupkit backup {os.getpid()} stranded")
     conn = spec.connect()
     conn.execute("SELECT 1")  # now idle in transaction, and nobody pings it
     assert backup_sessions(pg_server.admin_dsn, os.getpid())
@@ -290,7 +290,7 @@ def test_idle_sessions_of_a_live_backup_are_kept_and_stranded_ones_end(small_db,
 
 def test_session_limits_are_set(small_db, tmp_path):
     seen = {}
-    session = backupkit.workers.SessionSpec(small_db, lock_wait_timeout=2.5, deadline=time.time() + 100,
+    session = backupkit.capture.readers.SessionSpec(small_db, lock_wait_timeout=2.5, deadline=time.time() + 100,
                                             server_version_num=180000)
     with session.connect() as conn:
         for name in ("lock_timeout", "idle_in_transaction_session_timeout", "statement_timeout"):
@@ -299,7 +299,7 @@ def test_session_limits_are_set(small_db, tmp_path):
         if version >= 170000:
             seen["transaction_timeout"] = conn.execute("SHOW transaction_timeout").fetchone()[0]
     assert seen["lock_timeout"] == "2500ms"
-    assert seen["idle_in_transaction_session_timeout"] == f"{backupkit.workers.IDLE_TIMEOUT}s"
+    assert seen["idle_in_transaction_session_timeout"] == f"{backupkit.capture.readers.IDLE_TIMEOUT}s"
     assert seen["statement_timeout"].endswith(("s", "min")) and seen["statement_timeout"] != "0"
     if "transaction_timeout" in seen:
         assert seen["transaction_timeout"] == seen["statement_timeout"]

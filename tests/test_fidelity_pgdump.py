@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from backupkit.embedded import bin_dir
+from backupkit.pg.embedded import bin_dir
 
 from fidelity_big import add_toast_values  # tests/ is on sys.path (rootdir conftest)
 from fingerprint import diff_fingerprints, fingerprint

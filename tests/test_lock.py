@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backupkit.errors import StorageError, LockError
-from backupkit.lock import DirLock, read_lock
+from backupkit.storage.lock import DirLock, read_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys
 from pathlib import Path
-from backupkit.lock import DirLock
+from backupkit.storage.lock import DirLock
 with DirLock(Path(sys.argv[1]), sys.argv[2]):
     print("locked", flush=True)
     sys.stdin.read()

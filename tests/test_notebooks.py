@@ -33,15 +33,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backupkit import notebook as nb
-from backupkit.backup import backup
-from backupkit.demo_data import create_demo, mutate_demo
-from backupkit.dsn import DSN_ENV_VARS
-from backupkit.embedded import EmbeddedServer
+from backupkit.capture.job import backup
+from backupkit.demo.data import create_demo, mutate_demo
+from backupkit.pg.dsn import DSN_ENV_VARS
+from backupkit.pg.embedded import EmbeddedServer
 from backupkit.errors import ConfigError
 from backupkit.notebook.params import _literal_assignments
 from backupkit.notebook.runs import _post_run_cell
-from backupkit.store import list_snapshots
-from backupkit.verify import verify
+from backupkit.storage.repository import list_snapshots
+from backupkit.snapshot.verify import verify
 
 from helpers import snapshot_dirs
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 
 import backupkit
-from backupkit import manifest as mf
+from backupkit.snapshot import manifest as mf
 from backupkit.errors import RetentionError
-from backupkit.prune import prune
-from backupkit.retention import Policy
-from backupkit.store import new_id
-from backupkit.verify import verify
+from backupkit.retention.prune import prune
+from backupkit.retention.policy import Policy
+from backupkit.storage.repository import new_id
+from backupkit.snapshot.verify import verify
 
 from helpers import load_small, run_cli, snapshot_dirs
 
@@ -378,7 +378,7 @@ def test_stale_temporary_folders_are_cleaned_and_reported_apart(source, tmp_path
 HOLDER = """
 import sys, time
 from pathlib import Path
-from backupkit.lock import DirLock
+from backupkit.storage.lock import DirLock
 with DirLock(Path(sys.argv[1]), "backup"):
     print("locked", flush=True)
     time.sleep(3600)
@@ -416,8 +416,8 @@ def test_prune_refuses_while_a_backup_holds_the_lock_then_takes_over_a_stale_one
 KILLED_PRUNE = """
 import os, signal, sys
 from datetime import datetime, timezone
-from backupkit.prune import prune
-from backupkit.retention import Policy
+from backupkit.retention.prune import prune
+from backupkit.retention.policy import Policy
 prune(sys.argv[1], Policy(keep_last=2), now=datetime.now(timezone.utc),
       _after_rename=lambda p: os.kill(os.getpid(), signal.SIGKILL))
 print("not reached", flush=True)

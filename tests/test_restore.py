@@ -18,9 +18,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
-from backupkit import manifest as mf
-from backupkit.demo_data import create_demo, mutate_demo
-from backupkit.restore import restore
+from backupkit.snapshot import manifest as mf
+from backupkit.demo.data import create_demo, mutate_demo
+from backupkit.recovery.job import restore
 
 from fidelity_big import add_toast_values
 from fingerprint import diff_fingerprints, fingerprint
@@ -86,7 +86,7 @@ def test_parallel_round_trip_is_exact(fidelity, make_db):
 def test_a_csv_snapshot_from_before_the_text_format_restores_exactly(fidelity, make_db, tmp_path, monkeypatch, jobs):
     # Snapshots written before 2026-12 hold CSV (format version 1); they must keep restoring.
     source, _ = fidelity
-    monkeypatch.setattr("backupkit.copyio.DATA_FORMAT", "csv")
+    monkeypatch.setattr("backupkit.pg.copyio.DATA_FORMAT", "csv")
     res = backupkit.backup(source, tmp_path, schemas=all_schemas(source), chunk_bytes=16 * 1024)
     assert {t["data_format"] for t in res.manifest["tables"]} == {"csv"}
     target = make_db(f"from_csv_{jobs}")
@@ -144,7 +144,7 @@ def test_failure_midway_leaves_the_target_as_it_was(small, make_db, monkeypatch,
     with psycopg.connect(target) as conn:
         conn.execute("CREATE TABLE unrelated (x int); INSERT INTO unrelated VALUES (1), (2)")
     before = fingerprint(target)
-    restore_module = importlib.import_module("backupkit.restore")  # the module, not the function
+    restore_module = importlib.import_module("backupkit.recovery.job")  # the module, not the function
 
     real_copy_in, calls = restore_module.copy_in, []
 
@@ -352,7 +352,7 @@ def test_restored_rows_arrive_frozen(small, make_db, jobs):
 
 
 def test_only_a_table_that_would_be_the_long_pole_is_split_across_jobs():
-    from backupkit.restore import _load_units
+    from backupkit.recovery.job import _load_units
 
     def table(name, *text_bytes):
         return {"schema": "public", "name": name,
@@ -377,7 +377,7 @@ def test_rows_another_session_writes_into_new_tables_stop_a_parallel_restore(sma
     # away rows someone wrote meanwhile (to load them frozen) without saying so.
     source, res = small
     target = make_db("busy")
-    restore_module = importlib.import_module("backupkit.restore")
+    restore_module = importlib.import_module("backupkit.recovery.job")
     real = restore_module._empty_own_table
 
     def someone_writes_first(conn, table):
@@ -396,8 +396,8 @@ def test_column_options_the_target_does_not_know_are_left_out_and_named(make_db,
     # Debian's PostgreSQL 15.20 sets a pg_attver option on every column; PostgreSQL 18
     # rejects the statement that carries it. Unknown options are left out (and said),
     # known ones (n_distinct) kept, and a function body quoting such a line is untouched.
-    from backupkit.column_options import drop_options, unknown_options
-    from backupkit.schema import render
+    from backupkit.pg.column_options import drop_options, unknown_options
+    from backupkit.pg.schema import render
 
     source = make_db("colopts")
     with psycopg.connect(source) as conn:
@@ -428,8 +428,8 @@ def test_column_options_the_target_does_not_know_are_left_out_and_named(make_db,
 
 
 def test_a_column_option_line_inside_a_string_default_is_text_not_a_statement(make_db, tmp_path):
-    from backupkit.column_options import drop_options
-    from backupkit.schema import render
+    from backupkit.pg.column_options import drop_options
+    from backupkit.pg.schema import render
 
     source = make_db("colopt_default")
     odd = "x\nALTER TABLE ONLY public.t ALTER COLUMN id SET (pg_attver=1);\ny"

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from backupkit.errors import RetentionError
-from backupkit.retention import (
+from backupkit.retention.policy import (
     DEFAULT_POLICY,
     Policy,
     SnapshotInfo,

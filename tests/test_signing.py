@@ -10,10 +10,10 @@ import stat
 import pytest
 
 import backupkit
-from backupkit import manifest as mf
-from backupkit import signing
+from backupkit.snapshot import manifest as mf
+from backupkit.snapshot import signing
 from backupkit.errors import ConfigError, SnapshotDamaged
-from backupkit.verify import ensure_intact, sha256_file
+from backupkit.snapshot.verify import ensure_intact, sha256_file
 
 from helpers import load_small, run_cli, snapshot_dirs
 

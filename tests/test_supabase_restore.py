@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 import backupkit
-from backupkit import manifest as mf
+from backupkit.snapshot import manifest as mf
 from backupkit.errors import RestoreError
 
 from fingerprint import diff_fingerprints, fingerprint
@@ -113,9 +113,9 @@ def test_a_project_that_already_has_users_is_refused_before_anything_changes(sup
 def test_an_extension_the_server_lacks_is_a_problem_unless_nothing_uses_it(supabase_project, app_snapshot):
     """The decision is a pure function of the snapshot and the target's catalog: here the
     target is read from a real new project, then told it offers no citext/hstore."""
-    from backupkit.database_scripts import plan_database, read_target
-    from backupkit.manifest import DATABASE_DUMP
-    from backupkit.schema import toc
+    from backupkit.recovery.database_scripts import plan_database, read_target
+    from backupkit.snapshot.manifest import DATABASE_DUMP
+    from backupkit.pg.schema import toc
 
     _, res = app_snapshot
     entries = toc(res.path / DATABASE_DUMP)

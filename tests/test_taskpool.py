@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from backupkit.taskpool import TaskPool
+from backupkit.runtime.taskpool import TaskPool
 
 
 def test_follow_up_work_runs_before_what_was_queued():

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import backupkit
-from backupkit import manifest as mf
+from backupkit.snapshot import manifest as mf
 
 from helpers import load_small, run_cli
 

@@ -33,7 +33,7 @@ uses ``tables``; ``explore`` uses ``jobs`` and ``runs``.
 
 from __future__ import annotations
 
-from ..demo import stop_demo_server
+from ..demo.run import stop_demo_server
 from .charts import change_chart, history_chart, history_frame, table_chart
 from .explore import MAX_ROWS, error_html, explorer, frame_html, preview_sql, query, run_query, snapshot_tables
 from .jobs import (DEMO_LABEL, RESTORE_SCRATCH_DB, Pair, backup, demo_snapshots_needed, ensure_demo_snapshots,

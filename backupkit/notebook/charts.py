@@ -15,9 +15,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .. import manifest as mf
-from ..backup import BackupResult
-from ..store import list_snapshots
+from ..snapshot import manifest as mf
+from ..capture.job import BackupResult
+from ..storage.repository import list_snapshots
 from .tables import _manifest_of, diff_table, table_stats
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import SnapshotNotFound
-from ..store import list_snapshots
+from ..storage.repository import list_snapshots
 from .jobs import pick_snapshot
 from .runs import one_line
 
@@ -33,7 +33,7 @@ MAX_ROWS = 200
 
 def snapshot_tables(snapshot: Path | str) -> pd.DataFrame:
     """The tables of a snapshot (DuckDB's ``backupkit.tables`` view)."""
-    from ..duck import open_snapshot
+    from ..lens.duck import open_snapshot
 
     con = open_snapshot(snapshot)
     try:
@@ -53,7 +53,7 @@ def run_query(con, sql: str, limit: int = MAX_ROWS) -> pd.DataFrame:
 
 def query(snapshot: Path | str, sql: str, limit: int = MAX_ROWS) -> pd.DataFrame:
     """Run DuckDB SQL over a snapshot's views (tables named as in PostgreSQL, e.g. public.orders)."""
-    from ..duck import open_snapshot
+    from ..lens.duck import open_snapshot
 
     con = open_snapshot(snapshot)
     try:
@@ -84,7 +84,7 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
     """A widget: pick a snapshot and a table, preview its rows, run DuckDB SQL over the views."""
     import ipywidgets as w
 
-    from ..duck import open_snapshot
+    from ..lens.duck import open_snapshot
 
     snaps = [s for s in list_snapshots(backup_dir)[0] if s.error is None]
     if not snaps:

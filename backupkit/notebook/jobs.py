@@ -19,16 +19,16 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from .. import manifest as mf
-from ..backup import BackupResult, backup as _backup
-from ..dsn import DSN_ENV_VARS, resolve_dsn
+from ..snapshot import manifest as mf
+from ..capture.job import BackupResult, backup as _backup
+from ..pg.dsn import DSN_ENV_VARS, resolve_dsn
 from ..errors import BackupkitError, ConfigError, SnapshotDamaged, SnapshotNotFound, SourceError
-from ..preflight import check as _check
-from ..prune import PruneResult, prune as _prune
-from ..restore import RestoreResult, restore as _restore
-from ..retention import Policy
-from ..store import list_snapshots, resolve
-from ..verify import verify as _verify
+from ..capture.preflight import check as _check
+from ..retention.prune import PruneResult, prune as _prune
+from ..recovery.job import RestoreResult, restore as _restore
+from ..retention.policy import Policy
+from ..storage.repository import list_snapshots, resolve
+from ..snapshot.verify import verify as _verify
 from .runs import RunRecord, _maybe_step, _now
 
 #: Database on the embedded demo server that restores go to when no target is named.
@@ -41,7 +41,7 @@ DEMO_LABEL = "demo"
 
 def _dsn(dsn_env: str) -> str:
     """The DSN a notebook means (see ``demo.notebook_dsn``); never display it."""
-    from ..demo import notebook_dsn
+    from ..demo.run import notebook_dsn
 
     return notebook_dsn(dsn_env or None)
 
@@ -58,7 +58,7 @@ def _restore_target(target_dsn_env: str) -> str:
                               ) from None
     import psycopg
 
-    from ..demo import demo_server
+    from ..demo.run import demo_server
 
     server = demo_server()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
@@ -68,7 +68,7 @@ def _restore_target(target_dsn_env: str) -> str:
 
 def is_demo_source(source: Mapping[str, Any] | None) -> bool:
     """True when a manifest's ``source`` is the embedded demo database."""
-    from ..demo import DEMO_DB
+    from ..demo.run import DEMO_DB
 
     return bool(source) and source.get("database") == DEMO_DB and source.get("host") in ("127.0.0.1", "localhost")
 
@@ -111,8 +111,8 @@ def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_en
     missing = demo_snapshots_needed(sources, n, dsn_env, os.environ)
     if not missing:
         return []
-    from ..demo import demo_dsn
-    from ..demo_data import mutate_demo
+    from ..demo.run import demo_dsn
+    from ..demo.data import mutate_demo
 
     dsn = demo_dsn()
     taken = []

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..dsn import DSN_ENV_VARS, redact
+from ..pg.dsn import DSN_ENV_VARS, redact
 
 
 def _now() -> datetime:

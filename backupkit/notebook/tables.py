@@ -4,7 +4,7 @@ Each function turns what the public API returns (a manifest, the snapshot
 history, a restore result, a diff, integrity reports) into a DataFrame with
 fixed columns, so an empty result still shows its header.  The row-building
 parts are pure functions; ``check_integrity`` and ``save_html_report`` wrap
-``backupkit.integrity`` and the HTML report for the report notebook.
+``backupkit.lens.integrity`` and the HTML report for the report notebook.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import manifest as mf
-from ..backup import BackupResult
-from ..restore import RestoreResult
-from ..store import list_snapshots
+from ..snapshot import manifest as mf
+from ..capture.job import BackupResult
+from ..recovery.job import RestoreResult
+from ..storage.repository import list_snapshots
 from .runs import _iso
 
 
@@ -162,9 +162,9 @@ def integrity_rows(name: str, report: dict) -> list[dict]:
 
 
 def check_integrity(*snapshots: Path | str) -> dict[str, dict]:
-    """``backupkit.integrity`` of each snapshot (checksums; primary keys, foreign keys and
+    """``backupkit.lens.integrity`` of each snapshot (checksums; primary keys, foreign keys and
     sequences checked in DuckDB), keyed by snapshot id."""
-    from ..integrity import integrity
+    from ..lens.integrity import integrity
 
     return {Path(s).name: integrity(s) for s in snapshots}
 
@@ -182,7 +182,7 @@ def save_html_report(diff: dict, reports: Mapping[str, dict] | None = None,
     """Write the diff (and integrity reports) as one self-contained HTML page; "" writes nothing."""
     if not path:
         return None
-    from ..report import render_html
+    from ..lens.report import render_html
 
     reports = reports or {}
     page = render_html(diff, reports.get(diff["old"]["id"]), reports.get(diff["new"]["id"]))

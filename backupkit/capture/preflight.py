@@ -1,0 +1,105 @@
+"""``backupkit check``: can this database be backed up from here, completely?"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..pg.catalog import SUPABASE_MANAGED, existing_schemas, list_tables, role_info
+from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
+from ..errors import BackupkitError
+from ..pg.tools import check_pg_dump
+
+
+@dataclass
+class CheckReport:
+    """Preflight results: one (name, status, detail) row per check; status is ok, warn or fail."""
+
+    items: list[dict] = field(default_factory=list)
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.items.append({"check": name, "status": status, "detail": detail})
+
+    @property
+    def ok(self) -> bool:
+        return all(i["status"] != "fail" for i in self.items)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "checks": self.items}
+
+
+def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None = None) -> CheckReport:
+    """Run every preflight check and report all of them, failing ones included.
+
+    Only a failure to connect raises (nothing else can be checked then).
+    """
+    schemas = list(schemas or ["public"])
+    report = CheckReport()
+    where = describe(dsn)
+    if is_transaction_pooler(dsn):
+        report.add("pooler", "fail", POOLER_WARNING)
+    with connect(dsn) as conn:
+        version, num, size = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
+            "pg_database_size(current_database())").fetchone()
+        report.add("connection", "ok",
+                   f"{where['user']}@{where['host']}:{where['port']}/{where['database']}, PostgreSQL {version}")
+        try:
+            path, tool = check_pg_dump(num)
+            report.add("pg_dump", "ok", f"{path} (version {tool[0]}.{tool[1]})")
+        except BackupkitError as exc:
+            report.add("pg_dump", "fail", f"{exc} — {exc.hint or ''}".rstrip(" —"))
+        role = role_info(conn)
+        flags = [f for f, on in (("superuser", role["superuser"]), ("BYPASSRLS", role["bypassrls"])) if on]
+        report.add("role", "ok", f"{role['user']}" + (f" ({', '.join(flags)})" if flags else " (no superuser, no BYPASSRLS)"))
+        found = existing_schemas(conn, schemas)
+        missing = sorted(set(schemas) - set(found))
+        if missing:
+            report.add("schemas", "fail", f"no such schema: {', '.join(missing)}")
+        tables = list_tables(conn, found)
+        report.add("tables", "ok" if tables else "warn",
+                   f"{len(tables)} tables in {', '.join(found) or '(none)'}")
+        hidden = [f"{t['schema']}.{t['name']}" for t in tables if not t["rls"]["bypassed"]]
+        if hidden:
+            report.add("row-level security", "fail",
+                       f"RLS would hide rows of {', '.join(hidden)}: connect as their owner or a "
+                       "BYPASSRLS role, or back up with --allow-partial")
+        else:
+            rls = sum(1 for t in tables if t["rls"]["enabled"])
+            report.add("row-level security", "ok", f"{rls} tables with RLS, all readable in full")
+        unreadable = [f"{t['schema']}.{t['name']}" for t in tables if not conn.execute(
+            "SELECT has_table_privilege(%s, 'SELECT')", (t["oid"],)).fetchone()[0]]
+        if unreadable:
+            report.add("privileges", "fail", f"no SELECT on {', '.join(unreadable)}")
+        managed = [s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED))
+                   and s not in schemas]
+        if managed:
+            report.add("supabase schemas", "ok",
+                       f"not included unless named with --schema: {', '.join(managed)}")
+        report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
+    if to is not None:
+        _check_target(report, Path(to), size)
+    return report
+
+
+def _check_target(report: CheckReport, target: Path, size: int) -> None:
+    """Disk space at ``--to``, which must be (or be creatable as) a writable folder."""
+    try:
+        probe = target if target.exists() else next((p for p in target.parents if p.exists()), Path("."))
+        if not probe.is_dir():
+            what = f"{probe} is not a folder" + ("" if probe == target else f" (so {target} cannot be made)")
+            report.add("disk space", "fail", f"{what}; --to must be a backup directory")
+            return
+        if not os.access(probe, os.W_OK | os.X_OK):
+            report.add("disk space", "fail", f"{probe} is not writable by this user")
+            return
+        free = shutil.disk_usage(probe).free
+    except OSError as exc:
+        report.add("disk space", "fail", f"cannot examine {target}: {exc.strerror or exc}")
+        return
+    # Compressed snapshots are usually far smaller than the database; its size is a safe bound.
+    status = "ok" if free > size else "warn"
+    where = str(probe) if probe == target else f"{probe} ({target} does not exist yet; backup creates it)"
+    report.add("disk space", status, f"{free / 1e9:.1f} GB free at {where}, database is {size / 1e9:.2f} GB")

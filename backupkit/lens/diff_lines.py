@@ -1,0 +1,149 @@
+"""A diff's first pass over a keyed table: rows matched by the bytes of their line.
+
+COPY writes a row as one line whose text is a function of the row's values (in
+CSV a value is quoted only when it has to be; the text format escapes the same
+characters every time), so a line found byte for byte on both sides is a row
+that did not change.  Matching whole lines is about half the work of splitting
+every row into columns and joining on the key, because no column is parsed.
+Only the lines without a twin, the few rows inserted, deleted or updated, are
+then parsed and joined on the primary key (``diff._compare_whole`` over the
+leftover lines), which decides on the values themselves; that second step is
+what makes the result exact, and the same as parsing everything.
+
+A line is a row only when no value holds a newline: always so in COPY's text
+format, which escapes it, but not in a CSV snapshot (written before 2026-12).
+A file has exactly as many lines as the manifest has rows exactly when that is
+so, since every newline inside a value adds one.  Each pair checks this, and so
+does every other assumption (one column per line, no line longer than the read
+buffer, no empty line): when one fails, ``match_lines`` returns None and the
+caller parses columns.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import zstandard
+
+from ..snapshot.datafile import data_path
+from .duck import literal, path_sql, reader_options
+
+#: Chunk pairs a diff joins at once (diff.DIFF_WORK_MEMORY is sized for two).
+PAIRS_AT_ONCE = 2
+#: Not a byte PostgreSQL writes inside a value often, and never as a delimiter: a line
+#: holding it reads as two columns, which fails the read (strict mode) and the pass.
+_DELIM = "\x01"
+#: Leftover lines fetched from DuckDB at a time while writing them out.
+_BATCH = 10_000
+
+
+def run_pairs(con: duckdb.DuckDBPyConnection, pairs: int, run_pair: Callable[[int], int], limit: int) -> bool:
+    """Run ``run_pair(0..pairs-1)``, PAIRS_AT_ONCE at a time; each returns the leftover rows it kept.
+
+    Returns False, leaving pairs unrun, as soon as more than ``limit`` rows are left
+    over.  One file is read by one DuckDB thread and a join reads its build side
+    first, so two pairs run side by side on their own cursors to keep two CPUs busy.
+    Meanwhile DuckDB's threads are shared out between the pairs: each query also runs
+    on the thread that issued it, and more threads than CPUs made a diff 5% slower.
+    """
+    pending, running, leftovers = list(range(pairs)), set(), 0
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    con.execute(f"SET threads = {max(1, int(threads) // PAIRS_AT_ONCE)}")
+    try:
+        with ThreadPoolExecutor(PAIRS_AT_ONCE, thread_name_prefix="backupkit-diff") as pool:
+            try:
+                while pending or running:
+                    while pending and len(running) < PAIRS_AT_ONCE and leftovers <= limit:
+                        running.add(pool.submit(run_pair, pending.pop(0)))
+                    if not running:
+                        break
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    leftovers += sum(f.result() for f in done)
+            except BaseException:
+                for f in running:
+                    f.cancel()
+                raise
+    finally:  # once no pair query runs any more
+        con.execute(f"SET threads = {int(threads)}")
+    return not pending
+
+
+def _lines_sql(folder: Path, files: list[dict], i: int, line_size: int) -> str:
+    """The i-th file's lines as one VARCHAR column ``l``, byte for byte (no rows past the end)."""
+    if i >= len(files):
+        return "(SELECT NULL::VARCHAR AS l, NULL::UBIGINT AS h WHERE false)"
+    path = path_sql(data_path(Path(folder), files[i]))  # exactly this file, never a pattern
+    # No quote and no escape character: every byte of the line but its newline is kept.
+    return (f"(SELECT l, hash(l) AS h FROM read_csv({path}, columns = {{'l': 'VARCHAR'}}, "
+            f"delim = {literal(_DELIM)}, quote = '', escape = '', {reader_options(line_size)}))")
+
+
+def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: Path, line_size: int,
+                limit: int) -> tuple | None:
+    """Match two sides' rows by line, file pair by file pair; write what found no twin to ``spill``.
+
+    ``sides`` is ``((folder, table, rows), (folder, table, rows))`` as diff plans it,
+    every file with its ``rows``.  Returns the same shape for the leftover lines
+    (one ``.csv.zst`` file per side in ``spill``, holding those lines exactly as
+    the snapshot did), or None when lines are not rows here, a read failed, or more
+    than ``limit`` lines were left over (rows moved wholesale: the caller's own
+    pairing copes better).
+    """
+    files = [s[1]["files"] for s in sides]
+    if any("rows" not in f for f in files[0] + files[1]):
+        return None  # an old manifest: lines cannot be checked against rows file by file
+    pairs = max(len(f) for f in files)
+    counts: dict[int, tuple[int, int]] = {}
+
+    def run_pair(i: int) -> int:
+        o, n = (_lines_sql(s[0], f, i, line_size) for s, f in zip(sides, files))
+        rows = [f[i]["rows"] if i < len(f) else 0 for f in files]
+        # The right side of a join is its build side (see diff._diff_connect): the one with fewer rows.
+        probe, build = (f"{n} AS n", f"{o} AS o") if rows[0] <= rows[1] else (f"{o} AS o", f"{n} AS n")
+        with con.cursor() as cur:
+            got = cur.execute(
+                "INSERT INTO bk_lines SELECT count(o.l), count(n.l), "
+                "list(o.l) FILTER (WHERE n.l IS NULL), list(n.l) FILTER (WHERE o.l IS NULL) "
+                f"FROM {probe} FULL JOIN {build} ON o.h = n.h AND o.l = n.l "
+                "RETURNING rows_o, rows_n, coalesce(len(only_o), 0) + coalesce(len(only_n), 0)").fetchone()
+        counts[i] = (got[0], got[1])
+        return got[2]
+
+    con.execute("CREATE OR REPLACE TABLE bk_lines (rows_o BIGINT, rows_n BIGINT, only_o VARCHAR[], only_n VARCHAR[])")
+    try:
+        try:
+            if not run_pairs(con, pairs, run_pair, limit):
+                return None
+        except duckdb.Error:
+            return None  # a line of two columns, or too long: parse the columns instead
+        expected = {i: tuple(f[i]["rows"] if i < len(f) else 0 for f in files) for i in range(pairs)}
+        if counts != expected:
+            return None  # a value holds a newline (or a file is damaged: the checksums will say)
+        left = []
+        for s, column in enumerate(("only_o", "only_n")):
+            name = f"left-{s}.csv.zst"
+            n = _write_lines(con, f"SELECT unnest({column}) FROM bk_lines", spill / name)
+            table = {**sides[s][1], "files": [{"path": name, "rows": n}] if n else []}
+            left.append((spill, table, n))
+        return tuple(left)
+    finally:
+        con.execute("DROP TABLE bk_lines")
+
+
+def _write_lines(con: duckdb.DuckDBPyConnection, query: str, dest: Path) -> int:
+    """Write the strings ``query`` returns as newline-ended lines, zstd-compressed; return how many.
+
+    The file starts with a UTF-8 byte order mark: DuckDB drops one at the start of a
+    file, and without it a first line that begins with U+FEFF would lose that character.
+    """
+    n = 0
+    cur = con.execute(query)
+    with open(dest, "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as out:
+        out.write("\ufeff".encode())
+        while batch := cur.fetchmany(_BATCH):
+            out.write(("\n".join(r[0] for r in batch) + "\n").encode())
+            n += len(batch)
+    return n

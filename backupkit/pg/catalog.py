@@ -1,0 +1,199 @@
+"""What the source database holds: tables, columns, keys, RLS state, sequences.
+
+Every query runs inside the backup's snapshot transaction, so what is listed is
+exactly what is copied.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from ..errors import SourceError
+
+#: Schemas Supabase manages; backed up only when named explicitly.
+SUPABASE_MANAGED = (
+    "auth", "storage", "realtime", "_realtime", "extensions", "graphql", "graphql_public",
+    "vault", "pgsodium", "pgsodium_masks", "supabase_functions", "supabase_migrations",
+    "net", "pgbouncer", "cron", "_analytics", "pgtle",
+)
+
+_TABLES = """
+SELECT c.oid, n.nspname AS schema, c.relname AS name,
+       c.relrowsecurity AS rls_enabled, c.relforcerowsecurity AS rls_forced,
+       pg_has_role(current_user, c.relowner, 'USAGE') AS is_owner,
+       c.relispartition AS is_partition,
+       (SELECT pn.nspname || '.' || pc.relname FROM pg_inherits i
+          JOIN pg_class pc ON pc.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+         WHERE i.inhrelid = c.oid ORDER BY i.inhseqno LIMIT 1) AS parent,
+       c.reltuples::bigint AS estimated_rows,
+       pg_relation_size(c.oid) AS relation_bytes
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname = ANY(%(schemas)s)
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                   AND d.objid = c.oid AND d.deptype = 'e')
+ ORDER BY n.nspname, c.relname
+"""
+
+_COLUMNS = """
+SELECT a.attrelid AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+       a.attgenerated <> '' AS generated, nullif(a.attidentity, '') AS identity,
+       a.attnotnull AS not_null,
+       -- the type DuckDB should read: domains resolved to their base type
+       format_type(COALESCE(NULLIF(t.typbasetype, 0), a.atttypid),
+                   CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END) AS base_type,
+       (SELECT bt.typtype FROM pg_type bt WHERE bt.oid = COALESCE(NULLIF(t.typbasetype, 0), a.atttypid)) AS typtype
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+ WHERE a.attrelid = ANY(%(oids)s) AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attrelid, a.attnum
+"""
+
+_PKEYS = """
+SELECT i.indrelid AS oid, array_agg(a.attname ORDER BY k.ord) AS cols
+  FROM pg_index i
+  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+ WHERE i.indisprimary AND i.indrelid = ANY(%(oids)s)
+ GROUP BY i.indrelid
+"""
+
+_FKEYS = """
+SELECT con.conrelid AS oid, con.conname AS name, rn.nspname AS ref_schema, rc.relname AS ref_table,
+       (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY k(n, ord)
+          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n) AS columns,
+       (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.confkey) WITH ORDINALITY k(n, ord)
+          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n) AS ref_columns
+  FROM pg_constraint con JOIN pg_class rc ON rc.oid = con.confrelid
+  JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+ WHERE con.contype = 'f' AND con.conrelid = ANY(%(oids)s)
+ ORDER BY con.conname
+"""
+
+_INDEXES = """
+SELECT i.indrelid AS oid, array_agg(c.relname ORDER BY c.relname) AS names
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = ANY(%(oids)s) GROUP BY i.indrelid
+"""
+
+_SEQUENCES = """
+SELECT n.nspname AS schema, c.relname AS name,
+       (SELECT ARRAY[tn.nspname, tc.relname, a.attname]
+          FROM pg_depend d JOIN pg_class tc ON tc.oid = d.refobjid
+          JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+          JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+         WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')
+         LIMIT 1) AS owned_by
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'S' AND n.nspname = ANY(%(schemas)s)
+ ORDER BY 1, 2
+"""
+
+_ROLE = """
+SELECT current_user AS user, r.rolsuper AS superuser, r.rolbypassrls AS bypassrls
+  FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+def qualified(schema: str, name: str) -> sql.Composed:
+    """``"schema"."name"`` safely quoted."""
+    return sql.Identifier(schema, name)
+
+
+def role_info(conn: psycopg.Connection) -> dict:
+    """current user, superuser flag, BYPASSRLS flag."""
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute(_ROLE).fetchone()
+
+
+def existing_schemas(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
+    """Those of ``schemas`` that exist."""
+    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def list_tables(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
+    """Every ordinary table (partitions and inheritance children included) in ``schemas``.
+
+    Partitioned parents hold no rows and are skipped; their partitions are
+    listed, so every row is copied exactly once.
+    """
+    role = role_info(conn)
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    tables = cur.execute(_TABLES, {"schemas": schemas}).fetchall()
+    oids = [t["oid"] for t in tables]
+    cols: dict[int, list[dict]] = {}
+    for c in cur.execute(_COLUMNS, {"oids": oids}).fetchall():
+        oid = c.pop("oid")
+        cols.setdefault(oid, []).append(c)
+    pkeys = {r["oid"]: r["cols"] for r in cur.execute(_PKEYS, {"oids": oids}).fetchall()}
+    fkeys: dict[int, list[dict]] = {}
+    for f in cur.execute(_FKEYS, {"oids": oids}).fetchall():
+        fkeys.setdefault(f.pop("oid"), []).append(f)
+    indexes = {r["oid"]: r["names"] for r in cur.execute(_INDEXES, {"oids": oids}).fetchall()}
+    out = []
+    for t in tables:
+        columns = [
+            {"name": c["name"], "type": c["type"], "base_type": c["base_type"],
+             "enum": c["typtype"] == "e", "generated": c["generated"],
+             "identity": c["identity"], "not_null": c["not_null"]}
+            for c in cols.get(t["oid"], [])
+        ]
+        bypassed = (not t["rls_enabled"] or role["superuser"] or role["bypassrls"]
+                    or (t["is_owner"] and not t["rls_forced"]))
+        out.append({
+            "oid": t["oid"], "schema": t["schema"], "name": t["name"],
+            "parent": t["parent"], "is_partition": t["is_partition"],
+            "columns": columns,
+            "copy_columns": [c["name"] for c in columns if not c["generated"]],
+            "primary_key": pkeys.get(t["oid"]),
+            "foreign_keys": fkeys.get(t["oid"], []),
+            "indexes": indexes.get(t["oid"], []),
+            "rls": {"enabled": t["rls_enabled"], "forced": t["rls_forced"], "bypassed": bool(bypassed)},
+            "estimated_rows": max(t["estimated_rows"], 0),
+            "relation_bytes": t["relation_bytes"],
+        })
+    return out
+
+
+def select_tables(tables: list[dict], include: list[str], exclude: list[str]) -> list[dict]:
+    """Filter by ``schema.table`` names; unknown names are an error, not silently ignored."""
+    names = {f"{t['schema']}.{t['name']}" for t in tables}
+    schemas = {t["schema"] for t in tables}
+    # Excluding a table of a schema that is not backed up is a no-op, not a typo.
+    unknown = [n for n in [*include, *(e for e in exclude if e.split(".", 1)[0] in schemas)]
+               if n not in names]
+    if unknown:
+        raise SourceError(
+            f"no such table: {', '.join(unknown)}",
+            hint="name tables as schema.table, and add --schema for schemas other than public",
+        )
+    chosen = [t for t in tables if not include or f"{t['schema']}.{t['name']}" in include]
+    return [t for t in chosen if f"{t['schema']}.{t['name']}" not in exclude]
+
+
+def list_sequences(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
+    """Every sequence in ``schemas`` with its current value and is_called flag.
+
+    Sequences are not transactional: the value read may be ahead of the
+    snapshot, never behind it, so restored ids never collide.
+    """
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    seqs = cur.execute(_SEQUENCES, {"schemas": schemas}).fetchall()
+    for s in seqs:
+        row = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(s["schema"], s["name"]))
+        ).fetchone()
+        s["last_value"], s["is_called"] = row
+    return seqs
+
+
+def list_matviews(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
+    """Materialized views in ``schemas``, in creation order, and whether they hold data.
+
+    A schema-only dump creates them empty; restore refreshes the populated ones.
+    """
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute(
+        "SELECT n.nspname AS schema, c.relname AS name, c.relispopulated AS populated "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'm' AND n.nspname = ANY(%s) ORDER BY c.oid", (schemas,)).fetchall()

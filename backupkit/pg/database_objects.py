@@ -1,0 +1,147 @@
+"""What a database holds outside its schemas, which a schema-filtered pg_dump leaves out.
+
+``pg_dump --schema=...`` dumps no extensions, publications, database-wide
+default privileges, large objects or event triggers.  A second pg_dump run in
+the same exported snapshot, with every schema excluded, dumps exactly those
+(``schema/database.dump``): their DDL comes from pg_dump, and the large objects'
+data streams through it.  The catalog queries here only describe the same
+objects in the manifest, for people, ``diff`` and the restore's checks: which
+extensions the snapshot's own objects depend on, publication members, and the
+roles a restore must find or make.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ..snapshot.manifest import DATABASE_DUMP
+from .tools import find_tool, run_tool
+from .schema import unquote_ident
+
+_EXTENSIONS = """
+SELECT e.extname AS name, e.extversion AS version, n.nspname AS schema
+  FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+ WHERE e.extname <> 'plpgsql' ORDER BY 1
+"""
+
+# Extensions that an object in the backed-up schemas depends on: a column of an
+# extension type, a default calling an extension function, an index using its
+# operator class, a view using its operators.  pg_identify_object names the
+# dependent object's schema whatever catalog it lives in.
+_REQUIRED = """
+SELECT DISTINCT e.extname
+  FROM pg_depend d
+  JOIN pg_depend m ON m.classid = d.refclassid AND m.objid = d.refobjid AND m.deptype = 'e'
+  JOIN pg_extension e ON e.oid = m.refobjid
+  CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, d.objsubid) o
+ WHERE d.deptype IN ('n', 'a') AND o.schema = ANY(%(schemas)s)
+   AND NOT EXISTS (SELECT 1 FROM pg_depend x
+                    WHERE x.classid = d.classid AND x.objid = d.objid AND x.deptype = 'e')
+UNION
+SELECT e.extname
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_type t ON t.oid = a.atttypid AND t.typelem <> 0
+  JOIN pg_depend m ON m.classid = 'pg_type'::regclass AND m.objid = t.typelem AND m.deptype = 'e'
+  JOIN pg_extension e ON e.oid = m.refobjid
+ WHERE n.nspname = ANY(%(schemas)s) AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+_PUBLICATIONS = """
+SELECT p.pubname AS name, pg_get_userbyid(p.pubowner) AS owner, p.puballtables AS all_tables,
+       array_remove(ARRAY[CASE WHEN p.pubinsert THEN 'insert' END, CASE WHEN p.pubupdate THEN 'update' END,
+                          CASE WHEN p.pubdelete THEN 'delete' END, CASE WHEN p.pubtruncate THEN 'truncate' END],
+                    NULL) AS publish,
+       p.pubviaroot AS via_root,
+       COALESCE((SELECT json_agg(json_build_object(
+                    'schema', n.nspname, 'name', c.relname,
+                    'columns', (SELECT json_agg(a.attname ORDER BY k.ord)
+                                  FROM unnest(pr.prattrs) WITH ORDINALITY k(attnum, ord)
+                                  JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.attnum),
+                    'row_filter', pg_get_expr(pr.prqual, pr.prrelid)) ORDER BY n.nspname, c.relname)
+                   FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid
+                   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE pr.prpubid = p.oid), '[]') AS tables,
+       COALESCE((SELECT json_agg(n.nspname ORDER BY n.nspname) FROM pg_publication_namespace pn
+                   JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE pn.pnpubid = p.oid), '[]') AS schemas
+  FROM pg_publication p ORDER BY 1
+"""
+
+_DEFAULT_PRIVILEGES = """
+SELECT pg_get_userbyid(d.defaclrole) AS role, n.nspname AS schema,
+       CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
+            WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' ELSE d.defaclobjtype::text END AS object_type,
+       d.defaclacl::text[] AS acl
+  FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
+ ORDER BY 1, 2 NULLS FIRST, 3
+"""
+
+_LARGE_OBJECTS = """
+SELECT m.oid::bigint AS oid, pg_get_userbyid(m.lomowner) AS owner, m.lomacl::text[] AS acl
+  FROM pg_largeobject_metadata m ORDER BY m.oid
+"""
+
+_ROLES = """
+SELECT rolname AS name, rolsuper AS superuser, rolinherit AS inherit, rolcreaterole AS createrole,
+       rolcreatedb AS createdb, rolcanlogin AS login, rolreplication AS replication,
+       rolbypassrls AS bypassrls
+  FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1
+"""
+
+
+def describe(conn: psycopg.Connection, schemas: list[str]) -> dict:
+    """Manifest entries for the database-level objects, read in the backup's snapshot."""
+    cur = conn.cursor(row_factory=dict_row)
+    required = {r["extname"] for r in cur.execute(_REQUIRED, {"schemas": schemas}).fetchall()}
+    extensions = [{**e, "required": e["name"] in required} for e in cur.execute(_EXTENSIONS).fetchall()]
+    return {
+        "extensions": extensions,
+        "publications": cur.execute(_PUBLICATIONS).fetchall(),
+        "default_privileges": cur.execute(_DEFAULT_PRIVILEGES).fetchall(),
+        "large_objects": cur.execute(_LARGE_OBJECTS).fetchall(),
+    }
+
+
+_OWNER = re.compile(r"\bOWNER TO (\"(?:[^\"]|\"\")+\"|[^\s;]+);")
+_FOR_ROLE = re.compile(r"^ALTER DEFAULT PRIVILEGES FOR ROLE (\"(?:[^\"]|\"\")+\"|[^\s;]+)", re.M)
+
+
+def referenced_roles(script: str) -> set[str]:
+    """Every role the SQL names as an owner, grantee, policy role or default-privilege role."""
+    from ..recovery.scripts import referenced_roles as policy_and_grant_roles
+
+    policies, grants = policy_and_grant_roles(script)
+    owners = {unquote_ident(m) for m in _OWNER.findall(script)} | {unquote_ident(m) for m in _FOR_ROLE.findall(script)}
+    return (policies | grants | owners) - {"PUBLIC", "public"}
+
+
+def acl_roles(acls: list[list[str] | None]) -> set[str]:
+    """Grantees and grantors named in aclitem texts (``grantee=privs/grantor``; "" is PUBLIC)."""
+    names = set()
+    for acl in acls:
+        for item in acl or []:
+            grantee, _, rest = item.rpartition("=")
+            names |= {unquote_ident(n) for n in (grantee, rest.rpartition("/")[2]) if n}
+    return names
+
+
+def role_attributes(conn: psycopg.Connection, names: set[str]) -> list[dict]:
+    """Name and attributes (never a password) of the given roles that exist; built-in pg_* roles left out."""
+    names = {n for n in names if not n.startswith("pg_")}
+    return conn.cursor(row_factory=dict_row).execute(_ROLES, (sorted(names),)).fetchall()
+
+
+def dump_database_objects(dsn: str, folder: Path, *, snapshot: str) -> Path:
+    """pg_dump every schema excluded: extensions, publications, database-wide default
+    privileges, large objects (with their data), event triggers; into ``schema/database.dump``."""
+    from ..capture.readers import dies_with_us
+
+    path = folder / DATABASE_DUMP
+    run_tool(find_tool("pg_dump"), ["--format=custom", f"--snapshot={snapshot}", "--no-sync",
+                                    "--exclude-schema=*", "-b", f"--file={path}"], dsn,
+             preexec_fn=dies_with_us())  # ends with this process, like the schema's pg_dump
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,162 @@
+"""Finding, describing and connecting with a DSN without ever showing its password."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ..errors import ConfigError, ConnectionFailed
+
+#: Environment variables consulted, in order, when no DSN is given.
+DSN_ENV_VARS = ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")
+
+#: Session settings for every connection, so COPY text is the same whatever the
+#: server's or role's defaults (Supabase sets statement_timeout per role).
+SESSION_SETTINGS = {
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "client_encoding": "UTF8",
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+}
+
+
+def resolve_dsn(dsn: str | None = None, env: Mapping[str, str] | None = None,
+                env_var: str | None = None) -> str:
+    """Return ``dsn``, else the first of ``$BACKUPKIT_DSN``, ``$DATABASE_URL``, ``$SUPABASE_DB_URL``.
+
+    ``env_var`` names one variable to read instead (notebooks take the *name*
+    of the variable as a parameter so the secret never enters the notebook).
+    """
+    env = os.environ if env is None else env
+    if dsn:
+        return dsn
+    names = (env_var,) if env_var else DSN_ENV_VARS
+    for name in names:
+        if env.get(name):
+            return env[name]
+    raise ConfigError(
+        "no database given",
+        hint=f"pass --dsn or set {' or '.join('$' + n for n in names)}",
+    )
+
+
+def _password(dsn: str) -> str | None:
+    try:
+        return conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        # Unparseable: take what stands between "user:" and "@" of a URI.
+        m = re.match(r"postgres(?:ql)?://[^:/@\s]*:([^@\s]*)@", dsn)
+        return m.group(1) if m else None
+
+
+def redact(text: str, dsn: str | None = None) -> str:
+    """``text`` with any password (from ``dsn`` or URI/key=value syntax) replaced by ``****``."""
+    if dsn:
+        pw = _password(dsn)
+        if pw:
+            text = text.replace(pw, "****")
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1****@", text)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1****", text, flags=re.I)
+
+
+def _parse(dsn: str) -> dict:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the offending part, which may be the password: never show it.
+        raise ConfigError("the DSN cannot be parsed (check its quoting and %-escapes)",
+                          hint="use postgresql://user:password@host:5432/dbname, with special "
+                               "characters in the password percent-encoded") from None
+
+
+def describe(dsn: str) -> dict:
+    """host, port, database and user of ``dsn`` (never the password)."""
+    d = _parse(dsn)
+    port = d.get("port") or "5432"
+    if not port.isdigit():
+        raise ConfigError(f"the DSN's port {port!r} is not one port number",
+                          hint="use postgresql://user:password@host:5432/dbname (one host and port)")
+    return {
+        "host": d.get("host") or d.get("hostaddr") or "localhost",
+        "port": int(port),
+        "database": d.get("dbname") or d.get("user") or "postgres",
+        "user": d.get("user") or os.environ.get("PGUSER") or "",
+    }
+
+
+def split_password(dsn: str) -> tuple[str, dict[str, str]]:
+    """The DSN without its password and an env dict carrying it, for child processes.
+
+    Passing the password on a command line would show it in ``ps``.
+    """
+    d = _parse(dsn)
+    pw = d.pop("password", None)
+    return make_conninfo("", **d), ({"PGPASSWORD": pw} if pw else {})
+
+
+def is_transaction_pooler(dsn: str) -> bool:
+    """True when ``dsn`` goes through Supabase's transaction pooler (port 6543)."""
+    return describe(dsn)["port"] == 6543
+
+
+POOLER_WARNING = (
+    "this DSN goes through a transaction pooler (port 6543): exported snapshots and "
+    "long transactions do not work there; use the session pooler (port 5432) or the "
+    "direct connection string from Supabase's Connect dialog"
+)
+
+
+def _reason(exc: Exception) -> str:
+    """The informative part of libpq's message ("Connection refused", "password authentication failed ...")."""
+    lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if "failed: " in first:
+        first = first.rsplit("failed: ", 1)[1]
+    return " ".join(first.replace("FATAL:", "").split())
+
+
+#: TCP keepalives (unless the DSN sets its own), so a client waiting on a server that vanished
+#: from the network notices within about a minute instead of the kernel's two hours.
+TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                  "keepalives_count": "3"}
+
+
+def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit",
+            settings: Mapping[str, str] | None = None, connect_timeout: int = 15) -> psycopg.Connection:
+    """Open a connection with backupkit's session settings; errors never carry the password.
+
+    ``settings`` are applied after (and override) ``SESSION_SETTINGS``, e.g. a
+    backup's ``lock_timeout`` and ``idle_in_transaction_session_timeout``.
+    """
+    where = describe(dsn)  # raises a clean ConfigError for a DSN that cannot be parsed
+    given = _parse(dsn)
+    keepalives = {k: v for k, v in TCP_KEEPALIVES.items() if k not in given}
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, application_name=application,
+                               connect_timeout=connect_timeout, **keepalives)
+    except psycopg.OperationalError as exc:
+        reason = redact(_reason(exc), dsn)
+        raise ConnectionFailed(
+            f"cannot connect to {where['host']}:{where['port']}/{where['database']} "
+            f"as {where['user'] or '(default user)'}: {reason}",
+            hint="check host, port, user and password in the DSN, and that the server accepts connections",
+        ) from None
+    every = {**SESSION_SETTINGS, **(settings or {})}
+    try:  # one round trip for all of them
+        conn.execute("SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(every)),
+                     [x for kv in every.items() for x in kv])
+    except BaseException:
+        conn.close()
+        raise
+    conn.autocommit = autocommit
+    return conn

@@ -1,0 +1,193 @@
+"""The schema half of a snapshot: a real ``pg_dump --schema-only``, split like pg_restore.
+
+Backup stores the custom-format archive (``schema.dump``) as the restore
+source and renders its pre-data and post-data sections as plain SQL for people
+and diffs.  Restore asks ``pg_restore`` to render chosen TOC entries of one
+section to SQL, which backupkit runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..snapshot.manifest import DATABASE_DUMP, DATABASE_SQL, DUMP, POST_DATA, PRE_DATA
+from ..errors import ToolError
+from .tools import find_tool, run_tool
+
+#: TOC entry types that belong to one table, named "table ..." in the TOC tag.
+_TABLE_TAGGED = {"CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
+                 "DEFAULT", "ROW SECURITY", "RULE"}
+_MULTIWORD = sorted(
+    ["FK CONSTRAINT", "CHECK CONSTRAINT", "ROW SECURITY", "SEQUENCE OWNED BY", "SEQUENCE SET",
+     "TABLE DATA", "DEFAULT ACL", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FOREIGN TABLE",
+     "TABLE ATTACH", "INDEX ATTACH", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
+     "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "FOREIGN DATA WRAPPER", "FOREIGN SERVER",
+     "USER MAPPING", "EVENT TRIGGER", "OPERATOR CLASS", "OPERATOR FAMILY", "PROCEDURAL LANGUAGE",
+     "SHELL TYPE", "ACCESS METHOD", "DATABASE PROPERTIES", "LARGE OBJECT", "PUBLICATION TABLE",
+     "PUBLICATION TABLES IN SCHEMA", "STATISTICS DATA", "BLOB METADATA"],
+    key=len, reverse=True)
+
+
+_META = re.compile(r"^\\(un)?restrict \S+\s*$")
+#: pg_restore's preamble switches lock waits' limit off; the restore's own (--lock-wait-timeout)
+#: must stay in force.  Its other SETs stay: a role's statement_timeout must not cut a long COPY.
+_NO_LIMITS = re.compile(r"^SET lock_timeout = 0;\s*$")
+_HEADER = re.compile(r"^--\n-- (?:Data for )?Name: [^\n]*?; Type: ([A-Z ]+); Schema: [^\n]*\n--\n", re.M)
+
+
+def unquote_ident(ident: str) -> str:
+    """A SQL identifier as written, quoted (doubled quotes inside) or plain, back to its name."""
+    return ident[1:-1].replace('""', '"') if len(ident) > 1 and ident[0] == ident[-1] == '"' else ident
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One line of ``pg_restore -l``: its id, object type and the rest (schema, tag, owner)."""
+
+    line: str
+    type: str
+    rest: str
+
+    def belongs_to(self, schema: str, name: str) -> bool:
+        """True when this entry's schema and tag start with the given ``schema`` and ``name``."""
+        return self.rest.startswith(f"{schema} {name} ") or self.rest == f"{schema} {name}"
+
+
+def dump_schema(dsn: str, folder: Path, *, snapshot: str, schemas: list[str],
+                tables: list[str] | None = None, exclude: list[str] | None = None,
+                lock_wait_timeout: float | None = None) -> list[Path]:
+    """Run pg_dump --schema-only inside the exported ``snapshot``; write archive and SQL files.
+
+    ``lock_wait_timeout`` (seconds) becomes ``--lock-wait-timeout``; pg_dump dies with this
+    process (it would otherwise hold its table locks until it finished on its own).
+    """
+    from ..capture.readers import dies_with_us
+
+    pg_dump = find_tool("pg_dump")
+    (folder / "schema").mkdir(mode=0o700)
+    args = ["--schema-only", "--format=custom", f"--snapshot={snapshot}", "--no-sync",
+            f"--file={folder / DUMP}"]
+    if lock_wait_timeout:
+        args.append(f"--lock-wait-timeout={max(1, int(lock_wait_timeout * 1000))}")
+    args += [f"--schema={_pattern(s)}" for s in schemas]
+    args += [f"--table={_pattern(*t.split('.', 1))}" for t in tables or []]
+    args += [f"--exclude-table={_pattern(*t.split('.', 1))}" for t in exclude or []]
+    run_tool(pg_dump, args, dsn, preexec_fn=dies_with_us())
+    for section, rel in (("pre-data", PRE_DATA), ("post-data", POST_DATA)):
+        sql_text = render(folder / DUMP, section)
+        (folder / rel).write_text(sql_text)
+    from .database_objects import dump_database_objects
+
+    dump_database_objects(dsn, folder, snapshot=snapshot)
+    # Its DDL for people and diffs; the large objects' data stays in the archive only.
+    (folder / DATABASE_SQL).write_text(render(folder / DATABASE_DUMP, "pre-data")
+                                       + render(folder / DATABASE_DUMP, "post-data"))
+    paths = [folder / DUMP, folder / PRE_DATA, folder / POST_DATA, folder / DATABASE_DUMP, folder / DATABASE_SQL]
+    for p in paths:
+        p.chmod(0o600)
+    return paths
+
+
+def _pattern(*parts: str) -> str:
+    """A pg_dump name pattern matching exactly these names (quotes defeat wildcards and dots)."""
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+def toc(dump: Path) -> list[TocEntry]:
+    """The archive's table of contents, comments dropped."""
+    out = run_tool(find_tool("pg_restore"), ["--list", str(dump)], text=True).stdout
+    entries = []
+    for line in out.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        m = re.match(r"^\d+; \d+ \d+ (.*)$", line)
+        if not m:
+            continue
+        body = m.group(1)
+        etype = next((t for t in _MULTIWORD if body.startswith(t + " ")), body.split(" ", 1)[0])
+        entries.append(TocEntry(line, etype, body[len(etype) + 1:]))
+    return entries
+
+
+def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
+           no_owner: bool = False, no_acl: bool = False, clean: bool = False) -> str:
+    """SQL for one section of the archive, optionally only the given TOC entries.
+
+    psql meta-commands (``\\restrict``) are removed: the SQL runs through psycopg.
+    """
+    args = [f"--section={section}", "--file=-"]
+    if no_owner:
+        args.append("--no-owner")
+    if no_acl:
+        args.append("--no-acl")
+    if clean:
+        args += ["--clean", "--if-exists"]
+    list_file = None
+    if entries is not None:
+        # A temporary file, never inside the snapshot: snapshots are write-once.
+        fd, name = tempfile.mkstemp(prefix="backupkit-toc-", suffix=".list")
+        list_file = Path(name)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(e.line + "\n" for e in entries))
+        args.append(f"--use-list={list_file}")
+    try:
+        out = run_tool(find_tool("pg_restore"), [*args, str(dump)], text=True).stdout
+    finally:
+        if list_file is not None:
+            list_file.unlink(missing_ok=True)
+    # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
+    # part of a function body or a string literal and must survive untouched.
+    return "".join(l for l in out.splitlines(keepends=True) if not _META.match(l) and not _NO_LIMITS.match(l))
+
+
+@contextlib.contextmanager
+def render_lines(dump: Path, section: str, entries: list[TocEntry], *, no_owner: bool = False):
+    """Like ``render`` but streamed: yields an iterator over pg_restore's output lines.
+
+    For sections that hold data (large objects), which must never sit whole in memory.
+    """
+    args = [f"--section={section}", "--file=-"] + (["--no-owner"] if no_owner else [])
+    fd, name = tempfile.mkstemp(prefix="backupkit-toc-", suffix=".list")
+    list_file = Path(name)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(e.line + "\n" for e in entries))
+    proc = subprocess.Popen([str(find_tool("pg_restore")), *args, f"--use-list={list_file}", str(dump)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield (line for line in proc.stdout if not _META.match(line) and not _NO_LIMITS.match(line))
+        proc.stdout.read()
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise ToolError(f"pg_restore failed: {err.strip()}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        list_file.unlink(missing_ok=True)
+
+
+def split_entries(script: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """Split pg_restore's SQL into its preamble and (type, header, body) per TOC entry.
+
+    The preamble holds the session SETs and, with --clean, the DROPs.  Entries
+    are found by the ``-- Name: ...; Type: ...;`` header pg_restore writes
+    before each, so text inside a function body is never taken for a statement.
+    ``preamble + "".join(header + body ...)`` gives the script back unchanged.
+    """
+    matches = list(_HEADER.finditer(script))
+    if not matches:
+        return script, []
+    entries = []
+    for m, nxt in zip(matches, [*matches[1:], None]):
+        end = nxt.start() if nxt else len(script)
+        entries.append((m.group(1), m.group(0), script[m.end():end]))
+    return script[:matches[0].start()], entries
+

@@ -1,0 +1,87 @@
+"""Replacing some tables' rows in the live database, keeping everything that points at them.
+
+Rolling back a bad migration means putting back the rows of a few tables while
+the rest of the database goes on: views over those tables, foreign keys from
+other tables, triggers, policies, grants and publication membership must
+survive.  Dropping and recreating the tables (what ``pg_restore --clean`` does)
+would take all of that with them, so a selective ``--clean`` restore of a table
+whose columns are still the snapshot's empties it and loads the snapshot's rows
+into it, in the restore's one transaction, with triggers and foreign-key
+actions off (``session_replication_role = replica``, as ``pg_restore
+--disable-triggers``).  Because nothing then checked the foreign keys, they are
+checked afterwards, in both directions, and any violation rolls everything back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+from psycopg import sql
+
+from ..snapshot import manifest as mf
+
+_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+  FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+_FOREIGN_KEYS = """
+SELECT c.conname, cn.nspname, cc.relname, pn.nspname, pc.relname,
+       ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
+               JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
+       ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(n, o)
+               JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
+  FROM pg_constraint c
+  JOIN pg_class cc ON cc.oid = c.conrelid JOIN pg_namespace cn ON cn.oid = cc.relnamespace
+  JOIN pg_class pc ON pc.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+ WHERE c.contype = 'f' AND c.conparentid = 0 AND (c.conrelid = ANY(%s::regclass[]) OR c.confrelid = ANY(%s::regclass[]))
+"""
+
+
+def _regclass(table: dict) -> str:
+    return sql.Identifier(table["schema"], table["name"]).as_string()
+
+
+def _unqualified(type_name: str) -> str:
+    return re.sub(r'^(?:"(?:[^"]|"")+"|[^".(\s]+)\.', "", type_name)
+
+
+def split_by_shape(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[dict], list[str]]:
+    """The tables whose columns (names and types, in order) are the snapshot's, and how the others differ."""
+    same, differ = [], []
+    for t in tables:
+        # Types as format_type printed them, whose schema prefix depends on each side's
+        # search_path (Supabase's has extensions): compared without it.
+        have = [(n, _unqualified(ty)) for n, ty in conn.execute(_COLUMNS, (_regclass(t),)).fetchall()]
+        want = [(c["name"], _unqualified(c["type"])) for c in t["columns"]]
+        if have == want:
+            same.append(t)
+        else:
+            gone = [n for n, _ in want if n not in dict(have)]
+            new = [n for n, _ in have if n not in dict(want)]
+            what = "; ".join(filter(None, [gone and "missing " + ", ".join(gone), new and "new " + ", ".join(new)]))
+            differ.append(f"{mf.table_key(t)} ({what or 'column types or order changed'})")
+    return same, differ
+
+
+def empty_sql(tables: list[dict]) -> str:
+    """DELETE, not TRUNCATE: TRUNCATE refuses a table other tables reference, and CASCADE would empty them."""
+    return "".join(sql.SQL("DELETE FROM ONLY {};\n").format(sql.Identifier(t["schema"], t["name"])).as_string()
+                   for t in tables)
+
+
+def broken_references(conn: psycopg.Connection, tables: list[dict]) -> list[str]:
+    """Foreign keys to or from ``tables`` that some row now violates (MATCH SIMPLE: a NULL matches)."""
+    oids = [_regclass(t) for t in tables]
+    broken = []
+    for name, cs, ct, ps, pt, cols, refs in conn.execute(_FOREIGN_KEYS, (oids, oids)).fetchall():
+        match = sql.SQL(" AND ").join(sql.SQL("p.{} = c.{}").format(sql.Identifier(r), sql.Identifier(c))
+                                      for c, r in zip(cols, refs))
+        present = sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(c)) for c in cols)
+        query = sql.SQL("SELECT EXISTS (SELECT FROM {} c WHERE {} AND NOT EXISTS (SELECT FROM {} p WHERE {}))").format(
+            sql.Identifier(cs, ct), present, sql.Identifier(ps, pt), match)
+        if conn.execute(query).fetchone()[0]:
+            broken.append(f"{name} ({cs}.{ct} -> {ps}.{pt})")
+    return broken

@@ -1,0 +1,290 @@
+"""The SQL a restore runs, rendered by pg_restore from a snapshot's schema archive.
+
+Which TOC entries a (selective) restore wants, the pre-data and post-data
+scripts with grants to missing roles filtered out and unknown column options
+dropped, each table's index builds for a parallel restore, and the DROPs that
+undo a failed one. Nothing here changes the target database (the column-option
+probe works on a temporary table).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ..snapshot import manifest as mf
+from ..pg.column_options import drop_options, unknown_options
+from ..errors import RestoreError
+from .database_scripts import DatabasePlan
+from ..pg.platform import Platform
+from ..pg.schema import TocEntry, render, split_entries
+
+_DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
+_ACL_GRANTEE = re.compile(r"\b(?:TO|FROM)\s+(.+?)(?:\s+WITH GRANT OPTION)?;\s*$")
+_POLICY_ROLES = re.compile(r"^CREATE POLICY .*? TO (.+?)(?: USING | WITH CHECK |;)", re.M)
+_GLOBAL_TYPES = {"SCHEMA", "TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "COLLATION",
+                 "EXTENSION", "SHELL TYPE", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
+                 "OPERATOR", "CAST"}
+
+
+def _existing_objects(target: psycopg.Connection) -> set[tuple[str, str, str]]:
+    """(kind, schema, name) of the types, functions, collations, extensions and schemas the target has."""
+    rows = target.execute("""
+        SELECT 'TYPE', n.nspname, t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        UNION ALL SELECT 'FUNCTION', n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        UNION ALL SELECT 'COLLATION', n.nspname, c.collname FROM pg_collation c
+                  JOIN pg_namespace n ON n.oid = c.collnamespace
+        UNION ALL SELECT 'EXTENSION', '-', extname FROM pg_extension
+        UNION ALL SELECT 'SCHEMA', '-', nspname FROM pg_namespace""").fetchall()
+    return {tuple(r) for r in rows}
+
+
+def object_key(e: TocEntry) -> tuple[str, str, str]:
+    """(kind, schema, name) of a TOC entry for a type, function, collation, extension or schema."""
+    schema, _, rest = e.rest.partition(" ")
+    name = rest.rsplit(" ", 1)[0] if " " in rest else rest
+    kind = {"DOMAIN": "TYPE", "SHELL TYPE": "TYPE", "PROCEDURE": "FUNCTION",
+            "AGGREGATE": "FUNCTION"}.get(e.type, e.type)
+    if kind == "FUNCTION":
+        name = name.split("(", 1)[0]
+    return kind, schema, name
+
+
+def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], full: bool,
+                   target: psycopg.Connection, platform: Platform | None = None,
+                   schemas: list[str] = (), tables_named: bool = True) -> list[TocEntry]:
+    """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
+    and, for ``schemas``, everything in those schemas (views, functions, sequences too).
+
+    Objects the target already has (the public schema, always; types and
+    functions on a selective restore into a live database; whatever the
+    Supabase platform already has) are not created again.  A restore of whole
+    schemas only takes other schemas' types its tables' columns use, never
+    their functions.
+    """
+    existing = _existing_objects(target)
+    if platform:
+        def key_of(e: TocEntry):
+            return object_key(e) if e.type in _GLOBAL_TYPES else None
+
+        entries = [e for e in entries if platform.keeps(e, existing, key_of)]
+    global_keys = {}
+    for e in entries:
+        if e.type in _GLOBAL_TYPES:
+            global_keys[e.line] = object_key(e)
+
+    def new_global(e: TocEntry) -> bool:
+        return global_keys[e.line] not in existing
+
+    def comment_on_existing_schema(e: TocEntry) -> bool:
+        return e.type == "COMMENT" and e.rest.startswith("- SCHEMA ") and any(
+            e.rest.startswith(f"- SCHEMA {k[2]} ") for k in existing if k[0] == "SCHEMA")
+
+    # Grants on a schema the target has and the connecting role does not own (Supabase's
+    # auth, storage) are the owner's to give; re-granting them fails or changes nothing.
+    not_ours = {r[0] for r in target.execute(
+        "SELECT nspname FROM pg_namespace WHERE NOT pg_has_role(nspowner, 'USAGE')").fetchall()}
+
+    def acl_on_foreign_schema(e: TocEntry) -> bool:
+        return e.type == "ACL" and any(e.rest.startswith(f"- SCHEMA {n} ") for n in not_ours)
+
+    if full:
+        return [e for e in entries if (e.type != "SCHEMA" or new_global(e))
+                and not comment_on_existing_schema(e) and not acl_on_foreign_schema(e)]
+    wanted = []
+    chosen_keys = {mf.table_key(t) for t in chosen}
+    seqs = {(s["schema"], s["name"]) for s in manifest.get("sequences", [])
+            if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in chosen_keys}
+    names = {(t["schema"], t["name"]) for t in chosen}
+    names |= {tuple(t["parent"].split(".", 1)) for t in chosen if t.get("parent") and t.get("is_partition")}
+    indexes = {(t["schema"], i) for t in chosen for i in t.get("indexes", [])}
+    globals_kept = set()
+    selected = set(schemas)
+    used_types = {_bare_type(c["type"]) for t in chosen for c in t["columns"]}
+
+    def in_selected(e: TocEntry) -> bool:
+        return e.rest.split(" ", 1)[0] in selected
+
+    def type_used(kind: str, schema: str, name: str) -> bool:
+        return kind == "TYPE" and (f"{schema}.{name}" in used_types or (schema == "public" and name in used_types))
+
+    # Schemas of other schemas' types the chosen columns use: created if the target lacks them.
+    type_schemas = {k[1] for k in global_keys.values() if type_used(*k)}
+
+    def global_wanted(e: TocEntry) -> bool:
+        kind, schema, name = global_keys[e.line]
+        if kind == "SCHEMA":
+            return name in selected or tables_named or name in type_schemas
+        return schema in selected or tables_named or type_used(kind, schema, name)
+
+    for e in entries:
+        if selected and in_selected(e) and e.type not in _GLOBAL_TYPES:
+            ok = True  # a whole schema: its views, sequences, comments and grants too
+        elif e.type in ("TABLE", "TABLE ATTACH"):
+            ok = any(e.belongs_to(s, n) for s, n in names)
+        elif e.type in ("INDEX", "INDEX ATTACH"):
+            ok = any(e.belongs_to(s, i) for s, i in indexes)
+        elif e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
+            ok = any(e.belongs_to(s, n) for s, n in seqs)
+        elif e.type in ("CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
+                        "DEFAULT", "ROW SECURITY", "RULE"):
+            ok = any(e.belongs_to(s, n) for s, n in names)
+        elif e.type in _GLOBAL_TYPES:
+            # Types, functions and schemas the tables may need, unless the target has them.
+            ok = new_global(e) and global_wanted(e)
+            if ok:
+                globals_kept.add(global_keys[e.line][1:])
+        elif e.type in ("COMMENT", "ACL", "SECURITY LABEL"):
+            ok = any(e.rest.startswith(f"{s} TABLE {n} ") or e.rest.startswith(f"{s} COLUMN {n}.")
+                     or e.rest.startswith(f"{s} SEQUENCE {n} ") for s, n in names | seqs) or any(
+                e.rest.startswith(f"{s} {kind} {n}") for s, n in globals_kept
+                for kind in ("TYPE", "DOMAIN", "FUNCTION", "SCHEMA"))
+        else:
+            ok = False
+        if ok:
+            wanted.append(e)
+    return wanted
+
+
+def _bare_type(type_name: str) -> str:
+    """``schema.type`` of a column type as format_type prints it, without typmod or array brackets."""
+    return re.sub(r"(\(.*\))?(\[\])*$", "", type_name).replace('"', "")
+
+
+def _acl_lines(script: str):
+    """(line, is_acl) for every line, is_acl only inside pg_restore's ACL entries."""
+    preamble, entries = split_entries(script)
+    for line in preamble.splitlines(keepends=True):
+        yield line, False
+    for etype, header, body in entries:
+        yield header, False
+        for line in body.splitlines(keepends=True):
+            yield line, etype in ("ACL", "DEFAULT ACL")
+
+
+def _role_names(listing: str) -> set[str]:
+    return {r.strip().strip('"') for r in listing.split(",")} - {"public", "PUBLIC", "CURRENT_USER", "SESSION_USER"}
+
+
+def referenced_roles(script: str) -> tuple[set[str], set[str]]:
+    """Roles named by the script's policies, and by its GRANT/REVOKE statements."""
+    bodies = [body for etype, _, body in split_entries(script)[1] if etype == "POLICY"]
+    policies = set().union(*(_role_names(m) for b in bodies for m in _POLICY_ROLES.findall(b)))
+    grants = set().union(*(_role_names(m.group(1)) for line, acl in _acl_lines(script)
+                           if acl and line.startswith(("GRANT ", "REVOKE "))
+                           and (m := _ACL_GRANTEE.search(line))))
+    return policies, grants
+
+
+def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
+    """Drop GRANT/REVOKE lines naming roles the target lacks (Supabase's roles on plain PostgreSQL)."""
+    kept, skipped = [], []
+    for line, acl in _acl_lines(script):
+        m = _ACL_GRANTEE.search(line) if acl and line.startswith(("GRANT ", "REVOKE ")) else None
+        if m:
+            grantee = m.group(1).strip().strip('"')
+            if grantee.upper() != "PUBLIC" and grantee not in roles:
+                skipped.append(line.strip())
+                continue
+        kept.append(line)
+    return "".join(kept), skipped
+
+
+def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[dict], plan,
+                  roles: set[str], owner: bool, create_roles: bool, parallel: bool,
+                  database: tuple[Path, DatabasePlan] | None = None, more_roles: set[str] = frozenset()) -> dict:
+    """The SQL each step runs, rendered by pg_restore from the snapshot's archives.
+
+    ``database`` is the database-level archive and the plan of its entries;
+    ``more_roles`` roles to create with ``create_roles`` beyond those the SQL names
+    (a large object's owner, a default privilege's role: the manifest's roles).
+
+    Records on ``plan`` (a RestorePlan) the grants skipped, the column options
+    dropped and the roles created.
+    """
+    texts = {section: render(dump, section, entries, no_owner=not owner) for section in ("pre-data", "post-data")}
+    if database is not None:
+        db_dump, dbplan = database
+        # Extensions before the types that use them; publications and default privileges last.
+        texts["pre-data"] = _after_schemas(texts["pre-data"], dbplan.setup_sql() + (
+            render(db_dump, "pre-data", dbplan.pre, no_owner=not owner) if dbplan.pre else ""))
+        if dbplan.post:
+            texts["post-data"] += render(db_dump, "post-data", dbplan.post, no_owner=not owner)
+    texts["pre-data"], plan.dropped_column_options = drop_options(
+        texts["pre-data"], unknown_options(dsn, texts["pre-data"]))
+    policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
+    missing = sorted(policy_roles - roles)
+    if missing and not create_roles:
+        raise RestoreError(
+            f"the snapshot's row-level security policies name roles this database does not have: "
+            f"{', '.join(missing)}; skipping the policies would weaken security",
+            hint="restore into a Supabase project (which has these roles), create them first, "
+                 "or pass --create-roles to create them as NOLOGIN roles",
+        )
+    if create_roles:
+        from ..pg.database_objects import referenced_roles as every_role  # owners too, with --owner
+
+        plan.created_roles = sorted((every_role(texts["pre-data"] + texts["post-data"]) | policy_roles
+                                     | grant_roles | set(more_roles)) - roles)
+        roles = roles | set(plan.created_roles)
+        texts["pre-data"] = "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n"
+                                    for r in plan.created_roles) + texts["pre-data"]
+    scripts = {}
+    for section, text in texts.items():
+        scripts[section], skipped = _filter_grants(text, roles)
+        plan.skipped_grants += skipped
+    if parallel:
+        scripts["index-groups"], rest = _index_groups(dump, entries, chosen)
+        rest_sql = render(dump, "post-data", rest, no_owner=not owner)
+        if database is not None and database[1].post:
+            rest_sql += render(database[0], "post-data", database[1].post, no_owner=not owner)
+        scripts["post-data-rest"] = _filter_grants(rest_sql, roles)[0]
+    # pg_restore --clean writes the DROPs, in reverse dependency order, before everything
+    # else: take them from that preamble only, never from inside a function body.
+    drops = "".join(line for section in ("post-data", "pre-data")
+                    for line in split_entries(render(dump, section, entries, clean=True))[0]
+                    .splitlines(keepends=True) if _DROP_LINE.match(line))
+    if database is not None:
+        # Publications, large objects and extensions this restore made go after its tables.
+        drops += database[1].undo_sql([lo["oid"] for lo in plan.large_objects])
+    scripts["undo"] = drops or "SELECT 1"
+    if plan.drop_first:
+        # Schemas that existed before are left alone; their other contents are not ours.
+        scripts["clean"] = "".join(line for line in drops.splitlines(keepends=True)
+                                   if not line.startswith("DROP SCHEMA")) or "SELECT 1"
+    return scripts
+
+
+def _after_schemas(script: str, insert: str) -> str:
+    """``insert`` placed after the script's leading CREATE SCHEMA entries, where pg_dump puts extensions."""
+    preamble, entries = split_entries(script)
+    n = 0
+    while n < len(entries) and (entries[n][0] == "SCHEMA" or (
+            entries[n][0] == "COMMENT" and "COMMENT ON SCHEMA" in entries[n][2])):
+        n += 1
+    head = preamble + "".join(h + b for _, h, b in entries[:n])
+    return head + insert + "".join(h + b for _, h, b in entries[n:])
+
+
+def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict]) -> tuple[dict[str, str], list[TocEntry]]:
+    """Split post-data into each table's indexes and key constraints, which can build as soon
+    as that table is loaded (as ``pg_restore -j`` does), and the rest (foreign keys, triggers,
+    policies), which comes after all data."""
+    owner_of = {(t["schema"], i): t for t in chosen for i in t.get("indexes", [])}
+    groups: dict[str, list[TocEntry]] = {}
+    rest = []
+    for e in entries:
+        table = None
+        if e.type == "INDEX":
+            table = next((t for (s, i), t in owner_of.items() if e.belongs_to(s, i)), None)
+        elif e.type == "CONSTRAINT":
+            table = next((t for t in chosen if e.belongs_to(t["schema"], t["name"])), None)
+        if table is None:
+            rest.append(e)
+        else:
+            groups.setdefault(mf.table_key(table), []).append(e)
+    return {key: render(dump, "post-data", g) for key, g in groups.items()}, rest
+

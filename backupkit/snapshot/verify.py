@@ -1,0 +1,291 @@
+"""Checking a snapshot against its manifest: every byte hashed, nothing missing, nothing extra."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from . import manifest as mf
+from .datafile import count_rows, file_sha256
+from ..errors import ConfigError, SnapshotDamaged, SnapshotNotFound
+
+_READ = 1 << 20
+#: The most parallel workers (``--jobs``) any command accepts.  A fixed cap rather than one
+#: relative to this machine's CPUs: the work is mostly PostgreSQL's and the disk's, each job
+#: holds a server connection (max_connections is often 100, fewer behind Supabase's pooler),
+#: and a cap that changed from machine to machine would make a scheduled job fail elsewhere.
+MAX_JOBS = 64
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of verifying one snapshot; ``ok`` is False when ``problems`` is not empty."""
+
+    snapshot: Path
+    problems: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    deep: bool = False
+    #: ``manifest.json.sig``: "valid" (checked with the public key given), "invalid" (bad,
+    #: malformed or by another key), "missing" (a public key was given but there is no
+    #: signature), "unchecked" (present, no public key given), "absent" (none, none asked for).
+    signature: str = "absent"
+    #: Id of the public key a valid signature was checked with (``signing.key_id``).
+    key_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def signed(self) -> bool:
+        """True only when the signature was checked and is good."""
+        return self.signature == "valid"
+
+    def to_dict(self) -> dict:
+        return {"snapshot": str(self.snapshot), "ok": self.ok, "problems": self.problems,
+                "files": self.files, "bytes": self.bytes, "deep": self.deep,
+                "signed": self.signed, "signature": self.signature, "key_id": self.key_id}
+
+
+#: Hex SHA-256 of a file, read in 1 MiB blocks (one implementation, in datafile).
+sha256_file = file_sha256
+
+
+def _sha256_fd(fd: int) -> tuple[str, int]:
+    """Hex SHA-256 and length of what an open file descriptor reads (the fd is left open)."""
+    h = hashlib.sha256()
+    n = 0
+    while block := os.read(fd, _READ):
+        h.update(block)
+        n += len(block)
+    return h.hexdigest(), n
+
+
+def _check_file(folder: Path, entry: dict, rows: int | None, data_format: str = mf.CSV) -> list[str]:
+    # open_member refuses links and paths leading outside before anything is read or
+    # even stat-ed there, so a problem never discloses the size of a file elsewhere.
+    try:
+        fd = mf.open_member(folder, entry["path"])
+    except SnapshotDamaged as exc:
+        return exc.problems or [str(exc)]
+    problems = []
+    try:
+        size = os.fstat(fd).st_size
+        if size != entry["bytes"]:
+            problems.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']} (truncated or grown)")
+        try:
+            sha, _ = _sha256_fd(fd)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise mf.unreadable(folder / entry["path"], exc) from None
+            return problems + [f"{entry['path']}: cannot be read ({exc.strerror or exc})"]
+        if sha != entry["sha256"]:
+            problems.append(f"{entry['path']}: checksum mismatch (the file's content changed)")
+    finally:
+        os.close(fd)
+    if rows is not None and not problems:
+        try:
+            # Hashed just above through the same contained path; count_rows opens it by name.
+            found = count_rows(folder / entry["path"], data_format)
+        except zstandard.ZstdError as exc:
+            return [f"{entry['path']}: cannot be decompressed ({exc})"]
+        except OSError as exc:
+            raise mf.unreadable(folder / entry["path"], exc) from None
+        if found != rows:
+            problems.append(f"{entry['path']}: {found} rows, manifest says {rows}")
+    return problems
+
+
+def _walk_problems(folder: Path, listed: set[str]) -> list[str]:
+    """Links, special files and files the manifest does not list, found without following links."""
+    problems = []
+
+    def fail(exc: OSError) -> None:
+        raise mf.unreadable(exc.filename or folder, exc)
+
+    for root, dirs, files, in os.walk(folder, onerror=fail, followlinks=False):
+        base = Path(root)
+        for name in sorted(dirs + files):
+            path = base / name
+            rel = path.relative_to(folder).as_posix()
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise mf.unreadable(path, exc) from None
+            if stat.S_ISLNK(st.st_mode):
+                # The target is never looked at: whether it exists says nothing we may disclose.
+                problems.append(f"{rel} is a symbolic link (a snapshot holds no links; dangling or not, "
+                                "it is not the snapshot's own)")
+            elif stat.S_ISDIR(st.st_mode):
+                continue
+            elif not stat.S_ISREG(st.st_mode):
+                problems.append(f"{rel} is not a regular file (a device, socket or pipe)")
+            elif rel not in (mf.MANIFEST, mf.SIGNATURE) and rel not in listed:
+                problems.append(f"unexpected file {rel} (not in the manifest)")
+    return problems
+
+
+def check_jobs(jobs: int | None) -> int | None:
+    """``jobs`` if it is a sane number of parallel workers (1 to ``MAX_JOBS``); else ConfigError."""
+    if jobs is None:
+        return None
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise ConfigError(
+            f"--jobs {jobs!r} is out of range: use 1 to {MAX_JOBS}",
+            hint="each job is a process with its own PostgreSQL connection; a few per CPU core is plenty",
+        )
+    return jobs
+
+
+def _read_member(folder: Path, rel: str, limit: int) -> bytes | None:
+    """The bytes of contained regular file ``rel`` (None when it is absent); SnapshotDamaged when it
+    is a link, not a regular file or larger than ``limit``; SnapshotError when it cannot be read."""
+    try:
+        fd = mf.open_member(folder, rel)
+    except SnapshotDamaged as exc:
+        if exc.problems == [f"missing file {rel}"]:
+            return None
+        raise
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise mf.unreadable(folder / rel, exc) from None
+    if len(data) > limit:
+        raise SnapshotDamaged(f"{rel} is implausibly large", [f"{rel} is implausibly large"])
+    return data
+
+
+def _check_signature(folder: Path, m: dict, public_key, report: VerifyReport) -> None:
+    """Fill ``report.signature`` and add problems: see ``verify``."""
+    sig_name = mf.SIGNATURE
+    try:
+        sig = _read_member(folder, sig_name, mf.MAX_SIGNATURE_BYTES)
+    except SnapshotDamaged as exc:
+        report.problems.extend(exc.problems or [str(exc)])
+        report.signature = "invalid"
+        return
+    signed_by = m.get("signed_by")
+    if sig is None:
+        if public_key is not None:
+            report.signature = "missing"
+            report.problems.append(f"{sig_name} is missing: the snapshot is not signed, so it cannot be "
+                                   "shown to be genuine")
+        elif signed_by:
+            report.signature = "missing"
+            report.problems.append(f"{sig_name} is missing, but the manifest says it was signed "
+                                   f"(key {signed_by})")
+        return
+    from . import signing  # cryptography only for signed snapshots
+
+    if signing.parse_signature(sig) is None:
+        report.signature = "invalid"
+        report.problems.append(f"{sig_name} is malformed (not a base64 Ed25519 signature)")
+        return
+    if public_key is None:
+        report.signature = "unchecked"
+        return
+    manifest_bytes = _read_member(folder, mf.MANIFEST, mf.MAX_MANIFEST_BYTES)
+    kid = signing.key_id(public_key)
+    try:
+        same = manifest_bytes is not None and json.loads(manifest_bytes.decode()) == m
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        same = False
+    if same and signing.check(manifest_bytes, sig, public_key):
+        report.signature, report.key_id = "valid", kid
+        return
+    report.signature = "invalid"
+    if not same:
+        report.problems.append(f"{mf.MANIFEST} changed while it was being verified")
+    elif signed_by and signed_by != kid:
+        report.problems.append(f"{sig_name}: the manifest says it was signed by key {signed_by}, "
+                               f"not by the public key given ({kid}); the signature does not verify")
+    else:
+        report.problems.append(f"{sig_name}: bad signature: {mf.MANIFEST} is not what key {kid} signed "
+                               "(forged or altered)")
+
+
+def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None,
+           public_key=None) -> VerifyReport:
+    """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
+
+    Returns a report instead of raising, so callers can show every problem at once.
+    Problems include a malformed manifest, file paths that are not plain relative
+    paths inside the snapshot, symbolic links anywhere in it (to files or folders,
+    dangling or not), special files, and files the manifest does not list.
+
+    What passing proves: every file is byte-for-byte what the manifest says, and the
+    manifest is as written (its self-checksum matches) — i.e. no accidental damage.
+    It does not prove the snapshot is genuine: someone able to write the snapshot
+    can change files and reseal the manifest consistently (``manifest.digest``).
+
+    That is what ``public_key`` is for (a PEM file path or an ``Ed25519PublicKey``; see
+    ``backupkit.snapshot.signing``): then ``manifest.json.sig`` must be that key's signature of
+    ``manifest.json``'s exact bytes; a missing, malformed or bad signature is a problem,
+    a good one sets ``report.signature = "valid"`` (``report.signed``).  Without
+    ``public_key`` a signature file is accepted (it must be a plain, well-formed file
+    inside the snapshot) but not checked: ``report.signature == "unchecked"``.  A
+    bad key file raises ``ConfigError`` before anything is read.
+
+    Raises ``SnapshotNotFound`` when there is no folder and ``SnapshotError`` when a
+    file or folder of the snapshot cannot be read (permissions): an unreadable
+    snapshot is not known to be damaged, and neither is it known to be intact.
+    """
+    folder = Path(snapshot)
+    jobs = check_jobs(jobs)
+    if isinstance(public_key, (str, Path)):
+        from .signing import load_public_key
+
+        public_key = load_public_key(public_key)
+    try:
+        if not folder.is_dir():
+            raise SnapshotNotFound(f"no snapshot at {folder}", hint="run `backupkit list DIR` to see the snapshots")
+    except OSError as exc:
+        raise mf.unreadable(folder, exc) from None
+    report = VerifyReport(folder, deep=deep)
+    try:
+        m = mf.read(folder)
+    except SnapshotDamaged as exc:
+        report.problems.extend(exc.problems or [str(exc)])
+        return report
+    if m.get("manifest_sha256") != mf.digest(m):
+        report.problems.append("manifest.json was edited after the backup (its checksum does not match)")
+    # mf.read validated the shape: every entry has a contained path, a size and a hash.
+    entries = [(e, None, mf.CSV) for e in m.get("schema_files", [])]
+    for t in m["tables"]:
+        entries += [(f, f.get("rows") if deep else None, mf.data_format(t)) for f in t["files"]]
+    listed = {e["path"] for e, _, _ in entries}
+    workers = jobs or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        for problems in pool.map(lambda er: _check_file(folder, *er), entries):
+            report.problems.extend(problems)
+    report.files = len(entries)
+    report.bytes = sum(e["bytes"] for e, _, _ in entries)
+    _check_signature(folder, m, public_key, report)
+    report.problems.extend(_walk_problems(folder, listed))
+    return report
+
+
+def ensure_intact(snapshot: Path | str, *, deep: bool = False, public_key=None) -> dict:
+    """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem
+    (with ``public_key``, a missing or bad signature is one; see ``verify``)."""
+    report = verify(snapshot, deep=deep, public_key=public_key)
+    if not report.ok:
+        raise SnapshotDamaged(
+            f"snapshot {Path(snapshot).name} is damaged: " + "; ".join(report.problems[:5])
+            + (f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""),
+            report.problems,
+            hint="restore from another snapshot (`backupkit list DIR`), and check the storage",
+        )
+    return mf.read(snapshot)

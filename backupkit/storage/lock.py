@@ -1,0 +1,274 @@
+"""The backup directory's lock, so a prune never deletes under a running backup.
+
+``DIR/.lock`` is created with O_CREAT|O_EXCL (atomic, also on NFS v3+) and
+holds JSON ``{host, pid, purpose, started_at}``.  A lock whose holder is gone
+is taken over; the holder counts as gone when it ran on this host and its pid
+no longer exists (or now belongs to a process started after the lock was
+taken), or when it ran on another host and the lock is older than
+``stale_after``: we cannot see other hosts' processes, so only age can tell.
+
+Checking a lock and replacing a stale one is not one atomic step, so every
+acquire and release on this host is serialised with ``flock`` on the
+directory itself (released by the kernel if we die).
+
+A ``.lock`` that is empty or not a backupkit lock is replaced once it is older
+than ``GARBAGE_GRACE``; a fresher one is refused with the command to remove it.
+A directory that cannot be written (permissions, read-only, disk full) raises
+``StorageError`` (exit 8), never ``LockError`` (exit 10, "locked").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import LockError, StorageError
+
+LOCK_NAME = ".lock"
+DEFAULT_STALE_AFTER = timedelta(hours=6)
+#: A ``.lock`` that is not valid JSON and older than this is a crash's leftover, not a lock
+#: being written (writing one takes microseconds); it is replaced.
+GARBAGE_GRACE = timedelta(minutes=1)
+
+# /proc start times are coarse (btime is whole seconds); a pid is only called
+# reused when its process started clearly after the lock was taken.
+_PID_REUSE_SLACK = timedelta(seconds=10)
+
+
+def _storage(what: str, path: Path, exc: OSError) -> StorageError:
+    """Not "locked": the directory itself cannot be used (permissions, read-only, disk full)."""
+    return StorageError(f"{what} {path}: {exc.strerror or exc}",
+                        hint="the backup directory must be writable by this user and its disk not full")
+
+
+def read_lock(directory: Path) -> dict[str, Any] | None:
+    """The lock's JSON, or None when ``directory`` is not locked.
+
+    Raises ``LockError`` when the file exists but is not a backupkit lock, and
+    ``StorageError`` when it cannot be read.
+    """
+    path = Path(directory) / LOCK_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _storage("cannot read the lock", path, exc) from None
+    return _parse(path, raw)
+
+
+class _Unreadable(LockError):
+    """A ``.lock`` that is not a backupkit lock; ``reason`` says why."""
+
+    def __init__(self, message: str, reason: str = "", **kw):
+        super().__init__(message, **kw)
+        self.reason = reason
+
+
+def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        if not raw.strip():
+            raise ValueError("empty")
+        info = json.loads(raw)
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        if isinstance(info.get("pid"), bool) or not isinstance(info.get("pid"), int) or info["pid"] <= 0:
+            raise ValueError("no valid pid")
+        if not isinstance(info.get("host"), str):
+            raise ValueError("no host")
+        _started(info)
+    except ValueError as exc:
+        raise _Unreadable(
+            f"{path} exists but is not a readable backupkit lock ({exc}); if no backupkit"
+            f" is starting in this directory this very moment, remove it: rm {path}",
+            reason=str(exc),
+        ) from None
+    return info
+
+
+def _started(info: dict[str, Any]) -> datetime:
+    started = datetime.fromisoformat(str(info.get("started_at")))
+    if started.utcoffset() is None:
+        raise ValueError("started_at has no time zone")
+    return started
+
+
+def _process_start(pid: int) -> datetime | None:
+    """When process ``pid`` started, from /proc (Linux); None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        proc = Path("/proc/stat").read_text()
+    except OSError:
+        return None
+    try:
+        # Field 22 (starttime, clock ticks after boot); the command name in
+        # field 2 may contain spaces, so count from its closing parenthesis.
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        btime = next(int(line.split()[1]) for line in proc.splitlines() if line.startswith("btime "))
+    except (ValueError, IndexError, StopIteration):
+        return None
+    return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+
+
+def _pid_alive(pid: int, started: datetime) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    begun = _process_start(pid)
+    # A pid recycled after a crash or reboot must not keep the lock forever.
+    return begun is None or begun <= started + _PID_REUSE_SLACK
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line naming a lock's holder, e.g. ``pid 123 on host db1 (backup, started ...)``."""
+    return f"pid {info['pid']} on host {info['host']} ({info.get('purpose', '?')}, started {info['started_at']})"
+
+
+class DirLock:
+    """Context manager holding ``directory/.lock`` for one backup or prune.
+
+    After entering, ``took_over`` is None or a sentence saying whose stale
+    lock was replaced (the CLI prints it).
+    """
+
+    def __init__(self, directory: Path, purpose: str, *, stale_after: timedelta = DEFAULT_STALE_AFTER):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.purpose = purpose
+        self.stale_after = stale_after
+        self.took_over: str | None = None
+        self.info: dict[str, Any] | None = None
+        self._written: bytes | None = None
+        self._garbage_reason: str | None = None
+
+    def __enter__(self) -> DirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def _serialised(self):
+        try:
+            fd = os.open(self.directory, os.O_RDONLY)
+        except OSError as exc:
+            raise _storage("cannot lock", self.directory, exc) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass  # flock unsupported here (some network filesystems); O_EXCL still guards
+            yield
+        finally:
+            os.close(fd)  # also drops the flock
+
+    def _garbage(self, exc: _Unreadable) -> dict[str, Any] | None:
+        """Handle a ``.lock`` that is empty or not JSON (we hold the flock).
+
+        Every acquire on this host writes its lock while holding the flock we now
+        hold, so a garbage file here was left by a crash (a full disk, a power
+        loss between create and write) or is being written from another host this
+        instant.  One older than ``GARBAGE_GRACE`` is therefore removed and the
+        lock taken over (``took_over`` says so); a fresher one is refused, with
+        the exact command to remove it.
+        """
+        try:
+            age = time.time() - self.path.lstat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _storage("cannot read the lock", self.path, e) from None
+        if age < GARBAGE_GRACE.total_seconds():
+            raise exc
+        self._garbage_reason = f"replaced an unreadable lock file ({exc.reason}, {age:.0f} s old)"
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise _storage("cannot remove the unreadable lock", self.path, e) from None
+        return None
+
+    def _stale_because(self, info: dict[str, Any], now: datetime) -> str | None:
+        """Why the lock's holder is gone, or None if it may still run."""
+        started = _started(info)
+        if info["host"] == socket.gethostname():
+            return None if _pid_alive(info["pid"], started) else "that process no longer runs"
+        if now - started < self.stale_after:
+            return None
+        return f"it is older than {self.stale_after} and its host cannot be checked from here"
+
+    def acquire(self) -> None:
+        """Take the lock, replacing a stale one; ``LockError`` if a live process holds it."""
+        if self._written is not None:
+            raise LockError(f"{self.path} is already held by this DirLock")
+        now = datetime.now(timezone.utc)
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose, "started_at": now.isoformat()}
+        data = json.dumps(info, indent=1).encode() + b"\n"
+        with self._serialised():
+            try:
+                old = read_lock(self.directory)
+            except _Unreadable as exc:
+                old = self._garbage(exc)
+            if old is not None:
+                why = self._stale_because(old, now)
+                if why is None:
+                    raise LockError(
+                        f"{self.directory} is locked by {describe(old)}; wait for it, or remove"
+                        f" {self.path} if you are sure no backupkit runs"
+                    )
+                self.path.unlink(missing_ok=True)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                # Another host won the race (flock does not reach across hosts).
+                holder = read_lock(self.directory)
+                raise LockError(
+                    f"{self.directory} was just locked by {describe(holder) if holder else 'another process'};"
+                    f" wait for it, or remove {self.path} if you are sure no backupkit runs"
+                ) from None
+            except OSError as exc:
+                raise _storage("cannot create the lock", self.path, exc) from None
+            try:
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                # An empty lock file would block every later run until removed by hand.
+                self.path.unlink(missing_ok=True)
+                raise _storage("cannot write the lock", self.path, exc) from None
+        if old is not None:
+            self.took_over = f"took over a stale lock left by {describe(old)}: {why}"
+        elif self._garbage_reason:
+            self.took_over = self._garbage_reason
+        self._written = data
+        self.info = info
+
+    def release(self) -> bool:
+        """Remove the lock if it is still ours; True if it was removed."""
+        if self._written is None:
+            return False
+        with self._serialised():
+            try:
+                current = self.path.read_bytes()
+            except FileNotFoundError:
+                current = None
+            # Someone removed our lock and another process took it: theirs now.
+            mine = current == self._written
+            if mine:
+                self.path.unlink()
+        self._written = None
+        return mine
