@@ -50,16 +50,30 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .capture.job import BackupResult, backup
+    from .capture.preflight import CheckReport, check
+    from .errors import (
+        BackupkitError,
+        ConfigError,
+        ConnectionFailed,
+        LockError,
+        RestoreError,
+        RetentionError,
+        RowLevelSecurityError,
+        SnapshotDamaged,
+        SnapshotError,
+        SnapshotNotFound,
+        SourceError,
+        StorageError,
+        TargetNotEmpty,
+        ToolError,
+    )
     from .lens.diff import diff_snapshots
+    from .lens.duck import open_snapshot
     from .lens.integrity import integrity
     from .pg.dsn import redact, resolve_dsn
-    from .lens.duck import open_snapshot
-    from .errors import (BackupkitError, ConfigError, ConnectionFailed, LockError, RestoreError,
-                         RetentionError, RowLevelSecurityError, SnapshotDamaged, SnapshotError,
-                         SnapshotNotFound, SourceError, StorageError, TargetNotEmpty, ToolError)
-    from .capture.preflight import CheckReport, check
-    from .retention.prune import PruneResult, prune
     from .recovery.job import RestorePlan, RestoreResult, restore
     from .retention.policy import Policy, apply_policy
-    from .storage.repository import Snapshot, list_snapshots, resolve as resolve_snapshot, set_pin
+    from .retention.prune import PruneResult, prune
     from .snapshot.verify import VerifyReport, ensure_intact, verify
+    from .storage.repository import Snapshot, list_snapshots, set_pin
+    from .storage.repository import resolve as resolve_snapshot

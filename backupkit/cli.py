@@ -9,13 +9,22 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
 from .errors import (
-    BackupkitError, ConfigError, ConnectionFailed, LockError, RestoreError, RetentionError,
-    SnapshotDamaged, SnapshotError, SourceError, StorageError, ToolError,
+    BackupkitError,
+    ConfigError,
+    ConnectionFailed,
+    LockError,
+    RestoreError,
+    RetentionError,
+    SnapshotDamaged,
+    SnapshotError,
+    SourceError,
+    StorageError,
+    ToolError,
 )
 
 #: Exception class → exit code, most specific first.  0 is success, 1 an unexpected bug.
@@ -112,8 +121,8 @@ def cmd_list(a) -> int:
 
 def cmd_verify(a) -> int:
     from .snapshot.signing import public_key_path
-    from .storage.repository import resolve
     from .snapshot.verify import verify
+    from .storage.repository import resolve
 
     report = verify(resolve(a.snapshot), deep=a.deep, public_key=public_key_path(a.public_key))
     if a.json:
@@ -142,8 +151,8 @@ def cmd_keygen(a) -> int:
 
 
 def cmd_check(a) -> int:
-    from .pg.dsn import resolve_dsn
     from .capture.preflight import check
+    from .pg.dsn import resolve_dsn
 
     report = check(resolve_dsn(a.dsn), schemas=a.schema or None, to=a.to)
     if a.json:
@@ -191,8 +200,8 @@ def cmd_pin(a, pinned: bool = True) -> int:
 
 
 def cmd_prune(a) -> int:
-    from .retention.prune import prune
     from .retention.policy import Policy, parse_duration
+    from .retention.prune import prune
 
     keep_within = None
     if a.keep_within is not None:  # "" is a mistake, not "no rule" (that would be the default policy)
@@ -204,7 +213,7 @@ def cmd_prune(a) -> int:
                     keep_weekly=a.keep_weekly, keep_monthly=a.keep_monthly, keep_yearly=a.keep_yearly,
                     keep_within=keep_within,
                     max_age_days=a.max_age_days, min_keep=a.min_keep, tz=a.tz or _local_tz())
-    res = prune(a.dir, policy, now=datetime.now(timezone.utc), dry_run=a.dry_run,
+    res = prune(a.dir, policy, now=datetime.now(UTC), dry_run=a.dry_run,
                 stale_after_hours=a.stale_after_hours)
     _warn(res.warnings)
     if a.json:
@@ -279,10 +288,10 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def cmd_sql(a) -> int:
+    import duckdb
+
     from .lens.duck import open_snapshot
     from .storage.repository import resolve
-
-    import duckdb
 
     con = open_snapshot(resolve(a.snapshot), external_access=a.external_access)
     if a.query:
@@ -308,7 +317,7 @@ def cmd_sql(a) -> int:
                 rel = con.sql(buf)
                 if rel is not None:
                     rel.show(max_rows=a.max_rows)
-            except Exception as exc:  # noqa: BLE001 - an interactive prompt shows errors and goes on
+            except Exception as exc:
                 print(f"error: {exc}")
             buf = ""
 

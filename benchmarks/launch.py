@@ -39,7 +39,7 @@ def run(pipeline: list[list[str]], cwd: str | None) -> dict:
                 if cwd:
                     os.chdir(cwd)
                 os.execvp(argv[0], argv)
-            except BaseException as exc:  # noqa: BLE001 - report and leave, never return into the parent's code
+            except BaseException as exc:
                 os.write(2, f"launch: cannot run {argv[0]}: {exc}\n".encode())
             finally:
                 os._exit(127)

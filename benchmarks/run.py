@@ -220,7 +220,7 @@ class Tools:
     duckdb_scan: list[str]
 
     @classmethod
-    def find(cls) -> "Tools":
+    def find(cls) -> Tools:
         python = sys.executable
         console = Path(python).parent / "backupkit"
         bk = [str(console)] if console.is_file() else [python, "-m", "backupkit"]

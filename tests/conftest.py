@@ -11,8 +11,8 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest

@@ -51,7 +51,6 @@ def add_toast_values(dsn: str, mb: int = 20) -> None:
         "lines": size // len(_LINE.encode()),
         "units": size // 7,  # 7 bytes per decoded repeat unit
     }
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        with conn.transaction():
-            for stmt in _STATEMENTS:
-                conn.execute(stmt, params if "%(" in stmt else None)
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        for stmt in _STATEMENTS:
+            conn.execute(stmt, params if "%(" in stmt else None)

@@ -73,7 +73,8 @@ object).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -110,10 +111,9 @@ def fingerprint(dsn: str | psycopg.Connection, schemas: Iterable[str] | None = N
     if isinstance(dsn, psycopg.Connection):
         with dsn.transaction():
             return _fingerprint_conn(dsn, schemas)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return _fingerprint_conn(conn, schemas)
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return _fingerprint_conn(conn, schemas)
 
 
 def _fingerprint_conn(conn: psycopg.Connection, schemas: Iterable[str] | None) -> dict:

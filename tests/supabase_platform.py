@@ -292,7 +292,7 @@ class SupabasePlatform:
         return make_conninfo(dsn, user=role, password=self.password)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> "SupabasePlatform":
+    def start(self) -> SupabasePlatform:
         t0 = time.monotonic()
         self.server.start()
         self._build_platform()

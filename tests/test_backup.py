@@ -7,13 +7,12 @@ import stat
 
 import psycopg
 import pytest
+from helpers import load_small, run_cli, snapshot_dirs
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import backupkit
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot.datafile import count_rows, iter_file_blocks
-
-from helpers import load_small, run_cli, snapshot_dirs
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import psycopg
+from fingerprint import fingerprint
+from helpers import load_small
 
 import backupkit
 from backupkit.recovery.job import restore
-
-from fingerprint import fingerprint
-from helpers import load_small
 
 
 def test_chunked_and_unchunked_snapshots_are_interchangeable(make_db, tmp_path):

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fingerprint import diff_fingerprints, fingerprint
 
 import backupkit
 from backupkit.demo.data import create_demo, mutate_demo
 from backupkit.pg.embedded import EmbeddedServer
 from backupkit.recovery.job import restore
-
-from fingerprint import diff_fingerprints, fingerprint
 
 pytestmark = pytest.mark.crossversion
 

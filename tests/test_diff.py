@@ -7,16 +7,15 @@ import shutil
 
 import psycopg
 import pytest
+from helpers import run_cli
 from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
-from backupkit.snapshot import manifest as mf
 from backupkit.errors import SnapshotDamaged
 from backupkit.lens.diff import diff_snapshots
 from backupkit.lens.integrity import integrity
 from backupkit.lens.report import render_html, render_json
-
-from helpers import run_cli
+from backupkit.snapshot import manifest as mf
 
 ODD = 'x<y>&"z'  # a table name that must be escaped in HTML
 

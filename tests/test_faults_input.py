@@ -24,21 +24,20 @@ import stat
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-import backupkit
-from backupkit.snapshot import manifest as mf
-from backupkit.errors import StorageError
-from backupkit.storage.lock import DirLock
-from backupkit.storage.repository import new_id
-from backupkit.snapshot.verify import verify
-
 from helpers import load_small, run_cli
 
-UTC = timezone.utc
+import backupkit
+from backupkit.errors import StorageError
+from backupkit.snapshot import manifest as mf
+from backupkit.snapshot.verify import verify
+from backupkit.storage.lock import DirLock
+from backupkit.storage.repository import new_id
+
+UTC = UTC
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
 

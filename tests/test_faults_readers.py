@@ -12,17 +12,16 @@ import duckdb
 import psycopg
 import pytest
 import zstandard
+from helpers import load_small, run_cli
 
 import backupkit
-from backupkit.snapshot import datafile
-from backupkit.snapshot import manifest as mf
+from backupkit.errors import SnapshotDamaged
 from backupkit.lens.diff import diff_snapshots
 from backupkit.lens.duck import open_snapshot, relation_sql
-from backupkit.errors import SnapshotDamaged
 from backupkit.lens.integrity import integrity
 from backupkit.notebook.explore import query
-
-from helpers import load_small, run_cli
+from backupkit.snapshot import datafile
+from backupkit.snapshot import manifest as mf
 
 CHANGED = 800
 

@@ -15,13 +15,12 @@ import sys
 
 import psycopg
 import pytest
-
-import backupkit
-from backupkit.pg.embedded import temporary_server
-from backupkit.errors import RestoreError
-
 from fingerprint import fingerprint
 from helpers import load_small, run_cli
+
+import backupkit
+from backupkit.errors import RestoreError
+from backupkit.pg.embedded import temporary_server
 
 # The child restores with --jobs 2 and, after each table's load, says so and waits in the server.
 _CHILD = r"""

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import load_small, snapshot_dirs
 
 import backupkit
 import backupkit.capture.readers
 from backupkit.cli import exit_code
-from helpers import load_small, snapshot_dirs
 
 #: A CLI run with worker processes forced on, small chunks (many items: a run lasting long
 #: enough to be caught in the middle) and any library arguments given as JSON in argv[1].

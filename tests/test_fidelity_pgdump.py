@@ -18,13 +18,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fidelity_big import add_toast_values  # tests/ is on sys.path (rootdir conftest)
+from fingerprint import diff_fingerprints, fingerprint
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from backupkit.pg.embedded import bin_dir
-
-from fidelity_big import add_toast_values  # tests/ is on sys.path (rootdir conftest)
-from fingerprint import diff_fingerprints, fingerprint
 
 FIXTURE_SQL = Path(__file__).with_name("fidelity.sql")
 ODD_TABLE = '"Odd Schema.v1"."Mixed ""Case"".Table"'

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fingerprint import SYSTEM_SCHEMAS, diff_fingerprints, fingerprint
 
 import backupkit
-
-from fingerprint import SYSTEM_SCHEMAS, diff_fingerprints, fingerprint
 
 FIXTURE_SQL = Path(__file__).with_name("fidelity.sql")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backupkit.errors import StorageError, LockError
+from backupkit.errors import LockError, StorageError
 from backupkit.storage.lock import DirLock, read_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,9 +42,8 @@ def write_lock(directory: Path, **info) -> None:
 
 
 def test_second_lock_while_held_is_refused_naming_the_holder(tmp_path):
-    with DirLock(tmp_path, "backup"):
-        with pytest.raises(LockError) as exc:
-            DirLock(tmp_path, "prune").acquire()
+    with DirLock(tmp_path, "backup"), pytest.raises(LockError) as exc:
+        DirLock(tmp_path, "prune").acquire()
     message = str(exc.value)
     assert f"pid {os.getpid()} on host {socket.gethostname()}" in message
     assert "backup, started " in message
@@ -147,9 +146,8 @@ def test_missing_directory(tmp_path):
 
 
 def test_one_dirlock_cannot_be_acquired_twice(tmp_path):
-    with DirLock(tmp_path, "backup") as lock:
-        with pytest.raises(LockError, match="already held"):
-            lock.acquire()
+    with DirLock(tmp_path, "backup") as lock, pytest.raises(LockError, match="already held"):
+        lock.acquire()
 
 
 def test_read_lock_of_an_unlocked_directory(tmp_path):

@@ -26,6 +26,7 @@ import nbformat
 import papermill
 import psycopg
 import pytest
+from helpers import snapshot_dirs
 from papermill.exceptions import PapermillExecutionError
 from papermill.inspection import _infer_parameters
 from papermill.iorw import load_notebook_node
@@ -35,15 +36,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from backupkit import notebook as nb
 from backupkit.capture.job import backup
 from backupkit.demo.data import create_demo, mutate_demo
-from backupkit.pg.dsn import DSN_ENV_VARS
-from backupkit.pg.embedded import EmbeddedServer
 from backupkit.errors import ConfigError
 from backupkit.notebook.params import _literal_assignments
 from backupkit.notebook.runs import _post_run_cell
-from backupkit.storage.repository import list_snapshots
+from backupkit.pg.dsn import DSN_ENV_VARS
+from backupkit.pg.embedded import EmbeddedServer
 from backupkit.snapshot.verify import verify
-
-from helpers import snapshot_dirs
+from backupkit.storage.repository import list_snapshots
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 NAMES = ["backup", "explore", "prune", "report", "restore"]

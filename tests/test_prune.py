@@ -17,23 +17,22 @@ import stat
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-import backupkit
-from backupkit.snapshot import manifest as mf
-from backupkit.errors import RetentionError
-from backupkit.retention.prune import prune
-from backupkit.retention.policy import Policy
-from backupkit.storage.repository import new_id
-from backupkit.snapshot.verify import verify
-
 from helpers import load_small, run_cli, snapshot_dirs
 
+import backupkit
+from backupkit.errors import RetentionError
+from backupkit.retention.policy import Policy
+from backupkit.retention.prune import prune
+from backupkit.snapshot import manifest as mf
+from backupkit.snapshot.verify import verify
+from backupkit.storage.repository import new_id
+
 REPO = Path(__file__).resolve().parents[1]
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2025, 11, 26, 12, 0, tzinfo=UTC)  # a Wednesday, ISO week 2025-W48
 NEWEST = "newest intact snapshot"
 NONE = ["matched no keep rule"]

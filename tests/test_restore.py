@@ -14,17 +14,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fidelity_big import add_toast_values
+from fingerprint import diff_fingerprints, fingerprint
+from helpers import load_small, run_cli
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
-from backupkit.snapshot import manifest as mf
 from backupkit.demo.data import create_demo, mutate_demo
 from backupkit.recovery.job import restore
-
-from fidelity_big import add_toast_values
-from fingerprint import diff_fingerprints, fingerprint
-from helpers import load_small, run_cli
+from backupkit.snapshot import manifest as mf
 
 FIDELITY_SQL = (Path(__file__).parent / "fidelity.sql").read_text()
 

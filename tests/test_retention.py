@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -23,7 +23,7 @@ from backupkit.retention.policy import (
     parse_duration,
 )
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2025, 11, 26, 12, 0, tzinfo=UTC)  # a Wednesday, ISO week 2025-W48
 BERLIN = "Europe/Berlin"
 NEWEST = "newest intact snapshot"
@@ -383,7 +383,7 @@ def test_min_keep_counts_snapshots_the_rules_kept():
 
 
 def test_default_policy_keeps_30_days():
-    assert DEFAULT_POLICY == Policy(max_age_days=30)
+    assert Policy(max_age_days=30) == DEFAULT_POLICY
     items = snaps("2025-10-20 00:00", "2025-10-28 00:00", "2025-11-26 06:00")  # 30 days before NOW: 10-27 12:00
     for policy in (Policy(), Policy(keep_last=0, keep_daily=0)):
         kept, removed, reasons = run(items, policy)

@@ -8,14 +8,13 @@ import shutil
 import stat
 
 import pytest
+from helpers import load_small, run_cli, snapshot_dirs
 
 import backupkit
+from backupkit.errors import ConfigError, SnapshotDamaged
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot import signing
-from backupkit.errors import ConfigError, SnapshotDamaged
 from backupkit.snapshot.verify import ensure_intact, sha256_file
-
-from helpers import load_small, run_cli, snapshot_dirs
 
 
 @pytest.fixture(scope="module")

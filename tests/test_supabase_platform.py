@@ -6,7 +6,6 @@ import hashlib
 
 import psycopg
 import pytest
-
 from supabase_platform import SQL_DIR
 
 

@@ -16,14 +16,13 @@ import re
 
 import psycopg
 import pytest
+from fingerprint import diff_fingerprints, fingerprint
+from helpers import run_cli
 from psycopg import sql
 
 import backupkit
-from backupkit.snapshot import manifest as mf
 from backupkit.errors import RestoreError
-
-from fingerprint import diff_fingerprints, fingerprint
-from helpers import run_cli
+from backupkit.snapshot import manifest as mf
 
 APP_SCHEMAS = ["public", "auth", "storage"]
 
@@ -113,9 +112,9 @@ def test_a_project_that_already_has_users_is_refused_before_anything_changes(sup
 def test_an_extension_the_server_lacks_is_a_problem_unless_nothing_uses_it(supabase_project, app_snapshot):
     """The decision is a pure function of the snapshot and the target's catalog: here the
     target is read from a real new project, then told it offers no citext/hstore."""
+    from backupkit.pg.schema import toc
     from backupkit.recovery.database_scripts import plan_database, read_target
     from backupkit.snapshot.manifest import DATABASE_DUMP
-    from backupkit.pg.schema import toc
 
     _, res = app_snapshot
     entries = toc(res.path / DATABASE_DUMP)

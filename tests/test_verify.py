@@ -6,11 +6,10 @@ import json
 import shutil
 
 import pytest
+from helpers import load_small, run_cli
 
 import backupkit
 from backupkit.snapshot import manifest as mf
-
-from helpers import load_small, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -36,20 +36,20 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from .. import __version__
+from ..errors import BackupkitError, ConfigError, RowLevelSecurityError, SourceError, StorageError, ToolError
 from ..pg import copyio, database_objects
-from ..snapshot import signing
-from ..snapshot import manifest as mf
 from ..pg.catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
 from ..pg.copyio import FileResult
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler, redact
-from ..errors import BackupkitError, ConfigError, RowLevelSecurityError, SourceError, StorageError, ToolError
-from ..storage.lock import DirLock
-from ..pg.tools import check_pg_dump
 from ..pg.schema import dump_schema
+from ..pg.tools import check_pg_dump
 from ..runtime.deadline import seconds as _seconds
 from ..runtime.signals import sigterm_as_interrupt
-from ..storage.repository import TMP_PREFIX, check_label, new_id
+from ..snapshot import manifest as mf
+from ..snapshot import signing
 from ..snapshot.verify import check_jobs, verify
+from ..storage.lock import DirLock
+from ..storage.repository import TMP_PREFIX, check_label, new_id
 from .readers import CHUNK_BYTES, KeepAlive, SessionSpec, Stopper, copy_all, lock_wait_error, plan
 
 log = logging.getLogger("backupkit")
@@ -214,7 +214,7 @@ class _Watchdog:
         if self._timer is not None:
             self._timer.daemon = True
 
-    def __enter__(self) -> "_Watchdog":
+    def __enter__(self) -> _Watchdog:
         if self._timer is not None:
             self._timer.start()
         return self
@@ -250,7 +250,7 @@ def end_sessions(session: SessionSpec) -> None:
             conn.execute("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
                          "WHERE application_name = %s AND pid <> pg_catalog.pg_backend_pid()",
                          (session.application,))
-    except Exception as exc:  # noqa: BLE001 - the server-side limits end them anyway
+    except Exception as exc:
         log.warning("could not end the backup's sessions: %s", redact(str(exc), session.dsn))
 
 
@@ -334,7 +334,7 @@ def _backup_locked(session: SessionSpec, to, schemas, include, exclude, jobs, la
         # commits in between would otherwise empty a table inside our "consistent" view.
         _lock(main, names, session.lock_wait_timeout)
         snapshot = main.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         main.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
         role = role_info(main)
         chosen = select_tables(list_tables(main, schemas), include, exclude)
@@ -377,7 +377,7 @@ def _backup_locked(session: SessionSpec, to, schemas, include, exclude, jobs, la
         manifest = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
             "id": sid, "label": label,
-            "created_at": now.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": now.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
             "backupkit_version": __version__,
             "source": {**src, "server_version": server[0], "server_version_num": server[1],
                        "encoding": server[2], "database": server[3],

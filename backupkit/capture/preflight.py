@@ -7,9 +7,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import BackupkitError
 from ..pg.catalog import SUPABASE_MANAGED, existing_schemas, list_tables, role_info
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
-from ..errors import BackupkitError
 from ..pg.tools import check_pg_dump
 
 

@@ -37,11 +37,11 @@ import psycopg.errors
 from psycopg import pq, sql
 from tqdm.auto import tqdm
 
-from ..snapshot import manifest as mf
+from ..errors import SourceError
 from ..pg import copyio
 from ..pg.copyio import FileResult, copy_out, copy_source
 from ..pg.dsn import connect
-from ..errors import SourceError
+from ..snapshot import manifest as mf
 
 #: Tables larger than this on disk are split into ctid ranges.
 CHUNK_BYTES = 64 << 20
@@ -129,11 +129,11 @@ class SessionSpec:
         return connect(self.dsn, application=self.application, settings=self.settings(), **kw)
 
 
-def _spec(session: "SessionSpec | str") -> SessionSpec:
+def _spec(session: SessionSpec | str) -> SessionSpec:
     return session if isinstance(session, SessionSpec) else SessionSpec(session)
 
 
-def open_worker(session: "SessionSpec | str", snapshot: str) -> psycopg.Connection:
+def open_worker(session: SessionSpec | str, snapshot: str) -> psycopg.Connection:
     """A connection inside the exported snapshot, with row security off (as pg_dump does)."""
     conn = _spec(session).connect()
     try:
@@ -260,7 +260,7 @@ def _ping(conn: psycopg.Connection) -> None:
         pg = conn.pgconn
         if pg.transaction_status == pq.TransactionStatus.INTRANS:
             pg.exec_(b"SELECT 1")  # PQexec blocks even on a non-blocking connection
-    except Exception:  # noqa: BLE001 - a broken session fails its next real statement
+    except Exception:
         pass
     finally:
         conn.lock.release()
@@ -303,7 +303,7 @@ class Stopper:
 def _quietly(hook) -> None:
     try:
         hook()
-    except Exception:  # noqa: BLE001 - stopping is best effort; the caller fails anyway
+    except Exception:
         pass
 
 
@@ -335,7 +335,7 @@ def _init_process(session: SessionSpec, snapshot: str, parent_pid: int) -> None:
     try:
         _process_conn = open_worker(session, snapshot)
         _process_keepalive.add(_process_conn)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         _process_error = exc
 
 
@@ -491,7 +491,7 @@ def _drain(session, snapshot, work: queue.Queue, folder, prog, results, errors: 
     """Copy items from ``work`` on one connection until it is empty or ``stop`` is set."""
     try:
         conn = open_worker(session, snapshot)
-    except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+    except BaseException as exc:
         errors.append(exc)
         stop.set()
         return
@@ -506,7 +506,7 @@ def _drain(session, snapshot, work: queue.Queue, folder, prog, results, errors: 
                 return
             results[it.key, it.n] = _copy_item(conn, it, folder, session)
             prog.done(it, results[it.key, it.n])
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         errors.append(exc)
         stop.set()
     finally:

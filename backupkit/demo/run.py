@@ -13,12 +13,12 @@ from pathlib import Path
 import psycopg
 
 from ..capture.job import backup
+from ..errors import ConfigError
 from ..lens.diff import diff_snapshots
-from .data import create_demo, mutate_demo
 from ..pg.dsn import resolve_dsn
 from ..pg.embedded import EmbeddedServer, home, temporary_server
-from ..errors import ConfigError
 from ..snapshot.verify import verify
+from .data import create_demo, mutate_demo
 
 DEMO_DB = "demo"
 

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import duckdb
 
-from ..snapshot import manifest as mf
-from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
-from ..snapshot.datafile import check_files
 from ..errors import SnapshotDamaged
+from ..snapshot import manifest as mf
+from ..snapshot.datafile import check_files
 from .diff_lines import match_lines, run_pairs
+from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
 from .schema_diff import schema_objects
 
 #: Lines of unified diff of the schema SQL kept in a diff report.

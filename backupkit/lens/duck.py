@@ -86,9 +86,9 @@ from pathlib import Path
 
 import duckdb
 
+from ..errors import SnapshotDamaged
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files, data_path
-from ..errors import SnapshotDamaged
 
 #: Longest CSV row DuckDB will read (its default, 2 MB, is too small for big jsonb or
 #: bytea values).  A longer row fails loudly.  DuckDB needs a read buffer larger than
@@ -374,7 +374,7 @@ class SnapshotConnection:
     def from_query(self, query, *args, **kwargs):
         return self._run("from_query", query, *args, **kwargs)
 
-    def cursor(self) -> "SnapshotConnection":
+    def cursor(self) -> SnapshotConnection:
         return SnapshotConnection(self.duckdb.cursor())
 
     def close(self) -> None:
@@ -413,7 +413,7 @@ def _manifest_damaged(folder: Path, exc: Exception) -> SnapshotDamaged:
 
 
 def open_snapshot(path: Path | str, *, raw: bool = False,
-                  external_access: bool = False) -> "SnapshotConnection | duckdb.DuckDBPyConnection":
+                  external_access: bool = False) -> SnapshotConnection | duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per snapshot table, read from its files.
 
     With ``raw=True`` every column is VARCHAR holding PostgreSQL's exact text.

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import duckdb
 
-from ..snapshot import manifest as mf
-from .duck import columns_sql, duck_connection
 from ..errors import SnapshotDamaged, SnapshotError
+from ..snapshot import manifest as mf
 from ..snapshot.verify import verify
+from .duck import columns_sql, duck_connection
 
 #: Orphan / duplicate rows quoted per integrity check.
 SAMPLES = 5

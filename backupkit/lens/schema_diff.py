@@ -21,8 +21,8 @@ import json
 import re
 from pathlib import Path
 
-from ..snapshot import manifest as mf
 from ..pg.schema import split_entries, unquote_ident
+from ..snapshot import manifest as mf
 
 _HEADER_LINE = re.compile(r"^-- Name: (.*?); Type: ([A-Z ]+); Schema: (.*?); Owner: (.*?)(?:; Tablespace: .*)?$",
                           re.M)

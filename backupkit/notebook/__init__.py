@@ -36,15 +36,50 @@ from __future__ import annotations
 from ..demo.run import stop_demo_server
 from .charts import change_chart, history_chart, history_frame, table_chart
 from .explore import MAX_ROWS, error_html, explorer, frame_html, preview_sql, query, run_query, snapshot_tables
-from .jobs import (DEMO_LABEL, RESTORE_SCRATCH_DB, Pair, backup, demo_snapshots_needed, ensure_demo_snapshots,
-                   failed_checks, is_demo_source, make_policy, pick_pair, pick_snapshot, preflight, prune,
-                   prune_table, restore, verify)
-from .params import (INJECTED_MARKER, check_parameters, is_injected, locate_parameters, namespace_parameters,
-                     parameter_problems)
+from .jobs import (
+                   DEMO_LABEL,
+                   RESTORE_SCRATCH_DB,
+                   Pair,
+                   backup,
+                   demo_snapshots_needed,
+                   ensure_demo_snapshots,
+                   failed_checks,
+                   is_demo_source,
+                   make_policy,
+                   pick_pair,
+                   pick_snapshot,
+                   preflight,
+                   prune,
+                   prune_table,
+                   restore,
+                   verify,
+)
+from .params import (
+                   INJECTED_MARKER,
+                   check_parameters,
+                   is_injected,
+                   locate_parameters,
+                   namespace_parameters,
+                   parameter_problems,
+)
 from .runs import RunRecord, new_run_id, one_line, start_run
-from .tables import (backup_table, check_integrity, diff_overview, diff_table, history_rows, history_table,
-                     integrity_rows, integrity_table, restore_steps, restore_table, sample_updates_table,
-                     save_html_report, schema_change_rows, schema_changes_table, table_stats)
+from .tables import (
+                   backup_table,
+                   check_integrity,
+                   diff_overview,
+                   diff_table,
+                   history_rows,
+                   history_table,
+                   integrity_rows,
+                   integrity_table,
+                   restore_steps,
+                   restore_table,
+                   sample_updates_table,
+                   save_html_report,
+                   schema_change_rows,
+                   schema_changes_table,
+                   table_stats,
+)
 
 __all__ = [
     # constants

@@ -112,7 +112,7 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
             return
         try:
             preview.value = frame_html(run_query(state["con"], preview_sql(table_dd.value, limit), limit), limit)
-        except Exception as exc:  # noqa: BLE001 - shown to the user, never raised into the widget loop
+        except Exception as exc:
             preview.value = error_html(exc)
 
     def open_selected(change=None):
@@ -121,7 +121,7 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
             state["con"] = None
         try:
             state["con"] = open_snapshot(snap_dd.value)
-        except Exception as exc:  # noqa: BLE001 - a damaged snapshot is shown, never raised into the loop
+        except Exception as exc:
             state["loading"] = True
             try:
                 table_dd.options = []
@@ -147,7 +147,7 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
             return
         try:
             result.value = frame_html(run_query(state["con"], sql_box.value), MAX_ROWS)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             result.value = error_html(exc)
 
     open_selected()

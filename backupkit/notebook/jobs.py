@@ -19,16 +19,19 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from ..snapshot import manifest as mf
-from ..capture.job import BackupResult, backup as _backup
-from ..pg.dsn import DSN_ENV_VARS, resolve_dsn
-from ..errors import BackupkitError, ConfigError, SnapshotDamaged, SnapshotNotFound, SourceError
+from ..capture.job import BackupResult
+from ..capture.job import backup as _backup
 from ..capture.preflight import check as _check
-from ..retention.prune import PruneResult, prune as _prune
-from ..recovery.job import RestoreResult, restore as _restore
+from ..errors import BackupkitError, ConfigError, SnapshotDamaged, SnapshotNotFound, SourceError
+from ..pg.dsn import DSN_ENV_VARS, resolve_dsn
+from ..recovery.job import RestoreResult
+from ..recovery.job import restore as _restore
 from ..retention.policy import Policy
-from ..storage.repository import list_snapshots, resolve
+from ..retention.prune import PruneResult
+from ..retention.prune import prune as _prune
+from ..snapshot import manifest as mf
 from ..snapshot.verify import verify as _verify
+from ..storage.repository import list_snapshots, resolve
 from .runs import RunRecord, _maybe_step, _now
 
 #: Database on the embedded demo server that restores go to when no target is named.
@@ -111,8 +114,8 @@ def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_en
     missing = demo_snapshots_needed(sources, n, dsn_env, os.environ)
     if not missing:
         return []
-    from ..demo.run import demo_dsn
     from ..demo.data import mutate_demo
+    from ..demo.run import demo_dsn
 
     dsn = demo_dsn()
     taken = []

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..snapshot import manifest as mf
 from ..capture.job import BackupResult
 from ..recovery.job import RestoreResult
+from ..snapshot import manifest as mf
 from ..storage.repository import list_snapshots
 from .runs import _iso
 

@@ -19,8 +19,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ..snapshot.manifest import DATABASE_DUMP
-from .tools import find_tool, run_tool
 from .schema import unquote_ident
+from .tools import find_tool, run_tool
 
 _EXTENSIONS = """
 SELECT e.extname AS name, e.extversion AS version, n.nspname AS schema

@@ -158,7 +158,7 @@ class EmbeddedServer:
             return False
         return self._pg("pg_ctl", "status", "-D", str(self.datadir)).returncode == 0
 
-    def start(self, *, keep_running: bool = False) -> "EmbeddedServer":
+    def start(self, *, keep_running: bool = False) -> EmbeddedServer:
         """Create the cluster if needed and start it unless it already runs.
 
         The server stops when this process exits, unless ``keep_running`` (a
@@ -228,7 +228,7 @@ class EmbeddedServer:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn(name)
 
-    def __enter__(self) -> "EmbeddedServer":
+    def __enter__(self) -> EmbeddedServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..snapshot.manifest import DATABASE_DUMP, DATABASE_SQL, DUMP, POST_DATA, PRE_DATA
 from ..errors import ToolError
+from ..snapshot.manifest import DATABASE_DUMP, DATABASE_SQL, DUMP, POST_DATA, PRE_DATA
 from .tools import find_tool, run_tool
 
 #: TOC entry types that belong to one table, named "table ..." in the TOC tag.

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .dsn import redact, split_password
 from ..errors import ToolError
+from .dsn import redact, split_password
 
 
 def find_tool(name: str) -> Path:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
-
 _AUTH_CALL = re.compile(r"\bauth\.(uid|role|jwt|email)\(\)")
 
 # Supabase's definitions (supabase/postgres, migrations/db/init-scripts), reading

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import psycopg
 
-from ..snapshot import manifest as mf
 from ..pg.schema import TocEntry
+from ..snapshot import manifest as mf
 
 _CREATES_IN_SCHEMA = {"TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FUNCTION", "PROCEDURE", "TYPE",
                       "DOMAIN", "AGGREGATE", "FOREIGN TABLE", "COLLATION"}

@@ -27,25 +27,33 @@ import psycopg
 from psycopg import sql
 from tqdm.auto import tqdm
 
-from ..snapshot import manifest as mf
+from ..errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
 from ..pg.copyio import copy_in
 from ..pg.dsn import connect, redact
-from ..errors import BackupkitError, ConfigError, RestoreError, TargetNotEmpty
-from .database_scripts import (default_acl_allowed, event_trigger_functions, plan_database, read_target,
-                               restore_large_objects)
-from .auth_stand_in import StandIn, plan_stand_in
-from .in_place import broken_references, empty_sql, split_by_shape
-from ..snapshot.manifest import DATABASE_DUMP
-from . import mark as restore_mark
-from ..runtime.deadline import Deadline, seconds as _seconds
-from ..runtime.signals import sigterm_as_interrupt
-from .checks import missing_references, role_creation, schema_privileges
-from ..pg.platform import empty as platform_empty, kept_rows, problems as platform_problems, read_platform
+from ..pg.platform import empty as platform_empty
+from ..pg.platform import kept_rows, read_platform
+from ..pg.platform import problems as platform_problems
 from ..pg.schema import DUMP, render, toc
+from ..runtime.deadline import Deadline
+from ..runtime.deadline import seconds as _seconds
+from ..runtime.signals import sigterm_as_interrupt
+from ..runtime.taskpool import TaskPool
+from ..snapshot import manifest as mf
+from ..snapshot.manifest import DATABASE_DUMP
+from ..snapshot.verify import check_jobs, ensure_intact
+from . import mark as restore_mark
+from .auth_stand_in import StandIn, plan_stand_in
+from .checks import missing_references, role_creation, schema_privileges
+from .database_scripts import (
+    default_acl_allowed,
+    event_trigger_functions,
+    plan_database,
+    read_target,
+    restore_large_objects,
+)
+from .in_place import broken_references, empty_sql, split_by_shape
 from .scripts import build_scripts, object_key, wanted_entries
 from .selection import select_tables
-from ..runtime.taskpool import TaskPool
-from ..snapshot.verify import check_jobs, ensure_intact
 
 log = logging.getLogger("backupkit")
 
@@ -77,7 +85,7 @@ class RestorePlan:
     platform_tables: list[str] = field(default_factory=list)
     #: Limits of the run (set when it starts; not part of what it does).
     lock_wait_timeout: float | None = field(default=None, repr=False)
-    deadline: "Deadline | None" = field(default=None, repr=False)
+    deadline: Deadline | None = field(default=None, repr=False)
     #: What the restore makes or leaves out beyond the snapshot's own objects, in words.
     notes: list[str] = field(default_factory=list)
 

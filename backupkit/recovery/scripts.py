@@ -15,12 +15,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ..snapshot import manifest as mf
-from ..pg.column_options import drop_options, unknown_options
 from ..errors import RestoreError
-from .database_scripts import DatabasePlan
+from ..pg.column_options import drop_options, unknown_options
 from ..pg.platform import Platform
 from ..pg.schema import TocEntry, render, split_entries
+from ..snapshot import manifest as mf
+from .database_scripts import DatabasePlan
 
 _DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
 _ACL_GRANTEE = re.compile(r"\b(?:TO|FROM)\s+(.+?)(?:\s+WITH GRANT OPTION)?;\s*$")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..snapshot import manifest as mf
 from ..errors import ConfigError
+from ..snapshot import manifest as mf
 
 
 def select_tables(manifest: dict, tables: list[str], schemas: list[str],

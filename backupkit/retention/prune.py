@@ -19,10 +19,10 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError, RetentionError, SnapshotError, StorageError
-from ..storage.lock import DirLock
-from .policy import Policy, SnapshotInfo, apply_policy
-from ..storage.repository import TRASH_PREFIX, list_snapshots
 from ..snapshot.verify import verify
+from ..storage.lock import DirLock
+from ..storage.repository import TRASH_PREFIX, list_snapshots
+from .policy import Policy, SnapshotInfo, apply_policy
 
 log = logging.getLogger("backupkit")
 

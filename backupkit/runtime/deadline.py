@@ -60,7 +60,7 @@ class Deadline:
                     c.cancel_safe()
             self._done.wait(0.2)
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         if self._timer is not None:
             self._timer.start()
         return self

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 
 class TaskPool:
@@ -59,7 +59,7 @@ class TaskPool:
                 self._busy += 1
             try:
                 task()
-            except BaseException as exc:  # noqa: BLE001 - re-raised by run()
+            except BaseException as exc:
                 self._fail(exc)
             finally:
                 with self._cv:

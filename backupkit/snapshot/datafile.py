@@ -14,8 +14,8 @@ from pathlib import Path
 
 import zstandard
 
-from . import manifest as mf
 from ..errors import SnapshotDamaged
+from . import manifest as mf
 
 BLOCK = 1 << 20
 

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..errors import ConfigError, StorageError
 from .manifest import MANIFEST, MAX_SIGNATURE_BYTES, SIGNATURE  # noqa: F401 - re-exported
+
 SIGN_KEY_ENV = "BACKUPKIT_SIGN_KEY"
 PUBLIC_KEY_ENV = "BACKUPKIT_PUBLIC_KEY"
 #: A key file larger than this is not a PEM Ed25519 key.

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import zstandard
 
+from ..errors import ConfigError, SnapshotDamaged, SnapshotNotFound
 from . import manifest as mf
 from .datafile import count_rows, file_sha256
-from ..errors import ConfigError, SnapshotDamaged, SnapshotNotFound
 
 _READ = 1 << 20
 #: The most parallel workers (``--jobs``) any command accepts.  A fixed cap rather than one

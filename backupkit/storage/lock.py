@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ def _process_start(pid: int) -> datetime | None:
         btime = next(int(line.split()[1]) for line in proc.splitlines() if line.startswith("btime "))
     except (ValueError, IndexError, StopIteration):
         return None
-    return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+    return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), UTC)
 
 
 def _pid_alive(pid: int, started: datetime) -> bool:
@@ -213,7 +213,7 @@ class DirLock:
         """Take the lock, replacing a stale one; ``LockError`` if a live process holds it."""
         if self._written is not None:
             raise LockError(f"{self.path} is already held by this DirLock")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose, "started_at": now.isoformat()}
         data = json.dumps(info, indent=1).encode() + b"\n"
         with self._serialised():

@@ -16,11 +16,11 @@ import re
 import stat
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from ..snapshot import manifest as mf
 from ..errors import ConfigError, SnapshotError, SnapshotNotFound, StorageError
+from ..snapshot import manifest as mf
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -151,9 +151,9 @@ def _when(s: Snapshot) -> tuple:
     m = re.match(r"(\d{8}T\d{6})\.(\d{3})Z", s.id)
     if m:
         stamp = datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(
-            microsecond=int(m.group(2)) * 1000, tzinfo=timezone.utc)
+            microsecond=int(m.group(2)) * 1000, tzinfo=UTC)
         return (stamp, s.id)
-    return (datetime.max.replace(tzinfo=timezone.utc), s.id)
+    return (datetime.max.replace(tzinfo=UTC), s.id)
 
 
 def resolve(directory_or_snapshot: Path | str, ref: str | None = None) -> Path:
