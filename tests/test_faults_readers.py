@@ -152,8 +152,8 @@ def test_diff_refuses_damaged_schema_sql(snaps, tmp_path):
 def test_files_are_hashed_once_per_process_until_they_change(snaps, tmp_path, monkeypatch):
     copy = copy_of(snaps[0], tmp_path / "s")
     hashed = []
-    real = datafile.file_sha256
-    monkeypatch.setattr(datafile, "file_sha256", lambda p: hashed.append(p) or real(p))
+    real = datafile.stream_sha256
+    monkeypatch.setattr(datafile, "stream_sha256", lambda f: hashed.append(f) or real(f))
     datafile.forget_checked()
     files = sum(len(t["files"]) for t in mf.read(copy)["tables"])
     open_snapshot(copy).close()

@@ -280,16 +280,17 @@ def _apply_rules(dated: list[SnapshotInfo], policy: Policy, now: datetime, reaso
             if left > 0:
                 left -= 1
 
-    if policy.keep_within is not None and dated:
-        cutoff = _before(dated[0].created_at, lambda: policy.keep_within)
-        label = f"within {format_duration(policy.keep_within)}"
+    keep_within, max_age_days = policy.keep_within, policy.max_age_days
+    if keep_within is not None and dated:
+        cutoff = _before(dated[0].created_at, lambda: keep_within)
+        label = f"within {format_duration(keep_within)}"
         for snap in dated:
             if cutoff is None or snap.created_at > cutoff:
                 reasons[snap.id].append(label)
 
-    if policy.max_age_days is not None:
-        cutoff = _before(now, lambda: timedelta(days=policy.max_age_days))
-        label = _days_label(policy.max_age_days)
+    if max_age_days is not None:
+        cutoff = _before(now, lambda: timedelta(days=max_age_days))
+        label = _days_label(max_age_days)
         for snap in dated:
             if cutoff is None or snap.created_at > cutoff:
                 reasons[snap.id].append(label)

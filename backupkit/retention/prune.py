@@ -8,20 +8,19 @@ an interruption cannot turn into a half-deleted snapshot that looks complete
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
-import os
-import secrets
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError, RetentionError, SnapshotError, StorageError
 from ..snapshot.verify import verify
+from ..storage.base import Storage
+from ..storage.location import SnapshotLocation, open_storage
 from ..storage.lock import DirLock
-from ..storage.repository import TRASH_PREFIX, list_snapshots
+from ..storage.repository import PINS, Snapshot, list_snapshots, trash
 from .policy import Policy, SnapshotInfo, apply_policy
 
 log = logging.getLogger("backupkit")
@@ -43,7 +42,7 @@ class PruneResult:
                 "removed": self.removed, "stale_removed": self.stale, "warnings": self.warnings}
 
 
-def _intact_flags(snaps, now: datetime) -> dict[str, bool]:
+def _intact_flags(snaps: list[Snapshot], now: datetime) -> dict[str, bool]:
     """Verify from the newest down until one dated up to ``now`` is intact: only the newest
     intact one matters to the policy (snapshots dated after ``now`` take no part in its floors,
     so one of them being intact proves nothing), and hashing every old snapshot on each prune
@@ -51,32 +50,32 @@ def _intact_flags(snaps, now: datetime) -> dict[str, bool]:
     flags = {}
     for s in snaps:
         try:
-            flags[s.id] = verify(s.path).ok
+            flags[s.id] = verify(s.location).ok
         except SnapshotError:  # unreadable now (permissions): not known to be intact
             flags[s.id] = False
         # (a created_at without zone is refused by SnapshotInfo right after)
-        if flags[s.id] and (s.created_at.utcoffset() is None or s.created_at <= now):
+        if flags[s.id] and s.created_at is not None and (s.created_at.utcoffset() is None or s.created_at <= now):
             break
     return flags
 
 
-def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool = False,
-          stale_after_hours: float = 24, _after_rename=None) -> PruneResult:
+def prune(repository: Path | str | Storage, policy: Policy, *, now: datetime, dry_run: bool = False,
+          stale_after_hours: float = 24, _after_rename: Callable[[str], object] | None = None) -> PruneResult:
     """Remove the snapshots ``policy`` does not keep (none with ``dry_run``); report why for each."""
-    directory = Path(directory)
+    storage = open_storage(repository)
     if (isinstance(stale_after_hours, bool) or not isinstance(stale_after_hours, (int, float))
             or not math.isfinite(stale_after_hours) or stale_after_hours < 0):
         raise ConfigError(f"stale_after_hours must be a number of hours >= 0, not {stale_after_hours!r}",
                           hint="e.g. --stale-after-hours 24 (0 removes every unfinished folder not in use)")
-    list_snapshots(directory)  # a missing directory is "not found", not "locked"
+    list_snapshots(storage)  # a missing directory is "not found", not "locked"
     if now.utcoffset() is None:
         raise RetentionError(f"now ({now}) has no time zone")
     result = PruneResult(dry_run=dry_run)
-    with DirLock(directory, "prune") as lock:
+    with DirLock(storage, "prune") as lock:
         if lock.took_over:
             result.warnings.append(lock.took_over)
             log.warning(lock.took_over)
-        snaps, unfinished = list_snapshots(directory)
+        snaps, unfinished = list_snapshots(storage)
         unreadable = [s for s in snaps if s.error or s.created_at is None]
         for s in unreadable:
             msg = f"{s.id} cannot be read ({s.error}); kept — inspect it and delete it by hand"
@@ -85,7 +84,7 @@ def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool
         readable = [s for s in snaps if s not in unreadable]
         flags = _intact_flags(readable, now)
         infos = [SnapshotInfo(s.id, s.created_at, pinned=s.pinned, intact=flags.get(s.id, True))
-                 for s in readable]
+                 for s in readable if s.created_at is not None]
         keep, remove, reasons = apply_policy(infos, policy, now)
         by_id = {s.id: s for s in readable}
         for info in sorted(keep + remove, key=lambda i: i.created_at, reverse=True):
@@ -96,13 +95,13 @@ def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool
         result.removed = [i.id for i in remove]
         for u in unfinished:
             if u.kind == "trash" or u.age_seconds > stale_after_hours * 3600:
-                result.stale.append(u.path.name)
+                result.stale.append(u.name)
         if dry_run:
             return result
         failed, not_removed = [], set()
         for info in remove:
             try:
-                _delete(by_id[info.id].path, _after_rename)
+                _delete(by_id[info.id].location, _after_rename)
             except OSError as exc:
                 not_removed.add(info.id)
                 failed.append(f"{info.id}: {exc.strerror or exc}")
@@ -110,7 +109,7 @@ def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool
         result.kept += [i.id for i in remove if i.id in not_removed]
         removed_stale = []
         for name in result.stale:
-            why = _remove(directory / name)
+            why = _remove(storage, name)
             if why is None:
                 removed_stale.append(name)
             else:
@@ -123,31 +122,29 @@ def prune(directory: Path | str, policy: Policy, *, now: datetime, dry_run: bool
     return result
 
 
-def _remove(path: Path) -> str | None:
-    """Remove a folder, or just the link when ``path`` is a symbolic link; why not, or None."""
+def _remove(storage: Storage, name: str) -> str | None:
+    """Remove a folder, or just the link when ``name`` is a symbolic link; why not, or None."""
     try:
-        if path.is_symlink():
-            path.unlink()  # never what it points to
-        else:
-            shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
+        storage.remove(name)
     except OSError as exc:
         return f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
-    return None if not os.path.lexists(path) else "it is still there"
+    try:
+        storage.stat(name)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass
+    return "it is still there"
 
 
-def _delete(path: Path, after_rename=None) -> None:
-    if path.is_symlink():
-        # list_snapshots never offers a link as a snapshot; refuse rather than follow one.
-        raise OSError(errno.EPERM, "is a symbolic link, not a snapshot folder", str(path))
-    trash = path.parent / f"{TRASH_PREFIX}{path.name}-{secrets.token_hex(4)}"
-    # The rename is atomic: from here on the folder is no longer listed as a snapshot.
-    os.rename(path, trash)
+def _delete(location: SnapshotLocation, after_rename: Callable[[str], object] | None = None) -> None:
+    # The rename is atomic: from here on the snapshot is no longer listed.  A linked
+    # snapshot folder is refused by the storage (list_snapshots never offers one).
+    name = trash(location)
     if after_rename:
-        after_rename(trash)
-    why = _remove(trash)
+        after_rename(name)
+    why = _remove(location.storage, name)
     if why is not None:
         # Renamed but not removed: a later prune removes the .trash-* folder (and says so).
-        raise OSError(errno.EIO, f"moved to {trash.name} but not removed: {why}")
-    (path.parent / ".pins" / path.name).unlink(missing_ok=True)
+        raise OSError(f"moved to {name} but not removed: {why}")
+    location.storage.remove(f"{PINS}/{location.id}")

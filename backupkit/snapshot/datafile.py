@@ -6,61 +6,87 @@ Kept free of psycopg so that ``backupkit verify`` starts fast.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import zstandard
 
-from ..errors import SnapshotDamaged
+from ..errors import SnapshotDamaged, SnapshotError
+from ..storage.base import NotAPlainFile
+from ..storage.local import LocalStorage
+from ..storage.location import SnapshotLocation, locate
 from . import manifest as mf
 
 BLOCK = 1 << 20
 
 
-def iter_file_blocks(path: Path, expected_sha256: str | None = None, size: int = BLOCK):
-    """Yield the decompressed content of a data file in blocks.
+def iter_blocks(snapshot: mf.SnapshotArg, rel: str, expected_sha256: str | None = None,
+                size: int = BLOCK) -> Iterator[bytes]:
+    """Yield the decompressed content of data file ``rel`` of a snapshot in blocks.
 
     With ``expected_sha256`` the compressed bytes are hashed as they are read and
     a mismatch raises SnapshotDamaged after the last block, so a caller inside
     a transaction can roll back what it loaded.
     """
+    with mf.open_file(snapshot, rel) as raw:
+        yield from _decompressed(raw, rel, expected_sha256, size)
+
+
+def iter_file_blocks(path: Path, expected_sha256: str | None = None, size: int = BLOCK) -> Iterator[bytes]:
+    """``iter_blocks`` for a data file given by its path on this machine."""
+    path = Path(path)
+    with LocalStorage(path.parent).open(path.name) as raw:
+        yield from _decompressed(raw, path.name, expected_sha256, size)
+
+
+def _decompressed(raw: BinaryIO, rel: str, expected_sha256: str | None, size: int) -> Iterator[bytes]:
     sha = hashlib.sha256()
-    with open(path, "rb") as raw:
 
-        class _Hashing:
-            def read(self, n: int = -1) -> bytes:
-                data = raw.read(n)
-                sha.update(data)
-                return data
+    class _Hashing:
+        def read(self, n: int = -1) -> bytes:
+            data = raw.read(n)
+            sha.update(data)
+            return data
 
-        reader = zstandard.ZstdDecompressor().stream_reader(_Hashing(), read_across_frames=True)
-        while True:
-            block = reader.read(size)
-            if not block:
-                break
-            yield block
-        # Hash any tail the decompressor did not need to read.
-        while raw_tail := raw.read(size):
-            sha.update(raw_tail)
+    reader = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, _Hashing()), read_across_frames=True)
+    while True:
+        block = reader.read(size)
+        if not block:
+            break
+        yield block
+    # Hash any tail the decompressor did not need to read.
+    while raw_tail := raw.read(size):
+        sha.update(raw_tail)
     if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
-        raise SnapshotDamaged(f"{path.name} changed while it was being read (checksum mismatch)",
-                              [f"{path.name}: checksum mismatch"])
+        name = rel.rsplit("/", 1)[-1]
+        raise SnapshotDamaged(f"{name} changed while it was being read (checksum mismatch)",
+                              [f"{name}: checksum mismatch"])
+
+
+def count_rows_in(snapshot: mf.SnapshotArg, rel: str, data_format: str = mf.CSV) -> int:
+    """Rows in data file ``rel`` of a snapshot, counted by decompressing it (see ``count_rows``)."""
+    return _count(iter_blocks(snapshot, rel), data_format)
 
 
 def count_rows(path: Path, data_format: str = mf.CSV) -> int:
-    """Rows in a data file, counted by decompressing it.
+    """Rows in a data file on this machine, counted by decompressing it."""
+    return _count(iter_file_blocks(path), data_format)
+
+
+def _count(blocks: Iterator[bytes], data_format: str) -> int:
+    """Rows in decompressed COPY output.
 
     COPY's text format escapes a newline inside a value, so every newline ends a
     row; in CSV only those outside quotes do.
     """
     if data_format == mf.TEXT:
-        return sum(block.count(b"\n") for block in iter_file_blocks(path))
+        return sum(block.count(b"\n") for block in blocks)
     rows = 0
     in_quotes = False
-    for block in iter_file_blocks(path):
+    for block in blocks:
         # A newline ends a row only outside quotes; "" inside quotes toggles twice, harmlessly.
         if b'"' not in block and not in_quotes:
             rows += block.count(b"\n")
@@ -78,73 +104,90 @@ def count_rows(path: Path, data_format: str = mf.CSV) -> int:
 #: Threads hashing files at once (hashlib releases the GIL, so they run in parallel).
 HASH_THREADS = 4
 
-#: Files found intact in this process: (real path, size, mtime_ns, inode, expected sha256).
-#: A file rewritten since (new size, mtime or inode) is hashed again.
+#: Files found intact in this process: (storage, name, version, expected sha256).  A file
+#: rewritten since (a new size, mtime or inode: a new ``Entry.version``) is hashed again.
 _intact: set[tuple] = set()
 _intact_lock = threading.Lock()
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    """Hex SHA-256 of a file on this machine, read in 1 MiB blocks."""
+    path = Path(path)
+    with LocalStorage(path.parent).open(path.name) as f:
+        return stream_sha256(f)
+
+
+def stream_sha256(f: BinaryIO) -> str:
+    """Hex SHA-256 of what ``f`` reads, in 1 MiB blocks."""
     h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(BLOCK):
-            h.update(block)
+    while block := f.read(BLOCK):
+        h.update(block)
     return h.hexdigest()
 
 
-def data_path(folder: Path, entry: dict) -> Path:
-    """The file a manifest entry names, as a resolved path inside ``folder``.
+def data_path(folder: mf.SnapshotArg, entry: dict) -> Path:
+    """The file a manifest entry names, as a path on this machine inside the snapshot's folder.
 
     Raises SnapshotDamaged when the entry's path is not a relative path to a regular
     file inside the snapshot (absolute, ``..``, a symlink, not a string), so that no
-    reader follows a manifest out of its snapshot.
+    reader follows a manifest out of its snapshot.  For tools that read files by
+    path (DuckDB); the snapshot must be in a local folder.
     """
+    location = locate(folder)
     rel = entry.get("path") if isinstance(entry, dict) else None
-    root = Path(folder).resolve()
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel \
-            or any(part in ("", ".", "..") for part in rel.split("/")):
-        raise _damaged(folder, f"{rel!r} is not a plain relative path inside the snapshot")
-    path = root / rel
-    # No component may be a symlink: resolve() must not move the path.
-    if path.resolve() != path:
-        raise _damaged(folder, f"{rel} is a symlink or leaves the snapshot")
-    return path
-
-
-def _damaged(folder: Path, problem: str, problems: list[str] | None = None) -> SnapshotDamaged:
-    return SnapshotDamaged(f"snapshot {Path(folder).name} is damaged: {problem}", problems or [problem],
-                           hint=f"run `backupkit verify {folder}` for the full list")
-
-
-def _check_one(folder: Path, entry: dict) -> str | None:
-    """What is wrong with one data file (None when it matches its manifest entry)."""
+    why = mf.check_path(rel)
+    if why or not isinstance(rel, str):
+        raise _damaged(location, f"{rel!r} is not a plain relative path inside the snapshot")
     try:
-        path = data_path(folder, entry)
+        mf.open_file(location, rel).close()
     except SnapshotDamaged as exc:
-        return exc.problems[0]
-    rel = entry["path"]
+        if exc.problems and exc.problems[0].startswith("missing file"):
+            return location.path.resolve() / rel  # reported by whoever opens it
+        raise _damaged(location, f"{rel} is a symlink or leaves the snapshot") from None
+    return location.path.resolve() / rel
+
+
+def _damaged(folder: mf.SnapshotArg, problem: str, problems: list[str] | None = None) -> SnapshotDamaged:
+    location = locate(folder)
+    return SnapshotDamaged(f"snapshot {location.name} is damaged: {problem}", problems or [problem],
+                           hint=f"run `backupkit verify {location}` for the full list")
+
+
+def _check_one(location: SnapshotLocation, entry: dict) -> str | None:
+    """What is wrong with one data file (None when it matches its manifest entry)."""
+    rel = entry.get("path") if isinstance(entry, dict) else None
+    why = mf.check_path(rel)
+    if why or not isinstance(rel, str):
+        return f"{rel!r} is not a plain relative path inside the snapshot"
     expected, size = entry.get("sha256"), entry.get("bytes")
     if not isinstance(expected, str) or not isinstance(size, int) or isinstance(size, bool):
         return f"{rel}: manifest entry has no sha256/bytes"
+    storage = location.storage
     try:
-        st = os.stat(path, follow_symlinks=False)
+        found = storage.stat(location.key(rel))
     except FileNotFoundError:
         return f"missing file {rel}"
+    except NotAPlainFile:
+        return f"{rel} is a symlink or leaves the snapshot"
     except OSError as exc:
         return f"{rel}: cannot be read ({exc.strerror or exc})"
-    if not stat.S_ISREG(st.st_mode):
+    if found.kind == "link":
+        return f"{rel} is a symlink or leaves the snapshot"
+    if found.kind != "file":
         return f"{rel}: not a regular file"
-    if st.st_size != size:
-        return f"{rel}: {st.st_size} bytes, manifest says {size} (truncated or grown)"
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, expected)
+    if found.size != size:
+        return f"{rel}: {found.size} bytes, manifest says {size} (truncated or grown)"
+    key = (storage, found.name, found.version, expected)
     with _intact_lock:
         if key in _intact:
             return None
     try:
-        digest = file_sha256(path)
-    except OSError as exc:
-        return f"{rel}: cannot be read ({exc.strerror or exc})"
+        with mf.open_file(location, rel) as f:
+            digest = stream_sha256(f)
+    except SnapshotDamaged as exc:
+        return exc.problems[0] if exc.problems else str(exc)
+    except (OSError, SnapshotError) as exc:
+        return f"{rel}: cannot be read ({getattr(exc, 'strerror', None) or exc})"
     if digest != expected:
         return f"{rel}: checksum mismatch (the file's content changed)"
     with _intact_lock:
@@ -152,30 +195,30 @@ def _check_one(folder: Path, entry: dict) -> str | None:
     return None
 
 
-def check_files(folder: Path | str, entries: list[dict], *, threads: int = HASH_THREADS) -> None:
+def check_files(folder: mf.SnapshotArg, entries: list[dict], *, threads: int = HASH_THREADS) -> None:
     """Raise SnapshotDamaged naming every data file of ``entries`` that does not match the manifest.
 
-    Each file must be a regular file inside ``folder`` (no symlink, no ``..``), of the
+    Each file must be a regular file inside the snapshot (no symlink, no ``..``), of the
     manifest's size and SHA-256: a flipped byte, a file truncated (even at a zstd frame
     boundary, which DuckDB and zstd read as a shorter file without an error) and a
     missing file are all caught.  Sizes are checked before anything is hashed; files
     are hashed ``threads`` at a time.  A file found intact is remembered for the rest
-    of the process by path, size, mtime and inode, so opening the same snapshot again
-    hashes nothing; a file changed afterwards (new mtime or size) is hashed again.
+    of the process by its storage, name and version (size, mtime, inode), so opening
+    the same snapshot again hashes nothing; a file changed afterwards is hashed again.
     What is read after the check is trusted: a file changed in place between the
     check and a query is not caught (``verify`` before and after, if that can happen).
     """
-    folder = Path(folder)
+    location = locate(folder)
     entries = list(entries)
     if len(entries) <= 1 or threads <= 1:
-        found = [_check_one(folder, e) for e in entries]
+        found = [_check_one(location, e) for e in entries]
     else:
         with ThreadPoolExecutor(min(threads, len(entries)), thread_name_prefix="backupkit-sha") as pool:
-            found = list(pool.map(lambda e: _check_one(folder, e), entries))
+            found = list(pool.map(lambda e: _check_one(location, e), entries))
     problems = [p for p in found if p]
     if problems:
         shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-        raise _damaged(folder, shown, problems)
+        raise _damaged(location, shown, problems)
 
 
 def forget_checked() -> None:

@@ -8,15 +8,19 @@ not authenticate: someone who can write the snapshot can reseal a forged one
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import stat
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import SnapshotDamaged, SnapshotError, SnapshotNotFound
+from ..storage.base import NotAPlainFile, check_name
+from ..storage.location import SnapshotLocation, locate
+
+#: What commands accept as a snapshot: its folder, or a location in any storage.
+SnapshotArg = str | os.PathLike[str] | SnapshotLocation
 
 FORMAT = "backupkit-snapshot"
 #: 2: data files in COPY's text format (1: CSV).  Older backupkits refuse a newer version.
@@ -67,23 +71,18 @@ def seal(manifest: dict) -> dict:
     return {**manifest, "manifest_sha256": digest(manifest)}
 
 
-def write(folder: Path, manifest: dict) -> Path:
-    """Write the sealed manifest (0600) into ``folder`` and fsync it."""
-    path = folder / MANIFEST
-    data = json.dumps(seal(manifest), indent=2, ensure_ascii=False).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return path
+def write(snapshot: SnapshotArg, manifest: dict) -> SnapshotLocation:
+    """Write the sealed manifest into ``snapshot`` (exclusive, durable) and return where it is."""
+    location = locate(snapshot)
+    location.storage.write(location.key(MANIFEST), json.dumps(seal(manifest), indent=2, ensure_ascii=False).encode())
+    return location
 
 
 #: A manifest larger than this is not one backupkit wrote (a 10,000-table snapshot is ~30 MB).
 MAX_MANIFEST_BYTES = 256 << 20
 
 
-def unreadable(path: Path | str, exc: OSError) -> SnapshotError:
+def unreadable(path: Path | str | SnapshotLocation, exc: OSError) -> SnapshotError:
     """The error for a snapshot file or folder that exists but cannot be read (exit 7)."""
     return SnapshotError(
         f"cannot read {path}: {exc.strerror or exc}",
@@ -91,36 +90,38 @@ def unreadable(path: Path | str, exc: OSError) -> SnapshotError:
     )
 
 
-def read(folder: Path | str) -> dict:
+def read(snapshot: SnapshotArg) -> dict:
     """Load a snapshot's manifest, checking it is one and has the shape readers rely on.
 
-    Raises ``SnapshotNotFound`` (no folder), ``SnapshotError`` (it cannot be read:
+    Raises ``SnapshotNotFound`` (no snapshot), ``SnapshotError`` (it cannot be read:
     permissions), or ``SnapshotDamaged`` naming the problem (no manifest, not JSON,
     nested too deep, a wrong type or a missing key, a file path that is not a plain
     path inside the snapshot; see ``validate``).  The manifest's own checksum and the
     files' hashes are checked by ``verify``.
     """
-    folder = Path(folder)
-    path = folder / MANIFEST
+    location = locate(snapshot)
+    folder, path = str(location), location.where(MANIFEST)
     try:
-        if not folder.is_dir():
-            raise SnapshotNotFound(f"no snapshot at {folder}",
-                                   hint="run `backupkit list DIR` to see the snapshots there")
-        # O_NOFOLLOW: a manifest that is a symbolic link is not the snapshot's own.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        raw = location.storage.read(location.key(MANIFEST), MAX_MANIFEST_BYTES)
     except FileNotFoundError:
+        if not _exists(location):
+            raise SnapshotNotFound(f"no snapshot at {folder}",
+                                   hint="run `backupkit list DIR` to see the snapshots there") from None
         raise SnapshotDamaged(f"{folder} has no {MANIFEST}", [f"missing {MANIFEST}"],
                               hint="this is not a complete snapshot; do not restore from it") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
+    except NotAPlainFile as exc:
+        if exc.name == location.id and exc.what == "is not a folder":
+            raise SnapshotNotFound(f"no snapshot at {folder}",
+                                   hint="run `backupkit list DIR` to see the snapshots there") from None
+        if exc.name == location.id:
+            raise SnapshotDamaged(f"{folder} {exc.what}, not a snapshot folder",
+                                  [f"{location.id} {exc.what}"]) from None
+        if exc.what == "is a symbolic link":
             raise SnapshotDamaged(f"{path} is a symbolic link", [f"{MANIFEST} is a symbolic link"],
                                   hint="a snapshot's files are never links; do not restore from it") from None
-        raise unreadable(path, exc) from None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise SnapshotDamaged(f"{path} is not a regular file", [f"{MANIFEST} is not a regular file"])
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        raise SnapshotDamaged(f"{path} is not a regular file", [f"{MANIFEST} is not a regular file"]) from None
+    except ValueError:
+        raw = b"x" * (MAX_MANIFEST_BYTES + 1)  # larger than the limit; reported just below
     except OSError as exc:
         raise unreadable(path, exc) from None
     if len(raw) > MAX_MANIFEST_BYTES:
@@ -158,22 +159,11 @@ def read(folder: Path | str) -> dict:
 def check_path(rel: object) -> str | None:
     """Why ``rel`` is not an acceptable file path in a manifest, or None when it is.
 
-    Acceptable: a non-empty relative POSIX path whose segments are all proper names:
-    no leading ``/``, no ``..``, ``.`` or empty segment, no backslash, no NUL.  Such a
-    path can only name something inside the snapshot folder (links are refused when
-    the file is opened, see ``open_member``).
+    Acceptable: a non-empty relative POSIX path whose segments are all proper names
+    (``storage.base.check_name``); such a path can only name something inside the
+    snapshot, and the storage refuses links when the file is opened.
     """
-    if not isinstance(rel, str):
-        return f"is a {type(rel).__name__}, not a path"
-    if not rel:
-        return "is empty"
-    if "\\" in rel or "\0" in rel:
-        return "contains a backslash or NUL"
-    if rel.startswith("/"):
-        return "is absolute"
-    if any(seg in ("", ".", "..") for seg in rel.split("/")):
-        return "is not normalized (empty, '.' or '..' segment)"
-    return None
+    return check_name(rel)
 
 
 def _is_count(v: object) -> bool:
@@ -243,56 +233,41 @@ def validate(manifest: dict) -> list[str]:
     return problems
 
 
-def open_member(folder: Path | str, rel: str) -> int:
-    """Open file ``rel`` of snapshot ``folder`` for reading, refusing anything but a plain file inside.
+def _exists(location: SnapshotLocation) -> bool:
+    try:
+        location.storage.stat(location.id)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
 
-    Walks the path one segment at a time from the folder with ``O_NOFOLLOW``, so a
-    symbolic link anywhere (a linked ``data`` folder, a linked file) is refused, and
-    nothing outside the snapshot is opened or even looked at: the error never says
-    anything about the file a link or path points to.  Returns a file descriptor (the
-    caller closes it).  Raises ``SnapshotDamaged`` (path not contained, link, not a
-    regular file, missing) or ``SnapshotError`` (permissions).
+
+def open_file(snapshot: SnapshotArg, rel: str) -> BinaryIO:
+    """Open file ``rel`` of a snapshot for reading, refusing anything but a plain file inside.
+
+    The storage opens the name without following a link anywhere (a linked ``data``
+    folder, a linked file), so nothing outside the snapshot is opened or even looked
+    at: the error never says anything about the file a link or path points to.
+    Raises ``SnapshotDamaged`` (path not contained, link, not a regular file,
+    missing) or ``SnapshotError`` (permissions).
     """
+    location = locate(snapshot)
     why = check_path(rel)
     if why:
         raise SnapshotDamaged(f"file path {rel!r} {why}", [f"file path {rel!r} {why}"])
-    parts = rel.split("/")
-    nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | nofollow)
+        return location.storage.open(location.key(rel))
+    except FileNotFoundError:
+        raise SnapshotDamaged(f"missing file {rel}", [f"missing file {rel}"]) from None
+    except NotAPlainFile as exc:
+        where = exc.name.split("/", 1)[1] if exc.name.startswith(location.id + "/") else exc.name
+        kind = exc.what if exc.what in ("is a symbolic link", "is not a folder") else "not a regular file"
+        msg = (f"{rel}: {where} {kind}; snapshot files must be plain files inside the snapshot"
+               if kind != "not a regular file" else f"{rel}: not a regular file")
+        raise SnapshotDamaged(msg, [msg]) from None
     except OSError as exc:
-        raise unreadable(folder, exc) from None
-    try:
-        for i, seg in enumerate(parts):
-            last = i == len(parts) - 1
-            flags = os.O_RDONLY | nofollow | (getattr(os, "O_NONBLOCK", 0) if last else os.O_DIRECTORY)
-            try:
-                fd = os.open(seg, flags, dir_fd=dfd)
-            except FileNotFoundError:
-                raise SnapshotDamaged(f"missing file {rel}", [f"missing file {rel}"]) from None
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-                    try:  # the entry itself, inside the snapshot; never what a link points to
-                        link = stat.S_ISLNK(os.stat(seg, dir_fd=dfd, follow_symlinks=False).st_mode)
-                    except OSError:
-                        link = exc.errno != errno.ENOTDIR
-                    kind = "a symbolic link" if link else "not a folder"
-                    where = "/".join(parts[: i + 1])
-                    msg = f"{rel}: {where} is {kind}; snapshot files must be plain files inside the snapshot"
-                    raise SnapshotDamaged(msg, [msg]) from None
-                raise unreadable(Path(folder) / rel, exc) from None
-            os.close(dfd)
-            dfd = fd
-        if not stat.S_ISREG(os.fstat(dfd).st_mode):
-            msg = f"{rel}: not a regular file"
-            raise SnapshotDamaged(msg, [msg])
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(dfd, True)
-        fd, dfd = dfd, -1
-        return fd
-    finally:
-        if dfd >= 0:
-            os.close(dfd)
+        raise unreadable(location.where(rel), exc) from None
 
 
 def data_format(table: dict) -> str:

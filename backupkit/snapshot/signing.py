@@ -41,7 +41,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ConfigError, StorageError
-from .manifest import MANIFEST, MAX_SIGNATURE_BYTES, SIGNATURE  # noqa: F401 - re-exported
+from ..storage.location import locate
+from .manifest import MANIFEST, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE, SnapshotArg  # noqa: F401 - re-exported
 
 SIGN_KEY_ENV = "BACKUPKIT_SIGN_KEY"
 PUBLIC_KEY_ENV = "BACKUPKIT_PUBLIC_KEY"
@@ -160,12 +161,11 @@ def sign(manifest_bytes: bytes, key: Ed25519PrivateKey) -> bytes:
     return base64.b64encode(key.sign(manifest_bytes)) + b"\n"
 
 
-def write_signature(folder: Path, key: Ed25519PrivateKey) -> Path:
-    """Sign ``folder``'s manifest.json as it is on disk into ``manifest.json.sig`` (0600, fsynced)."""
-    data = (folder / MANIFEST).read_bytes()
-    path = folder / SIGNATURE
-    _write_new(path, sign(data, key), 0o600)
-    return path
+def write_signature(snapshot: SnapshotArg, key: Ed25519PrivateKey) -> None:
+    """Sign the snapshot's manifest.json as it is stored into ``manifest.json.sig`` (write-once, durable)."""
+    location = locate(snapshot)
+    data = location.storage.read(location.key(MANIFEST), MAX_MANIFEST_BYTES)
+    location.storage.write(location.key(SIGNATURE), sign(data, key))
 
 
 def parse_signature(data: bytes) -> bytes | None:

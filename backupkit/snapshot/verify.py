@@ -6,16 +6,20 @@ import errno
 import hashlib
 import json
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 
 from ..errors import ConfigError, SnapshotDamaged, SnapshotNotFound
+from ..storage.location import SnapshotLocation, locate
 from . import manifest as mf
-from .datafile import count_rows, file_sha256
+from .datafile import count_rows_in, file_sha256
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 _READ = 1 << 20
 #: The most parallel workers (``--jobs``) any command accepts.  A fixed cap rather than one
@@ -29,7 +33,7 @@ MAX_JOBS = 64
 class VerifyReport:
     """The outcome of verifying one snapshot; ``ok`` is False when ``problems`` is not empty."""
 
-    snapshot: Path
+    snapshot: SnapshotLocation
     problems: list[str] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
@@ -60,79 +64,65 @@ class VerifyReport:
 sha256_file = file_sha256
 
 
-def _sha256_fd(fd: int) -> tuple[str, int]:
-    """Hex SHA-256 and length of what an open file descriptor reads (the fd is left open)."""
+def _sha256_stream(f: BinaryIO) -> tuple[str, int]:
+    """Hex SHA-256 and length of what ``f`` reads."""
     h = hashlib.sha256()
     n = 0
-    while block := os.read(fd, _READ):
+    while block := f.read(_READ):
         h.update(block)
         n += len(block)
     return h.hexdigest(), n
 
 
-def _check_file(folder: Path, entry: dict, rows: int | None, data_format: str = mf.CSV) -> list[str]:
-    # open_member refuses links and paths leading outside before anything is read or
+def _check_file(location: SnapshotLocation, entry: dict, rows: int | None, data_format: str = mf.CSV) -> list[str]:
+    # open_file refuses links and paths leading outside before anything is read or
     # even stat-ed there, so a problem never discloses the size of a file elsewhere.
+    rel = entry["path"]
     try:
-        fd = mf.open_member(folder, entry["path"])
+        f = mf.open_file(location, rel)
     except SnapshotDamaged as exc:
         return exc.problems or [str(exc)]
     problems = []
-    try:
-        size = os.fstat(fd).st_size
-        if size != entry["bytes"]:
-            problems.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']} (truncated or grown)")
+    with f:
         try:
-            sha, _ = _sha256_fd(fd)
+            sha, size = _sha256_stream(f)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
-                raise mf.unreadable(folder / entry["path"], exc) from None
-            return problems + [f"{entry['path']}: cannot be read ({exc.strerror or exc})"]
-        if sha != entry["sha256"]:
-            problems.append(f"{entry['path']}: checksum mismatch (the file's content changed)")
-    finally:
-        os.close(fd)
+                raise mf.unreadable(location.where(rel), exc) from None
+            return [f"{rel}: cannot be read ({exc.strerror or exc})"]
+    if size != entry["bytes"]:
+        problems.append(f"{rel}: {size} bytes, manifest says {entry['bytes']} (truncated or grown)")
+    if sha != entry["sha256"]:
+        problems.append(f"{rel}: checksum mismatch (the file's content changed)")
     if rows is not None and not problems:
         try:
-            # Hashed just above through the same contained path; count_rows opens it by name.
-            found = count_rows(folder / entry["path"], data_format)
+            found = count_rows_in(location, rel, data_format)
         except zstandard.ZstdError as exc:
-            return [f"{entry['path']}: cannot be decompressed ({exc})"]
+            return [f"{rel}: cannot be decompressed ({exc})"]
         except OSError as exc:
-            raise mf.unreadable(folder / entry["path"], exc) from None
+            raise mf.unreadable(location.where(rel), exc) from None
         if found != rows:
-            problems.append(f"{entry['path']}: {found} rows, manifest says {rows}")
+            problems.append(f"{rel}: {found} rows, manifest says {rows}")
     return problems
 
 
-def _walk_problems(folder: Path, listed: set[str]) -> list[str]:
+def _walk_problems(location: SnapshotLocation, listed: set[str]) -> list[str]:
     """Links, special files and files the manifest does not list, found without following links."""
     problems = []
-
-    def fail(exc: OSError) -> None:
-        raise mf.unreadable(exc.filename or folder, exc)
-
-    for root, dirs, files, in os.walk(folder, onerror=fail, followlinks=False):
-        base = Path(root)
-        for name in sorted(dirs + files):
-            path = base / name
-            rel = path.relative_to(folder).as_posix()
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise mf.unreadable(path, exc) from None
-            if stat.S_ISLNK(st.st_mode):
+    prefix = location.key() + "/"
+    try:
+        for entry in location.storage.walk(location.key()):
+            rel = entry.name[len(prefix):]
+            if entry.kind == "link":
                 # The target is never looked at: whether it exists says nothing we may disclose.
                 problems.append(f"{rel} is a symbolic link (a snapshot holds no links; dangling or not, "
                                 "it is not the snapshot's own)")
-            elif stat.S_ISDIR(st.st_mode):
-                continue
-            elif not stat.S_ISREG(st.st_mode):
+            elif entry.kind == "other":
                 problems.append(f"{rel} is not a regular file (a device, socket or pipe)")
-            elif rel not in (mf.MANIFEST, mf.SIGNATURE) and rel not in listed:
+            elif entry.kind == "file" and rel not in (mf.MANIFEST, mf.SIGNATURE) and rel not in listed:
                 problems.append(f"unexpected file {rel} (not in the manifest)")
+    except OSError as exc:
+        raise mf.unreadable(location.where(), exc) from None
     return problems
 
 
@@ -148,30 +138,31 @@ def check_jobs(jobs: int | None) -> int | None:
     return jobs
 
 
-def _read_member(folder: Path, rel: str, limit: int) -> bytes | None:
+def _read_member(location: SnapshotLocation, rel: str, limit: int) -> bytes | None:
     """The bytes of contained regular file ``rel`` (None when it is absent); SnapshotDamaged when it
     is a link, not a regular file or larger than ``limit``; SnapshotError when it cannot be read."""
     try:
-        fd = mf.open_member(folder, rel)
+        f = mf.open_file(location, rel)
     except SnapshotDamaged as exc:
         if exc.problems == [f"missing file {rel}"]:
             return None
         raise
     try:
-        with os.fdopen(fd, "rb") as f:
+        with f:
             data = f.read(limit + 1)
     except OSError as exc:
-        raise mf.unreadable(folder / rel, exc) from None
+        raise mf.unreadable(location.where(rel), exc) from None
     if len(data) > limit:
         raise SnapshotDamaged(f"{rel} is implausibly large", [f"{rel} is implausibly large"])
     return data
 
 
-def _check_signature(folder: Path, m: dict, public_key, report: VerifyReport) -> None:
+def _check_signature(location: SnapshotLocation, m: dict, public_key: Ed25519PublicKey | None,
+                     report: VerifyReport) -> None:
     """Fill ``report.signature`` and add problems: see ``verify``."""
     sig_name = mf.SIGNATURE
     try:
-        sig = _read_member(folder, sig_name, mf.MAX_SIGNATURE_BYTES)
+        sig = _read_member(location, sig_name, mf.MAX_SIGNATURE_BYTES)
     except SnapshotDamaged as exc:
         report.problems.extend(exc.problems or [str(exc)])
         report.signature = "invalid"
@@ -196,13 +187,13 @@ def _check_signature(folder: Path, m: dict, public_key, report: VerifyReport) ->
     if public_key is None:
         report.signature = "unchecked"
         return
-    manifest_bytes = _read_member(folder, mf.MANIFEST, mf.MAX_MANIFEST_BYTES)
+    manifest_bytes = _read_member(location, mf.MANIFEST, mf.MAX_MANIFEST_BYTES)
     kid = signing.key_id(public_key)
     try:
         same = manifest_bytes is not None and json.loads(manifest_bytes.decode()) == m
     except (ValueError, UnicodeDecodeError, RecursionError):
         same = False
-    if same and signing.check(manifest_bytes, sig, public_key):
+    if same and manifest_bytes is not None and signing.check(manifest_bytes, sig, public_key):
         report.signature, report.key_id = "valid", kid
         return
     report.signature = "invalid"
@@ -216,8 +207,8 @@ def _check_signature(folder: Path, m: dict, public_key, report: VerifyReport) ->
                                "(forged or altered)")
 
 
-def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None,
-           public_key=None) -> VerifyReport:
+def verify(snapshot: mf.SnapshotArg, *, deep: bool = False, jobs: int | None = None,
+           public_key: Ed25519PublicKey | str | Path | None = None) -> VerifyReport:
     """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
 
     Returns a report instead of raising, so callers can show every problem at once.
@@ -242,20 +233,23 @@ def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None,
     file or folder of the snapshot cannot be read (permissions): an unreadable
     snapshot is not known to be damaged, and neither is it known to be intact.
     """
-    folder = Path(snapshot)
+    location = locate(snapshot)
     jobs = check_jobs(jobs)
     if isinstance(public_key, (str, Path)):
         from .signing import load_public_key
 
         public_key = load_public_key(public_key)
     try:
-        if not folder.is_dir():
-            raise SnapshotNotFound(f"no snapshot at {folder}", hint="run `backupkit list DIR` to see the snapshots")
+        kind = location.storage.stat(location.id).kind
+    except FileNotFoundError:
+        kind = None
     except OSError as exc:
-        raise mf.unreadable(folder, exc) from None
-    report = VerifyReport(folder, deep=deep)
+        raise mf.unreadable(location.where(), exc) from None
+    if kind not in ("dir", "link"):
+        raise SnapshotNotFound(f"no snapshot at {location}", hint="run `backupkit list DIR` to see the snapshots")
+    report = VerifyReport(location, deep=deep)
     try:
-        m = mf.read(folder)
+        m = mf.read(location)
     except SnapshotDamaged as exc:
         report.problems.extend(exc.problems or [str(exc)])
         return report
@@ -268,22 +262,23 @@ def verify(snapshot: Path | str, *, deep: bool = False, jobs: int | None = None,
     listed = {e["path"] for e, _, _ in entries}
     workers = jobs or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        for problems in pool.map(lambda er: _check_file(folder, *er), entries):
+        for problems in pool.map(lambda er: _check_file(location, *er), entries):
             report.problems.extend(problems)
     report.files = len(entries)
     report.bytes = sum(e["bytes"] for e, _, _ in entries)
-    _check_signature(folder, m, public_key, report)
-    report.problems.extend(_walk_problems(folder, listed))
+    _check_signature(location, m, public_key, report)
+    report.problems.extend(_walk_problems(location, listed))
     return report
 
 
-def ensure_intact(snapshot: Path | str, *, deep: bool = False, public_key=None) -> dict:
+def ensure_intact(snapshot: mf.SnapshotArg, *, deep: bool = False,
+                  public_key: Ed25519PublicKey | str | Path | None = None) -> dict:
     """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem
     (with ``public_key``, a missing or bad signature is one; see ``verify``)."""
     report = verify(snapshot, deep=deep, public_key=public_key)
     if not report.ok:
         raise SnapshotDamaged(
-            f"snapshot {Path(snapshot).name} is damaged: " + "; ".join(report.problems[:5])
+            f"snapshot {locate(snapshot).name} is damaged: " + "; ".join(report.problems[:5])
             + (f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""),
             report.problems,
             hint="restore from another snapshot (`backupkit list DIR`), and check the storage",

@@ -1,35 +1,38 @@
-"""The backup directory's lock, so a prune never deletes under a running backup.
+"""The repository's lock, so a prune never deletes under a running backup.
 
-``DIR/.lock`` is created with O_CREAT|O_EXCL (atomic, also on NFS v3+) and
-holds JSON ``{host, pid, purpose, started_at}``.  A lock whose holder is gone
-is taken over; the holder counts as gone when it ran on this host and its pid
-no longer exists (or now belongs to a process started after the lock was
-taken), or when it ran on another host and the lock is older than
-``stale_after``: we cannot see other hosts' processes, so only age can tell.
+``.lock`` at the top of the repository is created exclusively (``O_EXCL`` on a
+file system, atomic also on NFS v3+) and holds JSON ``{host, pid, purpose,
+started_at}``.  A lock whose holder is gone is taken over; the holder counts as
+gone when it ran on this host and its pid no longer exists (or now belongs to a
+process started after the lock was taken), or when it ran on another host and
+the lock is older than ``stale_after``: we cannot see other hosts' processes,
+so only age can tell.
 
 Checking a lock and replacing a stale one is not one atomic step, so every
-acquire and release on this host is serialised with ``flock`` on the
-directory itself (released by the kernel if we die).
+acquire and release on this host is serialised (``Storage.serialised``: ``flock``
+on a local folder, released by the kernel if we die).
 
 A ``.lock`` that is empty or not a backupkit lock is replaced once it is older
 than ``GARBAGE_GRACE``; a fresher one is refused with the command to remove it.
-A directory that cannot be written (permissions, read-only, disk full) raises
+A repository that cannot be written (permissions, read-only, disk full) raises
 ``StorageError`` (exit 8), never ``LockError`` (exit 10, "locked").
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ..errors import LockError, StorageError
+from .base import Storage
+from .location import open_storage
 
 LOCK_NAME = ".lock"
 DEFAULT_STALE_AFTER = timedelta(hours=6)
@@ -42,26 +45,33 @@ GARBAGE_GRACE = timedelta(minutes=1)
 _PID_REUSE_SLACK = timedelta(seconds=10)
 
 
-def _storage(what: str, path: Path, exc: OSError) -> StorageError:
+#: A ``.lock`` larger than this is not one backupkit wrote.
+MAX_LOCK_BYTES = 64 << 10
+
+
+def _storage(what: str, path: Path | str, exc: OSError) -> StorageError:
     """Not "locked": the directory itself cannot be used (permissions, read-only, disk full)."""
     return StorageError(f"{what} {path}: {exc.strerror or exc}",
                         hint="the backup directory must be writable by this user and its disk not full")
 
 
-def read_lock(directory: Path) -> dict[str, Any] | None:
-    """The lock's JSON, or None when ``directory`` is not locked.
+def read_lock(repository: Path | str | Storage) -> dict[str, Any] | None:
+    """The lock's JSON, or None when the repository is not locked.
 
     Raises ``LockError`` when the file exists but is not a backupkit lock, and
     ``StorageError`` when it cannot be read.
     """
-    path = Path(directory) / LOCK_NAME
+    storage = open_storage(repository)
+    where = storage.where(LOCK_NAME)
     try:
-        raw = path.read_bytes()
+        raw = storage.read(LOCK_NAME, MAX_LOCK_BYTES)
     except FileNotFoundError:
         return None
+    except ValueError:
+        raw = b"\0"  # far too large: not a lock backupkit wrote
     except OSError as exc:
-        raise _storage("cannot read the lock", path, exc) from None
-    return _parse(path, raw)
+        raise _storage("cannot read the lock", where, exc) from None
+    return _parse(where, raw)
 
 
 class _Unreadable(LockError):
@@ -72,7 +82,7 @@ class _Unreadable(LockError):
         self.reason = reason
 
 
-def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
     try:
         if not raw.strip():
             raise ValueError("empty")
@@ -135,15 +145,17 @@ def describe(info: dict[str, Any]) -> str:
 
 
 class DirLock:
-    """Context manager holding ``directory/.lock`` for one backup or prune.
+    """Context manager holding a repository's ``.lock`` for one backup or prune.
 
     After entering, ``took_over`` is None or a sentence saying whose stale
     lock was replaced (the CLI prints it).
     """
 
-    def __init__(self, directory: Path, purpose: str, *, stale_after: timedelta = DEFAULT_STALE_AFTER):
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
+    def __init__(self, repository: Path | str | Storage, purpose: str, *,
+                 stale_after: timedelta = DEFAULT_STALE_AFTER):
+        self.storage = open_storage(repository)
+        self.directory = self.storage.location
+        self.path = self.storage.where(LOCK_NAME)
         self.purpose = purpose
         self.stale_after = stale_after
         self.took_over: str | None = None
@@ -159,19 +171,19 @@ class DirLock:
         self.release()
 
     @contextlib.contextmanager
-    def _serialised(self):
-        try:
-            fd = os.open(self.directory, os.O_RDONLY)
-        except OSError as exc:
-            raise _storage("cannot lock", self.directory, exc) from None
-        try:
+    def _serialised(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:
-                pass  # flock unsupported here (some network filesystems); O_EXCL still guards
+                stack.enter_context(self.storage.serialised())
+            except OSError as exc:
+                raise _storage("cannot lock", self.directory, exc) from None
             yield
-        finally:
-            os.close(fd)  # also drops the flock
+
+    def _remove_lock(self) -> None:
+        try:
+            self.storage.remove(LOCK_NAME)
+        except OSError as exc:
+            raise _storage("cannot remove the lock", self.path, exc) from None
 
     def _garbage(self, exc: _Unreadable) -> dict[str, Any] | None:
         """Handle a ``.lock`` that is empty or not JSON (we hold the flock).
@@ -184,7 +196,7 @@ class DirLock:
         the exact command to remove it.
         """
         try:
-            age = time.time() - self.path.lstat().st_mtime
+            age = time.time() - self.storage.stat(LOCK_NAME).mtime
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -193,9 +205,7 @@ class DirLock:
             raise exc
         self._garbage_reason = f"replaced an unreadable lock file ({exc.reason}, {age:.0f} s old)"
         try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+            self.storage.remove(LOCK_NAME)
         except OSError as e:
             raise _storage("cannot remove the unreadable lock", self.path, e) from None
         return None
@@ -214,11 +224,12 @@ class DirLock:
         if self._written is not None:
             raise LockError(f"{self.path} is already held by this DirLock")
         now = datetime.now(UTC)
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose, "started_at": now.isoformat()}
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose,
+                "started_at": now.isoformat()}
         data = json.dumps(info, indent=1).encode() + b"\n"
         with self._serialised():
             try:
-                old = read_lock(self.directory)
+                old = read_lock(self.storage)
             except _Unreadable as exc:
                 old = self._garbage(exc)
             if old is not None:
@@ -228,12 +239,12 @@ class DirLock:
                         f"{self.directory} is locked by {describe(old)}; wait for it, or remove"
                         f" {self.path} if you are sure no backupkit runs"
                     )
-                self.path.unlink(missing_ok=True)
+                self._remove_lock()
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                writer = self.storage.create(LOCK_NAME)
             except FileExistsError:
                 # Another host won the race (flock does not reach across hosts).
-                holder = read_lock(self.directory)
+                holder = read_lock(self.storage)
                 raise LockError(
                     f"{self.directory} was just locked by {describe(holder) if holder else 'another process'};"
                     f" wait for it, or remove {self.path} if you are sure no backupkit runs"
@@ -241,14 +252,11 @@ class DirLock:
             except OSError as exc:
                 raise _storage("cannot create the lock", self.path, exc) from None
             try:
-                try:
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                with writer:
+                    writer.write(data)
             except OSError as exc:
                 # An empty lock file would block every later run until removed by hand.
-                self.path.unlink(missing_ok=True)
+                self._remove_lock()
                 raise _storage("cannot write the lock", self.path, exc) from None
         if old is not None:
             self.took_over = f"took over a stale lock left by {describe(old)}: {why}"
@@ -263,12 +271,12 @@ class DirLock:
             return False
         with self._serialised():
             try:
-                current = self.path.read_bytes()
-            except FileNotFoundError:
+                current: bytes | None = self.storage.read(LOCK_NAME, MAX_LOCK_BYTES)
+            except (FileNotFoundError, ValueError):
                 current = None
             # Someone removed our lock and another process took it: theirs now.
             mine = current == self._written
             if mine:
-                self.path.unlink()
+                self.storage.remove(LOCK_NAME)
         self._written = None
         return mine

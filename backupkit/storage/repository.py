@@ -1,19 +1,20 @@
-"""The backup directory: which folders are snapshots, which are unfinished, which are pinned.
+"""A repository's layout: which names are snapshots, which are unfinished, which are pinned.
 
-Layout of ``DIR``::
+Layout of a repository (a folder, or a prefix in another storage)::
 
-    DIR/<id>/            complete snapshots (renamed into place when verified)
-    DIR/.tmp-<id>-<r>/   a backup being written, or left by a crash
-    DIR/.trash-<id>-<r>/ a snapshot being deleted by prune
-    DIR/.pins/<id>       pin markers (outside the snapshot, which never changes)
-    DIR/.lock            held by a running backup or prune
+    <id>/                complete snapshots (renamed into place when verified)
+    .tmp-<id>-<r>/       a backup being written, or left by a crash
+    .trash-<id>-<r>/     a snapshot being deleted by prune
+    .pins/<id>           pin markers (outside the snapshot, which never changes)
+    .lock                held by a running backup or prune
+
+Every name is spelled here; the bytes go through a ``Storage`` (``storage.base``).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import stat
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, SnapshotError, SnapshotNotFound, StorageError
 from ..snapshot import manifest as mf
+from .base import Entry, Storage, check_name
+from .location import SnapshotLocation, locate, open_storage
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -30,10 +33,10 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 @dataclass
 class Snapshot:
-    """A complete snapshot folder and the summary its manifest gives."""
+    """A complete snapshot and the summary its manifest gives."""
 
     id: str
-    path: Path
+    location: SnapshotLocation
     created_at: datetime | None
     label: str | None = None
     tables: int = 0
@@ -43,9 +46,14 @@ class Snapshot:
     partial: bool = False
     error: str | None = None  # set when the manifest cannot be read
 
+    @property
+    def path(self) -> Path:
+        """The snapshot's folder (a snapshot on this machine; see ``SnapshotLocation.path``)."""
+        return self.location.path
+
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "path": str(self.path),
+            "id": self.id, "path": str(self.location),
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "label": self.label, "tables": self.tables, "rows": self.rows, "bytes": self.bytes,
             "pinned": self.pinned, "partial": self.partial, "error": self.error,
@@ -56,12 +64,17 @@ class Snapshot:
 class Unfinished:
     """A temporary folder: a backup in progress or one that crashed, or an interrupted delete."""
 
-    path: Path
+    name: str
     kind: str  # "tmp" or "trash"
     age_seconds: float = field(default=0.0)
+    where: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(self.where or self.name)
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind, "age_seconds": round(self.age_seconds)}
+        return {"path": self.where or self.name, "kind": self.kind, "age_seconds": round(self.age_seconds)}
 
 
 def check_label(label: str | None) -> str | None:
@@ -78,69 +91,86 @@ def new_id(now: datetime, label: str | None) -> str:
     return f"{stamp}-{label}" if label else stamp
 
 
-def _summary(path: Path, pinned: set[str]) -> Snapshot:
+def staging_name(snapshot_id: str) -> str:
+    """A fresh temporary name for a snapshot being written (never listed as a snapshot)."""
+    return f"{TMP_PREFIX}{snapshot_id}-{secrets.token_hex(4)}"
+
+
+def publish(storage: Storage, staging: str, snapshot_id: str) -> SnapshotLocation:
+    """Make the finished, verified snapshot under ``staging`` visible as ``snapshot_id`` (one rename)."""
+    storage.rename(staging, snapshot_id)
+    return SnapshotLocation(storage, snapshot_id)
+
+
+def trash(location: SnapshotLocation) -> str:
+    """Take a snapshot out of the listing (renamed to ``.trash-*``) before its files are removed.
+
+    An interruption after this leaves a ``.trash-*`` folder that the next prune
+    removes, never a half-deleted snapshot that looks complete.
+    """
+    name = f"{TRASH_PREFIX}{location.id}-{secrets.token_hex(4)}"
+    location.storage.rename(location.id, name)
+    return name
+
+
+def _summary(location: SnapshotLocation, pinned: set[str], entry: Entry) -> Snapshot:
     try:
-        if path.is_symlink():
+        if entry.kind == "link":
             # Never followed: prune would otherwise verify, and delete, someone else's folder.
-            raise SnapshotError(f"{path.name} is a symbolic link, not a snapshot folder of this directory;"
+            raise SnapshotError(f"{entry.name} is a symbolic link, not a snapshot folder of this directory;"
                                 " backupkit neither reads nor removes it")
-        m = mf.read(path)  # validated: the sums below cannot fail on a wrong type
+        m = mf.read(location)  # validated: the sums below cannot fail on a wrong type
         return Snapshot(
-            id=path.name, path=path, created_at=datetime.fromisoformat(m["created_at"]),
+            id=location.id, location=location, created_at=datetime.fromisoformat(m["created_at"]),
             label=m.get("label") if isinstance(m.get("label"), str) else None, tables=len(m["tables"]),
             rows=sum(t["rows"] for t in m["tables"]),
             bytes=sum(f["bytes"] for f in mf.all_files(m)),
-            pinned=path.name in pinned, partial=bool(m.get("partial")),
+            pinned=location.id in pinned, partial=bool(m.get("partial")),
         )
     except (SnapshotError, KeyError, TypeError, ValueError, OSError) as exc:
         # One folder that cannot be read never hides the others: it is listed as unreadable.
-        return Snapshot(id=path.name, path=path, created_at=None, pinned=path.name in pinned,
+        return Snapshot(id=location.id, location=location, created_at=None, pinned=location.id in pinned,
                         error=str(exc))
 
 
-def pins(directory: Path) -> set[str]:
-    """Ids pinned in ``directory``; SnapshotError when the pins cannot be read (prune must not guess)."""
-    d = Path(directory) / PINS
+def pins(repository: Path | str | Storage) -> set[str]:
+    """Ids pinned in the repository; SnapshotError when the pins cannot be read (prune must not guess)."""
+    storage = open_storage(repository)
     try:
-        return {p.name for p in d.iterdir()} if d.is_dir() else set()
+        return {e.basename for e in storage.list(PINS)}
+    except FileNotFoundError:
+        return set()
     except OSError as exc:
-        raise mf.unreadable(d, exc) from None
+        raise mf.unreadable(storage.where(PINS), exc) from None
 
 
-def list_snapshots(directory: Path | str) -> tuple[list[Snapshot], list[Unfinished]]:
+def list_snapshots(repository: Path | str | Storage) -> tuple[list[Snapshot], list[Unfinished]]:
     """Complete snapshots newest first, and unfinished temporary folders.
 
-    A snapshot folder that cannot be read (permissions, a malformed manifest, a
-    symbolic link) is listed with ``error`` set and sorted last; only an unreadable
-    directory itself raises (``SnapshotError``, exit 7).
+    A snapshot that cannot be read (permissions, a malformed manifest, a symbolic
+    link) is listed with ``error`` set and sorted last; only an unreadable
+    repository itself raises (``SnapshotError``, exit 7).
     """
-    directory = Path(directory)
+    storage = open_storage(repository)
     try:
-        if not directory.is_dir():
-            raise SnapshotNotFound(f"{directory} is not a directory",
-                                   hint="pass the folder given to `backupkit backup --to`")
-        entries = sorted(directory.iterdir())
+        entries = storage.list()
+    except (FileNotFoundError, NotADirectoryError):
+        raise SnapshotNotFound(f"{storage.location} is not a directory",
+                               hint="pass the folder given to `backupkit backup --to`") from None
     except OSError as exc:
-        raise mf.unreadable(directory, exc) from None
-    pinned = pins(directory)
+        raise mf.unreadable(storage.location, exc) from None
+    pinned = pins(storage)
     snaps, unfinished = [], []
     now = time.time()
     for entry in entries:
-        try:
-            st = entry.lstat()
-        except FileNotFoundError:
-            continue  # removed while we looked
-        except OSError as exc:
-            snaps.append(Snapshot(id=entry.name, path=entry, created_at=None, error=str(mf.unreadable(entry, exc))))
+        name = entry.name
+        if entry.kind not in ("dir", "link"):
             continue
-        link = stat.S_ISLNK(st.st_mode)
-        if not (stat.S_ISDIR(st.st_mode) or (link and entry.is_dir())):
-            continue
-        if entry.name.startswith(TMP_PREFIX) or entry.name.startswith(TRASH_PREFIX):
-            kind = "tmp" if entry.name.startswith(TMP_PREFIX) else "trash"
-            unfinished.append(Unfinished(entry, kind, now - st.st_mtime))
-        elif not entry.name.startswith("."):
-            snaps.append(_summary(entry, pinned))
+        if name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+            kind = "tmp" if name.startswith(TMP_PREFIX) else "trash"
+            unfinished.append(Unfinished(name, kind, now - entry.mtime, storage.where(name)))
+        elif not name.startswith("."):
+            snaps.append(_summary(SnapshotLocation(storage, name), pinned, entry))
     snaps.sort(key=lambda s: (s.created_at is not None, s.created_at or datetime.min, s.id), reverse=True)
     return snaps, unfinished
 
@@ -156,51 +186,100 @@ def _when(s: Snapshot) -> tuple:
     return (datetime.max.replace(tzinfo=UTC), s.id)
 
 
-def resolve(directory_or_snapshot: Path | str, ref: str | None = None) -> Path:
-    """A snapshot folder from a path, or from ``DIR`` plus an id / ``latest`` / ``latest~1``."""
-    base = Path(directory_or_snapshot)
+def _is_snapshot_folder(path: Path) -> bool:
+    """A folder given where a snapshot or a repository may be: is it a snapshot (even a damaged one)?"""
     try:
-        if ref is None:
-            # A snapshot folder, even one whose manifest is gone, is verified as such.
-            if not base.is_dir() or any((base / n).exists() for n in (mf.MANIFEST, "data", "schema")):
-                return base
-            ref = "latest"
+        return not path.is_dir() or any((path / n).exists() for n in (mf.MANIFEST, "data", "schema"))
     except OSError as exc:
-        raise mf.unreadable(base, exc) from None
+        raise mf.unreadable(path, exc) from None
+
+
+def resolve(repository_or_snapshot: Path | str | Storage | SnapshotLocation,
+            ref: str | None = None) -> SnapshotLocation:
+    """A snapshot from its folder, or from a repository plus an id / ``latest`` / ``latest~1``."""
+    if isinstance(repository_or_snapshot, SnapshotLocation):
+        return repository_or_snapshot
+    if ref is None:
+        if not isinstance(repository_or_snapshot, Storage) and _is_snapshot_folder(Path(repository_or_snapshot)):
+            # A snapshot folder, even one whose manifest is gone, is verified as such.
+            return locate(repository_or_snapshot)
+        ref = "latest"
+    storage = open_storage(repository_or_snapshot)
     m = re.fullmatch(r"latest(?:~(\d+))?", ref)
     if m:
         # Unreadable ones count too, placed by the time in their id (or newest, when it has
         # none): "latest" must never silently mean an older snapshot.  The command then
         # fails on the unreadable one with its own error.
-        snaps = sorted(list_snapshots(base)[0], key=_when, reverse=True)
+        snaps = sorted(list_snapshots(storage)[0], key=_when, reverse=True)
         n = int(m.group(1) or 0)
         if n >= len(snaps):
-            raise SnapshotNotFound(f"{base} has only {len(snaps)} complete snapshot(s); no {ref}")
-        return snaps[n].path
-    return base / ref
+            raise SnapshotNotFound(f"{storage.location} has only {len(snaps)} complete snapshot(s); no {ref}")
+        return snaps[n].location
+    if check_name(ref) or "/" in ref:
+        raise SnapshotNotFound(f"{ref!r} is not a snapshot id",
+                               hint="run `backupkit list DIR` to see the snapshots there")
+    return SnapshotLocation(storage, ref)
 
 
-def set_pin(snapshot: Path | str, pinned: bool = True) -> bool:
+def set_pin(snapshot: Path | str | SnapshotLocation, pinned: bool = True) -> bool:
     """Pin (or unpin) a snapshot so prune never removes it; returns the new state.
 
     ``SnapshotError`` (exit 7) when the snapshot cannot be read, ``StorageError``
     (exit 8) when the pin marker cannot be written or removed.
     """
-    snapshot = Path(snapshot)
-    mf.read(snapshot)
-    pin_dir = snapshot.parent / PINS
-    marker = pin_dir / snapshot.name
+    location = locate(snapshot)
+    mf.read(location)
+    storage, marker = location.storage, f"{PINS}/{location.id}"
     try:
         if pinned:
-            pin_dir.mkdir(mode=0o700, exist_ok=True)
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(datetime.now().astimezone().isoformat() + "\n")
-            os.chmod(marker, 0o600)
+            try:
+                storage.write(marker, (datetime.now(UTC).isoformat() + "\n").encode())
+            except FileExistsError:
+                pass  # pinned already
         else:
-            marker.unlink(missing_ok=True)
+            storage.remove(marker)
     except OSError as exc:
-        raise StorageError(f"cannot {'pin' if pinned else 'unpin'} {snapshot.name}: {marker}: "
+        raise StorageError(f"cannot {'pin' if pinned else 'unpin'} {location.id}: {storage.where(marker)}: "
                            f"{exc.strerror or exc}",
                            hint="run backupkit as a user that may write the backup directory") from None
     return pinned
+
+
+def copy_snapshot(source: Path | str | SnapshotLocation, target: Path | str | Storage) -> SnapshotLocation:
+    """Copy one snapshot into another repository, streamed file by file, verified before it is listed.
+
+    The copy is written under a temporary name and published (one rename) only when
+    ``verify`` finds every file as its manifest says; on any failure nothing is left
+    that looks like a snapshot.  The target's lock is held meanwhile, so a prune there
+    cannot remove the copy being written.  ``FileExistsError`` when the target
+    already has a snapshot of that id.
+    """
+    import shutil
+
+    from ..errors import SnapshotDamaged
+    from ..snapshot.verify import verify
+    from .base import BLOCK
+    from .lock import DirLock
+
+    src = locate(source)
+    dst = open_storage(target, create=True)
+    staging = staging_name(src.id)
+    with DirLock(dst, "copy"):
+        try:
+            for entry in src.storage.walk(src.id):
+                if entry.kind == "dir":
+                    continue
+                if entry.kind != "file":
+                    raise SnapshotDamaged(f"{entry.name} is not a plain file", [f"{entry.name} is not a plain file"],
+                                          hint=f"run `backupkit verify {src}`")
+                rel = entry.name[len(src.id) + 1:]
+                with src.storage.open(entry.name) as f, dst.create(f"{staging}/{rel}") as out:
+                    shutil.copyfileobj(f, out, BLOCK)
+            report = verify(SnapshotLocation(dst, staging))
+            if not report.ok:
+                raise SnapshotDamaged(f"the copy of {src.id} does not verify: " + "; ".join(report.problems[:3]),
+                                      report.problems, hint=f"run `backupkit verify {src}`")
+            return publish(dst, staging, src.id)
+        finally:
+            if any(e.name == staging for e in dst.list()):
+                dst.remove(staging)
