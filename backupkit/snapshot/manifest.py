@@ -270,6 +270,29 @@ def open_file(snapshot: SnapshotArg, rel: str) -> BinaryIO:
         raise unreadable(location.where(rel), exc) from None
 
 
+def read_member(snapshot: SnapshotArg, rel: str, limit: int) -> bytes | None:
+    """The bytes of plain file ``rel`` of a snapshot, or None when it is absent.
+
+    ``SnapshotDamaged`` when it is a link, not a regular file, or larger than
+    ``limit``; ``SnapshotError`` when it cannot be read.
+    """
+    location = locate(snapshot)
+    try:
+        f = open_file(location, rel)
+    except SnapshotDamaged as exc:
+        if exc.problems == [f"missing file {rel}"]:
+            return None
+        raise
+    try:
+        with f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise unreadable(location.where(rel), exc) from None
+    if len(data) > limit:
+        raise SnapshotDamaged(f"{rel} is implausibly large", [f"{rel} is implausibly large"])
+    return data
+
+
 def data_format(table: dict) -> str:
     """How a manifest table entry's data files are written: ``TEXT`` or ``CSV``."""
     return table.get("data_format", CSV)

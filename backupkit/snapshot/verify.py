@@ -138,31 +138,12 @@ def check_jobs(jobs: int | None) -> int | None:
     return jobs
 
 
-def _read_member(location: SnapshotLocation, rel: str, limit: int) -> bytes | None:
-    """The bytes of contained regular file ``rel`` (None when it is absent); SnapshotDamaged when it
-    is a link, not a regular file or larger than ``limit``; SnapshotError when it cannot be read."""
-    try:
-        f = mf.open_file(location, rel)
-    except SnapshotDamaged as exc:
-        if exc.problems == [f"missing file {rel}"]:
-            return None
-        raise
-    try:
-        with f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise mf.unreadable(location.where(rel), exc) from None
-    if len(data) > limit:
-        raise SnapshotDamaged(f"{rel} is implausibly large", [f"{rel} is implausibly large"])
-    return data
-
-
 def _check_signature(location: SnapshotLocation, m: dict, public_key: Ed25519PublicKey | None,
                      report: VerifyReport) -> None:
     """Fill ``report.signature`` and add problems: see ``verify``."""
     sig_name = mf.SIGNATURE
     try:
-        sig = _read_member(location, sig_name, mf.MAX_SIGNATURE_BYTES)
+        sig = mf.read_member(location, sig_name, mf.MAX_SIGNATURE_BYTES)
     except SnapshotDamaged as exc:
         report.problems.extend(exc.problems or [str(exc)])
         report.signature = "invalid"
@@ -187,7 +168,7 @@ def _check_signature(location: SnapshotLocation, m: dict, public_key: Ed25519Pub
     if public_key is None:
         report.signature = "unchecked"
         return
-    manifest_bytes = _read_member(location, mf.MANIFEST, mf.MAX_MANIFEST_BYTES)
+    manifest_bytes = mf.read_member(location, mf.MANIFEST, mf.MAX_MANIFEST_BYTES)
     kid = signing.key_id(public_key)
     try:
         same = manifest_bytes is not None and json.loads(manifest_bytes.decode()) == m
