@@ -1,6 +1,9 @@
 """The ``backupkit`` command: parse, make one library call, print.
 
-Errors become exit codes here and nowhere else (``EXIT_CODES``); README lists them.
+Each error class carries its exit code (``backupkit.errors``: ``exc.exit_code``); README lists them.
+Library messages name parameters as Python callers know them (``lock_wait_timeout``);
+``main`` turns those names into the command's flags (``--lock-wait-timeout``) when it
+reports the error.
 """
 
 from __future__ import annotations
@@ -8,53 +11,38 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import (
     BackupkitError,
     ConfigError,
-    ConnectionFailed,
-    LockError,
-    RestoreError,
     RetentionError,
     SnapshotDamaged,
     SnapshotError,
     SourceError,
     StorageError,
-    ToolError,
 )
 
-#: Exception class → exit code, most specific first.  0 is success, 1 an unexpected bug.
-EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (ConfigError, 2),
-    (ConnectionFailed, 3),
-    (ToolError, 4),
-    (SourceError, 5),
-    (SnapshotDamaged, 6),
-    (StorageError, 8),
-    (SnapshotError, 7),
-    (RestoreError, 9),
-    (LockError, 10),
-    (RetentionError, 11),
-    (BackupkitError, 1),
-]
-EXIT_INTERRUPTED = 130
+#: Exit codes that belong to no error class (those are on the classes: ``BackupkitError.exit_code``).
+#: An exception backupkit did not raise on purpose: a bug.
+EXIT_UNEXPECTED = 1
 #: ``diff --exit-code``: the snapshots differ (like ``git diff --exit-code``); 0 when the same.
 EXIT_DIFFERENT = 12
+EXIT_INTERRUPTED = 130
 
 
 def exit_code(exc: BaseException) -> int:
-    """The documented exit code for an exception."""
-    for cls, code in EXIT_CODES:
-        if isinstance(exc, cls):
-            return code
-    return 1
+    """The documented exit code for an exception: its class's ``exit_code``, 1 for anything else."""
+    return exc.exit_code if isinstance(exc, BackupkitError) else EXIT_UNEXPECTED
 
 
-def _print_table(rows: list[dict], columns: list[str]) -> None:
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         print("(none)")
         return
@@ -64,7 +52,7 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -72,14 +60,14 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _warn(msgs) -> None:
+def _warn(msgs: Iterable[str]) -> None:
     for m in msgs:
         print(f"warning: {m}", file=sys.stderr)
 
 
 # -- commands -----------------------------------------------------------------------
 
-def cmd_backup(a) -> int:
+def cmd_backup(a: argparse.Namespace) -> int:
     from .capture.job import backup
     from .pg.dsn import resolve_dsn
     from .snapshot.signing import sign_key_path
@@ -97,7 +85,7 @@ def cmd_backup(a) -> int:
     return 0
 
 
-def cmd_list(a) -> int:
+def cmd_list(a: argparse.Namespace) -> int:
     from .storage.repository import list_snapshots
 
     snaps, unfinished = list_snapshots(a.dir)
@@ -119,7 +107,7 @@ def cmd_list(a) -> int:
     return 0
 
 
-def cmd_verify(a) -> int:
+def cmd_verify(a: argparse.Namespace) -> int:
     from .snapshot.signing import public_key_path
     from .snapshot.verify import verify
     from .storage.repository import resolve
@@ -138,10 +126,10 @@ def cmd_verify(a) -> int:
                "missing": "signed: NO (no signature)",
                "unchecked": "signed: not checked (signature present; pass --public-key to check it)",
                "absent": "signed: no"}[report.signature])
-    return 0 if report.ok else exit_code(SnapshotDamaged(""))
+    return 0 if report.ok else SnapshotDamaged.exit_code
 
 
-def cmd_keygen(a) -> int:
+def cmd_keygen(a: argparse.Namespace) -> int:
     from .snapshot.signing import keygen
 
     kid = keygen(a.private_key, a.public_key)
@@ -150,7 +138,7 @@ def cmd_keygen(a) -> int:
     return 0
 
 
-def cmd_check(a) -> int:
+def cmd_check(a: argparse.Namespace) -> int:
     from .capture.preflight import check
     from .pg.dsn import resolve_dsn
 
@@ -160,10 +148,10 @@ def cmd_check(a) -> int:
     else:
         for i in report.items:
             print(f"{i['status'].upper():5} {i['check']}: {i['detail']}")
-    return 0 if report.ok else exit_code(SourceError(""))
+    return 0 if report.ok else SourceError.exit_code
 
 
-def cmd_restore(a) -> int:
+def cmd_restore(a: argparse.Namespace) -> int:
     from .pg.dsn import resolve_dsn
     from .recovery.job import restore
     from .snapshot.signing import public_key_path
@@ -190,7 +178,7 @@ def cmd_restore(a) -> int:
     return 0
 
 
-def cmd_pin(a, pinned: bool = True) -> int:
+def cmd_pin(a: argparse.Namespace, pinned: bool = True) -> int:
     from .storage.repository import resolve, set_pin
 
     path = resolve(a.snapshot)
@@ -199,7 +187,7 @@ def cmd_pin(a, pinned: bool = True) -> int:
     return 0
 
 
-def cmd_prune(a) -> int:
+def cmd_prune(a: argparse.Namespace) -> int:
     from .retention.policy import Policy, parse_duration
     from .retention.prune import prune
 
@@ -212,7 +200,7 @@ def cmd_prune(a) -> int:
     policy = Policy(keep_last=a.keep_last, keep_hourly=a.keep_hourly, keep_daily=a.keep_daily,
                     keep_weekly=a.keep_weekly, keep_monthly=a.keep_monthly, keep_yearly=a.keep_yearly,
                     keep_within=keep_within,
-                    max_age_days=a.max_age_days, min_keep=a.min_keep, tz=a.tz or _local_tz())
+                    max_age_days=a.max_age_days, min_keep=a.min_keep, tz=a.tz or "UTC")
     res = prune(a.dir, policy, now=datetime.now(UTC), dry_run=a.dry_run,
                 stale_after_hours=a.stale_after_hours)
     _warn(res.warnings)
@@ -228,18 +216,7 @@ def cmd_prune(a) -> int:
     return 0
 
 
-def _local_tz() -> str:
-    """The machine's IANA zone name when it can be found, else UTC."""
-    try:
-        link = Path("/etc/localtime").resolve()
-        if "zoneinfo/" in str(link):
-            return str(link).split("zoneinfo/", 1)[1]
-    except OSError:
-        pass
-    return "UTC"
-
-
-def cmd_diff(a) -> int:
+def cmd_diff(a: argparse.Namespace) -> int:
     from .lens.diff import diff_snapshots
     from .lens.integrity import integrity
     from .lens.report import render_html, render_json, schema_text
@@ -287,7 +264,7 @@ def _write_private(path: Path, text: str) -> None:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def cmd_sql(a) -> int:
+def cmd_sql(a: argparse.Namespace) -> int:
     import duckdb
 
     from .lens.duck import open_snapshot
@@ -301,7 +278,8 @@ def cmd_sql(a) -> int:
                 rel.show(max_rows=a.max_rows)
         except duckdb.Error as exc:
             raise ConfigError(f"DuckDB could not run the query: {exc}",
-                              hint="tables are views like public.orders; `select * from backupkit.tables` lists them") from None
+                              hint="tables are views like public.orders; "
+                                   "`select * from backupkit.tables` lists them") from None
         return 0
     print("DuckDB over the snapshot; tables are views like public.orders. End with Ctrl-D.")
     buf = ""
@@ -322,7 +300,7 @@ def cmd_sql(a) -> int:
             buf = ""
 
 
-def cmd_demo(a) -> int:
+def cmd_demo(a: argparse.Namespace) -> int:
     from .demo.run import run_demo
 
     res = run_demo(a.to, scale=a.scale, keep_server=False)
@@ -423,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_restore, owner=False)
 
     for name, pinned in (("pin", True), ("unpin", False)):
-        pp = sub.add_parser(name, help=f"{name} a snapshot ({'prune never removes it' if pinned else 'let prune decide'})")
+        what = "prune never removes it" if pinned else "let prune decide"
+        pp = sub.add_parser(name, help=f"{name} a snapshot ({what})")
         pp.add_argument("snapshot")
         pp.set_defaults(func=lambda a, _p=pinned: cmd_pin(a, _p))
 
@@ -434,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep-within", metavar="DURATION", help="keep all within e.g. 7d, 1y2m of the newest")
     pr.add_argument("--max-age-days", type=float, help="keep what is younger (default policy: 30)")
     pr.add_argument("--min-keep", type=int, default=1, help="never keep fewer (default 1)")
-    pr.add_argument("--tz", help="time zone for calendar buckets (default: this machine's)")
+    pr.add_argument("--tz", default="UTC", metavar="ZONE",
+                    help="IANA time zone of the calendar periods, e.g. Europe/Berlin (default UTC, as in the "
+                         "notebooks and the library, whatever this machine's zone)")
     pr.add_argument("--stale-after-hours", type=float, default=24,
                     help="remove unfinished temporary folders older than this (default 24)")
     pr.add_argument("--dry-run", action="store_true", help="show decisions, delete nothing")
@@ -477,8 +458,7 @@ def help_markdown() -> str:
         out = ["# backupkit command reference", "",
                "Generated from `backupkit COMMAND --help`; exit codes are listed in README.md.", "",
                "```", parser.format_help().rstrip(), "```"]
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        for name, cmd in sub.choices.items():
+        for name, cmd in _commands(parser).items():
             out += ["", f"## backupkit {name}", "", "```", cmd.format_help().rstrip(), "```"]
         return "\n".join(out) + "\n"
     finally:
@@ -486,6 +466,43 @@ def help_markdown() -> str:
             del os.environ["COLUMNS"]
         else:
             os.environ["COLUMNS"] = old
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command, by name."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+#: Library parameters whose option has another name (a repeatable option is singular).
+_PARAMETER_OPTIONS = {"schemas": "schema", "tables": "table", "exclude": "exclude_table"}
+
+
+def _flags(command: argparse.ArgumentParser) -> dict[str, str]:
+    """The command's options by the library parameter each passes on, which mostly has the
+    option's name: ``{"lock_wait_timeout": "--lock-wait-timeout", "jobs": "--jobs", ...}``."""
+    flags: dict[str, str] = {}
+    for action in command._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long and action.dest != "help":
+            named = "--" + action.dest.replace("_", "-")
+            flags[action.dest] = named if named in long else long[0]
+    return flags
+
+
+def _in_flags(text: str, flags: dict[str, str], *, leading: bool) -> str:
+    """A library message or hint in the command's words: a parameter name between backquotes,
+    as in "pass a larger `timeout`", becomes its flag (`--timeout`); with ``leading``, so does
+    the name that opens the text ("jobs 0 is out of range" -> "--jobs 0 is out of range")."""
+    def quoted(m: re.Match[str]) -> str:
+        flag = flags.get(m[1]) or flags.get(_PARAMETER_OPTIONS.get(m[1], ""))
+        return f"`{flag}`" if flag else m[0]
+
+    text = re.sub(r"`([a-z][a-z0-9_]*)`", quoted, text)
+    first = re.match(r"[a-z][a-z0-9_]*(?= )", text)
+    if leading and first and first[0] in flags:
+        text = flags[first[0]] + text[first.end():]
+    return text
 
 
 def _os_error(exc: OSError) -> BackupkitError:
@@ -502,7 +519,8 @@ def _os_error(exc: OSError) -> BackupkitError:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``backupkit`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
@@ -521,10 +539,13 @@ def main(argv: list[str] | None = None) -> int:
     except BackupkitError as exc:
         from .pg.dsn import redact
 
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        flags = _flags(_commands(parser)[args.command])
+        # Only a bad-argument error opens with the name of what was given wrong.
+        bad_argument = isinstance(exc, ConfigError | RetentionError)
+        print(f"error: {redact(_in_flags(str(exc), flags, leading=bad_argument))}", file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return exit_code(exc)
+            print(f"hint: {_in_flags(exc.hint, flags, leading=False)}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -445,8 +445,8 @@ def test_lost_schema_objects_are_named_in_json_text_and_html(lost, tmp_path):
                  "  removed  policy own_rows on public.accounts", "  removed  policy p 1 on public.odd tab",
                  "  changed  table public.accounts: comment"):
         assert line in lines, text.stdout
-    assert any(l.startswith("  changed  function public.touch(): owner postgres → ") for l in lines)
-    assert any(l.startswith("  1 of them differ only in owner") for l in lines), text.stdout
+    assert any(line.startswith("  changed  function public.touch(): owner postgres → ") for line in lines)
+    assert any(line.startswith("  1 of them differ only in owner") for line in lines), text.stdout
 
     page = tmp_path / "report.html"
     html = run_cli("diff", source, restored, "--html", page)

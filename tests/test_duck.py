@@ -111,7 +111,7 @@ def pg_rows(dsn: str, query: str) -> list[tuple]:
 def test_counts_match_postgres(snap):
     dsn, result = snap
     con = open_snapshot(result.path)
-    views = dict(((s, n), v) for s, n, v in con.execute("SELECT schema, name, view FROM backupkit.tables").fetchall())
+    views = {(s, n): v for s, n, v in con.execute("SELECT schema, name, view FROM backupkit.tables").fetchall()}
     for t in result.manifest["tables"]:
         rel = f"{ident(t['schema'])}.{ident(t['name'])}"
         source = rel if views[t["schema"], t["name"]] else f"({relation_sql(result.path, t)})"
@@ -131,7 +131,7 @@ def test_types_are_as_documented(snap):
     assert got == EXPECTED_TYPES  # the generated column is not stored, so not in the view
     typeofs = con.execute("SELECT " + ", ".join(f"typeof({c})" for c in COLUMNS)
                           + " FROM public.awkward LIMIT 1").fetchone()
-    assert dict(zip(COLUMNS, typeofs)) == EXPECTED_TYPES
+    assert dict(zip(COLUMNS, typeofs, strict=True)) == EXPECTED_TYPES
     entry = next(t for t in result.manifest["tables"] if t["name"] == "awkward")
     assert {c["name"]: duck_type(c["base_type"]) for c in entry["columns"] if not c["generated"]} == EXPECTED_TYPES
 
@@ -176,7 +176,7 @@ def test_numeric_is_exact(snap):
 def test_floats_and_temporal_values(snap):
     _, result = snap
     con = open_snapshot(result.path)
-    f8, f4 = zip(*con.execute("SELECT f8, f4 FROM public.awkward ORDER BY id").fetchall())
+    f8, f4 = zip(*con.execute("SELECT f8, f4 FROM public.awkward ORDER BY id").fetchall(), strict=True)
     assert math.isnan(f8[0]) and f8[1] == math.inf and f8[2] == 1.7976931348623157e308 and f4[0] == -math.inf
     rows = con.execute("SELECT id, ts::VARCHAR, isinf(ts), tsn::VARCHAR, d::VARCHAR, tm::VARCHAR FROM public.awkward "
                    "ORDER BY id").fetchall()

@@ -77,7 +77,7 @@ def html_table(notebook: Path, source: str) -> list[dict[str, str]]:
     rows = []
     for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S):
         cells = [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr, re.S)]
-        rows.append(dict(zip(columns, cells)))
+        rows.append(dict(zip(columns, cells, strict=False)))  # up to the shorter of header and row
     return rows
 
 

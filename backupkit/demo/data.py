@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 
 from ..errors import ConfigError, ConnectionFailed
+from ..pg.rows import one_row
 
 #: Rows per table at ``scale=1`` (order_items follows from orders: 1-5 lines each).
 BASE_ROWS = {
@@ -173,7 +174,8 @@ SELECT i,
        pg_temp.pick(ARRAY['Classic','Compact','Deluxe','Eco','Ultra','Vintage','Smart','Rugged','Tiny','Grand'], h, 0)
          || ' ' || pg_temp.pick(ARRAY['Kettle','Lamp','Backpack','Notebook','Headphones','Mug','Chair','Tent',
                                      'Keyboard','Blender','Scarf','Bottle'], h, 1)
-         || CASE WHEN pg_temp.part(h, 2) % 3 = 0 THEN ' ' || pg_temp.pick(ARRAY['Mk II','XL','Pro','Ç Edition','2.0'], h, 3) ELSE '' END,
+         || CASE WHEN pg_temp.part(h, 2) % 3 = 0
+                 THEN ' ' || pg_temp.pick(ARRAY['Mk II','XL','Pro','Ç Edition','2.0'], h, 3) ELSE '' END,
        round((99 + pg_temp.part(h, 2) % 20000) / 100.0 * CASE WHEN pg_temp.part(h, 3) % 50 = 0 THEN 10 ELSE 1 END, 2),
        jsonb_build_object('color', pg_temp.pick(ARRAY['red','green','blue','black','white','oak'], h, 3),
                           'weight_g', 50 + pg_temp.part(h, 0) % 5000,
@@ -215,12 +217,17 @@ OVERRIDING SYSTEM VALUE
 SELECT o, prof.id,
        s.status, coalesce(it.subtotal, 0) + s.fee, s.placed_at,
        CASE WHEN s.status <> 'pending'
-            THEN s.placed_at + interval '1 minute' * (1 + pg_temp.part(h, 2) % CASE WHEN %(fresh)s::boolean THEN 30 ELSE 4000 END) END,
+            THEN s.placed_at
+                 + interval '1 minute' * (1 + pg_temp.part(h, 2) % CASE WHEN %(fresh)s::boolean THEN 30 ELSE 4000 END)
+       END,
        CASE WHEN s.method = 'pickup'
-            THEN jsonb_build_object('method', s.method, 'fee', s.fee, 'store', pg_temp.pick(ARRAY['Berlin Mitte','Lisboa','Osaka'], h, 3))
+            THEN jsonb_build_object('method', s.method, 'fee', s.fee,
+                                    'store', pg_temp.pick(ARRAY['Berlin Mitte','Lisboa','Osaka'], h, 3))
             ELSE jsonb_build_object('method', s.method, 'fee', s.fee,
                     'address', jsonb_build_object(
-                        'line1', (1 + pg_temp.part(h, 3) % 200) || ' ' || pg_temp.pick(ARRAY['Main St','Hauptstraße','Rue de la Paix','Rua Augusta','Elm Road'], h, 0),
+                        'line1', (1 + pg_temp.part(h, 3) % 200) || ' '
+                                 || pg_temp.pick(ARRAY['Main St','Hauptstraße','Rue de la Paix','Rua Augusta',
+                                                       'Elm Road'], h, 0),
                         'city', pg_temp.pick(ARRAY['Springfield','München','Paris','Porto','Kyoto','Lagos'], h, 2),
                         'postcode', lpad((pg_temp.part(h, 1) % 99999)::text, 5, '0'),
                         'country', pg_temp.pick(ARRAY['US','DE','FR','PT','JP','NG'], h, 2)),
@@ -234,7 +241,8 @@ SELECT o, prof.id,
   LEFT JOIN (SELECT order_id, sum(quantity * unit_price) AS subtotal FROM demo_items GROUP BY order_id) it
          ON it.order_id = o
  CROSS JOIN LATERAL (
-       SELECT %(t0)s::timestamptz + %(span)s::interval * ((o - %(lo)s::bigint)::float8 / (%(hi)s::bigint - %(lo)s::bigint + 1))
+       SELECT %(t0)s::timestamptz
+                + %(span)s::interval * ((o - %(lo)s::bigint)::float8 / (%(hi)s::bigint - %(lo)s::bigint + 1))
                 + interval '1 second' * (pg_temp.part(h, 2) % 600) AS placed_at,
               CASE WHEN %(fresh)s::boolean
                      THEN CASE WHEN pg_temp.part(h, 1) % 10 < 6 THEN 'pending' ELSE 'paid' END
@@ -264,9 +272,11 @@ SELECT e,
        k.kind,
        CASE k.kind
          WHEN 'page_view' THEN jsonb_build_object('path', '/products/' || (1 + pg_temp.part(h, 3) % %(nprod)s),
-                                                  'referrer', CASE WHEN pg_temp.part(h, 0) % 3 = 0 THEN 'https://www.google.com/' END,
+                                                  'referrer', CASE WHEN pg_temp.part(h, 0) % 3 = 0
+                                                                   THEN 'https://www.google.com/' END,
                                                   'duration_ms', pg_temp.part(h, 3) % 60000)
-         WHEN 'search' THEN jsonb_build_object('query', pg_temp.pick(ARRAY['kettle','lamp "xl"','mug','tent 2p','chair\\oak','naïve café'], h, 3),
+         WHEN 'search' THEN jsonb_build_object('query', pg_temp.pick(ARRAY['kettle','lamp "xl"','mug','tent 2p',
+                                                                           'chair\\oak','naïve café'], h, 3),
                                                'results', pg_temp.part(h, 0) % 120)
          WHEN 'add_to_cart' THEN jsonb_build_object('product_id', 1 + pg_temp.part(h, 3) % %(nprod)s,
                                                     'quantity', 1 + pg_temp.part(h, 0) % 3)
@@ -277,7 +287,8 @@ SELECT e,
          ELSE '{}'::jsonb END,
        CASE WHEN pg_temp.part(h, 0) % 10 = 9 THEN NULL
             WHEN pg_temp.part(h, 0) % 10 = 8 THEN ('2001:db8::' || to_hex((pg_temp.part(h, 3) % 65535)::int))::inet
-            ELSE ('10.' || pg_temp.part(h, 3) % 256 || '.' || pg_temp.part(h, 2) % 256 || '.' || pg_temp.part(h, 1) % 256)::inet END,
+            ELSE ('10.' || pg_temp.part(h, 3) % 256 || '.' || pg_temp.part(h, 2) % 256
+                  || '.' || pg_temp.part(h, 1) % 256)::inet END,
        '2024-01-01 00:00:00+00'::timestamptz + interval '366 days' * ((e - 1)::float8 / %(n)s)
          + interval '1 millisecond' * (pg_temp.part(h, 2) % 1000)
   FROM generate_series(1, %(n)s::bigint) e
@@ -307,7 +318,8 @@ INSERT INTO storage.objects (id, bucket_id, name, owner, metadata, version, crea
 SELECT md5('object:' || i)::uuid, b.bucket,
        CASE b.bucket
          WHEN 'avatars' THEN u.id || '/avatar-' || i || '.png'
-         WHEN 'product-images' THEN 'products/SKU-' || lpad((1 + pg_temp.part(h, 2) % %(nprod)s)::text, 6, '0') || '/' || i || '.jpg'
+         WHEN 'product-images'
+           THEN 'products/SKU-' || lpad((1 + pg_temp.part(h, 2) % %(nprod)s)::text, 6, '0') || '/' || i || '.jpg'
          ELSE u.id || '/invoices/2024/' || CASE WHEN i % 50 = 0 THEN 'Résumé final (' || i || ').pdf'
                                                ELSE 'INV-' || lpad(i::text, 6, '0') || '.pdf' END
        END,
@@ -401,7 +413,7 @@ def _rows(base: int, scale: float) -> int:
 
 def _existing_demo_objects(conn: psycopg.Connection) -> list[str]:
     found = [name for name in _MARKERS
-             if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None]
+             if one_row(conn.execute("SELECT to_regclass(%s)", (name,)))[0] is not None]
     schemas = conn.execute(
         "SELECT nspname FROM pg_namespace WHERE nspname IN ('auth', 'storage') ORDER BY 1"
     ).fetchall()
@@ -419,12 +431,12 @@ ANALYZE demo_profiles
 def _number_profiles(conn: psycopg.Connection) -> int:
     """Temp table demo_profiles(n, id): profiles numbered 1..count, to pick one by number."""
     conn.execute(_PROFILE_NUMBERS)
-    return conn.execute("SELECT count(*) FROM demo_profiles").fetchone()[0]
+    return one_row(conn.execute("SELECT count(*) FROM demo_profiles"))[0]
 
 
 def _insert_orders(conn: psycopg.Connection, lo: int, hi: int, t0: str, span: str, fresh: bool) -> tuple[int, int]:
     """Insert orders ``lo..hi`` and their lines; returns (orders, lines) inserted."""
-    nprod = conn.execute("SELECT max(id) FROM public.products").fetchone()[0]
+    nprod = one_row(conn.execute("SELECT max(id) FROM public.products"))[0]
     nprof = _number_profiles(conn)
     _run(conn, _ITEMS_TMP, {"lo": lo, "hi": hi, "nprod": nprod})
     conn.execute("ANALYZE demo_items")
@@ -475,7 +487,7 @@ def create_demo(dsn: str, *, scale: float = 1.0) -> dict[str, int]:
         conn.execute(_SEQUENCES)
         for stmt in post_data:
             conn.execute(stmt)
-        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+        counts = {t: one_row(conn.execute(f"SELECT count(*) FROM {t}"))[0] for t in TABLES}
     return counts
 
 
@@ -500,7 +512,8 @@ _PROFILE_EDITS = """
 UPDATE public.profiles p
    SET settings = p.settings || jsonb_build_object('theme', 'dark', 'last_seen', %(day)s::date),
        tags = CASE WHEN 'returning' = ANY (p.tags) THEN p.tags ELSE array_append(p.tags, 'returning') END,
-       updated_at = %(day)s::timestamptz + interval '1 second' * (pg_temp.part(md5(%(seed)s || ':profile:' || p.id), 1) % 86400)
+       updated_at = %(day)s::timestamptz
+                    + interval '1 second' * (pg_temp.part(md5(%(seed)s || ':profile:' || p.id), 1) % 86400)
  WHERE pg_temp.part(md5(%(seed)s || ':profile:' || p.id), 0) % 100 = 0
 """
 
@@ -523,15 +536,15 @@ def mutate_demo(dsn: str) -> dict[str, int]:
     (the audit_log rows the order trigger writes are not counted).
     """
     with _connect(dsn) as conn:
-        if conn.execute("SELECT to_regclass('public.orders')").fetchone()[0] is None:
+        if one_row(conn.execute("SELECT to_regclass('public.orders')"))[0] is None:
             raise ConfigError("this database holds no demo (public.orders is missing)",
                               hint="run create_demo() on an empty database first")
         for stmt in _HELPERS:
             conn.execute(stmt)
-        day, max_id, n_orders, n_events = conn.execute(
+        day, max_id, n_orders, n_events = one_row(conn.execute(
             "SELECT date_trunc('day', greatest(max(placed_at), max(updated_at))) + interval '1 day', max(id), count(*),"
             " (SELECT count(*) FROM public.events) FROM public.orders"
-        ).fetchone()
+        ))
         day_txt = day.strftime("%Y-%m-%d 00:00:00+00")
         seed = day.strftime("%Y-%m-%d")
         params = {"day": day_txt, "seed": seed}

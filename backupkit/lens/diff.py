@@ -190,7 +190,8 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> d
     def file(side: int, i: int, alias: str) -> str:
         folder, table, _ = sides[side]
         one = {**table, "files": table["files"][i:i + 1]}  # past the end: no rows
-        return f"{columns_sql(folder, one, pk + rest, 'x', max_line_size=line_size, extra=f'{i}::UINTEGER AS f')} AS {alias}"
+        source = columns_sql(folder, one, pk + rest, "x", max_line_size=line_size, extra=f"{i}::UINTEGER AS f")
+        return f"{source} AS {alias}"
 
     def rows_of(side: int, i: int) -> int:
         files = sides[side][1]["files"]
@@ -284,8 +285,8 @@ def _samples(con, sides, pk, rest, picked: list[dict], line_size) -> list[dict]:
             if k not in old_rows or k not in new_rows:  # only if a file changed since the first pass
                 raise SnapshotDamaged(f"{mf.table_key(sides[0][1])}: a row read once was not found again",
                                       [f"{mf.table_key(sides[0][1])}: data changed while being read"])
-            samples.append({"key": dict(zip(pk, k)), "changes": {
-                c: [a, b] for c, a, b in zip(rest, old_rows[k], new_rows[k]) if a != b}})
+            samples.append({"key": dict(zip(pk, k, strict=True)), "changes": {
+                c: [a, b] for c, a, b in zip(rest, old_rows[k], new_rows[k], strict=True) if a != b}})
     return samples
 
 
@@ -294,7 +295,7 @@ def _fetch(con, sides, pk, rest, keys, wanted, line_size) -> tuple[dict, dict]:
     n = len(pk)
     match = " OR ".join("(" + " AND ".join(f"k{i} = {literal(v)}" for i, v in enumerate(k)) + ")" for k in keys)
     parts = []
-    for s, ((folder, table, _), files) in enumerate(zip(sides, wanted)):
+    for s, ((folder, table, _), files) in enumerate(zip(sides, wanted, strict=True)):
         subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in files]}
         parts.append(f"SELECT {s} AS s, * FROM {columns_sql(folder, subset, pk + rest, 'k', max_line_size=line_size)} "
                      f"WHERE {match}")
@@ -357,7 +358,7 @@ def _check_schema_files(folder: Path, m: dict) -> None:
 
 def _check_rows(sides, rows_old: int, rows_new: int) -> None:
     """Raise SnapshotDamaged when DuckDB did not read the rows the manifests promise."""
-    for (_, t, expected), got in zip(sides, (rows_old, rows_new)):
+    for (_, t, expected), got in zip(sides, (rows_old, rows_new), strict=True):
         if got != expected:
             raise SnapshotDamaged(f"read {got} rows of {mf.table_key(t)}, the manifest says {expected}",
                                   [f"{mf.table_key(t)}: row count mismatch"])
@@ -395,7 +396,8 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample, spill: Pat
             note = "primary key changed; compared as a multiset of rows"
         elif pk_old:
             note = "primary key columns not stored in both snapshots; compared as a multiset"
-    line_size, work = DIFF_LINE_SIZE, DIFF_WORK_MEMORY
+    line_size = DIFF_LINE_SIZE
+    work: int | None = DIFF_WORK_MEMORY
     while True:
         _limit_memory(con, line_size, work)
         try:
@@ -436,7 +438,7 @@ def _schema_sql(old_dir: Path, new_dir: Path, old_m: dict, new_m: dict) -> tuple
         b = (new_dir / p).read_text().splitlines(keepends=True) if (new_dir / p).is_file() else []
         lines += difflib.unified_diff(a, b, f"old/{p}", f"new/{p}")
     truncated = len(lines) > SQL_DIFF_LINES
-    text = "".join(l if l.endswith("\n") else l + "\n" for l in lines[:SQL_DIFF_LINES])
+    text = "".join(line if line.endswith("\n") else line + "\n" for line in lines[:SQL_DIFF_LINES])
     return changed, text, truncated
 
 
@@ -451,7 +453,7 @@ def _common(old: dict, new: dict) -> list[str]:
 
 def _keyed(old: dict, new: dict) -> bool:
     """Whether the table can be compared by primary key: the same key, stored on both sides."""
-    pk_old, pk_new = old.get("primary_key"), new.get("primary_key")
+    pk_old, pk_new = old.get("primary_key") or [], new.get("primary_key") or []
     return bool(pk_old) and pk_old == pk_new and all(c in _common(old, new) for c in pk_old)
 
 
@@ -473,7 +475,8 @@ def _run_tables(con, work, checks, sample, spill: Path) -> dict[str, dict]:
     return results
 
 
-def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 5) -> dict:
+def diff_snapshots(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
+                   sample: int = 5) -> dict:
     """Compare two snapshots: tables added/removed, per-table row changes, schema changes.
 
     Returns ``old``/``new`` (path, id, created_at), ``tables_added``/``tables_removed``
@@ -513,7 +516,7 @@ def diff_snapshots(old_path: Path | str, new_path: Path | str, *, sample: int = 
     con = None
     results: dict[str, dict] = {}
     try:
-        checks = {key: [hasher.submit(lambda f=folder, t=t: _check_files(f, t)) for folder, t, _ in sides]
+        checks = {key: [hasher.submit(_check_files, folder, t) for folder, t, _ in sides]
                   for key, _, _, sides in work if sides is not None}
         con = _diff_connect(spill.name)
         results = _run_tables(con, work, checks, sample, Path(spill.name))

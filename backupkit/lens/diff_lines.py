@@ -22,14 +22,14 @@ caller parses columns.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import duckdb
 import zstandard
 
 from ..snapshot.datafile import data_path
-from .duck import literal, path_sql, reader_options
+from .duck import literal, one_row, path_sql, reader_options
 
 #: Chunk pairs a diff joins at once (diff.DIFF_WORK_MEMORY is sized for two).
 PAIRS_AT_ONCE = 2
@@ -49,8 +49,9 @@ def run_pairs(con: duckdb.DuckDBPyConnection, pairs: int, run_pair: Callable[[in
     Meanwhile DuckDB's threads are shared out between the pairs: each query also runs
     on the thread that issued it, and more threads than CPUs made a diff 5% slower.
     """
-    pending, running, leftovers = list(range(pairs)), set(), 0
-    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    pending, leftovers = list(range(pairs)), 0
+    running: set[Future[int]] = set()
+    threads = one_row(con.execute("SELECT current_setting('threads')"))[0]
     con.execute(f"SET threads = {max(1, int(threads) // PAIRS_AT_ONCE)}")
     try:
         with ThreadPoolExecutor(PAIRS_AT_ONCE, thread_name_prefix="backupkit-diff") as pool:
@@ -99,16 +100,16 @@ def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: Path, line_size: i
     counts: dict[int, tuple[int, int]] = {}
 
     def run_pair(i: int) -> int:
-        o, n = (_lines_sql(s[0], f, i, line_size) for s, f in zip(sides, files))
+        o, n = (_lines_sql(s[0], f, i, line_size) for s, f in zip(sides, files, strict=True))
         rows = [f[i]["rows"] if i < len(f) else 0 for f in files]
         # The right side of a join is its build side (see diff._diff_connect): the one with fewer rows.
         probe, build = (f"{n} AS n", f"{o} AS o") if rows[0] <= rows[1] else (f"{o} AS o", f"{n} AS n")
         with con.cursor() as cur:
-            got = cur.execute(
+            got = one_row(cur.execute(
                 "INSERT INTO bk_lines SELECT count(o.l), count(n.l), "
                 "list(o.l) FILTER (WHERE n.l IS NULL), list(n.l) FILTER (WHERE o.l IS NULL) "
                 f"FROM {probe} FULL JOIN {build} ON o.h = n.h AND o.l = n.l "
-                "RETURNING rows_o, rows_n, coalesce(len(only_o), 0) + coalesce(len(only_n), 0)").fetchone()
+                "RETURNING rows_o, rows_n, coalesce(len(only_o), 0) + coalesce(len(only_n), 0)"))
         counts[i] = (got[0], got[1])
         return got[2]
 

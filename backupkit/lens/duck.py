@@ -83,6 +83,7 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -267,6 +268,15 @@ def duck_connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
+def one_row(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
+    """The row of the query ``con`` just ran, which returns exactly one (an aggregate, a
+    ``RETURNING`` of one row); DuckDB's ``fetchone`` allows for none."""
+    row = con.fetchone()
+    if row is None:
+        raise RuntimeError("a one-row query returned no row")
+    return row
+
+
 def reader_options(max_line_size: int = MAX_LINE_SIZE) -> str:
     """The ``read_csv`` options every reader of data files shares: nothing sniffed, zstd, strict."""
     return ("header = false, auto_detect = false, compression = 'zstd', strict_mode = true, "
@@ -412,7 +422,7 @@ def _manifest_damaged(folder: Path, exc: Exception) -> SnapshotDamaged:
                            hint=f"run `backupkit verify {folder}`")
 
 
-def open_snapshot(path: Path | str, *, raw: bool = False,
+def open_snapshot(path: str | os.PathLike[str], *, raw: bool = False,
                   external_access: bool = False) -> SnapshotConnection | duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per snapshot table, read from its files.
 

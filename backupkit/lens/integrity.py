@@ -3,7 +3,11 @@ foreign keys, and sequences ahead of their columns."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -31,7 +35,7 @@ def _pk_check(con, folder: Path, t: dict) -> dict:
     nulls, dup_keys, dup_rows = con.execute(
         f"SELECT (SELECT count(*) FROM {src} WHERE {any_null}), count(*), coalesce(sum(c), 0)::BIGINT "
         f"FROM ({dups})").fetchone()
-    samples = [dict(zip(pk, r)) for r in con.execute(
+    samples = [dict(zip(pk, r, strict=True)) for r in con.execute(
         f"SELECT {keys} FROM ({dups}) ORDER BY {keys} LIMIT {SAMPLES}").fetchall()] if dup_keys else []
     ok = not nulls and not dup_keys
     detail = f"primary key ({', '.join(pk)}) unique and not null" if ok else \
@@ -49,7 +53,7 @@ def _fk_check(con, folder: Path, t: dict, fk: dict, ref: dict) -> dict:
     orphans_sql = (f"SELECT {', '.join(f'c.k{i}' for i in range(n))} FROM {child} AS c "
                    f"WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {on})")
     count = con.execute(f"SELECT count(*) FROM ({orphans_sql})").fetchone()[0]
-    samples = [dict(zip(cols, r)) for r in con.execute(
+    samples = [dict(zip(cols, r, strict=True)) for r in con.execute(
         f"SELECT DISTINCT * FROM ({orphans_sql}) ORDER BY ALL LIMIT {SAMPLES}").fetchall()] if count else []
     target = f"{fk['ref_schema']}.{fk['ref_table']}({', '.join(ref_cols)})"
     detail = (f"{fk['name']}: every ({', '.join(cols)}) found in {target}" if not count else
@@ -84,7 +88,7 @@ def _damaged_files(problems: list[str], m: dict) -> set[str]:
     return out
 
 
-def integrity(path: Path | str) -> dict:
+def integrity(path: str | os.PathLike[str]) -> dict:
     """Checksums plus data checks in DuckDB: primary keys, foreign keys, sequences ahead of their columns.
 
     Returns ``{"ok", "checksums": VerifyReport.to_dict(), "checks": [{"check", "table",
@@ -99,28 +103,29 @@ def integrity(path: Path | str) -> dict:
     """
     folder = Path(path)
     report = verify(folder)
-    result = {"ok": report.ok, "checksums": report.to_dict(), "checks": []}
+    checks: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"ok": report.ok, "checksums": report.to_dict(), "checks": checks}
     try:
         m = mf.read(folder)
     except SnapshotError:  # verify already listed why the manifest is unusable
         result["ok"] = False
         return result
     tables = {(t["schema"], t["name"]): t for t in m["tables"]}
-    jobs = []
+    #: (check, table, tables whose files it reads, the check itself)
+    jobs: list[tuple[str, dict, list[dict], Callable[[duckdb.DuckDBPyConnection], dict]]] = []
     for t in m["tables"]:
         if t.get("primary_key") and all(c in t["copy_columns"] for c in t["primary_key"]):
-            jobs.append(("primary_key", t, [t], lambda con, t=t: _pk_check(con, folder, t)))
+            jobs.append(("primary_key", t, [t], partial(_pk_check, folder=folder, t=t)))
         for fk in t.get("foreign_keys") or []:
             ref = tables.get((fk["ref_schema"], fk["ref_table"]))
             if ref is not None and all(c in ref["copy_columns"] for c in fk["ref_columns"]) \
                     and all(c in t["copy_columns"] for c in fk["columns"]):
-                jobs.append(("foreign_key", t, [t, ref],
-                             lambda con, t=t, fk=fk, ref=ref: _fk_check(con, folder, t, fk, ref)))
+                jobs.append(("foreign_key", t, [t, ref], partial(_fk_check, folder=folder, t=t, fk=fk, ref=ref)))
     for s in m.get("sequences") or []:
         owner = s.get("owned_by")
         t = tables.get((owner[0], owner[1])) if owner else None
         if t is not None:
-            jobs.append(("sequence", t, [t], lambda con, s=s, t=t: _sequence_check(con, folder, s, t)))
+            jobs.append(("sequence", t, [t], partial(_sequence_check, folder=folder, seq=s, t=t)))
     damaged = _damaged_files(report.problems, m)
     con = duck_connection()
     try:
@@ -130,15 +135,15 @@ def integrity(path: Path | str) -> dict:
             # no count or sample ever comes from it.
             bad = [f["path"] for r in reads for f in r["files"] if f["path"] in damaged]
             if bad:
-                result["checks"].append(_check(check, mf.table_key(t), False,
+                checks.append(_check(check, mf.table_key(t), False,
                                                f"not checked: damaged data file {', '.join(sorted(set(bad)))}"))
                 continue
             try:
-                result["checks"].append(run(con))
+                checks.append(run(con))
             except (duckdb.Error, SnapshotDamaged) as exc:
-                result["checks"].append(_check(check, mf.table_key(t), False, f"could not read the data: {exc}"))
+                checks.append(_check(check, mf.table_key(t), False, f"could not read the data: {exc}"))
     finally:
         con.close()
-    result["ok"] = report.ok and all(c["ok"] for c in result["checks"])
+    result["ok"] = report.ok and all(c["ok"] for c in checks)
     return result
 

@@ -9,6 +9,7 @@ snapshot (table and column names, values, SQL) goes through ``html.escape``.
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from html import escape
 
 from .schema_diff import describe, owner_only, qualified
@@ -54,7 +55,7 @@ def _delta(n: int) -> str:
     return f"+{n:,}" if n > 0 else f"{n:,}"
 
 
-def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+def _table(headers: list[str], rows: list[list[str]], numeric: AbstractSet[int] = frozenset()) -> str:
     """An HTML table; cells in ``rows`` must already be escaped HTML."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join(
@@ -172,13 +173,13 @@ def _counted(objects: list[dict]) -> str:
 
 
 def _owner_note(objects: list[dict]) -> str | None:
-    """A line saying how many objects differ in their owner only: a restore without --owner
-    gives every object to the restoring role, which is a difference, but not a lost object."""
+    """A line saying how many objects differ in their owner only: a restore that does not keep
+    owners (the default) gives every object to the restoring role: a difference, not a lost object."""
     n = sum(owner_only(o) for o in objects)
     if not n:
         return None
-    return (f"{n} of them differ only in owner (a restore without --owner makes the restoring "
-            f"role the owner of everything)")
+    return (f"{n} of them differ only in owner (a restore that does not keep owners, the default, "
+            f"makes the restoring role the owner of everything)")
 
 
 def schema_text(diff: dict, limit: int = TEXT_SCHEMA_OBJECTS) -> list[str]:

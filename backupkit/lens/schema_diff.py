@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..pg.schema import split_entries, unquote_ident
@@ -72,10 +73,10 @@ def _entries(script: str) -> list[dict]:
 
 def _definition(body: str) -> str:
     """An entry's SQL without its owner statement and the session settings trailing it."""
-    lines = [l for l in body.strip().splitlines() if not _OWNER_LINE.match(l)]
+    lines = [line for line in body.strip().splitlines() if not _OWNER_LINE.match(line)]
     while lines and _TRAILER_LINE.match(lines[-1].strip()):
         lines.pop()
-    return "\n".join(l.rstrip() for l in lines).strip()
+    return "\n".join(line.rstrip() for line in lines).strip()
 
 
 def _split_tag(tag: str, schema, relations: set[tuple]) -> tuple[str | None, str]:
@@ -173,7 +174,7 @@ def _owner_text(owner: dict) -> str:
     return f"owner {owner['old']} → {owner['new']}"
 
 
-def _entry(key: tuple, change: str, parts: list[str] = (), owner: dict | None = None) -> dict:
+def _entry(key: tuple, change: str, parts: Sequence[str] = (), owner: dict | None = None) -> dict:
     """One ``schema_objects`` item; a changed owner is also given as ``owner`` {old, new}."""
     etype, schema, table, name = key
     out = {"type": etype, "schema": schema, **({"table": table} if table is not None else {}),
@@ -257,7 +258,7 @@ def manifest_objects(old_m: dict, new_m: dict) -> list[dict]:
         new = {_identity(kind, i): i for i in new_m[key]}
         for ident in old.keys() | new.keys():
             o, n = old.get(ident), new.get(ident)
-            schema = (n or o).get("schema") if kind == "extension" else ident[1]
+            schema = (new[ident] if n else old[ident]).get("schema") if kind == "extension" else ident[1]
             shown = (kind, schema, None, ident[3])
             if o is None:
                 out.append(_entry(shown, "added"))

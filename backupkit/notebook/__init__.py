@@ -34,6 +34,7 @@ uses ``tables``; ``explore`` uses ``jobs`` and ``runs``.
 from __future__ import annotations
 
 from ..demo.run import stop_demo_server
+from . import _extra  # noqa: F401  (before the modules that import pandas and matplotlib)
 from .charts import change_chart, history_chart, history_frame, table_chart
 from .explore import MAX_ROWS, error_html, explorer, frame_html, preview_sql, query, run_query, snapshot_tables
 from .jobs import (

@@ -13,7 +13,7 @@ to show.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -73,10 +73,12 @@ def is_demo_source(source: Mapping[str, Any] | None) -> bool:
     """True when a manifest's ``source`` is the embedded demo database."""
     from ..demo.run import DEMO_DB
 
-    return bool(source) and source.get("database") == DEMO_DB and source.get("host") in ("127.0.0.1", "localhost")
+    if not source:
+        return False
+    return source.get("database") == DEMO_DB and source.get("host") in ("127.0.0.1", "localhost")
 
 
-def demo_snapshots_needed(sources: list[Mapping[str, Any] | None], n: int, dsn_env: str,
+def demo_snapshots_needed(sources: Sequence[Mapping[str, Any] | None], n: int, dsn_env: str,
                           env: Mapping[str, str]) -> int:
     """How many demo snapshots to take so a notebook's defaults have ``n`` to work with.
 
@@ -131,7 +133,7 @@ def pick_snapshot(backup_dir: Path | str = "backups", snapshot: str = "") -> Pat
     if snapshot and Path(snapshot).is_dir():
         path = Path(snapshot)
     else:
-        path = resolve(backup_dir, snapshot or "latest")
+        path = Path(resolve(backup_dir, snapshot or "latest"))
     mf.read(path)  # a clear SnapshotNotFound / SnapshotDamaged now rather than later
     return path
 
@@ -177,7 +179,7 @@ def preflight(backup_dir: Path | str = "backups", dsn_env: str = "", schemas: li
 
 
 def backup(backup_dir: Path | str = "backups", dsn_env: str = "", *, schemas: list[str] | None = None,
-           jobs: int = 1, label: str = "", tables: list[str] = (), exclude: list[str] = (),
+           jobs: int = 1, label: str = "", tables: Sequence[str] = (), exclude: Sequence[str] = (),
            run: RunRecord | None = None) -> BackupResult:
     """Back up the database ``$dsn_env`` names into a new snapshot under ``backup_dir``."""
     with _maybe_step(run, "backup"):
@@ -239,7 +241,7 @@ def prune_table(result: PruneResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["snapshot", "created_at", "action", "reasons", "intact"])
 
 
-def restore(snapshot: Path | str, target_dsn_env: str = "", *, tables: list[str] = (),
+def restore(snapshot: Path | str, target_dsn_env: str = "", *, tables: Sequence[str] = (),
             with_dependencies: bool = False, clean: bool = False, create_roles: bool = False,
             jobs: int = 1, dry_run: bool = True, run: RunRecord | None = None) -> RestoreResult:
     """Restore ``snapshot`` into ``$target_dsn_env`` ("" = the demo server's scratch database).

@@ -31,7 +31,7 @@ def _literal_assignments(source: str) -> dict[str, Any] | None:
     values: dict[str, Any] = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
-            names, node = [t.id for t in stmt.targets], stmt.value
+            names, node = [t.id for t in stmt.targets if isinstance(t, ast.Name)], stmt.value
         elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
             names, node = [stmt.target.id], stmt.value
         else:

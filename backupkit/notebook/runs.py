@@ -42,7 +42,7 @@ def new_run_id(job: str, now: datetime) -> str:
 
 def one_line(exc: BaseException) -> str:
     """``ErrorClass: first line of the message`` — what a run record calls the exit reason."""
-    text = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

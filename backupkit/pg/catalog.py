@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import SourceError
+from .rows import one_row
 
 #: Schemas Supabase manages; backed up only when named explicitly.
 SUPABASE_MANAGED = (
@@ -94,7 +95,7 @@ SELECT current_user AS user, r.rolsuper AS superuser, r.rolbypassrls AS bypassrl
 """
 
 
-def qualified(schema: str, name: str) -> sql.Composed:
+def qualified(schema: str, name: str) -> sql.Identifier:
     """``"schema"."name"`` safely quoted."""
     return sql.Identifier(schema, name)
 
@@ -102,7 +103,7 @@ def qualified(schema: str, name: str) -> sql.Composed:
 def role_info(conn: psycopg.Connection) -> dict:
     """current user, superuser flag, BYPASSRLS flag."""
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    return cur.execute(_ROLE).fetchone()
+    return one_row(cur.execute(_ROLE))
 
 
 def existing_schemas(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
@@ -165,7 +166,7 @@ def select_tables(tables: list[dict], include: list[str], exclude: list[str]) ->
     if unknown:
         raise SourceError(
             f"no such table: {', '.join(unknown)}",
-            hint="name tables as schema.table, and add --schema for schemas other than public",
+            hint="name tables as schema.table, and include their schema in `schemas` when it is not public",
         )
     chosen = [t for t in tables if not include or f"{t['schema']}.{t['name']}" in include]
     return [t for t in chosen if f"{t['schema']}.{t['name']}" not in exclude]
@@ -180,10 +181,8 @@ def list_sequences(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
     seqs = cur.execute(_SEQUENCES, {"schemas": schemas}).fetchall()
     for s in seqs:
-        row = conn.execute(
-            sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(s["schema"], s["name"]))
-        ).fetchone()
-        s["last_value"], s["is_called"] = row
+        s["last_value"], s["is_called"] = one_row(conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(s["schema"], s["name"]))))
     return seqs
 
 

@@ -13,6 +13,7 @@ is kept as it was.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import psycopg
 
@@ -67,7 +68,7 @@ def _lines_outside_quotes(body: str) -> set[int]:
     return starts
 
 
-def _statements(script: str):
+def _statements(script: str) -> Iterator[tuple[int, int, str, list[tuple[str, str]]]]:
     """(entry index, line index, prefix, options) of every column-option line in a TABLE entry."""
     _, entries = split_entries(script)
     for n, (etype, _, body) in enumerate(entries):
@@ -88,7 +89,7 @@ def unknown_options(dsn: str, script: str) -> set[str]:
     and is kept, so the restore still reports it.  When the probe cannot run (no
     TEMP privilege), nothing is dropped and the restore fails as it would have.
     """
-    samples = {}
+    samples: dict[str, str] = {}
     for _, _, _, opts in _statements(script):
         for name, text in opts:
             samples.setdefault(name, text)
@@ -127,4 +128,4 @@ def drop_options(script: str, names: set[str]) -> tuple[str, list[str]]:
             continue
         dropped.append(bodies[n][i])
         bodies[n][i] = f"{prefix}{', '.join(kept)});" if kept else ""
-    return preamble + "".join(h + "\n".join(b) for (_, h, _), b in zip(entries, bodies)), dropped
+    return preamble + "".join(h + "\n".join(b) for (_, h, _), b in zip(entries, bodies, strict=True)), dropped

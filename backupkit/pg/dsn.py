@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -44,13 +45,14 @@ def resolve_dsn(dsn: str | None = None, env: Mapping[str, str] | None = None,
             return env[name]
     raise ConfigError(
         "no database given",
-        hint=f"pass --dsn or set {' or '.join('$' + n for n in names)}",
+        hint=f"pass the DSN as `dsn` or set {' or '.join('$' + n for n in names)}",
     )
 
 
 def _password(dsn: str) -> str | None:
     try:
-        return conninfo_to_dict(dsn).get("password")
+        password = conninfo_to_dict(dsn).get("password")
+        return None if password is None else str(password)
     except psycopg.ProgrammingError:
         # Unparseable: take what stands between "user:" and "@" of a URI.
         m = re.match(r"postgres(?:ql)?://[^:/@\s]*:([^@\s]*)@", dsn)
@@ -116,7 +118,7 @@ POOLER_WARNING = (
 
 def _reason(exc: Exception) -> str:
     """The informative part of libpq's message ("Connection refused", "password authentication failed ...")."""
-    lines = [l.strip() for l in str(exc).strip().splitlines() if l.strip()]
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
     first = lines[0]
@@ -140,7 +142,7 @@ def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit
     """
     where = describe(dsn)  # raises a clean ConfigError for a DSN that cannot be parsed
     given = _parse(dsn)
-    keepalives = {k: v for k, v in TCP_KEEPALIVES.items() if k not in given}
+    keepalives: dict[str, Any] = {k: v for k, v in TCP_KEEPALIVES.items() if k not in given}
     try:
         conn = psycopg.connect(dsn, autocommit=True, application_name=application,
                                connect_timeout=connect_timeout, **keepalives)

@@ -21,6 +21,7 @@ from psycopg import sql
 
 from ..snapshot import manifest as mf
 from .catalog import SUPABASE_MANAGED
+from .rows import one_row
 from .schema import TocEntry
 
 #: Migration bookkeeping of the platform's services: it describes the target, not the snapshot.
@@ -82,7 +83,8 @@ def read_platform(conn: psycopg.Connection, chosen: list[dict]) -> Platform:
     platform = Platform(schemas=schemas, tables={mf.table_key(t): t for t in chosen if mf.table_key(t) in present})
     platform.relations = {tuple(r) for r in conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND n.nspname = ANY(%s)", (sorted(schemas),)).fetchall()}
+        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND n.nspname = ANY(%s)",
+        (sorted(schemas),)).fetchall()}
     platform.triggers = {tuple(r) for r in conn.execute(
         "SELECT n.nspname, c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = ANY(%s)",
@@ -91,11 +93,11 @@ def read_platform(conn: psycopg.Connection, chosen: list[dict]) -> Platform:
         "SELECT schemaname, tablename, policyname FROM pg_policies WHERE schemaname = ANY(%s)",
         (sorted(schemas),)).fetchall()}
     for key, t in platform.tables.items():
-        if t["rows"] and not conn.execute("SELECT has_table_privilege(%s, 'INSERT')",
-                                          (sql.Identifier(*key.split(".", 1)).as_string(conn),)).fetchone()[0]:
+        if t["rows"] and not one_row(conn.execute("SELECT has_table_privilege(%s, 'INSERT')",
+                                                  (sql.Identifier(*key.split(".", 1)).as_string(conn),)))[0]:
             platform.denied.add(key)
-        if conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
-                sql.Identifier(*key.split(".", 1)))).fetchone()[0]:
+        if one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
+                sql.Identifier(*key.split(".", 1)))))[0]:
             platform.nonempty.add(key)
     return platform
 

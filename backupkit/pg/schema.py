@@ -143,7 +143,8 @@ def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
             list_file.unlink(missing_ok=True)
     # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
     # part of a function body or a string literal and must survive untouched.
-    return "".join(l for l in out.splitlines(keepends=True) if not _META.match(l) and not _NO_LIMITS.match(l))
+    return "".join(line for line in out.splitlines(keepends=True)
+                   if not _META.match(line) and not _NO_LIMITS.match(line))
 
 
 @contextlib.contextmanager
@@ -159,18 +160,20 @@ def render_lines(dump: Path, section: str, entries: list[TocEntry], *, no_owner:
         f.write("".join(e.line + "\n" for e in entries))
     proc = subprocess.Popen([str(find_tool("pg_restore")), *args, f"--use-list={list_file}", str(dump)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None  # both are pipes
     try:
-        yield (line for line in proc.stdout if not _META.match(line) and not _NO_LIMITS.match(line))
-        proc.stdout.read()
-        err = proc.stderr.read()
+        yield (line for line in stdout if not _META.match(line) and not _NO_LIMITS.match(line))
+        stdout.read()
+        err = stderr.read()
         if proc.wait() != 0:
             raise ToolError(f"pg_restore failed: {err.strip()}")
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        stdout.close()
+        stderr.close()
         list_file.unlink(missing_ok=True)
 
 
@@ -186,7 +189,7 @@ def split_entries(script: str) -> tuple[str, list[tuple[str, str, str]]]:
     if not matches:
         return script, []
     entries = []
-    for m, nxt in zip(matches, [*matches[1:], None]):
+    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
         end = nxt.start() if nxt else len(script)
         entries.append((m.group(1), m.group(0), script[m.end():end]))
     return script[:matches[0].start()], entries

@@ -1,4 +1,4 @@
-"""Time limits of a run: parsing ``--timeout``-style values, and a deadline that cancels queries.
+"""Time limits of a run: parsing ``timeout``-style values, and a deadline that cancels queries.
 
 A restore's sessions register with its ``Deadline``; when the time is up, the
 deadline keeps cancelling whatever they run until they have all let go, and the
@@ -11,23 +11,30 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from types import TracebackType
 
 import psycopg
 
 from ..errors import ConfigError
 
 
-def seconds(value: float | None, flag: str) -> float | None:
-    """A time limit in seconds; 0 or None means none; anything else not a number is a ConfigError."""
+def seconds(value: float | str | None, name: str) -> float | None:
+    """A time limit in seconds; 0 or None means none; anything else not a number is a ConfigError.
+
+    ``name`` is the parameter the value was given as (``lock_wait_timeout``); a flag
+    spelling (``--lock-wait-timeout``) is taken as that name too.  The message opens
+    with it, so the CLI can put its flag in its place.
+    """
+    name = name.lstrip("-").replace("-", "_")
     if value is None:
         return None
     try:
-        value = float(value)
+        limit = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be a number of seconds, not {value!r}") from None
-    if math.isnan(value) or value < 0:
-        raise ConfigError(f"{flag} must be 0 (no limit) or a positive number of seconds, not {value}")
-    return None if value == 0 or math.isinf(value) else value
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if math.isnan(limit) or limit < 0:
+        raise ConfigError(f"{name} must be 0 (no limit) or a positive number of seconds, not {limit}")
+    return None if limit == 0 or math.isinf(limit) else limit
 
 
 class Deadline:
@@ -65,7 +72,8 @@ class Deadline:
             self._timer.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self._done.set()
         if self._timer is not None:
             self._timer.cancel()
