@@ -688,8 +688,8 @@ def machine_lines(cluster: Cluster, tools: Tools) -> list[str]:
                 break
     ram = "?"
     with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
-                   if l.startswith("MemTotal:"))
+        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
         ram = f"{kib / 1024 / 1024:.1f} GiB"
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
@@ -792,8 +792,8 @@ def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], r
     """Everything printed: machine, dataset, the table, a legend."""
     out = ["## backupkit benchmark", "", *machine,
            f"- dataset: {ds.describe()}",
-           f"- {warmup} untimed warm-up round(s), then {repeat} repetition(s), contenders interleaved; page cache warm; "
-           f"timed region = the subprocess only", ""]
+           f"- {warmup} untimed warm-up round(s), then {repeat} repetition(s), contenders interleaved; "
+           f"page cache warm; timed region = the subprocess only", ""]
     out += report_table(results, ds)
     out += size_line(results)
     out += ["", *LEGEND, *notes]

@@ -431,7 +431,7 @@ def _relations(conn, nsp) -> dict:
 
 def _sequences(conn, nsp) -> dict:
     out = {}
-    for (oid, key, schema, name, persistence, owner, acl, comment, typ, start, inc, mx, mn,
+    for (_oid, key, schema, name, persistence, owner, acl, comment, typ, start, inc, mx, mn,
          cache, cycle, owned_by, owned_kind) in _rows(conn, f"""
             SELECT c.oid, {_QNAME}, n.nspname, c.relname, c.relpersistence,
                    pg_get_userbyid(c.relowner), c.relacl::text, obj_description(c.oid, 'pg_class'),
@@ -527,7 +527,7 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
         if len(a) != len(b):
             out.append(f"{path}: {_short(a)} != {_short(b)}")
         else:
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=False)):
                 _diff(x, y, f"{path}[{i}]", out)
     elif a != b:
         out.append(f"{path}: {_short(a)} != {_short(b)}")

@@ -11,6 +11,7 @@ from helpers import load_small, run_cli, snapshot_dirs
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import backupkit
+from backupkit.snapshot import formats
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot.datafile import count_rows, iter_file_blocks
 
@@ -38,7 +39,7 @@ def test_manifest_row_counts_equal_count_star(small_db, tmp_path):
     assert {mf.table_key(t): t["rows"] for t in m["tables"]} == counts(small_db)
     # ...and the files hold exactly those rows
     for t in m["tables"]:
-        assert sum(count_rows(res.path / f["path"], mf.data_format(t)) for f in t["files"]) == t["rows"]
+        assert sum(count_rows(res.path / f["path"], formats.of(t)) for f in t["files"]) == t["rows"]
     assert res.path.name.endswith("-t1") and res.path.parent == tmp_path
 
 
@@ -169,7 +170,7 @@ def test_connection_errors_are_one_clear_line(small_db, tmp_path, case):
     err = out.stderr
     assert err.startswith("error: cannot connect to") and "Traceback" not in err
     assert "not-the-password-123" not in err and d["password"] not in err
-    assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert snapshot_dirs(tmp_path) == []
 
 

@@ -15,6 +15,7 @@ from backupkit.errors import SnapshotDamaged
 from backupkit.lens.diff import diff_snapshots
 from backupkit.lens.integrity import integrity
 from backupkit.lens.report import render_html, render_json
+from backupkit.snapshot import formats
 from backupkit.snapshot import manifest as mf
 
 ODD = 'x<y>&"z'  # a table name that must be escaped in HTML
@@ -324,7 +325,7 @@ def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(make_db, tmp
     # values is not a change.
     import importlib
     lines_module = importlib.import_module("backupkit.lens.diff_lines")
-    monkeypatch.setattr("backupkit.pg.copyio.DATA_FORMAT", data_format)
+    monkeypatch.setattr("backupkit.snapshot.formats.WRITTEN", formats.named(data_format))
     dsn = make_db("bylines")
     odd = {"plain": "'p'", "newlines": "E'two\\nlines'", "delimiter byte": "E'a\\x01b'"}[kind]
     with psycopg.connect(dsn, autocommit=True) as conn:

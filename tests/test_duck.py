@@ -10,6 +10,7 @@ import pytest
 
 import backupkit
 from backupkit.lens.duck import duck_type, ident, open_snapshot, relation_sql
+from backupkit.snapshot import formats
 
 SCHEMA = r"""
 SET TimeZone = 'UTC';
@@ -256,7 +257,7 @@ def test_every_escape_reads_back_exactly_in_either_data_format(make_db, tmp_path
     # New snapshots use COPY's text format (backslash escapes, \N for NULL, '' as an empty
     # field, so a one-column row of '' is an empty line); snapshots from before 2026-12 are
     # CSV. DuckDB must give back each value as PostgreSQL has it, in both.
-    monkeypatch.setattr("backupkit.pg.copyio.DATA_FORMAT", data_format)
+    monkeypatch.setattr("backupkit.snapshot.formats.WRITTEN", formats.named(data_format))
     dsn = make_db("escapes")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(ESCAPES)

@@ -19,6 +19,7 @@ from helpers import load_small, snapshot_dirs
 
 import backupkit
 import backupkit.capture.readers
+import backupkit.capture.sessions
 from backupkit.cli import exit_code
 
 #: A CLI run with worker processes forced on, small chunks (many items: a run lasting long
@@ -27,6 +28,7 @@ CHILD = r"""
 import functools, importlib, json, os, sys
 os.dup2(1, 2)  # the test reads stderr from the stdout pipe
 import backupkit.capture.readers
+import backupkit.capture.sessions
 backupkit.capture.readers.PROCESS_THRESHOLD = 0
 mod = importlib.import_module("backupkit.capture.job")
 mod.backup = functools.partial(mod.backup, chunk_bytes=128 * 1024, **json.loads(sys.argv[1]))
@@ -178,7 +180,7 @@ def test_a_locked_table_fails_the_backup_within_the_lock_wait_limit(small_db_loc
         backupkit.backup(dsn, tmp_path, lock_wait_timeout=1.5, progress=False)
     assert time.monotonic() - started < 15
     assert "public.orders" in str(err.value) and "lock" in str(err.value)
-    assert "--lock-wait-timeout" in err.value.hint
+    assert "`lock_wait_timeout`" in err.value.hint  # the CLI shows its flag instead
     assert exit_code(err.value) == 5
     assert list(tmp_path.iterdir()) == []
 
@@ -248,7 +250,7 @@ def test_the_run_timeout_stops_a_stuck_backup(small_db, tmp_path, pg_server):
             backupkit.backup(small_db, tmp_path, lock_wait_timeout=0, timeout=3, progress=False,
                              on_snapshot=_migration_meanwhile(small_db, state))
         assert time.monotonic() - started < 20
-        assert "time limit (3 s)" in str(err.value) and "--timeout" in err.value.hint
+        assert "time limit (3 s)" in str(err.value) and "`timeout`" in err.value.hint
         assert exit_code(err.value) == 5
         assert wait_for(lambda: "locked_at" in state, 5)
         assert list(tmp_path.iterdir()) == []
@@ -275,12 +277,12 @@ def test_the_run_timeout_kills_a_hung_worker_process(pg_server, big_db, tmp_path
 def test_idle_sessions_of_a_live_backup_are_kept_and_stranded_ones_end(small_db, tmp_path, pg_server, monkeypatch):
     """With a 1 s idle-in-transaction limit, a backup idle for 3 s (in on_snapshot) still
     completes: its keep-alive pings.  A session nobody pings ends by itself."""
-    monkeypatch.setattr(backupkit.capture.readers, "IDLE_TIMEOUT", 1)
-    monkeypatch.setattr(backupkit.capture.readers, "PING_EVERY", 0.2)
+    monkeypatch.setattr(backupkit.capture.sessions, "IDLE_TIMEOUT", 1)
+    monkeypatch.setattr(backupkit.capture.sessions, "PING_EVERY", 0.2)
     res = backupkit.backup(small_db, tmp_path, progress=False, on_snapshot=lambda _s: time.sleep(3))
     assert res.rows > 0
 
-    spec = backupkit.capture.readers.SessionSpec(small_db, application=f"backupkit backup {os.getpid()} stranded")
+    spec = backupkit.capture.sessions.SessionSpec(small_db, application=f"backupkit backup {os.getpid()} stranded")
     conn = spec.connect()
     conn.execute("SELECT 1")  # now idle in transaction, and nobody pings it
     assert backup_sessions(pg_server.admin_dsn, os.getpid())
@@ -290,7 +292,7 @@ def test_idle_sessions_of_a_live_backup_are_kept_and_stranded_ones_end(small_db,
 
 def test_session_limits_are_set(small_db, tmp_path):
     seen = {}
-    session = backupkit.capture.readers.SessionSpec(small_db, lock_wait_timeout=2.5, deadline=time.time() + 100,
+    session = backupkit.capture.sessions.SessionSpec(small_db, lock_wait_timeout=2.5, deadline=time.time() + 100,
                                             server_version_num=180000)
     with session.connect() as conn:
         for name in ("lock_timeout", "idle_in_transaction_session_timeout", "statement_timeout"):
@@ -299,7 +301,7 @@ def test_session_limits_are_set(small_db, tmp_path):
         if version >= 170000:
             seen["transaction_timeout"] = conn.execute("SHOW transaction_timeout").fetchone()[0]
     assert seen["lock_timeout"] == "2500ms"
-    assert seen["idle_in_transaction_session_timeout"] == f"{backupkit.capture.readers.IDLE_TIMEOUT}s"
+    assert seen["idle_in_transaction_session_timeout"] == f"{backupkit.capture.sessions.IDLE_TIMEOUT}s"
     assert seen["statement_timeout"].endswith(("s", "min")) and seen["statement_timeout"] != "0"
     if "transaction_timeout" in seen:
         assert seen["transaction_timeout"] == seen["statement_timeout"]

@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 import backupkit
 from backupkit.demo.data import create_demo, mutate_demo
 from backupkit.recovery.job import restore
+from backupkit.snapshot import formats
 from backupkit.snapshot import manifest as mf
 
 FIDELITY_SQL = (Path(__file__).parent / "fidelity.sql").read_text()
@@ -85,7 +86,7 @@ def test_parallel_round_trip_is_exact(fidelity, make_db):
 def test_a_csv_snapshot_from_before_the_text_format_restores_exactly(fidelity, make_db, tmp_path, monkeypatch, jobs):
     # Snapshots written before 2026-12 hold CSV (format version 1); they must keep restoring.
     source, _ = fidelity
-    monkeypatch.setattr("backupkit.pg.copyio.DATA_FORMAT", "csv")
+    monkeypatch.setattr("backupkit.snapshot.formats.WRITTEN", formats.CSV)
     res = backupkit.backup(source, tmp_path, schemas=all_schemas(source), chunk_bytes=16 * 1024)
     assert {t["data_format"] for t in res.manifest["tables"]} == {"csv"}
     target = make_db(f"from_csv_{jobs}")
@@ -271,7 +272,7 @@ def test_policies_naming_missing_roles_stop_the_restore_unless_create_roles(make
         out = run_cli("restore", res.path, "--dsn", target, "--create-roles", "-q")
         assert out.returncode == 0, out.stderr
         with psycopg.connect(target) as conn:
-            assert conn.execute("SELECT polroles::regrole[]::text FROM pg_policy").fetchone()[0] == "{%s}" % role
+            assert conn.execute("SELECT polroles::regrole[]::text FROM pg_policy").fetchone()[0] == f"{{{role}}}"
             assert conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)).fetchone() == (False,)
     finally:
         pg_server.dropdb(target)
@@ -351,7 +352,7 @@ def test_restored_rows_arrive_frozen(small, make_db, jobs):
 
 
 def test_only_a_table_that_would_be_the_long_pole_is_split_across_jobs():
-    from backupkit.recovery.job import _load_units
+    from backupkit.recovery.parallel import _load_units
 
     def table(name, *text_bytes):
         return {"schema": "public", "name": name,
@@ -376,8 +377,8 @@ def test_rows_another_session_writes_into_new_tables_stop_a_parallel_restore(sma
     # away rows someone wrote meanwhile (to load them frozen) without saying so.
     source, res = small
     target = make_db("busy")
-    restore_module = importlib.import_module("backupkit.recovery.job")
-    real = restore_module._empty_own_table
+    parallel_module = importlib.import_module("backupkit.recovery.parallel")
+    real = parallel_module._empty_own_table
 
     def someone_writes_first(conn, table):
         if table["name"] == "orders":
@@ -385,7 +386,7 @@ def test_rows_another_session_writes_into_new_tables_stop_a_parallel_restore(sma
                 other.execute("INSERT INTO orders (customer_id, total) VALUES (NULL, 1)")
         return real(conn, table)
 
-    monkeypatch.setattr(restore_module, "_empty_own_table", someone_writes_first)
+    monkeypatch.setattr(parallel_module, "_empty_own_table", someone_writes_first)
     with pytest.raises(backupkit.RestoreError) as err:
         restore(res.path, target, jobs=2)
     assert "public.orders received rows from another session" in str(err.value)
@@ -433,7 +434,7 @@ def test_a_column_option_line_inside_a_string_default_is_text_not_a_statement(ma
     source = make_db("colopt_default")
     odd = "x\nALTER TABLE ONLY public.t ALTER COLUMN id SET (pg_attver=1);\ny"
     with psycopg.connect(source) as conn:
-        conn.execute("CREATE TABLE t (id int, note text DEFAULT %s)" % psycopg.sql.quote(odd))
+        conn.execute(f"CREATE TABLE t (id int, note text DEFAULT {psycopg.sql.quote(odd)})")
     snap = backupkit.backup(source, tmp_path, progress=False)
     script = render(snap.path / "schema" / "schema.dump", "pre-data")
     assert "\nALTER TABLE ONLY public.t ALTER COLUMN id SET (pg_attver=1);\n" in script

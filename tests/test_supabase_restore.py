@@ -130,10 +130,10 @@ def test_an_extension_the_server_lacks_is_a_problem_unless_nothing_uses_it(supab
 
 def _dev_database(pg_server) -> tuple[str, str]:
     """A database on plain PostgreSQL owned by a non-superuser with CREATEROLE, as a developer has."""
-    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
-        with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-            conn.execute(sql.SQL("CREATE ROLE bk_dev LOGIN CREATEROLE PASSWORD {}").format(
-                sql.Literal(pg_server.password)))
+    with (psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn,
+          contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation)):
+        conn.execute(sql.SQL("CREATE ROLE bk_dev LOGIN CREATEROLE PASSWORD {}").format(
+            sql.Literal(pg_server.password)))
     dsn = pg_server.createdb("dev")
     name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import BackupkitError
 from ..pg.catalog import SUPABASE_MANAGED, existing_schemas, list_tables, role_info
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
+from ..pg.rows import one_row
 from ..pg.tools import check_pg_dump
 
 
@@ -41,9 +42,9 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
     if is_transaction_pooler(dsn):
         report.add("pooler", "fail", POOLER_WARNING)
     with connect(dsn) as conn:
-        version, num, size = conn.execute(
+        version, num, size = one_row(conn.execute(
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
-            "pg_database_size(current_database())").fetchone()
+            "pg_database_size(current_database())"))
         report.add("connection", "ok",
                    f"{where['user']}@{where['host']}:{where['port']}/{where['database']}, PostgreSQL {version}")
         try:
@@ -53,7 +54,7 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
             report.add("pg_dump", "fail", f"{exc} — {exc.hint or ''}".rstrip(" —"))
         role = role_info(conn)
         flags = [f for f, on in (("superuser", role["superuser"]), ("BYPASSRLS", role["bypassrls"])) if on]
-        report.add("role", "ok", f"{role['user']}" + (f" ({', '.join(flags)})" if flags else " (no superuser, no BYPASSRLS)"))
+        report.add("role", "ok", f"{role['user']} ({', '.join(flags) or 'no superuser, no BYPASSRLS'})")
         found = existing_schemas(conn, schemas)
         missing = sorted(set(schemas) - set(found))
         if missing:
@@ -65,12 +66,12 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
         if hidden:
             report.add("row-level security", "fail",
                        f"RLS would hide rows of {', '.join(hidden)}: connect as their owner or a "
-                       "BYPASSRLS role, or back up with --allow-partial")
+                       "BYPASSRLS role, or back up with `allow_partial`")
         else:
             rls = sum(1 for t in tables if t["rls"]["enabled"])
             report.add("row-level security", "ok", f"{rls} tables with RLS, all readable in full")
-        unreadable = [f"{t['schema']}.{t['name']}" for t in tables if not conn.execute(
-            "SELECT has_table_privilege(%s, 'SELECT')", (t["oid"],)).fetchone()[0]]
+        unreadable = [f"{t['schema']}.{t['name']}" for t in tables if not one_row(conn.execute(
+            "SELECT has_table_privilege(%s, 'SELECT')", (t["oid"],)))[0]]
         if unreadable:
             report.add("privileges", "fail", f"no SELECT on {', '.join(unreadable)}")
         managed = [s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED))

@@ -9,7 +9,7 @@ the empty string differ, 1.50 and 1.5 in an unconstrained numeric differ.
   one last join; a row counts as updated when any of its other columns (those
   present in both snapshots) differs.  Values are compared themselves, not hashed.
   When both snapshots store the same columns in the same data format, rows are
-  first matched by their whole line (``lines.py``), and only the lines left over
+  first matched by their whole line (``diff_lines``), and only the lines left over
   are parsed and joined on the key: unchanged rows are never split into columns.
 * A table without a primary key, or whose key changed, is compared as a
   multiset: rows added and removed, duplicates counted; ``updated`` is None.
@@ -18,7 +18,8 @@ the empty string differ, 1.50 and 1.5 in an unconstrained numeric differ.
   side is not read either: the two hold the same rows, which cancel out.
 
 Every side is read once, on every CPU, under a memory limit: a join larger
-than ``DIFF_WORK_MEMORY`` spills to a temporary folder instead of growing the
+than ``DIFF_WORK_MEMORY`` spills to a private scratch folder (``storage.scratch``,
+removed at the end, which also holds the line pass's leftovers) instead of growing the
 process, and joining chunk by chunk keeps joins the size of a chunk, not of
 the table.  The files read are checked against the
 manifests (sizes, SHA-256 in a background thread while DuckDB reads them, and
@@ -29,20 +30,21 @@ from __future__ import annotations
 
 import difflib
 import os
-import shutil
-import tempfile
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import duckdb
 
 from ..errors import SnapshotDamaged
+from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files
+from ..storage.local import LocalStorage
+from ..storage.location import SnapshotLocation, locate
+from ..storage.scratch import scratch
 from .diff_lines import match_lines, run_pairs
 from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
-from .schema_diff import schema_objects
+from .schema_diff import read_schema_sql, schema_objects
 
 #: Lines of unified diff of the schema SQL kept in a diff report.
 SQL_DIFF_LINES = 200
@@ -159,11 +161,11 @@ def _read_files(old: dict, new: dict) -> tuple[list[dict], list[dict]] | None:
     return unpaired(old["files"]), unpaired(new["files"])
 
 
-def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> dict:
+def _compare_by_key(con, sides, pk, common, sample, line_size, spill: SnapshotLocation) -> dict:
     """Inserted/deleted/updated counts of a table matched on its primary key, and a few updates.
 
     When both sides store the same columns in the same order and data format, rows
-    are first matched by their whole line (``lines.match_lines``) and only the lines
+    are first matched by their whole line (``diff_lines.match_lines``) and only the lines
     left without a twin are parsed and joined here, as one small table.  Otherwise,
     or when lines are not rows (a CSV value holds a newline), files are joined column
     by column in pairs, the i-th file to read of each side: a row that was not
@@ -179,7 +181,7 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: Path) -> d
     rest = [c for c in common if c not in pk]
     sample = max(int(sample), 0) if rest else 0  # with only key columns a row cannot be updated
     (_, old, _), (_, new, _) = sides
-    if old["copy_columns"] == new["copy_columns"] == common and mf.data_format(old) == mf.data_format(new):
+    if old["copy_columns"] == new["copy_columns"] == common and formats.of(old) is formats.of(new):
         left = match_lines(con, sides, spill, line_size, MAX_LEFTOVER_ROWS)
         if left is not None:
             return _compare_whole(con, left, pk, rest, sample, line_size)
@@ -331,7 +333,7 @@ def _compare_multiset(con, sides, common, line_size) -> dict:
     return {"inserted": inserted, "deleted": deleted, "updated": None, "sample_updates": []}
 
 
-def _check_files(folder: Path, table: dict) -> None:
+def _check_files(folder: mf.SnapshotArg, table: dict) -> None:
     """Raise SnapshotDamaged unless every data file of ``table`` matches its manifest entry.
 
     DuckDB reads a truncated zstd file as if it simply ended, without an error, so
@@ -341,15 +343,16 @@ def _check_files(folder: Path, table: dict) -> None:
     background thread while DuckDB reads the same files, so the hash costs no second
     wait, and waits for it before it reports the table.
     """
+    location = locate(folder)
     try:
-        check_files(folder, table["files"], threads=1)  # one thread: DuckDB has the other CPUs
+        check_files(location, table["files"], threads=1)  # one thread: DuckDB has the other CPUs
     except SnapshotDamaged as exc:
-        raise SnapshotDamaged(f"{folder.name}: a data file is missing or does not match its checksum: "
+        raise SnapshotDamaged(f"{location.name}: a data file is missing or does not match its checksum: "
                               + "; ".join(exc.problems[:3]), exc.problems,
-                              hint=f"run `backupkit verify {folder}`") from None
+                              hint=f"run `backupkit verify {location}`") from None
 
 
-def _check_schema_files(folder: Path, m: dict) -> None:
+def _check_schema_files(folder: mf.SnapshotArg, m: dict) -> None:
     """Raise SnapshotDamaged unless the schema SQL files a diff reads match the manifest."""
     entries = [f for f in m.get("schema_files") or [] if isinstance(f, dict)
                and f.get("path") in (mf.PRE_DATA, mf.POST_DATA)]
@@ -364,7 +367,7 @@ def _check_rows(sides, rows_old: int, rows_new: int) -> None:
                                   [f"{mf.table_key(t)}: row count mismatch"])
 
 
-def _plan(old_dir: Path, new_dir: Path, old: dict, new: dict):
+def _plan(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old: dict, new: dict):
     """``((folder, table with only the files to read, rows expected), same for new)``, or None
     when both sides hold byte-identical files and nothing needs reading."""
     if Counter(f["sha256"] for f in old["files"]) == Counter(f["sha256"] for f in new["files"]):
@@ -376,7 +379,7 @@ def _plan(old_dir: Path, new_dir: Path, old: dict, new: dict):
                  for folder, t, files in ((old_dir, old, read[0]), (new_dir, new, read[1])))
 
 
-def _compare(con, sides, checks: list[Future], common, keyed, sample, spill: Path) -> dict:
+def _compare(con, sides, checks: list[Future], common, keyed, sample, spill: SnapshotLocation) -> dict:
     """The row-level part of one table's diff, by the cheapest exact method.
 
     First read with small buffers under the memory limit.  A row longer than
@@ -425,7 +428,8 @@ def _wait(checks: list[Future]) -> None:
         c.result()  # raises SnapshotDamaged
 
 
-def _schema_sql(old_dir: Path, new_dir: Path, old_m: dict, new_m: dict) -> tuple[dict, str, bool]:
+def _schema_sql(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old_m: dict,
+                new_m: dict) -> tuple[dict, str, bool]:
     """Which schema SQL files differ (by manifest SHA-256), and a capped unified diff of them."""
     sha_old = {f["path"]: f["sha256"] for f in old_m.get("schema_files", [])}
     sha_new = {f["path"]: f["sha256"] for f in new_m.get("schema_files", [])}
@@ -434,15 +438,15 @@ def _schema_sql(old_dir: Path, new_dir: Path, old_m: dict, new_m: dict) -> tuple
     for p, differs in changed.items():
         if not differs:
             continue
-        a = (old_dir / p).read_text().splitlines(keepends=True) if (old_dir / p).is_file() else []
-        b = (new_dir / p).read_text().splitlines(keepends=True) if (new_dir / p).is_file() else []
+        a = read_schema_sql(old_dir, p).splitlines(keepends=True)  # "" when absent
+        b = read_schema_sql(new_dir, p).splitlines(keepends=True)
         lines += difflib.unified_diff(a, b, f"old/{p}", f"new/{p}")
     truncated = len(lines) > SQL_DIFF_LINES
     text = "".join(line if line.endswith("\n") else line + "\n" for line in lines[:SQL_DIFF_LINES])
     return changed, text, truncated
 
 
-def _side(folder: Path, m: dict) -> dict:
+def _side(folder: SnapshotLocation, m: dict) -> dict:
     return {"path": str(folder), "id": m.get("id"), "created_at": m.get("created_at")}
 
 
@@ -457,26 +461,28 @@ def _keyed(old: dict, new: dict) -> bool:
     return bool(pk_old) and pk_old == pk_new and all(c in _common(old, new) for c in pk_old)
 
 
-def _run_tables(con, work, checks, sample, spill: Path) -> dict[str, dict]:
-    """Compare every table that needs reading, one at a time; {table key: row-level result}."""
+def _run_tables(con, work, checks, sample, spill: LocalStorage) -> dict[str, dict]:
+    """Compare every table that needs reading, one at a time; {table key: row-level result}.
+
+    Each table's leftover lines (see ``diff_lines.match_lines``) go under a prefix of
+    its own in the ``spill`` storage, removed once the table is compared.
+    """
     results = {}
     for n, (key, old, new, sides) in enumerate(work):
         if sides is None:
             continue
-        folder = spill / f"table-{n}"  # leftover lines of this table (see lines.match_lines)
-        folder.mkdir()
+        folder = SnapshotLocation(spill, f"table-{n}")
         try:
             results[key] = _compare(con, sides, checks[key], _common(old, new), _keyed(old, new), sample, folder)
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
             raise SnapshotDamaged(f"cannot read the data of {key}: {exc}", [f"{key}: {exc}"],
                                   hint="run `backupkit verify` on both snapshots") from None
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            spill.remove(folder.key())
     return results
 
 
-def diff_snapshots(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
-                   sample: int = 5) -> dict:
+def diff_snapshots(old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample: int = 5) -> dict:
     """Compare two snapshots: tables added/removed, per-table row changes, schema changes.
 
     Returns ``old``/``new`` (path, id, created_at), ``tables_added``/``tables_removed``
@@ -490,7 +496,7 @@ def diff_snapshots(old_path: str | os.PathLike[str], new_path: str | os.PathLike
     PostgreSQL's text.  Raises SnapshotDamaged when a data file read does not match
     its manifest.
     """
-    old_dir, new_dir = Path(old_path), Path(new_path)
+    old_dir, new_dir = locate(old_path), locate(new_path)
     old_m, new_m = mf.read(old_dir), mf.read(new_dir)
     old_t = {mf.table_key(t): t for t in old_m["tables"]}
     new_t = {mf.table_key(t): t for t in new_m["tables"]}
@@ -512,19 +518,18 @@ def diff_snapshots(old_path: str | os.PathLike[str], new_path: str | os.PathLike
     # comes from the two manifests alone, and the manifests are what the diff compares; a
     # damaged copy on disk is verify's to find, and nothing read from it reaches the report.
     hasher = ThreadPoolExecutor(1, thread_name_prefix="backupkit-diff-sha")
-    spill = tempfile.TemporaryDirectory(prefix="backupkit-diff-")
     con = None
     results: dict[str, dict] = {}
-    try:
-        checks = {key: [hasher.submit(_check_files, folder, t) for folder, t, _ in sides]
-                  for key, _, _, sides in work if sides is not None}
-        con = _diff_connect(spill.name)
-        results = _run_tables(con, work, checks, sample, Path(spill.name))
-    finally:
-        hasher.shutdown(wait=True, cancel_futures=True)
-        if con is not None:
-            con.close()
-        spill.cleanup()
+    with scratch("backupkit-diff-") as spill:  # removed with everything in it at the end
+        try:
+            checks = {key: [hasher.submit(_check_files, folder, t) for folder, t, _ in sides]
+                      for key, _, _, sides in work if sides is not None}
+            con = _diff_connect(str(spill.path()))
+            results = _run_tables(con, work, checks, sample, spill)
+        finally:
+            hasher.shutdown(wait=True, cancel_futures=True)
+            if con is not None:
+                con.close()
     tables = []
     for key, old, new, sides in work:
         entry = {"schema": new["schema"], "name": new["name"], "rows_old": old["rows"], "rows_new": new["rows"],

@@ -10,25 +10,33 @@ then parsed and joined on the primary key (``diff._compare_whole`` over the
 leftover lines), which decides on the values themselves; that second step is
 what makes the result exact, and the same as parsing everything.
 
-A line is a row only when no value holds a newline: always so in COPY's text
-format, which escapes it, but not in a CSV snapshot (written before 2026-12).
-A file has exactly as many lines as the manifest has rows exactly when that is
-so, since every newline inside a value adds one.  Each pair checks this, and so
-does every other assumption (one column per line, no line longer than the read
-buffer, no empty line): when one fails, ``match_lines`` returns None and the
-caller parses columns.
+A line is a row only when no value holds a newline: always so in a format
+whose values escape theirs (``DataFormat.line_is_row``), not necessarily
+otherwise (a CSV snapshot, written before 2026-12).  A file has exactly as many
+lines as the manifest has rows exactly when that is so, since every newline
+inside a value adds one.  Each pair checks this whatever the format (it also
+catches a damaged file), and so does every other assumption (one column per
+line, no line longer than the read buffer, no empty line): when one fails,
+``match_lines`` returns None and the caller parses columns.
+
+The lines left over are written to the diff's scratch space (``storage.scratch``)
+through the storage interface, in the table's own data format and suffix, and
+read back by DuckDB like a snapshot's files (``datafile.data_path``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from pathlib import Path
 
 import duckdb
 import zstandard
 
+from ..snapshot import formats
+from ..snapshot import manifest as mf
 from ..snapshot.datafile import data_path
+from ..storage.base import Storage
+from ..storage.location import SnapshotLocation
 from .duck import literal, one_row, path_sql, reader_options
 
 #: Chunk pairs a diff joins at once (diff.DIFF_WORK_MEMORY is sized for two).
@@ -72,24 +80,25 @@ def run_pairs(con: duckdb.DuckDBPyConnection, pairs: int, run_pair: Callable[[in
     return not pending
 
 
-def _lines_sql(folder: Path, files: list[dict], i: int, line_size: int) -> str:
+def _lines_sql(folder: mf.SnapshotArg, files: list[dict], i: int, line_size: int) -> str:
     """The i-th file's lines as one VARCHAR column ``l``, byte for byte (no rows past the end)."""
     if i >= len(files):
         return "(SELECT NULL::VARCHAR AS l, NULL::UBIGINT AS h WHERE false)"
-    path = path_sql(data_path(Path(folder), files[i]))  # exactly this file, never a pattern
+    path = path_sql(data_path(folder, files[i]))  # exactly this file, never a pattern
     # No quote and no escape character: every byte of the line but its newline is kept.
     return (f"(SELECT l, hash(l) AS h FROM read_csv({path}, columns = {{'l': 'VARCHAR'}}, "
             f"delim = {literal(_DELIM)}, quote = '', escape = '', {reader_options(line_size)}))")
 
 
-def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: Path, line_size: int,
+def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: SnapshotLocation, line_size: int,
                 limit: int) -> tuple | None:
     """Match two sides' rows by line, file pair by file pair; write what found no twin to ``spill``.
 
-    ``sides`` is ``((folder, table, rows), (folder, table, rows))`` as diff plans it,
-    every file with its ``rows``.  Returns the same shape for the leftover lines
-    (one ``.csv.zst`` file per side in ``spill``, holding those lines exactly as
-    the snapshot did), or None when lines are not rows here, a read failed, or more
+    ``sides`` is ``((snapshot, table, rows), (snapshot, table, rows))`` as diff plans it,
+    every file with its ``rows``.  ``spill`` is a place in a scratch storage, where no
+    file exists yet.  Returns the same shape for the leftover lines (one file per side
+    in ``spill``, named with the table's format suffix and holding those lines exactly
+    as the snapshot did), or None when lines are not rows here, a read failed, or more
     than ``limit`` lines were left over (rows moved wholesale: the caller's own
     pairing copes better).
     """
@@ -125,8 +134,8 @@ def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: Path, line_size: i
             return None  # a value holds a newline (or a file is damaged: the checksums will say)
         left = []
         for s, column in enumerate(("only_o", "only_n")):
-            name = f"left-{s}.csv.zst"
-            n = _write_lines(con, f"SELECT unnest({column}) FROM bk_lines", spill / name)
+            name = f"left-{s}{formats.of(sides[s][1]).suffix}"
+            n = _write_lines(con, f"SELECT unnest({column}) FROM bk_lines", spill.storage, spill.key(name))
             table = {**sides[s][1], "files": [{"path": name, "rows": n}] if n else []}
             left.append((spill, table, n))
         return tuple(left)
@@ -134,15 +143,17 @@ def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: Path, line_size: i
         con.execute("DROP TABLE bk_lines")
 
 
-def _write_lines(con: duckdb.DuckDBPyConnection, query: str, dest: Path) -> int:
-    """Write the strings ``query`` returns as newline-ended lines, zstd-compressed; return how many.
+def _write_lines(con: duckdb.DuckDBPyConnection, query: str, storage: Storage, name: str) -> int:
+    """Write the strings ``query`` returns to new file ``name`` of ``storage`` as newline-ended
+    lines, zstd-compressed; return how many.
 
     The file starts with a UTF-8 byte order mark: DuckDB drops one at the start of a
     file, and without it a first line that begins with U+FEFF would lose that character.
     """
     n = 0
     cur = con.execute(query)
-    with open(dest, "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as out:
+    with storage.create(name) as raw, \
+            zstandard.ZstdCompressor(level=1).stream_writer(raw, closefd=False) as out:
         out.write("\ufeff".encode())
         while batch := cur.fetchmany(_BATCH):
             out.write(("\n".join(r[0] for r in batch) + "\n").encode())

@@ -34,7 +34,7 @@ NULL can mean "not representable"; ``open_snapshot(path, raw=True)`` gives
 every column as VARCHAR holding exactly the text PostgreSQL printed for the
 value (COPY's escapes undone; NULL is NULL, the empty string is ``''``), which
 is what comparisons should use.  Snapshots hold COPY's text format; those from
-before 2026-12 hold CSV, and read the same (``manifest.data_format``).
+before 2026-12 hold CSV, and read the same (``snapshot.formats``).
 
 Generated columns are not in the files and so not in the views.  DuckDB
 matches identifiers case-insensitively: when two tables of one schema differ
@@ -82,14 +82,17 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from ..errors import SnapshotDamaged
+from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files, data_path
+from ..storage.location import SnapshotLocation, locate
 
 #: Longest CSV row DuckDB will read (its default, 2 MB, is too small for big jsonb or
 #: bytea values).  A longer row fails loudly.  DuckDB needs a read buffer larger than
@@ -135,9 +138,10 @@ def path_sql(path: Path | str) -> str:
     return literal(glob_escape(str(path)))
 
 
-def _file_paths(folder: Path | str, files: list[dict]) -> list[Path]:
+def _file_paths(folder: mf.SnapshotArg, files: list[dict]) -> list[Path]:
     """The resolved paths of a table's files (refused when one leaves the snapshot, see ``datafile.data_path``)."""
-    return [data_path(Path(folder), f) for f in files]
+    location = locate(folder)
+    return [data_path(location, f) for f in files]
 
 
 def duck_type(base_type: str) -> str:
@@ -195,33 +199,49 @@ def column_expr(raw: str, base_type: str) -> str:
     return f"TRY_CAST({raw} AS {target})"
 
 
-def files_sql(folder: Path | str, table: dict, *, max_line_size: int = MAX_LINE_SIZE) -> str:
+def files_sql(folder: mf.SnapshotArg, table: dict, *, max_line_size: int = MAX_LINE_SIZE) -> str:
     """Rows of a table's chunk files, columns named c0, c1, ... as VARCHAR holding each value's text.
 
     Positional names keep odd or case-colliding column names out of DuckDB's way;
     callers alias them.  NULL is NULL and the empty string is ``''``, in either
-    data format (``manifest.data_format``).  A smaller ``max_line_size`` makes
+    data format (``snapshot.formats``).  A smaller ``max_line_size`` makes
     DuckDB's read buffer (and the memory it reserves per file being read) smaller;
     a longer row then fails the query (``duckdb.InvalidInputException`` or
     ``NotImplementedException``) and a caller can retry with the default.  The
-    virtual column ``file_index`` numbers the files.
+    virtual column ``file_index`` numbers the files.  Each data format is read as ``READERS`` says.
     """
     files = "[" + ", ".join(path_sql(p) for p in _file_paths(folder, table["files"])) + "]"
     n = len(table["copy_columns"])
     if not table["files"]:  # read_csv needs at least one file
         cols = ", ".join(f"NULL::VARCHAR AS c{i}" for i in range(n))
         return f"(SELECT {cols}, NULL::UBIGINT AS file_index WHERE false)"
+    return READERS[formats.of(table).name](files, n, reader_options(max_line_size))
+
+
+def _read_text(files: str, n: int, common: str) -> str:
+    """COPY's text format: nothing is quoted, a field ends at a tab, a row at a newline, and
+    both are escaped inside values; an empty field is '' and ``\\N`` is NULL (``_text_value``)."""
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
-    common = reader_options(max_line_size)
-    if mf.data_format(table) == mf.TEXT:
-        # Nothing is quoted in COPY's text format: a field ends at a tab, a row at a newline,
-        # and both are escaped inside values; an empty field is '' and \N is NULL.
-        reader = f"read_csv({files}, columns = {columns}, delim = '\t', quote = '', escape = '', {common})"
-        cols = ", ".join(f"{_text_value(f'c{i}')} AS c{i}" for i in range(n))
-        return f"(SELECT {cols}, file_index FROM {reader})"
-    # Nothing is sniffed: quoting, NULL handling and types are exactly what COPY (FORMAT csv) wrote.
+    reader = f"read_csv({files}, columns = {columns}, delim = '\t', quote = '', escape = '', {common})"
+    cols = ", ".join(f"{_text_value(f'c{i}')} AS c{i}" for i in range(n))
+    return f"(SELECT {cols}, file_index FROM {reader})"
+
+
+def _read_csv(files: str, n: int, common: str) -> str:
+    """COPY's CSV: nothing is sniffed, quoting, NULL handling and types are exactly what
+    COPY (FORMAT csv) wrote (an unquoted empty field is NULL, a quoted one '')."""
+    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
     return (f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', "
             f"allow_quoted_nulls = false, {common})")
+
+
+#: How DuckDB reads each data format (``snapshot.formats``), by ``DataFormat.name``: given the
+#: list of files (SQL), the number of columns and ``reader_options``, a relation of the rows with
+#: columns c0, c1, ... (VARCHAR, each value's text) and ``file_index``.
+READERS: dict[str, Callable[[str, int, str], str]] = {
+    formats.TEXT.name: _read_text,
+    formats.CSV.name: _read_csv,
+}
 
 
 #: The escapes COPY's text format writes (besides \\ for a backslash): \b \f \n \r \t \v.
@@ -244,7 +264,7 @@ def _text_value(c: str) -> str:
             rf"WHEN contains({c}, '\') THEN {unescaped} ELSE {c} END")
 
 
-def columns_sql(folder: Path, table: dict, columns: list[str], alias: str = "k", *,
+def columns_sql(folder: mf.SnapshotArg, table: dict, columns: list[str], alias: str = "k", *,
             max_line_size: int = MAX_LINE_SIZE, extra: str = "") -> str:
     """``(SELECT c_i AS k0, ... FROM read_csv(...))`` with the given columns, by name, in order.
 
@@ -289,7 +309,7 @@ def read_buffer(max_line_size: int = MAX_LINE_SIZE) -> int:
     return max_line_size + (1 << 20)
 
 
-def relation_sql(folder: Path | str, table: dict, *, raw: bool = False) -> str:
+def relation_sql(folder: mf.SnapshotArg, table: dict, *, raw: bool = False) -> str:
     """A SELECT returning one manifest table's rows with its column names (typed unless ``raw``)."""
     if not table["copy_columns"]:
         raise ValueError(f"{mf.table_key(table)} has no stored columns to read")
@@ -416,13 +436,13 @@ def _sandbox(con: duckdb.DuckDBPyConnection, paths: list[Path], spill: str) -> N
     con.execute("SET lock_configuration = true")
 
 
-def _manifest_damaged(folder: Path, exc: Exception) -> SnapshotDamaged:
+def _manifest_damaged(folder: SnapshotLocation, exc: Exception) -> SnapshotDamaged:
     problem = f"manifest.json is malformed ({type(exc).__name__}: {exc})"
     return SnapshotDamaged(f"snapshot {folder.name}: {problem}", [problem],
                            hint=f"run `backupkit verify {folder}`")
 
 
-def open_snapshot(path: str | os.PathLike[str], *, raw: bool = False,
+def open_snapshot(path: mf.SnapshotArg, *, raw: bool = False,
                   external_access: bool = False) -> SnapshotConnection | duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per snapshot table, read from its files.
 
@@ -438,7 +458,7 @@ def open_snapshot(path: str | os.PathLike[str], *, raw: bool = False,
     a plain ``duckdb.DuckDBPyConnection`` with DuckDB's full file access instead, for
     exporting results (``COPY (...) TO 'out.parquet'``) or joining other files.
     """
-    folder = Path(path)
+    folder = locate(path)
     manifest = mf.read(folder)
     try:
         tables = manifest["tables"]

@@ -3,10 +3,8 @@ foreign keys, and sequences ahead of their columns."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -14,6 +12,7 @@ import duckdb
 from ..errors import SnapshotDamaged, SnapshotError
 from ..snapshot import manifest as mf
 from ..snapshot.verify import verify
+from ..storage.location import locate
 from .duck import columns_sql, duck_connection
 
 #: Orphan / duplicate rows quoted per integrity check.
@@ -24,7 +23,7 @@ def _check(check: str, table: str, ok: bool, detail: str, **extra) -> dict:
     return {"check": check, "table": table, "ok": ok, "detail": detail, **extra}
 
 
-def _pk_check(con, folder: Path, t: dict) -> dict:
+def _pk_check(con, folder: mf.SnapshotArg, t: dict) -> dict:
     pk = t["primary_key"]
     n = len(pk)
     keys = ", ".join(f"k{i}" for i in range(n))
@@ -43,7 +42,7 @@ def _pk_check(con, folder: Path, t: dict) -> dict:
     return _check("primary_key", mf.table_key(t), ok, detail, count=dup_rows + nulls, samples=samples)
 
 
-def _fk_check(con, folder: Path, t: dict, fk: dict, ref: dict) -> dict:
+def _fk_check(con, folder: mf.SnapshotArg, t: dict, fk: dict, ref: dict) -> dict:
     cols, ref_cols = fk["columns"], fk["ref_columns"]
     n = len(cols)
     child, parent = columns_sql(folder, t, cols), columns_sql(folder, ref, ref_cols, "r")
@@ -62,7 +61,7 @@ def _fk_check(con, folder: Path, t: dict, fk: dict, ref: dict) -> dict:
                   count=count, samples=samples)
 
 
-def _sequence_check(con, folder: Path, seq: dict, t: dict) -> dict:
+def _sequence_check(con, folder: mf.SnapshotArg, seq: dict, t: dict) -> dict:
     column = seq["owned_by"][2]
     name = f"{seq['schema']}.{seq['name']}"
     if column not in t["copy_columns"]:
@@ -88,7 +87,7 @@ def _damaged_files(problems: list[str], m: dict) -> set[str]:
     return out
 
 
-def integrity(path: str | os.PathLike[str]) -> dict:
+def integrity(path: mf.SnapshotArg) -> dict:
     """Checksums plus data checks in DuckDB: primary keys, foreign keys, sequences ahead of their columns.
 
     Returns ``{"ok", "checksums": VerifyReport.to_dict(), "checks": [{"check", "table",
@@ -101,7 +100,7 @@ def integrity(path: str | os.PathLike[str]) -> dict:
     data check comes from a file that does not match its manifest.  File paths reach
     DuckDB as exact paths (``duck.path_sql``), never as patterns.
     """
-    folder = Path(path)
+    folder = locate(path)
     report = verify(folder)
     checks: list[dict[str, Any]] = []
     result: dict[str, Any] = {"ok": report.ok, "checksums": report.to_dict(), "checks": checks}

@@ -9,8 +9,10 @@ snapshot (table and column names, values, SQL) goes through ``html.escape``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Set as AbstractSet
 from html import escape
+from pathlib import Path
 
 from .schema_diff import describe, owner_only, qualified
 
@@ -298,3 +300,19 @@ def render_html(diff: dict, integrity_old: dict | None = None, integrity_new: di
 {'<h2>Integrity</h2>' + integrity if integrity else ''}
 </body></html>
 """
+
+
+def save_html(path: str | os.PathLike[str], page: str) -> Path:
+    """Write an HTML ``page`` (``render_html``) to the file the user named, making its folder.
+
+    The file is readable by its owner only (``0600`` whatever the umask, as ``diff --html``
+    writes it): a report shows row values, as private as the snapshot's own files.  An
+    existing file is replaced.  Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+        f.write(page)
+    return path

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..pg.schema import split_entries, unquote_ident
 from ..snapshot import manifest as mf
@@ -48,6 +47,9 @@ _MANIFEST_LISTS = {
 }
 #: Order of changes in a listing: what was lost first.
 _CHANGE_ORDER = {"removed": 0, "added": 1, "changed": 2}
+#: A schema SQL file larger than this is not one backupkit wrote (as ``manifest.MAX_MANIFEST_BYTES``:
+#: pg_restore's SQL for tens of thousands of tables and functions stays well below it).
+MAX_SCHEMA_SQL_BYTES = 256 << 20
 
 
 def _first_ident(text: str) -> tuple[str, str]:
@@ -282,11 +284,21 @@ def _sort_key(obj: dict) -> tuple:
             obj.get("table") or "", obj["name"])
 
 
-def _read_sql(folder: Path) -> str:
-    return "".join((folder / p).read_text() for p in (mf.PRE_DATA, mf.POST_DATA) if (folder / p).is_file())
+def read_schema_sql(snapshot: mf.SnapshotArg, rel: str) -> str:
+    """Schema SQL file ``rel`` of a snapshot (``manifest.PRE_DATA``, ``POST_DATA``); "" when it is absent.
+
+    Read through the snapshot's storage, at most ``MAX_SCHEMA_SQL_BYTES`` (``SnapshotDamaged``
+    when larger, a link or not a plain file); bytes that are not UTF-8 show as U+FFFD.
+    """
+    data = mf.read_member(snapshot, rel, MAX_SCHEMA_SQL_BYTES)
+    return "" if data is None else data.decode("utf-8", "replace")
 
 
-def schema_objects(old_dir: Path, new_dir: Path, old_m: dict, new_m: dict) -> list[dict]:
+def _read_sql(snapshot: mf.SnapshotArg) -> str:
+    return "".join(read_schema_sql(snapshot, p) for p in (mf.PRE_DATA, mf.POST_DATA))
+
+
+def schema_objects(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old_m: dict, new_m: dict) -> list[dict]:
     """Every schema object added, removed or changed between two snapshots: removed first,
     then added, then changed (owner-only changes last), each by type, schema and name."""
     skip = set()

@@ -17,6 +17,7 @@ import pandas as pd
 from ..capture.job import BackupResult
 from ..recovery.job import RestoreResult
 from ..snapshot import manifest as mf
+from ..storage.location import locate
 from ..storage.repository import list_snapshots
 from .runs import _iso
 
@@ -161,12 +162,12 @@ def integrity_rows(name: str, report: dict) -> list[dict]:
     return rows
 
 
-def check_integrity(*snapshots: Path | str) -> dict[str, dict]:
+def check_integrity(*snapshots: mf.SnapshotArg) -> dict[str, dict]:
     """``backupkit.lens.integrity`` of each snapshot (checksums; primary keys, foreign keys and
     sequences checked in DuckDB), keyed by snapshot id."""
     from ..lens.integrity import integrity
 
-    return {Path(s).name: integrity(s) for s in snapshots}
+    return {locate(s).name: integrity(s) for s in snapshots}
 
 
 def integrity_table(reports: Mapping[str, dict]) -> pd.DataFrame:
@@ -179,14 +180,13 @@ def integrity_table(reports: Mapping[str, dict]) -> pd.DataFrame:
 
 def save_html_report(diff: dict, reports: Mapping[str, dict] | None = None,
                      path: Path | str = "") -> Path | None:
-    """Write the diff (and integrity reports) as one self-contained HTML page; "" writes nothing."""
+    """Write the diff (and integrity reports) as one self-contained HTML page; "" writes nothing.
+
+    The file is the user's own (``lens.report.save_html``: its folder made, readable by its owner only).
+    """
     if not path:
         return None
-    from ..lens.report import render_html
+    from ..lens.report import render_html, save_html
 
     reports = reports or {}
-    page = render_html(diff, reports.get(diff["old"]["id"]), reports.get(diff["new"]["id"]))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return save_html(path, render_html(diff, reports.get(diff["old"]["id"]), reports.get(diff["new"]["id"])))

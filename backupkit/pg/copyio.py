@@ -9,32 +9,27 @@ DuckDB and python-zstandard (with ``read_across_frames=True``) read as one strea
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import psycopg.errors
 import zstandard
 from psycopg import pq, sql
 
+from ..snapshot import formats
 from ..snapshot import manifest as mf
-from ..snapshot.datafile import BLOCK, iter_file_blocks
+from ..snapshot.datafile import BLOCK, iter_blocks
+from ..snapshot.formats import DataFormat
+from ..storage.base import Storage
 
 ZSTD_LEVEL = 1
 #: Rows read between looks at the block's size, and the row size that ends a batch early.
 _BATCH_ROWS = 64
 _LARGE_ROW = 1 << 16
 _COPY_IN_BLOCK = 128 << 10
-#: What a backup writes (see manifest.TEXT).
-DATA_FORMAT = mf.TEXT
-
-
-def copy_options(data_format: str, *, freeze: bool = False) -> sql.Composable:
+def copy_options(data_format: DataFormat, *, freeze: bool = False) -> sql.Composable:
     """``(FORMAT ...)`` of a COPY in ``data_format``; ``freeze`` adds FREEZE (COPY FROM only)."""
-    if data_format not in (mf.TEXT, mf.CSV):
-        raise ValueError(f"unknown data format {data_format!r}")
-    return sql.SQL("(FORMAT {}{})").format(sql.SQL(data_format), sql.SQL(", FREEZE" if freeze else ""))
+    return sql.SQL("(FORMAT {}{})").format(sql.SQL(data_format.name), sql.SQL(", FREEZE" if freeze else ""))
 
 
 @dataclass
@@ -54,11 +49,11 @@ class FileResult:
 
 
 def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql.Composed:
-    """The COPY TO statement for a manifest table entry (generated columns left out), in DATA_FORMAT.
+    """The COPY TO statement for a manifest table entry (generated columns left out), in the format backups write.
 
     ``pages`` = (lo, hi) limits it to a ctid range (hi None: to the end).
     """
-    options = copy_options(DATA_FORMAT)
+    options = copy_options(formats.WRITTEN)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     rel = sql.Identifier(table["schema"], table["name"])
     if pages is None:
@@ -113,6 +108,8 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
     _drain(pg)
     if res is None or res.status != pq.ExecStatus.COMMAND_OK:
         raise _error(res, conn)
+    if res.command_tuples is None:  # COPY's command tag always carries its row count
+        raise psycopg.OperationalError("COPY ended without reporting how many rows it sent")
     yield buf
     row_count.append(res.command_tuples)
 
@@ -128,8 +125,10 @@ def _error(res, conn: psycopg.Connection) -> psycopg.Error:
     return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
 
 
-def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, folder: Path) -> FileResult:
-    """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into ``dest``.
+def copy_out(conn: psycopg.Connection, statement: sql.Composable, storage: Storage, name: str,
+             rel: str) -> FileResult:
+    """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into the new file
+    ``name`` of ``storage`` (durable when this returns); ``rel`` is its path inside the snapshot.
 
     Compression runs in this thread, between reads: a separate compressing
     thread costs more in hand-overs (GIL, queue) than it wins by overlapping,
@@ -141,8 +140,7 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, fo
     compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
     sha = hashlib.sha256()
     size = text_bytes = 0
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as raw, conn.lock:
+    with storage.create(name) as out, conn.lock:
         for block in _receive(conn, statement, rows):
             # One frame per block: one-shot compression reads the block in place,
             # where a streaming compressor first copies it into its window.
@@ -150,13 +148,11 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, dest: Path, fo
             sha.update(frame)
             size += len(frame)
             text_bytes += len(block)
-            raw.write(frame)
-        raw.flush()
-        os.fsync(raw.fileno())
-    return FileResult(str(dest.relative_to(folder)), size, sha.hexdigest(), rows[0], text_bytes)
+            out.write(frame)
+    return FileResult(rel, size, sha.hexdigest(), rows[0], text_bytes)
 
 
-def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dict] | None = None,
+def copy_in(conn: psycopg.Connection, table: dict, snapshot: mf.SnapshotArg, files: list[dict] | None = None,
             *, freeze: bool = False) -> int:
     """Load a manifest table entry's data files (or just ``files``) with ``COPY ... FROM STDIN``.
 
@@ -166,13 +162,13 @@ def copy_in(conn: psycopg.Connection, table: dict, folder: Path, files: list[dic
     """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     rel = sql.Identifier(table["schema"], table["name"])
-    options = copy_options(mf.data_format(table), freeze=freeze)
+    options = copy_options(formats.of(table), freeze=freeze)
     stmt = (sql.SQL("COPY {} ({}) FROM STDIN {}").format(rel, cols, options) if table["copy_columns"]
             else sql.SQL("COPY {} FROM STDIN {}").format(rel, options))
     with conn.cursor() as cur:
         with cur.copy(stmt) as copy:
             for f in table["files"] if files is None else files:
                 # Blocks of psycopg's largest single write: a larger one it would copy into slices.
-                for block in iter_file_blocks(folder / f["path"], f["sha256"], _COPY_IN_BLOCK):
+                for block in iter_blocks(snapshot, f["path"], f["sha256"], _COPY_IN_BLOCK):
                     copy.write(block)
         return cur.rowcount

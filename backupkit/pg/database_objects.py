@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
-from ..snapshot.manifest import DATABASE_DUMP
+from ..runtime.lifeline import dies_with_us
 from .schema import unquote_ident
 from .tools import find_tool, run_tool
 
@@ -134,14 +134,10 @@ def role_attributes(conn: psycopg.Connection, names: set[str]) -> list[dict]:
     return conn.cursor(row_factory=dict_row).execute(_ROLES, (sorted(names),)).fetchall()
 
 
-def dump_database_objects(dsn: str, folder: Path, *, snapshot: str) -> Path:
+def dump_database_objects(dsn: str, path: Path, *, snapshot: str) -> None:
     """pg_dump every schema excluded: extensions, publications, database-wide default
-    privileges, large objects (with their data), event triggers; into ``schema/database.dump``."""
-    from ..capture.readers import dies_with_us
-
-    path = folder / DATABASE_DUMP
+    privileges, large objects (with their data), event triggers; into the new file ``path``
+    (``schema/database.dump`` of a snapshot being written, in scratch space)."""
     run_tool(find_tool("pg_dump"), ["--format=custom", f"--snapshot={snapshot}", "--no-sync",
                                     "--exclude-schema=*", "-b", f"--file={path}"], dsn,
              preexec_fn=dies_with_us())  # ends with this process, like the schema's pg_dump
-    path.chmod(0o600)
-    return path

@@ -9,15 +9,17 @@ section to SQL, which backupkit runs in its own transaction.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ToolError
-from ..snapshot.manifest import DATABASE_DUMP, DATABASE_SQL, DUMP, POST_DATA, PRE_DATA
+from ..runtime.lifeline import dies_with_us
+from ..snapshot.manifest import DATABASE_DUMP, DATABASE_SQL, DUMP, POST_DATA, PRE_DATA, SCHEMA_DIR
+from ..storage.local import LocalStorage
+from ..storage.scratch import folder, scratch
 from .tools import find_tool, run_tool
 
 #: TOC entry types that belong to one table, named "table ..." in the TOC tag.
@@ -59,20 +61,20 @@ class TocEntry:
         return self.rest.startswith(f"{schema} {name} ") or self.rest == f"{schema} {name}"
 
 
-def dump_schema(dsn: str, folder: Path, *, snapshot: str, schemas: list[str],
+def dump_schema(dsn: str, out: LocalStorage, *, snapshot: str, schemas: list[str],
                 tables: list[str] | None = None, exclude: list[str] | None = None,
-                lock_wait_timeout: float | None = None) -> list[Path]:
-    """Run pg_dump --schema-only inside the exported ``snapshot``; write archive and SQL files.
+                lock_wait_timeout: float | None = None) -> list[str]:
+    """Run pg_dump --schema-only inside the exported ``snapshot``; write the archives and their
+    SQL into ``out`` (a scratch space: pg_dump writes to a path) under the names they have in a
+    snapshot, and return those names.
 
     ``lock_wait_timeout`` (seconds) becomes ``--lock-wait-timeout``; pg_dump dies with this
     process (it would otherwise hold its table locks until it finished on its own).
     """
-    from ..capture.readers import dies_with_us
-
     pg_dump = find_tool("pg_dump")
-    (folder / "schema").mkdir(mode=0o700)
+    folder(out, SCHEMA_DIR)
     args = ["--schema-only", "--format=custom", f"--snapshot={snapshot}", "--no-sync",
-            f"--file={folder / DUMP}"]
+            f"--file={out.path(DUMP)}"]
     if lock_wait_timeout:
         args.append(f"--lock-wait-timeout={max(1, int(lock_wait_timeout * 1000))}")
     args += [f"--schema={_pattern(s)}" for s in schemas]
@@ -80,18 +82,14 @@ def dump_schema(dsn: str, folder: Path, *, snapshot: str, schemas: list[str],
     args += [f"--exclude-table={_pattern(*t.split('.', 1))}" for t in exclude or []]
     run_tool(pg_dump, args, dsn, preexec_fn=dies_with_us())
     for section, rel in (("pre-data", PRE_DATA), ("post-data", POST_DATA)):
-        sql_text = render(folder / DUMP, section)
-        (folder / rel).write_text(sql_text)
+        out.write(rel, render(out.path(DUMP), section).encode())
     from .database_objects import dump_database_objects
 
-    dump_database_objects(dsn, folder, snapshot=snapshot)
+    dump_database_objects(dsn, out.path(DATABASE_DUMP), snapshot=snapshot)
     # Its DDL for people and diffs; the large objects' data stays in the archive only.
-    (folder / DATABASE_SQL).write_text(render(folder / DATABASE_DUMP, "pre-data")
-                                       + render(folder / DATABASE_DUMP, "post-data"))
-    paths = [folder / DUMP, folder / PRE_DATA, folder / POST_DATA, folder / DATABASE_DUMP, folder / DATABASE_SQL]
-    for p in paths:
-        p.chmod(0o600)
-    return paths
+    out.write(DATABASE_SQL, (render(out.path(DATABASE_DUMP), "pre-data")
+                             + render(out.path(DATABASE_DUMP), "post-data")).encode())
+    return [DUMP, PRE_DATA, POST_DATA, DATABASE_DUMP, DATABASE_SQL]
 
 
 def _pattern(*parts: str) -> str:
@@ -128,19 +126,10 @@ def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
         args.append("--no-acl")
     if clean:
         args += ["--clean", "--if-exists"]
-    list_file = None
-    if entries is not None:
-        # A temporary file, never inside the snapshot: snapshots are write-once.
-        fd, name = tempfile.mkstemp(prefix="backupkit-toc-", suffix=".list")
-        list_file = Path(name)
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(e.line + "\n" for e in entries))
-        args.append(f"--use-list={list_file}")
-    try:
+    with contextlib.ExitStack() as stack:
+        if entries is not None:
+            args.append(f"--use-list={stack.enter_context(_toc_list(entries))}")
         out = run_tool(find_tool("pg_restore"), [*args, str(dump)], text=True).stdout
-    finally:
-        if list_file is not None:
-            list_file.unlink(missing_ok=True)
     # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
     # part of a function body or a string literal and must survive untouched.
     return "".join(line for line in out.splitlines(keepends=True)
@@ -154,11 +143,22 @@ def render_lines(dump: Path, section: str, entries: list[TocEntry], *, no_owner:
     For sections that hold data (large objects), which must never sit whole in memory.
     """
     args = [f"--section={section}", "--file=-"] + (["--no-owner"] if no_owner else [])
-    fd, name = tempfile.mkstemp(prefix="backupkit-toc-", suffix=".list")
-    list_file = Path(name)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(e.line + "\n" for e in entries))
-    proc = subprocess.Popen([str(find_tool("pg_restore")), *args, f"--use-list={list_file}", str(dump)],
+    with _toc_list(entries) as list_file, _pg_restore_lines([*args, f"--use-list={list_file}", str(dump)]) as lines:
+        yield lines
+
+
+@contextlib.contextmanager
+def _toc_list(entries: list[TocEntry]) -> Iterator[Path]:
+    """A ``pg_restore --use-list`` file of ``entries``, in scratch space: never inside the
+    snapshot, which is write-once."""
+    with scratch("backupkit-toc-") as tmp:
+        tmp.write("toc.list", "".join(e.line + "\n" for e in entries).encode())
+        yield tmp.path("toc.list")
+
+
+@contextlib.contextmanager
+def _pg_restore_lines(args: list[str]) -> Iterator[Iterator[str]]:
+    proc = subprocess.Popen([str(find_tool("pg_restore")), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.stdout, proc.stderr
     assert stdout is not None and stderr is not None  # both are pipes
@@ -174,7 +174,6 @@ def render_lines(dump: Path, section: str, entries: list[TocEntry], *, no_owner:
         proc.wait()
         stdout.close()
         stderr.close()
-        list_file.unlink(missing_ok=True)
 
 
 def split_entries(script: str) -> tuple[str, list[tuple[str, str, str]]]:

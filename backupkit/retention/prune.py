@@ -66,7 +66,7 @@ def prune(repository: Path | str | Storage, policy: Policy, *, now: datetime, dr
     if (isinstance(stale_after_hours, bool) or not isinstance(stale_after_hours, (int, float))
             or not math.isfinite(stale_after_hours) or stale_after_hours < 0):
         raise ConfigError(f"stale_after_hours must be a number of hours >= 0, not {stale_after_hours!r}",
-                          hint="e.g. --stale-after-hours 24 (0 removes every unfinished folder not in use)")
+                          hint="e.g. `stale_after_hours` 24 (0 removes every unfinished folder not in use)")
     list_snapshots(storage)  # a missing directory is "not found", not "locked"
     if now.utcoffset() is None:
         raise RetentionError(f"now ({now}) has no time zone")

@@ -18,7 +18,9 @@ from ..errors import SnapshotDamaged, SnapshotError
 from ..storage.base import NotAPlainFile
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
+from . import formats
 from . import manifest as mf
+from .formats import DataFormat
 
 BLOCK = 1 << 20
 
@@ -66,37 +68,14 @@ def _decompressed(raw: BinaryIO, rel: str, expected_sha256: str | None, size: in
                               [f"{name}: checksum mismatch"])
 
 
-def count_rows_in(snapshot: mf.SnapshotArg, rel: str, data_format: str = mf.CSV) -> int:
-    """Rows in data file ``rel`` of a snapshot, counted by decompressing it (see ``count_rows``)."""
-    return _count(iter_blocks(snapshot, rel), data_format)
+def count_rows_in(snapshot: mf.SnapshotArg, rel: str, data_format: DataFormat = formats.DEFAULT) -> int:
+    """Rows in data file ``rel`` of a snapshot, counted by decompressing it."""
+    return data_format.count_rows(iter_blocks(snapshot, rel))
 
 
-def count_rows(path: Path, data_format: str = mf.CSV) -> int:
+def count_rows(path: Path, data_format: DataFormat = formats.DEFAULT) -> int:
     """Rows in a data file on this machine, counted by decompressing it."""
-    return _count(iter_file_blocks(path), data_format)
-
-
-def _count(blocks: Iterator[bytes], data_format: str) -> int:
-    """Rows in decompressed COPY output.
-
-    COPY's text format escapes a newline inside a value, so every newline ends a
-    row; in CSV only those outside quotes do.
-    """
-    if data_format == mf.TEXT:
-        return sum(block.count(b"\n") for block in blocks)
-    rows = 0
-    in_quotes = False
-    for block in blocks:
-        # A newline ends a row only outside quotes; "" inside quotes toggles twice, harmlessly.
-        if b'"' not in block and not in_quotes:
-            rows += block.count(b"\n")
-            continue
-        for part_no, part in enumerate(block.split(b'"')):
-            if part_no:
-                in_quotes = not in_quotes
-            if not in_quotes:
-                rows += part.count(b"\n")
-    return rows
+    return data_format.count_rows(iter_file_blocks(path))
 
 
 # -- checking the files a reader is about to read ------------------------------------------

@@ -18,6 +18,7 @@ from typing import BinaryIO
 from ..errors import SnapshotDamaged, SnapshotError, SnapshotNotFound
 from ..storage.base import NotAPlainFile, check_name
 from ..storage.location import SnapshotLocation, locate
+from . import formats
 
 #: What commands accept as a snapshot: its folder, or a location in any storage.
 SnapshotArg = str | os.PathLike[str] | SnapshotLocation
@@ -25,17 +26,13 @@ SnapshotArg = str | os.PathLike[str] | SnapshotLocation
 FORMAT = "backupkit-snapshot"
 #: 2: data files in COPY's text format (1: CSV).  Older backupkits refuse a newer version.
 FORMAT_VERSION = 2
-#: A table entry's ``data_format``: how its data files are written.  Absent means CSV
-#: (format version 1); new snapshots write TEXT, the format pg_dump uses, because
-#: PostgreSQL writes it 15-20% faster than CSV and loads it 15-35% faster.
-CSV, TEXT = "csv", "text"
-#: Data file names end so, by format.
-DATA_SUFFIX = {CSV: ".csv.zst", TEXT: ".copy.zst"}
 MANIFEST = "manifest.json"
 #: The Ed25519 signature of manifest.json's bytes (optional; see ``backupkit.snapshot.signing``).
 SIGNATURE = "manifest.json.sig"
 #: A signature file larger than this is not one backupkit wrote (88 base64 characters and a newline).
 MAX_SIGNATURE_BYTES = 1024
+#: The folders of a snapshot: the schema (from pg_dump) and the data files (from COPY).
+SCHEMA_DIR, DATA_DIR = "schema", "data"
 #: The schema files inside a snapshot (kept here, free of psycopg, for readers like diff).
 DUMP = "schema/schema.dump"
 PRE_DATA = "schema/pre-data.sql"
@@ -223,7 +220,7 @@ def validate(manifest: dict) -> list[str]:
         key = table_key(t)
         if not _is_count(t.get("rows")):
             problems.append(f"{MANIFEST}: {key}: rows is {t.get('rows')!r}, not a count")
-        if t.get("data_format", CSV) not in DATA_SUFFIX:
+        if t.get("data_format", formats.DEFAULT.name) not in formats.FORMATS:
             problems.append(f"{MANIFEST}: {key}: unknown data_format {t.get('data_format')!r}")
         problems += _file_problems(key, t.get("files"), data=True)
     if not problems:
@@ -291,11 +288,6 @@ def read_member(snapshot: SnapshotArg, rel: str, limit: int) -> bytes | None:
     if len(data) > limit:
         raise SnapshotDamaged(f"{rel} is implausibly large", [f"{rel} is implausibly large"])
     return data
-
-
-def data_format(table: dict) -> str:
-    """How a manifest table entry's data files are written: ``TEXT`` or ``CSV``."""
-    return table.get("data_format", CSV)
 
 
 def table_key(table: dict) -> str:

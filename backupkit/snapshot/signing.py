@@ -130,7 +130,7 @@ def keygen(private_key: Path | str, public_key: Path | str) -> str:
     """
     private_key, public_key = Path(private_key), Path(public_key)
     if private_key.absolute() == public_key.absolute():
-        raise ConfigError("--private-key and --public-key must be different files")
+        raise ConfigError("private_key and public_key must be different files")
     for p in (private_key, public_key):
         if os.path.lexists(p):
             raise ConfigError(f"{p} already exists; backupkit never overwrites a key",

@@ -15,8 +15,10 @@ import zstandard
 
 from ..errors import ConfigError, SnapshotDamaged, SnapshotNotFound
 from ..storage.location import SnapshotLocation, locate
+from . import formats
 from . import manifest as mf
 from .datafile import count_rows_in, file_sha256
+from .formats import DataFormat
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -74,7 +76,8 @@ def _sha256_stream(f: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _check_file(location: SnapshotLocation, entry: dict, rows: int | None, data_format: str = mf.CSV) -> list[str]:
+def _check_file(location: SnapshotLocation, entry: dict, rows: int | None,
+                data_format: DataFormat = formats.DEFAULT) -> list[str]:
     # open_file refuses links and paths leading outside before anything is read or
     # even stat-ed there, so a problem never discloses the size of a file elsewhere.
     rel = entry["path"]
@@ -132,7 +135,7 @@ def check_jobs(jobs: int | None) -> int | None:
         return None
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise ConfigError(
-            f"--jobs {jobs!r} is out of range: use 1 to {MAX_JOBS}",
+            f"jobs {jobs!r} is out of range: use 1 to {MAX_JOBS}",
             hint="each job is a process with its own PostgreSQL connection; a few per CPU core is plenty",
         )
     return jobs
@@ -237,9 +240,9 @@ def verify(snapshot: mf.SnapshotArg, *, deep: bool = False, jobs: int | None = N
     if m.get("manifest_sha256") != mf.digest(m):
         report.problems.append("manifest.json was edited after the backup (its checksum does not match)")
     # mf.read validated the shape: every entry has a contained path, a size and a hash.
-    entries = [(e, None, mf.CSV) for e in m.get("schema_files", [])]
+    entries = [(e, None, formats.DEFAULT) for e in m.get("schema_files", [])]
     for t in m["tables"]:
-        entries += [(f, f.get("rows") if deep else None, mf.data_format(t)) for f in t["files"]]
+        entries += [(f, f.get("rows") if deep else None, formats.of(t)) for f in t["files"]]
     listed = {e["path"] for e, _, _ in entries}
     workers = jobs or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:

@@ -239,6 +239,12 @@ class LocalStorage(Storage):
         else:
             path.unlink(missing_ok=True)
 
+    def remove_root_if_empty(self) -> None:
+        """Remove the root folder itself when nothing is in it (a repository folder a failed
+        first backup created: it leaves nothing behind)."""
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
     @contextlib.contextmanager
     def serialised(self) -> Iterator[None]:
         fd = self._root_fd()
