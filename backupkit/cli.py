@@ -67,20 +67,33 @@ def _warn(msgs: Iterable[str]) -> None:
 
 # -- commands -----------------------------------------------------------------------
 
+
 def cmd_backup(a: argparse.Namespace) -> int:
     from .capture.job import backup
     from .pg.dsn import resolve_dsn
     from .snapshot.signing import sign_key_path
 
-    res = backup(resolve_dsn(a.dsn), a.to, schemas=a.schema or None, tables=a.table or [],
-                 exclude=a.exclude_table or [], jobs=a.jobs, label=a.label,
-                 allow_partial=a.allow_partial, progress=None if not a.quiet else False,
-                 lock_wait_timeout=a.lock_wait_timeout, timeout=a.timeout,
-                 sign_key=sign_key_path(a.sign_key))
+    res = backup(
+        resolve_dsn(a.dsn),
+        a.to,
+        schemas=a.schema or None,
+        tables=a.table or [],
+        exclude=a.exclude_table or [],
+        jobs=a.jobs,
+        label=a.label,
+        allow_partial=a.allow_partial,
+        progress=None if not a.quiet else False,
+        lock_wait_timeout=a.lock_wait_timeout,
+        timeout=a.timeout,
+        sign_key=sign_key_path(a.sign_key),
+    )
     if not a.quiet:
         signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
-        print(f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
-              f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}", file=sys.stderr)
+        print(
+            f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
+            f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}",
+            file=sys.stderr,
+        )
     print(res.path)
     return 0
 
@@ -90,13 +103,26 @@ def cmd_list(a: argparse.Namespace) -> int:
 
     snaps, unfinished = list_snapshots(a.dir)
     if a.json:
-        print(json.dumps({"snapshots": [s.to_dict() for s in snaps],
-                          "unfinished": [u.to_dict() for u in unfinished]}, indent=2))
+        print(
+            json.dumps(
+                {"snapshots": [s.to_dict() for s in snaps], "unfinished": [u.to_dict() for u in unfinished]}, indent=2
+            )
+        )
         return 0
-    rows = [{"id": s.id, "created_at": s.created_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.created_at else "?",
-             "tables": s.tables, "rows": s.rows, "size": _human(s.bytes), "label": s.label or "",
-             "flags": " ".join(f for f, on in (("pinned", s.pinned), ("partial", s.partial),
-                                               ("UNREADABLE", s.error)) if on)} for s in snaps]
+    rows = [
+        {
+            "id": s.id,
+            "created_at": s.created_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.created_at else "?",
+            "tables": s.tables,
+            "rows": s.rows,
+            "size": _human(s.bytes),
+            "label": s.label or "",
+            "flags": " ".join(
+                f for f, on in (("pinned", s.pinned), ("partial", s.partial), ("UNREADABLE", s.error)) if on
+            ),
+        }
+        for s in snaps
+    ]
     _print_table(rows, ["id", "created_at", "tables", "rows", "size", "label", "flags"])
     for s in snaps:
         if s.error:
@@ -119,13 +145,19 @@ def cmd_verify(a: argparse.Namespace) -> int:
         for p in report.problems:
             print(f"PROBLEM: {p}")
         state = "intact" if report.ok else f"DAMAGED ({len(report.problems)} problems)"
-        print(f"{report.snapshot.name}: {state} — {report.files} files, {_human(report.bytes)}"
-              + (", rows recounted" if a.deep else ""))
-        print({"valid": f"signed: yes (key {report.key_id})",
-               "invalid": "signed: NO (bad signature)",
-               "missing": "signed: NO (no signature)",
-               "unchecked": "signed: not checked (signature present; pass --public-key to check it)",
-               "absent": "signed: no"}[report.signature])
+        print(
+            f"{report.snapshot.name}: {state} — {report.files} files, {_human(report.bytes)}"
+            + (", rows recounted" if a.deep else "")
+        )
+        print(
+            {
+                "valid": f"signed: yes (key {report.key_id})",
+                "invalid": "signed: NO (bad signature)",
+                "missing": "signed: NO (no signature)",
+                "unchecked": "signed: not checked (signature present; pass --public-key to check it)",
+                "absent": "signed: no",
+            }[report.signature]
+        )
     return 0 if report.ok else SnapshotDamaged.exit_code
 
 
@@ -133,8 +165,10 @@ def cmd_keygen(a: argparse.Namespace) -> int:
     from .snapshot.signing import keygen
 
     kid = keygen(a.private_key, a.public_key)
-    print(f"wrote Ed25519 key {kid}: private key {a.private_key} (0600; keep it away from the backups), "
-          f"public key {a.public_key}")
+    print(
+        f"wrote Ed25519 key {kid}: private key {a.private_key} (0600; keep it away from the backups), "
+        f"public key {a.public_key}"
+    )
     return 0
 
 
@@ -157,12 +191,24 @@ def cmd_restore(a: argparse.Namespace) -> int:
     from .snapshot.signing import public_key_path
     from .storage.repository import resolve
 
-    res = restore(resolve(a.snapshot), resolve_dsn(a.dsn), tables=a.table or [], schemas=a.schema or [],
-                  with_dependencies=a.with_dependencies, schema_only=a.schema_only, data_only=a.data_only,
-                  clean=a.clean, jobs=a.jobs, owner=a.owner, create_roles=a.create_roles,
-                  dry_run=a.dry_run, lock_wait_timeout=a.lock_wait_timeout, timeout=a.timeout,
-                  public_key=public_key_path(a.public_key),
-                  progress=None if not a.quiet else False)
+    res = restore(
+        resolve(a.snapshot),
+        resolve_dsn(a.dsn),
+        tables=a.table or [],
+        schemas=a.schema or [],
+        with_dependencies=a.with_dependencies,
+        schema_only=a.schema_only,
+        data_only=a.data_only,
+        clean=a.clean,
+        jobs=a.jobs,
+        owner=a.owner,
+        create_roles=a.create_roles,
+        dry_run=a.dry_run,
+        lock_wait_timeout=a.lock_wait_timeout,
+        timeout=a.timeout,
+        public_key=public_key_path(a.public_key),
+        progress=None if not a.quiet else False,
+    )
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
     elif a.dry_run:
@@ -197,18 +243,27 @@ def cmd_prune(a: argparse.Namespace) -> int:
             keep_within = parse_duration(a.keep_within)
         except RetentionError as exc:
             raise ConfigError(f"--keep-within: {exc}", hint="e.g. --keep-within 30d or 1y2m") from None
-    policy = Policy(keep_last=a.keep_last, keep_hourly=a.keep_hourly, keep_daily=a.keep_daily,
-                    keep_weekly=a.keep_weekly, keep_monthly=a.keep_monthly, keep_yearly=a.keep_yearly,
-                    keep_within=keep_within,
-                    max_age_days=a.max_age_days, min_keep=a.min_keep, tz=a.tz or "UTC")
-    res = prune(a.dir, policy, now=datetime.now(UTC), dry_run=a.dry_run,
-                stale_after_hours=a.stale_after_hours)
+    policy = Policy(
+        keep_last=a.keep_last,
+        keep_hourly=a.keep_hourly,
+        keep_daily=a.keep_daily,
+        keep_weekly=a.keep_weekly,
+        keep_monthly=a.keep_monthly,
+        keep_yearly=a.keep_yearly,
+        keep_within=keep_within,
+        max_age_days=a.max_age_days,
+        min_keep=a.min_keep,
+        tz=a.tz or "UTC",
+    )
+    res = prune(a.dir, policy, now=datetime.now(UTC), dry_run=a.dry_run, stale_after_hours=a.stale_after_hours)
     _warn(res.warnings)
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
-    _print_table([{"action": d["action"], "id": d["id"], "reasons": "; ".join(d["reasons"])}
-                  for d in res.decisions], ["action", "id", "reasons"])
+    _print_table(
+        [{"action": d["action"], "id": d["id"], "reasons": "; ".join(d["reasons"])} for d in res.decisions],
+        ["action", "id", "reasons"],
+    )
     for s in res.stale:
         print(f"{'would remove' if a.dry_run else 'removed'} stale temporary folder {s}")
     verb = "would remove" if a.dry_run else "removed"
@@ -231,12 +286,21 @@ def cmd_diff(a: argparse.Namespace) -> int:
     if a.json:
         print(render_json(d))
         return code
-    _print_table([{"table": f"{t['schema']}.{t['name']}", "rows_old": t["rows_old"], "rows_new": t["rows_new"],
-                   "inserted": t["inserted"], "deleted": t["deleted"],
-                   "updated": "-" if t["updated"] is None else t["updated"],
-                   "schema": "changed" if (t.get("schema_changes") or {}).get("changed") else ""}
-                  for t in d["tables"]],
-                 ["table", "rows_old", "rows_new", "inserted", "deleted", "updated", "schema"])
+    _print_table(
+        [
+            {
+                "table": f"{t['schema']}.{t['name']}",
+                "rows_old": t["rows_old"],
+                "rows_new": t["rows_new"],
+                "inserted": t["inserted"],
+                "deleted": t["deleted"],
+                "updated": "-" if t["updated"] is None else t["updated"],
+                "schema": "changed" if (t.get("schema_changes") or {}).get("changed") else "",
+            }
+            for t in d["tables"]
+        ],
+        ["table", "rows_old", "rows_new", "inserted", "deleted", "updated", "schema"],
+    )
     for key in ("tables_added", "tables_removed"):
         if d.get(key):
             names = ", ".join(f"{t['schema']}.{t['name']}" for t in d[key])
@@ -277,9 +341,10 @@ def cmd_sql(a: argparse.Namespace) -> int:
             if rel is not None:  # rows are read here: a failure here is the query's too
                 rel.show(max_rows=a.max_rows)
         except duckdb.Error as exc:
-            raise ConfigError(f"DuckDB could not run the query: {exc}",
-                              hint="tables are views like public.orders; "
-                                   "`select * from backupkit.tables` lists them") from None
+            raise ConfigError(
+                f"DuckDB could not run the query: {exc}",
+                hint="tables are views like public.orders; `select * from backupkit.tables` lists them",
+            ) from None
         return 0
     print("DuckDB over the snapshot; tables are views like public.orders. End with Ctrl-D.")
     buf = ""
@@ -311,10 +376,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs test)."""
-    p = argparse.ArgumentParser(prog="backupkit", description="Checkable, exactly-restorable backups of "
-                                "Supabase / PostgreSQL databases. See README.md.")
+    p = argparse.ArgumentParser(
+        prog="backupkit",
+        description="Checkable, exactly-restorable backups of Supabase / PostgreSQL databases. See README.md.",
+    )
     p.add_argument("--version", action="version", version=f"backupkit {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -328,16 +396,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--exclude-table", action="append", help="leave out schema.table (repeatable)")
     b.add_argument("--jobs", "-j", type=int, default=1, help="parallel COPY connections (default 1)")
     b.add_argument("--label", help="label appended to the snapshot id")
-    b.add_argument("--allow-partial", action="store_true",
-                   help="back up only the rows RLS lets this role see (marked partial)")
-    b.add_argument("--lock-wait-timeout", type=float, default=60, metavar="SECONDS",
-                   help="give up when a table stays locked (e.g. by a migration) this long "
-                        "(default 60; 0 waits forever)")
-    b.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
-                   help="give up when the whole backup takes longer (default 1800; 0: no limit)")
-    b.add_argument("--sign-key", type=Path, metavar="FILE",
-                   help="sign the manifest with this Ed25519 private key (PEM, mode 0600; from "
-                        "`backupkit keygen`) into manifest.json.sig (default: $BACKUPKIT_SIGN_KEY)")
+    b.add_argument(
+        "--allow-partial", action="store_true", help="back up only the rows RLS lets this role see (marked partial)"
+    )
+    b.add_argument(
+        "--lock-wait-timeout",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="give up when a table stays locked (e.g. by a migration) this long (default 60; 0 waits forever)",
+    )
+    b.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        metavar="SECONDS",
+        help="give up when the whole backup takes longer (default 1800; 0: no limit)",
+    )
+    b.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="FILE",
+        help="sign the manifest with this Ed25519 private key (PEM, mode 0600; from "
+        "`backupkit keygen`) into manifest.json.sig (default: $BACKUPKIT_SIGN_KEY)",
+    )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_backup)
 
@@ -349,17 +431,31 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check a snapshot against its manifest")
     v.add_argument("snapshot", help="snapshot folder (or DIR to verify the newest)")
     v.add_argument("--deep", action="store_true", help="also decompress and recount rows")
-    v.add_argument("--public-key", type=Path, metavar="FILE",
-                   help="require a good signature by this Ed25519 public key (PEM) "
-                        "(default: $BACKUPKIT_PUBLIC_KEY; without one a signature is not checked)")
+    v.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="FILE",
+        help="require a good signature by this Ed25519 public key (PEM) "
+        "(default: $BACKUPKIT_PUBLIC_KEY; without one a signature is not checked)",
+    )
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
     k = sub.add_parser("keygen", help="create an Ed25519 key pair to sign snapshots with")
-    k.add_argument("--private-key", required=True, type=Path, metavar="FILE",
-                   help="where to write the private key (PEM, mode 0600; never overwritten)")
-    k.add_argument("--public-key", required=True, type=Path, metavar="FILE",
-                   help="where to write the public key (PEM, for verify --public-key)")
+    k.add_argument(
+        "--private-key",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="where to write the private key (PEM, mode 0600; never overwritten)",
+    )
+    k.add_argument(
+        "--public-key",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="where to write the public key (PEM, for verify --public-key)",
+    )
     k.set_defaults(func=cmd_keygen)
 
     c = sub.add_parser("check", help="preflight: can this database be backed up completely?")
@@ -374,29 +470,46 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dsn", help="target DSN (default: $BACKUPKIT_DSN, $DATABASE_URL, $SUPABASE_DB_URL)")
     r.add_argument("--table", action="append", help="only this schema.table (repeatable)")
     r.add_argument("--schema", action="append", help="only tables of this schema (repeatable)")
-    r.add_argument("--with-dependencies", action="store_true",
-                   help="also restore tables the chosen ones reference by foreign key")
+    r.add_argument(
+        "--with-dependencies", action="store_true", help="also restore tables the chosen ones reference by foreign key"
+    )
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--schema-only", action="store_true")
     mode.add_argument("--data-only", action="store_true")
     r.add_argument("--clean", action="store_true", help="drop (or with --data-only, empty) existing tables first")
-    r.add_argument("--jobs", "-j", type=int, default=1,
-                   help="parallel loads; 1 (default) restores in one transaction")
+    r.add_argument("--jobs", "-j", type=int, default=1, help="parallel loads; 1 (default) restores in one transaction")
     own = r.add_mutually_exclusive_group()
-    own.add_argument("--no-owner", dest="owner", action="store_false",
-                     help="objects owned by the connecting role (default)")
+    own.add_argument(
+        "--no-owner", dest="owner", action="store_false", help="objects owned by the connecting role (default)"
+    )
     own.add_argument("--owner", dest="owner", action="store_true", help="restore original ownership")
-    r.add_argument("--create-roles", action="store_true",
-                   help="create roles named by policies/grants that the target lacks (NOLOGIN)")
+    r.add_argument(
+        "--create-roles",
+        action="store_true",
+        help="create roles named by policies/grants that the target lacks (NOLOGIN)",
+    )
     r.add_argument("--dry-run", action="store_true", help="show what would be done")
     r.add_argument("--json", action="store_true")
-    r.add_argument("--lock-wait-timeout", type=float, default=60, metavar="SECONDS",
-                   help="give up (rolled back) when a lock is not granted within this time, so a restore "
-                        "into a live database never holds up its queries long (default 60; 0 waits forever)")
-    r.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
-                   help="give up (rolled back or undone) when the restore takes longer (default 0: no limit)")
-    r.add_argument("--public-key", metavar="FILE",
-                   help="restore only a snapshot signed by this key (default $BACKUPKIT_PUBLIC_KEY)")
+    r.add_argument(
+        "--lock-wait-timeout",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="give up (rolled back) when a lock is not granted within this time, so a restore "
+        "into a live database never holds up its queries long (default 60; 0 waits forever)",
+    )
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="give up (rolled back or undone) when the restore takes longer (default 0: no limit)",
+    )
+    r.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="restore only a snapshot signed by this key (default $BACKUPKIT_PUBLIC_KEY)",
+    )
     r.add_argument("--quiet", "-q", action="store_true")
     r.set_defaults(func=cmd_restore, owner=False)
 
@@ -413,11 +526,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep-within", metavar="DURATION", help="keep all within e.g. 7d, 1y2m of the newest")
     pr.add_argument("--max-age-days", type=float, help="keep what is younger (default policy: 30)")
     pr.add_argument("--min-keep", type=int, default=1, help="never keep fewer (default 1)")
-    pr.add_argument("--tz", default="UTC", metavar="ZONE",
-                    help="IANA time zone of the calendar periods, e.g. Europe/Berlin (default UTC, as in the "
-                         "notebooks and the library, whatever this machine's zone)")
-    pr.add_argument("--stale-after-hours", type=float, default=24,
-                    help="remove unfinished temporary folders older than this (default 24)")
+    pr.add_argument(
+        "--tz",
+        default="UTC",
+        metavar="ZONE",
+        help="IANA time zone of the calendar periods, e.g. Europe/Berlin (default UTC, as in the "
+        "notebooks and the library, whatever this machine's zone)",
+    )
+    pr.add_argument(
+        "--stale-after-hours",
+        type=float,
+        default=24,
+        help="remove unfinished temporary folders older than this (default 24)",
+    )
     pr.add_argument("--dry-run", action="store_true", help="show decisions, delete nothing")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prune)
@@ -427,17 +548,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("new")
     d.add_argument("--json", action="store_true")
     d.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
-    d.add_argument("--exit-code", action="store_true",
-                   help=f"exit {EXIT_DIFFERENT} when the snapshots differ (data or schema), 0 when the same")
+    d.add_argument(
+        "--exit-code",
+        action="store_true",
+        help=f"exit {EXIT_DIFFERENT} when the snapshots differ (data or schema), 0 when the same",
+    )
     d.set_defaults(func=cmd_diff)
 
     q = sub.add_parser("sql", help="query a snapshot with DuckDB SQL")
     q.add_argument("snapshot")
     q.add_argument("query", nargs="?", help="SQL to run (default: an interactive prompt)")
     q.add_argument("--max-rows", type=int, default=40)
-    q.add_argument("--external-access", action="store_true",
-                   help="let queries read and write other files (COPY ... TO to export results); "
-                        "by default DuckDB sees only this snapshot's files and writes nothing")
+    q.add_argument(
+        "--external-access",
+        action="store_true",
+        help="let queries read and write other files (COPY ... TO to export results); "
+        "by default DuckDB sees only this snapshot's files and writes nothing",
+    )
     q.set_defaults(func=cmd_sql)
 
     dm = sub.add_parser("demo", help="build a demo database on embedded PostgreSQL, back it up twice, verify")
@@ -455,9 +582,15 @@ def help_markdown() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; docs must not depend on it
     try:
         parser = build_parser()
-        out = ["# backupkit command reference", "",
-               "Generated from `backupkit COMMAND --help`; exit codes are listed in README.md.", "",
-               "```", parser.format_help().rstrip(), "```"]
+        out = [
+            "# backupkit command reference",
+            "",
+            "Generated from `backupkit COMMAND --help`; exit codes are listed in README.md.",
+            "",
+            "```",
+            parser.format_help().rstrip(),
+            "```",
+        ]
         for name, cmd in _commands(parser).items():
             out += ["", f"## backupkit {name}", "", "```", cmd.format_help().rstrip(), "```"]
         return "\n".join(out) + "\n"
@@ -494,6 +627,7 @@ def _in_flags(text: str, flags: dict[str, str], *, leading: bool) -> str:
     """A library message or hint in the command's words: a parameter name between backquotes,
     as in "pass a larger `timeout`", becomes its flag (`--timeout`); with ``leading``, so does
     the name that opens the text ("jobs 0 is out of range" -> "--jobs 0 is out of range")."""
+
     def quoted(m: re.Match[str]) -> str:
         flag = flags.get(m[1]) or flags.get(_PARAMETER_OPTIONS.get(m[1], ""))
         return f"`{flag}`" if flag else m[0]
@@ -501,7 +635,7 @@ def _in_flags(text: str, flags: dict[str, str], *, leading: bool) -> str:
     text = re.sub(r"`([a-z][a-z0-9_]*)`", quoted, text)
     first = re.match(r"[a-z][a-z0-9_]*(?= )", text)
     if leading and first and first[0] in flags:
-        text = flags[first[0]] + text[first.end():]
+        text = flags[first[0]] + text[first.end() :]
     return text
 
 
@@ -513,16 +647,19 @@ def _os_error(exc: OSError) -> BackupkitError:
     where = f"{exc.filename}: " if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
         return StorageError(f"cannot write {where}{exc.strerror or exc}")
-    return SnapshotError(f"cannot access {where}{exc.strerror or exc}",
-                         hint="check that this user may read (and for backup/prune/pin, write) the backup directory")
+    return SnapshotError(
+        f"cannot access {where}{exc.strerror or exc}",
+        hint="check that this user may read (and for backup/prune/pin, write) the backup directory",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``backupkit`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
     try:
         if getattr(args, "jobs", None) is not None:
             from .snapshot.verify import check_jobs
@@ -533,8 +670,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise _os_error(exc) from None
     except KeyboardInterrupt:
-        print("interrupted (an unfinished backup never looks like a snapshot; "
-              "a one-transaction restore was rolled back)", file=sys.stderr)
+        print(
+            "interrupted (an unfinished backup never looks like a snapshot; a one-transaction restore was rolled back)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except BackupkitError as exc:
         from .pg.dsn import redact

@@ -35,8 +35,10 @@ def count_sql(folder: Path, table: dict) -> str:
         dialect = "delim = '\t', quote = '', escape = ''"
     else:
         dialect = "delim = ',', quote = '\"', escape = '\"'"
-    return (f"SELECT count(*) FROM read_csv([{files}], header = false, columns = {{{columns}}}, "
-            f"auto_detect = false, {dialect}, compression = 'zstd', max_line_size = 134217728)")
+    return (
+        f"SELECT count(*) FROM read_csv([{files}], header = false, columns = {{{columns}}}, "
+        f"auto_detect = false, {dialect}, compression = 'zstd', max_line_size = 134217728)"
+    )
 
 
 def scan(folders: list[Path]) -> list[tuple[str, str, int, int]]:

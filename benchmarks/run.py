@@ -71,6 +71,7 @@ def log(message: str) -> None:
 
 # -- measuring one subprocess (or pipeline) -------------------------------------------------
 
+
 @dataclass
 class Invocation:
     """One timed run: a pipeline of argv lists plus what to measure and clean up afterwards.
@@ -116,12 +117,20 @@ def run_pipeline(inv: Invocation, secret_dsn: str | None = None) -> Measurement:
     are summed.
     """
     spec = json.dumps({"pipeline": inv.pipeline, "cwd": str(inv.cwd) if inv.cwd else None})
-    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory(prefix="bkbench-run-") as tmp, \
-            contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory(prefix="bkbench-run-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         out = stack.enter_context(open(inv.stdout, "wb")) if inv.stdout else subprocess.DEVNULL
         result_file = Path(tmp) / "result.json"
-        launcher = subprocess.run([sys.executable, "-S", "-I", str(LAUNCHER), spec, str(result_file)],
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=inv.env)
+        launcher = subprocess.run(
+            [sys.executable, "-S", "-I", str(LAUNCHER), spec, str(result_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=inv.env,
+        )
         result = json.loads(result_file.read_text()) if result_file.is_file() else None
         if launcher.returncode or result is None or any(result["status"]):
             err.seek(0)
@@ -148,6 +157,7 @@ def path_bytes(path: Path) -> int:
 
 
 # -- the server ---------------------------------------------------------------------------
+
 
 class Cluster:
     """A PostgreSQL server reached through an admin DSN: create, size and drop databases."""
@@ -208,6 +218,7 @@ def open_cluster(dsn: str | None) -> Iterator[Cluster]:
 
 # -- tools -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Tools:
     """Paths of every program the benchmark runs."""
@@ -215,7 +226,7 @@ class Tools:
     pg_bin: Path
     python: str
     backupkit: list[str]
-    zstd: list[str]      # reads stdin; the output file name is appended
+    zstd: list[str]  # reads stdin; the output file name is appended
     sha256sum: str
     duckdb_scan: list[str]
 
@@ -230,15 +241,15 @@ class Tools:
         sha = shutil.which("sha256sum")
         if not sha:
             raise SystemExit("sha256sum not found (coreutils)")
-        return cls(bin_dir(), python, bk, zstd_cmd, sha,
-                   [python, str(Path(__file__).with_name("duckdb_scan.py"))])
+        return cls(bin_dir(), python, bk, zstd_cmd, sha, [python, str(Path(__file__).with_name("duckdb_scan.py"))])
 
     def pg(self, name: str) -> str:
         return str(self.pg_bin / name)
 
 
-_PY_ZSTD = ("import sys, zstandard; "
-            "zstandard.ZstdCompressor(level=3).copy_stream(sys.stdin.buffer, open(sys.argv[1], 'wb'))")
+_PY_ZSTD = (
+    "import sys, zstandard; zstandard.ZstdCompressor(level=3).copy_stream(sys.stdin.buffer, open(sys.argv[1], 'wb'))"
+)
 
 
 def tool_version(argv: list[str]) -> str:
@@ -310,9 +321,11 @@ class Dataset:
 
     def describe(self) -> str:
         per = ", ".join(f"{n} {r:,}" for _, n, r in self.tables)
-        return (f"scale {self.scale:g} (pgbench -s {self.pgbench_scale}, mixed {self.mixed_rows:,} rows): "
-                f"{self.rows:,} rows [{per}], COPY text {self.copy_mb:,.0f} MB, "
-                f"on disk {self.db_bytes / MB:,.0f} MB; built in {self.build_seconds:.0f} s")
+        return (
+            f"scale {self.scale:g} (pgbench -s {self.pgbench_scale}, mixed {self.mixed_rows:,} rows): "
+            f"{self.rows:,} rows [{per}], COPY text {self.copy_mb:,.0f} MB, "
+            f"on disk {self.db_bytes / MB:,.0f} MB; built in {self.build_seconds:.0f} s"
+        )
 
 
 def dataset_size(scale: float) -> tuple[int, int]:
@@ -329,16 +342,23 @@ def build_dataset(cluster: Cluster, tools: Tools, dbname: str, scale: float) -> 
     bare, env = cluster.tool_env(dbname)
     log(f"pgbench -i -s {pgbench_scale} into {dbname}")
     # Server-side generation (G) is the fastest way to fill pgbench_accounts; -q keeps the log short.
-    run_pipeline(Invocation([[tools.pg("pgbench"), "-i", "-q", "-s", str(pgbench_scale),
-                              "--init-steps=dtGvp", bare]], env), cluster.admin_dsn)
+    run_pipeline(
+        Invocation([[tools.pg("pgbench"), "-i", "-q", "-s", str(pgbench_scale), "--init-steps=dtGvp", bare]], env),
+        cluster.admin_dsn,
+    )
     log(f"mixed: {mixed_rows:,} rows")
-    cluster.execute(dbname, "SELECT setseed(0.42)", MIXED_DDL,
-                    MIXED_INSERT.replace("%(rows)s", str(int(mixed_rows))),
-                    "ALTER TABLE mixed ADD PRIMARY KEY (id)")
+    cluster.execute(
+        dbname,
+        "SELECT setseed(0.42)",
+        MIXED_DDL,
+        MIXED_INSERT.replace("%(rows)s", str(int(mixed_rows))),
+        "ALTER TABLE mixed ADD PRIMARY KEY (id)",
+    )
     log("VACUUM ANALYZE")
     cluster.execute(dbname, "VACUUM ANALYZE")
-    names = cluster.execute(dbname, "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = 'public' "
-                                     "ORDER BY tablename")
+    names = cluster.execute(
+        dbname, "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+    )
     for schema, name in names:
         count = cluster.execute(dbname, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))
         ds.tables.append((schema, name, count[0][0]))
@@ -374,6 +394,7 @@ def count_copy_bytes(cluster: Cluster, tools: Tools, ds: Dataset) -> int:
 
 # -- fixtures: what restore, verify and diff read ---------------------------------------------
 
+
 @dataclass
 class Fixtures:
     """Inputs made once, untimed: a snapshot (OLD), a pg_dump -Fd dump, a changed snapshot (NEW)."""
@@ -393,15 +414,22 @@ def backupkit_env(cluster: Cluster, dbname: str) -> dict[str, str]:
 def take_snapshot(cluster: Cluster, tools: Tools, dbname: str, to: Path) -> Path:
     """``backupkit backup --jobs 2`` of ``dbname`` into ``to``; returns the snapshot's path."""
     out = to.parent / f"{to.name}.stdout"
-    run_pipeline(Invocation([[*tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(to)]],
-                            backupkit_env(cluster, dbname), stdout=out), cluster.admin_dsn)
+    run_pipeline(
+        Invocation(
+            [[*tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(to)]],
+            backupkit_env(cluster, dbname),
+            stdout=out,
+        ),
+        cluster.admin_dsn,
+    )
     path = Path(out.read_text().strip().splitlines()[-1])
     out.unlink()
     return path
 
 
-def make_fixtures(cluster: Cluster, tools: Tools, ds: Dataset, work: Path, groups: set[str],
-                  diff_ready: bool) -> Fixtures:
+def make_fixtures(
+    cluster: Cluster, tools: Tools, ds: Dataset, work: Path, groups: set[str], diff_ready: bool
+) -> Fixtures:
     """Build only the inputs the selected groups need."""
     fx = Fixtures()
     snapshots = work / "fixtures" / "snapshots"
@@ -413,8 +441,10 @@ def make_fixtures(cluster: Cluster, tools: Tools, ds: Dataset, work: Path, group
         log("fixture: pg_dump -Fd -j 2")
         fx.dump_dir = work / "fixtures" / "dump.d"
         bare, env = cluster.tool_env(ds.dbname)
-        run_pipeline(Invocation([[tools.pg("pg_dump"), "-Fd", "-j", "2", "-f", str(fx.dump_dir),
-                                  f"--dbname={bare}"]], env), cluster.admin_dsn)
+        run_pipeline(
+            Invocation([[tools.pg("pg_dump"), "-Fd", "-j", "2", "-f", str(fx.dump_dir), f"--dbname={bare}"]], env),
+            cluster.admin_dsn,
+        )
     if "diff" in groups and diff_ready:
         changed = ds.dbname + "_changed"
         log(f"fixture: snapshot NEW after changing 1% of rows ({changed}, a copy of {ds.dbname})")
@@ -429,6 +459,7 @@ def make_fixtures(cluster: Cluster, tools: Tools, ds: Dataset, work: Path, group
 
 
 # -- contenders ----------------------------------------------------------------------------
+
 
 @dataclass
 class Bench:
@@ -467,8 +498,12 @@ def _floor(b: Bench, tag: str) -> Invocation:
 def _backupkit_backup(jobs: int) -> Callable[[Bench, str], Invocation]:
     def invoke(b: Bench, tag: str) -> Invocation:
         to = b.fresh_path(tag)
-        return Invocation([[*b.tools.backupkit, "backup", "--jobs", str(jobs), "-q", "--to", str(to)]],
-                          backupkit_env(b.cluster, b.dataset.dbname), output=to)
+        return Invocation(
+            [[*b.tools.backupkit, "backup", "--jobs", str(jobs), "-q", "--to", str(to)]],
+            backupkit_env(b.cluster, b.dataset.dbname),
+            output=to,
+        )
+
     return invoke
 
 
@@ -498,15 +533,19 @@ def _fresh_target(b: Bench, tag: str) -> str:
 
 def _backupkit_restore(b: Bench, tag: str) -> Invocation:
     target = _fresh_target(b, tag)
-    return Invocation([[*b.tools.backupkit, "restore", str(b.fixtures.old), "--jobs", "2", "-q"]],
-                      backupkit_env(b.cluster, target), database=target)
+    return Invocation(
+        [[*b.tools.backupkit, "restore", str(b.fixtures.old), "--jobs", "2", "-q"]],
+        backupkit_env(b.cluster, target),
+        database=target,
+    )
 
 
 def _pg_restore(b: Bench, tag: str) -> Invocation:
     target = _fresh_target(b, tag)
     bare, env = b.cluster.tool_env(target)
-    return Invocation([[b.tools.pg("pg_restore"), "-j", "2", f"--dbname={bare}", str(b.fixtures.dump_dir)]],
-                      env, database=target)
+    return Invocation(
+        [[b.tools.pg("pg_restore"), "-j", "2", f"--dbname={bare}", str(b.fixtures.dump_dir)]], env, database=target
+    )
 
 
 def _backupkit_verify(b: Bench, tag: str) -> Invocation:
@@ -515,14 +554,14 @@ def _backupkit_verify(b: Bench, tag: str) -> Invocation:
 
 def _sha256sum(b: Bench, tag: str) -> Invocation:
     manifest = json.loads((b.fixtures.old / "manifest.json").read_text())
-    files = [f["path"] for f in manifest["schema_files"]] + [f["path"] for t in manifest["tables"]
-                                                             for f in t["files"]]
+    files = [f["path"] for f in manifest["schema_files"]] + [f["path"] for t in manifest["tables"] for f in t["files"]]
     return Invocation([[b.tools.sha256sum, "--", *files]], dict(os.environ), cwd=b.fixtures.old)
 
 
 def _backupkit_diff(b: Bench, tag: str) -> Invocation:
-    return Invocation([[*b.tools.backupkit, "diff", str(b.fixtures.old), str(b.fixtures.new), "--json"]],
-                      dict(os.environ))
+    return Invocation(
+        [[*b.tools.backupkit, "diff", str(b.fixtures.old), str(b.fixtures.new), "--json"]], dict(os.environ)
+    )
 
 
 def _duckdb_scan(b: Bench, tag: str) -> Invocation:
@@ -595,6 +634,7 @@ def diff_available() -> bool:
 
 # -- running ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Result:
     """Every run of one contender."""
@@ -640,7 +680,7 @@ def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int, warm
     """
     results = {c.name: Result(c) for c in contenders}
     for rep in range(-warmup, repeat):
-        order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
+        order = contenders[rep % len(contenders) :] + contenders[: rep % len(contenders)]
         for c in order:
             res = results[c.name]
             if res.error:
@@ -672,6 +712,7 @@ def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int, warm
 
 # -- the report -------------------------------------------------------------------------------
 
+
 def startup_seconds(tools: Tools) -> float:
     """Wall time of ``backupkit --version``: the fixed import cost every backupkit command pays."""
     inv = Invocation([[*tools.backupkit, "--version"]], dict(os.environ))
@@ -688,15 +729,26 @@ def machine_lines(cluster: Cluster, tools: Tools) -> list[str]:
                 break
     ram = "?"
     with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal:"))
+        kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        )
         ram = f"{kib / 1024 / 1024:.1f} GiB"
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "?"
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip()
+        or "?"
+    )
     import duckdb
-    zstd = (tool_version([tools.zstd[0]]).strip("* ").split(", by")[0]
-            if Path(tools.zstd[0]).name == "zstd" else "python zstandard (no zstd CLI)")
+
+    zstd = (
+        tool_version([tools.zstd[0]]).strip("* ").split(", by")[0]
+        if Path(tools.zstd[0]).name == "zstd"
+        else "python zstandard (no zstd CLI)"
+    )
     return [
         f"- machine: {nproc} CPUs ({cpu}), {ram} RAM, {platform.system()} {platform.release()}",
         f"- PostgreSQL {cluster.version()}; {tool_version([tools.pg('pg_dump')])}",
@@ -758,9 +810,24 @@ def report_table(results: dict[str, Result], ds: Dataset) -> list[str]:
         if t and vs_floor is not None:
             floor_text += f" (target ≤{t.max_ratio:g}: {_verdict(vs_floor <= t.max_ratio)})"
         name_cell = name + (f" (failed once: {res.error})" if res.error else "")
-        lines.append("| " + " | ".join(_cell(c) for c in [
-            name_cell, str(len(res.runs)), _fmt(res.median), _fmt(res.best), _fmt(mbps, 0), rss,
-            _fmt(res.output_mb, 1), "; ".join(peers) or "—", floor_text]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in [
+                    name_cell,
+                    str(len(res.runs)),
+                    _fmt(res.median),
+                    _fmt(res.best),
+                    _fmt(mbps, 0),
+                    rss,
+                    _fmt(res.output_mb, 1),
+                    "; ".join(peers) or "—",
+                    floor_text,
+                ]
+            )
+            + " |"
+        )
     return lines
 
 
@@ -779,21 +846,34 @@ def size_line(results: dict[str, Result]) -> list[str]:
     ours = results.get(BK_BACKUP_2)
     if not ours or ours.output_mb is None:
         return []
-    peers = [(name, results[name].output_mb) for name in (PG_DUMP_FD, PG_DUMP_FC, PG_DUMP_ZSTD)
-             if name in results and results[name].output_mb]
+    peers = [
+        (name, results[name].output_mb)
+        for name in (PG_DUMP_FD, PG_DUMP_FC, PG_DUMP_ZSTD)
+        if name in results and results[name].output_mb
+    ]
     if not peers:
         return []
-    return ["", f"Snapshot size: {ours.output_mb:,.1f} MB = " + ", ".join(
-        f"{ours.output_mb / mb:.2f}× {name} ({mb:,.1f} MB)" for name, mb in peers) + "."]
+    return [
+        "",
+        f"Snapshot size: {ours.output_mb:,.1f} MB = "
+        + ", ".join(f"{ours.output_mb / mb:.2f}× {name} ({mb:,.1f} MB)" for name, mb in peers)
+        + ".",
+    ]
 
 
-def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], repeat: int,
-                  notes: list[str], warmup: int = 0) -> list[str]:
+def summary_lines(
+    results: dict[str, Result], ds: Dataset, machine: list[str], repeat: int, notes: list[str], warmup: int = 0
+) -> list[str]:
     """Everything printed: machine, dataset, the table, a legend."""
-    out = ["## backupkit benchmark", "", *machine,
-           f"- dataset: {ds.describe()}",
-           f"- {warmup} untimed warm-up round(s), then {repeat} repetition(s), contenders interleaved; "
-           f"page cache warm; timed region = the subprocess only", ""]
+    out = [
+        "## backupkit benchmark",
+        "",
+        *machine,
+        f"- dataset: {ds.describe()}",
+        f"- {warmup} untimed warm-up round(s), then {repeat} repetition(s), contenders interleaved; "
+        f"page cache warm; timed region = the subprocess only",
+        "",
+    ]
     out += report_table(results, ds)
     out += size_line(results)
     out += ["", *LEGEND, *notes]
@@ -801,6 +881,7 @@ def summary_lines(results: dict[str, Result], ds: Dataset, machine: list[str], r
 
 
 # -- the RSS-vs-size mode ------------------------------------------------------------------------
+
 
 def rss_scales(cluster: Cluster, tools: Tools, scales: list[float], repeat: int, work: Path) -> list[str]:
     """Build each scale's dataset in turn and measure ``backupkit backup --jobs 2`` on it."""
@@ -814,39 +895,63 @@ def rss_scales(cluster: Cluster, tools: Tools, scales: list[float], repeat: int,
         res = run_interleaved(bench, [contender], repeat)[contender.name]
         cluster.drop_database(ds.dbname)
         rows.append((ds, res))
-    lines = ["| scale | rows | COPY text MB | backup -j2 median s | peak RSS MB | snapshot MB |",
-             "|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| scale | rows | COPY text MB | backup -j2 median s | peak RSS MB | snapshot MB |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
     for ds, res in rows:
-        lines.append(f"| {ds.scale:g} | {ds.rows:,} | {ds.copy_mb:,.0f} | "
-                     f"{_fmt(res.median) if not res.error else 'FAILED: ' + _cell(res.error)} | "
-                     f"{_fmt(res.peak_rss_mb, 0)} | {_fmt(res.output_mb, 1)} |")
+        lines.append(
+            f"| {ds.scale:g} | {ds.rows:,} | {ds.copy_mb:,.0f} | "
+            f"{_fmt(res.median) if not res.error else 'FAILED: ' + _cell(res.error)} | "
+            f"{_fmt(res.peak_rss_mb, 0)} | {_fmt(res.output_mb, 1)} |"
+        )
     (small, r0), (big, r1) = rows[0], rows[-1]
     if r0.peak_rss_mb and r1.peak_rss_mb:
-        lines += ["", f"Data grew {big.copy_bytes / small.copy_bytes:.1f}×, peak RSS "
-                      f"{r1.peak_rss_mb / r0.peak_rss_mb:.2f}× ({r0.peak_rss_mb:.0f} → {r1.peak_rss_mb:.0f} MB)."]
+        lines += [
+            "",
+            f"Data grew {big.copy_bytes / small.copy_bytes:.1f}×, peak RSS "
+            f"{r1.peak_rss_mb / r0.peak_rss_mb:.2f}× ({r0.peak_rss_mb:.0f} → {r1.peak_rss_mb:.0f} MB).",
+        ]
     return lines
 
 
 # -- command line -------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="--scale 0.1 is a quick run (~150 MB of COPY text); --scale 1 ~1.5 GB.")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="dataset size: pgbench -s 100*S plus 2,000,000*S rows of mixed (default 1)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--scale 0.1 is a quick run (~150 MB of COPY text); --scale 1 ~1.5 GB.",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="dataset size: pgbench -s 100*S plus 2,000,000*S rows of mixed (default 1)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="repetitions of every contender (default 3)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed rounds of every contender before the timed ones (default 1)")
-    p.add_argument("--only", default=",".join(GROUPS),
-                   help=f"comma-separated groups among {','.join(GROUPS)} (the floor always runs)")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds of every contender before the timed ones (default 1)"
+    )
+    p.add_argument(
+        "--only",
+        default=",".join(GROUPS),
+        help=f"comma-separated groups among {','.join(GROUPS)} (the floor always runs)",
+    )
     p.add_argument("--out", type=Path, help="also write the markdown report to this file")
-    p.add_argument("--dsn", default=os.environ.get("BACKUPKIT_BENCH_DSN"),
-                   help="use this server (role needs CREATEDB; databases bkbench_* are created and dropped) "
-                        "instead of an embedded one; default $BACKUPKIT_BENCH_DSN, which keeps the password "
-                        "out of ps")
-    p.add_argument("--rss-scales", metavar="S1,S2",
-                   help="only measure peak RSS of backupkit backup --jobs 2 at these scales, side by side")
+    p.add_argument(
+        "--dsn",
+        default=os.environ.get("BACKUPKIT_BENCH_DSN"),
+        help="use this server (role needs CREATEDB; databases bkbench_* are created and dropped) "
+        "instead of an embedded one; default $BACKUPKIT_BENCH_DSN, which keeps the password "
+        "out of ps",
+    )
+    p.add_argument(
+        "--rss-scales",
+        metavar="S1,S2",
+        help="only measure peak RSS of backupkit backup --jobs 2 at these scales, side by side",
+    )
     p.add_argument("--workdir", type=Path, help="where snapshots and dumps go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     a = p.parse_args(argv)
@@ -875,8 +980,9 @@ def benchmark(cluster: Cluster, tools: Tools, args: argparse.Namespace, work: Pa
         print("diff: not available", file=sys.stderr)
         notes.append("diff: not available (backupkit/diff.py does not exist yet)")
     fixtures = make_fixtures(cluster, tools, ds, work, args.groups, diff_ready)
-    chosen = [c for c in CONTENDERS
-              if c.group == "floor" or (c.group in args.groups and (c.group != "diff" or diff_ready))]
+    chosen = [
+        c for c in CONTENDERS if c.group == "floor" or (c.group in args.groups and (c.group != "diff" or diff_ready))
+    ]
     bench = Bench(cluster, tools, ds, fixtures, work / "runs")
     bench.runs_dir.mkdir(parents=True, exist_ok=True)
     results = run_interleaved(bench, chosen, args.repeat, args.warmup)
@@ -894,16 +1000,23 @@ def main(argv: list[str] | None = None) -> int:
         with open_cluster(args.dsn) as cluster:
             try:
                 if args.rss_scales:
-                    lines = ["## backupkit backup --jobs 2: peak RSS vs dataset size", "",
-                             *machine_lines(cluster, tools), ""]
+                    lines = [
+                        "## backupkit backup --jobs 2: peak RSS vs dataset size",
+                        "",
+                        *machine_lines(cluster, tools),
+                        "",
+                    ]
                     lines += rss_scales(cluster, tools, args.rss_scales, args.repeat, work)
                 else:
                     lines = benchmark(cluster, tools, args, work)
             finally:
                 if args.dsn:  # an embedded server is deleted whole; on a real one, clean up after us
-                    for (name,) in cluster.execute("postgres", sql.SQL(
-                            "SELECT datname FROM pg_database WHERE starts_with(datname, {})").format(
-                            sql.Literal(DB_PREFIX))):
+                    for (name,) in cluster.execute(
+                        "postgres",
+                        sql.SQL("SELECT datname FROM pg_database WHERE starts_with(datname, {})").format(
+                            sql.Literal(DB_PREFIX)
+                        ),
+                    ):
                         cluster.drop_database(name)
     finally:
         if not args.keep:

@@ -87,8 +87,9 @@ def spawn():
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
 
     def start(code: str, *args: str) -> subprocess.Popen:
-        child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
         children.append(child)
         return child
 

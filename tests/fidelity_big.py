@@ -47,7 +47,7 @@ def add_toast_values(dsn: str, mb: int = 20) -> None:
     size = int(mb * 1024 * 1024)
     params = {
         "chars": size // 3,  # mostly 3-byte UTF-8 characters
-        "sha": size // 32,   # 32 bytes per sha256
+        "sha": size // 32,  # 32 bytes per sha256
         "lines": size // len(_LINE.encode()),
         "units": size // 7,  # 7 bytes per decoded repeat unit
     }

@@ -119,11 +119,16 @@ def fingerprint(dsn: str | psycopg.Connection, schemas: Iterable[str] | None = N
 def _fingerprint_conn(conn: psycopg.Connection, schemas: Iterable[str] | None) -> dict:
     conn.execute(_SESSION)
     if schemas is None:
-        nsp = [r[0] for r in conn.execute(
-            """SELECT nspname FROM pg_namespace
+        nsp = [
+            r[0]
+            for r in conn.execute(
+                """SELECT nspname FROM pg_namespace
                WHERE nspname <> ALL(%s) AND nspname NOT LIKE 'pg\\_temp\\_%%'
                  AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'
-               ORDER BY nspname""", (list(SYSTEM_SCHEMAS),))]
+               ORDER BY nspname""",
+                (list(SYSTEM_SCHEMAS),),
+            )
+        ]
     else:
         nsp = sorted(set(schemas))
     fp: dict[str, Any] = {
@@ -149,29 +154,40 @@ def _rows(conn, query: str, params=None) -> list[tuple]:
 
 # -- schemas, extensions, types, functions --------------------------------------
 
+
 def _schemas(conn, nsp) -> dict:
     return {
         name: {"owner": owner, "acl": acl, "comment": comment}
-        for name, owner, acl, comment in _rows(conn, """
+        for name, owner, acl, comment in _rows(
+            conn,
+            """
             SELECT n.nspname, pg_get_userbyid(n.nspowner), n.nspacl::text,
                    obj_description(n.oid, 'pg_namespace')
-            FROM pg_namespace n WHERE n.nspname = ANY(%s)""", (nsp,))
+            FROM pg_namespace n WHERE n.nspname = ANY(%s)""",
+            (nsp,),
+        )
     }
 
 
 def _extensions(conn, nsp, all_schemas: bool) -> dict:
     return {
         name: {"version": version, "schema": schema}
-        for name, version, schema in _rows(conn, """
+        for name, version, schema in _rows(
+            conn,
+            """
             SELECT e.extname, e.extversion, n.nspname
             FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-            WHERE %s OR n.nspname = ANY(%s)""", (all_schemas, nsp))
+            WHERE %s OR n.nspname = ANY(%s)""",
+            (all_schemas, nsp),
+        )
     }
 
 
 def _types(conn, nsp) -> dict:
     out: dict[str, Any] = {}
-    for key, kind, oid, comment, owner, acl in _rows(conn, """
+    for key, kind, oid, comment, owner, acl in _rows(
+        conn,
+        """
             SELECT quote_ident(n.nspname) || '.' || quote_ident(t.typname), t.typtype, t.oid,
                    obj_description(t.oid, 'pg_type'), pg_get_userbyid(t.typowner), t.typacl::text
             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
@@ -179,41 +195,71 @@ def _types(conn, nsp) -> dict:
             WHERE n.nspname = ANY(%s)
               AND t.typtype IN ('e', 'd', 'c', 'r')
               AND (t.typtype <> 'c' OR c.relkind = 'c')  -- not a table's row type
-            """, (nsp,)):
+            """,
+        (nsp,),
+    ):
         entry: dict[str, Any] = {"kind": kind, "comment": comment, "owner": owner, "acl": acl}
         if kind == "e":
-            entry["labels"] = [r[0] for r in _rows(conn, """
-                SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder""", (oid,))]
+            entry["labels"] = [
+                r[0]
+                for r in _rows(
+                    conn,
+                    """
+                SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder""",
+                    (oid,),
+                )
+            ]
         elif kind == "d":
-            base, notnull, default, coll = _rows(conn, """
+            base, notnull, default, coll = _rows(
+                conn,
+                """
                 SELECT format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault,
                        CASE WHEN t.typcollation <> b.typcollation
                             THEN (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
                                   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
                                   WHERE co.oid = t.typcollation) END
-                FROM pg_type t JOIN pg_type b ON b.oid = t.typbasetype WHERE t.oid = %s""", (oid,))[0]
+                FROM pg_type t JOIN pg_type b ON b.oid = t.typbasetype WHERE t.oid = %s""",
+                (oid,),
+            )[0]
             entry.update(base=base, notnull=notnull, default=default, collation=coll)
             entry["constraints"] = {
                 name: {"def": d, "validated": v}
-                for name, d, v in _rows(conn, """
+                for name, d, v in _rows(
+                    conn,
+                    """
                     SELECT conname, pg_get_constraintdef(oid), convalidated
-                    FROM pg_constraint WHERE contypid = %s""", (oid,))
+                    FROM pg_constraint WHERE contypid = %s""",
+                    (oid,),
+                )
             }
         elif kind == "c":
-            entry["attributes"] = [list(r) for r in _rows(conn, """
+            entry["attributes"] = [
+                list(r)
+                for r in _rows(
+                    conn,
+                    """
                 SELECT a.attname, format_type(a.atttypid, a.atttypmod),
                        CASE WHEN a.attcollation <> t.typcollation THEN a.attcollation::regcollation::text END
                 FROM pg_type ct JOIN pg_attribute a ON a.attrelid = ct.typrelid
                 JOIN pg_type t ON t.oid = a.atttypid
                 WHERE ct.oid = %s AND a.attnum > 0 AND NOT a.attisdropped
-                ORDER BY a.attnum""", (oid,))]
+                ORDER BY a.attnum""",
+                    (oid,),
+                )
+            ]
         elif kind == "r":
-            entry["range"] = list(_rows(conn, """
+            entry["range"] = list(
+                _rows(
+                    conn,
+                    """
                 SELECT format_type(rngsubtype, NULL), rngcollation::regcollation::text,
                        (SELECT opcname FROM pg_opclass WHERE oid = rngsubopc),
                        rngcanonical::text, rngsubdiff::text,
                        format_type(rngmultitypid, NULL)
-                FROM pg_range WHERE rngtypid = %s""", (oid,))[0])
+                FROM pg_range WHERE rngtypid = %s""",
+                    (oid,),
+                )[0]
+            )
         out[key] = entry
     return out
 
@@ -221,35 +267,48 @@ def _types(conn, nsp) -> dict:
 def _functions(conn, nsp) -> dict:
     return {
         key: {"def": d, "owner": owner, "acl": acl, "comment": comment}
-        for key, d, owner, acl, comment in _rows(conn, """
+        for key, d, owner, acl, comment in _rows(
+            conn,
+            """
             SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname)
                        || '(' || pg_get_function_identity_arguments(p.oid) || ')',
                    CASE WHEN p.prokind IN ('f', 'p', 'w') THEN pg_get_functiondef(p.oid)
                         ELSE 'aggregate' END,
                    pg_get_userbyid(p.proowner), p.proacl::text, obj_description(p.oid, 'pg_proc')
             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-            WHERE n.nspname = ANY(%s)""", (nsp,))
+            WHERE n.nspname = ANY(%s)""",
+            (nsp,),
+        )
     }
 
 
 # -- database-wide objects -------------------------------------------------------
 
+
 def _publications(conn) -> dict:
     pubs = {}
-    for oid, name, owner, all_tables, ins, upd, dele, trunc, via_root, gencols, comment in _rows(conn, """
+    for oid, name, owner, all_tables, ins, upd, dele, trunc, via_root, gencols, comment in _rows(
+        conn,
+        """
             SELECT p.oid, p.pubname, pg_get_userbyid(p.pubowner), p.puballtables,
                    p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, p.pubviaroot,
                    to_jsonb(p) ->> 'pubgencols',  -- PostgreSQL 18+, else NULL
                    obj_description(p.oid, 'pg_publication')
-            FROM pg_publication p"""):
+            FROM pg_publication p""",
+    ):
         pubs[name] = {
-            "owner": owner, "all_tables": all_tables,
-            "publish": [a for a, on in (("insert", ins), ("update", upd), ("delete", dele),
-                                        ("truncate", trunc)) if on],
-            "via_partition_root": via_root, "generated_columns": gencols, "comment": comment,
-            "tables": {}, "schemas": [],
+            "owner": owner,
+            "all_tables": all_tables,
+            "publish": [a for a, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if on],
+            "via_partition_root": via_root,
+            "generated_columns": gencols,
+            "comment": comment,
+            "tables": {},
+            "schemas": [],
         }
-        for key, columns, row_filter in _rows(conn, f"""
+        for key, columns, row_filter in _rows(
+            conn,
+            f"""
                 SELECT {_QNAME},
                        CASE WHEN pr.prattrs IS NOT NULL THEN
                            ARRAY(SELECT a.attname::text FROM pg_attribute a
@@ -258,12 +317,21 @@ def _publications(conn) -> dict:
                        pg_get_expr(pr.prqual, pr.prrelid)
                 FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid
                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE pr.prpubid = %s""", (oid,)):
+                WHERE pr.prpubid = %s""",
+            (oid,),
+        ):
             pubs[name]["tables"][key] = {"columns": columns, "row_filter": row_filter}
-        pubs[name]["schemas"] = [r[0] for r in _rows(conn, """
+        pubs[name]["schemas"] = [
+            r[0]
+            for r in _rows(
+                conn,
+                """
             SELECT n.nspname FROM pg_publication_namespace pn
             JOIN pg_namespace n ON n.oid = pn.pnnspid
-            WHERE pn.pnpubid = %s ORDER BY n.nspname""", (oid,))]
+            WHERE pn.pnpubid = %s ORDER BY n.nspname""",
+                (oid,),
+            )
+        ]
     return pubs
 
 
@@ -272,11 +340,14 @@ def _large_objects(conn) -> dict:
     each whole object into memory: fine for test-sized objects."""
     return {
         str(oid): {"owner": owner, "acl": acl, "comment": comment, "size": size, "md5": digest}
-        for oid, owner, acl, comment, size, digest in _rows(conn, """
+        for oid, owner, acl, comment, size, digest in _rows(
+            conn,
+            """
             SELECT m.oid::bigint, pg_get_userbyid(m.lomowner), m.lomacl::text,
                    obj_description(m.oid, 'pg_largeobject'),
                    length(lo_get(m.oid)), md5(lo_get(m.oid))
-            FROM pg_largeobject_metadata m""")
+            FROM pg_largeobject_metadata m""",
+        )
     }
 
 
@@ -285,28 +356,35 @@ def _default_privileges(conn, nsp, all_schemas: bool) -> dict:
     names; schema ``*`` for a database-wide entry, only without a schema filter)."""
     return {
         key: {"role": role, "schema": schema, "object_type": objtype, "acl": acl}
-        for key, role, schema, objtype, acl in _rows(conn, """
+        for key, role, schema, objtype, acl in _rows(
+            conn,
+            """
             SELECT quote_ident(pg_get_userbyid(d.defaclrole)) || ' in '
                        || coalesce(quote_ident(n.nspname), '*') || ' on ' || d.defaclobjtype::text,
                    pg_get_userbyid(d.defaclrole), n.nspname, d.defaclobjtype::text,
                    d.defaclacl::text
             FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
-            WHERE (d.defaclnamespace = 0 AND %s) OR n.nspname = ANY(%s)""", (all_schemas, nsp))
+            WHERE (d.defaclnamespace = 0 AND %s) OR n.nspname = ANY(%s)""",
+            (all_schemas, nsp),
+        )
     }
 
 
 def _event_triggers(conn) -> dict:
     return {
-        name: {"event": event, "owner": owner, "function": func, "enabled": enabled,
-               "tags": tags, "comment": comment}
-        for name, event, owner, func, enabled, tags, comment in _rows(conn, """
+        name: {"event": event, "owner": owner, "function": func, "enabled": enabled, "tags": tags, "comment": comment}
+        for name, event, owner, func, enabled, tags, comment in _rows(
+            conn,
+            """
             SELECT evtname, evtevent, pg_get_userbyid(evtowner), evtfoid::regprocedure::text,
                    evtenabled, evttags, obj_description(oid, 'pg_event_trigger')
-            FROM pg_event_trigger""")
+            FROM pg_event_trigger""",
+        )
     }
 
 
 # -- relations -----------------------------------------------------------------
+
 
 def _enforced(conn) -> str:
     """conenforced exists from PostgreSQL 18; older servers enforce every constraint."""
@@ -316,8 +394,25 @@ def _enforced(conn) -> str:
 def _relations(conn, nsp) -> dict:
     rels: dict[str, dict] = {}
     oid_key: dict[int, str] = {}
-    for (oid, key, kind, persistence, owner, acl, comment, options, replident, rls, force,
-         partkey, partbound, viewdef, populated) in _rows(conn, f"""
+    for (
+        oid,
+        key,
+        kind,
+        persistence,
+        owner,
+        acl,
+        comment,
+        options,
+        replident,
+        rls,
+        force,
+        partkey,
+        partbound,
+        viewdef,
+        populated,
+    ) in _rows(
+        conn,
+        f"""
             SELECT c.oid, {_QNAME}, c.relkind, c.relpersistence, pg_get_userbyid(c.relowner),
                    c.relacl::text, obj_description(c.oid, 'pg_class'), c.reloptions::text,
                    c.relreplident, c.relrowsecurity, c.relforcerowsecurity,
@@ -326,28 +421,65 @@ def _relations(conn, nsp) -> dict:
                    CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
                    CASE WHEN c.relkind = 'm' THEN c.relispopulated END
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')""", (nsp,)):
+            WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')""",
+        (nsp,),
+    ):
         oid_key[oid] = key
         rels[key] = {
-            "kind": kind, "persistence": persistence, "owner": owner, "acl": acl,
-            "comment": comment, "options": options, "replica_identity": replident,
-            "rls_enabled": rls, "rls_forced": force, "partition_key": partkey,
-            "partition_bound": partbound, "view_definition": viewdef, "populated": populated,
-            "inherits": [], "column_order": [], "columns": {}, "constraints": {},
-            "indexes": {}, "triggers": {}, "rules": {}, "policies": {},
+            "kind": kind,
+            "persistence": persistence,
+            "owner": owner,
+            "acl": acl,
+            "comment": comment,
+            "options": options,
+            "replica_identity": replident,
+            "rls_enabled": rls,
+            "rls_forced": force,
+            "partition_key": partkey,
+            "partition_bound": partbound,
+            "view_definition": viewdef,
+            "populated": populated,
+            "inherits": [],
+            "column_order": [],
+            "columns": {},
+            "constraints": {},
+            "indexes": {},
+            "triggers": {},
+            "rules": {},
+            "policies": {},
         }
     if not rels:
         return rels
     oids = list(oid_key)
 
-    for relid, parent in _rows(conn, f"""
+    for relid, parent in _rows(
+        conn,
+        f"""
             SELECT i.inhrelid, {_QNAME} FROM pg_inherits i
             JOIN pg_class c ON c.oid = i.inhparent JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE i.inhrelid = ANY(%s) ORDER BY i.inhrelid, i.inhseqno""", (oids,)):
+            WHERE i.inhrelid = ANY(%s) ORDER BY i.inhrelid, i.inhseqno""",
+        (oids,),
+    ):
         rels[oid_key[relid]]["inherits"].append(parent)
 
-    for (relid, name, typ, coll, notnull, default, identity, generated, storage, compression,
-         islocal, inhcount, acl, comment) in _rows(conn, """
+    for (
+        relid,
+        name,
+        typ,
+        coll,
+        notnull,
+        default,
+        identity,
+        generated,
+        storage,
+        compression,
+        islocal,
+        inhcount,
+        acl,
+        comment,
+    ) in _rows(
+        conn,
+        """
             SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod),
                    CASE WHEN a.attcollation <> t.typcollation
                         THEN (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
@@ -359,20 +491,44 @@ def _relations(conn, nsp) -> dict:
             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
             WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-            ORDER BY a.attrelid, a.attnum""", (oids,)):
+            ORDER BY a.attrelid, a.attnum""",
+        (oids,),
+    ):
         rel = rels[oid_key[relid]]
         rel["column_order"].append(name)
         rel["columns"][name] = {
-            "type": typ, "collation": coll, "not_null": notnull,
+            "type": typ,
+            "collation": coll,
+            "not_null": notnull,
             # a generated column's expression lives in pg_attrdef too
             "default": default if not generated else None,
-            "generated": generated or None, "generation_expr": default if generated else None,
-            "identity": identity or None, "storage": storage, "compression": compression or None,
-            "is_local": islocal, "inherited_count": inhcount, "acl": acl, "comment": comment,
+            "generated": generated or None,
+            "generation_expr": default if generated else None,
+            "identity": identity or None,
+            "storage": storage,
+            "compression": compression or None,
+            "is_local": islocal,
+            "inherited_count": inhcount,
+            "acl": acl,
+            "comment": comment,
         }
 
-    for relid, name, contype, d, deferrable, deferred, validated, enforced, islocal, inhcount, \
-            noinherit, comment in _rows(conn, f"""
+    for (
+        relid,
+        name,
+        contype,
+        d,
+        deferrable,
+        deferred,
+        validated,
+        enforced,
+        islocal,
+        inhcount,
+        noinherit,
+        comment,
+    ) in _rows(
+        conn,
+        f"""
             SELECT conrelid, conname, contype, pg_get_constraintdef(oid), condeferrable,
                    condeferred, convalidated, {_enforced(conn)}, conislocal, coninhcount,
                    -- NO INHERIT means something only for CHECK and NOT NULL constraints.
@@ -382,14 +538,25 @@ def _relations(conn, nsp) -> dict:
                    -- ALTER TABLE ONLY and ATTACHed, as pg_dump does: true).
                    CASE WHEN contype IN ('c', 'n') THEN connoinherit END,
                    obj_description(oid, 'pg_constraint')
-            FROM pg_constraint WHERE conrelid = ANY(%s)""", (oids,)):
+            FROM pg_constraint WHERE conrelid = ANY(%s)""",
+        (oids,),
+    ):
         rels[oid_key[relid]]["constraints"][name] = {
-            "type": contype, "def": d, "deferrable": deferrable, "deferred": deferred,
-            "validated": validated, "enforced": enforced, "is_local": islocal,
-            "inherited_count": inhcount, "no_inherit": noinherit, "comment": comment,
+            "type": contype,
+            "def": d,
+            "deferrable": deferrable,
+            "deferred": deferred,
+            "validated": validated,
+            "enforced": enforced,
+            "is_local": islocal,
+            "inherited_count": inhcount,
+            "no_inherit": noinherit,
+            "comment": comment,
         }
 
-    for relid, name, d, clustered, replident, valid, comment, parent in _rows(conn, """
+    for relid, name, d, clustered, replident, valid, comment, parent in _rows(
+        conn,
+        """
             SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid), i.indisclustered,
                    i.indisreplident, i.indisvalid, obj_description(i.indexrelid, 'pg_class'),
                    (SELECT quote_ident(pn.nspname) || '.' || quote_ident(pc.relname)
@@ -397,33 +564,57 @@ def _relations(conn, nsp) -> dict:
                     JOIN pg_namespace pn ON pn.oid = pc.relnamespace
                     WHERE ih.inhrelid = i.indexrelid)
             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-            WHERE i.indrelid = ANY(%s)""", (oids,)):
+            WHERE i.indrelid = ANY(%s)""",
+        (oids,),
+    ):
         rels[oid_key[relid]]["indexes"][name] = {
-            "def": d, "clustered": clustered, "replica_identity": replident, "valid": valid,
-            "comment": comment, "attached_to": parent,
+            "def": d,
+            "clustered": clustered,
+            "replica_identity": replident,
+            "valid": valid,
+            "comment": comment,
+            "attached_to": parent,
         }
 
-    for relid, name, d, enabled, cloned, comment in _rows(conn, """
+    for relid, name, d, enabled, cloned, comment in _rows(
+        conn,
+        """
             SELECT tgrelid, tgname, pg_get_triggerdef(oid), tgenabled, tgparentid <> 0,
                    obj_description(oid, 'pg_trigger')
-            FROM pg_trigger WHERE tgrelid = ANY(%s) AND NOT tgisinternal""", (oids,)):
+            FROM pg_trigger WHERE tgrelid = ANY(%s) AND NOT tgisinternal""",
+        (oids,),
+    ):
         rels[oid_key[relid]]["triggers"][name] = {
-            "def": d, "enabled": enabled, "cloned_from_parent": cloned, "comment": comment,
+            "def": d,
+            "enabled": enabled,
+            "cloned_from_parent": cloned,
+            "comment": comment,
         }
 
-    for relid, name, d, enabled in _rows(conn, """
+    for relid, name, d, enabled in _rows(
+        conn,
+        """
             SELECT ev_class, rulename, pg_get_ruledef(oid), ev_enabled
-            FROM pg_rewrite WHERE ev_class = ANY(%s) AND rulename <> '_RETURN'""", (oids,)):
+            FROM pg_rewrite WHERE ev_class = ANY(%s) AND rulename <> '_RETURN'""",
+        (oids,),
+    ):
         rels[oid_key[relid]]["rules"][name] = {"def": d, "enabled": enabled}
 
-    for relid, name, cmd, permissive, roles, qual, check in _rows(conn, """
+    for relid, name, cmd, permissive, roles, qual, check in _rows(
+        conn,
+        """
             SELECT p.polrelid, p.polname, p.polcmd, p.polpermissive,
                    ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r) END
                          FROM unnest(p.polroles) AS r ORDER BY 1),
                    pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
-            FROM pg_policy p WHERE p.polrelid = ANY(%s)""", (oids,)):
+            FROM pg_policy p WHERE p.polrelid = ANY(%s)""",
+        (oids,),
+    ):
         rels[oid_key[relid]]["policies"][name] = {
-            "cmd": cmd, "permissive": permissive, "roles": roles, "using": qual,
+            "cmd": cmd,
+            "permissive": permissive,
+            "roles": roles,
+            "using": qual,
             "with_check": check,
         }
     return rels
@@ -431,8 +622,27 @@ def _relations(conn, nsp) -> dict:
 
 def _sequences(conn, nsp) -> dict:
     out = {}
-    for (_oid, key, schema, name, persistence, owner, acl, comment, typ, start, inc, mx, mn,
-         cache, cycle, owned_by, owned_kind) in _rows(conn, f"""
+    for (
+        _oid,
+        key,
+        schema,
+        name,
+        persistence,
+        owner,
+        acl,
+        comment,
+        typ,
+        start,
+        inc,
+        mx,
+        mn,
+        cache,
+        cycle,
+        owned_by,
+        owned_kind,
+    ) in _rows(
+        conn,
+        f"""
             SELECT c.oid, {_QNAME}, n.nspname, c.relname, c.relpersistence,
                    pg_get_userbyid(c.relowner), c.relacl::text, obj_description(c.oid, 'pg_class'),
                    format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmax, s.seqmin,
@@ -449,16 +659,28 @@ def _sequences(conn, nsp) -> dict:
                       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             JOIN pg_sequence s ON s.seqrelid = c.oid
-            WHERE n.nspname = ANY(%s) AND c.relkind = 'S'""", (nsp,)):
+            WHERE n.nspname = ANY(%s) AND c.relkind = 'S'""",
+        (nsp,),
+    ):
         last_value, is_called = conn.execute(
             sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(schema, name))
         ).fetchone()
         out[key] = {
-            "type": typ, "start": start, "increment": inc, "max": mx, "min": mn, "cache": cache,
-            "cycle": cycle, "persistence": persistence, "owner": owner, "acl": acl,
-            "comment": comment, "owned_by": owned_by,
+            "type": typ,
+            "start": start,
+            "increment": inc,
+            "max": mx,
+            "min": mn,
+            "cache": cache,
+            "cycle": cycle,
+            "persistence": persistence,
+            "owner": owner,
+            "acl": acl,
+            "comment": comment,
+            "owned_by": owned_by,
             "owned_kind": {"a": "serial/OWNED BY", "i": "identity"}.get(owned_kind),
-            "last_value": last_value, "is_called": is_called,
+            "last_value": last_value,
+            "is_called": is_called,
         }
     return out
 
@@ -479,10 +701,14 @@ def _data(conn, nsp) -> dict:
     does: duplicates in a table without a key must survive exactly.
     """
     out = {}
-    for key, schema, name, kind, populated in _rows(conn, f"""
+    for key, schema, name, kind, populated in _rows(
+        conn,
+        f"""
             SELECT {_QNAME}, n.nspname, c.relname, c.relkind, c.relispopulated
             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm')""", (nsp,)):
+            WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm')""",
+        (nsp,),
+    ):
         entry: dict[str, Any] = {"kind": kind}
         if kind == "m":
             entry["populated"] = populated
@@ -496,6 +722,7 @@ def _data(conn, nsp) -> dict:
 
 
 # -- comparison ----------------------------------------------------------------
+
 
 def _short(value: Any, limit: int = 300) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)

@@ -34,14 +34,22 @@ def load_small(dsn: str) -> None:
 
 def run_cli(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m backupkit ARGS`` in a subprocess, as a user would run the command."""
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")}
+    full_env = {k: v for k, v in os.environ.items() if k not in ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "backupkit", *map(str, args)], capture_output=True,
-                          text=True, env=full_env, input=input, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "backupkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=600,
+    )
 
 
 def snapshot_dirs(root: Path) -> list[Path]:
     """Folders under ``root`` that look like snapshots (not hidden)."""
-    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if Path(root).exists() else []
+    return (
+        sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if Path(root).exists()
+        else []
+    )

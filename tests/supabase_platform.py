@@ -61,8 +61,15 @@ SQL_DIR = Path(__file__).resolve().parent / "supabase" / "sql"
 PLATFORM_TEMPLATE = "supabase_platform_template"
 APP_TEMPLATE = "supabase_app_template"
 #: Login roles the fixture gives the server's password (Supabase's postinit sets theirs).
-LOGIN_ROLES = ("postgres", "supabase_auth_admin", "supabase_storage_admin", "authenticator",
-               "supabase_replication_admin", "supabase_read_only_user", "supabase_realtime_admin")
+LOGIN_ROLES = (
+    "postgres",
+    "supabase_auth_admin",
+    "supabase_storage_admin",
+    "authenticator",
+    "supabase_replication_admin",
+    "supabase_read_only_user",
+    "supabase_realtime_admin",
+)
 
 
 @dataclass(frozen=True)
@@ -83,35 +90,43 @@ _UUID_OSSP_STANDIN = (
 
 #: Every statement of Supabase's SQL that the loader skips or rewrites, and why.
 REWRITES: tuple[Rewrite, ...] = (
-    Rewrite("postgres/init-scripts/00000000000000-initial-schema.sql",
-            'create extension if not exists "uuid-ossp"      with schema extensions;',
-            _UUID_OSSP_STANDIN,
-            "uuid-ossp is not shipped with the embedded server; storage's init script uses "
-            "extensions.uuid_generate_v4() as the default of storage.objects.id (storage "
-            "migration 0019 later switches it to gen_random_uuid()), so a SQL stand-in "
-            "function with the same name is created instead of the extension"),
-    Rewrite("postgres/init-scripts/00000000000000-initial-schema.sql",
-            "create extension if not exists pgcrypto         with schema extensions;",
-            "-- [backupkit fixture] skipped: create extension pgcrypto (not in the embedded server)",
-            "pgcrypto is not shipped with the embedded server and nothing in the vendored "
-            "SQL calls it (GoTrue and storage use core gen_random_uuid())"),
-    Rewrite("postgres/init-scripts/00000000000000-initial-schema.sql",
-            "create extension if not exists pgjwt            with schema extensions;",
-            "-- [backupkit fixture] skipped: create extension pgjwt (not in the embedded server)",
-            "pgjwt is not shipped with the embedded server (newer supabase/postgres no "
-            "longer creates it either)"),
-    Rewrite("postgres/migrations/20230529180330_alter_api_roles_for_inherit.sql",
-            "GRANT pgsodium_keyholder to service_role;",
-            "-- [backupkit fixture] skipped: GRANT pgsodium_keyholder to service_role;",
-            "the role pgsodium_keyholder comes from the pgsodium extension, which the "
-            "embedded server lacks (migration 20221207154255 creates pgsodium only if "
-            "available, this one assumes it)"),
+    Rewrite(
+        "postgres/init-scripts/00000000000000-initial-schema.sql",
+        'create extension if not exists "uuid-ossp"      with schema extensions;',
+        _UUID_OSSP_STANDIN,
+        "uuid-ossp is not shipped with the embedded server; storage's init script uses "
+        "extensions.uuid_generate_v4() as the default of storage.objects.id (storage "
+        "migration 0019 later switches it to gen_random_uuid()), so a SQL stand-in "
+        "function with the same name is created instead of the extension",
+    ),
+    Rewrite(
+        "postgres/init-scripts/00000000000000-initial-schema.sql",
+        "create extension if not exists pgcrypto         with schema extensions;",
+        "-- [backupkit fixture] skipped: create extension pgcrypto (not in the embedded server)",
+        "pgcrypto is not shipped with the embedded server and nothing in the vendored "
+        "SQL calls it (GoTrue and storage use core gen_random_uuid())",
+    ),
+    Rewrite(
+        "postgres/init-scripts/00000000000000-initial-schema.sql",
+        "create extension if not exists pgjwt            with schema extensions;",
+        "-- [backupkit fixture] skipped: create extension pgjwt (not in the embedded server)",
+        "pgjwt is not shipped with the embedded server (newer supabase/postgres no longer creates it either)",
+    ),
+    Rewrite(
+        "postgres/migrations/20230529180330_alter_api_roles_for_inherit.sql",
+        "GRANT pgsodium_keyholder to service_role;",
+        "-- [backupkit fixture] skipped: GRANT pgsodium_keyholder to service_role;",
+        "the role pgsodium_keyholder comes from the pgsodium extension, which the "
+        "embedded server lacks (migration 20221207154255 creates pgsodium only if "
+        "available, this one assumes it)",
+    ),
 )
 
 #: ``... ON DATABASE postgres ...``: rewritten to the database being built and replayed
 #: on every project database (a template's database ACL is not copied).
-_DB_STATEMENT = re.compile(r"^[ \t]*(grant|revoke)\b[^;]*\bon\s+database\s+postgres\b[^;]*;",
-                           re.IGNORECASE | re.MULTILINE)
+_DB_STATEMENT = re.compile(
+    r"^[ \t]*(grant|revoke)\b[^;]*\bon\s+database\s+postgres\b[^;]*;", re.IGNORECASE | re.MULTILINE
+)
 _GOTRUE_NAMESPACE = re.compile(r'\{\{\s*index\s+\.Options\s+"Namespace"\s*\}\}')
 _STORAGE_FILE = re.compile(r"^(-?\d+)[-_]?(.*)\.(sql)$", re.IGNORECASE)
 #: postgres-migrations' own bootstrap migration (id 0), hashed as it hashes it.
@@ -321,8 +336,11 @@ class SupabasePlatform:
     def _clone(self, template: str, prefix: str, *, track: bool = True, name: str | None = None) -> str:
         name = name or f"{prefix}_{next(self._n)}_{uuid.uuid4().hex[:6]}"
         with psycopg.connect(self.server.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER postgres").format(
-                sql.Identifier(name), sql.Identifier(template)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER postgres").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
         self._replay_database_statements(name)
         if track:
             self.created.append(name)
@@ -431,8 +449,11 @@ class SupabasePlatform:
         with psycopg.connect(dsn, autocommit=True) as conn:  # as postgres
             conn.execute(APP_SQL)
             loid = conn.execute("select max(oid) from pg_largeobject_metadata").fetchone()[0]
-            conn.execute(sql.SQL("COMMENT ON LARGE OBJECT {} IS {}").format(
-                sql.Literal(loid), sql.Literal("avatar placeholder blob")))
+            conn.execute(
+                sql.SQL("COMMENT ON LARGE OBJECT {} IS {}").format(
+                    sql.Literal(loid), sql.Literal("avatar placeholder blob")
+                )
+            )
         _run(self.admin(dsn), APP_POLICY_GRANTS_SQL)
         _run(dsn, APP_DATA_SQL)
 

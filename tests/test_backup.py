@@ -27,10 +27,14 @@ def counts(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
         names = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relkind = 'r' AND n.nspname = 'public'").fetchall()
-        return {f"{s}.{t}": conn.execute(
-            psycopg.sql.SQL("SELECT count(*) FROM ONLY {}").format(psycopg.sql.Identifier(s, t))).fetchone()[0]
-            for s, t in names}
+            "WHERE c.relkind = 'r' AND n.nspname = 'public'"
+        ).fetchall()
+        return {
+            f"{s}.{t}": conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM ONLY {}").format(psycopg.sql.Identifier(s, t))
+            ).fetchone()[0]
+            for s, t in names
+        }
 
 
 def test_manifest_row_counts_equal_count_star(small_db, tmp_path):
@@ -58,9 +62,13 @@ def test_manifest_records_what_restore_and_reports_need(small_db, tmp_path):
     assert next(c for c in orders["columns"] if c["name"] == "total")["type"] == "numeric(12,2)"
     seqs = {s["name"]: s for s in m["sequences"]}
     assert seqs["orders_id_seq"]["last_value"] == 20000 and seqs["orders_id_seq"]["is_called"] is True
-    assert {f["path"] for f in m["schema_files"]} == {"schema/schema.dump", "schema/pre-data.sql",
-                                                      "schema/post-data.sql", "schema/database.dump",
-                                                      "schema/database.sql"}
+    assert {f["path"] for f in m["schema_files"]} == {
+        "schema/schema.dump",
+        "schema/pre-data.sql",
+        "schema/post-data.sql",
+        "schema/database.dump",
+        "schema/database.sql",
+    }
     # What lives outside the schemas is described even when there is none of it.
     assert m["extensions"] == [] and m["publications"] == [] and m["large_objects"] == []
     assert {r["name"] for r in m["roles"]} == {conninfo_to_dict(small_db)["user"]}
@@ -90,7 +98,7 @@ def test_one_consistent_moment_across_jobs(small_db, tmp_path, monkeypatch, work
         with psycopg.connect(small_db, autocommit=True) as other:
             other.execute("INSERT INTO customers (name) SELECT 'late' FROM generate_series(1, 50)")
             other.execute("INSERT INTO orders (customer_id, total) SELECT 1, 1 FROM generate_series(1, 70)")
-            other.execute("DELETE FROM \"Odd \"\"Name\"\".x\"")
+            other.execute('DELETE FROM "Odd ""Name"".x"')
 
     res = backupkit.backup(small_db, tmp_path, jobs=3, on_snapshot=write_meanwhile, chunk_bytes=64 * 1024)
     assert counts(small_db) != before  # the writes really happened
@@ -123,8 +131,11 @@ def test_cli_backup_prints_path_last_and_never_the_password(small_db, tmp_path, 
     assert out.returncode == 0, out.stderr
     path = out.stdout.strip().splitlines()[-1]
     assert path.endswith("-cli") and (tmp_path / "bk" / path.rsplit("/", 1)[1] / "manifest.json").is_file()
-    everything = out.stdout + out.stderr + "".join(
-        p.read_bytes().decode("latin-1") for p in (tmp_path / "bk").rglob("*") if p.is_file())
+    everything = (
+        out.stdout
+        + out.stderr
+        + "".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "bk").rglob("*") if p.is_file())
+    )
     assert password not in everything
 
 
@@ -179,8 +190,12 @@ def test_missing_table_and_schema_are_clear(small_db, tmp_path):
     assert out.returncode == 5 and "no such table: public.nope" in out.stderr
     out = run_cli("backup", "--dsn", small_db, "--to", tmp_path, "--schema", "ghost")
     assert out.returncode == 5 and "no such schema: ghost" in out.stderr
-    assert snapshot_dirs(tmp_path) == [] and not any(tmp_path.iterdir()) or \
-        [p.name for p in tmp_path.iterdir()] == [".lock"] or all(p.name.startswith(".") for p in tmp_path.iterdir())
+    assert (
+        snapshot_dirs(tmp_path) == []
+        and not any(tmp_path.iterdir())
+        or [p.name for p in tmp_path.iterdir()] == [".lock"]
+        or all(p.name.startswith(".") for p in tmp_path.iterdir())
+    )
 
 
 def test_table_selection(small_db, tmp_path):
@@ -220,23 +235,31 @@ def test_demo_database_manifest_counts(make_db, tmp_path):
     m = backupkit.backup(dsn, tmp_path, schemas=["public", "auth", "storage"], jobs=2).manifest
     with psycopg.connect(dsn) as conn:
         for t in m["tables"]:
-            n = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM ONLY {}").format(
-                psycopg.sql.Identifier(t["schema"], t["name"]))).fetchone()[0]
+            n = conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM ONLY {}").format(psycopg.sql.Identifier(t["schema"], t["name"]))
+            ).fetchone()[0]
             assert t["rows"] == n, mf.table_key(t)
-    assert {"auth.users", "storage.objects", "public.orders", "public.order_items"} <= {mf.table_key(t) for t in m["tables"]}
+    assert {"auth.users", "storage.objects", "public.orders", "public.order_items"} <= {
+        mf.table_key(t) for t in m["tables"]
+    }
     assert all(t["rls"]["enabled"] for t in m["tables"] if t["schema"] == "public")
 
 
 def test_disk_full_leaves_no_snapshot(small_db, tmp_path):
     """A write failure (here: the file-size limit, as a full disk would) gives one clear line."""
-    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
-              "from backupkit.cli import main; sys.exit(main(sys.argv[1:]))")
+    script = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
+        "from backupkit.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", script, "backup", "--dsn", small_db, "--to", str(tmp_path)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, "backup", "--dsn", small_db, "--to", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 8, out.stderr
     assert out.stderr.startswith("error: cannot write the snapshot under") and "Traceback" not in out.stderr
     assert snapshot_dirs(tmp_path) == [] and not list(tmp_path.glob(".tmp-*"))
@@ -267,8 +290,9 @@ def test_single_table_snapshot_restores(small_db, tmp_path, make_db):
     assert [s["name"] for s in res.manifest["sequences"]] == ["orders_id_seq"]
     target = make_db("one_table")
     with psycopg.connect(target) as conn:  # what orders references must exist on the target
-        conn.execute("CREATE TABLE customers (id bigint PRIMARY KEY); "
-                     "INSERT INTO customers SELECT generate_series(1, 2000)")
+        conn.execute(
+            "CREATE TABLE customers (id bigint PRIMARY KEY); INSERT INTO customers SELECT generate_series(1, 2000)"
+        )
     restore(res.path, target)
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*), nextval('orders_id_seq') FROM orders").fetchone() == (20000, 20001)
@@ -290,8 +314,10 @@ def test_worker_process_login_failure_is_a_clear_error(make_db, tmp_path, monkey
     load_small(dsn)
     role = "lim_" + conninfo_to_dict(dsn)["dbname"]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-limit-1' CONNECTION LIMIT 2; "
-                     f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(
+            f"CREATE ROLE {role} LOGIN PASSWORD 'pw-limit-1' CONNECTION LIMIT 2; "
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"
+        )
     try:
         # main + side connection fit in the limit of 2; the three workers cannot all log in
         with pytest.raises((backupkit.ConnectionFailed, backupkit.SourceError)) as err:
@@ -305,9 +331,11 @@ def test_worker_process_login_failure_is_a_clear_error(make_db, tmp_path, monkey
 @pytest.mark.parametrize("command", ["backup", "check", "restore"])
 def test_unparseable_dsn_never_shows_the_password(tmp_path, command):
     dsn = "postgresql://app:s3cr%zzet-pw@db.example.invalid/db"
-    args = {"backup": ["backup", "--dsn", dsn, "--to", tmp_path / "b"],
-            "check": ["check", "--dsn", dsn],
-            "restore": ["restore", tmp_path, "--dsn", dsn]}[command]
+    args = {
+        "backup": ["backup", "--dsn", dsn, "--to", tmp_path / "b"],
+        "check": ["check", "--dsn", dsn],
+        "restore": ["restore", tmp_path, "--dsn", dsn],
+    }[command]
     out = run_cli(*args)
     assert "s3cr" not in out.stdout + out.stderr and "Traceback" not in out.stderr
     assert out.returncode in (2, 7), out.stderr  # restore: the empty folder is no snapshot (7)

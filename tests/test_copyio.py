@@ -49,8 +49,9 @@ def test_data_file_is_frames_that_read_back_exactly(make_db, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(_TABLE)
         expected = _copy_text(conn)
-        res = copyio.copy_out(conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), LocalStorage(tmp_path),
-                              "t.copy.zst", "t.copy.zst")
+        res = copyio.copy_out(
+            conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), LocalStorage(tmp_path), "t.copy.zst", "t.copy.zst"
+        )
     raw = (tmp_path / "t.copy.zst").read_bytes()
     assert res.rows == 40000 and res.bytes == len(raw) and res.text_bytes == len(expected)
     assert res.sha256 == hashlib.sha256(raw).hexdigest()
@@ -64,7 +65,8 @@ def test_empty_table_is_one_empty_frame(make_db, tmp_path):
     dsn = make_db()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int, v text)")
-        res = copyio.copy_out(conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), LocalStorage(tmp_path),
-                              "t.copy.zst", "t.copy.zst")
+        res = copyio.copy_out(
+            conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), LocalStorage(tmp_path), "t.copy.zst", "t.copy.zst"
+        )
     assert res.rows == 0 and res.text_bytes == 0
     assert b"".join(iter_file_blocks(tmp_path / "t.copy.zst", res.sha256)) == b""

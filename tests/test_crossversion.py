@@ -69,8 +69,8 @@ INSERT INTO docs VALUES (1, NULL, '{a,"b c",NULL}', 12.34, '[2020-01-01,2021-01-
 @pytest.fixture(scope="module")
 def pg15():
     assert (PG15 / "postgres").exists(), (
-        f"PostgreSQL 15 server binaries not found in {PG15}: apt-get install postgresql-15 "
-        "(or set BACKUPKIT_PG15_BIN)")
+        f"PostgreSQL 15 server binaries not found in {PG15}: apt-get install postgresql-15 (or set BACKUPKIT_PG15_BIN)"
+    )
     root = Path(tempfile.mkdtemp(prefix="backupkit-pg15-"))
     os.chmod(root, 0o755)
     server = EmbeddedServer(root / "data", bindir=PG15, remove_parent=True).start()
@@ -95,9 +95,13 @@ def _acl_all_as_15(acl: str | None) -> str | None:
 def all_schemas(dsn: str) -> list[str]:
     """Every non-system schema (as tests/test_restore.py backs up the fidelity fixture)."""
     with psycopg.connect(dsn) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-            "AND nspname <> 'information_schema' ORDER BY 1").fetchall()]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                "AND nspname <> 'information_schema' ORDER BY 1"
+            ).fetchall()
+        ]
 
 
 def comparable(fp: dict, extension_members: frozenset[str] | set[str] = frozenset()) -> dict:
@@ -131,9 +135,12 @@ def comparable(fp: dict, extension_members: frozenset[str] | set[str] = frozense
     original cross-version promise); ``relations`` and ``types`` hold them too.
     """
     members = set(extension_members)
-    columns = {name: [(c, rel["columns"][c]["type"]) for c in rel["column_order"]]
-               if "column_order" in rel else rel.get("columns")
-               for name, rel in fp["relations"].items()}
+    columns = {
+        name: [(c, rel["columns"][c]["type"]) for c in rel["column_order"]]
+        if "column_order" in rel
+        else rel.get("columns")
+        for name, rel in fp["relations"].items()
+    }
     relations = {}
     for name, rel in fp["relations"].items():
         if name in members:
@@ -150,25 +157,34 @@ def comparable(fp: dict, extension_members: frozenset[str] | set[str] = frozense
         types[name] = typ
     default_privileges = {
         key: dict(d, acl=_acl_all_as_15(d["acl"])) if d["object_type"] == "r" else d
-        for key, d in fp["default_privileges"].items()}
-    publications = {name: dict(p, generated_columns=p["generated_columns"] or "n")
-                    for name, p in fp["publications"].items()}
-    return {"data": {k: v for k, v in fp["data"].items() if k not in members},
-            "sequences": {k: v for k, v in fp["sequences"].items() if k not in members},
-            "columns": columns,
-            "enums": {k: v["labels"] for k, v in fp["types"].items() if v["kind"] == "e"},
-            "relations": relations, "types": types,
-            "functions": {k: v for k, v in fp["functions"].items() if k not in members},
-            "schemas": fp["schemas"],
-            "extensions": {name: e["schema"] for name, e in fp["extensions"].items()},
-            "publications": publications, "large_objects": fp["large_objects"],
-            "default_privileges": default_privileges, "event_triggers": fp["event_triggers"]}
+        for key, d in fp["default_privileges"].items()
+    }
+    publications = {
+        name: dict(p, generated_columns=p["generated_columns"] or "n") for name, p in fp["publications"].items()
+    }
+    return {
+        "data": {k: v for k, v in fp["data"].items() if k not in members},
+        "sequences": {k: v for k, v in fp["sequences"].items() if k not in members},
+        "columns": columns,
+        "enums": {k: v["labels"] for k, v in fp["types"].items() if v["kind"] == "e"},
+        "relations": relations,
+        "types": types,
+        "functions": {k: v for k, v in fp["functions"].items() if k not in members},
+        "schemas": fp["schemas"],
+        "extensions": {name: e["schema"] for name, e in fp["extensions"].items()},
+        "publications": publications,
+        "large_objects": fp["large_objects"],
+        "default_privileges": default_privileges,
+        "event_triggers": fp["event_triggers"],
+    }
 
 
 def extension_members(dsn: str) -> frozenset[str]:
     """Fingerprint keys of the functions, types and relations that belong to an extension."""
     with psycopg.connect(dsn) as conn:
-        return frozenset(r[0] for r in conn.execute("""
+        return frozenset(
+            r[0]
+            for r in conn.execute("""
             SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname)
                        || '(' || pg_get_function_identity_arguments(p.oid) || ')'
             FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
@@ -183,7 +199,8 @@ def extension_members(dsn: str) -> frozenset[str]:
             SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
             FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
             JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'"""))
+            WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'""")
+        )
 
 
 def test_snapshot_from_15_restores_exactly_into_18(pg15, make_db, tmp_path):
@@ -203,7 +220,10 @@ def test_snapshot_from_15_restores_exactly_into_18(pg15, make_db, tmp_path):
     assert len(a["data"]) >= 10 and a["enums"] and a["sequences"]
     assert a == b, "\n".join(diff_fingerprints(a, b)[:40])
     with psycopg.connect(target) as conn:
-        assert conn.execute("SELECT amount::text, tags FROM docs WHERE id = 1").fetchone() == ("$12.34", ["a", "b c", None])
+        assert conn.execute("SELECT amount::text, tags FROM docs WHERE id = 1").fetchone() == (
+            "$12.34",
+            ["a", "b c", None],
+        )
 
 
 def test_fidelity_snapshot_from_15_restores_into_18_with_database_objects(pg15, make_db, tmp_path):

@@ -95,12 +95,13 @@ def test_rls_is_enabled_on_every_public_table(demo):
     dsn, _ = demo
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT relname, relrowsecurity FROM pg_class"
-            " WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"
+            "SELECT relname, relrowsecurity FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"
         ).fetchall()
-        policies = dict(conn.execute(
-            "SELECT tablename, count(*) FROM pg_policies WHERE schemaname = 'public' GROUP BY 1"
-        ).fetchall())
+        policies = dict(
+            conn.execute(
+                "SELECT tablename, count(*) FROM pg_policies WHERE schemaname = 'public' GROUP BY 1"
+            ).fetchall()
+        )
     assert {name for name, _ in rows} == PUBLIC_TABLES
     assert all(rls for _, rls in rows), rows
     assert {"profiles", "products", "orders", "order_items", "events"} <= set(policies)
@@ -109,16 +110,14 @@ def test_rls_is_enabled_on_every_public_table(demo):
 def test_roles_exist_and_have_supabase_grants(demo):
     dsn, _ = demo
     with psycopg.connect(dsn) as conn:
-        roles = dict(conn.execute(
-            "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)", (list(ROLES),)
-        ).fetchall())
+        roles = dict(
+            conn.execute("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s)", (list(ROLES),)).fetchall()
+        )
         assert set(roles) == set(ROLES)
         assert not any(roles.values()), "demo roles must be NOLOGIN"
         for role in ROLES:
             for table in ("public.profiles", "public.orders"):
-                assert conn.execute(
-                    "SELECT has_table_privilege(%s, %s, 'SELECT')", (role, table)
-                ).fetchone()[0]
+                assert conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (role, table)).fetchone()[0]
             assert conn.execute("SELECT has_schema_privilege(%s, 'auth', 'USAGE')", (role,)).fetchone()[0]
 
 
@@ -173,9 +172,7 @@ def test_sequences_continue_after_the_loaded_ids(make_db):
         ).fetchone()[0]
         assert pid == reported["public.products"] + 1
         profile = conn.execute("SELECT id FROM public.profiles LIMIT 1").fetchone()[0]
-        oid = conn.execute(
-            "INSERT INTO public.orders (profile_id) VALUES (%s) RETURNING id", (profile,)
-        ).fetchone()[0]
+        oid = conn.execute("INSERT INTO public.orders (profile_id) VALUES (%s) RETURNING id", (profile,)).fetchone()[0]
         assert oid == reported["public.orders"] + 1
         eid = conn.execute("INSERT INTO public.events (kind) VALUES ('x') RETURNING id").fetchone()[0]
         assert eid == reported["public.events"] + 1
@@ -199,9 +196,7 @@ def test_mutate_demo_changes_what_it_reports(make_db):
 
     assert set(result) == {"updated", "inserted", "deleted"}
     assert all(n > 0 for n in result.values()), result
-    changed = sum(
-        1 for k in before for key, row in before[k].items() if after[k][key] != row
-    )
+    changed = sum(1 for k in before for key, row in before[k].items() if after[k][key] != row)
     assert changed == result["updated"]
     delta = {t: rows_after[t] - rows_before[t] for t in TABLES}
     assert delta["public.orders"] + delta["public.order_items"] == result["inserted"]

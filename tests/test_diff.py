@@ -114,8 +114,10 @@ def test_samples_show_only_changed_columns(diff):
         {"key": {"id": "4"}, "changes": {"note": ["", None]}},
     ]
     orders = table(diff, "orders")["sample_updates"]
-    assert orders == [{"key": {"id": "7"}, "changes": {"amount": ["8.75", "8.76"]}},
-                      {"key": {"id": "8"}, "changes": {"amount": ["10.00", "10.01"]}}]
+    assert orders == [
+        {"key": {"id": "7"}, "changes": {"amount": ["8.75", "8.76"]}},
+        {"key": {"id": "8"}, "changes": {"amount": ["10.00", "10.01"]}},
+    ]
     fewer = diff_snapshots(diff["old"]["path"], diff["new"]["path"], sample=2)
     assert [s["key"] for s in table(fewer, "big")["sample_updates"]] == [{"id": "1"}, {"id": "10"}]
     assert table(fewer, "big")["sample_updates"][1]["changes"] == {"v": ["value 10", "value 10!"]}
@@ -234,8 +236,11 @@ def test_integrity_reports_damage_and_duplicate_keys(snaps, tmp_path):
 
 def test_reports_render(snaps, diff):
     text = render_json(diff)
-    assert json.loads(text)["totals"] == {"inserted": 3 + 7 + 3 + 1, "deleted": 2 + 6 + 5 + 1 + 1,
-                                          "updated": 4 + 2 + 10 + 1}
+    assert json.loads(text)["totals"] == {
+        "inserted": 3 + 7 + 3 + 1,
+        "deleted": 2 + 6 + 5 + 1 + 1,
+        "updated": 4 + 2 + 10 + 1,
+    }
     page = render_html(diff, integrity(snaps[0]), integrity(snaps[2]))
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page
     for external in ("<script", "<link", "src=", "@import", "url("):
@@ -277,13 +282,15 @@ def test_rows_moved_between_chunks_are_matched_exactly(make_db, tmp_path, monkey
     # still meet their partner.
     dsn = make_db("moves")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, w int); "
-                     "INSERT INTO t SELECT g, md5(g::text), g % 7 FROM generate_series(1, 30000) g")
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, w int); "
+            "INSERT INTO t SELECT g, md5(g::text), g % 7 FROM generate_series(1, 30000) g"
+        )
     before = backupkit.backup(dsn, tmp_path, label="before", chunk_bytes=128 * 1024, progress=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("UPDATE t SET w = w + 100 WHERE id % 100 = 1")              # 300 updated
-        conn.execute("UPDATE t SET v = v WHERE id % 100 = 2")                    # rewritten, unchanged
-        conn.execute("DELETE FROM t WHERE id % 300 = 3")                         # 100 deleted
+        conn.execute("UPDATE t SET w = w + 100 WHERE id % 100 = 1")  # 300 updated
+        conn.execute("UPDATE t SET v = v WHERE id % 100 = 2")  # rewritten, unchanged
+        conn.execute("DELETE FROM t WHERE id % 300 = 3")  # 100 deleted
         conn.execute("INSERT INTO t SELECT g, 'new', 0 FROM generate_series(40001, 40050) g")  # 50 inserted
     moved = backupkit.backup(dsn, tmp_path, label="moved", chunk_bytes=128 * 1024, progress=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -292,6 +299,7 @@ def test_rows_moved_between_chunks_are_matched_exactly(make_db, tmp_path, monkey
     assert len(mf.read(before.path)["tables"][0]["files"]) > 5
     if pairing == "whole table":  # too many leftovers: the diff gives up pairing chunks
         import importlib
+
         monkeypatch.setattr(importlib.import_module("backupkit.lens.diff"), "MAX_LEFTOVER_ROWS", 10)
 
     for after in (moved, reversed_):
@@ -306,17 +314,31 @@ def test_rows_moved_between_chunks_are_matched_exactly(make_db, tmp_path, monkey
 
 def test_the_public_names_stay_functions_after_their_modules_are_imported():
     import importlib
-    for name, module in (("backup", "capture.job"), ("restore", "recovery.job"), ("verify", "snapshot.verify"),
-                         ("prune", "retention.prune"), ("integrity", "lens.integrity")):
+
+    for name, module in (
+        ("backup", "capture.job"),
+        ("restore", "recovery.job"),
+        ("verify", "snapshot.verify"),
+        ("prune", "retention.prune"),
+        ("integrity", "lens.integrity"),
+    ):
         importlib.import_module(f"backupkit.{module}")
         assert callable(getattr(backupkit, name)), name
 
 
-@pytest.mark.parametrize("data_format,kind,by_line", [
-    ("text", "plain", True), ("text", "newlines", True), ("text", "delimiter byte", False),
-    ("csv", "plain", True), ("csv", "newlines", False)])
-def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(make_db, tmp_path, monkeypatch,
-                                                                    data_format, kind, by_line):
+@pytest.mark.parametrize(
+    "data_format,kind,by_line",
+    [
+        ("text", "plain", True),
+        ("text", "newlines", True),
+        ("text", "delimiter byte", False),
+        ("csv", "plain", True),
+        ("csv", "newlines", False),
+    ],
+)
+def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(
+    make_db, tmp_path, monkeypatch, data_format, kind, by_line
+):
     # Unchanged rows are matched by their whole line when lines are rows: always in COPY's
     # text format, which escapes newlines, but not in a CSV snapshot (written before
     # 2026-12) whose values hold newlines; and never when a value holds the byte the line
@@ -324,22 +346,25 @@ def test_rows_matched_by_line_or_by_column_give_the_same_exact_diff(make_db, tmp
     # found, down to trailing spaces and '' versus NULL, and a row rewritten with the same
     # values is not a change.
     import importlib
+
     lines_module = importlib.import_module("backupkit.lens.diff_lines")
     monkeypatch.setattr("backupkit.snapshot.formats.WRITTEN", formats.named(data_format))
     dsn = make_db("bylines")
     odd = {"plain": "'p'", "newlines": "E'two\\nlines'", "delimiter byte": "E'a\\x01b'"}[kind]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, c char(6), j jsonb); "
-                     f"INSERT INTO t SELECT g, CASE WHEN g = 5 THEN {odd} ELSE 'v, \"' || g || '\"' END, "
-                     "'x', jsonb_build_object('g', g) FROM generate_series(1, 20000) g")
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, c char(6), j jsonb); "
+            f"INSERT INTO t SELECT g, CASE WHEN g = 5 THEN {odd} ELSE 'v, \"' || g || '\"' END, "
+            "'x', jsonb_build_object('g', g) FROM generate_series(1, 20000) g"
+        )
     before = backupkit.backup(dsn, tmp_path, label="before", chunk_bytes=256 * 1024, progress=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("UPDATE t SET v = v || ' ' WHERE id = 1")          # a trailing space
-        conn.execute("UPDATE t SET v = '' WHERE id = 2")                # to the empty string
-        conn.execute("UPDATE t SET v = NULL WHERE id = 3")              # to NULL
+        conn.execute("UPDATE t SET v = v || ' ' WHERE id = 1")  # a trailing space
+        conn.execute("UPDATE t SET v = '' WHERE id = 2")  # to the empty string
+        conn.execute("UPDATE t SET v = NULL WHERE id = 3")  # to NULL
         conn.execute("UPDATE t SET v = '' WHERE id = 4; UPDATE t SET v = NULL WHERE id = 4")
-        conn.execute("UPDATE t SET c = 'y' WHERE id % 1000 = 7")        # 20 rows, a char(6) column
-        conn.execute("UPDATE t SET j = j WHERE id % 10 = 9")            # rewritten, unchanged
+        conn.execute("UPDATE t SET c = 'y' WHERE id % 1000 = 7")  # 20 rows, a char(6) column
+        conn.execute("UPDATE t SET j = j WHERE id % 10 = 9")  # rewritten, unchanged
         conn.execute("DELETE FROM t WHERE id BETWEEN 100 AND 109")
         conn.execute("INSERT INTO t VALUES (30001, 'new', 'n', '{}'), (30002, NULL, NULL, NULL)")
     after = backupkit.backup(dsn, tmp_path, label="after", chunk_bytes=256 * 1024, progress=False)
@@ -360,9 +385,11 @@ def test_leftover_lines_keep_a_leading_byte_order_mark_and_odd_sample_sizes_work
     # start of a file, which must not cost a key that begins with U+FEFF its first character.
     dsn = make_db("bom")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE tk (k text PRIMARY KEY, v int); "
-                     "INSERT INTO tk SELECT 'k' || g, g FROM generate_series(1, 100) g; "
-                     "INSERT INTO tk VALUES (E'\\uFEFFA', 0)")
+        conn.execute(
+            "CREATE TABLE tk (k text PRIMARY KEY, v int); "
+            "INSERT INTO tk SELECT 'k' || g, g FROM generate_series(1, 100) g; "
+            "INSERT INTO tk VALUES (E'\\uFEFFA', 0)"
+        )
     before = backupkit.backup(dsn, tmp_path, label="before", progress=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE tk SET v = 1 WHERE k = E'\\uFEFFA'; INSERT INTO tk VALUES ('zz', 5)")
@@ -425,13 +452,28 @@ def test_lost_schema_objects_are_named_in_json_text_and_html(lost, tmp_path):
     assert all(counts(t) == (0, 0, 0) for t in d["tables"])  # no row changed: only the schema
     objects = d["schema_objects"]
     assert {"type": "view", "schema": "public", "name": "rich", "change": "removed"} in objects
-    assert {"type": "trigger", "schema": "public", "name": "accounts_touch", "table": "accounts",
-            "change": "removed"} in objects
-    assert {"type": "policy", "schema": "public", "name": "own_rows", "table": "accounts",
-            "change": "removed"} in objects
+    assert {
+        "type": "trigger",
+        "schema": "public",
+        "name": "accounts_touch",
+        "table": "accounts",
+        "change": "removed",
+    } in objects
+    assert {
+        "type": "policy",
+        "schema": "public",
+        "name": "own_rows",
+        "table": "accounts",
+        "change": "removed",
+    } in objects
     assert {"type": "policy", "schema": "public", "name": "p 1", "table": "odd tab", "change": "removed"} in objects
-    assert {"type": "table", "schema": "public", "name": "accounts", "change": "changed",
-            "detail": "comment"} in objects
+    assert {
+        "type": "table",
+        "schema": "public",
+        "name": "accounts",
+        "change": "changed",
+        "detail": "comment",
+    } in objects
     touch = next(o for o in objects if o["name"] == "touch()")
     assert (touch["type"], touch["change"], touch["owner"]["old"]) == ("function", "changed", "postgres")
     assert touch["detail"] == f"owner postgres → {touch['owner']['new']}"
@@ -442,9 +484,13 @@ def test_lost_schema_objects_are_named_in_json_text_and_html(lost, tmp_path):
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert "schema: 6 objects changed (4 removed, 2 changed)" in lines
-    for line in ("  removed  view public.rich", "  removed  trigger accounts_touch on public.accounts",
-                 "  removed  policy own_rows on public.accounts", "  removed  policy p 1 on public.odd tab",
-                 "  changed  table public.accounts: comment"):
+    for line in (
+        "  removed  view public.rich",
+        "  removed  trigger accounts_touch on public.accounts",
+        "  removed  policy own_rows on public.accounts",
+        "  removed  policy p 1 on public.odd tab",
+        "  changed  table public.accounts: comment",
+    ):
         assert line in lines, text.stdout
     assert any(line.startswith("  changed  function public.touch(): owner postgres → ") for line in lines)
     assert any(line.startswith("  1 of them differ only in owner") for line in lines), text.stdout
@@ -453,8 +499,13 @@ def test_lost_schema_objects_are_named_in_json_text_and_html(lost, tmp_path):
     html = run_cli("diff", source, restored, "--html", page)
     assert html.returncode == 0, html.stderr
     section = page.read_text().split("<h2>Schema objects</h2>", 1)[1].split("<h2>", 1)[0]
-    for name in ("public.rich", "accounts_touch on public.accounts", "own_rows on public.accounts",
-                 "p 1 on public.odd tab", "public.touch()"):
+    for name in (
+        "public.rich",
+        "accounts_touch on public.accounts",
+        "own_rows on public.accounts",
+        "p 1 on public.odd tab",
+        "public.touch()",
+    ):
         assert f"<code>{name}</code>" in section, name
     assert "removed" in section and "owner postgres →" in section
 
@@ -501,28 +552,55 @@ def test_table_changes_are_schema_objects_too(diff):
 def test_database_objects_of_the_manifests_are_compared_when_both_have_them():
     from backupkit.lens.schema_diff import manifest_objects
 
-    pub = {"name": "realtime", "owner": "postgres", "all_tables": False, "publish": ["insert"], "via_root": False,
-           "tables": [{"schema": "public", "name": "orders", "columns": None, "row_filter": None}], "schemas": []}
-    old = {"extensions": [{"name": "pgcrypto", "version": "1.3", "schema": "extensions", "required": True},
-                          {"name": "pg_trgm", "version": "1.6", "schema": "public", "required": False}],
-           "publications": [pub],
-           "default_privileges": [{"role": "postgres", "schema": "public", "object_type": "tables",
-                                   "acl": ["anon=r/postgres"]}],
-           "large_objects": [{"oid": 7, "owner": "postgres"}, {"oid": 8, "owner": "postgres"}]}
-    new = {"extensions": [{"name": "pgcrypto", "version": "1.4", "schema": "extensions", "required": False},
-                          {"name": "vector", "version": "0.8", "schema": "extensions", "required": True}],
-           "publications": [{**pub, "owner": "supabase_admin", "tables": [
-               {"schema": "public", "name": "orders", "columns": ["id"], "row_filter": None},
-               {"schema": "public", "name": "items", "columns": None, "row_filter": None}]}],
-           "default_privileges": [{"role": "postgres", "schema": "public", "object_type": "tables", "acl": []}],
-           "large_objects": [{"oid": 7, "owner": "app"}]}
+    pub = {
+        "name": "realtime",
+        "owner": "postgres",
+        "all_tables": False,
+        "publish": ["insert"],
+        "via_root": False,
+        "tables": [{"schema": "public", "name": "orders", "columns": None, "row_filter": None}],
+        "schemas": [],
+    }
+    old = {
+        "extensions": [
+            {"name": "pgcrypto", "version": "1.3", "schema": "extensions", "required": True},
+            {"name": "pg_trgm", "version": "1.6", "schema": "public", "required": False},
+        ],
+        "publications": [pub],
+        "default_privileges": [
+            {"role": "postgres", "schema": "public", "object_type": "tables", "acl": ["anon=r/postgres"]}
+        ],
+        "large_objects": [{"oid": 7, "owner": "postgres"}, {"oid": 8, "owner": "postgres"}],
+    }
+    new = {
+        "extensions": [
+            {"name": "pgcrypto", "version": "1.4", "schema": "extensions", "required": False},
+            {"name": "vector", "version": "0.8", "schema": "extensions", "required": True},
+        ],
+        "publications": [
+            {
+                **pub,
+                "owner": "supabase_admin",
+                "tables": [
+                    {"schema": "public", "name": "orders", "columns": ["id"], "row_filter": None},
+                    {"schema": "public", "name": "items", "columns": None, "row_filter": None},
+                ],
+            }
+        ],
+        "default_privileges": [{"role": "postgres", "schema": "public", "object_type": "tables", "acl": []}],
+        "large_objects": [{"oid": 7, "owner": "app"}],
+    }
     found = {(o["type"], o["schema"], o["name"], o["change"]): o.get("detail") for o in manifest_objects(old, new)}
     assert found == {
         ("extension", "extensions", "pgcrypto", "changed"): 'version "1.3" → "1.4"',  # not "required"
         ("extension", "public", "pg_trgm", "removed"): None,
         ("extension", "extensions", "vector", "added"): None,
-        ("publication", None, "realtime", "changed"):
-            "tables +public.items public.orders columns/row filter, owner postgres → supabase_admin",
+        (
+            "publication",
+            None,
+            "realtime",
+            "changed",
+        ): "tables +public.items public.orders columns/row filter, owner postgres → supabase_admin",
         ("default privileges", "public", "tables for role postgres", "changed"): "grants",
         ("large object", None, "7", "changed"): "owner postgres → app",
         ("large object", None, "8", "removed"): None,
@@ -530,14 +608,18 @@ def test_database_objects_of_the_manifests_are_compared_when_both_have_them():
     # A manifest written before these lists existed says nothing about them.
     assert manifest_objects({}, new) == []
     assert sorted((o["name"], o["change"]) for o in manifest_objects(old, {"extensions": []})) == [
-        ("pg_trgm", "removed"), ("pgcrypto", "removed")]
+        ("pg_trgm", "removed"),
+        ("pgcrypto", "removed"),
+    ]
 
 
 def test_text_output_caps_long_lists_and_says_same():
     from backupkit.lens.report import TEXT_SCHEMA_OBJECTS, schema_text
 
-    many = [{"type": "large object", "schema": None, "name": str(i), "change": "added"}
-            for i in range(TEXT_SCHEMA_OBJECTS + 7)]
+    many = [
+        {"type": "large object", "schema": None, "name": str(i), "change": "added"}
+        for i in range(TEXT_SCHEMA_OBJECTS + 7)
+    ]
     lines = schema_text({"schema_objects": many})
     assert lines[0] == f"schema: {len(many)} objects changed ({len(many)} added)"
     assert lines[1] == "  added    large object 0"

@@ -31,7 +31,8 @@ def test_every_command_is_shown_in_readme():
 def test_cli_reference_is_current():
     assert (ROOT / "docs" / "cli.md").read_text() == help_markdown(), (
         "docs/cli.md is stale: python -c 'from backupkit.cli import help_markdown; "
-        "print(help_markdown(), end=\"\")' > docs/cli.md")
+        'print(help_markdown(), end="")\' > docs/cli.md'
+    )
 
 
 def error_classes(cls: type[errors.BackupkitError] = errors.BackupkitError) -> list[type[errors.BackupkitError]]:
@@ -47,9 +48,22 @@ def test_every_exit_code_is_in_readme():
 
 def test_exit_codes_are_on_the_error_classes():
     """Each class carries its code; the CLI reads it from the exception, not from a list."""
-    expected = {"BackupkitError": 1, "ConfigError": 2, "ConnectionFailed": 3, "ToolError": 4, "SourceError": 5,
-                "RowLevelSecurityError": 5, "SnapshotDamaged": 6, "SnapshotError": 7, "SnapshotNotFound": 7,
-                "StorageError": 8, "RestoreError": 9, "TargetNotEmpty": 9, "LockError": 10, "RetentionError": 11}
+    expected = {
+        "BackupkitError": 1,
+        "ConfigError": 2,
+        "ConnectionFailed": 3,
+        "ToolError": 4,
+        "SourceError": 5,
+        "RowLevelSecurityError": 5,
+        "SnapshotDamaged": 6,
+        "SnapshotError": 7,
+        "SnapshotNotFound": 7,
+        "StorageError": 8,
+        "RestoreError": 9,
+        "TargetNotEmpty": 9,
+        "LockError": 10,
+        "RetentionError": 11,
+    }
     defined = {c.__name__: c for c in error_classes() if c.__module__ == errors.__name__}
     assert {name: cls.exit_code for name, cls in defined.items()} == expected
     for cls in defined.values():
@@ -71,8 +85,20 @@ def test_cli_errors_say_flags_where_the_library_says_parameters(tmp_path, capsys
     """Library messages name a parameter as Python callers know it; the command shows its flag instead."""
     with pytest.raises(errors.ConfigError, match=r"^lock_wait_timeout must be 0 \(no limit\)"):
         seconds(-1, "--lock-wait-timeout")  # a flag spelling is still taken, as the parameter name
-    assert main(["backup", "--to", str(tmp_path / "a"), "--lock-wait-timeout", "-1",
-                 "--dsn", "postgresql://u@127.0.0.1:1/x"]) == 2
+    assert (
+        main(
+            [
+                "backup",
+                "--to",
+                str(tmp_path / "a"),
+                "--lock-wait-timeout",
+                "-1",
+                "--dsn",
+                "postgresql://u@127.0.0.1:1/x",
+            ]
+        )
+        == 2
+    )
     assert "error: --lock-wait-timeout must be 0 (no limit)" in capsys.readouterr().err
     assert main(["prune", str(tmp_path), "--min-keep", "0"]) == 11
     assert "error: --min-keep must be at least 1" in capsys.readouterr().err

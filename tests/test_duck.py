@@ -78,10 +78,29 @@ INSERT INTO chunked SELECT g, 'row ' || g || repeat(',"', g % 3), g / 7.0 FROM g
 
 #: What DuckDB's typeof() says for each column (the mapping documented in backupkit.lens.duck).
 EXPECTED_TYPES = {
-    "id": "INTEGER", "s": "VARCHAR", "vc": "VARCHAR", "money12": "DECIMAL(12,2)", "big": "VARCHAR",
-    "wide": "VARCHAR", "f8": "DOUBLE", "f4": "FLOAT", "ts": "TIMESTAMP WITH TIME ZONE", "tsn": "TIMESTAMP",
-    "d": "DATE", "tm": "TIME", "j": "JSON", "js": "JSON", "u": "UUID", "ia": "INTEGER[]", "ta": "VARCHAR[]",
-    "b": "BLOB", "ok": "BOOLEAN", "m": "VARCHAR", "p": "INTEGER", "iv": "VARCHAR", "i8": "BIGINT",
+    "id": "INTEGER",
+    "s": "VARCHAR",
+    "vc": "VARCHAR",
+    "money12": "DECIMAL(12,2)",
+    "big": "VARCHAR",
+    "wide": "VARCHAR",
+    "f8": "DOUBLE",
+    "f4": "FLOAT",
+    "ts": "TIMESTAMP WITH TIME ZONE",
+    "tsn": "TIMESTAMP",
+    "d": "DATE",
+    "tm": "TIME",
+    "j": "JSON",
+    "js": "JSON",
+    "u": "UUID",
+    "ia": "INTEGER[]",
+    "ta": "VARCHAR[]",
+    "b": "BLOB",
+    "ok": "BOOLEAN",
+    "m": "VARCHAR",
+    "p": "INTEGER",
+    "iv": "VARCHAR",
+    "i8": "BIGINT",
 }
 COLUMNS = list(EXPECTED_TYPES)
 #: The session settings backups write with, so PostgreSQL's ::text matches the files.
@@ -96,8 +115,14 @@ def snap(pg_server, tmp_path_factory):
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SCHEMA)
             conn.execute("ANALYZE")
-        result = backupkit.backup(dsn, tmp_path_factory.mktemp("snaps"), schemas=["public", "odd schema.x"],
-                                  label="awkward", chunk_bytes=256 * 1024, progress=False)
+        result = backupkit.backup(
+            dsn,
+            tmp_path_factory.mktemp("snaps"),
+            schemas=["public", "odd schema.x"],
+            label="awkward",
+            chunk_bytes=256 * 1024,
+            progress=False,
+        )
         yield dsn, result
     finally:
         pg_server.dropdb(dsn)
@@ -116,8 +141,10 @@ def test_counts_match_postgres(snap):
     for t in result.manifest["tables"]:
         rel = f"{ident(t['schema'])}.{ident(t['name'])}"
         source = rel if views[t["schema"], t["name"]] else f"({relation_sql(result.path, t)})"
-        assert con.execute(f"SELECT count(*) FROM {source}").fetchone()[0] == \
-            pg_rows(dsn, f"SELECT count(*) FROM {rel}")[0][0]
+        assert (
+            con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+            == pg_rows(dsn, f"SELECT count(*) FROM {rel}")[0][0]
+        )
     assert views["public", "Mixed"] == '"public"."Mixed"' and views["public", "mixed"] is None
     listed = con.execute("SELECT schema, name, rows, files, primary_key FROM backupkit.tables").fetchall()
     assert ("public", "awkward", 4, 1, ["id"]) in listed
@@ -127,11 +154,16 @@ def test_counts_match_postgres(snap):
 def test_types_are_as_documented(snap):
     _, result = snap
     con = open_snapshot(result.path)
-    got = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                       "WHERE table_schema = 'public' AND table_name = 'awkward'").fetchall())
+    got = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = 'awkward'"
+        ).fetchall()
+    )
     assert got == EXPECTED_TYPES  # the generated column is not stored, so not in the view
-    typeofs = con.execute("SELECT " + ", ".join(f"typeof({c})" for c in COLUMNS)
-                          + " FROM public.awkward LIMIT 1").fetchone()
+    typeofs = con.execute(
+        "SELECT " + ", ".join(f"typeof({c})" for c in COLUMNS) + " FROM public.awkward LIMIT 1"
+    ).fetchone()
     assert dict(zip(COLUMNS, typeofs, strict=True)) == EXPECTED_TYPES
     entry = next(t for t in result.manifest["tables"] if t["name"] == "awkward")
     assert {c["name"]: duck_type(c["base_type"]) for c in entry["columns"] if not c["generated"]} == EXPECTED_TYPES
@@ -157,8 +189,11 @@ def test_empty_string_and_null_stay_distinct(snap):
         got = [(int(r[0]), *r[1:]) for r in got]
         assert got == pg_rows(dsn, "SELECT id, s IS NULL, s = '', vc IS NULL, vc FROM awkward ORDER BY id")
         assert got[0][2] is True and got[1][1] is True  # '' in row 1, NULL in row 2
-    odd = open_snapshot(result.path).execute(
-        'SELECT "CASE", "CASE" IS NULL FROM "odd schema.x"."Tab ""quoted"".name" ORDER BY "col, one"').fetchall()
+    odd = (
+        open_snapshot(result.path)
+        .execute('SELECT "CASE", "CASE" IS NULL FROM "odd schema.x"."Tab ""quoted"".name" ORDER BY "col, one"')
+        .fetchall()
+    )
     assert odd == [("x", False), ("x", False), ("", False)]
 
 
@@ -179,8 +214,9 @@ def test_floats_and_temporal_values(snap):
     con = open_snapshot(result.path)
     f8, f4 = zip(*con.execute("SELECT f8, f4 FROM public.awkward ORDER BY id").fetchall(), strict=True)
     assert math.isnan(f8[0]) and f8[1] == math.inf and f8[2] == 1.7976931348623157e308 and f4[0] == -math.inf
-    rows = con.execute("SELECT id, ts::VARCHAR, isinf(ts), tsn::VARCHAR, d::VARCHAR, tm::VARCHAR FROM public.awkward "
-                   "ORDER BY id").fetchall()
+    rows = con.execute(
+        "SELECT id, ts::VARCHAR, isinf(ts), tsn::VARCHAR, d::VARCHAR, tm::VARCHAR FROM public.awkward ORDER BY id"
+    ).fetchall()
     assert rows == [
         (1, "2024-02-29 18:29:59.123456+00", False, "2024-01-02 03:04:05.678", "2024-01-02", "24:00:00"),
         (2, "infinity", True, "-infinity", "0044-03-15 (BC)", "00:00:00"),
@@ -195,10 +231,12 @@ def test_floats_and_temporal_values(snap):
 def test_json_uuid_bytea_bool(snap):
     dsn, result = snap
     con = open_snapshot(result.path)
-    got = con.execute("SELECT id, j->>'k', j->'nested'->'a'->>1, js::VARCHAR, u::VARCHAR, b, ok "
-                  "FROM public.awkward ORDER BY id").fetchall()
-    assert got == pg_rows(dsn, "SELECT id, j->>'k', j->'nested'->'a'->>1, js::text, u::text, b, ok "
-                               "FROM awkward ORDER BY id")
+    got = con.execute(
+        "SELECT id, j->>'k', j->'nested'->'a'->>1, js::VARCHAR, u::VARCHAR, b, ok FROM public.awkward ORDER BY id"
+    ).fetchall()
+    assert got == pg_rows(
+        dsn, "SELECT id, j->>'k', j->'nested'->'a'->>1, js::text, u::text, b, ok FROM awkward ORDER BY id"
+    )
     assert got[0][1:3] == ("v", "2") and got[0][5] == b"\x00\xff\x10" and got[1][5] == b""
     types = con.execute("SELECT json_type(j) FROM public.awkward ORDER BY id").fetchall()
     assert types == [("OBJECT",), ("NULL",), ("VARCHAR",), ("ARRAY",)]
@@ -222,10 +260,12 @@ def test_arrays_become_lists(snap):
 def test_odd_names_are_quoted(snap):
     dsn, result = snap
     con = open_snapshot(result.path)
-    got = con.execute('SELECT "col, one", "Col ""Two"" x" FROM "odd schema.x"."Tab ""quoted"".name" '
-                  'ORDER BY 1, 2 NULLS LAST').fetchall()
-    assert got == pg_rows(dsn, 'SELECT "col, one", "Col ""Two"" x" FROM "odd schema.x"."Tab ""quoted"".name" '
-                               'ORDER BY 1, 2 NULLS LAST')
+    got = con.execute(
+        'SELECT "col, one", "Col ""Two"" x" FROM "odd schema.x"."Tab ""quoted"".name" ORDER BY 1, 2 NULLS LAST'
+    ).fetchall()
+    assert got == pg_rows(
+        dsn, 'SELECT "col, one", "Col ""Two"" x" FROM "odd schema.x"."Tab ""quoted"".name" ORDER BY 1, 2 NULLS LAST'
+    )
     assert con.execute("SELECT count(*) FROM public.empty_table").fetchone()[0] == 0
 
 
@@ -264,9 +304,11 @@ def test_every_escape_reads_back_exactly_in_either_data_format(make_db, tmp_path
     snap = backupkit.backup(dsn, tmp_path, progress=False)
     assert {t["data_format"] for t in snap.manifest["tables"]} == {data_format}
     con = open_snapshot(snap.path, raw=True)
-    assert con.execute("SELECT id::INT, v FROM public.esc ORDER BY 1").fetchall() == \
-        pg_rows(dsn, "SELECT id, v FROM esc ORDER BY id")
+    assert con.execute("SELECT id::INT, v FROM public.esc ORDER BY 1").fetchall() == pg_rows(
+        dsn, "SELECT id, v FROM esc ORDER BY id"
+    )
     for table in ("one_column", "cr_first"):
-        assert sorted(con.execute(f"SELECT v FROM public.{table}").fetchall(), key=repr) == \
-            sorted(pg_rows(dsn, f"SELECT v FROM {table}"), key=repr)
+        assert sorted(con.execute(f"SELECT v FROM public.{table}").fetchall(), key=repr) == sorted(
+            pg_rows(dsn, f"SELECT v FROM {table}"), key=repr
+        )
     assert backupkit.verify(snap.path, deep=True).ok

@@ -33,8 +33,13 @@ def home():
 
 
 def _start_in_child(datadir: Path, mode: str) -> str:
-    res = subprocess.run([sys.executable, "-c", _START, str(datadir), mode],
-                         capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+    res = subprocess.run(
+        [sys.executable, "-c", _START, str(datadir), mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
     return res.stdout.strip()
 
 

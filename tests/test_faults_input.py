@@ -107,6 +107,7 @@ def dir2(pristine, tmp_path) -> tuple[Path, Path, Path]:
 
 # -- running without the power to ignore permissions -----------------------------------------
 
+
 def _drop_dac() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
@@ -116,6 +117,7 @@ def _drop_dac() -> None:
 
 def run_cli_limited(*args, umask: int | None = None) -> subprocess.CompletedProcess:
     """``run_cli``, but the child obeys permission bits even when the tests run as root."""
+
     def pre():
         if os.geteuid() == 0:
             _drop_dac()
@@ -123,20 +125,31 @@ def run_cli_limited(*args, umask: int | None = None) -> subprocess.CompletedProc
             os.umask(umask)
 
     env = {k: v for k, v in os.environ.items() if k not in ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")}
-    return subprocess.run([sys.executable, "-m", "backupkit", *map(str, args)], capture_output=True, text=True,
-                          env=env, preexec_fn=pre, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "backupkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=pre,
+        timeout=600,
+    )
 
 
 def test_the_limited_child_really_is_denied(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("x")
     secret.chmod(0)
-    out = subprocess.run([sys.executable, "-c", f"open({str(secret)!r}).read()"], capture_output=True, text=True,
-                         preexec_fn=lambda: os.geteuid() == 0 and _drop_dac())
+    out = subprocess.run(
+        [sys.executable, "-c", f"open({str(secret)!r}).read()"],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.geteuid() == 0 and _drop_dac(),
+    )
     assert out.returncode == 1 and "PermissionError" in out.stderr
 
 
 # -- 5. manifest paths are contained -------------------------------------------------------------
+
 
 @pytest.fixture
 def snap(pristine, tmp_path) -> Path:
@@ -158,18 +171,24 @@ def test_uncontained_manifest_path_is_refused_without_disclosing_the_outside_fil
     outside = _outside_copy(snap, entry, tmp_path)
     outside.write_bytes(outside.read_bytes() + b"\0" * 4242)  # a size the output must not reveal
     size = str(outside.stat().st_size)
-    path = {"dotdot": os.path.relpath(outside, snap), "absolute": str(outside),
-            "dot-segment": "data/./" + entry["path"].split("/", 1)[1],
-            "backslash": entry["path"].replace("/", "\\"), "empty-segment": entry["path"].replace("/", "//")}[kind]
+    path = {
+        "dotdot": os.path.relpath(outside, snap),
+        "absolute": str(outside),
+        "dot-segment": "data/./" + entry["path"].split("/", 1)[1],
+        "backslash": entry["path"].replace("/", "\\"),
+        "empty-segment": entry["path"].replace("/", "//"),
+    }[kind]
 
     def change(m):
         biggest(m)["path"] = path
+
     reseal(snap, change)
     out = run_cli("verify", snap, "--json")
     assert out.returncode == 6, out.stdout + out.stderr
     report = json.loads(out.stdout)
-    assert any(repr(path) in p and ("not normalized" in p or "absolute" in p or "backslash" in p)
-               for p in report["problems"]), report
+    assert any(
+        repr(path) in p and ("not normalized" in p or "absolute" in p or "backslash" in p) for p in report["problems"]
+    ), report
     assert size not in out.stdout + out.stderr
     text = run_cli("verify", snap)
     assert text.returncode == 6 and "Traceback" not in text.stderr
@@ -183,12 +202,14 @@ def test_restore_refuses_a_manifest_reaching_outside(snap, tmp_path, make_db):
 
     def change(m):
         biggest(m)["path"] = os.path.relpath(outside, snap)
+
     reseal(snap, change)
     target = make_db("faults_target")
     out = run_cli("restore", snap, "--dsn", target)
     line = one_line_error(out, 6)
     assert "is not normalized" in line
     import psycopg
+
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
 
@@ -213,13 +234,16 @@ def test_symlinked_data_folder_and_dangling_link_are_reported(snap, tmp_path):
     out = run_cli("verify", snap, "--json")
     assert out.returncode == 6
     problems = json.loads(out.stdout)["problems"]
-    assert "data is a symbolic link (a snapshot holds no links; dangling or not, it is not the snapshot's own)" \
-        in problems
+    assert (
+        "data is a symbolic link (a snapshot holds no links; dangling or not, it is not the snapshot's own)" in problems
+    )
     assert any(p.startswith("schema/ghost is a symbolic link") for p in problems)
     # every data file is refused (reached through the linked folder), none is read
     data_files = [f["path"] for t in mf.read(snap)["tables"] for f in t["files"]]
-    assert all(f"{f}: data is a symbolic link; snapshot files must be plain files inside the snapshot" in problems
-               for f in data_files)
+    assert all(
+        f"{f}: data is a symbolic link; snapshot files must be plain files inside the snapshot" in problems
+        for f in data_files
+    )
 
 
 def test_a_linked_manifest_is_not_read(snap, tmp_path):
@@ -236,6 +260,7 @@ def test_checksum_docs_say_what_they_cannot_detect():
 
 
 # -- 9. permissions ------------------------------------------------------------------------------
+
 
 def test_an_unreadable_snapshot_fails_each_command_in_one_line_and_not_the_directory(dir2, make_db):
     d, a, b = dir2
@@ -311,6 +336,7 @@ def test_an_unwritable_directory_is_a_storage_error_not_locked(dir2, pg_server):
 def test_a_full_disk_while_writing_the_lock_is_a_storage_error(tmp_path, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     monkeypatch.setattr(os, "write", full)
     with pytest.raises(StorageError, match="cannot write the lock .*No space left on device"):
         DirLock(tmp_path, "backup").acquire()
@@ -327,6 +353,7 @@ def test_a_file_where_the_directory_should_be(tmp_path):
 
 
 # -- 10. malformed manifests ---------------------------------------------------------------------
+
 
 def _nested(m):
     return "[" * 100_000 + "]" * 100_000
@@ -352,11 +379,14 @@ def _table_not_object(m):
     m["tables"][0] = "public.orders"
 
 
-MALFORMED = {"nested": (_nested, "nested too deeply"), "path-number": (_path_number, "is a int, not a path"),
-             "rows-string": (_rows_string, "rows is '20000', not a count"),
-             "missing-tables": (_missing_tables, "tables is missing"),
-             "missing-sha256": (_missing_sha, "sha256 is None"),
-             "table-string": (_table_not_object, "table #0 is a str")}
+MALFORMED = {
+    "nested": (_nested, "nested too deeply"),
+    "path-number": (_path_number, "is a int, not a path"),
+    "rows-string": (_rows_string, "rows is '20000', not a count"),
+    "missing-tables": (_missing_tables, "tables is missing"),
+    "missing-sha256": (_missing_sha, "sha256 is None"),
+    "table-string": (_table_not_object, "table #0 is a str"),
+}
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
@@ -389,6 +419,7 @@ def test_malformed_manifest_is_exit_6_everywhere_and_the_rest_goes_on(dir2, case
 
 
 # -- 12. a snapshot folder that is a symbolic link ------------------------------------------------
+
 
 def test_prune_neither_follows_nor_half_deletes_a_linked_snapshot(dir2, pristine, tmp_path):
     d, a, b = dir2
@@ -436,6 +467,7 @@ def test_prune_reports_only_what_it_really_removed(dir2):
 
 # -- 13. check --to a file -----------------------------------------------------------------------
 
+
 def test_check_to_a_file_is_not_ok(make_db, tmp_path):
     dsn = make_db("faults_check")
     f = tmp_path / "a-file"
@@ -448,9 +480,16 @@ def test_check_to_a_file_is_not_ok(make_db, tmp_path):
 
 # -- smaller ones --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [("backup", "--to", "X", "--jobs", "100000"),
-                                  ("restore", "X", "--jobs", "100000"),
-                                  ("restore", "X", "--jobs", "0"), ("backup", "--to", "X", "-j", "-3")])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("backup", "--to", "X", "--jobs", "100000"),
+        ("restore", "X", "--jobs", "100000"),
+        ("restore", "X", "--jobs", "0"),
+        ("backup", "--to", "X", "-j", "-3"),
+    ],
+)
 def test_absurd_jobs_are_a_config_error(tmp_path, args):
     args = [str(tmp_path / "x") if a == "X" else a for a in args]
     line = one_line_error(run_cli(*args, "--dsn", "postgresql://u@127.0.0.1:1/x"), 2)
@@ -458,11 +497,16 @@ def test_absurd_jobs_are_a_config_error(tmp_path, args):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("flags,expected", [(("--keep-within", ""), "--keep-within: empty duration"),
-                                            (("--keep-within", "7 days"), "--keep-within: cannot read"),
-                                            (("--stale-after-hours", "-1"), "not -1.0"),
-                                            (("--stale-after-hours", "nan"), "not nan"),
-                                            (("--stale-after-hours", "inf"), "not inf")])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (("--keep-within", ""), "--keep-within: empty duration"),
+        (("--keep-within", "7 days"), "--keep-within: cannot read"),
+        (("--stale-after-hours", "-1"), "not -1.0"),
+        (("--stale-after-hours", "nan"), "not nan"),
+        (("--stale-after-hours", "inf"), "not inf"),
+    ],
+)
 def test_bad_prune_arguments_are_config_errors(dir2, flags, expected):
     d, a, b = dir2
     assert expected in one_line_error(run_cli("prune", d, *flags), 2)

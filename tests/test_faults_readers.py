@@ -52,8 +52,11 @@ def entry_of(folder: Path, name: str) -> dict:
 
 
 def listing(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def reseal(folder: Path, manifest: dict) -> None:
@@ -134,10 +137,8 @@ def test_integrity_does_not_read_a_damaged_table(snaps, tmp_path):
     report = integrity(copy)
     assert report["ok"] is False
     orders = [c for c in report["checks"] if c["table"] == "public.orders"]
-    assert orders and all(not c["ok"] and path.name in c["detail"] and "not checked" in c["detail"]
-                          for c in orders)
-    customers = next(c for c in report["checks"] if c["table"] == "public.customers"
-                     and c["check"] == "primary_key")
+    assert orders and all(not c["ok"] and path.name in c["detail"] and "not checked" in c["detail"] for c in orders)
+    customers = next(c for c in report["checks"] if c["table"] == "public.customers" and c["check"] == "primary_key")
     assert customers["ok"] is True
 
 
@@ -187,8 +188,8 @@ def test_manifest_paths_leaving_the_snapshot_are_refused(snaps, tmp_path):
 
 # -- glob characters ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, decoys", [("glob[1]", ["glob1"]), ("st*r", ["star", "stXr"]),
-                                          ("q?m", ["qxm"])])
+
+@pytest.mark.parametrize("name, decoys", [("glob[1]", ["glob1"]), ("st*r", ["star", "stXr"]), ("q?m", ["qxm"])])
 def test_glob_characters_in_a_folder_read_only_that_folder(snaps, tmp_path, name, decoys):
     before, after = snaps
     target = copy_of(before, tmp_path / name)
@@ -207,6 +208,7 @@ def test_glob_characters_in_a_folder_read_only_that_folder(snaps, tmp_path, name
 
 
 # -- the sandbox ----------------------------------------------------------------------------
+
 
 def test_the_lens_reads_the_snapshot_and_nothing_else(snaps, tmp_path):
     snap = copy_of(snaps[0], tmp_path / "snap")
@@ -270,8 +272,12 @@ def test_sql_command_is_sandboxed(snaps, tmp_path):
     snap = copy_of(snaps[0], tmp_path / "snap")
     files = listing(snap)
     out = tmp_path / "x.csv"
-    for sql in ("select * from read_csv('/etc/passwd')", f"COPY (select 1) TO '{out}'",
-                f"ATTACH '{tmp_path / 'x.db'}'", f"COPY (select 1) TO '{snap / 'x.csv'}'"):
+    for sql in (
+        "select * from read_csv('/etc/passwd')",
+        f"COPY (select 1) TO '{out}'",
+        f"ATTACH '{tmp_path / 'x.db'}'",
+        f"COPY (select 1) TO '{snap / 'x.csv'}'",
+    ):
         r = run_cli("sql", snap, sql)
         assert r.returncode != 0, (sql, r.stdout)
         assert "Traceback" not in r.stderr and "Permission" in r.stderr, (sql, r.stderr)

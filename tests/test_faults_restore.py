@@ -96,12 +96,27 @@ def test_server_restart_mid_parallel_restore_keeps_the_cause_and_says_what_is_le
         load_small(source)
         res = backupkit.backup(source, tmp_path)
         before = fingerprint(target)
-        child = spawn(_CHILD.replace("except KeyboardInterrupt", "except Exception as e:\n    print(e, flush=True)"
-                                     "\n    sys.exit(9)\nexcept KeyboardInterrupt"), str(res.path), target)
+        child = spawn(
+            _CHILD.replace(
+                "except KeyboardInterrupt",
+                "except Exception as e:\n    print(e, flush=True)\n    sys.exit(9)\nexcept KeyboardInterrupt",
+            ),
+            str(res.path),
+            target,
+        )
         assert child.stdout.readline().strip() == "loaded"
-        restarted = server._pg("pg_ctl", "restart", "-m", "fast", "-w", "-D", str(server.datadir),
-                               "-l", str(server.datadir / "server.log"),
-                               stdin=subprocess.DEVNULL)
+        restarted = server._pg(
+            "pg_ctl",
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+            "-D",
+            str(server.datadir),
+            "-l",
+            str(server.datadir / "server.log"),
+            stdin=subprocess.DEVNULL,
+        )
         assert restarted.returncode == 0, restarted.stderr
         assert child.wait(timeout=120) == 9
         message = child.stdout.read()
@@ -136,14 +151,22 @@ def test_a_lost_connection_in_a_one_transaction_restore_is_one_clear_error(small
 def test_the_cli_reports_a_lost_connection_without_a_traceback(small_snapshot, make_db):
     _, res = small_snapshot
     target = make_db("tgt")
-    code = (_CHILD.replace('conn.execute("SELECT pg_sleep(60)")', "pass")
-            .replace("n = real(conn, *args, **kw)", "import psycopg\n    psycopg.connect(sys.argv[2], autocommit=True)"
-                     ".execute('SELECT pg_terminate_backend(%s)', (conn.info.backend_pid,))\n"
-                     "    n = real(conn, *args, **kw)")
-            .replace("r.restore(sys.argv[1], sys.argv[2], jobs=2)",
-                     "from backupkit.cli import main\n    sys.exit(main(['restore', sys.argv[1], '--dsn', sys.argv[2], '-q']))"))
-    out = subprocess.run([sys.executable, "-c", code, str(res.path), target], capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        _CHILD.replace('conn.execute("SELECT pg_sleep(60)")', "pass")
+        .replace(
+            "n = real(conn, *args, **kw)",
+            "import psycopg\n    psycopg.connect(sys.argv[2], autocommit=True)"
+            ".execute('SELECT pg_terminate_backend(%s)', (conn.info.backend_pid,))\n"
+            "    n = real(conn, *args, **kw)",
+        )
+        .replace(
+            "r.restore(sys.argv[1], sys.argv[2], jobs=2)",
+            "from backupkit.cli import main\n    sys.exit(main(['restore', sys.argv[1], '--dsn', sys.argv[2], '-q']))",
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(res.path), target], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 9, out.stderr
     assert "Traceback" not in out.stderr and "the target is unchanged" in out.stderr
 
@@ -173,7 +196,17 @@ def test_a_restore_waiting_for_a_lock_gives_up_after_the_lock_wait_timeout(small
     source, res = small_snapshot
     with psycopg.connect(source) as holder:
         holder.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
-        out = run_cli("restore", res.path, "--dsn", source, "--table", "public.orders", "--clean",
-                      "--lock-wait-timeout", "1", "-q")
+        out = run_cli(
+            "restore",
+            res.path,
+            "--dsn",
+            source,
+            "--table",
+            "public.orders",
+            "--clean",
+            "--lock-wait-timeout",
+            "1",
+            "-q",
+        )
     assert out.returncode == 9, out.stderr
     assert "lock timeout" in out.stderr and "Traceback" not in out.stderr

@@ -40,8 +40,10 @@ sys.exit(main(sys.argv[2:]))
 def backup_sessions(admin_dsn: str, pid: int) -> list[tuple]:
     """(pid, state, wait_event_type) of every session of the backup run by process ``pid``."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        return conn.execute("SELECT pid, state, wait_event_type FROM pg_stat_activity "
-                            "WHERE application_name LIKE %s", (f"backupkit backup {pid} %",)).fetchall()
+        return conn.execute(
+            "SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE application_name LIKE %s",
+            (f"backupkit backup {pid} %",),
+        ).fetchall()
 
 
 def wait_for(predicate, seconds: float, every: float = 0.02):
@@ -86,25 +88,32 @@ def big_db(make_db):
     dsn = make_db("faults")
     load_small(dsn)
     with psycopg.connect(dsn) as conn:
-        conn.execute("CREATE TABLE big (id int PRIMARY KEY, pad text); "
-                     "INSERT INTO big SELECT i, md5(i::text) || md5((i * 7)::text) "
-                     "FROM generate_series(1, 400000) i")
+        conn.execute(
+            "CREATE TABLE big (id int PRIMARY KEY, pad text); "
+            "INSERT INTO big SELECT i, md5(i::text) || md5((i * 7)::text) "
+            "FROM generate_series(1, 400000) i"
+        )
     return dsn
 
 
 def start_backup(spawn, dsn: str, to: Path, **library_args):
     # The limits have CLI flags (which win over the patched defaults); the rest is patched in.
-    flags = [f"--{name.replace('_', '-')}={library_args.pop(name)}"
-             for name in ("timeout", "lock_wait_timeout") if name in library_args]
-    return spawn(CHILD, json.dumps(library_args), "backup", "--dsn", dsn, "--to", str(to), "--jobs", "2",
-                 "--quiet", *flags)
+    flags = [
+        f"--{name.replace('_', '-')}={library_args.pop(name)}"
+        for name in ("timeout", "lock_wait_timeout")
+        if name in library_args
+    ]
+    return spawn(
+        CHILD, json.dumps(library_args), "backup", "--dsn", dsn, "--to", str(to), "--jobs", "2", "--quiet", *flags
+    )
 
 
 def catch_mid_copy(pg_server, child) -> list[tuple]:
     """Wait until the backup's worker process is connected (main + stream + worker), then freeze
     the main process so the run cannot finish; return its sessions at that moment."""
-    found = wait_for(lambda: len(backup_sessions(pg_server.admin_dsn, child.pid)) >= 3 or child.poll() is not None,
-                     60, every=0.005)
+    found = wait_for(
+        lambda: len(backup_sessions(pg_server.admin_dsn, child.pid)) >= 3 or child.poll() is not None, 60, every=0.005
+    )
     if child.poll() is not None or not found:
         pytest.fail(f"the backup ended before its workers were seen: {child.communicate()[0]}")
     os.kill(child.pid, signal.SIGSTOP)
@@ -150,8 +159,9 @@ def test_sigterm_of_the_backup_cleans_up_like_ctrl_c(pg_server, big_db, tmp_path
     out, _ = child.communicate(timeout=60)
     assert child.returncode == 130, out
     assert "interrupted" in out and "Traceback" not in out, out
-    assert wait_for(lambda: not backup_sessions(pg_server.admin_dsn, child.pid), 5), \
-        backup_sessions(pg_server.admin_dsn, child.pid)
+    assert wait_for(lambda: not backup_sessions(pg_server.admin_dsn, child.pid), 5), backup_sessions(
+        pg_server.admin_dsn, child.pid
+    )
     # No .tmp-*, no snapshot, no .lock: the folder this backup created is gone altogether.
     assert not (tmp_path / "bk").exists()
 
@@ -169,8 +179,9 @@ def _lock_holder(dsn: str, table: str, ready: threading.Event, release: threadin
 
 def _waiting(dsn: str, pid: int) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                            (pid,)).fetchone()[0]
+        return conn.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[
+            0
+        ]
 
 
 def test_a_locked_table_fails_the_backup_within_the_lock_wait_limit(small_db_locked, tmp_path):
@@ -200,8 +211,18 @@ def small_db_locked(make_db):
 
 
 def test_cli_exits_5_naming_the_locked_table(small_db_locked, tmp_path, spawn):
-    child = spawn(CHILD, json.dumps({}), "backup", "--dsn", small_db_locked,
-                  "--to", str(tmp_path / "bk"), "--quiet", "--lock-wait-timeout", "1")
+    child = spawn(
+        CHILD,
+        json.dumps({}),
+        "backup",
+        "--dsn",
+        small_db_locked,
+        "--to",
+        str(tmp_path / "bk"),
+        "--quiet",
+        "--lock-wait-timeout",
+        "1",
+    )
     out, _ = child.communicate(timeout=60)
     assert child.returncode == 5, out
     assert out.startswith("error: table public.orders is locked by another session") and "hint:" in out, out
@@ -228,8 +249,13 @@ def test_a_migration_started_mid_backup_fails_it_within_the_limit_and_goes_ahead
     started = time.monotonic()
     try:
         with pytest.raises(backupkit.SourceError) as err:
-            backupkit.backup(small_db, tmp_path, lock_wait_timeout=1.5, progress=False,
-                             on_snapshot=_migration_meanwhile(small_db, state))
+            backupkit.backup(
+                small_db,
+                tmp_path,
+                lock_wait_timeout=1.5,
+                progress=False,
+                on_snapshot=_migration_meanwhile(small_db, state),
+            )
         assert time.monotonic() - started < 20
         assert "public.orders" in str(err.value) and "exclusive lock" in str(err.value), err.value
         assert exit_code(err.value) == 5
@@ -247,8 +273,14 @@ def test_the_run_timeout_stops_a_stuck_backup(small_db, tmp_path, pg_server):
     started = time.monotonic()
     try:
         with pytest.raises(backupkit.SourceError) as err:
-            backupkit.backup(small_db, tmp_path, lock_wait_timeout=0, timeout=3, progress=False,
-                             on_snapshot=_migration_meanwhile(small_db, state))
+            backupkit.backup(
+                small_db,
+                tmp_path,
+                lock_wait_timeout=0,
+                timeout=3,
+                progress=False,
+                on_snapshot=_migration_meanwhile(small_db, state),
+            )
         assert time.monotonic() - started < 20
         assert "time limit (3 s)" in str(err.value) and "`timeout`" in err.value.hint
         assert exit_code(err.value) == 5
@@ -292,8 +324,9 @@ def test_idle_sessions_of_a_live_backup_are_kept_and_stranded_ones_end(small_db,
 
 def test_session_limits_are_set(small_db, tmp_path):
     seen = {}
-    session = backupkit.capture.sessions.SessionSpec(small_db, lock_wait_timeout=2.5, deadline=time.time() + 100,
-                                            server_version_num=180000)
+    session = backupkit.capture.sessions.SessionSpec(
+        small_db, lock_wait_timeout=2.5, deadline=time.time() + 100, server_version_num=180000
+    )
     with session.connect() as conn:
         for name in ("lock_timeout", "idle_in_transaction_session_timeout", "statement_timeout"):
             seen[name] = conn.execute(f"SHOW {name}").fetchone()[0]

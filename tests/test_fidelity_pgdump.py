@@ -36,8 +36,9 @@ def load_fixture(dsn: str) -> None:
 
 def run_tool(name: str, *args: str) -> None:
     """Run an embedded PostgreSQL client tool; fail with its stderr (never the DSN)."""
-    res = subprocess.run([str(bin_dir() / name), *args], capture_output=True, text=True,
-                         stdin=subprocess.DEVNULL, timeout=300)
+    res = subprocess.run(
+        [str(bin_dir() / name), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
+    )
     assert res.returncode == 0, f"{name} failed ({res.returncode}):\n{res.stderr}"
 
 
@@ -72,8 +73,7 @@ def clone_db(pg_server):
         src = conninfo_to_dict(src_dsn)["dbname"]
         name = f"bk_clone_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(src)))
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(src)))
         dsn = pg_server.dsn(name)
         made.append(dsn)
         return dsn
@@ -84,6 +84,7 @@ def clone_db(pg_server):
 
 
 # -- (a) the fixture loads and the fingerprint is deterministic -----------------
+
 
 def test_fixture_loads_and_fingerprint_is_deterministic(make_db):
     dsn = make_db("fid")
@@ -96,14 +97,19 @@ def test_fixture_loads_and_fingerprint_is_deterministic(make_db):
     data, rels, seqs = first["data"], first["relations"], first["sequences"]
     assert data[ODD_TABLE]["rows"] == 3
     assert rels[ODD_TABLE]["column_order"] == [
-        "select", "from", "user", "Column With Spaces", 'a "quoted", col.', "ÜniCödé"]
+        "select",
+        "from",
+        "user",
+        "Column With Spaces",
+        'a "quoted", col.',
+        "ÜniCödé",
+    ]
     assert data["public.no_pk_dups"]["rows"] == 8
     assert len(rels["public.wide_table"]["column_order"]) == 300
     assert data["public.wide_table"]["rows"] == 3
     assert data["public.empty_table"] == {"kind": "r", "rows": 0, "hash": data["public.empty_table"]["hash"]}
     assert "public.measurements" not in data  # partitioned parent: rows live in partitions
-    assert sum(data[f"public.measurements_{p}"]["rows"]
-               for p in ("early", "2023", "2024", "default")) == 202
+    assert sum(data[f"public.measurements_{p}"]["rows"] for p in ("early", "2023", "2024", "default")) == 202
     assert rels["public.measurements_default"]["partition_bound"] == "DEFAULT"
     assert data["public.inh_parent"]["rows"] == 2  # FROM ONLY: children not counted
     assert data["public.inh_child"]["rows"] == 2
@@ -118,34 +124,50 @@ def test_fixture_loads_and_fingerprint_is_deterministic(make_db):
     assert (cols["total"]["generated"], cols["label"]["generated"]) == ("s", "v")
     assert rels["public.dropped_col"]["column_order"] == ["id", "kept", "last", "added_later"]
     assert data["public.product_stats"] == {
-        "kind": "m", "populated": True, "rows": 1, "hash": data["public.product_stats"]["hash"]}
-    assert data["public.product_names_unpopulated"] == {
-        "kind": "m", "populated": False, "rows": None, "hash": None}
+        "kind": "m",
+        "populated": True,
+        "rows": 1,
+        "hash": data["public.product_stats"]["hash"],
+    }
+    assert data["public.product_names_unpopulated"] == {"kind": "m", "populated": False, "rows": None, "hash": None}
     assert seqs["public.serials_id_seq"]["last_value"] == 1000
     assert seqs["public.standalone_not_called"]["is_called"] is False
     assert seqs["public.generated_cols_id_seq"]["owned_kind"] == "identity"
     assert seqs['"Odd Schema.v1"."Seq ""quoted"" name"']["last_value"] == 77
     assert first["types"]["public.mood"]["labels"] == [
-        "sad", "meh", "ok", "happy", "ecstatic", 'it\'s "complicated"', "with space"]
+        "sad",
+        "meh",
+        "ok",
+        "happy",
+        "ecstatic",
+        'it\'s "complicated"',
+        "with space",
+    ]
     assert rels["public.products"]["comment"] == "Products: a table with a comment"
     assert set(rels["public.products"]["indexes"]) >= {
-        "products_lower_name_idx", "products_active_price_idx", "products_name_include_idx"}
+        "products_lower_name_idx",
+        "products_active_price_idx",
+        "products_name_include_idx",
+    }
     assert rels["public.misc"]["columns"]["x"]["type"] == "xml"
 
     # extensions in their own schema, used by public tables and a domain
-    assert {k: v["schema"] for k, v in first["extensions"].items()}.items() >= {
-        ("citext", "ext"), ("hstore", "ext")}
+    assert {k: v["schema"] for k, v in first["extensions"].items()}.items() >= {("citext", "ext"), ("hstore", "ext")}
     ext_cols = rels["public.ext_typed"]["columns"]
     assert (ext_cols["nick"]["type"], ext_cols["aliases"]["type"], ext_cols["attrs"]["type"]) == (
-        "ext.citext", "ext.citext[]", "ext.hstore")
+        "ext.citext",
+        "ext.citext[]",
+        "ext.hstore",
+    )
     assert first["types"]["public.email_address"]["base"] == "ext.citext"
     assert data["public.ext_typed"]["rows"] == 4
     # database-wide objects
     pubs = first["publications"]
-    assert set(pubs) == {"fid_pub_filtered", "fid_pub_schema", "fid_pub_plain", "fid pub Root",
-                         "fid_pub_empty"}
+    assert set(pubs) == {"fid_pub_filtered", "fid_pub_schema", "fid_pub_plain", "fid pub Root", "fid_pub_empty"}
     assert pubs["fid_pub_filtered"]["tables"]["public.products"] == {
-        "columns": ["id", "sku", "price", "active"], "row_filter": "((price > (0)::numeric) AND active)"}
+        "columns": ["id", "sku", "price", "active"],
+        "row_filter": "((price > (0)::numeric) AND active)",
+    }
     assert pubs["fid_pub_filtered"]["publish"] == ["insert", "truncate"]
     assert pubs["fid_pub_schema"]["schemas"] == ["Odd Schema.v1"]
     assert pubs["fid pub Root"]["via_partition_root"] is True
@@ -157,8 +179,11 @@ def test_fixture_loads_and_fingerprint_is_deterministic(make_db):
     assert los["4242002"]["size"] == 0
     defacl = first["default_privileges"]
     assert {(v["role"], v["schema"], v["object_type"]) for v in defacl.values()} == {
-        ("bk_fid_owner", None, "r"), ("bk_fid_owner", None, "f"),
-        ("bk_fid_owner", "public", "S"), ("bk_fid_owner", "Odd Schema.v1", "r")}
+        ("bk_fid_owner", None, "r"),
+        ("bk_fid_owner", None, "f"),
+        ("bk_fid_owner", "public", "S"),
+        ("bk_fid_owner", "Odd Schema.v1", "r"),
+    }
     assert first["event_triggers"] == {}
 
 
@@ -176,90 +201,95 @@ def test_fingerprint_schema_filter(fixture_db, base_fp):
 # -- (b) the fingerprint detects every kind of change ----------------------------
 
 MUTATIONS = {
-    "changed-text-value": (
-        "UPDATE texts SET t = t || 'x' WHERE id = 5",
-        ['data["public.texts"]']),
-    "float-minus-zero-to-zero": (
-        "UPDATE numbers SET f8 = 0 WHERE id = 4",
-        ['data["public.numbers"]']),
-    "numeric-scale-0.1-to-0.10": (
-        "UPDATE numbers SET n = 0.10 WHERE id = 8",
-        ['data["public.numbers"]']),
+    "changed-text-value": ("UPDATE texts SET t = t || 'x' WHERE id = 5", ['data["public.texts"]']),
+    "float-minus-zero-to-zero": ("UPDATE numbers SET f8 = 0 WHERE id = 4", ['data["public.numbers"]']),
+    "numeric-scale-0.1-to-0.10": ("UPDATE numbers SET n = 0.10 WHERE id = 8", ['data["public.numbers"]']),
     "deleted-duplicate-row": (
         "DELETE FROM no_pk_dups WHERE ctid = (SELECT ctid FROM no_pk_dups WHERE a = 1 LIMIT 1)",
-        ['data["public.no_pk_dups"]']),
+        ['data["public.no_pk_dups"]'],
+    ),
     # same row count and same set of distinct rows, different multiplicities
     "duplicate-multiplicity-swap": (
         "DELETE FROM no_pk_dups WHERE ctid = (SELECT ctid FROM no_pk_dups WHERE a = 1 LIMIT 1);"
         "INSERT INTO no_pk_dups VALUES (2, 'pair', '-0')",
-        ['data["public.no_pk_dups"]["hash"]']),
-    "sequence-value": (
-        "SELECT setval('serials_id_seq', 1001)",
-        ['sequences["public.serials_id_seq"]["last_value"]']),
+        ['data["public.no_pk_dups"]["hash"]'],
+    ),
+    "sequence-value": ("SELECT setval('serials_id_seq', 1001)", ['sequences["public.serials_id_seq"]["last_value"]']),
     "sequence-is-called": (
         "SELECT setval('standalone_not_called', 42, true)",
-        ['sequences["public.standalone_not_called"]["is_called"]']),
+        ['sequences["public.standalone_not_called"]["is_called"]'],
+    ),
     "dropped-index": (
         "DROP INDEX products_active_price_idx",
-        ['relations["public.products"]["indexes"]["products_active_price_idx"]']),
+        ['relations["public.products"]["indexes"]["products_active_price_idx"]'],
+    ),
     "trigger-fired": (
         "UPDATE trigger_target SET note = note WHERE id = 1",
-        ['data["public.trigger_target"]', 'data["public.audit_log"]',
-         'sequences["public.audit_log_id_seq"]']),
+        ['data["public.trigger_target"]', 'data["public.audit_log"]', 'sequences["public.audit_log_id_seq"]'],
+    ),
     "rls-no-force": (
         "ALTER TABLE rls_secret NO FORCE ROW LEVEL SECURITY",
-        ['relations["public.rls_secret"]["rls_forced"]']),
+        ['relations["public.rls_secret"]["rls_forced"]'],
+    ),
     "matview-refreshed": (
         "REFRESH MATERIALIZED VIEW product_names_unpopulated",
-        ['data["public.product_names_unpopulated"]',
-         'relations["public.product_names_unpopulated"]["populated"]']),
+        ['data["public.product_names_unpopulated"]', 'relations["public.product_names_unpopulated"]["populated"]'],
+    ),
     "odd-table-value": (
-        f"UPDATE {ODD_TABLE} SET \"user\" = NULL WHERE \"select\" = 2",  # '' -> NULL
-        [f"data[{json.dumps(ODD_TABLE)}]"]),
+        f'UPDATE {ODD_TABLE} SET "user" = NULL WHERE "select" = 2',  # '' -> NULL
+        [f"data[{json.dumps(ODD_TABLE)}]"],
+    ),
     # equal as citext, different as text: a restore must keep the exact value
-    "citext-case-only": (
-        "UPDATE ext_typed SET nick = 'ALICE' WHERE id = 1",
-        ['data["public.ext_typed"]']),
+    "citext-case-only": ("UPDATE ext_typed SET nick = 'ALICE' WHERE id = 1", ['data["public.ext_typed"]']),
     "publication-row-filter": (
         "ALTER PUBLICATION fid_pub_filtered SET TABLE products (id, sku, price, active)"
         " WHERE (price > 1 AND active), TABLE ext_typed WHERE (id > 1 AND id <> 3)",
-        ['publications["fid_pub_filtered"]["tables"]["public.products"]["row_filter"]']),
+        ['publications["fid_pub_filtered"]["tables"]["public.products"]["row_filter"]'],
+    ),
     "publication-column-list": (
         "ALTER PUBLICATION fid_pub_filtered SET TABLE products (id, sku, active)"
         " WHERE (price > 0 AND active), TABLE ext_typed WHERE (id > 1 AND id <> 3)",
-        ['publications["fid_pub_filtered"]["tables"]["public.products"]["columns"]']),
+        ['publications["fid_pub_filtered"]["tables"]["public.products"]["columns"]'],
+    ),
     "publication-schema-dropped": (
         'ALTER PUBLICATION fid_pub_schema DROP TABLES IN SCHEMA "Odd Schema.v1"',
-        ['publications["fid_pub_schema"]["schemas"]']),
+        ['publications["fid_pub_schema"]["schemas"]'],
+    ),
     "publication-via-root": (
         "ALTER PUBLICATION fid_pub_plain SET (publish_via_partition_root = true)",
-        ['publications["fid_pub_plain"]["via_partition_root"]']),
+        ['publications["fid_pub_plain"]["via_partition_root"]'],
+    ),
     "publication-actions": (
         "ALTER PUBLICATION \"fid pub Root\" SET (publish = 'insert, delete')",
-        ['publications["fid pub Root"]["publish"]']),
+        ['publications["fid pub Root"]["publish"]'],
+    ),
     "large-object-content": (  # same size, one byte changed
         "SELECT lo_put(4242001, 0, '\\x4c')",
-        ['large_objects["4242001"]["md5"]']),
+        ['large_objects["4242001"]["md5"]'],
+    ),
     "large-object-grant": (
         'REVOKE SELECT ON LARGE OBJECT 4242001 FROM "bk fid Reader"',
-        ['large_objects["4242001"]["acl"]']),
-    "large-object-owner": (
-        "ALTER LARGE OBJECT 4242002 OWNER TO bk_fid_owner",
-        ['large_objects["4242002"]["owner"]']),
+        ['large_objects["4242001"]["acl"]'],
+    ),
+    "large-object-owner": ("ALTER LARGE OBJECT 4242002 OWNER TO bk_fid_owner", ['large_objects["4242002"]["owner"]']),
     "large-object-comment": (
         "COMMENT ON LARGE OBJECT 4242002 IS 'now with a comment'",
-        ['large_objects["4242002"]["comment"]']),
+        ['large_objects["4242002"]["comment"]'],
+    ),
     "dropped-default-privilege": (  # back to the built-in default: the entry disappears
         'ALTER DEFAULT PRIVILEGES FOR ROLE bk_fid_owner REVOKE SELECT ON TABLES FROM "bk fid Reader"',
-        ['default_privileges["bk_fid_owner in * on r"]']),
+        ['default_privileges["bk_fid_owner in * on r"]'],
+    ),
     "dropped-schema-default-privilege": (
-        'ALTER DEFAULT PRIVILEGES FOR ROLE bk_fid_owner IN SCHEMA public'
+        "ALTER DEFAULT PRIVILEGES FOR ROLE bk_fid_owner IN SCHEMA public"
         ' REVOKE USAGE, SELECT ON SEQUENCES FROM "bk fid Reader"',
-        ['default_privileges["bk_fid_owner in public on S"]']),
+        ['default_privileges["bk_fid_owner in public on S"]'],
+    ),
     "event-trigger-added": (
         "CREATE FUNCTION public.fid_evt() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN END$$;"
         "CREATE EVENT TRIGGER fid_evt ON ddl_command_end EXECUTE FUNCTION public.fid_evt()",
-        ['functions["public.fid_evt()"]', 'event_triggers["fid_evt"]']),
+        ['functions["public.fid_evt()"]', 'event_triggers["fid_evt"]'],
+    ),
 }
 
 
@@ -296,6 +326,7 @@ def test_fingerprint_ignores_row_order(fixture_db, base_fp, clone_db):
 
 
 # -- (c) the standard: pg_dump -Fc / pg_restore reproduces it exactly -----------
+
 
 def test_pg_dump_restore_round_trip_is_exact(make_db, tmp_path):
     src = make_db("fidsrc")

@@ -30,11 +30,16 @@ def load_fixture(dsn: str) -> None:
 def every_schema(dsn: str) -> list[str]:
     """Every non-system schema, as the fingerprint sees them."""
     with psycopg.connect(dsn) as conn:
-        return [r[0] for r in conn.execute(
-            """SELECT nspname FROM pg_namespace
+        return [
+            r[0]
+            for r in conn.execute(
+                """SELECT nspname FROM pg_namespace
                WHERE nspname <> ALL(%s) AND nspname NOT LIKE 'pg\\_temp\\_%%'
                  AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'
-               ORDER BY nspname""", (list(SYSTEM_SCHEMAS),)).fetchall()]
+               ORDER BY nspname""",
+                (list(SYSTEM_SCHEMAS),),
+            ).fetchall()
+        ]
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -50,7 +55,8 @@ def superuser(pg_server):
     with psycopg.connect(pg_server.admin_dsn) as conn:
         assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0], (
             "these tests need a superuser: unset BACKUPKIT_TEST_DSN (the embedded server's is one) "
-            "or point it at a superuser")
+            "or point it at a superuser"
+        )
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -96,7 +102,8 @@ def test_public_only_snapshot_brings_the_extension_its_tables_use(make_db, tmp_p
         ).fetchone() == ("ext",)
         # still case-insensitive: the column really is ext.citext, with its unique index
         # (citext's = lives in schema ext, off the default search_path)
-        assert conn.execute("SELECT id FROM public.users WHERE email OPERATOR(ext.=) 'ALICE@example.com'"
-                            ).fetchone() == (1,)
+        assert conn.execute(
+            "SELECT id FROM public.users WHERE email OPERATOR(ext.=) 'ALICE@example.com'"
+        ).fetchone() == (1,)
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("INSERT INTO public.users VALUES (3, 'BOB@EXAMPLE.COM')")

@@ -13,12 +13,48 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "backupkit"
 
 #: Calls that read, write, rename, delete or list files.
-FS_FUNCTIONS = {"open", "os.open", "os.rename", "os.replace", "os.remove", "os.unlink", "os.rmdir", "os.mkdir",
-                "os.makedirs", "os.walk", "os.scandir", "os.listdir", "os.fsync", "os.chmod", "os.utime",
-                "shutil.rmtree", "shutil.copy", "shutil.copy2", "shutil.copyfile", "shutil.copytree",
-                "shutil.move", "tempfile.mkdtemp", "tempfile.TemporaryDirectory", "tempfile.NamedTemporaryFile"}
-FS_METHODS = {"read_bytes", "write_bytes", "read_text", "write_text", "unlink", "mkdir", "rmdir", "iterdir",
-              "rglob", "glob", "rename", "touch", "symlink_to", "chmod"}
+FS_FUNCTIONS = {
+    "open",
+    "os.open",
+    "os.rename",
+    "os.replace",
+    "os.remove",
+    "os.unlink",
+    "os.rmdir",
+    "os.mkdir",
+    "os.makedirs",
+    "os.walk",
+    "os.scandir",
+    "os.listdir",
+    "os.fsync",
+    "os.chmod",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.copy",
+    "shutil.copy2",
+    "shutil.copyfile",
+    "shutil.copytree",
+    "shutil.move",
+    "tempfile.mkdtemp",
+    "tempfile.TemporaryDirectory",
+    "tempfile.NamedTemporaryFile",
+}
+FS_METHODS = {
+    "read_bytes",
+    "write_bytes",
+    "read_text",
+    "write_text",
+    "unlink",
+    "mkdir",
+    "rmdir",
+    "iterdir",
+    "rglob",
+    "glob",
+    "rename",
+    "touch",
+    "symlink_to",
+    "chmod",
+}
 
 #: module (relative to backupkit/) -> why its file access is not snapshot bytes.
 ALLOWED = {

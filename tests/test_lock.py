@@ -29,8 +29,6 @@ with DirLock(Path(sys.argv[1]), sys.argv[2]):
 """
 
 
-
-
 def hold_in_child(spawn, directory: Path, purpose: str = "backup") -> subprocess.Popen:
     child = spawn(HOLDER, str(directory), purpose)
     assert child.stdout.readline().strip() == "locked"
@@ -67,8 +65,9 @@ def test_lock_file_is_private_json(tmp_path):
 def test_lock_of_a_dead_pid_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    write_lock(tmp_path, host=socket.gethostname(), pid=dead.pid, purpose="backup",
-               started_at="2025-11-26T12:00:00+00:00")
+    write_lock(
+        tmp_path, host=socket.gethostname(), pid=dead.pid, purpose="backup", started_at="2025-11-26T12:00:00+00:00"
+    )
     with DirLock(tmp_path, "prune") as lock:
         assert lock.took_over is not None
         assert lock.took_over.startswith(f"took over a stale lock left by pid {dead.pid} on host ")
@@ -113,16 +112,18 @@ def test_release_leaves_someone_elses_lock_alone(tmp_path, spawn):
 def test_pid_reused_by_a_newer_process_counts_as_dead(tmp_path, spawn):
     # Linux (backupkit's platform): /proc tells when a process started.
     unrelated = spawn("import sys; sys.stdin.read()")
-    write_lock(tmp_path, host=socket.gethostname(), pid=unrelated.pid, purpose="backup",
-               started_at="2001-01-01T00:00:00+00:00")
+    write_lock(
+        tmp_path, host=socket.gethostname(), pid=unrelated.pid, purpose="backup", started_at="2001-01-01T00:00:00+00:00"
+    )
     with DirLock(tmp_path, "prune") as lock:
         assert f"pid {unrelated.pid}" in lock.took_over
     assert unrelated.poll() is None  # taking over never touches the process
 
 
 def test_other_hosts_lock_is_respected_until_stale(tmp_path):
-    write_lock(tmp_path, host="another-host.invalid", pid=4242, purpose="backup",
-               started_at="2025-11-26T12:00:00+00:00")
+    write_lock(
+        tmp_path, host="another-host.invalid", pid=4242, purpose="backup", started_at="2025-11-26T12:00:00+00:00"
+    )
     with pytest.raises(LockError, match="pid 4242 on host another-host.invalid"):
         DirLock(tmp_path, "prune", stale_after=timedelta(days=365 * 1000)).acquire()
     with DirLock(tmp_path, "prune") as lock:  # default: stale after 6 hours
@@ -130,8 +131,16 @@ def test_other_hosts_lock_is_respected_until_stale(tmp_path):
         assert "older than 6:00:00" in lock.took_over
 
 
-@pytest.mark.parametrize("content", ["", "not json", "[]", '{"host": "h", "pid": "12", "started_at": "x"}',
-                                     '{"host": "h", "pid": 12, "started_at": "2025-11-26T12:00:00"}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "not json",
+        "[]",
+        '{"host": "h", "pid": "12", "started_at": "x"}',
+        '{"host": "h", "pid": 12, "started_at": "2025-11-26T12:00:00"}',
+    ],
+)
 def test_unreadable_lock_is_refused_and_kept(tmp_path, content):
     (tmp_path / ".lock").write_text(content)
     with pytest.raises(LockError, match="not a readable backupkit lock"):

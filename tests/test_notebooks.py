@@ -52,11 +52,18 @@ TARGET_VAR = "BK_NB_TARGET"
 
 # -- helpers ------------------------------------------------------------------------------------
 
+
 def execute(name: str, cwd: Path, **parameters) -> Path:
     """Run notebooks/<name>.ipynb with papermill in ``cwd``; returns the executed notebook's path."""
     out = cwd / f"{name}.out.ipynb"
-    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
-                               kernel_name="python3", cwd=str(cwd), progress_bar=False)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(cwd),
+        progress_bar=False,
+    )
     return out
 
 
@@ -98,15 +105,24 @@ def assert_no_secret(paths: list[Path], *dsns: str) -> None:
 
 def row_counts(dsn: str, tables: list[str]) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
-        return {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-            sql.Identifier(*t.split(".", 1)))).fetchone()[0] for t in tables}
+        return {
+            t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*t.split(".", 1)))).fetchone()[0]
+            for t in tables
+        }
 
 
-PUBLIC = ["public.audit_log", "public.events", "public.order_items", "public.orders", "public.products",
-          "public.profiles"]
+PUBLIC = [
+    "public.audit_log",
+    "public.events",
+    "public.order_items",
+    "public.orders",
+    "public.products",
+    "public.profiles",
+]
 
 
 # -- fixtures -----------------------------------------------------------------------------------
+
 
 def _demo_server(home: Path) -> EmbeddedServer:
     return EmbeddedServer(home / "demo-pg" / "data", persistent=True)
@@ -144,8 +160,22 @@ def source(make_db, home, monkeypatch):
 
 # -- the notebooks as files ----------------------------------------------------------------------
 
-FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.For, ast.While, ast.If,
-             ast.IfExp, ast.With, ast.Try, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+FORBIDDEN = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Lambda,
+    ast.For,
+    ast.While,
+    ast.If,
+    ast.IfExp,
+    ast.With,
+    ast.Try,
+    ast.ListComp,
+    ast.DictComp,
+    ast.SetComp,
+    ast.GeneratorExp,
+)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -172,11 +202,22 @@ def test_notebook_files_are_clean_and_declare_their_parameters(name):
 
 # -- papermill runs -------------------------------------------------------------------------------
 
+
 def test_backup_notebook_backs_up_verifies_prunes_and_records_the_run(source, tmp_path):
     older = [backup(source, tmp_path / "bk", label=f"old{i}", progress=False) for i in range(2)]
 
-    out = execute("backup", tmp_path, backup_dir="bk", dsn_env=SOURCE_VAR, schemas=["public", "auth"],
-                  jobs=2, label="nightly", runs_dir="runs", prune=True, keep_last=2)
+    out = execute(
+        "backup",
+        tmp_path,
+        backup_dir="bk",
+        dsn_env=SOURCE_VAR,
+        schemas=["public", "auth"],
+        jobs=2,
+        label="nightly",
+        runs_dir="runs",
+        prune=True,
+        keep_last=2,
+    )
 
     snaps = list_snapshots(tmp_path / "bk")[0]
     new = snaps[0]
@@ -212,8 +253,9 @@ def test_report_notebook_shows_the_changes_between_two_snapshots(source, tmp_pat
     third = backup(source, tmp_path / "bk", label="again", progress=False)
 
     # Not the defaults: an explicit old id, and `new` as latest~1 (the "after" snapshot, not the newest).
-    out = execute("report", tmp_path, backup_dir="bk", old=first.id, new="latest~1", sample=2,
-                  html_report="report.html")
+    out = execute(
+        "report", tmp_path, backup_dir="bk", old=first.id, new="latest~1", sample=2, html_report="report.html"
+    )
 
     rows = {r["table"]: r for r in html_table(out, "nb.diff_table(diff)")}
     assert set(rows) == set(PUBLIC)
@@ -245,8 +287,7 @@ def test_report_notebook_shows_the_changes_between_two_snapshots(source, tmp_pat
     assert_no_secret([out, tmp_path / "report.html"], source)
 
 
-def test_restore_notebook_restores_a_chosen_snapshot_into_an_empty_database(source, make_db, tmp_path,
-                                                                            monkeypatch):
+def test_restore_notebook_restores_a_chosen_snapshot_into_an_empty_database(source, make_db, tmp_path, monkeypatch):
     tables = [*PUBLIC, "auth.users"]
     before = row_counts(source, tables)
     first = backup(source, tmp_path / "bk", schemas=["public", "auth"], progress=False)
@@ -255,13 +296,22 @@ def test_restore_notebook_restores_a_chosen_snapshot_into_an_empty_database(sour
     target = make_db("nbtgt")
     monkeypatch.setenv(TARGET_VAR, target)
 
-    out = execute("restore", tmp_path, backup_dir="bk", snapshot=first.id, target_dsn_env=TARGET_VAR,
-                  dry_run=False, jobs=2, runs_dir="runs")
+    out = execute(
+        "restore",
+        tmp_path,
+        backup_dir="bk",
+        snapshot=first.id,
+        target_dsn_env=TARGET_VAR,
+        dry_run=False,
+        jobs=2,
+        runs_dir="runs",
+    )
 
     assert row_counts(target, tables) == before  # the older snapshot's rows, not today's
     with psycopg.connect(target) as conn:
-        fks = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
-                           "AND connamespace = 'public'::regnamespace").fetchone()[0]
+        fks = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
+        ).fetchone()[0]
     assert fks > 0
     (record,) = run_records(tmp_path / "runs")
     assert record["status"] == "succeeded" and record["snapshot"]["id"] == first.id
@@ -290,10 +340,16 @@ def test_prune_notebook_dry_run_removes_nothing_and_a_real_run_applies_the_polic
     assert sorted(record["summary"]["removed"]) == sorted(snaps[:2])
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ({"backupdir": "elsewhere"}, ["unknown parameter 'backupdir'", "did you mean 'backup_dir'", "backup_dir, dsn_env"]),
-    ({"label": 2024}, ["parameter 'label' must be text", "-r NAME VALUE"]),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (
+            {"backupdir": "elsewhere"},
+            ["unknown parameter 'backupdir'", "did you mean 'backup_dir'", "backup_dir, dsn_env"],
+        ),
+        ({"label": 2024}, ["parameter 'label' must be text", "-r NAME VALUE"]),
+    ],
+)
 def test_unknown_or_mistyped_parameter_fails_the_run(source, tmp_path, bad, expected):
     with pytest.raises(PapermillExecutionError) as info:
         execute("backup", tmp_path, dsn_env=SOURCE_VAR, runs_dir="runs", **bad)
@@ -318,8 +374,13 @@ def test_a_failing_run_says_why_records_failed_and_leaves_no_snapshot(source, tm
     assert info.value.ename == "ConnectionFailed"
     assert "password authentication failed" in info.value.evalue
     out = tmp_path / "backup.out.ipynb"
-    errors = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
-              for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o
+        for c in nbformat.read(out, as_version=4).cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     assert len(errors) == 1 and "password authentication failed" in errors[0]["evalue"]
     (record,) = run_records(tmp_path / "runs")
     assert record["status"] == "failed" and record["failed_step"] == "preflight"
@@ -333,12 +394,19 @@ def test_a_failing_run_says_why_records_failed_and_leaves_no_snapshot(source, tm
 
 # -- a fresh checkout: nbval, defaults only, the embedded demo database ----------------------------
 
+
 def test_every_notebook_runs_as_is_under_nbval(home, tmp_path):
     shutil.copytree(NOTEBOOKS, tmp_path / "notebooks")
     env = {k: v for k, v in os.environ.items() if k not in DSN_ENV_VARS and not k.startswith("BK_NB_")}
     env["BACKUPKIT_HOME"] = str(home)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "notebooks/", "-p", "no:cacheprovider",
-                           "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "notebooks/", "-p", "no:cacheprovider", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert re.search(r"\b(\d+) passed\b", proc.stdout) and "failed" not in proc.stdout.splitlines()[-1]
 
@@ -356,20 +424,35 @@ def test_every_notebook_runs_as_is_under_nbval(home, tmp_path):
 
 # -- the library side, without a kernel ---------------------------------------------------------------
 
+
 def test_locate_parameters_finds_declared_and_injected_cells():
     declared = 'a = 1\nb = "x"  # text\nc = ["public"]'
-    history = ["", declared, "# Parameters\na = 2\nzz = 3\n", "from backupkit import notebook as nb",
-               'run = nb.start_run("backup", runs_dir="runs")']
+    history = [
+        "",
+        declared,
+        "# Parameters\na = 2\nzz = 3\n",
+        "from backupkit import notebook as nb",
+        'run = nb.start_run("backup", runs_dir="runs")',
+    ]
     assert nb.locate_parameters(history) == ({"a": 1, "b": "x", "c": ["public"]}, {"a": 2, "zz": 3})
     # Interactive: no injected cell, and a re-run parameters cell wins.
-    assert nb.locate_parameters(["", declared, "x = f()", "a = 5\nb = 'y'\nc = []"]) == ({"a": 5, "b": "y", "c": []}, {})
+    assert nb.locate_parameters(["", declared, "x = f()", "a = 5\nb = 'y'\nc = []"]) == (
+        {"a": 5, "b": "y", "c": []},
+        {},
+    )
     with pytest.raises(ConfigError):
         nb.locate_parameters(["", "import os"])
 
 
 def test_parameter_problems_name_unknown_and_mistyped_parameters():
-    declared = {"backup_dir": "backups", "jobs": 1, "prune": False, "schemas": ["public"], "keep_last": None,
-                "ratio": 0.5}
+    declared = {
+        "backup_dir": "backups",
+        "jobs": 1,
+        "prune": False,
+        "schemas": ["public"],
+        "keep_last": None,
+        "ratio": 0.5,
+    }
     ok = {"backup_dir": "x", "jobs": 2, "prune": True, "schemas": ["a", "b"], "keep_last": 3, "ratio": 1}
     assert nb.parameter_problems(declared, ["jobs", "prune"], ok) == []
     problems = nb.parameter_problems(declared, ["backupdir"], {**ok, "jobs": "2", "prune": 1, "schemas": "public"})
@@ -397,8 +480,9 @@ def test_run_record_hook_marks_a_failed_cell_and_redacts(tmp_path, monkeypatch):
         pass
     _post_run_cell(SimpleNamespace(error_in_exec=None, error_before_exec=None))
     assert run.status == "running"
-    _post_run_cell(SimpleNamespace(error_in_exec=RuntimeError("no route to h with hunter2secret\nmore"),
-                                   error_before_exec=None))
+    _post_run_cell(
+        SimpleNamespace(error_in_exec=RuntimeError("no route to h with hunter2secret\nmore"), error_before_exec=None)
+    )
     record = json.loads(run.path.read_text())
     assert record["status"] == "failed" and record["exit_reason"] == "RuntimeError: no route to h with ****"
     assert "backup" in record["steps"] and "hunter2secret" not in run.path.read_text()
@@ -422,8 +506,11 @@ def test_explorer_previews_tables_and_runs_sql(source, tmp_path):
 
 
 def _fake_shell(history: list[str], user_ns: dict) -> SimpleNamespace:
-    return SimpleNamespace(history_manager=SimpleNamespace(input_hist_raw=["", *history]), user_ns=user_ns,
-                           user_ns_hidden={"In": [], "Out": {}})
+    return SimpleNamespace(
+        history_manager=SimpleNamespace(input_hist_raw=["", *history]),
+        user_ns=user_ns,
+        user_ns_hidden={"In": [], "Out": {}},
+    )
 
 
 def test_check_parameters_uses_the_history_papermill_keeps_else_the_namespace(tmp_path):

@@ -58,8 +58,12 @@ def clone(source: Path, directory: Path, created_at: datetime, label: str | None
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutil.copytree(source, dest)
     m = mf.read(dest)
-    m.update(id=sid, label=label, created_at=created_at.isoformat(),
-             finished_at=(created_at + timedelta(seconds=5)).isoformat())
+    m.update(
+        id=sid,
+        label=label,
+        created_at=created_at.isoformat(),
+        finished_at=(created_at + timedelta(seconds=5)).isoformat(),
+    )
     (dest / mf.MANIFEST).unlink()
     fd = os.open(dest / mf.MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -109,14 +113,16 @@ def flip_a_byte(snapshot: Path) -> str:
 
 # The GFS timeline used by several tests (UTC).  With --keep-daily 3 --keep-weekly 2:
 # days 11-26 (s0), 11-25 (s2), 11-24 (s3); weeks W48 (s0), W47 (s4).
-GFS = [at("2025-11-26 10:00"),  # s0 Wed W48
-       at("2025-11-26 03:00"),  # s1 same day as s0
-       at("2025-11-25 10:00"),  # s2 Tue
-       at("2025-11-24 10:00"),  # s3 Mon W48
-       at("2025-11-23 10:00"),  # s4 Sun W47
-       at("2025-11-20 10:00"),  # s5 Thu W47
-       at("2025-11-12 10:00"),  # s6 W46
-       at("2025-11-05 10:00")]  # s7 W45
+GFS = [
+    at("2025-11-26 10:00"),  # s0 Wed W48
+    at("2025-11-26 03:00"),  # s1 same day as s0
+    at("2025-11-25 10:00"),  # s2 Tue
+    at("2025-11-24 10:00"),  # s3 Mon W48
+    at("2025-11-23 10:00"),  # s4 Sun W47
+    at("2025-11-20 10:00"),  # s5 Thu W47
+    at("2025-11-12 10:00"),  # s6 W46
+    at("2025-11-05 10:00"),
+]  # s7 W45
 GFS_FLAGS = ("--keep-daily", "3", "--keep-weekly", "2", "--tz", "UTC")
 
 
@@ -139,6 +145,7 @@ def tree(directory: Path) -> dict[str, bytes]:
 
 
 # -- dry run ------------------------------------------------------------------------
+
 
 def test_clones_are_real_private_snapshots(source, tmp_path):
     sid = clone(source, tmp_path, at("2025-11-26 10:00"), "x")
@@ -182,6 +189,7 @@ def test_dry_run_deletes_nothing_and_explains_every_decision(source, tmp_path):
 
 # -- GFS ----------------------------------------------------------------------------
 
+
 def test_gfs_removes_exactly_the_unkept_and_the_rest_verify(source, tmp_path):
     ids = build(source, tmp_path, *GFS)
     expected = gfs_expectation(ids)
@@ -207,16 +215,28 @@ def test_gfs_removes_exactly_the_unkept_and_the_rest_verify(source, tmp_path):
 
 # -- default policy -------------------------------------------------------------------
 
+
 def test_default_policy_keeps_thirty_days(source, tmp_path):
-    ids = build(source, tmp_path, NOW - timedelta(days=1), NOW - timedelta(days=10),
-                NOW - timedelta(days=29, hours=23), NOW - timedelta(days=30),
-                NOW - timedelta(days=31), NOW - timedelta(days=90))
+    ids = build(
+        source,
+        tmp_path,
+        NOW - timedelta(days=1),
+        NOW - timedelta(days=10),
+        NOW - timedelta(days=29, hours=23),
+        NOW - timedelta(days=30),
+        NOW - timedelta(days=31),
+        NOW - timedelta(days=90),
+    )
     res = prune(tmp_path, Policy(), now=NOW)
     reasons = {d["id"]: d["reasons"] for d in res.decisions}
-    assert reasons == {ids[0]: ["younger than 30 days", NEWEST],
-                       ids[1]: ["younger than 30 days"],
-                       ids[2]: ["younger than 30 days"],
-                       ids[3]: NONE, ids[4]: NONE, ids[5]: NONE}
+    assert reasons == {
+        ids[0]: ["younger than 30 days", NEWEST],
+        ids[1]: ["younger than 30 days"],
+        ids[2]: ["younger than 30 days"],
+        ids[3]: NONE,
+        ids[4]: NONE,
+        ids[5]: NONE,
+    }
     assert res.kept == ids[:3] and res.removed == ids[3:]
     assert names(tmp_path) == set(ids[:3])
 
@@ -226,21 +246,29 @@ def test_default_policy_through_the_cli_uses_the_real_clock(source, tmp_path):
     ids = build(source, tmp_path, now - timedelta(days=2), now - timedelta(days=45))
     data = prune_json(tmp_path)
     assert {d["id"]: d["reasons"] for d in data["decisions"]} == {
-        ids[0]: ["younger than 30 days", NEWEST], ids[1]: NONE}
+        ids[0]: ["younger than 30 days", NEWEST],
+        ids[1]: NONE,
+    }
     assert [p.name for p in snapshot_dirs(tmp_path)] == [ids[0]]
 
 
 # -- pins -----------------------------------------------------------------------------
 
+
 def test_pinned_snapshots_survive_until_unpinned(source, tmp_path):
-    ids = build(source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"),
-                at("2025-11-24 10:00"), at("2025-11-23 10:00"))
+    ids = build(
+        source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"), at("2025-11-24 10:00"), at("2025-11-23 10:00")
+    )
     for sid in ids[2:]:
         out = run_cli("pin", tmp_path / sid)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == f"pinned {sid}"
     assert {s["id"]: s["pinned"] for s in listed(tmp_path)["snapshots"]} == {
-        ids[0]: False, ids[1]: False, ids[2]: True, ids[3]: True}
+        ids[0]: False,
+        ids[1]: False,
+        ids[2]: True,
+        ids[3]: True,
+    }
 
     data = prune_json(tmp_path, "--keep-last", "1")
     assert {d["id"]: (d["action"], d["reasons"]) for d in data["decisions"]} == {
@@ -265,9 +293,11 @@ def test_pinned_snapshots_survive_until_unpinned(source, tmp_path):
 
 # -- safety floors ----------------------------------------------------------------------
 
+
 def test_newest_intact_snapshot_is_kept_when_the_newest_is_damaged(source, tmp_path):
-    ids = build(source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"),
-                at("2025-11-24 10:00"), at("2025-11-23 10:00"))
+    ids = build(
+        source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"), at("2025-11-24 10:00"), at("2025-11-23 10:00")
+    )
     damaged = flip_a_byte(tmp_path / ids[0])
     out = run_cli("verify", tmp_path / ids[0])
     assert out.returncode == 6 and f"{damaged}: checksum mismatch" in out.stdout
@@ -285,8 +315,9 @@ def test_newest_intact_snapshot_is_kept_when_the_newest_is_damaged(source, tmp_p
     assert verify(tmp_path / ids[1]).ok
 
     text = run_cli("prune", tmp_path, "--keep-last", "1", "--dry-run").stdout
-    assert any(line.split()[:2] == ["keep", ids[1]] and line.rstrip().endswith(NEWEST)
-               for line in text.splitlines()), text
+    assert any(line.split()[:2] == ["keep", ids[1]] and line.rstrip().endswith(NEWEST) for line in text.splitlines()), (
+        text
+    )
 
 
 def test_future_dated_intact_snapshot_does_not_hide_a_damaged_newest(source, tmp_path):
@@ -332,6 +363,7 @@ def test_min_keep_floor(source, tmp_path):
 
 
 # -- stale temporary folders --------------------------------------------------------------
+
 
 def test_stale_temporary_folders_are_cleaned_and_reported_apart(source, tmp_path):
     ids = build(source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"))
@@ -384,8 +416,6 @@ with DirLock(Path(sys.argv[1]), "backup"):
 """
 
 
-
-
 def test_prune_refuses_while_a_backup_holds_the_lock_then_takes_over_a_stale_one(source, tmp_path, spawn):
     ids = build(source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"), at("2025-11-24 10:00"))
     holder = spawn(HOLDER, str(tmp_path))
@@ -424,10 +454,16 @@ print("not reached", flush=True)
 
 
 def test_prune_killed_after_a_rename_leaves_only_complete_snapshots(source, tmp_path):
-    ids = build(source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"),
-                at("2025-11-24 10:00"), at("2025-11-23 10:00"))
-    child = subprocess.Popen([sys.executable, "-c", KILLED_PRUNE, str(tmp_path)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    ids = build(
+        source, tmp_path, at("2025-11-26 10:00"), at("2025-11-25 10:00"), at("2025-11-24 10:00"), at("2025-11-23 10:00")
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PRUNE, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL, stderr
     assert "not reached" not in stdout
@@ -445,8 +481,9 @@ def test_prune_killed_after_a_rename_leaves_only_complete_snapshots(source, tmp_
     text = run_cli("list", tmp_path).stdout.splitlines()
     table = [line for line in text if not line.startswith("incomplete:")]
     assert [line.split()[0] for line in table[1:]] == remaining
-    assert any(line.startswith(f"incomplete: {trash[0]}  interrupted delete") and "not a snapshot" in line
-               for line in text), text
+    assert any(
+        line.startswith(f"incomplete: {trash[0]}  interrupted delete") and "not a snapshot" in line for line in text
+    ), text
     for sid in remaining:
         out = run_cli("verify", tmp_path / sid)
         assert out.returncode == 0, out.stdout + out.stderr

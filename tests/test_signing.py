@@ -31,8 +31,9 @@ def signed(pg_server, tmp_path_factory, keys):
     dsn = pg_server.createdb("signing")
     load_small(dsn)
     root = tmp_path_factory.mktemp("signed")
-    out = run_cli("backup", "--to", root / "s", "--quiet", env={"BACKUPKIT_DSN": dsn,
-                                                                 "BACKUPKIT_SIGN_KEY": str(keys[0])})
+    out = run_cli(
+        "backup", "--to", root / "s", "--quiet", env={"BACKUPKIT_DSN": dsn, "BACKUPKIT_SIGN_KEY": str(keys[0])}
+    )
     assert out.returncode == 0, out.stderr
     unsigned = backupkit.backup(dsn, root / "u").path
     pg_server.dropdb(dsn)
@@ -202,8 +203,7 @@ def test_library_backup_signs(make_db, keys, tmp_path):
     assert report.ok and report.signed and res.manifest["signed_by"] == report.key_id
     data = (res.path / mf.MANIFEST).read_bytes()
     assert signing.check(data, (res.path / mf.SIGNATURE).read_bytes(), signing.load_public_key(public))
-    assert not signing.check(data + b" ", (res.path / mf.SIGNATURE).read_bytes(),
-                             signing.load_public_key(public))
+    assert not signing.check(data + b" ", (res.path / mf.SIGNATURE).read_bytes(), signing.load_public_key(public))
 
 
 def test_restore_with_a_public_key_refuses_a_forgery_and_restores_the_signed_snapshot(snap, keys, make_db):
@@ -216,5 +216,6 @@ def test_restore_with_a_public_key_refuses_a_forgery_and_restores_the_signed_sna
     out = run_cli("restore", snap, "--dsn", forged, "--public-key", public)
     assert out.returncode == 6 and "bad signature" in out.stderr and "Traceback" not in out.stderr
     import psycopg
+
     with psycopg.connect(forged) as conn:  # nothing was restored from the forgery
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)

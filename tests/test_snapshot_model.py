@@ -21,7 +21,8 @@ FIDELITY_SQL = Path(__file__).with_name("fidelity.sql")
 def test_snapshot_format_doc_is_current():
     assert (ROOT / "docs" / "snapshot-format.md").read_text() == model.format_markdown(), (
         "docs/snapshot-format.md is stale: python -c 'from backupkit.snapshot.model import format_markdown; "
-        "print(format_markdown(), end=\"\")' > docs/snapshot-format.md")
+        'print(format_markdown(), end="")\' > docs/snapshot-format.md'
+    )
 
 
 def test_every_field_has_a_meaning():
@@ -40,9 +41,10 @@ def test_every_field_has_a_meaning():
 def test_optional_keys():
     """What may be absent: written only when signed, or missing from older snapshots."""
     optional = {(cls.__name__, f.name) for cls in model.models() for f in model.fields(cls) if not f.required}
-    assert optional == {("Manifest", k) for k in ("extensions", "publications", "default_privileges",
-                                                   "large_objects", "roles", "signed_by")} | {
-        ("Table", "data_format"), ("DataFile", "text_bytes")}
+    assert optional == {
+        ("Manifest", k)
+        for k in ("extensions", "publications", "default_privileges", "large_objects", "roles", "signed_by")
+    } | {("Table", "data_format"), ("DataFile", "text_bytes")}
 
 
 def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) -> list[str]:
@@ -53,8 +55,11 @@ def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) 
             return [f"{where}: a {type(value).__name__}, not a {tp.__name__} object"]
         declared = {f.name: f for f in model.fields(tp)}
         out = [f"{where}: key {k!r} is not in model.{tp.__name__}" for k in value if k not in declared]
-        out += [f"{where}: required key {f.name!r} of model.{tp.__name__} is missing"
-                for f in declared.values() if f.required and f.name not in value]
+        out += [
+            f"{where}: required key {f.name!r} of model.{tp.__name__} is missing"
+            for f in declared.values()
+            if f.required and f.name not in value
+        ]
         for k, v in value.items():
             if k in declared:
                 seen.add((tp.__name__, k))
@@ -75,8 +80,12 @@ def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) 
         return [] if any(not r for r in results) else [f"{where}: {value!r:.80} is not {model.type_text(tp)}"]
     if origin is typing.Literal:
         return [] if value in args else [f"{where}: {value!r:.80} is not {model.type_text(tp)}"]
-    ok = {str: isinstance(value, str), bool: isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool), type(None): value is None}
+    ok = {
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        type(None): value is None,
+    }
     if tp not in ok:
         return [f"{where}: the test cannot check type {tp!r}"]
     return [] if ok[tp] else [f"{where}: {value!r:.80} is not {model.type_text(tp)}"]
@@ -93,8 +102,14 @@ def written(pg_server, tmp_path_factory) -> dict:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(FIDELITY_SQL.read_text())
         signing.keygen(root / "sign.pem", root / "sign.pub")
-        res = backupkit.backup(dsn, root / "backups", schemas=["public", "ext", "Odd Schema.v1"],
-                               exclude=["public.wide_table"], label="model", sign_key=root / "sign.pem")
+        res = backupkit.backup(
+            dsn,
+            root / "backups",
+            schemas=["public", "ext", "Odd Schema.v1"],
+            exclude=["public.wide_table"],
+            label="model",
+            sign_key=root / "sign.pem",
+        )
     finally:
         pg_server.dropdb(dsn)
     return json.loads((res.path / mf.MANIFEST).read_text())

@@ -157,7 +157,7 @@ def _clone_into(memory: MemoryStorage, source: SnapshotLocation, created_at: dat
     m = mf.read(source)
     m.update(id=sid, label="m", created_at=created_at.isoformat())
     for entry in source.storage.walk(source.id):
-        rel = entry.name[len(source.id) + 1:]
+        rel = entry.name[len(source.id) + 1 :]
         if entry.kind == "file" and rel != mf.MANIFEST:
             with source.storage.open(entry.name) as f:
                 memory.write(f"{sid}/{rel}", f.read())

@@ -62,10 +62,12 @@ def test_the_snapshot_records_what_lives_outside_the_schemas(app_snapshot):
     assert ext["citext"]["schema"] == "extensions" and ext["citext"]["required"]
     assert ext["hstore"]["required"]
     pubs = {p["name"]: p for p in m["publications"]}
-    assert {"schema": "public", "name": "messages", "columns": None, "row_filter": None} \
-        in pubs["supabase_realtime"]["tables"]
-    assert pubs["app_pub"]["tables"] == [{"schema": "public", "name": "profiles", "columns": ["id", "username"],
-                                          "row_filter": "(full_name IS NOT NULL)"}]
+    assert {"schema": "public", "name": "messages", "columns": None, "row_filter": None} in pubs["supabase_realtime"][
+        "tables"
+    ]
+    assert pubs["app_pub"]["tables"] == [
+        {"schema": "public", "name": "profiles", "columns": ["id", "username"], "row_filter": "(full_name IS NOT NULL)"}
+    ]
     assert any(d["schema"] is None and d["role"] == "postgres" for d in m["default_privileges"])
     assert len(m["large_objects"]) == 1
     roles = {r["name"]: r for r in m["roles"]}
@@ -87,9 +89,11 @@ def test_restore_into_a_new_project_as_postgres_gives_the_project_back(supabase_
     # The project's services still own their data, and the app's trigger fires on sign-up.
     with psycopg.connect(supabase_project.as_role(target, "supabase_auth_admin")) as conn:
         assert conn.execute("SELECT count(*) FROM auth.users").fetchone()[0] == 3
-        conn.execute("INSERT INTO auth.users (instance_id, id, aud, role, email, raw_user_meta_data) VALUES "
-                     "('00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', "
-                     "'authenticated', 'dave@example.com', '{\"username\": \"dave\"}')")
+        conn.execute(
+            "INSERT INTO auth.users (instance_id, id, aud, role, email, raw_user_meta_data) VALUES "
+            "('00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', "
+            "'authenticated', 'dave@example.com', '{\"username\": \"dave\"}')"
+        )
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM public.profiles WHERE username = 'DAVE'").fetchone()[0] == 1
     with psycopg.connect(supabase_project.as_role(target, "supabase_storage_admin")) as conn:
@@ -121,8 +125,10 @@ def test_an_extension_the_server_lacks_is_a_problem_unless_nothing_uses_it(supab
     with psycopg.connect(supabase_project.new_project()) as conn:
         target = read_target(conn, res.manifest)
     target.available -= {"citext", "hstore"}
-    manifest = {**res.manifest, "extensions": [
-        {**e, "required": e["name"] == "citext"} for e in res.manifest["extensions"]]}
+    manifest = {
+        **res.manifest,
+        "extensions": [{**e, "required": e["name"] == "citext"} for e in res.manifest["extensions"]],
+    }
     plan = plan_database(entries, manifest, target, tables=set(), full=True, clean=False)
     assert len(plan.problems) == 1 and "extension citext is not available" in plan.problems[0]
     assert any("skipped extension hstore" in n for n in plan.notes)
@@ -130,10 +136,11 @@ def test_an_extension_the_server_lacks_is_a_problem_unless_nothing_uses_it(supab
 
 def _dev_database(pg_server) -> tuple[str, str]:
     """A database on plain PostgreSQL owned by a non-superuser with CREATEROLE, as a developer has."""
-    with (psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn,
-          contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation)):
-        conn.execute(sql.SQL("CREATE ROLE bk_dev LOGIN CREATEROLE PASSWORD {}").format(
-            sql.Literal(pg_server.password)))
+    with (
+        psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn,
+        contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation),
+    ):
+        conn.execute(sql.SQL("CREATE ROLE bk_dev LOGIN CREATEROLE PASSWORD {}").format(sql.Literal(pg_server.password)))
     dsn = pg_server.createdb("dev")
     name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
@@ -148,7 +155,8 @@ def _as_one_role(fp: dict, role: str) -> str:
 
 
 def test_a_public_only_snapshot_restores_into_plain_postgres_with_an_auth_stand_in(
-        supabase_project, pg_server, tmp_path):
+    supabase_project, pg_server, tmp_path
+):
     source = supabase_project.app_project()
     res = backupkit.backup(source, tmp_path)  # the README's default: public only
     admin_dsn, dev = _dev_database(pg_server)
@@ -169,18 +177,27 @@ def test_a_public_only_snapshot_restores_into_plain_postgres_with_an_auth_stand_
     # The public schema is not the restore's (it is the target's own), and its grants name
     # the role postgres itself, not the owner: compared as they are.
     assert public_src.pop("schemas") == public_dev.pop("schemas")
-    one_src, one_dev = (json.loads(_as_one_role(public_src, "postgres")),
-                        json.loads(_as_one_role(public_dev, "bk_dev")))
+    one_src, one_dev = (
+        json.loads(_as_one_role(public_src, "postgres")),
+        json.loads(_as_one_role(public_dev, "bk_dev")),
+    )
     assert_same(one_src, one_dev)
     with psycopg.connect(dev) as conn:
         # The foreign keys loaded against the stand-in's users, and auth.uid() reads the JWT claims.
         assert conn.execute("SELECT count(*) FROM auth.users").fetchone()[0] == 3
-        conn.execute("SELECT set_config('request.jwt.claims', %s, false)",
-                     ('{"sub": "11111111-1111-1111-1111-111111111111", "role": "authenticated"}',))
+        conn.execute(
+            "SELECT set_config('request.jwt.claims', %s, false)",
+            ('{"sub": "11111111-1111-1111-1111-111111111111", "role": "authenticated"}',),
+        )
         assert str(conn.execute("SELECT auth.uid()").fetchone()[0]) == "11111111-1111-1111-1111-111111111111"
         assert conn.execute("SELECT auth.role()").fetchone()[0] == "authenticated"
-        assert conn.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
-                            "AND tablename = 'messages'").fetchone()[0] == 1
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
+                "AND tablename = 'messages'"
+            ).fetchone()[0]
+            == 1
+        )
         assert conn.execute("SELECT length(lo_get(oid)) > 0 FROM pg_largeobject_metadata").fetchall() == [(True,)]
         # Policies run as authenticated call auth.uid(): the API roles may use the schema, as on Supabase.
         assert conn.execute("SELECT has_schema_privilege('authenticated', 'auth', 'USAGE')").fetchone() == (True,)
@@ -205,11 +222,15 @@ def test_in_place_restore_of_one_table_keeps_everything_that_points_at_it(supaba
 def test_in_place_restore_that_would_break_a_foreign_key_changes_nothing(supabase_project, app_snapshot):
     source, res = app_snapshot
     with psycopg.connect(source) as conn:  # a profile and a message written after the snapshot
-        conn.execute("INSERT INTO auth.users (instance_id, id, aud, role, email, raw_user_meta_data) VALUES "
-                     "('00000000-0000-0000-0000-000000000000', '44444444-4444-4444-4444-444444444444', "
-                     "'authenticated', 'authenticated', 'erin@example.com', '{\"username\": \"erin\"}')")
-        conn.execute("INSERT INTO public.messages (profile_id, body) VALUES "
-                     "('44444444-4444-4444-4444-444444444444', 'new since the snapshot')")
+        conn.execute(
+            "INSERT INTO auth.users (instance_id, id, aud, role, email, raw_user_meta_data) VALUES "
+            "('00000000-0000-0000-0000-000000000000', '44444444-4444-4444-4444-444444444444', "
+            "'authenticated', 'authenticated', 'erin@example.com', '{\"username\": \"erin\"}')"
+        )
+        conn.execute(
+            "INSERT INTO public.messages (profile_id, body) VALUES "
+            "('44444444-4444-4444-4444-444444444444', 'new since the snapshot')"
+        )
     before = fingerprint(supabase_project.admin(source))
     with pytest.raises(RestoreError) as err:
         backupkit.restore(res.path, source, tables=["public.profiles"], clean=True)
@@ -224,12 +245,18 @@ def test_in_place_restore_of_a_realtime_table_keeps_its_publication_membership(s
     backupkit.restore(res.path, source, tables=["public.messages"], clean=True)
     with psycopg.connect(source) as conn:
         assert conn.execute("SELECT count(*) FROM public.messages").fetchone()[0] == 4
-        assert conn.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
-                            "AND schemaname = 'public' AND tablename = 'messages'").fetchone()[0] == 1
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'supabase_realtime' "
+                "AND schemaname = 'public' AND tablename = 'messages'"
+            ).fetchone()[0]
+            == 1
+        )
 
 
 def test_a_table_that_references_auth_users_restores_with_dependencies_into_the_live_project(
-        supabase_project, app_snapshot):
+    supabase_project, app_snapshot
+):
     """--with-dependencies follows profiles -> auth.users, which the live project has: it is
     left as it is, not loaded again or dropped."""
     source, res = app_snapshot
@@ -251,5 +278,6 @@ def test_a_whole_supabase_snapshot_restores_into_plain_postgres_as_a_superuser(a
     assert any(n.startswith("skipped event trigger") for n in result.plan.notes)
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM auth.users").fetchone() == (3,)
-        assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class "
-                            "WHERE oid = 'storage.objects'::regclass").fetchone() == ("postgres",)
+        assert conn.execute(
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'storage.objects'::regclass"
+        ).fetchone() == ("postgres",)

@@ -64,8 +64,9 @@ def test_truncated_file(snap):
     code, report = verify_cli(snap)
     assert code == 6
     rel = str(path.relative_to(snap))
-    assert any(p.startswith(f"{rel}: {entry['bytes'] // 2} bytes, manifest says {entry['bytes']}")
-               for p in report["problems"])
+    assert any(
+        p.startswith(f"{rel}: {entry['bytes'] // 2} bytes, manifest says {entry['bytes']}") for p in report["problems"]
+    )
 
 
 def test_deleted_file(snap):

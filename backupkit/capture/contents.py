@@ -19,8 +19,18 @@ from ..snapshot import formats
 from ..snapshot import manifest as mf
 
 #: The fields of a table entry taken as the catalog described the table.
-_TABLE_FIELDS = ("schema", "name", "parent", "is_partition", "columns", "copy_columns", "primary_key",
-                 "foreign_keys", "indexes", "rls")
+_TABLE_FIELDS = (
+    "schema",
+    "name",
+    "parent",
+    "is_partition",
+    "columns",
+    "copy_columns",
+    "primary_key",
+    "foreign_keys",
+    "indexes",
+    "rls",
+)
 
 
 @dataclass
@@ -71,8 +81,9 @@ def file_stem(table: dict[str, Any]) -> str:
     return f"{_encode(table['schema'])}.{_encode(table['name'])}"
 
 
-def sequences_of(sequences: list[dict[str, Any]], chosen: list[dict[str, Any]],
-                 selection: Selection) -> list[dict[str, Any]]:
+def sequences_of(
+    sequences: list[dict[str, Any]], chosen: list[dict[str, Any]], selection: Selection
+) -> list[dict[str, Any]]:
     """The sequences pg_dump puts in this snapshot's schema: with ``include`` only those the
     chosen tables own; never those owned by an excluded table."""
     keys = {mf.table_key(t) for t in chosen}
@@ -113,21 +124,32 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
     """The manifest of a finished backup (``finished_at`` is now)."""
     server = moment.server
     manifest: dict[str, Any] = {
-        "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
-        "id": written.snapshot_id, "label": written.label,
-        "created_at": moment.taken_at.isoformat(), "finished_at": datetime.now(UTC).isoformat(),
+        "format": mf.FORMAT,
+        "format_version": mf.FORMAT_VERSION,
+        "id": written.snapshot_id,
+        "label": written.label,
+        "created_at": moment.taken_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
         "backupkit_version": __version__,
-        "source": {**written.source, "server_version": server.version, "server_version_num": server.version_num,
-                   "encoding": server.encoding, "database": server.database,
-                   "pg_dump_version": "{}.{}".format(*written.pg_dump_version)},
+        "source": {
+            **written.source,
+            "server_version": server.version,
+            "server_version_num": server.version_num,
+            "encoding": server.encoding,
+            "database": server.database,
+            "pg_dump_version": "{}.{}".format(*written.pg_dump_version),
+        },
         "transaction_snapshot": moment.snapshot,
         "rls_bypass": moment.rls_bypass,
         "partial": bool(moment.hidden),
         "partial_tables": [mf.table_key(t) for t in moment.hidden],
-        "schemas": selection.schemas, "include_tables": selection.include, "exclude_tables": selection.exclude,
+        "schemas": selection.schemas,
+        "include_tables": selection.include,
+        "exclude_tables": selection.exclude,
         "tables": [table_entry(t, written.tables[mf.table_key(t)]) for t in moment.tables],
-        "sequences": [{k: s[k] for k in ("schema", "name", "last_value", "is_called", "owned_by")}
-                      for s in moment.sequences],
+        "sequences": [
+            {k: s[k] for k in ("schema", "name", "last_value", "is_called", "owned_by")} for s in moment.sequences
+        ],
         "materialized_views": moment.matviews,
         **written.database,
         "roles": written.roles,

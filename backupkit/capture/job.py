@@ -99,9 +99,15 @@ class BackupResult:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per table: name, rows, compressed bytes, files."""
-        return [{"table": mf.table_key(t), "rows": t["rows"],
-                 "bytes": sum(f["bytes"] for f in t["files"]), "files": len(t["files"])}
-                for t in self.manifest["tables"]]
+        return [
+            {
+                "table": mf.table_key(t),
+                "rows": t["rows"],
+                "bytes": sum(f["bytes"] for f in t["files"]),
+                "files": len(t["files"]),
+            }
+            for t in self.manifest["tables"]
+        ]
 
 
 @dataclass
@@ -120,12 +126,23 @@ class BackupOptions:
     key: Any = None  # an Ed25519 private key, when the snapshot is signed
 
 
-def backup(dsn: str, to: str | os.PathLike[str] | Storage, *, schemas: Sequence[str] | None = None,
-           tables: Sequence[str] = (), exclude: Sequence[str] = (), jobs: int = 1, label: str | None = None,
-           allow_partial: bool = False, progress: bool | None = None,
-           chunk_bytes: int = CHUNK_BYTES, on_snapshot: Callable[[str], object] | None = None,
-           lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT,
-           timeout: float | None = TIMEOUT, sign_key: Path | str | None = None) -> BackupResult:
+def backup(
+    dsn: str,
+    to: str | os.PathLike[str] | Storage,
+    *,
+    schemas: Sequence[str] | None = None,
+    tables: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    jobs: int = 1,
+    label: str | None = None,
+    allow_partial: bool = False,
+    progress: bool | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    on_snapshot: Callable[[str], object] | None = None,
+    lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT,
+    timeout: float | None = TIMEOUT,
+    sign_key: Path | str | None = None,
+) -> BackupResult:
     """Back up ``dsn`` into a new snapshot of the repository ``to`` (a folder, ``file://`` URL
     or ``Storage``) and return it.
 
@@ -157,10 +174,17 @@ def backup(dsn: str, to: str | os.PathLike[str] | Storage, *, schemas: Sequence[
     """
     started = time.monotonic()
     options = BackupOptions(
-        _selection(schemas, tables, exclude), jobs=check_jobs(jobs) or 1, label=check_label(label),
-        allow_partial=allow_partial, progress=progress, chunk_bytes=chunk_bytes, on_snapshot=on_snapshot,
-        lock_wait_timeout=_seconds(lock_wait_timeout, "lock_wait_timeout"), timeout=_seconds(timeout, "timeout"),
-        key=signing.load_private_key(sign_key) if sign_key is not None else None)
+        _selection(schemas, tables, exclude),
+        jobs=check_jobs(jobs) or 1,
+        label=check_label(label),
+        allow_partial=allow_partial,
+        progress=progress,
+        chunk_bytes=chunk_bytes,
+        on_snapshot=on_snapshot,
+        lock_wait_timeout=_seconds(lock_wait_timeout, "lock_wait_timeout"),
+        timeout=_seconds(timeout, "timeout"),
+        key=signing.load_private_key(sign_key) if sign_key is not None else None,
+    )
     describe(dsn)  # a DSN that cannot be parsed fails before anything is created
     repository, created = _open_repository(to)
     try:
@@ -196,8 +220,11 @@ def _open_repository(to: str | os.PathLike[str] | Storage) -> tuple[Storage, Loc
 
 def _storage_error(exc: OSError, where: str) -> StorageError:
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    hint = "free some space or back up to another `to` folder" if exc.errno == errno.ENOSPC else \
-        "check the folder's permissions and that it is writable"
+    hint = (
+        "free some space or back up to another `to` folder"
+        if exc.errno == errno.ENOSPC
+        else "check the folder's permissions and that it is writable"
+    )
     return StorageError(f"cannot write the snapshot under {where}: {reason}", hint=hint)
 
 
@@ -210,9 +237,12 @@ class BackupJob:
         self.repository = repository
         self.options = options
         self.warnings: list[str] = []
-        self.session = SessionSpec(dsn, application=f"backupkit backup {os.getpid()} {secrets.token_hex(4)}",
-                                   lock_wait_timeout=options.lock_wait_timeout,
-                                   deadline=time.time() + options.timeout if options.timeout else None)
+        self.session = SessionSpec(
+            dsn,
+            application=f"backupkit backup {os.getpid()} {secrets.token_hex(4)}",
+            lock_wait_timeout=options.lock_wait_timeout,
+            deadline=time.time() + options.timeout if options.timeout else None,
+        )
         self.watchdog = Watchdog(self.session, options.timeout)
         self.staging: SnapshotLocation | None = None
 
@@ -254,17 +284,35 @@ class BackupJob:
             self.watchdog.check()
             stems = {mf.table_key(t): file_stem(t) for t in moment.tables}
             items = plan(moment.tables, stems, self.options.chunk_bytes, server.version_num)
-            tables = copy_all(self.session, moment.snapshot, items, staging, self.options.jobs,
-                              self.options.progress, keepalive=keepalive, stopper=self.watchdog.stopper)
+            tables = copy_all(
+                self.session,
+                moment.snapshot,
+                items,
+                staging,
+                self.options.jobs,
+                self.options.progress,
+                keepalive=keepalive,
+                stopper=self.watchdog.stopper,
+            )
             self.watchdog.check()
             database = database_objects.describe(main, self.options.selection.schemas)
-            written = Written(sid, self.options.label, describe(self.dsn), pg_dump_version, tables, schema_files,
-                              database, self._roles(main, database, schema_sql),
-                              signing.key_id(self.options.key.public_key()) if self.options.key else None)
+            written = Written(
+                sid,
+                self.options.label,
+                describe(self.dsn),
+                pg_dump_version,
+                tables,
+                schema_files,
+                database,
+                self._roles(main, database, schema_sql),
+                signing.key_id(self.options.key.public_key()) if self.options.key else None,
+            )
             result = self._seal(sid, build_manifest(moment, self.options.selection, written))
             if moment.hidden:
-                self.warn(f"partial backup: only rows visible to {moment.role['user']} were copied from "
-                          f"{', '.join(result.manifest['partial_tables'])}")
+                self.warn(
+                    f"partial backup: only rows visible to {moment.role['user']} were copied from "
+                    f"{', '.join(result.manifest['partial_tables'])}"
+                )
             return result
         except psycopg.Error as exc:
             raise self._stopped_by_database(exc) from None
@@ -278,32 +326,47 @@ class BackupJob:
                     self.repository.remove(self.staging.id)
 
     def _stopped_by_database(self, exc: psycopg.Error) -> SourceError:
-        return SourceError(f"the database stopped the backup: {redact(str(exc).strip(), self.dsn)}",
-                           hint="nothing was written; fix the cause and run the backup again")
+        return SourceError(
+            f"the database stopped the backup: {redact(str(exc).strip(), self.dsn)}",
+            hint="nothing was written; fix the cause and run the backup again",
+        )
 
     def _inspect(self) -> tuple[Server, tuple[int, int], list[tuple[str, str]]]:
         """Before the snapshot: server version, pg_dump, and which tables to lock (side connection)."""
         selection = self.options.selection
         with self.session.connect(autocommit=True) as side:
-            server = Server(*one_row(side.execute(
-                "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
-                "current_setting('server_encoding'), current_database()")))
+            server = Server(
+                *one_row(
+                    side.execute(
+                        "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
+                        "current_setting('server_encoding'), current_database()"
+                    )
+                )
+            )
             _, pg_dump_version = check_pg_dump(server.version_num)
             missing = sorted(set(selection.schemas) - set(existing_schemas(side, selection.schemas)))
             if missing:
-                raise SourceError(f"no such schema: {', '.join(missing)}",
-                                  hint="check the `schemas` names (`backupkit check` lists what is there)")
+                raise SourceError(
+                    f"no such schema: {', '.join(missing)}",
+                    hint="check the `schemas` names (`backupkit check` lists what is there)",
+                )
             try:  # measuring a table's size takes its lock too
-                names = [(t["schema"], t["name"]) for t in select_tables(
-                    list_tables(side, selection.schemas), selection.include, selection.exclude)]
+                names = [
+                    (t["schema"], t["name"])
+                    for t in select_tables(list_tables(side, selection.schemas), selection.include, selection.exclude)
+                ]
             except psycopg.errors.LockNotAvailable:
                 locked = side.execute(_EXCLUSIVELY_LOCKED, (selection.schemas,)).fetchall()
-                raise lock_wait_error(", ".join(f"{s}.{n}" for s, n in locked) or "(one of the tables)",
-                                      self.session.lock_wait_timeout, by_backup=False) from None
+                raise lock_wait_error(
+                    ", ".join(f"{s}.{n}" for s, n in locked) or "(one of the tables)",
+                    self.session.lock_wait_timeout,
+                    by_backup=False,
+                ) from None
         return server, pg_dump_version, names
 
-    def _fix_moment(self, main: psycopg.Connection, keepalive: KeepAlive, names: list[tuple[str, str]],
-                    server: Server) -> Moment:
+    def _fix_moment(
+        self, main: psycopg.Connection, keepalive: KeepAlive, names: list[tuple[str, str]], server: Server
+    ) -> Moment:
         """Lock the tables, export the snapshot, and describe what it holds."""
         selection = self.options.selection
         main.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -325,7 +388,7 @@ class BackupJob:
                 f"row-level security would hide rows of {', '.join(mf.table_key(t) for t in hidden)} "
                 f"from role {role['user']}, so the backup would silently be partial",
                 hint="connect as the tables' owner or a role with BYPASSRLS (Supabase: the postgres "
-                     "role), or pass `allow_partial` to back up only the visible rows",
+                "role), or pass `allow_partial` to back up only the visible rows",
             )
         sequences = sequences_of(list_sequences(main, selection.schemas), chosen, selection)
         matviews = list_matviews(main, selection.schemas) if not selection.include else []
@@ -346,9 +409,15 @@ class BackupJob:
         near = self.repository.root if isinstance(self.repository, LocalStorage) else None
         with scratch(f"{TMP_PREFIX}schema-", near=near) as tmp:
             try:
-                rels = dump_schema(make_conninfo(self.session.dsn, application_name=self.session.application), tmp,
-                                   snapshot=moment.snapshot, schemas=selection.schemas, tables=selection.include,
-                                   exclude=selection.exclude, lock_wait_timeout=self.session.lock_wait_timeout)
+                rels = dump_schema(
+                    make_conninfo(self.session.dsn, application_name=self.session.application),
+                    tmp,
+                    snapshot=moment.snapshot,
+                    schemas=selection.schemas,
+                    tables=selection.include,
+                    exclude=selection.exclude,
+                    lock_wait_timeout=self.session.lock_wait_timeout,
+                )
             except ToolError as exc:
                 raise self._pg_dump_error(main, exc) from None
             entries = [self._upload(tmp, rel) for rel in sorted(rels)]
@@ -363,8 +432,11 @@ class BackupJob:
                 locked = main.execute(_EXCLUSIVELY_LOCKED, (self.options.selection.schemas,)).fetchall()
             except psycopg.Error:
                 locked = []
-            return lock_wait_error(", ".join(f"{s}.{n}" for s, n in locked) or "(one of the tables)",
-                                   self.session.lock_wait_timeout, by_backup=True)
+            return lock_wait_error(
+                ", ".join(f"{s}.{n}" for s, n in locked) or "(one of the tables)",
+                self.session.lock_wait_timeout,
+                by_backup=True,
+            )
         return exc
 
     def _upload(self, source: Storage, rel: str) -> dict[str, Any]:
@@ -382,8 +454,11 @@ class BackupJob:
     def _roles(self, main: psycopg.Connection, database: dict[str, Any], schema_sql: str) -> list[dict[str, Any]]:
         """The roles the snapshot's SQL, ACLs and owners name, with their attributes."""
         owned = database["large_objects"] + database["default_privileges"]
-        names = (database_objects.referenced_roles(schema_sql) | database_objects.acl_roles([x["acl"] for x in owned])
-                 | {x["owner"] for x in database["large_objects"] + database["publications"]})
+        names = (
+            database_objects.referenced_roles(schema_sql)
+            | database_objects.acl_roles([x["acl"] for x in owned])
+            | {x["owner"] for x in database["large_objects"] + database["publications"]}
+        )
         return database_objects.role_attributes(main, names)
 
     def _seal(self, sid: str, manifest: dict[str, Any]) -> BackupResult:
@@ -395,8 +470,10 @@ class BackupJob:
             signing.write_signature(self.staging, key)
         report = verify(self.staging, public_key=key.public_key() if key is not None else None)
         if not report.ok:
-            raise StorageError("the snapshot did not verify right after writing: " + "; ".join(report.problems),
-                               hint="the storage under `to` may be faulty; try another folder")
+            raise StorageError(
+                "the snapshot did not verify right after writing: " + "; ".join(report.problems),
+                hint="the storage under `to` may be faulty; try another folder",
+            )
         self.watchdog.check()  # past the time limit, nothing becomes a snapshot
         final = publish(self.repository, self.staging.id, sid)  # durable: everything before the rename
         self.staging = None

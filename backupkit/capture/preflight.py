@@ -42,11 +42,17 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
     if is_transaction_pooler(dsn):
         report.add("pooler", "fail", POOLER_WARNING)
     with connect(dsn) as conn:
-        version, num, size = one_row(conn.execute(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
-            "pg_database_size(current_database())"))
-        report.add("connection", "ok",
-                   f"{where['user']}@{where['host']}:{where['port']}/{where['database']}, PostgreSQL {version}")
+        version, num, size = one_row(
+            conn.execute(
+                "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
+                "pg_database_size(current_database())"
+            )
+        )
+        report.add(
+            "connection",
+            "ok",
+            f"{where['user']}@{where['host']}:{where['port']}/{where['database']}, PostgreSQL {version}",
+        )
         try:
             path, tool = check_pg_dump(num)
             report.add("pg_dump", "ok", f"{path} (version {tool[0]}.{tool[1]})")
@@ -60,25 +66,30 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
         if missing:
             report.add("schemas", "fail", f"no such schema: {', '.join(missing)}")
         tables = list_tables(conn, found)
-        report.add("tables", "ok" if tables else "warn",
-                   f"{len(tables)} tables in {', '.join(found) or '(none)'}")
+        report.add("tables", "ok" if tables else "warn", f"{len(tables)} tables in {', '.join(found) or '(none)'}")
         hidden = [f"{t['schema']}.{t['name']}" for t in tables if not t["rls"]["bypassed"]]
         if hidden:
-            report.add("row-level security", "fail",
-                       f"RLS would hide rows of {', '.join(hidden)}: connect as their owner or a "
-                       "BYPASSRLS role, or back up with `allow_partial`")
+            report.add(
+                "row-level security",
+                "fail",
+                f"RLS would hide rows of {', '.join(hidden)}: connect as their owner or a "
+                "BYPASSRLS role, or back up with `allow_partial`",
+            )
         else:
             rls = sum(1 for t in tables if t["rls"]["enabled"])
             report.add("row-level security", "ok", f"{rls} tables with RLS, all readable in full")
-        unreadable = [f"{t['schema']}.{t['name']}" for t in tables if not one_row(conn.execute(
-            "SELECT has_table_privilege(%s, 'SELECT')", (t["oid"],)))[0]]
+        unreadable = [
+            f"{t['schema']}.{t['name']}"
+            for t in tables
+            if not one_row(conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (t["oid"],)))[0]
+        ]
         if unreadable:
             report.add("privileges", "fail", f"no SELECT on {', '.join(unreadable)}")
-        managed = [s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED))
-                   and s not in schemas]
+        managed = [
+            s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED)) and s not in schemas
+        ]
         if managed:
-            report.add("supabase schemas", "ok",
-                       f"not included unless named with --schema: {', '.join(managed)}")
+            report.add("supabase schemas", "ok", f"not included unless named with --schema: {', '.join(managed)}")
         report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
     if to is not None:
         _check_target(report, Path(to), size)

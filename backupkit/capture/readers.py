@@ -33,8 +33,21 @@ from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from .sessions import IDLE_TIMEOUT, PING_EVERY, KeepAlive, SessionSpec, Stopper, lock_wait_error, open_worker
 
-__all__ = ["CHUNK_BYTES", "IDLE_TIMEOUT", "PING_EVERY", "PROCESS_THRESHOLD", "Item", "KeepAlive", "SessionSpec",
-           "Stopper", "copy_all", "lock_wait_error", "open_worker", "page_ranges", "plan"]
+__all__ = [
+    "CHUNK_BYTES",
+    "IDLE_TIMEOUT",
+    "PING_EVERY",
+    "PROCESS_THRESHOLD",
+    "Item",
+    "KeepAlive",
+    "SessionSpec",
+    "Stopper",
+    "copy_all",
+    "lock_wait_error",
+    "open_worker",
+    "page_ranges",
+    "plan",
+]
 
 #: Tables larger than this on disk are split into ctid ranges.
 CHUNK_BYTES = 64 << 20
@@ -82,8 +95,9 @@ def plan(tables: list[dict], stems: dict[str, str], chunk_bytes: int, server_ver
     return items
 
 
-def _copy_item(conn: psycopg.Connection, item: Item, target: SnapshotLocation,
-               spec: SessionSpec | None = None) -> FileResult:
+def _copy_item(
+    conn: psycopg.Connection, item: Item, target: SnapshotLocation, spec: SessionSpec | None = None
+) -> FileResult:
     partial = not item.table["rls"]["bypassed"]
     try:
         if partial:  # --allow-partial: take the rows RLS shows instead of failing
@@ -144,9 +158,17 @@ class _Progress:
                 self.bar.set_postfix(rows=self.rows, refresh=False)
 
 
-def copy_all(session: SessionSpec | str, snapshot: str, items: list[Item], target: SnapshotLocation, jobs: int,
-             progress: bool | None, *, keepalive: KeepAlive | None = None,
-             stopper: Stopper | None = None) -> dict[str, list[FileResult]]:
+def copy_all(
+    session: SessionSpec | str,
+    snapshot: str,
+    items: list[Item],
+    target: SnapshotLocation,
+    jobs: int,
+    progress: bool | None,
+    *,
+    keepalive: KeepAlive | None = None,
+    stopper: Stopper | None = None,
+) -> dict[str, list[FileResult]]:
     """Run every item with ``jobs`` workers, writing into ``target`` (the snapshot being made);
     results per table, chunks in order.
 
@@ -257,8 +279,10 @@ class _CopyRun:
     def with_threads(self, items: list[Item], jobs: int) -> None:
         """Up to ``jobs`` streams in this process (threads), all taking from one queue."""
         work = _queue_of(items)
-        threads = [threading.Thread(target=self.drain, name=f"backupkit-copy-{i}", args=(work,))
-                   for i in range(max(1, min(jobs, len(items))))]
+        threads = [
+            threading.Thread(target=self.drain, name=f"backupkit-copy-{i}", args=(work,))
+            for i in range(max(1, min(jobs, len(items))))
+        ]
 
         def cut_short() -> None:
             self.stop.set()
@@ -303,8 +327,12 @@ class _CopyRun:
         hook = self.stopper.add(cut_short)
         here.start()
         try:
-            with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=ctx, initializer=_init_process,
-                                     initargs=(self.session, self.snapshot, os.getpid())) as pool:
+            with ProcessPoolExecutor(
+                max_workers=jobs - 1,
+                mp_context=ctx,
+                initializer=_init_process,
+                initargs=(self.session, self.snapshot, os.getpid()),
+            ) as pool:
                 pools.append(pool)
                 try:
                     self._feed(pool, work, jobs - 1)
@@ -316,8 +344,10 @@ class _CopyRun:
             here.join()
             if self.stopper.stopped:  # we killed them (the run's timeout): the caller says why
                 raise SourceError("the backup was stopped") from None
-            raise SourceError(f"a backup worker process died ({exc})",
-                              hint="check memory limits and the server log, then run the backup again") from None
+            raise SourceError(
+                f"a backup worker process died ({exc})",
+                hint="check memory limits and the server log, then run the backup again",
+            ) from None
         except BaseException:  # a worker's error or Ctrl-C: stop taking work before staging is removed
             cut_short()
             here.join()

@@ -50,8 +50,10 @@ class SessionSpec:
     MARGIN = 5.0
 
     def settings(self) -> dict[str, str]:
-        out = {"lock_timeout": str(int((self.lock_wait_timeout or 0) * 1000)),
-               "idle_in_transaction_session_timeout": str(IDLE_TIMEOUT * 1000)}
+        out = {
+            "lock_timeout": str(int((self.lock_wait_timeout or 0) * 1000)),
+            "idle_in_transaction_session_timeout": str(IDLE_TIMEOUT * 1000),
+        }
         if self.deadline is not None:
             left = max(1, int((self.deadline - time.time() + self.MARGIN) * 1000))
             out["statement_timeout"] = str(left)
@@ -87,15 +89,22 @@ def lock_wait_error(table: str, seconds: float | None, *, by_backup: bool) -> So
     if by_backup:
         # The backup already holds ACCESS SHARE; someone queued an exclusive request behind it,
         # and the second ACCESS SHARE (pg_dump's, a worker's) queues behind that request.
-        why = (f"table {table} could not be read within {limit}: another session asked for an "
-               "exclusive lock on it (a migration, ALTER TABLE, TRUNCATE, VACUUM FULL, REINDEX) "
-               "while the backup was running, and waits for the backup, which waits for it")
+        why = (
+            f"table {table} could not be read within {limit}: another session asked for an "
+            "exclusive lock on it (a migration, ALTER TABLE, TRUNCATE, VACUUM FULL, REINDEX) "
+            "while the backup was running, and waits for the backup, which waits for it"
+        )
     else:
-        why = (f"table {table} is locked by another session (a migration, ALTER TABLE, TRUNCATE, "
-               f"VACUUM FULL, REINDEX) and was not free within {limit}")
-    return SourceError(why, hint="nothing was written; run the backup again once that session is done "
-                                 "(pg_stat_activity shows it), raise `lock_wait_timeout`, or give "
-                                 "migrations a lock_timeout so they give way to a backup")
+        why = (
+            f"table {table} is locked by another session (a migration, ALTER TABLE, TRUNCATE, "
+            f"VACUUM FULL, REINDEX) and was not free within {limit}"
+        )
+    return SourceError(
+        why,
+        hint="nothing was written; run the backup again once that session is done "
+        "(pg_stat_activity shows it), raise `lock_wait_timeout`, or give "
+        "migrations a lock_timeout so they give way to a backup",
+    )
 
 
 class KeepAlive:

@@ -31,8 +31,7 @@ class Watchdog:
             self._timer.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
 
@@ -53,16 +52,18 @@ class Watchdog:
             f"the backup did not finish within its time limit ({self.timeout:g} s) and was stopped; "
             "nothing was written",
             hint="pass a larger `timeout` (0 for none) if the database is this big, or look for "
-                 "what held it up (locks, a slow disk or network)")
+            "what held it up (locks, a slow disk or network)",
+        )
 
 
 def end_sessions(session: SessionSpec) -> None:
     """Terminate every session of this run still on the server (best effort)."""
     try:
-        with connect(session.dsn, autocommit=True, application="backupkit watchdog",
-                     connect_timeout=5) as conn:
-            conn.execute("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-                         "WHERE application_name = %s AND pid <> pg_catalog.pg_backend_pid()",
-                         (session.application,))
+        with connect(session.dsn, autocommit=True, application="backupkit watchdog", connect_timeout=5) as conn:
+            conn.execute(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_catalog.pg_backend_pid()",
+                (session.application,),
+            )
     except Exception as exc:
         log.warning("could not end the backup's sessions: %s", redact(str(exc), session.dsn))

@@ -56,8 +56,15 @@ TABLES = (
 
 #: Objects whose presence means "this database is not empty enough for the demo".
 _MARKERS = (
-    "public.orders", "public.profiles", "public.products", "public.order_items",
-    "public.events", "public.audit_log", "auth.users", "storage.objects", "storage.buckets",
+    "public.orders",
+    "public.profiles",
+    "public.products",
+    "public.order_items",
+    "public.events",
+    "public.audit_log",
+    "auth.users",
+    "storage.objects",
+    "storage.buckets",
 )
 
 
@@ -100,12 +107,16 @@ _HELPERS = [
          AS $$ SELECT arr[1 + ('x' || substr(h, 1 + 8 * k, 8))::bit(32)::bigint % cardinality(arr)] $$""",
 ]
 
-_FIRST = ("ARRAY['Ada','Grace','Alan','Linus','Margaret','Edsger','Barbara','Donald','Frances','Ken',"
-          "'Zoë','José','Søren','Łukasz','Aoife','Chidi','Mei','Hiro','Ana','Ørjan','Noor','Émile',"
-          "'Priya','Dmitri']")
-_LAST = ("ARRAY['Lovelace','Hopper','Turing','Torvalds','Hamilton','Dijkstra','Liskov','Knuth','Allen',"
-         "'Thompson','Müller','García','Kierkegaard','Nowak','O''Brien','Okafor','王','山田','Silva',"
-         "'Ødegaard','Haddad','Zola','Patel','Ivanov']")
+_FIRST = (
+    "ARRAY['Ada','Grace','Alan','Linus','Margaret','Edsger','Barbara','Donald','Frances','Ken',"
+    "'Zoë','José','Søren','Łukasz','Aoife','Chidi','Mei','Hiro','Ana','Ørjan','Noor','Émile',"
+    "'Priya','Dmitri']"
+)
+_LAST = (
+    "ARRAY['Lovelace','Hopper','Turing','Torvalds','Hamilton','Dijkstra','Liskov','Knuth','Allen',"
+    "'Thompson','Müller','García','Kierkegaard','Nowak','O''Brien','Okafor','王','山田','Silva',"
+    "'Ødegaard','Haddad','Zola','Patel','Ivanov']"
+)
 
 _PEOPLE = f"""
 CREATE TEMP TABLE demo_people ON COMMIT DROP AS
@@ -207,9 +218,11 @@ SELECT o AS order_id, l AS line_no, p.id AS product_id,
   JOIN public.products p ON p.id = 1 + pg_temp.part(lh, 3) % %(nprod)s::bigint
 """
 
-_NOTES = ("ARRAY['Leave at the front door', E'Please ring twice.\\nThen wait.', E'Gate code:\\t4711',"
-          " 'Deliver to C:\\Users\\ana\\Desktop', '\"Fragile\" – handle with care', 'Gift 🎁 — no invoice please',"
-          " '\\N', '', 'O''Neill; DROP TABLE orders; --', 'comma, separated, note']")
+_NOTES = (
+    "ARRAY['Leave at the front door', E'Please ring twice.\\nThen wait.', E'Gate code:\\t4711',"
+    " 'Deliver to C:\\Users\\ana\\Desktop', '\"Fragile\" – handle with care', 'Gift 🎁 — no invoice please',"
+    " '\\N', '', 'O''Neill; DROP TABLE orders; --', 'comma, separated, note']"
+)
 
 _ORDERS = f"""
 INSERT INTO public.orders (id, profile_id, status, total, placed_at, updated_at, shipping, note)
@@ -412,8 +425,7 @@ def _rows(base: int, scale: float) -> int:
 
 
 def _existing_demo_objects(conn: psycopg.Connection) -> list[str]:
-    found = [name for name in _MARKERS
-             if one_row(conn.execute("SELECT to_regclass(%s)", (name,)))[0] is not None]
+    found = [name for name in _MARKERS if one_row(conn.execute("SELECT to_regclass(%s)", (name,)))[0] is not None]
     schemas = conn.execute(
         "SELECT nspname FROM pg_namespace WHERE nspname IN ('auth', 'storage') ORDER BY 1"
     ).fetchall()
@@ -440,8 +452,7 @@ def _insert_orders(conn: psycopg.Connection, lo: int, hi: int, t0: str, span: st
     nprof = _number_profiles(conn)
     _run(conn, _ITEMS_TMP, {"lo": lo, "hi": hi, "nprod": nprod})
     conn.execute("ANALYZE demo_items")
-    orders = _run(conn, _ORDERS, {"lo": lo, "hi": hi, "t0": t0, "span": span, "fresh": fresh,
-                                  "nprof": nprof}).rowcount
+    orders = _run(conn, _ORDERS, {"lo": lo, "hi": hi, "t0": t0, "span": span, "fresh": fresh, "nprof": nprof}).rowcount
     lines = conn.execute(_ITEMS).rowcount
     conn.execute("DROP TABLE demo_items, demo_profiles")
     return orders, lines
@@ -464,7 +475,7 @@ def create_demo(dsn: str, *, scale: float = 1.0) -> dict[str, int]:
             raise ConfigError(
                 f"the database already contains {', '.join(existing)}; the demo needs an empty database",
                 hint="create a fresh database (CREATE DATABASE ...) for the demo, "
-                     "or use mutate_demo() to change an existing demo",
+                "or use mutate_demo() to change an existing demo",
             )
         conn.execute(schema_sql())
         post_data = _drop_post_data(conn)
@@ -537,14 +548,18 @@ def mutate_demo(dsn: str) -> dict[str, int]:
     """
     with _connect(dsn) as conn:
         if one_row(conn.execute("SELECT to_regclass('public.orders')"))[0] is None:
-            raise ConfigError("this database holds no demo (public.orders is missing)",
-                              hint="run create_demo() on an empty database first")
+            raise ConfigError(
+                "this database holds no demo (public.orders is missing)",
+                hint="run create_demo() on an empty database first",
+            )
         for stmt in _HELPERS:
             conn.execute(stmt)
-        day, max_id, n_orders, n_events = one_row(conn.execute(
-            "SELECT date_trunc('day', greatest(max(placed_at), max(updated_at))) + interval '1 day', max(id), count(*),"
-            " (SELECT count(*) FROM public.events) FROM public.orders"
-        ))
+        day, max_id, n_orders, n_events = one_row(
+            conn.execute(
+                "SELECT date_trunc('day', greatest(max(placed_at), max(updated_at))) + interval '1 day',"
+                " max(id), count(*), (SELECT count(*) FROM public.events) FROM public.orders"
+            )
+        )
         day_txt = day.strftime("%Y-%m-%d 00:00:00+00")
         seed = day.strftime("%Y-%m-%d")
         params = {"day": day_txt, "seed": seed}

@@ -38,13 +38,18 @@ def run_demo(to: Path | str = "backups", *, scale: float = 1.0, keep_server: boo
     with temporary_server() as server:
         dsn = server.createdb(DEMO_DB)
         counts = create_demo(dsn, scale=scale)
-        say(f"demo database: {len(counts)} tables, {sum(counts.values())} rows on embedded PostgreSQL "
-            f"(127.0.0.1:{server.port})")
+        say(
+            f"demo database: {len(counts)} tables, {sum(counts.values())} rows on embedded PostgreSQL "
+            f"(127.0.0.1:{server.port})"
+        )
         first = backup(dsn, to, schemas=["public", "auth", "storage"], label="demo-before", jobs=2)
         say(f"snapshot 1: {first.path}  ({first.rows} rows, {first.bytes / 1e6:.1f} MB, {first.seconds:.1f}s)")
         changed = mutate_demo(dsn)
-        say("changed rows: " + ", ".join(f"{k} {v}" for k, v in changed.items())
-            + " (plus the audit_log rows the orders trigger writes, which the diff below counts)")
+        say(
+            "changed rows: "
+            + ", ".join(f"{k} {v}" for k, v in changed.items())
+            + " (plus the audit_log rows the orders trigger writes, which the diff below counts)"
+        )
         second = backup(dsn, to, schemas=["public", "auth", "storage"], label="demo-after", jobs=2)
         say(f"snapshot 2: {second.path}  ({second.rows} rows, {second.bytes / 1e6:.1f} MB, {second.seconds:.1f}s)")
         for snap in (first, second):
@@ -54,10 +59,14 @@ def run_demo(to: Path | str = "backups", *, scale: float = 1.0, keep_server: boo
             say(f"verified {snap.path.name}: intact ({report.files} files, rows recounted)")
         result.snapshots = [first.path, second.path]
     totals = diff_snapshots(first.path, second.path)["totals"]
-    say(f"diff (DuckDB): {totals['inserted']} rows inserted, {totals['updated']} updated, "
-        f"{totals['deleted']} deleted between the two snapshots")
-    say(f"next: backupkit list {to}   |   backupkit diff {first.path} {second.path}   |   "
-        f"backupkit sql {second.path} \"select count(*) from public.orders\"")
+    say(
+        f"diff (DuckDB): {totals['inserted']} rows inserted, {totals['updated']} updated, "
+        f"{totals['deleted']} deleted between the two snapshots"
+    )
+    say(
+        f"next: backupkit list {to}   |   backupkit diff {first.path} {second.path}   |   "
+        f'backupkit sql {second.path} "select count(*) from public.orders"'
+    )
     return result
 
 
@@ -105,6 +114,8 @@ def notebook_dsn(dsn_env: str | None = None) -> str:
         return resolve_dsn(env_var=dsn_env or None)
     except ConfigError:
         if dsn_env:
-            raise ConfigError(f"${dsn_env} is not set", hint=f"export {dsn_env}=postgresql://... "
-                              "or leave dsn_env empty to use the embedded demo database") from None
+            raise ConfigError(
+                f"${dsn_env} is not set",
+                hint=f"export {dsn_env}=postgresql://... or leave dsn_env empty to use the embedded demo database",
+            ) from None
         return demo_dsn()

@@ -191,7 +191,7 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: SnapshotLo
 
     def file(side: int, i: int, alias: str) -> str:
         folder, table, _ = sides[side]
-        one = {**table, "files": table["files"][i:i + 1]}  # past the end: no rows
+        one = {**table, "files": table["files"][i : i + 1]}  # past the end: no rows
         source = columns_sql(folder, one, pk + rest, "x", max_line_size=line_size, extra=f"{i}::UINTEGER AS f")
         return f"{source} AS {alias}"
 
@@ -203,17 +203,20 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: SnapshotLo
         # The right side of a join is its build side (see _diff_connect): the one with fewer rows.
         o, n_ = file(0, i, "o"), file(1, i, "n")
         probe, build = (n_, o) if rows_of(0, i) <= rows_of(1, i) else (o, n_)
-        return (f"SELECT count(o.x0) AS rows_o, count(n.x0) AS rows_n, "
-                f"list(struct_pack({row.format(a='o')})) FILTER (WHERE n.x0 IS NULL) AS only_o, "
-                f"list(struct_pack({row.format(a='n')})) FILTER (WHERE o.x0 IS NULL) AS only_n, "
-                f"list({changed}) FILTER (WHERE {both}) AS upd "
-                f"FROM {probe} FULL JOIN {build} ON {on}")
+        return (
+            f"SELECT count(o.x0) AS rows_o, count(n.x0) AS rows_n, "
+            f"list(struct_pack({row.format(a='o')})) FILTER (WHERE n.x0 IS NULL) AS only_o, "
+            f"list(struct_pack({row.format(a='n')})) FILTER (WHERE o.x0 IS NULL) AS only_n, "
+            f"list({changed}) FILTER (WHERE {both}) AS upd "
+            f"FROM {probe} FULL JOIN {build} ON {on}"
+        )
 
     def run_pair(i: int) -> int:
         """Join pair ``i`` into bk_pairs; returns how many leftover rows it kept."""
         with con.cursor() as cur:
-            return cur.execute(f"INSERT INTO bk_pairs {pair(i)} "
-                               "RETURNING coalesce(len(only_o), 0) + coalesce(len(only_n), 0)").fetchone()[0]
+            return cur.execute(
+                f"INSERT INTO bk_pairs {pair(i)} RETURNING coalesce(len(only_o), 0) + coalesce(len(only_n), 0)"
+            ).fetchone()[0]
 
     pairs = max(len(sides[0][1]["files"]), len(sides[1][1]["files"]))
     # Pair "past both ends" reads no file: one row of zero counts and NULL lists, which
@@ -229,18 +232,25 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: SnapshotLo
         f"SELECT count(*) FILTER (WHERE o.x0 IS NULL), count(*) FILTER (WHERE n.x0 IS NULL), "
         f"count(*) FILTER (WHERE {both}){picks} "
         f"FROM (SELECT unnest(only_o, recursive := true) FROM bk_pairs) o "
-        f"FULL JOIN (SELECT unnest(only_n, recursive := true) FROM bk_pairs) n ON {on}").fetchone()
+        f"FULL JOIN (SELECT unnest(only_n, recursive := true) FROM bk_pairs) n ON {on}"
+    ).fetchone()
     in_pairs, *found_in_pairs = con.execute(
-        "SELECT count(*)" + (f", min(u, {sample})" if sample else "") +
-        " FROM (SELECT unnest(upd) AS u FROM bk_pairs)").fetchone()
+        "SELECT count(*)" + (f", min(u, {sample})" if sample else "") + " FROM (SELECT unnest(upd) AS u FROM bk_pairs)"
+    ).fetchone()
     rows_old, rows_new = con.execute("SELECT sum(rows_o)::BIGINT, sum(rows_n)::BIGINT FROM bk_pairs").fetchone()
     con.execute("DROP TABLE bk_pairs")
     _check_rows(sides, rows_old or 0, rows_new or 0)
     updated += in_pairs
-    picked = sorted((found[0] or []) + (found_in_pairs[0] or []) if sample else [],
-                    key=lambda r: tuple(r[f"x{j}"] for j in range(n)))[:sample]
-    return {"inserted": inserted, "deleted": deleted, "updated": updated,
-            "sample_updates": _samples(con, sides, pk, rest, picked, line_size)}
+    picked = sorted(
+        (found[0] or []) + (found_in_pairs[0] or []) if sample else [],
+        key=lambda r: tuple(r[f"x{j}"] for j in range(n)),
+    )[:sample]
+    return {
+        "inserted": inserted,
+        "deleted": deleted,
+        "updated": updated,
+        "sample_updates": _samples(con, sides, pk, rest, picked, line_size),
+    }
 
 
 def _match_sql(n: int, width: int) -> tuple[str, str, str]:
@@ -264,15 +274,21 @@ def _compare_whole(con, sides, pk, rest, sample, line_size) -> dict:
         return f"{columns_sql(folder, table, pk + rest, 'x', max_line_size=line_size, extra=extra)} AS {alias}"
 
     picks = f", min({changed}, {sample}) FILTER (WHERE {both})" if sample else ""
-    probe, build = (relation(1, "n"), relation(0, "o")) if sides[0][2] <= sides[1][2] else \
-        (relation(0, "o"), relation(1, "n"))
+    probe, build = (
+        (relation(1, "n"), relation(0, "o")) if sides[0][2] <= sides[1][2] else (relation(0, "o"), relation(1, "n"))
+    )
     inserted, deleted, updated, rows_old, rows_new, *found = con.execute(
         f"SELECT count(*) FILTER (WHERE o.x0 IS NULL), count(*) FILTER (WHERE n.x0 IS NULL), "
         f"count(*) FILTER (WHERE {both}), count(o.x0), count(n.x0){picks} "
-        f"FROM {probe} FULL JOIN {build} ON {on}").fetchone()
+        f"FROM {probe} FULL JOIN {build} ON {on}"
+    ).fetchone()
     _check_rows(sides, rows_old, rows_new)
-    return {"inserted": inserted, "deleted": deleted, "updated": updated,
-            "sample_updates": _samples(con, sides, pk, rest, (found[0] or []) if sample else [], line_size)}
+    return {
+        "inserted": inserted,
+        "deleted": deleted,
+        "updated": updated,
+        "sample_updates": _samples(con, sides, pk, rest, (found[0] or []) if sample else [], line_size),
+    }
 
 
 def _samples(con, sides, pk, rest, picked: list[dict], line_size) -> list[dict]:
@@ -281,14 +297,21 @@ def _samples(con, sides, pk, rest, picked: list[dict], line_size) -> list[dict]:
     samples = []
     if picked:
         keys = [tuple(r[f"x{j}"] for j in range(n)) for r in picked]
-        old_rows, new_rows = _fetch(con, sides, pk, rest, keys, [{r["fo"] for r in picked},
-                                                                 {r["fn"] for r in picked}], line_size)
+        old_rows, new_rows = _fetch(
+            con, sides, pk, rest, keys, [{r["fo"] for r in picked}, {r["fn"] for r in picked}], line_size
+        )
         for k in keys:
             if k not in old_rows or k not in new_rows:  # only if a file changed since the first pass
-                raise SnapshotDamaged(f"{mf.table_key(sides[0][1])}: a row read once was not found again",
-                                      [f"{mf.table_key(sides[0][1])}: data changed while being read"])
-            samples.append({"key": dict(zip(pk, k, strict=True)), "changes": {
-                c: [a, b] for c, a, b in zip(rest, old_rows[k], new_rows[k], strict=True) if a != b}})
+                raise SnapshotDamaged(
+                    f"{mf.table_key(sides[0][1])}: a row read once was not found again",
+                    [f"{mf.table_key(sides[0][1])}: data changed while being read"],
+                )
+            samples.append(
+                {
+                    "key": dict(zip(pk, k, strict=True)),
+                    "changes": {c: [a, b] for c, a, b in zip(rest, old_rows[k], new_rows[k], strict=True) if a != b},
+                }
+            )
     return samples
 
 
@@ -299,11 +322,13 @@ def _fetch(con, sides, pk, rest, keys, wanted, line_size) -> tuple[dict, dict]:
     parts = []
     for s, ((folder, table, _), files) in enumerate(zip(sides, wanted, strict=True)):
         subset = {**table, "files": [f for i, f in enumerate(table["files"]) if i in files]}
-        parts.append(f"SELECT {s} AS s, * FROM {columns_sql(folder, subset, pk + rest, 'k', max_line_size=line_size)} "
-                     f"WHERE {match}")
+        parts.append(
+            f"SELECT {s} AS s, * FROM {columns_sql(folder, subset, pk + rest, 'k', max_line_size=line_size)} "
+            f"WHERE {match}"
+        )
     out: tuple[dict, dict] = ({}, {})
     for row in con.execute(" UNION ALL ".join(parts)).fetchall():
-        out[row[0]][tuple(row[1:n + 1])] = tuple(row[n + 1:])
+        out[row[0]][tuple(row[1 : n + 1])] = tuple(row[n + 1 :])
     return out
 
 
@@ -312,8 +337,12 @@ def _compare_multiset(con, sides, common, line_size) -> dict:
     (old_dir, old, expect_old), (new_dir, new, expect_new) = sides
     if not common:
         # No stored columns: every row is the same empty tuple, only the counts can differ.
-        return {"inserted": max(expect_new - expect_old, 0), "deleted": max(expect_old - expect_new, 0),
-                "updated": None, "sample_updates": []}
+        return {
+            "inserted": max(expect_new - expect_old, 0),
+            "deleted": max(expect_old - expect_new, 0),
+            "updated": None,
+            "sample_updates": [],
+        }
 
     def bag(s, folder, table):
         pos = {c: i for i, c in enumerate(table["copy_columns"])}
@@ -323,12 +352,15 @@ def _compare_multiset(con, sides, common, line_size) -> dict:
         return f"(SELECT {s} AS s, {hashed} AS h FROM {files_sql(folder, table, max_line_size=line_size)})"
 
     # One aggregate over both sides: per distinct row, how often each side has it.
-    counted = (f"SELECT count(*) FILTER (WHERE s = 0) AS o, count(*) FILTER (WHERE s = 1) AS n "
-               f"FROM (SELECT * FROM {bag(0, old_dir, old)} UNION ALL SELECT * FROM {bag(1, new_dir, new)}) "
-               f"GROUP BY h")
+    counted = (
+        f"SELECT count(*) FILTER (WHERE s = 0) AS o, count(*) FILTER (WHERE s = 1) AS n "
+        f"FROM (SELECT * FROM {bag(0, old_dir, old)} UNION ALL SELECT * FROM {bag(1, new_dir, new)}) "
+        f"GROUP BY h"
+    )
     inserted, deleted, rows_old, rows_new = con.execute(
         f"SELECT coalesce(sum(greatest(n - o, 0)), 0)::BIGINT, coalesce(sum(greatest(o - n, 0)), 0)::BIGINT, "
-        f"coalesce(sum(o), 0)::BIGINT, coalesce(sum(n), 0)::BIGINT FROM ({counted})").fetchone()
+        f"coalesce(sum(o), 0)::BIGINT, coalesce(sum(n), 0)::BIGINT FROM ({counted})"
+    ).fetchone()
     _check_rows(sides, rows_old, rows_new)
     return {"inserted": inserted, "deleted": deleted, "updated": None, "sample_updates": []}
 
@@ -347,15 +379,18 @@ def _check_files(folder: mf.SnapshotArg, table: dict) -> None:
     try:
         check_files(location, table["files"], threads=1)  # one thread: DuckDB has the other CPUs
     except SnapshotDamaged as exc:
-        raise SnapshotDamaged(f"{location.name}: a data file is missing or does not match its checksum: "
-                              + "; ".join(exc.problems[:3]), exc.problems,
-                              hint=f"run `backupkit verify {location}`") from None
+        raise SnapshotDamaged(
+            f"{location.name}: a data file is missing or does not match its checksum: " + "; ".join(exc.problems[:3]),
+            exc.problems,
+            hint=f"run `backupkit verify {location}`",
+        ) from None
 
 
 def _check_schema_files(folder: mf.SnapshotArg, m: dict) -> None:
     """Raise SnapshotDamaged unless the schema SQL files a diff reads match the manifest."""
-    entries = [f for f in m.get("schema_files") or [] if isinstance(f, dict)
-               and f.get("path") in (mf.PRE_DATA, mf.POST_DATA)]
+    entries = [
+        f for f in m.get("schema_files") or [] if isinstance(f, dict) and f.get("path") in (mf.PRE_DATA, mf.POST_DATA)
+    ]
     check_files(folder, entries)
 
 
@@ -363,8 +398,10 @@ def _check_rows(sides, rows_old: int, rows_new: int) -> None:
     """Raise SnapshotDamaged when DuckDB did not read the rows the manifests promise."""
     for (_, t, expected), got in zip(sides, (rows_old, rows_new), strict=True):
         if got != expected:
-            raise SnapshotDamaged(f"read {got} rows of {mf.table_key(t)}, the manifest says {expected}",
-                                  [f"{mf.table_key(t)}: row count mismatch"])
+            raise SnapshotDamaged(
+                f"read {got} rows of {mf.table_key(t)}, the manifest says {expected}",
+                [f"{mf.table_key(t)}: row count mismatch"],
+            )
 
 
 def _plan(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old: dict, new: dict):
@@ -375,8 +412,10 @@ def _plan(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old: dict, new: dict
     read = _read_files(old, new)
     if read is None:
         return (old_dir, old, old["rows"]), (new_dir, new, new["rows"])
-    return tuple((folder, {**t, "files": files}, sum(f["rows"] for f in files))
-                 for folder, t, files in ((old_dir, old, read[0]), (new_dir, new, read[1])))
+    return tuple(
+        (folder, {**t, "files": files}, sum(f["rows"] for f in files))
+        for folder, t, files in ((old_dir, old, read[0]), (new_dir, new, read[1]))
+    )
 
 
 def _compare(con, sides, checks: list[Future], common, keyed, sample, spill: SnapshotLocation) -> dict:
@@ -414,8 +453,9 @@ def _compare(con, sides, checks: list[Future], common, keyed, sample, spill: Sna
             _wait(checks)
             if work is not None and isinstance(exc, duckdb.OutOfMemoryException):
                 work = 2 * work if work < 4 * DIFF_WORK_MEMORY else None
-            elif line_size < MAX_LINE_SIZE and isinstance(exc, (duckdb.InvalidInputException,
-                                                                 duckdb.NotImplementedException)):
+            elif line_size < MAX_LINE_SIZE and isinstance(
+                exc, (duckdb.InvalidInputException, duckdb.NotImplementedException)
+            ):
                 line_size = MAX_LINE_SIZE
             else:
                 raise
@@ -428,8 +468,7 @@ def _wait(checks: list[Future]) -> None:
         c.result()  # raises SnapshotDamaged
 
 
-def _schema_sql(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old_m: dict,
-                new_m: dict) -> tuple[dict, str, bool]:
+def _schema_sql(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old_m: dict, new_m: dict) -> tuple[dict, str, bool]:
     """Which schema SQL files differ (by manifest SHA-256), and a capped unified diff of them."""
     sha_old = {f["path"]: f["sha256"] for f in old_m.get("schema_files", [])}
     sha_new = {f["path"]: f["sha256"] for f in new_m.get("schema_files", [])}
@@ -475,8 +514,11 @@ def _run_tables(con, work, checks, sample, spill: LocalStorage) -> dict[str, dic
         try:
             results[key] = _compare(con, sides, checks[key], _common(old, new), _keyed(old, new), sample, folder)
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-            raise SnapshotDamaged(f"cannot read the data of {key}: {exc}", [f"{key}: {exc}"],
-                                  hint="run `backupkit verify` on both snapshots") from None
+            raise SnapshotDamaged(
+                f"cannot read the data of {key}: {exc}",
+                [f"{key}: {exc}"],
+                hint="run `backupkit verify` on both snapshots",
+            ) from None
         finally:
             spill.remove(folder.key())
     return results
@@ -522,8 +564,11 @@ def diff_snapshots(old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample
     results: dict[str, dict] = {}
     with scratch("backupkit-diff-") as spill:  # removed with everything in it at the end
         try:
-            checks = {key: [hasher.submit(_check_files, folder, t) for folder, t, _ in sides]
-                      for key, _, _, sides in work if sides is not None}
+            checks = {
+                key: [hasher.submit(_check_files, folder, t) for folder, t, _ in sides]
+                for key, _, _, sides in work
+                if sides is not None
+            }
             con = _diff_connect(str(spill.path()))
             results = _run_tables(con, work, checks, sample, spill)
         finally:
@@ -532,12 +577,25 @@ def diff_snapshots(old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample
                 con.close()
     tables = []
     for key, old, new, sides in work:
-        entry = {"schema": new["schema"], "name": new["name"], "rows_old": old["rows"], "rows_new": new["rows"],
-                 "primary_key": new.get("primary_key")}
+        entry = {
+            "schema": new["schema"],
+            "name": new["name"],
+            "rows_old": old["rows"],
+            "rows_new": new["rows"],
+            "primary_key": new.get("primary_key"),
+        }
         if sides is None:
             # Byte-identical files hold identical rows: nothing to read.
-            entry.update({"method": "identical", "note": None, "inserted": 0, "deleted": 0,
-                          "updated": 0 if _keyed(old, new) else None, "sample_updates": []})
+            entry.update(
+                {
+                    "method": "identical",
+                    "note": None,
+                    "inserted": 0,
+                    "deleted": 0,
+                    "updated": 0 if _keyed(old, new) else None,
+                    "sample_updates": [],
+                }
+            )
         else:
             entry.update(results[key])
         entry["compared_columns"] = _common(old, new)
@@ -571,6 +629,9 @@ def same(diff: dict) -> bool:
     Schema SQL that differs outside every object (pg_dump's version comment, its
     session settings) is not a difference: it says nothing about the database.
     """
-    return not (diff["tables_added"] or diff["tables_removed"] or diff["schema_objects"]
-                or any(t["inserted"] or t["deleted"] or t["updated"] or t["schema_changes"]["changed"]
-                       for t in diff["tables"]))
+    return not (
+        diff["tables_added"]
+        or diff["tables_removed"]
+        or diff["schema_objects"]
+        or any(t["inserted"] or t["deleted"] or t["updated"] or t["schema_changes"]["changed"] for t in diff["tables"])
+    )

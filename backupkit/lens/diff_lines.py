@@ -86,12 +86,15 @@ def _lines_sql(folder: mf.SnapshotArg, files: list[dict], i: int, line_size: int
         return "(SELECT NULL::VARCHAR AS l, NULL::UBIGINT AS h WHERE false)"
     path = path_sql(data_path(folder, files[i]))  # exactly this file, never a pattern
     # No quote and no escape character: every byte of the line but its newline is kept.
-    return (f"(SELECT l, hash(l) AS h FROM read_csv({path}, columns = {{'l': 'VARCHAR'}}, "
-            f"delim = {literal(_DELIM)}, quote = '', escape = '', {reader_options(line_size)}))")
+    return (
+        f"(SELECT l, hash(l) AS h FROM read_csv({path}, columns = {{'l': 'VARCHAR'}}, "
+        f"delim = {literal(_DELIM)}, quote = '', escape = '', {reader_options(line_size)}))"
+    )
 
 
-def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: SnapshotLocation, line_size: int,
-                limit: int) -> tuple | None:
+def match_lines(
+    con: duckdb.DuckDBPyConnection, sides, spill: SnapshotLocation, line_size: int, limit: int
+) -> tuple | None:
     """Match two sides' rows by line, file pair by file pair; write what found no twin to ``spill``.
 
     ``sides`` is ``((snapshot, table, rows), (snapshot, table, rows))`` as diff plans it,
@@ -114,11 +117,14 @@ def match_lines(con: duckdb.DuckDBPyConnection, sides, spill: SnapshotLocation, 
         # The right side of a join is its build side (see diff._diff_connect): the one with fewer rows.
         probe, build = (f"{n} AS n", f"{o} AS o") if rows[0] <= rows[1] else (f"{o} AS o", f"{n} AS n")
         with con.cursor() as cur:
-            got = one_row(cur.execute(
-                "INSERT INTO bk_lines SELECT count(o.l), count(n.l), "
-                "list(o.l) FILTER (WHERE n.l IS NULL), list(n.l) FILTER (WHERE o.l IS NULL) "
-                f"FROM {probe} FULL JOIN {build} ON o.h = n.h AND o.l = n.l "
-                "RETURNING rows_o, rows_n, coalesce(len(only_o), 0) + coalesce(len(only_n), 0)"))
+            got = one_row(
+                cur.execute(
+                    "INSERT INTO bk_lines SELECT count(o.l), count(n.l), "
+                    "list(o.l) FILTER (WHERE n.l IS NULL), list(n.l) FILTER (WHERE o.l IS NULL) "
+                    f"FROM {probe} FULL JOIN {build} ON o.h = n.h AND o.l = n.l "
+                    "RETURNING rows_o, rows_n, coalesce(len(only_o), 0) + coalesce(len(only_n), 0)"
+                )
+            )
         counts[i] = (got[0], got[1])
         return got[2]
 
@@ -152,8 +158,7 @@ def _write_lines(con: duckdb.DuckDBPyConnection, query: str, storage: Storage, n
     """
     n = 0
     cur = con.execute(query)
-    with storage.create(name) as raw, \
-            zstandard.ZstdCompressor(level=1).stream_writer(raw, closefd=False) as out:
+    with storage.create(name) as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw, closefd=False) as out:
         out.write("\ufeff".encode())
         while batch := cur.fetchmany(_BATCH):
             out.write(("\n".join(r[0] for r in batch) + "\n").encode())

@@ -101,12 +101,20 @@ from ..storage.location import SnapshotLocation, locate
 MAX_LINE_SIZE = 128 << 20
 
 _SIMPLE = {
-    "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "BIGINT",
-    "boolean": "BOOLEAN", "real": "FLOAT", "double precision": "DOUBLE", "uuid": "UUID",
+    "smallint": "SMALLINT",
+    "integer": "INTEGER",
+    "bigint": "BIGINT",
+    "boolean": "BOOLEAN",
+    "real": "FLOAT",
+    "double precision": "DOUBLE",
+    "uuid": "UUID",
 }
 #: Array element types whose every value converts exactly into a LIST element.
 _ARRAY_ELEMENTS = {
-    **_SIMPLE, "text": "VARCHAR", "character varying": "VARCHAR", "character": "VARCHAR",
+    **_SIMPLE,
+    "text": "VARCHAR",
+    "character varying": "VARCHAR",
+    "character": "VARCHAR",
     "name": "VARCHAR",
 }
 # One element of a 1-D array literal: a quoted string (\-escapes inside) or a bare token.
@@ -190,9 +198,11 @@ def column_expr(raw: str, base_type: str) -> str:
                   WHEN e[1] = '"' THEN regexp_replace(substr(e, 2, length(e) - 2), '\\(.)', '\1', 'g')
                   ELSE e END"""
         # '{{' starts a multi-dimensional array, '[' explicit bounds: a LIST cannot hold them.
-        return (f"CASE WHEN {raw}[1:2] = '{{{{' OR {raw}[1] = '[' THEN NULL ELSE "
-                f"CAST([{element} FOR e IN regexp_extract_all({raw}, {literal(_ELEMENT_RE)})] "
-                f"AS {target}) END")
+        return (
+            f"CASE WHEN {raw}[1:2] = '{{{{' OR {raw}[1] = '[' THEN NULL ELSE "
+            f"CAST([{element} FOR e IN regexp_extract_all({raw}, {literal(_ELEMENT_RE)})] "
+            f"AS {target}) END"
+        )
     if target == "BLOB":
         # Only the default hex output is decoded; bytea_output=escape text stays in raw mode.
         return rf"CASE WHEN starts_with({raw}, '\x') THEN unhex(substr({raw}, 3)) END"
@@ -231,8 +241,10 @@ def _read_csv(files: str, n: int, common: str) -> str:
     """COPY's CSV: nothing is sniffed, quoting, NULL handling and types are exactly what
     COPY (FORMAT csv) wrote (an unquoted empty field is NULL, a quoted one '')."""
     columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
-    return (f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', "
-            f"allow_quoted_nulls = false, {common})")
+    return (
+        f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', "
+        f"allow_quoted_nulls = false, {common})"
+    )
 
 
 #: How DuckDB reads each data format (``snapshot.formats``), by ``DataFormat.name``: given the
@@ -260,12 +272,21 @@ def _text_value(c: str) -> str:
     for letter, code in _TEXT_ESCAPES:
         unescaped = rf"replace({unescaped}, '\{letter}', chr({code}))"
     unescaped = rf"replace({unescaped}, chr(0), '\')"
-    return (rf"CASE WHEN {c} IS NULL THEN '' WHEN {c} = '\N' THEN NULL "
-            rf"WHEN contains({c}, '\') THEN {unescaped} ELSE {c} END")
+    return (
+        rf"CASE WHEN {c} IS NULL THEN '' WHEN {c} = '\N' THEN NULL "
+        rf"WHEN contains({c}, '\') THEN {unescaped} ELSE {c} END"
+    )
 
 
-def columns_sql(folder: mf.SnapshotArg, table: dict, columns: list[str], alias: str = "k", *,
-            max_line_size: int = MAX_LINE_SIZE, extra: str = "") -> str:
+def columns_sql(
+    folder: mf.SnapshotArg,
+    table: dict,
+    columns: list[str],
+    alias: str = "k",
+    *,
+    max_line_size: int = MAX_LINE_SIZE,
+    extra: str = "",
+) -> str:
     """``(SELECT c_i AS k0, ... FROM read_csv(...))`` with the given columns, by name, in order.
 
     ``extra`` is appended to the select list (it may use ``c_i`` and ``file_index``).
@@ -277,8 +298,10 @@ def columns_sql(folder: mf.SnapshotArg, table: dict, columns: list[str], alias: 
         cols = ", ".join(f"NULL::VARCHAR AS {alias}{n}" for n in range(len(columns)))
         return f"(SELECT {', '.join(x for x in (cols, extra) if x)} WHERE false)"
     cols = ", ".join(f"c{pos[c]} AS {alias}{n}" for n, c in enumerate(columns))
-    return (f"(SELECT {', '.join(x for x in (cols, extra) if x)} "
-            f"FROM {files_sql(folder, table, max_line_size=max_line_size)})")
+    return (
+        f"(SELECT {', '.join(x for x in (cols, extra) if x)} "
+        f"FROM {files_sql(folder, table, max_line_size=max_line_size)})"
+    )
 
 
 def duck_connection() -> duckdb.DuckDBPyConnection:
@@ -299,9 +322,11 @@ def one_row(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...]:
 
 def reader_options(max_line_size: int = MAX_LINE_SIZE) -> str:
     """The ``read_csv`` options every reader of data files shares: nothing sniffed, zstd, strict."""
-    return ("header = false, auto_detect = false, compression = 'zstd', strict_mode = true, "
-            "hive_partitioning = false, union_by_name = false, filename = false, encoding = 'utf-8', "
-            f"new_line = '\\n', max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)}")
+    return (
+        "header = false, auto_detect = false, compression = 'zstd', strict_mode = true, "
+        "hive_partitioning = false, union_by_name = false, filename = false, encoding = 'utf-8', "
+        f"new_line = '\\n', max_line_size = {max_line_size}, buffer_size = {read_buffer(max_line_size)}"
+    )
 
 
 def read_buffer(max_line_size: int = MAX_LINE_SIZE) -> int:
@@ -327,27 +352,54 @@ def _tables_view(manifest: dict, views: dict[str, str | None]) -> str:
         pk = t.get("primary_key")
         pk_sql = "NULL::VARCHAR[]" if pk is None else "[" + ", ".join(literal(c) for c in pk) + "]::VARCHAR[]"
         view = views.get(mf.table_key(t))
-        rows.append(f"({literal(t['schema'])}, {literal(t['name'])}, {int(t['rows'])}::BIGINT, "
-                    f"{sum(int(f['bytes']) for f in t['files'])}::BIGINT, {len(t['files'])}, {pk_sql}, "
-                    f"{'NULL' if view is None else literal(view)}::VARCHAR)")
+        rows.append(
+            f"({literal(t['schema'])}, {literal(t['name'])}, {int(t['rows'])}::BIGINT, "
+            f"{sum(int(f['bytes']) for f in t['files'])}::BIGINT, {len(t['files'])}, {pk_sql}, "
+            f"{'NULL' if view is None else literal(view)}::VARCHAR)"
+        )
     names = "(schema, name, rows, bytes, files, primary_key, view)"
     if not rows:
-        return (f"SELECT * FROM (VALUES ('', '', 0::BIGINT, 0::BIGINT, 0, NULL::VARCHAR[], NULL::VARCHAR)) "
-                f"AS t{names} WHERE false")
+        return (
+            f"SELECT * FROM (VALUES ('', '', 0::BIGINT, 0::BIGINT, 0, NULL::VARCHAR[], NULL::VARCHAR)) "
+            f"AS t{names} WHERE false"
+        )
     return f"SELECT * FROM (VALUES {', '.join(rows)}) AS t{names}"
 
 
 #: Statements SQL given to a sandboxed connection may hold: they read, or change only
 #: the in-memory database.  Everything else (COPY, EXPORT, ATTACH, DETACH, INSTALL,
 #: LOAD, ...) is refused before it runs.
-_LENS_STATEMENTS = frozenset(getattr(duckdb.StatementType, n) for n in (
-    "SELECT", "EXPLAIN", "PRAGMA", "SET", "VARIABLE_SET", "CREATE", "CREATE_FUNC", "INSERT", "UPDATE",
-    "DELETE", "MERGE_INTO", "DROP", "ALTER", "PREPARE", "EXECUTE", "TRANSACTION", "CALL", "ANALYZE",
-    "VACUUM") if hasattr(duckdb.StatementType, n))
+_LENS_STATEMENTS = frozenset(
+    getattr(duckdb.StatementType, n)
+    for n in (
+        "SELECT",
+        "EXPLAIN",
+        "PRAGMA",
+        "SET",
+        "VARIABLE_SET",
+        "CREATE",
+        "CREATE_FUNC",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE_INTO",
+        "DROP",
+        "ALTER",
+        "PREPARE",
+        "EXECUTE",
+        "TRANSACTION",
+        "CALL",
+        "ANALYZE",
+        "VACUUM",
+    )
+    if hasattr(duckdb.StatementType, n)
+)
 #: Settings a sandboxed connection may still change (none reaches a file).
 LENS_SETTINGS = ("TimeZone", "threads", "memory_limit", "enable_progress_bar")
-_LENS_HINT = ("the snapshot's SQL lens reads the snapshot's files and nothing else, and writes nothing; "
-              "open_snapshot(path, external_access=True) lifts this")
+_LENS_HINT = (
+    "the snapshot's SQL lens reads the snapshot's files and nothing else, and writes nothing; "
+    "open_snapshot(path, external_access=True) lifts this"
+)
 
 
 def check_lens_sql(sql) -> None:
@@ -438,12 +490,12 @@ def _sandbox(con: duckdb.DuckDBPyConnection, paths: list[Path], spill: str) -> N
 
 def _manifest_damaged(folder: SnapshotLocation, exc: Exception) -> SnapshotDamaged:
     problem = f"manifest.json is malformed ({type(exc).__name__}: {exc})"
-    return SnapshotDamaged(f"snapshot {folder.name}: {problem}", [problem],
-                           hint=f"run `backupkit verify {folder}`")
+    return SnapshotDamaged(f"snapshot {folder.name}: {problem}", [problem], hint=f"run `backupkit verify {folder}`")
 
 
-def open_snapshot(path: mf.SnapshotArg, *, raw: bool = False,
-                  external_access: bool = False) -> SnapshotConnection | duckdb.DuckDBPyConnection:
+def open_snapshot(
+    path: mf.SnapshotArg, *, raw: bool = False, external_access: bool = False
+) -> SnapshotConnection | duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per snapshot table, read from its files.
 
     With ``raw=True`` every column is VARCHAR holding PostgreSQL's exact text.
@@ -474,8 +526,9 @@ def open_snapshot(path: mf.SnapshotArg, *, raw: bool = False,
                 continue
             taken.add(key)
             statements.append(f"CREATE SCHEMA IF NOT EXISTS {ident(t['schema'])}")
-            statements.append(f"CREATE VIEW {ident(t['schema'])}.{ident(t['name'])} AS "
-                              + relation_sql(folder, t, raw=raw))
+            statements.append(
+                f"CREATE VIEW {ident(t['schema'])}.{ident(t['name'])} AS " + relation_sql(folder, t, raw=raw)
+            )
             views[mf.table_key(t)] = f"{ident(t['schema'])}.{ident(t['name'])}"
         if ("backupkit", "tables") not in taken:
             statements.append("CREATE SCHEMA IF NOT EXISTS backupkit")

@@ -32,13 +32,22 @@ def _pk_check(con, folder: mf.SnapshotArg, t: dict) -> dict:
     # Keys with a NULL are counted apart: they are a violation of their own, not duplicates.
     dups = f"SELECT {keys}, count(*) AS c FROM {src} WHERE NOT ({any_null}) GROUP BY {keys} HAVING count(*) > 1"
     nulls, dup_keys, dup_rows = con.execute(
-        f"SELECT (SELECT count(*) FROM {src} WHERE {any_null}), count(*), coalesce(sum(c), 0)::BIGINT "
-        f"FROM ({dups})").fetchone()
-    samples = [dict(zip(pk, r, strict=True)) for r in con.execute(
-        f"SELECT {keys} FROM ({dups}) ORDER BY {keys} LIMIT {SAMPLES}").fetchall()] if dup_keys else []
+        f"SELECT (SELECT count(*) FROM {src} WHERE {any_null}), count(*), coalesce(sum(c), 0)::BIGINT FROM ({dups})"
+    ).fetchone()
+    samples = (
+        [
+            dict(zip(pk, r, strict=True))
+            for r in con.execute(f"SELECT {keys} FROM ({dups}) ORDER BY {keys} LIMIT {SAMPLES}").fetchall()
+        ]
+        if dup_keys
+        else []
+    )
     ok = not nulls and not dup_keys
-    detail = f"primary key ({', '.join(pk)}) unique and not null" if ok else \
-        f"{dup_keys} duplicated key values over {dup_rows} rows, {nulls} rows with a NULL key column"
+    detail = (
+        f"primary key ({', '.join(pk)}) unique and not null"
+        if ok
+        else f"{dup_keys} duplicated key values over {dup_rows} rows, {nulls} rows with a NULL key column"
+    )
     return _check("primary_key", mf.table_key(t), ok, detail, count=dup_rows + nulls, samples=samples)
 
 
@@ -49,16 +58,28 @@ def _fk_check(con, folder: mf.SnapshotArg, t: dict, fk: dict, ref: dict) -> dict
     # MATCH SIMPLE: a row with any NULL in the key references nothing.
     not_null = " AND ".join(f"c.k{i} IS NOT NULL" for i in range(n))
     on = " AND ".join(f"c.k{i} = p.r{i}" for i in range(n))
-    orphans_sql = (f"SELECT {', '.join(f'c.k{i}' for i in range(n))} FROM {child} AS c "
-                   f"WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {on})")
+    orphans_sql = (
+        f"SELECT {', '.join(f'c.k{i}' for i in range(n))} FROM {child} AS c "
+        f"WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {on})"
+    )
     count = con.execute(f"SELECT count(*) FROM ({orphans_sql})").fetchone()[0]
-    samples = [dict(zip(cols, r, strict=True)) for r in con.execute(
-        f"SELECT DISTINCT * FROM ({orphans_sql}) ORDER BY ALL LIMIT {SAMPLES}").fetchall()] if count else []
+    samples = (
+        [
+            dict(zip(cols, r, strict=True))
+            for r in con.execute(f"SELECT DISTINCT * FROM ({orphans_sql}) ORDER BY ALL LIMIT {SAMPLES}").fetchall()
+        ]
+        if count
+        else []
+    )
     target = f"{fk['ref_schema']}.{fk['ref_table']}({', '.join(ref_cols)})"
-    detail = (f"{fk['name']}: every ({', '.join(cols)}) found in {target}" if not count else
-              f"{fk['name']}: {count} rows reference a missing row of {target}")
-    return _check("foreign_key", mf.table_key(t), not count, detail, constraint=fk["name"],
-                  count=count, samples=samples)
+    detail = (
+        f"{fk['name']}: every ({', '.join(cols)}) found in {target}"
+        if not count
+        else f"{fk['name']}: {count} rows reference a missing row of {target}"
+    )
+    return _check(
+        "foreign_key", mf.table_key(t), not count, detail, constraint=fk["name"], count=count, samples=samples
+    )
 
 
 def _sequence_check(con, folder: mf.SnapshotArg, seq: dict, t: dict) -> dict:
@@ -70,10 +91,20 @@ def _sequence_check(con, folder: mf.SnapshotArg, seq: dict, t: dict) -> dict:
     # nextval returns last_value + 1 once the sequence was called, else last_value itself.
     following = seq["last_value"] + 1 if seq["is_called"] else seq["last_value"]
     ok = top is None or following > top
-    detail = (f"{name}: next value {following} > max({column}) = {top}" if ok else
-              f"{name}: next value {following} but max({column}) is {top}; new rows would collide")
-    return _check("sequence", mf.table_key(t), ok, detail, sequence=name, next_value=following,
-                  max_value=None if top is None else int(top))
+    detail = (
+        f"{name}: next value {following} > max({column}) = {top}"
+        if ok
+        else f"{name}: next value {following} but max({column}) is {top}; new rows would collide"
+    )
+    return _check(
+        "sequence",
+        mf.table_key(t),
+        ok,
+        detail,
+        sequence=name,
+        next_value=following,
+        max_value=None if top is None else int(top),
+    )
 
 
 def _damaged_files(problems: list[str], m: dict) -> set[str]:
@@ -117,8 +148,11 @@ def integrity(path: mf.SnapshotArg) -> dict:
             jobs.append(("primary_key", t, [t], partial(_pk_check, folder=folder, t=t)))
         for fk in t.get("foreign_keys") or []:
             ref = tables.get((fk["ref_schema"], fk["ref_table"]))
-            if ref is not None and all(c in ref["copy_columns"] for c in fk["ref_columns"]) \
-                    and all(c in t["copy_columns"] for c in fk["columns"]):
+            if (
+                ref is not None
+                and all(c in ref["copy_columns"] for c in fk["ref_columns"])
+                and all(c in t["copy_columns"] for c in fk["columns"])
+            ):
                 jobs.append(("foreign_key", t, [t, ref], partial(_fk_check, folder=folder, t=t, fk=fk, ref=ref)))
     for s in m.get("sequences") or []:
         owner = s.get("owned_by")
@@ -134,8 +168,11 @@ def integrity(path: mf.SnapshotArg) -> dict:
             # no count or sample ever comes from it.
             bad = [f["path"] for r in reads for f in r["files"] if f["path"] in damaged]
             if bad:
-                checks.append(_check(check, mf.table_key(t), False,
-                                               f"not checked: damaged data file {', '.join(sorted(set(bad)))}"))
+                checks.append(
+                    _check(
+                        check, mf.table_key(t), False, f"not checked: damaged data file {', '.join(sorted(set(bad)))}"
+                    )
+                )
                 continue
             try:
                 checks.append(run(con))
@@ -145,4 +182,3 @@ def integrity(path: mf.SnapshotArg) -> dict:
         con.close()
     result["ok"] = report.ok and all(c["ok"] for c in checks)
     return result
-

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from ..pg.schema import split_entries, unquote_ident
 from ..snapshot import manifest as mf
 
-_HEADER_LINE = re.compile(r"^-- Name: (.*?); Type: ([A-Z ]+); Schema: (.*?); Owner: (.*?)(?:; Tablespace: .*)?$",
-                          re.M)
+_HEADER_LINE = re.compile(r"^-- Name: (.*?); Type: ([A-Z ]+); Schema: (.*?); Owner: (.*?)(?:; Tablespace: .*)?$", re.M)
 #: pg_restore writes an object's owner as its own statement; owners are compared apart.
 _OWNER_LINE = re.compile(r"^ALTER [A-Z ]+ .* OWNER TO .*;$")
 #: Session settings pg_restore writes between entries land at the end of the previous one.
@@ -57,7 +56,7 @@ def _first_ident(text: str) -> tuple[str, str]:
     m = re.match(r'("(?:[^"]|"")*"|[^\s."]+)', text)
     if not m:
         return text, ""
-    return unquote_ident(m.group(1)), text[m.end():]
+    return unquote_ident(m.group(1)), text[m.end() :]
 
 
 def _entries(script: str) -> list[dict]:
@@ -68,8 +67,15 @@ def _entries(script: str) -> list[dict]:
         if not m:
             continue
         name, etype, schema, owner = m.groups()
-        out.append({"type": etype.lower(), "schema": None if schema == "-" else schema, "tag": name,
-                    "owner": None if owner in ("", "-") else owner, "body": body})
+        out.append(
+            {
+                "type": etype.lower(),
+                "schema": None if schema == "-" else schema,
+                "tag": name,
+                "owner": None if owner in ("", "-") else owner,
+                "body": body,
+            }
+        )
     return out
 
 
@@ -86,7 +92,7 @@ def _split_tag(tag: str, schema, relations: set[tuple]) -> tuple[str | None, str
     (table names may hold spaces), else the tag split at its first space."""
     cuts = [i for i, c in enumerate(tag) if c == " " and (schema, tag[:i]) in relations]
     if cuts:
-        return tag[:cuts[-1]], tag[cuts[-1] + 1:]
+        return tag[: cuts[-1]], tag[cuts[-1] + 1 :]
     table, _, name = tag.partition(" ")
     return (table, name) if name else (None, tag)
 
@@ -154,8 +160,7 @@ def _objects(entries: list[dict], relations: set[tuple]) -> dict:
         if part:
             parts.append((part, e))
             continue
-        table, name = _split_tag(e["tag"], e["schema"], relations) if e["type"] in _TABLE_TAGGED \
-            else (None, e["tag"])
+        table, name = _split_tag(e["tag"], e["schema"], relations) if e["type"] in _TABLE_TAGGED else (None, e["tag"])
         obj = objects.setdefault((e["type"], e["schema"], table, name), {})
         if e["type"] not in _NO_OWNER:
             obj["owner"] = e["owner"]
@@ -164,8 +169,7 @@ def _objects(entries: list[dict], relations: set[tuple]) -> dict:
     for part, e in parts:
         kind, table, name, column = _part_target(e["tag"])
         # a column's grants and comment are parts of its table
-        key = _find(index, kind, e["schema"], table, name) or \
-            ("table" if column else kind, e["schema"], table, name)
+        key = _find(index, kind, e["schema"], table, name) or ("table" if column else kind, e["schema"], table, name)
         label = f"column {column}: {part}" if column else part
         obj = objects.setdefault(key, {})
         obj[label] = (obj.get(label, "") + "\n" + _definition(e["body"])).strip()
@@ -179,8 +183,13 @@ def _owner_text(owner: dict) -> str:
 def _entry(key: tuple, change: str, parts: Sequence[str] = (), owner: dict | None = None) -> dict:
     """One ``schema_objects`` item; a changed owner is also given as ``owner`` {old, new}."""
     etype, schema, table, name = key
-    out = {"type": etype, "schema": schema, **({"table": table} if table is not None else {}),
-           "name": name, "change": change}
+    out = {
+        "type": etype,
+        "schema": schema,
+        **({"table": table} if table is not None else {}),
+        "name": name,
+        "change": change,
+    }
     if owner:
         out["owner"] = owner
         parts = [*parts, _owner_text(owner)]
@@ -207,8 +216,11 @@ def compare_objects(old: dict, new: dict) -> list[dict]:
             parts = sorted(p for p in set(o) | set(n) if p not in ("owner", "definition") and o.get(p) != n.get(p))
             if o.get("definition") != n.get("definition"):
                 parts.insert(0, "definition")
-            owner = {"old": o["owner"], "new": n["owner"]} \
-                if "definition" in o and o.get("owner") != n.get("owner") else None
+            owner = (
+                {"old": o["owner"], "new": n["owner"]}
+                if "definition" in o and o.get("owner") != n.get("owner")
+                else None
+            )
             if parts or owner:
                 out.append(_entry(key, "changed", parts, owner))
     return out
@@ -280,8 +292,14 @@ def owner_only(obj: dict) -> bool:
 
 
 def _sort_key(obj: dict) -> tuple:
-    return (_CHANGE_ORDER[obj["change"]], owner_only(obj), obj["type"], obj["schema"] or "",
-            obj.get("table") or "", obj["name"])
+    return (
+        _CHANGE_ORDER[obj["change"]],
+        owner_only(obj),
+        obj["type"],
+        obj["schema"] or "",
+        obj.get("table") or "",
+        obj["name"],
+    )
 
 
 def read_schema_sql(snapshot: mf.SnapshotArg, rel: str) -> str:

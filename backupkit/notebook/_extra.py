@@ -13,5 +13,7 @@ NEEDS = ("pandas", "matplotlib")
 
 for _name in NEEDS:
     if importlib.util.find_spec(_name) is None:
-        raise ModuleNotFoundError(f"backupkit.notebook needs {_name}, from the notebooks extra: "
-                                  "pip install 'backupkit[notebooks]'", name=_name)
+        raise ModuleNotFoundError(
+            f"backupkit.notebook needs {_name}, from the notebooks extra: pip install 'backupkit[notebooks]'",
+            name=_name,
+        )

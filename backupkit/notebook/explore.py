@@ -37,8 +37,9 @@ def snapshot_tables(snapshot: Path | str) -> pd.DataFrame:
 
     con = open_snapshot(snapshot)
     try:
-        return con.sql("SELECT schema, name, rows, bytes, files, primary_key, view "
-                       "FROM backupkit.tables ORDER BY schema, name").df()
+        return con.sql(
+            "SELECT schema, name, rows, bytes, files, primary_key, view FROM backupkit.tables ORDER BY schema, name"
+        ).df()
     finally:
         con.close()
 
@@ -78,9 +79,13 @@ def error_html(exc: BaseException) -> str:
     return f'<pre style="color:#b00">{html.escape(one_line(exc))}</pre>'
 
 
-def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", table: str = "",
-             sql: str = "SELECT schema, name, rows, bytes FROM backupkit.tables ORDER BY rows DESC",
-             limit: int = 20):
+def explorer(
+    backup_dir: Path | str = "backups",
+    snapshot: Path | str = "",
+    table: str = "",
+    sql: str = "SELECT schema, name, rows, bytes FROM backupkit.tables ORDER BY rows DESC",
+    limit: int = 20,
+):
     """A widget: pick a snapshot and a table, preview its rows, run DuckDB SQL over the views."""
     import ipywidgets as w
 
@@ -88,8 +93,9 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
 
     snaps = [s for s in list_snapshots(backup_dir)[0] if s.error is None]
     if not snaps:
-        raise SnapshotNotFound(f"no complete snapshot in {backup_dir}",
-                               hint="take one with notebooks/backup.ipynb or `backupkit backup`")
+        raise SnapshotNotFound(
+            f"no complete snapshot in {backup_dir}", hint="take one with notebooks/backup.ipynb or `backupkit backup`"
+        )
     chosen = str(pick_snapshot(backup_dir, str(snapshot))) if snapshot else str(snaps[0].path)
     options = [(f"{s.id}  ({s.tables} tables, {s.rows} rows)", str(s.path)) for s in snaps]
     if chosen not in [v for _, v in options]:
@@ -98,8 +104,9 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
     snap_dd = w.Dropdown(options=options, value=chosen, description="snapshot", layout=w.Layout(width="60%"))
     table_dd = w.Dropdown(description="table", layout=w.Layout(width="35%"))
     preview = w.HTML()
-    sql_box = w.Textarea(value=sql, placeholder="SELECT ... FROM public.orders",
-                         layout=w.Layout(width="100%", height="6em"))
+    sql_box = w.Textarea(
+        value=sql, placeholder="SELECT ... FROM public.orders", layout=w.Layout(width="100%", height="6em")
+    )
     button = w.Button(description="Run query", button_style="primary", icon="play")
     result = w.HTML()
     state: dict[str, Any] = {"con": None, "loading": False}
@@ -129,8 +136,12 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
                 state["loading"] = False
             preview.value = error_html(exc)
             return
-        views = [r[0] for r in state["con"].sql(
-            "SELECT view FROM backupkit.tables WHERE view IS NOT NULL ORDER BY schema, name").fetchall()]
+        views = [
+            r[0]
+            for r in state["con"]
+            .sql("SELECT view FROM backupkit.tables WHERE view IS NOT NULL ORDER BY schema, name")
+            .fetchall()
+        ]
         labels = [(v.replace('"', ""), v) for v in views]
         wanted = next((v for lbl, v in labels if lbl == table), None)
         state["loading"] = True  # one preview after the switch, not one per option change
@@ -158,5 +169,11 @@ def explorer(backup_dir: Path | str = "backups", snapshot: Path | str = "", tabl
     box = w.VBox([w.HBox([snap_dd, table_dd]), preview, sql_box, button, result])
     # Reachable for scripts and tests: box.snapshot.value = ..., box.run.click(), box.result.value
     box.snapshot, box.table, box.preview, box.sql, box.run, box.result = (
-        snap_dd, table_dd, preview, sql_box, button, result)
+        snap_dd,
+        table_dd,
+        preview,
+        sql_box,
+        button,
+        result,
+    )
     return box

@@ -42,6 +42,7 @@ DEMO_LABEL = "demo"
 
 # == databases and snapshots ==================================================================
 
+
 def _dsn(dsn_env: str) -> str:
     """The DSN a notebook means (see ``demo.notebook_dsn``); never display it."""
     from ..demo.run import notebook_dsn
@@ -55,10 +56,11 @@ def _restore_target(target_dsn_env: str) -> str:
         try:
             return resolve_dsn(env_var=target_dsn_env)
         except ConfigError:
-            raise ConfigError(f"${target_dsn_env} is not set",
-                              hint=f"export {target_dsn_env}=postgresql://... or leave target_dsn_env "
-                                   "empty to restore into a scratch database on the embedded demo server"
-                              ) from None
+            raise ConfigError(
+                f"${target_dsn_env} is not set",
+                hint=f"export {target_dsn_env}=postgresql://... or leave target_dsn_env "
+                "empty to restore into a scratch database on the embedded demo server",
+            ) from None
     import psycopg
 
     from ..demo.run import demo_server
@@ -78,8 +80,9 @@ def is_demo_source(source: Mapping[str, Any] | None) -> bool:
     return source.get("database") == DEMO_DB and source.get("host") in ("127.0.0.1", "localhost")
 
 
-def demo_snapshots_needed(sources: Sequence[Mapping[str, Any] | None], n: int, dsn_env: str,
-                          env: Mapping[str, str]) -> int:
+def demo_snapshots_needed(
+    sources: Sequence[Mapping[str, Any] | None], n: int, dsn_env: str, env: Mapping[str, str]
+) -> int:
     """How many demo snapshots to take so a notebook's defaults have ``n`` to work with.
 
     None unless the notebook's database is the demo one (``dsn_env`` empty and no
@@ -154,41 +157,68 @@ def pick_pair(backup_dir: Path | str = "backups", old: str = "", new: str = "") 
     ids = [s.id for s in complete]
     after = ids.index(new_path.name) + 1 if new_path.name in ids else len(ids)
     if after >= len(ids):
-        raise SnapshotNotFound(f"{backup_dir} has no snapshot older than {new_path.name} to compare with",
-                               hint="take another backup (notebooks/backup.ipynb) or name `old` explicitly")
+        raise SnapshotNotFound(
+            f"{backup_dir} has no snapshot older than {new_path.name} to compare with",
+            hint="take another backup (notebooks/backup.ipynb) or name `old` explicitly",
+        )
     return Pair(complete[after].path, new_path)
 
 
 # == operations (each a step of a run) ========================================================
+
 
 def failed_checks(items: list[dict]) -> list[str]:
     """``check: detail`` of every preflight check that failed."""
     return [f"{i['check']}: {i['detail']}" for i in items if i["status"] == "fail"]
 
 
-def preflight(backup_dir: Path | str = "backups", dsn_env: str = "", schemas: list[str] | None = None, *,
-              run: RunRecord | None = None) -> pd.DataFrame:
+def preflight(
+    backup_dir: Path | str = "backups",
+    dsn_env: str = "",
+    schemas: list[str] | None = None,
+    *,
+    run: RunRecord | None = None,
+) -> pd.DataFrame:
     """Run ``backupkit check``; the table of checks, or ``SourceError`` naming every failed one."""
     with _maybe_step(run, "preflight"):
         report = _check(_dsn(dsn_env), schemas=schemas, to=backup_dir)
         failed = failed_checks(report.items)
         if failed:
-            raise SourceError("preflight failed: " + "; ".join(failed),
-                              hint="fix what the checks name (`backupkit check` shows the same list)")
+            raise SourceError(
+                "preflight failed: " + "; ".join(failed),
+                hint="fix what the checks name (`backupkit check` shows the same list)",
+            )
     return pd.DataFrame(report.items, columns=["check", "status", "detail"])
 
 
-def backup(backup_dir: Path | str = "backups", dsn_env: str = "", *, schemas: list[str] | None = None,
-           jobs: int = 1, label: str = "", tables: Sequence[str] = (), exclude: Sequence[str] = (),
-           run: RunRecord | None = None) -> BackupResult:
+def backup(
+    backup_dir: Path | str = "backups",
+    dsn_env: str = "",
+    *,
+    schemas: list[str] | None = None,
+    jobs: int = 1,
+    label: str = "",
+    tables: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    run: RunRecord | None = None,
+) -> BackupResult:
     """Back up the database ``$dsn_env`` names into a new snapshot under ``backup_dir``."""
     with _maybe_step(run, "backup"):
-        result = _backup(_dsn(dsn_env), backup_dir, schemas=schemas, tables=list(tables), exclude=list(exclude),
-                         jobs=jobs, label=label or None, progress=False)
+        result = _backup(
+            _dsn(dsn_env),
+            backup_dir,
+            schemas=schemas,
+            tables=list(tables),
+            exclude=list(exclude),
+            jobs=jobs,
+            label=label or None,
+            progress=False,
+        )
     if run is not None:
         run.set_snapshot(result.id, result.path)
-        run.summary.update(tables=len(result.manifest["tables"]), rows=result.rows, bytes=result.bytes,
-                           warnings=result.warnings)
+        run.summary.update(
+            tables=len(result.manifest["tables"]), rows=result.rows, bytes=result.bytes, warnings=result.warnings
+        )
         run.write()
     return result
 
@@ -198,33 +228,66 @@ def verify(snapshot: Path | str, *, deep: bool = True, run: RunRecord | None = N
     with _maybe_step(run, "verify"):
         report = _verify(snapshot, deep=deep)
         if not report.ok:
-            raise SnapshotDamaged(f"snapshot {Path(snapshot).name} is damaged: " + "; ".join(report.problems[:5]),
-                                  report.problems, hint="restore from another snapshot and check the storage")
-    return pd.DataFrame([{"snapshot": Path(snapshot).name, "intact": report.ok, "files": report.files,
-                          "MB": round(report.bytes / 1e6, 2), "rows recounted": report.deep}])
+            raise SnapshotDamaged(
+                f"snapshot {Path(snapshot).name} is damaged: " + "; ".join(report.problems[:5]),
+                report.problems,
+                hint="restore from another snapshot and check the storage",
+            )
+    return pd.DataFrame(
+        [
+            {
+                "snapshot": Path(snapshot).name,
+                "intact": report.ok,
+                "files": report.files,
+                "MB": round(report.bytes / 1e6, 2),
+                "rows recounted": report.deep,
+            }
+        ]
+    )
 
 
-def make_policy(keep_last: int | None = None, keep_hourly: int | None = None, keep_daily: int | None = None,
-                keep_weekly: int | None = None, keep_monthly: int | None = None, keep_yearly: int | None = None,
-                keep_within: str | None = None, max_age_days: float | None = None, min_keep: int = 1,
-                tz: str = "UTC") -> Policy:
+def make_policy(
+    keep_last: int | None = None,
+    keep_hourly: int | None = None,
+    keep_daily: int | None = None,
+    keep_weekly: int | None = None,
+    keep_monthly: int | None = None,
+    keep_yearly: int | None = None,
+    keep_within: str | None = None,
+    max_age_days: float | None = None,
+    min_keep: int = 1,
+    tz: str = "UTC",
+) -> Policy:
     """A retention ``Policy`` from notebook parameters (None or "" = rule off; no rule = keep 30 days)."""
-    given = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
-             "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly,
-             "keep_within": keep_within or None, "max_age_days": max_age_days, "min_keep": min_keep, "tz": tz}
+    given = {
+        "keep_last": keep_last,
+        "keep_hourly": keep_hourly,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "keep_yearly": keep_yearly,
+        "keep_within": keep_within or None,
+        "max_age_days": max_age_days,
+        "min_keep": min_keep,
+        "tz": tz,
+    }
     return Policy.from_dict({k: v for k, v in given.items() if v is not None})
 
 
-def prune(backup_dir: Path | str, policy: Policy, *, dry_run: bool = True,
-          run: RunRecord | None = None) -> pd.DataFrame:
+def prune(
+    backup_dir: Path | str, policy: Policy, *, dry_run: bool = True, run: RunRecord | None = None
+) -> pd.DataFrame:
     """Apply ``policy`` to ``backup_dir`` (nothing is removed with ``dry_run``); every decision and why."""
     with _maybe_step(run, "prune"):
         result = _prune(backup_dir, policy, now=_now(), dry_run=dry_run)
     if run is not None:
-        run.summary.update(prune_dry_run=dry_run, kept=result.kept,
-                           removed=[] if dry_run else result.removed,
-                           would_remove=result.removed if dry_run else [],
-                           prune_warnings=result.warnings)
+        run.summary.update(
+            prune_dry_run=dry_run,
+            kept=result.kept,
+            removed=[] if dry_run else result.removed,
+            would_remove=result.removed if dry_run else [],
+            prune_warnings=result.warnings,
+        )
         run.write()
     return prune_table(result)
 
@@ -232,30 +295,54 @@ def prune(backup_dir: Path | str, policy: Policy, *, dry_run: bool = True,
 def prune_table(result: PruneResult) -> pd.DataFrame:
     """Prune decisions: each snapshot, keep or remove, and every reason."""
     gone = "would remove" if result.dry_run else "removed"
-    rows = [{"snapshot": d["id"], "created_at": d["created_at"],
-             "action": "keep" if d["action"] == "keep" else gone,
-             "reasons": "; ".join(d["reasons"]), "intact": d["intact"]} for d in result.decisions]
-    rows += [{"snapshot": name, "action": gone, "reasons": "unfinished or interrupted folder"}
-             for name in result.stale]
+    rows = [
+        {
+            "snapshot": d["id"],
+            "created_at": d["created_at"],
+            "action": "keep" if d["action"] == "keep" else gone,
+            "reasons": "; ".join(d["reasons"]),
+            "intact": d["intact"],
+        }
+        for d in result.decisions
+    ]
+    rows += [{"snapshot": name, "action": gone, "reasons": "unfinished or interrupted folder"} for name in result.stale]
     rows += [{"action": "warning", "reasons": w} for w in result.warnings]
     return pd.DataFrame(rows, columns=["snapshot", "created_at", "action", "reasons", "intact"])
 
 
-def restore(snapshot: Path | str, target_dsn_env: str = "", *, tables: Sequence[str] = (),
-            with_dependencies: bool = False, clean: bool = False, create_roles: bool = False,
-            jobs: int = 1, dry_run: bool = True, run: RunRecord | None = None) -> RestoreResult:
+def restore(
+    snapshot: Path | str,
+    target_dsn_env: str = "",
+    *,
+    tables: Sequence[str] = (),
+    with_dependencies: bool = False,
+    clean: bool = False,
+    create_roles: bool = False,
+    jobs: int = 1,
+    dry_run: bool = True,
+    run: RunRecord | None = None,
+) -> RestoreResult:
     """Restore ``snapshot`` into ``$target_dsn_env`` ("" = the demo server's scratch database).
 
     With ``dry_run`` nothing changes and the result holds the plan; ``create_roles``
     creates the roles the snapshot names that the target lacks, as NOLOGIN roles.
     """
     with _maybe_step(run, "restore"):
-        result = _restore(snapshot, _restore_target(target_dsn_env), tables=list(tables),
-                          with_dependencies=with_dependencies, clean=clean, create_roles=create_roles,
-                          jobs=jobs, dry_run=dry_run, progress=False)
+        result = _restore(
+            snapshot,
+            _restore_target(target_dsn_env),
+            tables=list(tables),
+            with_dependencies=with_dependencies,
+            clean=clean,
+            create_roles=create_roles,
+            jobs=jobs,
+            dry_run=dry_run,
+            progress=False,
+        )
     if run is not None:
         run.set_snapshot(Path(snapshot).name, snapshot)
-        run.summary.update(dry_run=dry_run, tables=len(result.plan.tables), rows_loaded=result.rows,
-                           restore_warnings=result.warnings)
+        run.summary.update(
+            dry_run=dry_run, tables=len(result.plan.tables), rows_loaded=result.rows, restore_warnings=result.warnings
+        )
         run.write()
     return result

@@ -64,14 +64,22 @@ def locate_parameters(history: list[str]) -> tuple[dict[str, Any], dict[str, Any
         while found and is_injected(found[-1][0]):
             found.pop()
     if not found:
-        raise ConfigError("no parameters cell has run in this kernel",
-                          hint="run the notebook from the top: the first cell declares the parameters")
+        raise ConfigError(
+            "no parameters cell has run in this kernel",
+            hint="run the notebook from the top: the first cell declares the parameters",
+        )
     return found[-1][1], injected
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "True/False", int: "a whole number", float: "a number", str: "text",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return {
+        bool: "True/False",
+        int: "a whole number",
+        float: "a number",
+        str: "text",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -93,8 +101,7 @@ def _type_ok(default: Any, value: Any) -> bool:
     return True
 
 
-def parameter_problems(declared: Mapping[str, Any], injected: Iterable[str],
-                       values: Mapping[str, Any]) -> list[str]:
+def parameter_problems(declared: Mapping[str, Any], injected: Iterable[str], values: Mapping[str, Any]) -> list[str]:
     """Why these parameters do not describe a run: unknown names and values of the wrong type."""
     problems = []
     unknown = [n for n in injected if n not in declared]
@@ -106,10 +113,15 @@ def parameter_problems(declared: Mapping[str, Any], injected: Iterable[str],
     for name, default in declared.items():
         if name in values and not _type_ok(default, values[name]):
             value = values[name]
-            hint = " (papermill -p reads numbers and True/False; pass text with -r NAME VALUE)" \
-                if isinstance(default, str) else ""
-            problems.append(f"parameter {name!r} must be {_type_name(default)} like its default "
-                            f"{default!r}, not {_type_name(value)} {value!r}{hint}")
+            hint = (
+                " (papermill -p reads numbers and True/False; pass text with -r NAME VALUE)"
+                if isinstance(default, str)
+                else ""
+            )
+            problems.append(
+                f"parameter {name!r} must be {_type_name(default)} like its default "
+                f"{default!r}, not {_type_name(value)} {value!r}{hint}"
+            )
     return problems
 
 
@@ -119,9 +131,14 @@ def namespace_parameters(user_ns: Mapping[str, Any], hidden: Iterable[str] = ())
     import types
 
     hidden = set(hidden)
-    return {k: v for k, v in user_ns.items()
-            if k not in hidden and not k.startswith("_") and not callable(v)
-            and not isinstance(v, (types.ModuleType, RunRecord))}
+    return {
+        k: v
+        for k, v in user_ns.items()
+        if k not in hidden
+        and not k.startswith("_")
+        and not callable(v)
+        and not isinstance(v, (types.ModuleType, RunRecord))
+    }
 
 
 def check_parameters(run: RunRecord | None = None, *, shell=None) -> dict[str, Any]:
@@ -152,6 +169,7 @@ def check_parameters(run: RunRecord | None = None, *, shell=None) -> dict[str, A
         if run is not None:
             run.params = values if not problems else {**values, **injected}
         if problems:
-            raise ConfigError("; ".join(problems),
-                              hint="fix the papermill -p/-r/-f parameters (names and types as declared)")
+            raise ConfigError(
+                "; ".join(problems), hint="fix the papermill -p/-r/-f parameters (names and types as declared)"
+            )
     return values

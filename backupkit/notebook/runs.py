@@ -92,12 +92,21 @@ class RunRecord:
         """The run.json content, passwords redacted."""
         seconds = (self.finished_at - self.started_at).total_seconds() if self.finished_at else None
         data = {
-            "job": self.job, "run_id": self.run_id, "status": self.status,
-            "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
+            "job": self.job,
+            "run_id": self.run_id,
+            "status": self.status,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
             "seconds": round(seconds, 3) if seconds is not None else None,
-            "steps": self.steps, "snapshot": self.snapshot, "exit_reason": self.exit_reason,
-            "hint": self.hint, "failed_step": self.failed_step, "parameters": self.params,
-            "summary": self.summary, "host": socket.gethostname(), "pid": os.getpid(),
+            "steps": self.steps,
+            "snapshot": self.snapshot,
+            "exit_reason": self.exit_reason,
+            "hint": self.hint,
+            "failed_step": self.failed_step,
+            "parameters": self.params,
+            "summary": self.summary,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "backupkit_version": __version__,
         }
         return _redacted(data, _secrets_for(self.params))
@@ -191,15 +200,17 @@ def _deactivate(run: RunRecord) -> None:
         _ACTIVE = None
 
 
-def start_run(job: str, params: Mapping[str, Any] | None = None, runs_dir: Path | str = "runs", *,
-              shell=None) -> RunRecord:
+def start_run(
+    job: str, params: Mapping[str, Any] | None = None, runs_dir: Path | str = "runs", *, shell=None
+) -> RunRecord:
     """Start a run record: write ``runs_dir/<run_id>.json`` (status running) and, in IPython,
     register the hook that marks it failed when a later cell raises."""
     global _ACTIVE
     now = _now()
     run_id = new_run_id(job, now)
-    run = RunRecord(job=job, run_id=run_id, path=Path(runs_dir) / f"{run_id}.json", started_at=now,
-                    params=dict(params or {}))
+    run = RunRecord(
+        job=job, run_id=run_id, path=Path(runs_dir) / f"{run_id}.json", started_at=now, params=dict(params or {})
+    )
     run.write()
     shell = shell or _shell()
     if shell is not None and _post_run_cell not in shell.events.callbacks["post_run_cell"]:

@@ -28,9 +28,15 @@ def _mb(n: int | float) -> float:
 
 def table_stats(manifest: dict) -> pd.DataFrame:
     """One row per table of a manifest: rows, compressed MB, files."""
-    rows = [{"table": mf.table_key(t), "rows": t["rows"],
-             "MB": _mb(sum(f["bytes"] for f in t["files"])), "files": len(t["files"])}
-            for t in manifest["tables"]]
+    rows = [
+        {
+            "table": mf.table_key(t),
+            "rows": t["rows"],
+            "MB": _mb(sum(f["bytes"] for f in t["files"])),
+            "files": len(t["files"]),
+        }
+        for t in manifest["tables"]
+    ]
     return pd.DataFrame(rows, columns=["table", "rows", "MB", "files"])
 
 
@@ -41,18 +47,39 @@ def _manifest_of(source: BackupResult | Path | str) -> dict:
 def backup_table(source: BackupResult | Path | str) -> pd.DataFrame:
     """A backup (or any snapshot) per table: rows, compressed MB and files, with a total line."""
     df = table_stats(_manifest_of(source))
-    total = pd.DataFrame([{"table": "(total)", "rows": int(df["rows"].sum()), "MB": round(df["MB"].sum(), 3),
-                           "files": int(df["files"].sum())}])
+    total = pd.DataFrame(
+        [
+            {
+                "table": "(total)",
+                "rows": int(df["rows"].sum()),
+                "MB": round(df["MB"].sum(), 3),
+                "files": int(df["files"].sum()),
+            }
+        ]
+    )
     return pd.concat([df, total], ignore_index=True)
 
 
 def history_rows(snapshots: list, unfinished: list) -> list[dict]:
     """Rows of the snapshot history (newest first), unfinished folders last."""
-    rows = [{"snapshot": s.id, "created_at": _iso(s.created_at), "label": s.label or "", "tables": s.tables,
-             "rows": s.rows, "MB": _mb(s.bytes), "pinned": s.pinned, "partial": s.partial,
-             "status": "unreadable: " + s.error if s.error else "complete"} for s in snapshots]
-    rows += [{"snapshot": u.path.name, "status": f"unfinished ({u.kind}, {u.age_seconds / 3600:.1f} h old)"}
-             for u in unfinished]
+    rows = [
+        {
+            "snapshot": s.id,
+            "created_at": _iso(s.created_at),
+            "label": s.label or "",
+            "tables": s.tables,
+            "rows": s.rows,
+            "MB": _mb(s.bytes),
+            "pinned": s.pinned,
+            "partial": s.partial,
+            "status": "unreadable: " + s.error if s.error else "complete",
+        }
+        for s in snapshots
+    ]
+    rows += [
+        {"snapshot": u.path.name, "status": f"unfinished ({u.kind}, {u.age_seconds / 3600:.1f} h old)"}
+        for u in unfinished
+    ]
     return rows
 
 
@@ -83,8 +110,11 @@ def restore_table(result: RestoreResult) -> pd.DataFrame:
         elif key in plan.platform_tables:
             action = "load into the project's own table"
         elif key in existing:
-            action = ("empty, then load" if not plan.schema else "drop, create, load") if plan.drop_first \
+            action = (
+                ("empty, then load" if not plan.schema else "drop, create, load")
+                if plan.drop_first
                 else "exists (refused)"
+            )
         else:
             action = "create" + (", load" if plan.data else "") if plan.schema else "load"
         rows.append({"table": key, "rows": t["rows"], "in target before": key in existing, "action": action})
@@ -93,18 +123,28 @@ def restore_table(result: RestoreResult) -> pd.DataFrame:
 
 def diff_overview(diff: dict) -> pd.DataFrame:
     """Tables added and removed between two snapshots (empty when the set of tables is the same)."""
-    rows = [{"table": f"{t['schema']}.{t['name']}", "change": "added", "rows": t["rows"]}
-            for t in diff["tables_added"]]
-    rows += [{"table": f"{t['schema']}.{t['name']}", "change": "removed", "rows": t["rows"]}
-             for t in diff["tables_removed"]]
+    rows = [{"table": f"{t['schema']}.{t['name']}", "change": "added", "rows": t["rows"]} for t in diff["tables_added"]]
+    rows += [
+        {"table": f"{t['schema']}.{t['name']}", "change": "removed", "rows": t["rows"]} for t in diff["tables_removed"]
+    ]
     return pd.DataFrame(rows, columns=["table", "change", "rows"])
 
 
 def diff_table(diff: dict) -> pd.DataFrame:
     """Per table in both snapshots: row counts, delta, inserted / deleted / updated rows."""
-    rows = [{"table": f"{t['schema']}.{t['name']}", "rows_old": t["rows_old"], "rows_new": t["rows_new"],
-             "delta": t["rows_new"] - t["rows_old"], "inserted": t["inserted"], "deleted": t["deleted"],
-             "updated": t["updated"], "compared by": t.get("method")} for t in diff["tables"]]
+    rows = [
+        {
+            "table": f"{t['schema']}.{t['name']}",
+            "rows_old": t["rows_old"],
+            "rows_new": t["rows_new"],
+            "delta": t["rows_new"] - t["rows_old"],
+            "inserted": t["inserted"],
+            "deleted": t["deleted"],
+            "updated": t["updated"],
+            "compared by": t.get("method"),
+        }
+        for t in diff["tables"]
+    ]
     columns = ["table", "rows_old", "rows_new", "delta", "inserted", "deleted", "updated", "compared by"]
     return pd.DataFrame(rows, columns=columns).astype({"updated": "Int64"})
 
@@ -119,15 +159,26 @@ def schema_change_rows(diff: dict) -> list[dict]:
         name = f"{t['schema']}.{t['name']}"
         rows += [{"table": name, "change": "column added", "detail": x} for x in c.get("columns_added", [])]
         rows += [{"table": name, "change": "column dropped", "detail": x} for x in c.get("columns_dropped", [])]
-        rows += [{"table": name, "change": "column type", "detail": f"{x['column']}: {x['old']} → {x['new']}"}
-                 for x in c.get("columns_retyped", [])]
+        rows += [
+            {"table": name, "change": "column type", "detail": f"{x['column']}: {x['old']} → {x['new']}"}
+            for x in c.get("columns_retyped", [])
+        ]
         if c.get("primary_key"):
-            rows.append({"table": name, "change": "primary key",
-                         "detail": f"{c['primary_key']['old']} → {c['primary_key']['new']}"})
-        rows += [{"table": name, "change": "foreign key added", "detail": f.get("name")}
-                 for f in c.get("foreign_keys_added", [])]
-        rows += [{"table": name, "change": "foreign key removed", "detail": f.get("name")}
-                 for f in c.get("foreign_keys_removed", [])]
+            rows.append(
+                {
+                    "table": name,
+                    "change": "primary key",
+                    "detail": f"{c['primary_key']['old']} → {c['primary_key']['new']}",
+                }
+            )
+        rows += [
+            {"table": name, "change": "foreign key added", "detail": f.get("name")}
+            for f in c.get("foreign_keys_added", [])
+        ]
+        rows += [
+            {"table": name, "change": "foreign key removed", "detail": f.get("name")}
+            for f in c.get("foreign_keys_removed", [])
+        ]
         rows += [{"table": name, "change": "index added", "detail": x} for x in c.get("indexes_added", [])]
         rows += [{"table": name, "change": "index removed", "detail": x} for x in c.get("indexes_removed", [])]
     if diff.get("schema_sql_changed"):
@@ -147,18 +198,29 @@ def sample_updates_table(diff: dict) -> pd.DataFrame:
     for t in diff["tables"]:
         for s in t.get("sample_updates") or []:
             key = ", ".join(f"{k}={v}" for k, v in s["key"].items())
-            rows += [{"table": f"{t['schema']}.{t['name']}", "key": key, "column": col, "old": old, "new": new}
-                     for col, (old, new) in s["changes"].items()]
+            rows += [
+                {"table": f"{t['schema']}.{t['name']}", "key": key, "column": col, "old": old, "new": new}
+                for col, (old, new) in s["changes"].items()
+            ]
     return pd.DataFrame(rows, columns=["table", "key", "column", "old", "new"])
 
 
 def integrity_rows(name: str, report: dict) -> list[dict]:
     """Rows for one snapshot's integrity report: the checksum check, then every data check."""
     sums = report["checksums"]
-    rows = [{"snapshot": name, "check": "checksums", "table": "", "ok": sums["ok"],
-             "detail": "; ".join(sums["problems"][:5]) or f"{sums['files']} files intact"}]
-    rows += [{"snapshot": name, "check": c["check"], "table": c["table"], "ok": c["ok"], "detail": c["detail"]}
-             for c in report["checks"]]
+    rows = [
+        {
+            "snapshot": name,
+            "check": "checksums",
+            "table": "",
+            "ok": sums["ok"],
+            "detail": "; ".join(sums["problems"][:5]) or f"{sums['files']} files intact",
+        }
+    ]
+    rows += [
+        {"snapshot": name, "check": c["check"], "table": c["table"], "ok": c["ok"], "detail": c["detail"]}
+        for c in report["checks"]
+    ]
     return rows
 
 
@@ -178,8 +240,7 @@ def integrity_table(reports: Mapping[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["snapshot", "check", "table", "ok", "detail"])
 
 
-def save_html_report(diff: dict, reports: Mapping[str, dict] | None = None,
-                     path: Path | str = "") -> Path | None:
+def save_html_report(diff: dict, reports: Mapping[str, dict] | None = None, path: Path | str = "") -> Path | None:
     """Write the diff (and integrity reports) as one self-contained HTML page; "" writes nothing.
 
     The file is the user's own (``lens.report.save_html``: its folder made, readable by its owner only).

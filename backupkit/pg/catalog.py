@@ -14,9 +14,23 @@ from .rows import one_row
 
 #: Schemas Supabase manages; backed up only when named explicitly.
 SUPABASE_MANAGED = (
-    "auth", "storage", "realtime", "_realtime", "extensions", "graphql", "graphql_public",
-    "vault", "pgsodium", "pgsodium_masks", "supabase_functions", "supabase_migrations",
-    "net", "pgbouncer", "cron", "_analytics", "pgtle",
+    "auth",
+    "storage",
+    "realtime",
+    "_realtime",
+    "extensions",
+    "graphql",
+    "graphql_public",
+    "vault",
+    "pgsodium",
+    "pgsodium_masks",
+    "supabase_functions",
+    "supabase_migrations",
+    "net",
+    "pgbouncer",
+    "cron",
+    "_analytics",
+    "pgtle",
 )
 
 _TABLES = """
@@ -134,25 +148,37 @@ def list_tables(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
     out = []
     for t in tables:
         columns = [
-            {"name": c["name"], "type": c["type"], "base_type": c["base_type"],
-             "enum": c["typtype"] == "e", "generated": c["generated"],
-             "identity": c["identity"], "not_null": c["not_null"]}
+            {
+                "name": c["name"],
+                "type": c["type"],
+                "base_type": c["base_type"],
+                "enum": c["typtype"] == "e",
+                "generated": c["generated"],
+                "identity": c["identity"],
+                "not_null": c["not_null"],
+            }
             for c in cols.get(t["oid"], [])
         ]
-        bypassed = (not t["rls_enabled"] or role["superuser"] or role["bypassrls"]
-                    or (t["is_owner"] and not t["rls_forced"]))
-        out.append({
-            "oid": t["oid"], "schema": t["schema"], "name": t["name"],
-            "parent": t["parent"], "is_partition": t["is_partition"],
-            "columns": columns,
-            "copy_columns": [c["name"] for c in columns if not c["generated"]],
-            "primary_key": pkeys.get(t["oid"]),
-            "foreign_keys": fkeys.get(t["oid"], []),
-            "indexes": indexes.get(t["oid"], []),
-            "rls": {"enabled": t["rls_enabled"], "forced": t["rls_forced"], "bypassed": bool(bypassed)},
-            "estimated_rows": max(t["estimated_rows"], 0),
-            "relation_bytes": t["relation_bytes"],
-        })
+        bypassed = (
+            not t["rls_enabled"] or role["superuser"] or role["bypassrls"] or (t["is_owner"] and not t["rls_forced"])
+        )
+        out.append(
+            {
+                "oid": t["oid"],
+                "schema": t["schema"],
+                "name": t["name"],
+                "parent": t["parent"],
+                "is_partition": t["is_partition"],
+                "columns": columns,
+                "copy_columns": [c["name"] for c in columns if not c["generated"]],
+                "primary_key": pkeys.get(t["oid"]),
+                "foreign_keys": fkeys.get(t["oid"], []),
+                "indexes": indexes.get(t["oid"], []),
+                "rls": {"enabled": t["rls_enabled"], "forced": t["rls_forced"], "bypassed": bool(bypassed)},
+                "estimated_rows": max(t["estimated_rows"], 0),
+                "relation_bytes": t["relation_bytes"],
+            }
+        )
     return out
 
 
@@ -161,8 +187,7 @@ def select_tables(tables: list[dict], include: list[str], exclude: list[str]) ->
     names = {f"{t['schema']}.{t['name']}" for t in tables}
     schemas = {t["schema"] for t in tables}
     # Excluding a table of a schema that is not backed up is a no-op, not a typo.
-    unknown = [n for n in [*include, *(e for e in exclude if e.split(".", 1)[0] in schemas)]
-               if n not in names]
+    unknown = [n for n in [*include, *(e for e in exclude if e.split(".", 1)[0] in schemas)] if n not in names]
     if unknown:
         raise SourceError(
             f"no such table: {', '.join(unknown)}",
@@ -181,8 +206,9 @@ def list_sequences(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
     cur = conn.cursor(row_factory=psycopg.rows.dict_row)
     seqs = cur.execute(_SEQUENCES, {"schemas": schemas}).fetchall()
     for s in seqs:
-        s["last_value"], s["is_called"] = one_row(conn.execute(
-            sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(s["schema"], s["name"]))))
+        s["last_value"], s["is_called"] = one_row(
+            conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(s["schema"], s["name"])))
+        )
     return seqs
 
 
@@ -195,4 +221,6 @@ def list_matviews(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
     return cur.execute(
         "SELECT n.nspname AS schema, c.relname AS name, c.relispopulated AS populated "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind = 'm' AND n.nspname = ANY(%s) ORDER BY c.oid", (schemas,)).fetchall()
+        "WHERE c.relkind = 'm' AND n.nspname = ANY(%s) ORDER BY c.oid",
+        (schemas,),
+    ).fetchall()

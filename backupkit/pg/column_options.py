@@ -55,8 +55,13 @@ def _lines_outside_quotes(body: str) -> set[int]:
                 starts.add(line)
         elif quote is None:
             if c in "'\"":
-                quote, escapes = c, c == "'" and i > 0 and body[i - 1] in "Ee" and not (
-                    i > 1 and (body[i - 2].isalnum() or body[i - 2] == "_"))
+                quote, escapes = (
+                    c,
+                    c == "'"
+                    and i > 0
+                    and body[i - 1] in "Ee"
+                    and not (i > 1 and (body[i - 2].isalnum() or body[i - 2] == "_")),
+                )
         elif escapes and c == "\\":
             i += 1  # the escaped character, whatever it is
         elif c == quote:

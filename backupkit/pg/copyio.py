@@ -27,6 +27,8 @@ ZSTD_LEVEL = 1
 _BATCH_ROWS = 64
 _LARGE_ROW = 1 << 16
 _COPY_IN_BLOCK = 128 << 10
+
+
 def copy_options(data_format: DataFormat, *, freeze: bool = False) -> sql.Composable:
     """``(FORMAT ...)`` of a COPY in ``data_format``; ``freeze`` adds FREEZE (COPY FROM only)."""
     return sql.SQL("(FORMAT {}{})").format(sql.SQL(data_format.name), sql.SQL(", FREEZE" if freeze else ""))
@@ -44,8 +46,13 @@ class FileResult:
     text_bytes: int
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, "rows": self.rows,
-                "text_bytes": self.text_bytes}
+        return {
+            "path": self.path,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "rows": self.rows,
+            "text_bytes": self.text_bytes,
+        }
 
 
 def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql.Composed:
@@ -125,8 +132,7 @@ def _error(res, conn: psycopg.Connection) -> psycopg.Error:
     return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
 
 
-def copy_out(conn: psycopg.Connection, statement: sql.Composable, storage: Storage, name: str,
-             rel: str) -> FileResult:
+def copy_out(conn: psycopg.Connection, statement: sql.Composable, storage: Storage, name: str, rel: str) -> FileResult:
     """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into the new file
     ``name`` of ``storage`` (durable when this returns); ``rel`` is its path inside the snapshot.
 
@@ -152,8 +158,14 @@ def copy_out(conn: psycopg.Connection, statement: sql.Composable, storage: Stora
     return FileResult(rel, size, sha.hexdigest(), rows[0], text_bytes)
 
 
-def copy_in(conn: psycopg.Connection, table: dict, snapshot: mf.SnapshotArg, files: list[dict] | None = None,
-            *, freeze: bool = False) -> int:
+def copy_in(
+    conn: psycopg.Connection,
+    table: dict,
+    snapshot: mf.SnapshotArg,
+    files: list[dict] | None = None,
+    *,
+    freeze: bool = False,
+) -> int:
     """Load a manifest table entry's data files (or just ``files``) with ``COPY ... FROM STDIN``.
 
     ``freeze`` loads the rows already frozen (``COPY FREEZE``), which PostgreSQL
@@ -163,8 +175,11 @@ def copy_in(conn: psycopg.Connection, table: dict, snapshot: mf.SnapshotArg, fil
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table["copy_columns"])
     rel = sql.Identifier(table["schema"], table["name"])
     options = copy_options(formats.of(table), freeze=freeze)
-    stmt = (sql.SQL("COPY {} ({}) FROM STDIN {}").format(rel, cols, options) if table["copy_columns"]
-            else sql.SQL("COPY {} FROM STDIN {}").format(rel, options))
+    stmt = (
+        sql.SQL("COPY {} ({}) FROM STDIN {}").format(rel, cols, options)
+        if table["copy_columns"]
+        else sql.SQL("COPY {} FROM STDIN {}").format(rel, options)
+    )
     with conn.cursor() as cur:
         with cur.copy(stmt) as copy:
             for f in table["files"] if files is None else files:

@@ -138,6 +138,9 @@ def dump_database_objects(dsn: str, path: Path, *, snapshot: str) -> None:
     """pg_dump every schema excluded: extensions, publications, database-wide default
     privileges, large objects (with their data), event triggers; into the new file ``path``
     (``schema/database.dump`` of a snapshot being written, in scratch space)."""
-    run_tool(find_tool("pg_dump"), ["--format=custom", f"--snapshot={snapshot}", "--no-sync",
-                                    "--exclude-schema=*", "-b", f"--file={path}"], dsn,
-             preexec_fn=dies_with_us())  # ends with this process, like the schema's pg_dump
+    run_tool(
+        find_tool("pg_dump"),
+        ["--format=custom", f"--snapshot={snapshot}", "--no-sync", "--exclude-schema=*", "-b", f"--file={path}"],
+        dsn,
+        preexec_fn=dies_with_us(),
+    )  # ends with this process, like the schema's pg_dump

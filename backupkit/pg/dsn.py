@@ -29,8 +29,7 @@ SESSION_SETTINGS = {
 }
 
 
-def resolve_dsn(dsn: str | None = None, env: Mapping[str, str] | None = None,
-                env_var: str | None = None) -> str:
+def resolve_dsn(dsn: str | None = None, env: Mapping[str, str] | None = None, env_var: str | None = None) -> str:
     """Return ``dsn``, else the first of ``$BACKUPKIT_DSN``, ``$DATABASE_URL``, ``$SUPABASE_DB_URL``.
 
     ``env_var`` names one variable to read instead (notebooks take the *name*
@@ -74,9 +73,11 @@ def _parse(dsn: str) -> dict:
         return conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         # libpq's message quotes the offending part, which may be the password: never show it.
-        raise ConfigError("the DSN cannot be parsed (check its quoting and %-escapes)",
-                          hint="use postgresql://user:password@host:5432/dbname, with special "
-                               "characters in the password percent-encoded") from None
+        raise ConfigError(
+            "the DSN cannot be parsed (check its quoting and %-escapes)",
+            hint="use postgresql://user:password@host:5432/dbname, with special "
+            "characters in the password percent-encoded",
+        ) from None
 
 
 def describe(dsn: str) -> dict:
@@ -84,8 +85,10 @@ def describe(dsn: str) -> dict:
     d = _parse(dsn)
     port = d.get("port") or "5432"
     if not port.isdigit():
-        raise ConfigError(f"the DSN's port {port!r} is not one port number",
-                          hint="use postgresql://user:password@host:5432/dbname (one host and port)")
+        raise ConfigError(
+            f"the DSN's port {port!r} is not one port number",
+            hint="use postgresql://user:password@host:5432/dbname (one host and port)",
+        )
     return {
         "host": d.get("host") or d.get("hostaddr") or "localhost",
         "port": int(port),
@@ -129,12 +132,17 @@ def _reason(exc: Exception) -> str:
 
 #: TCP keepalives (unless the DSN sets its own), so a client waiting on a server that vanished
 #: from the network notices within about a minute instead of the kernel's two hours.
-TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
-                  "keepalives_count": "3"}
+TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
 
 
-def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit",
-            settings: Mapping[str, str] | None = None, connect_timeout: int = 15) -> psycopg.Connection:
+def connect(
+    dsn: str,
+    *,
+    autocommit: bool = False,
+    application: str = "backupkit",
+    settings: Mapping[str, str] | None = None,
+    connect_timeout: int = 15,
+) -> psycopg.Connection:
     """Open a connection with backupkit's session settings; errors never carry the password.
 
     ``settings`` are applied after (and override) ``SESSION_SETTINGS``, e.g. a
@@ -144,8 +152,9 @@ def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit
     given = _parse(dsn)
     keepalives: dict[str, Any] = {k: v for k, v in TCP_KEEPALIVES.items() if k not in given}
     try:
-        conn = psycopg.connect(dsn, autocommit=True, application_name=application,
-                               connect_timeout=connect_timeout, **keepalives)
+        conn = psycopg.connect(
+            dsn, autocommit=True, application_name=application, connect_timeout=connect_timeout, **keepalives
+        )
     except psycopg.OperationalError as exc:
         reason = redact(_reason(exc), dsn)
         raise ConnectionFailed(
@@ -155,8 +164,10 @@ def connect(dsn: str, *, autocommit: bool = False, application: str = "backupkit
         ) from None
     every = {**SESSION_SETTINGS, **(settings or {})}
     try:  # one round trip for all of them
-        conn.execute("SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(every)),
-                     [x for kv in every.items() for x in kv])
+        conn.execute(
+            "SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(every)),
+            [x for kv in every.items() for x in kv],
+        )
     except BaseException:
         conn.close()
         raise

@@ -58,8 +58,11 @@ def _run_as() -> dict:
         # must not both run useradd: concurrent useradds can leave one of them holding
         # a uid that the other's write to /etc/passwd then took away.
         # O_NOFOLLOW and no truncation: root must not write through a link someone planted.
-        fd = os.open(os.path.join(tempfile.gettempdir(), "backupkit-useradd.lock"),
-                     os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            os.path.join(tempfile.gettempdir(), "backupkit-useradd.lock"),
+            os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+            0o600,
+        )
         with os.fdopen(fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -67,7 +70,8 @@ def _run_as() -> dict:
             except KeyError:
                 subprocess.run(
                     ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
-                    check=True, capture_output=True,
+                    check=True,
+                    capture_output=True,
                 )
                 user = pwd.getpwnam(SERVER_USER)
     # Drop root's groups too: a folder only root's group may enter must stay closed.
@@ -90,8 +94,15 @@ class EmbeddedServer:
     keeps the data folder so a later process can start it again.
     """
 
-    def __init__(self, datadir: Path | str, *, persistent: bool = False, remove_parent: bool = False,
-                 bindir: Path | str | None = None, superuser: str = SUPERUSER):
+    def __init__(
+        self,
+        datadir: Path | str,
+        *,
+        persistent: bool = False,
+        remove_parent: bool = False,
+        bindir: Path | str | None = None,
+        superuser: str = SUPERUSER,
+    ):
         self.datadir = Path(datadir).resolve()
         # The bootstrap superuser's name (Supabase's is supabase_admin; its postgres is not one).
         self.superuser = superuser
@@ -145,9 +156,18 @@ class EmbeddedServer:
             shutil.chown(self.datadir, SERVER_USER)
             shutil.chown(pwcopy, SERVER_USER)
         res = self._pg(
-            "initdb", "-D", str(self.datadir), "-U", self.superuser, "--pwfile", str(pwcopy),
-            "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "--encoding=UTF8",
-            "--locale=C", "--no-sync",
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            self.superuser,
+            "--pwfile",
+            str(pwcopy),
+            "--auth-host=scram-sha-256",
+            "--auth-local=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
         )
         pwcopy.unlink(missing_ok=True)
         if res.returncode != 0:
@@ -181,12 +201,21 @@ class EmbeddedServer:
                 "-c max_connections=60 -c shared_buffers=128MB"
             )
             res = self._pg(
-                "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.datadir),
-                "-l", str(self.datadir / "server.log"), "-o", opts,
+                "pg_ctl",
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.datadir / "server.log"),
+                "-o",
+                opts,
                 stdin=subprocess.DEVNULL,
             )
             if res.returncode != 0:
-                log = (self.datadir / "server.log")
+                log = self.datadir / "server.log"
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise ToolError(f"could not start embedded PostgreSQL: {res.stderr.strip()}\n{tail}")
             if not keep_running:

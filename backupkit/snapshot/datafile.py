@@ -25,8 +25,9 @@ from .formats import DataFormat
 BLOCK = 1 << 20
 
 
-def iter_blocks(snapshot: mf.SnapshotArg, rel: str, expected_sha256: str | None = None,
-                size: int = BLOCK) -> Iterator[bytes]:
+def iter_blocks(
+    snapshot: mf.SnapshotArg, rel: str, expected_sha256: str | None = None, size: int = BLOCK
+) -> Iterator[bytes]:
     """Yield the decompressed content of data file ``rel`` of a snapshot in blocks.
 
     With ``expected_sha256`` the compressed bytes are hashed as they are read and
@@ -64,8 +65,9 @@ def _decompressed(raw: BinaryIO, rel: str, expected_sha256: str | None, size: in
         sha.update(raw_tail)
     if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
         name = rel.rsplit("/", 1)[-1]
-        raise SnapshotDamaged(f"{name} changed while it was being read (checksum mismatch)",
-                              [f"{name}: checksum mismatch"])
+        raise SnapshotDamaged(
+            f"{name} changed while it was being read (checksum mismatch)", [f"{name}: checksum mismatch"]
+        )
 
 
 def count_rows_in(snapshot: mf.SnapshotArg, rel: str, data_format: DataFormat = formats.DEFAULT) -> int:
@@ -128,8 +130,11 @@ def data_path(folder: mf.SnapshotArg, entry: dict) -> Path:
 
 def _damaged(folder: mf.SnapshotArg, problem: str, problems: list[str] | None = None) -> SnapshotDamaged:
     location = locate(folder)
-    return SnapshotDamaged(f"snapshot {location.name} is damaged: {problem}", problems or [problem],
-                           hint=f"run `backupkit verify {location}` for the full list")
+    return SnapshotDamaged(
+        f"snapshot {location.name} is damaged: {problem}",
+        problems or [problem],
+        hint=f"run `backupkit verify {location}` for the full list",
+    )
 
 
 def _check_one(location: SnapshotLocation, entry: dict) -> str | None:

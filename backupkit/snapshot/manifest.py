@@ -102,41 +102,55 @@ def read(snapshot: SnapshotArg) -> dict:
         raw = location.storage.read(location.key(MANIFEST), MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         if not _exists(location):
-            raise SnapshotNotFound(f"no snapshot at {folder}",
-                                   hint="run `backupkit list DIR` to see the snapshots there") from None
-        raise SnapshotDamaged(f"{folder} has no {MANIFEST}", [f"missing {MANIFEST}"],
-                              hint="this is not a complete snapshot; do not restore from it") from None
+            raise SnapshotNotFound(
+                f"no snapshot at {folder}", hint="run `backupkit list DIR` to see the snapshots there"
+            ) from None
+        raise SnapshotDamaged(
+            f"{folder} has no {MANIFEST}",
+            [f"missing {MANIFEST}"],
+            hint="this is not a complete snapshot; do not restore from it",
+        ) from None
     except NotAPlainFile as exc:
         if exc.name == location.id and exc.what == "is not a folder":
-            raise SnapshotNotFound(f"no snapshot at {folder}",
-                                   hint="run `backupkit list DIR` to see the snapshots there") from None
+            raise SnapshotNotFound(
+                f"no snapshot at {folder}", hint="run `backupkit list DIR` to see the snapshots there"
+            ) from None
         if exc.name == location.id:
-            raise SnapshotDamaged(f"{folder} {exc.what}, not a snapshot folder",
-                                  [f"{location.id} {exc.what}"]) from None
+            raise SnapshotDamaged(
+                f"{folder} {exc.what}, not a snapshot folder", [f"{location.id} {exc.what}"]
+            ) from None
         if exc.what == "is a symbolic link":
-            raise SnapshotDamaged(f"{path} is a symbolic link", [f"{MANIFEST} is a symbolic link"],
-                                  hint="a snapshot's files are never links; do not restore from it") from None
+            raise SnapshotDamaged(
+                f"{path} is a symbolic link",
+                [f"{MANIFEST} is a symbolic link"],
+                hint="a snapshot's files are never links; do not restore from it",
+            ) from None
         raise SnapshotDamaged(f"{path} is not a regular file", [f"{MANIFEST} is not a regular file"]) from None
     except ValueError:
         raw = b"x" * (MAX_MANIFEST_BYTES + 1)  # larger than the limit; reported just below
     except OSError as exc:
         raise unreadable(path, exc) from None
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise SnapshotDamaged(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB",
-                              [f"{MANIFEST} is implausibly large"])
+        raise SnapshotDamaged(
+            f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB", [f"{MANIFEST} is implausibly large"]
+        )
     try:
         manifest = json.loads(raw.decode())
     except (ValueError, UnicodeDecodeError) as exc:
         raise SnapshotDamaged(f"{path} is not valid JSON: {exc}", [f"{MANIFEST} is not valid JSON ({exc})"]) from None
     except RecursionError:
-        raise SnapshotDamaged(f"{path} is nested too deeply to be a manifest",
-                              [f"{MANIFEST} is nested too deeply (not a backupkit manifest)"]) from None
+        raise SnapshotDamaged(
+            f"{path} is nested too deeply to be a manifest",
+            [f"{MANIFEST} is nested too deeply (not a backupkit manifest)"],
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotDamaged(f"{path} is not a backupkit manifest", [f"{MANIFEST} has the wrong format"])
     version = manifest.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
-        raise SnapshotDamaged(f"{path}: format_version is {version!r}, not a number",
-                              [f"{MANIFEST}: format_version is not a whole number"])
+        raise SnapshotDamaged(
+            f"{path}: format_version is {version!r}, not a number",
+            [f"{MANIFEST}: format_version is not a whole number"],
+        )
     if version > FORMAT_VERSION:
         raise SnapshotDamaged(
             f"{folder} was written by a newer backupkit (format {manifest['format_version']})",
@@ -146,9 +160,11 @@ def read(snapshot: SnapshotArg) -> dict:
     problems = validate(manifest)
     if problems:
         raise SnapshotDamaged(
-            f"{path} is malformed: " + "; ".join(problems[:3])
+            f"{path} is malformed: "
+            + "; ".join(problems[:3])
             + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""),
-            problems, hint="this snapshot cannot be used; restore from another (`backupkit list DIR`)",
+            problems,
+            hint="this snapshot cannot be used; restore from another (`backupkit list DIR`)",
         )
     return manifest
 
@@ -208,8 +224,9 @@ def validate(manifest: dict) -> list[str]:
     problems += _file_problems("schema", manifest.get("schema_files", []), data=False)
     tables = manifest.get("tables")
     if not isinstance(tables, list):
-        return problems + [f"{MANIFEST}: tables is {'missing' if tables is None else type(tables).__name__},"
-                           " not a list"]
+        return problems + [
+            f"{MANIFEST}: tables is {'missing' if tables is None else type(tables).__name__}, not a list"
+        ]
     for i, t in enumerate(tables):
         if not isinstance(t, dict):
             problems.append(f"{MANIFEST}: table #{i} is a {type(t).__name__}, not an object")
@@ -260,8 +277,11 @@ def open_file(snapshot: SnapshotArg, rel: str) -> BinaryIO:
     except NotAPlainFile as exc:
         where = exc.name.split("/", 1)[1] if exc.name.startswith(location.id + "/") else exc.name
         kind = exc.what if exc.what in ("is a symbolic link", "is not a folder") else "not a regular file"
-        msg = (f"{rel}: {where} {kind}; snapshot files must be plain files inside the snapshot"
-               if kind != "not a regular file" else f"{rel}: not a regular file")
+        msg = (
+            f"{rel}: {where} {kind}; snapshot files must be plain files inside the snapshot"
+            if kind != "not a regular file"
+            else f"{rel}: not a regular file"
+        )
         raise SnapshotDamaged(msg, [msg]) from None
     except OSError as exc:
         raise unreadable(location.where(rel), exc) from None

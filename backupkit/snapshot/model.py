@@ -75,8 +75,11 @@ class DataFile(TypedDict):
     bytes: Annotated[int, "Size of the stored (compressed) file."]
     sha256: Annotated[str, "SHA-256 of the stored bytes, lowercase hex."]
     rows: Annotated[int, "Rows the file holds (`verify --deep` recounts them)."]
-    text_bytes: NotRequired[Annotated[
-        int, "Bytes of COPY output it holds: what a restore loads (absent in early snapshots: readers use `bytes`)."]]
+    text_bytes: NotRequired[
+        Annotated[
+            int, "Bytes of COPY output it holds: what a restore loads (absent in early snapshots: readers use `bytes`)."
+        ]
+    ]
 
 
 class Table(TypedDict):
@@ -98,8 +101,9 @@ class Table(TypedDict):
     foreign_keys: Annotated[list[ForeignKey], "The table's foreign keys, ordered by name."]
     indexes: Annotated[list[str], "Names of the table's indexes (those behind constraints included), sorted."]
     rls: Annotated[RlsInfo, "Row-level security on the table, and whether it hid rows from the backup."]
-    data_format: NotRequired[Annotated[
-        str, "How the data files are written (see Data files); absent: `csv` (format version 1)."]]
+    data_format: NotRequired[
+        Annotated[str, "How the data files are written (see Data files); absent: `csv` (format version 1)."]
+    ]
     rows: Annotated[int, "Rows copied: the sum of the files' `rows`."]
     files: Annotated[list[DataFile], "The data files in chunk order; their rows, one after another, are the table's."]
 
@@ -124,7 +128,8 @@ class Sequence(TypedDict):
     last_value: Annotated[int, "Its `last_value` when read."]
     is_called: Annotated[bool, "Its `is_called`: false means `nextval` returns `last_value` itself."]
     owned_by: Annotated[
-        list[str] | None, "`[schema, table, column]` of the owning column (serial, identity); null: none."]
+        list[str] | None, "`[schema, table, column]` of the owning column (serial, identity); null: none."
+    ]
 
 
 class MaterializedView(TypedDict):
@@ -178,7 +183,8 @@ class DefaultPrivilege(TypedDict):
     role: Annotated[str, "The role whose new objects get these privileges (`FOR ROLE`)."]
     schema: Annotated[str | None, "The schema (`IN SCHEMA`); null: database-wide."]
     object_type: Annotated[
-        str, "`tables`, `sequences`, `functions`, `types`, `schemas`; else the catalog's letter (`L`: large objects)."]
+        str, "`tables`, `sequences`, `functions`, `types`, `schemas`; else the catalog's letter (`L`: large objects)."
+    ]
     acl: Annotated[list[str], "The privileges as aclitem texts, `grantee=privileges/grantor` (empty grantee: PUBLIC)."]
 
 
@@ -220,30 +226,38 @@ class Manifest(TypedDict):
     backupkit_version: Annotated[str, "Version of the backupkit that wrote the snapshot."]
     source: Annotated[Source, "The database backed up."]
     transaction_snapshot: Annotated[
-        str, "The exported snapshot id (`pg_export_snapshot()`) that pg_dump and every COPY shared."]
+        str, "The exported snapshot id (`pg_export_snapshot()`) that pg_dump and every COPY shared."
+    ]
     rls_bypass: Annotated[bool, "True when the backing-up role was a superuser or had BYPASSRLS."]
     partial: Annotated[bool, "True when row-level security hid rows of some tables (a `--allow-partial` backup)."]
     partial_tables: Annotated[list[str], "`schema.table` of each table RLS filtered (empty unless `partial`)."]
     schemas: Annotated[list[str], "The schemas backed up (`--schema`, plus the schemas of `--table` names)."]
     include_tables: Annotated[
-        list[str], "The `--table` names given (`schema.table`); empty: every table of the schemas."]
+        list[str], "The `--table` names given (`schema.table`); empty: every table of the schemas."
+    ]
     exclude_tables: Annotated[list[str], "The `--exclude-table` names given (`schema.table`)."]
     tables: Annotated[list[Table], "Every table copied, ordered by schema and name."]
     sequences: Annotated[list[Sequence], "The sequences the schema dump holds, with their values at backup time."]
     materialized_views: Annotated[
-        list[MaterializedView], "Materialized views of the schemas in creation order (none with `--table`)."]
-    extensions: NotRequired[Annotated[
-        list[Extension], "Every installed extension but plpgsql (absent before 2026-12)."]]
-    publications: NotRequired[Annotated[
-        list[Publication], "Every publication of the database (absent before 2026-12)."]]
-    default_privileges: NotRequired[Annotated[
-        list[DefaultPrivilege], "Every `ALTER DEFAULT PRIVILEGES` of the database (absent before 2026-12)."]]
+        list[MaterializedView], "Materialized views of the schemas in creation order (none with `--table`)."
+    ]
+    extensions: NotRequired[
+        Annotated[list[Extension], "Every installed extension but plpgsql (absent before 2026-12)."]
+    ]
+    publications: NotRequired[
+        Annotated[list[Publication], "Every publication of the database (absent before 2026-12)."]
+    ]
+    default_privileges: NotRequired[
+        Annotated[list[DefaultPrivilege], "Every `ALTER DEFAULT PRIVILEGES` of the database (absent before 2026-12)."]
+    ]
     large_objects: NotRequired[Annotated[list[LargeObject], "Every large object (absent before 2026-12)."]]
-    roles: NotRequired[Annotated[
-        list[Role], "The roles the snapshot names that exist on the source (absent before 2026-12)."]]
+    roles: NotRequired[
+        Annotated[list[Role], "The roles the snapshot names that exist on the source (absent before 2026-12)."]
+    ]
     schema_files: Annotated[list[SchemaFile], "The files under `schema/`, sorted by path."]
-    signed_by: NotRequired[Annotated[
-        str, "Id of the key that signed `manifest.json.sig` (16 hex digits); only in signed snapshots."]]
+    signed_by: NotRequired[
+        Annotated[str, "Id of the key that signed `manifest.json.sig` (16 hex digits); only in signed snapshots."]
+    ]
     manifest_sha256: Annotated[str, "SHA-256 of the manifest's canonical JSON without this key (see above)."]
 
 
@@ -330,11 +344,18 @@ def _cell(text: str) -> str:
 
 def _table(cls: type) -> str:
     doc = inspect.cleandoc(cls.__doc__ or "")
-    lines = [f"### {cls.__name__}", "", doc.replace("``", "`"), "",
-             "| Field | Type | Required | Meaning |", "|---|---|---|---|"]
+    lines = [
+        f"### {cls.__name__}",
+        "",
+        doc.replace("``", "`"),
+        "",
+        "| Field | Type | Required | Meaning |",
+        "|---|---|---|---|",
+    ]
     for f in fields(cls):
-        lines.append(f"| `{f.name}` | {_cell(type_text(f.type))} | {'yes' if f.required else 'no'} "
-                     f"| {_cell(f.meaning)} |")
+        lines.append(
+            f"| `{f.name}` | {_cell(type_text(f.type))} | {'yes' if f.required else 'no'} | {_cell(f.meaning)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -458,8 +479,14 @@ def _formats_table() -> str:
 
     lines = ["| `data_format` | File suffix | A line is a row | |", "|---|---|---|---|"]
     for f in formats.FORMATS.values():
-        notes = [n for n, on in (("what backups write", f is formats.WRITTEN),
-                                 ("assumed when `data_format` is absent", f is formats.DEFAULT)) if on]
+        notes = [
+            n
+            for n, on in (
+                ("what backups write", f is formats.WRITTEN),
+                ("assumed when `data_format` is absent", f is formats.DEFAULT),
+            )
+            if on
+        ]
         lines.append(f"| `{f.name}` | `{f.suffix}` | {'yes' if f.line_is_row else 'no'} | {'; '.join(notes)} |")
     return "\n".join(lines)
 

@@ -60,8 +60,7 @@ def _read_key_file(path: Path, what: str, *, private: bool) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ConfigError(f"no {what} at {path}",
-                          hint="create a key pair with `backupkit keygen`") from None
+        raise ConfigError(f"no {what} at {path}", hint="create a key pair with `backupkit keygen`") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as f:
@@ -71,7 +70,8 @@ def _read_key_file(path: Path, what: str, *, private: bool) -> bytes:
         if private and st.st_mode & 0o077:
             raise ConfigError(
                 f"the {what} {path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):04o})",
-                hint=f"chmod 600 {path}; keep it away from the backups (anyone with it can sign forgeries)")
+                hint=f"chmod 600 {path}; keep it away from the backups (anyone with it can sign forgeries)",
+            )
         data = f.read(_MAX_KEY_BYTES + 1)
     if len(data) > _MAX_KEY_BYTES:
         raise ConfigError(f"the {what} {path} is too large to be an Ed25519 key")
@@ -86,8 +86,9 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):  # the message is the library's; it never contains the key
-        raise ConfigError(f"{path} is not an unencrypted PEM private key",
-                          hint="create one with `backupkit keygen`") from None
+        raise ConfigError(
+            f"{path} is not an unencrypted PEM private key", hint="create one with `backupkit keygen`"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} is not an Ed25519 key", hint="create one with `backupkit keygen`")
     return key
@@ -98,14 +99,17 @@ def load_public_key(path: Path | str) -> Ed25519PublicKey:
     path = Path(path)
     data = _read_key_file(path, "public key", private=False)
     if b"PRIVATE KEY" in data:
-        raise ConfigError(f"{path} holds a private key, not a public key",
-                          hint="pass the public key written by `backupkit keygen --public-key`; "
-                               "the private key belongs only where backups are signed")
+        raise ConfigError(
+            f"{path} holds a private key, not a public key",
+            hint="pass the public key written by `backupkit keygen --public-key`; "
+            "the private key belongs only where backups are signed",
+        )
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
-        raise ConfigError(f"{path} is not a PEM public key",
-                          hint="pass the file written by `backupkit keygen --public-key`") from None
+        raise ConfigError(
+            f"{path} is not a PEM public key", hint="pass the file written by `backupkit keygen --public-key`"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{path} is not an Ed25519 public key")
     return key
@@ -133,13 +137,13 @@ def keygen(private_key: Path | str, public_key: Path | str) -> str:
         raise ConfigError("private_key and public_key must be different files")
     for p in (private_key, public_key):
         if os.path.lexists(p):
-            raise ConfigError(f"{p} already exists; backupkit never overwrites a key",
-                              hint="choose another file name, or remove the old key if nothing needs it")
+            raise ConfigError(
+                f"{p} already exists; backupkit never overwrites a key",
+                hint="choose another file name, or remove the old key if nothing needs it",
+            )
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     written: list[Path] = []
     try:
         for path, data, mode in ((private_key, pem, 0o600), (public_key, pub, 0o644)):

@@ -57,9 +57,17 @@ class VerifyReport:
         return self.signature == "valid"
 
     def to_dict(self) -> dict:
-        return {"snapshot": str(self.snapshot), "ok": self.ok, "problems": self.problems,
-                "files": self.files, "bytes": self.bytes, "deep": self.deep,
-                "signed": self.signed, "signature": self.signature, "key_id": self.key_id}
+        return {
+            "snapshot": str(self.snapshot),
+            "ok": self.ok,
+            "problems": self.problems,
+            "files": self.files,
+            "bytes": self.bytes,
+            "deep": self.deep,
+            "signed": self.signed,
+            "signature": self.signature,
+            "key_id": self.key_id,
+        }
 
 
 #: Hex SHA-256 of a file, read in 1 MiB blocks (one implementation, in datafile).
@@ -76,8 +84,9 @@ def _sha256_stream(f: BinaryIO) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _check_file(location: SnapshotLocation, entry: dict, rows: int | None,
-                data_format: DataFormat = formats.DEFAULT) -> list[str]:
+def _check_file(
+    location: SnapshotLocation, entry: dict, rows: int | None, data_format: DataFormat = formats.DEFAULT
+) -> list[str]:
     # open_file refuses links and paths leading outside before anything is read or
     # even stat-ed there, so a problem never discloses the size of a file elsewhere.
     rel = entry["path"]
@@ -115,11 +124,13 @@ def _walk_problems(location: SnapshotLocation, listed: set[str]) -> list[str]:
     prefix = location.key() + "/"
     try:
         for entry in location.storage.walk(location.key()):
-            rel = entry.name[len(prefix):]
+            rel = entry.name[len(prefix) :]
             if entry.kind == "link":
                 # The target is never looked at: whether it exists says nothing we may disclose.
-                problems.append(f"{rel} is a symbolic link (a snapshot holds no links; dangling or not, "
-                                "it is not the snapshot's own)")
+                problems.append(
+                    f"{rel} is a symbolic link (a snapshot holds no links; dangling or not, "
+                    "it is not the snapshot's own)"
+                )
             elif entry.kind == "other":
                 problems.append(f"{rel} is not a regular file (a device, socket or pipe)")
             elif entry.kind == "file" and rel not in (mf.MANIFEST, mf.SIGNATURE) and rel not in listed:
@@ -141,8 +152,9 @@ def check_jobs(jobs: int | None) -> int | None:
     return jobs
 
 
-def _check_signature(location: SnapshotLocation, m: dict, public_key: Ed25519PublicKey | None,
-                     report: VerifyReport) -> None:
+def _check_signature(
+    location: SnapshotLocation, m: dict, public_key: Ed25519PublicKey | None, report: VerifyReport
+) -> None:
     """Fill ``report.signature`` and add problems: see ``verify``."""
     sig_name = mf.SIGNATURE
     try:
@@ -155,12 +167,12 @@ def _check_signature(location: SnapshotLocation, m: dict, public_key: Ed25519Pub
     if sig is None:
         if public_key is not None:
             report.signature = "missing"
-            report.problems.append(f"{sig_name} is missing: the snapshot is not signed, so it cannot be "
-                                   "shown to be genuine")
+            report.problems.append(
+                f"{sig_name} is missing: the snapshot is not signed, so it cannot be shown to be genuine"
+            )
         elif signed_by:
             report.signature = "missing"
-            report.problems.append(f"{sig_name} is missing, but the manifest says it was signed "
-                                   f"(key {signed_by})")
+            report.problems.append(f"{sig_name} is missing, but the manifest says it was signed (key {signed_by})")
         return
     from . import signing  # cryptography only for signed snapshots
 
@@ -184,15 +196,23 @@ def _check_signature(location: SnapshotLocation, m: dict, public_key: Ed25519Pub
     if not same:
         report.problems.append(f"{mf.MANIFEST} changed while it was being verified")
     elif signed_by and signed_by != kid:
-        report.problems.append(f"{sig_name}: the manifest says it was signed by key {signed_by}, "
-                               f"not by the public key given ({kid}); the signature does not verify")
+        report.problems.append(
+            f"{sig_name}: the manifest says it was signed by key {signed_by}, "
+            f"not by the public key given ({kid}); the signature does not verify"
+        )
     else:
-        report.problems.append(f"{sig_name}: bad signature: {mf.MANIFEST} is not what key {kid} signed "
-                               "(forged or altered)")
+        report.problems.append(
+            f"{sig_name}: bad signature: {mf.MANIFEST} is not what key {kid} signed (forged or altered)"
+        )
 
 
-def verify(snapshot: mf.SnapshotArg, *, deep: bool = False, jobs: int | None = None,
-           public_key: Ed25519PublicKey | str | Path | None = None) -> VerifyReport:
+def verify(
+    snapshot: mf.SnapshotArg,
+    *,
+    deep: bool = False,
+    jobs: int | None = None,
+    public_key: Ed25519PublicKey | str | Path | None = None,
+) -> VerifyReport:
     """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
 
     Returns a report instead of raising, so callers can show every problem at once.
@@ -255,14 +275,16 @@ def verify(snapshot: mf.SnapshotArg, *, deep: bool = False, jobs: int | None = N
     return report
 
 
-def ensure_intact(snapshot: mf.SnapshotArg, *, deep: bool = False,
-                  public_key: Ed25519PublicKey | str | Path | None = None) -> dict:
+def ensure_intact(
+    snapshot: mf.SnapshotArg, *, deep: bool = False, public_key: Ed25519PublicKey | str | Path | None = None
+) -> dict:
     """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem
     (with ``public_key``, a missing or bad signature is one; see ``verify``)."""
     report = verify(snapshot, deep=deep, public_key=public_key)
     if not report.ok:
         raise SnapshotDamaged(
-            f"snapshot {locate(snapshot).name} is damaged: " + "; ".join(report.problems[:5])
+            f"snapshot {locate(snapshot).name} is damaged: "
+            + "; ".join(report.problems[:5])
             + (f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""),
             report.problems,
             hint="restore from another snapshot (`backupkit list DIR`), and check the storage",

@@ -205,4 +205,3 @@ def age_seconds(entry: Entry, now: float | None = None) -> float:
 def join(*parts: str) -> str:
     """Names joined with ``/``, empty parts skipped."""
     return "/".join(p for p in parts if p)
-

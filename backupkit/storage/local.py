@@ -51,7 +51,7 @@ class _Writer(io.RawIOBase):
     def write(self, data: bytes) -> int:  # type: ignore[override]  # bytes-like in, count out, as RawIOBase
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
         return len(data)
 
     def close(self) -> None:
@@ -74,8 +74,7 @@ class _Writer(io.RawIOBase):
         os.close(self._dir_fd)
         super().close()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
             self.close()
         else:
@@ -185,8 +184,9 @@ class LocalStorage(Storage):
                     except FileNotFoundError:
                         continue  # removed while we looked
                     name = f"{prefix}/{e.name}" if prefix else e.name
-                    entries.append(Entry(name, _kind(st.st_mode), st.st_size, st.st_mtime,
-                                         (st.st_mtime_ns, st.st_ino, st.st_size)))
+                    entries.append(
+                        Entry(name, _kind(st.st_mode), st.st_size, st.st_mtime, (st.st_mtime_ns, st.st_ino, st.st_size))
+                    )
         finally:
             os.close(dfd)
         return sorted(entries, key=lambda e: e.name)

@@ -37,13 +37,17 @@ def open_storage(where: str | os.PathLike[str] | Storage, *, create: bool = Fals
     elif scheme == "file":
         path = Path(unquote(urlsplit(text).path))
     else:
-        raise ConfigError(f"{scheme}:// repositories are not supported by this version of backupkit",
-                          hint="give a local folder (or a file:// URL)")
+        raise ConfigError(
+            f"{scheme}:// repositories are not supported by this version of backupkit",
+            hint="give a local folder (or a file:// URL)",
+        )
     try:
         return LocalStorage(path, create=create)
     except OSError as exc:
-        raise StorageError(f"cannot create the backup folder {path}: {exc.strerror or exc}",
-                           hint="check the folder's permissions and that its disk is writable") from None
+        raise StorageError(
+            f"cannot create the backup folder {path}: {exc.strerror or exc}",
+            hint="check the folder's permissions and that its disk is writable",
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,10 @@ class SnapshotLocation:
         """The snapshot's folder, for a snapshot on this machine; ``StorageError`` for one elsewhere."""
         if isinstance(self.storage, LocalStorage):
             return self.storage.root / self.id
-        raise StorageError(f"snapshot {self} is not in a folder on this machine",
-                           hint="use its SnapshotLocation, or copy it to a local folder first")
+        raise StorageError(
+            f"snapshot {self} is not in a folder on this machine",
+            hint="use its SnapshotLocation, or copy it to a local folder first",
+        )
 
 
 def locate(snapshot: str | os.PathLike[str] | SnapshotLocation) -> SnapshotLocation:

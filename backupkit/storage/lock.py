@@ -51,8 +51,10 @@ MAX_LOCK_BYTES = 64 << 10
 
 def _storage(what: str, path: Path | str, exc: OSError) -> StorageError:
     """Not "locked": the directory itself cannot be used (permissions, read-only, disk full)."""
-    return StorageError(f"{what} {path}: {exc.strerror or exc}",
-                        hint="the backup directory must be writable by this user and its disk not full")
+    return StorageError(
+        f"{what} {path}: {exc.strerror or exc}",
+        hint="the backup directory must be writable by this user and its disk not full",
+    )
 
 
 def read_lock(repository: Path | str | Storage) -> dict[str, Any] | None:
@@ -151,8 +153,7 @@ class DirLock:
     lock was replaced (the CLI prints it).
     """
 
-    def __init__(self, repository: Path | str | Storage, purpose: str, *,
-                 stale_after: timedelta = DEFAULT_STALE_AFTER):
+    def __init__(self, repository: Path | str | Storage, purpose: str, *, stale_after: timedelta = DEFAULT_STALE_AFTER):
         self.storage = open_storage(repository)
         self.directory = self.storage.location
         self.path = self.storage.where(LOCK_NAME)
@@ -224,8 +225,12 @@ class DirLock:
         if self._written is not None:
             raise LockError(f"{self.path} is already held by this DirLock")
         now = datetime.now(UTC)
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose,
-                "started_at": now.isoformat()}
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "purpose": self.purpose,
+            "started_at": now.isoformat(),
+        }
         data = json.dumps(info, indent=1).encode() + b"\n"
         with self._serialised():
             try:

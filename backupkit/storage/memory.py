@@ -36,8 +36,7 @@ class _Writer(io.BytesIO):
         self._storage._release(self._name)
         super().close()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if kind is None:
             self.close()
         else:
@@ -89,7 +88,7 @@ class MemoryStorage(Storage):
                 if prefix in self.files:
                     raise NotAPlainFile(prefix, "is not a folder")
             start = prefix + "/" if prefix else ""
-            children = {k[len(start):].split("/", 1)[0] for k in self.files if k.startswith(start)}
+            children = {k[len(start) :].split("/", 1)[0] for k in self.files if k.startswith(start)}
             if prefix and not children:
                 raise FileNotFoundError(2, "no such folder", prefix)
             return [self._entry(start + c) for c in sorted(children)]
@@ -127,7 +126,7 @@ class MemoryStorage(Storage):
             if not moved:
                 raise FileNotFoundError(2, "no such file or folder", src)
             for k in moved:
-                new = dst + k[len(src):]
+                new = dst + k[len(src) :]
                 self.files[new] = self.files.pop(k)
                 self.mtimes[new] = self.mtimes.pop(k, 0.0)
 

@@ -53,10 +53,16 @@ class Snapshot:
 
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "path": str(self.location),
+            "id": self.id,
+            "path": str(self.location),
             "created_at": self.created_at.isoformat() if self.created_at else None,
-            "label": self.label, "tables": self.tables, "rows": self.rows, "bytes": self.bytes,
-            "pinned": self.pinned, "partial": self.partial, "error": self.error,
+            "label": self.label,
+            "tables": self.tables,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "pinned": self.pinned,
+            "partial": self.partial,
+            "error": self.error,
         }
 
 
@@ -81,8 +87,7 @@ def check_label(label: str | None) -> str | None:
     """Validate a snapshot label (it becomes part of a folder name)."""
     if label is None or LABEL_RE.match(label):
         return label
-    raise ConfigError(f"invalid label {label!r}",
-                      hint="use letters, digits, '.', '_' and '-' only (at most 64)")
+    raise ConfigError(f"invalid label {label!r}", hint="use letters, digits, '.', '_' and '-' only (at most 64)")
 
 
 def new_id(now: datetime, label: str | None) -> str:
@@ -117,20 +122,27 @@ def _summary(location: SnapshotLocation, pinned: set[str], entry: Entry) -> Snap
     try:
         if entry.kind == "link":
             # Never followed: prune would otherwise verify, and delete, someone else's folder.
-            raise SnapshotError(f"{entry.name} is a symbolic link, not a snapshot folder of this directory;"
-                                " backupkit neither reads nor removes it")
+            raise SnapshotError(
+                f"{entry.name} is a symbolic link, not a snapshot folder of this directory;"
+                " backupkit neither reads nor removes it"
+            )
         m = mf.read(location)  # validated: the sums below cannot fail on a wrong type
         return Snapshot(
-            id=location.id, location=location, created_at=datetime.fromisoformat(m["created_at"]),
-            label=m.get("label") if isinstance(m.get("label"), str) else None, tables=len(m["tables"]),
+            id=location.id,
+            location=location,
+            created_at=datetime.fromisoformat(m["created_at"]),
+            label=m.get("label") if isinstance(m.get("label"), str) else None,
+            tables=len(m["tables"]),
             rows=sum(t["rows"] for t in m["tables"]),
             bytes=sum(f["bytes"] for f in mf.all_files(m)),
-            pinned=location.id in pinned, partial=bool(m.get("partial")),
+            pinned=location.id in pinned,
+            partial=bool(m.get("partial")),
         )
     except (SnapshotError, KeyError, TypeError, ValueError, OSError) as exc:
         # One folder that cannot be read never hides the others: it is listed as unreadable.
-        return Snapshot(id=location.id, location=location, created_at=None, pinned=location.id in pinned,
-                        error=str(exc))
+        return Snapshot(
+            id=location.id, location=location, created_at=None, pinned=location.id in pinned, error=str(exc)
+        )
 
 
 def pins(repository: Path | str | Storage) -> set[str]:
@@ -155,8 +167,9 @@ def list_snapshots(repository: Path | str | Storage) -> tuple[list[Snapshot], li
     try:
         entries = storage.list()
     except (FileNotFoundError, NotADirectoryError):
-        raise SnapshotNotFound(f"{storage.location} is not a directory",
-                               hint="pass the folder given to `backupkit backup --to`") from None
+        raise SnapshotNotFound(
+            f"{storage.location} is not a directory", hint="pass the folder given to `backupkit backup --to`"
+        ) from None
     except OSError as exc:
         raise mf.unreadable(storage.location, exc) from None
     pinned = pins(storage)
@@ -180,8 +193,7 @@ def _when(s: Snapshot) -> tuple:
         return (s.created_at, s.id)
     m = re.match(r"(\d{8}T\d{6})\.(\d{3})Z", s.id)
     if m:
-        stamp = datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(
-            microsecond=int(m.group(2)) * 1000, tzinfo=UTC)
+        stamp = datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(microsecond=int(m.group(2)) * 1000, tzinfo=UTC)
         return (stamp, s.id)
     return (datetime.max.replace(tzinfo=UTC), s.id)
 
@@ -194,8 +206,9 @@ def _is_snapshot_folder(path: Path) -> bool:
         raise mf.unreadable(path, exc) from None
 
 
-def resolve(repository_or_snapshot: Path | str | Storage | SnapshotLocation,
-            ref: str | None = None) -> SnapshotLocation:
+def resolve(
+    repository_or_snapshot: Path | str | Storage | SnapshotLocation, ref: str | None = None
+) -> SnapshotLocation:
     """A snapshot from its folder, or from a repository plus an id / ``latest`` / ``latest~1``."""
     if isinstance(repository_or_snapshot, SnapshotLocation):
         return repository_or_snapshot
@@ -216,8 +229,9 @@ def resolve(repository_or_snapshot: Path | str | Storage | SnapshotLocation,
             raise SnapshotNotFound(f"{storage.location} has only {len(snaps)} complete snapshot(s); no {ref}")
         return snaps[n].location
     if check_name(ref) or "/" in ref:
-        raise SnapshotNotFound(f"{ref!r} is not a snapshot id",
-                               hint="run `backupkit list DIR` to see the snapshots there")
+        raise SnapshotNotFound(
+            f"{ref!r} is not a snapshot id", hint="run `backupkit list DIR` to see the snapshots there"
+        )
     return SnapshotLocation(storage, ref)
 
 
@@ -239,9 +253,10 @@ def set_pin(snapshot: Path | str | SnapshotLocation, pinned: bool = True) -> boo
         else:
             storage.remove(marker)
     except OSError as exc:
-        raise StorageError(f"cannot {'pin' if pinned else 'unpin'} {location.id}: {storage.where(marker)}: "
-                           f"{exc.strerror or exc}",
-                           hint="run backupkit as a user that may write the backup directory") from None
+        raise StorageError(
+            f"cannot {'pin' if pinned else 'unpin'} {location.id}: {storage.where(marker)}: {exc.strerror or exc}",
+            hint="run backupkit as a user that may write the backup directory",
+        ) from None
     return pinned
 
 
@@ -270,15 +285,21 @@ def copy_snapshot(source: Path | str | SnapshotLocation, target: Path | str | St
                 if entry.kind == "dir":
                     continue
                 if entry.kind != "file":
-                    raise SnapshotDamaged(f"{entry.name} is not a plain file", [f"{entry.name} is not a plain file"],
-                                          hint=f"run `backupkit verify {src}`")
-                rel = entry.name[len(src.id) + 1:]
+                    raise SnapshotDamaged(
+                        f"{entry.name} is not a plain file",
+                        [f"{entry.name} is not a plain file"],
+                        hint=f"run `backupkit verify {src}`",
+                    )
+                rel = entry.name[len(src.id) + 1 :]
                 with src.storage.open(entry.name) as f, dst.create(f"{staging}/{rel}") as out:
                     shutil.copyfileobj(f, out, BLOCK)
             report = verify(SnapshotLocation(dst, staging))
             if not report.ok:
-                raise SnapshotDamaged(f"the copy of {src.id} does not verify: " + "; ".join(report.problems[:3]),
-                                      report.problems, hint=f"run `backupkit verify {src}`")
+                raise SnapshotDamaged(
+                    f"the copy of {src.id} does not verify: " + "; ".join(report.problems[:3]),
+                    report.problems,
+                    hint=f"run `backupkit verify {src}`",
+                )
             return publish(dst, staging, src.id)
         finally:
             if any(e.name == staging for e in dst.list()):
