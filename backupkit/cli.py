@@ -9,6 +9,7 @@ reports the error.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from .errors import (
     SourceError,
     StorageError,
 )
+from .terminal import paint
 
 #: Exit codes that belong to no error class (those are on the classes: ``BackupkitError.exit_code``).
 #: An exception backupkit did not raise on purpose: a bug.
@@ -42,14 +44,20 @@ def exit_code(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, BackupkitError) else EXIT_UNEXPECTED
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _print_table(rows: list[dict[str, Any]], columns: list[str], *, status: str | None = None) -> None:
+    """Rows as aligned columns; the ``status`` column's words in colour on a terminal."""
     if not rows:
         print("(none)")
         return
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+        cells = [str(r.get(c, "")).ljust(widths[c]) for c in columns]
+        cells = [
+            paint(cell, str(r.get(c, "")), stream=sys.stdout) if c == status else cell
+            for c, cell in zip(columns, cells, strict=True)
+        ]
+        print("  ".join(cells).rstrip())
 
 
 def _human(n: float) -> str:
@@ -62,7 +70,7 @@ def _human(n: float) -> str:
 
 def _warn(msgs: Iterable[str]) -> None:
     for m in msgs:
-        print(f"warning: {m}", file=sys.stderr)
+        print(f"{paint('warning', stream=sys.stderr)}: {m}", file=sys.stderr)
 
 
 # -- commands -----------------------------------------------------------------------
@@ -143,17 +151,21 @@ def cmd_verify(a: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         for p in report.problems:
-            print(f"PROBLEM: {p}")
-        state = "intact" if report.ok else f"DAMAGED ({len(report.problems)} problems)"
+            print(f"{paint('PROBLEM', stream=sys.stdout)}: {p}")
+        state = (
+            paint("intact", stream=sys.stdout)
+            if report.ok
+            else f"{paint('DAMAGED', stream=sys.stdout)} ({len(report.problems)} problems)"
+        )
         print(
             f"{report.snapshot.name}: {state} — {report.files} files, {_human(report.bytes)}"
             + (", rows recounted" if a.deep else "")
         )
         print(
             {
-                "valid": f"signed: yes (key {report.key_id})",
-                "invalid": "signed: NO (bad signature)",
-                "missing": "signed: NO (no signature)",
+                "valid": f"signed: {paint('yes', stream=sys.stdout)} (key {report.key_id})",
+                "invalid": f"signed: {paint('NO', stream=sys.stdout)} (bad signature)",
+                "missing": f"signed: {paint('NO', stream=sys.stdout)} (no signature)",
                 "unchecked": "signed: not checked (signature present; pass --public-key to check it)",
                 "absent": "signed: no",
             }[report.signature]
@@ -181,7 +193,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         for i in report.items:
-            print(f"{i['status'].upper():5} {i['check']}: {i['detail']}")
+            print(f"{paint(i['status'].upper().ljust(5), i['status'], stream=sys.stdout)} {i['check']}: {i['detail']}")
     return 0 if report.ok else SourceError.exit_code
 
 
@@ -263,6 +275,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
     _print_table(
         [{"action": d["action"], "id": d["id"], "reasons": "; ".join(d["reasons"])} for d in res.decisions],
         ["action", "id", "reasons"],
+        status="action",
     )
     for s in res.stale:
         print(f"{'would remove' if a.dry_run else 'removed'} stale temporary folder {s}")
@@ -384,8 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Checkable, exactly-restorable backups of Supabase / PostgreSQL databases. See README.md.",
     )
     p.add_argument("--version", action="version", version=f"backupkit {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    verbose_help = "log each step to stderr (connections, locks, files, timings); before or after COMMAND"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
+    # Every command takes -v too, after its name: SUPPRESS keeps a -v given before the name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore[method-assign]
     dsn_help = "PostgreSQL DSN (default: $BACKUPKIT_DSN, $DATABASE_URL, $SUPABASE_DB_URL)"
 
     b = sub.add_parser("backup", help="take a snapshot of a database")
@@ -681,7 +699,10 @@ def main(argv: list[str] | None = None) -> int:
         flags = _flags(_commands(parser)[args.command])
         # Only a bad-argument error opens with the name of what was given wrong.
         bad_argument = isinstance(exc, ConfigError | RetentionError)
-        print(f"error: {redact(_in_flags(str(exc), flags, leading=bad_argument))}", file=sys.stderr)
+        print(
+            f"{paint('error', stream=sys.stderr)}: {redact(_in_flags(str(exc), flags, leading=bad_argument))}",
+            file=sys.stderr,
+        )
         if exc.hint:
             print(f"hint: {_in_flags(exc.hint, flags, leading=False)}", file=sys.stderr)
         return exc.exit_code

@@ -167,6 +167,39 @@ def test_rls_refusal_and_allow_partial(make_db, pg_server, tmp_path):
             conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
+def test_check_names_every_missing_privilege_not_only_rls(make_db, tmp_path):
+    """A role with SELECT on some tables only: check lists the RLS problem and every table and
+    sequence it cannot read (a backup with --allow-partial would fail on the first of them)."""
+    dsn = make_db("priv")
+    role = f"partial_{conninfo_to_dict(dsn)['dbname']}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"""
+            CREATE ROLE {role} LOGIN PASSWORD 'sekret-pw';
+            CREATE TABLE notes (id serial PRIMARY KEY, owner text);
+            ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+            CREATE TABLE secrets (id int);
+            GRANT SELECT ON notes TO {role};
+            GRANT USAGE ON SCHEMA public TO {role};""")
+    reader = make_conninfo(dsn, user=role, password="sekret-pw")
+    try:
+        out = run_cli("check", "--dsn", reader, "--json")
+        assert out.returncode == 5, out.stdout + out.stderr
+        checks = {c["check"]: c for c in json.loads(out.stdout)["checks"]}
+        assert checks["row-level security"]["status"] == "fail"
+        detail = checks["privileges"]["detail"]
+        assert checks["privileges"]["status"] == "fail"
+        assert "no SELECT on sequence public.notes_id_seq" in detail and "no SELECT on table public.secrets" in detail
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "
+                         f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        checks = {c["check"]: c for c in json.loads(run_cli("check", "--dsn", reader, "--json").stdout)["checks"]}
+        assert checks["privileges"]["status"] == "ok"
+        assert backupkit.backup(reader, tmp_path, allow_partial=True, progress=False).manifest["partial"] is True
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
 @pytest.mark.parametrize("case", ["wrong password", "refused", "unknown host"])
 def test_connection_errors_are_one_clear_line(small_db, tmp_path, case):
     d = conninfo_to_dict(small_db)

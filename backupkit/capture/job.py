@@ -271,6 +271,7 @@ class BackupJob:
         except psycopg.Error as exc:
             raise self._stopped_by_database(exc) from None
         self.session = replace(self.session, server_version_num=server.version_num)
+        log.info("PostgreSQL %s, database %s: %d tables to lock", server.version, server.database, len(names))
         main = self.session.connect()
         keepalive = KeepAlive()
         try:
@@ -278,12 +279,28 @@ class BackupJob:
             if self.options.on_snapshot:
                 self.options.on_snapshot(moment.snapshot)
             self.watchdog.check()
+            log.info(
+                "snapshot %s exported: %d tables, %d sequences",
+                moment.snapshot,
+                len(moment.tables),
+                len(moment.sequences),
+            )
             sid = new_id(moment.taken_at, self.options.label)
             self.staging = staging = SnapshotLocation(self.repository, staging_name(sid))
+            step = time.monotonic()
             schema_files, schema_sql = self._dump_schema(main, moment)
+            log.info("schema: pg_dump wrote %d files in %.1f s", len(schema_files), time.monotonic() - step)
             self.watchdog.check()
             stems = {mf.table_key(t): file_stem(t) for t in moment.tables}
             items = plan(moment.tables, stems, self.options.chunk_bytes, server.version_num)
+            log.info(
+                "copying %d tables in %d files with %d job(s) into %s",
+                len(moment.tables),
+                len(items),
+                self.options.jobs,
+                staging,
+            )
+            step = time.monotonic()
             tables = copy_all(
                 self.session,
                 moment.snapshot,
@@ -293,6 +310,9 @@ class BackupJob:
                 self.options.progress,
                 keepalive=keepalive,
                 stopper=self.watchdog.stopper,
+            )
+            log.info(
+                "data: %d rows in %.1f s", sum(f.rows for fs in tables.values() for f in fs), time.monotonic() - step
             )
             self.watchdog.check()
             database = database_objects.describe(main, self.options.selection.schemas)
@@ -475,6 +495,7 @@ class BackupJob:
                 hint="the storage under `to` may be faulty; try another folder",
             )
         self.watchdog.check()  # past the time limit, nothing becomes a snapshot
+        log.info("verified %d files; publishing as %s", report.files, sid)
         final = publish(self.repository, self.staging.id, sid)  # durable: everything before the rename
         self.staging = None
         return BackupResult(final, mf.read(final), self.warnings)

@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
 from ..errors import BackupkitError
 from ..pg.catalog import SUPABASE_MANAGED, existing_schemas, list_tables, role_info
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
@@ -78,13 +80,7 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
         else:
             rls = sum(1 for t in tables if t["rls"]["enabled"])
             report.add("row-level security", "ok", f"{rls} tables with RLS, all readable in full")
-        unreadable = [
-            f"{t['schema']}.{t['name']}"
-            for t in tables
-            if not one_row(conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (t["oid"],)))[0]
-        ]
-        if unreadable:
-            report.add("privileges", "fail", f"no SELECT on {', '.join(unreadable)}")
+        _check_privileges(report, conn, found)
         managed = [
             s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED)) and s not in schemas
         ]
@@ -94,6 +90,35 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
     if to is not None:
         _check_target(report, Path(to), size)
     return report
+
+
+#: Everything in the schemas that a backup reads and this role may not: schemas without
+#: USAGE, tables and sequences without SELECT (pg_dump reads every sequence's state).
+_MISSING_PRIVILEGES = """
+SELECT 'USAGE on schema', quote_ident(n.nspname)
+  FROM pg_catalog.pg_namespace n
+ WHERE n.nspname = ANY(%(schemas)s) AND NOT has_schema_privilege(n.oid, 'USAGE')
+UNION ALL
+SELECT CASE c.relkind WHEN 'S' THEN 'SELECT on sequence' ELSE 'SELECT on table' END,
+       quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'S', 'm', 'f')
+   AND has_schema_privilege(n.oid, 'USAGE')
+   AND NOT has_table_privilege(c.oid, 'SELECT')
+ ORDER BY 1, 2
+"""
+
+
+def _check_privileges(report: CheckReport, conn: psycopg.Connection, schemas: list[str]) -> None:
+    """Every privilege the backup needs, all missing ones named at once (not the first only)."""
+    missing: dict[str, list[str]] = {}
+    for what, name in conn.execute(_MISSING_PRIVILEGES, {"schemas": schemas}).fetchall():
+        missing.setdefault(what, []).append(name)
+    if not missing:
+        report.add("privileges", "ok", "USAGE on every schema, SELECT on every table and sequence")
+        return
+    detail = "; ".join(f"no {what} {', '.join(names)}" for what, names in missing.items())
+    report.add("privileges", "fail", f"{detail}: GRANT them to this role, or connect as the owner")
 
 
 def _check_target(report: CheckReport, target: Path, size: int) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
-import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,11 +22,11 @@ from dataclasses import dataclass, field
 
 import psycopg
 import psycopg.errors
-from tqdm.auto import tqdm
 
 from ..errors import SourceError
 from ..pg.copyio import FileResult, copy_out, copy_source
 from ..runtime.lifeline import die_with_parent
+from ..runtime.progress import byte_bar, wanted
 from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
@@ -139,23 +138,22 @@ def _run_in_process(item: Item, target: SnapshotLocation) -> FileResult:
 
 
 class _Progress:
-    """Counts finished tables (a table is done when all its chunks are)."""
+    """A bar by bytes: each item moves it by its share of its table's size on disk."""
 
     def __init__(self, items: list[Item], show: bool):
-        self.left: dict[str, int] = {}
+        chunks: dict[str, int] = {}
         for it in items:
-            self.left[it.key] = self.left.get(it.key, 0) + 1
+            chunks[it.key] = chunks.get(it.key, 0) + 1
+        self.share = {(it.key, it.n): it.table["relation_bytes"] // chunks[it.key] for it in items}
         self.rows = 0
         self.lock = threading.Lock()
-        self.bar = tqdm(total=len(self.left), unit="table", desc="backup", disable=not show, file=sys.stderr)
+        self.bar = byte_bar(sum(self.share.values()), "backup", show)
 
     def done(self, item: Item, res: FileResult) -> None:
         with self.lock:
             self.rows += res.rows
-            self.left[item.key] -= 1
-            if self.left[item.key] == 0:
-                self.bar.update(1)
-                self.bar.set_postfix(rows=self.rows, refresh=False)
+            self.bar.update(self.share[item.key, item.n])
+            self.bar.set_postfix(rows=self.rows, refresh=False)
 
 
 def copy_all(
@@ -176,7 +174,7 @@ def copy_all(
     cancels the in-process queries; this then raises.
     """
     spec = session if isinstance(session, SessionSpec) else SessionSpec(session)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = wanted(progress)
     own_keepalive = keepalive is None
     run = _CopyRun(spec, snapshot, target, _Progress(items, show), keepalive or KeepAlive(), stopper or Stopper())
     big = sum(it.table["relation_bytes"] for it in items if it.n == 0) > PROCESS_THRESHOLD

@@ -108,6 +108,7 @@ def prune(
             if s.created_at is not None
         ]
         keep, remove, reasons = apply_policy(infos, policy, now)
+        log.info("%s: %d snapshots, policy keeps %d, removes %d", storage.where(), len(infos), len(keep), len(remove))
         by_id = {s.id: s for s in readable}
         for info in sorted(keep + remove, key=lambda i: i.created_at, reverse=True):
             action = "keep" if info in keep else "remove"
@@ -130,6 +131,7 @@ def prune(
         failed, not_removed = [], set()
         for info in remove:
             try:
+                log.info("removing %s (%s)", info.id, "; ".join(reasons.get(info.id, [])))
                 _delete(by_id[info.id].location, _after_rename)
             except OSError as exc:
                 not_removed.add(info.id)
