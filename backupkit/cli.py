@@ -379,8 +379,14 @@ def cmd_sql(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo.run import run_demo
+    from .demo.run import remove_demo, run_demo, where
 
+    if a.where:
+        print(where())
+        return 0
+    if a.remove:
+        remove_demo()  # prints what it removed
+        return 0
     res = run_demo(a.to, scale=a.scale, keep_server=False)
     for line in res.lines:
         print(line)
@@ -588,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="build a demo database on embedded PostgreSQL, back it up twice, verify")
     dm.add_argument("--to", type=Path, default=Path("backups"), help="backup directory (default ./backups)")
     dm.add_argument("--scale", type=float, default=1.0, help="demo size (1.0: a few hundred thousand rows)")
+    dm.add_argument(
+        "--where", action="store_true", help="list every file, folder and user the demo's server uses, and stop"
+    )
+    dm.add_argument(
+        "--remove", action="store_true", help="stop the notebooks' demo server and delete its files (not --to)"
+    )
     dm.set_defaults(func=cmd_demo)
     return p
 

@@ -1,4 +1,7 @@
-"""The embedded server's lifetime: it ends with the process that started it, unless kept running."""
+"""The embedded server's lifetime: it ends with the process that started it, unless kept running.
+
+``stop_demo_server()`` says what it did, each time it is called.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import psycopg
 import pytest
 
 from backupkit.notebook import stop_demo_server
+from backupkit.pg.embedded import EmbeddedServer
 
 _START = """
 import sys
@@ -43,17 +47,39 @@ def _start_in_child(datadir: Path, mode: str) -> str:
     return res.stdout.strip()
 
 
-def test_a_kept_server_outlives_its_starter_until_stopped(home):
-    dsn = _start_in_child(home / "demo-pg" / "data", "keep")
+def test_a_kept_server_outlives_its_starter_until_stopped(home, capsys):
+    datadir = home / "demo-pg" / "data"
+    dsn = _start_in_child(datadir, "keep")
     with psycopg.connect(dsn, connect_timeout=5) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert stop_demo_server(home) is True
+    assert capsys.readouterr().out.startswith(f"stopped the demo server at {datadir} (127.0.0.1:")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=5)
+    assert stop_demo_server(home) is False
+    assert capsys.readouterr().out == f"no demo server is running (its cluster is at {datadir})\n"
 
 
-def test_a_server_stops_with_the_process_that_started_it(home):
+def test_a_server_stops_with_the_process_that_started_it(home, capsys):
     dsn = _start_in_child(home / "demo-pg" / "data", "stop")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=5)
     assert stop_demo_server(home) is False
+    assert "no demo server is running" in capsys.readouterr().out
+
+
+def test_remove_stops_the_server_and_deletes_its_files(home, capsys):
+    datadir = home / "demo-pg" / "data"
+    dsn = _start_in_child(datadir, "keep")
+    server = EmbeddedServer(datadir, persistent=True)
+    assert all(p.exists() for p in server.paths)
+    assert stop_demo_server(home, remove=True) is True
+    out = capsys.readouterr().out
+    assert f"stopped the demo server at {datadir}" in out
+    for p in [*server.paths, datadir.parent]:
+        assert not p.exists()
+        assert f"removed {p}\n" in out
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=5)
+    assert stop_demo_server(home, remove=True) is False
+    assert "nothing to remove" in capsys.readouterr().out
