@@ -4,7 +4,10 @@ Papermill runs use non-default parameters against a ``make_db`` database loaded
 with the demo data; the DSN reaches the kernel only through an environment
 variable whose *name* is the ``dsn_env`` parameter.  Every test checks what is
 on disk afterwards: snapshots, run records, restored tables, and that no
-password appears in an executed notebook or a run record.
+password appears in an executed notebook or a run record.  Also what a user
+sees: progress widgets, a failure as one ``error:``/``hint:`` pair instead of a
+traceback, ``NULL`` for every missing value.  (The defaults, run from a copy of
+the repository after ``backupkit demo``: test_first_ten_minutes.py.)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -80,12 +84,27 @@ def html_table(notebook: Path, source: str) -> list[dict[str, str]]:
     (out,) = [o for o in outputs_of(notebook, source) if "text/html" in o.get("data", {})]
     page = out["data"]["text/html"]
     head, body = page.split("</thead>", 1)
-    columns = [html.unescape(c) for c in re.findall(r"<th[^>]*>(.*?)</th>", head, re.S)]
+    columns = [html.unescape(c) for c in re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", head, re.S)]
     rows = []
     for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S):
-        cells = [html.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr, re.S)]
+        cells = [html.unescape(c) for c in re.findall(r"<t[hd](?:\s[^>]*)?>(.*?)</t[hd]>", tr, re.S)]
         rows.append(dict(zip(columns, cells, strict=False)))  # up to the shorter of header and row
     return rows
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def widgets(outputs: list[dict]) -> list[dict]:
+    """The ipywidgets among a cell's outputs."""
+    return [o for o in outputs if WIDGET in o.get("data", {})]
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on (bound, then closed again)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_records(runs: Path) -> list[dict]:
@@ -187,8 +206,14 @@ def test_notebook_files_are_clean_and_declare_their_parameters(name):
     first = book.cells[0]
     assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", [])
     declared = _literal_assignments(first.source)
-    # papermill's own reading of the parameters cell agrees (else it would warn about real parameters).
-    assert [p.name for p in _infer_parameters(load_notebook_node(str(path)))] == list(declared)
+    assert declared is not None
+    # papermill's own reading of the parameters cell agrees (else it would warn about real parameters),
+    # and `papermill --help-notebook` shows a type and a description for each.
+    inferred = _infer_parameters(load_notebook_node(str(path)))
+    assert [p.name for p in inferred] == list(declared)
+    assert [p.name for p in inferred if p.inferred_type_name == "None" or not p.help] == []
+    # The snapshots `backupkit demo` writes (the repository's backups/, seen from notebooks/).
+    assert declared["backup_dir"] == "../backups"
     for cell in book.cells:
         if cell.cell_type != "code":
             continue
@@ -249,7 +274,7 @@ def test_report_notebook_shows_the_changes_between_two_snapshots(source, tmp_pat
     first = backup(source, tmp_path / "bk", label="before", progress=False)
     changed = mutate_demo(source)
     after = row_counts(source, PUBLIC)
-    backup(source, tmp_path / "bk", label="after", progress=False)
+    second = backup(source, tmp_path / "bk", label="after", progress=False)
     third = backup(source, tmp_path / "bk", label="again", progress=False)
 
     # Not the defaults: an explicit old id, and `new` as latest~1 (the "after" snapshot, not the newest).
@@ -280,6 +305,13 @@ def test_report_notebook_shows_the_changes_between_two_snapshots(source, tmp_pat
     assert any(r["table"] == "public.orders" for r in samples)
     integrity = html_table(out, "nb.integrity_table(checks)")
     assert integrity and all(r["ok"] == "True" for r in integrity)
+    # Nothing cut: every detail as the integrity report has it (pandas would cut at 50 characters).
+    reports = nb.check_integrity(first.path, second.path)
+    expected = [r["detail"] for name, report in reports.items() for r in nb.integrity_rows(name, report)]
+    assert [r["detail"] for r in integrity] == expected and max(map(len, expected)) > 50
+    for source_ in ("nb.diff_table(diff)", "nb.sample_updates_table(diff)", "nb.integrity_table(checks)"):
+        page = next(o["data"]["text/html"] for o in outputs_of(out, source_) if "text/html" in o.get("data", {}))
+        assert not re.search(r">(NaN|None|&lt;NA&gt;|NaT)<", page), source_
     assert {r["check"] for r in integrity} >= {"checksums", "primary_key", "foreign_key", "sequence"}
     assert html_table(out, "nb.diff_overview(diff)") == []
     page = (tmp_path / "report.html").read_text()
@@ -316,6 +348,11 @@ def test_restore_notebook_restores_a_chosen_snapshot_into_an_empty_database(sour
     (record,) = run_records(tmp_path / "runs")
     assert record["status"] == "succeeded" and record["snapshot"]["id"] == first.id
     assert record["summary"]["rows_loaded"] == sum(before.values())
+    restore_cell = (
+        "outcome = nb.restore(snap, target_dsn_env, tables=tables, with_dependencies=with_dependencies,\n"
+        "                     clean=clean, create_roles=create_roles, jobs=jobs, dry_run=dry_run, run=run)"
+    )
+    assert widgets(outputs_of(out, restore_cell)), "no progress widget for the restore"
     steps = html_table(out, "nb.restore_steps(outcome)")
     assert steps and all(s["state"] == "done" for s in steps)
     assert_no_secret([out, *(tmp_path / "runs").glob("*.json")], source, target)
@@ -382,6 +419,7 @@ def test_a_failing_run_says_why_records_failed_and_leaves_no_snapshot(source, tm
         if o.output_type == "error"
     ]
     assert len(errors) == 1 and "password authentication failed" in errors[0]["evalue"]
+    assert errors[0]["traceback"][0].startswith("error: cannot connect to ")
     (record,) = run_records(tmp_path / "runs")
     assert record["status"] == "failed" and record["failed_step"] == "preflight"
     assert record["exit_reason"].startswith("ConnectionFailed: cannot connect to ")
@@ -390,6 +428,110 @@ def test_a_failing_run_says_why_records_failed_and_leaves_no_snapshot(source, tm
     assert snapshot_dirs(tmp_path / "bk") == []
     assert wrong_password not in out.read_text()
     assert_no_secret([out, *(tmp_path / "runs").glob("*.json")], source, wrong)
+
+
+def test_a_failed_run_ends_with_the_error_and_its_hint_not_a_traceback(source, tmp_path, monkeypatch):
+    monkeypatch.setenv("BK_NB_CLOSED", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=5")
+
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("backup", tmp_path, backup_dir="bk", dsn_env="BK_NB_CLOSED", runs_dir="runs")
+
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "failed" and record["failed_step"] == "preflight"
+    assert record["exit_reason"].startswith("ConnectionFailed: cannot connect to 127.0.0.1:") and record["hint"]
+    expected = ["error: " + record["exit_reason"].split(": ", 1)[1], "hint: " + record["hint"]]
+    book = nbformat.read(tmp_path / "backup.out.ipynb", as_version=4)
+    failed = [c for c in book.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)]
+    assert [c.source for c in failed] == ["nb.preflight(backup_dir, dsn_env, schemas, run=run)"]
+    *shown, last = failed[0].outputs
+    # The cell's last output, the error papermill reports: the error and the hint, nothing else.
+    assert last.output_type == "error" and last.ename == "ConnectionFailed" and last.traceback == expected
+    # Before it, the same as text and as a small HTML block, with the run record that says failed.
+    (note,) = [o for o in shown if "text/html" in o.get("data", {})]
+    run_json = Path("runs") / f"{record['run_id']}.json"
+    assert note["data"]["text/plain"].splitlines() == [*expected, f"run record: {run_json} (failed)"]
+    assert all(html.escape(line) in note["data"]["text/html"] for line in expected)
+    # No traceback anywhere: not in the notebook, not in what papermill raises.
+    assert "Traceback" not in (tmp_path / "backup.out.ipynb").read_text()
+    assert "Traceback" not in str(info.value) and str(info.value).strip().splitlines()[-2:] == expected
+    assert snapshot_dirs(tmp_path / "bk") == []
+
+
+def test_a_notebook_backup_of_the_demo_database_shows_tqdm_progress_widgets(source, tmp_path):
+    out = execute("backup", tmp_path, backup_dir="bk", dsn_env=SOURCE_VAR, runs_dir="runs")
+
+    book = nbformat.read(out, as_version=4)
+    cell = next(c for c in book.cells if c.cell_type == "code" and c.source.startswith("result = nb.backup("))
+    (bar,) = widgets(cell.outputs)  # one bar for the backup
+    # tqdm's notebook bar: an HBox whose text form is the bar's line, its state saved with the notebook.
+    assert bar["data"]["text/plain"].startswith("backup:")
+    model = bar["data"][WIDGET]["model_id"]
+    state = book.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert state[model]["model_name"] == "HBoxModel"
+    assert any(m["model_name"] == "FloatProgressModel" for m in state.values())
+
+
+def test_missing_values_show_as_null_and_long_text_wraps():
+    diff = {
+        "tables": [
+            {
+                "schema": "public",
+                "name": "profiles",
+                "sample_updates": [{"key": {"id": 1}, "changes": {"bio": [None, "hi"], "age": ["3", None]}}],
+            }
+        ]
+    }
+    table = nb.sample_updates_table(diff)
+    assert table["old"].isna().tolist() == [True, False]  # the data keeps its NULLs ...
+    page = table._repr_html_()  # ... and shows them as NULL, muted
+    assert page.count('class="bk-null"') == 2 and not re.search(r">(NaN|None|&lt;NA&gt;)<", page)
+    assert "NaN" not in repr(table) and repr(table).count("NULL") == 2
+    detail = "orders_customer_id_fkey: every (customer_id) found in public.customers(id); " * 3
+    integrity = nb.integrity_table(
+        {
+            "s1": {
+                "checksums": {"ok": True, "problems": [], "files": 3},
+                "checks": [{"check": "foreign_key", "table": "public.orders", "ok": True, "detail": detail}],
+            }
+        }
+    )
+    page = integrity._repr_html_()
+    assert html.escape(detail) in page and "overflow-wrap:anywhere" in page  # whole, wrapped
+    assert detail in repr(integrity)
+    # No width in the HTML wider than a 1280 px window.
+    assert all(int(px) <= 1280 for px in re.findall(r"(\d+)px", page))
+    # pandas' own display of these values, for comparison: what the helpers no longer show.
+    diff_rows = nb.diff_table(
+        {
+            "tables": [
+                {
+                    "schema": "public",
+                    "name": "t",
+                    "rows_old": 1,
+                    "rows_new": 1,
+                    "inserted": 0,
+                    "deleted": 0,
+                    "updated": None,
+                    "method": None,
+                }
+            ]
+        }
+    )
+    assert ">NULL<" in diff_rows._repr_html_() and "<NA>" not in repr(diff_rows)
+
+
+def test_demo_snapshots_say_where_they_went_and_why(tmp_path):
+    reason = nb.demo_snapshots_reason([], 2, "", {})
+    assert reason.startswith("fewer than the 2 this notebook needs, and no database is named")
+    taken = nb.DemoSnapshots(["20250101T000000Z-demo"], tmp_path / "nb" / ".." / "backups", 0, reason)
+    assert taken == ["20250101T000000Z-demo"]  # still the list of ids taken
+    text = repr(taken)
+    assert f"into {(tmp_path / 'backups').resolve()}: 20250101T000000Z-demo" in text and reason in text
+    assert "backupkit demo" in text and "border-left" in taken._repr_html_()
+    assert "2 snapshots, enough" in repr(
+        nb.DemoSnapshots([], Path("backups"), 2, nb.demo_snapshots_reason([None, None], 2, "", {}))
+    )
+    assert "a database is named ($MY_DSN)" in nb.demo_snapshots_reason([], 1, "MY_DSN", {})
 
 
 # -- a fresh checkout: nbval, defaults only, the embedded demo database ----------------------------
@@ -410,8 +552,10 @@ def test_every_notebook_runs_as_is_under_nbval(home, tmp_path):
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert re.search(r"\b(\d+) passed\b", proc.stdout) and "failed" not in proc.stdout.splitlines()[-1]
 
-    # backup took one snapshot of the demo database; prune's defaults added the second one it needs.
-    snaps = list_snapshots(tmp_path / "notebooks" / "backups")[0]
+    # backup took one snapshot of the demo database into ../backups (the repository's backups/, where
+    # `backupkit demo` writes); prune's defaults added the second one it needs.
+    assert not (tmp_path / "notebooks" / "backups").exists()
+    snaps = list_snapshots(tmp_path / "backups")[0]
     assert len(snaps) == 2 and all(verify(s.path).ok for s in snaps)
     assert all(nb.is_demo_source(json.loads((s.path / "manifest.json").read_text())["source"]) for s in snaps)
     records = run_records(tmp_path / "notebooks" / "runs")
@@ -493,7 +637,7 @@ def test_run_record_hook_marks_a_failed_cell_and_redacts(tmp_path, monkeypatch):
 def test_explorer_previews_tables_and_runs_sql(source, tmp_path):
     snap = backup(source, tmp_path / "bk", progress=False)
     box = nb.explorer(tmp_path / "bk", table="public.products", limit=3)
-    assert box.table.value == '"public"."products"' and box.preview.value.count("<tr>") == 3  # limit
+    assert box.table.value == '"public"."products"' and box.preview.value.split("<tbody>")[1].count("<tr>") == 3
     box.table.value = '"public"."orders"'
     assert "placed_at" in box.preview.value
     box.sql.value = "SELECT count(*) AS n FROM public.orders"

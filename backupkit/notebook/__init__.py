@@ -11,24 +11,32 @@ public API) and shows the result.  This package provides
   it current (steps and their durations, the snapshot, the outcome); an IPython
   ``post_run_cell`` hook marks the run failed when any cell raises, so a
   scheduled run that dies still leaves ``status: failed`` and the reason;
+* **errors as the command shows them** — imported in a kernel, the package has
+  IPython show a ``BackupkitError`` as ``error: …`` / ``hint: …`` (no traceback;
+  papermill still fails the run and exits non-zero);
 * **operations** taking the *name* of the environment variable that holds a
   DSN (``dsn_env``), never a DSN, so no secret enters a notebook's parameters,
   variables or outputs; ``""`` means the CLI's lookup, then the embedded demo
   database (restores: a scratch database on the demo server);
-* **display helpers** turning results into pandas DataFrames and matplotlib
-  figures, and ``explorer()``, the snapshot/table/SQL widget.
+* **progress** — backups, restores and diffs ask the library for its progress
+  bars (tqdm's widget in a notebook);
+* **display helpers** turning results into pandas DataFrames (``Table``: SQL
+  NULL shown as ``NULL``, long text wrapped) and matplotlib figures, and
+  ``explorer()``, the snapshot/table/SQL widget.
 
 Decisions (which cells hold the parameters, which are unknown, whether demo
 snapshots are needed, what a table shows) are pure functions; the I/O wraps them.
 
 Notebooks import the package (``from backupkit import notebook as nb``) and
 use the names re-exported here; the code lives in one module per concern:
-``params`` (parameter discovery and checking), ``runs`` (run records and the
-IPython hook), ``jobs`` (operations, snapshot picking, demo snapshots and
-server), ``tables`` (DataFrame helpers), ``charts`` (matplotlib figures) and
+``params`` (parameter discovery and checking), ``runs`` (run records, the
+IPython hooks, errors as ``error:``/``hint:``), ``jobs`` (operations, snapshot
+picking, demo snapshots and server), ``frames`` (how a table shows),
+``tables`` (DataFrame helpers), ``charts`` (matplotlib figures) and
 ``explore`` (DuckDB queries and the explorer widget).  Imports point one way,
-towards ``runs``: ``params``, ``jobs`` and ``tables`` use ``runs``; ``charts``
-uses ``tables``; ``explore`` uses ``jobs`` and ``runs``.
+towards ``runs`` and ``frames``: ``params``, ``jobs`` and ``tables`` use
+``runs``; ``jobs``, ``tables`` and ``explore`` use ``frames``; ``charts`` uses
+``tables``; ``explore`` uses ``jobs`` and ``runs``.
 """
 
 from __future__ import annotations
@@ -37,12 +45,16 @@ from ..demo.run import stop_demo_server
 from . import _extra  # noqa: F401  (before the modules that import pandas and matplotlib)
 from .charts import change_chart, history_chart, history_frame, table_chart
 from .explore import MAX_ROWS, error_html, explorer, frame_html, preview_sql, query, run_query, snapshot_tables
+from .frames import NULL, Table, frame_text
 from .jobs import (
     DEMO_LABEL,
     RESTORE_SCRATCH_DB,
+    DemoSnapshots,
     Pair,
     backup,
     demo_snapshots_needed,
+    demo_snapshots_reason,
+    diff,
     ensure_demo_snapshots,
     failed_checks,
     is_demo_source,
@@ -63,7 +75,7 @@ from .params import (
     namespace_parameters,
     parameter_problems,
 )
-from .runs import RunRecord, new_run_id, one_line, start_run
+from .runs import ErrorNote, RunRecord, error_lines, install_error_display, new_run_id, one_line, start_run
 from .tables import (
     backup_table,
     check_integrity,
@@ -88,6 +100,7 @@ __all__ = [
     "RESTORE_SCRATCH_DB",
     "DEMO_LABEL",
     "MAX_ROWS",
+    "NULL",
     # params
     "is_injected",
     "locate_parameters",
@@ -99,9 +112,14 @@ __all__ = [
     "one_line",
     "RunRecord",
     "start_run",
+    "error_lines",
+    "ErrorNote",
+    "install_error_display",
     # jobs
     "is_demo_source",
     "demo_snapshots_needed",
+    "demo_snapshots_reason",
+    "DemoSnapshots",
     "ensure_demo_snapshots",
     "pick_snapshot",
     "Pair",
@@ -114,7 +132,11 @@ __all__ = [
     "prune",
     "prune_table",
     "restore",
+    "diff",
     "stop_demo_server",
+    # frames
+    "Table",
+    "frame_text",
     # tables
     "table_stats",
     "backup_table",
@@ -145,3 +167,5 @@ __all__ = [
     "error_html",
     "explorer",
 ]
+
+install_error_display()  # in a kernel: a BackupkitError shows as error:/hint: lines, not a traceback

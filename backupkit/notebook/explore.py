@@ -2,7 +2,7 @@
 
 ``snapshot_tables``, ``query`` and ``run_query`` run DuckDB SQL over a
 snapshot's views (tables named as in PostgreSQL, e.g. ``public.orders``) and
-return at most ``MAX_ROWS`` rows as a DataFrame.  ``explorer()`` builds a
+return at most ``MAX_ROWS`` rows as a ``frames.Table`` (SQL NULL shown as ``NULL``).  ``explorer()`` builds a
 widget to pick a snapshot and a table, preview its rows and run SQL; errors
 show as a short red message in the widget and are never raised into its loop.
 
@@ -24,35 +24,36 @@ import pandas as pd
 
 from ..errors import SnapshotNotFound
 from ..storage.repository import list_snapshots
+from . import frames
+from .frames import MAX_ROWS, NULL_STYLE, Table
 from .jobs import pick_snapshot
 from .runs import one_line
 
-#: Rows a query result or preview shows at most.
-MAX_ROWS = 200
 
-
-def snapshot_tables(snapshot: Path | str) -> pd.DataFrame:
+def snapshot_tables(snapshot: Path | str) -> Table:
     """The tables of a snapshot (DuckDB's ``backupkit.tables`` view)."""
     from ..lens.duck import open_snapshot
 
     con = open_snapshot(snapshot)
     try:
-        return con.sql(
-            "SELECT schema, name, rows, bytes, files, primary_key, view FROM backupkit.tables ORDER BY schema, name"
-        ).df()
+        return Table(
+            con.sql(
+                "SELECT schema, name, rows, bytes, files, primary_key, view FROM backupkit.tables ORDER BY schema, name"
+            ).df()
+        )
     finally:
         con.close()
 
 
-def run_query(con, sql: str, limit: int = MAX_ROWS) -> pd.DataFrame:
-    """The first ``limit`` rows of ``sql`` on a DuckDB connection (empty frame for statements)."""
+def run_query(con, sql: str, limit: int = MAX_ROWS) -> Table:
+    """The first ``limit`` rows of ``sql`` on a DuckDB connection (empty table for statements)."""
     rel = con.sql(sql)
     if rel is None:
-        return pd.DataFrame()
-    return rel.limit(limit).df()
+        return Table()
+    return Table(rel.limit(limit).df())
 
 
-def query(snapshot: Path | str, sql: str, limit: int = MAX_ROWS) -> pd.DataFrame:
+def query(snapshot: Path | str, sql: str, limit: int = MAX_ROWS) -> Table:
     """Run DuckDB SQL over a snapshot's views (tables named as in PostgreSQL, e.g. public.orders)."""
     from ..lens.duck import open_snapshot
 
@@ -69,9 +70,9 @@ def preview_sql(view: str, limit: int = 20) -> str:
 
 
 def frame_html(df: pd.DataFrame, limit: int = MAX_ROWS) -> str:
-    """HTML of a result table, noting when it was cut at ``limit`` rows."""
-    note = f"<p><i>first {limit} rows</i></p>" if len(df) >= limit else ""
-    return df.to_html(index=False, max_rows=limit, na_rep="NULL") + note
+    """HTML of a result table (``NULL`` for SQL NULL), noting when it was cut at ``limit`` rows."""
+    note = f'<p style="{NULL_STYLE}">first {limit} rows</p>' if len(df) >= limit else ""
+    return frames.frame_html(df, limit) + note
 
 
 def error_html(exc: BaseException) -> str:

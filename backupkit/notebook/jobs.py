@@ -5,19 +5,20 @@ the environment variable that holds a DSN (``dsn_env``), never a DSN, so no
 secret enters a notebook's parameters, variables or outputs; ``""`` means the
 CLI's lookup, then the embedded demo database (restores: a scratch database on
 the demo server).  Given a ``RunRecord`` an operation runs as one of its steps
-and adds what it did to the run's summary.  Also here: picking snapshots by id,
-path or ``latest~N``, and taking demo snapshots so the defaults have something
-to show.
+and adds what it did to the run's summary.  Backups, restores and diffs show
+their progress (tqdm: a widget in a notebook, by bytes where the library counts
+them).  Also here: picking snapshots by id, path or ``latest~N``, and taking
+demo snapshots so the defaults have something to show, saying where and why.
 """
 
 from __future__ import annotations
 
+import html
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
-
-import pandas as pd
 
 from ..capture.job import BackupResult
 from ..capture.job import backup as _backup
@@ -32,6 +33,7 @@ from ..retention.prune import prune as _prune
 from ..snapshot import manifest as mf
 from ..snapshot.verify import verify as _verify
 from ..storage.repository import list_snapshots, resolve
+from .frames import Table
 from .runs import RunRecord, _maybe_step, _now
 
 #: Database on the embedded demo server that restores go to when no target is named.
@@ -96,6 +98,56 @@ def demo_snapshots_needed(
     return n - len(sources)
 
 
+def demo_snapshots_reason(
+    sources: Sequence[Mapping[str, Any] | None], n: int, dsn_env: str, env: Mapping[str, str]
+) -> str:
+    """Why ``demo_snapshots_needed`` says what it says, as the end of a sentence."""
+    if len(sources) >= n:
+        return "enough for this notebook"
+    named = dsn_env or next((v for v in DSN_ENV_VARS if env.get(v)), "")
+    if named:
+        return f"fewer than the {n} this notebook needs, but a database is named (${named}): no demo snapshots taken"
+    if not all(is_demo_source(s) for s in sources):
+        return (
+            f"fewer than the {n} this notebook needs, but they are another database's: "
+            "demo snapshots never mix into a real backup directory"
+        )
+    return (
+        f"fewer than the {n} this notebook needs, and no database is named (dsn_env empty, no "
+        + "/".join(f"${v}" for v in DSN_ENV_VARS)
+        + ")"
+    )
+
+
+class DemoSnapshots(list):
+    """The ids ``ensure_demo_snapshots`` took (a list, usually empty), shown as what happened and why."""
+
+    def __init__(self, taken: Sequence[str], folder: Path, found: int, reason: str):
+        super().__init__(taken)
+        self.folder, self.found, self.reason = folder, found, reason
+
+    def _where(self) -> str:
+        absolute = self.folder.resolve()
+        return f"{self.folder} ({absolute})" if str(absolute) != str(self.folder) else str(self.folder)
+
+    def __repr__(self) -> str:
+        s = "" if self.found == 1 else "s"
+        line = f"{self._where()}: {self.found} snapshot{s}, {self.reason}."
+        if not self:
+            return line
+        return (
+            f"{line}\nTook {len(self)} demo snapshot{'' if len(self) == 1 else 's'} of the embedded demo database "
+            f"into {self.folder.resolve()}: {', '.join(self)}.\n"
+            "To see the snapshots of `backupkit demo` instead, run it from the repository root "
+            "(it writes backups/ there); to see your own, set backup_dir."
+        )
+
+    def _repr_html_(self) -> str:
+        lines = [html.escape(line) for line in repr(self).splitlines()]
+        style = "border-left:4px solid #e0a100;padding:0.3em 0.8em" if self else "color:#888"
+        return f'<div style="{style};overflow-wrap:anywhere;max-width:100%">' + "<br>".join(lines) + "</div>"
+
+
 def _sources(backup_dir: Path) -> list[dict | None]:
     if not backup_dir.is_dir():
         return []
@@ -108,17 +160,20 @@ def _sources(backup_dir: Path) -> list[dict | None]:
     return out
 
 
-def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_env: str = "") -> list[str]:
+def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_env: str = "") -> DemoSnapshots:
     """Take demo snapshots until ``backup_dir`` has ``n`` (defaults only; see ``demo_snapshots_needed``).
 
     Between two snapshots one "day of traffic" changes the demo database, so a
-    comparison has something to show.  Returns the ids taken (usually none).
+    comparison has something to show.  Returns the ids taken (usually none), a
+    list that shows the folder (and its absolute path), how many snapshots it
+    has, and, when it took some, where and why.
     """
     backup_dir = Path(backup_dir)
     sources = _sources(backup_dir)
     missing = demo_snapshots_needed(sources, n, dsn_env, os.environ)
+    reason = demo_snapshots_reason(sources, n, dsn_env, os.environ)
     if not missing:
-        return []
+        return DemoSnapshots([], backup_dir, len(sources), reason)
     from ..demo.data import mutate_demo
     from ..demo.run import demo_dsn
 
@@ -127,8 +182,8 @@ def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_en
     for i in range(missing):
         if sources or i:
             mutate_demo(dsn)
-        taken.append(_backup(dsn, backup_dir, label=DEMO_LABEL, progress=False).id)
-    return taken
+        taken.append(_backup(dsn, backup_dir, label=DEMO_LABEL, progress=True).id)
+    return DemoSnapshots(taken, backup_dir, len(sources), reason)
 
 
 def pick_snapshot(backup_dir: Path | str = "backups", snapshot: str = "") -> Path:
@@ -178,7 +233,7 @@ def preflight(
     schemas: list[str] | None = None,
     *,
     run: RunRecord | None = None,
-) -> pd.DataFrame:
+) -> Table:
     """Run ``backupkit check``; the table of checks, or ``SourceError`` naming every failed one."""
     with _maybe_step(run, "preflight"):
         report = _check(_dsn(dsn_env), schemas=schemas, to=backup_dir)
@@ -188,7 +243,7 @@ def preflight(
                 "preflight failed: " + "; ".join(failed),
                 hint="fix what the checks name (`backupkit check` shows the same list)",
             )
-    return pd.DataFrame(report.items, columns=["check", "status", "detail"])
+    return Table(report.items, columns=["check", "status", "detail"])
 
 
 def backup(
@@ -212,7 +267,7 @@ def backup(
             exclude=list(exclude),
             jobs=jobs,
             label=label or None,
-            progress=False,
+            progress=True,
         )
     if run is not None:
         run.set_snapshot(result.id, result.path)
@@ -223,7 +278,7 @@ def backup(
     return result
 
 
-def verify(snapshot: Path | str, *, deep: bool = True, run: RunRecord | None = None) -> pd.DataFrame:
+def verify(snapshot: Path | str, *, deep: bool = True, run: RunRecord | None = None) -> Table:
     """Verify a snapshot (``deep``: also recount rows); one row, or ``SnapshotDamaged`` naming the problems."""
     with _maybe_step(run, "verify"):
         report = _verify(snapshot, deep=deep)
@@ -233,7 +288,7 @@ def verify(snapshot: Path | str, *, deep: bool = True, run: RunRecord | None = N
                 report.problems,
                 hint="restore from another snapshot and check the storage",
             )
-    return pd.DataFrame(
+    return Table(
         [
             {
                 "snapshot": Path(snapshot).name,
@@ -274,9 +329,7 @@ def make_policy(
     return Policy.from_dict({k: v for k, v in given.items() if v is not None})
 
 
-def prune(
-    backup_dir: Path | str, policy: Policy, *, dry_run: bool = True, run: RunRecord | None = None
-) -> pd.DataFrame:
+def prune(backup_dir: Path | str, policy: Policy, *, dry_run: bool = True, run: RunRecord | None = None) -> Table:
     """Apply ``policy`` to ``backup_dir`` (nothing is removed with ``dry_run``); every decision and why."""
     with _maybe_step(run, "prune"):
         result = _prune(backup_dir, policy, now=_now(), dry_run=dry_run)
@@ -292,7 +345,7 @@ def prune(
     return prune_table(result)
 
 
-def prune_table(result: PruneResult) -> pd.DataFrame:
+def prune_table(result: PruneResult) -> Table:
     """Prune decisions: each snapshot, keep or remove, and every reason."""
     gone = "would remove" if result.dry_run else "removed"
     rows = [
@@ -307,7 +360,7 @@ def prune_table(result: PruneResult) -> pd.DataFrame:
     ]
     rows += [{"snapshot": name, "action": gone, "reasons": "unfinished or interrupted folder"} for name in result.stale]
     rows += [{"action": "warning", "reasons": w} for w in result.warnings]
-    return pd.DataFrame(rows, columns=["snapshot", "created_at", "action", "reasons", "intact"])
+    return Table(rows, columns=["snapshot", "created_at", "action", "reasons", "intact"])
 
 
 def restore(
@@ -337,7 +390,7 @@ def restore(
             create_roles=create_roles,
             jobs=jobs,
             dry_run=dry_run,
-            progress=False,
+            progress=True,
         )
     if run is not None:
         run.set_snapshot(Path(snapshot).name, snapshot)
@@ -346,3 +399,11 @@ def restore(
         )
         run.write()
     return result
+
+
+def diff(old: Path | str, new: Path | str, *, sample: int = 5) -> dict:
+    """``backupkit.diff_snapshots`` of two snapshots, with its progress shown when the library reports any."""
+    from ..lens.diff import diff_snapshots
+
+    shown: dict[str, Any] = {"progress": True} if "progress" in inspect.signature(diff_snapshots).parameters else {}
+    return diff_snapshots(old, new, sample=sample, **shown)

@@ -6,12 +6,21 @@ snapshot it made or used and the outcome, with every password redacted.  An
 IPython ``post_run_cell`` hook marks the active run failed when any cell raises,
 so a scheduled run that dies still leaves ``status: failed`` and the reason.
 ``_maybe_step`` lets the operations time themselves as steps when given a run.
+
+A ``BackupkitError`` raised in a cell shows as what the ``backupkit`` command
+prints, not as a traceback: ``install_error_display()`` (run when
+``backupkit.notebook`` is imported in a kernel) makes IPython show it as an
+``error: …`` / ``hint: …`` block (plain text and HTML), then as the cell's
+error output holding those same lines, so papermill still fails the run (and
+exits non-zero) and its message is the one-line error.  ``%xmode Verbose``
+brings the full traceback back.  Other exceptions (bugs) keep their traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import html
 import json
 import os
 import secrets
@@ -23,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..errors import BackupkitError
 from ..pg.dsn import DSN_ENV_VARS, redact
 
 
@@ -177,6 +187,8 @@ class RunRecord:
 
 
 _ACTIVE: RunRecord | None = None
+#: The run started last in this kernel (still named in an error's output once it has failed).
+_LAST: RunRecord | None = None
 
 
 def _shell():
@@ -205,7 +217,7 @@ def start_run(
 ) -> RunRecord:
     """Start a run record: write ``runs_dir/<run_id>.json`` (status running) and, in IPython,
     register the hook that marks it failed when a later cell raises."""
-    global _ACTIVE
+    global _ACTIVE, _LAST
     now = _now()
     run_id = new_run_id(job, now)
     run = RunRecord(
@@ -217,7 +229,8 @@ def start_run(
         shell.events.register("post_run_cell", _post_run_cell)
     if _ACTIVE is not None and _ACTIVE.status == "running":
         _ACTIVE.fail("superseded: another run was started in the same kernel")
-    _ACTIVE = run
+    _ACTIVE = _LAST = run
+    install_error_display(shell)
     return run
 
 
@@ -228,3 +241,82 @@ def _maybe_step(run: RunRecord | None, name: str) -> Iterator[None]:
     else:
         with run.step(name):
             yield
+
+
+# == errors as the command shows them =========================================================
+
+
+def error_lines(exc: BaseException, dsns: list[str] | None = None) -> list[str]:
+    """``error: <message, on one line>`` and, when the error has a hint, ``hint: <hint>``; redacted."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    lines = [f"error: {message}"]
+    hint = getattr(exc, "hint", None)
+    if hint:
+        lines.append("hint: " + " ".join(str(hint).split()))
+    return [_redacted(line, dsns or []) for line in lines]
+
+
+@dataclasses.dataclass
+class ErrorNote:
+    """What a cell shows for a ``BackupkitError``: the error and hint lines, and the run it failed."""
+
+    lines: list[str]
+    run_record: str = ""
+
+    def __repr__(self) -> str:
+        return "\n".join([*self.lines, *([f"run record: {self.run_record} (failed)"] if self.run_record else [])])
+
+    def _repr_html_(self) -> str:
+        wrap = "white-space:pre-wrap;overflow-wrap:anywhere"
+        parts = [
+            f'<div style="{wrap};color:#c62828;font-weight:bold">{html.escape(self.lines[0])}</div>',
+            *(f'<div style="{wrap}">{html.escape(line)}</div>' for line in self.lines[1:]),
+        ]
+        if self.run_record:
+            parts.append(f'<div style="{wrap};color:#888">run record: {html.escape(self.run_record)} (failed)</div>')
+        return (
+            '<div class="bk-error" style="border-left:4px solid #c62828;padding:0.3em 0.8em;'
+            'margin:0.3em 0;max-width:100%">' + "".join(parts) + "</div>"
+        )
+
+
+def _show_error(shell, etype, value, tb, tb_offset=None) -> None:
+    """IPython custom exception handler for ``BackupkitError``: the error and hint, no traceback.
+
+    Fails the active run (as the ``post_run_cell`` hook would), displays an
+    ``ErrorNote``, then has IPython show the error with those lines as its
+    traceback: the cell still raised, so papermill fails the run.
+    """
+    if _ACTIVE is not None:
+        _ACTIVE.fail(value)
+    if str(getattr(getattr(shell, "InteractiveTB", None), "mode", "")).lower() == "verbose":
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)  # %xmode Verbose: the whole story
+        return
+    run = _LAST
+    lines = error_lines(value, _secrets_for(run.params) if run is not None else _secrets_for({}))
+    failed_here = run is not None and run.status == "failed" and run.exit_reason == one_line(value)
+    record = str(run.path) if run is not None and failed_here else ""
+    from IPython.display import display
+
+    display(ErrorNote(lines, record))
+    value._render_traceback_ = lambda: list(lines)  # IPython's hook for an exception's own traceback
+    try:
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+    finally:
+        with contextlib.suppress(AttributeError):
+            del value._render_traceback_
+
+
+def install_error_display(shell=None) -> bool:
+    """Show ``BackupkitError`` in this IPython shell as ``error:``/``hint:`` lines (see ``_show_error``).
+
+    Leaves a shell that has a custom exception handler of its own alone; returns whether ours is in place.
+    """
+    shell = shell or _shell()
+    if shell is None or not hasattr(shell, "set_custom_exc"):
+        return False
+    current = getattr(shell, "custom_exceptions", ())
+    if current and current != (BackupkitError,):
+        return False
+    shell.set_custom_exc((BackupkitError,), _show_error)
+    return True

@@ -2,7 +2,9 @@
 
 Each function turns what the public API returns (a manifest, the snapshot
 history, a restore result, a diff, integrity reports) into a DataFrame with
-fixed columns, so an empty result still shows its header.  The row-building
+fixed columns, so an empty result still shows its header: a ``frames.Table``,
+which shows every missing value (SQL NULL) as ``NULL`` and wraps long text
+(an integrity check's detail) instead of cutting it.  The row-building
 parts are pure functions; ``check_integrity`` and ``save_html_report`` wrap
 ``backupkit.lens.integrity`` and the HTML report for the report notebook.
 """
@@ -19,6 +21,7 @@ from ..recovery.job import RestoreResult
 from ..snapshot import manifest as mf
 from ..storage.location import locate
 from ..storage.repository import list_snapshots
+from .frames import Table
 from .runs import _iso
 
 
@@ -26,7 +29,7 @@ def _mb(n: int | float) -> float:
     return round(n / 1e6, 3)
 
 
-def table_stats(manifest: dict) -> pd.DataFrame:
+def table_stats(manifest: dict) -> Table:
     """One row per table of a manifest: rows, compressed MB, files."""
     rows = [
         {
@@ -37,14 +40,14 @@ def table_stats(manifest: dict) -> pd.DataFrame:
         }
         for t in manifest["tables"]
     ]
-    return pd.DataFrame(rows, columns=["table", "rows", "MB", "files"])
+    return Table(rows, columns=["table", "rows", "MB", "files"])
 
 
 def _manifest_of(source: BackupResult | Path | str) -> dict:
     return source.manifest if isinstance(source, BackupResult) else mf.read(source)
 
 
-def backup_table(source: BackupResult | Path | str) -> pd.DataFrame:
+def backup_table(source: BackupResult | Path | str) -> Table:
     """A backup (or any snapshot) per table: rows, compressed MB and files, with a total line."""
     df = table_stats(_manifest_of(source))
     total = pd.DataFrame(
@@ -57,7 +60,7 @@ def backup_table(source: BackupResult | Path | str) -> pd.DataFrame:
             }
         ]
     )
-    return pd.concat([df, total], ignore_index=True)
+    return Table(pd.concat([df, total], ignore_index=True))
 
 
 def history_rows(snapshots: list, unfinished: list) -> list[dict]:
@@ -83,22 +86,22 @@ def history_rows(snapshots: list, unfinished: list) -> list[dict]:
     return rows
 
 
-def history_table(backup_dir: Path | str = "backups") -> pd.DataFrame:
+def history_table(backup_dir: Path | str = "backups") -> Table:
     """Every snapshot in ``backup_dir``, newest first (``backupkit list`` as a table)."""
     columns = ["snapshot", "created_at", "label", "tables", "rows", "MB", "pinned", "partial", "status"]
-    return pd.DataFrame(history_rows(*list_snapshots(backup_dir)), columns=columns)
+    return Table(history_rows(*list_snapshots(backup_dir)), columns=columns)
 
 
-def restore_steps(result: RestoreResult) -> pd.DataFrame:
+def restore_steps(result: RestoreResult) -> Table:
     """The restore's steps, planned (dry run) or done."""
     state = "planned" if result.dry_run else "done"
     rows = [{"step": s, "state": state} for s in result.plan.describe()]
     rows += [{"step": w, "state": "warning"} for w in result.warnings]
     rows += [{"step": n, "state": "note"} for n in result.plan.notes]
-    return pd.DataFrame(rows, columns=["step", "state"])
+    return Table(rows, columns=["step", "state"])
 
 
-def restore_table(result: RestoreResult) -> pd.DataFrame:
+def restore_table(result: RestoreResult) -> Table:
     """The restore's tables: rows, whether the target already had them, and what happens to them."""
     plan = result.plan
     existing = set(plan.existing) | set(plan.in_place) | set(plan.platform_tables)
@@ -118,19 +121,19 @@ def restore_table(result: RestoreResult) -> pd.DataFrame:
         else:
             action = "create" + (", load" if plan.data else "") if plan.schema else "load"
         rows.append({"table": key, "rows": t["rows"], "in target before": key in existing, "action": action})
-    return pd.DataFrame(rows, columns=["table", "rows", "in target before", "action"])
+    return Table(rows, columns=["table", "rows", "in target before", "action"])
 
 
-def diff_overview(diff: dict) -> pd.DataFrame:
+def diff_overview(diff: dict) -> Table:
     """Tables added and removed between two snapshots (empty when the set of tables is the same)."""
     rows = [{"table": f"{t['schema']}.{t['name']}", "change": "added", "rows": t["rows"]} for t in diff["tables_added"]]
     rows += [
         {"table": f"{t['schema']}.{t['name']}", "change": "removed", "rows": t["rows"]} for t in diff["tables_removed"]
     ]
-    return pd.DataFrame(rows, columns=["table", "change", "rows"])
+    return Table(rows, columns=["table", "change", "rows"])
 
 
-def diff_table(diff: dict) -> pd.DataFrame:
+def diff_table(diff: dict) -> Table:
     """Per table in both snapshots: row counts, delta, inserted / deleted / updated rows."""
     rows = [
         {
@@ -146,7 +149,7 @@ def diff_table(diff: dict) -> pd.DataFrame:
         for t in diff["tables"]
     ]
     columns = ["table", "rows_old", "rows_new", "delta", "inserted", "deleted", "updated", "compared by"]
-    return pd.DataFrame(rows, columns=columns).astype({"updated": "Int64"})
+    return Table(rows, columns=columns).astype({"updated": "Int64"})
 
 
 def schema_change_rows(diff: dict) -> list[dict]:
@@ -187,12 +190,12 @@ def schema_change_rows(diff: dict) -> list[dict]:
     return rows
 
 
-def schema_changes_table(diff: dict) -> pd.DataFrame:
+def schema_changes_table(diff: dict) -> Table:
     """Schema changes between two snapshots (empty when there are none)."""
-    return pd.DataFrame(schema_change_rows(diff), columns=["table", "change", "detail"])
+    return Table(schema_change_rows(diff), columns=["table", "change", "detail"])
 
 
-def sample_updates_table(diff: dict) -> pd.DataFrame:
+def sample_updates_table(diff: dict) -> Table:
     """A few updated rows per table: key, column, old and new value (PostgreSQL's text)."""
     rows = []
     for t in diff["tables"]:
@@ -202,7 +205,7 @@ def sample_updates_table(diff: dict) -> pd.DataFrame:
                 {"table": f"{t['schema']}.{t['name']}", "key": key, "column": col, "old": old, "new": new}
                 for col, (old, new) in s["changes"].items()
             ]
-    return pd.DataFrame(rows, columns=["table", "key", "column", "old", "new"])
+    return Table(rows, columns=["table", "key", "column", "old", "new"])
 
 
 def integrity_rows(name: str, report: dict) -> list[dict]:
@@ -232,12 +235,12 @@ def check_integrity(*snapshots: mf.SnapshotArg) -> dict[str, dict]:
     return {locate(s).name: integrity(s) for s in snapshots}
 
 
-def integrity_table(reports: Mapping[str, dict]) -> pd.DataFrame:
+def integrity_table(reports: Mapping[str, dict]) -> Table:
     """The checks of ``check_integrity``'s reports, one row each; ``ok`` False marks a problem."""
     rows = []
     for name, report in reports.items():
         rows += integrity_rows(name, report)
-    return pd.DataFrame(rows, columns=["snapshot", "check", "table", "ok", "detail"])
+    return Table(rows, columns=["snapshot", "check", "table", "ok", "detail"])
 
 
 def save_html_report(diff: dict, reports: Mapping[str, dict] | None = None, path: Path | str = "") -> Path | None:
