@@ -1,5 +1,5 @@
 """Looking inside snapshots: DuckDB views and SQL, integrity checks, the row-level
 and schema diff, and the HTML/JSON report.
 
-May import: ``errors``, ``snapshot``, ``storage``, ``pg`` (pure parsing only).
+May import: ``errors``, ``runtime``, ``snapshot``, ``storage``, ``pg`` (pure parsing only).
 """

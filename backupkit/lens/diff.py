@@ -32,10 +32,12 @@ import difflib
 import os
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import duckdb
 
 from ..errors import SnapshotDamaged
+from ..runtime.progress import byte_bar, wanted
 from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files
@@ -500,14 +502,16 @@ def _keyed(old: dict, new: dict) -> bool:
     return bool(pk_old) and pk_old == pk_new and all(c in _common(old, new) for c in pk_old)
 
 
-def _run_tables(con, work, checks, sample, spill: LocalStorage) -> dict[str, dict]:
+def _run_tables(con, work, checks, sample, spill: LocalStorage, bar: Any) -> dict[str, dict]:
     """Compare every table that needs reading, one at a time; {table key: row-level result}.
 
     Each table's leftover lines (see ``diff_lines.match_lines``) go under a prefix of
-    its own in the ``spill`` storage, removed once the table is compared.
+    its own in the ``spill`` storage, removed once the table is compared.  ``bar``
+    moves by the stored bytes of each table's two sides.
     """
     results = {}
     for n, (key, old, new, sides) in enumerate(work):
+        bar.update(_stored_bytes(old, new) if sides is None else 0)
         if sides is None:
             continue
         folder = SnapshotLocation(spill, f"table-{n}")
@@ -521,10 +525,17 @@ def _run_tables(con, work, checks, sample, spill: LocalStorage) -> dict[str, dic
             ) from None
         finally:
             spill.remove(folder.key())
+        bar.update(_stored_bytes(old, new))
     return results
 
 
-def diff_snapshots(old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample: int = 5) -> dict:
+def _stored_bytes(old: dict, new: dict) -> int:
+    return sum(f["bytes"] for t in (old, new) for f in t["files"])
+
+
+def diff_snapshots(
+    old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample: int = 5, progress: bool | None = None
+) -> dict:
     """Compare two snapshots: tables added/removed, per-table row changes, schema changes.
 
     Returns ``old``/``new`` (path, id, created_at), ``tables_added``/``tables_removed``
@@ -536,7 +547,8 @@ def diff_snapshots(old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample
     object added, removed or changed: type, schema, name, change, detail; see
     ``schema_diff``), ``totals`` and ``same`` (see ``same``).  Values are
     PostgreSQL's text.  Raises SnapshotDamaged when a data file read does not match
-    its manifest.
+    its manifest.  ``progress`` shows a bar by bytes compared (default: on a terminal
+    or in a notebook).
     """
     old_dir, new_dir = locate(old_path), locate(new_path)
     old_m, new_m = mf.read(old_dir), mf.read(new_dir)
@@ -570,7 +582,8 @@ def diff_snapshots(old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample
                 if sides is not None
             }
             con = _diff_connect(str(spill.path()))
-            results = _run_tables(con, work, checks, sample, spill)
+            with byte_bar(sum(_stored_bytes(old, new) for _, old, new, _ in work), "diff", wanted(progress)) as bar:
+                results = _run_tables(con, work, checks, sample, spill, bar)
         finally:
             hasher.shutdown(wait=True, cancel_futures=True)
             if con is not None:

@@ -14,7 +14,6 @@ demo snapshots so the defaults have something to show, saying where and why.
 from __future__ import annotations
 
 import html
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -402,8 +401,7 @@ def restore(
 
 
 def diff(old: Path | str, new: Path | str, *, sample: int = 5) -> dict:
-    """``backupkit.diff_snapshots`` of two snapshots, with its progress shown when the library reports any."""
+    """``backupkit.diff_snapshots`` of two snapshots, with its progress bar (a widget in the notebook)."""
     from ..lens.diff import diff_snapshots
 
-    shown: dict[str, Any] = {"progress": True} if "progress" in inspect.signature(diff_snapshots).parameters else {}
-    return diff_snapshots(old, new, sample=sample, **shown)
+    return diff_snapshots(old, new, sample=sample, progress=True)
