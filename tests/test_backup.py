@@ -190,8 +190,10 @@ def test_check_names_every_missing_privilege_not_only_rls(make_db, tmp_path):
         assert checks["privileges"]["status"] == "fail"
         assert "no SELECT on sequence public.notes_id_seq" in detail and "no SELECT on table public.secrets" in detail
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "
-                         f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            conn.execute(
+                f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "
+                f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"
+            )
         checks = {c["check"]: c for c in json.loads(run_cli("check", "--dsn", reader, "--json").stdout)["checks"]}
         assert checks["privileges"]["status"] == "ok"
         assert backupkit.backup(reader, tmp_path, allow_partial=True, progress=False).manifest["partial"] is True

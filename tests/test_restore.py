@@ -31,9 +31,13 @@ FIDELITY_SQL = (Path(__file__).parent / "fidelity.sql").read_text()
 
 def all_schemas(dsn: str) -> list[str]:
     with psycopg.connect(dsn) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-            "AND nspname <> 'information_schema' ORDER BY 1").fetchall()]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                "AND nspname <> 'information_schema' ORDER BY 1"
+            ).fetchall()
+        ]
 
 
 def assert_same(source: str, target: str) -> None:
@@ -56,8 +60,10 @@ def fidelity(pg_server, tmp_path_factory):
     with psycopg.connect(dsn) as conn:
         conn.execute(FIDELITY_SQL)
         # enough pages to be split into several ctid-range chunks
-        conn.execute("CREATE TABLE public.many (id int PRIMARY KEY, v text, n numeric); "
-                     "INSERT INTO public.many SELECT i, md5(i::text), i / 7.0 FROM generate_series(1, 20000) i")
+        conn.execute(
+            "CREATE TABLE public.many (id int PRIMARY KEY, v text, n numeric); "
+            "INSERT INTO public.many SELECT i, md5(i::text), i / 7.0 FROM generate_series(1, 20000) i"
+        )
     add_toast_values(dsn, mb=20)
     out = tmp_path_factory.mktemp("fidelity-backups")
     res = backupkit.backup(dsn, out, schemas=all_schemas(dsn), jobs=2, chunk_bytes=16 * 1024)
@@ -167,8 +173,10 @@ def test_failure_of_the_database_rolls_back(make_db, tmp_path):
     """A real error from PostgreSQL (a unique violation while creating post-data) undoes everything."""
     source = make_db("src")
     with psycopg.connect(source) as conn:
-        conn.execute("CREATE TABLE a (id int); INSERT INTO a VALUES (1), (1); "
-                     "CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b VALUES (1)")
+        conn.execute(
+            "CREATE TABLE a (id int); INSERT INTO a VALUES (1), (1); "
+            "CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b VALUES (1)"
+        )
     res = backupkit.backup(source, tmp_path)
     # Make the snapshot's post-data fail: a unique index that its own data violates.
     with psycopg.connect(source) as conn:
@@ -189,16 +197,18 @@ def test_selective_and_dependency_following_restore(small, make_db):
     only = make_db("only")
     restore(res.path, only, tables=['public.Odd "Name".x'])
     with psycopg.connect(only) as conn:
-        tables = conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
-                              "relnamespace = 'public'::regnamespace ORDER BY 1").fetchall()
+        tables = conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1"
+        ).fetchall()
         assert tables == [('Odd "Name".x',)]
         assert conn.execute('SELECT count(*) FROM "Odd ""Name"".x"').fetchone()[0] == 3
     deps = make_db("deps")
     out = run_cli("restore", res.path, "--dsn", deps, "--table", "public.orders", "--with-dependencies", "-q")
     assert out.returncode == 0, out.stderr
     with psycopg.connect(deps) as conn, psycopg.connect(source) as src:
-        got = conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND "
-                           "relnamespace = 'public'::regnamespace ORDER BY 1").fetchall()
+        got = conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1"
+        ).fetchall()
         assert got == [("customers",), ("orders",)]
         q = "SELECT count(*), sum(total), sum(doubled), max(id) FROM orders"
         assert conn.execute(q).fetchone() == src.execute(q).fetchone()
@@ -210,7 +220,9 @@ def test_selective_and_dependency_following_restore(small, make_db):
     with pytest.raises(backupkit.RestoreError):
         restore(res.path, lone, tables=["public.orders"])
     with psycopg.connect(lone) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone()[0] == 0
+        )
 
 
 def test_damaged_snapshot_restores_nothing(small, make_db):
@@ -258,8 +270,10 @@ def test_policies_naming_missing_roles_stop_the_restore_unless_create_roles(make
     source = make_db("src")
     role = "app_user_" + conninfo_to_dict(source)["dbname"]
     with psycopg.connect(source, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role}; CREATE TABLE t (x int); INSERT INTO t VALUES (1); "
-                     f"ALTER TABLE t ENABLE ROW LEVEL SECURITY; CREATE POLICY p ON t TO {role} USING (x > 0)")
+        conn.execute(
+            f"CREATE ROLE {role}; CREATE TABLE t (x int); INSERT INTO t VALUES (1); "
+            f"ALTER TABLE t ENABLE ROW LEVEL SECURITY; CREATE POLICY p ON t TO {role} USING (x > 0)"
+        )
     res = backupkit.backup(source, tmp_path)
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
@@ -283,19 +297,23 @@ def test_policies_naming_missing_roles_stop_the_restore_unless_create_roles(make
 def test_statements_inside_function_bodies_are_data_not_commands(make_db, tmp_path):
     """A function body holding DROP/GRANT/backslash lines survives exactly and never runs."""
     source = make_db("src")
-    body = ("CREATE FUNCTION public.tricky() RETURNS text LANGUAGE sql AS $f$\n"
-            "DROP TABLE IF EXISTS public.keep_me;\nSELECT 'x'::text;\n$f$;\n"
-            "CREATE FUNCTION public.latex() RETURNS text LANGUAGE sql AS $f$\nSELECT '\n\\documentclass{article}\n"
-            "GRANT ALL ON x TO nobody_here;\n'::text\n$f$;\n"
-            "CREATE TABLE public.t (x int); INSERT INTO public.t VALUES (1);")
+    body = (
+        "CREATE FUNCTION public.tricky() RETURNS text LANGUAGE sql AS $f$\n"
+        "DROP TABLE IF EXISTS public.keep_me;\nSELECT 'x'::text;\n$f$;\n"
+        "CREATE FUNCTION public.latex() RETURNS text LANGUAGE sql AS $f$\nSELECT '\n\\documentclass{article}\n"
+        "GRANT ALL ON x TO nobody_here;\n'::text\n$f$;\n"
+        "CREATE TABLE public.t (x int); INSERT INTO public.t VALUES (1);"
+    )
     with psycopg.connect(source) as conn:
         conn.execute(body)
     res = backupkit.backup(source, tmp_path)
     assert "\\documentclass{article}" in (res.path / "schema" / "pre-data.sql").read_text()
     target = make_db("tgt")
     with psycopg.connect(target) as conn:
-        conn.execute("CREATE TABLE public.keep_me (v text); INSERT INTO public.keep_me VALUES ('precious');"
-                     "CREATE TABLE public.t (x int)")
+        conn.execute(
+            "CREATE TABLE public.keep_me (v text); INSERT INTO public.keep_me VALUES ('precious');"
+            "CREATE TABLE public.t (x int)"
+        )
     restore(res.path, target, clean=True)
     with psycopg.connect(target) as conn, psycopg.connect(source) as src:
         assert conn.execute("SELECT v FROM public.keep_me").fetchone() == ("precious",)
@@ -306,16 +324,20 @@ def test_statements_inside_function_bodies_are_data_not_commands(make_db, tmp_pa
 def test_data_only_does_not_fire_the_targets_triggers(make_db, tmp_path):
     """--data-only loads into existing tables without firing their triggers or FK checks."""
     source = make_db("src")
-    schema = ("CREATE TABLE parent (id int PRIMARY KEY); "
-              "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, "
-              "updated_at timestamptz); "
-              "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS "
-              "$$BEGIN NEW.updated_at := '2000-01-01'; RETURN NEW; END$$; "
-              "CREATE TRIGGER stamp BEFORE INSERT ON child FOR EACH ROW EXECUTE FUNCTION stamp();")
+    schema = (
+        "CREATE TABLE parent (id int PRIMARY KEY); "
+        "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, "
+        "updated_at timestamptz); "
+        "CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN NEW.updated_at := '2000-01-01'; RETURN NEW; END$$; "
+        "CREATE TRIGGER stamp BEFORE INSERT ON child FOR EACH ROW EXECUTE FUNCTION stamp();"
+    )
     with psycopg.connect(source) as conn:
         conn.execute(schema)
-        conn.execute("ALTER TABLE child DISABLE TRIGGER stamp; INSERT INTO parent VALUES (1), (2); "
-                     "INSERT INTO child VALUES (1, 2, '2024-06-01'), (2, 1, '2024-06-02')")
+        conn.execute(
+            "ALTER TABLE child DISABLE TRIGGER stamp; INSERT INTO parent VALUES (1), (2); "
+            "INSERT INTO child VALUES (1, 2, '2024-06-01'), (2, 1, '2024-06-02')"
+        )
     res = backupkit.backup(source, tmp_path)
     target = make_db("tgt")
     with psycopg.connect(target) as conn:
@@ -355,20 +377,27 @@ def test_only_a_table_that_would_be_the_long_pole_is_split_across_jobs():
     from backupkit.recovery.parallel import _load_units
 
     def table(name, *text_bytes):
-        return {"schema": "public", "name": name,
-                "files": [{"path": f"{name}.{i}", "bytes": 1, "text_bytes": b} for i, b in enumerate(text_bytes)]}
+        return {
+            "schema": "public",
+            "name": name,
+            "files": [{"path": f"{name}.{i}", "bytes": 1, "text_bytes": b} for i, b in enumerate(text_bytes)],
+        }
 
     big, mid, small = table("big", 30, 20, 20), table("mid", 10, 10), table("small", 10)
     units = _load_units([small, mid, big], jobs=2, fresh=True)
     # big holds 70% (> 2/3): file by file, not frozen; the others whole and frozen; interleaved
     assert [(t["name"], [f["path"] for f in files], freeze) for t, files, freeze in units] == [
-        ("big", ["big.0"], False), ("mid", ["mid.0", "mid.1"], True),
-        ("big", ["big.1"], False), ("small", ["small.0"], True),
-        ("big", ["big.2"], False)]
+        ("big", ["big.0"], False),
+        ("mid", ["mid.0", "mid.1"], True),
+        ("big", ["big.1"], False),
+        ("small", ["small.0"], True),
+        ("big", ["big.2"], False),
+    ]
     assert all(not freeze for _, _, freeze in _load_units([small, mid, big], jobs=2, fresh=False))
     # with more jobs a smaller share is already the long pole (2/(jobs+1))
-    split = {t["name"] for t, files, _ in _load_units([small, mid, big], jobs=10, fresh=True)
-             if len(files) < len(t["files"])}
+    split = {
+        t["name"] for t, files, _ in _load_units([small, mid, big], jobs=10, fresh=True) if len(files) < len(t["files"])
+    }
     assert split == {"big", "mid"}
 
 
@@ -401,10 +430,14 @@ def test_column_options_the_target_does_not_know_are_left_out_and_named(make_db,
 
     source = make_db("colopts")
     with psycopg.connect(source) as conn:
-        conn.execute("CREATE TABLE t (a int, b text); ALTER TABLE t ALTER COLUMN a SET (n_distinct = -1); "
-                     "ALTER TABLE t ALTER COLUMN b SET (n_distinct = 5)")
-        conn.execute("CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT "
-                     "'\nALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);\n' $$")
+        conn.execute(
+            "CREATE TABLE t (a int, b text); ALTER TABLE t ALTER COLUMN a SET (n_distinct = -1); "
+            "ALTER TABLE t ALTER COLUMN b SET (n_distinct = 5)"
+        )
+        conn.execute(
+            "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT "
+            "'\nALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);\n' $$"
+        )
     snap = backupkit.backup(source, tmp_path, progress=False)
     real = render(snap.path / "schema" / "schema.dump", "pre-data")
     script = real.replace("ALTER COLUMN a SET (n_distinct=-1);", "ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);")
@@ -413,8 +446,10 @@ def test_column_options_the_target_does_not_know_are_left_out_and_named(make_db,
     target = make_db("colopts_target")
     assert unknown_options(target, script) == {"pg_attver"}
     cleaned, dropped = drop_options(script, {"pg_attver"})
-    assert dropped == ["ALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);",
-                       "ALTER TABLE ONLY public.t ALTER COLUMN b SET (pg_attver=7);"]
+    assert dropped == [
+        "ALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1, pg_attver=7);",
+        "ALTER TABLE ONLY public.t ALTER COLUMN b SET (pg_attver=7);",
+    ]
     assert "ALTER TABLE ONLY public.t ALTER COLUMN a SET (n_distinct=-1);" in cleaned
     assert "ALTER COLUMN b SET" not in cleaned
     assert cleaned.count("pg_attver=7") == 1  # only the function's text is left
@@ -422,9 +457,9 @@ def test_column_options_the_target_does_not_know_are_left_out_and_named(make_db,
     result = restore(snap.path, target)
     assert result.warnings == []
     with psycopg.connect(target) as conn:
-        assert conn.execute("SELECT attname, attoptions FROM pg_attribute WHERE attrelid = 't'::regclass "
-                            "AND attnum > 0 ORDER BY attnum").fetchall() == [("a", ["n_distinct=-1"]),
-                                                                            ("b", ["n_distinct=5"])]
+        assert conn.execute(
+            "SELECT attname, attoptions FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 ORDER BY attnum"
+        ).fetchall() == [("a", ["n_distinct=-1"]), ("b", ["n_distinct=5"])]
 
 
 def test_a_column_option_line_inside_a_string_default_is_text_not_a_statement(make_db, tmp_path):
@@ -449,9 +484,11 @@ def test_a_column_option_line_inside_a_string_default_is_text_not_a_statement(ma
 def test_a_table_without_columns_backs_up_restores_and_diffs(make_db, tmp_path):
     source = make_db("zero")
     with psycopg.connect(source) as conn:
-        conn.execute("CREATE TABLE zero (); INSERT INTO zero DEFAULT VALUES; INSERT INTO zero DEFAULT VALUES; "
-                     "CREATE TABLE only_generated (a int GENERATED ALWAYS AS (1) STORED); "
-                     "INSERT INTO only_generated DEFAULT VALUES")
+        conn.execute(
+            "CREATE TABLE zero (); INSERT INTO zero DEFAULT VALUES; INSERT INTO zero DEFAULT VALUES; "
+            "CREATE TABLE only_generated (a int GENERATED ALWAYS AS (1) STORED); "
+            "INSERT INTO only_generated DEFAULT VALUES"
+        )
     snap = backupkit.backup(source, tmp_path, progress=False)
     assert {t["name"]: t["rows"] for t in snap.manifest["tables"]} == {"zero": 2, "only_generated": 1}
     assert backupkit.verify(snap.path, deep=True).ok
@@ -467,20 +504,26 @@ def test_create_roles_makes_the_owner_of_a_large_object_and_default_privileges(m
     source = make_db("lo_roles")
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
-        conn.execute(sql.SQL(
-            "CREATE SCHEMA \"a b\"; CREATE TABLE \"a b\".t (x int PRIMARY KEY); CREATE PUBLICATION \"p q\" FOR TABLE \"a b\".t;"
-            "SELECT lo_from_bytea(777001, 'abc'); ALTER LARGE OBJECT 777001 OWNER TO {r};"
-            "ALTER DEFAULT PRIVILEGES FOR ROLE {r} GRANT SELECT ON TABLES TO PUBLIC").format(r=sql.Identifier(role)))
+        conn.execute(
+            sql.SQL(
+                'CREATE SCHEMA "a b"; CREATE TABLE "a b".t (x int PRIMARY KEY); CREATE PUBLICATION "p q" FOR TABLE "a b".t;'
+                "SELECT lo_from_bytea(777001, 'abc'); ALTER LARGE OBJECT 777001 OWNER TO {r};"
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {r} GRANT SELECT ON TABLES TO PUBLIC"
+            ).format(r=sql.Identifier(role))
+        )
     res = backupkit.backup(source, tmp_path, schemas=["a b"])
     with psycopg.connect(source, autocommit=True) as conn:  # the role must be gone for the restore to make it
-        conn.execute(sql.SQL("SELECT lo_unlink(777001); DROP OWNED BY {r}; DROP ROLE {r}").format(r=sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("SELECT lo_unlink(777001); DROP OWNED BY {r}; DROP ROLE {r}").format(r=sql.Identifier(role))
+        )
     target = make_db("lo_roles_target")
     result = restore(res.path, target, owner=True, create_roles=True)
     assert role in result.plan.created_roles
     assert "added 1 publication member(s): p q: a b.t" in result.plan.notes
     with psycopg.connect(target) as conn:
-        assert conn.execute("SELECT pg_get_userbyid(lomowner) FROM pg_largeobject_metadata "
-                            "WHERE oid = 777001").fetchone() == (role,)
+        assert conn.execute(
+            "SELECT pg_get_userbyid(lomowner) FROM pg_largeobject_metadata WHERE oid = 777001"
+        ).fetchone() == (role,)
         assert conn.execute("SELECT pg_get_userbyid(defaclrole) FROM pg_default_acl").fetchall() == [(role,)]
 
 
@@ -505,5 +548,7 @@ def test_a_schema_restore_brings_the_whole_schema_and_only_what_it_uses_of_other
         assert conn.execute("SELECT d FROM app.v ORDER BY id").fetchall() == [(2,), (4,)]
         assert conn.execute("SELECT n FROM app.mv").fetchone() == (2,)
         assert conn.execute("SELECT last_value FROM app.free_seq").fetchone() == (41,)
-        assert conn.execute("SELECT to_regtype('other.level') IS NOT NULL, to_regproc('other.unused') IS NULL, "
-                            "to_regclass('other.x') IS NULL").fetchone() == (True, True, True)
+        assert conn.execute(
+            "SELECT to_regtype('other.level') IS NOT NULL, to_regproc('other.unused') IS NULL, "
+            "to_regclass('other.x') IS NULL"
+        ).fetchone() == (True, True, True)

@@ -23,14 +23,26 @@ _AUTH_CALL = re.compile(r"\bauth\.(uid|role|jwt|email)\(\)")
 # Supabase's definitions (supabase/postgres, migrations/db/init-scripts), reading
 # the claims PostgREST sets; the older per-claim settings are read first, as there.
 _FUNCTIONS = {
-    "uid": ("uuid", "nullif(coalesce(current_setting('request.jwt.claim.sub', true), "
-                    "(current_setting('request.jwt.claims', true)::jsonb ->> 'sub')), '')::uuid"),
-    "role": ("text", "nullif(coalesce(current_setting('request.jwt.claim.role', true), "
-                     "(current_setting('request.jwt.claims', true)::jsonb ->> 'role')), '')::text"),
-    "email": ("text", "nullif(coalesce(current_setting('request.jwt.claim.email', true), "
-                      "(current_setting('request.jwt.claims', true)::jsonb ->> 'email')), '')::text"),
-    "jwt": ("jsonb", "coalesce(nullif(current_setting('request.jwt.claim', true), ''), "
-                     "nullif(current_setting('request.jwt.claims', true), ''))::jsonb"),
+    "uid": (
+        "uuid",
+        "nullif(coalesce(current_setting('request.jwt.claim.sub', true), "
+        "(current_setting('request.jwt.claims', true)::jsonb ->> 'sub')), '')::uuid",
+    ),
+    "role": (
+        "text",
+        "nullif(coalesce(current_setting('request.jwt.claim.role', true), "
+        "(current_setting('request.jwt.claims', true)::jsonb ->> 'role')), '')::text",
+    ),
+    "email": (
+        "text",
+        "nullif(coalesce(current_setting('request.jwt.claim.email', true), "
+        "(current_setting('request.jwt.claims', true)::jsonb ->> 'email')), '')::text",
+    ),
+    "jwt": (
+        "jsonb",
+        "coalesce(nullif(current_setting('request.jwt.claim', true), ''), "
+        "nullif(current_setting('request.jwt.claims', true), ''))::jsonb",
+    ),
 }
 
 
@@ -63,20 +75,35 @@ class StandIn:
         keys), and USAGE on the schema for the API roles (made by then, with --create-roles)."""
         out = []
         if self.grantees:
-            out.append("GRANT USAGE ON SCHEMA auth TO "
-                       + ", ".join(sql.Identifier(r).as_string() for r in self.grantees) + ";\n")
+            out.append(
+                "GRANT USAGE ON SCHEMA auth TO "
+                + ", ".join(sql.Identifier(r).as_string() for r in self.grantees)
+                + ";\n"
+            )
         for schema, table, column, target in self.sources:
-            out.append(sql.SQL("INSERT INTO auth.users ({}) SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL "
-                               "ON CONFLICT DO NOTHING;\n").format(
-                sql.Identifier(target), sql.Identifier(column), sql.Identifier(schema, table),
-                sql.Identifier(column)).as_string())
+            out.append(
+                sql.SQL(
+                    "INSERT INTO auth.users ({}) SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL "
+                    "ON CONFLICT DO NOTHING;\n"
+                )
+                .format(
+                    sql.Identifier(target),
+                    sql.Identifier(column),
+                    sql.Identifier(schema, table),
+                    sql.Identifier(column),
+                )
+                .as_string()
+            )
         return "".join(out)
 
     def describe(self) -> str:
+        """One line for the restore's notes: what the stand-in made."""
         made = [f"auth.{f}()" for f in self.functions]
         if self.columns:
-            made.append(f"auth.users ({', '.join(self.columns)}) holding the ids referenced by "
-                        + ", ".join(sorted({f'{s}.{t}' for s, t, _, _ in self.sources})))
+            made.append(
+                f"auth.users ({', '.join(self.columns)}) holding the ids referenced by "
+                + ", ".join(sorted({f"{s}.{t}" for s, t, _, _ in self.sources}))
+            )
         return "created a stand-in auth schema for plain PostgreSQL: " + ", ".join(made)
 
 
@@ -85,7 +112,8 @@ def plan_stand_in(manifest: dict, chosen: list[dict], schema_sql: str, target_sc
     if "auth" in target_schemas or any(t["schema"] == "auth" for t in chosen):
         return None
     if not _AUTH_CALL.search(schema_sql) and not any(
-            fk["ref_schema"] == "auth" for t in chosen for fk in t.get("foreign_keys", [])):
+        fk["ref_schema"] == "auth" for t in chosen for fk in t.get("foreign_keys", [])
+    ):
         return None
     # All four, not only those the policies name: function bodies are not checked when
     # created, so an app function calling auth.role() would fail only when it runs.

@@ -15,13 +15,15 @@ snapshot depends on it.  ``plan_database`` decides all of that from a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from ..pg.rows import one_row
 from ..pg.schema import TocEntry, render_lines, unquote_ident
 
 #: Entry types that carry large objects (pg_dump 17+ "BLOB METADATA"/"BLOBS"; older "BLOB").
@@ -59,32 +61,43 @@ class Target:
 
 def read_target(conn: psycopg.Connection, manifest: dict) -> Target:
     """The target's roles, schemas, extensions, publications, event triggers and clashing large objects."""
-    def col(query: str, params=None) -> list:
+
+    def col(query: str, params: Sequence[object] | None = None) -> list:
         return [r[0] for r in conn.execute(query, params).fetchall()]
 
-    user, superuser = conn.execute(
-        "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    user, superuser = one_row(conn.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"))
     oids = [lo["oid"] for lo in manifest.get("large_objects", [])]
     return Target(
-        user=user, superuser=superuser,
+        user=user,
+        superuser=superuser,
         roles=set(col("SELECT rolname FROM pg_roles")),
         member_of=set(col("SELECT rolname FROM pg_roles WHERE pg_has_role(current_user, oid, 'MEMBER')")),
         schemas=set(col("SELECT nspname FROM pg_namespace")),
-        extensions=dict(conn.execute(
-            "SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
-        ).fetchall()),
+        extensions=dict(
+            conn.execute(
+                "SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+            ).fetchall()
+        ),
         available=set(col("SELECT name FROM pg_available_extensions")),
         publications=set(col("SELECT pubname FROM pg_publication")),
-        publication_tables={tuple(r) for r in conn.execute(
-            "SELECT pubname, schemaname, tablename FROM pg_publication_tables").fetchall()},
-        publication_schemas={tuple(r) for r in conn.execute(
-            "SELECT p.pubname, n.nspname FROM pg_publication_namespace pn "
-            "JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid").fetchall()},
+        publication_tables={
+            tuple(r)
+            for r in conn.execute("SELECT pubname, schemaname, tablename FROM pg_publication_tables").fetchall()
+        },
+        publication_schemas={
+            tuple(r)
+            for r in conn.execute(
+                "SELECT p.pubname, n.nspname FROM pg_publication_namespace pn "
+                "JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid"
+            ).fetchall()
+        },
         event_triggers=set(col("SELECT evtname FROM pg_event_trigger")),
-        functions=set(col("SELECT n.nspname || '.' || p.proname FROM pg_proc p "
-                          "JOIN pg_namespace n ON n.oid = p.pronamespace")),
-        large_objects=set(col("SELECT oid::bigint FROM pg_largeobject_metadata WHERE oid::bigint = ANY(%s)",
-                              (oids,))) if oids else set(),
+        functions=set(
+            col("SELECT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace")
+        ),
+        large_objects=set(col("SELECT oid::bigint FROM pg_largeobject_metadata WHERE oid::bigint = ANY(%s)", (oids,)))
+        if oids
+        else set(),
     )
 
 
@@ -103,15 +116,18 @@ class DatabasePlan:
 
     def setup_sql(self) -> str:
         """CREATE SCHEMA for the schemas the snapshot's extensions live in and the target lacks."""
-        return "".join(f"CREATE SCHEMA IF NOT EXISTS {sql.Identifier(s).as_string()};\n"
-                       for s in self.schemas_to_create)
+        return "".join(
+            f"CREATE SCHEMA IF NOT EXISTS {sql.Identifier(s).as_string()};\n" for s in self.schemas_to_create
+        )
 
     def undo_sql(self, lo_oids: list[int]) -> str:
         """Statements that remove what this plan created, for a failed parallel restore."""
         out = [f"DROP PUBLICATION IF EXISTS {sql.Identifier(p).as_string()};\n" for p in self.publications_to_create]
         if self.large_objects and lo_oids:
-            out.append("SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
-                       f"WHERE oid::bigint IN ({', '.join(str(int(o)) for o in lo_oids)});\n")
+            out.append(
+                "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata "
+                f"WHERE oid::bigint IN ({', '.join(str(int(o)) for o in lo_oids)});\n"
+            )
         out += [f"DROP EXTENSION IF EXISTS {sql.Identifier(e).as_string()};\n" for e in self.extensions_to_create]
         out += [f"DROP SCHEMA IF EXISTS {sql.Identifier(s).as_string()};\n" for s in self.schemas_to_create]
         return "".join(out)
@@ -123,10 +139,18 @@ def _name(e: TocEntry) -> str:
     return body.rsplit(" ", 1)[0] if " " in body.rstrip() else body.strip()
 
 
-def plan_database(entries: list[TocEntry], manifest: dict, target: Target, *, tables: set[str],
-                  full: bool, clean: bool, schemas_made: set[str] = frozenset(),
-                  functions_made: set[str] = frozenset(),
-                  event_functions: dict[str, str] | None = None) -> DatabasePlan:
+def plan_database(
+    entries: list[TocEntry],
+    manifest: dict,
+    target: Target,
+    *,
+    tables: set[str],
+    full: bool,
+    clean: bool,
+    schemas_made: AbstractSet[str] = frozenset(),
+    functions_made: AbstractSet[str] = frozenset(),
+    event_functions: dict[str, str] | None = None,
+) -> DatabasePlan:
     """Choose the archive entries for ``target``; ``tables`` are the restored ``schema.name`` keys,
     ``schemas_made`` the schemas the restore itself creates (an extension's schema may be one),
     ``functions_made`` the ``schema.name`` of functions it creates, and ``event_functions``
@@ -142,16 +166,21 @@ def plan_database(entries: list[TocEntry], manifest: dict, target: Target, *, ta
         ext = by_name.get(name, {"name": name, "schema": None, "required": True})
         if name in target.extensions:
             if ext.get("schema") and target.extensions[name] != ext["schema"] and ext.get("required"):
-                plan.notes.append(f"extension {name} is in schema {target.extensions[name]} here, "
-                                  f"in {ext['schema']} in the snapshot; objects that name it may fail")
+                plan.notes.append(
+                    f"extension {name} is in schema {target.extensions[name]} here, "
+                    f"in {ext['schema']} in the snapshot; objects that name it may fail"
+                )
             continue
         if name not in target.available:
             if ext.get("required"):
-                plan.problems.append(f"extension {name} is not available on this server, and the snapshot's "
-                                     "objects use it (install it on the server, or restore elsewhere)")
+                plan.problems.append(
+                    f"extension {name} is not available on this server, and the snapshot's "
+                    "objects use it (install it on the server, or restore elsewhere)"
+                )
             else:
-                plan.notes.append(f"skipped extension {name}: this server does not offer it, "
-                                  "and nothing restored uses it")
+                plan.notes.append(
+                    f"skipped extension {name}: this server does not offer it, and nothing restored uses it"
+                )
             continue
         created.add(name)
         plan.pre.append(e)
@@ -163,8 +192,13 @@ def plan_database(entries: list[TocEntry], manifest: dict, target: Target, *, ta
         plan.notes.append("created schema " + ", ".join(plan.schemas_to_create) + " for the snapshot's extensions")
     if created:
         plan.notes.append("created extension " + ", ".join(sorted(created)))
-    plan.pre += [e for e in entries if e.type == "COMMENT" and e.rest.startswith("- EXTENSION ")
-                 and e.rest[len("- EXTENSION "):].strip() in created]
+    plan.pre += [
+        e
+        for e in entries
+        if e.type == "COMMENT"
+        and e.rest.startswith("- EXTENSION ")
+        and e.rest[len("- EXTENSION ") :].strip() in created
+    ]
     _plan_publications(plan, entries, manifest, target, tables, full)
     for e in entries:
         if e.type == "DEFAULT ACL" and e.rest.startswith("- "):
@@ -181,22 +215,31 @@ def plan_database(entries: list[TocEntry], manifest: dict, target: Target, *, ta
             if not target.superuser:
                 plan.notes.append(f"skipped event trigger {name}: only a superuser can create one")
             elif function and function not in target.functions | functions_made:
-                plan.notes.append(f"skipped event trigger {name}: its function {function} is neither "
-                                  "in the snapshot nor in this database")
+                plan.notes.append(
+                    f"skipped event trigger {name}: its function {function} is neither "
+                    "in the snapshot nor in this database"
+                )
             else:
                 plan.post.append(e)
-    los = [e for e in entries if e.type in _LO_TYPES
-           or (e.type in ("COMMENT", "ACL", "SECURITY LABEL") and e.rest.startswith("- LARGE OBJECT "))]
+    los = [
+        e
+        for e in entries
+        if e.type in _LO_TYPES
+        or (e.type in ("COMMENT", "ACL", "SECURITY LABEL") and e.rest.startswith("- LARGE OBJECT "))
+    ]
     if full and los:
         if target.large_objects and not clean:
-            plan.problems.append(f"the target already has {len(target.large_objects)} of the snapshot's large "
-                                 "objects (e.g. " + str(min(target.large_objects)) + "); pass --clean to replace them")
+            plan.problems.append(
+                f"the target already has {len(target.large_objects)} of the snapshot's large "
+                "objects (e.g. " + str(min(target.large_objects)) + "); pass --clean to replace them"
+            )
         plan.large_objects = los
     return plan
 
 
-def _plan_publications(plan: DatabasePlan, entries: list[TocEntry], manifest: dict, target: Target,
-                       tables: set[str], full: bool) -> None:
+def _plan_publications(
+    plan: DatabasePlan, entries: list[TocEntry], manifest: dict, target: Target, tables: set[str], full: bool
+) -> None:
     """Create the snapshot's publications the target lacks; add the members it lacks."""
     pubs = manifest.get("publications", [])
     wanted: set[str] = set()
@@ -207,21 +250,32 @@ def _plan_publications(plan: DatabasePlan, entries: list[TocEntry], manifest: di
             if (full or key in tables) and (pub["name"], t["schema"], t["name"]) not in target.publication_tables:
                 wanted.add(pub["name"])
                 members.append(f"{pub['name']}: {key}")
-                plan.post += [e for e in entries if e.type == "PUBLICATION TABLE"
-                              and e.rest.startswith(f"{t['schema']} {pub['name']} {t['name']} ")]
+                plan.post += [
+                    e
+                    for e in entries
+                    if e.type == "PUBLICATION TABLE" and e.rest.startswith(f"{t['schema']} {pub['name']} {t['name']} ")
+                ]
         for s in pub.get("schemas", []):
-            if (full or any(k.startswith(s + ".") for k in tables)) and (pub["name"], s) not in target.publication_schemas:
+            in_scope = full or any(k.startswith(s + ".") for k in tables)
+            if in_scope and (pub["name"], s) not in target.publication_schemas:
                 wanted.add(pub["name"])
                 members.append(f"{pub['name']}: tables in schema {s}")
-                plan.post += [e for e in entries if e.type == "PUBLICATION TABLES IN SCHEMA"
-                              and e.rest.startswith(f"{s} {pub['name']} {s} ")]
+                plan.post += [
+                    e
+                    for e in entries
+                    if e.type == "PUBLICATION TABLES IN SCHEMA" and e.rest.startswith(f"{s} {pub['name']} {s} ")
+                ]
         if full:
             wanted.add(pub["name"])
     create = [p for p in sorted(wanted) if p not in target.publications]
     plan.publications_to_create = create
     # Creation first: members are added to a publication that exists by then.
-    plan.post[:0] = [e for e in entries if (e.type == "PUBLICATION" and _name(e) in create) or (
-        e.type == "COMMENT" and any(e.rest.startswith(f"- PUBLICATION {p} ") for p in create))]
+    plan.post[:0] = [
+        e
+        for e in entries
+        if (e.type == "PUBLICATION" and _name(e) in create)
+        or (e.type == "COMMENT" and any(e.rest.startswith(f"- PUBLICATION {p} ") for p in create))
+    ]
     if members:
         plan.notes.append(f"added {len(members)} publication member(s): " + "; ".join(members))
 
@@ -231,8 +285,11 @@ def default_acl_allowed(e: TocEntry, target: Target) -> tuple[bool, str]:
     role = e.rest.rsplit(" ", 1)[-1].strip()
     if target.may_act_for(role):
         return True, ""
-    why = "that role does not exist here" if role not in target.roles | target.will_create else \
-        f"{target.user} is not a member of it"
+    why = (
+        "that role does not exist here"
+        if role not in target.roles | target.will_create
+        else f"{target.user} is not a member of it"
+    )
     scope = "database-wide" if e.rest.startswith("- ") else f"in schema {e.rest.split(' ', 1)[0]}"
     return False, f"skipped default privileges FOR ROLE {role} ({scope}): {why}"
 
@@ -242,8 +299,10 @@ _EXECUTE = re.compile(r"^CREATE EVENT TRIGGER (.+?) ON .*?EXECUTE (?:FUNCTION|PR
 
 def event_trigger_functions(script: str) -> dict[str, str]:
     """Each event trigger's function, ``schema.name``, from pg_restore's SQL of the triggers."""
-    return {unquote_ident(m.group(1)): ".".join(unquote_ident(p) for p in m.group(2).split("."))
-            for m in _EXECUTE.finditer(script)}
+    return {
+        unquote_ident(m.group(1)): ".".join(unquote_ident(p) for p in m.group(2).split("."))
+        for m in _EXECUTE.finditer(script)
+    }
 
 
 _TX_LINE = re.compile(r"^(BEGIN|COMMIT);\s*$")
@@ -258,8 +317,7 @@ def large_object_statements(lines: Iterator[str]) -> Iterator[str]:
     """
     pending: list[str] = []
     for line in lines:
-        if not pending and (not line.strip() or line.startswith("--") or _TX_LINE.match(line)
-                            or line.startswith("\\")):
+        if not pending and (not line.strip() or line.startswith(("--", "\\")) or _TX_LINE.match(line)):
             continue
         pending.append(line)
         if line.rstrip().endswith(";") and _complete("".join(pending)):
@@ -274,8 +332,7 @@ def _complete(statement: str) -> bool:
     return statement.count("'") % 2 == 0
 
 
-def restore_large_objects(conn: psycopg.Connection, dump: Path, entries: list[TocEntry], *,
-                          no_owner: bool) -> None:
+def restore_large_objects(conn: psycopg.Connection, dump: Path, entries: list[TocEntry], *, no_owner: bool) -> None:
     """Create the snapshot's large objects and stream their data in, in ``conn``'s transaction."""
     with render_lines(dump, "data", entries, no_owner=no_owner) as lines:
         for statement in large_object_statements(lines):

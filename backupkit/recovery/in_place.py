@@ -19,6 +19,7 @@ import re
 import psycopg
 from psycopg import sql
 
+from ..pg.rows import one_row
 from ..snapshot import manifest as mf
 
 _COLUMNS = """
@@ -61,15 +62,19 @@ def split_by_shape(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[d
         else:
             gone = [n for n, _ in want if n not in dict(have)]
             new = [n for n, _ in have if n not in dict(want)]
-            what = "; ".join(filter(None, [gone and "missing " + ", ".join(gone), new and "new " + ", ".join(new)]))
+            changes = [f"missing {', '.join(gone)}"] if gone else []
+            if new:
+                changes.append(f"new {', '.join(new)}")
+            what = "; ".join(changes)
             differ.append(f"{mf.table_key(t)} ({what or 'column types or order changed'})")
     return same, differ
 
 
 def empty_sql(tables: list[dict]) -> str:
     """DELETE, not TRUNCATE: TRUNCATE refuses a table other tables reference, and CASCADE would empty them."""
-    return "".join(sql.SQL("DELETE FROM ONLY {};\n").format(sql.Identifier(t["schema"], t["name"])).as_string()
-                   for t in tables)
+    return "".join(
+        sql.SQL("DELETE FROM ONLY {};\n").format(sql.Identifier(t["schema"], t["name"])).as_string() for t in tables
+    )
 
 
 def broken_references(conn: psycopg.Connection, tables: list[dict]) -> list[str]:
@@ -77,11 +82,13 @@ def broken_references(conn: psycopg.Connection, tables: list[dict]) -> list[str]
     oids = [_regclass(t) for t in tables]
     broken = []
     for name, cs, ct, ps, pt, cols, refs in conn.execute(_FOREIGN_KEYS, (oids, oids)).fetchall():
-        match = sql.SQL(" AND ").join(sql.SQL("p.{} = c.{}").format(sql.Identifier(r), sql.Identifier(c))
-                                      for c, r in zip(cols, refs))
+        match = sql.SQL(" AND ").join(
+            sql.SQL("p.{} = c.{}").format(sql.Identifier(r), sql.Identifier(c)) for c, r in zip(cols, refs, strict=True)
+        )
         present = sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(c)) for c in cols)
         query = sql.SQL("SELECT EXISTS (SELECT FROM {} c WHERE {} AND NOT EXISTS (SELECT FROM {} p WHERE {}))").format(
-            sql.Identifier(cs, ct), present, sql.Identifier(ps, pt), match)
-        if conn.execute(query).fetchone()[0]:
+            sql.Identifier(cs, ct), present, sql.Identifier(ps, pt), match
+        )
+        if one_row(conn.execute(query))[0]:
             broken.append(f"{name} ({cs}.{ct} -> {ps}.{pt})")
     return broken

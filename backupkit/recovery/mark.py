@@ -17,6 +17,8 @@ import json
 import psycopg
 from psycopg import sql
 
+from ..pg.rows import one_row
+
 SCHEMA = "_backupkit"
 TABLE = "restore_in_progress"
 _QUALIFIED = sql.Identifier(SCHEMA, TABLE)
@@ -29,10 +31,17 @@ def set_sql(snapshot: str, tables: list[str]) -> sql.Composed:
         "CREATE TABLE IF NOT EXISTS {t} (snapshot text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(), "
         "restored_by text NOT NULL DEFAULT current_user, tables jsonb NOT NULL);\n"
         "COMMENT ON TABLE {t} IS {c};\n"
-        "INSERT INTO {t} (snapshot, tables) VALUES ({snap}, {tables});\n").format(
-        s=sql.Identifier(SCHEMA), t=_QUALIFIED, snap=sql.Literal(snapshot), tables=sql.Literal(json.dumps(tables)),
-        c=sql.Literal("backupkit: a restore into this database has not finished; "
-                      "restore again with --clean, or see docs/recovery.md"))
+        "INSERT INTO {t} (snapshot, tables) VALUES ({snap}, {tables});\n"
+    ).format(
+        s=sql.Identifier(SCHEMA),
+        t=_QUALIFIED,
+        snap=sql.Literal(snapshot),
+        tables=sql.Literal(json.dumps(tables)),
+        c=sql.Literal(
+            "backupkit: a restore into this database has not finished; "
+            "restore again with --clean, or see docs/recovery.md"
+        ),
+    )
 
 
 def clear_sql() -> str:
@@ -42,12 +51,15 @@ def clear_sql() -> str:
 
 def read(conn: psycopg.Connection) -> list[dict]:
     """The unfinished restores marked in this database, oldest first ([] when none)."""
-    if conn.execute("SELECT to_regclass(%s)", (_QUALIFIED.as_string(conn),)).fetchone()[0] is None:
+    if one_row(conn.execute("SELECT to_regclass(%s)", (_QUALIFIED.as_string(conn),)))[0] is None:
         return []
-    cur = conn.execute(sql.SQL("SELECT snapshot, started_at, restored_by, tables FROM {} ORDER BY started_at")
-                       .format(_QUALIFIED))
-    return [{"snapshot": s, "started_at": t.isoformat(), "restored_by": by, "tables": tables}
-            for s, t, by, tables in cur.fetchall()]
+    cur = conn.execute(
+        sql.SQL("SELECT snapshot, started_at, restored_by, tables FROM {} ORDER BY started_at").format(_QUALIFIED)
+    )
+    return [
+        {"snapshot": s, "started_at": t.isoformat(), "restored_by": by, "tables": tables}
+        for s, t, by, tables in cur.fetchall()
+    ]
 
 
 def describe(marks: list[dict]) -> str:
@@ -55,5 +67,7 @@ def describe(marks: list[dict]) -> str:
     m = marks[-1]
     tables = m["tables"]
     shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
-    return (f"a restore of snapshot {m['snapshot']} by {m['restored_by']} started {m['started_at']} did not "
-            f"finish: tables {shown} may be half-loaded")
+    return (
+        f"a restore of snapshot {m['snapshot']} by {m['restored_by']} started {m['started_at']} did not "
+        f"finish: tables {shown} may be half-loaded"
+    )

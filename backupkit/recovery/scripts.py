@@ -10,6 +10,8 @@ probe works on a temporary table).
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -25,9 +27,55 @@ from .database_scripts import DatabasePlan
 _DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
 _ACL_GRANTEE = re.compile(r"\b(?:TO|FROM)\s+(.+?)(?:\s+WITH GRANT OPTION)?;\s*$")
 _POLICY_ROLES = re.compile(r"^CREATE POLICY .*? TO (.+?)(?: USING | WITH CHECK |;)", re.M)
-_GLOBAL_TYPES = {"SCHEMA", "TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "COLLATION",
-                 "EXTENSION", "SHELL TYPE", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
-                 "OPERATOR", "CAST"}
+_GLOBAL_TYPES = {
+    "SCHEMA",
+    "TYPE",
+    "DOMAIN",
+    "FUNCTION",
+    "PROCEDURE",
+    "AGGREGATE",
+    "COLLATION",
+    "EXTENSION",
+    "SHELL TYPE",
+    "TEXT SEARCH CONFIGURATION",
+    "TEXT SEARCH DICTIONARY",
+    "OPERATOR",
+    "CAST",
+}
+
+
+@dataclass
+class Scripts:
+    """The SQL each step of a restore runs; None where the step has nothing to run."""
+
+    pre_data: str | None = None
+    post_data: str | None = None
+    #: A parallel restore's post-data in two parts: each table's indexes and key constraints
+    #: (``schema.table`` -> SQL), built as soon as that table is loaded, and the rest.
+    index_groups: dict[str, str] = field(default_factory=dict)
+    post_data_rest: str | None = None
+    #: DROPs of everything this restore creates, for a failed parallel restore.
+    undo: str | None = None
+    #: What --clean drops or unlinks first.
+    clean: str | None = None
+    #: DELETEs of the tables whose rows are replaced in place.
+    empty: str | None = None
+    #: Setting and clearing the unfinished-restore mark (``recovery.mark``).
+    mark: str | None = None
+    unmark: str | None = None
+    #: The large objects' entries of the database archive, created with their data after the tables.
+    large_objects: list[TocEntry] = field(default_factory=list)
+    #: Whether pg_restore keeps the snapshot's owners (``--owner``) in what is rendered later.
+    owner: bool = False
+
+
+@dataclass
+class ScriptNotes:
+    """What rendering the scripts left out or added, for the restore's plan and warnings."""
+
+    skipped_grants: list[str] = field(default_factory=list)
+    dropped_column_options: list[str] = field(default_factory=list)
+    created_roles: list[str] = field(default_factory=list)
 
 
 def _existing_objects(target: psycopg.Connection) -> set[tuple[str, str, str]]:
@@ -39,23 +87,31 @@ def _existing_objects(target: psycopg.Connection) -> set[tuple[str, str, str]]:
                   JOIN pg_namespace n ON n.oid = c.collnamespace
         UNION ALL SELECT 'EXTENSION', '-', extname FROM pg_extension
         UNION ALL SELECT 'SCHEMA', '-', nspname FROM pg_namespace""").fetchall()
-    return {tuple(r) for r in rows}
+    return {(r[0], r[1], r[2]) for r in rows}
 
 
 def object_key(e: TocEntry) -> tuple[str, str, str]:
     """(kind, schema, name) of a TOC entry for a type, function, collation, extension or schema."""
     schema, _, rest = e.rest.partition(" ")
     name = rest.rsplit(" ", 1)[0] if " " in rest else rest
-    kind = {"DOMAIN": "TYPE", "SHELL TYPE": "TYPE", "PROCEDURE": "FUNCTION",
-            "AGGREGATE": "FUNCTION"}.get(e.type, e.type)
+    kind = {"DOMAIN": "TYPE", "SHELL TYPE": "TYPE", "PROCEDURE": "FUNCTION", "AGGREGATE": "FUNCTION"}.get(
+        e.type, e.type
+    )
     if kind == "FUNCTION":
         name = name.split("(", 1)[0]
     return kind, schema, name
 
 
-def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], full: bool,
-                   target: psycopg.Connection, platform: Platform | None = None,
-                   schemas: list[str] = (), tables_named: bool = True) -> list[TocEntry]:
+def wanted_entries(
+    entries: list[TocEntry],
+    manifest: dict,
+    chosen: list[dict],
+    full: bool,
+    target: psycopg.Connection,
+    platform: Platform | None = None,
+    schemas: Sequence[str] = (),
+    tables_named: bool = True,
+) -> list[TocEntry]:
     """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
     and, for ``schemas``, everything in those schemas (views, functions, sequences too).
 
@@ -67,11 +123,12 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
     """
     existing = _existing_objects(target)
     if platform:
-        def key_of(e: TocEntry):
+
+        def key_of(e: TocEntry) -> tuple[str, str, str] | None:
             return object_key(e) if e.type in _GLOBAL_TYPES else None
 
         entries = [e for e in entries if platform.keeps(e, existing, key_of)]
-    global_keys = {}
+    global_keys: dict[str, tuple[str, str, str]] = {}
     for e in entries:
         if e.type in _GLOBAL_TYPES:
             global_keys[e.line] = object_key(e)
@@ -80,24 +137,37 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
         return global_keys[e.line] not in existing
 
     def comment_on_existing_schema(e: TocEntry) -> bool:
-        return e.type == "COMMENT" and e.rest.startswith("- SCHEMA ") and any(
-            e.rest.startswith(f"- SCHEMA {k[2]} ") for k in existing if k[0] == "SCHEMA")
+        return (
+            e.type == "COMMENT"
+            and e.rest.startswith("- SCHEMA ")
+            and any(e.rest.startswith(f"- SCHEMA {k[2]} ") for k in existing if k[0] == "SCHEMA")
+        )
 
     # Grants on a schema the target has and the connecting role does not own (Supabase's
     # auth, storage) are the owner's to give; re-granting them fails or changes nothing.
-    not_ours = {r[0] for r in target.execute(
-        "SELECT nspname FROM pg_namespace WHERE NOT pg_has_role(nspowner, 'USAGE')").fetchall()}
+    not_ours = {
+        r[0]
+        for r in target.execute("SELECT nspname FROM pg_namespace WHERE NOT pg_has_role(nspowner, 'USAGE')").fetchall()
+    }
 
     def acl_on_foreign_schema(e: TocEntry) -> bool:
         return e.type == "ACL" and any(e.rest.startswith(f"- SCHEMA {n} ") for n in not_ours)
 
     if full:
-        return [e for e in entries if (e.type != "SCHEMA" or new_global(e))
-                and not comment_on_existing_schema(e) and not acl_on_foreign_schema(e)]
+        return [
+            e
+            for e in entries
+            if (e.type != "SCHEMA" or new_global(e))
+            and not comment_on_existing_schema(e)
+            and not acl_on_foreign_schema(e)
+        ]
     wanted = []
     chosen_keys = {mf.table_key(t) for t in chosen}
-    seqs = {(s["schema"], s["name"]) for s in manifest.get("sequences", [])
-            if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in chosen_keys}
+    seqs = {
+        (s["schema"], s["name"])
+        for s in manifest.get("sequences", [])
+        if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in chosen_keys
+    }
     names = {(t["schema"], t["name"]) for t in chosen}
     names |= {tuple(t["parent"].split(".", 1)) for t in chosen if t.get("parent") and t.get("is_partition")}
     indexes = {(t["schema"], i) for t in chosen for i in t.get("indexes", [])}
@@ -129,8 +199,16 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
             ok = any(e.belongs_to(s, i) for s, i in indexes)
         elif e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
             ok = any(e.belongs_to(s, n) for s, n in seqs)
-        elif e.type in ("CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "TRIGGER", "POLICY",
-                        "DEFAULT", "ROW SECURITY", "RULE"):
+        elif e.type in (
+            "CONSTRAINT",
+            "FK CONSTRAINT",
+            "CHECK CONSTRAINT",
+            "TRIGGER",
+            "POLICY",
+            "DEFAULT",
+            "ROW SECURITY",
+            "RULE",
+        ):
             ok = any(e.belongs_to(s, n) for s, n in names)
         elif e.type in _GLOBAL_TYPES:
             # Types, functions and schemas the tables may need, unless the target has them.
@@ -138,10 +216,16 @@ def wanted_entries(entries: list[TocEntry], manifest: dict, chosen: list[dict], 
             if ok:
                 globals_kept.add(global_keys[e.line][1:])
         elif e.type in ("COMMENT", "ACL", "SECURITY LABEL"):
-            ok = any(e.rest.startswith(f"{s} TABLE {n} ") or e.rest.startswith(f"{s} COLUMN {n}.")
-                     or e.rest.startswith(f"{s} SEQUENCE {n} ") for s, n in names | seqs) or any(
-                e.rest.startswith(f"{s} {kind} {n}") for s, n in globals_kept
-                for kind in ("TYPE", "DOMAIN", "FUNCTION", "SCHEMA"))
+            ok = any(
+                e.rest.startswith(f"{s} TABLE {n} ")
+                or e.rest.startswith(f"{s} COLUMN {n}.")
+                or e.rest.startswith(f"{s} SEQUENCE {n} ")
+                for s, n in names | seqs
+            ) or any(
+                e.rest.startswith(f"{s} {kind} {n}")
+                for s, n in globals_kept
+                for kind in ("TYPE", "DOMAIN", "FUNCTION", "SCHEMA")
+            )
         else:
             ok = False
         if ok:
@@ -154,7 +238,7 @@ def _bare_type(type_name: str) -> str:
     return re.sub(r"(\(.*\))?(\[\])*$", "", type_name).replace('"', "")
 
 
-def _acl_lines(script: str):
+def _acl_lines(script: str) -> Iterator[tuple[str, bool]]:
     """(line, is_acl) for every line, is_acl only inside pg_restore's ACL entries."""
     preamble, entries = split_entries(script)
     for line in preamble.splitlines(keepends=True):
@@ -173,9 +257,13 @@ def referenced_roles(script: str) -> tuple[set[str], set[str]]:
     """Roles named by the script's policies, and by its GRANT/REVOKE statements."""
     bodies = [body for etype, _, body in split_entries(script)[1] if etype == "POLICY"]
     policies = set().union(*(_role_names(m) for b in bodies for m in _POLICY_ROLES.findall(b)))
-    grants = set().union(*(_role_names(m.group(1)) for line, acl in _acl_lines(script)
-                           if acl and line.startswith(("GRANT ", "REVOKE "))
-                           and (m := _ACL_GRANTEE.search(line))))
+    grants = set().union(
+        *(
+            _role_names(m.group(1))
+            for line, acl in _acl_lines(script)
+            if acl and line.startswith(("GRANT ", "REVOKE ")) and (m := _ACL_GRANTEE.search(line))
+        )
+    )
     return policies, grants
 
 
@@ -193,28 +281,43 @@ def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
     return "".join(kept), skipped
 
 
-def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[dict], plan,
-                  roles: set[str], owner: bool, create_roles: bool, parallel: bool,
-                  database: tuple[Path, DatabasePlan] | None = None, more_roles: set[str] = frozenset()) -> dict:
-    """The SQL each step runs, rendered by pg_restore from the snapshot's archives.
+def build_scripts(
+    dsn: str,
+    dump: Path,
+    entries: list[TocEntry],
+    chosen: list[dict],
+    *,
+    roles: set[str],
+    owner: bool,
+    create_roles: bool,
+    parallel: bool,
+    drop_first: bool,
+    large_object_oids: Sequence[int] = (),
+    database: tuple[Path, DatabasePlan] | None = None,
+    more_roles: Collection[str] = frozenset(),
+) -> tuple[Scripts, ScriptNotes]:
+    """The SQL each step runs, rendered by pg_restore from the snapshot's archives, and what it left out.
 
-    ``database`` is the database-level archive and the plan of its entries;
-    ``more_roles`` roles to create with ``create_roles`` beyond those the SQL names
-    (a large object's owner, a default privilege's role: the manifest's roles).
-
-    Records on ``plan`` (a RestorePlan) the grants skipped, the column options
-    dropped and the roles created.
+    ``dump`` is the schema archive; ``database`` the database-level archive and the
+    plan of its entries; ``more_roles`` roles to create with ``create_roles`` beyond
+    those the SQL names (a large object's owner, a default privilege's role: the
+    manifest's roles).  ``drop_first`` adds what --clean drops; ``large_object_oids``
+    are the large objects a failed parallel restore unlinks again.
     """
+    notes = ScriptNotes()
     texts = {section: render(dump, section, entries, no_owner=not owner) for section in ("pre-data", "post-data")}
     if database is not None:
         db_dump, dbplan = database
         # Extensions before the types that use them; publications and default privileges last.
-        texts["pre-data"] = _after_schemas(texts["pre-data"], dbplan.setup_sql() + (
-            render(db_dump, "pre-data", dbplan.pre, no_owner=not owner) if dbplan.pre else ""))
+        texts["pre-data"] = _after_schemas(
+            texts["pre-data"],
+            dbplan.setup_sql() + (render(db_dump, "pre-data", dbplan.pre, no_owner=not owner) if dbplan.pre else ""),
+        )
         if dbplan.post:
             texts["post-data"] += render(db_dump, "post-data", dbplan.post, no_owner=not owner)
-    texts["pre-data"], plan.dropped_column_options = drop_options(
-        texts["pre-data"], unknown_options(dsn, texts["pre-data"]))
+    texts["pre-data"], notes.dropped_column_options = drop_options(
+        texts["pre-data"], unknown_options(dsn, texts["pre-data"])
+    )
     policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
     missing = sorted(policy_roles - roles)
     if missing and not create_roles:
@@ -222,48 +325,58 @@ def build_scripts(dsn: str, dump: Path, entries: list[TocEntry], chosen: list[di
             f"the snapshot's row-level security policies name roles this database does not have: "
             f"{', '.join(missing)}; skipping the policies would weaken security",
             hint="restore into a Supabase project (which has these roles), create them first, "
-                 "or pass --create-roles to create them as NOLOGIN roles",
+            "or pass --create-roles to create them as NOLOGIN roles",
         )
     if create_roles:
         from ..pg.database_objects import referenced_roles as every_role  # owners too, with --owner
 
-        plan.created_roles = sorted((every_role(texts["pre-data"] + texts["post-data"]) | policy_roles
-                                     | grant_roles | set(more_roles)) - roles)
-        roles = roles | set(plan.created_roles)
-        texts["pre-data"] = "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n"
-                                    for r in plan.created_roles) + texts["pre-data"]
-    scripts = {}
+        notes.created_roles = sorted(
+            (every_role(texts["pre-data"] + texts["post-data"]) | policy_roles | grant_roles | set(more_roles)) - roles
+        )
+        roles = roles | set(notes.created_roles)
+        texts["pre-data"] = (
+            "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n" for r in notes.created_roles)
+            + texts["pre-data"]
+        )
+    filtered: dict[str, str] = {}
     for section, text in texts.items():
-        scripts[section], skipped = _filter_grants(text, roles)
-        plan.skipped_grants += skipped
+        filtered[section], skipped = _filter_grants(text, roles)
+        notes.skipped_grants += skipped
+    scripts = Scripts(pre_data=filtered["pre-data"], post_data=filtered["post-data"], owner=owner)
     if parallel:
-        scripts["index-groups"], rest = _index_groups(dump, entries, chosen)
+        scripts.index_groups, rest = _index_groups(dump, entries, chosen)
         rest_sql = render(dump, "post-data", rest, no_owner=not owner)
         if database is not None and database[1].post:
             rest_sql += render(database[0], "post-data", database[1].post, no_owner=not owner)
-        scripts["post-data-rest"] = _filter_grants(rest_sql, roles)[0]
+        scripts.post_data_rest = _filter_grants(rest_sql, roles)[0]
     # pg_restore --clean writes the DROPs, in reverse dependency order, before everything
     # else: take them from that preamble only, never from inside a function body.
-    drops = "".join(line for section in ("post-data", "pre-data")
-                    for line in split_entries(render(dump, section, entries, clean=True))[0]
-                    .splitlines(keepends=True) if _DROP_LINE.match(line))
+    drops = "".join(
+        line
+        for section in ("post-data", "pre-data")
+        for line in split_entries(render(dump, section, entries, clean=True))[0].splitlines(keepends=True)
+        if _DROP_LINE.match(line)
+    )
     if database is not None:
         # Publications, large objects and extensions this restore made go after its tables.
-        drops += database[1].undo_sql([lo["oid"] for lo in plan.large_objects])
-    scripts["undo"] = drops or "SELECT 1"
-    if plan.drop_first:
+        drops += database[1].undo_sql(list(large_object_oids))
+    scripts.undo = drops or "SELECT 1"
+    if drop_first:
         # Schemas that existed before are left alone; their other contents are not ours.
-        scripts["clean"] = "".join(line for line in drops.splitlines(keepends=True)
-                                   if not line.startswith("DROP SCHEMA")) or "SELECT 1"
-    return scripts
+        scripts.clean = (
+            "".join(line for line in drops.splitlines(keepends=True) if not line.startswith("DROP SCHEMA"))
+            or "SELECT 1"
+        )
+    return scripts, notes
 
 
 def _after_schemas(script: str, insert: str) -> str:
     """``insert`` placed after the script's leading CREATE SCHEMA entries, where pg_dump puts extensions."""
     preamble, entries = split_entries(script)
     n = 0
-    while n < len(entries) and (entries[n][0] == "SCHEMA" or (
-            entries[n][0] == "COMMENT" and "COMMENT ON SCHEMA" in entries[n][2])):
+    while n < len(entries) and (
+        entries[n][0] == "SCHEMA" or (entries[n][0] == "COMMENT" and "COMMENT ON SCHEMA" in entries[n][2])
+    ):
         n += 1
     head = preamble + "".join(h + b for _, h, b in entries[:n])
     return head + insert + "".join(h + b for _, h, b in entries[n:])
@@ -275,9 +388,9 @@ def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict]) -> tu
     policies), which comes after all data."""
     owner_of = {(t["schema"], i): t for t in chosen for i in t.get("indexes", [])}
     groups: dict[str, list[TocEntry]] = {}
-    rest = []
+    rest: list[TocEntry] = []
     for e in entries:
-        table = None
+        table: dict | None = None
         if e.type == "INDEX":
             table = next((t for (s, i), t in owner_of.items() if e.belongs_to(s, i)), None)
         elif e.type == "CONSTRAINT":
@@ -287,4 +400,3 @@ def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict]) -> tu
         else:
             groups.setdefault(mf.table_key(table), []).append(e)
     return {key: render(dump, "post-data", g) for key, g in groups.items()}, rest
-

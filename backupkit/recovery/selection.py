@@ -6,8 +6,7 @@ from ..errors import ConfigError
 from ..snapshot import manifest as mf
 
 
-def select_tables(manifest: dict, tables: list[str], schemas: list[str],
-                  with_dependencies: bool = False) -> list[dict]:
+def select_tables(manifest: dict, tables: list[str], schemas: list[str], with_dependencies: bool = False) -> list[dict]:
     """Manifest table entries named by ``tables`` (``schema.table``) or in ``schemas``.
 
     Nothing named means every table.  Naming a partitioned or inheritance
@@ -22,13 +21,14 @@ def select_tables(manifest: dict, tables: list[str], schemas: list[str],
     parents = {t["parent"] for t in entries if t.get("parent")}
     unknown = [n for n in tables if n not in by_key and n not in parents]
     if unknown:
-        raise ConfigError(f"the snapshot has no table {', '.join(unknown)}",
-                          hint="`backupkit sql SNAPSHOT` or the manifest lists its tables (schema.table)")
+        raise ConfigError(
+            f"the snapshot has no table {', '.join(unknown)}",
+            hint="`backupkit sql SNAPSHOT` or the manifest lists its tables (schema.table)",
+        )
     missing = [s for s in schemas if not any(t["schema"] == s for t in entries)]
     if missing:
         raise ConfigError(f"the snapshot has no tables in schema {', '.join(missing)}")
-    chosen = {k for k, t in by_key.items()
-              if k in tables or t["schema"] in schemas or t.get("parent") in tables}
+    chosen = {k for k, t in by_key.items() if k in tables or t["schema"] in schemas or t.get("parent") in tables}
     if with_dependencies:
         todo = list(chosen)
         while todo:

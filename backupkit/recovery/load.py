@@ -1,0 +1,212 @@
+"""Running a planned restore's scripts and loading its data, in one transaction.
+
+The steps both ways of running a restore share (session settings, the clean
+and pre-data step, loading one table's files, large objects, sequences and
+materialized views) are methods of ``LoadRun``, which holds what a run needs.
+``load_in_one_transaction`` is the restore with one job: any error leaves the
+target exactly as it was.  ``backupkit.recovery.parallel`` is the one with more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg
+from psycopg import sql
+from tqdm.auto import tqdm
+
+from ..errors import BackupkitError, RestoreError
+from ..pg.copyio import copy_in
+from ..pg.dsn import connect, redact
+from ..snapshot import manifest as mf
+from ..storage.location import SnapshotLocation
+from .database_scripts import restore_large_objects
+from .in_place import broken_references
+from .plan import RestorePlan
+from .scripts import Scripts
+
+
+class CopyIn(Protocol):
+    """``backupkit.pg.copyio.copy_in``: load a table's data files, return the rows PostgreSQL took."""
+
+    def __call__(
+        self,
+        conn: psycopg.Connection,
+        table: dict,
+        snapshot: mf.SnapshotArg,
+        files: list[dict] | None = None,
+        *,
+        freeze: bool = False,
+    ) -> int: ...
+
+
+@dataclass
+class LoadRun:
+    """One run of a planned restore: where it goes, what it loads, and the SQL it runs."""
+
+    dsn: str
+    manifest: dict
+    snapshot: SnapshotLocation
+    plan: RestorePlan
+    scripts: Scripts
+    #: --data-only --clean: the existing tables are emptied (TRUNCATE) before loading.
+    truncate: bool
+    #: Whether to show a progress bar.
+    show: bool
+    #: How a table's files are copied in; the caller's (``job.copy_in``) is the one fault drills replace.
+    copy: CopyIn = copy_in
+
+    @property
+    def chosen(self) -> list[dict]:
+        """The tables to load."""
+        return self.plan.tables
+
+    def session(self, conn: psycopg.Connection) -> None:
+        """Settings of every restore session, which the run's deadline may cancel.
+
+        The server checks every second that this client is still there (PostgreSQL 14+),
+        so a killed restore's sessions end with it instead of finishing their statement
+        first; lock waits end after ``lock_wait_timeout``.
+        """
+        plan = self.plan
+        if conn.info.server_version >= 140000:
+            conn.execute("SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false)")
+        if plan.lock_wait_timeout:
+            conn.execute(
+                "SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f"{int(plan.lock_wait_timeout * 1000)}ms",)
+            )
+        if plan.deadline is not None:
+            plan.deadline.watch(conn)
+
+    def why(self, exc: BaseException) -> str:
+        """The error's text, or the time limit when the deadline is what cancelled it."""
+        deadline = self.plan.deadline
+        if deadline is not None and deadline.expired:
+            return f"the restore did not finish within its time limit ({deadline.seconds:g} s)"
+        return redact(str(exc).strip(), self.dsn)
+
+    def prepare(self, conn: psycopg.Connection) -> None:
+        """Drop or empty what --clean asks for, then create the pre-data objects."""
+        if self.scripts.clean is not None:
+            conn.execute(self.scripts.clean)
+        if self.truncate:
+            conn.execute(
+                sql.SQL("TRUNCATE {}").format(
+                    sql.SQL(", ").join(sql.Identifier(t["schema"], t["name"]) for t in self.chosen)
+                )
+            )
+        if self.scripts.pre_data is not None:
+            conn.execute(self.scripts.pre_data)
+
+    def load_session(self, conn: psycopg.Connection) -> None:
+        """Session settings for loading data.
+
+        With --data-only the tables' triggers and foreign keys already exist, so
+        they are switched off the way pg_restore --disable-triggers does.
+        """
+        conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+        plan = self.plan
+        if not plan.schema or plan.platform_tables or plan.in_place:
+            try:
+                conn.execute("SET session_replication_role = replica")
+            except psycopg.errors.InsufficientPrivilege:
+                raise RestoreError(
+                    "--data-only must stop the tables' triggers and foreign-key checks while loading, "
+                    "which needs a superuser (or a role allowed to set session_replication_role)",
+                    hint="restore without --data-only into an empty database, or connect as a superuser",
+                ) from None
+
+    def load_table(
+        self, conn: psycopg.Connection, table: dict, files: list[dict] | None = None, freeze: bool = False
+    ) -> int:
+        """COPY one table's files in and check PostgreSQL took exactly the manifest's rows."""
+        files = table["files"] if files is None else files
+        loaded = self.copy(conn, table, self.snapshot, files, freeze=freeze)
+        expected = sum(f.get("rows", 0) for f in files)
+        if loaded != expected:
+            raise RestoreError(f"{mf.table_key(table)}: PostgreSQL loaded {loaded} rows, the manifest says {expected}")
+        return loaded
+
+    def large_objects(self, conn: psycopg.Connection) -> None:
+        """Create the snapshot's large objects and stream their data in (pg_restore's data section)."""
+        if self.scripts.large_objects:
+            where = self.snapshot
+            with where.storage.local_path(where.key(mf.DATABASE_DUMP)) as dump:
+                restore_large_objects(conn, dump, self.scripts.large_objects, no_owner=not self.scripts.owner)
+
+    def sequences_and_matviews(self, conn: psycopg.Connection) -> None:
+        """setval of the restored sequences (all, those of whole schemas, those chosen tables own);
+        refresh of the restored populated materialized views."""
+        plan = self.plan
+        keys = {mf.table_key(t) for t in self.chosen}
+        full = plan.full
+        for s in self.manifest.get("sequences", []):
+            owned = s.get("owned_by")
+            if full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
+                conn.execute(
+                    "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
+                    (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]),
+                )
+        for v in self.manifest.get("materialized_views", []):
+            if v["populated"] and (full or v["schema"] in plan.schemas):
+                conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
+
+
+def rollback(conn: psycopg.Connection) -> None:
+    """Roll back; on a lost connection there is nothing to roll back (the server did it)."""
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()
+
+
+def load_in_one_transaction(run: LoadRun) -> int:
+    """Run every step in one transaction, committed at the end; return the rows loaded."""
+    plan, scripts, chosen = run.plan, run.scripts, run.chosen
+    rows = 0
+    with connect(run.dsn) as conn:  # one transaction: psycopg commits on clean exit, rolls back on error
+        try:
+            run.session(conn)
+            run.prepare(conn)
+            if plan.data:
+                run.load_session(conn)
+                if scripts.empty is not None:  # with triggers off: no ON DELETE CASCADE into other tables
+                    conn.execute(scripts.empty)
+                # Tables created (or emptied) in this transaction can take their rows frozen:
+                # no hint-bit rewrite of every page and no anti-wraparound VACUUM of them later.
+                freeze = plan.schema or run.truncate
+                for t in tqdm(chosen, desc="restore", unit="table", disable=not run.show, file=sys.stderr):
+                    own = mf.table_key(t) not in plan.platform_tables + plan.in_place
+                    rows += run.load_table(conn, t, freeze=freeze and own)
+                if plan.platform_tables or plan.in_place:  # triggers created next must fire again
+                    conn.execute("SET session_replication_role = DEFAULT")
+            run.large_objects(conn)
+            if scripts.post_data is not None:
+                conn.execute(scripts.post_data)
+            run.sequences_and_matviews(conn)
+            if scripts.unmark is not None:
+                conn.execute(scripts.unmark)
+            broken = broken_references(conn, [t for t in chosen if mf.table_key(t) in plan.in_place])
+            if broken:
+                raise RestoreError(
+                    "the restored rows break foreign keys: " + ", ".join(broken),
+                    hint="restore the tables on both sides of each key together (name them all with --table)",
+                )
+        except psycopg.Error as exc:
+            rollback(conn)
+            raise RestoreError(
+                f"restore failed and was rolled back, the target is unchanged: {run.why(exc)}",
+                hint="fix the cause (see the message) and run the restore again",
+            ) from None
+        except BackupkitError as exc:
+            rollback(conn)
+            exc.args = (f"{exc} — rolled back, the target is unchanged",)
+            raise
+        except Exception as exc:  # a vanished or unreadable data file, a zstd error
+            rollback(conn)
+            raise RestoreError(
+                f"restore failed and was rolled back, the target is unchanged: {exc}",
+                hint="verify the snapshot (`backupkit verify --deep`) and try again",
+            ) from None
+    return rows

@@ -1,0 +1,392 @@
+"""What a restore will do, decided from the snapshot and the target before anything changes.
+
+``survey`` reads the target once: which of the snapshot's tables it already has
+(and which of those keep their place, their rows replaced in place), the
+Supabase platform's own tables, marks of an unfinished restore, the schema
+archive's entries this restore wants and the database archive's plan.  It
+returns the ``RestorePlan`` (what ``--dry-run`` shows) with what the later steps
+need, and every problem it found, so a restore that cannot succeed is refused
+with all of them at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from ..errors import RestoreError, TargetNotEmpty
+from ..pg.dsn import connect
+from ..pg.platform import Platform, kept_rows, read_platform
+from ..pg.platform import empty as platform_empty
+from ..pg.platform import problems as platform_problems
+from ..pg.rows import one_row
+from ..pg.schema import TocEntry, render, toc
+from ..runtime.deadline import Deadline
+from ..snapshot import manifest as mf
+from ..storage.location import SnapshotLocation
+from . import mark as restore_mark
+from .database_scripts import (
+    DatabasePlan,
+    Target,
+    default_acl_allowed,
+    event_trigger_functions,
+    plan_database,
+    read_target,
+)
+from .in_place import split_by_shape
+from .scripts import object_key, wanted_entries
+from .selection import select_tables
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do; ``restore(..., dry_run=True)`` returns it without touching anything."""
+
+    snapshot: SnapshotLocation
+    tables: list[dict]
+    existing: list[str]
+    drop_first: bool
+    schema: bool
+    data: bool
+    full: bool = True
+    skipped_grants: list[str] = field(default_factory=list)
+    dropped_column_options: list[str] = field(default_factory=list)
+    created_roles: list[str] = field(default_factory=list)
+    #: The snapshot's large objects this restore creates (full restores only).
+    large_objects: list[dict] = field(default_factory=list)
+    #: Whole schemas a selective restore takes (their views and sequences too).
+    schemas: list[str] = field(default_factory=list)
+    #: Existing tables whose rows a selective --clean restore replaces, keeping the tables.
+    in_place: list[str] = field(default_factory=list)
+    #: The Supabase project's own tables that get rows but are never created or dropped.
+    platform_tables: list[str] = field(default_factory=list)
+    #: Limits of the run (set when it starts; not part of what it does).
+    lock_wait_timeout: float | None = field(default=None, repr=False)
+    deadline: Deadline | None = field(default=None, repr=False)
+    #: What the restore makes or leaves out beyond the snapshot's own objects, in words.
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        """Human-readable steps."""
+        steps = [f"verify snapshot {self.snapshot.name}"]
+        if self.drop_first and self.existing:
+            steps.append(f"drop existing tables first (--clean): {', '.join(self.existing)}")
+        if self.schema:
+            steps.append("create schema objects (pre-data)")
+        if self.in_place:
+            steps.append(f"empty {', '.join(self.in_place)} in place (triggers off), keeping the tables")
+        if self.data:
+            rows = sum(t["rows"] for t in self.tables)
+            steps.append(f"load {len(self.tables)} tables, {rows} rows, with COPY")
+        if self.large_objects:
+            steps.append(f"create {len(self.large_objects)} large objects and load their data")
+        if self.schema:
+            steps.append("create indexes, constraints, foreign keys, triggers, policies (post-data)")
+        steps.append("set sequences; refresh materialized views")
+        return steps
+
+    def to_dict(self) -> dict:
+        """The plan as JSON-ready values (``restore --json``)."""
+        return {
+            "snapshot": str(self.snapshot),
+            "tables": [mf.table_key(t) for t in self.tables],
+            "rows": sum(t["rows"] for t in self.tables),
+            "existing": self.existing,
+            "clean": self.drop_first,
+            "schema": self.schema,
+            "data": self.data,
+            "steps": self.describe(),
+            "notes": self.notes,
+            "created_roles": self.created_roles,
+            "in_place": self.in_place,
+        }
+
+
+@dataclass
+class RestoreResult:
+    """A finished restore."""
+
+    plan: RestorePlan
+    rows: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        """The result as JSON-ready values: the plan's, and what the run did."""
+        return {
+            **self.plan.to_dict(),
+            "rows_loaded": self.rows,
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+            "dry_run": self.dry_run,
+        }
+
+
+@dataclass(frozen=True)
+class Request:
+    """The options of ``restore`` that shape its plan."""
+
+    tables: Sequence[str] = ()
+    schemas: Sequence[str] = ()
+    with_dependencies: bool = False
+    schema_only: bool = False
+    data_only: bool = False
+    clean: bool = False
+    create_roles: bool = False
+
+    @property
+    def full(self) -> bool:
+        """Nothing named: the whole snapshot."""
+        return not self.tables and not self.schemas
+
+
+@dataclass
+class Survey:
+    """What ``survey`` found in the target and decided, for the steps after it."""
+
+    #: The plan; its ``tables`` are the tables to load.
+    plan: RestorePlan
+    #: The schema archive's entries to restore ([] with --data-only).
+    entries: list[TocEntry]
+    target: Target
+    #: Unfinished restores marked in the target.
+    marks: list[dict]
+    #: Whether this role may create the mark a parallel restore needs.
+    may_mark: bool
+    #: The tables whose rows are replaced in place.
+    in_place: list[dict]
+    platform: Platform
+    #: The database archive's entries to restore, when the snapshot has that archive.
+    database: DatabasePlan | None
+    #: Why the restore cannot succeed, in words; the target-not-empty one is also ``refused``.
+    problems: list[str]
+    refused: TargetNotEmpty | None
+
+
+def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Request) -> Survey:
+    """Read the target and decide what restoring ``request`` of the snapshot into it does.
+
+    Nothing changes in the target; problems are collected in ``Survey.problems``.
+    """
+    tables, schemas, clean = list(request.tables), list(request.schemas), request.clean
+    chosen = select_tables(manifest, tables, schemas, request.with_dependencies)
+    full = request.full
+    problems: list[str] = []
+    early_notes: list[str] = []
+    with connect(dsn) as conn:
+        platform = read_platform(conn, chosen)
+        if request.with_dependencies and platform:
+            # A live project already has the platform tables the chosen ones reference
+            # (auth.users): they are the dependency, not something to load again.
+            named = {mf.table_key(t) for t in select_tables(manifest, tables, schemas)}
+            pulled = sorted(k for k in platform.tables if k not in named)
+            if pulled:
+                chosen = [t for t in chosen if mf.table_key(t) not in pulled]
+                platform = read_platform(conn, chosen)
+                early_notes.append("left the project's own " + ", ".join(pulled) + " as they are (dependencies it has)")
+        refused: TargetNotEmpty | None = None
+        try:
+            existing = check_target(
+                conn, [t for t in chosen if mf.table_key(t) not in platform.tables], request.data_only, clean
+            )
+        except TargetNotEmpty as exc:  # listed with every other problem, by the caller
+            refused, existing = exc, []
+            problems.append(str(exc))
+        target = read_target(conn, manifest)
+        marks = restore_mark.read(conn)
+        if marks and not clean:
+            problems.append(restore_mark.describe(marks) + "; restore again with --clean to replace them")
+        elif marks:
+            early_notes.append("replacing what an unfinished restore left: " + restore_mark.describe(marks))
+        may_mark = bool(
+            one_row(
+                conn.execute(
+                    "SELECT has_database_privilege(current_database(), 'CREATE') OR to_regnamespace(%s) IS NOT NULL",
+                    (restore_mark.SCHEMA,),
+                )
+            )[0]
+        )
+        if request.create_roles:
+            target.will_create = {r["name"] for r in manifest.get("roles", [])} - target.roles
+        problems += platform_problems(platform)
+        if platform and not request.schema_only and not may_disable_triggers(conn):
+            problems.append(
+                "loading the project's auth/storage tables needs their triggers off "
+                "(session_replication_role), which this role may not set"
+            )
+        plan = RestorePlan(
+            location, chosen, existing, clean and bool(existing), not request.data_only, not request.schema_only, full
+        )
+        plan.platform_tables = sorted(platform.tables)
+        plan.notes += early_notes
+        plan.schemas = schemas
+        in_place: list[dict] = []
+        # Tables an interrupted restore left may lack their indexes and keys: never kept in place.
+        if clean and existing and not full and not request.data_only and not request.schema_only and not marks:
+            in_place, problems_in_place = _keep_in_place(conn, plan, chosen)
+            problems += problems_in_place
+        rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
+        entries: list[TocEntry] = []
+        if not request.data_only:
+            with location.storage.local_path(location.key(mf.DUMP)) as dump:
+                entries = wanted_entries(
+                    toc(dump), manifest, rebuilt, full, conn, platform, schemas=schemas, tables_named=bool(tables)
+                )
+    if platform:
+        _leave_platform_rows(plan, platform)
+    database = None
+    if not request.data_only:
+        entries = _allowed_default_acls(entries, target, plan)
+        if _has_file(manifest, mf.DATABASE_DUMP):
+            database = _plan_database(location, manifest, target, plan, entries, clean)
+            problems += database.problems
+            plan.notes += database.notes
+            if database.large_objects and not request.schema_only:
+                plan.large_objects = list(manifest.get("large_objects", []))
+    return Survey(plan, entries, target, marks, may_mark, in_place, platform, database, problems, refused)
+
+
+def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> tuple[list[dict], list[str]]:
+    """Split the existing tables into those whose rows are replaced in place and those dropped;
+    record it on ``plan`` and return the first, with the problems it brings."""
+    problems = []
+    in_place, reshaped = split_by_shape(conn, [t for t in chosen if mf.table_key(t) in plan.existing])
+    plan.in_place = [mf.table_key(t) for t in in_place]
+    plan.existing = [k for k in plan.existing if k not in plan.in_place]
+    plan.drop_first = bool(plan.existing)
+    if in_place:
+        plan.notes.append(
+            "replacing the rows of " + ", ".join(plan.in_place) + " in place: their "
+            "indexes, triggers, policies, grants, publication membership and what points "
+            "at them (views, other tables' foreign keys) stay as they are"
+        )
+        if not may_disable_triggers(conn):
+            problems.append(
+                "replacing rows in place needs the tables' triggers and foreign-key actions "
+                "off (session_replication_role), which this role may not set"
+            )
+    if reshaped:
+        plan.notes.append(
+            "dropping and recreating " + "; ".join(reshaped) + ": their columns are not "
+            "the snapshot's any more, so views or other tables' foreign keys on them "
+            "stop the restore"
+        )
+    return in_place, problems
+
+
+def _leave_platform_rows(plan: RestorePlan, platform: Platform) -> None:
+    """Take off ``plan`` the platform tables whose rows the project keeps, or that hold none."""
+    kept = kept_rows(platform)
+    if kept:
+        plan.notes.append("kept the project's own " + ", ".join(kept) + " (the platform's migration records)")
+    skip = set(kept) | set(platform_empty(platform))
+    plan.tables = [t for t in plan.tables if mf.table_key(t) not in skip]
+    loading = sorted(set(platform.tables) - skip)
+    if loading:
+        plan.notes.append(
+            "loaded rows into the project's own " + ", ".join(loading) + "; their owners and grants are unchanged"
+        )
+
+
+def _plan_database(
+    location: SnapshotLocation, manifest: dict, target: Target, plan: RestorePlan, entries: list[TocEntry], clean: bool
+) -> DatabasePlan:
+    """The database archive's entries this restore runs (see ``plan_database``)."""
+    chosen = plan.tables
+    with location.storage.local_path(location.key(mf.DATABASE_DUMP)) as db_dump:
+        db_entries = toc(db_dump)
+        return plan_database(
+            db_entries,
+            manifest,
+            target,
+            tables={mf.table_key(t) for t in chosen} | {t["parent"] for t in chosen if t.get("parent")},
+            full=plan.full,
+            clean=clean,
+            schemas_made={e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"},
+            functions_made={".".join(object_key(e)[1:]) for e in entries if e.type in ("FUNCTION", "PROCEDURE")},
+            event_functions=_event_functions(db_dump, db_entries),
+        )
+
+
+def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
+    if not keys:
+        return []
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname || '.' || c.relname = ANY(%s)",
+        (keys,),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool) -> list[str]:
+    """The snapshot's tables the target already has; refuse what would mix old and new rows."""
+    keys = [mf.table_key(t) for t in chosen]
+    parents = sorted({t["parent"] for t in chosen if t.get("parent") and t.get("is_partition")})
+    existing = _existing_tables(conn, keys + parents)
+    if data_only:
+        missing = sorted(set(keys) - set(existing))
+        if missing:
+            raise RestoreError(
+                f"--data-only needs the tables to exist; missing: {', '.join(missing)}",
+                hint="restore without --data-only to create them",
+            )
+        nonempty = [
+            k
+            for k in keys
+            if one_row(
+                conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*k.split(".", 1))))
+            )[0]
+        ]
+        if nonempty and not clean:
+            raise TargetNotEmpty(
+                f"the target's tables already hold rows: {', '.join(nonempty)}",
+                hint="pass --clean to empty them first, or restore elsewhere",
+            )
+    elif existing and not clean:
+        raise TargetNotEmpty(
+            f"the target already has {len(existing)} of the snapshot's tables: "
+            + ", ".join(existing[:10])
+            + (" ..." if len(existing) > 10 else ""),
+            hint="restore into an empty database, or pass --clean to drop those tables first",
+        )
+    return existing
+
+
+def may_disable_triggers(conn: psycopg.Connection) -> bool:
+    """Whether this role may SET session_replication_role (superuser, or granted as Supabase does)."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL session_replication_role = replica")
+        return True
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+
+
+def _event_functions(dump: Path, entries: list[TocEntry]) -> dict[str, str]:
+    """Event triggers' functions, read from the archive's SQL (none in most databases)."""
+    triggers = [e for e in entries if e.type == "EVENT TRIGGER"]
+    return event_trigger_functions(render(dump, "post-data", triggers)) if triggers else {}
+
+
+def _has_file(manifest: dict, rel: str) -> bool:
+    return any(f["path"] == rel for f in manifest.get("schema_files", []))
+
+
+def _allowed_default_acls(entries: list[TocEntry], target: Target, plan: RestorePlan) -> list[TocEntry]:
+    """Leave out ALTER DEFAULT PRIVILEGES FOR ROLE a role the connecting role cannot act for."""
+    kept = []
+    for e in entries:
+        if e.type == "DEFAULT ACL":
+            ok, note = default_acl_allowed(e, target)
+            if not ok:
+                if note not in plan.notes:
+                    plan.notes.append(note)
+                continue
+        kept.append(e)
+    return kept
