@@ -669,6 +669,17 @@ def _in_flags(text: str, flags: dict[str, str], *, leading: bool) -> str:
     return text
 
 
+class _FlagsFormatter(logging.Formatter):
+    """``LEVEL: message`` with the library's parameter names shown as this command's flags."""
+
+    def __init__(self, flags: dict[str, str]):
+        super().__init__("%(levelname)s: %(message)s")
+        self.flags = flags
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _in_flags(super().format(record), self.flags, leading=False)
+
+
 def _os_error(exc: OSError) -> BackupkitError:
     """A last net for file-system errors no command turned into its own message: one line,
     exit 8 when something could not be written (disk full, read-only), else 7 (cannot read)."""
@@ -687,9 +698,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``backupkit`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
-    )
+    flags = _flags(_commands(parser)[args.command])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FlagsFormatter(flags))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         if getattr(args, "jobs", None) is not None:
             from .snapshot.verify import check_jobs
@@ -708,7 +720,6 @@ def main(argv: list[str] | None = None) -> int:
     except BackupkitError as exc:
         from .pg.dsn import redact
 
-        flags = _flags(_commands(parser)[args.command])
         # Only a bad-argument error opens with the name of what was given wrong.
         bad_argument = isinstance(exc, ConfigError | RetentionError)
         print(

@@ -139,7 +139,7 @@ def test_clean_replaces_existing_tables_and_says_so(small, make_db):
         conn.execute("DELETE FROM orders WHERE id < 100; UPDATE customers SET name = 'changed'")
     out = run_cli("restore", res.path, "--dsn", target, "--clean", "-q")
     assert out.returncode == 0, out.stderr
-    assert "--clean: dropping public.orders" in out.stderr
+    assert "WARNING: dropping public.orders (`--clean`)" in out.stderr
     assert_same(source, target)
 
 
@@ -342,7 +342,9 @@ def test_data_only_does_not_fire_the_targets_triggers(make_db, tmp_path):
     target = make_db("tgt")
     with psycopg.connect(target) as conn:
         conn.execute(schema)
-    restore(res.path, target, data_only=True)
+    out = run_cli("restore", res.path, "--dsn", target, "--data-only")
+    assert out.returncode == 0, out.stderr
+    assert "clean" not in out.stderr  # nothing is emptied or dropped without --clean, and none says so
     with psycopg.connect(target) as conn:
         got = conn.execute("SELECT id, parent_id, updated_at::text FROM child ORDER BY id").fetchall()
     assert got == [(1, 2, "2024-06-01 00:00:00+00"), (2, 1, "2024-06-02 00:00:00+00")]

@@ -85,7 +85,7 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
             s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED)) and s not in schemas
         ]
         if managed:
-            report.add("supabase schemas", "ok", f"not included unless named with --schema: {', '.join(managed)}")
+            report.add("supabase schemas", "ok", f"not included unless named in `schemas`: {', '.join(managed)}")
         report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
     if to is not None:
         _check_target(report, Path(to), size)
@@ -127,7 +127,7 @@ def _check_target(report: CheckReport, target: Path, size: int) -> None:
         probe = target if target.exists() else next((p for p in target.parents if p.exists()), Path("."))
         if not probe.is_dir():
             what = f"{probe} is not a folder" + ("" if probe == target else f" (so {target} cannot be made)")
-            report.add("disk space", "fail", f"{what}; --to must be a backup directory")
+            report.add("disk space", "fail", f"{what}; `to` must be a backup directory")
             return
         if not os.access(probe, os.W_OK | os.X_OK):
             report.add("disk space", "fail", f"{probe} is not writable by this user")

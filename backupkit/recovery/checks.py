@@ -63,7 +63,7 @@ def missing_references(conn: psycopg.Connection, chosen: list[dict], provided: s
     return [
         "foreign keys point at tables this database does not have and the restore does not bring: "
         + "; ".join(missing)
-        + " (restore those tables too, e.g. --with-dependencies, or back up their schema)"
+        + " (restore those tables too, e.g. `with_dependencies`, or back up their schema)"
     ]
 
 

@@ -231,7 +231,7 @@ def plan_database(
         if target.large_objects and not clean:
             plan.problems.append(
                 f"the target already has {len(target.large_objects)} of the snapshot's large "
-                "objects (e.g. " + str(min(target.large_objects)) + "); pass --clean to replace them"
+                "objects (e.g. " + str(min(target.large_objects)) + "); pass `clean` to replace them"
             )
         plan.large_objects = los
     return plan

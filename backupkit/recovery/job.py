@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, RestoreError
 from ..pg.copyio import copy_in
-from ..pg.dsn import connect
+from ..pg.dsn import connect, describe
 from ..runtime.deadline import Deadline
 from ..runtime.deadline import seconds as _seconds
+from ..runtime.progress import wanted
 from ..runtime.signals import sigterm_as_interrupt
 from ..snapshot import manifest as mf
 from ..snapshot.verify import check_jobs, ensure_intact
@@ -89,14 +89,15 @@ def restore(
     """
     started = time.monotonic()
     if schema_only and data_only:
-        raise ConfigError("--schema-only and --data-only exclude each other")
+        raise ConfigError("schema_only and data_only exclude each other")
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
-    lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "--lock-wait-timeout"), _seconds(timeout, "--timeout")
+    lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "lock_wait_timeout"), _seconds(timeout, "timeout")
     location = locate(snapshot)
     manifest = ensure_intact(location, public_key=public_key)
     request = Request(tuple(tables), tuple(schemas), with_dependencies, schema_only, data_only, clean, create_roles)
     found = survey(location, manifest, dsn, request)
     plan = found.plan
+    log.info("%s: %d tables to restore into %s", location, len(plan.tables), describe(dsn)["database"])
     result = RestoreResult(plan, dry_run=dry_run)
     if manifest.get("partial"):
         result.warnings.append(
@@ -124,7 +125,7 @@ def restore(
     if problems:
         raise RestoreError(
             "the restore cannot succeed, nothing was changed: " + "; ".join(problems),
-            hint="fix each problem named, then run the restore (or --dry-run) again",
+            hint="fix each problem named, then run the restore (or a `dry_run`) again",
         )
     _complete_scripts(scripts, found, manifest, parallel=parallel, clean=clean)
     if plan.skipped_grants:
@@ -142,16 +143,19 @@ def restore(
         log.warning(w)
     if dry_run:
         return result
-    for k in plan.existing:
-        log.warning("--clean: %s %s", "emptying" if data_only else "dropping", k)
+    if clean:  # the tables a clean restore empties or drops, named before it does
+        for k in plan.existing:
+            log.warning("%s %s (`clean`)", "emptying" if data_only else "dropping", k)
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = wanted(progress)
     # copy_in as this module has it now: fault drills put their own in its place.
     run = LoadRun(dsn, manifest, location, plan, scripts, truncate=data_only and clean, show=show, copy=copy_in)
     plan.lock_wait_timeout = lock_wait_timeout
+    log.info("loading %s", f"with {jobs} jobs (parallel transactions)" if parallel else "in one transaction")
     with sigterm_as_interrupt(), Deadline(timeout) as plan.deadline:
         result.rows = load_in_parallel(run, jobs) if parallel else load_in_one_transaction(run)
     result.seconds = time.monotonic() - started
+    log.info("restored %d rows in %.1f s", result.rows, result.seconds)
     return result
 
 
@@ -159,16 +163,16 @@ def _jobs(jobs: int, clean: bool, found: Survey, warnings: list[str]) -> int:
     """The jobs the restore can use: one where a failed parallel load could not be undone."""
     if clean and jobs > 1:
         # Committed DROPs followed by a failed parallel load would lose the old tables.
-        warnings.append("--clean restores in one transaction; --jobs is ignored")
+        warnings.append("a `clean` restore runs in one transaction; `jobs` is ignored")
         jobs = 1
     elif found.platform and jobs > 1:
         # Rows committed into the project's own tables could not be undone by dropping them.
-        warnings.append("a restore into the project's auth/storage tables runs in one transaction; --jobs is ignored")
+        warnings.append("a restore into the project's auth/storage tables runs in one transaction; `jobs` is ignored")
         jobs = 1
     if jobs > 1 and not found.may_mark:
         warnings.append(
             "a parallel restore marks the target until it finishes (schema "
-            f"{restore_mark.SCHEMA}), which this role may not create; --jobs is ignored"
+            f"{restore_mark.SCHEMA}), which this role may not create; `jobs` is ignored"
         )
         jobs = 1
     return jobs

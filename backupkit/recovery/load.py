@@ -10,23 +10,28 @@ target exactly as it was.  ``backupkit.recovery.parallel`` is the one with more.
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 from typing import Protocol
 
 import psycopg
 from psycopg import sql
-from tqdm.auto import tqdm
 
 from ..errors import BackupkitError, RestoreError
 from ..pg.copyio import copy_in
 from ..pg.dsn import connect, redact
+from ..runtime.progress import byte_bar
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from .database_scripts import restore_large_objects
 from .in_place import broken_references
 from .plan import RestorePlan
 from .scripts import Scripts
+
+
+def load_bytes(files: list[dict]) -> int:
+    """What loading ``files`` costs, for the progress bar: their COPY text (older snapshots
+    record only the compressed bytes)."""
+    return sum(f.get("text_bytes") or f["bytes"] for f in files)
 
 
 class CopyIn(Protocol):
@@ -114,9 +119,9 @@ class LoadRun:
                 conn.execute("SET session_replication_role = replica")
             except psycopg.errors.InsufficientPrivilege:
                 raise RestoreError(
-                    "--data-only must stop the tables' triggers and foreign-key checks while loading, "
+                    "data_only must stop the tables' triggers and foreign-key checks while loading, "
                     "which needs a superuser (or a role allowed to set session_replication_role)",
-                    hint="restore without --data-only into an empty database, or connect as a superuser",
+                    hint="restore without `data_only` into an empty database, or connect as a superuser",
                 ) from None
 
     def load_table(
@@ -176,9 +181,11 @@ def load_in_one_transaction(run: LoadRun) -> int:
                 # Tables created (or emptied) in this transaction can take their rows frozen:
                 # no hint-bit rewrite of every page and no anti-wraparound VACUUM of them later.
                 freeze = plan.schema or run.truncate
-                for t in tqdm(chosen, desc="restore", unit="table", disable=not run.show, file=sys.stderr):
-                    own = mf.table_key(t) not in plan.platform_tables + plan.in_place
-                    rows += run.load_table(conn, t, freeze=freeze and own)
+                with byte_bar(sum(load_bytes(t["files"]) for t in chosen), "restore", run.show) as bar:
+                    for t in chosen:
+                        own = mf.table_key(t) not in plan.platform_tables + plan.in_place
+                        rows += run.load_table(conn, t, freeze=freeze and own)
+                        bar.update(load_bytes(t["files"]))
                 if plan.platform_tables or plan.in_place:  # triggers created next must fire again
                     conn.execute("SET session_replication_role = DEFAULT")
             run.large_objects(conn)
@@ -191,7 +198,7 @@ def load_in_one_transaction(run: LoadRun) -> int:
             if broken:
                 raise RestoreError(
                     "the restored rows break foreign keys: " + ", ".join(broken),
-                    hint="restore the tables on both sides of each key together (name them all with --table)",
+                    hint="restore the tables on both sides of each key together (name them all in `tables`)",
                 )
         except psycopg.Error as exc:
             rollback(conn)

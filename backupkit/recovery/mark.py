@@ -39,7 +39,7 @@ def set_sql(snapshot: str, tables: list[str]) -> sql.Composed:
         tables=sql.Literal(json.dumps(tables)),
         c=sql.Literal(
             "backupkit: a restore into this database has not finished; "
-            "restore again with --clean, or see docs/recovery.md"
+            "restore again with `clean`, or see docs/recovery.md"
         ),
     )
 

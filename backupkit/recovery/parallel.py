@@ -12,22 +12,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sys
 import threading
 import time
 from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
-from tqdm.auto import tqdm
 
 from ..errors import BackupkitError, RestoreError
 from ..pg.dsn import connect
 from ..pg.rows import one_row
+from ..runtime.progress import byte_bar
 from ..runtime.taskpool import TaskPool
 from ..snapshot import manifest as mf
 from . import mark as restore_mark
-from .load import LoadRun, rollback
+from .load import LoadRun, load_bytes, rollback
 
 log = logging.getLogger("backupkit")
 
@@ -56,7 +55,7 @@ class ParallelLoad:
     def __init__(self, run: LoadRun, jobs: int) -> None:
         self.run = run
         self.jobs = jobs
-        self.bar = tqdm(total=len(run.chosen), desc="restore", unit="table", disable=not run.show, file=sys.stderr)
+        self.bar = byte_bar(sum(load_bytes(t["files"]) for t in run.chosen), "restore", run.show)
         self.lock = threading.Lock()
         #: Connections running a task, cancelled at the first failure.
         self.live: set[psycopg.Connection] = set()
@@ -167,12 +166,12 @@ class ParallelLoad:
             self.units_left -= 1
             self.files_left[key] -= len(files)
             done = not self.files_left[key]
+            self.bar.update(load_bytes(files))
         if done:
             self.table_done(key)
 
     def table_done(self, key: str) -> None:
-        """Count table ``key`` as loaded and queue its index builds first."""
-        self.bar.update(1)
+        """Queue table ``key``'s index builds first, now that its rows are in."""
         script = self.run.scripts.index_groups.get(key)
         if script is not None:
             # Jump the queue: this table's indexes build while other tables still load.
@@ -237,7 +236,7 @@ def _undo(run: LoadRun) -> str:
     plan, scripts = run.plan, run.scripts
     lost = (
         (
-            f" The tables dropped by --clean ({', '.join(plan.existing)}) cannot be brought back; "
+            f" The tables dropped by `clean` ({', '.join(plan.existing)}) cannot be brought back; "
             "restore them again from this snapshot."
         )
         if plan.drop_first and plan.schema
@@ -247,7 +246,7 @@ def _undo(run: LoadRun) -> str:
         return (
             "data loaded into some tables before the failure was committed, and the target stays "
             f"marked as an unfinished restore (schema {restore_mark.SCHEMA}): run the same restore "
-            "again with --clean, which empties them first."
+            "again with `clean`, which empties them first."
         )
     assert scripts.undo is not None and scripts.unmark is not None  # build_scripts and the mark set them
     try:
@@ -260,5 +259,5 @@ def _undo(run: LoadRun) -> str:
             "the objects created so far could NOT all be dropped ("
             + str(exc).strip().splitlines()[0]
             + f"); the target stays marked as an unfinished restore (schema {restore_mark.SCHEMA}): "
-            "run the same restore again with --clean to replace what it left." + lost
+            "run the same restore again with `clean` to replace what it left." + lost
         )

@@ -200,7 +200,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         target = read_target(conn, manifest)
         marks = restore_mark.read(conn)
         if marks and not clean:
-            problems.append(restore_mark.describe(marks) + "; restore again with --clean to replace them")
+            problems.append(restore_mark.describe(marks) + "; restore again with `clean` to replace them")
         elif marks:
             early_notes.append("replacing what an unfinished restore left: " + restore_mark.describe(marks))
         may_mark = bool(
@@ -333,8 +333,8 @@ def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, 
         missing = sorted(set(keys) - set(existing))
         if missing:
             raise RestoreError(
-                f"--data-only needs the tables to exist; missing: {', '.join(missing)}",
-                hint="restore without --data-only to create them",
+                f"data_only needs the tables to exist; missing: {', '.join(missing)}",
+                hint="restore without `data_only` to create them",
             )
         nonempty = [
             k
@@ -346,14 +346,14 @@ def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, 
         if nonempty and not clean:
             raise TargetNotEmpty(
                 f"the target's tables already hold rows: {', '.join(nonempty)}",
-                hint="pass --clean to empty them first, or restore elsewhere",
+                hint="pass `clean` to empty them first, or restore elsewhere",
             )
     elif existing and not clean:
         raise TargetNotEmpty(
             f"the target already has {len(existing)} of the snapshot's tables: "
             + ", ".join(existing[:10])
             + (" ..." if len(existing) > 10 else ""),
-            hint="restore into an empty database, or pass --clean to drop those tables first",
+            hint="restore into an empty database, or pass `clean` to drop those tables first",
         )
     return existing
 

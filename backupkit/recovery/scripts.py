@@ -325,7 +325,7 @@ def build_scripts(
             f"the snapshot's row-level security policies name roles this database does not have: "
             f"{', '.join(missing)}; skipping the policies would weaken security",
             hint="restore into a Supabase project (which has these roles), create them first, "
-            "or pass --create-roles to create them as NOLOGIN roles",
+            "or pass `create_roles` to create them as NOLOGIN roles",
         )
     if create_roles:
         from ..pg.database_objects import referenced_roles as every_role  # owners too, with --owner
