@@ -102,7 +102,7 @@ def cmd_backup(a: argparse.Namespace) -> int:
             f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}",
             file=sys.stderr,
         )
-    print(res.path)
+    print(res.location)
     return 0
 
 
@@ -136,8 +136,11 @@ def cmd_list(a: argparse.Namespace) -> int:
         if s.error:
             print(f"unreadable: {s.id}: {s.error}")
     for u in unfinished:
-        what = "unfinished backup (in progress, or left by a crash)" if u.kind == "tmp" else "interrupted delete"
-        print(f"incomplete: {u.path.name}  {what}, {u.age_seconds / 60:.0f} min old — not a snapshot")
+        what = {
+            "tmp": "unfinished backup (in progress, or left by a crash)",
+            "incomplete": "unfinished upload or publish (no manifest.json)",
+        }.get(u.kind, "interrupted delete")
+        print(f"incomplete: {u.name}  {what}, {u.age_seconds / 60:.0f} min old — not a snapshot")
     return 0
 
 
@@ -378,6 +381,21 @@ def cmd_sql(a: argparse.Namespace) -> int:
             buf = ""
 
 
+def cmd_copy(a: argparse.Namespace) -> int:
+    from .storage.replicate import copy_snapshots
+
+    res = copy_snapshots(a.source, a.target, a.snapshots)
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return 0
+    for sid in res.copied:
+        print(f"copied {sid} (verified in {a.target})")
+    for sid in res.present:
+        print(f"{sid}: already in {a.target}")
+    print(f"copied {len(res.copied)} snapshot(s); {len(res.present)} already there")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo.run import remove_demo, run_demo, where
 
@@ -414,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("backup", help="take a snapshot of a database")
     b.add_argument("--dsn", help=dsn_help)
-    b.add_argument("--to", required=True, type=Path, help="backup directory")
+    b.add_argument("--to", required=True, metavar="REPO", help="backup directory (or file:// URL)")
     b.add_argument("--schema", action="append", help="schema to include (repeatable; default public)")
     b.add_argument("--table", action="append", help="only this schema.table (repeatable)")
     b.add_argument("--exclude-table", action="append", help="leave out schema.table (repeatable)")
@@ -448,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backup)
 
     ls = sub.add_parser("list", help="list snapshots in a backup directory")
-    ls.add_argument("dir", type=Path)
+    ls.add_argument("dir", metavar="REPO", help="backup directory")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
 
@@ -544,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         pp.set_defaults(func=lambda a, _p=pinned: cmd_pin(a, _p))
 
     pr = sub.add_parser("prune", help="remove snapshots a retention policy does not keep")
-    pr.add_argument("dir", type=Path)
+    pr.add_argument("dir", metavar="REPO", help="backup directory")
     for opt in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
         pr.add_argument(f"--keep-{opt}", type=int, metavar="N", help=f"keep {opt} snapshots (-1: all)")
     pr.add_argument("--keep-within", metavar="DURATION", help="keep all within e.g. 7d, 1y2m of the newest")
@@ -590,6 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
         "by default DuckDB sees only this snapshot's files and writes nothing",
     )
     q.set_defaults(func=cmd_sql)
+
+    cp = sub.add_parser("copy", help="copy snapshots to another repository, verified there (3-2-1 backups)")
+    cp.add_argument("source", metavar="SRC", help="repository to copy from")
+    cp.add_argument("target", metavar="DST", help="repository to copy to (made if missing)")
+    cp.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="ids, latest or latest~N (default: all)")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_copy)
 
     dm = sub.add_parser("demo", help="build a demo database on embedded PostgreSQL, back it up twice, verify")
     dm.add_argument("--to", type=Path, default=Path("backups"), help="backup directory (default ./backups)")

@@ -100,5 +100,7 @@ def spawn():
         child.wait()
 
 
-# A Supabase-shaped server built from Supabase's own SQL (tests/supabase/README.md).
+# A Supabase-shaped server built from Supabase's own SQL (tests/supabase/README.md), and a real
+# S3-compatible server (moto in server mode on 127.0.0.1) with a bucket per test (tests/s3server.py).
+from s3server import s3_bucket, s3_client, s3_server  # noqa: E402,F401
 from supabase_platform import supabase, supabase_project  # noqa: E402,F401

@@ -1,5 +1,6 @@
-"""The storage interface: one contract for the local and the in-memory storage, and the
-repository's list, verify, pin, prune and lock running on the in-memory one.
+"""The storage interface: one contract for the local, the in-memory and the S3 storage (a
+real S3-compatible server, tests/s3server.py), and the repository's list, verify, pin,
+prune and lock running on the in-memory one.
 
 The in-memory storage holds real snapshots, copied there from a real backup of a
 real PostgreSQL database; only the place the bytes live differs.
@@ -27,12 +28,15 @@ from backupkit.storage.location import SnapshotLocation, locate, open_storage
 from backupkit.storage.lock import DirLock
 from backupkit.storage.memory import MemoryStorage
 from backupkit.storage.repository import copy_snapshot, list_snapshots, new_id, resolve, set_pin
+from backupkit.storage.s3 import S3Storage
 
 # -- the contract ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def storage(request, tmp_path) -> Storage:
+    if request.param == "s3":
+        return S3Storage(request.getfixturevalue("s3_bucket"), "repo")
     return LocalStorage(tmp_path / "repo", create=True) if request.param == "local" else MemoryStorage()
 
 
@@ -125,11 +129,27 @@ def test_local_storage_refuses_links_and_writes_privately(tmp_path):
     assert stat.S_IMODE(os.stat(storage.root / "s" / "data").st_mode) == 0o700
 
 
-def test_repository_arguments(tmp_path):
+def test_repository_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert open_storage(f"file://{tmp_path}") == LocalStorage(tmp_path)
-    with pytest.raises(backupkit.ConfigError, match="s3:// repositories are not supported"):
-        open_storage("s3://bucket/prefix")
-    assert not (tmp_path / "s3:").exists()
+    with pytest.raises(backupkit.ConfigError, match="gs:// repositories are not supported"):
+        open_storage("gs://bucket/prefix")
+    assert not (tmp_path / "gs:").exists()
+    assert open_storage("s3://bucket/some/prefix/") == S3Storage("bucket", "some/prefix")
+    assert open_storage("s3://bucket").where("x/y") == "s3://bucket/x/y"
+    loc = locate("s3://bucket/repo/20261204T000000.000Z")
+    assert (loc.storage, loc.id, loc.where("data")) == (
+        S3Storage("bucket", "repo"),
+        loc.id,
+        f"s3://bucket/repo/{loc.id}/data",
+    )
+    for bad in ("s3://bucket/a/../b", "s3:///prefix", "s3://key:secret@bucket/x"):
+        with pytest.raises(backupkit.ConfigError) as caught:
+            open_storage(bad)
+        assert "secret" not in str(caught.value)
+    with pytest.raises(backupkit.ConfigError, match="names a bucket, not a snapshot"):
+        locate("s3://bucket")
+    assert not list(tmp_path.iterdir())
     loc = locate(tmp_path / "snap")
     assert (loc.storage, loc.id, loc.key("data/x")) == (LocalStorage(tmp_path), "snap", "snap/data/x")
     assert os.fspath(loc) == str(tmp_path / "snap")

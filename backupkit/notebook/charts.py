@@ -45,7 +45,7 @@ def history_frame(backup_dir: Path | str) -> pd.DataFrame:
     for s in reversed(list_snapshots(backup_dir)[0]):
         if s.error:
             continue
-        for t in table_stats(mf.read(s.path)).to_dict("records"):
+        for t in table_stats(mf.read(s.location)).to_dict("records"):
             rows.append({"snapshot": s.id, "created_at": s.created_at, **t})
     return pd.DataFrame(rows, columns=["snapshot", "created_at", "table", "rows", "MB", "files"])
 

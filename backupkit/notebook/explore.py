@@ -97,8 +97,8 @@ def explorer(
         raise SnapshotNotFound(
             f"no complete snapshot in {backup_dir}", hint="take one with notebooks/backup.ipynb or `backupkit backup`"
         )
-    chosen = str(pick_snapshot(backup_dir, str(snapshot))) if snapshot else str(snaps[0].path)
-    options = [(f"{s.id}  ({s.tables} tables, {s.rows} rows)", str(s.path)) for s in snaps]
+    chosen = str(pick_snapshot(backup_dir, str(snapshot))) if snapshot else str(snaps[0].location)
+    options = [(f"{s.id}  ({s.tables} tables, {s.rows} rows)", str(s.location)) for s in snaps]
     if chosen not in [v for _, v in options]:
         options.insert(0, (Path(chosen).name, chosen))
 

@@ -31,6 +31,8 @@ from ..retention.prune import PruneResult
 from ..retention.prune import prune as _prune
 from ..snapshot import manifest as mf
 from ..snapshot.verify import verify as _verify
+from ..storage.local import LocalStorage
+from ..storage.location import SnapshotLocation
 from ..storage.repository import list_snapshots, resolve
 from .frames import Table
 from .runs import RunRecord, _maybe_step, _now
@@ -153,7 +155,7 @@ def _sources(backup_dir: Path) -> list[dict | None]:
     out = []
     for s in list_snapshots(backup_dir)[0]:
         try:
-            out.append(mf.read(s.path).get("source"))
+            out.append(mf.read(s.location).get("source"))
         except BackupkitError:
             out.append(None)
     return out
@@ -185,21 +187,29 @@ def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_en
     return DemoSnapshots(taken, backup_dir, len(sources), reason)
 
 
-def pick_snapshot(backup_dir: Path | str = "backups", snapshot: str = "") -> Path:
-    """A snapshot folder: ``snapshot`` as a path, an id or ``latest~N`` in ``backup_dir``; "" = newest."""
+def pick_snapshot(backup_dir: Path | str = "backups", snapshot: str = "") -> Path | SnapshotLocation:
+    """A snapshot: ``snapshot`` as a path, an id or ``latest~N`` in ``backup_dir``; "" = newest.
+
+    A snapshot on this machine is its folder; one elsewhere (``s3://…``) its location.
+    """
     if snapshot and Path(snapshot).is_dir():
         path = Path(snapshot)
-    else:
-        path = Path(resolve(backup_dir, snapshot or "latest"))
-    mf.read(path)  # a clear SnapshotNotFound / SnapshotDamaged now rather than later
-    return path
+        mf.read(path)  # a clear SnapshotNotFound / SnapshotDamaged now rather than later
+        return path
+    location = resolve(backup_dir, snapshot or "latest")
+    mf.read(location)
+    return _shown(location)
+
+
+def _shown(location: SnapshotLocation) -> Path | SnapshotLocation:
+    return location.path if isinstance(location.storage, LocalStorage) else location
 
 
 class Pair(NamedTuple):
     """The two snapshots a report compares."""
 
-    old: Path
-    new: Path
+    old: Path | SnapshotLocation
+    new: Path | SnapshotLocation
 
 
 def pick_pair(backup_dir: Path | str = "backups", old: str = "", new: str = "") -> Pair:
@@ -215,7 +225,7 @@ def pick_pair(backup_dir: Path | str = "backups", old: str = "", new: str = "") 
             f"{backup_dir} has no snapshot older than {new_path.name} to compare with",
             hint="take another backup (notebooks/backup.ipynb) or name `old` explicitly",
         )
-    return Pair(complete[after].path, new_path)
+    return Pair(_shown(complete[after].location), new_path)
 
 
 # == operations (each a step of a run) ========================================================
@@ -269,7 +279,7 @@ def backup(
             progress=True,
         )
     if run is not None:
-        run.set_snapshot(result.id, result.path)
+        run.set_snapshot(result.id, result.location)
         run.summary.update(
             tables=len(result.manifest["tables"]), rows=result.rows, bytes=result.bytes, warnings=result.warnings
         )

@@ -141,7 +141,7 @@ class RunRecord:
         self.params = dict(params)
         self.write()
 
-    def set_snapshot(self, snapshot_id: str, path: Path | str) -> None:
+    def set_snapshot(self, snapshot_id: str, path: object) -> None:
         """Record the snapshot this run made or used."""
         self.snapshot = {"id": snapshot_id, "path": str(path)}
         self.write()

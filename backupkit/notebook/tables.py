@@ -80,8 +80,7 @@ def history_rows(snapshots: list, unfinished: list) -> list[dict]:
         for s in snapshots
     ]
     rows += [
-        {"snapshot": u.path.name, "status": f"unfinished ({u.kind}, {u.age_seconds / 3600:.1f} h old)"}
-        for u in unfinished
+        {"snapshot": u.name, "status": f"unfinished ({u.kind}, {u.age_seconds / 3600:.1f} h old)"} for u in unfinished
     ]
     return rows
 

@@ -1,4 +1,4 @@
-"""Where snapshot bytes live: the storage interface, its local and in-memory
+"""Where snapshot bytes live: the storage interface, its local, in-memory and S3
 implementations, the repository (which snapshots exist, pins) and its lock.
 
 Every read, write, rename and delete of snapshot files goes through here.

@@ -2,7 +2,7 @@
 
 Modelled on restic's ``Backend``: a few primitives over names, with one
 implementation per place bytes can live (``LocalStorage`` for a folder,
-``MemoryStorage`` for tests; object stores next).  What a snapshot *is*
+``MemoryStorage`` for tests, ``S3Storage`` for a bucket).  What a snapshot *is*
 (manifest, data files, the folder layout) is known above this layer, in
 ``backupkit.snapshot`` and ``backupkit.storage.repository``.
 
@@ -94,6 +94,10 @@ class Storage(abc.ABC):
 
     #: Shown to people in messages and listings (a folder path or a URL); never holds a secret.
     location: str
+
+    #: Whether ``rename`` of a prefix is one atomic step.  Where it is not (object stores copy
+    #: and delete), a prefix without its manifest is an interrupted rename, never a snapshot.
+    atomic_rename: bool = True
 
     def where(self, name: str = "") -> str:
         """``name`` as people should see it in a message: the location and the name."""

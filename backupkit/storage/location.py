@@ -1,9 +1,10 @@
 """Which storage a repository or snapshot argument names, and a snapshot's place in one.
 
-Commands take a folder path (``backups``), a ``file://`` URL, or a ``Storage``
-object; a snapshot is a folder path (``backups/20261204T…Z``) or a
-``SnapshotLocation`` (a storage and an id).  Other URL schemes are refused with
-one clear line rather than taken for a local folder named ``s3:``.
+Commands take a folder path (``backups``), a ``file://`` URL, an
+``s3://bucket/prefix`` URL, or a ``Storage`` object; a snapshot is a folder path
+(``backups/20261204T…Z``), a URL ending in its id (``s3://bucket/prefix/<id>``) or a
+``SnapshotLocation`` (a storage and an id).  Other URL schemes are refused with one
+clear line rather than taken for a local folder named ``gs:``.
 """
 
 from __future__ import annotations
@@ -11,19 +12,48 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, StorageError
-from .base import Storage
+from .base import Storage, check_name
 from .local import LocalStorage
 
+if TYPE_CHECKING:
+    from .s3 import S3Storage
+
 #: URL schemes a repository may be given as.
-SCHEMES = ("file",)
+SCHEMES = ("file", "s3")
 
 
-def _scheme(text: str) -> str | None:
+def scheme_of(text: str) -> str | None:
+    """The URL scheme of a repository or snapshot argument (lower case), or None for a plain path."""
     head, sep, _ = text.partition("://")
     return head.lower() if sep and head.isidentifier() else None
+
+
+def _s3(text: str, prefix_required: bool = False) -> tuple[str, str]:
+    """Bucket and prefix of an ``s3://bucket/prefix`` URL; ``ConfigError`` when it is not one."""
+    parts = urlsplit(text)
+    bucket, prefix = parts.netloc, unquote(parts.path).strip("/")
+    if not bucket or parts.query or parts.fragment or "@" in bucket or (prefix and check_name(prefix)):
+        # Credentials in the URL (s3://key:secret@bucket) are refused and never echoed.
+        shown = f"s3://{bucket.rpartition('@')[2]}{parts.path}"
+        raise ConfigError(
+            f"{shown!r} is not an S3 location",
+            hint="write it as s3://bucket/prefix; credentials come from AWS_* variables or a profile",
+        )
+    if prefix_required and not prefix:
+        raise ConfigError(f"{text} names a bucket, not a snapshot", hint="write it as s3://bucket/prefix/<snapshot id>")
+    return bucket, prefix
+
+
+def _s3_storage(bucket: str, prefix: str) -> S3Storage:
+    try:
+        from .s3 import S3Storage  # boto3 is imported only by those who use S3
+    except ImportError:
+        raise ConfigError("s3:// repositories need boto3", hint="pip install boto3") from None
+    return S3Storage(bucket, prefix)
 
 
 def open_storage(where: str | os.PathLike[str] | Storage, *, create: bool = False) -> Storage:
@@ -31,15 +61,17 @@ def open_storage(where: str | os.PathLike[str] | Storage, *, create: bool = Fals
     if isinstance(where, Storage):
         return where
     text = os.fspath(where)
-    scheme = _scheme(text)
+    scheme = scheme_of(text)
     if scheme is None:
         path = Path(text)
     elif scheme == "file":
         path = Path(unquote(urlsplit(text).path))
+    elif scheme == "s3":
+        return _s3_storage(*_s3(text))
     else:
         raise ConfigError(
             f"{scheme}:// repositories are not supported by this version of backupkit",
-            hint="give a local folder (or a file:// URL)",
+            hint="give a local folder, a file:// URL or s3://bucket/prefix",
         )
     try:
         return LocalStorage(path, create=create)
@@ -89,13 +121,17 @@ class SnapshotLocation:
 
 
 def locate(snapshot: str | os.PathLike[str] | SnapshotLocation) -> SnapshotLocation:
-    """A snapshot argument (a folder path, or a location already) as a ``SnapshotLocation``."""
+    """A snapshot argument (a folder path, an ``s3://`` URL, or a location already) as a ``SnapshotLocation``."""
     if isinstance(snapshot, SnapshotLocation):
         return snapshot
     text = os.fspath(snapshot)
-    if _scheme(text) not in (None, "file"):
+    if scheme_of(text) == "s3":
+        bucket, prefix = _s3(text, prefix_required=True)
+        parent, _, sid = prefix.rpartition("/")
+        return SnapshotLocation(_s3_storage(bucket, parent), sid)
+    if scheme_of(text) not in (None, "file"):
         open_storage(text)  # raises the one-line "not supported" error
-    path = Path(unquote(urlsplit(text).path)) if _scheme(text) == "file" else Path(text)
+    path = Path(unquote(urlsplit(text).path)) if scheme_of(text) == "file" else Path(text)
     if path.name in ("", "..") or text.endswith(("/.", "/..")) or path == Path("."):
         path = Path(os.path.abspath(path))
     return SnapshotLocation(LocalStorage(path.parent), path.name)

@@ -1,12 +1,12 @@
 """The repository's lock, so a prune never deletes under a running backup.
 
 ``.lock`` at the top of the repository is created exclusively (``O_EXCL`` on a
-file system, atomic also on NFS v3+) and holds JSON ``{host, pid, purpose,
-started_at}``.  A lock whose holder is gone is taken over; the holder counts as
-gone when it ran on this host and its pid no longer exists (or now belongs to a
-process started after the lock was taken), or when it ran on another host and
-the lock is older than ``stale_after``: we cannot see other hosts' processes,
-so only age can tell.
+file system, atomic also on NFS v3+; a conditional ``If-None-Match`` write on S3)
+and holds JSON ``{host, pid, purpose, started_at}``.  A lock whose holder is gone
+is taken over; the holder counts as gone when it ran on this host and its pid no
+longer exists (or now belongs to a process started after the lock was taken), or
+when it ran on another host and the lock is older than ``stale_after``: we cannot
+see other hosts' processes, so only age can tell.
 
 Checking a lock and replacing a stale one is not one atomic step, so every
 acquire and release on this host is serialised (``Storage.serialised``: ``flock``
@@ -51,9 +51,12 @@ MAX_LOCK_BYTES = 64 << 10
 
 def _storage(what: str, path: Path | str, exc: OSError) -> StorageError:
     """Not "locked": the directory itself cannot be used (permissions, read-only, disk full)."""
+    remote = str(path).startswith("s3://")
     return StorageError(
         f"{what} {path}: {exc.strerror or exc}",
-        hint="the backup directory must be writable by this user and its disk not full",
+        hint="check the bucket, the endpoint (AWS_ENDPOINT_URL) and the credentials (AWS_* variables or a profile)"
+        if remote
+        else "the backup directory must be writable by this user and its disk not full",
     )
 
 
@@ -249,16 +252,16 @@ class DirLock:
                 writer = self.storage.create(LOCK_NAME)
             except FileExistsError:
                 # Another host won the race (flock does not reach across hosts).
-                holder = read_lock(self.storage)
-                raise LockError(
-                    f"{self.directory} was just locked by {describe(holder) if holder else 'another process'};"
-                    f" wait for it, or remove {self.path} if you are sure no backupkit runs"
-                ) from None
+                raise self._raced() from None
             except OSError as exc:
                 raise _storage("cannot create the lock", self.path, exc) from None
             try:
                 with writer:
                     writer.write(data)
+            except FileExistsError:
+                # An object store's conditional write decides when the lock is stored: the other
+                # host's lock is there, and must not be removed as if it were our half-written one.
+                raise self._raced() from None
             except OSError as exc:
                 # An empty lock file would block every later run until removed by hand.
                 self._remove_lock()
@@ -269,6 +272,13 @@ class DirLock:
             self.took_over = self._garbage_reason
         self._written = data
         self.info = info
+
+    def _raced(self) -> LockError:
+        holder = read_lock(self.storage)
+        return LockError(
+            f"{self.directory} was just locked by {describe(holder) if holder else 'another process'};"
+            f" wait for it, or remove {self.path} if you are sure no backupkit runs"
+        )
 
     def release(self) -> bool:
         """Remove the lock if it is still ours; True if it was removed."""

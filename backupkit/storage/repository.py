@@ -8,11 +8,17 @@ Layout of a repository (a folder, or a prefix in another storage)::
     .pins/<id>           pin markers (outside the snapshot, which never changes)
     .lock                held by a running backup or prune
 
+Where a rename is no atomic step (object stores: ``Storage.atomic_rename``), the
+manifest is copied last and deleted first, so an ``<id>/`` without ``manifest.json``
+is an interrupted publish or delete: it is listed as unfinished ("incomplete"),
+never as a snapshot, and prune removes it once it is stale.
+
 Every name is spelled here; the bytes go through a ``Storage`` (``storage.base``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
@@ -23,7 +29,7 @@ from pathlib import Path
 from ..errors import ConfigError, SnapshotError, SnapshotNotFound, StorageError
 from ..snapshot import manifest as mf
 from .base import Entry, Storage, check_name
-from .location import SnapshotLocation, locate, open_storage
+from .location import SnapshotLocation, locate, open_storage, scheme_of
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -71,7 +77,7 @@ class Unfinished:
     """A temporary folder: a backup in progress or one that crashed, or an interrupted delete."""
 
     name: str
-    kind: str  # "tmp" or "trash"
+    kind: str  # "tmp", "trash", or "incomplete" (a prefix without manifest: an interrupted rename)
     age_seconds: float = field(default=0.0)
     where: str = ""
 
@@ -183,9 +189,24 @@ def list_snapshots(repository: Path | str | Storage) -> tuple[list[Snapshot], li
             kind = "tmp" if name.startswith(TMP_PREFIX) else "trash"
             unfinished.append(Unfinished(name, kind, now - entry.mtime, storage.where(name)))
         elif not name.startswith("."):
-            snaps.append(_summary(SnapshotLocation(storage, name), pinned, entry))
+            if not storage.atomic_rename and entry.kind == "dir" and not _has_manifest(storage, name):
+                unfinished.append(Unfinished(name, "incomplete", now - entry.mtime, storage.where(name)))
+            else:
+                snaps.append(_summary(SnapshotLocation(storage, name), pinned, entry))
     snaps.sort(key=lambda s: (s.created_at is not None, s.created_at or datetime.min, s.id), reverse=True)
     return snaps, unfinished
+
+
+def _has_manifest(storage: Storage, name: str) -> bool:
+    """Whether prefix ``name`` holds a manifest; when that cannot be told, it is listed as a
+    snapshot whose error says why (never pruned as debris)."""
+    try:
+        storage.stat(f"{name}/{mf.MANIFEST}")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def _when(s: Snapshot) -> tuple:
@@ -206,6 +227,24 @@ def _is_snapshot_folder(path: Path) -> bool:
         raise mf.unreadable(path, exc) from None
 
 
+def _is_snapshot(argument: str | os.PathLike[str]) -> bool:
+    """A repository or snapshot argument: does it name a snapshot (even a damaged one)?"""
+    text = os.fspath(argument)
+    if scheme_of(text) != "s3":
+        return _is_snapshot_folder(Path(text))
+    try:
+        location = locate(text)
+    except ConfigError:
+        return False  # s3://bucket: a repository at the top of the bucket
+    try:
+        names = {e.basename for e in location.storage.list(location.id)}
+    except FileNotFoundError:
+        return True  # nothing there: reported as "no snapshot at …"
+    except OSError as exc:
+        raise mf.unreadable(location.where(), exc) from None
+    return bool(names & {mf.MANIFEST, "data", "schema"})
+
+
 def resolve(
     repository_or_snapshot: Path | str | Storage | SnapshotLocation, ref: str | None = None
 ) -> SnapshotLocation:
@@ -213,7 +252,7 @@ def resolve(
     if isinstance(repository_or_snapshot, SnapshotLocation):
         return repository_or_snapshot
     if ref is None:
-        if not isinstance(repository_or_snapshot, Storage) and _is_snapshot_folder(Path(repository_or_snapshot)):
+        if not isinstance(repository_or_snapshot, Storage) and _is_snapshot(repository_or_snapshot):
             # A snapshot folder, even one whose manifest is gone, is verified as such.
             return locate(repository_or_snapshot)
         ref = "latest"

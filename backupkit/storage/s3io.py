@@ -1,0 +1,169 @@
+"""Streams of ``S3Storage``: a reader of a GET's body and a writer that uploads as it goes.
+
+The writer keeps memory flat whatever the file's size: it buffers one part
+(``part_size``, 8 MiB by default) and has at most ``PARTS_IN_FLIGHT`` more being
+uploaded by its threads; a small file is one conditional ``PutObject``.  Nothing
+appears under the name until the writer is closed without an error
+(``CompleteMultipartUpload`` with ``If-None-Match: *``); otherwise the upload is aborted.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from .s3 import S3Storage
+
+#: Parts uploaded concurrently by one writer (besides the one being filled): the upload
+#: keeps going while the next part is produced, and memory stays below (1 + this) parts.
+PARTS_IN_FLIGHT = 3
+
+
+class S3Error(OSError):
+    """S3 could not be used (unreachable, no credentials, access denied, no such bucket).
+
+    ``errno`` is None so that every caller shows the message written here.
+    """
+
+    def __init__(self, message: str, where: str):
+        super().__init__(None, message, where)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+class Reader(io.RawIOBase):
+    """The body of a GET, streamed; network failures become ``OSError``."""
+
+    def __init__(self, body: Any, storage: S3Storage, name: str):
+        self._body, self._storage, self._name = body, storage, name
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._storage._error(exc, self._name) from None
+        except Exception as exc:  # urllib3's own (a reset connection)
+            raise S3Error(f"reading stopped ({type(exc).__name__})", self._storage.where(self._name)) from None
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._body.close()
+            except Exception:  # closing a broken connection: nothing left to do
+                pass
+        super().close()
+
+
+class Writer(io.RawIOBase):
+    """A new object, uploaded while it is written; see the module docstring."""
+
+    def __init__(self, storage: S3Storage, name: str):
+        self._s, self._name, self._key = storage, name, storage.key(name)
+        self._buf = bytearray()
+        self._upload: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._pending: collections.deque[Future[dict[str, Any]]] = collections.deque()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed file")
+        view = memoryview(data).cast("B")
+        n, size = len(view), self._s.part_size
+        while view:
+            if len(self._buf) >= size:  # a full part, and more is coming: it is not the last
+                self._send_part()
+            take = size - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+        return n
+
+    def _put_part(self, number: int, body: bytes) -> dict[str, Any]:
+        r = self._s._call("upload_part", self._name, Key=self._key, UploadId=self._upload, PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": r["ETag"]}
+
+    def _send_part(self) -> None:
+        if self._upload is None:
+            self._upload = self._s._call("create_multipart_upload", self._name, Key=self._key)["UploadId"]
+            self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="backupkit-s3-part")
+        assert self._pool is not None
+        while len(self._pending) >= PARTS_IN_FLIGHT:
+            self._pending.popleft().result()  # waits for room; raises the first failure
+        part = self._pool.submit(self._put_part, len(self._parts) + 1, bytes(self._buf))
+        self._parts.append(part)
+        self._pending.append(part)
+        self._buf.clear()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._upload is None:
+                self._s._call("put_object", self._name, Key=self._key, Body=bytes(self._buf), IfNoneMatch="*")
+            else:
+                self._send_part()
+                parts = [p.result() for p in self._parts]
+                self._s._call(
+                    "complete_multipart_upload",
+                    self._name,
+                    Key=self._key,
+                    UploadId=self._upload,
+                    MultipartUpload={"Parts": parts},
+                    IfNoneMatch="*",
+                )
+                self._upload = None
+        except BaseException:
+            self.abort()
+            raise
+        self._stop()
+        super().close()
+
+    def _stop(self) -> None:
+        self._buf = bytearray()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._parts.clear()
+        self._pending.clear()
+
+    def abort(self) -> None:
+        """Close without keeping anything (an unfinished multipart upload is aborted)."""
+        self._stop()  # no part is still being sent when the upload is aborted
+        if self._upload is not None:
+            upload, self._upload = self._upload, None
+            try:
+                self._s._call("abort_multipart_upload", self._name, Key=self._key, UploadId=upload)
+            except OSError:
+                pass  # left for the bucket's lifecycle rule; the object was never created
+        super().close()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        # IOBase would close (commit) a writer dropped unclosed; a dropped writer is a failed one.
+        try:
+            self.abort()
+        except Exception:
+            pass

@@ -1,0 +1,74 @@
+"""``backupkit copy``: snapshots replicated between repositories, verified on the way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import load_small, run_cli, snapshot_dirs
+
+import backupkit
+from backupkit.snapshot import manifest as mf
+from backupkit.storage.repository import list_snapshots
+
+
+@pytest.fixture
+def two_snapshots(make_db, tmp_path):
+    dsn = make_db("copy")
+    load_small(dsn)
+    repo = tmp_path / "a"
+    return repo, [backupkit.backup(dsn, repo, progress=False, label=f"n{i}").id for i in range(2)]
+
+
+def test_copy_replicates_every_snapshot_once(two_snapshots, tmp_path):
+    repo, ids = two_snapshots
+    out = run_cli("copy", repo, tmp_path / "b", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"copied": sorted(ids), "present": []}
+    copied = list_snapshots(tmp_path / "b")[0]
+    assert sorted(s.id for s in copied) == sorted(ids)
+    for s in copied:  # byte for byte the same snapshot, and it verifies where it now is
+        assert (s.location.path / mf.MANIFEST).read_bytes() == (repo / s.id / mf.MANIFEST).read_bytes()
+        assert backupkit.verify(s.location, deep=True).ok
+    again = run_cli("copy", repo, tmp_path / "b")
+    assert again.returncode == 0 and "copied 0 snapshot(s); 2 already there" in again.stdout
+
+
+def test_copy_of_named_snapshots_only(two_snapshots, tmp_path):
+    repo, ids = two_snapshots
+    out = run_cli("copy", repo, tmp_path / "c", "latest")
+    assert out.returncode == 0, out.stderr
+    assert [s.id for s in list_snapshots(tmp_path / "c")[0]] == [max(ids)]
+
+
+def test_a_damaged_source_is_not_copied_and_leaves_nothing_that_looks_complete(two_snapshots, tmp_path):
+    repo, ids = two_snapshots
+    data = next((repo / ids[0] / mf.DATA_DIR).iterdir())
+    data.write_bytes(data.read_bytes()[:-1] + b"\x00")  # same size, other bytes
+    out = run_cli("copy", repo, tmp_path / "d", ids[0])
+    assert out.returncode == 6, out.stdout + out.stderr  # snapshot damaged
+    assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    assert snapshot_dirs(tmp_path / "d") == [] and list_snapshots(tmp_path / "d") == ([], [])
+
+
+def test_the_commands_work_on_an_s3_repository(two_snapshots, tmp_path, s3_bucket, make_db):
+    """3-2-1 in commands: copy off-site, list, verify and restore from there, copy back, prune there."""
+    repo, ids = two_snapshots
+    remote = f"s3://{s3_bucket}/prod"
+    out = run_cli("copy", repo, remote)
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(run_cli("list", remote, "--json").stdout)
+    assert sorted(s["id"] for s in listed["snapshots"]) == sorted(ids)
+    out = run_cli("verify", f"{remote}/{ids[1]}", "--deep")
+    assert out.returncode == 0 and "intact" in out.stdout, out.stdout + out.stderr
+    target = make_db("from_s3")
+    out = run_cli("restore", f"{remote}/{ids[1]}", "--dsn", target, "-q")
+    assert out.returncode == 0, out.stderr
+    out = run_cli("copy", remote, tmp_path / "back", "latest")
+    assert out.returncode == 0 and [s.id for s in list_snapshots(tmp_path / "back")[0]] == [max(ids)]
+    out = run_cli("prune", remote, "--keep-last", "1")
+    assert out.returncode == 0, out.stderr
+    assert [s.id for s in list_snapshots(remote)[0]] == [max(ids)]
+    out = run_cli("backup", "--dsn", target, "--to", f"s3://{s3_bucket}/fresh", "-q")
+    assert out.returncode == 0, out.stderr
+    assert len(list_snapshots(f"s3://{s3_bucket}/fresh")[0]) == 1
