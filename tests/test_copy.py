@@ -66,6 +66,14 @@ def test_the_commands_work_on_an_s3_repository(two_snapshots, tmp_path, s3_bucke
     assert out.returncode == 0, out.stderr
     out = run_cli("copy", remote, tmp_path / "back", "latest")
     assert out.returncode == 0 and [s.id for s in list_snapshots(tmp_path / "back")[0]] == [max(ids)]
+    cache = {"BACKUPKIT_CACHE_DIR": str(tmp_path / "cache")}
+    out = run_cli("sql", f"{remote}/{ids[1]}", "select count(*) as n from public.orders", env=cache)
+    orders = next(t["rows"] for t in mf.read(repo / ids[1])["tables"] if t["name"] == "orders")
+    assert out.returncode == 0 and str(orders) in out.stdout, out.stderr
+    out = run_cli("diff", f"{remote}/{ids[0]}", f"{remote}/{ids[1]}", "--json", env=cache)
+    assert out.returncode == 0 and json.loads(out.stdout)["same"] is True, out.stderr  # two backups, no change
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*/*") if not p.name.startswith("."))
+    assert cached == sorted(ids)  # only the snapshots asked for were fetched, each once, verified
     out = run_cli("prune", remote, "--keep-last", "1")
     assert out.returncode == 0, out.stderr
     assert [s.id for s in list_snapshots(remote)[0]] == [max(ids)]

@@ -41,6 +41,7 @@ from ..runtime.progress import byte_bar, wanted
 from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files
+from ..storage.cache import local_copy
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
 from ..storage.scratch import scratch
@@ -550,7 +551,8 @@ def diff_snapshots(
     its manifest.  ``progress`` shows a bar by bytes compared (default: on a terminal
     or in a notebook).
     """
-    old_dir, new_dir = locate(old_path), locate(new_path)
+    # DuckDB reads files on this machine: a remote snapshot is fetched (verified) once.
+    old_dir, new_dir = local_copy(locate(old_path)), local_copy(locate(new_path))
     old_m, new_m = mf.read(old_dir), mf.read(new_dir)
     old_t = {mf.table_key(t): t for t in old_m["tables"]}
     new_t = {mf.table_key(t): t for t in new_m["tables"]}

@@ -92,6 +92,7 @@ from ..errors import SnapshotDamaged
 from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files, data_path
+from ..storage.cache import local_copy
 from ..storage.location import SnapshotLocation, locate
 
 #: Longest CSV row DuckDB will read (its default, 2 MB, is too small for big jsonb or
@@ -510,7 +511,7 @@ def open_snapshot(
     a plain ``duckdb.DuckDBPyConnection`` with DuckDB's full file access instead, for
     exporting results (``COPY (...) TO 'out.parquet'``) or joining other files.
     """
-    folder = locate(path)
+    folder = local_copy(locate(path))  # DuckDB reads files here; a remote snapshot is fetched once
     manifest = mf.read(folder)
     try:
         tables = manifest["tables"]

@@ -12,6 +12,7 @@ import duckdb
 from ..errors import SnapshotDamaged, SnapshotError
 from ..snapshot import manifest as mf
 from ..snapshot.verify import verify
+from ..storage.cache import local_copy
 from ..storage.location import locate
 from .duck import columns_sql, duck_connection
 
@@ -131,7 +132,7 @@ def integrity(path: mf.SnapshotArg) -> dict:
     data check comes from a file that does not match its manifest.  File paths reach
     DuckDB as exact paths (``duck.path_sql``), never as patterns.
     """
-    folder = locate(path)
+    folder = local_copy(locate(path))  # DuckDB reads files here; a remote snapshot is fetched once
     report = verify(folder)
     checks: list[dict[str, Any]] = []
     result: dict[str, Any] = {"ok": report.ok, "checksums": report.to_dict(), "checks": checks}
