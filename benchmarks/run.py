@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run.py --scale 0.1           # a quick run (a few minutes)
     .venv/bin/python benchmarks/run.py --only backup,verify --repeat 5 --out bench.md
     .venv/bin/python benchmarks/run.py --rss-scales 0.05,0.2 # peak RSS of backup -j2 vs table size
+    .venv/bin/python benchmarks/run.py --only s3             # backup/restore to/from s3:// vs local disk
 
 What it does:
 
@@ -23,8 +24,14 @@ What it does:
    floor (one psql session COPYing every table to /dev/null), and backupkit's
    performance targets with PASS/MISS.
 
+The ``s3`` group starts a moto S3 server on 127.0.0.1 (a separate process, only when
+the group runs) and compares ``backupkit backup -j2`` into ``s3://`` and ``restore -j2``
+from it with the same commands on local disk: moto is a local stand-in, so these rows
+measure backupkit's own S3 overhead (requests, multipart uploads, the copy that
+publishes), not a network.
+
 Passwords reach tools through ``PGPASSWORD`` / ``BACKUPKIT_DSN`` in their
-environment, never their argv.  Everything is written under a temporary folder
+environment, never their argv (S3 keys through ``AWS_*`` variables).  Everything is written under a temporary folder
 (``--workdir``) that is deleted at the end unless ``--keep``.
 """
 
@@ -47,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -57,7 +65,7 @@ import backupkit  # noqa: E402  (the checkout being benchmarked, not an installe
 from backupkit.pg.dsn import redact, split_password  # noqa: E402
 from backupkit.pg.embedded import bin_dir, temporary_server  # noqa: E402
 
-GROUPS = ("backup", "restore", "verify", "diff")
+GROUPS = ("backup", "restore", "verify", "diff", "s3")
 MB = 1_000_000
 #: Session settings for the floor's psql, the same backupkit uses, so COPY text is byte-comparable.
 PG_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3"
@@ -78,7 +86,8 @@ class Invocation:
 
     ``stdout`` receives the last member's output (None: /dev/null).  ``output``
     is a file or folder whose size is the run's output size and which is
-    deleted afterwards; ``database`` is a database sized and dropped afterwards.
+    deleted afterwards; ``database`` is a database sized and dropped afterwards;
+    ``s3_output`` a key prefix of the benchmark's S3 bucket, sized and deleted afterwards.
     """
 
     pipeline: list[list[str]]
@@ -87,6 +96,7 @@ class Invocation:
     cwd: Path | None = None
     output: Path | None = None
     database: str | None = None
+    s3_output: str | None = None
 
 
 @dataclass
@@ -214,6 +224,99 @@ def open_cluster(dsn: str | None) -> Iterator[Cluster]:
         return
     with temporary_server() as server:
         yield Cluster(server.dsn())
+
+
+# -- an S3 server (the "s3" group) ------------------------------------------------------------
+
+#: moto in server mode, in its own process (its CPU and memory are not the benchmark's):
+#: prints its port, serves until its stdin closes.
+MOTO = r"""
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+S3_BUCKET = "backupkit-bench"
+#: AWS variables of this machine that must not reach the S3 contenders (profiles, tokens, retries).
+AWS_DROPPED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+
+
+class S3Server:
+    """A local moto S3 server with one bucket; ``environ`` points boto3 (in backupkit) at it."""
+
+    def __init__(self, endpoint: str, nowhere: Path):
+        self.endpoint = endpoint
+        self.settings = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "AKIABACKUPKITBENCH00",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret-not-a-real-one",
+            "AWS_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": str(nowhere),  # not this machine's config or credentials
+            "AWS_SHARED_CREDENTIALS_FILE": str(nowhere),
+        }
+        import boto3
+
+        self.client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.settings["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.settings["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def url(self, *names: str) -> str:
+        return "/".join([f"s3://{S3_BUCKET}", *names])
+
+    def environ(self, base: dict[str, str]) -> dict[str, str]:
+        return {**{k: v for k, v in base.items() if k not in AWS_DROPPED}, **self.settings}
+
+    def _objects(self, prefix: str) -> Iterator[dict]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix=prefix + "/"):
+            yield from page.get("Contents", [])
+
+    def prefix_bytes(self, prefix: str) -> int:
+        return sum(o["Size"] for o in self._objects(prefix))
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = [{"Key": o["Key"]} for o in self._objects(prefix)]
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=S3_BUCKET, Delete={"Objects": keys[i : i + 1000], "Quiet": True})
+
+
+def moto_available() -> bool:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def open_s3(work: Path) -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 with an empty bucket, stopped afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        port = proc.stdout.readline().strip()
+        if not port.isdigit():
+            raise SystemExit("the moto S3 server did not start")
+        s3 = S3Server(f"http://127.0.0.1:{port}", work / "aws-none")
+        s3.client.create_bucket(Bucket=S3_BUCKET)
+        log(f"S3: moto server at {s3.endpoint}, bucket {S3_BUCKET}")
+        yield s3
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- tools -----------------------------------------------------------------------------------
@@ -402,6 +505,7 @@ class Fixtures:
     old: Path | None = None
     dump_dir: Path | None = None
     new: Path | None = None
+    s3_old: str | None = None  # OLD copied to the S3 server (``backupkit copy``): s3://.../<id>
 
 
 def backupkit_env(cluster: Cluster, dbname: str) -> dict[str, str]:
@@ -428,15 +532,30 @@ def take_snapshot(cluster: Cluster, tools: Tools, dbname: str, to: Path) -> Path
 
 
 def make_fixtures(
-    cluster: Cluster, tools: Tools, ds: Dataset, work: Path, groups: set[str], diff_ready: bool
+    cluster: Cluster,
+    tools: Tools,
+    ds: Dataset,
+    work: Path,
+    groups: set[str],
+    diff_ready: bool,
+    s3: S3Server | None = None,
 ) -> Fixtures:
     """Build only the inputs the selected groups need."""
     fx = Fixtures()
     snapshots = work / "fixtures" / "snapshots"
     snapshots.parent.mkdir(parents=True, exist_ok=True)
-    if groups & {"restore", "verify"} or ("diff" in groups and diff_ready):
+    if groups & {"restore", "verify"} or ("diff" in groups and diff_ready) or s3 is not None:
         log("fixture: snapshot OLD (backupkit backup -j2)")
         fx.old = take_snapshot(cluster, tools, ds.dbname, snapshots)
+    if s3 is not None and fx.old is not None:
+        log("fixture: OLD copied to S3 (backupkit copy)")
+        run_pipeline(
+            Invocation(
+                [[*tools.backupkit, "copy", str(snapshots), s3.url("fixtures"), fx.old.name]],
+                s3.environ(dict(os.environ)),
+            )
+        )
+        fx.s3_old = s3.url("fixtures", fx.old.name)
     if "restore" in groups:
         log("fixture: pg_dump -Fd -j 2")
         fx.dump_dir = work / "fixtures" / "dump.d"
@@ -470,6 +589,7 @@ class Bench:
     dataset: Dataset
     fixtures: Fixtures
     runs_dir: Path
+    s3: S3Server | None = None
 
     def fresh_path(self, tag: str) -> Path:
         path = self.runs_dir / tag
@@ -484,11 +604,14 @@ class Bench:
 
 @dataclass(frozen=True)
 class Contender:
-    """A named command; ``invoke(bench, tag)`` prepares its run (untimed) and returns it."""
+    """A named command; ``invoke(bench, tag)`` prepares its run (untimed) and returns it.
+
+    ``also``: further groups that run it (as the peer of one of theirs)."""
 
     name: str
     group: str
     invoke: Callable[[Bench, str], Invocation]
+    also: tuple[str, ...] = ()
 
 
 def _floor(b: Bench, tag: str) -> Invocation:
@@ -540,6 +663,27 @@ def _backupkit_restore(b: Bench, tag: str) -> Invocation:
     )
 
 
+def _backupkit_backup_s3(b: Bench, tag: str) -> Invocation:
+    assert b.s3 is not None
+    prefix = f"runs/{tag}"
+    b.s3.delete_prefix(prefix)
+    return Invocation(
+        [[*b.tools.backupkit, "backup", "--jobs", "2", "-q", "--to", b.s3.url(prefix)]],
+        b.s3.environ(backupkit_env(b.cluster, b.dataset.dbname)),
+        s3_output=prefix,
+    )
+
+
+def _backupkit_restore_s3(b: Bench, tag: str) -> Invocation:
+    assert b.s3 is not None and b.fixtures.s3_old is not None
+    target = _fresh_target(b, tag)
+    return Invocation(
+        [[*b.tools.backupkit, "restore", b.fixtures.s3_old, "--jobs", "2", "-q"]],
+        b.s3.environ(backupkit_env(b.cluster, target)),
+        database=target,
+    )
+
+
 def _pg_restore(b: Bench, tag: str) -> Invocation:
     target = _fresh_target(b, tag)
     bare, env = b.cluster.tool_env(target)
@@ -575,6 +719,8 @@ PG_DUMP_FD = "pg_dump -Fd -j2"
 PG_DUMP_FC = "pg_dump -Fc"
 PG_DUMP_ZSTD = "pg_dump -Fp | zstd -3"
 BK_RESTORE = "backupkit restore -j2"
+BK_BACKUP_S3 = "backupkit backup -j2 → s3:// (moto)"
+BK_RESTORE_S3 = "backupkit restore -j2 from s3:// (moto)"
 PG_RESTORE = "pg_restore -j2 (from -Fd)"
 BK_VERIFY = "backupkit verify"
 SHA256SUM = "sha256sum (same files)"
@@ -584,11 +730,13 @@ DUCKDB_SCAN = "duckdb scan (both snapshots)"
 CONTENDERS = [
     Contender(FLOOR, "floor", _floor),
     Contender(BK_BACKUP_1, "backup", _backupkit_backup(1)),
-    Contender(BK_BACKUP_2, "backup", _backupkit_backup(2)),
+    Contender(BK_BACKUP_2, "backup", _backupkit_backup(2), also=("s3",)),
+    Contender(BK_BACKUP_S3, "s3", _backupkit_backup_s3),
     Contender(PG_DUMP_FD, "backup", _pg_dump_dir),
     Contender(PG_DUMP_FC, "backup", _pg_dump_custom),
     Contender(PG_DUMP_ZSTD, "backup", _pg_dump_zstd),
-    Contender(BK_RESTORE, "restore", _backupkit_restore),
+    Contender(BK_RESTORE, "restore", _backupkit_restore, also=("s3",)),
+    Contender(BK_RESTORE_S3, "s3", _backupkit_restore_s3),
     Contender(PG_RESTORE, "restore", _pg_restore),
     Contender(BK_VERIFY, "verify", _backupkit_verify),
     Contender(SHA256SUM, "verify", _sha256sum),
@@ -612,6 +760,8 @@ PEERS: dict[str, list[str]] = {
     BK_BACKUP_1: [PG_DUMP_FC],
     BK_BACKUP_2: [PG_DUMP_FD, PG_DUMP_ZSTD],
     BK_RESTORE: [PG_RESTORE],
+    BK_BACKUP_S3: [BK_BACKUP_2],
+    BK_RESTORE_S3: [BK_RESTORE],
     BK_VERIFY: [SHA256SUM],
     BK_DIFF: [DUCKDB_SCAN],
 }
@@ -622,6 +772,9 @@ TARGETS = [
     Target(BK_BACKUP_2, FLOOR, max_ratio=1.25),
     Target(BK_BACKUP_2, None, max_rss_mb=150),
     Target(BK_RESTORE, PG_RESTORE, max_ratio=0.9),
+    # S3 (a local moto server) at >= 0.8x the throughput of local disk.
+    Target(BK_BACKUP_S3, BK_BACKUP_2, max_ratio=1.25),
+    Target(BK_RESTORE_S3, BK_RESTORE, max_ratio=1.25),
     Target(BK_VERIFY, SHA256SUM, max_ratio=1.0),
     Target(BK_DIFF, DUCKDB_SCAN, max_ratio=1.5),
 ]
@@ -669,6 +822,9 @@ def finish(bench: Bench, inv: Invocation, m: Measurement) -> None:
     if inv.database is not None:
         m.output_bytes = bench.cluster.database_bytes(inv.database)
         bench.cluster.drop_database(inv.database)
+    if inv.s3_output is not None and bench.s3 is not None:
+        m.output_bytes = bench.s3.prefix_bytes(inv.s3_output)
+        bench.s3.delete_prefix(inv.s3_output)
 
 
 def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int, warmup: int = 0) -> dict[str, Result]:
@@ -696,7 +852,7 @@ def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int, warm
                 bench.cluster.settle()
                 m = run_pipeline(inv, bench.cluster.admin_dsn)
                 finish(bench, inv, m)
-            except (RunFailed, OSError, psycopg.Error, backupkit.BackupkitError) as exc:
+            except (RunFailed, OSError, psycopg.Error, backupkit.BackupkitError, BotoCoreError, ClientError) as exc:
                 res.error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
                 log(f"[{label}] {c.name}: FAILED — {redact(str(exc), bench.cluster.admin_dsn)}")
                 if inv is not None:
@@ -835,9 +991,9 @@ LEGEND = [
     "MB = 10^6 bytes. MB/s = the dataset's COPY output (text format) ÷ median seconds, for every row alike "
     "(a common yardstick, not the bytes each tool touched). Peak RSS = ru_maxrss from wait4: for "
     "pg_dump -j / pg_restore -j the largest single process of the tree, for a pipeline the sum of its "
-    "members; server memory is not included. Output MB: backup size on disk; for restores the target "
-    "database's size. Ratios are of medians; the floor is one psql session COPYing every table to "
-    "/dev/null.",
+    "members; server memory (PostgreSQL's, the S3 server's) is not included. Output MB: backup size on "
+    "disk (in the bucket for s3://); for restores the target database's size. Ratios are of medians; "
+    "the floor is one psql session COPYing every table to /dev/null.",
 ]
 
 
@@ -979,15 +1135,31 @@ def benchmark(cluster: Cluster, tools: Tools, args: argparse.Namespace, work: Pa
     if "diff" in args.groups and not diff_ready:
         print("diff: not available", file=sys.stderr)
         notes.append("diff: not available (backupkit/diff.py does not exist yet)")
-    fixtures = make_fixtures(cluster, tools, ds, work, args.groups, diff_ready)
-    chosen = [
-        c for c in CONTENDERS if c.group == "floor" or (c.group in args.groups and (c.group != "diff" or diff_ready))
-    ]
-    bench = Bench(cluster, tools, ds, fixtures, work / "runs")
-    bench.runs_dir.mkdir(parents=True, exist_ok=True)
-    results = run_interleaved(bench, chosen, args.repeat, args.warmup)
-    if "zstd" not in Path(tools.zstd[0]).name and "backup" in args.groups:
+    groups = set(args.groups)
+    if "s3" in groups and not moto_available():
+        print("s3: not available (moto is not installed: pip install 'moto[server]')", file=sys.stderr)
+        notes.append("s3: not available (moto[server] is not installed)")
+        groups.discard("s3")
+    with contextlib.ExitStack() as stack:
+        s3 = stack.enter_context(open_s3(work)) if "s3" in groups else None
+        fixtures = make_fixtures(cluster, tools, ds, work, groups, diff_ready, s3)
+        chosen = [
+            c
+            for c in CONTENDERS
+            if c.group == "floor"
+            or ((c.group in groups or groups.intersection(c.also)) and (c.group != "diff" or diff_ready))
+        ]
+        bench = Bench(cluster, tools, ds, fixtures, work / "runs", s3)
+        bench.runs_dir.mkdir(parents=True, exist_ok=True)
+        results = run_interleaved(bench, chosen, args.repeat, args.warmup)
+    if "zstd" not in Path(tools.zstd[0]).name and "backup" in groups:
         notes.append("zstd CLI not found: pg_dump -Fp was piped into python's zstandard at level 3.")
+    if s3 is not None:
+        notes.append(
+            "s3:// rows: a moto S3 server on 127.0.0.1 (a local stand-in, in its own process, sharing the CPUs): "
+            "they measure backupkit's own S3 overhead (requests, multipart uploads, the server-side copy "
+            "that publishes a snapshot), not a network. Targets: ≤1.25× the same command on local disk."
+        )
     return summary_lines(results, ds, machine_lines(cluster, tools), args.repeat, notes, args.warmup)
 
 

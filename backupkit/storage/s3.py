@@ -362,3 +362,15 @@ class S3Storage(Storage):
         if self._head(name) is not None:
             names.append(name)
         self._delete(names)  # a snapshot's manifest first: what remains never looks complete
+        self._abort_uploads(name)
+
+    def _abort_uploads(self, prefix: str) -> None:
+        """Abort the unfinished multipart uploads under ``prefix``: a killed backup's parts are
+        stored (and billed) but listed nowhere else, so removing its folder must end them too."""
+        pages = self._client().get_paginator("list_multipart_uploads")
+        try:
+            for page in pages.paginate(Bucket=self.bucket, Prefix=self.key(prefix) + "/"):
+                for upload in page.get("Uploads", []):
+                    self._call("abort_multipart_upload", prefix, Key=upload["Key"], UploadId=upload["UploadId"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, prefix) from None
