@@ -24,6 +24,7 @@ _EXPORTS = {
     "verify": "snapshot.verify",
     "ensure_intact": "snapshot.verify",
     "VerifyReport": "snapshot.verify",
+    "age_keygen": "snapshot.encryption",
     "list_snapshots": "storage.repository",
     "resolve_snapshot": "storage.repository",
     "set_pin": "storage.repository",
@@ -52,7 +53,7 @@ _EXPORTS = {
     "LockError": "errors",
     "RetentionError": "errors",
 }
-_RENAMED = {"resolve_snapshot": "resolve"}
+_RENAMED = {"resolve_snapshot": "resolve", "age_keygen": "keygen"}
 
 __all__ = ["__version__", *_EXPORTS]
 
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .recovery.job import RestorePlan, RestoreResult, restore
     from .retention.policy import Policy, apply_policy
     from .retention.prune import PruneResult, prune
+    from .snapshot.encryption import keygen as age_keygen
     from .snapshot.verify import VerifyReport, ensure_intact, verify
     from .storage.repository import Snapshot, list_snapshots, set_pin
     from .storage.repository import resolve as resolve_snapshot

@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,17 +67,13 @@ def _human(n: float) -> str:
     return str(n)
 
 
-def _warn(msgs: Iterable[str]) -> None:
-    for m in msgs:
-        print(f"{paint('warning', stream=sys.stderr)}: {m}", file=sys.stderr)
-
-
 # -- commands -----------------------------------------------------------------------
 
 
 def cmd_backup(a: argparse.Namespace) -> int:
     from .capture.job import backup
     from .pg.dsn import resolve_dsn
+    from .snapshot.encryption import recipients_from
     from .snapshot.signing import sign_key_path
 
     res = backup(
@@ -94,12 +89,15 @@ def cmd_backup(a: argparse.Namespace) -> int:
         lock_wait_timeout=a.lock_wait_timeout,
         timeout=a.timeout,
         sign_key=sign_key_path(a.sign_key),
+        recipients=recipients_from(a.recipients),
     )
     if not a.quiet:
         signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
+        to = (res.manifest.get("encryption") or {}).get("recipients")
+        encrypted = f", encrypted to {len(to)} key{'s' if len(to) > 1 else ''}" if to else ""
         print(
             f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
-            f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}",
+            f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}{encrypted}",
             file=sys.stderr,
         )
     print(res.location)
@@ -145,11 +143,17 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    from .snapshot.encryption import identity_path
     from .snapshot.signing import public_key_path
     from .snapshot.verify import verify
     from .storage.repository import resolve
 
-    report = verify(resolve(a.snapshot), deep=a.deep, public_key=public_key_path(a.public_key))
+    report = verify(
+        resolve(a.snapshot),
+        deep=a.deep,
+        public_key=public_key_path(a.public_key),
+        identity=identity_path(a.identity),
+    )
     if a.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -173,17 +177,33 @@ def cmd_verify(a: argparse.Namespace) -> int:
                 "absent": "signed: no",
             }[report.signature]
         )
+        if report.encrypted_to:
+            print(f"encrypted: yes (age, to {', '.join(report.encrypted_to)})")
     return 0 if report.ok else SnapshotDamaged.exit_code
 
 
 def cmd_keygen(a: argparse.Namespace) -> int:
-    from .snapshot.signing import keygen
+    from .snapshot import encryption, signing
 
-    kid = keygen(a.private_key, a.public_key)
-    print(
-        f"wrote Ed25519 key {kid}: private key {a.private_key} (0600; keep it away from the backups), "
-        f"public key {a.public_key}"
-    )
+    if (a.private_key is None) != (a.public_key is None) or (a.private_key is None and a.age_identity is None):
+        raise ConfigError(
+            "keygen writes a signing key pair (give both --private-key and --public-key), "
+            "an encryption identity (--age-identity), or both"
+        )
+    if a.private_key is not None:
+        kid = signing.keygen(a.private_key, a.public_key)
+        print(
+            f"wrote Ed25519 key {kid}: private key {a.private_key} (0600; keep it away from the backups), "
+            f"public key {a.public_key}"
+        )
+    if a.age_identity is not None:
+        recipient = encryption.keygen(a.age_identity)
+        print(
+            f"wrote age identity {a.age_identity} (0600; keep it away from the backups: it decrypts them); "
+            "back up to its public key with --recipient:",
+            file=sys.stderr,
+        )
+        print(recipient)
     return 0
 
 
@@ -203,6 +223,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_restore(a: argparse.Namespace) -> int:
     from .pg.dsn import resolve_dsn
     from .recovery.job import restore
+    from .snapshot.encryption import identity_path
     from .snapshot.signing import public_key_path
     from .storage.repository import resolve
 
@@ -222,6 +243,7 @@ def cmd_restore(a: argparse.Namespace) -> int:
         lock_wait_timeout=a.lock_wait_timeout,
         timeout=a.timeout,
         public_key=public_key_path(a.public_key),
+        identity=identity_path(a.identity),
         progress=None if not a.quiet else False,
     )
     if a.json:
@@ -271,7 +293,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         tz=a.tz or "UTC",
     )
     res = prune(a.dir, policy, now=datetime.now(UTC), dry_run=a.dry_run, stale_after_hours=a.stale_after_hours)
-    _warn(res.warnings)
+    # prune logs each warning as it happens (a scheduled run's log keeps it): not twice.
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
@@ -462,6 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="sign the manifest with this Ed25519 private key (PEM, mode 0600; from "
         "`backupkit keygen`) into manifest.json.sig (default: $BACKUPKIT_SIGN_KEY)",
     )
+    b.add_argument(
+        "--recipient",
+        dest="recipients",
+        action="append",
+        metavar="AGE1KEY",
+        help="encrypt every file but the manifest to this age public key (age1…, from `backupkit keygen "
+        "--age-identity`; repeatable): only its identity can restore the snapshot "
+        "(default: $BACKUPKIT_RECIPIENTS, keys separated by spaces or commas)",
+    )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_backup)
 
@@ -480,23 +511,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="require a good signature by this Ed25519 public key (PEM) "
         "(default: $BACKUPKIT_PUBLIC_KEY; without one a signature is not checked)",
     )
+    v.add_argument(
+        "--identity",
+        type=Path,
+        metavar="FILE",
+        help="age identity file (mode 0600) to decrypt an encrypted snapshot with; only --deep needs it "
+        "(default: $BACKUPKIT_IDENTITY)",
+    )
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
-    k = sub.add_parser("keygen", help="create an Ed25519 key pair to sign snapshots with")
+    k = sub.add_parser(
+        "keygen", help="create an Ed25519 key pair to sign snapshots with, or an age identity to encrypt them to"
+    )
     k.add_argument(
         "--private-key",
-        required=True,
         type=Path,
         metavar="FILE",
-        help="where to write the private key (PEM, mode 0600; never overwritten)",
+        help="where to write the signing private key (PEM, mode 0600; never overwritten)",
     )
     k.add_argument(
         "--public-key",
-        required=True,
         type=Path,
         metavar="FILE",
-        help="where to write the public key (PEM, for verify --public-key)",
+        help="where to write the signing public key (PEM, for verify --public-key)",
+    )
+    k.add_argument(
+        "--age-identity",
+        type=Path,
+        metavar="FILE",
+        help="where to write a new age identity (mode 0600; never overwritten; for restore --identity); "
+        "its public key, for backup --recipient, is printed",
     )
     k.set_defaults(func=cmd_keygen)
 
@@ -551,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-key",
         metavar="FILE",
         help="restore only a snapshot signed by this key (default $BACKUPKIT_PUBLIC_KEY)",
+    )
+    r.add_argument(
+        "--identity",
+        type=Path,
+        metavar="FILE",
+        help="age identity file (mode 0600) of a recipient of an encrypted snapshot (default: $BACKUPKIT_IDENTITY)",
     )
     r.add_argument("--quiet", "-q", action="store_true")
     r.set_defaults(func=cmd_restore, owner=False)
@@ -695,14 +746,16 @@ def _in_flags(text: str, flags: dict[str, str], *, leading: bool) -> str:
 
 
 class _FlagsFormatter(logging.Formatter):
-    """``LEVEL: message`` with the library's parameter names shown as this command's flags."""
+    """``warning: message`` (``info:`` with -v), like the command's ``error:`` lines, with the
+    library's parameter names shown as this command's flags."""
 
     def __init__(self, flags: dict[str, str]):
-        super().__init__("%(levelname)s: %(message)s")
+        super().__init__("%(message)s")
         self.flags = flags
 
     def format(self, record: logging.LogRecord) -> str:
-        return _in_flags(super().format(record), self.flags, leading=False)
+        level = paint(record.levelname.lower(), stream=sys.stderr)
+        return f"{level}: {_in_flags(super().format(record), self.flags, leading=False)}"
 
 
 def _os_error(exc: OSError) -> BackupkitError:

@@ -25,12 +25,12 @@ def test_verbose_logs_each_step_before_or_after_the_command(small_db, tmp_path):
     for args in (("-v", "backup"), ("backup", "-v")):
         out = run_cli(*args, "--dsn", small_db, "--to", tmp_path / args[0].strip("-"))
         assert out.returncode == 0, out.stderr
-        info = [line for line in out.stderr.splitlines() if line.startswith("INFO: ")]
+        info = [line for line in out.stderr.splitlines() if line.startswith("info: ")]
         assert any("snapshot" in line and "exported" in line for line in info), out.stderr
-        assert any(line.startswith("INFO: copying ") for line in info), out.stderr
+        assert any(line.startswith("info: copying ") for line in info), out.stderr
         assert any("publishing as" in line for line in info), out.stderr
     quiet = run_cli("backup", "--dsn", small_db, "--to", tmp_path / "quiet")
-    assert "INFO:" not in quiet.stderr
+    assert "info:" not in quiet.stderr
 
 
 class _Terminal(io.StringIO):

@@ -139,7 +139,7 @@ def test_clean_replaces_existing_tables_and_says_so(small, make_db):
         conn.execute("DELETE FROM orders WHERE id < 100; UPDATE customers SET name = 'changed'")
     out = run_cli("restore", res.path, "--dsn", target, "--clean", "-q")
     assert out.returncode == 0, out.stderr
-    assert "WARNING: dropping public.orders (`--clean`)" in out.stderr
+    assert "warning: dropping public.orders (`--clean`)" in out.stderr
     assert_same(source, target)
 
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 import backupkit
+from backupkit.snapshot import encryption, model, signing
 from backupkit.snapshot import manifest as mf
-from backupkit.snapshot import model, signing
 
 ROOT = Path(__file__).parent.parent
 FIDELITY_SQL = Path(__file__).with_name("fidelity.sql")
@@ -43,7 +43,15 @@ def test_optional_keys():
     optional = {(cls.__name__, f.name) for cls in model.models() for f in model.fields(cls) if not f.required}
     assert optional == {
         ("Manifest", k)
-        for k in ("extensions", "publications", "default_privileges", "large_objects", "roles", "signed_by")
+        for k in (
+            "extensions",
+            "publications",
+            "default_privileges",
+            "large_objects",
+            "roles",
+            "encryption",
+            "signed_by",
+        )
     } | {("Table", "data_format"), ("DataFile", "text_bytes")}
 
 
@@ -93,7 +101,7 @@ def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) 
 
 @pytest.fixture(scope="module")
 def written(pg_server, tmp_path_factory) -> dict:
-    """manifest.json of a signed backup of the fidelity fixture: partitions, inheritance, enums,
+    """manifest.json of a signed, encrypted backup of the fidelity fixture: partitions, inheritance, enums,
     domains, identity and generated columns, foreign keys, indexes, forced RLS, sequences owned and
     free-standing, materialized views, extensions, publications, default privileges, large objects, roles."""
     dsn = pg_server.createdb("model")
@@ -109,6 +117,7 @@ def written(pg_server, tmp_path_factory) -> dict:
             exclude=["public.wide_table"],
             label="model",
             sign_key=root / "sign.pem",
+            recipients=[encryption.keygen(root / "age.txt")],
         )
     finally:
         pg_server.dropdb(dsn)
@@ -143,7 +152,7 @@ def test_model_catches_what_it_does_not_know(written):
     assert len(found) == 5, found
     # An old (version 1) snapshot lacks the optional keys and still fits.
     old = json.loads(json.dumps(written))
-    for k in ("extensions", "publications", "default_privileges", "large_objects", "roles", "signed_by"):
+    for k in ("extensions", "publications", "default_privileges", "large_objects", "roles", "encryption", "signed_by"):
         del old[k]
     for t in old["tables"]:
         del t["data_format"]

@@ -118,6 +118,8 @@ class Written:
     database: dict[str, Any]
     roles: list[dict[str, Any]]
     signed_by: str | None = None
+    #: The manifest's ``encryption`` (``snapshot.encryption.manifest_entry``); None: not encrypted.
+    encryption: dict[str, Any] | None = None
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:
@@ -155,6 +157,8 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
         "roles": written.roles,
         "schema_files": written.schema_files,
     }
+    if written.encryption is not None:
+        manifest["encryption"] = written.encryption
     if written.signed_by is not None:
         manifest["signed_by"] = written.signed_by
     return manifest

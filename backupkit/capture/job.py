@@ -45,8 +45,8 @@ from ..pg.schema import dump_schema
 from ..pg.tools import check_pg_dump
 from ..runtime.deadline import seconds as _seconds
 from ..runtime.signals import sigterm_as_interrupt
+from ..snapshot import encryption, signing
 from ..snapshot import manifest as mf
-from ..snapshot import signing
 from ..snapshot.datafile import BLOCK
 from ..snapshot.verify import check_jobs, verify
 from ..storage.base import Storage
@@ -124,6 +124,8 @@ class BackupOptions:
     lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT
     timeout: float | None = TIMEOUT
     key: Any = None  # an Ed25519 private key, when the snapshot is signed
+    #: Age public keys every file but the manifest is encrypted to (none: not encrypted).
+    recipients: tuple[str, ...] = ()
 
 
 def backup(
@@ -142,6 +144,7 @@ def backup(
     lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT,
     timeout: float | None = TIMEOUT,
     sign_key: Path | str | None = None,
+    recipients: Sequence[str] | None = None,
 ) -> BackupResult:
     """Back up ``dsn`` into a new snapshot of the repository ``to`` (a folder, ``file://`` URL
     or ``Storage``) and return it.
@@ -171,6 +174,14 @@ def backup(
     and records the key's id as the manifest's ``signed_by``.  The key is loaded first:
     a missing key, or one that group or others may read, is a ``ConfigError`` before
     anything is connected to or written.
+
+    ``recipients`` (age X25519 public keys, ``age1…``; see ``backupkit.snapshot.encryption``)
+    encrypts every file of the snapshot but ``manifest.json`` to them, as it is written: the
+    data files after compression, and the schema files (function bodies, defaults and large
+    objects hold data).  This host then cannot read the snapshot back; restoring it needs
+    one recipient's identity (``restore(..., identity=...)``), verifying it does not.  The
+    manifest records ``encryption``; a key that is not an age public key is a ``ConfigError``
+    before anything is connected to.
     """
     started = time.monotonic()
     options = BackupOptions(
@@ -184,6 +195,7 @@ def backup(
         lock_wait_timeout=_seconds(lock_wait_timeout, "lock_wait_timeout"),
         timeout=_seconds(timeout, "timeout"),
         key=signing.load_private_key(sign_key) if sign_key is not None else None,
+        recipients=tuple(encryption.parse_recipients(recipients or ())),
     )
     describe(dsn)  # a DSN that cannot be parsed fails before anything is created
     repository, created = _open_repository(to)
@@ -310,6 +322,7 @@ class BackupJob:
                 self.options.progress,
                 keepalive=keepalive,
                 stopper=self.watchdog.stopper,
+                recipients=self.options.recipients,
             )
             log.info(
                 "data: %d rows in %.1f s", sum(f.rows for fs in tables.values() for f in fs), time.monotonic() - step
@@ -326,6 +339,7 @@ class BackupJob:
                 database,
                 self._roles(main, database, schema_sql),
                 signing.key_id(self.options.key.public_key()) if self.options.key else None,
+                encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
             )
             result = self._seal(sid, build_manifest(moment, self.options.selection, written))
             if moment.hidden:
@@ -426,7 +440,10 @@ class BackupJob:
         scratch space, then into the snapshot, hashed on the way; the file entries and the SQL."""
         selection = self.options.selection
         # Next to a local repository, not in /tmp: the archive holds the large objects' data.
-        near = self.repository.root if isinstance(self.repository, LocalStorage) else None
+        # Not when encrypting: then no plain byte is written where the snapshots are.
+        near = None
+        if isinstance(self.repository, LocalStorage) and not self.options.recipients:
+            near = self.repository.root
         with scratch(f"{TMP_PREFIX}schema-", near=near) as tmp:
             try:
                 rels = dump_schema(
@@ -460,16 +477,22 @@ class BackupJob:
         return exc
 
     def _upload(self, source: Storage, rel: str) -> dict[str, Any]:
-        """Copy file ``rel`` of ``source`` into the snapshot being written; its manifest entry."""
+        """Copy file ``rel`` of ``source`` into the snapshot being written (encrypted to the
+        recipients, if any); its manifest entry, of the bytes stored."""
         assert self.staging is not None
-        sha = hashlib.sha256()
-        size = 0
+        recipients = self.options.recipients
         with source.open(rel) as src, self.repository.create(self.staging.key(rel)) as dst:
-            while block := src.read(BLOCK):
-                sha.update(block)
-                size += len(block)
-                dst.write(block)
-        return {"path": rel, "bytes": size, "sha256": sha.hexdigest()}
+            if recipients:
+                size, digest = encryption.encrypt_file(src, dst, recipients)
+            else:
+                sha = hashlib.sha256()
+                size = 0
+                while block := src.read(BLOCK):
+                    sha.update(block)
+                    size += len(block)
+                    dst.write(block)
+                digest = sha.hexdigest()
+        return {"path": rel, "bytes": size, "sha256": digest}
 
     def _roles(self, main: psycopg.Connection, database: dict[str, Any], schema_sql: str) -> list[dict[str, Any]]:
         """The roles the snapshot's SQL, ACLs and owners name, with their attributes."""

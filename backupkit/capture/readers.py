@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import threading
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -95,13 +96,19 @@ def plan(tables: list[dict], stems: dict[str, str], chunk_bytes: int, server_ver
 
 
 def _copy_item(
-    conn: psycopg.Connection, item: Item, target: SnapshotLocation, spec: SessionSpec | None = None
+    conn: psycopg.Connection,
+    item: Item,
+    target: SnapshotLocation,
+    spec: SessionSpec | None = None,
+    recipients: tuple[str, ...] = (),
 ) -> FileResult:
     partial = not item.table["rls"]["bypassed"]
     try:
         if partial:  # --allow-partial: take the rows RLS shows instead of failing
             conn.execute("SELECT pg_catalog.set_config('row_security', 'on', false)")
-        res = copy_out(conn, copy_source(item.table, item.pages), target.storage, target.key(item.rel), item.rel)
+        res = copy_out(
+            conn, copy_source(item.table, item.pages), target.storage, target.key(item.rel), item.rel, recipients
+        )
         if partial:
             conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
     except psycopg.errors.LockNotAvailable:
@@ -130,11 +137,11 @@ def _init_process(session: SessionSpec, snapshot: str, parent_pid: int) -> None:
         _process_error = exc
 
 
-def _run_in_process(item: Item, target: SnapshotLocation) -> FileResult:
+def _run_in_process(item: Item, target: SnapshotLocation, recipients: tuple[str, ...] = ()) -> FileResult:
     if _process_error is not None:
         raise _process_error
     assert _process_conn is not None  # set by _init_process whenever _process_error is not
-    return _copy_item(_process_conn, item, target, _process_spec)
+    return _copy_item(_process_conn, item, target, _process_spec, recipients)
 
 
 class _Progress:
@@ -166,9 +173,11 @@ def copy_all(
     *,
     keepalive: KeepAlive | None = None,
     stopper: Stopper | None = None,
+    recipients: Sequence[str] = (),
 ) -> dict[str, list[FileResult]]:
     """Run every item with ``jobs`` workers, writing into ``target`` (the snapshot being made);
-    results per table, chunks in order.
+    results per table, chunks in order.  With ``recipients`` (age public keys) every data
+    file is encrypted to them (``pg.copyio.copy_out``).
 
     ``stopper.stop()`` (another thread: the run's timeout) kills the worker processes and
     cancels the in-process queries; this then raises.
@@ -176,7 +185,15 @@ def copy_all(
     spec = session if isinstance(session, SessionSpec) else SessionSpec(session)
     show = wanted(progress)
     own_keepalive = keepalive is None
-    run = _CopyRun(spec, snapshot, target, _Progress(items, show), keepalive or KeepAlive(), stopper or Stopper())
+    run = _CopyRun(
+        spec,
+        snapshot,
+        target,
+        _Progress(items, show),
+        keepalive or KeepAlive(),
+        stopper or Stopper(),
+        tuple(recipients),
+    )
     big = sum(it.table["relation_bytes"] for it in items if it.n == 0) > PROCESS_THRESHOLD
     try:
         if jobs > 1 and len(items) > 1 and big:
@@ -218,6 +235,8 @@ class _CopyRun:
     progress: _Progress
     keepalive: KeepAlive
     stopper: Stopper
+    #: Age public keys every data file is encrypted to (none: not encrypted).
+    recipients: tuple[str, ...] = ()
     results: dict[tuple[str, int], FileResult] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
     #: Set when streams must take no more work: an error, Ctrl-C or the run's timeout.
@@ -264,7 +283,7 @@ class _CopyRun:
                     it = work.get_nowait()
                 except queue.Empty:
                     return
-                self.record(it, _copy_item(conn, it, self.target, self.session))
+                self.record(it, _copy_item(conn, it, self.target, self.session, self.recipients))
         except BaseException as exc:
             self.errors.append(exc)
             self.stop.set()
@@ -364,7 +383,7 @@ class _CopyRun:
                     it = work.get_nowait()
                 except queue.Empty:
                     break
-                running[pool.submit(_run_in_process, it, self.target)] = it
+                running[pool.submit(_run_in_process, it, self.target, self.recipients)] = it
             if not running:
                 return
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -4,11 +4,14 @@ Data never sits whole in memory: rows are gathered into blocks of about
 ``BLOCK`` bytes, compressed and hashed as they go. Each block becomes one
 zstd frame; a data file is the frames one after another, which ``zstd -d``,
 DuckDB and python-zstandard (with ``read_across_frames=True``) read as one stream.
+In an encrypted snapshot the frames are one age stream (``snapshot.encryption``),
+decrypted by ``iter_blocks`` before they are decompressed.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -19,6 +22,7 @@ from psycopg import pq, sql
 from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import BLOCK, iter_blocks
+from ..snapshot.encryption import encrypt_blocks
 from ..snapshot.formats import DataFormat
 from ..storage.base import Storage
 
@@ -36,8 +40,9 @@ def copy_options(data_format: DataFormat, *, freeze: bool = False) -> sql.Compos
 
 @dataclass
 class FileResult:
-    """What was written: relative path, compressed bytes, SHA-256 of those bytes, rows,
-    and the bytes of COPY text they hold (what a restore has to load)."""
+    """What was written: relative path, stored bytes (compressed, and encrypted when the
+    snapshot is), SHA-256 of those bytes, rows, and the bytes of COPY text they hold (what a
+    restore has to load)."""
 
     path: str
     bytes: int
@@ -132,30 +137,52 @@ def _error(res, conn: psycopg.Connection) -> psycopg.Error:
     return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
 
 
-def copy_out(conn: psycopg.Connection, statement: sql.Composable, storage: Storage, name: str, rel: str) -> FileResult:
+def copy_out(
+    conn: psycopg.Connection,
+    statement: sql.Composable,
+    storage: Storage,
+    name: str,
+    rel: str,
+    recipients: Sequence[str] = (),
+) -> FileResult:
     """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into the new file
     ``name`` of ``storage`` (durable when this returns); ``rel`` is its path inside the snapshot.
+
+    With ``recipients`` (age public keys) the frames are encrypted to them on the way, as one
+    age stream (``snapshot.encryption.encrypt_blocks``), and the size and SHA-256 are those
+    of the encrypted bytes, the bytes stored.
 
     Compression runs in this thread, between reads: a separate compressing
     thread costs more in hand-overs (GIL, queue) than it wins by overlapping,
     measured on two cores with one and with two jobs (benchmarks/RESULTS.md).
+    Encryption too: pyrage pulls each frame as it needs it.
     The connection's lock is held throughout, as psycopg's own calls hold it, so
     no other thread (the backup's keep-alive) sends a query into the COPY.
     """
     rows: list[int] = []
     compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
-    sha = hashlib.sha256()
-    size = text_bytes = 0
-    with storage.create(name) as out, conn.lock:
+    text_bytes = 0
+
+    def frames() -> Iterator[bytes]:
+        nonlocal text_bytes
         for block in _receive(conn, statement, rows):
             # One frame per block: one-shot compression reads the block in place,
             # where a streaming compressor first copies it into its window.
-            frame = compress(block)
-            sha.update(frame)
-            size += len(frame)
             text_bytes += len(block)
-            out.write(frame)
-    return FileResult(rel, size, sha.hexdigest(), rows[0], text_bytes)
+            yield compress(block)
+
+    with storage.create(name) as out, conn.lock:
+        if recipients:
+            size, digest = encrypt_blocks(frames(), out, recipients)
+        else:
+            sha = hashlib.sha256()
+            size = 0
+            for frame in frames():
+                sha.update(frame)
+                size += len(frame)
+                out.write(frame)
+            digest = sha.hexdigest()
+    return FileResult(rel, size, digest, rows[0], text_bytes)
 
 
 def copy_in(

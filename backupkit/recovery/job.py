@@ -24,13 +24,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError, RestoreError
+from ..errors import ConfigError, RestoreError, SnapshotError
 from ..pg.copyio import copy_in
 from ..pg.dsn import connect, describe
 from ..runtime.deadline import Deadline
 from ..runtime.deadline import seconds as _seconds
 from ..runtime.progress import wanted
 from ..runtime.signals import sigterm_as_interrupt
+from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..snapshot.verify import check_jobs, ensure_intact
 from ..storage.location import SnapshotLocation, locate
@@ -69,6 +70,7 @@ def restore(
     lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT,
     timeout: float | None = None,
     public_key: Path | str | None = None,
+    identity: encryption.IdentityArg | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot`` (a folder, or a ``SnapshotLocation``) into the database at ``dsn``
     and return what was done.
@@ -77,7 +79,12 @@ def restore(
     so a restore into a live database never queues the application's queries behind
     it for long; ``timeout`` (default: none) bounds the whole run, which is then
     rolled back or undone like any failure.  With ``public_key`` the snapshot must also
-    carry a valid signature by that key (``backup(..., sign_key=...)``).
+    carry a valid signature by that key (``backup(..., sign_key=...)``).  An encrypted
+    snapshot (``backup(..., recipients=...)``) needs ``identity``: the path of an age
+    identity file (or pyrage identities) of one of its recipients; without it, or with
+    another key, a ``ConfigError`` says so before anything is read or changed.  The
+    schema archives are decrypted into private scratch space for pg_restore, the data
+    files as they stream into COPY.
 
     The snapshot is verified first; a damaged one restores nothing.  The target
     must not already have the snapshot's tables unless ``clean`` (drop them
@@ -93,7 +100,12 @@ def restore(
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
     lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "lock_wait_timeout"), _seconds(timeout, "timeout")
     location = locate(snapshot)
+    try:  # the key is checked first: hashing a large snapshot only to refuse it takes long
+        encryption.check_identity(location, mf.read(location), identity)
+    except SnapshotError:
+        pass  # a snapshot that cannot be read: ensure_intact says why
     manifest = ensure_intact(location, public_key=public_key)
+    location = encryption.unlock(location, manifest, identity)
     request = Request(tuple(tables), tuple(schemas), with_dependencies, schema_only, data_only, clean, create_roles)
     found = survey(location, manifest, dsn, request)
     plan = found.plan
@@ -183,12 +195,13 @@ def _render(
 ) -> Scripts:
     """The scripts of the planned restore; what they left out or add is recorded on the plan."""
     plan = found.plan
-    storage = location.storage
-    with contextlib.ExitStack() as archives:  # pg_restore reads the archives from files on this machine
-        dump = archives.enter_context(storage.local_path(location.key(mf.DUMP)))
+    # pg_restore reads the archives from files on this machine (decrypted into scratch space
+    # when the snapshot is encrypted).
+    with contextlib.ExitStack() as archives:
+        dump = archives.enter_context(encryption.local_path(location, mf.DUMP))
         database = None
         if found.database is not None:
-            database = (archives.enter_context(storage.local_path(location.key(mf.DATABASE_DUMP))), found.database)
+            database = (archives.enter_context(encryption.local_path(location, mf.DATABASE_DUMP)), found.database)
         scripts, notes = build_scripts(
             dsn,
             dump,

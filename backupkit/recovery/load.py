@@ -20,6 +20,7 @@ from ..errors import BackupkitError, RestoreError
 from ..pg.copyio import copy_in
 from ..pg.dsn import connect, redact
 from ..runtime.progress import byte_bar
+from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from .database_scripts import restore_large_objects
@@ -139,7 +140,7 @@ class LoadRun:
         """Create the snapshot's large objects and stream their data in (pg_restore's data section)."""
         if self.scripts.large_objects:
             where = self.snapshot
-            with where.storage.local_path(where.key(mf.DATABASE_DUMP)) as dump:
+            with encryption.local_path(where, mf.DATABASE_DUMP) as dump:
                 restore_large_objects(conn, dump, self.scripts.large_objects, no_owner=not self.scripts.owner)
 
     def sequences_and_matviews(self, conn: psycopg.Connection) -> None:

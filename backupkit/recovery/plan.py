@@ -26,6 +26,7 @@ from ..pg.platform import problems as platform_problems
 from ..pg.rows import one_row
 from ..pg.schema import TocEntry, render, toc
 from ..runtime.deadline import Deadline
+from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import mark as restore_mark
@@ -233,7 +234,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
         entries: list[TocEntry] = []
         if not request.data_only:
-            with location.storage.local_path(location.key(mf.DUMP)) as dump:
+            with encryption.local_path(location, mf.DUMP) as dump:
                 entries = wanted_entries(
                     toc(dump), manifest, rebuilt, full, conn, platform, schemas=schemas, tables_named=bool(tables)
                 )
@@ -298,7 +299,7 @@ def _plan_database(
 ) -> DatabasePlan:
     """The database archive's entries this restore runs (see ``plan_database``)."""
     chosen = plan.tables
-    with location.storage.local_path(location.key(mf.DATABASE_DUMP)) as db_dump:
+    with encryption.local_path(location, mf.DATABASE_DUMP) as db_dump:
         db_entries = toc(db_dump)
         return plan_database(
             db_entries,

@@ -18,7 +18,7 @@ from ..errors import SnapshotDamaged, SnapshotError
 from ..storage.base import NotAPlainFile
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
-from . import formats
+from . import encryption, formats
 from . import manifest as mf
 from .formats import DataFormat
 
@@ -30,44 +30,96 @@ def iter_blocks(
 ) -> Iterator[bytes]:
     """Yield the decompressed content of data file ``rel`` of a snapshot in blocks.
 
-    With ``expected_sha256`` the compressed bytes are hashed as they are read and
+    With ``expected_sha256`` the stored bytes are hashed as they are read and
     a mismatch raises SnapshotDamaged after the last block, so a caller inside
     a transaction can roll back what it loaded.
+
+    A snapshot ``encryption.unlock`` gave (one that carries identities) is
+    decrypted after the stored bytes are hashed, then decompressed; an
+    encrypted file read through any other location raises the ConfigError
+    that says to pass ``identity`` (``encryption.locked``).
     """
-    with mf.open_file(snapshot, rel) as raw:
-        yield from _decompressed(raw, rel, expected_sha256, size)
+    location = locate(snapshot)
+    with mf.open_file(location, rel) as raw:
+        yield from _decompressed(raw, rel, expected_sha256, size, location)
 
 
 def iter_file_blocks(path: Path, expected_sha256: str | None = None, size: int = BLOCK) -> Iterator[bytes]:
-    """``iter_blocks`` for a data file given by its path on this machine."""
+    """``iter_blocks`` for a data file given by its path on this machine (never encrypted)."""
     path = Path(path)
     with LocalStorage(path.parent).open(path.name) as raw:
         yield from _decompressed(raw, path.name, expected_sha256, size)
 
 
-def _decompressed(raw: BinaryIO, rel: str, expected_sha256: str | None, size: int) -> Iterator[bytes]:
-    sha = hashlib.sha256()
+class _Stored:
+    """The stored bytes of a file as they are read, hashed; ``peek`` reads its start ahead."""
 
-    class _Hashing:
-        def read(self, n: int = -1) -> bytes:
-            data = raw.read(n)
-            sha.update(data)
-            return data
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self._ahead = b""
 
-    reader = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, _Hashing()), read_across_frames=True)
-    while True:
-        block = reader.read(size)
-        if not block:
-            break
-        yield block
-    # Hash any tail the decompressor did not need to read.
-    while raw_tail := raw.read(size):
-        sha.update(raw_tail)
-    if expected_sha256 is not None and sha.hexdigest() != expected_sha256:
-        name = rel.rsplit("/", 1)[-1]
-        raise SnapshotDamaged(
-            f"{name} changed while it was being read (checksum mismatch)", [f"{name}: checksum mismatch"]
-        )
+    def _read(self, n: int) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+    def peek(self, n: int) -> bytes:
+        self._ahead += self._read(n - len(self._ahead))
+        return self._ahead
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._ahead:
+            return self._read(n)
+        if n is None or n < 0:
+            data, self._ahead = self._ahead + self._read(-1), b""
+        else:
+            data, self._ahead = self._ahead[:n], self._ahead[n:]
+        return data
+
+
+def _decompressed(
+    raw: BinaryIO, rel: str, expected_sha256: str | None, size: int, location: SnapshotLocation | None = None
+) -> Iterator[bytes]:
+    stored = _Stored(raw)
+    identities = encryption.identities_of(location) if location is not None else None
+    if identities is None and encryption.is_sealed(stored.peek(len(encryption.MAGIC))):
+        raise encryption.locked(location)
+    plain = encryption.open_plain(stored, identities, rel) if identities is not None else None
+    try:
+        source = cast(BinaryIO, plain if plain is not None else stored)
+        reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+        while True:
+            block = reader.read(size)
+            if not block:
+                break
+            yield block
+    except SnapshotDamaged:  # bytes that do not decrypt: changed since the manifest, or not ours
+        if plain is not None:
+            plain.close()  # the decrypting thread has ended: the rest of the stored bytes are ours to hash
+        if expected_sha256 is not None and _rest_sha256(stored, size) != expected_sha256:
+            raise _changed(rel) from None
+        raise
+    finally:
+        if plain is not None:
+            plain.close()
+    if expected_sha256 is not None and _rest_sha256(stored, size) != expected_sha256:
+        raise _changed(rel)
+
+
+def _rest_sha256(stored: _Stored, size: int) -> str:
+    """The SHA-256 of all the stored bytes: those not read yet are read now (any tail the
+    decompressor did not need, or what a failed decryption left)."""
+    while stored.read(size):
+        pass
+    return stored.sha.hexdigest()
+
+
+def _changed(rel: str) -> SnapshotDamaged:
+    name = rel.rsplit("/", 1)[-1]
+    return SnapshotDamaged(
+        f"{name} changed while it was being read (checksum mismatch)", [f"{name}: checksum mismatch"]
+    )
 
 
 def count_rows_in(snapshot: mf.SnapshotArg, rel: str, data_format: DataFormat = formats.DEFAULT) -> int:
@@ -112,7 +164,8 @@ def data_path(folder: mf.SnapshotArg, entry: dict) -> Path:
     Raises SnapshotDamaged when the entry's path is not a relative path to a regular
     file inside the snapshot (absolute, ``..``, a symlink, not a string), so that no
     reader follows a manifest out of its snapshot.  For tools that read files by
-    path (DuckDB); the snapshot must be in a local folder.
+    path (DuckDB); the snapshot must be in a local folder.  An encrypted file (an age
+    file: DuckDB cannot read it) raises the SnapshotError ``encryption.not_for_lens``.
     """
     location = locate(folder)
     rel = entry.get("path") if isinstance(entry, dict) else None
@@ -120,11 +173,16 @@ def data_path(folder: mf.SnapshotArg, entry: dict) -> Path:
     if why or not isinstance(rel, str):
         raise _damaged(location, f"{rel!r} is not a plain relative path inside the snapshot")
     try:
-        mf.open_file(location, rel).close()
+        with mf.open_file(location, rel) as f:
+            head = f.read(len(encryption.MAGIC))
     except SnapshotDamaged as exc:
         if exc.problems and exc.problems[0].startswith("missing file"):
             return location.path.resolve() / rel  # reported by whoever opens it
         raise _damaged(location, f"{rel} is a symlink or leaves the snapshot") from None
+    except OSError as exc:
+        raise mf.unreadable(location.where(rel), exc) from None
+    if encryption.is_sealed(head):  # DuckDB would read age bytes as a broken zstd file
+        raise encryption.not_for_lens(location)
     return location.path.resolve() / rel
 
 

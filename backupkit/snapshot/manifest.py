@@ -212,10 +212,13 @@ def validate(manifest: dict) -> list[str]:
     ``schema``/``name``, a count ``rows`` and a list ``files``; ``schema_files`` (when
     present) a list; every file entry an object with a contained ``path`` (``check_path``),
     a size ``bytes``, a hex ``sha256`` and, for data files, an optional count ``rows``;
-    no path listed twice.  Called by ``read``, so list, verify, restore, diff, sql and
-    prune all refuse the same malformed manifests the same way.
+    no path listed twice; ``encryption`` (when present) of a scheme this backupkit reads.
+    Called by ``read``, so list, verify, restore, diff, sql and prune all refuse the same
+    malformed manifests the same way.
     """
-    problems = []
+    from . import encryption  # lazily: it imports this module
+
+    problems = encryption.problems(manifest)
     created = manifest.get("created_at")
     try:
         datetime.fromisoformat(created)  # type: ignore[arg-type]
@@ -291,7 +294,8 @@ def read_member(snapshot: SnapshotArg, rel: str, limit: int) -> bytes | None:
     """The bytes of plain file ``rel`` of a snapshot, or None when it is absent.
 
     ``SnapshotDamaged`` when it is a link, not a regular file, or larger than
-    ``limit``; ``SnapshotError`` when it cannot be read.
+    ``limit``; ``SnapshotError`` when it cannot be read, or is encrypted (an age file:
+    ``encryption.not_for_lens``; readers of plain text cannot decrypt it).
     """
     location = locate(snapshot)
     try:
@@ -307,6 +311,10 @@ def read_member(snapshot: SnapshotArg, rel: str, limit: int) -> bytes | None:
         raise unreadable(location.where(rel), exc) from None
     if len(data) > limit:
         raise SnapshotDamaged(f"{rel} is implausibly large", [f"{rel} is implausibly large"])
+    from . import encryption  # lazily: it imports this module
+
+    if encryption.is_sealed(data):  # the plain text a caller wants is not here without a key
+        raise encryption.not_for_lens(location)
     return data
 
 

@@ -72,8 +72,8 @@ class DataFile(TypedDict):
     """
 
     path: Annotated[str, "`data/<schema>.<table>.<NNNN><suffix>`, relative to the snapshot folder."]
-    bytes: Annotated[int, "Size of the stored (compressed) file."]
-    sha256: Annotated[str, "SHA-256 of the stored bytes, lowercase hex."]
+    bytes: Annotated[int, "Size of the stored file (compressed; and encrypted, in an encrypted snapshot)."]
+    sha256: Annotated[str, "SHA-256 of the stored bytes (encrypted ones, in an encrypted snapshot), lowercase hex."]
     rows: Annotated[int, "Rows the file holds (`verify --deep` recounts them)."]
     text_bytes: NotRequired[
         Annotated[
@@ -112,8 +112,8 @@ class SchemaFile(TypedDict):
     """One entry of ``schema_files``."""
 
     path: Annotated[str, "`schema/<name>`, relative to the snapshot folder."]
-    bytes: Annotated[int, "Size of the file."]
-    sha256: Annotated[str, "SHA-256 of the file's bytes, lowercase hex."]
+    bytes: Annotated[int, "Size of the stored file (encrypted, in an encrypted snapshot)."]
+    sha256: Annotated[str, "SHA-256 of the stored bytes, lowercase hex."]
 
 
 class Sequence(TypedDict):
@@ -214,6 +214,21 @@ class Role(TypedDict):
     bypassrls: Annotated[bool, "BYPASSRLS."]
 
 
+class Encryption(TypedDict):
+    """The manifest's ``encryption``: present only in an encrypted snapshot (``backup --recipient``).
+
+    Every file but ``manifest.json`` and ``manifest.json.sig`` is then an age file
+    (binary age-encryption.org/v1, X25519) encrypted to every recipient: a data file's
+    zstd frames as one age stream, a schema file's bytes as they are.  Its entry's
+    ``bytes`` and ``sha256`` are of the encrypted bytes, so `verify` needs no key.
+    """
+
+    scheme: Annotated[Literal["age"], "How the files are encrypted: `age` (age-encryption.org/v1)."]
+    recipients: Annotated[
+        list[str], "The age X25519 public keys (`age1…`) the files are encrypted to; any one's identity decrypts them."
+    ]
+
+
 class Manifest(TypedDict):
     """The top level of ``manifest.json``."""
 
@@ -255,6 +270,9 @@ class Manifest(TypedDict):
         Annotated[list[Role], "The roles the snapshot names that exist on the source (absent before 2026-12)."]
     ]
     schema_files: Annotated[list[SchemaFile], "The files under `schema/`, sorted by path."]
+    encryption: NotRequired[
+        Annotated[Encryption, "Only in an encrypted snapshot: how, and to whom, its files are encrypted."]
+    ]
     signed_by: NotRequired[
         Annotated[str, "Id of the key that signed `manifest.json.sig` (16 hex digits); only in signed snapshots."]
     ]
@@ -376,7 +394,7 @@ outside it, in `DIR/.pins/<id>`).
 
 ```
 20261125T132200.123Z-before-migration/
-├── manifest.json          # everything below, with sizes and SHA-256
+├── manifest.json          # everything below, with sizes and SHA-256 (never encrypted)
 ├── manifest.json.sig      # only with backup --sign-key: Ed25519 signature of manifest.json
 ├── schema/
 │   ├── schema.dump        # pg_dump --schema-only -Fc of the backed-up schemas (restore source, TOC-filterable)
@@ -393,7 +411,7 @@ A snapshot holds exactly the files its manifest lists, plus `manifest.json` and
 `manifest.json.sig`; `verify` reports any other file, and any link or special file,
 as damage. Every listed file comes with its size and the SHA-256 of its stored
 bytes (for a data file: the compressed bytes), so a file can be checked without
-decompressing it.
+decompressing it (or, in an encrypted snapshot, decrypting it).
 
 `schema.dump` is `pg_dump --schema-only --schema=...` for the schemas (and
 `--table`/`--exclude-table` choices) of the backup. A schema-filtered pg_dump
@@ -442,6 +460,21 @@ command still reads, verifies, restores and diffs them. The text format replaced
 CSV because PostgreSQL writes it 15–20% faster and loads it 15–35% faster
 (measured on the benchmark tables), and backup and restore are bound by the
 server's CPU.
+
+## Encryption
+
+A snapshot taken with `backup --recipient age1…` (or `$BACKUPKIT_RECIPIENTS`) has
+every file but `manifest.json` and `manifest.json.sig` encrypted with
+[age](https://age-encryption.org/v1) to those X25519 public keys: the data files
+after compression (their zstd frames as one age stream: `age -d -i KEY FILE | zstd -d`
+gives the COPY text), and the schema files too, since function bodies, column
+defaults and large objects hold data. The host that backs up needs only the public
+keys, so it cannot read what it wrote. The manifest stays plain JSON (names, types,
+row counts and sizes, no row values), so `list`, `prune`, `copy` and `verify` work
+without a key; its `encryption` says how and to whom, and each file's `bytes` and
+`sha256` are those of the stored, encrypted bytes. `restore` and `verify --deep`
+need an identity (`--identity FILE`, `$BACKUPKIT_IDENTITY`: age-keygen's format,
+mode 0600) of one of the recipients; `diff` and `sql` refuse encrypted snapshots.
 
 ## Versions
 

@@ -56,11 +56,26 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _read_key_file(path: Path, what: str, *, private: bool) -> bytes:
+def read_key_file(
+    path: Path,
+    what: str,
+    *,
+    private: bool,
+    why: str = "anyone with it can sign forgeries",
+    limit: int = _MAX_KEY_BYTES,
+    make: str = "create a key pair with `backupkit keygen`",
+) -> bytes:
+    """The bytes of key file ``path`` (at most ``limit``); ConfigError when it is missing, not a
+    regular file, too large or (``private``) readable or writable by group or others.
+
+    Shared by the signing keys and the age identities (``backupkit.snapshot.encryption``):
+    every key file backupkit reads is read here.  ``why`` ends the hint of the refusal of a
+    private key others may read; ``make`` is the hint for a missing file.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ConfigError(f"no {what} at {path}", hint="create a key pair with `backupkit keygen`") from None
+        raise ConfigError(f"no {what} at {path}", hint=make) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as f:
@@ -70,11 +85,11 @@ def _read_key_file(path: Path, what: str, *, private: bool) -> bytes:
         if private and st.st_mode & 0o077:
             raise ConfigError(
                 f"the {what} {path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):04o})",
-                hint=f"chmod 600 {path}; keep it away from the backups (anyone with it can sign forgeries)",
+                hint=f"chmod 600 {path}; keep it away from the backups ({why})",
             )
-        data = f.read(_MAX_KEY_BYTES + 1)
-    if len(data) > _MAX_KEY_BYTES:
-        raise ConfigError(f"the {what} {path} is too large to be an Ed25519 key")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"the {what} {path} is too large to be a key file (over {limit} bytes)")
     return data
 
 
@@ -82,7 +97,7 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     """The Ed25519 private key in PEM file ``path``; ConfigError when it is missing, not
     such a key, or readable or writable by group or others."""
     path = Path(path)
-    data = _read_key_file(path, "signing key", private=True)
+    data = read_key_file(path, "signing key", private=True)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):  # the message is the library's; it never contains the key
@@ -97,7 +112,7 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
     """The Ed25519 public key in PEM file ``path``; ConfigError when it is not one."""
     path = Path(path)
-    data = _read_key_file(path, "public key", private=False)
+    data = read_key_file(path, "public key", private=False)
     if b"PRIVATE KEY" in data:
         raise ConfigError(
             f"{path} holds a private key, not a public key",
@@ -115,7 +130,9 @@ def load_public_key(path: Path | str) -> Ed25519PublicKey:
     return key
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create key file ``path`` holding ``data`` with ``mode`` whatever the umask, durably;
+    FileExistsError when it exists (a key is never overwritten)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         os.fchmod(fd, mode)  # whatever the umask
@@ -147,7 +164,7 @@ def keygen(private_key: Path | str, public_key: Path | str) -> str:
     written: list[Path] = []
     try:
         for path, data, mode in ((private_key, pem, 0o600), (public_key, pub, 0o644)):
-            _write_new(path, data, mode)
+            write_new(path, data, mode)
             written.append(path)
     except FileExistsError as exc:
         for p in written:

@@ -15,9 +15,10 @@ import zstandard
 
 from ..errors import ConfigError, SnapshotDamaged, SnapshotNotFound
 from ..storage.location import SnapshotLocation, locate
-from . import formats
+from . import encryption, formats
 from . import manifest as mf
 from .datafile import count_rows_in, file_sha256
+from .encryption import IdentityArg
 from .formats import DataFormat
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class VerifyReport:
     signature: str = "absent"
     #: Id of the public key a valid signature was checked with (``signing.key_id``).
     key_id: str | None = None
+    #: The age recipients an encrypted snapshot's files are encrypted to; None: not encrypted.
+    encrypted_to: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,6 +70,7 @@ class VerifyReport:
             "signed": self.signed,
             "signature": self.signature,
             "key_id": self.key_id,
+            "encrypted_to": self.encrypted_to,
         }
 
 
@@ -111,6 +115,8 @@ def _check_file(
             found = count_rows_in(location, rel, data_format)
         except zstandard.ZstdError as exc:
             return [f"{rel}: cannot be decompressed ({exc})"]
+        except SnapshotDamaged as exc:  # an encrypted file that does not decrypt
+            return exc.problems or [str(exc)]
         except OSError as exc:
             raise mf.unreadable(location.where(rel), exc) from None
         if found != rows:
@@ -212,6 +218,7 @@ def verify(
     deep: bool = False,
     jobs: int | None = None,
     public_key: Ed25519PublicKey | str | Path | None = None,
+    identity: IdentityArg | None = None,
 ) -> VerifyReport:
     """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
 
@@ -232,6 +239,12 @@ def verify(
     ``public_key`` a signature file is accepted (it must be a plain, well-formed file
     inside the snapshot) but not checked: ``report.signature == "unchecked"``.  A
     bad key file raises ``ConfigError`` before anything is read.
+
+    An encrypted snapshot (see ``backupkit.snapshot.encryption``) is checked without any
+    key: the hashes are of the stored, encrypted bytes.  Only ``deep`` (recounting rows
+    means decrypting) needs ``identity``, an age identity file of one of its recipients;
+    without it, or with another key, ``deep`` raises ``ConfigError`` before anything is
+    hashed.  ``report.encrypted_to`` lists the recipients.
 
     Raises ``SnapshotNotFound`` when there is no folder and ``SnapshotError`` when a
     file or folder of the snapshot cannot be read (permissions): an unreadable
@@ -257,6 +270,9 @@ def verify(
     except SnapshotDamaged as exc:
         report.problems.extend(exc.problems or [str(exc)])
         return report
+    report.encrypted_to = encryption.recipients_of(m)
+    if deep:  # recounting rows reads them: an encrypted snapshot's need its identity
+        location = encryption.unlock(location, m, identity)
     if m.get("manifest_sha256") != mf.digest(m):
         report.problems.append("manifest.json was edited after the backup (its checksum does not match)")
     # mf.read validated the shape: every entry has a contained path, a size and a hash.
@@ -276,11 +292,15 @@ def verify(
 
 
 def ensure_intact(
-    snapshot: mf.SnapshotArg, *, deep: bool = False, public_key: Ed25519PublicKey | str | Path | None = None
+    snapshot: mf.SnapshotArg,
+    *,
+    deep: bool = False,
+    public_key: Ed25519PublicKey | str | Path | None = None,
+    identity: IdentityArg | None = None,
 ) -> dict:
     """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem
     (with ``public_key``, a missing or bad signature is one; see ``verify``)."""
-    report = verify(snapshot, deep=deep, public_key=public_key)
+    report = verify(snapshot, deep=deep, public_key=public_key, identity=identity)
     if not report.ok:
         raise SnapshotDamaged(
             f"snapshot {locate(snapshot).name} is damaged: "
