@@ -65,7 +65,7 @@ import backupkit  # noqa: E402  (the checkout being benchmarked, not an installe
 from backupkit.pg.dsn import redact, split_password  # noqa: E402
 from backupkit.pg.embedded import bin_dir, temporary_server  # noqa: E402
 
-GROUPS = ("backup", "restore", "verify", "diff", "s3")
+GROUPS = ("backup", "restore", "verify", "diff", "s3", "encrypt")
 MB = 1_000_000
 #: Session settings for the floor's psql, the same backupkit uses, so COPY text is byte-comparable.
 PG_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3"
@@ -506,6 +506,10 @@ class Fixtures:
     dump_dir: Path | None = None
     new: Path | None = None
     s3_old: str | None = None  # OLD copied to the S3 server (``backupkit copy``): s3://.../<id>
+    #: The "encrypt" group: an age identity file, its public key, and OLD encrypted to it.
+    identity: Path | None = None
+    recipient: str | None = None
+    old_encrypted: Path | None = None
 
 
 def backupkit_env(cluster: Cluster, dbname: str) -> dict[str, str]:
@@ -515,12 +519,12 @@ def backupkit_env(cluster: Cluster, dbname: str) -> dict[str, str]:
     return env
 
 
-def take_snapshot(cluster: Cluster, tools: Tools, dbname: str, to: Path) -> Path:
-    """``backupkit backup --jobs 2`` of ``dbname`` into ``to``; returns the snapshot's path."""
+def take_snapshot(cluster: Cluster, tools: Tools, dbname: str, to: Path, *, extra: tuple[str, ...] = ()) -> Path:
+    """``backupkit backup --jobs 2`` (and ``extra`` options) of ``dbname`` into ``to``; the snapshot's path."""
     out = to.parent / f"{to.name}.stdout"
     run_pipeline(
         Invocation(
-            [[*tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(to)]],
+            [[*tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(to), *extra]],
             backupkit_env(cluster, dbname),
             stdout=out,
         ),
@@ -544,7 +548,7 @@ def make_fixtures(
     fx = Fixtures()
     snapshots = work / "fixtures" / "snapshots"
     snapshots.parent.mkdir(parents=True, exist_ok=True)
-    if groups & {"restore", "verify"} or ("diff" in groups and diff_ready) or s3 is not None:
+    if groups & {"restore", "verify", "encrypt"} or ("diff" in groups and diff_ready) or s3 is not None:
         log("fixture: snapshot OLD (backupkit backup -j2)")
         fx.old = take_snapshot(cluster, tools, ds.dbname, snapshots)
     if s3 is not None and fx.old is not None:
@@ -563,6 +567,15 @@ def make_fixtures(
         run_pipeline(
             Invocation([[tools.pg("pg_dump"), "-Fd", "-j", "2", "-f", str(fx.dump_dir), f"--dbname={bare}"]], env),
             cluster.admin_dsn,
+        )
+    if "encrypt" in groups:
+        from backupkit.snapshot.encryption import keygen
+
+        fx.identity = work / "fixtures" / "identity.txt"
+        fx.recipient = keygen(fx.identity)
+        log("fixture: snapshot OLD encrypted to an age key (backupkit backup -j2 --recipient)")
+        fx.old_encrypted = take_snapshot(
+            cluster, tools, ds.dbname, work / "fixtures" / "encrypted", extra=("--recipient", fx.recipient)
         )
     if "diff" in groups and diff_ready:
         changed = ds.dbname + "_changed"
@@ -684,6 +697,37 @@ def _backupkit_restore_s3(b: Bench, tag: str) -> Invocation:
     )
 
 
+def _backupkit_backup_encrypted(b: Bench, tag: str) -> Invocation:
+    assert b.fixtures.recipient is not None
+    to = b.fresh_path(tag)
+    return Invocation(
+        [[*b.tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(to), "--recipient", b.fixtures.recipient]],
+        backupkit_env(b.cluster, b.dataset.dbname),
+        output=to,
+    )
+
+
+def _backupkit_restore_encrypted(b: Bench, tag: str) -> Invocation:
+    assert b.fixtures.old_encrypted is not None and b.fixtures.identity is not None
+    target = _fresh_target(b, tag)
+    return Invocation(
+        [
+            [
+                *b.tools.backupkit,
+                "restore",
+                str(b.fixtures.old_encrypted),
+                "--jobs",
+                "2",
+                "-q",
+                "--identity",
+                str(b.fixtures.identity),
+            ]
+        ],
+        backupkit_env(b.cluster, target),
+        database=target,
+    )
+
+
 def _pg_restore(b: Bench, tag: str) -> Invocation:
     target = _fresh_target(b, tag)
     bare, env = b.cluster.tool_env(target)
@@ -721,6 +765,8 @@ PG_DUMP_ZSTD = "pg_dump -Fp | zstd -3"
 BK_RESTORE = "backupkit restore -j2"
 BK_BACKUP_S3 = "backupkit backup -j2 → s3:// (moto)"
 BK_RESTORE_S3 = "backupkit restore -j2 from s3:// (moto)"
+BK_BACKUP_ENC = "backupkit backup -j2 --recipient (age)"
+BK_RESTORE_ENC = "backupkit restore -j2 --identity (age)"
 PG_RESTORE = "pg_restore -j2 (from -Fd)"
 BK_VERIFY = "backupkit verify"
 SHA256SUM = "sha256sum (same files)"
@@ -730,13 +776,15 @@ DUCKDB_SCAN = "duckdb scan (both snapshots)"
 CONTENDERS = [
     Contender(FLOOR, "floor", _floor),
     Contender(BK_BACKUP_1, "backup", _backupkit_backup(1)),
-    Contender(BK_BACKUP_2, "backup", _backupkit_backup(2), also=("s3",)),
+    Contender(BK_BACKUP_2, "backup", _backupkit_backup(2), also=("s3", "encrypt")),
     Contender(BK_BACKUP_S3, "s3", _backupkit_backup_s3),
+    Contender(BK_BACKUP_ENC, "encrypt", _backupkit_backup_encrypted),
     Contender(PG_DUMP_FD, "backup", _pg_dump_dir),
     Contender(PG_DUMP_FC, "backup", _pg_dump_custom),
     Contender(PG_DUMP_ZSTD, "backup", _pg_dump_zstd),
-    Contender(BK_RESTORE, "restore", _backupkit_restore, also=("s3",)),
+    Contender(BK_RESTORE, "restore", _backupkit_restore, also=("s3", "encrypt")),
     Contender(BK_RESTORE_S3, "s3", _backupkit_restore_s3),
+    Contender(BK_RESTORE_ENC, "encrypt", _backupkit_restore_encrypted),
     Contender(PG_RESTORE, "restore", _pg_restore),
     Contender(BK_VERIFY, "verify", _backupkit_verify),
     Contender(SHA256SUM, "verify", _sha256sum),
@@ -762,6 +810,8 @@ PEERS: dict[str, list[str]] = {
     BK_RESTORE: [PG_RESTORE],
     BK_BACKUP_S3: [BK_BACKUP_2],
     BK_RESTORE_S3: [BK_RESTORE],
+    BK_BACKUP_ENC: [BK_BACKUP_2],
+    BK_RESTORE_ENC: [BK_RESTORE],
     BK_VERIFY: [SHA256SUM],
     BK_DIFF: [DUCKDB_SCAN],
 }
@@ -775,6 +825,9 @@ TARGETS = [
     # S3 (a local moto server) at >= 0.8x the throughput of local disk.
     Target(BK_BACKUP_S3, BK_BACKUP_2, max_ratio=1.25),
     Target(BK_RESTORE_S3, BK_RESTORE, max_ratio=1.25),
+    # Encryption costs at most 10% on backup and on restore.
+    Target(BK_BACKUP_ENC, BK_BACKUP_2, max_ratio=1.1),
+    Target(BK_RESTORE_ENC, BK_RESTORE, max_ratio=1.1),
     Target(BK_VERIFY, SHA256SUM, max_ratio=1.0),
     Target(BK_DIFF, DUCKDB_SCAN, max_ratio=1.5),
 ]
@@ -782,7 +835,7 @@ TARGETS = [
 
 def diff_available() -> bool:
     """``backupkit diff`` is being written separately: benchmark it only once its module exists."""
-    return (Path(backupkit.__file__).parent / "diff.py").is_file()
+    return (Path(backupkit.__file__).parent / "lens" / "diff.py").is_file()
 
 
 # -- running ----------------------------------------------------------------------------------
