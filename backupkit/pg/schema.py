@@ -23,7 +23,7 @@ from ..storage.scratch import folder, scratch
 from .tools import find_tool, run_tool
 
 #: TOC entry types that belong to one table, named "table ..." in the TOC tag.
-_TABLE_TAGGED = {
+TABLE_TAGGED = {
     "CONSTRAINT",
     "FK CONSTRAINT",
     "CHECK CONSTRAINT",

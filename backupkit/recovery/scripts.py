@@ -20,7 +20,7 @@ from psycopg import sql
 from ..errors import RestoreError
 from ..pg.column_options import drop_options, unknown_options
 from ..pg.platform import Platform
-from ..pg.schema import TocEntry, render, split_entries
+from ..pg.schema import TABLE_TAGGED, TocEntry, render, split_entries
 from ..snapshot import manifest as mf
 from .database_scripts import DatabasePlan
 
@@ -199,16 +199,7 @@ def wanted_entries(
             ok = any(e.belongs_to(s, i) for s, i in indexes)
         elif e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
             ok = any(e.belongs_to(s, n) for s, n in seqs)
-        elif e.type in (
-            "CONSTRAINT",
-            "FK CONSTRAINT",
-            "CHECK CONSTRAINT",
-            "TRIGGER",
-            "POLICY",
-            "DEFAULT",
-            "ROW SECURITY",
-            "RULE",
-        ):
+        elif e.type in TABLE_TAGGED:
             ok = any(e.belongs_to(s, n) for s, n in names)
         elif e.type in _GLOBAL_TYPES:
             # Types, functions and schemas the tables may need, unless the target has them.
