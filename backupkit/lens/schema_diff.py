@@ -31,7 +31,8 @@ _OWNER_LINE = re.compile(r"^ALTER [A-Z ]+ .* OWNER TO .*;$")
 _TRAILER_LINE = re.compile(r"^(SET [a-z_.]+ = .*;|SELECT pg_catalog\.set_config\(.*\);|--.*|)$")
 #: TOC entry types that hold a part of another object, and what that part is called.
 _PARTS = {"ACL": "grants", "COMMENT": "comment", "SECURITY LABEL": "security label"}
-#: TOC entry types tagged "table name" (see ``pg.schema.TABLE_TAGGED``; without ROW SECURITY, whose tag is the table alone), and the relations.
+#: TOC entry types tagged "table name" (``pg.schema.TABLE_TAGGED`` but ROW SECURITY, whose tag
+#: is the table alone), and the relations.
 _TABLE_TAGGED = {"constraint", "fk constraint", "check constraint", "trigger", "policy", "default", "rule"}
 _RELATIONS = {"table", "view", "materialized view", "foreign table"}
 #: Entry types whose TOC owner is their table's: a new table owner is not their change.
