@@ -90,14 +90,18 @@ def cmd_backup(a: argparse.Namespace) -> int:
         timeout=a.timeout,
         sign_key=sign_key_path(a.sign_key),
         recipients=recipients_from(a.recipients),
+        object_lock_days=a.object_lock_days,
+        object_lock_mode=a.object_lock_mode,
     )
     if not a.quiet:
         signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
         to = (res.manifest.get("encryption") or {}).get("recipients")
         encrypted = f", encrypted to {len(to)} key{'s' if len(to) > 1 else ''}" if to else ""
+        lock = res.manifest.get("object_lock")
+        locked = f", locked ({lock['mode']}) until {lock['retain_until']}" if lock else ""
         print(
             f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
-            f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}{encrypted}",
+            f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}{encrypted}{locked}",
             file=sys.stderr,
         )
     print(res.location)
@@ -492,6 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="encrypt every file but the manifest to this age public key (age1…, from `backupkit keygen "
         "--age-identity`; repeatable): only its identity can restore the snapshot "
         "(default: $BACKUPKIT_RECIPIENTS, keys separated by spaces or commas)",
+    )
+    b.add_argument(
+        "--object-lock-days",
+        type=float,
+        metavar="DAYS",
+        help="s3:// only, in a bucket created with Object Lock: every object of the snapshot is locked "
+        "(S3 Object Lock retention) for DAYS from the backup's start; prune keeps it until then",
+    )
+    b.add_argument(
+        "--object-lock-mode",
+        type=str.upper,
+        choices=["GOVERNANCE", "COMPLIANCE"],
+        help="GOVERNANCE (default: users allowed to bypass it may still delete) or COMPLIANCE "
+        "(nobody may, not even the account's root, until the date)",
     )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_backup)

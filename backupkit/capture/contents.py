@@ -120,6 +120,8 @@ class Written:
     signed_by: str | None = None
     #: The manifest's ``encryption`` (``snapshot.encryption.manifest_entry``); None: not encrypted.
     encryption: dict[str, Any] | None = None
+    #: The manifest's ``object_lock`` (``{"mode": ..., "retain_until": ISO}``); None: not locked.
+    object_lock: dict[str, Any] | None = None
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:
@@ -159,6 +161,8 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
     }
     if written.encryption is not None:
         manifest["encryption"] = written.encryption
+    if written.object_lock is not None:
+        manifest["object_lock"] = written.object_lock
     if written.signed_by is not None:
         manifest["signed_by"] = written.signed_by
     return manifest

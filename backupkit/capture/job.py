@@ -22,12 +22,13 @@ import contextlib
 import errno
 import hashlib
 import logging
+import math
 import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,10 @@ log = logging.getLogger("backupkit")
 LOCK_WAIT_TIMEOUT = 60.0
 #: Default limit on a whole backup run, in seconds: the original system's 30 minutes.
 TIMEOUT = 30 * 60.0
+#: S3 Object Lock modes (``object_lock_mode``); the first is the default.
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+#: The longest Object Lock retention ``object_lock_days`` takes (S3's own bound on a default retention).
+MAX_LOCK_DAYS = 36500
 
 
 @dataclass
@@ -126,6 +131,8 @@ class BackupOptions:
     key: Any = None  # an Ed25519 private key, when the snapshot is signed
     #: Age public keys every file but the manifest is encrypted to (none: not encrypted).
     recipients: tuple[str, ...] = ()
+    #: (mode, days) of the S3 Object Lock retention every object of the snapshot gets; None: none.
+    object_lock: tuple[str, float] | None = None
 
 
 def backup(
@@ -145,6 +152,8 @@ def backup(
     timeout: float | None = TIMEOUT,
     sign_key: Path | str | None = None,
     recipients: Sequence[str] | None = None,
+    object_lock_days: float | None = None,
+    object_lock_mode: str | None = None,
 ) -> BackupResult:
     """Back up ``dsn`` into a new snapshot of the repository ``to`` (a folder, ``file://`` URL
     or ``Storage``) and return it.
@@ -182,6 +191,16 @@ def backup(
     one recipient's identity (``restore(..., identity=...)``), verifying it does not.  The
     manifest records ``encryption``; a key that is not an age public key is a ``ConfigError``
     before anything is connected to.
+
+    ``object_lock_days`` (a number of days > 0; S3 repositories only) locks every object of
+    the snapshot with S3 Object Lock until ``created_at`` plus that many days, in
+    ``object_lock_mode`` ``"GOVERNANCE"`` (the default: users with
+    ``s3:BypassGovernanceRetention`` may still delete) or ``"COMPLIANCE"`` (nobody may, not
+    even the account's root, until the date).  The manifest records ``object_lock`` and
+    ``prune`` keeps the snapshot until then.  The objects are written unlocked while
+    staged and created locked by the copies that publish them (``storage.s3``).  A local
+    repository, or a bucket without Object Lock enabled, is a ``ConfigError`` before
+    anything is connected to or written.
     """
     started = time.monotonic()
     options = BackupOptions(
@@ -196,8 +215,11 @@ def backup(
         timeout=_seconds(timeout, "timeout"),
         key=signing.load_private_key(sign_key) if sign_key is not None else None,
         recipients=tuple(encryption.parse_recipients(recipients or ())),
+        object_lock=_object_lock(object_lock_days, object_lock_mode),
     )
     describe(dsn)  # a DSN that cannot be parsed fails before anything is created
+    if options.object_lock is not None:
+        _check_object_lock(open_storage(to))  # before a local folder is made, or anything written
     repository, created = _open_repository(to)
     try:
         result = BackupJob(dsn, repository, options).run()
@@ -219,6 +241,54 @@ def _selection(schemas: Sequence[str] | None, tables: Sequence[str], exclude: Se
         if t.split(".", 1)[0] not in chosen:
             chosen.append(t.split(".", 1)[0])
     return Selection(chosen, list(tables), list(exclude))
+
+
+def _object_lock(days: float | None, mode: str | None) -> tuple[str, float] | None:
+    """``object_lock_days`` and ``object_lock_mode``, checked: (MODE, days), or None for no lock."""
+    if days is None:
+        if mode is not None:
+            raise ConfigError("object_lock_mode needs `object_lock_days`", hint="give the days the lock lasts too")
+        return None
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
+        raise ConfigError(f"object_lock_days must be a number of days, not {days!r}")
+    if not 0 < days <= MAX_LOCK_DAYS:
+        raise ConfigError(f"object_lock_days must be above 0 and at most {MAX_LOCK_DAYS}, not {days:g}")
+    name = LOCK_MODES[0] if mode is None else str(mode).upper()
+    if name not in LOCK_MODES:
+        raise ConfigError(f"object_lock_mode must be {' or '.join(LOCK_MODES)}, not {mode!r}")
+    return name, float(days)
+
+
+def _check_object_lock(storage: Storage) -> None:
+    """``ConfigError`` unless ``storage`` is an S3 repository whose bucket has Object Lock enabled."""
+    from ..storage.s3 import S3Storage  # only when a lock is asked for: boto3 is imported by S3 users
+
+    if not isinstance(storage, S3Storage):
+        raise ConfigError(
+            f"object_lock_days needs an S3 repository (s3://bucket/prefix), and {storage.location} is a local folder",
+            hint="Object Lock is a feature of S3 buckets: back up to a bucket created with Object Lock enabled",
+        )
+    try:
+        enabled = storage.object_lock_enabled()
+    except OSError as exc:
+        raise _storage_error(exc, storage.where()) from None
+    if enabled is None:
+        log.warning("cannot ask whether bucket %s has Object Lock (access denied): publishing tells", storage.bucket)
+    elif not enabled:
+        raise ConfigError(
+            f"object_lock_days needs a bucket with Object Lock, and bucket {storage.bucket} has none: "
+            "create the bucket with Object Lock enabled",
+            hint=f"e.g. `aws s3api create-bucket --bucket {storage.bucket}-locked --object-lock-enabled-for-bucket` "
+            "(AWS can also enable it on a versioned bucket: `aws s3api put-object-lock-configuration`)",
+        )
+
+
+def _lock_entry(taken_at: datetime, mode: str, days: float) -> dict[str, str]:
+    """The manifest's ``object_lock``: ``taken_at`` plus ``days``, rounded up to a whole second."""
+    until = taken_at.astimezone(UTC) + timedelta(days=days)
+    if until.microsecond:
+        until = until.replace(microsecond=0) + timedelta(seconds=1)
+    return {"mode": mode, "retain_until": until.isoformat()}
 
 
 def _open_repository(to: str | os.PathLike[str] | Storage) -> tuple[Storage, LocalStorage | None]:
@@ -340,6 +410,9 @@ class BackupJob:
                 self._roles(main, database, schema_sql),
                 signing.key_id(self.options.key.public_key()) if self.options.key else None,
                 encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
+                object_lock=_lock_entry(moment.taken_at, *self.options.object_lock)
+                if self.options.object_lock
+                else None,
             )
             result = self._seal(sid, build_manifest(moment, self.options.selection, written))
             if moment.hidden:
@@ -519,9 +592,23 @@ class BackupJob:
             )
         self.watchdog.check()  # past the time limit, nothing becomes a snapshot
         log.info("verified %d files; publishing as %s", report.files, sid)
-        final = publish(self.repository, self.staging.id, sid)  # durable: everything before the rename
+        # durable: everything before the rename; locked, when asked, by the copies that publish it
+        publish(self._publisher(manifest), self.staging.id, sid)
         self.staging = None
+        final = SnapshotLocation(self.repository, sid)
         return BackupResult(final, mf.read(final), self.warnings)
+
+    def _publisher(self, manifest: dict[str, Any]) -> Storage:
+        """The storage that publishes the snapshot: the repository, or its view that creates
+        every object with the manifest's Object Lock retention (``S3Storage.with_retention``)."""
+        lock = manifest.get("object_lock")
+        if lock is None:
+            return self.repository
+        from ..storage.s3 import S3Storage
+
+        assert isinstance(self.repository, S3Storage)  # checked by backup()
+        log.info("the snapshot's objects are locked (%s) until %s", lock["mode"], lock["retain_until"])
+        return self.repository.with_retention(lock["mode"], datetime.fromisoformat(lock["retain_until"]))
 
 
 def _read_text(storage: Storage, rel: str) -> str:

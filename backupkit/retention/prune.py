@@ -4,6 +4,14 @@ The decision is ``retention.apply_policy`` (pure); this module does the I/O
 around it: the directory lock, which snapshots are intact, and deletion that
 an interruption cannot turn into a half-deleted snapshot that looks complete
 (a snapshot is renamed to ``.trash-*`` first, then removed).
+
+A snapshot whose objects are locked (S3 Object Lock: the manifest's
+``object_lock.retain_until`` lies after ``now``) is kept with the reason "object lock
+until …", whatever the policy says, and no delete of it is tried; the policy decides
+everything else as if the lock were not there.  A delete S3 refuses anyway (a lock or
+legal hold the manifest does not record, a bucket policy) is reported for that snapshot,
+which stays whole and listed (``S3Storage.rename`` undoes the copy when the manifest
+cannot be deleted).
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import ConfigError, RetentionError, SnapshotError, StorageError
+from ..snapshot import manifest as mf
 from ..snapshot.verify import verify
 from ..storage.base import Storage
 from ..storage.location import SnapshotLocation, open_storage
@@ -108,8 +117,12 @@ def prune(
             if s.created_at is not None
         ]
         keep, remove, reasons = apply_policy(infos, policy, now)
-        log.info("%s: %d snapshots, policy keeps %d, removes %d", storage.where(), len(infos), len(keep), len(remove))
         by_id = {s.id: s for s in readable}
+        held = _locked(remove, by_id, now, reasons, result)
+        if held:
+            keep = sorted(keep + held, key=lambda i: (i.created_at, i.id), reverse=True)
+            remove = [i for i in remove if i not in held]
+        log.info("%s: %d snapshots, policy keeps %d, removes %d", storage.where(), len(infos), len(keep), len(remove))
         for info in sorted(keep + remove, key=lambda i: i.created_at, reverse=True):
             action = "keep" if info in keep else "remove"
             result.decisions.append(
@@ -153,6 +166,45 @@ def prune(
             hint="check the permissions of the backup directory; prune again to finish",
         )
     return result
+
+
+def lock_end(location: SnapshotLocation) -> datetime | None:
+    """When the S3 Object Lock retention of a snapshot's objects ends (its manifest's
+    ``object_lock.retain_until``), or None when they are not locked; ``SnapshotError``,
+    ``KeyError``, ``TypeError`` or ``ValueError`` when the manifest cannot tell."""
+    lock = mf.read(location).get("object_lock")
+    if lock is None:
+        return None
+    until = datetime.fromisoformat(lock["retain_until"])
+    if until.utcoffset() is None:
+        raise ValueError(f"retain_until {until} has no time zone")
+    return until
+
+
+def _locked(
+    remove: list[SnapshotInfo],
+    by_id: dict[str, Snapshot],
+    now: datetime,
+    reasons: dict[str, list[str]],
+    result: PruneResult,
+) -> list[SnapshotInfo]:
+    """Those of ``remove`` whose objects are locked after ``now`` (or whose lock cannot be read),
+    with their reason set: they are kept and never deleted."""
+    held = []
+    for info in remove:
+        try:
+            until = lock_end(by_id[info.id].location)
+        except (SnapshotError, KeyError, TypeError, ValueError) as exc:
+            msg = f"{info.id}: its object_lock cannot be read ({exc}); kept — inspect it and delete it by hand"
+            result.warnings.append(msg)
+            log.warning(msg)
+            reasons[info.id] = ["object lock unreadable"]
+            held.append(info)
+            continue
+        if until is not None and until > now:
+            reasons[info.id] = [f"object lock until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"]
+            held.append(info)
+    return held
 
 
 def _remove(storage: Storage, name: str) -> str | None:

@@ -229,6 +229,24 @@ class Encryption(TypedDict):
     ]
 
 
+class ObjectLock(TypedDict):
+    """The manifest's ``object_lock``: present only in a snapshot taken with ``backup --object-lock-days``
+    into an S3 bucket with Object Lock enabled.
+
+    Every object of the snapshot was created with this S3 Object Lock retention, so no
+    version of it can be deleted or overwritten before ``retain_until``; ``prune`` keeps the
+    snapshot until then (reason "object lock until …").
+    """
+
+    mode: Annotated[
+        Literal["GOVERNANCE", "COMPLIANCE"],
+        "`GOVERNANCE`: users allowed to bypass governance retention may still delete; `COMPLIANCE`: nobody may.",
+    ]
+    retain_until: Annotated[
+        str, "ISO 8601 UTC time the retention ends: `created_at` plus the days asked for, rounded up to a second."
+    ]
+
+
 class Manifest(TypedDict):
     """The top level of ``manifest.json``."""
 
@@ -272,6 +290,9 @@ class Manifest(TypedDict):
     schema_files: Annotated[list[SchemaFile], "The files under `schema/`, sorted by path."]
     encryption: NotRequired[
         Annotated[Encryption, "Only in an encrypted snapshot: how, and to whom, its files are encrypted."]
+    ]
+    object_lock: NotRequired[
+        Annotated[ObjectLock, "Only in a snapshot whose S3 objects are locked: the Object Lock retention they carry."]
     ]
     signed_by: NotRequired[
         Annotated[str, "Id of the key that signed `manifest.json.sig` (16 hex digits); only in signed snapshots."]

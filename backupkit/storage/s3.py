@@ -13,17 +13,35 @@ either creates the object or fails with 412, so two hosts racing for ``.lock`` c
 both win.  S3 has no rename, so ``rename`` copies server-side in an order that never shows
 a prefix holding a manifest but lacking its files (see ``rename``); the repository
 lists a prefix without ``manifest.json`` as unfinished (``atomic_rename`` is False).
+
+Object Lock (``backup(..., object_lock_days=N)``): ``with_retention(mode, until)`` is a
+view of the repository whose every new object (``PutObject``, ``CreateMultipartUpload``,
+``CopyObject``) carries that retention.  A backup writes its staging prefix through the
+plain storage, unlocked, and publishes it through the locked view: the server-side copies
+that ``rename`` makes *are* the snapshot's objects, and each is created locked (no window
+in which a published object is unlocked, no extra request per object), while the unlocked
+staging sources are deleted as before.  Locking the staged objects instead would lock a
+second copy of every byte: their versions could not be removed before the retention ends,
+so each backup would store its data twice until then.  A bucket with Object Lock is
+versioned: deleting a key without a version id only adds a delete marker (which a lock
+does not forbid), and the locked versions stay, billed, until their retention ends and a
+lifecycle rule (``NoncurrentVersionExpiration``) removes them; backupkit never deletes a
+version.  Prune keeps a snapshot until the ``object_lock.retain_until`` its manifest
+records (``retention.prune``).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
@@ -44,6 +62,12 @@ COPY_PART = 512 << 20
 COPY_THREADS = 8
 #: Published last and unpublished first: a prefix holding the manifest holds every file.
 MANIFEST, SIGNATURE = "manifest.json", "manifest.json.sig"
+
+#: S3 Object Lock retention modes: GOVERNANCE can be lifted by a user allowed to bypass it,
+#: COMPLIANCE by nobody (not even the account's root) until it ends.
+LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+#: Content-MD5 of an empty body (a CopyObject's), base64.
+_EMPTY_MD5 = base64.b64encode(hashlib.md5(b"", usedforsecurity=False).digest()).decode()
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
@@ -83,6 +107,8 @@ class S3Storage(Storage):
         self.endpoint_url, self.region, self.profile = endpoint_url, region, profile
         self.part_size = part_size
         self.location = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        #: (mode, retain-until) every object this storage creates carries; None: no Object Lock.
+        self.retention: tuple[str, datetime] | None = None
         self._s3: Any = None
         self._lock = threading.Lock()
 
@@ -109,6 +135,51 @@ class S3Storage(Storage):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    # -- Object Lock ----------------------------------------------------------------------------
+
+    def with_retention(self, mode: str, until: datetime) -> S3Storage:
+        """This repository, but every object it creates (written or copied) is locked in ``mode``
+        (``GOVERNANCE`` or ``COMPLIANCE``) until ``until`` (a time with a zone).  See the module
+        docstring for how a backup uses it."""
+        if mode not in LOCK_MODES:
+            raise ValueError(f"Object Lock mode must be one of {', '.join(LOCK_MODES)}, not {mode!r}")
+        if until.utcoffset() is None:
+            raise ValueError(f"retain-until time {until} has no time zone")
+        view = S3Storage(
+            self.bucket,
+            self.prefix,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            profile=self.profile,
+            part_size=self.part_size,
+        )
+        view.retention = (mode, until)
+        return view
+
+    def _retention_args(self) -> dict[str, Any]:
+        """The request parameters that lock a new object, or none."""
+        if self.retention is None:
+            return {}
+        mode, until = self.retention
+        return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": until}
+
+    def object_lock_enabled(self) -> bool | None:
+        """Whether the bucket has Object Lock enabled; None when this client may not ask
+        (``s3:GetBucketObjectLockConfiguration`` denied): then only a locked write can tell."""
+        try:
+            r = self._client().get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("ObjectLockConfigurationNotFoundError", "NotImplemented") or status == 501:
+                return False  # none configured, or a store that does not offer Object Lock
+            if code in _DENIED or status == 403:
+                return None
+            raise self._error(exc, "") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, "") from None
+        return r.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
     # -- the client and its errors ----------------------------------------------------------
 
     def _client(self) -> Any:
@@ -124,7 +195,9 @@ class S3Storage(Storage):
                     retries=None if user_retries else {"mode": "standard", "max_attempts": 4},
                 )
                 session = boto3.session.Session(profile_name=self.profile)
-                self._s3 = session.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+                client = session.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+                client.meta.events.register("before-call.s3.CopyObject", _md5_of_a_locked_copy)
+                self._s3 = client
             return self._s3
 
     def _endpoint(self) -> str:
@@ -135,8 +208,9 @@ class S3Storage(Storage):
         except Exception:  # a message helper must not fail
             return "the configured endpoint"
 
-    def _error(self, exc: Exception, name: str) -> OSError:
-        """``exc`` from botocore as the ``OSError`` callers handle, with a message written here."""
+    def _error(self, exc: Exception, name: str, method: str = "") -> OSError:
+        """``exc`` from botocore (raised by client ``method``) as the ``OSError`` callers handle,
+        with a message written here."""
         where = self.where(name)
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -148,8 +222,16 @@ class S3Storage(Storage):
                 return FileExistsError(17, "already exists", where)
             if code == "NoSuchBucket":
                 return S3Error(f"bucket {self.bucket} does not exist at {self._endpoint()}", where)
+            if method.startswith("delete") and (code in _DENIED or status == 403):
+                return S3Error(_DELETE_DENIED.format(code=code or status), where)
             if code in _DENIED or status == 403:
                 return S3Error(f"access denied ({code or status}): check the credentials and the bucket policy", where)
+            if self.retention is not None and code in ("InvalidRequest", "InvalidArgument"):
+                return S3Error(
+                    f"S3 refused to lock the object ({code}): the bucket needs Object Lock enabled "
+                    "and the retain-until time must lie in the future",
+                    where,
+                )
             return S3Error(f"S3 refused the request ({code or 'HTTP'} {status})", where)
         name_of = type(exc).__name__
         if name_of in ("NoCredentialsError", "PartialCredentialsError"):
@@ -165,7 +247,7 @@ class S3Storage(Storage):
         try:
             return getattr(self._client(), method)(Bucket=self.bucket, **kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, name) from None
+            raise self._error(exc, name, method) from None
 
     def key(self, name: str) -> str:
         """The object key of storage name ``name`` ("" for the prefix itself)."""
@@ -280,10 +362,11 @@ class S3Storage(Storage):
     def _copy(self, src: str, dst: str, size: int) -> None:
         """Copy object ``src`` to ``dst`` inside the bucket, server-side."""
         source = {"Bucket": self.bucket, "Key": self.key(src)}
+        lock = self._retention_args()  # a copy is a new object: it is locked as it is created
         if size <= COPY_LIMIT:
-            self._call("copy_object", dst, Key=self.key(dst), CopySource=source)
+            self._call("copy_object", dst, Key=self.key(dst), CopySource=source, **lock)
             return
-        upload = self._call("create_multipart_upload", dst, Key=self.key(dst))["UploadId"]
+        upload = self._call("create_multipart_upload", dst, Key=self.key(dst), **lock)["UploadId"]
         try:
             parts = []
             for n, start in enumerate(range(0, size, COPY_PART), 1):
@@ -312,6 +395,9 @@ class S3Storage(Storage):
         ``manifest.json``; deleting starts with ``src``'s ``manifest.json``.  An
         interruption anywhere leaves at most one prefix with a manifest, and it is
         complete; a prefix without one is listed as unfinished and pruned when stale.
+        When S3 refuses that first delete (a lock, a bucket policy), nothing of ``src`` is
+        gone: the copies are removed again and ``src`` stays as it was, listed once.
+        With ``retention`` set, every copy is created locked (see the module docstring).
         """
         valid_name(src)
         valid_name(dst)
@@ -326,7 +412,7 @@ class S3Storage(Storage):
             if single is None:
                 raise FileNotFoundError(2, "no such object or folder", self.where(src))
             self._copy(src, dst, single.size)
-            self._call("delete_object", src, Key=self.key(src))
+            self._delete_or_undo([src], src, dst)
             return
         last = [f"{src}/{SIGNATURE}", f"{src}/{MANIFEST}"]
         first = [e for e in files if e.name not in last]
@@ -339,7 +425,22 @@ class S3Storage(Storage):
             list(pool.map(copy, first))  # raises the first failure, after the others finished
         for entry in ordered:
             copy(entry)
-        self._delete([e.name for e in reversed(ordered)] + [e.name for e in first])
+        names = [e.name for e in reversed(ordered)] + [e.name for e in first]
+        manifest = f"{src}/{MANIFEST}"
+        self._delete_or_undo(names, manifest if manifest in names else None, dst)
+
+    def _delete_or_undo(self, names: Sequence[str], sentinel: str | None, dst: str) -> None:
+        """Delete the sources ``names`` of a rename to ``dst``.  ``sentinel`` is deleted alone and
+        first (a manifest, or the one object renamed): when it is still there after a failure,
+        nothing of the source is gone and ``dst`` is a duplicate, removed again (best effort)
+        so that the rename failed as a whole and the source is listed once, as before."""
+        try:
+            self._delete(names)
+        except OSError:
+            with contextlib.suppress(OSError):
+                if sentinel is not None and self._head(sentinel) is not None:
+                    self.remove(dst)
+            raise
 
     def _delete(self, names: Sequence[str]) -> None:
         """Delete ``names``; a manifest among them is deleted alone and first."""
@@ -354,7 +455,9 @@ class S3Storage(Storage):
             )
             if r.get("Errors"):
                 failed = r["Errors"][0]
-                raise S3Error(f"cannot delete ({failed.get('Code', '?')})", self.where(batch[0]))
+                code = str(failed.get("Code", "?"))
+                why = _DELETE_DENIED.format(code=code) if code in _DENIED else f"cannot delete ({code})"
+                raise S3Error(why, self.where(batch[0]))
 
     def remove(self, name: str) -> None:
         valid_name(name)
@@ -374,3 +477,17 @@ class S3Storage(Storage):
                     self._call("abort_multipart_upload", prefix, Key=upload["Key"], UploadId=upload["UploadId"])
         except (BotoCoreError, ClientError) as exc:
             raise self._error(exc, prefix) from None
+
+
+_DELETE_DENIED = (
+    "S3 refused to delete ({code}): an Object Lock retention or legal hold, or the bucket policy, forbids it"
+)
+
+
+def _md5_of_a_locked_copy(params: dict[str, Any], **_: Any) -> None:
+    """botocore ``before-call`` hook of CopyObject: a request that creates a locked object must
+    carry Content-MD5 (or a checksum) at some S3-compatible stores (and moto); a copy's body is
+    empty, so its MD5 is that of nothing.  AWS accepts it, with or without."""
+    headers = params.get("headers")
+    if isinstance(headers, dict) and "x-amz-object-lock-mode" in headers and "Content-MD5" not in headers:
+        headers["Content-MD5"] = _EMPTY_MD5

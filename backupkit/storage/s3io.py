@@ -5,11 +5,18 @@ The writer keeps memory flat whatever the file's size: it buffers one part
 uploaded by its threads; a small file is one conditional ``PutObject``.  Nothing
 appears under the name until the writer is closed without an error
 (``CompleteMultipartUpload`` with ``If-None-Match: *``); otherwise the upload is aborted.
+
+Through a storage with ``retention`` (``S3Storage.with_retention``) the object is created
+locked: ``PutObject`` or ``CreateMultipartUpload`` carries the Object Lock mode and
+retain-until time, and every request with a body carries its Content-MD5, which S3
+requires of uploads to a locked object whatever the client's checksum settings.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import hashlib
 import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -96,13 +103,29 @@ class Writer(io.RawIOBase):
             view = view[take:]
         return n
 
+    def _md5(self, body: bytes) -> dict[str, Any]:
+        """Content-MD5 of ``body`` when the object is locked (S3 insists), else nothing."""
+        if self._s.retention is None:
+            return {}
+        return {"ContentMD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()}
+
     def _put_part(self, number: int, body: bytes) -> dict[str, Any]:
-        r = self._s._call("upload_part", self._name, Key=self._key, UploadId=self._upload, PartNumber=number, Body=body)
+        r = self._s._call(
+            "upload_part",
+            self._name,
+            Key=self._key,
+            UploadId=self._upload,
+            PartNumber=number,
+            Body=body,
+            **self._md5(body),
+        )
         return {"PartNumber": number, "ETag": r["ETag"]}
 
     def _send_part(self) -> None:
         if self._upload is None:
-            self._upload = self._s._call("create_multipart_upload", self._name, Key=self._key)["UploadId"]
+            self._upload = self._s._call(
+                "create_multipart_upload", self._name, Key=self._key, **self._s._retention_args()
+            )["UploadId"]
             self._pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="backupkit-s3-part")
         assert self._pool is not None
         while len(self._pending) >= PARTS_IN_FLIGHT:
@@ -117,7 +140,9 @@ class Writer(io.RawIOBase):
             return
         try:
             if self._upload is None:
-                self._s._call("put_object", self._name, Key=self._key, Body=bytes(self._buf), IfNoneMatch="*")
+                body = bytes(self._buf)
+                lock = {**self._s._retention_args(), **self._md5(body)}
+                self._s._call("put_object", self._name, Key=self._key, Body=body, IfNoneMatch="*", **lock)
             else:
                 self._send_part()
                 parts = [p.result() for p in self._parts]
