@@ -105,6 +105,27 @@ def test_copy_local_to_s3_to_local_is_byte_identical(local_snapshot, s3_bucket, 
     assert [s.id for s in list_snapshots(url)[0]] == [local_snapshot.id] and list_snapshots(url)[1] == []
 
 
+def test_a_writer_verifies_by_size_on_s3_and_by_hash_on_disk(local_snapshot, s3_bucket, tmp_path):
+    """S3 checked every body's Content-MD5 when it was written: the writer's verify checks sizes
+    there, and a plain verify still reads everything.  On disk ``written`` changes nothing."""
+    up = copy_snapshot(local_snapshot, f"s3://{s3_bucket}/w")
+    rel = next(f["path"] for t in mf.read(up)["tables"] for f in t["files"])
+    data = _contents(up)[rel]
+    up.storage.remove(up.key(rel))
+    up.storage.write(up.key(rel), bytes([data[0] ^ 1]) + data[1:])  # same size, other bytes
+    assert verify(up, written=True).ok  # by size: what S3 stored is what was sent
+    assert not verify(up).ok  # a plain verify reads it back and finds the change
+    up.storage.remove(up.key(rel))
+    up.storage.write(up.key(rel), data[:-1])
+    assert f"{rel}: {len(data) - 1} bytes" in " ".join(verify(up, written=True).problems)
+    local = tmp_path / "l"
+    copy = copy_snapshot(local_snapshot, local)
+    path = copy.path / rel
+    raw = path.read_bytes()
+    path.write_bytes(bytes([raw[0] ^ 1]) + raw[1:])
+    assert not verify(copy, written=True).ok  # a local disk is always read back
+
+
 def _clone(storage, source: SnapshotLocation, created_at: datetime) -> SnapshotLocation:
     """A copy of ``source`` in ``storage`` dated ``created_at`` (manifest rewritten and resealed)."""
     sid = new_id(created_at, "c")

@@ -99,6 +99,13 @@ class Storage(abc.ABC):
     #: and delete), a prefix without its manifest is an interrupted rename, never a snapshot.
     atomic_rename: bool = True
 
+    #: Whether a completed ``create`` proves the stored bytes are the bytes written: the
+    #: storage checked a digest of every body it accepted (S3's Content-MD5).  Then a
+    #: snapshot just written (or copied) in is verified by sizes and the hashes computed
+    #: while writing, instead of downloading it all again.  Never for a local disk, whose
+    #: read-back is cheap.
+    verified_writes: bool = False
+
     def where(self, name: str = "") -> str:
         """``name`` as people should see it in a message: the location and the name."""
         return f"{self.location.rstrip('/')}/{name}" if name else self.location

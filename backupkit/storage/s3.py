@@ -87,6 +87,7 @@ class S3Storage(Storage):
     override boto3's configuration; ``part_size`` is the multipart part (>= 5 MiB)."""
 
     atomic_rename = False
+    verified_writes = True  # every body goes with its Content-MD5, which S3 checks (s3io.Writer)
 
     def __init__(
         self,

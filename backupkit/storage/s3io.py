@@ -104,9 +104,9 @@ class Writer(io.RawIOBase):
         return n
 
     def _md5(self, body: bytes) -> dict[str, Any]:
-        """Content-MD5 of ``body`` when the object is locked (S3 insists), else nothing."""
-        if self._s.retention is None:
-            return {}
+        """Content-MD5 of ``body``: S3 refuses a body that does not match it, so a completed
+        upload holds exactly the bytes sent (``S3Storage.verified_writes``), whatever the
+        client's own checksum settings; locked objects require it anyway."""
         return {"ContentMD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()}
 
     def _put_part(self, number: int, body: bytes) -> dict[str, Any]:
