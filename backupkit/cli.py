@@ -566,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="preflight: can this database be backed up completely?")
     c.add_argument("--dsn", help=dsn_help)
     c.add_argument("--schema", action="append")
-    c.add_argument("--to", type=Path, help="backup directory, to check free space")
+    c.add_argument("--to", metavar="REPO", help="backup directory (free space) or s3:// URL (reachable)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
 

@@ -74,9 +74,20 @@ def test_the_commands_work_on_an_s3_repository(two_snapshots, tmp_path, s3_bucke
     assert out.returncode == 0 and json.loads(out.stdout)["same"] is True, out.stderr  # two backups, no change
     cached = sorted(p.name for p in (tmp_path / "cache").glob("*/*") if not p.name.startswith("."))
     assert cached == sorted(ids)  # only the snapshots asked for were fetched, each once, verified
+    checks = {
+        c["check"]: c
+        for c in json.loads(run_cli("check", "--to", remote, "--json", env={"BACKUPKIT_DSN": target}).stdout)["checks"]
+    }
+    assert checks["repository"]["status"] == "ok" and "reachable, 2 snapshot(s)" in checks["repository"]["detail"]
+    missing = run_cli("check", "--to", "s3://no-such-bucket-here/x", "--json", env={"BACKUPKIT_DSN": target})
+    assert missing.returncode == 5 and json.loads(missing.stdout)["ok"] is False
     out = run_cli("prune", remote, "--keep-last", "1")
     assert out.returncode == 0, out.stderr
     assert [s.id for s in list_snapshots(remote)[0]] == [max(ids)]
+    assert run_cli("pin", f"{remote}/{max(ids)}").returncode == 0
+    assert [s["pinned"] for s in json.loads(run_cli("list", remote, "--json").stdout)["snapshots"]] == [True]
+    assert run_cli("unpin", f"{remote}/{max(ids)}").returncode == 0
+    assert [s.pinned for s in list_snapshots(remote)[0]] == [False]
     out = run_cli("backup", "--dsn", target, "--to", f"s3://{s3_bucket}/fresh", "-q")
     assert out.returncode == 0, out.stderr
     assert len(list_snapshots(f"s3://{s3_bucket}/fresh")[0]) == 1

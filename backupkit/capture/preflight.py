@@ -88,7 +88,7 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
             report.add("supabase schemas", "ok", f"not included unless named in `schemas`: {', '.join(managed)}")
         report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
     if to is not None:
-        _check_target(report, Path(to), size)
+        _check_repository(report, to, size)
     return report
 
 
@@ -119,6 +119,29 @@ def _check_privileges(report: CheckReport, conn: psycopg.Connection, schemas: li
         return
     detail = "; ".join(f"no {what} {', '.join(names)}" for what, names in missing.items())
     report.add("privileges", "fail", f"{detail}: GRANT them to this role, or connect as the owner")
+
+
+def _check_repository(report: CheckReport, to: str | os.PathLike[str], size: int) -> None:
+    """A local folder: its disk space; a repository elsewhere (``s3://``): that it can be listed."""
+    from ..storage.local import LocalStorage
+    from ..storage.location import open_storage
+    from ..storage.repository import list_snapshots
+
+    try:
+        storage = open_storage(to)
+        if isinstance(storage, LocalStorage):
+            _check_target(report, storage.root, size)
+            return
+        snapshots, unfinished = list_snapshots(storage)
+    except BackupkitError as exc:
+        report.add("repository", "fail", f"{exc}" + (f" — {exc.hint}" if exc.hint else ""))
+        return
+    report.add(
+        "repository",
+        "ok",
+        f"{storage.where()}: reachable, {len(snapshots)} snapshot(s)"
+        + (f", {len(unfinished)} unfinished" if unfinished else ""),
+    )
 
 
 def _check_target(report: CheckReport, target: Path, size: int) -> None:
