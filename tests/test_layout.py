@@ -65,7 +65,7 @@ ALLOWED = {
     "notebook/jobs.py": "the executed notebooks' folder",
     "snapshot/signing.py": "key files given by the user (keygen writes them, load reads them)",
     "pg/tools.py": "finds pg_dump/pg_restore binaries",
-    "cli.py": "writes the files a user names on the command line (--html, --json output)",
+    "cli/commands.py": "writes the files a user names on the command line (--html, --json output)",
     "lens/report.py": "writes the HTML/JSON report where the user asks",
 }
 

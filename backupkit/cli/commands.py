@@ -1,0 +1,417 @@
+"""One function per ``backupkit`` command: take the parsed arguments, make one library call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    ConfigError,
+    RetentionError,
+    SnapshotDamaged,
+    SourceError,
+    StorageError,
+)
+from ..terminal import paint
+from .codes import EXIT_DIFFERENT
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str], *, status: str | None = None) -> None:
+    """Rows as aligned columns; the ``status`` column's words in colour on a terminal."""
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        cells = [str(r.get(c, "")).ljust(widths[c]) for c in columns]
+        cells = [
+            paint(cell, str(r.get(c, "")), stream=sys.stdout) if c == status else cell
+            for c, cell in zip(columns, cells, strict=True)
+        ]
+        print("  ".join(cells).rstrip())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def cmd_backup(a: argparse.Namespace) -> int:
+    from ..capture.job import backup
+    from ..pg.dsn import resolve_dsn
+    from ..snapshot.encryption import recipients_from
+    from ..snapshot.signing import sign_key_path
+
+    res = backup(
+        resolve_dsn(a.dsn),
+        a.to,
+        schemas=a.schema or None,
+        tables=a.table or [],
+        exclude=a.exclude_table or [],
+        jobs=a.jobs,
+        label=a.label,
+        allow_partial=a.allow_partial,
+        progress=None if not a.quiet else False,
+        lock_wait_timeout=a.lock_wait_timeout,
+        timeout=a.timeout,
+        sign_key=sign_key_path(a.sign_key),
+        recipients=recipients_from(a.recipients),
+        object_lock_days=a.object_lock_days,
+        object_lock_mode=a.object_lock_mode,
+    )
+    if not a.quiet:
+        signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
+        to = (res.manifest.get("encryption") or {}).get("recipients")
+        encrypted = f", encrypted to {len(to)} key{'s' if len(to) > 1 else ''}" if to else ""
+        lock = res.manifest.get("object_lock")
+        locked = f", locked ({lock['mode']}) until {lock['retain_until']}" if lock else ""
+        print(
+            f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
+            f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}{encrypted}{locked}",
+            file=sys.stderr,
+        )
+    print(res.location)
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from ..storage.repository import list_snapshots
+
+    snaps, unfinished = list_snapshots(a.dir)
+    if a.json:
+        print(
+            json.dumps(
+                {"snapshots": [s.to_dict() for s in snaps], "unfinished": [u.to_dict() for u in unfinished]}, indent=2
+            )
+        )
+        return 0
+    rows = [
+        {
+            "id": s.id,
+            "created_at": s.created_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.created_at else "?",
+            "tables": s.tables,
+            "rows": s.rows,
+            "size": _human(s.bytes),
+            "label": s.label or "",
+            "flags": " ".join(
+                f for f, on in (("pinned", s.pinned), ("partial", s.partial), ("UNREADABLE", s.error)) if on
+            ),
+        }
+        for s in snaps
+    ]
+    _print_table(rows, ["id", "created_at", "tables", "rows", "size", "label", "flags"])
+    for s in snaps:
+        if s.error:
+            print(f"unreadable: {s.id}: {s.error}")
+    for u in unfinished:
+        what = {
+            "tmp": "unfinished backup (in progress, or left by a crash)",
+            "incomplete": "unfinished upload or publish (no manifest.json)",
+        }.get(u.kind, "interrupted delete")
+        print(f"incomplete: {u.name}  {what}, {u.age_seconds / 60:.0f} min old — not a snapshot")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from ..snapshot.encryption import identity_path
+    from ..snapshot.signing import public_key_path
+    from ..snapshot.verify import verify
+    from ..storage.repository import resolve
+
+    report = verify(
+        resolve(a.snapshot),
+        deep=a.deep,
+        public_key=public_key_path(a.public_key),
+        identity=identity_path(a.identity),
+    )
+    if a.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for p in report.problems:
+            print(f"{paint('PROBLEM', stream=sys.stdout)}: {p}")
+        state = (
+            paint("intact", stream=sys.stdout)
+            if report.ok
+            else f"{paint('DAMAGED', stream=sys.stdout)} ({len(report.problems)} problems)"
+        )
+        print(
+            f"{report.snapshot.name}: {state} — {report.files} files, {_human(report.bytes)}"
+            + (", rows recounted" if a.deep else "")
+        )
+        print(
+            {
+                "valid": f"signed: {paint('yes', stream=sys.stdout)} (key {report.key_id})",
+                "invalid": f"signed: {paint('NO', stream=sys.stdout)} (bad signature)",
+                "missing": f"signed: {paint('NO', stream=sys.stdout)} (no signature)",
+                "unchecked": "signed: not checked (signature present; pass --public-key to check it)",
+                "absent": "signed: no",
+            }[report.signature]
+        )
+        if report.encrypted_to:
+            print(f"encrypted: yes (age, to {', '.join(report.encrypted_to)})")
+    return 0 if report.ok else SnapshotDamaged.exit_code
+
+
+def cmd_keygen(a: argparse.Namespace) -> int:
+    from ..snapshot import encryption, signing
+
+    if (a.private_key is None) != (a.public_key is None) or (a.private_key is None and a.age_identity is None):
+        raise ConfigError(
+            "keygen writes a signing key pair (give both --private-key and --public-key), "
+            "an encryption identity (--age-identity), or both"
+        )
+    if a.private_key is not None:
+        kid = signing.keygen(a.private_key, a.public_key)
+        print(
+            f"wrote Ed25519 key {kid}: private key {a.private_key} (0600; keep it away from the backups), "
+            f"public key {a.public_key}"
+        )
+    if a.age_identity is not None:
+        recipient = encryption.keygen(a.age_identity)
+        print(
+            f"wrote age identity {a.age_identity} (0600; keep it away from the backups: it decrypts them); "
+            "back up to its public key with --recipient:",
+            file=sys.stderr,
+        )
+        print(recipient)
+    return 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from ..capture.preflight import check
+    from ..pg.dsn import resolve_dsn
+
+    report = check(resolve_dsn(a.dsn), schemas=a.schema or None, to=a.to)
+    if a.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for i in report.items:
+            print(f"{paint(i['status'].upper().ljust(5), i['status'], stream=sys.stdout)} {i['check']}: {i['detail']}")
+    return 0 if report.ok else SourceError.exit_code
+
+
+def cmd_restore(a: argparse.Namespace) -> int:
+    from ..pg.dsn import resolve_dsn
+    from ..recovery.job import restore
+    from ..snapshot.encryption import identity_path
+    from ..snapshot.signing import public_key_path
+    from ..storage.repository import resolve
+
+    res = restore(
+        resolve(a.snapshot),
+        resolve_dsn(a.dsn),
+        tables=a.table or [],
+        schemas=a.schema or [],
+        with_dependencies=a.with_dependencies,
+        schema_only=a.schema_only,
+        data_only=a.data_only,
+        clean=a.clean,
+        jobs=a.jobs,
+        owner=a.owner,
+        create_roles=a.create_roles,
+        dry_run=a.dry_run,
+        lock_wait_timeout=a.lock_wait_timeout,
+        timeout=a.timeout,
+        public_key=public_key_path(a.public_key),
+        identity=identity_path(a.identity),
+        progress=None if not a.quiet else False,
+    )
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    elif a.dry_run:
+        print("dry run — would:")
+        for step in res.plan.describe():
+            print(f"  - {step}")
+    else:
+        print(f"restored {len(res.plan.tables)} tables, {res.rows} rows in {res.seconds:.1f}s")
+    if not a.json:
+        # What the restore made or left out beyond the snapshot's own objects, in words.
+        for note in res.plan.notes:
+            print(f"  note: {note}")
+    return 0
+
+
+def cmd_pin(a: argparse.Namespace, pinned: bool = True) -> int:
+    from ..storage.repository import resolve, set_pin
+
+    path = resolve(a.snapshot)
+    set_pin(path, pinned)
+    print(f"{'pinned' if pinned else 'unpinned'} {path.name}")
+    return 0
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    from ..retention.policy import Policy, parse_duration
+    from ..retention.prune import prune
+
+    keep_within = None
+    if a.keep_within is not None:  # "" is a mistake, not "no rule" (that would be the default policy)
+        try:
+            keep_within = parse_duration(a.keep_within)
+        except RetentionError as exc:
+            raise ConfigError(f"--keep-within: {exc}", hint="e.g. --keep-within 30d or 1y2m") from None
+    policy = Policy(
+        keep_last=a.keep_last,
+        keep_hourly=a.keep_hourly,
+        keep_daily=a.keep_daily,
+        keep_weekly=a.keep_weekly,
+        keep_monthly=a.keep_monthly,
+        keep_yearly=a.keep_yearly,
+        keep_within=keep_within,
+        max_age_days=a.max_age_days,
+        min_keep=a.min_keep,
+        tz=a.tz or "UTC",
+    )
+    res = prune(a.dir, policy, now=datetime.now(UTC), dry_run=a.dry_run, stale_after_hours=a.stale_after_hours)
+    # prune logs each warning as it happens (a scheduled run's log keeps it): not twice.
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return 0
+    _print_table(
+        [{"action": d["action"], "id": d["id"], "reasons": "; ".join(d["reasons"])} for d in res.decisions],
+        ["action", "id", "reasons"],
+        status="action",
+    )
+    for s in res.stale:
+        print(f"{'would remove' if a.dry_run else 'removed'} stale temporary folder {s}")
+    verb = "would remove" if a.dry_run else "removed"
+    print(f"{verb} {len(res.removed)} snapshot(s), kept {len(res.kept)}" + (" (dry run)" if a.dry_run else ""))
+    return 0
+
+
+def cmd_diff(a: argparse.Namespace) -> int:
+    from ..lens.diff import diff_snapshots
+    from ..lens.integrity import integrity
+    from ..lens.report import render_html, render_json, schema_text
+    from ..storage.repository import resolve
+
+    old, new = resolve(a.old), resolve(a.new)
+    d = diff_snapshots(old, new)
+    code = EXIT_DIFFERENT if a.exit_code and not d["same"] else 0
+    if a.html:
+        _write_private(Path(a.html), render_html(d, integrity(old), integrity(new)))
+        print(f"wrote {a.html}", file=sys.stderr)
+    if a.json:
+        print(render_json(d))
+        return code
+    _print_table(
+        [
+            {
+                "table": f"{t['schema']}.{t['name']}",
+                "rows_old": t["rows_old"],
+                "rows_new": t["rows_new"],
+                "inserted": t["inserted"],
+                "deleted": t["deleted"],
+                "updated": "-" if t["updated"] is None else t["updated"],
+                "schema": "changed" if (t.get("schema_changes") or {}).get("changed") else "",
+            }
+            for t in d["tables"]
+        ],
+        ["table", "rows_old", "rows_new", "inserted", "deleted", "updated", "schema"],
+    )
+    for key in ("tables_added", "tables_removed"):
+        if d.get(key):
+            names = ", ".join(f"{t['schema']}.{t['name']}" for t in d[key])
+            print(f"{key.replace('_', ' ')}: {names}")
+    for t in d["tables"]:
+        changes = {k: v for k, v in (t.get("schema_changes") or {}).items() if v and k != "changed"}
+        for what, detail in changes.items():
+            print(f"{t['schema']}.{t['name']}: {what.replace('_', ' ')}: {json.dumps(detail, default=str)}")
+    for line in schema_text(d):
+        print(line)
+    return code
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 whatever the umask): a report
+    shows row values, which are as private as the snapshot's own 0600 files."""
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+            f.write(text)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def cmd_sql(a: argparse.Namespace) -> int:
+    import duckdb
+
+    from ..lens.duck import open_snapshot
+    from ..storage.repository import resolve
+
+    con = open_snapshot(resolve(a.snapshot), external_access=a.external_access)
+    if a.query:
+        try:
+            rel = con.sql(a.query)
+            if rel is not None:  # rows are read here: a failure here is the query's too
+                rel.show(max_rows=a.max_rows)
+        except duckdb.Error as exc:
+            raise ConfigError(
+                f"DuckDB could not run the query: {exc}",
+                hint="tables are views like public.orders; `select * from backupkit.tables` lists them",
+            ) from None
+        return 0
+    print("DuckDB over the snapshot; tables are views like public.orders. End with Ctrl-D.")
+    buf = ""
+    while True:
+        try:
+            line = input("sql> " if not buf else "...> ")
+        except EOFError:
+            print()
+            return 0
+        buf += line + "\n"
+        if buf.strip().endswith(";"):
+            try:
+                rel = con.sql(buf)
+                if rel is not None:
+                    rel.show(max_rows=a.max_rows)
+            except Exception as exc:
+                print(f"error: {exc}")
+            buf = ""
+
+
+def cmd_copy(a: argparse.Namespace) -> int:
+    from ..storage.replicate import copy_snapshots
+
+    res = copy_snapshots(a.source, a.target, a.snapshots)
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+        return 0
+    for sid in res.copied:
+        print(f"copied {sid} (verified in {a.target})")
+    for sid in res.present:
+        print(f"{sid}: already in {a.target}")
+    print(f"copied {len(res.copied)} snapshot(s); {len(res.present)} already there")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from ..demo.run import remove_demo, run_demo, where
+
+    if a.where:
+        print(where())
+        return 0
+    if a.remove:
+        remove_demo()  # prints what it removed
+        return 0
+    res = run_demo(a.to, scale=a.scale, keep_server=False)
+    for line in res.lines:
+        print(line)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""``main``: parse, run one command, and turn what went wrong into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+
+from ..errors import BackupkitError, ConfigError, RetentionError, SnapshotError, StorageError
+from ..terminal import paint
+from .codes import EXIT_INTERRUPTED
+from .parser import build_parser, commands_of
+
+#: Library parameters whose option has another name (a repeatable option is singular).
+_PARAMETER_OPTIONS = {"schemas": "schema", "tables": "table", "exclude": "exclude_table"}
+
+
+def _flags(command: argparse.ArgumentParser) -> dict[str, str]:
+    """The command's options by the library parameter each passes on, which mostly has the
+    option's name: ``{"lock_wait_timeout": "--lock-wait-timeout", "jobs": "--jobs", ...}``."""
+    flags: dict[str, str] = {}
+    for action in command._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long and action.dest != "help":
+            named = "--" + action.dest.replace("_", "-")
+            flags[action.dest] = named if named in long else long[0]
+    return flags
+
+
+def _in_flags(text: str, flags: dict[str, str], *, leading: bool) -> str:
+    """A library message or hint in the command's words: a parameter name between backquotes,
+    as in "pass a larger `timeout`", becomes its flag (`--timeout`); with ``leading``, so does
+    the name that opens the text ("jobs 0 is out of range" -> "--jobs 0 is out of range")."""
+
+    def quoted(m: re.Match[str]) -> str:
+        flag = flags.get(m[1]) or flags.get(_PARAMETER_OPTIONS.get(m[1], ""))
+        return f"`{flag}`" if flag else m[0]
+
+    text = re.sub(r"`([a-z][a-z0-9_]*)`", quoted, text)
+    first = re.match(r"[a-z][a-z0-9_]*(?= )", text)
+    if leading and first and first[0] in flags:
+        text = flags[first[0]] + text[first.end() :]
+    return text
+
+
+class _FlagsFormatter(logging.Formatter):
+    """``warning: message`` (``info:`` with -v), like the command's ``error:`` lines, with the
+    library's parameter names shown as this command's flags."""
+
+    def __init__(self, flags: dict[str, str]):
+        super().__init__("%(message)s")
+        self.flags = flags
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = paint(record.levelname.lower(), stream=sys.stderr)
+        return f"{level}: {_in_flags(super().format(record), self.flags, leading=False)}"
+
+
+def _os_error(exc: OSError) -> BackupkitError:
+    """A last net for file-system errors no command turned into its own message: one line,
+    exit 8 when something could not be written (disk full, read-only), else 7 (cannot read)."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return StorageError(f"cannot write {where}{exc.strerror or exc}")
+    return SnapshotError(
+        f"cannot access {where}{exc.strerror or exc}",
+        hint="check that this user may read (and for backup/prune/pin, write) the backup directory",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``backupkit`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = _flags(commands_of(parser)[args.command])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FlagsFormatter(flags))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    try:
+        if getattr(args, "jobs", None) is not None:
+            from ..snapshot.verify import check_jobs
+
+            check_jobs(args.jobs)
+        try:
+            return args.func(args)
+        except OSError as exc:
+            raise _os_error(exc) from None
+    except KeyboardInterrupt:
+        print(
+            "interrupted (an unfinished backup never looks like a snapshot; a one-transaction restore was rolled back)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except BackupkitError as exc:
+        from ..pg.dsn import redact
+
+        # Only a bad-argument error opens with the name of what was given wrong.
+        bad_argument = isinstance(exc, ConfigError | RetentionError)
+        print(
+            f"{paint('error', stream=sys.stderr)}: {redact(_in_flags(str(exc), flags, leading=bad_argument))}",
+            file=sys.stderr,
+        )
+        if exc.hint:
+            print(f"hint: {_in_flags(exc.hint, flags, leading=False)}", file=sys.stderr)
+        return exc.exit_code
