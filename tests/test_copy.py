@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import load_small, run_cli, snapshot_dirs
@@ -91,3 +92,33 @@ def test_the_commands_work_on_an_s3_repository(two_snapshots, tmp_path, s3_bucke
     out = run_cli("backup", "--dsn", target, "--to", f"s3://{s3_bucket}/fresh", "-q")
     assert out.returncode == 0, out.stderr
     assert len(list_snapshots(f"s3://{s3_bucket}/fresh")[0]) == 1
+
+
+def test_the_explore_and_report_notebooks_read_an_s3_repository(two_snapshots, tmp_path, s3_bucket, monkeypatch):
+    """``backup_dir`` may be a URL: the notebooks list, pick and compare the snapshots there."""
+    import nbformat
+    import papermill
+
+    repo, ids = two_snapshots
+    remote = f"s3://{s3_bucket}/nb"
+    assert run_cli("copy", repo, remote).returncode == 0
+    monkeypatch.setenv("BACKUPKIT_CACHE_DIR", str(tmp_path / "cache"))
+    notebooks = Path(__file__).parent.parent / "notebooks"
+    for name in ("report", "explore"):
+        out = tmp_path / f"{name}.ipynb"
+        papermill.execute_notebook(
+            str(notebooks / f"{name}.ipynb"),
+            str(out),
+            parameters={"backup_dir": remote},
+            kernel_name="python3",
+            cwd=str(tmp_path),
+            progress_bar=False,
+        )
+        shown = "\n".join(
+            o.get("text", "") + o.get("data", {}).get("text/plain", "")
+            for c in nbformat.read(out, as_version=4).cells
+            if c.cell_type == "code"
+            for o in c.outputs
+        )
+        assert max(ids) in shown, name  # the newest snapshot of the bucket is what it shows
+    assert [s.id for s in list_snapshots(remote)[0]] == sorted(ids, reverse=True)  # nothing made there

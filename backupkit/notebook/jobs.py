@@ -196,7 +196,8 @@ def pick_snapshot(backup_dir: Path | str = "backups", snapshot: str = "") -> Pat
         path = Path(snapshot)
         mf.read(path)  # a clear SnapshotNotFound / SnapshotDamaged now rather than later
         return path
-    location = resolve(backup_dir, snapshot or "latest")
+    # A snapshot named whole (s3://bucket/prefix/<id>), or by its id / latest~N in backup_dir.
+    location = resolve(snapshot) if "://" in snapshot else resolve(backup_dir, snapshot or "latest")
     mf.read(location)
     return _shown(location)
 
