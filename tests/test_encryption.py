@@ -14,7 +14,9 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import tracemalloc
+from pathlib import Path
 
 import psycopg
 import pyrage
@@ -242,6 +244,23 @@ def test_the_lens_refuses_an_encrypted_snapshot(sealed, plain):
         out = run_cli(*args)
         assert out.returncode == SnapshotError.exit_code, out.stderr
         assert "is encrypted" in one_error(out) and "cannot read encrypted snapshots yet" in out.stderr
+
+
+def test_diff_and_integrity_read_an_encrypted_snapshot_with_the_identity(sealed, plain, keys, tmp_path):
+    """The same database backed up plain and encrypted: with the identity the diff finds no change
+    and the integrity checks pass; the decrypted copies are gone afterwards."""
+    from backupkit.lens.diff import diff_snapshots
+    from backupkit.lens.integrity import integrity
+
+    before = set(Path(tempfile.gettempdir()).glob("backupkit-plain-*"))
+    d = diff_snapshots(plain.path, sealed.path, identity=keys[0])
+    assert d["same"] is True and d["totals"] == {"inserted": 0, "deleted": 0, "updated": 0}
+    assert integrity(sealed.path, identity=keys[0])["ok"] is True
+    out = run_cli("diff", plain.path, sealed.path, "--identity", keys[0], "--html", tmp_path / "r.html", "--exit-code")
+    assert out.returncode == 0, out.stderr
+    assert set(Path(tempfile.gettempdir()).glob("backupkit-plain-*")) == before  # no plain data left behind
+    wrong = run_cli("diff", plain.path, sealed.path, "--identity", keys[2])
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
 
 
 def test_decrypt_into_scratch_for_the_lens(sealed, keys, tmp_path):

@@ -295,13 +295,16 @@ def cmd_diff(a: argparse.Namespace) -> int:
     from ..lens.diff import diff_snapshots
     from ..lens.integrity import integrity
     from ..lens.report import render_html, render_json, schema_text
+    from ..snapshot.encryption import identity_path
     from ..storage.repository import resolve
 
     old, new = resolve(a.old), resolve(a.new)
-    d = diff_snapshots(old, new)
+    identity = identity_path(a.identity)
+    d = diff_snapshots(old, new, identity=identity)
     code = EXIT_DIFFERENT if a.exit_code and not d["same"] else 0
     if a.html:
-        _write_private(Path(a.html), render_html(d, integrity(old), integrity(new)))
+        reports = integrity(old, identity=identity), integrity(new, identity=identity)
+        _write_private(Path(a.html), render_html(d, *reports))
         print(f"wrote {a.html}", file=sys.stderr)
     if a.json:
         print(render_json(d))

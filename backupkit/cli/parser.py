@@ -249,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"exit {EXIT_DIFFERENT} when the snapshots differ (data or schema), 0 when the same",
     )
+    d.add_argument(
+        "--identity",
+        type=Path,
+        metavar="FILE",
+        help="age identity file to read encrypted snapshots with (decrypted into private scratch space, "
+        "removed at the end; default: $BACKUPKIT_IDENTITY)",
+    )
     d.set_defaults(func=cmd_diff)
 
     q = sub.add_parser("sql", help="query a snapshot with DuckDB SQL")

@@ -28,6 +28,7 @@ the rows DuckDB read), so a damaged file is reported, not diffed.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from collections import Counter
@@ -38,16 +39,16 @@ import duckdb
 
 from ..errors import SnapshotDamaged
 from ..runtime.progress import byte_bar, wanted
-from ..snapshot import formats
+from ..snapshot import encryption, formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files
-from ..storage.cache import local_copy
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
 from ..storage.scratch import scratch
 from .diff_lines import match_lines, run_pairs
 from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
 from .schema_diff import read_schema_sql, schema_objects
+from .source import readable
 
 #: Lines of unified diff of the schema SQL kept in a diff report.
 SQL_DIFF_LINES = 200
@@ -535,7 +536,12 @@ def _stored_bytes(old: dict, new: dict) -> int:
 
 
 def diff_snapshots(
-    old_path: mf.SnapshotArg, new_path: mf.SnapshotArg, *, sample: int = 5, progress: bool | None = None
+    old_path: mf.SnapshotArg,
+    new_path: mf.SnapshotArg,
+    *,
+    sample: int = 5,
+    progress: bool | None = None,
+    identity: encryption.IdentityArg | None = None,
 ) -> dict:
     """Compare two snapshots: tables added/removed, per-table row changes, schema changes.
 
@@ -549,10 +555,16 @@ def diff_snapshots(
     ``schema_diff``), ``totals`` and ``same`` (see ``same``).  Values are
     PostgreSQL's text.  Raises SnapshotDamaged when a data file read does not match
     its manifest.  ``progress`` shows a bar by bytes compared (default: on a terminal
-    or in a notebook).
+    or in a notebook).  ``identity`` (an age identity file) lets it read encrypted snapshots,
+    through decrypted copies in scratch space removed at the end (``lens.source``).
     """
-    # DuckDB reads files on this machine: a remote snapshot is fetched (verified) once.
-    old_dir, new_dir = local_copy(locate(old_path)), local_copy(locate(new_path))
+    with contextlib.ExitStack() as stack:
+        old_dir, new_dir = readable(old_path, identity, stack), readable(new_path, identity, stack)
+        return _diff(old_dir, new_dir, sample, progress)
+
+
+def _diff(old_dir: SnapshotLocation, new_dir: SnapshotLocation, sample: int, progress: bool | None) -> dict:
+    """``diff_snapshots`` of two snapshots the lens can read."""
     old_m, new_m = mf.read(old_dir), mf.read(new_dir)
     old_t = {mf.table_key(t): t for t in old_m["tables"]}
     new_t = {mf.table_key(t): t for t in new_m["tables"]}

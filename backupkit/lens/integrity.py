@@ -3,6 +3,7 @@ foreign keys, and sequences ahead of their columns."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -10,11 +11,12 @@ from typing import Any
 import duckdb
 
 from ..errors import SnapshotDamaged, SnapshotError
+from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..snapshot.verify import verify
-from ..storage.cache import local_copy
-from ..storage.location import locate
+from ..storage.location import SnapshotLocation
 from .duck import columns_sql, duck_connection
+from .source import readable
 
 #: Orphan / duplicate rows quoted per integrity check.
 SAMPLES = 5
@@ -119,7 +121,7 @@ def _damaged_files(problems: list[str], m: dict) -> set[str]:
     return out
 
 
-def integrity(path: mf.SnapshotArg) -> dict:
+def integrity(path: mf.SnapshotArg, *, identity: encryption.IdentityArg | None = None) -> dict:
     """Checksums plus data checks in DuckDB: primary keys, foreign keys, sequences ahead of their columns.
 
     Returns ``{"ok", "checksums": VerifyReport.to_dict(), "checks": [{"check", "table",
@@ -132,7 +134,12 @@ def integrity(path: mf.SnapshotArg) -> dict:
     data check comes from a file that does not match its manifest.  File paths reach
     DuckDB as exact paths (``duck.path_sql``), never as patterns.
     """
-    folder = local_copy(locate(path))  # DuckDB reads files here; a remote snapshot is fetched once
+    with contextlib.ExitStack() as stack:  # an encrypted snapshot: a decrypted copy, removed at the end
+        return _integrity(readable(path, identity, stack))
+
+
+def _integrity(folder: SnapshotLocation) -> dict:
+    """``integrity`` of a snapshot the lens can read."""
     report = verify(folder)
     checks: list[dict[str, Any]] = []
     result: dict[str, Any] = {"ok": report.ok, "checksums": report.to_dict(), "checks": checks}

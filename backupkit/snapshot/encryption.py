@@ -267,8 +267,10 @@ def not_for_lens(snapshot: mf.SnapshotArg) -> SnapshotError:
     """The error for a reader that cannot decrypt yet (diff, sql, DuckDB) meeting an encrypted file."""
     location = locate(snapshot)
     return SnapshotError(
-        f"snapshot {location.name} is encrypted: diff, sql and DuckDB cannot read encrypted snapshots yet",
-        hint="restore it with its age identity to look inside; `backupkit verify` checks it without the key",
+        f"snapshot {location.name} is encrypted: sql and DuckDB cannot read encrypted snapshots yet, "
+        "and diff reads them only with `identity`",
+        hint="diff with the age identity, or restore it with the identity to query it; "
+        "`backupkit verify` checks it without the key",
     )
 
 
@@ -506,6 +508,44 @@ def decrypt_into(snapshot: mf.SnapshotArg, rel: str, into: LocalStorage, name: s
         else:
             _decrypt(stored, out, identities, rel)
     return into.path(name)
+
+
+def plain_copy(snapshot: mf.SnapshotArg, identity: IdentityArg, into: LocalStorage) -> SnapshotLocation:
+    """A decrypted copy of encrypted ``snapshot`` in private scratch space ``into``, for readers
+    of plain files (diff, integrity: DuckDB).
+
+    Every stored file is verified against the manifest first; the copy's manifest records
+    the plain files' sizes and hashes, without ``encryption`` (nor ``signed_by``: the copy is
+    not what was signed), sealed anew.  ``into`` holds plain data: remove it when done
+    (``storage.scratch.scratch``).  A wrong or missing identity is the usual ConfigError.
+    """
+    import copy
+    import hashlib
+
+    from .verify import verify
+
+    location = locate(snapshot)
+    manifest = mf.read(location)
+    unlocked = unlock(location, manifest, identity)
+    report = verify(location)
+    if not report.ok:
+        raise SnapshotDamaged(
+            f"snapshot {location.name} does not verify: " + "; ".join(report.problems[:3]),
+            report.problems,
+            hint=f"run `backupkit verify {location}`",
+        )
+    plain = copy.deepcopy(manifest)
+    plain.pop("encryption", None)
+    plain.pop("signed_by", None)
+    for entry in plain.get("schema_files", []) + [f for t in plain["tables"] for f in t["files"]]:
+        decrypt_into(unlocked, entry["path"], into, name=f"{location.id}/{entry['path']}")
+        sha, size = hashlib.sha256(), 0
+        with into.open(f"{location.id}/{entry['path']}") as f:
+            while block := f.read(_BLOCK):
+                sha.update(block)
+                size += len(block)
+        entry["bytes"], entry["sha256"] = size, sha.hexdigest()
+    return mf.write(SnapshotLocation(into, location.id), plain)
 
 
 def _decrypt(stored: BinaryIO, out: BinaryIO, identities: Sequence[Any], rel: str) -> None:
