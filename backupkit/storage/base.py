@@ -24,13 +24,35 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import BinaryIO
 
 #: Bytes per read when streaming.
 BLOCK = 1 << 20
+
+
+class AbortOnError:
+    """What every ``Storage.create`` writer does at the end of its ``with`` block: closing
+    normally keeps the file (durably), leaving by an exception aborts it (nothing is kept).
+
+    Listed first among a writer's bases, so this ``__exit__`` replaces the io class's.
+    """
+
+    def abort(self) -> None:
+        """Close without keeping anything."""
+        raise NotImplementedError
+
+    #: Provided by the io class the writer also derives from (never defined here: that one wins).
+    close: Callable[[], None]
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class NotAPlainFile(OSError):

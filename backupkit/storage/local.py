@@ -19,10 +19,9 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, cast
 
-from .base import Entry, NotAPlainFile, Storage, valid_name
+from .base import AbortOnError, Entry, NotAPlainFile, Storage, valid_name
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY
@@ -36,7 +35,7 @@ def _kind(mode: int) -> str:
     return "link" if stat.S_ISLNK(mode) else "other"
 
 
-class _Writer(io.RawIOBase):
+class _Writer(AbortOnError, io.RawIOBase):
     """A new file being written: fsync'd and closed on success, removed on failure."""
 
     def __init__(self, fd: int, dir_fd: int, name: str):
@@ -73,12 +72,6 @@ class _Writer(io.RawIOBase):
             os.unlink(self._name.rsplit("/", 1)[-1], dir_fd=self._dir_fd)
         os.close(self._dir_fd)
         super().close()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class LocalStorage(Storage):

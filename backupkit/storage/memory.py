@@ -13,13 +13,12 @@ import io
 import threading
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import BinaryIO, cast
 
-from .base import Entry, NotAPlainFile, Storage, valid_name
+from .base import AbortOnError, Entry, NotAPlainFile, Storage, valid_name
 
 
-class _Writer(io.BytesIO):
+class _Writer(AbortOnError, io.BytesIO):
     """Collects a new file's bytes; they appear in the storage only when closed without an error."""
 
     def __init__(self, storage: MemoryStorage, name: str):
@@ -35,12 +34,6 @@ class _Writer(io.BytesIO):
         """Close without keeping anything."""
         self._storage._release(self._name)
         super().close()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class MemoryStorage(Storage):

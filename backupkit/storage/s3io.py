@@ -19,10 +19,11 @@ import collections
 import hashlib
 import io
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from .base import AbortOnError
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -76,7 +77,7 @@ class Reader(io.RawIOBase):
         super().close()
 
 
-class Writer(io.RawIOBase):
+class Writer(AbortOnError, io.RawIOBase):
     """A new object, uploaded while it is written; see the module docstring."""
 
     def __init__(self, storage: S3Storage, name: str):
@@ -179,12 +180,6 @@ class Writer(io.RawIOBase):
             except OSError:
                 pass  # left for the bucket's lifecycle rule; the object was never created
         super().close()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
     def __del__(self) -> None:
         # IOBase would close (commit) a writer dropped unclosed; a dropped writer is a failed one.
