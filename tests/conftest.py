@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backupkit.pg.embedded import temporary_server
+from backupkit.demo.run import stop_demo_server
+from backupkit.pg.dsn import DSN_ENV_VARS
+from backupkit.pg.embedded import EmbeddedServer, temporary_server
 
 
 class Server:
@@ -102,5 +106,26 @@ def spawn():
 
 # A Supabase-shaped server built from Supabase's own SQL (tests/supabase/README.md), and a real
 # S3-compatible server (moto in server mode on 127.0.0.1) with a bucket per test (tests/s3server.py).
+@pytest.fixture
+def home(monkeypatch):
+    """A private BACKUPKIT_HOME and no DSN in the environment; any demo server there is stopped after.
+
+    It is a mkdtemp folder opened to 0755 (as ``temporary_server`` does) rather than under
+    ``tmp_path``: run as root, the server's processes keep group root, and pytest's 0700
+    folders (which embedded.py opens only to "other") would stay closed to them.
+    """
+    path = Path(tempfile.mkdtemp(prefix="backupkit-home-"))
+    os.chmod(path, 0o755)
+    monkeypatch.setenv("BACKUPKIT_HOME", str(path))
+    for name in DSN_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    yield path
+    try:
+        stop_demo_server(path)  # only running if a notebook started one
+        assert not EmbeddedServer(path / "demo-pg" / "data", persistent=True)._running()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 from s3server import s3_bucket, s3_client, s3_server  # noqa: E402,F401
 from supabase_platform import supabase, supabase_project  # noqa: E402,F401

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -53,3 +54,13 @@ def snapshot_dirs(root: Path) -> list[Path]:
         if Path(root).exists()
         else []
     )
+
+
+def wait_for(predicate, seconds: float, every: float = 0.02):
+    """``predicate()`` once it is true, or its last value after ``seconds``."""
+    end = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(every)

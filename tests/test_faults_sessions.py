@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import load_small, snapshot_dirs
+from helpers import load_small, snapshot_dirs, wait_for
 
 import backupkit
 import backupkit.capture.readers
@@ -44,15 +44,6 @@ def backup_sessions(admin_dsn: str, pid: int) -> list[tuple]:
             "SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE application_name LIKE %s",
             (f"backupkit backup {pid} %",),
         ).fetchall()
-
-
-def wait_for(predicate, seconds: float, every: float = 0.02):
-    end = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() > end:
-            return value
-        time.sleep(every)
 
 
 def children(pid: int) -> list[tuple[int, str]]:

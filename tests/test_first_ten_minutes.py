@@ -11,39 +11,18 @@ run there by papermill with nothing but their defaults.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import nbformat
 import papermill
-import pytest
 
 from backupkit import notebook as nb
 from backupkit.demo.run import run_demo
 from backupkit.lens.diff import diff_snapshots
-from backupkit.pg.dsn import DSN_ENV_VARS
-from backupkit.pg.embedded import EmbeddedServer
 from backupkit.storage.repository import list_snapshots
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
-
-
-@pytest.fixture
-def home(monkeypatch):
-    """A private BACKUPKIT_HOME and no DSN in the environment (see test_notebooks.home)."""
-    path = Path(tempfile.mkdtemp(prefix="backupkit-home-"))
-    os.chmod(path, 0o755)
-    monkeypatch.setenv("BACKUPKIT_HOME", str(path))
-    for name in DSN_ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    yield path
-    try:
-        nb.stop_demo_server(path)  # only running if a notebook had started one
-        assert not EmbeddedServer(path / "demo-pg" / "data", persistent=True)._running()
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_as_jupyterlab_does(notebooks: Path, name: str) -> nbformat.NotebookNode:

@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +43,6 @@ from backupkit.errors import ConfigError
 from backupkit.notebook.params import _literal_assignments
 from backupkit.notebook.runs import _post_run_cell
 from backupkit.pg.dsn import DSN_ENV_VARS
-from backupkit.pg.embedded import EmbeddedServer
 from backupkit.snapshot.verify import verify
 from backupkit.storage.repository import list_snapshots
 
@@ -141,31 +139,6 @@ PUBLIC = [
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-
-
-def _demo_server(home: Path) -> EmbeddedServer:
-    return EmbeddedServer(home / "demo-pg" / "data", persistent=True)
-
-
-@pytest.fixture
-def home(monkeypatch):
-    """A private BACKUPKIT_HOME and no DSN in the environment; any demo server there is stopped after.
-
-    It is a mkdtemp folder opened to 0755 (as ``temporary_server`` does) rather than under
-    ``tmp_path``: run as root, the server's processes keep group root, and pytest's 0700
-    folders (which embedded.py opens only to "other") would stay closed to them.
-    """
-    path = Path(tempfile.mkdtemp(prefix="backupkit-home-"))
-    os.chmod(path, 0o755)
-    monkeypatch.setenv("BACKUPKIT_HOME", str(path))
-    for name in DSN_ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    yield path
-    try:
-        nb.stop_demo_server(path)
-        assert not _demo_server(path)._running()
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

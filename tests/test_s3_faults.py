@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import load_small, run_cli
+from helpers import load_small, run_cli, wait_for
 
 import backupkit
 from backupkit.errors import LockError
@@ -87,15 +87,6 @@ def start_backup(spawn, dsn: str, url: str, flags: str = "-"):
 def tell(child, line: str = "go") -> None:
     child.stdin.write(line + "\n")
     child.stdin.flush()
-
-
-def wait_for(predicate, seconds: float, every: float = 0.02):
-    end = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() > end:
-            return value
-        time.sleep(every)
 
 
 def keys(client, bucket: str) -> list[str]:
