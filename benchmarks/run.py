@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/run.py --only backup,verify --repeat 5 --out bench.md
     .venv/bin/python benchmarks/run.py --rss-scales 0.05,0.2 # peak RSS of backup -j2 vs table size
     .venv/bin/python benchmarks/run.py --only s3             # backup/restore to/from s3:// vs local disk
+    .venv/bin/python benchmarks/run.py --only dedup          # 7 daily snapshots into one repository
 
 What it does:
 
@@ -29,6 +30,13 @@ the group runs) and compares ``backupkit backup -j2`` into ``s3://`` and ``resto
 from it with the same commands on local disk: moto is a local stand-in, so these rows
 measure backupkit's own S3 overhead (requests, multipart uploads, the copy that
 publishes), not a network.
+
+The ``dedup`` group backs up a copy of the dataset (``CREATE DATABASE ... TEMPLATE``) 7 times
+into one repository with ``backupkit backup -j2``, appending 1% new rows to every table
+that has rows before each of days 2..7, and reports the repository's size on disk (every
+file under it, hidden folders included, each inode once) against the first snapshot's
+size: target ≤ 1.5×.  The 7 backups run once (not ``--repeat`` times, no warm-up); their
+median time is for information.
 
 Passwords reach tools through ``PGPASSWORD`` / ``BACKUPKIT_DSN`` in their
 environment, never their argv (S3 keys through ``AWS_*`` variables).  Everything is written under a temporary folder
@@ -65,7 +73,7 @@ import backupkit  # noqa: E402  (the checkout being benchmarked, not an installe
 from backupkit.pg.dsn import redact, split_password  # noqa: E402
 from backupkit.pg.embedded import bin_dir, temporary_server  # noqa: E402
 
-GROUPS = ("backup", "restore", "verify", "diff", "s3", "encrypt")
+GROUPS = ("backup", "restore", "verify", "diff", "s3", "encrypt", "dedup")
 MB = 1_000_000
 #: Session settings for the floor's psql, the same backupkit uses, so COPY text is byte-comparable.
 PG_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3"
@@ -184,7 +192,7 @@ class Cluster:
         bare, extra = split_password(self.dsn(dbname))
         return bare, {**os.environ, **extra}
 
-    def execute(self, dbname: str, *statements: str | sql.Composable) -> list:
+    def execute(self, dbname: str, *statements: str | sql.SQL | sql.Composed) -> list:
         """Run statements in one autocommit session; return the last one's rows (if any)."""
         rows: list = []
         with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
@@ -302,6 +310,7 @@ def open_s3(work: Path) -> Iterator[S3Server]:
     proc = subprocess.Popen(
         [sys.executable, "-c", MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ)
     )
+    assert proc.stdin is not None and proc.stdout is not None
     try:
         port = proc.stdout.readline().strip()
         if not port.isdigit():
@@ -378,7 +387,7 @@ CREATE TABLE mixed (
     tags        int[]
 )"""
 
-#: Server-side rows for ``mixed``: md5-repeat text of random length 0-200 (1% NULL),
+#: Server-side rows for ``mixed`` (ids first..last): md5-repeat text of random length 0-200 (1% NULL),
 #: and a few NULLs elsewhere.  setseed() in the same session makes it repeatable.
 MIXED_INSERT = """
 INSERT INTO mixed
@@ -392,7 +401,13 @@ SELECT i,
        md5(i::text || ':ref')::uuid,
        CASE WHEN i % 11 = 0 THEN NULL ELSE random() < 0.5 END,
        ARRAY[i % 1000, (random() * 100000)::int, i % 7]
-FROM generate_series(1, %(rows)s) AS i"""
+FROM generate_series(%(first)s, %(last)s) AS i"""
+
+
+def mixed_insert(first: int, last: int) -> str:
+    """``MIXED_INSERT`` for ids ``first``..``last``."""
+    return MIXED_INSERT.replace("%(first)s", str(int(first))).replace("%(last)s", str(int(last)))
+
 
 #: The change between the two snapshots ``backupkit diff`` compares: 1% of rows of the big tables.
 MUTATIONS = (
@@ -454,7 +469,7 @@ def build_dataset(cluster: Cluster, tools: Tools, dbname: str, scale: float) -> 
         dbname,
         "SELECT setseed(0.42)",
         MIXED_DDL,
-        MIXED_INSERT.replace("%(rows)s", str(int(mixed_rows))),
+        mixed_insert(1, mixed_rows),
         "ALTER TABLE mixed ADD PRIMARY KEY (id)",
     )
     log("VACUUM ANALYZE")
@@ -487,6 +502,7 @@ def count_copy_bytes(cluster: Cluster, tools: Tools, ds: Dataset) -> int:
     inv = floor_invocation(cluster, tools, ds)
     total = 0
     with subprocess.Popen(inv.pipeline[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=inv.env) as p:
+        assert p.stdout is not None and p.stderr is not None
         while block := p.stdout.read(1 << 20):
             total += len(block)
         err = p.stderr.read().decode(errors="replace")
@@ -741,6 +757,7 @@ def _backupkit_verify(b: Bench, tag: str) -> Invocation:
 
 
 def _sha256sum(b: Bench, tag: str) -> Invocation:
+    assert b.fixtures.old is not None
     manifest = json.loads((b.fixtures.old / "manifest.json").read_text())
     files = [f["path"] for f in manifest["schema_files"]] + [f["path"] for t in manifest["tables"] for f in t["files"]]
     return Invocation([[b.tools.sha256sum, "--", *files]], dict(os.environ), cwd=b.fixtures.old)
@@ -772,6 +789,8 @@ BK_VERIFY = "backupkit verify"
 SHA256SUM = "sha256sum (same files)"
 BK_DIFF = "backupkit diff --json"
 DUCKDB_SCAN = "duckdb scan (both snapshots)"
+BK_DEDUP_DAY1 = "dedup day 1: backupkit backup -j2 (first snapshot)"
+BK_DEDUP = "dedup days 1-7: backupkit backup -j2 into one repo, +1% rows/day"
 
 CONTENDERS = [
     Contender(FLOOR, "floor", _floor),
@@ -795,12 +814,15 @@ CONTENDERS = [
 
 @dataclass(frozen=True)
 class Target:
-    """A performance goal: ``contender``'s median time ≤ ``max_ratio`` × ``peer``'s (``peer`` None: RSS)."""
+    """A performance goal: ``contender``'s median time ≤ ``max_ratio`` × ``peer``'s (``peer`` None: RSS).
+
+    ``size``: compare output sizes (output MB) instead of median times."""
 
     contender: str
     peer: str | None
     max_ratio: float = 0.0
     max_rss_mb: float = 0.0
+    size: bool = False
 
 
 #: Who each contender is compared with (first peer fills the "vs peer" column; all are shown).
@@ -814,6 +836,11 @@ PEERS: dict[str, list[str]] = {
     BK_RESTORE_ENC: [BK_RESTORE],
     BK_VERIFY: [SHA256SUM],
     BK_DIFF: [DUCKDB_SCAN],
+}
+
+#: Whose output size each contender is compared with (in the "vs peer" column, as "size N×").
+SIZE_PEERS: dict[str, list[str]] = {
+    BK_DEDUP: [BK_DEDUP_DAY1],
 }
 
 TARGETS = [
@@ -830,6 +857,8 @@ TARGETS = [
     Target(BK_RESTORE_ENC, BK_RESTORE, max_ratio=1.1),
     Target(BK_VERIFY, SHA256SUM, max_ratio=1.0),
     Target(BK_DIFF, DUCKDB_SCAN, max_ratio=1.5),
+    # 7 daily snapshots (1% new rows a day) take at most 1.5x the bytes of one.
+    Target(BK_DEDUP, BK_DEDUP_DAY1, max_ratio=1.5, size=True),
 ]
 
 
@@ -919,6 +948,165 @@ def run_interleaved(bench: Bench, contenders: list[Contender], repeat: int, warm
     return results
 
 
+# -- the "dedup" group: daily snapshots into one repository -----------------------------------
+
+DEDUP_DAYS = 7
+#: New rows appended before each day after the first, as a fraction of each table's current rows.
+DEDUP_GROWTH = 0.01
+DEDUP_DB = f"{DB_PREFIX}dedup"
+DEDUP_REPO = "dedup-repo"
+#: Exceptions a failed day may raise (the same ones a failed contender may).
+RUN_ERRORS = (RunFailed, OSError, psycopg.Error, backupkit.BackupkitError, BotoCoreError, ClientError, ValueError)
+
+
+def repo_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``, hidden folders included, each file once.
+
+    Unlike ``path_bytes``, a file hard-linked from several snapshots counts once (by inode),
+    and symbolic links are not followed (a link counts its own few bytes): however a
+    repository shares data between snapshots, shared bytes are counted once.
+    """
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, dirs, files in os.walk(path):  # does not enter links to folders
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(root, d)))]:
+            st = os.lstat(os.path.join(root, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def _first_row(conn: psycopg.Connection, query: sql.Composed | str, params: list | None = None) -> tuple:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row
+
+
+def append_rows_statement(conn: psycopg.Connection, schema: str, name: str, rows: int) -> sql.Composed | sql.SQL:
+    """An INSERT appending ``rows`` new rows to a table, as an application would: keys after the largest.
+
+    ``mixed`` gets rows generated like the dataset's (``MIXED_INSERT``, ids after max(id)).
+    Any other table gets copies of its first ``rows`` rows (by primary key) with the key
+    shifted past the largest one; a table without a primary key, copies of any ``rows`` rows.
+    """
+    table = sql.Identifier(schema, name)
+    if (schema, name) == ("public", "mixed"):
+        (top,) = _first_row(conn, "SELECT coalesce(max(id), 0) FROM mixed")
+        return sql.SQL(mixed_insert(top + 1, top + rows))
+    regclass = table.as_string(conn)
+    columns = [
+        c
+        for (c,) in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+            " AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            [regclass],
+        )
+    ]
+    key = conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_index i"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+        " WHERE i.indrelid = %s::regclass AND i.indisprimary",
+        [regclass],
+    ).fetchall()
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    if not key:
+        return sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {t} LIMIT {n}").format(t=table, c=cols, n=rows)
+    if len(key) > 1 or key[0][1] not in ("smallint", "integer", "bigint"):
+        raise ValueError(f"dedup: {schema}.{name}: the primary key is not one integer column")
+    pk = sql.Identifier(key[0][0])
+    low, high = _first_row(conn, sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=pk, t=table))
+    shifted = sql.SQL(", ").join(
+        sql.SQL("{k} + {o}").format(k=pk, o=high - low + 1) if c == key[0][0] else sql.Identifier(c) for c in columns
+    )
+    return sql.SQL("INSERT INTO {t} ({c}) SELECT {s} FROM {t} ORDER BY {k} LIMIT {n}").format(
+        t=table, c=cols, s=shifted, k=pk, n=rows
+    )
+
+
+def append_rows(cluster: Cluster, dbname: str, tables: list[tuple[str, str, int]], day: int) -> dict[str, int]:
+    """Append ``DEDUP_GROWTH`` of each table's current rows (at least one) to every table that has rows.
+
+    No VACUUM FULL, CLUSTER or ANALYZE: the new rows land where PostgreSQL puts an
+    application's inserts.  Returns the rows added per table.
+    """
+    added: dict[str, int] = {}
+    with psycopg.connect(cluster.dsn(dbname), autocommit=True) as conn:
+        conn.execute(sql.SQL("SELECT setseed({})").format(sql.Literal(day / 100)))  # repeatable new rows
+        for schema, name, _ in tables:
+            (count,) = _first_row(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))
+            if not count:
+                continue
+            rows = max(1, round(count * DEDUP_GROWTH))
+            conn.execute(append_rows_statement(conn, schema, name, rows))
+            added[name] = rows
+    return added
+
+
+def _dedup_backup(b: Bench, tag: str) -> Invocation:
+    """``backupkit backup -j2`` of the dedup copy into the group's one repository (kept between days)."""
+    return Invocation(
+        [[*b.tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(b.runs_dir / DEDUP_REPO)]],
+        backupkit_env(b.cluster, DEDUP_DB),
+    )
+
+
+def run_dedup(bench: Bench, days: int = DEDUP_DAYS) -> tuple[dict[str, Result], list[str]]:
+    """Back up a copy of the dataset ``days`` times into one repository, appending rows in between.
+
+    Two rows for the report: day 1 alone (its output: the repository right after it, the
+    size of one snapshot) and all days (median time of the backups; output: the
+    repository after the last day), plus a note of the repository's size day by day.
+    """
+    cluster, ds = bench.cluster, bench.dataset
+    first = Result(Contender(BK_DEDUP_DAY1, "dedup", _dedup_backup))
+    every = Result(Contender(BK_DEDUP, "dedup", _dedup_backup))
+    repo = bench.fresh_path(DEDUP_REPO)
+    sizes: list[int] = []
+    added_rows: list[int] = []
+    log(f"dedup: {DEDUP_DB}, a copy of {ds.dbname}, backed up {days} times into one repository")
+    try:
+        cluster.create_database(DEDUP_DB, template=ds.dbname)
+        for day in range(1, days + 1):
+            if day > 1:
+                added = append_rows(cluster, DEDUP_DB, ds.tables, day)
+                added_rows.append(sum(added.values()))
+                log(f"[dedup day {day}/{days}] appended " + ", ".join(f"{n} {r:,}" for n, r in added.items()))
+            inv = _dedup_backup(bench, f"dedup-{day}")
+            cluster.settle()
+            m = run_pipeline(inv, cluster.admin_dsn)
+            sizes.append(repo_bytes(repo))
+            every.runs.append(Measurement(m.seconds, m.rss_kib))
+            if day == 1:
+                first.runs.append(Measurement(m.seconds, m.rss_kib, sizes[0]))
+            log(
+                f"[dedup day {day}/{days}] {m.seconds:.2f} s, peak RSS {m.rss_kib * 1024 / MB:,.0f} MB, "
+                f"repository {sizes[-1] / MB:,.1f} MB ({sizes[-1] / sizes[0]:.2f}× day 1)"
+            )
+        every.runs[-1].output_bytes = sizes[-1]
+    except RUN_ERRORS as exc:
+        error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        log(f"[dedup day {len(sizes) + 1}/{days}] FAILED — {redact(str(exc), cluster.admin_dsn)}")
+        every.error, every.runs = f"day {len(sizes) + 1}: {error}", []
+        if not first.runs:
+            first.error = error
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            cluster.drop_database(DEDUP_DB)
+        shutil.rmtree(repo, ignore_errors=True)
+    notes = []
+    if len(sizes) == days:
+        notes.append(
+            f"dedup: a copy of the dataset backed up {days} times (`backup -j2`) into one repository; before "
+            f"days 2-{days}, {DEDUP_GROWTH:.0%} new rows appended to every table with rows "
+            f"({', '.join(f'{r:,}' for r in added_rows)} rows). Output MB = every file under the repository "
+            "(hidden folders included, hard links once); repository after each day: "
+            + ", ".join(f"{b / MB:,.1f}" for b in sizes)
+            + " MB. Run once (no repeat, no warm-up)."
+        )
+    return {first.contender.name: first, every.contender.name: every}, notes
+
+
 # -- the report -------------------------------------------------------------------------------
 
 
@@ -980,6 +1168,13 @@ def _ratio(results: dict[str, Result], a: str, b: str) -> float | None:
     return ra.median / rb.median
 
 
+def _size_ratio(results: dict[str, Result], a: str, b: str) -> float | None:
+    ra, rb = results.get(a), results.get(b)
+    if not ra or not rb or ra.output_mb is None or not rb.output_mb:
+        return None
+    return ra.output_mb / rb.output_mb
+
+
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -993,7 +1188,8 @@ def report_table(results: dict[str, Result], ds: Dataset) -> list[str]:
     """The markdown table: one row per contender, targets next to the ratios they judge."""
     head = ["contender", "runs", "median s", "min s", "MB/s", "peak RSS MB", "output MB", "vs peer", "vs floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["--:"] * 6 + ["---", "---"]) + "|"]
-    targets = {(t.contender, t.peer): t for t in TARGETS}
+    targets = {(t.contender, t.peer): t for t in TARGETS if not t.size}
+    size_targets = {(t.contender, t.peer): t for t in TARGETS if t.size}
     for name, res in results.items():
         if res.error and not res.runs:
             lines.append("| " + " | ".join([_cell(name), "0", f"FAILED: {_cell(res.error)}"] + ["—"] * 6) + " |")
@@ -1010,6 +1206,15 @@ def report_table(results: dict[str, Result], ds: Dataset) -> list[str]:
                 continue
             text = f"{r:.2f}× {peer}"
             t = targets.get((name, peer))
+            if t:
+                text += f" (target ≤{t.max_ratio:g}: {_verdict(r <= t.max_ratio)})"
+            peers.append(text)
+        for peer in SIZE_PEERS.get(name, []):
+            r = _size_ratio(results, name, peer)
+            if r is None:
+                continue
+            text = f"size {r:.2f}× {peer}"
+            t = size_targets.get((name, peer))
             if t:
                 text += f" (target ≤{t.max_ratio:g}: {_verdict(r <= t.max_ratio)})"
             peers.append(text)
@@ -1056,9 +1261,9 @@ def size_line(results: dict[str, Result]) -> list[str]:
     if not ours or ours.output_mb is None:
         return []
     peers = [
-        (name, results[name].output_mb)
+        (name, mb)
         for name in (PG_DUMP_FD, PG_DUMP_FC, PG_DUMP_ZSTD)
-        if name in results and results[name].output_mb
+        if name in results and (mb := results[name].output_mb)
     ]
     if not peers:
         return []
@@ -1205,6 +1410,10 @@ def benchmark(cluster: Cluster, tools: Tools, args: argparse.Namespace, work: Pa
         bench = Bench(cluster, tools, ds, fixtures, work / "runs", s3)
         bench.runs_dir.mkdir(parents=True, exist_ok=True)
         results = run_interleaved(bench, chosen, args.repeat, args.warmup)
+    if "dedup" in groups:
+        dedup_results, dedup_notes = run_dedup(bench)
+        results.update(dedup_results)
+        notes += dedup_notes
     if "zstd" not in Path(tools.zstd[0]).name and "backup" in groups:
         notes.append("zstd CLI not found: pg_dump -Fp was piped into python's zstandard at level 3.")
     if s3 is not None:
