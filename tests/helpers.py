@@ -64,3 +64,33 @@ def wait_for(predicate, seconds: float, every: float = 0.02):
         if value or time.monotonic() > end:
             return value
         time.sleep(every)
+
+
+def stored_file(snapshot: Path, rel: str | dict) -> Path:
+    """Where the bytes of file ``rel`` (a path in the manifest, or its entry) of a local snapshot
+    are: in the snapshot's folder, or in the repository's pool when the file is shared
+    (``backupkit.storage.pool``).  Tests damage snapshots through this path."""
+    from backupkit.storage.location import locate
+
+    rel = rel["path"] if isinstance(rel, dict) else rel
+    snapshot = Path(snapshot)
+    return snapshot.parent / locate(snapshot).stored(rel)
+
+
+def copy_snapshot_folder(snapshot: Path, dest: Path) -> Path:
+    """``shutil.copytree`` of a snapshot folder to ``dest``, with the shared data files it refers
+    to copied into the pool of ``dest``'s repository: a private copy that can be damaged
+    without touching the original or its repository's pool."""
+    import shutil
+
+    from backupkit.snapshot import manifest as mf
+    from backupkit.storage.pool import referenced
+
+    snapshot, dest = Path(snapshot), Path(dest)
+    shutil.copytree(snapshot, dest)
+    for name in referenced(mf.read(snapshot)):
+        target = dest.parent / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(snapshot.parent / name, target)
+    return dest

@@ -7,7 +7,7 @@ import stat
 
 import psycopg
 import pytest
-from helpers import load_small, run_cli, snapshot_dirs
+from helpers import load_small, run_cli, snapshot_dirs, stored_file
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import backupkit
@@ -43,7 +43,7 @@ def test_manifest_row_counts_equal_count_star(small_db, tmp_path):
     assert {mf.table_key(t): t["rows"] for t in m["tables"]} == counts(small_db)
     # ...and the files hold exactly those rows
     for t in m["tables"]:
-        assert sum(count_rows(res.path / f["path"], formats.of(t)) for f in t["files"]) == t["rows"]
+        assert sum(count_rows(stored_file(res.path, f), formats.of(t)) for f in t["files"]) == t["rows"]
     assert res.path.name.endswith("-t1") and res.path.parent == tmp_path
 
 
@@ -106,7 +106,7 @@ def test_one_consistent_moment_across_jobs(small_db, tmp_path, monkeypatch, work
     assert {mf.table_key(t): t["rows"] for t in m["tables"]} == before
     assert len(next(t for t in m["tables"] if t["name"] == "orders")["files"]) > 1  # chunks shared the snapshot
     customers = next(t for t in m["tables"] if t["name"] == "customers")
-    text = b"".join(b for f in customers["files"] for b in iter_file_blocks(res.path / f["path"]))
+    text = b"".join(b for f in customers["files"] for b in iter_file_blocks(stored_file(res.path, f)))
     assert b"\tlate\t" not in text and b"\tc1\t" in text
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import load_small, run_cli, snapshot_dirs
+from helpers import load_small, run_cli, snapshot_dirs, stored_file
 
 import backupkit
 from backupkit.snapshot import manifest as mf
@@ -44,7 +44,7 @@ def test_copy_of_named_snapshots_only(two_snapshots, tmp_path):
 
 def test_a_damaged_source_is_not_copied_and_leaves_nothing_that_looks_complete(two_snapshots, tmp_path):
     repo, ids = two_snapshots
-    data = next((repo / ids[0] / mf.DATA_DIR).iterdir())
+    data = stored_file(repo / ids[0], mf.read(repo / ids[0])["tables"][0]["files"][0])
     data.write_bytes(data.read_bytes()[:-1] + b"\x00")  # same size, other bytes
     out = run_cli("copy", repo, tmp_path / "d", ids[0])
     assert out.returncode == 6, out.stdout + out.stderr  # snapshot damaged

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import psycopg
 import pytest
-from helpers import run_cli
+from helpers import copy_snapshot_folder, run_cli, stored_file
 from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
@@ -220,8 +219,7 @@ def test_integrity_finds_orphans_and_lagging_sequences(make_db, tmp_path):
 
 
 def test_integrity_reports_damage_and_duplicate_keys(snaps, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(snaps[2], copy)
+    copy = copy_snapshot_folder(snaps[2], tmp_path / "copy")
     m = json.loads((copy / "manifest.json").read_text())
     events = next(t for t in m["tables"] if t["name"] == "events")
     events["primary_key"] = ["kind", "n"]  # the data has duplicates and NULLs: a false claim
@@ -252,10 +250,9 @@ def test_reports_render(snaps, diff):
 
 def test_diff_of_damaged_data_raises(snaps, tmp_path):
     before, _, after = snaps
-    copy = tmp_path / "damaged"
-    shutil.copytree(after, copy)
+    copy = copy_snapshot_folder(after, tmp_path / "damaged")
     entry = next(t for t in mf.read(copy)["tables"] if t["name"] == "customers")
-    path = copy / entry["files"][0]["path"]
+    path = stored_file(copy, entry["files"][0])
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(SnapshotDamaged, match="checksum"):
         diff_snapshots(before, copy)
@@ -265,10 +262,9 @@ def test_diff_cross_checks_rows_read(snaps, tmp_path, monkeypatch):
     # DuckDB reads a truncated zstd file as a short one, silently; the row counts catch it
     # even when the checksums were (wrongly) passed.
     before, _, after = snaps
-    copy = tmp_path / "short"
-    shutil.copytree(after, copy)
+    copy = copy_snapshot_folder(after, tmp_path / "short")
     entry = next(t for t in mf.read(copy)["tables"] if t["name"] == "big")
-    path = copy / entry["files"][0]["path"]
+    path = stored_file(copy, entry["files"][0])
     path.write_bytes(path.read_bytes()[:40])  # too short for a whole block: reads as no rows
     monkeypatch.setattr("backupkit.lens.diff._check_files", lambda folder, table: None)
     with pytest.raises(SnapshotDamaged, match="rows of public.big"):

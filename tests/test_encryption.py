@@ -9,23 +9,29 @@ saying what to pass; an unencrypted backup is as before.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
 
+import duckdb
 import psycopg
 import pyrage
 import pytest
 from fingerprint import diff_fingerprints, fingerprint
 from helpers import load_small, run_cli
+from psycopg import sql as pgsql
 
 import backupkit
 from backupkit.errors import ConfigError, SnapshotDamaged, SnapshotError
+from backupkit.lens.duck import glob_escape, ident
 from backupkit.snapshot import encryption
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot.datafile import iter_blocks
@@ -127,7 +133,8 @@ def test_no_stored_byte_holds_a_value(sealed, plain, keys):
 def test_an_unencrypted_backup_is_unchanged(plain):
     assert "encryption" not in plain.manifest
     for entry in mf.all_files(plain.manifest):
-        assert not (plain.path / entry["path"]).read_bytes().startswith(encryption.MAGIC)
+        with mf.open_file(plain.path, entry["path"]) as f:  # where it is stored (a data file may be shared)
+            assert not f.read(len(encryption.MAGIC)).startswith(encryption.MAGIC)
     assert backupkit.verify(plain.path, deep=True).ok
     assert backupkit.verify(plain.path).encrypted_to is None
 
@@ -241,7 +248,7 @@ def test_restore_without_or_with_the_wrong_identity(sealed, keys, make_db, tmp_p
 
 def test_the_lens_refuses_an_encrypted_snapshot(sealed, plain):
     for args in (("sql", sealed.path, "select 1"), ("diff", plain.path, sealed.path)):
-        out = run_cli(*args)
+        out = run_cli(*args, env={"BACKUPKIT_IDENTITY": ""})
         assert out.returncode == SnapshotError.exit_code, out.stderr
         assert "is encrypted" in one_error(out) and "cannot read encrypted snapshots yet" in out.stderr
 
@@ -261,6 +268,163 @@ def test_diff_and_integrity_read_an_encrypted_snapshot_with_the_identity(sealed,
     assert set(Path(tempfile.gettempdir()).glob("backupkit-plain-*")) == before  # no plain data left behind
     wrong = run_cli("diff", plain.path, sealed.path, "--identity", keys[2])
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+
+
+#: The session settings backups write with, so PostgreSQL's ::text is what the files hold.
+SESSION = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3"
+
+
+def source_rows(dsn: str, table: dict) -> list[tuple]:
+    """Every row of a manifest table in the database, each value as PostgreSQL's text."""
+    cols = pgsql.SQL(", ").join(pgsql.SQL("{}::text").format(pgsql.Identifier(c)) for c in table["copy_columns"])
+    query = pgsql.SQL("SELECT {} FROM {}").format(cols, pgsql.Identifier(table["schema"], table["name"]))
+    with psycopg.connect(dsn) as conn:
+        conn.execute(SESSION)
+        return conn.execute(query).fetchall()
+
+
+def in_order(rows: list[tuple]) -> list[tuple]:
+    return sorted(rows, key=lambda r: [(v is None, "" if v is None else str(v)) for v in r])
+
+
+@pytest.fixture
+def tmp(tmp_path, monkeypatch):
+    """The temporary directory this process (``tempfile``) and the commands it runs (``$TMPDIR``)
+    use, so that what scratch space is left behind can be seen."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    monkeypatch.setenv("TMPDIR", str(where))
+    return where
+
+
+def plain_copies(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("backupkit-plain-*"))
+
+
+def test_open_snapshot_reads_an_encrypted_snapshot_with_the_identity(sealed, source, keys, tmp):
+    """Exactly the source's rows, through a sandbox that reads the decrypted copy's files only;
+    the copy is gone once the connection is closed."""
+    con = backupkit.open_snapshot(sealed.path, raw=True, identity=keys[0])
+    (copy,) = plain_copies(tmp)
+    assert copy.stat().st_mode & 0o777 == 0o700
+    tables = [t for t in sealed.manifest["tables"] if t["copy_columns"]]
+    assert {t["name"] for t in tables} >= {"vault", "customers", "orders"}
+    for t in tables:
+        view = f"{ident(t['schema'])}.{ident(t['name'])}"
+        got = con.sql(f"SELECT * FROM {view}").fetchall()
+        assert len(got) == t["rows"] and in_order(got) == in_order(source_rows(source, t)), view
+    # The sandbox allows exactly the copy's data files; the stored (age) files are out of reach.
+    files = [str(copy / sealed.id / f["path"]) for t in sealed.manifest["tables"] for f in t["files"]]
+    (allowed,) = con.sql("SELECT current_setting('allowed_paths')").fetchall()[0]
+    assert set(allowed) == set(files) | {glob_escape(f) for f in files}
+    stored = sealed.path / sealed.manifest["tables"][0]["files"][0]["path"]
+    with pytest.raises(duckdb.PermissionException):
+        con.sql(f"SELECT * FROM read_blob('{stored}')").fetchall()
+    con.close()
+    assert list(tmp.iterdir()) == []  # no plain data left, nor DuckDB's spill folder
+    with pytest.raises(duckdb.ConnectionException):
+        con.sql("SELECT 1").fetchall()
+    con.close()  # twice is harmless
+
+    # Typed views, in a with block.
+    with backupkit.open_snapshot(sealed.path, identity=str(keys[0])) as con:
+        got = con.sql("SELECT count(*), min(v) FROM public.vault WHERE v LIKE 'ROWSECRET%'").fetchall()
+        assert got == [(500, f"{SECRETS['row']}-1")]
+    assert plain_copies(tmp) == []
+    # Dropped without close(): gone with the last reference to the connection (a relation's, a cursor's).
+    for make in (lambda c: c, lambda c: c.cursor()):
+        rel = make(backupkit.open_snapshot(sealed.path, identity=keys[0])).sql("SELECT count(*) FROM public.orders")
+        gc.collect()
+        assert rel.fetchall() == [(20000,)] and len(plain_copies(tmp)) == 1
+        del rel
+        gc.collect()
+        assert plain_copies(tmp) == []
+
+
+def test_open_snapshot_leaves_no_plain_data_behind(sealed, keys, damaged, tmp, tmp_path):
+    """On an error while opening, and at the end of a process that never closed the connection."""
+    with pytest.raises(ConfigError, match="cannot decrypt snapshot"):
+        backupkit.open_snapshot(sealed.path, identity=keys[2])
+    with pytest.raises(ConfigError, match="is encrypted: `identity` does not combine with `external_access`"):
+        backupkit.open_snapshot(sealed.path, identity=keys[0], external_access=True)
+    with pytest.raises(SnapshotError, match="cannot read encrypted snapshots yet"):
+        backupkit.open_snapshot(sealed.path)
+    entry = max((f for t in sealed.manifest["tables"] for f in t["files"]), key=lambda f: f["bytes"])
+    data = bytearray((damaged / entry["path"]).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (damaged / entry["path"]).write_bytes(bytes(data))
+    with pytest.raises(SnapshotDamaged, match="does not verify"):
+        backupkit.open_snapshot(damaged, identity=keys[0])
+    assert list(tmp.iterdir()) == []
+    script = (
+        "import sys, backupkit\n"
+        "con = backupkit.open_snapshot(sys.argv[1], identity=sys.argv[2])\n"
+        "print(con.sql('SELECT count(*) FROM public.vault').fetchall()[0][0], flush=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(sealed.path), str(keys[0])], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "500", out.stderr
+    assert list(tmp.iterdir()) == []
+
+
+def test_sql_reads_an_encrypted_snapshot_with_the_identity(sealed, source, keys, tmp):
+    orders = next(t for t in sealed.manifest["tables"] if t["name"] == "orders")
+    with psycopg.connect(source) as conn:
+        total, count = conn.execute("SELECT sum(total)::text, count(*) FROM orders").fetchone()
+    assert count == orders["rows"]
+    query = "SELECT 'sum=' || sum(total)::VARCHAR || ',n=' || count(*) AS answer FROM public.orders"
+    for how in ({"args": ("--identity", keys[0])}, {"env": {"BACKUPKIT_IDENTITY": str(keys[0])}}):
+        out = run_cli("sql", sealed.path, query, *how.get("args", ()), env=how.get("env"))
+        assert out.returncode == 0, out.stderr
+        assert f"sum={total},n={count}" in out.stdout, out.stdout
+        assert plain_copies(tmp) == []
+    # Another key: one line naming the option, exit 2 (bad arguments); nothing decrypted is left.
+    out = run_cli("sql", sealed.path, query, "--identity", keys[2])
+    assert out.returncode == ConfigError.exit_code
+    line = one_error(out)
+    assert line.startswith(f"error: --identity {keys[2]} cannot decrypt snapshot {sealed.id}") and keys[1] in line
+    out = run_cli("sql", sealed.path, query, "--identity", keys[0], "--external-access")
+    assert out.returncode == ConfigError.exit_code
+    assert "`--identity` does not combine with `--external-access`" in one_error(out)
+    assert list(tmp.iterdir()) == []
+
+
+def test_the_explore_notebook_reads_an_encrypted_snapshot_with_the_identity(sealed, keys, tmp, tmp_path):
+    import nbformat
+    import papermill
+
+    notebooks = Path(__file__).parent.parent / "notebooks"
+    out = tmp_path / "explore.ipynb"
+    papermill.execute_notebook(
+        str(notebooks / "explore.ipynb"),
+        str(out),
+        parameters={
+            "backup_dir": str(sealed.path.parent),
+            "identity": str(keys[0]),
+            "table": "public.vault",
+            "sql": "SELECT count(*) AS n, min(v) AS first FROM public.vault",
+        },
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
+    book = nbformat.read(out, as_version=4)
+    shown = {
+        c.source: "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in c.outputs)
+        for c in book.cells
+        if c.cell_type == "code"
+    }
+    assert sealed.id in shown["snap = nb.pick_snapshot(backup_dir, snapshot)\nsnap"]
+    assert "vault" in shown["nb.snapshot_tables(snap, identity=identity)"]
+    answer = shown["nb.query(snap, sql, limit=limit, identity=identity)"]
+    assert "500" in answer and f"{SECRETS['row']}-1" in answer, answer
+    # The explorer's widgets (their state is saved with the notebook) preview the rows, no error.
+    assert "VBox" in shown["nb.explorer(backup_dir, snap, table=table, sql=sql, limit=limit, identity=identity)"]
+    widgets = json.dumps(book.metadata.get("widgets", {}))
+    assert f"{SECRETS['row']}-1" in widgets and "color:#b00" not in widgets
+    assert plain_copies(tmp) == []  # the explorer's copy went with the kernel
 
 
 def test_decrypt_into_scratch_for_the_lens(sealed, keys, tmp_path):

@@ -27,13 +27,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
-from helpers import load_small, run_cli
+from helpers import copy_snapshot_folder, load_small, run_cli, stored_file
 
 import backupkit
 from backupkit.errors import StorageError
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot.verify import verify
+from backupkit.storage import pool
 from backupkit.storage.lock import DirLock
 from backupkit.storage.repository import new_id
 
@@ -54,16 +56,35 @@ def pristine(pg_server, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def changed(pg_server, tmp_path_factory) -> Path:
+    """A snapshot of the same database after every orders row changed: that table's data
+    files are not the ones ``pristine`` has (a clone of each in one directory shares the rest)."""
+    dsn = pg_server.createdb("faults_changed")
+    try:
+        load_small(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE orders SET note = 'changed'")
+        path = backupkit.backup(dsn, tmp_path_factory.mktemp("faults-changed")).path
+    finally:
+        pg_server.dropdb(dsn)
+    assert verify(path).ok
+    return path
+
+
 def clone(source: Path, directory: Path, created_at: datetime) -> Path:
-    """A private copy of ``source`` in ``directory`` under a new id and time, resealed."""
+    """A private copy of ``source`` in ``directory`` under a new id and time, resealed.
+
+    Its shared data files are copied into ``directory``'s pool (clones in one directory
+    share them, as snapshots of unchanged data do)."""
     sid = new_id(created_at, None)
     dest = directory / sid
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    shutil.copytree(source, dest)
+    copy_snapshot_folder(source, dest)
     m = mf.read(dest)
     m.update(id=sid, created_at=created_at.isoformat(), finished_at=(created_at + timedelta(seconds=5)).isoformat())
     write_manifest(dest, mf.seal(m))
-    for p in [dest, *dest.rglob("*")]:
+    for p in [dest, *dest.rglob("*"), *(directory / pool.POOL).rglob("*")]:
         os.chmod(p, 0o700 if p.is_dir() else 0o600)
     return dest
 
@@ -160,7 +181,7 @@ def _outside_copy(snap: Path, entry: dict, tmp_path: Path) -> Path:
     """The same bytes as a data file, outside the snapshot (so hashes would match)."""
     outside = tmp_path / "outside" / "stolen.copy.zst"
     outside.parent.mkdir(exist_ok=True)
-    shutil.copy(snap / entry["path"], outside)
+    shutil.copy(stored_file(snap, entry), outside)
     return outside
 
 
@@ -198,7 +219,7 @@ def test_restore_refuses_a_manifest_reaching_outside(snap, tmp_path, make_db):
     m = mf.read(snap)
     entry = biggest(m)
     outside = _outside_copy(snap, entry, tmp_path)
-    (snap / entry["path"]).unlink()
+    stored_file(snap, entry).unlink()
 
     def change(m):
         biggest(m)["path"] = os.path.relpath(outside, snap)
@@ -208,27 +229,36 @@ def test_restore_refuses_a_manifest_reaching_outside(snap, tmp_path, make_db):
     out = run_cli("restore", snap, "--dsn", target)
     line = one_line_error(out, 6)
     assert "is not normalized" in line
-    import psycopg
-
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
 
 
 def test_symlinked_data_file_is_refused(snap, tmp_path):
     entry = biggest(mf.read(snap))
+    assert entry.get("shared") is True  # the default layout: readers open the pool file
     outside = _outside_copy(snap, entry, tmp_path)  # identical bytes: only the link is wrong
-    (snap / entry["path"]).unlink()
+    stored = stored_file(snap, entry)
+    stored.unlink()
+    stored.symlink_to(outside)
+    # A link planted where the file would be in the folder is reported too, never followed.
+    (snap / mf.DATA_DIR).mkdir(exist_ok=True)
     (snap / entry["path"]).symlink_to(outside)
     report = json.loads(run_cli("verify", snap, "--json").stdout)
     assert not report["ok"]
-    assert any(p.startswith(f"{entry['path']}: {entry['path']} is a symbolic link") for p in report["problems"])
+    in_pool = str(stored.relative_to(snap.parent))
+    assert any(p.startswith(f"{entry['path']}: {in_pool} is a symbolic link") for p in report["problems"])
     assert any(p.startswith(f"{entry['path']} is a symbolic link") for p in report["problems"])
     assert str(outside) not in json.dumps(report)
 
 
 def test_symlinked_data_folder_and_dangling_link_are_reported(snap, tmp_path):
+    # The shared data files are read from the repository's pool: a linked pool folder is
+    # never followed.  A linked data folder (empty here: every file is shared) is reported.
+    shared = snap.parent / pool.POOL
+    shutil.move(shared, tmp_path / "elsewhere-pool")
+    shared.symlink_to(tmp_path / "elsewhere-pool")
     moved = tmp_path / "elsewhere"
-    shutil.move(snap / "data", moved)
+    moved.mkdir()
     (snap / "data").symlink_to(moved)
     (snap / "schema" / "ghost").symlink_to(tmp_path / "does-not-exist")
     out = run_cli("verify", snap, "--json")
@@ -238,10 +268,10 @@ def test_symlinked_data_folder_and_dangling_link_are_reported(snap, tmp_path):
         "data is a symbolic link (a snapshot holds no links; dangling or not, it is not the snapshot's own)" in problems
     )
     assert any(p.startswith("schema/ghost is a symbolic link") for p in problems)
-    # every data file is refused (reached through the linked folder), none is read
+    # every data file is refused (reached through the linked pool folder), none is read
     data_files = [f["path"] for t in mf.read(snap)["tables"] for f in t["files"]]
-    assert all(
-        f"{f}: data is a symbolic link; snapshot files must be plain files inside the snapshot" in problems
+    assert data_files and all(
+        f"{f}: {pool.POOL} is a symbolic link; snapshot files must be plain files inside the snapshot" in problems
         for f in data_files
     )
 
@@ -292,13 +322,18 @@ def test_an_unreadable_snapshot_fails_each_command_in_one_line_and_not_the_direc
     assert verify(a).ok and verify(b).ok
 
 
-def test_an_unreadable_data_file_is_exit_7_not_damage(dir2):
-    d, a, b = dir2
-    path = b / biggest(mf.read(b))["path"]
+def test_an_unreadable_data_file_is_exit_7_not_damage(pristine, changed, tmp_path):
+    # B's unreadable file must be its own: a file B shares with A would make A unreadable too.
+    d = tmp_path / "backups"
+    a = clone(pristine, d, datetime(2025, 11, 1, 10, tzinfo=UTC))
+    b = clone(changed, d, datetime(2025, 11, 2, 10, tzinfo=UTC))
+    entry = biggest(mf.read(b))
+    assert pool.blob_name(entry["sha256"]) not in pool.referenced(mf.read(a))
+    path = stored_file(b, entry)
     path.chmod(0)
     try:
         line = one_line_error(run_cli_limited("verify", b), 7)
-        assert path.name in line and "Permission denied" in line
+        assert Path(entry["path"]).name in line and "Permission denied" in line
         # prune verifies the newest (B): not known intact, so A is kept as the newest intact one
         out = run_cli_limited("prune", d, "--keep-last", "1", "--json")
         assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import duckdb
 import psycopg
 import pytest
 import zstandard
-from helpers import load_small, run_cli
+from helpers import copy_snapshot_folder, load_small, run_cli, stored_file
 
 import backupkit
 from backupkit.errors import SnapshotDamaged
@@ -22,6 +23,7 @@ from backupkit.lens.integrity import integrity
 from backupkit.notebook.explore import query
 from backupkit.snapshot import datafile
 from backupkit.snapshot import manifest as mf
+from backupkit.storage import pool
 
 CHANGED = 800
 
@@ -43,8 +45,8 @@ def snaps(pg_server, tmp_path_factory):
 
 
 def copy_of(snapshot: Path, dest: Path) -> Path:
-    shutil.copytree(snapshot, dest)
-    return dest
+    """A private copy of a snapshot, its shared files in the pool of ``dest``'s parent folder."""
+    return copy_snapshot_folder(snapshot, dest)
 
 
 def entry_of(folder: Path, name: str) -> dict:
@@ -52,9 +54,11 @@ def entry_of(folder: Path, name: str) -> dict:
 
 
 def listing(folder: Path) -> dict[str, str]:
+    """Every file of a snapshot's folder and of its repository's pool (its shared data files), hashed."""
+    repo = folder.parent
     return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
+        p.relative_to(repo).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted([*folder.rglob("*"), *(repo / pool.POOL).rglob("*")])
         if p.is_file()
     }
 
@@ -66,34 +70,40 @@ def reseal(folder: Path, manifest: dict) -> None:
 
 def two_frames(folder: Path, name: str) -> tuple[Path, int]:
     """Rewrite a table's first file as two zstd frames (the manifest resealed to match);
-    return the file and the length of its first frame."""
+    return the file and the length of its first frame.  A shared file is named by its
+    hash: the new one goes into the pool under its own (the old one is left there)."""
     m = mf.read(folder)
     entry = next(t for t in m["tables"] if t["name"] == name)["files"][0]
-    path = folder / entry["path"]
+    path = stored_file(folder, entry)
     data = zstandard.ZstdDecompressor().stream_reader(path.read_bytes(), read_across_frames=True).read()
     cut = data.index(b"\n", len(data) // 2) + 1
     first = zstandard.ZstdCompressor().compress(data[:cut])
-    path.write_bytes(first + zstandard.ZstdCompressor().compress(data[cut:]))
-    entry["bytes"], entry["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    stored = first + zstandard.ZstdCompressor().compress(data[cut:])
+    entry["bytes"], entry["sha256"] = len(stored), hashlib.sha256(stored).hexdigest()
+    if entry.get("shared") is True:
+        path = folder.parent / pool.blob_name(entry["sha256"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(stored)
     reseal(folder, m)
     return path, len(first)
 
 
-def damage(folder: Path, how: str) -> Path:
-    """Damage public.orders' first file of ``folder``; return the file's path."""
+def damage(folder: Path, how: str) -> str:
+    """Damage public.orders' first file of ``folder``; return its name (as the manifest names it)."""
+    entry = entry_of(folder, "orders")["files"][0]
     if how == "truncated at a frame boundary":
         path, first = two_frames(folder, "orders")
         with open(path, "r+b") as f:
             f.truncate(first)
-        return path
-    path = folder / entry_of(folder, "orders")["files"][0]["path"]
+        return Path(entry["path"]).name
+    path = stored_file(folder, entry)
     if how == "flipped byte":
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0x01
         path.write_bytes(bytes(data))
     elif how == "missing":
         path.unlink()
-    return path
+    return Path(entry["path"]).name
 
 
 DAMAGE = ["flipped byte", "truncated at a frame boundary", "missing"]
@@ -113,31 +123,31 @@ def test_a_frame_boundary_truncation_reads_as_a_shorter_file(snaps, tmp_path):
 @pytest.mark.parametrize("how", DAMAGE)
 def test_open_snapshot_refuses_a_damaged_file_naming_it(snaps, tmp_path, how):
     copy = copy_of(snaps[0], tmp_path / "s")
-    path = damage(copy, how)
+    name = damage(copy, how)
     datafile.forget_checked()
     with pytest.raises(SnapshotDamaged) as err:
         open_snapshot(copy)
-    assert path.name in str(err.value) and "backupkit verify" in err.value.hint
-    with pytest.raises(SnapshotDamaged, match=path.name):
+    assert name in str(err.value) and "backupkit verify" in err.value.hint
+    with pytest.raises(SnapshotDamaged, match=re.escape(name)):
         query(copy, "SELECT count(*) FROM public.customers")  # the explore notebook
 
 
 @pytest.mark.parametrize("how", DAMAGE)
 def test_sql_exits_6_on_damage_even_when_reading_another_table(snaps, tmp_path, how):
     copy = copy_of(snaps[0], tmp_path / "s")
-    path = damage(copy, how)
+    name = damage(copy, how)
     r = run_cli("sql", copy, "SELECT count(*) FROM public.customers")
     assert r.returncode == 6, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and path.name in r.stderr and "2000" not in r.stdout
+    assert "Traceback" not in r.stderr and name in r.stderr and "2000" not in r.stdout
 
 
 def test_integrity_does_not_read_a_damaged_table(snaps, tmp_path):
     copy = copy_of(snaps[0], tmp_path / "s")
-    path = damage(copy, "flipped byte")
+    name = damage(copy, "flipped byte")
     report = integrity(copy)
     assert report["ok"] is False
     orders = [c for c in report["checks"] if c["table"] == "public.orders"]
-    assert orders and all(not c["ok"] and path.name in c["detail"] and "not checked" in c["detail"] for c in orders)
+    assert orders and all(not c["ok"] and name in c["detail"] and "not checked" in c["detail"] for c in orders)
     customers = next(c for c in report["checks"] if c["table"] == "public.customers" and c["check"] == "primary_key")
     assert customers["ok"] is True
 
@@ -161,7 +171,7 @@ def test_files_are_hashed_once_per_process_until_they_change(snaps, tmp_path, mo
     assert len(hashed) == files
     open_snapshot(copy).close()
     assert len(hashed) == files
-    path = copy / entry_of(copy, "orders")["files"][0]["path"]
+    path = stored_file(copy, entry_of(copy, "orders")["files"][0])
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     open_snapshot(copy).close()
     assert len(hashed) == files + 1
@@ -171,17 +181,32 @@ def test_manifest_paths_leaving_the_snapshot_are_refused(snaps, tmp_path):
     copy = copy_of(snaps[0], tmp_path / "s")
     m = mf.read(copy)
     entry = next(t for t in m["tables"] if t["name"] == "orders")["files"][0]
+    stored, original = stored_file(copy, entry), entry["path"]
     outside = tmp_path / "outside.copy.zst"
-    shutil.copy(copy / entry["path"], outside)
+    shutil.copy(stored, outside)
     for bad in (str(outside), "../outside.copy.zst"):
         entry["path"] = bad
         reseal(copy, m)
         with pytest.raises(SnapshotDamaged, match="outside"):
             open_snapshot(copy)
+    # A link where a file of the snapshot's folder is read (an entry not shared)...
+    (copy / mf.DATA_DIR).mkdir(exist_ok=True)
     link = copy / "data" / "link.copy.zst"
     link.symlink_to(outside)
     entry["path"] = "data/link.copy.zst"
+    shared = entry.pop("shared", None)
     reseal(copy, m)
+    datafile.forget_checked()
+    with pytest.raises(SnapshotDamaged, match="symlink"):
+        open_snapshot(copy)
+    # ...and where a shared file is read: the repository's pool.
+    assert shared is True
+    link.unlink()
+    entry.update(path=original, shared=True)
+    reseal(copy, m)
+    stored.unlink()
+    stored.symlink_to(outside)
+    datafile.forget_checked()
     with pytest.raises(SnapshotDamaged, match="symlink"):
         open_snapshot(copy)
 
@@ -191,14 +216,24 @@ def test_manifest_paths_leaving_the_snapshot_are_refused(snaps, tmp_path):
 
 @pytest.mark.parametrize("name, decoys", [("glob[1]", ["glob1"]), ("st*r", ["star", "stXr"]), ("q?m", ["qxm"])])
 def test_glob_characters_in_a_folder_read_only_that_folder(snaps, tmp_path, name, decoys):
+    # The data files DuckDB reads are in the repository's pool: the repository folder (and the
+    # snapshot's) has the glob characters, and each decoy repository holds the other snapshot,
+    # plus the other snapshot's orders where the target's orders file would match the pattern.
     before, after = snaps
-    target = copy_of(before, tmp_path / name)
-    for d in decoys:  # folders the pattern would match, holding the other snapshot
-        copy_of(after, tmp_path / d)
+    target = copy_of(before, tmp_path / name / name)
+    orders = entry_of(target, "orders")["files"][0]
+    assert orders.get("shared") is True
+    others = stored_file(after, entry_of(after, "orders")["files"][0]).read_bytes()
+    for d in decoys:  # repositories the pattern would match, holding the other snapshot
+        copy_of(after, tmp_path / d / d)
+        decoy = tmp_path / d / stored_file(target, orders).relative_to(tmp_path / name)
+        assert not decoy.exists()
+        decoy.parent.mkdir(parents=True, exist_ok=True)
+        decoy.write_bytes(others)
     with open_snapshot(target) as con:
         got = con.execute("SELECT count(*) FILTER (WHERE note = 'changed'), count(*) FROM public.orders").fetchone()
     assert got == (0, 20000)
-    other = tmp_path / decoys[0]
+    other = tmp_path / decoys[0] / decoys[0]
     for old, new in ((target, other), (other, target)):
         orders = next(t for t in diff_snapshots(old, new)["tables"] if t["name"] == "orders")
         assert orders["updated"] == CHANGED, (old, new)
@@ -213,7 +248,7 @@ def test_glob_characters_in_a_folder_read_only_that_folder(snaps, tmp_path, name
 def test_the_lens_reads_the_snapshot_and_nothing_else(snaps, tmp_path):
     snap = copy_of(snaps[0], tmp_path / "snap")
     files = listing(snap)
-    data = snap / entry_of(snap, "orders")["files"][0]["path"]
+    data = stored_file(snap, entry_of(snap, "orders")["files"][0])  # the file DuckDB reads
     outside = tmp_path / "outside.csv"
     outside.write_text("a,b\n1,2\n")
     out = tmp_path / "written"

@@ -73,5 +73,5 @@ def test_report_and_explore_read_the_snapshots_the_demo_just_wrote(home, tmp_pat
 
     # The explorer opens the demo's newest snapshot.
     assert after in text_of(explore, "snap = nb.pick_snapshot(backup_dir, snapshot)\nsnap")
-    tables = text_of(explore, "nb.snapshot_tables(snap)")
+    tables = text_of(explore, "nb.snapshot_tables(snap, identity=identity)")
     assert "public" in tables and "orders" in tables and "auth" in tables  # the demo backs up auth too

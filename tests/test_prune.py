@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import load_small, run_cli, snapshot_dirs
+from helpers import copy_snapshot_folder, load_small, run_cli, snapshot_dirs, stored_file
 
 import backupkit
 from backupkit.errors import RetentionError
@@ -56,7 +56,7 @@ def clone(source: Path, directory: Path, created_at: datetime, label: str | None
     sid = new_id(created_at, label)
     dest = directory / sid
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    shutil.copytree(source, dest)
+    copy_snapshot_folder(source, dest)
     m = mf.read(dest)
     m.update(
         id=sid,
@@ -64,13 +64,18 @@ def clone(source: Path, directory: Path, created_at: datetime, label: str | None
         created_at=created_at.isoformat(),
         finished_at=(created_at + timedelta(seconds=5)).isoformat(),
     )
-    (dest / mf.MANIFEST).unlink()
-    fd = os.open(dest / mf.MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(mf.seal(m), indent=2, ensure_ascii=False))
-    for p in [dest, *dest.rglob("*")]:
+    rewrite_manifest(dest, m)
+    for p in [dest, *dest.rglob("*"), *(directory / ".shared").rglob("*")]:
         os.chmod(p, 0o700 if p.is_dir() else 0o600)
     return sid
+
+
+def rewrite_manifest(snapshot: Path, m: dict) -> None:
+    """Replace a snapshot's manifest with ``m``, sealed (as a backup writes it)."""
+    (snapshot / mf.MANIFEST).unlink()
+    fd = os.open(snapshot / mf.MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(mf.seal(m), indent=2, ensure_ascii=False))
 
 
 def build(source: Path, directory: Path, *stamps: datetime) -> list[str]:
@@ -97,13 +102,20 @@ def listed(directory: Path) -> dict:
 
 
 def names(directory: Path) -> set[str]:
-    return {p.name for p in directory.iterdir()}
+    """What is in a repository folder besides its pool of shared files (checked on its own)."""
+    return {p.name for p in directory.iterdir()} - {".shared"}
 
 
 def flip_a_byte(snapshot: Path) -> str:
     """Damage one data file in place (same size, one byte changed); returns its path."""
     m = mf.read(snapshot)
     entry = max((f for t in m["tables"] for f in t["files"]), key=lambda f: f["bytes"])
+    if entry.get("shared"):  # the clones share their files: this one gets its own copy to damage
+        path = snapshot / entry["path"]
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(stored_file(snapshot, entry), path)
+        del entry["shared"]
+        rewrite_manifest(snapshot, m)
     path = snapshot / entry["path"]
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -479,7 +491,7 @@ def test_prune_killed_after_a_rename_leaves_only_complete_snapshots(source, tmp_
     assert [(Path(u["path"]).name, u["kind"]) for u in listing["unfinished"]] == [(trash[0], "trash")]
 
     text = run_cli("list", tmp_path).stdout.splitlines()
-    table = [line for line in text if not line.startswith("incomplete:")]
+    table = [line for line in text if not line.startswith(("incomplete:", "total:"))]
     assert [line.split()[0] for line in table[1:]] == remaining
     assert any(
         line.startswith(f"incomplete: {trash[0]}  interrupted delete") and "not a snapshot" in line for line in text

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from fidelity_big import add_toast_values
 from fingerprint import diff_fingerprints, fingerprint
-from helpers import load_small, run_cli
+from helpers import load_small, run_cli, stored_file
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -227,7 +227,8 @@ def test_selective_and_dependency_following_restore(small, make_db):
 
 def test_damaged_snapshot_restores_nothing(small, make_db):
     source, res = small
-    data = res.path / res.manifest["tables"][0]["files"][0]["path"]
+    entry = res.manifest["tables"][0]["files"][0]
+    data = stored_file(res.path, entry)
     data.chmod(0o600)
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x01
@@ -236,7 +237,7 @@ def test_damaged_snapshot_restores_nothing(small, make_db):
     before = fingerprint(target)
     out = run_cli("restore", res.path, "--dsn", target)
     assert out.returncode == 6
-    assert "damaged" in out.stderr and data.name in out.stderr
+    assert "damaged" in out.stderr and entry["path"] in out.stderr
     assert fingerprint(target) == before
 
 

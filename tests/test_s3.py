@@ -10,6 +10,7 @@ ever shows a secret.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
@@ -18,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fingerprint import diff_fingerprints, fingerprint
-from helpers import load_small
+from helpers import load_small, stored_file
 from s3server import ACCESS_KEY, SECRET
 
 import backupkit
@@ -28,6 +29,7 @@ from backupkit.retention.prune import prune
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot.verify import verify
 from backupkit.storage import lock as lockmod
+from backupkit.storage import pool
 from backupkit.storage.location import SnapshotLocation, locate, open_storage
 from backupkit.storage.lock import DirLock
 from backupkit.storage.repository import copy_snapshot, list_snapshots, new_id, resolve, set_pin
@@ -49,12 +51,15 @@ def local_snapshot(pg_server, tmp_path_factory):
 
 
 def _contents(location: SnapshotLocation) -> dict[str, bytes]:
-    """Every file of a snapshot, by its path inside the snapshot."""
+    """Every file of a snapshot, by its path inside the snapshot (shared ones read from the pool)."""
     out = {}
     for entry in location.storage.walk(location.id):
         if entry.kind == "file":
             with location.storage.open(entry.name) as f:
                 out[entry.name[len(location.id) + 1 :]] = f.read()
+    for f in mf.all_files(mf.read(location)):
+        if f.get("shared"):
+            out[f["path"]] = location.storage.read(location.stored(f["path"]), f["bytes"])
     return out
 
 
@@ -83,7 +88,9 @@ def test_backup_to_s3_lists_verifies_and_restores_exactly(make_db, s3_bucket, s3
     assert verify(f"{url}/{snap.id}", deep=True).ok  # the same snapshot, named by its URL
     assert resolve(url) == snap.location == locate(f"{url}/{snap.id}")
     keys = _keys(s3_client, s3_bucket)
-    assert all(k.startswith(f"repo/{snap.id}/") for k in keys), keys  # no lock, no staging left
+    shared = {f"repo/{name}" for name in pool.referenced(mf.read(snap.location))}
+    assert shared and shared <= set(keys)
+    assert all(k.startswith(f"repo/{snap.id}/") for k in set(keys) - shared), keys  # no lock, no staging left
     assert f"repo/{snap.id}/manifest.json" in keys and _no_uploads_left(s3_client, s3_bucket)
 
     backupkit.restore(snap.location, target)
@@ -111,16 +118,16 @@ def test_a_writer_verifies_by_size_on_s3_and_by_hash_on_disk(local_snapshot, s3_
     up = copy_snapshot(local_snapshot, f"s3://{s3_bucket}/w")
     rel = next(f["path"] for t in mf.read(up)["tables"] for f in t["files"])
     data = _contents(up)[rel]
-    up.storage.remove(up.key(rel))
-    up.storage.write(up.key(rel), bytes([data[0] ^ 1]) + data[1:])  # same size, other bytes
+    up.storage.remove(up.stored(rel))
+    up.storage.write(up.stored(rel), bytes([data[0] ^ 1]) + data[1:])  # same size, other bytes
     assert verify(up, written=True).ok  # by size: what S3 stored is what was sent
     assert not verify(up).ok  # a plain verify reads it back and finds the change
-    up.storage.remove(up.key(rel))
-    up.storage.write(up.key(rel), data[:-1])
+    up.storage.remove(up.stored(rel))
+    up.storage.write(up.stored(rel), data[:-1])
     assert f"{rel}: {len(data) - 1} bytes" in " ".join(verify(up, written=True).problems)
     local = tmp_path / "l"
     copy = copy_snapshot(local_snapshot, local)
-    path = copy.path / rel
+    path = stored_file(copy.path, rel)
     raw = path.read_bytes()
     path.write_bytes(bytes([raw[0] ^ 1]) + raw[1:])
     assert not verify(copy, written=True).ok  # a local disk is always read back
@@ -131,8 +138,12 @@ def _clone(storage, source: SnapshotLocation, created_at: datetime) -> SnapshotL
     sid = new_id(created_at, "c")
     m = mf.read(source)
     m.update(id=sid, label="c", created_at=created_at.isoformat())
+    shared = {f["path"]: pool.blob_name(f["sha256"]) for f in mf.all_files(m) if f.get("shared")}
     for rel, data in _contents(source).items():
-        if rel != mf.MANIFEST:
+        if rel in shared:
+            with contextlib.suppress(FileExistsError):  # the clones share it
+                storage.write(shared[rel], data)
+        elif rel != mf.MANIFEST:
             storage.write(f"{sid}/{rel}", data)
     return mf.write(SnapshotLocation(storage, sid), m)
 
@@ -266,7 +277,7 @@ def test_an_interrupted_publish_is_never_a_snapshot_and_prune_removes_it(local_s
     assert prune(url, Policy(keep_last=5), now=now).stale == []  # fresh: perhaps still running
     result = prune(url, Policy(keep_last=5), now=now, stale_after_hours=0)
     assert sorted(result.stale) == sorted([staging, new_id]) and result.kept == [kept.id]
-    assert [e.name for e in storage.list()] == [kept.id]
+    assert [e.name for e in storage.list()] == [pool.POOL, kept.id]
     assert verify(kept, deep=True).ok
 
 

@@ -23,7 +23,9 @@ from helpers import load_small, run_cli, wait_for
 
 import backupkit
 from backupkit.errors import LockError
+from backupkit.snapshot import manifest as mf
 from backupkit.snapshot.verify import verify
+from backupkit.storage import pool
 from backupkit.storage.repository import list_snapshots
 
 #: The CLI with worker processes forced on and small chunks (a run of a few hundred files,
@@ -236,8 +238,9 @@ def test_two_backups_racing_for_one_s3_repository_one_fails_with_the_lock(small_
     assert f"locked by pid {winner.pid} on host" in out, out  # names the holder
     assert winner.stdout.readline().strip() == "holding"
     # Never two writers: one staging prefix, the winner's lock.
-    prefixes = {k.split("/")[1] for k in keys(s3_client, s3_bucket)}
-    assert len(prefixes) == 2 and ".lock" in prefixes and all(p.startswith((".lock", ".tmp-")) for p in prefixes)
+    prefixes = {k.split("/")[1] for k in keys(s3_client, s3_bucket)}  # the pool of shared files besides
+    assert len(prefixes - {".shared"}) == 2 and ".lock" in prefixes
+    assert all(p.startswith((".lock", ".tmp-", ".shared")) for p in prefixes)
     lock = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="repo/.lock")["Body"].read())
     assert lock["pid"] == winner.pid and lock["purpose"] == "backup"
 
@@ -247,7 +250,9 @@ def test_two_backups_racing_for_one_s3_repository_one_fails_with_the_lock(small_
     (snap,), unfinished = list_snapshots(url)
     assert unfinished == [] and out.strip().endswith(snap.id)
     assert verify(snap.location, deep=True).ok
-    assert all(k.startswith(f"repo/{snap.id}/") for k in keys(s3_client, s3_bucket))  # no lock, no staging left
+    shared = {f"repo/{name}" for name in pool.referenced(mf.read(snap.location))}
+    left = set(keys(s3_client, s3_bucket)) - shared
+    assert all(k.startswith(f"repo/{snap.id}/") for k in left)  # no lock, no staging left
 
 
 def test_prune_copy_and_backup_during_a_backup_on_s3_fail_with_the_lock(
@@ -257,7 +262,7 @@ def test_prune_copy_and_backup_during_a_backup_on_s3_fail_with_the_lock(
     local = backupkit.backup(small_db, tmp_path / "local", progress=False)  # to copy in, below
     child = start_backup(spawn, small_db, url, "hold")
     assert child.stdout.readline().strip() == "holding", child.communicate()[0]
-    (staging,) = {k.split("/")[1] for k in staged(s3_client, s3_bucket)}
+    (staging,) = {k.split("/")[1] for k in keys(s3_client, s3_bucket) if k.startswith("repo/.tmp-")}
     before = keys(s3_client, s3_bucket)
     holder = f"locked by pid {child.pid} on host"
 
@@ -273,7 +278,7 @@ def test_prune_copy_and_backup_during_a_backup_on_s3_fail_with_the_lock(
     out = run_cli("copy", tmp_path / "local", url)
     assert out.returncode == 10 and holder in out.stderr, out.stdout + out.stderr
     assert keys(s3_client, s3_bucket) == before  # none of them wrote or removed anything
-    assert {k.split("/")[1] for k in before} == {".lock", staging}
+    assert {k.split("/")[1] for k in before} == {".lock", staging, ".shared"}
 
     tell(child)
     out = child.communicate(timeout=60)[0]

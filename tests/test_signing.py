@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import stat
 
 import pytest
-from helpers import load_small, run_cli, snapshot_dirs
+from helpers import copy_snapshot_folder, load_small, run_cli, snapshot_dirs, stored_file
 
 import backupkit
 from backupkit.errors import ConfigError, SnapshotDamaged
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot import signing
 from backupkit.snapshot.verify import ensure_intact, sha256_file
+from backupkit.storage import pool
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def signed(pg_server, tmp_path_factory, keys):
 
 
 def private_copy(src, tmp_path):
-    copy = tmp_path / src.name
-    shutil.copytree(src, copy)
-    for p in copy.rglob("*"):
+    """A copy of snapshot ``src`` in repository folder ``tmp_path``, with its shared files."""
+    copy = copy_snapshot_folder(src, tmp_path / src.name)
+    for p in [*copy.rglob("*"), *(tmp_path / pool.POOL).rglob("*")]:
         p.chmod(0o700 if p.is_dir() else 0o600)
     return copy
 
@@ -59,12 +61,18 @@ def verify_cli(snap, *extra, env=None):
 
 
 def forge(snap):
-    """Change a data file and reseal the manifest consistently, as an attacker could."""
+    """Change a data file and reseal the manifest consistently, as an attacker could.
+
+    A shared data file is named by its hash in the pool: the forged file goes under its new
+    hash's name there (the original pool file is left as it was)."""
     m = mf.read(snap)
     entry = max((f for t in m["tables"] for f in t["files"]), key=lambda f: f["bytes"])
-    path = snap / entry["path"]
+    path = stored_file(snap, entry)
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01
+    if entry.get("shared") is True:
+        path = snap.parent / pool.blob_name(hashlib.sha256(raw).hexdigest())
+        path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(raw))
     entry["bytes"], entry["sha256"] = path.stat().st_size, sha256_file(path)
     (snap / mf.MANIFEST).write_text(json.dumps(mf.seal(m), indent=2, ensure_ascii=False))

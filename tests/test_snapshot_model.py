@@ -53,7 +53,7 @@ def test_optional_keys():
             "object_lock",
             "signed_by",
         )
-    } | {("Table", "data_format"), ("DataFile", "text_bytes")}
+    } | {("Table", "data_format"), ("DataFile", "text_bytes"), ("DataFile", "shared")}
 
 
 def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) -> list[str]:
@@ -102,7 +102,8 @@ def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) 
 
 @pytest.fixture(scope="module")
 def written(pg_server, tmp_path_factory) -> dict:
-    """manifest.json of a signed, encrypted backup of the fidelity fixture: partitions, inheritance, enums,
+    """manifest.json of a signed, encrypted backup of the fidelity fixture (with the table entry of an
+    unencrypted backup of one table added, whose file is shared): partitions, inheritance, enums,
     domains, identity and generated columns, foreign keys, indexes, forced RLS, sequences owned and
     free-standing, materialized views, extensions, publications, default privileges, large objects, roles."""
     dsn = pg_server.createdb("model")
@@ -120,9 +121,13 @@ def written(pg_server, tmp_path_factory) -> dict:
             sign_key=root / "sign.pem",
             recipients=[encryption.keygen(root / "age.txt")],
         )
+        # Unencrypted, the data files go to the repository's pool: the entries say "shared".
+        plain = backupkit.backup(dsn, root / "plain", tables=["public.measurements_2024"])
     finally:
         pg_server.dropdb(dsn)
-    return json.loads((res.path / mf.MANIFEST).read_text())
+    manifest = json.loads((res.path / mf.MANIFEST).read_text())
+    manifest["tables"] += json.loads((plain.path / mf.MANIFEST).read_text())["tables"]
+    return manifest
 
 
 def test_written_manifest_is_the_model(written):

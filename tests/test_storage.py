@@ -22,6 +22,7 @@ from backupkit.retention.prune import prune
 from backupkit.snapshot import manifest as mf
 from backupkit.snapshot.datafile import check_files, iter_blocks
 from backupkit.snapshot.verify import verify
+from backupkit.storage import pool
 from backupkit.storage.base import NotAPlainFile, Storage
 from backupkit.storage.local import LocalStorage
 from backupkit.storage.location import SnapshotLocation, locate, open_storage
@@ -171,8 +172,11 @@ def real_snapshot(pg_server, tmp_path_factory):
         pg_server.dropdb(dsn)
 
 
-def _clone_into(memory: MemoryStorage, source: SnapshotLocation, created_at: datetime) -> str:
-    """A copy of ``source`` in ``memory`` dated ``created_at`` (manifest rewritten and resealed)."""
+def _clone_into(memory: MemoryStorage, source: SnapshotLocation, created_at: datetime, *, own: bool = False) -> str:
+    """A copy of ``source`` in ``memory`` dated ``created_at`` (manifest rewritten and resealed).
+
+    Shared data files go into ``memory``'s pool, as a backup puts them; with ``own`` into the
+    snapshot's folder instead (its manifest then says none is shared), so damage stays its own."""
     sid = new_id(created_at, "m")
     m = mf.read(source)
     m.update(id=sid, label="m", created_at=created_at.isoformat())
@@ -181,6 +185,15 @@ def _clone_into(memory: MemoryStorage, source: SnapshotLocation, created_at: dat
         if entry.kind == "file" and rel != mf.MANIFEST:
             with source.storage.open(entry.name) as f:
                 memory.write(f"{sid}/{rel}", f.read())
+    for f in mf.all_files(m):
+        if not f.get("shared"):
+            continue
+        data = source.storage.read(source.stored(f["path"]), f["bytes"])
+        if own:
+            del f["shared"]
+            memory.write(f"{sid}/{f['path']}", data)
+        elif pool.blob_name(f["sha256"]) not in memory.files:
+            memory.write(pool.blob_name(f["sha256"]), data)
     mf.write(SnapshotLocation(memory, sid), m)
     return sid
 
@@ -207,10 +220,10 @@ def test_verify_on_memory_finds_every_kind_of_damage(real_snapshot):
     loc = copy_snapshot(real_snapshot, memory)
     m = mf.read(loc)
     files = [f["path"] for t in m["tables"] for f in t["files"]]
-    flipped = bytearray(memory.files[loc.key(files[0])])
+    flipped = bytearray(memory.files[loc.stored(files[0])])
     flipped[len(flipped) // 2] ^= 0xFF
-    memory.files[loc.key(files[0])] = bytes(flipped)
-    del memory.files[loc.key(files[-1])]
+    memory.files[loc.stored(files[0])] = bytes(flipped)
+    del memory.files[loc.stored(files[-1])]
     memory.files[loc.key("data/stray")] = b"?"
     problems = verify(loc).problems
     assert f"{files[0]}: checksum mismatch (the file's content changed)" in problems
@@ -241,7 +254,7 @@ def test_a_damaged_newest_snapshot_is_not_what_prune_keeps_alone(real_snapshot):
     memory = MemoryStorage()
     source = locate(real_snapshot)
     now = datetime(2025, 11, 26, 12, 0, tzinfo=UTC)
-    newest, older = (_clone_into(memory, source, now - timedelta(days=d)) for d in (0, 1))
+    newest, older = (_clone_into(memory, source, now - timedelta(days=d), own=d == 0) for d in (0, 1))
     name = next(k for k in memory.files if k.startswith(newest + "/data/"))
     memory.files[name] = memory.files[name][:-1]
     result = prune(memory, Policy(keep_last=1), now=now)

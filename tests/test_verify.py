@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-from helpers import load_small, run_cli
+from helpers import copy_snapshot_folder, load_small, run_cli, stored_file
 
 import backupkit
 from backupkit.snapshot import manifest as mf
@@ -23,10 +22,9 @@ def pristine(pg_server, tmp_path_factory):
 
 @pytest.fixture
 def snap(pristine, tmp_path):
-    """A private copy of the snapshot to damage."""
-    copy = tmp_path / pristine.name
-    shutil.copytree(pristine, copy)
-    for p in copy.rglob("*"):
+    """A private copy of the snapshot to damage (with its shared files, in its own repository)."""
+    copy = copy_snapshot_folder(pristine, tmp_path / pristine.name)
+    for p in tmp_path.rglob("*"):
         p.chmod(0o700 if p.is_dir() else 0o600)
     return copy
 
@@ -34,7 +32,7 @@ def snap(pristine, tmp_path):
 def biggest_data_file(snap):
     m = mf.read(snap)
     entry = max((f for t in m["tables"] for f in t["files"]), key=lambda f: f["bytes"])
-    return snap / entry["path"], entry
+    return stored_file(snap, entry), entry
 
 
 def verify_cli(snap, *extra):
@@ -49,13 +47,13 @@ def test_intact_snapshot_passes_deep(snap):
 
 
 def test_flipped_byte(snap):
-    path, _ = biggest_data_file(snap)
+    path, entry = biggest_data_file(snap)
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 3] ^= 0x40
     path.write_bytes(bytes(raw))
     code, report = verify_cli(snap)
     assert code == 6
-    assert report["problems"] == [f"{path.relative_to(snap)}: checksum mismatch (the file's content changed)"]
+    assert report["problems"] == [f"{entry['path']}: checksum mismatch (the file's content changed)"]
 
 
 def test_truncated_file(snap):
@@ -63,17 +61,17 @@ def test_truncated_file(snap):
     path.write_bytes(path.read_bytes()[: entry["bytes"] // 2])
     code, report = verify_cli(snap)
     assert code == 6
-    rel = str(path.relative_to(snap))
+    rel = entry["path"]
     assert any(
         p.startswith(f"{rel}: {entry['bytes'] // 2} bytes, manifest says {entry['bytes']}") for p in report["problems"]
     )
 
 
 def test_deleted_file(snap):
-    path, _ = biggest_data_file(snap)
+    path, entry = biggest_data_file(snap)
     path.unlink()
     code, report = verify_cli(snap)
-    assert code == 6 and report["problems"] == [f"missing file {path.relative_to(snap)}"]
+    assert code == 6 and report["problems"] == [f"missing file {entry['path']}"]
 
 
 def test_deleted_schema_file(snap):
@@ -83,6 +81,7 @@ def test_deleted_schema_file(snap):
 
 
 def test_extra_file(snap):
+    (snap / "data").mkdir(exist_ok=True)  # absent when every data file is shared
     (snap / "data" / "sneaky.csv.zst").write_bytes(b"x")
     code, report = verify_cli(snap)
     assert code == 6 and report["problems"] == ["unexpected file data/sneaky.csv.zst (not in the manifest)"]
@@ -119,12 +118,12 @@ def test_missing_or_garbled_manifest(snap):
 
 
 def test_text_output_names_each_problem(snap):
-    path, _ = biggest_data_file(snap)
+    path, entry = biggest_data_file(snap)
     path.unlink()
     (snap / "extra.txt").write_text("x")
     out = run_cli("verify", snap)
     assert out.returncode == 6
-    assert f"PROBLEM: missing file {path.relative_to(snap)}" in out.stdout
+    assert f"PROBLEM: missing file {entry['path']}" in out.stdout
     assert "PROBLEM: unexpected file extra.txt" in out.stdout and "DAMAGED (2 problems)" in out.stdout
 
 

@@ -27,6 +27,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +41,7 @@ from psycopg.conninfo import make_conninfo
 from ..errors import BackupkitError, ConfigError, RowLevelSecurityError, SourceError, StorageError, ToolError
 from ..pg import database_objects
 from ..pg.catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
+from ..pg.copyio import FileResult
 from ..pg.dsn import POOLER_WARNING, describe, is_transaction_pooler, redact
 from ..pg.rows import one_row
 from ..pg.schema import dump_schema
@@ -50,6 +52,7 @@ from ..snapshot import encryption, signing
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import BLOCK
 from ..snapshot.verify import check_jobs, verify
+from ..storage import pool
 from ..storage.base import Storage
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, open_storage
@@ -84,6 +87,13 @@ class BackupResult:
     manifest: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Bytes of data files the repository had already (shared with earlier snapshots, not stored again).
+    reused_bytes: int = 0
+
+    @property
+    def new_bytes(self) -> int:
+        """Bytes this backup added to the repository: every file but the shared ones it had already."""
+        return self.bytes - self.reused_bytes
 
     @property
     def path(self) -> Path:
@@ -133,6 +143,15 @@ class BackupOptions:
     recipients: tuple[str, ...] = ()
     #: (mode, days) of the S3 Object Lock retention every object of the snapshot gets; None: none.
     object_lock: tuple[str, float] | None = None
+    #: Data files go into the repository's pool of shared files (``storage.pool``).
+    dedup: bool = True
+
+    @property
+    def shares(self) -> bool:
+        """Whether data files go into the pool.  Not when encrypted (age encrypts every file
+        with a new random key: equal files never look equal) nor locked (a shared file would
+        need the longest lock of every snapshot using it)."""
+        return self.dedup and not self.recipients and self.object_lock is None
 
 
 def backup(
@@ -154,6 +173,7 @@ def backup(
     recipients: Sequence[str] | None = None,
     object_lock_days: float | None = None,
     object_lock_mode: str | None = None,
+    dedup: bool = True,
 ) -> BackupResult:
     """Back up ``dsn`` into a new snapshot of the repository ``to`` (a folder, ``file://`` URL
     or ``Storage``) and return it.
@@ -201,6 +221,12 @@ def backup(
     staged and created locked by the copies that publish them (``storage.s3``).  A local
     repository, or a bucket without Object Lock enabled, is a ``ConfigError`` before
     anything is connected to or written.
+
+    ``dedup`` (default True) stores each data file once in the repository's pool of shared
+    files (``storage.pool``): a file the repository has already, from an earlier snapshot
+    of the same rows, is not stored again.  ``dedup=False`` keeps every data file in the
+    snapshot's own folder, a folder that stands alone.  Encrypted and locked snapshots
+    keep their own files either way (``BackupOptions.shares``).
     """
     started = time.monotonic()
     options = BackupOptions(
@@ -216,6 +242,7 @@ def backup(
         key=signing.load_private_key(sign_key) if sign_key is not None else None,
         recipients=tuple(encryption.parse_recipients(recipients or ())),
         object_lock=_object_lock(object_lock_days, object_lock_mode),
+        dedup=bool(dedup),
     )
     describe(dsn)  # a DSN that cannot be parsed fails before anything is created
     if options.object_lock is not None:
@@ -327,6 +354,7 @@ class BackupJob:
         )
         self.watchdog = Watchdog(self.session, options.timeout)
         self.staging: SnapshotLocation | None = None
+        self.reused_bytes = 0
 
     def warn(self, message: str) -> None:
         """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
@@ -398,6 +426,9 @@ class BackupJob:
                 "data: %d rows in %.1f s", sum(f.rows for fs in tables.values() for f in fs), time.monotonic() - step
             )
             self.watchdog.check()
+            if self.options.shares:
+                tables = self._share(tables)
+                self.watchdog.check()
             database = database_objects.describe(main, self.options.selection.schemas)
             written = Written(
                 sid,
@@ -567,6 +598,31 @@ class BackupJob:
                 digest = sha.hexdigest()
         return {"path": rel, "bytes": size, "sha256": digest}
 
+    def _share(self, tables: dict[str, list[FileResult]]) -> dict[str, list[FileResult]]:
+        """Move the data files into the repository's pool (``storage.pool``), dropping those it
+        has already: the same files, marked shared.  Before the manifest is written, under the lock."""
+        assert self.staging is not None
+        staging, repository = self.staging, self.repository
+        files = [f for fs in tables.values() for f in fs]
+
+        def one(f: FileResult) -> str:
+            return pool.share(repository, staging.key(f.path), f.sha256, f.bytes)
+
+        # Renames are instant on a disk; on S3 each is a server-side copy, so several at a time.
+        with ThreadPoolExecutor(1 if isinstance(repository, LocalStorage) else 8) as workers:
+            outcome = dict(zip((f.path for f in files), workers.map(one, files), strict=True))
+        present = [f for f in files if outcome[f.path] == pool.PRESENT]
+        self.reused_bytes = sum(f.bytes for f in present)
+        log.info(
+            "shared files: %d of %d already in the repository (%s not stored again)",
+            len(present),
+            len(files),
+            f"{sum(f.bytes for f in present) / 1e6:.1f} MB",
+        )
+        if pool.KEPT not in outcome.values():
+            repository.remove(staging.key(mf.DATA_DIR))  # an empty folder, on a disk
+        return {key: [replace(f, shared=outcome[f.path] != pool.KEPT) for f in fs] for key, fs in tables.items()}
+
     def _roles(self, main: psycopg.Connection, database: dict[str, Any], schema_sql: str) -> list[dict[str, Any]]:
         """The roles the snapshot's SQL, ACLs and owners name, with their attributes."""
         owned = database["large_objects"] + database["default_privileges"]
@@ -598,7 +654,7 @@ class BackupJob:
         publish(self._publisher(manifest), self.staging.id, sid)
         self.staging = None
         final = SnapshotLocation(self.repository, sid)
-        return BackupResult(final, mf.read(final), self.warnings)
+        return BackupResult(final, mf.read(final), self.warnings, reused_bytes=self.reused_bytes)
 
     def _publisher(self, manifest: dict[str, Any]) -> Storage:
         """The storage that publishes the snapshot: the repository, or its view that creates

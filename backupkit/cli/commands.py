@@ -70,6 +70,7 @@ def cmd_backup(a: argparse.Namespace) -> int:
         recipients=recipients_from(a.recipients),
         object_lock_days=a.object_lock_days,
         object_lock_mode=a.object_lock_mode,
+        dedup=a.dedup,
     )
     if not a.quiet:
         signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
@@ -79,7 +80,7 @@ def cmd_backup(a: argparse.Namespace) -> int:
         locked = f", locked ({lock['mode']}) until {lock['retain_until']}" if lock else ""
         print(
             f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
-            f"{_human(res.bytes)} in {res.seconds:.1f}s{signed}{encrypted}{locked}",
+            f"{_human(res.bytes)} ({_human(res.new_bytes)} new) in {res.seconds:.1f}s{signed}{encrypted}{locked}",
             file=sys.stderr,
         )
     print(res.location)
@@ -87,15 +88,18 @@ def cmd_backup(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from ..storage.repository import list_snapshots
+    from ..storage.repository import list_snapshots, usage
 
     snaps, unfinished = list_snapshots(a.dir)
     if a.json:
-        print(
-            json.dumps(
-                {"snapshots": [s.to_dict() for s in snaps], "unfinished": [u.to_dict() for u in unfinished]}, indent=2
-            )
-        )
+        total = usage([s for s in snaps if not s.error])
+        listing = {
+            "snapshots": [s.to_dict() for s in snaps],
+            "unfinished": [u.to_dict() for u in unfinished],
+            "logical_bytes": total.logical,
+            "stored_bytes": total.stored,
+        }
+        print(json.dumps(listing, indent=2))
         return 0
     rows = [
         {
@@ -104,6 +108,7 @@ def cmd_list(a: argparse.Namespace) -> int:
             "tables": s.tables,
             "rows": s.rows,
             "size": _human(s.bytes),
+            "unique": _human(s.unique_bytes),
             "label": s.label or "",
             "flags": " ".join(
                 f for f, on in (("pinned", s.pinned), ("partial", s.partial), ("UNREADABLE", s.error)) if on
@@ -111,7 +116,13 @@ def cmd_list(a: argparse.Namespace) -> int:
         }
         for s in snaps
     ]
-    _print_table(rows, ["id", "created_at", "tables", "rows", "size", "label", "flags"])
+    _print_table(rows, ["id", "created_at", "tables", "rows", "size", "unique", "label", "flags"])
+    if snaps:
+        total = usage([s for s in snaps if not s.error])
+        print(
+            f"total: {len(snaps)} snapshot(s), {_human(total.logical)} in all, {_human(total.stored)} stored "
+            "(files shared between snapshots counted once; unique: what removing one alone frees)"
+        )
     for s in snaps:
         if s.error:
             print(f"unreadable: {s.id}: {s.error}")
@@ -286,6 +297,11 @@ def cmd_prune(a: argparse.Namespace) -> int:
     )
     for s in res.stale:
         print(f"{'would remove' if a.dry_run else 'removed'} stale temporary folder {s}")
+    if res.shared_removed:
+        print(
+            f"{'would free' if a.dry_run else 'freed'} {_human(res.shared_bytes)} in {len(res.shared_removed)} "
+            "shared file(s) no kept snapshot uses"
+        )
     verb = "would remove" if a.dry_run else "removed"
     print(f"{verb} {len(res.removed)} snapshot(s), kept {len(res.kept)}" + (" (dry run)" if a.dry_run else ""))
     return 0
@@ -354,37 +370,42 @@ def cmd_sql(a: argparse.Namespace) -> int:
     import duckdb
 
     from ..lens.duck import open_snapshot
+    from ..snapshot.encryption import identity_path
     from ..storage.repository import resolve
 
-    con = open_snapshot(resolve(a.snapshot), external_access=a.external_access)
-    if a.query:
-        try:
-            rel = con.sql(a.query)
-            if rel is not None:  # rows are read here: a failure here is the query's too
-                rel.show(max_rows=a.max_rows)
-        except duckdb.Error as exc:
-            raise ConfigError(
-                f"DuckDB could not run the query: {exc}",
-                hint="tables are views like public.orders; `select * from backupkit.tables` lists them",
-            ) from None
-        return 0
-    print("DuckDB over the snapshot; tables are views like public.orders. End with Ctrl-D.")
-    buf = ""
-    while True:
-        try:
-            line = input("sql> " if not buf else "...> ")
-        except EOFError:
-            print()
-            return 0
-        buf += line + "\n"
-        if buf.strip().endswith(";"):
+    identity = identity_path(a.identity)
+    con = open_snapshot(resolve(a.snapshot), external_access=a.external_access, identity=identity)
+    try:  # closing removes an encrypted snapshot's decrypted copy
+        if a.query:
             try:
-                rel = con.sql(buf)
-                if rel is not None:
+                rel = con.sql(a.query)
+                if rel is not None:  # rows are read here: a failure here is the query's too
                     rel.show(max_rows=a.max_rows)
-            except Exception as exc:
-                print(f"error: {exc}")
-            buf = ""
+            except duckdb.Error as exc:
+                raise ConfigError(
+                    f"DuckDB could not run the query: {exc}",
+                    hint="tables are views like public.orders; `select * from backupkit.tables` lists them",
+                ) from None
+            return 0
+        print("DuckDB over the snapshot; tables are views like public.orders. End with Ctrl-D.")
+        buf = ""
+        while True:
+            try:
+                line = input("sql> " if not buf else "...> ")
+            except EOFError:
+                print()
+                return 0
+            buf += line + "\n"
+            if buf.strip().endswith(";"):
+                try:
+                    rel = con.sql(buf)
+                    if rel is not None:
+                        rel.show(max_rows=a.max_rows)
+                except Exception as exc:
+                    print(f"error: {exc}")
+                buf = ""
+    finally:
+        con.close()
 
 
 def cmd_copy(a: argparse.Namespace) -> int:

@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="GOVERNANCE (default: users allowed to bypass it may still delete) or COMPLIANCE "
         "(nobody may, not even the account's root, until the date)",
     )
+    b.add_argument(
+        "--no-dedup",
+        dest="dedup",
+        action="store_false",
+        help="keep every data file in the snapshot's own folder instead of the repository's pool of "
+        "shared files (by default a file the repository has already, unchanged rows of an earlier "
+        "snapshot, is not stored again)",
+    )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_backup)
 
@@ -267,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let queries read and write other files (COPY ... TO to export results); "
         "by default DuckDB sees only this snapshot's files and writes nothing",
+    )
+    q.add_argument(
+        "--identity",
+        type=Path,
+        metavar="FILE",
+        help="age identity file to read an encrypted snapshot with (decrypted into private scratch space, "
+        "removed when the command ends; not with --external-access; default: $BACKUPKIT_IDENTITY)",
     )
     q.set_defaults(func=cmd_sql)
 

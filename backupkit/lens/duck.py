@@ -62,7 +62,8 @@ would read the files of ``backups/glob1/``.  ``path_sql`` escapes those
 characters (``[[]``, ``[*]``, ``[?]``), which match only themselves.
 
 The connection is a sandbox (unless ``external_access=True``): it can read the
-snapshot's data files and nothing else, and write nothing.  DuckDB's own file
+snapshot's data files (an encrypted snapshot's: those of its decrypted copy) and
+nothing else, and write nothing.  DuckDB's own file
 access is off (``enable_external_access = false``) except for exactly those files
 (``allowed_paths``, not ``allowed_directories``, which would let ``COPY`` create
 files in the snapshot), extensions are neither installed nor loaded, and the
@@ -74,26 +75,40 @@ statement that writes files or reaches outside (``COPY``, ``EXPORT``, ``ATTACH``
 ``DETACH``, ``INSTALL``, ``LOAD``); see ``SnapshotConnection``.  Spilling goes to
 a temporary folder of its own (DuckDB removes it on close), never to the working
 directory.
+
+An encrypted snapshot is read with its identity (``open_snapshot(path,
+identity=FILE)``, ``backupkit sql --identity FILE``) through a decrypted, verified
+copy in private scratch space (``lens.source.readable``: a ``backupkit-plain-*``
+folder, mode 0700, in the temporary directory) that lives exactly as long as the
+connection: ``close()`` (or the end of a ``with`` block) removes it, so does the
+connection being garbage-collected (nothing refers to it, nor to a relation it
+returned) or the process ending normally without a ``close()`` (``weakref.finalize``),
+and so does an error while opening.  Only a process killed outright leaves it behind.
+Without the identity an encrypted snapshot is refused with one line
+(``encryption.not_for_lens``), as every file is an age file DuckDB cannot read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from ..errors import SnapshotDamaged
-from ..snapshot import formats
+from ..errors import ConfigError, SnapshotDamaged
+from ..snapshot import encryption, formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files, data_path
 from ..storage.cache import local_copy
 from ..storage.location import SnapshotLocation, locate
+from .source import readable
 
 #: Longest CSV row DuckDB will read (its default, 2 MB, is too small for big jsonb or
 #: bytea values).  A longer row fails loudly.  DuckDB needs a read buffer larger than
@@ -429,10 +444,19 @@ class SnapshotConnection:
     connection can do what Python can, e.g. ``con.sql(q).write_csv(path)`` (under
     DuckDB's settings, ``path`` must be one of the snapshot's files: don't).
     ``.duckdb`` is the wrapped connection.
+
+    ``cleanup`` (an encrypted snapshot's: removing its decrypted copy) runs once, when
+    the DuckDB connection ends: right after ``close()`` (or the end of a ``with``
+    block) closed it, when nothing refers to it any more (neither this object nor a
+    relation or cursor it returned: ``open_snapshot(p, identity=k).sql(q).df()``
+    works), or when the process ends normally (``weakref.finalize``).
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+    def __init__(self, con: duckdb.DuckDBPyConnection, cleanup: Callable[[], object] | None = None):
         self.duckdb = con
+        # Keyed on the DuckDB connection, which every relation it returns refers to; only a
+        # weak reference to it here, so that it can still be garbage-collected.
+        self._finalizer = None if cleanup is None else weakref.finalize(con, _close_then, weakref.ref(con), cleanup)
 
     def _run(self, method: str, query, *args, **kwargs):
         check_lens_sql(query)
@@ -458,10 +482,16 @@ class SnapshotConnection:
         return self._run("from_query", query, *args, **kwargs)
 
     def cursor(self) -> SnapshotConnection:
-        return SnapshotConnection(self.duckdb.cursor())
+        cursor = self.duckdb.cursor()
+        if self._finalizer is not None:  # the decrypted copy stays while the cursor (or a relation of it) lives
+            weakref.finalize(cursor, _release, self.duckdb)
+        return SnapshotConnection(cursor)
 
     def close(self) -> None:
-        self.duckdb.close()
+        if self._finalizer is not None:
+            self._finalizer()  # closes the connection, then cleans up; only the first call does
+        else:
+            self.duckdb.close()
 
     def __getattr__(self, name):
         return getattr(self.duckdb, name)
@@ -475,6 +505,21 @@ class SnapshotConnection:
 
     def __repr__(self) -> str:
         return f"<backupkit.lens.duck.SnapshotConnection over {self.duckdb!r}>"
+
+
+def _close_then(con: Callable[[], duckdb.DuckDBPyConnection | None], cleanup: Callable[[], object]) -> None:
+    """Close the connection ``con`` refers to (weakly; when it was collected there is none), then
+    run ``cleanup`` (even when closing fails)."""
+    try:
+        found = con()
+        if found is not None:
+            found.close()
+    finally:
+        cleanup()
+
+
+def _release(*objects: object) -> None:
+    """Nothing: a ``weakref.finalize`` calling it holds ``objects`` until its referent is gone."""
 
 
 def _sandbox(con: duckdb.DuckDBPyConnection, paths: list[Path], spill: str) -> None:
@@ -495,7 +540,11 @@ def _manifest_damaged(folder: SnapshotLocation, exc: Exception) -> SnapshotDamag
 
 
 def open_snapshot(
-    path: mf.SnapshotArg, *, raw: bool = False, external_access: bool = False
+    path: mf.SnapshotArg,
+    *,
+    raw: bool = False,
+    external_access: bool = False,
+    identity: encryption.IdentityArg | None = None,
 ) -> SnapshotConnection | duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per snapshot table, read from its files.
 
@@ -510,8 +559,46 @@ def open_snapshot(
     data files and nothing else, and writes no file.  ``external_access=True`` gives
     a plain ``duckdb.DuckDBPyConnection`` with DuckDB's full file access instead, for
     exporting results (``COPY (...) TO 'out.parquet'``) or joining other files.
+
+    ``identity`` (an age identity file, or what ``encryption.IdentityArg`` allows) reads
+    an encrypted snapshot through a decrypted, verified copy in private scratch space,
+    removed with the connection (``close()``, the end of a ``with`` block, garbage
+    collection or the normal end of the process; see ``SnapshotConnection``); the
+    sandbox then reads exactly that copy's data files.  A plain snapshot ignores it.
+    It is not read from ``$BACKUPKIT_IDENTITY`` here: the command line does that
+    (``encryption.identity_path``).  Without it an encrypted snapshot is refused with
+    one line (``encryption.not_for_lens``); an identity that is not one of the
+    snapshot's recipients is the usual one-line ConfigError.  ``identity`` with
+    ``external_access=True`` on an encrypted snapshot is refused (ConfigError, before
+    anything is decrypted): a plain DuckDB connection cannot remove the decrypted copy
+    when it is closed, so plain data would outlive it.  Query it sandboxed and write
+    results from Python (``con.sql(q).df()``, ``.fetch_arrow_table()``) instead.
     """
-    folder = local_copy(locate(path))  # DuckDB reads files here; a remote snapshot is fetched once
+    location = local_copy(locate(path))  # DuckDB reads files here; a remote snapshot is fetched once
+    decrypt = identity is not None and bool(encryption.recipients_of(mf.read(location)))
+    if decrypt and external_access:
+        raise ConfigError(
+            f"snapshot {location.name} is encrypted: `identity` does not combine with `external_access` "
+            "(a plain DuckDB connection could not remove the decrypted copy when it is closed); "
+            "leave out `external_access`",
+            hint="export rows from the sandboxed connection in Python (`con.sql(query).df()`), "
+            "or restore the snapshot with the identity and query the database",
+        )
+    with contextlib.ExitStack() as stack:  # on any error: the decrypted copy (if any) is removed
+        folder = readable(location, identity, stack)  # the decrypted copy when ``decrypt``
+        con = _connect(folder, raw=raw, external_access=external_access)
+        if not decrypt:
+            return con if external_access else SnapshotConnection(con)
+        cleanup = stack.pop_all()
+    try:
+        return SnapshotConnection(con, cleanup.close)
+    except BaseException:
+        _close_then(lambda: con, cleanup.close)
+        raise
+
+
+def _connect(folder: SnapshotLocation, *, raw: bool, external_access: bool) -> duckdb.DuckDBPyConnection:
+    """``open_snapshot``'s DuckDB connection over the snapshot in local folder ``folder``."""
     manifest = mf.read(folder)
     try:
         tables = manifest["tables"]
@@ -552,4 +639,4 @@ def open_snapshot(
     except BaseException:
         con.close()
         raise
-    return SnapshotConnection(con)
+    return con

@@ -3,8 +3,10 @@
 DuckDB reads files by path.  A snapshot elsewhere (``s3://``) is read through its
 verified copy in the local cache (``storage.cache``); an encrypted one, given the
 identity, through a decrypted copy in private scratch space that lives as long as the
-caller's ``ExitStack`` (plain data never stays on disk after the call).  Without the
-identity an encrypted snapshot is refused with one line, as before.
+caller's ``ExitStack`` (plain data never stays on disk after it: ``diff`` and
+``integrity`` close it when the call ends, ``duck.open_snapshot`` when its connection
+is closed).  Without the identity an encrypted snapshot is refused with one line, as
+before.
 """
 
 from __future__ import annotations

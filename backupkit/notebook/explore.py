@@ -12,17 +12,26 @@ files; the widget shows it and lets you pick another), and the SQL is sandboxed:
 it reads the snapshot's files and nothing else, and writes no file (``COPY``,
 ``ATTACH``, ``read_csv('/etc/passwd')`` fail).  For exports use
 ``open_snapshot(path, external_access=True)`` in your own cell.
+
+An encrypted snapshot needs ``identity``, the age identity file of one of its
+recipients (``""`` or None: ``$BACKUPKIT_IDENTITY`` if set, as for the command
+line); each connection then reads a decrypted copy in private scratch space, removed
+when the connection is closed (``snapshot_tables`` and ``query``: when they return;
+the explorer: when another snapshot is picked, or the kernel ends).  Without it an
+encrypted snapshot is refused with one line.
 """
 
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..errors import SnapshotNotFound
+from ..snapshot.encryption import IdentityArg, identity_path
 from ..storage.repository import list_snapshots
 from . import frames
 from .frames import MAX_ROWS, NULL_STYLE, Table
@@ -30,11 +39,23 @@ from .jobs import pick_snapshot
 from .runs import one_line
 
 
-def snapshot_tables(snapshot: Path | str) -> Table:
-    """The tables of a snapshot (DuckDB's ``backupkit.tables`` view)."""
+def _resolved_identity(identity: IdentityArg | None) -> IdentityArg | None:
+    """The identity to read snapshots with: a file path as given (``""`` or None:
+    ``$BACKUPKIT_IDENTITY`` if set, else None), other identities (pyrage's) unchanged."""
+    if identity is None or isinstance(identity, (str, os.PathLike)):
+        return identity_path(identity)
+    return identity
+
+
+def _open(snapshot: Path | str, identity: IdentityArg | None):
     from ..lens.duck import open_snapshot
 
-    con = open_snapshot(snapshot)
+    return open_snapshot(snapshot, identity=_resolved_identity(identity))
+
+
+def snapshot_tables(snapshot: Path | str, identity: IdentityArg | None = None) -> Table:
+    """The tables of a snapshot (DuckDB's ``backupkit.tables`` view); ``identity`` for an encrypted one."""
+    con = _open(snapshot, identity)
     try:
         return Table(
             con.sql(
@@ -53,11 +74,10 @@ def run_query(con, sql: str, limit: int = MAX_ROWS) -> Table:
     return Table(rel.limit(limit).df())
 
 
-def query(snapshot: Path | str, sql: str, limit: int = MAX_ROWS) -> Table:
-    """Run DuckDB SQL over a snapshot's views (tables named as in PostgreSQL, e.g. public.orders)."""
-    from ..lens.duck import open_snapshot
-
-    con = open_snapshot(snapshot)
+def query(snapshot: Path | str, sql: str, limit: int = MAX_ROWS, identity: IdentityArg | None = None) -> Table:
+    """Run DuckDB SQL over a snapshot's views (tables named as in PostgreSQL, e.g. public.orders);
+    ``identity`` for an encrypted one."""
+    con = _open(snapshot, identity)
     try:
         return run_query(con, sql, limit)
     finally:
@@ -86,12 +106,13 @@ def explorer(
     table: str = "",
     sql: str = "SELECT schema, name, rows, bytes FROM backupkit.tables ORDER BY rows DESC",
     limit: int = 20,
+    identity: IdentityArg | None = None,
 ):
-    """A widget: pick a snapshot and a table, preview its rows, run DuckDB SQL over the views."""
+    """A widget: pick a snapshot and a table, preview its rows, run DuckDB SQL over the views
+    (``identity``: to read encrypted snapshots with)."""
     import ipywidgets as w
 
-    from ..lens.duck import open_snapshot
-
+    identity = _resolved_identity(identity)
     snaps = [s for s in list_snapshots(backup_dir)[0] if s.error is None]
     if not snaps:
         raise SnapshotNotFound(
@@ -128,7 +149,7 @@ def explorer(
             state["con"].close()
             state["con"] = None
         try:
-            state["con"] = open_snapshot(snap_dd.value)
+            state["con"] = _open(snap_dd.value, identity)
         except Exception as exc:
             state["loading"] = True
             try:

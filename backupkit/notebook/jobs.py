@@ -282,7 +282,11 @@ def backup(
     if run is not None:
         run.set_snapshot(result.id, result.location)
         run.summary.update(
-            tables=len(result.manifest["tables"]), rows=result.rows, bytes=result.bytes, warnings=result.warnings
+            tables=len(result.manifest["tables"]),
+            rows=result.rows,
+            bytes=result.bytes,
+            new_bytes=result.new_bytes,
+            warnings=result.warnings,
         )
         run.write()
     return result

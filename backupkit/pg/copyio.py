@@ -49,15 +49,20 @@ class FileResult:
     sha256: str
     rows: int
     text_bytes: int
+    #: Stored once in the repository's pool (``storage.pool``), not in the snapshot's folder.
+    shared: bool = False
 
     def to_dict(self) -> dict:
-        return {
+        entry = {
             "path": self.path,
             "bytes": self.bytes,
             "sha256": self.sha256,
             "rows": self.rows,
             "text_bytes": self.text_bytes,
         }
+        if self.shared:
+            entry["shared"] = True
+        return entry
 
 
 def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql.Composed:

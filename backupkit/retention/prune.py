@@ -3,7 +3,9 @@
 The decision is ``retention.apply_policy`` (pure); this module does the I/O
 around it: the directory lock, which snapshots are intact, and deletion that
 an interruption cannot turn into a half-deleted snapshot that looks complete
-(a snapshot is renamed to ``.trash-*`` first, then removed).
+(a snapshot is renamed to ``.trash-*`` first, then removed).  Last, the files of the
+repository's pool that no listed snapshot refers to any more are removed
+(``storage.pool``): an interruption anywhere leaves only files nobody needs.
 
 A snapshot whose objects are locked (S3 Object Lock: the manifest's
 ``object_lock.retain_until`` lies after ``now``) is kept with the reason "object lock
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +29,7 @@ from pathlib import Path
 from ..errors import ConfigError, RetentionError, SnapshotError, StorageError
 from ..snapshot import manifest as mf
 from ..snapshot.verify import verify
+from ..storage import pool
 from ..storage.base import Storage
 from ..storage.location import SnapshotLocation, open_storage
 from ..storage.lock import DirLock
@@ -45,6 +49,10 @@ class PruneResult:
     stale: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
+    #: Files of the repository's pool (``storage.pool``) no kept snapshot refers to any more:
+    #: removed (or, in a dry run, to be removed), and their bytes.
+    shared_removed: list[str] = field(default_factory=list)
+    shared_bytes: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -53,6 +61,8 @@ class PruneResult:
             "kept": self.kept,
             "removed": self.removed,
             "stale_removed": self.stale,
+            "shared_removed": len(self.shared_removed),
+            "shared_bytes_freed": self.shared_bytes,
             "warnings": self.warnings,
         }
 
@@ -139,7 +149,15 @@ def prune(
         for u in unfinished:
             if u.kind == "trash" or u.age_seconds > stale_after_hours * 3600:
                 result.stale.append(u.name)
+        grace = stale_after_hours * 3600
+        known = {name for s in readable for name in s.shared}
         if dry_run:
+            kept = [s for s in snaps if s.id not in set(result.removed)]
+            wanted = _wanted(kept, result)
+            if wanted is not None:
+                doomed = pool.unreferenced(pool.files(storage), wanted, time.time(), grace, known)
+                result.shared_removed = [e.name for e in doomed]
+                result.shared_bytes = sum(e.size for e in doomed)
             return result
         failed, not_removed = [], set()
         for info in remove:
@@ -159,6 +177,12 @@ def prune(
             else:
                 failed.append(f"stale folder {name}: {why}")
         result.stale = removed_stale  # only what is really gone is reported as removed
+        # Last, when no snapshot is being removed any more: what is listed now is what stays.
+        wanted = _wanted(list_snapshots(storage)[0], result)
+        if wanted is not None:
+            collected = pool.collect(storage, wanted, grace, known)
+            result.shared_removed, result.shared_bytes = collected.removed, collected.bytes
+            failed += [f"shared file {why}" for why in collected.failed]
     if failed:
         done = f"removed {len(result.removed)} snapshot(s) and {len(result.stale)} stale folder(s); "
         raise StorageError(
@@ -166,6 +190,18 @@ def prune(
             hint="check the permissions of the backup directory; prune again to finish",
         )
     return result
+
+
+def _wanted(kept: list[Snapshot], result: PruneResult) -> set[str] | None:
+    """Every pool file the ``kept`` snapshots refer to; None (nothing may be collected) when
+    one of them cannot be read, since it might refer to any."""
+    unreadable = [s.id for s in kept if s.error or s.created_at is None]
+    if unreadable:
+        msg = f"shared files are not collected while {', '.join(unreadable)} cannot be read"
+        result.warnings.append(msg)
+        log.warning(msg)
+        return None
+    return {name for s in kept for name in s.shared}
 
 
 def lock_end(location: SnapshotLocation) -> datetime | None:

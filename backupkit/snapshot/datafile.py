@@ -159,7 +159,8 @@ def stream_sha256(f: BinaryIO) -> str:
 
 
 def data_path(folder: mf.SnapshotArg, entry: dict) -> Path:
-    """The file a manifest entry names, as a path on this machine inside the snapshot's folder.
+    """The file a manifest entry names, as a path on this machine (in the snapshot's folder, or
+    in its repository's pool when the file is shared: ``storage.pool``).
 
     Raises SnapshotDamaged when the entry's path is not a relative path to a regular
     file inside the snapshot (absolute, ``..``, a symlink, not a string), so that no
@@ -177,13 +178,19 @@ def data_path(folder: mf.SnapshotArg, entry: dict) -> Path:
             head = f.read(len(encryption.MAGIC))
     except SnapshotDamaged as exc:
         if exc.problems and exc.problems[0].startswith("missing file"):
-            return location.path.resolve() / rel  # reported by whoever opens it
+            return _local(location, rel)  # reported by whoever opens it
         raise _damaged(location, f"{rel} is a symlink or leaves the snapshot") from None
     except OSError as exc:
         raise mf.unreadable(location.where(rel), exc) from None
     if encryption.is_sealed(head):  # DuckDB would read age bytes as a broken zstd file
         raise encryption.not_for_lens(location)
-    return location.path.resolve() / rel
+    return _local(location, rel)
+
+
+def _local(location: SnapshotLocation, rel: str) -> Path:
+    """Where file ``rel`` of a snapshot in a local folder is (in the repository's pool, when shared)."""
+    root = location.path.parent  # StorageError unless the snapshot is in a folder on this machine
+    return root.resolve() / location.stored(rel)
 
 
 def _damaged(folder: mf.SnapshotArg, problem: str, problems: list[str] | None = None) -> SnapshotDamaged:
@@ -206,7 +213,7 @@ def _check_one(location: SnapshotLocation, entry: dict) -> str | None:
         return f"{rel}: manifest entry has no sha256/bytes"
     storage = location.storage
     try:
-        found = storage.stat(location.key(rel))
+        found = storage.stat(location.stored(rel))
     except FileNotFoundError:
         return f"missing file {rel}"
     except NotAPlainFile:

@@ -545,6 +545,7 @@ def plain_copy(snapshot: mf.SnapshotArg, identity: IdentityArg, into: LocalStora
                 sha.update(block)
                 size += len(block)
         entry["bytes"], entry["sha256"] = size, sha.hexdigest()
+        entry.pop("shared", None)  # decrypted into the copy's own folder
     return mf.write(SnapshotLocation(into, location.id), plain)
 
 
@@ -566,7 +567,7 @@ def local_path(snapshot: mf.SnapshotArg, rel: str) -> Iterator[Path]:
     private scratch space removed on exit, any other file as ``Storage.local_path`` gives it."""
     location = locate(snapshot)
     if identities_of(location) is None:
-        with location.storage.local_path(location.key(rel)) as path:
+        with location.storage.local_path(location.stored(rel)) as path:
             yield path
         return
     with scratch("backupkit-plain-") as tmp:

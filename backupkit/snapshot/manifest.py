@@ -202,6 +202,8 @@ def _file_problems(where: str, entries: object, data: bool) -> list[str]:
             problems.append(f"{MANIFEST}: {name}: sha256 is {sha!r}, not a SHA-256")
         if data and "rows" in e and not _is_count(e["rows"]):
             problems.append(f"{MANIFEST}: {name}: rows is {e['rows']!r}, not a count")
+        if "shared" in e and (not data or not isinstance(e["shared"], bool)):
+            problems.append(f"{MANIFEST}: {name}: shared is {e['shared']!r}; only a data file may be shared (true)")
     return problems
 
 
@@ -274,7 +276,7 @@ def open_file(snapshot: SnapshotArg, rel: str) -> BinaryIO:
     if why:
         raise SnapshotDamaged(f"file path {rel!r} {why}", [f"file path {rel!r} {why}"])
     try:
-        return location.storage.open(location.key(rel))
+        return location.storage.open(location.stored(rel))
     except FileNotFoundError:
         raise SnapshotDamaged(f"missing file {rel}", [f"missing file {rel}"]) from None
     except NotAPlainFile as exc:

@@ -80,6 +80,14 @@ class DataFile(TypedDict):
             int, "Bytes of COPY output it holds: what a restore loads (absent in early snapshots: readers use `bytes`)."
         ]
     ]
+    shared: NotRequired[
+        Annotated[
+            bool,
+            "`true`: the file is stored once for the whole repository, at `.shared/<first two hex digits of sha256>/"
+            "<sha256>` beside the snapshot folders, and other snapshots may use it too; absent: in the snapshot "
+            "folder at `path` (`backup --no-dedup`, encrypted and locked snapshots, earlier versions).",
+        ]
+    ]
 
 
 class Table(TypedDict):
@@ -423,7 +431,7 @@ outside it, in `DIR/.pins/<id>`).
 │   ├── post-data.sql      # the same, post-data section
 │   ├── database.dump      # pg_dump -Fc --exclude-schema=* -b: what lives outside the schemas
 │   └── database.sql       # its DDL as plain SQL (for humans and diffs; no large-object data)
-└── data/
+└── data/                  # only the data files that are not shared (see below)
     ├── public.orders.0000.copy.zst       # one or more chunks per table
     └── ...
 ```
@@ -433,6 +441,16 @@ A snapshot holds exactly the files its manifest lists, plus `manifest.json` and
 as damage. Every listed file comes with its size and the SHA-256 of its stored
 bytes (for a data file: the compressed bytes), so a file can be checked without
 decompressing it (or, in an encrypted snapshot, decrypting it).
+
+**Shared data files.** By default a repository stores each distinct data file once:
+a data file whose entry says `"shared": true` is not in the snapshot folder but in
+the repository's pool, `DIR/.shared/<first two hex digits of sha256>/<sha256>`, and
+the next snapshot of unchanged rows refers to the same file instead of storing it
+again (chunk boundaries stay put and compression is deterministic, so unchanged
+rows make the same file). `prune` removes a pool file once no snapshot refers to it.
+So a snapshot folder alone is not the whole snapshot: move snapshots with `backupkit
+copy`, which carries their shared files; `backup --no-dedup` writes a folder that
+stands alone. Encrypted and Object-Locked snapshots never share files.
 
 `schema.dump` is `pg_dump --schema-only --schema=...` for the schemas (and
 `--table`/`--exclude-table` choices) of the backup. A schema-filtered pg_dump

@@ -136,7 +136,7 @@ def _check_size(location: SnapshotLocation, entry: dict) -> list[str]:
     if why := mf.check_path(rel):
         return [f"{rel!r}: {why}"]
     try:
-        found = location.storage.stat(location.key(rel))
+        found = location.storage.stat(location.stored(rel))
     except FileNotFoundError:
         return [f"{rel}: missing"]
     except OSError as exc:
@@ -309,7 +309,8 @@ def verify(
     entries = [(e, None, formats.DEFAULT) for e in m.get("schema_files", [])]
     for t in m["tables"]:
         entries += [(f, f.get("rows") if deep else None, formats.of(t)) for f in t["files"]]
-    listed = {e["path"] for e, _, _ in entries}
+    # A shared data file lives in the repository's pool: in the folder it would be unexpected.
+    listed = {e["path"] for e, _, _ in entries if e.get("shared") is not True}
     workers = jobs or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         rehash = not (written and location.storage.verified_writes and not deep)

@@ -216,6 +216,9 @@ class LocalStorage(Storage):
             raise NotAPlainFile(src, "is a symbolic link")
         if os.path.lexists(dst_path):
             raise FileExistsError(errno.EEXIST, "already exists", str(dst_path))
+        folders, _ = self._split(dst)
+        if folders:  # as on object stores, a name's folders need not exist beforehand
+            os.close(self._dir_fd(folders, make=True))
         if src_path.is_dir():
             self._fsync_tree(src)
         os.rename(src_path, dst_path)

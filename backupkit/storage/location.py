@@ -10,6 +10,7 @@ clear line rather than taken for a local folder named ``gs:``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +98,26 @@ class SnapshotLocation:
         """File ``rel`` of this snapshot as people should see it in a message."""
         return self.storage.where(self.key(rel))
 
+    def stored(self, rel: str) -> str:
+        """The storage name holding the bytes of file ``rel``: ``key(rel)``, or the repository's
+        pool file (``storage.pool``) when the manifest says that data file is shared.
+
+        The manifest is read on the first call that asks for a data file and remembered
+        for this location (a snapshot never changes once written); without a readable
+        manifest nothing is remembered, and ``key(rel)`` is the answer.
+        """
+        from ..snapshot import manifest as mf
+
+        if not rel.startswith(mf.DATA_DIR + "/"):
+            return self.key(rel)
+        shared: dict[str, str] | None = self.__dict__.get("_shared")
+        if shared is None:
+            shared = _shared_files(self)
+            if shared is None:
+                return self.key(rel)
+            object.__setattr__(self, "_shared", shared)  # frozen: remembered, not a field
+        return shared.get(rel) or self.key(rel)
+
     @property
     def name(self) -> str:
         """The snapshot's id (as ``Path.name`` is a snapshot folder's)."""
@@ -118,6 +139,31 @@ class SnapshotLocation:
             f"snapshot {self} is not in a folder on this machine",
             hint="use its SnapshotLocation, or copy it to a local folder first",
         )
+
+
+def _shared_files(location: SnapshotLocation) -> dict[str, str] | None:
+    """The data files ``location``'s manifest keeps in the pool (path → pool name); None when
+    the manifest cannot be read (its readers report why).  Entries with a malformed hash
+    are left out: ``manifest.validate`` names them, and no name is made of them."""
+    import json
+
+    from ..snapshot import manifest as mf
+    from .pool import blob_name
+
+    try:
+        m = json.loads(location.storage.read(location.key(mf.MANIFEST), mf.MAX_MANIFEST_BYTES))
+        files = [f for t in m["tables"] for f in t["files"]]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return {
+        f["path"]: blob_name(f["sha256"])
+        for f in files
+        if isinstance(f, dict)
+        and f.get("shared") is True
+        and isinstance(f.get("path"), str)
+        and isinstance(f.get("sha256"), str)
+        and re.fullmatch(r"[0-9a-f]{64}", f["sha256"])
+    }
 
 
 def locate(snapshot: str | os.PathLike[str] | SnapshotLocation) -> SnapshotLocation:

@@ -25,9 +25,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ConfigError, SnapshotError, SnapshotNotFound, StorageError
 from ..snapshot import manifest as mf
+from . import pool
 from .base import Entry, Storage, check_name
 from .location import SnapshotLocation, locate, open_storage, scheme_of
 
@@ -51,6 +53,13 @@ class Snapshot:
     pinned: bool = False
     partial: bool = False
     error: str | None = None  # set when the manifest cannot be read
+    #: Bytes of the files in the snapshot's own folder (manifest and signature aside).
+    own_bytes: int = 0
+    #: The repository's pool files it refers to (``storage.pool``), with their sizes.
+    shared: dict[str, int] = field(default_factory=dict)
+    #: What removing it alone would free: its own files and the shared ones no other snapshot
+    #: refers to (set by ``list_snapshots``).
+    unique_bytes: int = 0
 
     @property
     def path(self) -> Path:
@@ -69,6 +78,7 @@ class Snapshot:
             "pinned": self.pinned,
             "partial": self.partial,
             "error": self.error,
+            "unique_bytes": self.unique_bytes,
         }
 
 
@@ -133,6 +143,7 @@ def _summary(location: SnapshotLocation, pinned: set[str], entry: Entry) -> Snap
                 " backupkit neither reads nor removes it"
             )
         m = mf.read(location)  # validated: the sums below cannot fail on a wrong type
+        shared = pool.referenced(m)
         return Snapshot(
             id=location.id,
             location=location,
@@ -143,6 +154,8 @@ def _summary(location: SnapshotLocation, pinned: set[str], entry: Entry) -> Snap
             bytes=sum(f["bytes"] for f in mf.all_files(m)),
             pinned=location.id in pinned,
             partial=bool(m.get("partial")),
+            own_bytes=sum(f["bytes"] for f in mf.all_files(m) if f.get("shared") is not True),
+            shared=shared,
         )
     except (SnapshotError, KeyError, TypeError, ValueError, OSError) as exc:
         # One folder that cannot be read never hides the others: it is listed as unreadable.
@@ -194,7 +207,35 @@ def list_snapshots(repository: Path | str | Storage) -> tuple[list[Snapshot], li
             else:
                 snaps.append(_summary(SnapshotLocation(storage, name), pinned, entry))
     snaps.sort(key=lambda s: (s.created_at is not None, s.created_at or datetime.min, s.id), reverse=True)
+    for s, unique in zip(snaps, usage(snaps).unique, strict=True):
+        s.unique_bytes = unique
     return snaps, unfinished
+
+
+@dataclass(frozen=True)
+class Usage:
+    """How much a repository's snapshots hold (``logical``: the sum of their sizes) and store
+    (``stored``: each shared file counted once), and what each alone would free (``unique``)."""
+
+    logical: int
+    stored: int
+    unique: list[int]
+
+
+def usage(snaps: list[Snapshot]) -> Usage:
+    """The sizes of ``snaps`` (readable ones; see ``Usage``), from their manifests alone."""
+    users: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for s in snaps:
+        for name, size in s.shared.items():
+            users[name] = users.get(name, 0) + 1
+            sizes[name] = size
+    unique = [s.own_bytes + sum(size for name, size in s.shared.items() if users[name] == 1) for s in snaps]
+    return Usage(
+        logical=sum(s.bytes for s in snaps),
+        stored=sum(s.own_bytes for s in snaps) + sum(sizes.values()),
+        unique=unique,
+    )
 
 
 def _has_manifest(storage: Storage, name: str) -> bool:
@@ -304,20 +345,19 @@ def copy_snapshot(source: Path | str | SnapshotLocation, target: Path | str | St
 
     The copy is written under a temporary name and published (one rename) only when
     ``verify`` finds every file as its manifest says; on any failure nothing is left
-    that looks like a snapshot.  The target's lock is held meanwhile, so a prune there
-    cannot remove the copy being written.  ``FileExistsError`` when the target
-    already has a snapshot of that id.
+    that looks like a snapshot.  Shared data files (``storage.pool``) go into the
+    target's pool, and those it has already are not copied again.  The target's lock is
+    held meanwhile, so a prune there cannot remove the copy being written.
+    ``FileExistsError`` when the target already has a snapshot of that id.
     """
-    import shutil
-
     from ..errors import SnapshotDamaged
     from ..snapshot.verify import verify
-    from .base import BLOCK
     from .lock import DirLock
 
     src = locate(source)
     dst = open_storage(target, create=True)
     staging = staging_name(src.id)
+    manifest = mf.read(src)
     with DirLock(dst, "copy"):
         try:
             for entry in src.storage.walk(src.id):
@@ -330,8 +370,14 @@ def copy_snapshot(source: Path | str | SnapshotLocation, target: Path | str | St
                         hint=f"run `backupkit verify {src}`",
                     )
                 rel = entry.name[len(src.id) + 1 :]
-                with src.storage.open(entry.name) as f, dst.create(f"{staging}/{rel}") as out:
-                    shutil.copyfileobj(f, out, BLOCK)
+                with src.storage.open(entry.name) as stored:
+                    _copy_into(stored, dst, f"{staging}/{rel}")
+            for file in mf.all_files(manifest):
+                if file.get("shared") is not True or pool.has(dst, file["sha256"], file["bytes"]):
+                    continue
+                with mf.open_file(src, file["path"]) as stored:
+                    _copy_into(stored, dst, f"{staging}/{file['path']}")
+                pool.share(dst, f"{staging}/{file['path']}", file["sha256"], file["bytes"])
             report = verify(SnapshotLocation(dst, staging))
             if not report.ok:
                 raise SnapshotDamaged(
@@ -343,3 +389,13 @@ def copy_snapshot(source: Path | str | SnapshotLocation, target: Path | str | St
         finally:
             if any(e.name == staging for e in dst.list()):
                 dst.remove(staging)
+
+
+def _copy_into(source: BinaryIO, storage: Storage, name: str) -> None:
+    """Stream ``source`` into new file ``name`` of ``storage``."""
+    import shutil
+
+    from .base import BLOCK
+
+    with storage.create(name) as out:
+        shutil.copyfileobj(source, out, BLOCK)

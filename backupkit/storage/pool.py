@@ -1,0 +1,144 @@
+"""The repository's pool of shared data files: each distinct file stored once, by its hash.
+
+A data file of a snapshot whose manifest entry says ``"shared": true`` is not in the
+snapshot's folder but in the pool, named by the SHA-256 of its stored bytes::
+
+    .shared/<first two hex digits>/<sha256>
+
+A daily series of a database whose big tables mostly grow stores each unchanged
+chunk once: the snapshots' chunk boundaries stay put (``capture.readers.page_ranges``)
+and compression is deterministic, so an unchanged chunk is the same file, byte for byte.
+
+Rules that keep the pool safe, all under the repository's lock (``storage.lock``):
+
+* **Adding** (``share``): a file is written and hashed under the snapshot's staging
+  name first, then moved into the pool (or dropped, when the pool has it already), all
+  before the manifest that refers to it is written.  A crash leaves at most files
+  nobody refers to.
+* **Collecting** (``collect``): prune removes a pool file only when no listed snapshot
+  refers to it, and only when every snapshot's manifest could be read (one that
+  cannot might refer to anything).  A file only a removed snapshot used goes at once; an
+  orphan (no snapshot ever listed used it: left by a crashed backup, or an interrupted
+  collection) only once it is older than a grace period, so a backup whose lock was
+  taken over as stale does not lose what it has just added.
+
+A pool file whose size is not what its name promises (a crash mid-copy into a pool
+that is not atomic, someone's edit) is never used again: the new file stays in its
+snapshot's own folder instead, and ``verify`` names any snapshot referring to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .base import Entry, Storage
+
+log = logging.getLogger("backupkit")
+
+#: The pool's prefix at the top of the repository (hidden: never listed as a snapshot).
+POOL = ".shared"
+
+
+def blob_name(sha256: str) -> str:
+    """The storage name of the pool file whose stored bytes hash to ``sha256``."""
+    return f"{POOL}/{sha256[:2]}/{sha256}"
+
+
+def _size(storage: Storage, name: str) -> int | None:
+    try:
+        entry = storage.stat(name)
+    except FileNotFoundError:
+        return None
+    return entry.size if entry.kind == "file" else -1
+
+
+#: What ``share`` did with a file: moved it into the pool, found it there already, or kept it.
+ADDED, PRESENT, KEPT = "added", "present", "kept"
+
+
+def has(storage: Storage, sha256: str, size: int) -> bool:
+    """Whether the pool holds the file of that hash, whole (of that size)."""
+    return _size(storage, blob_name(sha256)) == size
+
+
+def share(storage: Storage, staged: str, sha256: str, size: int) -> str:
+    """Put file ``staged`` (``size`` bytes hashing to ``sha256``) into the pool.
+
+    ``ADDED``: moved there; ``PRESENT``: an identical file was there, and ``staged`` is
+    removed; ``KEPT``: the pool's file of that name is damaged, so ``staged`` stays where
+    it is (and the manifest must not call it shared).
+    """
+    name = blob_name(sha256)
+    found = _size(storage, name)
+    if found is None:
+        try:
+            storage.rename(staged, name)
+            return ADDED
+        except FileExistsError:
+            found = _size(storage, name)
+    if found == size:
+        storage.remove(staged)
+        return PRESENT
+    log.warning("%s is %s bytes, not %d: this snapshot keeps its own copy", storage.where(name), found, size)
+    return KEPT
+
+
+def referenced(manifest: Mapping) -> dict[str, int]:
+    """The pool names a manifest refers to, with their sizes."""
+    return {
+        blob_name(f["sha256"]): f["bytes"]
+        for t in manifest.get("tables", [])
+        for f in t.get("files", [])
+        if f.get("shared") is True
+    }
+
+
+def files(storage: Storage) -> list[Entry]:
+    """Every file in the pool."""
+    try:
+        return [e for e in storage.walk(POOL) if e.kind == "file"]
+    except FileNotFoundError:
+        return []
+
+
+def unreferenced(
+    pool: Iterable[Entry], wanted: set[str], now: float, grace_seconds: float, known: Container[str] = frozenset()
+) -> list[Entry]:
+    """The pool files to remove: not in ``wanted``, and either ``known`` (used by a snapshot
+    being removed) or unchanged for ``grace_seconds`` at ``now`` (an orphan: perhaps the
+    file a backup whose lock was taken over has just added, until it is that old)."""
+    return [e for e in pool if e.name not in wanted and (e.name in known or now - e.mtime >= grace_seconds)]
+
+
+@dataclass
+class Collected:
+    """What ``collect`` removed from the pool (names and bytes), and what it could not."""
+
+    removed: list[str] = field(default_factory=list)
+    bytes: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def collect(
+    storage: Storage,
+    wanted: set[str],
+    grace_seconds: float,
+    known: Container[str] = frozenset(),
+    now: float | None = None,
+) -> Collected:
+    """Remove the pool files no snapshot refers to (``wanted``: every referenced name; see
+    ``unreferenced``).  The caller holds the repository's lock and has read every manifest."""
+    now = time.time() if now is None else now
+    done = Collected()
+    for entry in unreferenced(files(storage), wanted, now, grace_seconds, known):
+        try:
+            storage.remove(entry.name)
+        except OSError as exc:
+            done.failed.append(f"{entry.name}: {exc.strerror or exc}")
+            continue
+        done.removed.append(entry.name)
+        done.bytes += entry.size
+    return done
