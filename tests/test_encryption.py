@@ -250,7 +250,7 @@ def test_the_lens_refuses_an_encrypted_snapshot(sealed, plain):
     for args in (("sql", sealed.path, "select 1"), ("diff", plain.path, sealed.path)):
         out = run_cli(*args, env={"BACKUPKIT_IDENTITY": ""})
         assert out.returncode == SnapshotError.exit_code, out.stderr
-        assert "is encrypted" in one_error(out) and "cannot read encrypted snapshots yet" in out.stderr
+        assert "is encrypted" in one_error(out) and "read encrypted snapshots only with `--identity`" in out.stderr
 
 
 def test_diff_and_integrity_read_an_encrypted_snapshot_with_the_identity(sealed, plain, keys, tmp_path):
@@ -348,7 +348,7 @@ def test_open_snapshot_leaves_no_plain_data_behind(sealed, keys, damaged, tmp, t
         backupkit.open_snapshot(sealed.path, identity=keys[2])
     with pytest.raises(ConfigError, match="is encrypted: `identity` does not combine with `external_access`"):
         backupkit.open_snapshot(sealed.path, identity=keys[0], external_access=True)
-    with pytest.raises(SnapshotError, match="cannot read encrypted snapshots yet"):
+    with pytest.raises(SnapshotError, match="read encrypted snapshots only with `identity`"):
         backupkit.open_snapshot(sealed.path)
     entry = max((f for t in sealed.manifest["tables"] for f in t["files"]), key=lambda f: f["bytes"])
     data = bytearray((damaged / entry["path"]).read_bytes())

@@ -264,13 +264,11 @@ def locked(snapshot: mf.SnapshotArg | None, recipients: Sequence[str] = ()) -> C
 
 
 def not_for_lens(snapshot: mf.SnapshotArg) -> SnapshotError:
-    """The error for a reader that cannot decrypt yet (diff, sql, DuckDB) meeting an encrypted file."""
+    """The error for a reader given no identity (diff, sql, DuckDB) meeting an encrypted file."""
     location = locate(snapshot)
     return SnapshotError(
-        f"snapshot {location.name} is encrypted: sql and DuckDB cannot read encrypted snapshots yet, "
-        "and diff reads them only with `identity`",
-        hint="diff with the age identity, or restore it with the identity to query it; "
-        "`backupkit verify` checks it without the key",
+        f"snapshot {location.name} is encrypted: sql, DuckDB and diff read encrypted snapshots only with `identity`",
+        hint="pass the age identity file of one of its recipients; `backupkit verify` checks it without the key",
     )
 
 

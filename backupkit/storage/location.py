@@ -95,8 +95,12 @@ class SnapshotLocation:
         return f"{self.id}/{rel}" if rel else self.id
 
     def where(self, rel: str = "") -> str:
-        """File ``rel`` of this snapshot as people should see it in a message."""
-        return self.storage.where(self.key(rel))
+        """File ``rel`` of this snapshot as people should see it in a message: where its bytes
+        are (for a shared file, the pool file, followed by the file's name in the snapshot)."""
+        stored = self.stored(rel) if rel else self.key()
+        if stored != self.key(rel):
+            return f"{self.storage.where(stored)} ({rel} of {self.id})"
+        return self.storage.where(stored)
 
     def stored(self, rel: str) -> str:
         """The storage name holding the bytes of file ``rel``: ``key(rel)``, or the repository's
