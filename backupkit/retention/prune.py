@@ -146,13 +146,14 @@ def prune(
             )
         result.kept = [i.id for i in keep] + [s.id for s in unreadable]
         result.removed = [i.id for i in remove]
+        grace = stale_after_hours * 3600  # for unfinished folders and orphaned shared files alike
         for u in unfinished:
-            if u.kind == "trash" or u.age_seconds > stale_after_hours * 3600:
+            if u.kind == "trash" or u.age_seconds > grace:
                 result.stale.append(u.name)
-        grace = stale_after_hours * 3600
         known = {name for s in readable for name in s.shared}
         if dry_run:
-            kept = [s for s in snaps if s.id not in set(result.removed)]
+            removed = set(result.removed)
+            kept = [s for s in snaps if s.id not in removed]
             wanted = _wanted(kept, result)
             if wanted is not None:
                 doomed = pool.unreferenced(pool.files(storage), wanted, time.time(), grace, known)
