@@ -52,6 +52,7 @@ _EXPORTS = {
     "TargetNotEmpty": "errors",
     "LockError": "errors",
     "RetentionError": "errors",
+    "BucketError": "errors",
 }
 _RENAMED = {"resolve_snapshot": "resolve", "age_keygen": "keygen"}
 
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .capture.preflight import CheckReport, check
     from .errors import (
         BackupkitError,
+        BucketError,
         ConfigError,
         ConnectionFailed,
         LockError,

@@ -19,7 +19,8 @@ the codes.
     ├── RestoreError               9  the restore stopped; ``left_behind`` says what remains
     │   └── TargetNotEmpty         9  the target already has tables from the snapshot
     ├── LockError                 10  another backup or prune holds the directory's lock
-    └── RetentionError            11  a policy that makes no sense, or would remove the last snapshot
+    ├── RetentionError            11  a policy that makes no sense, or would remove the last snapshot
+    └── BucketError               13  Storage's S3 endpoint cannot be read or written (keys, bucket, network)
 
 The command's other codes are no error classes: 0 success, 1 an unexpected
 exception (a bug), 12 ``diff --exit-code`` found differences, 130 interrupted.
@@ -135,3 +136,9 @@ class RetentionError(BackupkitError):
     """A retention policy is invalid or would break a safety floor."""
 
     exit_code = 11
+
+
+class BucketError(BackupkitError):
+    """Supabase Storage (its S3 endpoint) cannot be read or written: keys, bucket, network."""
+
+    exit_code = 13

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -791,6 +792,10 @@ BK_DIFF = "backupkit diff --json"
 DUCKDB_SCAN = "duckdb scan (both snapshots)"
 BK_DEDUP_DAY1 = "dedup day 1: backupkit backup -j2 (first snapshot)"
 BK_DEDUP = "dedup days 1-7: backupkit backup -j2 into one repo, +1% rows/day"
+#: The same with smaller chunks (``--chunk-size``): fewer bytes change a day, more files to write.
+DEDUP_SMALL_CHUNKS = "8M"
+BK_DEDUP_DAY1_SMALL = f"dedup day 1: backupkit backup -j2 --chunk-size {DEDUP_SMALL_CHUNKS}"
+BK_DEDUP_SMALL = f"dedup days 1-7: backupkit backup -j2 --chunk-size {DEDUP_SMALL_CHUNKS}, +1% rows/day"
 
 CONTENDERS = [
     Contender(FLOOR, "floor", _floor),
@@ -841,6 +846,7 @@ PEERS: dict[str, list[str]] = {
 #: Whose output size each contender is compared with (in the "vs peer" column, as "size N×").
 SIZE_PEERS: dict[str, list[str]] = {
     BK_DEDUP: [BK_DEDUP_DAY1],
+    BK_DEDUP_SMALL: [BK_DEDUP_DAY1_SMALL],
 }
 
 TARGETS = [
@@ -859,6 +865,7 @@ TARGETS = [
     Target(BK_DIFF, DUCKDB_SCAN, max_ratio=1.5),
     # 7 daily snapshots (1% new rows a day) take at most 1.5x the bytes of one.
     Target(BK_DEDUP, BK_DEDUP_DAY1, max_ratio=1.5, size=True),
+    Target(BK_DEDUP_SMALL, BK_DEDUP_DAY1_SMALL, max_ratio=1.5, size=True),
 ]
 
 
@@ -1043,24 +1050,28 @@ def append_rows(cluster: Cluster, dbname: str, tables: list[tuple[str, str, int]
     return added
 
 
-def _dedup_backup(b: Bench, tag: str) -> Invocation:
-    """``backupkit backup -j2`` of the dedup copy into the group's one repository (kept between days)."""
+def _dedup_backup(b: Bench, tag: str, chunk: str | None = None) -> Invocation:
+    """``backupkit backup -j2`` (``--chunk-size chunk``) of the dedup copy into the group's one
+    repository (kept between days)."""
+    extra = ["--chunk-size", chunk] if chunk else []
     return Invocation(
-        [[*b.tools.backupkit, "backup", "--jobs", "2", "-q", "--to", str(b.runs_dir / DEDUP_REPO)]],
+        [[*b.tools.backupkit, "backup", "--jobs", "2", "-q", *extra, "--to", str(b.runs_dir / DEDUP_REPO)]],
         backupkit_env(b.cluster, DEDUP_DB),
     )
 
 
-def run_dedup(bench: Bench, days: int = DEDUP_DAYS) -> tuple[dict[str, Result], list[str]]:
-    """Back up a copy of the dataset ``days`` times into one repository, appending rows in between.
+def run_dedup(bench: Bench, days: int = DEDUP_DAYS, chunk: str | None = None) -> tuple[dict[str, Result], list[str]]:
+    """Back up a copy of the dataset ``days`` times into one repository, appending rows in between
+    (with ``--chunk-size chunk`` when given).
 
     Two rows for the report: day 1 alone (its output: the repository right after it, the
     size of one snapshot) and all days (median time of the backups; output: the
     repository after the last day), plus a note of the repository's size day by day.
     """
     cluster, ds = bench.cluster, bench.dataset
-    first = Result(Contender(BK_DEDUP_DAY1, "dedup", _dedup_backup))
-    every = Result(Contender(BK_DEDUP, "dedup", _dedup_backup))
+    invoke = functools.partial(_dedup_backup, chunk=chunk)
+    first = Result(Contender(BK_DEDUP_DAY1_SMALL if chunk else BK_DEDUP_DAY1, "dedup", invoke))
+    every = Result(Contender(BK_DEDUP_SMALL if chunk else BK_DEDUP, "dedup", invoke))
     repo = bench.fresh_path(DEDUP_REPO)
     sizes: list[int] = []
     added_rows: list[int] = []
@@ -1072,7 +1083,7 @@ def run_dedup(bench: Bench, days: int = DEDUP_DAYS) -> tuple[dict[str, Result], 
                 added = append_rows(cluster, DEDUP_DB, ds.tables, day)
                 added_rows.append(sum(added.values()))
                 log(f"[dedup day {day}/{days}] appended " + ", ".join(f"{n} {r:,}" for n, r in added.items()))
-            inv = _dedup_backup(bench, f"dedup-{day}")
+            inv = invoke(bench, f"dedup-{day}")
             cluster.settle()
             m = run_pipeline(inv, cluster.admin_dsn)
             sizes.append(repo_bytes(repo))
@@ -1097,7 +1108,8 @@ def run_dedup(bench: Bench, days: int = DEDUP_DAYS) -> tuple[dict[str, Result], 
     notes = []
     if len(sizes) == days:
         notes.append(
-            f"dedup: a copy of the dataset backed up {days} times (`backup -j2`) into one repository; before "
+            f"dedup{f' --chunk-size {chunk}' if chunk else ''}: a copy of the dataset backed up {days} times "
+            "(`backup -j2`) into one repository; before "
             f"days 2-{days}, {DEDUP_GROWTH:.0%} new rows appended to every table with rows "
             f"({', '.join(f'{r:,}' for r in added_rows)} rows). Output MB = every file under the repository "
             "(hidden folders included, hard links once); repository after each day: "
@@ -1411,9 +1423,10 @@ def benchmark(cluster: Cluster, tools: Tools, args: argparse.Namespace, work: Pa
         bench.runs_dir.mkdir(parents=True, exist_ok=True)
         results = run_interleaved(bench, chosen, args.repeat, args.warmup)
     if "dedup" in groups:
-        dedup_results, dedup_notes = run_dedup(bench)
-        results.update(dedup_results)
-        notes += dedup_notes
+        for chunk in (None, DEDUP_SMALL_CHUNKS):
+            dedup_results, dedup_notes = run_dedup(bench, chunk=chunk)
+            results.update(dedup_results)
+            notes += dedup_notes
     if "zstd" not in Path(tools.zstd[0]).name and "backup" in groups:
         notes.append("zstd CLI not found: pg_dump -Fp was piped into python's zstandard at level 3.")
     if s3 is not None:

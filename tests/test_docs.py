@@ -63,6 +63,7 @@ def test_exit_codes_are_on_the_error_classes():
         "TargetNotEmpty": 9,
         "LockError": 10,
         "RetentionError": 11,
+        "BucketError": 13,
     }
     defined = {c.__name__: c for c in error_classes() if c.__module__ == errors.__name__}
     assert {name: cls.exit_code for name, cls in defined.items()} == expected

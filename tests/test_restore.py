@@ -386,9 +386,14 @@ def test_only_a_table_that_would_be_the_long_pole_is_split_across_jobs():
             "files": [{"path": f"{name}.{i}", "bytes": 1, "text_bytes": b} for i, b in enumerate(text_bytes)],
         }
 
-    big, mid, small = table("big", 30, 20, 20), table("mid", 10, 10), table("small", 10)
+    mb = 1 << 20
+    big, mid, small = (
+        table("big", 100 * mb, 100 * mb, 100 * mb),
+        table("mid", 50 * mb, 50 * mb),
+        table("small", 20 * mb),
+    )
     units = _load_units([small, mid, big], jobs=2, fresh=True)
-    # big holds 70% (> 2/3): file by file, not frozen; the others whole and frozen; interleaved
+    # big holds 71% (> 2/3): file by file, not frozen; the others whole and frozen; interleaved
     assert [(t["name"], [f["path"] for f in files], freeze) for t, files, freeze in units] == [
         ("big", ["big.0"], False),
         ("mid", ["mid.0", "mid.1"], True),
@@ -402,6 +407,11 @@ def test_only_a_table_that_would_be_the_long_pole_is_split_across_jobs():
         t["name"] for t, files, _ in _load_units([small, mid, big], jobs=10, fresh=True) if len(files) < len(t["files"])
     }
     assert split == {"big", "mid"}
+    # small chunk files of a split table load a few at a time: a transaction (a connection,
+    # a commit) per 8 MB file would cost more than it overlaps
+    chunks = table("chunks", *[6 * mb] * 20)
+    runs = [len(files) for t, files, _ in _load_units([chunks, small], jobs=2, fresh=True) if t is chunks]
+    assert runs == [8, 8, 4]
 
 
 def test_rows_another_session_writes_into_new_tables_stop_a_parallel_restore(small, make_db, monkeypatch):

@@ -122,6 +122,8 @@ class Written:
     encryption: dict[str, Any] | None = None
     #: The manifest's ``object_lock`` (``{"mode": ..., "retain_until": ISO}``); None: not locked.
     object_lock: dict[str, Any] | None = None
+    #: The manifest's ``storage`` (``model.Buckets``: Storage bucket files); None: none backed up.
+    storage: dict[str, Any] | None = None
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:
@@ -159,6 +161,8 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
         "roles": written.roles,
         "schema_files": written.schema_files,
     }
+    if written.storage is not None:
+        manifest["storage"] = written.storage
     if written.encryption is not None:
         manifest["encryption"] = written.encryption
     if written.object_lock is not None:

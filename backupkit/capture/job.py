@@ -38,6 +38,9 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from ..buckets import reconcile
+from ..buckets.capture import BucketChoice, Copier, check_choice, previous_files
+from ..buckets.endpoint import Endpoint
 from ..errors import BackupkitError, ConfigError, RowLevelSecurityError, SourceError, StorageError, ToolError
 from ..pg import database_objects
 from ..pg.catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
@@ -47,6 +50,7 @@ from ..pg.rows import one_row
 from ..pg.schema import dump_schema
 from ..pg.tools import check_pg_dump
 from ..runtime.deadline import seconds as _seconds
+from ..runtime.progress import wanted
 from ..runtime.signals import sigterm_as_interrupt
 from ..snapshot import encryption, signing
 from ..snapshot import manifest as mf
@@ -57,10 +61,11 @@ from ..storage.base import Storage
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, open_storage
 from ..storage.lock import DirLock
-from ..storage.repository import TMP_PREFIX, check_label, new_id, publish, staging_name
+from ..storage.repository import TMP_PREFIX, check_label, list_snapshots, new_id, publish, staging_name
 from ..storage.scratch import scratch
+from .chunks import CHUNK_BYTES, MIN_CHUNK_BYTES
 from .contents import Moment, Selection, Server, Written, build_manifest, file_stem, sequences_of
-from .readers import CHUNK_BYTES, copy_all, plan
+from .readers import copy_all, plan
 from .sessions import KeepAlive, SessionSpec, lock_wait_error
 from .watchdog import Watchdog
 
@@ -89,6 +94,10 @@ class BackupResult:
     seconds: float = 0.0
     #: Bytes of data files the repository had already (shared with earlier snapshots, not stored again).
     reused_bytes: int = 0
+    #: Storage bucket files read from the endpoint (the others were unchanged since the last
+    #: snapshot and carried over), and their bytes.
+    storage_files_read: int = 0
+    storage_bytes_read: int = 0
 
     @property
     def new_bytes(self) -> int:
@@ -145,6 +154,8 @@ class BackupOptions:
     object_lock: tuple[str, float] | None = None
     #: Data files go into the repository's pool of shared files (``storage.pool``).
     dedup: bool = True
+    #: Supabase Storage buckets to back up beside the database; None: none.
+    buckets: BucketChoice | None = None
 
     @property
     def shares(self) -> bool:
@@ -152,6 +163,15 @@ class BackupOptions:
         with a new random key: equal files never look equal) nor locked (a shared file would
         need the longest lock of every snapshot using it)."""
         return self.dedup and not self.recipients and self.object_lock is None
+
+
+def _chunk_bytes(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_CHUNK_BYTES:
+        raise ConfigError(
+            f"`chunk_bytes` {value!r} is too small: use at least {MIN_CHUNK_BYTES} bytes",
+            hint="the default suits most databases; smaller chunks share more between daily snapshots",
+        )
+    return value
 
 
 def backup(
@@ -174,6 +194,9 @@ def backup(
     object_lock_days: float | None = None,
     object_lock_mode: str | None = None,
     dedup: bool = True,
+    storage_buckets: Sequence[str] = (),
+    storage_all_buckets: bool = False,
+    storage_endpoint: Endpoint | None = None,
 ) -> BackupResult:
     """Back up ``dsn`` into a new snapshot of the repository ``to`` (a folder, ``file://`` URL
     or ``Storage``) and return it.
@@ -235,7 +258,7 @@ def backup(
         label=check_label(label),
         allow_partial=allow_partial,
         progress=progress,
-        chunk_bytes=chunk_bytes,
+        chunk_bytes=_chunk_bytes(chunk_bytes),
         on_snapshot=on_snapshot,
         lock_wait_timeout=_seconds(lock_wait_timeout, "lock_wait_timeout"),
         timeout=_seconds(timeout, "timeout"),
@@ -243,6 +266,7 @@ def backup(
         recipients=tuple(encryption.parse_recipients(recipients or ())),
         object_lock=_object_lock(object_lock_days, object_lock_mode),
         dedup=bool(dedup),
+        buckets=_buckets(storage_buckets, storage_all_buckets, storage_endpoint, recipients),
     )
     describe(dsn)  # a DSN that cannot be parsed fails before anything is created
     if options.object_lock is not None:
@@ -256,6 +280,21 @@ def backup(
         raise
     result.seconds = time.monotonic() - started
     return result
+
+
+def _buckets(
+    names: Sequence[str], every: bool, endpoint: Endpoint | None, recipients: Sequence[str] | None
+) -> BucketChoice | None:
+    """The Storage buckets to back up, checked; None when none were asked for."""
+    chosen = check_choice(names, every)
+    if not chosen and not every:
+        return None
+    if recipients:
+        raise ConfigError(
+            "Storage buckets cannot be backed up into an encrypted snapshot yet",
+            hint="back the buckets up in a separate, unencrypted run, or leave out `recipients`",
+        )
+    return BucketChoice(endpoint or Endpoint.from_env(), chosen, every)
 
 
 def _selection(schemas: Sequence[str] | None, tables: Sequence[str], exclude: Sequence[str]) -> Selection:
@@ -355,6 +394,7 @@ class BackupJob:
         self.watchdog = Watchdog(self.session, options.timeout)
         self.staging: SnapshotLocation | None = None
         self.reused_bytes = 0
+        self.storage_read = (0, 0)  # (files, bytes) read from the Storage endpoint
 
     def warn(self, message: str) -> None:
         """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
@@ -429,6 +469,7 @@ class BackupJob:
             if self.options.shares:
                 tables = self._share(tables)
                 self.watchdog.check()
+            buckets = self._buckets(main, staging) if self.options.buckets else None
             database = database_objects.describe(main, self.options.selection.schemas)
             written = Written(
                 sid,
@@ -444,6 +485,7 @@ class BackupJob:
                 object_lock=_lock_entry(moment.taken_at, *self.options.object_lock)
                 if self.options.object_lock
                 else None,
+                storage=buckets,
             )
             result = self._seal(sid, build_manifest(moment, self.options.selection, written))
             if moment.hidden:
@@ -623,6 +665,57 @@ class BackupJob:
             repository.remove(staging.key(mf.DATA_DIR))  # an empty folder, on a disk
         return {key: [replace(f, shared=outcome[f.path] != pool.KEPT) for f in fs] for key, fs in tables.items()}
 
+    def _buckets(self, main: psycopg.Connection, staging: SnapshotLocation) -> dict[str, Any]:
+        """Copy the chosen Storage buckets' files and reconcile them with ``storage.objects`` as
+        of the consistent moment (``main`` is in it): the manifest's ``storage``."""
+        choice = self.options.buckets
+        assert choice is not None
+        names = choice.resolve()
+        rows_there = reconcile.has_storage_tables(main)
+        settings = reconcile.read_settings(main, names) if rows_there else {}
+        rows = reconcile.read_rows(main, names) if rows_there else []
+        copier = Copier(choice.endpoint, self.repository, staging, self.options.shares, self._previous_files())
+        show = wanted(self.options.progress)
+        entries = []
+        for name in names:
+            entries.append(copier.bucket(name, settings.get(name), show))
+            self.watchdog.check()
+        unique = mf.bucket_files({"storage": {"buckets": entries}})
+        if all(f.get("shared") is True for f in unique):
+            self.repository.remove(staging.key(mf.FILES_DIR))  # nothing but an empty folder, on a disk
+        stored = sum(f["bytes"] for f in unique)
+        self.reused_bytes += stored - copier.added_bytes
+        self.storage_read = (copier.read_files, copier.read_bytes)
+        mismatches = reconcile.reconcile(rows, {b["name"]: b["files"] for b in entries}, names) if rows_there else []
+        for m in mismatches:
+            self.warn(f"storage: {reconcile.describe(m)}")
+        log.info(
+            "storage: %d files in %d buckets, %.1f MB read, %.1f MB unchanged since the last snapshot",
+            sum(len(b["files"]) for b in entries),
+            len(entries),
+            copier.read_bytes / 1e6,
+            copier.carried_bytes / 1e6,
+        )
+        return {
+            "endpoint": choice.endpoint.where,
+            "buckets": entries,
+            "objects_rows": rows_there,
+            "mismatches": mismatches,
+        }
+
+    def _previous_files(self) -> dict[tuple[str, str], dict]:
+        """The newest snapshot's bucket files, to carry unchanged ones over (none if unreadable)."""
+        if not self.options.shares:
+            return {}
+        snaps, _ = list_snapshots(self.repository)
+        newest = next((s for s in snaps if s.error is None), None)
+        if newest is None:
+            return {}
+        try:
+            return previous_files(mf.read(newest.location))
+        except BackupkitError:
+            return {}
+
     def _roles(self, main: psycopg.Connection, database: dict[str, Any], schema_sql: str) -> list[dict[str, Any]]:
         """The roles the snapshot's SQL, ACLs and owners name, with their attributes."""
         owned = database["large_objects"] + database["default_privileges"]
@@ -654,7 +747,14 @@ class BackupJob:
         publish(self._publisher(manifest), self.staging.id, sid)
         self.staging = None
         final = SnapshotLocation(self.repository, sid)
-        return BackupResult(final, mf.read(final), self.warnings, reused_bytes=self.reused_bytes)
+        return BackupResult(
+            final,
+            mf.read(final),
+            self.warnings,
+            reused_bytes=self.reused_bytes,
+            storage_files_read=self.storage_read[0],
+            storage_bytes_read=self.storage_read[1],
+        )
 
     def _publisher(self, manifest: dict[str, Any]) -> Storage:
         """The storage that publishes the snapshot: the repository, or its view that creates

@@ -31,10 +31,12 @@ from ..runtime.progress import byte_bar, wanted
 from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
+from .chunks import CHUNK_BYTES, MIN_CHUNK_BYTES, page_ranges
 from .sessions import IDLE_TIMEOUT, PING_EVERY, KeepAlive, SessionSpec, Stopper, lock_wait_error, open_worker
 
 __all__ = [
     "CHUNK_BYTES",
+    "MIN_CHUNK_BYTES",
     "IDLE_TIMEOUT",
     "PING_EVERY",
     "PROCESS_THRESHOLD",
@@ -49,11 +51,8 @@ __all__ = [
     "plan",
 ]
 
-#: Tables larger than this on disk are split into ctid ranges.
-CHUNK_BYTES = 64 << 20
 #: Below this much data, worker processes cost more to start than they save.
 PROCESS_THRESHOLD = 64 << 20
-_PAGE = 8192
 
 
 @dataclass(frozen=True)
@@ -68,21 +67,6 @@ class Item:
     @property
     def key(self) -> str:
         return mf.table_key(self.table)
-
-
-def page_ranges(relation_bytes: int, chunk_bytes: int, server_version_num: int) -> list[tuple[int, int | None] | None]:
-    """[lo, hi) page ranges covering a table; ``[None]`` when it is not split.
-
-    TID range scans need PostgreSQL 14+.  The last range is open-ended, so no
-    row is lost if the table grew after it was measured.  Boundaries fall on
-    multiples of ``chunk_bytes`` worth of pages, so they stay put as a table
-    grows: a row that was not moved is in the same-numbered chunk in the next
-    snapshot, which is what lets ``diff`` compare chunk by chunk.
-    """
-    if server_version_num < 140000 or relation_bytes <= chunk_bytes:
-        return [None]
-    bounds = list(range(0, relation_bytes // _PAGE, max(1, chunk_bytes // _PAGE)))
-    return [*((lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)), (bounds[-1], None)]
 
 
 def plan(tables: list[dict], stems: dict[str, str], chunk_bytes: int, server_version_num: int) -> list[Item]:

@@ -48,6 +48,15 @@ def _human(n: float) -> str:
 # -- commands -----------------------------------------------------------------------
 
 
+def _endpoint(a: argparse.Namespace) -> Any:
+    """The Storage endpoint the options and environment describe, when buckets are asked for."""
+    if not (a.storage_buckets or a.storage_all_buckets):
+        return None
+    from ..buckets.endpoint import Endpoint
+
+    return Endpoint.from_env(a.storage_endpoint, a.storage_key_id, a.storage_region)
+
+
 def cmd_backup(a: argparse.Namespace) -> int:
     from ..capture.job import backup
     from ..pg.dsn import resolve_dsn
@@ -71,6 +80,10 @@ def cmd_backup(a: argparse.Namespace) -> int:
         object_lock_days=a.object_lock_days,
         object_lock_mode=a.object_lock_mode,
         dedup=a.dedup,
+        **({} if a.chunk_bytes is None else {"chunk_bytes": a.chunk_bytes}),  # else the library's default
+        storage_buckets=a.storage_buckets or (),
+        storage_all_buckets=a.storage_all_buckets,
+        storage_endpoint=_endpoint(a),
     )
     if not a.quiet:
         signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
@@ -78,8 +91,10 @@ def cmd_backup(a: argparse.Namespace) -> int:
         encrypted = f", encrypted to {len(to)} key{'s' if len(to) > 1 else ''}" if to else ""
         lock = res.manifest.get("object_lock")
         locked = f", locked ({lock['mode']}) until {lock['retain_until']}" if lock else ""
+        buckets = (res.manifest.get("storage") or {}).get("buckets", [])
+        files = f", {sum(len(b['files']) for b in buckets)} files of {len(buckets)} bucket(s)" if buckets else ""
         print(
-            f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows, "
+            f"backed up {len(res.manifest['tables'])} tables, {res.rows} rows{files}, "
             f"{_human(res.bytes)} ({_human(res.new_bytes)} new) in {res.seconds:.1f}s{signed}{encrypted}{locked}",
             file=sys.stderr,
         )
@@ -161,6 +176,12 @@ def cmd_verify(a: argparse.Namespace) -> int:
             f"{report.snapshot.name}: {state} — {report.files} files, {_human(report.bytes)}"
             + (", rows recounted" if a.deep else "")
         )
+        if report.storage_mismatches:
+            from ..buckets.reconcile import describe
+
+            print(f"storage: {len(report.storage_mismatches)} mismatch(es) of rows and files at backup time:")
+            for m in report.storage_mismatches:
+                print(f"  {describe(m)}")
         print(
             {
                 "valid": f"signed: {paint('yes', stream=sys.stdout)} (key {report.key_id})",
@@ -220,8 +241,11 @@ def cmd_restore(a: argparse.Namespace) -> int:
     from ..snapshot.signing import public_key_path
     from ..storage.repository import resolve
 
+    snapshot = resolve(a.snapshot)
+    if a.files_only:
+        return _restore_files(a, snapshot, resolve_dsn(a.dsn) if a.dsn else None)
     res = restore(
-        resolve(a.snapshot),
+        snapshot,
         resolve_dsn(a.dsn),
         tables=a.table or [],
         schemas=a.schema or [],
@@ -251,6 +275,35 @@ def cmd_restore(a: argparse.Namespace) -> int:
         # What the restore made or left out beyond the snapshot's own objects, in words.
         for note in res.plan.notes:
             print(f"  note: {note}")
+    if (a.storage_buckets or a.storage_all_buckets) and not a.dry_run:
+        return _restore_files(a, snapshot, resolve_dsn(a.dsn))
+    return 0
+
+
+def _restore_files(a: argparse.Namespace, snapshot: Any, dsn: str | None) -> int:
+    from ..buckets.restore import restore_files
+
+    if not (a.storage_buckets or a.storage_all_buckets):
+        raise ConfigError("`files_only` needs --storage-bucket NAME or --storage-all-buckets")
+    done = restore_files(
+        snapshot,
+        _endpoint(a),
+        buckets=None if a.storage_all_buckets else a.storage_buckets,
+        prefixes=a.storage_prefix or (),
+        overwrite=a.storage_overwrite,
+        dsn=dsn,
+        progress=None if not a.quiet else False,
+    )
+    if a.json:
+        print(json.dumps({"files": done.to_dict()}, indent=2))
+        return 0
+    print(
+        f"files: {len(done.uploaded)} uploaded ({_human(done.bytes)}), {len(done.same)} already there, "
+        f"{len(done.kept_newer)} newer kept"
+        + (f"; created bucket(s) {', '.join(done.created_buckets)}" if done.created_buckets else "")
+    )
+    for name in done.kept_newer:
+        print(f"  kept (changed after the snapshot; --storage-overwrite replaces it): {name}")
     return 0
 
 
@@ -350,6 +403,14 @@ def cmd_diff(a: argparse.Namespace) -> int:
             print(f"{t['schema']}.{t['name']}: {what.replace('_', ' ')}: {json.dumps(detail, default=str)}")
     for line in schema_text(d):
         print(line)
+    for bucket, change in d["storage_files"].items():
+        counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in change.items() if keys)
+        print(f"bucket {bucket}: files {counts}")
+        for kind, keys in change.items():
+            for key in keys[:10]:
+                print(f"  {kind}: {key}")
+            if len(keys) > 10:
+                print(f"  … and {len(keys) - 10} more {kind}")
     return code
 
 

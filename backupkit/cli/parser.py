@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 from pathlib import Path
 
 from .. import __version__
+from ..capture.chunks import CHUNK_BYTES
 from .codes import EXIT_DIFFERENT
 from .commands import (
     cmd_backup,
@@ -23,6 +25,37 @@ from .commands import (
     cmd_sql,
     cmd_verify,
 )
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """Bytes from ``16M``, ``16MiB``, ``16MB`` (all 16 MiB) or a plain number of bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: write e.g. 16M or 64MiB")
+    return int(m[1]) * _UNITS[m[2].lower()]
+
+
+def _storage_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """The Supabase Storage options of ``backup`` and ``restore`` (the secret: environment only)."""
+    g = p.add_argument_group(
+        "Supabase Storage buckets",
+        "files read and written through Storage's S3 endpoint; the secret key only from $BACKUPKIT_STORAGE_SECRET",
+    )
+    g.add_argument(
+        "--storage-bucket", dest="storage_buckets", action="append", metavar="NAME", help=f"{verb} (repeatable)"
+    )
+    g.add_argument("--storage-all-buckets", action="store_true", help=f"{verb}: every bucket")
+    g.add_argument(
+        "--storage-endpoint",
+        metavar="URL",
+        help="https://<project>.supabase.co/storage/v1/s3 (default $BACKUPKIT_STORAGE_ENDPOINT)",
+    )
+    g.add_argument("--storage-key-id", metavar="ID", help="S3 access key id (default $BACKUPKIT_STORAGE_KEY_ID)")
+    g.add_argument(
+        "--storage-region", metavar="REGION", help="the project's region (default $BACKUPKIT_STORAGE_REGION)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         "shared files (by default a file the repository has already, unchanged rows of an earlier "
         "snapshot, is not stored again)",
     )
+    b.add_argument(
+        "--chunk-size",
+        dest="chunk_bytes",
+        type=_size,
+        metavar="SIZE",
+        help=f"split tables larger than SIZE on disk into page ranges of SIZE, one data file each "
+        f"(default {CHUNK_BYTES >> 20}M): smaller chunks let daily snapshots share more unchanged "
+        "files, larger ones mean fewer files",
+    )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _storage_options(b, "also back up the files of this Storage bucket")
     b.set_defaults(func=cmd_backup)
 
     ls = sub.add_parser("list", help="list snapshots in a backup directory")
@@ -174,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--schema-only", action="store_true")
     mode.add_argument("--data-only", action="store_true")
+    mode.add_argument(
+        "--files-only", action="store_true", help="only the Storage bucket files (--storage-bucket), not the database"
+    )
     r.add_argument("--clean", action="store_true", help="drop (or with --data-only, empty) existing tables first")
     r.add_argument("--jobs", "-j", type=int, default=1, help="parallel loads; 1 (default) restores in one transaction")
     own = r.add_mutually_exclusive_group()
@@ -215,6 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="age identity file (mode 0600) of a recipient of an encrypted snapshot (default: $BACKUPKIT_IDENTITY)",
     )
     r.add_argument("--quiet", "-q", action="store_true")
+    _storage_options(r, "also restore the snapshot's files of this bucket, after the database")
+    r.add_argument(
+        "--storage-prefix", action="append", metavar="PREFIX", help="only files whose key starts so (repeatable)"
+    )
+    r.add_argument(
+        "--storage-overwrite",
+        action="store_true",
+        help="replace files that changed after the snapshot too (by default they are kept and listed)",
+    )
     r.set_defaults(func=cmd_restore, owner=False)
 
     for name, pinned in (("pin", True), ("unpin", False)):

@@ -45,6 +45,7 @@ from ..snapshot.datafile import check_files
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
 from ..storage.scratch import scratch
+from .bucket_files import files_diff
 from .diff_lines import match_lines, run_pairs
 from .duck import MAX_LINE_SIZE, columns_sql, duck_connection, files_sql, literal, read_buffer
 from .schema_diff import read_schema_sql, schema_objects
@@ -174,7 +175,7 @@ def _compare_by_key(con, sides, pk, common, sample, line_size, spill: SnapshotLo
     or when lines are not rows (a CSV value holds a newline), files are joined column
     by column in pairs, the i-th file to read of each side: a row that was not
     moved stays in the same ctid range, so in the same-numbered chunk (see
-    ``workers.page_ranges``), and each join holds one chunk, not the table.  A pair keeps
+    ``capture.chunks.page_ranges``), and each join holds one chunk, not the table.  A pair keeps
     only what did not match: the keys of rows that differ, and the whole rows whose key
     is not in the partner file.  Those leftovers meet in one last join; a key being
     unique on each side, every row finds its partner there if it has one, so the result
@@ -490,7 +491,14 @@ def _schema_sql(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old_m: dict, n
 
 
 def _side(folder: SnapshotLocation, m: dict) -> dict:
-    return {"path": str(folder), "id": m.get("id"), "created_at": m.get("created_at")}
+    """One snapshot of a diff: where, which, when, and the rows and Storage files that did not
+    match when it was taken (``model.Mismatch``)."""
+    return {
+        "path": str(folder),
+        "id": m.get("id"),
+        "created_at": m.get("created_at"),
+        "storage_mismatches": list((m.get("storage") or {}).get("mismatches", [])),
+    }
 
 
 def _common(old: dict, new: dict) -> list[str]:
@@ -552,7 +560,8 @@ def diff_snapshots(
     ``schema_sql_changed``, ``schema_sql_files``, ``schema_sql_diff`` (at most
     SQL_DIFF_LINES lines), ``schema_sql_diff_truncated``, ``schema_objects`` (each
     object added, removed or changed: type, schema, name, change, detail; see
-    ``schema_diff``), ``totals`` and ``same`` (see ``same``).  Values are
+    ``schema_diff``), ``storage_files`` (Storage bucket files added, removed or changed,
+    per bucket: ``bucket_files.files_diff``), ``totals`` and ``same`` (see ``same``).  Values are
     PostgreSQL's text.  Raises SnapshotDamaged when a data file read does not match
     its manifest.  ``progress`` shows a bar by bytes compared (default: on a terminal
     or in a notebook).  ``identity`` (an age identity file) lets it read encrypted snapshots,
@@ -643,6 +652,7 @@ def _diff(old_dir: SnapshotLocation, new_dir: SnapshotLocation, sample: int, pro
         "schema_sql_diff": sql_diff,
         "schema_sql_diff_truncated": truncated,
         "schema_objects": schema_objects(old_dir, new_dir, old_m, new_m),
+        "storage_files": files_diff(old_m, new_m),
         "totals": {k: sum(t[k] or 0 for t in tables) for k in ("inserted", "deleted", "updated")},
     }
     result["same"] = same(result)
@@ -650,7 +660,7 @@ def _diff(old_dir: SnapshotLocation, new_dir: SnapshotLocation, sample: int, pro
 
 
 def same(diff: dict) -> bool:
-    """Whether a diff found nothing: no table added or removed, no row or table definition
+    """Whether a diff found nothing: no table added or removed, no row, table definition or bucket file
     changed, no schema object added, removed or changed.
 
     Schema SQL that differs outside every object (pg_dump's version comment, its
@@ -660,5 +670,6 @@ def same(diff: dict) -> bool:
         diff["tables_added"]
         or diff["tables_removed"]
         or diff["schema_objects"]
+        or diff.get("storage_files")
         or any(t["inserted"] or t["deleted"] or t["updated"] or t["schema_changes"]["changed"] for t in diff["tables"])
     )

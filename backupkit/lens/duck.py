@@ -619,8 +619,12 @@ def _connect(folder: SnapshotLocation, *, raw: bool, external_access: bool) -> d
             )
             views[mf.table_key(t)] = f"{ident(t['schema'])}.{ident(t['name'])}"
         if ("backupkit", "tables") not in taken:
+            from .bucket_files import storage_files_sql  # it uses this module's quoting
+
             statements.append("CREATE SCHEMA IF NOT EXISTS backupkit")
             statements.append("CREATE VIEW backupkit.tables AS " + _tables_view(manifest, views))
+            if ("backupkit", "storage_files") not in taken:
+                statements.append("CREATE VIEW backupkit.storage_files AS " + storage_files_sql(manifest))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _manifest_damaged(folder, exc) from None
     check_files(folder, entries)

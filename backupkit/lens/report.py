@@ -303,6 +303,21 @@ def _integrity(title: str, report: dict | None) -> str:
     return "".join(out)
 
 
+def _storage_files(diff: dict) -> str:
+    """Bucket files added, removed and changed, per bucket (a count and the first keys)."""
+    changes = diff.get("storage_files") or {}
+    if not changes:
+        return '<p class="muted">None changed (or no bucket files in these snapshots).</p>'
+    rows = []
+    for bucket, change in changes.items():
+        for kind in ("added", "removed", "changed"):
+            keys = change[kind]
+            if keys:
+                shown = ", ".join(f"<code>{_e(k)}</code>" for k in keys[:20])
+                rows.append([_e(bucket), kind, _num(len(keys)), shown + (" …" if len(keys) > 20 else "")])
+    return _table(["bucket", "change", "files", "keys"], rows, {2})
+
+
 def render_html(diff: dict, integrity_old: dict | None = None, integrity_new: dict | None = None) -> str:
     """A self-contained HTML page for a diff, with integrity results when given."""
     tables = diff["tables"]
@@ -391,6 +406,8 @@ def render_html(diff: dict, integrity_old: dict | None = None, integrity_new: di
 {sql_diff}
 <h2>Sample updates</h2>
 {_samples(tables)}
+<h2>Storage bucket files</h2>
+{_storage_files(diff)}
 {"<h2>Integrity</h2>" + integrity if integrity else ""}
 </body></html>
 """

@@ -91,6 +91,7 @@ from .tables import (
     save_html_report,
     schema_change_rows,
     schema_changes_table,
+    storage_files_table,
     table_stats,
 )
 
@@ -148,6 +149,7 @@ __all__ = [
     "diff_table",
     "schema_change_rows",
     "schema_changes_table",
+    "storage_files_table",
     "sample_updates_table",
     "integrity_rows",
     "check_integrity",

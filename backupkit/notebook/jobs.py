@@ -265,9 +265,12 @@ def backup(
     label: str = "",
     tables: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    storage_buckets: Sequence[str] = (),
     run: RunRecord | None = None,
 ) -> BackupResult:
-    """Back up the database ``$dsn_env`` names into a new snapshot under ``backup_dir``."""
+    """Back up the database ``$dsn_env`` names into a new snapshot under ``backup_dir``, with
+    the files of ``storage_buckets`` (``["*"]``: every bucket; endpoint from ``BACKUPKIT_STORAGE_*``)."""
+    every = list(storage_buckets) == ["*"]
     with _maybe_step(run, "backup"):
         result = _backup(
             _dsn(dsn_env),
@@ -278,6 +281,8 @@ def backup(
             jobs=jobs,
             label=label or None,
             progress=True,
+            storage_buckets=() if every else list(storage_buckets),
+            storage_all_buckets=every,
         )
     if run is not None:
         run.set_snapshot(result.id, result.location)
@@ -286,6 +291,8 @@ def backup(
             rows=result.rows,
             bytes=result.bytes,
             new_bytes=result.new_bytes,
+            storage_files=sum(len(b["files"]) for b in (result.manifest.get("storage") or {}).get("buckets", [])),
+            storage_mismatches=len((result.manifest.get("storage") or {}).get("mismatches", [])),
             warnings=result.warnings,
         )
         run.write()

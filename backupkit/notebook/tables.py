@@ -194,6 +194,22 @@ def schema_changes_table(diff: dict) -> Table:
     return Table(schema_change_rows(diff), columns=["table", "change", "detail"])
 
 
+def storage_files_table(diff: dict) -> Table:
+    """Storage bucket files added, removed and changed between two snapshots, and the rows
+    and files that did not match when the newer one was taken (empty when there are none)."""
+    rows = [
+        {"bucket": bucket, "what": kind, "key": key}
+        for bucket, change in (diff.get("storage_files") or {}).items()
+        for kind, keys in change.items()
+        for key in keys
+    ]
+    rows += [
+        {"bucket": m["bucket"], "what": f"mismatch: {m['kind'].replace('_', ' ')}", "key": m["key"]}
+        for m in diff["new"].get("storage_mismatches") or []
+    ]
+    return Table(rows, columns=["bucket", "what", "key"])
+
+
 def sample_updates_table(diff: dict) -> Table:
     """A few updated rows per table: key, column, old and new value (PostgreSQL's text)."""
     rows = []

@@ -207,6 +207,24 @@ def _empty_own_table(conn: psycopg.Connection, table: dict) -> None:
     conn.execute(sql.SQL("TRUNCATE ONLY {}").format(rel))
 
 
+#: COPY text one transaction of a split table loads at least (its last one may load less): each
+#: transaction costs a connection and a commit, which small chunk files would pay many times.
+UNIT_TEXT_BYTES = 48 << 20
+
+
+def _runs_of(files: list[dict]) -> list[list[dict]]:
+    """``files`` cut into consecutive runs of at least ``UNIT_TEXT_BYTES`` of COPY text."""
+    runs: list[list[dict]] = [[]]
+    text = 0
+    for f in files:
+        if text >= UNIT_TEXT_BYTES:
+            runs.append([])
+            text = 0
+        runs[-1].append(f)
+        text += f.get("text_bytes") or f["bytes"]
+    return runs
+
+
 def _load_units(chosen: list[dict], jobs: int, fresh: bool) -> list[Unit]:
     """(table, files, freeze) units of work for a parallel load, in the order to start them.
 
@@ -214,7 +232,8 @@ def _load_units(chosen: list[dict], jobs: int, fresh: bool) -> list[Unit]:
     (``fresh``): frozen rows make its index builds cheaper (no hint bits to set on
     every page) and spare the user a freezing VACUUM later.  Only a table of several
     files holding more than 2/(jobs+1) of the data (2/3 with two jobs), which would
-    otherwise be the long pole, is loaded file by file in parallel transactions.
+    otherwise be the long pole, is loaded in parallel transactions of a few files each
+    (``_runs_of``).
     Largest first, and interleaved so parallel COPYs go to different tables where
     they can: two COPYs into one table contend for its extension lock.
     """
@@ -223,7 +242,7 @@ def _load_units(chosen: list[dict], jobs: int, fresh: bool) -> list[Unit]:
     long_pole = 2 * sum(size.values()) / (jobs + 1)
     largest_first = sorted((t for t in chosen if t["files"]), key=lambda t: -size[mf.table_key(t)])
     split = [t for t in largest_first if len(t["files"]) > 1 and size[mf.table_key(t)] > long_pole]
-    queues: list[list[Unit]] = [[(t, [f], False) for f in t["files"]] for t in split]
+    queues: list[list[Unit]] = [[(t, fs, False) for fs in _runs_of(t["files"])] for t in split]
     queues.append([(t, t["files"], fresh) for t in largest_first if t not in split])
     units: list[Unit] = []
     for i in range(max(map(len, queues))):

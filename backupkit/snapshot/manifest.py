@@ -31,8 +31,9 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
 #: A signature file larger than this is not one backupkit wrote (88 base64 characters and a newline).
 MAX_SIGNATURE_BYTES = 1024
-#: The folders of a snapshot: the schema (from pg_dump) and the data files (from COPY).
-SCHEMA_DIR, DATA_DIR = "schema", "data"
+#: The folders of a snapshot: the schema (from pg_dump), the data files (from COPY) and
+#: the Storage bucket files (``backup --storage-bucket``, named by their SHA-256).
+SCHEMA_DIR, DATA_DIR, FILES_DIR = "schema", "data", "files"
 #: The schema files inside a snapshot (kept here, free of psycopg, for readers like diff).
 DUMP = "schema/schema.dump"
 PRE_DATA = "schema/pre-data.sql"
@@ -183,7 +184,7 @@ def _is_count(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _file_problems(where: str, entries: object, data: bool) -> list[str]:
+def _file_problems(where: str, entries: object, data: bool, shareable: bool | None = None) -> list[str]:
     if not isinstance(entries, list):
         return [f"{MANIFEST}: {where} files are a {type(entries).__name__}, not a list"]
     problems = []
@@ -202,8 +203,31 @@ def _file_problems(where: str, entries: object, data: bool) -> list[str]:
             problems.append(f"{MANIFEST}: {name}: sha256 is {sha!r}, not a SHA-256")
         if data and "rows" in e and not _is_count(e["rows"]):
             problems.append(f"{MANIFEST}: {name}: rows is {e['rows']!r}, not a count")
-        if "shared" in e and (not data or not isinstance(e["shared"], bool)):
+        if "shared" in e and (not (data if shareable is None else shareable) or not isinstance(e["shared"], bool)):
             problems.append(f"{MANIFEST}: {name}: shared is {e['shared']!r}; only a data file may be shared (true)")
+    return problems
+
+
+def _storage_problems(storage: object) -> list[str]:
+    """The shape of ``storage`` (bucket files): each bucket's files are file entries under
+    ``files/``; one path is one content (equal files share it, never unequal ones)."""
+    if storage is None:
+        return []
+    buckets = storage.get("buckets") if isinstance(storage, dict) else None
+    if not isinstance(buckets, list) or not all(
+        isinstance(b, dict) and isinstance(b.get("name"), str) for b in buckets
+    ):
+        return [f"{MANIFEST}: storage.buckets is not a list of named buckets"]
+    problems: list[str] = []
+    by_path: dict[str, tuple[object, object]] = {}
+    for b in buckets:
+        files = b.get("files")
+        problems += _file_problems(f"bucket {b['name']}", files, data=False, shareable=True)
+        for f in files if isinstance(files, list) and not problems else []:
+            if not (isinstance(f.get("key"), str) and f["path"].startswith(FILES_DIR + "/")):
+                problems.append(f"{MANIFEST}: bucket {b['name']}: {f['path']} has no key or is not under {FILES_DIR}/")
+            elif by_path.setdefault(f["path"], (f["sha256"], f["bytes"])) != (f["sha256"], f["bytes"]):
+                problems.append(f"{MANIFEST}: {f['path']} is listed with two different contents")
     return problems
 
 
@@ -245,6 +269,7 @@ def validate(manifest: dict) -> list[str]:
         if t.get("data_format", formats.DEFAULT.name) not in formats.FORMATS:
             problems.append(f"{MANIFEST}: {key}: unknown data_format {t.get('data_format')!r}")
         problems += _file_problems(key, t.get("files"), data=True)
+    problems += _storage_problems(manifest.get("storage"))
     if not problems:
         paths = [e["path"] for e in all_files(manifest)]
         dupes = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(paths) else []
@@ -325,9 +350,19 @@ def table_key(table: dict) -> str:
     return f"{table['schema']}.{table['name']}"
 
 
+def bucket_files(manifest: dict) -> list[dict]:
+    """The Storage bucket files the manifest vouches for, one entry per stored file: files of
+    equal content (their one ``files/<sha256>``) count once."""
+    seen: dict[str, dict] = {}
+    for b in (manifest.get("storage") or {}).get("buckets", []):
+        for f in b.get("files", []):
+            seen.setdefault(f["path"], f)
+    return list(seen.values())
+
+
 def all_files(manifest: dict) -> list[dict]:
-    """Every file entry (schema and data) the manifest vouches for."""
+    """Every file entry (schema, data and bucket files) the manifest vouches for."""
     files = list(manifest.get("schema_files", []))
     for t in manifest.get("tables", []):
         files.extend(t.get("files", []))
-    return files
+    return files + bucket_files(manifest)

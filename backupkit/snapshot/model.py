@@ -255,6 +255,73 @@ class ObjectLock(TypedDict):
     ]
 
 
+class BucketFile(TypedDict):
+    """One file of a Storage bucket (``storage.buckets[].files``), as the S3 endpoint described it.
+
+    Its bytes are stored as they are (not compressed: most are images and documents
+    already), named by their SHA-256 (``files/<sha256>``), so a file that did not change
+    since an earlier snapshot is not stored again.
+    """
+
+    key: Annotated[str, "The object's key in the bucket (`storage.objects.name`)."]
+    path: Annotated[str, "`files/<sha256>` (of the file's bytes), relative to the snapshot folder."]
+    bytes: Annotated[int, "Size of the stored file (encrypted, in an encrypted snapshot)."]
+    sha256: Annotated[str, "SHA-256 of the stored bytes (encrypted ones, in an encrypted snapshot), lowercase hex."]
+    size: Annotated[int, "Size of the file itself."]
+    content_sha256: Annotated[str, "SHA-256 of the file itself (equal to `sha256` unless encrypted)."]
+    content_type: Annotated[str | None, "Its Content-Type."]
+    cache_control: Annotated[str | None, "Its Cache-Control."]
+    metadata: Annotated[dict[str, str], "Its user metadata (`x-amz-meta-*`)."]
+    etag: Annotated[str, "The ETag the endpoint reported (without quotes)."]
+    last_modified: Annotated[str, "ISO 8601 UTC time the endpoint says the file last changed."]
+    shared: NotRequired[
+        Annotated[bool, "`true`: stored once for the repository at `.shared/<sha256[:2]>/<sha256>` (as data files)."]
+    ]
+
+
+class BucketSettings(TypedDict):
+    """A bucket's settings from its ``storage.buckets`` row, read in the backup's consistent moment."""
+
+    public: Annotated[bool, "Anyone may read its files through the public URL."]
+    file_size_limit: Annotated[int | None, "Largest file it accepts, in bytes (null: the project's limit)."]
+    allowed_mime_types: Annotated[list[str] | None, "MIME types it accepts (null: any)."]
+
+
+class Mismatch(TypedDict):
+    """One difference between ``storage.objects`` rows and the bucket files (``storage.mismatches``)."""
+
+    kind: Annotated[
+        Literal["row_without_file", "file_without_row", "size", "content_type"],
+        "What differs: a row whose file is missing, a file no row names, or the size or type the row records.",
+    ]
+    bucket: Annotated[str, "The bucket."]
+    key: Annotated[str, "The object's key."]
+    row: Annotated[str | None, "What the row says (size or MIME type), for `size` and `content_type`."]
+    file: Annotated[str | None, "What the file is, for `size` and `content_type`."]
+
+
+class Bucket(TypedDict):
+    """One Supabase Storage bucket backed up with ``backup --storage-bucket`` (``storage.buckets``)."""
+
+    name: Annotated[str, "The bucket's name (its S3 bucket and `storage.buckets.id`)."]
+    settings: Annotated[BucketSettings | None, "Its `storage.buckets` row, or null when the database has none for it."]
+    files: Annotated[list[BucketFile], "Every file, ordered by key."]
+    bytes: Annotated[int, "Total size of its files."]
+
+
+class Buckets(TypedDict):
+    """The manifest's ``storage``: where the bucket files came from, and how they match the rows."""
+
+    endpoint: Annotated[str, "The S3 endpoint read (scheme, host, port and path; never a key)."]
+    buckets: Annotated[list[Bucket], "The buckets backed up, ordered by name."]
+    objects_rows: Annotated[
+        bool, "Whether the database had `storage.objects` to reconcile with (false: no reconciliation)."
+    ]
+    mismatches: Annotated[
+        list[Mismatch], "`storage.objects` rows and files that do not match, at backup time (empty: all match)."
+    ]
+
+
 class Manifest(TypedDict):
     """The top level of ``manifest.json``."""
 
@@ -296,6 +363,9 @@ class Manifest(TypedDict):
         Annotated[list[Role], "The roles the snapshot names that exist on the source (absent before 2026-12)."]
     ]
     schema_files: Annotated[list[SchemaFile], "The files under `schema/`, sorted by path."]
+    storage: NotRequired[
+        Annotated[Buckets, "Only with `backup --storage-bucket`: the Supabase Storage files backed up beside the rows."]
+    ]
     encryption: NotRequired[
         Annotated[Encryption, "Only in an encrypted snapshot: how, and to whom, its files are encrypted."]
     ]
@@ -375,6 +445,8 @@ def type_text(tp: object) -> str:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
         return f"list of {type_text(args[0])}"
+    if origin is dict:
+        return f"object of {type_text(args[1])}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_text(a) for a in args)
     if origin is Literal:
@@ -431,9 +503,11 @@ outside it, in `DIR/.pins/<id>`).
 │   ├── post-data.sql      # the same, post-data section
 │   ├── database.dump      # pg_dump -Fc --exclude-schema=* -b: what lives outside the schemas
 │   └── database.sql       # its DDL as plain SQL (for humans and diffs; no large-object data)
-└── data/                  # only the data files that are not shared (see below)
-    ├── public.orders.0000.copy.zst       # one or more chunks per table
-    └── ...
+├── data/                  # only the data files that are not shared (see below)
+│   ├── public.orders.0000.copy.zst       # one or more chunks per table
+│   └── ...
+└── files/                 # only with backup --storage-bucket, and only files not shared
+    └── <sha256>           # a Storage bucket file's bytes, named by their SHA-256
 ```
 
 A snapshot holds exactly the files its manifest lists, plus `manifest.json` and
@@ -450,7 +524,9 @@ again (chunk boundaries stay put and compression is deterministic, so unchanged
 rows make the same file). `prune` removes a pool file once no snapshot refers to it.
 So a snapshot folder alone is not the whole snapshot: move snapshots with `backupkit
 copy`, which carries their shared files; `backup --no-dedup` writes a folder that
-stands alone. Encrypted and Object-Locked snapshots never share files.
+stands alone. Encrypted and Object-Locked snapshots never share files. Storage bucket
+files (`storage.buckets[].files`) are shared the same way, named by the SHA-256 of their
+bytes, stored as they are (not compressed).
 
 `schema.dump` is `pg_dump --schema-only --schema=...` for the schemas (and
 `--table`/`--exclude-table` choices) of the backup. A schema-filtered pg_dump

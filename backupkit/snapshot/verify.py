@@ -49,6 +49,9 @@ class VerifyReport:
     key_id: str | None = None
     #: The age recipients an encrypted snapshot's files are encrypted to; None: not encrypted.
     encrypted_to: list[str] | None = None
+    #: Where ``storage.objects`` and the Storage bucket files differed at backup time
+    #: (``model.Mismatch``): facts about the source project, not damage to the snapshot.
+    storage_mismatches: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,7 @@ class VerifyReport:
             "signature": self.signature,
             "key_id": self.key_id,
             "encrypted_to": self.encrypted_to,
+            "storage_mismatches": self.storage_mismatches,
         }
 
 
@@ -301,6 +305,7 @@ def verify(
         report.problems.extend(exc.problems or [str(exc)])
         return report
     report.encrypted_to = encryption.recipients_of(m)
+    report.storage_mismatches = list((m.get("storage") or {}).get("mismatches", []))
     if deep:  # recounting rows reads them: an encrypted snapshot's need its identity
         location = encryption.unlock(location, m, identity)
     if m.get("manifest_sha256") != mf.digest(m):
@@ -309,6 +314,7 @@ def verify(
     entries = [(e, None, formats.DEFAULT) for e in m.get("schema_files", [])]
     for t in m["tables"]:
         entries += [(f, f.get("rows") if deep else None, formats.of(t)) for f in t["files"]]
+    entries += [(f, None, formats.DEFAULT) for f in mf.bucket_files(m)]
     # A shared data file lives in the repository's pool: in the folder it would be unexpected.
     listed = {e["path"] for e, _, _ in entries if e.get("shared") is not True}
     workers = jobs or min(4, os.cpu_count() or 1)

@@ -104,7 +104,7 @@ class SnapshotLocation:
 
     def stored(self, rel: str) -> str:
         """The storage name holding the bytes of file ``rel``: ``key(rel)``, or the repository's
-        pool file (``storage.pool``) when the manifest says that data file is shared.
+        pool file (``storage.pool``) when the manifest says that data or bucket file is shared.
 
         The manifest is read on the first call that asks for a data file and remembered
         for this location (a snapshot never changes once written); without a readable
@@ -112,7 +112,7 @@ class SnapshotLocation:
         """
         from ..snapshot import manifest as mf
 
-        if not rel.startswith(mf.DATA_DIR + "/"):
+        if not rel.startswith((mf.DATA_DIR + "/", mf.FILES_DIR + "/")):
             return self.key(rel)
         shared: dict[str, str] | None = self.__dict__.get("_shared")
         if shared is None:
@@ -156,7 +156,7 @@ def _shared_files(location: SnapshotLocation) -> dict[str, str] | None:
 
     try:
         m = json.loads(location.storage.read(location.key(mf.MANIFEST), mf.MAX_MANIFEST_BYTES))
-        files = [f for t in m["tables"] for f in t["files"]]
+        files = [f for t in m["tables"] for f in t["files"]] + mf.bucket_files(m)
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return {

@@ -6,7 +6,7 @@ snapshot's folder but in the pool, named by the SHA-256 of its stored bytes::
     .shared/<first two hex digits>/<sha256>
 
 A daily series of a database whose big tables mostly grow stores each unchanged
-chunk once: the snapshots' chunk boundaries stay put (``capture.readers.page_ranges``)
+chunk once: the snapshots' chunk boundaries stay put (``capture.chunks.page_ranges``)
 and compression is deterministic, so an unchanged chunk is the same file, byte for byte.
 
 Rules that keep the pool safe, all under the repository's lock (``storage.lock``):
@@ -87,13 +87,10 @@ def share(storage: Storage, staged: str, sha256: str, size: int) -> str:
 
 
 def referenced(manifest: Mapping) -> dict[str, int]:
-    """The pool names a manifest refers to, with their sizes."""
-    return {
-        blob_name(f["sha256"]): f["bytes"]
-        for t in manifest.get("tables", [])
-        for f in t.get("files", [])
-        if f.get("shared") is True
-    }
+    """The pool names a manifest refers to (data files and bucket files), with their sizes."""
+    data = [f for t in manifest.get("tables", []) for f in t.get("files", [])]
+    bucket = [f for b in (manifest.get("storage") or {}).get("buckets", []) for f in b.get("files", [])]
+    return {blob_name(f["sha256"]): f["bytes"] for f in data + bucket if f.get("shared") is True}
 
 
 def files(storage: Storage) -> list[Entry]:

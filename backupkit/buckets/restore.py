@@ -1,0 +1,211 @@
+"""Putting a snapshot's Storage bucket files back (``restore --storage-bucket``).
+
+Into the same project or another one: a missing bucket is created (public when the
+snapshot's was), and with a database connection its ``storage.buckets`` settings
+(public, size limit, MIME types) are set as the snapshot recorded them; Supabase's S3
+API cannot set the last two.  A file already there is left alone when it is the same
+(size and ETag) or newer than the snapshot's copy, unless ``overwrite``; each decision is
+reported.  Every file is checked against its SHA-256 before it becomes visible: a small
+one is read whole and hashed first, a big one is uploaded in parts and the upload
+completed only when the hash matched, so a damaged snapshot never lands in a bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from ..errors import ConfigError, SnapshotDamaged, SnapshotError
+from ..runtime.progress import byte_bar, wanted
+from ..snapshot import manifest as mf
+from ..storage.location import locate
+from .endpoint import PART, Endpoint, Head
+from .reconcile import has_storage_tables
+
+log = logging.getLogger("backupkit")
+
+#: What ``decide`` says to do with one file.
+UPLOAD, SAME, NEWER = "upload", "same", "newer"
+
+
+def decide(entry: Mapping, there: Head | None, overwrite: bool, same_bytes: bool = False) -> str:
+    """``UPLOAD`` the snapshot's file, or leave the target's: the ``SAME`` file (size and
+    ETag, or ``same_bytes``: its SHA-256 is the snapshot's), or a ``NEWER`` one (changed
+    at or after the snapshot copy's time: S3 times have whole seconds, so a tie is kept;
+    replaced only with ``overwrite``)."""
+    if there is None:
+        return UPLOAD
+    if there.size == entry["size"] and (there.etag == entry["etag"] or same_bytes):
+        return SAME
+    if not overwrite and _when(there.last_modified) >= _when(entry["last_modified"]):
+        return NEWER
+    return UPLOAD
+
+
+def _when(iso: str) -> datetime:
+    try:
+        return datetime.fromisoformat(iso)
+    except ValueError:  # no time recorded: the target's copy may be anything, keep it
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def needs_hash(entry: Mapping, there: Head | None) -> bool:
+    """Whether only the target file's bytes can tell it is the snapshot's: the same size, but
+    another ETag (a multipart upload's ETag depends on its part sizes, not only the bytes)."""
+    return there is not None and there.size == entry["size"] and there.etag != entry["etag"]
+
+
+@dataclass
+class FilesRestored:
+    """What ``restore_files`` did, per file ("bucket/key")."""
+
+    uploaded: list[str] = field(default_factory=list)
+    same: list[str] = field(default_factory=list)
+    kept_newer: list[str] = field(default_factory=list)
+    created_buckets: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uploaded": self.uploaded,
+            "same": self.same,
+            "kept_newer": self.kept_newer,
+            "created_buckets": self.created_buckets,
+            "bytes": self.bytes,
+        }
+
+
+def chosen(manifest: Mapping, buckets: Sequence[str] | None, prefixes: Sequence[str]) -> list[tuple[dict, list[dict]]]:
+    """The snapshot's buckets named in ``buckets`` (None: all), each with its files under one
+    of ``prefixes`` (none: all); ConfigError naming a bucket the snapshot lacks."""
+    there = {b["name"]: b for b in (manifest.get("storage") or {}).get("buckets", [])}
+    if not there:
+        raise ConfigError(
+            "the snapshot has no Storage bucket files",
+            hint="back them up with `backupkit backup --storage-bucket NAME` (or --storage-all-buckets)",
+        )
+    names = sorted(there) if buckets is None else list(dict.fromkeys(buckets))
+    missing = [n for n in names if n not in there]
+    if missing:
+        raise ConfigError(
+            f"the snapshot has no bucket {', '.join(missing)}", hint=f"it has: {', '.join(sorted(there))}"
+        )
+    return [
+        (there[n], [f for f in there[n]["files"] if not prefixes or f["key"].startswith(tuple(prefixes))])
+        for n in names
+    ]
+
+
+def restore_files(
+    snapshot: mf.SnapshotArg,
+    endpoint: Endpoint | None = None,
+    *,
+    buckets: Sequence[str] | None = None,
+    prefixes: Sequence[str] = (),
+    overwrite: bool = False,
+    dsn: str | None = None,
+    progress: bool | None = None,
+) -> FilesRestored:
+    """Upload ``snapshot``'s bucket files (``buckets``: names, None for all; ``prefixes``:
+    only keys starting with one) to ``endpoint`` (default: ``BACKUPKIT_STORAGE_*``).
+
+    With ``dsn`` (the target project's database) each bucket's ``storage.buckets`` row
+    gets the snapshot's settings.  Restore the database first, then the files: Supabase
+    Storage updates a file's ``storage.objects`` row when the file is uploaded.
+    """
+    location = locate(snapshot)
+    manifest = mf.read(location)
+    if manifest.get("encryption"):
+        raise ConfigError("this snapshot is encrypted; it holds no Storage bucket files")
+    work = chosen(manifest, buckets, prefixes)
+    endpoint = endpoint or Endpoint.from_env()
+    done = FilesRestored()
+    for bucket, _ in work:
+        if not endpoint.has_bucket(bucket["name"]):
+            endpoint.create_bucket(bucket["name"], public=bool((bucket.get("settings") or {}).get("public")))
+            done.created_buckets.append(bucket["name"])
+    if dsn is not None:
+        apply_settings(dsn, [b for b, _ in work])
+    total = sum(f["size"] for _, files in work for f in files)
+    with byte_bar(total, "files", wanted(progress)) as bar:
+        for bucket, files in work:
+            for f in files:
+                name = f"{bucket['name']}/{f['key']}"
+                there = endpoint.head(bucket["name"], f["key"])
+                same = needs_hash(f, there) and endpoint.sha256(bucket["name"], f["key"]) == f["content_sha256"]
+                action = decide(f, there, overwrite, same)
+                if action == UPLOAD:
+                    _upload(location, endpoint, bucket["name"], f)
+                    done.uploaded.append(name)
+                    done.bytes += f["size"]
+                else:
+                    (done.same if action == SAME else done.kept_newer).append(name)
+                bar.update(f["size"])
+    for name in done.kept_newer:
+        log.warning("storage: kept %s: it changed after the snapshot (pass `overwrite` to replace it)", name)
+    return done
+
+
+def _upload(location: Any, endpoint: Endpoint, bucket: str, f: Mapping) -> None:
+    head = Head(
+        f["key"],
+        f["size"],
+        f["etag"],
+        f["last_modified"],
+        f.get("content_type"),
+        f.get("cache_control"),
+        dict(f.get("metadata") or {}),
+    )
+    try:
+        body = mf.open_file(location, f["path"])
+    except OSError as exc:
+        raise SnapshotError(f"{location.where(f['path'])}: cannot be read ({exc.strerror or exc})") from None
+    with body:
+        digest = hashlib.sha256()
+
+        def check() -> None:
+            if digest.hexdigest() != f["sha256"]:
+                raise SnapshotDamaged(
+                    f"{location.where(f['path'])} ({bucket}/{f['key']}) does not match its SHA-256; "
+                    "it was not uploaded",
+                    hint="run `backupkit verify` on the snapshot",
+                )
+
+        endpoint.upload(bucket, f["key"], _Hashing(body, digest), f["size"], head, before_commit=check)
+
+
+class _Hashing:
+    """A reader that hashes what passes through it."""
+
+    def __init__(self, raw: Any, digest: Any):
+        self._raw, self._digest = raw, digest
+
+    def read(self, n: int = PART) -> bytes:
+        data = self._raw.read(n)
+        self._digest.update(data)
+        return bytes(data)
+
+
+def apply_settings(dsn: str, buckets: Sequence[Mapping]) -> None:
+    """Give each bucket's ``storage.buckets`` row the snapshot's settings (a row is made when
+    the bucket has none); nothing when the target database has no ``storage.buckets``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not has_storage_tables(conn):
+            log.warning("storage: the target database has no storage.buckets; bucket settings not restored")
+            return
+        for b in buckets:
+            s = b.get("settings")
+            if s is None:
+                continue
+            conn.execute(
+                "INSERT INTO storage.buckets (id, name, public, file_size_limit, allowed_mime_types)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET public = excluded.public,"
+                " file_size_limit = excluded.file_size_limit, allowed_mime_types = excluded.allowed_mime_types",
+                [b["name"], b["name"], s["public"], s["file_size_limit"], s["allowed_mime_types"]],
+            )

@@ -1,0 +1,764 @@
+"""Supabase Storage bucket files beside the database (``backup --storage-bucket``, issue #17).
+
+The Storage endpoint is a real S3-compatible server started by the suite (moto in server
+mode, tests/s3server.py) standing in for Supabase Storage's S3 API, and the database a
+Supabase-shaped project built from Supabase's own SQL (tests/supabase_platform.py) whose
+``storage.objects`` rows describe the files.  Nothing is mocked: files go up and down over
+HTTP with boto3, the CLI runs in subprocesses, and peak memory is read from ``wait4``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from botocore.exceptions import ClientError
+from helpers import run_cli, stored_file
+from test_snapshot_model import problems as model_problems
+
+import backupkit
+from backupkit.buckets.restore import restore_files
+from backupkit.errors import SnapshotDamaged
+from backupkit.snapshot import model
+from backupkit.storage import pool
+
+#: A distinctive Storage secret: it must never reach a snapshot, stdout or stderr.
+STORAGE_SECRET = "st0rage-s3cr3t-" + uuid.uuid4().hex
+STORAGE_KEY_ID = "STORAGEKEYBACKUPKIT1"
+STORAGE_ENV = (
+    "BACKUPKIT_STORAGE_ENDPOINT",
+    "BACKUPKIT_STORAGE_KEY_ID",
+    "BACKUPKIT_STORAGE_SECRET",
+    "BACKUPKIT_STORAGE_REGION",
+)
+APP_SCHEMAS = ["public", "auth", "storage"]
+#: storage.objects columns a restore must give back as they were.
+OBJECT_ROWS = (
+    "SELECT id, bucket_id, name, owner, owner_id, metadata, user_metadata, created_at, version"
+    " FROM storage.objects ORDER BY bucket_id, name"
+)
+BUCKET_ROW = "SELECT id, name, public, file_size_limit, allowed_mime_types FROM storage.buckets WHERE id = %s"
+MiB = 1 << 20
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def storage_env(s3_server, monkeypatch):
+    """BACKUPKIT_STORAGE_* pointing at the test's S3 server, as a user configures Supabase Storage."""
+    monkeypatch.setenv("BACKUPKIT_STORAGE_ENDPOINT", s3_server)
+    monkeypatch.setenv("BACKUPKIT_STORAGE_KEY_ID", STORAGE_KEY_ID)
+    monkeypatch.setenv("BACKUPKIT_STORAGE_SECRET", STORAGE_SECRET)
+    monkeypatch.setenv("BACKUPKIT_STORAGE_REGION", "us-east-1")
+    return s3_server
+
+
+def drop_bucket(client, name: str) -> None:
+    """Remove ``name`` and everything in it (unfinished uploads too) if it exists."""
+    try:
+        uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "NoSuchBucket":
+            return
+        raise
+    for u in uploads:
+        client.abort_multipart_upload(Bucket=name, Key=u["Key"], UploadId=u["UploadId"])
+    for key in keys(client, name):
+        client.delete_object(Bucket=name, Key=key)
+    client.delete_bucket(Bucket=name)
+
+
+def keys(client, bucket: str) -> list[str]:
+    out, token = [], {}
+    while True:
+        page = client.list_objects_v2(Bucket=bucket, **token)
+        out += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return sorted(out)
+        token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+@pytest.fixture
+def buckets(s3_client):
+    """Factory of buckets on the test server, each removed (with its files) after the test.
+
+    ``buckets("avatars")`` makes the bucket the Supabase fixture's rows name: bucket names are
+    global on the server, so a test owns it for its duration (one test at a time per process,
+    and each xdist worker has its own server)."""
+    made: list[str] = []
+
+    def make(name: str | None = None) -> str:
+        name = name or f"sb-{uuid.uuid4().hex[:16]}"
+        drop_bucket(s3_client, name)  # a leftover of an earlier, failed test
+        s3_client.create_bucket(Bucket=name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        drop_bucket(s3_client, name)
+
+
+def put(client, bucket: str, key: str, data: bytes, content_type: str, **extra) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra)
+
+
+def read(client, bucket: str, key: str) -> dict:
+    r = client.get_object(Bucket=bucket, Key=key)
+    return {
+        "data": r["Body"].read(),
+        "content_type": r.get("ContentType"),
+        "cache_control": r.get("CacheControl"),
+        "metadata": r.get("Metadata"),
+    }
+
+
+def missing(client, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+            return True
+        raise
+    return False
+
+
+def next_second() -> None:
+    """Wait until the wall clock's second changes: S3 times a file to the second, and a file
+    changed "after the snapshot" must look newer than the snapshot's copy."""
+    start = int(time.time())
+    while int(time.time()) == start:
+        time.sleep(0.02)
+
+
+def pool_files(repo: Path) -> set[str]:
+    root = Path(repo) / pool.POOL
+    return {p.name for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def files_by_key(manifest: dict, bucket: str) -> dict[str, dict]:
+    [b] = [b for b in manifest["storage"]["buckets"] if b["name"] == bucket]
+    return {f["key"]: f for f in b["files"]}
+
+
+def no_secret_in(*texts: str | bytes) -> None:
+    for t in texts:
+        assert (STORAGE_SECRET.encode() if isinstance(t, bytes) else STORAGE_SECRET) not in t
+
+
+def snapshot_bytes(snapshot: Path) -> bytes:
+    """Every byte of a snapshot folder (small snapshots only)."""
+    return b"".join(p.read_bytes() for p in sorted(Path(snapshot).rglob("*")) if p.is_file())
+
+
+def flip_a_byte(path: Path) -> None:
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def small_db(make_db) -> str:
+    dsn = make_db("bkt")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 100) i")
+    return dsn
+
+
+@contextlib.contextmanager
+def supautils_policy_grants(project, dsn: str):
+    """As in test_supabase_restore.py: what supautils' ``policy_grants`` gives ``postgres`` on
+    Supabase (creating policies on ``storage.objects``), for the restore's duration."""
+    with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
+        conn.execute("GRANT supabase_storage_admin TO postgres WITH INHERIT TRUE, SET FALSE")
+    try:
+        yield
+    finally:
+        with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
+            conn.execute("REVOKE supabase_storage_admin FROM postgres")
+
+
+def rows(dsn: str, query: str = OBJECT_ROWS, args: tuple = ()) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+# -- round trip on a Supabase project ---------------------------------------------------------------
+
+
+def test_a_project_and_its_files_back_up_and_restore_into_a_new_project(
+    supabase_project, storage_env, s3_client, buckets, tmp_path
+):
+    source = supabase_project.app_project()
+    with psycopg.connect(supabase_project.admin(source), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE storage.buckets SET file_size_limit = 5242880, allowed_mime_types = '{image/png,image/jpeg}'"
+            " WHERE id = 'avatars'"
+        )
+    avatars = buckets("avatars")
+    alice, bob = os.urandom(1024), os.urandom(2048)
+    # What the app project's storage.objects rows describe: sizes and types match.
+    put(
+        s3_client,
+        avatars,
+        "alice/avatar.png",
+        alice,
+        "image/png",
+        Metadata={"uploaded-by": "alice", "crop": "square"},
+        CacheControl="max-age=3600",
+    )
+    put(s3_client, avatars, "bob/avatar.jpg", bob, "image/jpeg", Metadata={"uploaded-by": "bob"})
+
+    res = backupkit.backup(
+        source, tmp_path / "backups", schemas=APP_SCHEMAS, storage_buckets=["avatars"], progress=False
+    )
+
+    storage = res.manifest["storage"]
+    assert storage["endpoint"] == storage_env
+    assert storage["objects_rows"] is True and storage["mismatches"] == []
+    [bucket] = storage["buckets"]
+    assert bucket["name"] == "avatars" and bucket["bytes"] == 3072
+    assert bucket["settings"] == {
+        "public": True,
+        "file_size_limit": 5242880,
+        "allowed_mime_types": ["image/png", "image/jpeg"],
+    }
+    assert [f["key"] for f in bucket["files"]] == ["alice/avatar.png", "bob/avatar.jpg"]
+    files = files_by_key(res.manifest, "avatars")
+    for key, data, ctype, meta in (
+        ("alice/avatar.png", alice, "image/png", {"uploaded-by": "alice", "crop": "square"}),
+        ("bob/avatar.jpg", bob, "image/jpeg", {"uploaded-by": "bob"}),
+    ):
+        f = files[key]
+        sha = hashlib.sha256(data).hexdigest()
+        assert (f["sha256"], f["content_sha256"], f["size"], f["path"]) == (sha, sha, len(data), f"files/{sha}")
+        assert (f["content_type"], f["metadata"]) == (ctype, meta)
+        assert stored_file(res.path, f).read_bytes() == data
+    assert files["alice/avatar.png"]["cache_control"] == "max-age=3600"
+    assert (res.storage_files_read, res.storage_bytes_read) == (2, 3072)
+    assert backupkit.verify(res.path).ok
+    no_secret_in(snapshot_bytes(res.path), (res.path / "manifest.json").read_text())
+    source_rows = rows(supabase_project.admin(source))
+    assert [r[1:3] for r in source_rows] == [("avatars", "alice/avatar.png"), ("avatars", "bob/avatar.jpg")]
+    source_bucket = rows(supabase_project.admin(source), BUCKET_ROW, ("avatars",))
+
+    # The files and their bucket are lost; the project is rebuilt in a new one.
+    drop_bucket(s3_client, avatars)
+    target = supabase_project.new_project()
+    with supautils_policy_grants(supabase_project, target):
+        backupkit.restore(res.path, target)
+    with psycopg.connect(supabase_project.admin(target), autocommit=True) as conn:
+        # Someone edited the bucket meanwhile: the file restore puts the snapshot's settings back.
+        conn.execute(
+            "UPDATE storage.buckets SET public = false, file_size_limit = NULL, allowed_mime_types = NULL"
+            " WHERE id = 'avatars'"
+        )
+
+    done = restore_files(res.path, dsn=target, progress=False)
+
+    assert done.created_buckets == ["avatars"]
+    assert sorted(done.uploaded) == ["avatars/alice/avatar.png", "avatars/bob/avatar.jpg"]
+    assert (done.same, done.kept_newer, done.bytes) == ([], [], 3072)
+    assert keys(s3_client, avatars) == ["alice/avatar.png", "bob/avatar.jpg"]
+    assert read(s3_client, avatars, "alice/avatar.png") == {
+        "data": alice,
+        "content_type": "image/png",
+        "cache_control": "max-age=3600",
+        "metadata": {"uploaded-by": "alice", "crop": "square"},
+    }
+    got = read(s3_client, avatars, "bob/avatar.jpg")
+    assert (got["data"], got["content_type"], got["metadata"]) == (bob, "image/jpeg", {"uploaded-by": "bob"})
+    grants = s3_client.get_bucket_acl(Bucket=avatars)["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("/global/AllUsers") and g["Permission"] == "READ" for g in grants)
+    assert rows(supabase_project.admin(target)) == source_rows
+    assert rows(supabase_project.admin(target), BUCKET_ROW, ("avatars",)) == source_bucket
+
+
+def test_restore_with_dsn_and_storage_bucket_restores_the_database_then_its_files(
+    supabase_project, storage_env, s3_client, buckets, tmp_path
+):
+    """``backupkit restore SNAP --dsn DSN --storage-bucket NAME``: one command, rows and files."""
+    source = supabase_project.app_project()
+    avatars = buckets("avatars")
+    alice, bob = os.urandom(1024), os.urandom(2048)
+    put(s3_client, avatars, "alice/avatar.png", alice, "image/png")
+    put(s3_client, avatars, "bob/avatar.jpg", bob, "image/jpeg")
+    out = run_cli(
+        "backup",
+        "--dsn",
+        source,
+        "--to",
+        tmp_path / "repo",
+        *("--schema", "public", "--schema", "auth", "--schema", "storage"),
+        "--storage-bucket",
+        "avatars",
+        "-q",
+    )
+    assert out.returncode == 0, out.stderr
+    snapshot = out.stdout.strip().splitlines()[-1]
+    drop_bucket(s3_client, avatars)
+    target = supabase_project.new_project()
+
+    with supautils_policy_grants(supabase_project, target):
+        restored = run_cli("restore", snapshot, "--dsn", target, "--storage-bucket", "avatars", "-q")
+
+    assert restored.returncode == 0, restored.stderr
+    assert "files: 2 uploaded" in restored.stdout and "created bucket(s) avatars" in restored.stdout
+    assert read(s3_client, avatars, "alice/avatar.png")["data"] == alice
+    assert read(s3_client, avatars, "bob/avatar.jpg")["data"] == bob
+    assert rows(supabase_project.admin(target)) == rows(supabase_project.admin(source))
+    no_secret_in(out.stdout, out.stderr, restored.stdout, restored.stderr)
+
+
+# -- a second backup copies only what changed -------------------------------------------------------
+
+
+def test_a_second_backup_reads_and_stores_only_the_changed_file(make_db, storage_env, s3_client, buckets, tmp_path):
+    dsn = small_db(make_db)
+    name = buckets()
+    same, before, after = os.urandom(300_000), os.urandom(200_000), os.urandom(200_000)
+    put(s3_client, name, "docs/same.bin", same, "application/octet-stream")
+    put(s3_client, name, "docs/changes.bin", before, "application/octet-stream")
+    repo = tmp_path / "repo"
+
+    first = backupkit.backup(dsn, repo, storage_buckets=[name], progress=False)
+    assert (first.storage_files_read, first.storage_bytes_read) == (2, 500_000)
+    pooled = pool_files(repo)
+    next_second()
+    put(s3_client, name, "docs/changes.bin", after, "application/octet-stream")  # same size, new bytes
+
+    second = backupkit.backup(dsn, repo, storage_buckets=[name], progress=False)
+
+    assert (second.storage_files_read, second.storage_bytes_read) == (1, 200_000)
+    new_sha = hashlib.sha256(after).hexdigest()
+    assert pool_files(repo) - pooled == {new_sha}  # the database did not change: its files are shared
+    one, two = files_by_key(first.manifest, name), files_by_key(second.manifest, name)
+    assert two["docs/same.bin"] == one["docs/same.bin"]
+    assert two["docs/changes.bin"]["sha256"] == new_sha != one["docs/changes.bin"]["sha256"]
+    assert stored_file(second.path, two["docs/changes.bin"]).read_bytes() == after
+    assert stored_file(first.path, one["docs/changes.bin"]).read_bytes() == before
+    assert stored_file(second.path, two["docs/same.bin"]).read_bytes() == same
+    for snap in (first.path, second.path):
+        report = backupkit.verify(snap)
+        assert report.ok, report.problems
+
+    # Pruning the first snapshot keeps the file the second one carried over from it.
+    pruned = backupkit.prune(repo, backupkit.Policy(keep_last=1), now=datetime.now(UTC))
+    assert not first.path.exists() and second.path.exists(), pruned
+    assert pool_files(repo) >= {one["docs/same.bin"]["sha256"], new_sha}
+    assert hashlib.sha256(before).hexdigest() not in pool_files(repo)
+    assert backupkit.verify(second.path).ok
+    drop_bucket(s3_client, name)
+    assert len(restore_files(second.path, progress=False).uploaded) == 2
+    assert read(s3_client, name, "docs/same.bin")["data"] == same
+    assert read(s3_client, name, "docs/changes.bin")["data"] == after
+
+
+# -- reconciliation with storage.objects ------------------------------------------------------------
+
+
+def test_rows_and_files_that_disagree_are_reported_by_backup_and_verify(
+    supabase_project, storage_env, s3_client, buckets, tmp_path
+):
+    source = supabase_project.app_project()
+    with psycopg.connect(supabase_project.admin(source), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO storage.objects (bucket_id, name, owner_id, metadata) VALUES"
+            " ('avatars', 'dave/avatar.png', '33333333-3333-3333-3333-333333333333',"
+            ' \'{"size": 10, "mimetype": "image/png"}\')'
+        )
+    avatars = buckets("avatars")
+    put(s3_client, avatars, "alice/avatar.png", os.urandom(1024), "image/webp")  # the row says image/png
+    put(s3_client, avatars, "bob/avatar.jpg", os.urandom(1000), "image/jpeg")  # the row says 2048 bytes
+    put(s3_client, avatars, "carol/avatar.gif", os.urandom(500), "image/gif")  # no row
+    # dave/avatar.png: a row, no file
+    repo = tmp_path / "repo"
+
+    out = run_cli("backup", "--dsn", source, "--to", repo, "--schema", "public", "--storage-bucket", "avatars", "-q")
+
+    assert out.returncode == 0, out.stderr
+    expected = [
+        {
+            "kind": "content_type",
+            "bucket": "avatars",
+            "key": "alice/avatar.png",
+            "row": "image/png",
+            "file": "image/webp",
+        },
+        {"kind": "size", "bucket": "avatars", "key": "bob/avatar.jpg", "row": "2048", "file": "1000"},
+        {"kind": "file_without_row", "bucket": "avatars", "key": "carol/avatar.gif", "row": None, "file": None},
+        {"kind": "row_without_file", "bucket": "avatars", "key": "dave/avatar.png", "row": None, "file": None},
+    ]
+    snapshot = Path(out.stdout.strip().splitlines()[-1])
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    assert manifest["storage"]["objects_rows"] is True
+    assert manifest["storage"]["mismatches"] == expected
+    # The section is what docs/snapshot-format.md says, and this backup writes every key of it.
+    seen: set[tuple[str, str]] = set()
+    assert model_problems(manifest["storage"], model.Buckets, "storage", seen) == []
+    classes = (model.Buckets, model.Bucket, model.BucketFile, model.BucketSettings, model.Mismatch)
+    assert {(c.__name__, f.name) for c in classes for f in model.fields(c)} - seen == set()
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: storage: avatars/")]
+    assert len(warnings) == 4, out.stderr
+    for m, line in zip(expected, warnings, strict=True):
+        assert m["key"] in line
+    assert "the row's content type is image/png, the file's image/webp" in warnings[0]
+    assert "the row's size is 2048, the file's 1000" in warnings[1]
+    assert "a file, but no storage.objects row" in warnings[2]
+    assert "a storage.objects row, but no file" in warnings[3]
+
+    checked = run_cli("verify", snapshot, "--json")
+    assert checked.returncode == 0, checked.stderr  # facts about the project, not damage to the snapshot
+    assert json.loads(checked.stdout)["storage_mismatches"] == expected
+    shown = run_cli("verify", snapshot)
+    assert shown.returncode == 0
+    assert "storage: 4 mismatch(es)" in shown.stdout
+    assert all(m["key"] in shown.stdout for m in expected)
+    assert backupkit.verify(snapshot).storage_mismatches == expected
+    no_secret_in(out.stdout, out.stderr, checked.stdout, shown.stdout, snapshot_bytes(snapshot))
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_equal_files_empty_files_and_odd_keys_round_trip(make_db, storage_env, s3_client, buckets, tmp_path, dedup):
+    """Equal contents under several keys and in two buckets are stored once per snapshot (one
+    ``files/<sha256>``); an empty file and keys with spaces, ``+``, ``%`` and non-ASCII survive."""
+    dsn = small_db(make_db)
+    one, two = buckets(), buckets()
+    same = os.urandom(50_000)
+    for k in ("a", "b", "c", "d", "e", "f"):
+        put(s3_client, one, f"x/{k}", same, "text/plain")
+    put(s3_client, two, "y", same, "text/plain")
+    put(s3_client, two, "empty", b"", "text/plain")
+    put(s3_client, two, "my photo (1)+ü%.png", b"odd", "image/png")
+
+    res = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[two, one], progress=False, dedup=dedup)
+
+    assert [b["name"] for b in res.manifest["storage"]["buckets"]] == sorted([one, two])
+    paths = {f["path"] for b in res.manifest["storage"]["buckets"] for f in b["files"]}
+    assert len(paths) == 3  # same, empty, odd
+    report = backupkit.verify(res.path)
+    assert report.ok, report.problems
+    drop_bucket(s3_client, one)
+    drop_bucket(s3_client, two)
+
+    done = restore_files(res.path, progress=False)
+
+    assert sorted(done.created_buckets) == sorted([one, two]) and len(done.uploaded) == 9
+    assert [read(s3_client, one, f"x/{k}")["data"] for k in "abcdef"] == [same] * 6
+    assert read(s3_client, two, "y")["data"] == same
+    assert read(s3_client, two, "empty")["data"] == b""
+    assert read(s3_client, two, "my photo (1)+ü%.png") == {
+        "data": b"odd",
+        "content_type": "image/png",
+        "cache_control": None,
+        "metadata": {},
+    }
+
+
+# -- restore_files: newer files, prefixes, damage ---------------------------------------------------
+
+
+def test_restore_keeps_newer_files_unless_told_and_restores_only_the_prefixes_asked(
+    make_db, storage_env, s3_client, buckets, tmp_path
+):
+    dsn = small_db(make_db)
+    name = buckets()
+    a, b, c = os.urandom(4000), os.urandom(5000), os.urandom(6000)
+    put(s3_client, name, "docs/a.txt", a, "text/plain", Metadata={"v": "1"})
+    put(s3_client, name, "docs/b.txt", b, "text/plain")
+    put(s3_client, name, "img/c.png", c, "image/png")
+    snap = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False).path
+    for key in ("docs/a.txt", "docs/b.txt", "img/c.png"):
+        s3_client.delete_object(Bucket=name, Key=key)
+
+    done = restore_files(snap, buckets=[name], prefixes=["docs/"], progress=False)
+
+    assert done.uploaded == [f"{name}/docs/a.txt", f"{name}/docs/b.txt"] and done.created_buckets == []
+    assert keys(s3_client, name) == ["docs/a.txt", "docs/b.txt"]
+    assert read(s3_client, name, "docs/a.txt")["data"] == a
+
+    next_second()
+    put(s3_client, name, "docs/a.txt", b"edited after the snapshot", "text/plain")
+
+    done = restore_files(snap, buckets=[name], progress=False)
+
+    assert done.kept_newer == [f"{name}/docs/a.txt"]
+    assert done.same == [f"{name}/docs/b.txt"]
+    assert done.uploaded == [f"{name}/img/c.png"] and done.bytes == 6000
+    assert read(s3_client, name, "docs/a.txt")["data"] == b"edited after the snapshot"
+    assert read(s3_client, name, "img/c.png")["data"] == c
+
+    done = restore_files(snap, buckets=[name], overwrite=True, progress=False)
+
+    assert done.uploaded == [f"{name}/docs/a.txt"] and done.kept_newer == []
+    assert sorted(done.same) == [f"{name}/docs/b.txt", f"{name}/img/c.png"]
+    got = read(s3_client, name, "docs/a.txt")
+    assert (got["data"], got["metadata"], got["content_type"]) == (a, {"v": "1"}, "text/plain")
+
+
+def test_a_damaged_file_in_the_snapshot_never_reaches_the_bucket(make_db, storage_env, s3_client, buckets, tmp_path):
+    dsn = small_db(make_db)
+    name = buckets()
+    small, changed = os.urandom(10_000), os.urandom(20_000)
+    big = os.urandom(9 * MiB)  # more than one PUT part: uploaded in parts
+    put(s3_client, name, "a/small.bin", small, "application/octet-stream")
+    put(s3_client, name, "b/changed.bin", changed, "application/octet-stream")
+    put(s3_client, name, "c/big.bin", big, "application/octet-stream")
+    res = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False)
+    files = files_by_key(res.manifest, name)
+    for key in files:
+        flip_a_byte(stored_file(res.path, files[key]))
+    s3_client.delete_object(Bucket=name, Key="a/small.bin")
+    s3_client.delete_object(Bucket=name, Key="c/big.bin")
+    next_second()
+    put(s3_client, name, "b/changed.bin", b"the live file", "text/plain")
+
+    for prefix in ("a/", "b/", "c/"):
+        with pytest.raises(SnapshotDamaged) as caught:
+            restore_files(res.path, buckets=[name], prefixes=[prefix], overwrite=True, progress=False)
+        assert prefix in str(caught.value) and "SHA-256" in str(caught.value)
+
+    assert missing(s3_client, name, "a/small.bin")
+    assert missing(s3_client, name, "c/big.bin")
+    assert read(s3_client, name, "b/changed.bin")["data"] == b"the live file"
+    assert not s3_client.list_multipart_uploads(Bucket=name).get("Uploads")  # the parts were dropped
+    assert not backupkit.verify(res.path).ok
+
+
+def test_running_a_restore_again_finds_the_files_it_restored_the_same(
+    make_db, storage_env, s3_client, buckets, tmp_path
+):
+    """An interrupted restore is run again: what the first run put back is already there."""
+    dsn = small_db(make_db)
+    name = buckets()
+    sha = upload_generated(s3_client, name, "big.bin", parts=2, part_size=5 * MiB)  # as an uploader sends it
+    snap = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False).path
+    s3_client.delete_object(Bucket=name, Key="big.bin")
+    assert restore_files(snap, buckets=[name], progress=False).uploaded == [f"{name}/big.bin"]
+    assert streamed_sha256(s3_client, name, "big.bin") == (10 * MiB, sha)
+    next_second()
+
+    again = restore_files(snap, buckets=[name], progress=False)
+
+    assert (again.same, again.kept_newer, again.uploaded) == ([f"{name}/big.bin"], [], [])
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def test_backup_without_storage_settings_is_a_config_error_naming_them(make_db, s3_server, monkeypatch, tmp_path):
+    for var in STORAGE_ENV:
+        monkeypatch.delenv(var, raising=False)
+    repo = tmp_path / "repo"
+    out = run_cli("backup", "--dsn", small_db(make_db), "--to", repo, "--storage-bucket", "x")
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "BACKUPKIT_STORAGE_ENDPOINT" in errors[0], out.stderr
+    assert not repo.exists()
+
+
+def _moto_auth(server: str, count: str) -> None:
+    """Turn moto's request authentication on ("0": from the next request) or off ("inf")."""
+    request = urllib.request.Request(
+        f"{server}/moto-api/reset-auth", data=count.encode(), method="POST", headers={"Content-Type": "text/plain"}
+    )
+    with urllib.request.urlopen(request) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_a_wrong_storage_secret_fails_with_one_line_and_leaves_no_snapshot(
+    make_db, storage_env, s3_client, buckets, monkeypatch, tmp_path
+):
+    import boto3
+
+    dsn = small_db(make_db)
+    name = buckets()
+    put(s3_client, name, "f.txt", b"hello", "text/plain")
+    iam = boto3.client("iam", region_name="us-east-1")
+    user = f"storage-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="all-s3",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        ),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("BACKUPKIT_STORAGE_KEY_ID", key["AccessKeyId"])
+    repo = tmp_path / "repo"
+    _moto_auth(storage_env, "0")
+    try:
+        right = boto3.client("s3", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+        assert right.get_object(Bucket=name, Key="f.txt")["Body"].read() == b"hello"  # the key is good
+        out = run_cli("backup", "--dsn", dsn, "--to", repo, "--storage-bucket", name)
+    finally:
+        _moto_auth(storage_env, "inf")
+
+    assert out.returncode == 13, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "access denied" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr
+    no_secret_in(out.stdout, out.stderr)
+    listed = run_cli("list", repo, "--json")
+    assert listed.returncode == 0, listed.stderr
+    listing = json.loads(listed.stdout)
+    assert listing["snapshots"] == [] and listing["unfinished"] == []
+
+
+def test_backup_and_files_only_restore_on_the_command_line(make_db, storage_env, s3_client, buckets, tmp_path):
+    dsn = small_db(make_db)
+    name = buckets()
+    one, two = os.urandom(1234), os.urandom(4321)
+    put(s3_client, name, "u/1.bin", one, "application/octet-stream", Metadata={"k": "v"})
+    put(s3_client, name, "u/2.bin", two, "application/octet-stream")
+    repo = tmp_path / "repo"
+
+    out = run_cli("backup", "--dsn", dsn, "--to", repo, "--storage-bucket", name, "-v")
+
+    assert out.returncode == 0, out.stderr
+    assert "2 files of 1 bucket(s)" in out.stderr
+    snapshot = out.stdout.strip().splitlines()[-1]
+    s3_client.delete_object(Bucket=name, Key="u/1.bin")
+    # The endpoint and key id as options; the secret only from the environment.
+    env = {"BACKUPKIT_STORAGE_ENDPOINT": "", "BACKUPKIT_STORAGE_KEY_ID": ""}
+    options = ("--storage-endpoint", storage_env, "--storage-key-id", STORAGE_KEY_ID)
+
+    restored = run_cli("restore", snapshot, "--files-only", "--storage-bucket", name, *options, "--json", env=env)
+
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout) == {
+        "files": {
+            "uploaded": [f"{name}/u/1.bin"],
+            "same": [f"{name}/u/2.bin"],
+            "kept_newer": [],
+            "created_buckets": [],
+            "bytes": 1234,
+        }
+    }
+    got = read(s3_client, name, "u/1.bin")
+    assert (got["data"], got["metadata"]) == (one, {"k": "v"})
+    no_secret_in(out.stdout, out.stderr, restored.stdout, restored.stderr)
+
+
+# -- a 1 GiB file, in flat memory -------------------------------------------------------------------
+
+#: Starts a command from a tiny process (no psycopg, boto3 or moto in it) and reports the
+#: command's peak RSS from wait4: Linux counts a parent's RSS high-water mark at fork (and
+#: vfork) into a child's ru_maxrss, so the test's own Python, which holds the S3 server,
+#: cannot start the measured command itself (see benchmarks/launch.py).
+LAUNCHER = """
+import json, os, sys
+argv = json.loads(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.flush()
+with open(sys.argv[2], "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "rss_kib": usage.ru_maxrss}, f)
+"""
+
+
+def measured(
+    tmp_path: Path, *args: str, command: tuple[str, ...] = ("-m", "backupkit")
+) -> tuple[subprocess.CompletedProcess, float, float]:
+    """``python -m backupkit ARGS`` with (its result, its peak RSS in MB, seconds)."""
+    result = tmp_path / f"rss-{uuid.uuid4().hex[:6]}.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")}
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", LAUNCHER, json.dumps([sys.executable, *command, *args]), result],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=900,
+    )
+    seconds = time.monotonic() - started
+    report = json.loads(result.read_text())
+    out.returncode = report["code"]
+    return out, report["rss_kib"] / 1024, seconds
+
+
+def upload_generated(client, bucket: str, key: str, parts: int, part_size: int) -> str:
+    """Upload ``parts * part_size`` pseudo-random bytes in parts (one part in memory at a
+    time): a 1 MiB random block, each copy stamped with its number.  Their SHA-256."""
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType="video/mp4")["UploadId"]
+    done, n = [], 0
+    for number in range(1, parts + 1):
+        chunk = bytearray()
+        for _ in range(part_size // MiB):
+            chunk += n.to_bytes(8, "big") + block[8:]
+            n += 1
+        digest.update(chunk)
+        r = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=bytes(chunk))
+        done.append({"PartNumber": number, "ETag": r["ETag"]})
+        del chunk
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+    return digest.hexdigest()
+
+
+def streamed_sha256(client, bucket: str, key: str) -> tuple[int, str]:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: body.read(MiB), b""):
+        digest.update(block)
+        size += len(block)
+    return size, digest.hexdigest()
+
+
+def test_a_1_gib_file_backs_up_and_restores_in_flat_memory(make_db, storage_env, s3_client, buckets, tmp_path):
+    # The measurement sees a child's memory (else a pass below would mean nothing).
+    _, hungry_mb, _ = measured(tmp_path, command=("-c", "b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096])"))
+    assert hungry_mb > 200
+    dsn = small_db(make_db)
+    name = buckets()
+    size = 1 << 30
+    started = time.monotonic()
+    sha = upload_generated(s3_client, name, "videos/big.mp4", parts=16, part_size=64 * MiB)
+    uploaded_s = time.monotonic() - started
+    repo = tmp_path / "repo"
+
+    out, backup_mb, backup_s = measured(tmp_path, "backup", "--dsn", dsn, "--to", str(repo), "--storage-bucket", name)
+
+    assert out.returncode == 0, out.stderr
+    snapshot = Path(out.stdout.strip().splitlines()[-1])
+    [entry] = json.loads((snapshot / "manifest.json").read_text())["storage"]["buckets"][0]["files"]
+    assert (entry["size"], entry["sha256"]) == (size, sha)
+    assert stored_file(snapshot, entry).stat().st_size == size
+    s3_client.delete_object(Bucket=name, Key="videos/big.mp4")
+
+    restored, restore_mb, restore_s = measured(
+        tmp_path, "restore", str(snapshot), "--files-only", "--storage-bucket", name, "--json", "-q"
+    )
+
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["files"]["uploaded"] == [f"{name}/videos/big.mp4"]
+    assert streamed_sha256(s3_client, name, "videos/big.mp4") == (size, sha)
+    assert s3_client.head_object(Bucket=name, Key="videos/big.mp4")["ContentType"] == "video/mp4"
+    timing = (
+        f"upload {uploaded_s:.1f}s, backup {backup_s:.1f}s {backup_mb:.0f} MB, restore {restore_s:.1f}s {restore_mb:.0f} MB, "
+        f"total {time.monotonic() - started:.1f}s"
+    )
+    print(timing)
+    assert backup_mb < 150, timing
+    assert restore_mb < 150, timing
