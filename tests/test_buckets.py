@@ -367,6 +367,61 @@ def test_a_second_backup_reads_and_stores_only_the_changed_file(make_db, storage
     assert read(s3_client, name, "docs/changes.bin")["data"] == after
 
 
+def test_diff_sql_and_the_report_show_the_files_of_two_snapshots(make_db, storage_env, s3_client, buckets, tmp_path):
+    dsn = small_db(make_db)
+    name = buckets()
+    put(s3_client, name, "kept.txt", b"kept", "text/plain")
+    put(s3_client, name, "changed.txt", b"before", "text/plain")
+    put(s3_client, name, "removed.txt", b"removed", "text/plain")
+    repo = tmp_path / "repo"
+    old = backupkit.backup(dsn, repo, storage_buckets=[name], progress=False)
+    next_second()
+    put(s3_client, name, "changed.txt", b"after!", "text/plain")
+    put(s3_client, name, "added.png", b"\x89PNG new", "image/png")
+    s3_client.delete_object(Bucket=name, Key="removed.txt")
+    new = backupkit.backup(dsn, repo, storage_buckets=[name], progress=False)
+
+    diff = backupkit.diff_snapshots(old.path, new.path, progress=False)
+
+    assert diff["storage_files"] == {
+        name: {"added": ["added.png"], "removed": ["removed.txt"], "changed": ["changed.txt"]}
+    }
+    assert diff["same"] is False
+    out = run_cli("diff", old.path, new.path, "--exit-code")
+    assert out.returncode == 12, out.stderr
+    assert f"bucket {name}: files 1 added, 1 removed, 1 changed" in out.stdout
+    assert "  changed: changed.txt" in out.stdout
+    html = tmp_path / "report.html"
+    assert run_cli("diff", old.path, new.path, "--html", html).returncode == 0
+    assert "Storage bucket files" in html.read_text() and "removed.txt" in html.read_text()
+    # The same snapshot twice: nothing differs, files included.
+    assert backupkit.diff_snapshots(new.path, new.path, progress=False)["storage_files"] == {}
+
+    with backupkit.open_snapshot(new.path) as con:
+        listed = con.sql(
+            "SELECT bucket, key, size, sha256, content_type FROM backupkit.storage_files ORDER BY key"
+        ).fetchall()
+    assert listed == [
+        (name, key, len(data), hashlib.sha256(data).hexdigest(), ctype)
+        for key, data, ctype in (
+            ("added.png", b"\x89PNG new", "image/png"),
+            ("changed.txt", b"after!", "text/plain"),
+            ("kept.txt", b"kept", "text/plain"),
+        )
+    ]
+    shown = run_cli("sql", new.path, "SELECT count(*) * 1000 + sum(size) AS n FROM backupkit.storage_files")
+    assert shown.returncode == 0 and "3018" in shown.stdout, shown.stdout  # 3 files, 8 + 6 + 4 bytes
+
+    from backupkit import notebook as nb
+
+    shown_in_report = nb.storage_files_table(diff)
+    assert sorted(map(tuple, shown_in_report[["what", "key"]].values.tolist())) == [
+        ("added", "added.png"),
+        ("changed", "changed.txt"),
+        ("removed", "removed.txt"),
+    ]
+
+
 # -- reconciliation with storage.objects ------------------------------------------------------------
 
 
