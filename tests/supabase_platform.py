@@ -42,6 +42,7 @@ them no longer matches, so nothing is dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -456,6 +457,20 @@ class SupabasePlatform:
             )
         _run(self.admin(dsn), APP_POLICY_GRANTS_SQL)
         _run(dsn, APP_DATA_SQL)
+
+
+@contextlib.contextmanager
+def supautils_policy_grants(project, dsn: str):
+    """What supautils' ``policy_grants`` gives ``postgres`` on Supabase: creating policies on
+    ``storage.objects``, which it does not own.  Plain PostgreSQL has no such setting, so for
+    the restore's duration ``postgres`` inherits the table owner's rights instead."""
+    with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
+        conn.execute("GRANT supabase_storage_admin TO postgres WITH INHERIT TRUE, SET FALSE")
+    try:
+        yield
+    finally:
+        with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
+            conn.execute("REVOKE supabase_storage_admin FROM postgres")
 
 
 @pytest.fixture(scope="session")

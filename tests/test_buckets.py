@@ -9,7 +9,6 @@ HTTP with boto3, the CLI runs in subprocesses, and peak memory is read from ``wa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 from helpers import run_cli, stored_file
+from supabase_platform import supautils_policy_grants
 from test_snapshot_model import problems as model_problems
 
 import backupkit
@@ -176,19 +176,6 @@ def small_db(make_db) -> str:
         conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 100) i")
     return dsn
-
-
-@contextlib.contextmanager
-def supautils_policy_grants(project, dsn: str):
-    """As in test_supabase_restore.py: what supautils' ``policy_grants`` gives ``postgres`` on
-    Supabase (creating policies on ``storage.objects``), for the restore's duration."""
-    with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
-        conn.execute("GRANT supabase_storage_admin TO postgres WITH INHERIT TRUE, SET FALSE")
-    try:
-        yield
-    finally:
-        with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
-            conn.execute("REVOKE supabase_storage_admin FROM postgres")
 
 
 def rows(dsn: str, query: str = OBJECT_ROWS, args: tuple = ()) -> list[tuple]:

@@ -19,26 +19,13 @@ import pytest
 from fingerprint import diff_fingerprints, fingerprint
 from helpers import run_cli
 from psycopg import sql
+from supabase_platform import supautils_policy_grants
 
 import backupkit
 from backupkit.errors import RestoreError
 from backupkit.snapshot import manifest as mf
 
 APP_SCHEMAS = ["public", "auth", "storage"]
-
-
-@contextlib.contextmanager
-def supautils_policy_grants(project, dsn: str):
-    """What supautils' ``policy_grants`` gives ``postgres`` on Supabase: creating policies on
-    ``storage.objects``, which it does not own.  Plain PostgreSQL has no such setting, so for
-    the restore's duration ``postgres`` inherits the table owner's rights instead."""
-    with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
-        conn.execute("GRANT supabase_storage_admin TO postgres WITH INHERIT TRUE, SET FALSE")
-    try:
-        yield
-    finally:
-        with psycopg.connect(project.admin(dsn), autocommit=True) as conn:
-            conn.execute("REVOKE supabase_storage_admin FROM postgres")
 
 
 def assert_same(a: dict, b: dict) -> None:
