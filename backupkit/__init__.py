@@ -19,6 +19,8 @@ _EXPORTS = {
     "check": "capture.preflight",
     "CheckReport": "capture.preflight",
     "restore": "recovery.job",
+    "drill": "drill.job",
+    "DrillResult": "drill.job",
     "RestorePlan": "recovery.job",
     "RestoreResult": "recovery.job",
     "verify": "snapshot.verify",
@@ -53,6 +55,7 @@ _EXPORTS = {
     "LockError": "errors",
     "RetentionError": "errors",
     "BucketError": "errors",
+    "DrillFailed": "errors",
 }
 _RENAMED = {"resolve_snapshot": "resolve", "age_keygen": "keygen"}
 
@@ -75,11 +78,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .capture.job import BackupResult, backup
     from .capture.preflight import CheckReport, check
+    from .drill.job import DrillResult, drill
     from .errors import (
         BackupkitError,
         BucketError,
         ConfigError,
         ConnectionFailed,
+        DrillFailed,
         LockError,
         RestoreError,
         RetentionError,

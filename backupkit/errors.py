@@ -20,10 +20,12 @@ the codes.
     │   └── TargetNotEmpty         9  the target already has tables from the snapshot
     ├── LockError                 10  another backup or prune holds the directory's lock
     ├── RetentionError            11  a policy that makes no sense, or would remove the last snapshot
-    └── BucketError               13  Storage's S3 endpoint cannot be read or written (keys, bucket, network)
+    ├── BucketError               13  Storage's S3 endpoint cannot be read or written (keys, bucket, network)
+    └── DrillFailed               14  a drill's restored database differs from its snapshot
 
 The command's other codes are no error classes: 0 success, 1 an unexpected
-exception (a bug), 12 ``diff --exit-code`` found differences, 130 interrupted.
+exception (a bug), 12 ``diff --exit-code`` found differences, 15 and 16 ``status``'s
+stale and last-run-failed states (``monitor.status.STATE_CODES``), 130 interrupted.
 
 Messages and hints name a parameter as a Python caller knows it, never by a
 command-line flag: as the first word of a ConfigError's or RetentionError's message
@@ -142,3 +144,13 @@ class BucketError(BackupkitError):
     """Supabase Storage (its S3 endpoint) cannot be read or written: keys, bucket, network."""
 
     exit_code = 13
+
+
+class DrillFailed(BackupkitError):
+    """A restore drill found the restored database different from what its snapshot recorded."""
+
+    exit_code = 14
+
+    def __init__(self, message: str, differences: list[str] | None = None, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.differences = list(differences or [])

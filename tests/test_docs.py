@@ -41,7 +41,9 @@ def error_classes(cls: type[errors.BackupkitError] = errors.BackupkitError) -> l
 
 def test_every_exit_code_is_in_readme():
     table = README.split("## Exit codes", 1)[1]
-    codes = {0, EXIT_DIFFERENT, EXIT_INTERRUPTED, *(cls.exit_code for cls in error_classes())}
+    from backupkit.monitor.status import STATE_CODES
+
+    codes = {0, EXIT_DIFFERENT, EXIT_INTERRUPTED, *STATE_CODES.values(), *(cls.exit_code for cls in error_classes())}
     for code in sorted(codes):
         assert re.search(rf"^\| {code} \|", table, re.M), f"exit code {code} missing from README"
 
@@ -64,6 +66,7 @@ def test_exit_codes_are_on_the_error_classes():
         "LockError": 10,
         "RetentionError": 11,
         "BucketError": 13,
+        "DrillFailed": 14,
     }
     defined = {c.__name__: c for c in error_classes() if c.__module__ == errors.__name__}
     assert {name: cls.exit_code for name, cls in defined.items()} == expected

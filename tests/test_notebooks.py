@@ -47,7 +47,7 @@ from backupkit.snapshot.verify import verify
 from backupkit.storage.repository import list_snapshots
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
-NAMES = ["backup", "explore", "prune", "report", "restore"]
+NAMES = ["backup", "drill", "explore", "prune", "report", "restore"]
 SOURCE_VAR = "BK_NB_SOURCE"
 TARGET_VAR = "BK_NB_TARGET"
 
@@ -350,6 +350,23 @@ def test_prune_notebook_dry_run_removes_nothing_and_a_real_run_applies_the_polic
     assert sorted(record["summary"]["removed"]) == sorted(snaps[:2])
 
 
+def test_drill_notebook_proves_the_newest_snapshot_restores_and_shows_the_status(source, tmp_path):
+    snap = backup(source, tmp_path / "bk", progress=False)
+
+    out = execute("drill", tmp_path, backup_dir="bk", runs_dir="runs")
+
+    (row,) = html_table(out, "nb.drill(backup_dir, snapshot, dsn_env=dsn_env, run=run)")
+    assert row["snapshot"] == snap.id and row["passed"] == "True"
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "succeeded" and record["summary"]["drill_ok"] is True
+    assert len(list((tmp_path / "bk" / ".drills" / snap.id).glob("*.json"))) == 1
+    status = {
+        r["what"]: r["value"]
+        for r in html_table(out, "nb.status_table(backup_dir, max_age=max_age, runs_dir=runs_dir)")
+    }
+    assert status["state"] == "ok (exit 0)" and status["last drill"] == f"{snap.id}: passed"
+
+
 @pytest.mark.parametrize(
     "bad, expected",
     [
@@ -532,7 +549,7 @@ def test_every_notebook_runs_as_is_under_nbval(home, tmp_path):
     assert len(snaps) == 2 and all(verify(s.path).ok for s in snaps)
     assert all(nb.is_demo_source(json.loads((s.path / "manifest.json").read_text())["source"]) for s in snaps)
     records = run_records(tmp_path / "notebooks" / "runs")
-    assert sorted(r["job"] for r in records) == ["backup", "prune", "restore"]
+    assert sorted(r["job"] for r in records) == ["backup", "drill", "prune", "restore"]
     assert all(r["status"] == "succeeded" for r in records)
     password = (home / "demo-pg" / "data.password").read_text().strip()
     for path in (tmp_path / "notebooks" / "runs").glob("*.json"):

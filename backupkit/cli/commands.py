@@ -99,6 +99,7 @@ def cmd_backup(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(res.location)
+    a.snapshot_id = res.id  # for --notify
     return 0
 
 
@@ -500,3 +501,52 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------
+
+
+def cmd_drill(a: argparse.Namespace) -> int:
+    from ..drill.job import drill
+    from ..snapshot.encryption import identity_path
+    from ..storage.repository import resolve
+
+    res = drill(
+        resolve(a.repository, a.snapshot),
+        dsn=a.dsn or None,  # a throwaway database is made through it; none: an embedded server
+        identity=identity_path(a.identity),
+        progress=None if not a.quiet else False,
+    )
+    a.snapshot_id = res.record.snapshot  # for --notify
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        r = res.record
+        print(
+            f"drill of {r.snapshot}: {paint('passed', stream=sys.stdout)} — {r.tables} tables, {r.rows} rows "
+            f"restored and compared in {r.seconds:.1f}s (recorded as {res.recorded_as})"
+        )
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from ..monitor.status import status
+    from ..retention.policy import parse_duration
+
+    try:
+        max_age = parse_duration(a.max_age)
+    except RetentionError as exc:
+        raise ConfigError(f"`max_age`: {exc}", hint="e.g. --max-age 26h or 2d") from None
+    st = status(a.repository, max_age=max_age, runs_dir=a.runs)
+    if a.json:
+        print(json.dumps(st.to_dict(), indent=2, default=str))
+        return st.exit_code
+    age = f"{st.newest_age_hours:.1f} h old" if st.newest_age_hours is not None else "none"
+    drill = st.last_drill
+    print(f"{st.repository}: {st.state.upper().replace('_', ' ')} (exit {st.exit_code})")
+    stored = _human(st.stored_bytes)
+    print(f"  newest snapshot: {st.newest or 'none'} ({age}); {st.snapshots} snapshot(s), {stored} stored")
+    outcome = "passed" if drill and drill["ok"] else "FAILED"
+    print("  last drill: " + (f"{drill['snapshot']} {outcome} at {drill['started_at']}" if drill else "none"))
+    if st.last_run:
+        print(f"  last run: {st.last_run['job']} {st.last_run['status']} at {st.last_run['started_at']}")
+    for reason in st.reasons:
+        print(f"  - {reason}")
+    return st.exit_code

@@ -17,12 +17,14 @@ from .commands import (
     cmd_copy,
     cmd_demo,
     cmd_diff,
+    cmd_drill,
     cmd_keygen,
     cmd_list,
     cmd_pin,
     cmd_prune,
     cmd_restore,
     cmd_sql,
+    cmd_status,
     cmd_verify,
 )
 
@@ -35,6 +37,15 @@ def _size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: write e.g. 16M or 64MiB")
     return int(m[1]) * _UNITS[m[2].lower()]
+
+
+def _notify_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--notify",
+        metavar="URL",
+        help="ping URL/start, URL or URL/fail (Healthchecks style; json+https://... posts JSON) "
+        "(default $BACKUPKIT_NOTIFY); an unreachable monitor only warns",
+    )
 
 
 def _storage_options(p: argparse.ArgumentParser, verb: str) -> None:
@@ -147,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files, larger ones mean fewer files",
     )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _notify_option(b)
     _storage_options(b, "also back up the files of this Storage bucket")
     b.set_defaults(func=cmd_backup)
 
@@ -272,6 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=cmd_restore, owner=False)
 
+    dr = sub.add_parser("drill", help="prove a snapshot restores: restore it into a throwaway database and compare")
+    dr.add_argument("repository", metavar="REPO", help="backup directory or s3:// URL (or a snapshot folder)")
+    dr.add_argument("snapshot", nargs="?", help="id, latest or latest~N (default: the newest)")
+    dr.add_argument(
+        "--dsn",
+        help="make the throwaway database on this server (its role needs CREATEDB); default: a temporary "
+        "embedded PostgreSQL",
+    )
+    dr.add_argument("--identity", type=Path, metavar="FILE", help="age identity file, for an encrypted snapshot")
+    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--quiet", "-q", action="store_true")
+    _notify_option(dr)
+    dr.set_defaults(func=cmd_drill)
+
+    st = sub.add_parser("status", help="a repository's state for monitoring: exit 0 ok, 6, 14, 15 or 16 (README)")
+    st.add_argument("repository", metavar="REPO", help="backup directory or s3:// URL")
+    st.add_argument(
+        "--max-age", default="26h", metavar="DURATION", help="stale when the newest snapshot is older (default 26h)"
+    )
+    st.add_argument("--runs", metavar="DIR", help="the scheduled notebooks' runs_dir, for the last run's status")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
     for name, pinned in (("pin", True), ("unpin", False)):
         what = "prune never removes it" if pinned else "let prune decide"
         pp = sub.add_parser(name, help=f"{name} a snapshot ({what})")
@@ -300,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--dry-run", action="store_true", help="show decisions, delete nothing")
     pr.add_argument("--json", action="store_true")
+    _notify_option(pr)
     pr.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("diff", help="compare two snapshots (DuckDB)")

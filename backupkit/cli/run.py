@@ -6,6 +6,7 @@ import argparse
 import logging
 import re
 import sys
+import time
 
 from ..errors import BackupkitError, ConfigError, RetentionError, SnapshotError, StorageError
 from ..terminal import paint
@@ -79,16 +80,29 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_FlagsFormatter(flags))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    notifier = None
     try:
         if getattr(args, "jobs", None) is not None:
             from ..snapshot.verify import check_jobs
 
             check_jobs(args.jobs)
+        if "notify" in args:  # backup, drill and prune tell a monitor how they went
+            from ..monitor.notify import Notifier
+
+            notifier = Notifier.from_option(args.notify, args.command)
+            if notifier is not None:
+                notifier.start()
+        started = time.monotonic()
         try:
-            return args.func(args)
+            code = args.func(args)
         except OSError as exc:
             raise _os_error(exc) from None
+        if notifier is not None:
+            notifier.success(getattr(args, "snapshot_id", None), time.monotonic() - started)
+        return code
     except KeyboardInterrupt:
+        if notifier is not None:
+            notifier.failure("interrupted")
         print(
             "interrupted (an unfinished backup never looks like a snapshot; a one-transaction restore was rolled back)",
             file=sys.stderr,
@@ -99,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
 
         # Only a bad-argument error opens with the name of what was given wrong.
         bad_argument = isinstance(exc, ConfigError | RetentionError)
-        print(
-            f"{paint('error', stream=sys.stderr)}: {redact(_in_flags(str(exc), flags, leading=bad_argument))}",
-            file=sys.stderr,
-        )
+        line = redact(_in_flags(str(exc), flags, leading=bad_argument))
+        if notifier is not None:
+            notifier.failure(line)
+        print(f"{paint('error', stream=sys.stderr)}: {line}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {_in_flags(exc.hint, flags, leading=False)}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a bug: the monitor hears of it too, then the traceback shows
+        if notifier is not None:
+            notifier.failure(f"unexpected error ({type(exc).__name__}); see the job's log")
+        raise

@@ -55,6 +55,7 @@ from .jobs import (
     demo_snapshots_needed,
     demo_snapshots_reason,
     diff,
+    drill,
     ensure_demo_snapshots,
     failed_checks,
     is_demo_source,
@@ -65,6 +66,7 @@ from .jobs import (
     prune,
     prune_table,
     restore,
+    status_table,
     verify,
 )
 from .params import (
@@ -129,6 +131,8 @@ __all__ = [
     "preflight",
     "backup",
     "verify",
+    "drill",
+    "status_table",
     "make_policy",
     "prune",
     "prune_table",

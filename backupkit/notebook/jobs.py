@@ -366,6 +366,44 @@ def prune(backup_dir: Path | str, policy: Policy, *, dry_run: bool = True, run: 
     return prune_table(result)
 
 
+def drill(
+    backup_dir: Path | str, snapshot: str = "latest", *, dsn_env: str = "", run: RunRecord | None = None
+) -> Table:
+    """Restore ``snapshot`` of ``backup_dir`` into a throwaway database and compare (``backupkit drill``);
+    one row, or ``DrillFailed`` naming every difference.  ``dsn_env``: the NAME of a variable
+    holding a server's DSN to make the throwaway database on (empty: a temporary embedded server)."""
+    from ..drill.job import drill as _drill
+    from ..storage.repository import resolve
+
+    location = resolve(str(backup_dir), snapshot or "latest")
+    with _maybe_step(run, "drill"):
+        result = _drill(location, dsn=os.environ[dsn_env] if dsn_env else None, progress=True)
+    if run is not None:
+        run.set_snapshot(location.id, location)
+        run.summary.update(drill_ok=result.ok, drill_seconds=result.record.seconds, drill_rows=result.record.rows)
+        run.write()
+    r = result.record
+    return Table([{"snapshot": r.snapshot, "passed": r.ok, "tables": r.tables, "rows": r.rows, "seconds": r.seconds}])
+
+
+def status_table(backup_dir: Path | str, *, max_age: str = "26h", runs_dir: str | None = None) -> Table:
+    """The repository's state as ``backupkit status`` gives it: one row per fact, and the reasons."""
+    from ..monitor.status import status
+    from ..retention.policy import parse_duration
+
+    st = status(str(backup_dir), max_age=parse_duration(max_age), runs_dir=runs_dir)
+    drill = st.last_drill
+    drilled = f"{drill['snapshot']}: {'passed' if drill['ok'] else 'FAILED'}" if drill else "none"
+    rows = [
+        {"what": "state", "value": f"{st.state} (exit {st.exit_code})"},
+        {"what": "newest snapshot", "value": f"{st.newest} ({st.newest_age_hours} h old)" if st.newest else "none"},
+        {"what": "last drill", "value": drilled},
+        {"what": "last run", "value": f"{st.last_run['job']}: {st.last_run['status']}" if st.last_run else "none"},
+        *({"what": "problem", "value": r} for r in st.reasons),
+    ]
+    return Table(rows, columns=["what", "value"])
+
+
 def prune_table(result: PruneResult) -> Table:
     """Prune decisions: each snapshot, keep or remove, and every reason."""
     gone = "would remove" if result.dry_run else "removed"

@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import psycopg.errors
+import xxhash
 import zstandard
 from psycopg import pq, sql
 
@@ -31,6 +33,15 @@ ZSTD_LEVEL = 1
 _BATCH_ROWS = 64
 _LARGE_ROW = 1 << 16
 _COPY_IN_BLOCK = 128 << 10
+
+
+#: How ``text_hash`` values begin: the hash function, then its hex digest.
+TEXT_HASH = "xxh3-128:"
+
+
+def text_hasher() -> Any:
+    """A new hash of COPY text as ``text_hash`` records it (``TEXT_HASH`` + ``hexdigest()``)."""
+    return xxhash.xxh3_128()
 
 
 def copy_options(data_format: DataFormat, *, freeze: bool = False) -> sql.Composable:
@@ -49,6 +60,8 @@ class FileResult:
     sha256: str
     rows: int
     text_bytes: int
+    #: ``xxh3-128:<hex>`` of the COPY text (``content_hash``): what a drill's restored rows must hash to.
+    text_hash: str = ""
     #: Stored once in the repository's pool (``storage.pool``), not in the snapshot's folder.
     shared: bool = False
 
@@ -60,6 +73,8 @@ class FileResult:
             "rows": self.rows,
             "text_bytes": self.text_bytes,
         }
+        if self.text_hash:
+            entry["text_hash"] = self.text_hash
         if self.shared:
             entry["shared"] = True
         return entry
@@ -167,6 +182,7 @@ def copy_out(
     rows: list[int] = []
     compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
     text_bytes = 0
+    text_hash = text_hasher()  # ~10 GB/s: the rows' own fingerprint at no noticeable cost
 
     def frames() -> Iterator[bytes]:
         nonlocal text_bytes
@@ -174,6 +190,7 @@ def copy_out(
             # One frame per block: one-shot compression reads the block in place,
             # where a streaming compressor first copies it into its window.
             text_bytes += len(block)
+            text_hash.update(block)
             yield compress(block)
 
     with storage.create(name) as out, conn.lock:
@@ -187,7 +204,7 @@ def copy_out(
                 size += len(frame)
                 out.write(frame)
             digest = sha.hexdigest()
-    return FileResult(rel, size, digest, rows[0], text_bytes)
+    return FileResult(rel, size, digest, rows[0], text_bytes, TEXT_HASH + text_hash.hexdigest())
 
 
 def copy_in(

@@ -80,6 +80,13 @@ class DataFile(TypedDict):
             int, "Bytes of COPY output it holds: what a restore loads (absent in early snapshots: readers use `bytes`)."
         ]
     ]
+    text_hash: NotRequired[
+        Annotated[
+            str,
+            "`xxh3-128:<hex>` of the COPY text the file holds, computed while it was read: what the "
+            "rows a restore loads must hash to (`backupkit drill`; absent before 2026-12-05).",
+        ]
+    ]
     shared: NotRequired[
         Annotated[
             bool,

@@ -248,6 +248,7 @@ def verify(
     public_key: Ed25519PublicKey | str | Path | None = None,
     identity: IdentityArg | None = None,
     written: bool = False,
+    quick: bool = False,
 ) -> VerifyReport:
     """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
 
@@ -279,6 +280,9 @@ def verify(
     means decrypting) needs ``identity``, an age identity file of one of its recipients;
     without it, or with another key, ``deep`` raises ``ConfigError`` before anything is
     hashed.  ``report.encrypted_to`` lists the recipients.
+
+    ``quick=True`` checks every file's presence and size only, not its hash (what a monitor
+    can afford at every poll; ``status`` uses it).
 
     Raises ``SnapshotNotFound`` when there is no folder and ``SnapshotError`` when a
     file or folder of the snapshot cannot be read (permissions): an unreadable
@@ -319,7 +323,7 @@ def verify(
     listed = {e["path"] for e, _, _ in entries if e.get("shared") is not True}
     workers = jobs or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        rehash = not (written and location.storage.verified_writes and not deep)
+        rehash = not quick and not (written and location.storage.verified_writes and not deep)
         for problems in pool.map(lambda er: _check_file(location, er[0], er[1], er[2], rehash=rehash), entries):
             report.problems.extend(problems)
     report.files = len(entries)

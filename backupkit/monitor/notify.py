@@ -1,0 +1,112 @@
+"""Telling a monitor how a job went: Healthchecks-style pings or a JSON webhook (``--notify``).
+
+``URL`` (or ``$BACKUPKIT_NOTIFY``) is pinged the way Healthchecks.io and its clones expect:
+``URL/start`` when the job starts, ``URL`` when it succeeds, ``URL/fail`` with the one-line
+reason as the body when it fails.  ``json+https://…`` posts one JSON object per event
+instead (``event``, ``job``, ``ok``, ``snapshot``, ``reason``, ``seconds``, ``host``).
+
+A notification never carries a secret or a row value: only the job's name, the snapshot
+id and the one-line error message backupkit wrote (its messages never hold a password).
+Each request has a timeout and a few retries; a monitor that cannot be reached is a
+warning, never a failed backup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+from ..pg.dsn import redact
+
+log = logging.getLogger("backupkit")
+
+#: The environment variable ``--notify`` defaults to.
+ENV = "BACKUPKIT_NOTIFY"
+#: Seconds per request, and requests per event (the pause between them doubles from 0.5 s).
+TIMEOUT, ATTEMPTS = 5.0, 3
+_JSON = "json+"
+
+
+@dataclass(frozen=True)
+class Notifier:
+    """Where a job's start, success and failure are announced."""
+
+    url: str
+    job: str
+
+    @classmethod
+    def from_option(cls, url: str | None, job: str) -> Notifier | None:
+        """The notifier ``url`` (else ``$BACKUPKIT_NOTIFY``) describes, or None; ConfigError if it is no URL."""
+        url = url or os.environ.get(ENV) or None
+        if url is None:
+            return None
+        parts = urlsplit(url.removeprefix(_JSON))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                "`notify` is not an http(s) URL", hint="e.g. https://hc-ping.com/<uuid>, or json+https://… for JSON"
+            )
+        return cls(url, job)
+
+    @property
+    def where(self) -> str:
+        """The monitor for a message: scheme and host only (a ping URL's path is its secret)."""
+        parts = urlsplit(self.url.removeprefix(_JSON))
+        return f"{parts.scheme}://{parts.hostname}"
+
+    def start(self) -> bool:
+        """Announce the start; whether the monitor took it."""
+        return self._send("start")
+
+    def success(self, snapshot: str | None = None, seconds: float | None = None) -> bool:
+        """Announce success."""
+        return self._send("success", snapshot=snapshot, seconds=seconds)
+
+    def failure(self, reason: str, snapshot: str | None = None) -> bool:
+        """Announce failure with its one-line reason."""
+        return self._send("fail", reason=reason.splitlines()[0] if reason else "", snapshot=snapshot)
+
+    def _request(self, event: str, reason: str, payload: dict) -> urllib.request.Request:
+        if self.url.startswith(_JSON):
+            body = json.dumps(payload).encode()
+            headers = {"Content-Type": "application/json"}
+            return urllib.request.Request(self.url.removeprefix(_JSON), body, headers, method="POST")
+        suffix = {"start": "/start", "success": "", "fail": "/fail"}[event]
+        return urllib.request.Request(self.url.rstrip("/") + suffix, reason.encode(), method="POST")
+
+    def _send(self, event: str, *, reason: str = "", snapshot: str | None = None, seconds: float | None = None) -> bool:
+        reason = redact(reason)
+        payload = {
+            "event": event,
+            "job": self.job,
+            "ok": event != "fail",
+            "snapshot": snapshot,
+            "reason": reason or None,
+            "seconds": None if seconds is None else round(seconds, 3),
+            "host": socket.gethostname(),
+        }
+        pause, why = 0.5, ""
+        for attempt in range(ATTEMPTS):
+            try:
+                with urllib.request.urlopen(self._request(event, reason, payload), timeout=TIMEOUT) as r:
+                    if 200 <= r.status < 300:
+                        return True
+                    why = f"HTTP {r.status}"
+            except urllib.error.HTTPError as exc:
+                why = f"HTTP {exc.code}"
+            except (urllib.error.URLError, OSError) as exc:
+                why = type(getattr(exc, "reason", exc)).__name__
+            if attempt + 1 < ATTEMPTS:
+                time.sleep(pause)
+                pause *= 2
+        log.warning(
+            "could not notify %s of %s %s (%s); the job itself is not affected", self.where, self.job, event, why
+        )
+        return False
