@@ -36,6 +36,7 @@ from papermill.iorw import load_notebook_node
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+import backupkit
 from backupkit import notebook as nb
 from backupkit.capture.job import backup
 from backupkit.demo.data import create_demo, mutate_demo
@@ -249,6 +250,7 @@ def test_report_notebook_shows_the_changes_between_two_snapshots(source, tmp_pat
     after = row_counts(source, PUBLIC)
     second = backup(source, tmp_path / "bk", label="after", progress=False)
     third = backup(source, tmp_path / "bk", label="again", progress=False)
+    backupkit.drill(second.path, progress=False)
 
     # Not the defaults: an explicit old id, and `new` as latest~1 (the "after" snapshot, not the newest).
     out = execute(
@@ -287,6 +289,11 @@ def test_report_notebook_shows_the_changes_between_two_snapshots(source, tmp_pat
         assert not re.search(r">(NaN|None|&lt;NA&gt;|NaT)<", page), source_
     assert {r["check"] for r in integrity} >= {"checksums", "primary_key", "foreign_key", "sequence"}
     assert html_table(out, "nb.diff_overview(diff)") == []
+    timeline = {r["snapshot"]: r for r in html_table(out, "nb.drill_history_table(backup_dir)")}
+    assert list(timeline) == [third.id, second.id, first.id]
+    assert (timeline[second.id]["drills"], timeline[second.id]["last drill"]) == ("1", "passed")
+    assert timeline[third.id]["drills"] == "0" and timeline[first.id]["hours since previous"] == "NULL"
+    assert float(timeline[third.id]["hours since previous"]) >= 0
     page = (tmp_path / "report.html").read_text()
     assert first.id in page and "<svg" in page
     assert_no_secret([out, tmp_path / "report.html"], source)

@@ -91,6 +91,35 @@ def history_table(backup_dir: Path | str = "backups") -> Table:
     return Table(history_rows(*list_snapshots(backup_dir)), columns=columns)
 
 
+def drill_history_table(backup_dir: Path | str = "backups") -> Table:
+    """Backups and drills over time, newest first: each snapshot, the hours since the one
+    before it (the backup's rhythm; a gap is a missed backup), and its drills' outcome."""
+    from ..drill import record
+    from ..storage.location import open_storage
+
+    snaps = [s for s in list_snapshots(backup_dir)[0] if s.created_at is not None]
+    drills: dict[str, list] = {}
+    for r in record.history(open_storage(backup_dir)):
+        drills.setdefault(r.snapshot, []).append(r)
+    rows = []
+    times = [s.created_at for s in snaps if s.created_at is not None]
+    for s, at, before in zip(snaps, times, [*times[1:], None], strict=True):
+        done = drills.get(s.id, [])
+        last = done[-1] if done else None
+        rows.append(
+            {
+                "snapshot": s.id,
+                "created_at": _iso(at),
+                "hours since previous": None if before is None else round((at - before).total_seconds() / 3600, 1),
+                "drills": len(done),
+                "last drill": None if last is None else ("passed" if last.ok else "FAILED"),
+                "drill seconds": None if last is None else last.seconds,
+            }
+        )
+    columns = ["snapshot", "created_at", "hours since previous", "drills", "last drill", "drill seconds"]
+    return Table(rows, columns=columns)
+
+
 def restore_steps(result: RestoreResult) -> Table:
     """The restore's steps, planned (dry run) or done."""
     state = "planned" if result.dry_run else "done"
