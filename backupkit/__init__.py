@@ -19,8 +19,8 @@ _EXPORTS = {
     "check": "capture.preflight",
     "CheckReport": "capture.preflight",
     "restore": "recovery.job",
-    "drill": "drill.job",
-    "DrillResult": "drill.job",
+    "drill": "drills.job",
+    "DrillResult": "drills.job",
     "RestorePlan": "recovery.job",
     "RestoreResult": "recovery.job",
     "verify": "snapshot.verify",
@@ -78,7 +78,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .capture.job import BackupResult, backup
     from .capture.preflight import CheckReport, check
-    from .drill.job import DrillResult, drill
+    from .drills.job import DrillResult, drill
     from .errors import (
         BackupkitError,
         BucketError,

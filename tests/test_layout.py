@@ -67,7 +67,7 @@ ALLOWED = {
     "pg/tools.py": "finds pg_dump/pg_restore binaries",
     "cli/commands.py": "writes the files a user names on the command line (--html, --json output)",
     "lens/report.py": "writes the HTML/JSON report where the user asks",
-    "drill/target.py": "the throwaway PostgreSQL server's folder a drill restores into (not a repository)",
+    "drills/target.py": "the throwaway PostgreSQL server's folder a drill restores into (not a repository)",
     "monitor/status.py": "reads the run records of scheduled notebooks (JSON in --runs)",
 }
 

@@ -504,7 +504,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_drill(a: argparse.Namespace) -> int:
-    from ..drill.job import drill
+    from ..drills.job import drill
     from ..snapshot.encryption import identity_path
     from ..storage.repository import resolve
 

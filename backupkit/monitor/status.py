@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ..drill import record
+from ..drills import record
 from ..errors import SnapshotError
 from ..snapshot.verify import verify
 from ..storage.location import open_storage
@@ -111,8 +111,10 @@ def status(
     now = now or datetime.now(UTC)
     storage = open_storage(repository)
     snaps, _ = list_snapshots(storage)
-    newest = snaps[0] if snaps else None
-    facts = Facts(newest.id if newest else None, newest.created_at if newest else None)
+    # Unreadable snapshots are listed last; by id (its UTC start) one may still be the newest.
+    newest = max(snaps, key=lambda s: s.id) if snaps else None
+    times = [s.created_at for s in snaps if s.created_at is not None]
+    facts = Facts(newest.id if newest else None, max(times, default=None))
     if newest is not None and newest.error is not None:
         facts.newest_problems = [newest.error]
     elif newest is not None:

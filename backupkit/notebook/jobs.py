@@ -372,7 +372,7 @@ def drill(
     """Restore ``snapshot`` of ``backup_dir`` into a throwaway database and compare (``backupkit drill``);
     one row, or ``DrillFailed`` naming every difference.  ``dsn_env``: the NAME of a variable
     holding a server's DSN to make the throwaway database on (empty: a temporary embedded server)."""
-    from ..drill.job import drill as _drill
+    from ..drills.job import drill as _drill
     from ..storage.repository import resolve
 
     location = resolve(str(backup_dir), snapshot or "latest")

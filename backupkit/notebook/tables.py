@@ -94,7 +94,7 @@ def history_table(backup_dir: Path | str = "backups") -> Table:
 def drill_history_table(backup_dir: Path | str = "backups") -> Table:
     """Backups and drills over time, newest first: each snapshot, the hours since the one
     before it (the backup's rhythm; a gap is a missed backup), and its drills' outcome."""
-    from ..drill import record
+    from ..drills import record
     from ..storage.location import open_storage
 
     snaps = [s for s in list_snapshots(backup_dir)[0] if s.created_at is not None]

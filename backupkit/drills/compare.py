@@ -77,9 +77,9 @@ def sequence_differences(conn: psycopg.Connection, sequences: list[dict]) -> lis
     for s in sequences:
         name = sql.Identifier(s["schema"], s["name"])
         try:
-            row = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(name)).fetchone()
+            with conn.transaction():  # a savepoint: a missing sequence leaves the session as it was
+                row = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(name)).fetchone()
         except psycopg.errors.UndefinedTable:
-            conn.rollback()
             found.append(f"sequence {s['schema']}.{s['name']}: missing")
             continue
         if row is not None and (int(row[0]), bool(row[1])) != (int(s["last_value"]), bool(s["is_called"])):
@@ -99,13 +99,14 @@ def object_differences(conn: psycopg.Connection, tables: list[dict]) -> list[str
         if conn.execute("SELECT to_regclass(%s)", [regclass]).fetchone() == (None,):
             found.append(f"{key}: table missing")
             continue
-        indexes = {
+        plain = {
             name
             for (name,) in conn.execute(
-                "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass", [regclass]
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = %s::regclass",
+                [regclass],
             )
         }
-        plain = {i.rsplit(".", 1)[-1].strip('"') for i in indexes}
         found += [f"{key}: index {i} missing" for i in t.get("indexes", []) if i not in plain]
         constraints = {
             n for (n,) in conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass", [regclass])
