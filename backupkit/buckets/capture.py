@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from ..errors import BucketError, ConfigError
 from ..runtime.progress import byte_bar
 from ..snapshot import manifest as mf
@@ -119,10 +121,9 @@ class Copier:
                     out.write(block)
                     size += len(block)
                     bar.update(len(block))  # type: ignore[attr-defined]
-        except OSError as exc:  # the endpoint's connection broke, or the repository failed
-            if isinstance(exc, (ConnectionError, TimeoutError)) or "Read" in type(exc).__name__:
-                raise BucketError(f"{bucket}/{listed.key}: the download broke off ({type(exc).__name__})") from None
-            raise
+        except (BotoCoreError, ClientError, ConnectionError, TimeoutError) as exc:
+            # The endpoint's stream broke off (a repository failure is another OSError: raised as it is).
+            raise BucketError(f"{bucket}/{listed.key}: the download broke off ({type(exc).__name__})") from None
         if size != head.size:
             raise BucketError(
                 f"{bucket}/{listed.key}: read {size} bytes, the endpoint announced {head.size}",

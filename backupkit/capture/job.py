@@ -31,16 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ..buckets import reconcile
-from ..buckets.capture import BucketChoice, Copier, check_choice, previous_files
-from ..buckets.endpoint import Endpoint
 from ..errors import BackupkitError, ConfigError, RowLevelSecurityError, SourceError, StorageError, ToolError
 from ..pg import database_objects
 from ..pg.catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
@@ -68,6 +65,10 @@ from .contents import Moment, Selection, Server, Written, build_manifest, file_s
 from .readers import copy_all, plan
 from .sessions import KeepAlive, SessionSpec, lock_wait_error
 from .watchdog import Watchdog
+
+if TYPE_CHECKING:  # the buckets modules (and botocore) load only when buckets are backed up
+    from ..buckets.capture import BucketChoice
+    from ..buckets.endpoint import Endpoint
 
 log = logging.getLogger("backupkit")
 
@@ -286,6 +287,11 @@ def _buckets(
     names: Sequence[str], every: bool, endpoint: Endpoint | None, recipients: Sequence[str] | None
 ) -> BucketChoice | None:
     """The Storage buckets to back up, checked; None when none were asked for."""
+    if not names and not every:
+        return None
+    from ..buckets.capture import BucketChoice, check_choice
+    from ..buckets.endpoint import Endpoint
+
     chosen = check_choice(names, every)
     if not chosen and not every:
         return None
@@ -668,6 +674,9 @@ class BackupJob:
     def _buckets(self, main: psycopg.Connection, staging: SnapshotLocation) -> dict[str, Any]:
         """Copy the chosen Storage buckets' files and reconcile them with ``storage.objects`` as
         of the consistent moment (``main`` is in it): the manifest's ``storage``."""
+        from ..buckets import reconcile
+        from ..buckets.capture import Copier
+
         choice = self.options.buckets
         assert choice is not None
         names = choice.resolve()
@@ -705,6 +714,8 @@ class BackupJob:
 
     def _previous_files(self) -> dict[tuple[str, str], dict]:
         """The newest snapshot's bucket files, to carry unchanged ones over (none if unreadable)."""
+        from ..buckets.capture import previous_files
+
         if not self.options.shares:
             return {}
         snaps, _ = list_snapshots(self.repository)
