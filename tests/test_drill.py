@@ -417,18 +417,25 @@ def test_the_public_name_backupkit_drill_is_the_function():
 # -- 3. kill -9 mid-drill -----------------------------------------------------------------
 
 
-def test_kill_9_mid_drill_leaves_a_server_that_the_next_drill_removes(snap, source_snapshot, tmp_path, drill_tmp):
-    child = start_paused_drill(snap.parent)
+@contextlib.contextmanager
+def killed_9(child):
+    """Run the block's checks on the paused drill ``child``, then kill -9 it (and reap it whatever happened)."""
     try:
-        [folder] = list(drill_tmp.glob(f"{target.PREFIX}*"))
-        assert folder.name.startswith(f"{target.PREFIX}{child.pid}_")
-        assert postmasters_of(folder), "the throwaway server should be running"
+        yield
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
         child.communicate(timeout=30)
+
+
+def test_kill_9_mid_drill_leaves_a_server_that_the_next_drill_removes(snap, source_snapshot, tmp_path, drill_tmp):
+    child = start_paused_drill(snap.parent)
+    with killed_9(child):
+        [folder] = list(drill_tmp.glob(f"{target.PREFIX}*"))
+        assert folder.name.startswith(f"{target.PREFIX}{child.pid}_")
+        assert postmasters_of(folder), "the throwaway server should be running"
     # Nothing could clean up: the server folder is left, its server still running.
     assert folder.is_dir() and postmasters_of(folder)
     # The next drill, of another snapshot in another repository, removes it first.
@@ -443,14 +450,8 @@ def test_kill_9_mid_drill_leaves_a_server_that_the_next_drill_removes(snap, sour
 
 def test_kill_9_mid_drill_leaves_a_database_that_the_next_dsn_drill_drops(snap, source_snapshot, tmp_path, pg_server):
     child = start_paused_drill(snap.parent, "--dsn", pg_server.admin_dsn)
-    try:
+    with killed_9(child):
         assert len(drill_databases(pg_server, child.pid)) == 1
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.communicate(timeout=30)
     [leftover] = drill_databases(pg_server, child.pid)
     other = private_copy(source_snapshot, tmp_path / "other-repo")
     try:
