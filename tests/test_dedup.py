@@ -236,3 +236,25 @@ def test_on_s3_a_second_unchanged_backup_uploads_no_data_file(make_db, s3_bucket
     assert out.returncode == 0 and json.loads(out.stdout)["removed"] == [first.id], out.stderr
     assert {k for k in keys() if "/.shared/" in k} == {f"repo/{n}" for n in pool.referenced(second.manifest)}
     assert backupkit.verify(second.location, deep=True).ok
+
+
+def test_on_s3_a_damaged_shared_file_is_never_reused(make_db, s3_bucket, s3_client):
+    """On S3 a small data file goes straight to its pool name as it is uploaded; where that
+    name holds a damaged file (other bytes, another size), the new file stays the snapshot's own."""
+    dsn = make_db("dd9")
+    load_small(dsn)
+    url = f"s3://{s3_bucket}/repo"
+    first = backupkit.backup(dsn, url, progress=False)
+    entries = [f for t in first.manifest["tables"] for f in t["files"]]
+    assert entries and all(f.get("shared") is True for f in entries)
+    entry = max(entries, key=lambda f: f["bytes"])
+    key = f"repo/{pool.blob_name(entry['sha256'])}"
+    body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=body[:-1])
+    second = backupkit.backup(dsn, url, progress=False)
+    own = next(f for t in second.manifest["tables"] for f in t["files"] if f["path"] == entry["path"])
+    assert "shared" not in own
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=f"repo/{second.id}/{own['path']}")["Body"].read()
+    assert stored == body
+    assert backupkit.verify(second.location, deep=True).ok
+    assert not backupkit.verify(first.location).ok

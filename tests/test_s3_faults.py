@@ -96,14 +96,19 @@ def keys(client, bucket: str) -> list[str]:
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
-def staged(client, bucket: str) -> list[str]:
-    """Keys of data files under a staging prefix (``repo/.tmp-*/``)."""
-    return [k for k in keys(client, bucket) if k.startswith("repo/.tmp-") and "/data/" in k]
+def uploaded(client, bucket: str) -> list[str]:
+    """Keys of data files a backup has uploaded: under its staging prefix (``repo/.tmp-*/data/``),
+    or, small files, straight into the repository's pool (``repo/.shared/``)."""
+    return [
+        k
+        for k in keys(client, bucket)
+        if (k.startswith("repo/.tmp-") and "/data/" in k) or k.startswith("repo/.shared/")
+    ]
 
 
 def catch_mid_upload(client, bucket: str, child, files: int = 20) -> None:
-    """Wait until the backup has uploaded ``files`` data files into its staging prefix."""
-    if not wait_for(lambda: len(staged(client, bucket)) >= files or child.poll() is not None, 60, every=0.05):
+    """Wait until the backup has uploaded ``files`` data files."""
+    if not wait_for(lambda: len(uploaded(client, bucket)) >= files or child.poll() is not None, 60, every=0.05):
         pytest.fail("no upload seen within 60 s")
     if child.poll() is not None:
         pytest.fail(f"the backup ended before it was caught uploading: {child.communicate()[0]}")
@@ -157,8 +162,10 @@ def test_kill_9_mid_upload_leaves_no_snapshot_and_prune_removes_every_object(big
 
     left = settled(s3_client, s3_bucket)
     prefixes = {k.split("/")[1] for k in left}
-    assert len(prefixes) == 2 and "repo/.lock" in left, left  # the lock and one staging prefix: caught mid-upload
-    (staging,) = prefixes - {".lock"}
+    # The lock, one staging prefix and the pool's new files: caught mid-upload.
+    assert prefixes <= {".lock", ".shared"} | {p for p in prefixes if p.startswith(".tmp-")}, left
+    assert "repo/.lock" in left and any(k.startswith("repo/.shared/") for k in left), left
+    (staging,) = prefixes - {".lock", ".shared"}
     assert staging.startswith(".tmp-")
     lock = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="repo/.lock")["Body"].read())
     assert lock["pid"] == child.pid and lock["purpose"] == "backup"

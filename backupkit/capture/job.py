@@ -467,6 +467,7 @@ class BackupJob:
                 keepalive=keepalive,
                 stopper=self.watchdog.stopper,
                 recipients=self.options.recipients,
+                pooled=self.options.shares,
             )
             log.info(
                 "data: %d rows in %.1f s", sum(f.rows for fs in tables.values() for f in fs), time.monotonic() - step
@@ -654,6 +655,8 @@ class BackupJob:
         files = [f for fs in tables.values() for f in fs]
 
         def one(f: FileResult) -> str:
+            if f.placed:  # its writer put it there (pool.place)
+                return f.placed
             return pool.share(repository, staging.key(f.path), f.sha256, f.bytes)
 
         # Renames are instant on a disk; on S3 each is a server-side copy, so several at a time.

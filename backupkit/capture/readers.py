@@ -85,13 +85,20 @@ def _copy_item(
     target: SnapshotLocation,
     spec: SessionSpec | None = None,
     recipients: tuple[str, ...] = (),
+    pooled: bool = False,
 ) -> FileResult:
     partial = not item.table["rls"]["bypassed"]
     try:
         if partial:  # --allow-partial: take the rows RLS shows instead of failing
             conn.execute("SELECT pg_catalog.set_config('row_security', 'on', false)")
         res = copy_out(
-            conn, copy_source(item.table, item.pages), target.storage, target.key(item.rel), item.rel, recipients
+            conn,
+            copy_source(item.table, item.pages),
+            target.storage,
+            target.key(item.rel),
+            item.rel,
+            recipients,
+            pooled=pooled,
         )
         if partial:
             conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
@@ -121,11 +128,13 @@ def _init_process(session: SessionSpec, snapshot: str, parent_pid: int) -> None:
         _process_error = exc
 
 
-def _run_in_process(item: Item, target: SnapshotLocation, recipients: tuple[str, ...] = ()) -> FileResult:
+def _run_in_process(
+    item: Item, target: SnapshotLocation, recipients: tuple[str, ...] = (), pooled: bool = False
+) -> FileResult:
     if _process_error is not None:
         raise _process_error
     assert _process_conn is not None  # set by _init_process whenever _process_error is not
-    return _copy_item(_process_conn, item, target, _process_spec, recipients)
+    return _copy_item(_process_conn, item, target, _process_spec, recipients, pooled)
 
 
 class _Progress:
@@ -158,10 +167,12 @@ def copy_all(
     keepalive: KeepAlive | None = None,
     stopper: Stopper | None = None,
     recipients: Sequence[str] = (),
+    pooled: bool = False,
 ) -> dict[str, list[FileResult]]:
     """Run every item with ``jobs`` workers, writing into ``target`` (the snapshot being made);
     results per table, chunks in order.  With ``recipients`` (age public keys) every data
-    file is encrypted to them (``pg.copyio.copy_out``).
+    file is encrypted to them (``pg.copyio.copy_out``).  ``pooled``: the files are going
+    into the repository's pool, and those their writer can put there directly go at once.
 
     ``stopper.stop()`` (another thread: the run's timeout) kills the worker processes and
     cancels the in-process queries; this then raises.
@@ -177,6 +188,7 @@ def copy_all(
         keepalive or KeepAlive(),
         stopper or Stopper(),
         tuple(recipients),
+        pooled,
     )
     big = sum(it.table["relation_bytes"] for it in items if it.n == 0) > PROCESS_THRESHOLD
     try:
@@ -221,6 +233,8 @@ class _CopyRun:
     stopper: Stopper
     #: Age public keys every data file is encrypted to (none: not encrypted).
     recipients: tuple[str, ...] = ()
+    #: The files go into the repository's pool (``pg.copyio.copy_out``'s ``pooled``).
+    pooled: bool = False
     results: dict[tuple[str, int], FileResult] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
     #: Set when streams must take no more work: an error, Ctrl-C or the run's timeout.
@@ -267,7 +281,7 @@ class _CopyRun:
                     it = work.get_nowait()
                 except queue.Empty:
                     return
-                self.record(it, _copy_item(conn, it, self.target, self.session, self.recipients))
+                self.record(it, _copy_item(conn, it, self.target, self.session, self.recipients, self.pooled))
         except BaseException as exc:
             self.errors.append(exc)
             self.stop.set()
@@ -367,7 +381,7 @@ class _CopyRun:
                     it = work.get_nowait()
                 except queue.Empty:
                     break
-                running[pool.submit(_run_in_process, it, self.target, self.recipients)] = it
+                running[pool.submit(_run_in_process, it, self.target, self.recipients, self.pooled)] = it
             if not running:
                 return
             done, _ = wait(running, return_when=FIRST_COMPLETED)

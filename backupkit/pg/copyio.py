@@ -26,6 +26,7 @@ from ..snapshot import manifest as mf
 from ..snapshot.datafile import BLOCK, iter_blocks
 from ..snapshot.encryption import encrypt_blocks
 from ..snapshot.formats import DataFormat
+from ..storage import pool
 from ..storage.base import Storage
 
 ZSTD_LEVEL = 1
@@ -64,6 +65,8 @@ class FileResult:
     text_hash: str = ""
     #: Stored once in the repository's pool (``storage.pool``), not in the snapshot's folder.
     shared: bool = False
+    #: Put into the pool by its writer already (``storage.pool.place``): ``added`` or ``present``.
+    placed: str = ""
 
     def to_dict(self) -> dict:
         entry = {
@@ -164,6 +167,8 @@ def copy_out(
     name: str,
     rel: str,
     recipients: Sequence[str] = (),
+    *,
+    pooled: bool = False,
 ) -> FileResult:
     """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into the new file
     ``name`` of ``storage`` (durable when this returns); ``rel`` is its path inside the snapshot.
@@ -171,6 +176,9 @@ def copy_out(
     With ``recipients`` (age public keys) the frames are encrypted to them on the way, as one
     age stream (``snapshot.encryption.encrypt_blocks``), and the size and SHA-256 are those
     of the encrypted bytes, the bytes stored.
+
+    ``pooled``: the file is going into the repository's pool; where its writer can store it
+    under its pool name directly (``storage.pool.place``), it does, and ``placed`` says so.
 
     Compression runs in this thread, between reads: a separate compressing
     thread costs more in hand-overs (GIL, queue) than it wins by overlapping,
@@ -204,7 +212,16 @@ def copy_out(
                 size += len(frame)
                 out.write(frame)
             digest = sha.hexdigest()
-    return FileResult(rel, size, digest, rows[0], text_bytes, TEXT_HASH + text_hash.hexdigest())
+        placing = pooled and pool.place(out, digest)
+    return FileResult(
+        rel,
+        size,
+        digest,
+        rows[0],
+        text_bytes,
+        TEXT_HASH + text_hash.hexdigest(),
+        placed=pool.placed(out) if placing else "",
+    )
 
 
 def copy_in(

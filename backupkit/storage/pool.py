@@ -14,7 +14,8 @@ Rules that keep the pool safe, all under the repository's lock (``storage.lock``
 * **Adding** (``share``): a file is written and hashed under the snapshot's staging
   name first, then moved into the pool (or dropped, when the pool has it already), all
   before the manifest that refers to it is written.  A crash leaves at most files
-  nobody refers to.
+  nobody refers to.  On S3, where a move is a copy, a small file is instead put under
+  its pool name directly as its writer closes (``place``): the same rule, one request.
 * **Collecting** (``collect``): prune removes a pool file only when no listed snapshot
   refers to it, and only when every snapshot's manifest could be read (one that
   cannot might refer to anything).  A file only a removed snapshot used goes at once; an
@@ -33,6 +34,7 @@ import logging
 import time
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from .base import Entry, Storage
 
@@ -84,6 +86,22 @@ def share(storage: Storage, staged: str, sha256: str, size: int) -> str:
         return PRESENT
     log.warning("%s is %s bytes, not %d: this snapshot keeps its own copy", storage.where(name), found, size)
     return KEPT
+
+
+def place(writer: BinaryIO, sha256: str) -> bool:
+    """Before a new file's ``writer`` is closed, when its stored bytes hash to ``sha256``:
+    have it store the file under its pool name instead of the one it was created with,
+    where that saves a copy (an S3 writer that has sent nothing yet).  True when it will
+    try; after close, its ``placed`` is ``ADDED`` or ``PRESENT``, or ``""`` when the pool's
+    name held other bytes and the file went under its own name (``share`` then says KEPT)."""
+    redirect = getattr(writer, "redirect", None)
+    return bool(redirect is not None and redirect(blob_name(sha256)))
+
+
+def placed(writer: BinaryIO) -> str:
+    """After ``place`` and close: ``ADDED``, ``PRESENT``, or ``""`` (still under its own name)."""
+    outcome = getattr(writer, "placed", "")
+    return outcome if outcome in (ADDED, PRESENT) else ""
 
 
 def referenced(manifest: Mapping) -> dict[str, int]:

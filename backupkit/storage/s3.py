@@ -191,9 +191,13 @@ class S3Storage(Storage):
 
                 # The user's AWS_MAX_ATTEMPTS / AWS_RETRY_MODE win; otherwise bounded standard retries.
                 user_retries = "AWS_MAX_ATTEMPTS" in os.environ or "AWS_RETRY_MODE" in os.environ
+                # Every upload carries its Content-MD5, which S3 checks; a CRC32 besides (botocore's
+                # default) would cost a second pass on each side for nothing.  The user's setting wins.
+                user_checksum = "AWS_REQUEST_CHECKSUM_CALCULATION" in os.environ
                 config = Config(
                     max_pool_connections=2 * COPY_THREADS,
                     retries=None if user_retries else {"mode": "standard", "max_attempts": 4},
+                    request_checksum_calculation=None if user_checksum else "when_required",
                 )
                 session = boto3.session.Session(profile_name=self.profile)
                 client = session.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)

@@ -6,6 +6,11 @@ uploaded by its threads; a small file is one conditional ``PutObject``.  Nothing
 appears under the name until the writer is closed without an error
 (``CompleteMultipartUpload`` with ``If-None-Match: *``); otherwise the upload is aborted.
 
+A file still one unsent part when it ends can be ``redirect``-ed to another name: the
+repository's pool stores data files under their hash (``storage.pool.place``), known only
+once the last byte is written, and so a small file goes there in one ``PutObject``
+instead of being uploaded under its snapshot's name and copied.
+
 Through a storage with ``retention`` (``S3Storage.with_retention``) the object is created
 locked: ``PutObject`` or ``CreateMultipartUpload`` carries the Object Lock mode and
 retain-until time, and every request with a body carries its Content-MD5, which S3
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import AbortOnError
+from .base import AbortOnError, valid_name
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -87,6 +92,20 @@ class Writer(AbortOnError, io.RawIOBase):
         self._pool: ThreadPoolExecutor | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self._pending: collections.deque[Future[dict[str, Any]]] = collections.deque()
+        self._redirect: str | None = None
+        #: After ``close``, for a redirected file: ``"added"`` (stored under the new name),
+        #: ``"present"`` (that name held the same bytes already), or ``""`` (under its own name).
+        self.placed = ""
+
+    def redirect(self, name: str) -> bool:
+        """Store the file under ``name`` instead of its own, when it is closed; possible
+        (True) only while no part of it has been sent.  ``name`` is taken only if free, or
+        holding as many bytes (a content-addressed name: the same file); otherwise the
+        file goes under its own name after all.  ``placed`` says which, after ``close``."""
+        if self._upload is not None or self.closed:
+            return False
+        self._redirect = valid_name(name)
+        return True
 
     def writable(self) -> bool:
         return True
@@ -143,7 +162,8 @@ class Writer(AbortOnError, io.RawIOBase):
             if self._upload is None:
                 body = bytes(self._buf)
                 lock = {**self._s._retention_args(), **self._md5(body)}
-                self._s._call("put_object", self._name, Key=self._key, Body=body, IfNoneMatch="*", **lock)
+                if self._redirect is None or not self._put_redirected(body, lock):
+                    self._s._call("put_object", self._name, Key=self._key, Body=body, IfNoneMatch="*", **lock)
             else:
                 self._send_part()
                 parts = [p.result() for p in self._parts]
@@ -161,6 +181,22 @@ class Writer(AbortOnError, io.RawIOBase):
             raise
         self._stop()
         super().close()
+
+    def _put_redirected(self, body: bytes, lock: dict[str, Any]) -> bool:
+        """Put ``body`` under the redirected name; False when that name holds other bytes."""
+        assert self._redirect is not None
+        try:
+            self._s._call(
+                "put_object", self._redirect, Key=self._s.key(self._redirect), Body=body, IfNoneMatch="*", **lock
+            )
+            self.placed = "added"
+            return True
+        except FileExistsError:
+            found = self._s._head(self._redirect)
+            if found is not None and found.size == len(body):
+                self.placed = "present"
+                return True
+            return False
 
     def _stop(self) -> None:
         self._buf = bytearray()
