@@ -369,12 +369,33 @@ def test_sequence_differences_names_a_changed_and_a_missing_sequence(make_db):
     assert found[2] == "sequence public.gone: missing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: restore sets every sequence from the manifest's value (recovery/load.py "
-    "sequences_and_matviews), and the drill compares the restored value with that same manifest "
-    "value, so a changed recorded value is restored as recorded and never differs",
-)
+def test_sequence_differences_names_a_sequence_behind_its_column(make_db):
+    """A sequence restored as recorded can still be behind the rows its column holds: the
+    restored database would not take the next insert, and the drill says so."""
+    dsn = make_db("seqbehind")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id serial PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO t (note) SELECT 'n' FROM generate_series(1, 10)")
+        recorded = {
+            "schema": "public",
+            "name": "t_id_seq",
+            "last_value": 10,
+            "is_called": True,
+            "owned_by": ["public", "t", "id"],
+        }
+        assert compare.sequence_differences(conn, [recorded]) == []  # next is 11: fine
+        conn.execute("SELECT setval('t_id_seq', 9)")
+        found = compare.sequence_differences(conn, [{**recorded, "last_value": 9}])
+        assert found == [
+            "sequence public.t_id_seq: its next value 10 is not above the largest public.t.id restored (10): "
+            "the next insert would collide"
+        ]
+        conn.execute("SELECT setval('t_id_seq', 10, false)")  # not called: next is 10 itself
+        assert len(compare.sequence_differences(conn, [{**recorded, "is_called": False}])) == 1
+        conn.execute("DELETE FROM t")
+        assert compare.sequence_differences(conn, [{**recorded, "is_called": False}]) == []  # no rows
+
+
 def test_a_sequence_recorded_behind_its_rows_fails_the_drill(snap, pg_server):
     m = mf.read(snap)
     seq = next(s for s in m["sequences"] if s["name"] == "orders_id_seq")
@@ -464,24 +485,33 @@ def test_kill_9_mid_drill_leaves_a_database_that_the_next_dsn_drill_drops(snap, 
 
 
 def test_remove_leftovers_keeps_what_a_running_drill_uses(pg_server, drill_tmp):
-    """A folder or database whose drill process is alive is not touched; a dead one's is."""
+    """A server folder whose drill process is alive is not touched; a dead one's is.  A
+    database is kept while a session holds its drill's advisory lock (a running drill, of
+    this machine or another), and dropped once nobody does, whatever pid its name carries."""
     alive, dead = os.getpid(), _dead_pid()
     drill_tmp.mkdir(parents=True)
     mine, gone = drill_tmp / f"{target.PREFIX}{alive}_ab12", drill_tmp / f"{target.PREFIX}{dead}_cd34"
     mine.mkdir()
     gone.mkdir()
-    names = [f"{target.PREFIX}{alive}_ef56", f"{target.PREFIX}{dead}_0a0b"]
-    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+    # Running elsewhere (its pid means nothing here), and left by a drill that died here.
+    names = [f"{target.PREFIX}{dead}_ef56", f"{target.PREFIX}{alive}_0a0b"]
+    with (
+        psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn,
+        psycopg.connect(pg_server.admin_dsn, autocommit=True) as running,
+    ):
         for n in names:
             conn.execute(f'CREATE DATABASE "{n}"')
-    try:
-        removed = target.remove_leftovers(pg_server.admin_dsn)
-        assert gone.name in removed and names[1] in removed
-        assert mine.name not in removed and names[0] not in removed
-        assert mine.is_dir() and not gone.exists()
-        assert drill_databases(pg_server, alive) == [names[0]] and drill_databases(pg_server, dead) == []
-    finally:
-        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+        running.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [target.LOCK_CLASS, names[0]])
+        try:
+            removed = target.remove_leftovers(pg_server.admin_dsn)
+            assert gone.name in removed and names[1] in removed
+            assert mine.name not in removed and names[0] not in removed
+            assert mine.is_dir() and not gone.exists()
+            assert drill_databases(pg_server, dead) == [names[0]] and drill_databases(pg_server, alive) == []
+            running.close()  # that drill dies: its session, and so its lock, is gone
+            assert names[0] in target.remove_leftovers(pg_server.admin_dsn)  # (others' leftovers may go too)
+            assert drill_databases(pg_server, dead) == []
+        finally:
             for n in names:
                 conn.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
 

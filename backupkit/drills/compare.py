@@ -72,22 +72,54 @@ def table_differences(conn: psycopg.Connection, table: dict) -> list[str]:
 
 
 def sequence_differences(conn: psycopg.Connection, sequences: list[dict]) -> list[str]:
-    """Sequences whose restored value is not the one recorded."""
+    """Sequences whose restored value is not the one recorded, or is behind the rows of the
+    column that owns it (the next insert would collide with a restored row)."""
     found = []
     for s in sequences:
+        label = f"sequence {s['schema']}.{s['name']}"
         name = sql.Identifier(s["schema"], s["name"])
         try:
             with conn.transaction():  # a savepoint: a missing sequence leaves the session as it was
-                row = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(name)).fetchone()
+                row = conn.execute(
+                    sql.SQL(
+                        "SELECT last_value, is_called,"
+                        " (SELECT seqincrement FROM pg_catalog.pg_sequence WHERE seqrelid = {}::regclass) FROM {}"
+                    ).format(sql.Literal(name.as_string(conn)), name)
+                ).fetchone()
         except psycopg.errors.UndefinedTable:
-            found.append(f"sequence {s['schema']}.{s['name']}: missing")
+            found.append(f"{label}: missing")
             continue
-        if row is not None and (int(row[0]), bool(row[1])) != (int(s["last_value"]), bool(s["is_called"])):
+        if row is None:
+            continue
+        value, called, increment = int(row[0]), bool(row[1]), int(row[2] or 1)
+        if (value, called) != (int(s["last_value"]), bool(s["is_called"])):
             found.append(
-                f"sequence {s['schema']}.{s['name']}: {row[0]} (called: {row[1]}) restored, "
+                f"{label}: {value} (called: {called}) restored, "
                 f"the snapshot has {s['last_value']} (called: {s['is_called']})"
             )
+        owner = s.get("owned_by")
+        if owner and increment > 0:
+            largest = _largest(conn, owner)
+            following = value + increment if called else value
+            if largest is not None and following <= largest:
+                found.append(
+                    f"{label}: its next value {following} is not above the largest "
+                    f"{owner[0]}.{owner[1]}.{owner[2]} restored ({largest}): the next insert would collide"
+                )
     return found
+
+
+def _largest(conn: psycopg.Connection, owner: list[str]) -> int | None:
+    """The largest value of the column a sequence belongs to (None: no rows, or not a number)."""
+    query = sql.SQL("SELECT max({})::numeric FROM {}").format(
+        sql.Identifier(owner[2]), sql.Identifier(owner[0], owner[1])
+    )
+    try:
+        with conn.transaction():
+            row = conn.execute(query).fetchone()
+    except psycopg.Error:  # a column a sequence fills but that max() or numeric does not take
+        return None
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def object_differences(conn: psycopg.Connection, tables: list[dict]) -> list[str]:

@@ -4,8 +4,15 @@ By default a new embedded PostgreSQL server in a folder of its own under
 ``<tmp>/backupkit-drills/``; with ``dsn`` (a role with CREATEDB) a new database
 ``backupkit_drill_<pid>_<random>`` on that server.  Either is removed when the drill
 ends, however it ends; a drill killed outright (kill -9) cannot, so every drill first
-removes what earlier drills of this machine left behind: folders and databases whose
-drill process is gone (its pid is in the name).
+removes what earlier drills left behind:
+
+* a server folder of this machine whose drill process is gone (its pid is in the name);
+* a database on the ``dsn`` server whose drill holds no more its advisory lock.  A drill
+  keeps a session open on the ``dsn``'s own database for as long as it runs, holding an
+  advisory lock named after its database; the server releases it when that session
+  ends, however the drill died.  So drills on several machines sharing one server
+  remove each other's leftovers, never each other's running drills (a pid says
+  nothing about another machine).
 """
 
 from __future__ import annotations
@@ -48,6 +55,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: First key of the drills' advisory locks (the second is the hash of the database's name).
+LOCK_CLASS = 0x6B64726C  # "kdrl"
+
+
+def _lock_args(name: str) -> list:
+    return [LOCK_CLASS, name]
+
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
+
+
 def _new_name() -> str:
     return f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
 
@@ -69,10 +88,15 @@ def remove_leftovers(dsn: str | None = None) -> list[str]:
             found = conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [PREFIX])
             names = [n for (n,) in found]
             for name in names:
-                m = _NAME.fullmatch(name)
-                if m and not _alive(int(m[1])):
+                if not _NAME.fullmatch(name):
+                    continue
+                if conn.execute(_TRY_LOCK, _lock_args(name)).fetchone() != (True,):
+                    continue  # its drill is running (here or on another machine)
+                try:
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                    removed.append(name)
+                finally:
+                    conn.execute(_UNLOCK, _lock_args(name))
+                removed.append(name)
     for name in removed:
         log.info("drill: removed %s, left by a drill that did not finish", name)
     return removed
@@ -95,10 +119,12 @@ def throwaway(dsn: str | None = None) -> Iterator[str]:
             server.stop()
             shutil.rmtree(folder, ignore_errors=True)
         return
-    with connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield psycopg.conninfo.make_conninfo(dsn, dbname=name)
-    finally:
-        with connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    # The lock is taken before the database exists, so no other drill ever sees it unlocked.
+    with connect(dsn, autocommit=True) as holder:
+        if holder.execute(_TRY_LOCK, _lock_args(name)).fetchone() != (True,):
+            raise psycopg.OperationalError(f"drill database name {name} is in use")  # a hash collision
+        holder.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield psycopg.conninfo.make_conninfo(dsn, dbname=name)
+        finally:
+            holder.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
