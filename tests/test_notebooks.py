@@ -30,6 +30,7 @@ import papermill
 import psycopg
 import pytest
 from helpers import snapshot_dirs
+from monitor import Monitor
 from papermill.exceptions import PapermillExecutionError
 from papermill.inspection import _infer_parameters
 from papermill.iorw import load_notebook_node
@@ -372,6 +373,46 @@ def test_drill_notebook_proves_the_newest_snapshot_restores_and_shows_the_status
         for r in html_table(out, "nb.status_table(backup_dir, max_age=max_age, runs_dir=runs_dir)")
     }
     assert status["state"] == "ok (exit 0)" and status["last drill"] == f"{snap.id}: passed"
+
+
+def test_drill_notebook_pings_the_monitor_its_notify_env_names_and_never_shows_the_url(source, tmp_path, monkeypatch):
+    backup(source, tmp_path / "bk", progress=False)
+    ping = "ping-" + secrets.token_hex(8)  # a Healthchecks ping URL's path is its secret
+    monitor = Monitor()
+    try:
+        monkeypatch.setenv("BK_NB_MONITOR", f"{monitor.url}/{ping}")
+        out = execute("drill", tmp_path, backup_dir="bk", runs_dir="runs", notify_env="BK_NB_MONITOR")
+    finally:
+        monitor.close()
+    assert [path for path, _ in monitor.requests] == [f"/{ping}/start", f"/{ping}"]
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "succeeded" and record["parameters"]["notify_env"] == "BK_NB_MONITOR"
+    for written in (out, *(tmp_path / "runs").glob("*.json")):
+        assert ping not in written.read_text()
+
+
+def test_a_failing_backup_notebook_pings_fail_with_the_one_line_reason(source, tmp_path, monkeypatch):
+    wrong_password = "wrong-" + secrets.token_hex(8)
+    monkeypatch.setenv("BK_NB_WRONG", make_conninfo(source, password=wrong_password))
+    monitor = Monitor()
+    try:
+        monkeypatch.setenv("BACKUPKIT_NOTIFY", f"{monitor.url}/ping")  # no notify_env: the default variable
+        with pytest.raises(PapermillExecutionError):
+            execute("backup", tmp_path, backup_dir="bk", dsn_env="BK_NB_WRONG", runs_dir="runs")
+    finally:
+        monitor.close()
+    assert [path for path, _ in monitor.requests] == ["/ping/start", "/ping/fail"]
+    reason = monitor.requests[1][1]
+    assert reason.startswith("ConnectionFailed: cannot connect to ") and "\n" not in reason
+    assert wrong_password not in reason
+
+
+def test_a_notify_env_that_is_not_set_fails_the_run_in_one_line(source, tmp_path, monkeypatch):
+    monkeypatch.delenv("BK_NB_NO_SUCH", raising=False)
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("prune", tmp_path, backup_dir="bk", runs_dir="runs", notify_env="BK_NB_NO_SUCH")
+    assert info.value.ename == "ConfigError"
+    assert "the environment variable BK_NB_NO_SUCH is not set" in info.value.evalue
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,9 @@ snapshot it made or used and the outcome, with every password redacted.  An
 IPython ``post_run_cell`` hook marks the active run failed when any cell raises,
 so a scheduled run that dies still leaves ``status: failed`` and the reason.
 ``_maybe_step`` lets the operations time themselves as steps when given a run.
+With a monitor URL (``notify_env``, else ``$BACKUPKIT_NOTIFY``: ``monitor.notify``) a run
+pings it when it starts, succeeds and fails, as ``--notify`` does for the command line; the
+URL stays in the environment, never in the notebook or its record.
 
 A ``BackupkitError`` raised in a cell shows as what the ``backupkit`` command
 prints, not as a traceback: ``install_error_display()`` (run when
@@ -32,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import BackupkitError
+from ..errors import BackupkitError, ConfigError
+from ..monitor.notify import Notifier
 from ..pg.dsn import DSN_ENV_VARS, redact
 
 
@@ -94,6 +98,8 @@ class RunRecord:
     hint: str | None = None
     failed_step: str | None = None
     _current_step: str | None = dataclasses.field(default=None, repr=False)
+    #: Told of the run's start, success and failure (``monitor.notify``); its URL is a secret.
+    notifier: Notifier | None = dataclasses.field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"RunRecord(job={self.job!r}, run_id={self.run_id!r}, status={self.status!r}, path='{self.path}')"
@@ -173,17 +179,25 @@ class RunRecord:
         self.failed_step = self._current_step
         self.write()
         _deactivate(self)
+        if self.notifier is not None:
+            self.notifier.failure(self.exit_reason, self._snapshot_id())
 
     def finish(self, **summary: Any) -> dict:
         """Mark the run succeeded with a summary; returns the run.json content."""
-        if self.status == "running":
+        succeeded = self.status == "running"
+        if succeeded:
             self.status = "succeeded"
             self.finished_at = _now()
             self.exit_reason = "completed"
         self.summary.update(summary)
         self.write()
         _deactivate(self)
+        if succeeded and self.notifier is not None and self.finished_at is not None:
+            self.notifier.success(self._snapshot_id(), (self.finished_at - self.started_at).total_seconds())
         return self.to_dict()
+
+    def _snapshot_id(self) -> str | None:
+        return self.snapshot["id"] if self.snapshot else None
 
 
 _ACTIVE: RunRecord | None = None
@@ -213,11 +227,21 @@ def _deactivate(run: RunRecord) -> None:
 
 
 def start_run(
-    job: str, params: Mapping[str, Any] | None = None, runs_dir: Path | str = "runs", *, shell=None
+    job: str,
+    params: Mapping[str, Any] | None = None,
+    runs_dir: Path | str = "runs",
+    *,
+    notify_env: str = "",
+    shell=None,
 ) -> RunRecord:
     """Start a run record: write ``runs_dir/<run_id>.json`` (status running) and, in IPython,
-    register the hook that marks it failed when a later cell raises."""
+    register the hook that marks it failed when a later cell raises.
+
+    ``notify_env`` names the environment variable holding a monitor URL (``--notify``'s
+    forms); empty: ``$BACKUPKIT_NOTIFY``, and no monitor when that is unset.  The monitor
+    is pinged now, and when the run succeeds or fails."""
     global _ACTIVE, _LAST
+    notifier = _notifier(job, notify_env)
     now = _now()
     run_id = new_run_id(job, now)
     run = RunRecord(
@@ -231,7 +255,23 @@ def start_run(
         _ACTIVE.fail("superseded: another run was started in the same kernel")
     _ACTIVE = _LAST = run
     install_error_display(shell)
+    if notifier is not None:
+        run.notifier = notifier
+        notifier.start()
     return run
+
+
+def _notifier(job: str, notify_env: str) -> Notifier | None:
+    """The monitor of a run: the URL in variable ``notify_env``, else ``$BACKUPKIT_NOTIFY``."""
+    if not notify_env:
+        return Notifier.from_option(None, job)
+    url = os.environ.get(notify_env)
+    if not url:
+        raise ConfigError(
+            f"`notify_env`: the environment variable {notify_env} is not set",
+            hint=f"export {notify_env}=https://hc-ping.com/<uuid> for the kernel, or leave notify_env empty",
+        )
+    return Notifier.from_option(url, job)
 
 
 @contextlib.contextmanager
