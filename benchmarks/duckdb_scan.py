@@ -27,9 +27,17 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def stored(folder: Path, entry: dict) -> Path:
+    """Where a data file is: in the snapshot's folder, or (``"shared": true``) in the
+    repository's pool of shared files, ``.shared/<2 hex digits>/<sha256>`` beside it."""
+    if entry.get("shared") is True:
+        return folder.parent / ".shared" / entry["sha256"][:2] / entry["sha256"]
+    return folder / entry["path"]
+
+
 def count_sql(folder: Path, table: dict) -> str:
     """A count(*) over one table's zstd chunk files, nothing sniffed, in the dialect they were written in."""
-    files = ", ".join(_quote(str(folder / f["path"])) for f in table["files"])
+    files = ", ".join(_quote(str(stored(folder, f))) for f in table["files"])
     columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(table["copy_columns"])))
     if table.get("data_format", "csv") == "text":  # COPY's text format: tabs, nothing quoted
         dialect = "delim = '\t', quote = '', escape = ''"

@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/run.py --rss-scales 0.05,0.2 # peak RSS of backup -j2 vs table size
     .venv/bin/python benchmarks/run.py --only s3             # backup/restore to/from s3:// vs local disk
     .venv/bin/python benchmarks/run.py --only dedup          # 7 daily snapshots into one repository
+    .venv/bin/python benchmarks/run.py --sizes 0.002,0.027,0.3,1  # backup/restore vs peers at 4 sizes
 
 What it does:
 
@@ -69,6 +70,8 @@ from psycopg.conninfo import make_conninfo
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from duckdb_scan import stored  # noqa: E402  (beside this file: where a manifest's data file lies)
 
 import backupkit  # noqa: E402  (the checkout being benchmarked, not an installed copy)
 from backupkit.pg.dsn import redact, split_password  # noqa: E402
@@ -447,9 +450,14 @@ class Dataset:
         )
 
 
+#: Below this scale the dataset has no pgbench tables (pgbench's smallest is ~13 MB): ``mixed`` only.
+PGBENCH_MIN_SCALE = 0.005
+
+
 def dataset_size(scale: float) -> tuple[int, int]:
-    """(pgbench scale, rows of ``mixed``) for a benchmark scale."""
-    return max(1, round(100 * scale)), max(1000, round(2_000_000 * scale))
+    """(pgbench scale, 0: none; rows of ``mixed``) for a benchmark scale."""
+    pgbench = 0 if scale < PGBENCH_MIN_SCALE else max(1, round(100 * scale))
+    return pgbench, max(1000, round(2_000_000 * scale))
 
 
 def build_dataset(cluster: Cluster, tools: Tools, dbname: str, scale: float) -> Dataset:
@@ -459,12 +467,13 @@ def build_dataset(cluster: Cluster, tools: Tools, dbname: str, scale: float) -> 
     ds = Dataset(dbname, scale, pgbench_scale, mixed_rows)
     cluster.create_database(dbname)
     bare, env = cluster.tool_env(dbname)
-    log(f"pgbench -i -s {pgbench_scale} into {dbname}")
-    # Server-side generation (G) is the fastest way to fill pgbench_accounts; -q keeps the log short.
-    run_pipeline(
-        Invocation([[tools.pg("pgbench"), "-i", "-q", "-s", str(pgbench_scale), "--init-steps=dtGvp", bare]], env),
-        cluster.admin_dsn,
-    )
+    if pgbench_scale:
+        log(f"pgbench -i -s {pgbench_scale} into {dbname}")
+        # Server-side generation (G) is the fastest way to fill pgbench_accounts; -q keeps the log short.
+        run_pipeline(
+            Invocation([[tools.pg("pgbench"), "-i", "-q", "-s", str(pgbench_scale), "--init-steps=dtGvp", bare]], env),
+            cluster.admin_dsn,
+        )
     log(f"mixed: {mixed_rows:,} rows")
     cluster.execute(
         dbname,
@@ -760,8 +769,13 @@ def _backupkit_verify(b: Bench, tag: str) -> Invocation:
 def _sha256sum(b: Bench, tag: str) -> Invocation:
     assert b.fixtures.old is not None
     manifest = json.loads((b.fixtures.old / "manifest.json").read_text())
-    files = [f["path"] for f in manifest["schema_files"]] + [f["path"] for t in manifest["tables"] for f in t["files"]]
-    return Invocation([[b.tools.sha256sum, "--", *files]], dict(os.environ), cwd=b.fixtures.old)
+    data = [
+        str(stored(b.fixtures.old, f).relative_to(b.fixtures.old.parent))
+        for t in manifest["tables"]
+        for f in t["files"]
+    ]
+    files = [f"{b.fixtures.old.name}/{f['path']}" for f in manifest["schema_files"]] + data
+    return Invocation([[b.tools.sha256sum, "--", *files]], dict(os.environ), cwd=b.fixtures.old.parent)
 
 
 def _backupkit_diff(b: Bench, tag: str) -> Invocation:
@@ -1378,6 +1392,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="S1,S2",
         help="only measure peak RSS of backupkit backup --jobs 2 at these scales, side by side",
     )
+    p.add_argument(
+        "--sizes",
+        metavar="S1,S2,...",
+        help="backup and restore against pg_dump/pg_restore at each of these scales, one table "
+        "(e.g. 0.002,0.027,0.3,1: about 1 MB, 40 MB, 450 MB, 1.5 GB)",
+    )
     p.add_argument("--workdir", type=Path, help="where snapshots and dumps go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     a = p.parse_args(argv)
@@ -1386,6 +1406,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}")
     if a.repeat < 1 or a.scale <= 0 or a.warmup < 0:
         p.error("--repeat must be ≥ 1, --warmup ≥ 0 and --scale > 0")
+    if a.sizes:
+        try:
+            a.sizes = [float(x) for x in a.sizes.split(",") if x.strip()]
+        except ValueError:
+            p.error("--sizes takes numbers, e.g. 0.002,0.027,0.3,1")
+        if not a.sizes or min(a.sizes) <= 0:
+            p.error("--sizes needs positive scales")
     if a.rss_scales:
         try:
             a.rss_scales = [float(s) for s in a.rss_scales.split(",") if s.strip()]
@@ -1454,6 +1481,10 @@ def main(argv: list[str] | None = None) -> int:
                         "",
                     ]
                     lines += rss_scales(cluster, tools, args.rss_scales, args.repeat, work)
+                elif args.sizes:
+                    from sizes import sizes_report  # benchmarks/sizes.py: imports this module
+
+                    lines = sizes_report(cluster, tools, args.sizes, args.repeat, args.warmup, work)
                 else:
                     lines = benchmark(cluster, tools, args, work)
             finally:
