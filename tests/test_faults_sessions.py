@@ -37,12 +37,14 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def backup_sessions(admin_dsn: str, pid: int) -> list[tuple]:
-    """(pid, state, wait_event_type) of every session of the backup run by process ``pid``."""
+def backup_sessions(admin_dsn: str, pid: int, *, pg_dump: bool = True) -> list[tuple]:
+    """(pid, state, wait_event_type) of every session of the backup run by process ``pid``
+    (``pg_dump=False``: but its pg_dump's, whose name ends in `` pg_dump``)."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         return conn.execute(
-            "SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE application_name LIKE %s",
-            (f"backupkit backup {pid} %",),
+            "SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE application_name LIKE %s"
+            " AND (%s OR application_name NOT LIKE '%% pg_dump')",
+            (f"backupkit backup {pid} %", pg_dump),
         ).fetchall()
 
 
@@ -99,16 +101,28 @@ def start_backup(spawn, dsn: str, to: Path, **library_args):
     )
 
 
+def pg_dumps(pid: int) -> list[int]:
+    """The pg_dump processes the backup ``pid`` runs (its schema, beside the data copy)."""
+    return [p for p, cmd in children(pid) if "pg_dump" in cmd]
+
+
 def catch_mid_copy(pg_server, child) -> list[tuple]:
-    """Wait until the backup's worker process is connected (main + stream + worker), then freeze
-    the main process so the run cannot finish; return its sessions at that moment."""
-    found = wait_for(
-        lambda: len(backup_sessions(pg_server.admin_dsn, child.pid)) >= 3 or child.poll() is not None, 60, every=0.005
-    )
+    """Wait until the backup's worker process is connected (main + stream + worker) and its
+    schema's pg_dumps (whose sessions carry the run's name too) are done, then freeze the
+    main process so the run cannot finish; return its sessions at that moment."""
+
+    def copying() -> bool:
+        return (
+            len(backup_sessions(pg_server.admin_dsn, child.pid, pg_dump=False)) >= 3
+            and bool(worker_processes(child.pid))
+            and not pg_dumps(child.pid)
+        )
+
+    found = wait_for(lambda: copying() or child.poll() is not None, 60, every=0.005)
     if child.poll() is not None or not found:
         pytest.fail(f"the backup ended before its workers were seen: {child.communicate()[0]}")
     os.kill(child.pid, signal.SIGSTOP)
-    return backup_sessions(pg_server.admin_dsn, child.pid)
+    return backup_sessions(pg_server.admin_dsn, child.pid, pg_dump=False)
 
 
 def test_kill_9_of_the_backup_leaves_no_session(pg_server, big_db, tmp_path, spawn):
@@ -117,7 +131,7 @@ def test_kill_9_of_the_backup_leaves_no_session(pg_server, big_db, tmp_path, spa
     assert len(during) >= 3 and worker_processes(child.pid)
     workers = worker_processes(child.pid)
     time.sleep(0.3)  # the worker finishes its item and idles in its transaction, as in the issue
-    assert len(backup_sessions(pg_server.admin_dsn, child.pid)) >= 3
+    assert len(backup_sessions(pg_server.admin_dsn, child.pid, pg_dump=False)) >= 3
 
     os.kill(child.pid, signal.SIGKILL)
     child.wait()

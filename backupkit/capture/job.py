@@ -7,7 +7,7 @@ written under a staging name (``.tmp-*``) of the repository's storage and publis
 (renamed into place) only after it verifies.
 
 Every session of one run carries the ``application_name``
-``backupkit backup PID TOKEN`` (pg_dump's too), waits at most
+``backupkit backup PID TOKEN`` (pg_dump's with `` pg_dump`` added), waits at most
 ``lock_wait_timeout`` for a lock, and ends by itself when its process does
 (see ``workers``).  A watchdog enforces ``timeout`` on the whole run: it kills
 the worker processes, cancels the queries under way and terminates the run's
@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -443,35 +443,21 @@ class BackupJob:
             )
             sid = new_id(moment.taken_at, self.options.label)
             self.staging = staging = SnapshotLocation(self.repository, staging_name(sid))
-            step = time.monotonic()
-            schema_files, schema_sql = self._dump_schema(main, moment)
-            log.info("schema: pg_dump wrote %d files in %.1f s", len(schema_files), time.monotonic() - step)
-            self.watchdog.check()
-            stems = {mf.table_key(t): file_stem(t) for t in moment.tables}
-            items = plan(moment.tables, stems, self.options.chunk_bytes, server.version_num)
-            log.info(
-                "copying %d tables in %d files with %d job(s) into %s",
-                len(moment.tables),
-                len(items),
-                self.options.jobs,
-                staging,
-            )
-            step = time.monotonic()
-            tables = copy_all(
-                self.session,
-                moment.snapshot,
-                items,
-                staging,
-                self.options.jobs,
-                self.options.progress,
-                keepalive=keepalive,
-                stopper=self.watchdog.stopper,
-                recipients=self.options.recipients,
-                pooled=self.options.shares,
-            )
-            log.info(
-                "data: %d rows in %.1f s", sum(f.rows for fs in tables.values() for f in fs), time.monotonic() - step
-            )
+            # The schema's pg_dump runs while the data is copied (both inside the exported
+            # snapshot): it is a fixed cost of every backup, a large share of a small one's.
+            # Leaving the pool waits for it, so nothing writes into staging once it is removed.
+            # A failed schema dump stops the copy at once, and its error is the one reported.
+            with ThreadPoolExecutor(1, thread_name_prefix="backupkit-schema") as schema_pool:
+                schema_job = schema_pool.submit(self._dump_schema, main, moment)
+                schema_job.add_done_callback(self._stop_if_failed)
+                try:
+                    tables = self._copy_data(moment, server.version_num, keepalive)
+                except BaseException:
+                    failed = schema_job.exception() if schema_job.done() else None
+                    if failed is not None:
+                        raise failed from None
+                    raise
+                schema_files, schema_sql = schema_job.result()
             self.watchdog.check()
             if self.options.shares:
                 tables = self._share(tables)
@@ -511,6 +497,38 @@ class BackupJob:
             if self.staging is not None:
                 with contextlib.suppress(OSError):
                     self.repository.remove(self.staging.id)
+
+    def _stop_if_failed(self, job: Future) -> None:
+        if job.exception() is not None:
+            self.watchdog.stopper.stop()
+
+    def _copy_data(self, moment: Moment, server_version_num: int, keepalive: KeepAlive) -> dict[str, list[FileResult]]:
+        """Every table's rows into the staging snapshot's data files (``readers.copy_all``)."""
+        assert self.staging is not None
+        stems = {mf.table_key(t): file_stem(t) for t in moment.tables}
+        items = plan(moment.tables, stems, self.options.chunk_bytes, server_version_num)
+        log.info(
+            "copying %d tables in %d files with %d job(s) into %s",
+            len(moment.tables),
+            len(items),
+            self.options.jobs,
+            self.staging,
+        )
+        step = time.monotonic()
+        tables = copy_all(
+            self.session,
+            moment.snapshot,
+            items,
+            self.staging,
+            self.options.jobs,
+            self.options.progress,
+            keepalive=keepalive,
+            stopper=self.watchdog.stopper,
+            recipients=self.options.recipients,
+            pooled=self.options.shares,
+        )
+        log.info("data: %d rows in %.1f s", sum(f.rows for fs in tables.values() for f in fs), time.monotonic() - step)
+        return tables
 
     def _stopped_by_database(self, exc: psycopg.Error) -> SourceError:
         return SourceError(
@@ -597,10 +615,11 @@ class BackupJob:
         near = None
         if isinstance(self.repository, LocalStorage) and not self.options.recipients:
             near = self.repository.root
+        step = time.monotonic()
         with scratch(f"{TMP_PREFIX}schema-", near=near) as tmp:
             try:
                 rels = dump_schema(
-                    make_conninfo(self.session.dsn, application_name=self.session.application),
+                    make_conninfo(self.session.dsn, application_name=self.session.tool_application),
                     tmp,
                     snapshot=moment.snapshot,
                     schemas=selection.schemas,
@@ -612,6 +631,7 @@ class BackupJob:
                 raise self._pg_dump_error(main, exc) from None
             entries = [self._upload(tmp, rel) for rel in sorted(rels)]
             sql_text = "".join(_read_text(tmp, rel) for rel in (mf.PRE_DATA, mf.POST_DATA, mf.DATABASE_SQL))
+        log.info("schema: pg_dump wrote %d files in %.1f s", len(entries), time.monotonic() - step)
         return entries, sql_text
 
     def _pg_dump_error(self, main: psycopg.Connection, exc: ToolError) -> BackupkitError:

@@ -61,6 +61,11 @@ class SessionSpec:
                 out["transaction_timeout"] = str(left)
         return out
 
+    @property
+    def tool_application(self) -> str:
+        """The ``application_name`` of the run's pg_dump sessions: the run's, marked as pg_dump's."""
+        return f"{self.application} pg_dump"
+
     def connect(self, **kw) -> psycopg.Connection:
         return connect(self.dsn, application=self.application, settings=self.settings(), **kw)
 

@@ -62,8 +62,8 @@ def end_sessions(session: SessionSpec) -> None:
         with connect(session.dsn, autocommit=True, application="backupkit watchdog", connect_timeout=5) as conn:
             conn.execute(
                 "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity "
-                "WHERE application_name = %s AND pid <> pg_catalog.pg_backend_pid()",
-                (session.application,),
+                "WHERE application_name IN (%s, %s) AND pid <> pg_catalog.pg_backend_pid()",
+                (session.application, session.tool_application),
             )
     except Exception as exc:
         log.warning("could not end the backup's sessions: %s", redact(str(exc), session.dsn))

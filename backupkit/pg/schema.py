@@ -12,6 +12,7 @@ import contextlib
 import re
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,17 +123,23 @@ def dump_schema(
     args += [f"--schema={_pattern(s)}" for s in schemas]
     args += [f"--table={_pattern(*t.split('.', 1))}" for t in tables or []]
     args += [f"--exclude-table={_pattern(*t.split('.', 1))}" for t in exclude or []]
-    run_tool(pg_dump, args, dsn, preexec_fn=dies_with_us())
-    for section, rel in (("pre-data", PRE_DATA), ("post-data", POST_DATA)):
-        out.write(rel, render(out.path(DUMP), section).encode())
     from .database_objects import dump_database_objects
 
-    dump_database_objects(dsn, out.path(DATABASE_DUMP), snapshot=snapshot)
-    # Its DDL for people and diffs; the large objects' data stays in the archive only.
-    out.write(
-        DATABASE_SQL,
-        (render(out.path(DATABASE_DUMP), "pre-data") + render(out.path(DATABASE_DUMP), "post-data")).encode(),
-    )
+    def database_objects() -> None:
+        dump_database_objects(dsn, out.path(DATABASE_DUMP), snapshot=snapshot)
+        # Its DDL for people and diffs; the large objects' data stays in the archive only.
+        out.write(
+            DATABASE_SQL,
+            (render(out.path(DATABASE_DUMP), "pre-data") + render(out.path(DATABASE_DUMP), "post-data")).encode(),
+        )
+
+    # The two pg_dumps (and their renderings) at once: each is mostly waiting on the server.
+    with ThreadPoolExecutor(1, thread_name_prefix="backupkit-pg-dump") as other:
+        second = other.submit(database_objects)
+        run_tool(pg_dump, args, dsn, preexec_fn=dies_with_us())
+        for section, rel in (("pre-data", PRE_DATA), ("post-data", POST_DATA)):
+            out.write(rel, render(out.path(DUMP), section).encode())
+        second.result()
     return [DUMP, PRE_DATA, POST_DATA, DATABASE_DUMP, DATABASE_SQL]
 
 
