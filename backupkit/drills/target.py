@@ -7,7 +7,7 @@ ends, however it ends; a drill killed outright (kill -9) cannot, so every drill 
 removes what earlier drills left behind:
 
 * a server folder of this machine whose drill process is gone (its pid is in the name);
-* a database on the ``dsn`` server whose drill holds no more its advisory lock.  A drill
+* a database on the ``dsn`` server whose drill no longer holds its advisory lock.  A drill
   keeps a session open on the ``dsn``'s own database for as long as it runs, holding an
   advisory lock named after its database; the server releases it when that session
   ends, however the drill died.  So drills on several machines sharing one server
