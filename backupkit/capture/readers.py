@@ -56,6 +56,16 @@ PROCESS_THRESHOLD = 64 << 20
 
 
 @dataclass(frozen=True)
+class Output:
+    """How every data file of a run is written: encrypted to ``recipients`` (age public keys;
+    none: not encrypted), and whether it goes into the repository's pool (``pooled``: those
+    its writer can put there directly go at once; ``pg.copyio.copy_out``)."""
+
+    recipients: tuple[str, ...] = ()
+    pooled: bool = False
+
+
+@dataclass(frozen=True)
 class Item:
     """One COPY: a table (or one ctid range of it) into one data file (``rel``, inside the snapshot)."""
 
@@ -84,8 +94,7 @@ def _copy_item(
     item: Item,
     target: SnapshotLocation,
     spec: SessionSpec | None = None,
-    recipients: tuple[str, ...] = (),
-    pooled: bool = False,
+    output: Output = Output(),
 ) -> FileResult:
     partial = not item.table["rls"]["bypassed"]
     try:
@@ -97,8 +106,8 @@ def _copy_item(
             target.storage,
             target.key(item.rel),
             item.rel,
-            recipients,
-            pooled=pooled,
+            output.recipients,
+            pooled=output.pooled,
         )
         if partial:
             conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
@@ -128,13 +137,11 @@ def _init_process(session: SessionSpec, snapshot: str, parent_pid: int) -> None:
         _process_error = exc
 
 
-def _run_in_process(
-    item: Item, target: SnapshotLocation, recipients: tuple[str, ...] = (), pooled: bool = False
-) -> FileResult:
+def _run_in_process(item: Item, target: SnapshotLocation, output: Output = Output()) -> FileResult:
     if _process_error is not None:
         raise _process_error
     assert _process_conn is not None  # set by _init_process whenever _process_error is not
-    return _copy_item(_process_conn, item, target, _process_spec, recipients, pooled)
+    return _copy_item(_process_conn, item, target, _process_spec, output)
 
 
 class _Progress:
@@ -187,8 +194,7 @@ def copy_all(
         _Progress(items, show),
         keepalive or KeepAlive(),
         stopper or Stopper(),
-        tuple(recipients),
-        pooled,
+        Output(tuple(recipients), pooled),
     )
     big = sum(it.table["relation_bytes"] for it in items if it.n == 0) > PROCESS_THRESHOLD
     try:
@@ -231,10 +237,7 @@ class _CopyRun:
     progress: _Progress
     keepalive: KeepAlive
     stopper: Stopper
-    #: Age public keys every data file is encrypted to (none: not encrypted).
-    recipients: tuple[str, ...] = ()
-    #: The files go into the repository's pool (``pg.copyio.copy_out``'s ``pooled``).
-    pooled: bool = False
+    output: Output = Output()
     results: dict[tuple[str, int], FileResult] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
     #: Set when streams must take no more work: an error, Ctrl-C or the run's timeout.
@@ -281,7 +284,7 @@ class _CopyRun:
                     it = work.get_nowait()
                 except queue.Empty:
                     return
-                self.record(it, _copy_item(conn, it, self.target, self.session, self.recipients, self.pooled))
+                self.record(it, _copy_item(conn, it, self.target, self.session, self.output))
         except BaseException as exc:
             self.errors.append(exc)
             self.stop.set()
@@ -381,7 +384,7 @@ class _CopyRun:
                     it = work.get_nowait()
                 except queue.Empty:
                     break
-                running[pool.submit(_run_in_process, it, self.target, self.recipients, self.pooled)] = it
+                running[pool.submit(_run_in_process, it, self.target, self.output)] = it
             if not running:
                 return
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -212,7 +212,8 @@ def copy_out(
                 size += len(frame)
                 out.write(frame)
             digest = sha.hexdigest()
-        placing = pooled and pool.place(out, digest)
+        if pooled:
+            pool.place(out, digest)
     return FileResult(
         rel,
         size,
@@ -220,7 +221,7 @@ def copy_out(
         rows[0],
         text_bytes,
         TEXT_HASH + text_hash.hexdigest(),
-        placed=pool.placed(out) if placing else "",
+        placed=pool.placed(out),
     )
 
 

@@ -88,18 +88,19 @@ def share(storage: Storage, staged: str, sha256: str, size: int) -> str:
     return KEPT
 
 
-def place(writer: BinaryIO, sha256: str) -> bool:
+def place(writer: BinaryIO, sha256: str) -> None:
     """Before a new file's ``writer`` is closed, when its stored bytes hash to ``sha256``:
     have it store the file under its pool name instead of the one it was created with,
-    where that saves a copy (an S3 writer that has sent nothing yet).  True when it will
-    try; after close, its ``placed`` is ``ADDED`` or ``PRESENT``, or ``""`` when the pool's
-    name held other bytes and the file went under its own name (``share`` then says KEPT)."""
+    where that saves a copy (an S3 writer that has sent nothing yet).  After close,
+    ``placed(writer)`` says what happened."""
     redirect = getattr(writer, "redirect", None)
-    return bool(redirect is not None and redirect(blob_name(sha256)))
+    if redirect is not None:
+        redirect(blob_name(sha256))
 
 
 def placed(writer: BinaryIO) -> str:
-    """After ``place`` and close: ``ADDED``, ``PRESENT``, or ``""`` (still under its own name)."""
+    """After ``place`` and close: ``ADDED``, ``PRESENT``, or ``""``: still under its own name (not
+    redirected, or the pool's name held other bytes: ``share`` then says KEPT)."""
     outcome = getattr(writer, "placed", "")
     return outcome if outcome in (ADDED, PRESENT) else ""
 
