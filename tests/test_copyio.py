@@ -34,9 +34,12 @@ def test_blocks_hold_every_row_and_stay_bounded(make_db):
         conn.execute(_TABLE)
         expected = _copy_text(conn)
         rows: list[int] = []
-        blocks = [bytes(b) for b in copyio._receive(conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), rows)]
+        got = list(copyio._receive(conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), rows))
+    blocks = [bytes(b) for b, _, _ in got]
     assert b"".join(blocks) == expected
     assert rows == [40000]
+    assert [n for _, n, _ in got] == [b.count(b"\n") for b in blocks]  # each block's own row count
+    assert [ends for _, _, ends in got] == [False] * (len(got) - 1) + [True]
     assert len(blocks) > 3
     largest_row = max(len(line) + 1 for line in expected.split(b"\n"))
     assert largest_row > copyio._LARGE_ROW  # the table really has rows that end a batch early
@@ -49,7 +52,7 @@ def test_data_file_is_frames_that_read_back_exactly(make_db, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(_TABLE)
         expected = _copy_text(conn)
-        res = copyio.copy_out(
+        [res] = copyio.copy_out(
             conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), LocalStorage(tmp_path), "t.copy.zst", "t.copy.zst"
         )
     raw = (tmp_path / "t.copy.zst").read_bytes()
@@ -65,8 +68,75 @@ def test_empty_table_is_one_empty_frame(make_db, tmp_path):
     dsn = make_db()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int, v text)")
-        res = copyio.copy_out(
+        [res] = copyio.copy_out(
             conn, psycopg.sql.SQL("COPY t (id, v) TO STDOUT"), LocalStorage(tmp_path), "t.copy.zst", "t.copy.zst"
         )
     assert res.rows == 0 and res.text_bytes == 0
     assert b"".join(iter_file_blocks(tmp_path / "t.copy.zst", res.sha256)) == b""
+
+
+_SMALL_CUTS = copyio.FileCuts(min_bytes=256 << 10, mean_gap_bytes=128 << 10, max_bytes=2 << 20)
+
+
+def _cut(conn: psycopg.Connection, query: str, folder, cuts=_SMALL_CUTS) -> list[copyio.FileResult]:
+    folder.mkdir(exist_ok=True)
+    return copyio.copy_out(
+        conn,
+        psycopg.sql.SQL(query),
+        LocalStorage(folder),
+        "t.0000.copy.zst",
+        "data/t.0000.copy.zst",
+        cuts=cuts,
+    )
+
+
+def test_a_cut_stream_is_whole_rows_in_order_and_counted(make_db, tmp_path):
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_TABLE)
+        expected = _copy_text(conn)
+        parts = _cut(conn, "COPY t (id, v) TO STDOUT", tmp_path)
+    assert len(parts) > 3
+    assert [p.path for p in parts[:3]] == [
+        "data/t.0000.copy.zst",
+        "data/t.0000.001.copy.zst",
+        "data/t.0000.002.copy.zst",
+    ]
+    texts = [b"".join(iter_file_blocks(tmp_path / p.path.split("/")[1], p.sha256)) for p in parts]
+    assert b"".join(texts) == expected
+    for p, text in zip(parts, texts, strict=True):
+        assert text.endswith(b"\n") and p.rows == text.count(b"\n") and p.text_bytes == len(text)
+        h = copyio.text_hasher()
+        h.update(text)
+        assert p.text_hash == copyio.TEXT_HASH + h.hexdigest()
+    assert sum(p.rows for p in parts) == 40000
+    # Every file but the last holds at least min_bytes; none more than max_bytes plus a block of rows.
+    assert all(p.text_bytes >= _SMALL_CUTS.min_bytes for p in parts[:-1])
+    assert max(p.text_bytes for p in parts) < _SMALL_CUTS.max_bytes + BLOCK + 64 * copyio._LARGE_ROW + (600 << 10)
+
+
+def test_cuts_follow_the_rows_not_the_stream_start(make_db, tmp_path):
+    """Rows added at the front of a stream change its first file or two; every later file is
+    byte-identical to the stream without them, so a repository stores it once."""
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE w AS SELECT g AS id, repeat(md5(g::text), 1 + g % 5) AS v FROM generate_series(1, 120000) g"
+        )
+        before = _cut(conn, "COPY (SELECT * FROM w WHERE id > 300 ORDER BY id) TO STDOUT", tmp_path / "a")
+        after = _cut(conn, "COPY (SELECT * FROM w ORDER BY id) TO STDOUT", tmp_path / "b")
+    assert len(before) >= 8
+    old = {p.sha256 for p in before}
+    new_files = [p for p in after if p.sha256 not in old]
+    assert len(new_files) <= 2 and after[0] in new_files
+    assert {p.sha256 for p in after[2:]} <= old
+
+
+def test_a_stream_ending_at_a_cut_leaves_no_empty_file(make_db, tmp_path):
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE one (v text)")
+        conn.execute("INSERT INTO one VALUES (repeat('x', 1 << 20))")
+        # Every row past min_bytes ends a file: one row of 1 MiB is a whole file, and the last.
+        parts = _cut(conn, "COPY one TO STDOUT", tmp_path, copyio.FileCuts(min_bytes=1, mean_gap_bytes=1, max_bytes=2))
+    assert [(p.rows, p.text_bytes) for p in parts] == [(1, (1 << 20) + 1)]

@@ -1,4 +1,5 @@
-"""Where big tables are cut into data files: page ranges whose boundaries stay put.
+"""Where big tables are cut into data files: page ranges whose boundaries stay put, each
+one COPY whose stream is cut again, at rows chosen by their content, into files of a few MB (``pg.copyio.FileCuts``).
 
 Kept apart from the readers (no psycopg here) so the command line can show the default
 without importing a database driver.

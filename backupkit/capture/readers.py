@@ -25,7 +25,7 @@ import psycopg
 import psycopg.errors
 
 from ..errors import SourceError
-from ..pg.copyio import FileResult, copy_out, copy_source
+from ..pg.copyio import FILE_CUTS, FileResult, copy_out, copy_source
 from ..runtime.lifeline import die_with_parent
 from ..runtime.progress import byte_bar, wanted
 from ..snapshot import formats
@@ -67,7 +67,8 @@ class Output:
 
 @dataclass(frozen=True)
 class Item:
-    """One COPY: a table (or one ctid range of it) into one data file (``rel``, inside the snapshot)."""
+    """One COPY: a table (or one ctid range of it) into data files (the first ``rel``, inside the
+    snapshot; the stream is cut into a few MB each, ``pg.copyio.FileCuts``)."""
 
     table: dict
     n: int
@@ -95,7 +96,7 @@ def _copy_item(
     target: SnapshotLocation,
     spec: SessionSpec | None = None,
     output: Output = Output(),
-) -> FileResult:
+) -> list[FileResult]:
     partial = not item.table["rls"]["bypassed"]
     try:
         if partial:  # --allow-partial: take the rows RLS shows instead of failing
@@ -108,6 +109,7 @@ def _copy_item(
             item.rel,
             output.recipients,
             pooled=output.pooled,
+            cuts=FILE_CUTS,
         )
         if partial:
             conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
@@ -137,7 +139,7 @@ def _init_process(session: SessionSpec, snapshot: str, parent_pid: int) -> None:
         _process_error = exc
 
 
-def _run_in_process(item: Item, target: SnapshotLocation, output: Output = Output()) -> FileResult:
+def _run_in_process(item: Item, target: SnapshotLocation, output: Output = Output()) -> list[FileResult]:
     if _process_error is not None:
         raise _process_error
     assert _process_conn is not None  # set by _init_process whenever _process_error is not
@@ -156,9 +158,9 @@ class _Progress:
         self.lock = threading.Lock()
         self.bar = byte_bar(sum(self.share.values()), "backup", show)
 
-    def done(self, item: Item, res: FileResult) -> None:
+    def done(self, item: Item, res: list[FileResult]) -> None:
         with self.lock:
-            self.rows += res.rows
+            self.rows += sum(r.rows for r in res)
             self.bar.update(self.share[item.key, item.n])
             self.bar.set_postfix(rows=self.rows, refresh=False)
 
@@ -177,7 +179,7 @@ def copy_all(
     pooled: bool = False,
 ) -> dict[str, list[FileResult]]:
     """Run every item with ``jobs`` workers, writing into ``target`` (the snapshot being made);
-    results per table, chunks in order.  With ``recipients`` (age public keys) every data
+    results per table, files in order.  With ``recipients`` (age public keys) every data
     file is encrypted to them (``pg.copyio.copy_out``).  ``pooled``: the files are going
     into the repository's pool, and those their writer can put there directly go at once.
 
@@ -208,7 +210,7 @@ def copy_all(
             run.keepalive.close()
     by_table: dict[str, list[FileResult]] = {it.key: [] for it in items}
     for it in sorted(items, key=lambda i: (i.key, i.n)):
-        by_table[it.key].append(run.results[it.key, it.n])
+        by_table[it.key] += run.results[it.key, it.n]
     return by_table
 
 
@@ -238,7 +240,7 @@ class _CopyRun:
     keepalive: KeepAlive
     stopper: Stopper
     output: Output = Output()
-    results: dict[tuple[str, int], FileResult] = field(default_factory=dict)
+    results: dict[tuple[str, int], list[FileResult]] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
     #: Set when streams must take no more work: an error, Ctrl-C or the run's timeout.
     stop: threading.Event = field(default_factory=threading.Event)
@@ -246,7 +248,7 @@ class _CopyRun:
     conns: list[psycopg.Connection] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, item: Item, res: FileResult) -> None:
+    def record(self, item: Item, res: list[FileResult]) -> None:
         self.results[item.key, item.n] = res
         self.progress.done(item, res)
 
@@ -377,7 +379,7 @@ class _CopyRun:
 
     def _feed(self, pool: ProcessPoolExecutor, work: queue.Queue[Item], slots: int) -> None:
         """Hand items to the pool one per free process until the queue is empty."""
-        running: dict[Future[FileResult], Item] = {}
+        running: dict[Future[list[FileResult]], Item] = {}
         while True:
             while len(running) < slots and not self.stop.is_set():
                 try:

@@ -11,9 +11,10 @@ decrypted by ``iter_blocks`` before they are decompressed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import psycopg
 import psycopg.errors
@@ -34,6 +35,34 @@ ZSTD_LEVEL = 1
 _BATCH_ROWS = 64
 _LARGE_ROW = 1 << 16
 _COPY_IN_BLOCK = 128 << 10
+
+
+@dataclass(frozen=True)
+class FileCuts:
+    """Where one COPY's stream is cut into data files: content-defined, at row ends.
+
+    A file takes at least ``min_bytes`` of COPY text; after that, it ends after the first
+    row whose hash falls under a threshold proportional to the row's length (on average
+    one cut per ``mean_gap_bytes`` of text, whatever the rows' widths), or at ``max_bytes``.
+    The cut depends on the rows themselves, not on where the stream began, so rows added,
+    changed or removed early in a chunk move its later cuts only until the next
+    qualifying row: the files after it are byte-identical to yesterday's and dedup
+    stores them once (``storage.pool``).  Cutting inside one COPY costs a file, not a
+    statement: a COPY per small file costs the server milliseconds each (benchmarks/RESULTS.md).
+    """
+
+    min_bytes: int = 4 << 20
+    mean_gap_bytes: int = 2 << 20
+    max_bytes: int = 32 << 20
+
+    @property
+    def per_byte(self) -> int:
+        """A row of ``n`` bytes ends a file when its 64-bit hash is below ``n * per_byte``."""
+        return (1 << 64) // self.mean_gap_bytes
+
+
+#: How backups cut their COPY streams into data files.
+FILE_CUTS = FileCuts()
 
 
 #: How ``text_hash`` values begin: the hash function, then its hex digest.
@@ -103,14 +132,20 @@ def copy_source(table: dict, pages: tuple[int, int | None] | None = None) -> sql
     return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT {}").format(cols, rel, where, options)
 
 
-def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: list[int]):
-    """Yield blocks of a COPY TO STDOUT, about BLOCK bytes each; then append the row count to ``row_count``.
+def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: list[int], cuts: FileCuts | None = None):
+    """Yield ``(block, rows, ends_file)`` for a COPY TO STDOUT: blocks of about BLOCK bytes of
+    whole rows, and how many; before the last block (``ends_file`` True), append the server's
+    row count to ``row_count``.
+
+    ``cuts``: also end a file at the rows ``FileCuts`` chooses; None: the stream is one file.
 
     Reads libpq's CopyData messages (one per row) directly: psycopg's row
     iterator costs about twice as much per row, and per-row cost is what
     bounds backup speed. Rows are appended to a bytearray rather than
     collected and joined, and the block's size is looked at once per batch
     of rows, not per row; the row count comes from the server's command tag.
+    Rows are hashed only while a cut is being looked for (from ``min_bytes``
+    of a file to its cut), a small part of the stream.
     """
     pg = conn.pgconn
     pg.send_query(statement.as_bytes(conn))  # raises OperationalError itself on failure
@@ -120,24 +155,50 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
     if res is None or res.status != pq.ExecStatus.COPY_OUT:
         _drain(pg)
         raise _error(res, conn)
-    get = pg.get_copy_data
+    get, row_hash = pg.get_copy_data, xxhash.xxh3_64_intdigest
+    low, high, per_byte = (cuts.min_bytes, cuts.max_bytes, cuts.per_byte) if cuts else (-1, -1, 0)
     buf = bytearray()
+    before = 0  # text of the current file in blocks already yielded
     batch, large = range(_BATCH_ROWS), _LARGE_ROW  # locals: this loop runs once per row
+    rows = 0  # in buf
     while True:
-        for _ in batch:
-            nbytes, data = get(0)
-            # A large row ends the batch too, so a block overshoots BLOCK by less
-            # than _BATCH_ROWS small rows plus one row, whatever the rows' sizes.
-            if not 0 < nbytes < large:
+        cut = False
+        if cuts is None or before + len(buf) < low:
+            for i in batch:  # noqa: B007 (i: the rows this batch appended, read after the loop)
+                nbytes, data = get(0)
+                # A large row ends the batch too, so a block overshoots BLOCK by less
+                # than _BATCH_ROWS small rows plus one row, whatever the rows' sizes.
+                if not 0 < nbytes < large:
+                    break
+                buf += data
+            else:
+                i = _BATCH_ROWS
+            rows += i  # counted per batch, not per row: no cost in the loop
+            if nbytes <= 0:
                 break
-            buf += data
-        if nbytes <= 0:
-            break
-        if nbytes >= large:
-            buf += data
-        if len(buf) >= BLOCK:
-            yield buf
-            buf = bytearray()  # the caller may still hold the yielded one
+            if nbytes >= large:
+                buf += data
+                rows += 1
+        else:  # looking for a cut: every row is weighed
+            for _ in batch:
+                nbytes, data = get(0)
+                if nbytes <= 0:
+                    break
+                buf += data
+                rows += 1
+                if row_hash(data) < nbytes * per_byte:
+                    cut = True
+                    break
+            if nbytes <= 0:
+                break
+            cut = cut or before + len(buf) >= high
+        if cut:
+            yield buf, rows, True
+            buf, before, rows = bytearray(), 0, 0
+        elif len(buf) >= BLOCK:
+            before += len(buf)
+            yield buf, rows, False
+            buf, rows = bytearray(), 0  # the caller may still hold the yielded one
     # get_copy_data raised on a broken stream (-2) itself; -1 is the normal end.
     res = pg.get_result()
     _drain(pg)
@@ -145,8 +206,8 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
         raise _error(res, conn)
     if res.command_tuples is None:  # COPY's command tag always carries its row count
         raise psycopg.OperationalError("COPY ended without reporting how many rows it sent")
-    yield buf
     row_count.append(res.command_tuples)
+    yield buf, rows, True
 
 
 def _drain(pg) -> None:
@@ -160,6 +221,30 @@ def _error(res, conn: psycopg.Connection) -> psycopg.Error:
     return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
 
 
+def part_path(path: str, part: int) -> str:
+    """The name of part ``part`` of the data file ``path`` cut from one COPY: part 0 keeps
+    ``path``, the next ones put ``.001``, ``.002``... before the data format's suffix."""
+    if part == 0:
+        return path
+    suffix = formats.WRITTEN.suffix
+    if not path.endswith(suffix):
+        raise ValueError(f"{path}: a data file's name ends in {suffix}")
+    return f"{path[: -len(suffix)]}.{part:03d}{suffix}"
+
+
+#: What ``_receive`` yields: a block of whole rows, how many, and whether it ends a file.
+_Block = tuple[bytearray, int, bool]
+
+
+@dataclass
+class _Part:
+    """The file of a COPY being written now: its COPY text so far (size, rows, hash)."""
+
+    text_bytes: int = 0
+    rows: int = 0
+    text_hash: Any = field(default_factory=text_hasher)
+
+
 def copy_out(
     conn: psycopg.Connection,
     statement: sql.Composable,
@@ -169,15 +254,18 @@ def copy_out(
     recipients: Sequence[str] = (),
     *,
     pooled: bool = False,
-) -> FileResult:
+    cuts: FileCuts | None = None,
+) -> list[FileResult]:
     """Run a ``COPY ... TO STDOUT`` and stream it, zstd-compressed and hashed, into the new file
     ``name`` of ``storage`` (durable when this returns); ``rel`` is its path inside the snapshot.
+    With ``cuts`` the stream is cut into several files at the rows ``FileCuts`` chooses, named
+    by ``part_path``; the files in order.
 
     With ``recipients`` (age public keys) the frames are encrypted to them on the way, as one
-    age stream (``snapshot.encryption.encrypt_blocks``), and the size and SHA-256 are those
-    of the encrypted bytes, the bytes stored.
+    age stream per file (``snapshot.encryption.encrypt_blocks``), and the size and SHA-256 are
+    those of the encrypted bytes, the bytes stored.
 
-    ``pooled``: the file is going into the repository's pool; where its writer can store it
+    ``pooled``: the files are going into the repository's pool; where its writer can store one
     under its pool name directly (``storage.pool.place``), it does, and ``placed`` says so.
 
     Compression runs in this thread, between reads: a separate compressing
@@ -189,40 +277,59 @@ def copy_out(
     """
     rows: list[int] = []
     compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
-    text_bytes = 0
-    text_hash = text_hasher()  # ~10 GB/s: the rows' own fingerprint at no noticeable cost
+    results: list[FileResult] = []
 
-    def frames() -> Iterator[bytes]:
-        nonlocal text_bytes
-        for block in _receive(conn, statement, rows):
+    def frames(first: _Block, rest: Iterator[_Block], part: _Part) -> Iterator[bytes]:
+        for block, block_rows, ends in itertools.chain([first], rest):
             # One frame per block: one-shot compression reads the block in place,
             # where a streaming compressor first copies it into its window.
-            text_bytes += len(block)
-            text_hash.update(block)
+            part.text_bytes += len(block)
+            part.rows += block_rows
+            part.text_hash.update(block)  # ~10 GB/s: the rows' own fingerprint at no noticeable cost
             yield compress(block)
+            if ends:
+                return
 
-    with storage.create(name) as out, conn.lock:
-        if recipients:
-            size, digest = encrypt_blocks(frames(), out, recipients)
-        else:
-            sha = hashlib.sha256()
-            size = 0
-            for frame in frames():
-                sha.update(frame)
-                size += len(frame)
-                out.write(frame)
-            digest = sha.hexdigest()
-        if pooled:
-            pool.place(out, digest)
-    return FileResult(
-        rel,
-        size,
-        digest,
-        rows[0],
-        text_bytes,
-        TEXT_HASH + text_hash.hexdigest(),
-        placed=pool.placed(out),
-    )
+    with conn.lock:
+        stream = _receive(conn, statement, rows, cuts)
+        for n in itertools.count():
+            first = next(stream)
+            if n and rows and not first[0]:  # the stream ended right at a cut: no empty file
+                break
+            path, part = part_path(rel, n), _Part()
+            with storage.create(part_path(name, n)) as out:
+                size, digest = _write(frames(first, stream, part), out, recipients)
+                if pooled:
+                    pool.place(out, digest)
+            results.append(
+                FileResult(
+                    path,
+                    size,
+                    digest,
+                    part.rows,
+                    part.text_bytes,
+                    TEXT_HASH + part.text_hash.hexdigest(),
+                    placed=pool.placed(out),
+                )
+            )
+            if rows:
+                break
+    if sum(r.rows for r in results) != rows[0]:
+        raise psycopg.OperationalError(f"COPY reported {rows[0]} rows but sent {sum(r.rows for r in results)}")
+    return results
+
+
+def _write(frames: Iterator[bytes], out: BinaryIO, recipients: Sequence[str]) -> tuple[int, str]:
+    """Write ``frames`` to ``out``, encrypted to ``recipients`` when there are any: stored size and SHA-256."""
+    if recipients:
+        return encrypt_blocks(frames, out, recipients)
+    sha = hashlib.sha256()
+    size = 0
+    for frame in frames:
+        sha.update(frame)
+        size += len(frame)
+        out.write(frame)
+    return size, sha.hexdigest()
 
 
 def copy_in(
