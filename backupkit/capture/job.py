@@ -170,7 +170,7 @@ def _chunk_bytes(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < MIN_CHUNK_BYTES:
         raise ConfigError(
             f"`chunk_bytes` {value!r} is too small: use at least {MIN_CHUNK_BYTES} bytes",
-            hint="the default suits most databases; smaller chunks share more between daily snapshots",
+            hint="the default suits most databases; smaller chunks mean more COPY statements run in parallel",
         )
     return value
 

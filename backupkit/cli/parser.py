@@ -153,9 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="chunk_bytes",
         type=_size,
         metavar="SIZE",
-        help=f"split tables larger than SIZE on disk into page ranges of SIZE, one data file each "
-        f"(default {CHUNK_BYTES >> 20}M): smaller chunks let daily snapshots share more unchanged "
-        "files, larger ones mean fewer files",
+        help=f"split tables larger than SIZE on disk into page ranges of SIZE, one COPY each "
+        f"(default {CHUNK_BYTES >> 20}M); a COPY's rows go into files of a few MB either way",
     )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _notify_option(b)

@@ -63,15 +63,21 @@ class RlsInfo(TypedDict):
 
 
 class DataFile(TypedDict):
-    """One entry of a table's ``files``: a chunk of the table's rows.
+    """One entry of a table's ``files``: a run of the table's rows, whole rows in table order.
 
-    Large tables are split into chunk files by ctid ranges that start at fixed page
-    multiples, so a row that did not move is in the same-numbered chunk of the next
-    snapshot (which ``diff`` relies on to compare chunk by chunk; rows that did move
-    are still matched exactly).
+    Large tables are split into chunks by ctid ranges that start at fixed page
+    multiples, one COPY each, and each COPY's output is cut again into files of a few
+    MB after rows chosen by their content (a row's hash; at least 4 MiB of COPY text, on
+    average 6 MiB, at most 32 MiB plus a block), so a row that did not move is in the
+    same chunk of the next snapshot, and a file whose rows did not change is the same
+    file (which dedup and ``diff`` rely on; rows that did move are still matched exactly).
     """
 
-    path: Annotated[str, "`data/<schema>.<table>.<NNNN><suffix>`, relative to the snapshot folder."]
+    path: Annotated[
+        str,
+        "`data/<schema>.<table>.<NNNN><suffix>` (the chunk's first file) or `data/<schema>.<table>.<NNNN>.<PPP>"
+        "<suffix>` (its next ones, `PPP` from `001`), relative to the snapshot folder.",
+    ]
     bytes: Annotated[int, "Size of the stored file (compressed; and encrypted, in an encrypted snapshot)."]
     sha256: Annotated[str, "SHA-256 of the stored bytes (encrypted ones, in an encrypted snapshot), lowercase hex."]
     rows: Annotated[int, "Rows the file holds (`verify --deep` recounts them)."]
@@ -120,7 +126,7 @@ class Table(TypedDict):
         Annotated[str, "How the data files are written (see Data files); absent: `csv` (format version 1)."]
     ]
     rows: Annotated[int, "Rows copied: the sum of the files' `rows`."]
-    files: Annotated[list[DataFile], "The data files in chunk order; their rows, one after another, are the table's."]
+    files: Annotated[list[DataFile], "The data files in order; their rows, one after another, are the table's."]
 
 
 class SchemaFile(TypedDict):
@@ -511,7 +517,8 @@ outside it, in `DIR/.pins/<id>`).
 │   ├── database.dump      # pg_dump -Fc --exclude-schema=* -b: what lives outside the schemas
 │   └── database.sql       # its DDL as plain SQL (for humans and diffs; no large-object data)
 ├── data/                  # only the data files that are not shared (see below)
-│   ├── public.orders.0000.copy.zst       # one or more chunks per table
+│   ├── public.orders.0000.copy.zst       # one or more files per table
+│   ├── public.orders.0000.001.copy.zst   # the same COPY's next rows
 │   └── ...
 └── files/                 # only with backup --storage-bucket, and only files not shared
     └── <sha256>           # a Storage bucket file's bytes, named by their SHA-256
@@ -527,8 +534,9 @@ decompressing it (or, in an encrypted snapshot, decrypting it).
 a data file whose entry says `"shared": true` is not in the snapshot folder but in
 the repository's pool, `DIR/.shared/<first two hex digits of sha256>/<sha256>`, and
 the next snapshot of unchanged rows refers to the same file instead of storing it
-again (chunk boundaries stay put and compression is deterministic, so unchanged
-rows make the same file). `prune` removes a pool file once no snapshot refers to it.
+again (chunk boundaries stay put, files end after rows chosen by their content, and
+compression is deterministic, so unchanged rows make the same file). `prune` removes
+a pool file once no snapshot refers to it.
 So a snapshot folder alone is not the whole snapshot: move snapshots with `backupkit
 copy`, which carries their shared files; `backup --no-dedup` writes a folder that
 stands alone. Encrypted and Object-Locked snapshots never share files. Storage bucket
@@ -553,7 +561,8 @@ restore then creating only what `schema.dump` holds.
 ## Data files
 
 Each table's rows are in one or more files under `data/`, named
-`<schema>.<table>.<NNNN><suffix>` (`NNNN` the chunk number from `0000`), the
+`<schema>.<table>.<NNNN><suffix>` (`NNNN` the chunk number from `0000`; a chunk's
+next files add `.<PPP>` from `001` before the suffix), the
 schema and table name with any character outside `[A-Za-z0-9_-]` percent-encoded
 (dots too), so names stay unique and portable. A table entry's `data_format`
 says how its files are written:

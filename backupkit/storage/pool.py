@@ -6,8 +6,9 @@ snapshot's folder but in the pool, named by the SHA-256 of its stored bytes::
     .shared/<first two hex digits>/<sha256>
 
 A daily series of a database whose big tables mostly grow stores each unchanged
-chunk once: the snapshots' chunk boundaries stay put (``capture.chunks.page_ranges``)
-and compression is deterministic, so an unchanged chunk is the same file, byte for byte.
+file once: the snapshots' chunk boundaries stay put (``capture.chunks.page_ranges``),
+files end after rows chosen by their content (``pg.copyio.FileCuts``) and compression
+is deterministic, so unchanged rows make the same file, byte for byte.
 
 Rules that keep the pool safe, all under the repository's lock (``storage.lock``):
 
