@@ -145,7 +145,8 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
     collected and joined, and the block's size is looked at once per batch
     of rows, not per row; the row count comes from the server's command tag.
     Rows are hashed only while a cut is being looked for (from ``min_bytes``
-    of a file to its cut), a small part of the stream.
+    of a file to its cut): with the default ``FileCuts`` about a third of the stream,
+    which is where backup's 0.48x -> 0.50x of pg_dump -Fd -j2 went (benchmarks/RESULTS.md).
     """
     pg = conn.pgconn
     pg.send_query(statement.as_bytes(conn))  # raises OperationalError itself on failure
