@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 
 import psycopg
+import pytest
 import zstandard
 
 from backupkit.pg import copyio
@@ -140,3 +143,29 @@ def test_a_stream_ending_at_a_cut_leaves_no_empty_file(make_db, tmp_path):
         # Every row past min_bytes ends a file: one row of 1 MiB is a whole file, and the last.
         parts = _cut(conn, "COPY one TO STDOUT", tmp_path, copyio.FileCuts(min_bytes=1, mean_gap_bytes=1, max_bytes=2))
     assert [(p.rows, p.text_bytes) for p in parts] == [(1, (1 << 20) + 1)]
+
+
+def test_a_file_that_cannot_be_kept_fails_the_copy(make_db, tmp_path, monkeypatch):
+    """Files are closed (fsync'd) in the background while the next one is written; a close
+    that fails still fails the COPY, and nothing is written after it."""
+    dsn = make_db()
+    real_fsync, calls = os.fsync, []
+
+    def second_fails(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        conn.execute(_TABLE)
+        monkeypatch.setattr(os, "fsync", second_fails)
+        with pytest.raises(OSError, match="No space left on device"):
+            _cut(conn, "COPY t (id, v) TO STDOUT", tmp_path)
+        monkeypatch.undo()
+    finally:
+        conn.close()  # mid-COPY: a backup drops the connection of a failed stream
+    assert len(calls) == 2  # the failure stopped the stream: no file was closed after it
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) <= 3  # the kept file, the failed one, and at most the one being written then

@@ -205,8 +205,12 @@ def test_two_writers_racing_for_one_name_one_wins(s3_bucket, s3_client, size):
         second.close()  # the conditional write (If-None-Match: *) refuses it
     with storage.open("x") as f:
         assert f.read() == b"1" * size
+    late = storage.create("x")  # no request before the first byte: a taken name is refused at close
+    late.write(b"3" * size)
     with pytest.raises(FileExistsError):
-        storage.create("x")  # refused at once when the name is taken
+        late.close()
+    with storage.open("x") as f:
+        assert f.read() == b"1" * size
     assert _no_uploads_left(s3_client, s3_bucket)
 
 

@@ -10,9 +10,12 @@ decrypted by ``iter_blocks`` before they are decompressed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -278,7 +281,6 @@ def copy_out(
     """
     rows: list[int] = []
     compress = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress
-    results: list[FileResult] = []
 
     def frames(first: _Block, rest: Iterator[_Block], part: _Part) -> Iterator[bytes]:
         for block, block_rows, ends in itertools.chain([first], rest):
@@ -291,30 +293,36 @@ def copy_out(
             if ends:
                 return
 
-    with conn.lock:
+    # A close waits for the storage (an fsync, an upload's last request); the stream does
+    # not: each file is closed by a thread of its own while the next one is written.  One close
+    # at a time, so at most one finished file waits in memory.
+    closing: list[tuple[Future[None], BinaryIO, FileResult]] = []
+    with conn.lock, ThreadPoolExecutor(1, thread_name_prefix="backupkit-close") as closer:
         stream = _receive(conn, statement, rows, cuts)
         for n in itertools.count():
             first = next(stream)
             if n and rows and not first[0]:  # the stream ended right at a cut: no empty file
                 break
-            path, part = part_path(rel, n), _Part()
-            with storage.create(part_path(name, n)) as out:
+            part = _Part()
+            out = storage.create(part_path(name, n))
+            try:
                 size, digest = _write(frames(first, stream, part), out, recipients)
                 if pooled:
                     pool.place(out, digest)
-            results.append(
-                FileResult(
-                    path,
-                    size,
-                    digest,
-                    part.rows,
-                    part.text_bytes,
-                    TEXT_HASH + part.text_hash.hexdigest(),
-                    placed=pool.placed(out),
-                )
+                if closing:
+                    closing[-1][0].result()  # raises when the previous file could not be kept
+            except BaseException:
+                out.__exit__(*sys.exc_info())  # the writer's protocol: leaving by an error keeps nothing
+                raise
+            done = FileResult(
+                part_path(rel, n), size, digest, part.rows, part.text_bytes, TEXT_HASH + part.text_hash.hexdigest()
             )
+            closing.append((closer.submit(out.close), out, done))
             if rows:
                 break
+        for close, _, _ in closing:
+            close.result()
+    results = [dataclasses.replace(done, placed=pool.placed(out)) for _, out, done in closing]
     if sum(r.rows for r in results) != rows[0]:
         raise psycopg.OperationalError(f"COPY reported {rows[0]} rows but sent {sum(r.rows for r in results)}")
     return results

@@ -30,6 +30,8 @@ _READ = 1 << 20
 #: holds a server connection (max_connections is often 100, fewer behind Supabase's pooler),
 #: and a cap that changed from machine to machine would make a scheduled job fail elsewhere.
 MAX_JOBS = 64
+#: Files checked at once by size alone (``quick``, or a snapshot just written to S3).
+STAT_THREADS = 16
 
 
 @dataclass
@@ -321,9 +323,10 @@ def verify(
     entries += [(f, None, formats.DEFAULT) for f in mf.bucket_files(m)]
     # A shared data file lives in the repository's pool: in the folder it would be unexpected.
     listed = {e["path"] for e, _, _ in entries if e.get("shared") is not True}
-    workers = jobs or min(4, os.cpu_count() or 1)
+    rehash = not quick and not (written and location.storage.verified_writes and not deep)
+    # Without rehashing a check is one stat, on S3 one request: bound by latency, not CPU.
+    workers = jobs or (min(4, os.cpu_count() or 1) if rehash else STAT_THREADS)
     with ThreadPoolExecutor(workers) as pool:
-        rehash = not quick and not (written and location.storage.verified_writes and not deep)
         for problems in pool.map(lambda er: _check_file(location, er[0], er[1], er[2], rehash=rehash), entries):
             report.problems.extend(problems)
     report.files = len(entries)

@@ -184,7 +184,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def create(self, name: str) -> BinaryIO:
-        """A writer of new file ``name``: exclusive (``FileExistsError`` if it exists), durable once closed.
+        """A writer of new file ``name``: exclusive, durable once closed.
+
+        A name that exists raises ``FileExistsError``: here on a file system, when the
+        writer is closed on an object store (its conditional write decides, no request is
+        spent before the first byte); either way nothing that exists is overwritten.
 
         Closing it after an exception inside its ``with`` block discards what was written.
         """
