@@ -400,6 +400,8 @@ class BackupJob:
         self.watchdog = Watchdog(self.session, options.timeout)
         self.staging: SnapshotLocation | None = None
         self.reused_bytes = 0
+        #: Storage names and sizes of the data files this backup saw stored (``verify``'s ``confirmed``).
+        self.confirmed: dict[str, int] = {}
         self.storage_read = (0, 0)  # (files, bytes) read from the Storage endpoint
 
     def warn(self, message: str) -> None:
@@ -692,6 +694,9 @@ class BackupJob:
         )
         if pool.KEPT not in outcome.values():
             repository.remove(staging.key(mf.DATA_DIR))  # an empty folder, on a disk
+        for f in files:
+            kept = outcome[f.path] == pool.KEPT
+            self.confirmed[staging.key(f.path) if kept else pool.blob_name(f.sha256)] = f.bytes
         return {key: [replace(f, shared=outcome[f.path] != pool.KEPT) for f in fs] for key, fs in tables.items()}
 
     def _buckets(self, main: psycopg.Connection, staging: SnapshotLocation) -> dict[str, Any]:
@@ -769,7 +774,12 @@ class BackupJob:
             signing.write_signature(self.staging, key)
         # The hashes in the manifest were computed while writing; on S3 every body went with its
         # Content-MD5 (checked there), so reading it all back would prove nothing more.
-        report = verify(self.staging, public_key=key.public_key() if key is not None else None, written=True)
+        report = verify(
+            self.staging,
+            public_key=key.public_key() if key is not None else None,
+            written=True,
+            confirmed=self.confirmed,
+        )
         if not report.ok:
             raise StorageError(
                 "the snapshot did not verify right after writing: " + "; ".join(report.problems),

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,12 +101,13 @@ def _check_file(
     rows: int | None,
     data_format: DataFormat = formats.DEFAULT,
     rehash: bool = True,
+    confirmed: Mapping[str, int] | None = None,
 ) -> list[str]:
     # open_file refuses links and paths leading outside before anything is read or
     # even stat-ed there, so a problem never discloses the size of a file elsewhere.
     rel = entry["path"]
     if not rehash:
-        return _check_size(location, entry)
+        return _check_size(location, entry, confirmed or {})
     try:
         f = mf.open_file(location, rel)
     except SnapshotDamaged as exc:
@@ -136,13 +138,18 @@ def _check_file(
     return problems
 
 
-def _check_size(location: SnapshotLocation, entry: dict) -> list[str]:
-    """The file is there, a plain file of the manifest's size (its bytes were checked when written)."""
+def _check_size(location: SnapshotLocation, entry: dict, confirmed: Mapping[str, int]) -> list[str]:
+    """The file is there, a plain file of the manifest's size (its bytes were checked when
+    written); the size of a ``confirmed`` name is the one its writer saw stored."""
     rel = entry["path"]
     if why := mf.check_path(rel):
         return [f"{rel!r}: {why}"]
+    name = location.stored(rel)
+    if name in confirmed:
+        size = confirmed[name]
+        return [] if size == entry["bytes"] else [f"{rel}: {size} bytes, manifest says {entry['bytes']}"]
     try:
-        found = location.storage.stat(location.stored(rel))
+        found = location.storage.stat(name)
     except FileNotFoundError:
         return [f"{rel}: missing"]
     except OSError as exc:
@@ -251,6 +258,7 @@ def verify(
     identity: IdentityArg | None = None,
     written: bool = False,
     quick: bool = False,
+    confirmed: Mapping[str, int] | None = None,
 ) -> VerifyReport:
     """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
 
@@ -285,6 +293,11 @@ def verify(
 
     ``quick=True`` checks every file's presence and size only, not its hash (what a monitor
     can afford at every poll; ``status`` uses it).
+
+    ``confirmed`` (with ``written``, on a storage with ``verified_writes``): storage names
+    and sizes the caller saw stored while writing (a backup's own data files: each write
+    succeeded with its digest checked, or found the pool's file of that size); they are
+    compared with the manifest without asking the storage again, one request each.
 
     Raises ``SnapshotNotFound`` when there is no folder and ``SnapshotError`` when a
     file or folder of the snapshot cannot be read (permissions): an unreadable
@@ -327,7 +340,11 @@ def verify(
     # Without rehashing a check is one stat, on S3 one request: bound by latency, not CPU.
     workers = jobs or (min(4, os.cpu_count() or 1) if rehash else STAT_THREADS)
     with ThreadPoolExecutor(workers) as pool:
-        for problems in pool.map(lambda er: _check_file(location, er[0], er[1], er[2], rehash=rehash), entries):
+
+        def check(e: tuple[dict, int | None, DataFormat]) -> list[str]:
+            return _check_file(location, *e, rehash=rehash, confirmed=confirmed)
+
+        for problems in pool.map(check, entries):
             report.problems.extend(problems)
     report.files = len(entries)
     report.bytes = sum(e["bytes"] for e, _, _ in entries)
