@@ -184,9 +184,11 @@ class S3Storage(Storage):
     # -- the client and its errors ----------------------------------------------------------
 
     def _client(self) -> Any:
-        with self._lock:  # boto3 sessions are not thread-safe while a client is being made
+        with self._lock:  # botocore sessions are not thread-safe while a client is being made
             if self._s3 is None:
-                import boto3
+                # botocore itself: boto3 would add its own imports (s3transfer, resources),
+                # ~0.1 s of CPU in every process that touches the bucket, for nothing used here.
+                import botocore.session
                 from botocore.config import Config
 
                 # The user's AWS_MAX_ATTEMPTS / AWS_RETRY_MODE win; otherwise bounded standard retries.
@@ -199,8 +201,10 @@ class S3Storage(Storage):
                     retries=None if user_retries else {"mode": "standard", "max_attempts": 4},
                     request_checksum_calculation=None if user_checksum else "when_required",
                 )
-                session = boto3.session.Session(profile_name=self.profile)
-                client = session.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+                session = botocore.session.Session(profile=self.profile)
+                client = session.create_client(
+                    "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+                )
                 client.meta.events.register("before-call.s3.CopyObject", _md5_of_a_locked_copy)
                 self._s3 = client
             return self._s3
