@@ -133,7 +133,6 @@ def test_a_writer_verifies_by_size_on_s3_and_by_hash_on_disk(local_snapshot, s3_
     assert not verify(copy, written=True).ok  # a local disk is always read back
 
 
-
 def test_sizes_a_backup_saw_stored_are_not_asked_again(local_snapshot, s3_bucket):
     """A backup's verify takes the sizes its own writes confirmed (``confirmed``) instead of a
     HEAD per data file; a confirmed size that differs from the manifest is still a problem."""
@@ -149,6 +148,7 @@ def test_sizes_a_backup_saw_stored_are_not_asked_again(local_snapshot, s3_bucket
     problems = verify(up, written=True, confirmed={**sizes, name: sizes[name] + 1}).problems
     assert len(problems) == 1 and "manifest says" in problems[0]
     assert verify(up, written=True).ok and {up.storage.key(n) for n in sizes} <= set(asked)
+
 
 def _clone(storage, source: SnapshotLocation, created_at: datetime) -> SnapshotLocation:
     """A copy of ``source`` in ``storage`` dated ``created_at`` (manifest rewritten and resealed)."""

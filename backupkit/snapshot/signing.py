@@ -35,14 +35,16 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, StorageError
 from ..storage.location import locate
 from .manifest import MANIFEST, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE, SnapshotArg  # noqa: F401 - re-exported
+
+# cryptography is imported by the functions that use a key (~12 ms): every command imports
+# this module for the key options, most runs use no key.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 SIGN_KEY_ENV = "BACKUPKIT_SIGN_KEY"
 PUBLIC_KEY_ENV = "BACKUPKIT_PUBLIC_KEY"
@@ -52,6 +54,8 @@ _MAX_KEY_BYTES = 64 << 10
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """Short, printable id of a public key: 16 hex digits of the SHA-256 of its raw bytes."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -96,6 +100,9 @@ def read_key_file(
 def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     """The Ed25519 private key in PEM file ``path``; ConfigError when it is missing, not
     such a key, or readable or writable by group or others."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = Path(path)
     data = read_key_file(path, "signing key", private=True)
     try:
@@ -111,6 +118,9 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
     """The Ed25519 public key in PEM file ``path``; ConfigError when it is not one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     path = Path(path)
     data = read_key_file(path, "public key", private=False)
     if b"PRIVATE KEY" in data:
@@ -149,6 +159,9 @@ def keygen(private_key: Path | str, public_key: Path | str) -> str:
     it would no longer verify).  Raises ConfigError for an existing file or the same path
     twice, StorageError when a file cannot be written.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private_key, public_key = Path(private_key), Path(public_key)
     if private_key.absolute() == public_key.absolute():
         raise ConfigError("private_key and public_key must be different files")
@@ -200,6 +213,8 @@ def parse_signature(data: bytes) -> bytes | None:
 
 def check(manifest_bytes: bytes, signature: bytes, key: Ed25519PublicKey) -> bool:
     """True when ``signature`` (a .sig file's content) is ``key``'s signature of these bytes."""
+    from cryptography.exceptions import InvalidSignature
+
     raw = parse_signature(signature)
     if raw is None:
         return False
