@@ -146,8 +146,8 @@ def test_a_stream_ending_at_a_cut_leaves_no_empty_file(make_db, tmp_path):
 
 
 def test_a_file_that_cannot_be_kept_fails_the_copy(make_db, tmp_path, monkeypatch):
-    """Files are closed (fsync'd) in the background while the next one is written; a close
-    that fails still fails the COPY, and nothing is written after it."""
+    """Files are closed (fsync'd) in the background while the next ones are written; a close
+    that fails still fails the COPY, and the stream stops soon after it."""
     dsn = make_db()
     real_fsync, calls = os.fsync, []
 
@@ -166,6 +166,7 @@ def test_a_file_that_cannot_be_kept_fails_the_copy(make_db, tmp_path, monkeypatc
         monkeypatch.undo()
     finally:
         conn.close()  # mid-COPY: a backup drops the connection of a failed stream
-    assert len(calls) == 2  # the failure stopped the stream: no file was closed after it
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) <= 3  # the kept file, the failed one, and at most the one being written then
+    # The failure stopped the stream: at most the files already being closed beside it, and
+    # the one being written when it was seen, came after it (of many more in the table).
+    assert 2 <= len(calls) <= 2 + copyio.CLOSES_IN_FLIGHT
+    assert len(list(tmp_path.iterdir())) <= 3 + copyio.CLOSES_IN_FLIGHT

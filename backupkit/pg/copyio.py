@@ -10,6 +10,7 @@ decrypted by ``iter_blocks`` before they are decompressed.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -236,6 +237,11 @@ def part_path(path: str, part: int) -> str:
     return f"{path[: -len(suffix)]}.{part:03d}{suffix}"
 
 
+#: Files of one COPY being closed while the next is written.  Each holds at most its
+#: unsent bytes (on S3 up to a part, 8 MiB; files are a few MB): a bounded amount of memory
+#: that keeps a stream going while the storage confirms the files before it.
+CLOSES_IN_FLIGHT = 4
+
 #: What ``_receive`` yields: a block of whole rows, how many, and whether it ends a file.
 _Block = tuple[bytearray, int, bool]
 
@@ -293,11 +299,12 @@ def copy_out(
             if ends:
                 return
 
-    # A close waits for the storage (an fsync, an upload's last request); the stream does
-    # not: each file is closed by a thread of its own while the next one is written.  One close
-    # at a time, so at most one finished file waits in memory.
+    # A close waits for the storage (an fsync; on S3 the upload's last request, a round
+    # trip or more); the stream does not: files are closed by threads of their own while
+    # the next ones are written, a few at a time (``CLOSES_IN_FLIGHT``).
     closing: list[tuple[Future[None], BinaryIO, FileResult]] = []
-    with conn.lock, ThreadPoolExecutor(1, thread_name_prefix="backupkit-close") as closer:
+    unconfirmed: collections.deque[Future[None]] = collections.deque()
+    with conn.lock, ThreadPoolExecutor(CLOSES_IN_FLIGHT, thread_name_prefix="backupkit-close") as closer:
         stream = _receive(conn, statement, rows, cuts)
         for n in itertools.count():
             first = next(stream)
@@ -309,8 +316,9 @@ def copy_out(
                 size, digest = _write(frames(first, stream, part), out, recipients)
                 if pooled:
                     pool.place(out, digest)
-                if closing:
-                    closing[-1][0].result()  # raises when the previous file could not be kept
+                # Raises when a file could not be kept; waits while too many are being closed.
+                while unconfirmed and (unconfirmed[0].done() or len(unconfirmed) >= CLOSES_IN_FLIGHT):
+                    unconfirmed.popleft().result()
             except BaseException:
                 out.__exit__(*sys.exc_info())  # the writer's protocol: leaving by an error keeps nothing
                 raise
@@ -318,6 +326,7 @@ def copy_out(
                 part_path(rel, n), size, digest, part.rows, part.text_bytes, TEXT_HASH + part.text_hash.hexdigest()
             )
             closing.append((closer.submit(out.close), out, done))
+            unconfirmed.append(closing[-1][0])
             if rows:
                 break
         for close, _, _ in closing:
