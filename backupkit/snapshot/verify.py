@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import zstandard
 
 from ..errors import ConfigError, SnapshotDamaged, SnapshotNotFound
+from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
 from . import encryption, formats
 from . import manifest as mf
@@ -31,8 +32,9 @@ _READ = 1 << 20
 #: holds a server connection (max_connections is often 100, fewer behind Supabase's pooler),
 #: and a cap that changed from machine to machine would make a scheduled job fail elsewhere.
 MAX_JOBS = 64
-#: Files checked at once by size alone (``quick``, or a snapshot just written to S3).
-STAT_THREADS = 16
+#: Files checked at once by size alone (``quick``, or a snapshot just written to S3), and
+#: files downloaded and hashed at once from a remote storage: both wait on round trips.
+REMOTE_THREADS = 16
 
 
 @dataclass
@@ -337,8 +339,9 @@ def verify(
     # A shared data file lives in the repository's pool: in the folder it would be unexpected.
     listed = {e["path"] for e, _, _ in entries if e.get("shared") is not True}
     rehash = not quick and not (written and location.storage.verified_writes and not deep)
-    # Without rehashing a check is one stat, on S3 one request: bound by latency, not CPU.
-    workers = jobs or (min(4, os.cpu_count() or 1) if rehash else STAT_THREADS)
+    # Hashing local files is bound by CPU; a stat, or anything on S3, by round trips.
+    local = rehash and isinstance(location.storage, LocalStorage)
+    workers = jobs or (min(4, os.cpu_count() or 1) if local else REMOTE_THREADS)
     with ThreadPoolExecutor(workers) as pool:
 
         def check(e: tuple[dict, int | None, DataFormat]) -> list[str]:
