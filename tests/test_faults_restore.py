@@ -24,13 +24,15 @@ from backupkit.pg.embedded import temporary_server
 
 # The child restores with --jobs 2 and, after each table's load, says so and waits in the server.
 _CHILD = r"""
-import sys, time
+import sys, time, threading
 import importlib
 r = importlib.import_module("backupkit.recovery.job")  # the module: backupkit.recovery.job is the function
 real = r.copy_in
+said = threading.Lock()  # parallel loads finish together: one whole line each ("loadedloaded" otherwise)
 def paused(conn, *args, **kw):
     n = real(conn, *args, **kw)
-    print("loaded", flush=True)
+    with said:
+        print("loaded", flush=True)
     conn.execute("SELECT pg_sleep(60)")  # server-side, like a long COPY: a cancel ends it
     return n
 r.copy_in = paused
