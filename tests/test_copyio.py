@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
+import time
 
 import psycopg
 import pytest
@@ -170,3 +172,39 @@ def test_a_file_that_cannot_be_kept_fails_the_copy(make_db, tmp_path, monkeypatc
     # the one being written when it was seen, came after it (of many more in the table).
     assert 2 <= len(calls) <= 2 + copyio.CLOSES_IN_FLIGHT
     assert len(list(tmp_path.iterdir())) <= 3 + copyio.CLOSES_IN_FLIGHT
+
+
+def test_files_being_closed_at_once_are_bounded_in_number_and_bytes(make_db, tmp_path, monkeypatch):
+    """Closes overlap the stream, but never more than ``CLOSES_IN_FLIGHT`` files, nor more than
+    ``CLOSING_BYTES`` together unless one file alone is larger: memory stays bounded."""
+    dsn = make_db()
+    real_fsync, lock, closing, worst = os.fsync, threading.Lock(), {}, {"files": 0, "bytes": 0}
+
+    def slow(fd):
+        with lock:
+            closing[fd] = os.fstat(fd).st_size
+            worst["files"] = max(worst["files"], len(closing))
+            worst["bytes"] = max(worst["bytes"], sum(closing.values()))
+        time.sleep(0.03)  # a storage slower than the stream
+        real_fsync(fd)
+        with lock:
+            del closing[fd]
+
+    budget = 4 << 10  # the table's files compress to 0.2-8 kB
+    monkeypatch.setattr(copyio, "CLOSING_BYTES", budget)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_TABLE)
+        monkeypatch.setattr(os, "fsync", slow)
+        parts = _cut(conn, "COPY t (id, v) TO STDOUT", tmp_path)
+        monkeypatch.undo()
+    assert len(parts) > 2 * copyio.CLOSES_IN_FLIGHT
+    assert 2 <= worst["files"] <= copyio.CLOSES_IN_FLIGHT
+    assert worst["bytes"] <= max(budget, max(p.bytes for p in parts))
+    assert b"".join(b for p in parts for b in iter_file_blocks(tmp_path / p.path.split("/")[1], p.sha256)) == (
+        _copy_text_of(dsn)
+    )
+
+
+def _copy_text_of(dsn: str) -> bytes:
+    with psycopg.connect(dsn) as conn:
+        return _copy_text(conn)

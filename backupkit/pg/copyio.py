@@ -237,10 +237,12 @@ def part_path(path: str, part: int) -> str:
     return f"{path[: -len(suffix)]}.{part:03d}{suffix}"
 
 
-#: Files of one COPY being closed while the next is written.  Each holds at most its
-#: unsent bytes (on S3 up to a part, 8 MiB; files are a few MB): a bounded amount of memory
-#: that keeps a stream going while the storage confirms the files before it.
+#: Files of one COPY being closed while the next is written, and the stored bytes they may
+#: hold together: a writer keeps what it has not sent yet (on S3 up to a part, 8 MiB, plus
+#: the parts still going up), so a file of more than the budget waits alone.  Enough for a
+#: stream to keep going while the storage confirms the files before it, in bounded memory.
 CLOSES_IN_FLIGHT = 4
+CLOSING_BYTES = 16 << 20
 
 #: What ``_receive`` yields: a block of whole rows, how many, and whether it ends a file.
 _Block = tuple[bytearray, int, bool]
@@ -301,9 +303,9 @@ def copy_out(
 
     # A close waits for the storage (an fsync; on S3 the upload's last request, a round
     # trip or more); the stream does not: files are closed by threads of their own while
-    # the next ones are written, a few at a time (``CLOSES_IN_FLIGHT``).
+    # the next ones are written, a few at a time (``CLOSES_IN_FLIGHT``, ``CLOSING_BYTES``).
     closing: list[tuple[Future[None], BinaryIO, FileResult]] = []
-    unconfirmed: collections.deque[Future[None]] = collections.deque()
+    unconfirmed: collections.deque[tuple[Future[None], int]] = collections.deque()
     with conn.lock, ThreadPoolExecutor(CLOSES_IN_FLIGHT, thread_name_prefix="backupkit-close") as closer:
         stream = _receive(conn, statement, rows, cuts)
         for n in itertools.count():
@@ -316,17 +318,22 @@ def copy_out(
                 size, digest = _write(frames(first, stream, part), out, recipients)
                 if pooled:
                     pool.place(out, digest)
-                # Raises when a file could not be kept; waits while too many are being closed.
-                while unconfirmed and (unconfirmed[0].done() or len(unconfirmed) >= CLOSES_IN_FLIGHT):
-                    unconfirmed.popleft().result()
+                # Raises when a file could not be kept; waits while too much is being closed.
+                while unconfirmed and (
+                    unconfirmed[0][0].done()
+                    or len(unconfirmed) >= CLOSES_IN_FLIGHT
+                    or size + sum(b for _, b in unconfirmed) > CLOSING_BYTES
+                ):
+                    unconfirmed.popleft()[0].result()
+                done = FileResult(
+                    part_path(rel, n), size, digest, part.rows, part.text_bytes, TEXT_HASH + part.text_hash.hexdigest()
+                )
+                close = closer.submit(out.close)  # last: from here the closing thread owns the writer
             except BaseException:
                 out.__exit__(*sys.exc_info())  # the writer's protocol: leaving by an error keeps nothing
                 raise
-            done = FileResult(
-                part_path(rel, n), size, digest, part.rows, part.text_bytes, TEXT_HASH + part.text_hash.hexdigest()
-            )
-            closing.append((closer.submit(out.close), out, done))
-            unconfirmed.append(closing[-1][0])
+            closing.append((close, out, done))
+            unconfirmed.append((close, size))
             if rows:
                 break
         for close, _, _ in closing:

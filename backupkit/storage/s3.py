@@ -1,11 +1,11 @@
 """A repository under a prefix of an S3 bucket (AWS S3, Cloudflare R2, Backblaze B2, MinIO,
-Supabase Storage's S3 endpoint), through boto3.
+Supabase Storage's S3 endpoint), through botocore (boto3's core).
 
 Names are ``/``-separated keys under the prefix; a "folder" is a key prefix that has
-objects under it.  Configuration is boto3's own (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE`` and the
-config files); nothing here reads or prints a secret, and every failure becomes an
-``OSError`` whose message is written here, never the server's text.
+objects under it.  Configuration is botocore's own, as for boto3 and the AWS CLI
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``,
+``AWS_PROFILE`` and the config files); nothing here reads or prints a secret, and every
+failure becomes an ``OSError`` whose message is written here, never the server's text.
 
 Writes stream (``s3io.Writer``: one ``PutObject``, or a multipart upload holding a few
 parts in memory) and are exclusive and durable: a conditional write (``If-None-Match: *``)
@@ -84,7 +84,7 @@ class _Node:
 
 class S3Storage(Storage):
     """Objects under ``prefix`` in ``bucket``.  ``endpoint_url``, ``region`` and ``profile``
-    override boto3's configuration; ``part_size`` is the multipart part (>= 5 MiB)."""
+    override botocore's configuration; ``part_size`` is the multipart part (>= 5 MiB)."""
 
     atomic_rename = False
     verified_writes = True  # every body goes with its Content-MD5, which S3 checks (s3io.Writer)
