@@ -464,6 +464,8 @@ class BackupJob:
             if self.options.shares:
                 tables = self._share(tables)
                 self.watchdog.check()
+            else:  # each in the snapshot's own folder, as its writer stored it
+                self.confirmed = {staging.key(f.path): f.bytes for fs in tables.values() for f in fs}
             buckets = self._buckets(main, staging) if self.options.buckets else None
             database = database_objects.describe(main, self.options.selection.schemas)
             written = Written(
