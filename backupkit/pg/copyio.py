@@ -242,7 +242,7 @@ def part_path(path: str, part: int) -> str:
 #: the parts still going up), so a file of more than the budget waits alone.  Enough for a
 #: stream to keep going while the storage confirms the files before it, in bounded memory.
 CLOSES_IN_FLIGHT = 4
-CLOSING_BYTES = 16 << 20
+CLOSING_BYTES = 8 << 20
 
 #: What ``_receive`` yields: a block of whole rows, how many, and whether it ends a file.
 _Block = tuple[bytearray, int, bool]
