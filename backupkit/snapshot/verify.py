@@ -299,7 +299,7 @@ def verify(
     ``confirmed`` (with ``written``, on a storage with ``verified_writes``): storage names
     and sizes the caller saw stored while writing (a backup's own data files: each write
     succeeded with its digest checked, or found the pool's file of that size); they are
-    compared with the manifest without asking the storage again, one request each.
+    compared with the manifest instead of asking the storage again, a request each.
 
     Raises ``SnapshotNotFound`` when there is no folder and ``SnapshotError`` when a
     file or folder of the snapshot cannot be read (permissions): an unreadable
