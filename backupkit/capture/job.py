@@ -464,8 +464,9 @@ class BackupJob:
             if self.options.shares:
                 tables = self._share(tables)
                 self.watchdog.check()
-            else:  # each in the snapshot's own folder, as its writer stored it
-                self.confirmed = {staging.key(f.path): f.bytes for fs in tables.values() for f in fs}
+            # Where each data file's bytes now are, as its writer (or the pool) confirmed them.
+            files = [f for fs in tables.values() for f in fs]
+            self.confirmed = {pool.blob_name(f.sha256) if f.shared else staging.key(f.path): f.bytes for f in files}
             buckets = self._buckets(main, staging) if self.options.buckets else None
             database = database_objects.describe(main, self.options.selection.schemas)
             written = Written(
@@ -696,9 +697,6 @@ class BackupJob:
         )
         if pool.KEPT not in outcome.values():
             repository.remove(staging.key(mf.DATA_DIR))  # an empty folder, on a disk
-        for f in files:
-            kept = outcome[f.path] == pool.KEPT
-            self.confirmed[staging.key(f.path) if kept else pool.blob_name(f.sha256)] = f.bytes
         return {key: [replace(f, shared=outcome[f.path] != pool.KEPT) for f in fs] for key, fs in tables.items()}
 
     def _buckets(self, main: psycopg.Connection, staging: SnapshotLocation) -> dict[str, Any]:

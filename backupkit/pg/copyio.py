@@ -10,7 +10,6 @@ decrypted by ``iter_blocks`` before they are decompressed.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import itertools
@@ -305,7 +304,7 @@ def copy_out(
     # trip or more); the stream does not: files are closed by threads of their own while
     # the next ones are written, a few at a time (``CLOSES_IN_FLIGHT``, ``CLOSING_BYTES``).
     closing: list[tuple[Future[None], BinaryIO, FileResult]] = []
-    unconfirmed: collections.deque[tuple[Future[None], int]] = collections.deque()
+    confirmed = 0  # closing[:confirmed] are known to be kept
     with conn.lock, ThreadPoolExecutor(CLOSES_IN_FLIGHT, thread_name_prefix="backupkit-close") as closer:
         stream = _receive(conn, statement, rows, cuts)
         for n in itertools.count():
@@ -319,12 +318,13 @@ def copy_out(
                 if pooled:
                     pool.place(out, digest)
                 # Raises when a file could not be kept; waits while too much is being closed.
-                while unconfirmed and (
-                    unconfirmed[0][0].done()
-                    or len(unconfirmed) >= CLOSES_IN_FLIGHT
-                    or size + sum(b for _, b in unconfirmed) > CLOSING_BYTES
+                while confirmed < len(closing) and (
+                    closing[confirmed][0].done()
+                    or len(closing) - confirmed >= CLOSES_IN_FLIGHT
+                    or size + sum(f.bytes for _, _, f in closing[confirmed:]) > CLOSING_BYTES
                 ):
-                    unconfirmed.popleft()[0].result()
+                    closing[confirmed][0].result()
+                    confirmed += 1
                 done = FileResult(
                     part_path(rel, n), size, digest, part.rows, part.text_bytes, TEXT_HASH + part.text_hash.hexdigest()
                 )
@@ -333,7 +333,6 @@ def copy_out(
                 out.__exit__(*sys.exc_info())  # the writer's protocol: leaving by an error keeps nothing
                 raise
             closing.append((close, out, done))
-            unconfirmed.append((close, size))
             if rows:
                 break
         for close, _, _ in closing:
