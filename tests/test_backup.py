@@ -85,13 +85,17 @@ def test_files_are_private(small_db, tmp_path):
         assert mode == (0o700 if p.is_dir() else 0o600), p
 
 
-@pytest.mark.parametrize("workers", ["threads", "processes"])
+@pytest.mark.parametrize("workers", ["threads", "processes", "spawned processes"])
 def test_one_consistent_moment_across_jobs(small_db, tmp_path, monkeypatch, workers):
     """Rows committed by another connection while a 3-job backup runs appear in no table."""
     import backupkit.capture.readers
+    import backupkit.capture.workers
 
-    # Small data normally runs in threads; force worker processes for the second case.
-    monkeypatch.setattr(backupkit.capture.readers, "PROCESS_THRESHOLD", 0 if workers == "processes" else 1 << 40)
+    # Small data normally runs in threads; force worker processes for the other cases: forked
+    # or spawned as this process allows (capture.workers), or spawned whatever it allows.
+    monkeypatch.setattr(backupkit.capture.readers, "PROCESS_THRESHOLD", 1 << 40 if workers == "threads" else 0)
+    if workers == "spawned processes":
+        monkeypatch.setattr(backupkit.capture.workers, "FORCED", "spawn")
     before = counts(small_db)
 
     def write_meanwhile(_snapshot_id):

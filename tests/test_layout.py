@@ -69,6 +69,7 @@ ALLOWED = {
     "lens/report.py": "writes the HTML/JSON report where the user asks",
     "drills/target.py": "the throwaway PostgreSQL server's folder a drill restores into (not a repository)",
     "monitor/status.py": "reads the run records of scheduled notebooks (JSON in --runs)",
+    "capture/workers.py": "counts this process's threads in /proc/self/task",
 }
 
 

@@ -62,9 +62,10 @@ from ..storage.repository import TMP_PREFIX, check_label, list_snapshots, new_id
 from ..storage.scratch import scratch
 from .chunks import CHUNK_BYTES, MIN_CHUNK_BYTES
 from .contents import Moment, Selection, Server, Written, build_manifest, file_stem, sequences_of
-from .readers import copy_all, plan
+from .readers import copy_all, plan, start_workers
 from .sessions import KeepAlive, SessionSpec, lock_wait_error
 from .watchdog import Watchdog
+from .workers import Workers
 
 if TYPE_CHECKING:  # the buckets modules (and botocore) load only when buckets are backed up
     from ..buckets.capture import BucketChoice
@@ -403,6 +404,7 @@ class BackupJob:
         #: Storage names and sizes of the data files this backup saw stored (``verify``'s ``confirmed``).
         self.confirmed: dict[str, int] = {}
         self.storage_read = (0, 0)  # (files, bytes) read from the Storage endpoint
+        self.workers: Workers | None = None
 
     def warn(self, message: str) -> None:
         """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
@@ -413,7 +415,16 @@ class BackupJob:
         """Lock the repository, take the snapshot, release the lock."""
         if is_transaction_pooler(self.dsn):
             self.warn(POOLER_WARNING)
-        with sigterm_as_interrupt(), DirLock(self.repository, "backup") as lock, self.watchdog:
+        # First, before anything is opened: forked workers would hold it too (``capture.workers``).
+        if self.options.jobs > 1:
+            self.repository.preload()
+        self.workers = start_workers(self.options.jobs)
+        with (
+            self.workers or contextlib.nullcontext(),
+            sigterm_as_interrupt(),
+            DirLock(self.repository, "backup") as lock,
+            self.watchdog,
+        ):
             if lock.took_over:
                 self.warn(lock.took_over)
             try:
@@ -531,6 +542,7 @@ class BackupJob:
             stopper=self.watchdog.stopper,
             recipients=self.options.recipients,
             pooled=self.options.shares,
+            workers=self.workers,
         )
         log.info("data: %d rows in %.1f s", sum(f.rows for fs in tables.values() for f in fs), time.monotonic() - step)
         return tables

@@ -7,14 +7,15 @@ threads would serialise it on the GIL.  Small backups use threads, which
 start instantly.  Chunk boundaries sit at fixed page multiples, so an unmoved
 row keeps its chunk number from one snapshot to the next (``diff`` relies on it).
 Each data file is written through the snapshot's storage (``pg.copyio.copy_out``).
-How sessions are opened and kept alive is ``capture.sessions``.
+How sessions are opened and kept alive is ``capture.sessions``; how worker
+processes are started (forked with the backup where that is safe) is ``capture.workers``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -33,6 +34,7 @@ from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from .chunks import CHUNK_BYTES, MIN_CHUNK_BYTES, page_ranges
 from .sessions import IDLE_TIMEOUT, PING_EVERY, KeepAlive, SessionSpec, Stopper, lock_wait_error, open_worker
+from .workers import Workers
 
 __all__ = [
     "CHUNK_BYTES",
@@ -49,6 +51,7 @@ __all__ = [
     "open_worker",
     "page_ranges",
     "plan",
+    "start_workers",
 ]
 
 #: Below this much data, worker processes cost more to start than they save.
@@ -120,30 +123,37 @@ def _copy_item(
 
 # -- worker processes ------------------------------------------------------------------
 _process_conn: psycopg.Connection | None = None
-_process_error: BaseException | None = None
-_process_spec: SessionSpec | None = None
 _process_keepalive: KeepAlive | None = None
 
 
-def _init_process(session: SessionSpec, snapshot: str, parent_pid: int) -> None:
-    # An initializer that raises only "breaks" the pool; keep the error for the first task,
-    # which carries it back to the parent with its message and hint.
-    global _process_conn, _process_error, _process_spec, _process_keepalive
+def _init_process(parent_pid: int) -> None:
+    # Runs before the snapshot is known (a forked worker starts with the backup), so the
+    # session is opened by the first task.  SIGTERM as a spawned worker has it: a forked
+    # one would inherit the parent's handler.
+    global _process_keepalive
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid)
-    _process_spec = session
     _process_keepalive = KeepAlive(parent_pid)
-    try:
+
+
+def _run_in_process(
+    item: Item, target: SnapshotLocation, output: Output, session: SessionSpec, snapshot: str
+) -> list[FileResult]:
+    global _process_conn
+    if _process_conn is None:  # the first task: its error goes back to the parent with message and hint
         _process_conn = open_worker(session, snapshot)
+        assert _process_keepalive is not None  # set by _init_process
         _process_keepalive.add(_process_conn)
-    except BaseException as exc:
-        _process_error = exc
+    return _copy_item(_process_conn, item, target, session, output)
 
 
-def _run_in_process(item: Item, target: SnapshotLocation, output: Output = Output()) -> list[FileResult]:
-    if _process_error is not None:
-        raise _process_error
-    assert _process_conn is not None  # set by _init_process whenever _process_error is not
-    return _copy_item(_process_conn, item, target, _process_spec, output)
+def start_workers(jobs: int) -> Workers | None:
+    """The worker processes a backup with ``jobs`` may use: forked now if that is safe
+    (``workers``; call this before the backup opens anything), else spawned when the copy
+    needs them.  None for one job."""
+    if jobs < 2:
+        return None
+    return Workers.start_early(jobs - 1, _init_process, (os.getpid(),))
 
 
 class _Progress:
@@ -177,11 +187,15 @@ def copy_all(
     stopper: Stopper | None = None,
     recipients: Sequence[str] = (),
     pooled: bool = False,
+    workers: Workers | None = None,
 ) -> dict[str, list[FileResult]]:
     """Run every item with ``jobs`` workers, writing into ``target`` (the snapshot being made);
     results per table, files in order.  With ``recipients`` (age public keys) every data
     file is encrypted to them (``pg.copyio.copy_out``).  ``pooled``: the files are going
     into the repository's pool, and those their writer can put there directly go at once.
+
+    ``workers`` (``start_workers``): processes started before the backup opened anything;
+    without them, any needed are spawned here.  They are ended before this returns.
 
     ``stopper.stop()`` (another thread: the run's timeout) kills the worker processes and
     cancels the in-process queries; this then raises.
@@ -201,10 +215,13 @@ def copy_all(
     big = sum(it.table["relation_bytes"] for it in items if it.n == 0) > PROCESS_THRESHOLD
     try:
         if jobs > 1 and len(items) > 1 and big:
-            run.with_processes(items, jobs)
+            with workers or Workers(jobs - 1, _init_process, (os.getpid(),), "spawn") as processes:
+                run.with_processes(items, processes)
         else:
             run.with_threads(items, jobs)
     finally:
+        if workers is not None:
+            workers.close()  # unused (a small backup), or done
         run.progress.bar.close()
         if own_keepalive:
             run.keepalive.close()
@@ -219,14 +236,6 @@ def _queue_of(items: list[Item]) -> queue.Queue[Item]:
     for it in items:
         work.put(it)
     return work
-
-
-def _kill_processes(pool: ProcessPoolExecutor) -> None:
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            proc.kill()
-        except Exception:
-            pass
 
 
 @dataclass
@@ -324,41 +333,31 @@ class _CopyRun:
             self.stopper.remove(hook)
         self.raise_failure()
 
-    def with_processes(self, items: list[Item], jobs: int) -> None:
-        """``jobs - 1`` worker processes and one stream in this process, all taking from one queue.
+    def with_processes(self, items: list[Item], workers: Workers) -> None:
+        """``workers.count`` worker processes and one stream in this process, all taking from one queue.
 
         Processes keep the per-row receive loops off one GIL; the stream here saves
-        one of them (each imports psycopg and zstd, ~45 MB).  Items go to a process
+        one of them (each holds psycopg and zstd, ~45 MB).  Items go to a process
         one at a time, as it becomes free, so no stream sits idle with work left.
-        Each worker process dies with this one (``die_with_parent``).
         """
         work = _queue_of(items)
         here = threading.Thread(target=self.drain, name="backupkit-copy-0", args=(work,))
-        # spawn, not fork: a forked child would share the parent's libpq sockets.
-        ctx = multiprocessing.get_context("spawn")
-        pools: list[ProcessPoolExecutor] = []
 
         def cut_short() -> None:  # no waiting for items under way: they are thrown away
             self.stop.set()
-            for pool in pools:
-                _kill_processes(pool)
+            workers.kill()
             self.cancel_streams()
 
         hook = self.stopper.add(cut_short)
         here.start()
         try:
-            with ProcessPoolExecutor(
-                max_workers=jobs - 1,
-                mp_context=ctx,
-                initializer=_init_process,
-                initargs=(self.session, self.snapshot, os.getpid()),
-            ) as pool:
-                pools.append(pool)
-                try:
-                    self._feed(pool, work, jobs - 1)
-                except BaseException:
-                    cut_short()  # before the pool's exit waits for its processes: no new work here either
-                    raise
+            try:
+                self._feed(workers.pool(), work, workers.count)
+            except BaseException:
+                cut_short()  # before the workers are waited for: no new work here either
+                raise
+            finally:
+                workers.close()
         except BrokenProcessPool as exc:
             cut_short()
             here.join()
@@ -386,7 +385,7 @@ class _CopyRun:
                     it = work.get_nowait()
                 except queue.Empty:
                     break
-                running[pool.submit(_run_in_process, it, self.target, self.output)] = it
+                running[pool.submit(_run_in_process, it, self.target, self.output, self.session, self.snapshot)] = it
             if not running:
                 return
             done, _ = wait(running, return_when=FIRST_COMPLETED)
