@@ -415,16 +415,7 @@ class BackupJob:
         """Lock the repository, take the snapshot, release the lock."""
         if is_transaction_pooler(self.dsn):
             self.warn(POOLER_WARNING)
-        # First, before anything is opened: forked workers would hold it too (``capture.workers``).
-        if self.options.jobs > 1:
-            self.repository.preload()
-        self.workers = start_workers(self.options.jobs)
-        with (
-            self.workers or contextlib.nullcontext(),
-            sigterm_as_interrupt(),
-            DirLock(self.repository, "backup") as lock,
-            self.watchdog,
-        ):
+        with sigterm_as_interrupt(), DirLock(self.repository, "backup") as lock:
             if lock.took_over:
                 self.warn(lock.took_over)
             try:
@@ -436,9 +427,19 @@ class BackupJob:
 
     def _take(self) -> BackupResult:
         try:
-            server, pg_dump_version, names = self._inspect()
+            server, pg_dump_version, tables = self._inspect()
         except psycopg.Error as exc:
             raise self._stopped_by_database(exc) from None
+        # Forked here, if at all: the side session is closed, and no other session, pg_dump
+        # or watchdog thread has started yet, which the workers would hold (``capture.workers``).
+        # The watchdog's limit counts from the run's start all the same (``session.deadline``).
+        self.workers = start_workers(self.options.jobs, tables)
+        with self.workers or contextlib.nullcontext(), self.watchdog:
+            return self._copy_and_seal(server, pg_dump_version, [(t["schema"], t["name"]) for t in tables])
+
+    def _copy_and_seal(
+        self, server: Server, pg_dump_version: tuple[int, int], names: list[tuple[str, str]]
+    ) -> BackupResult:
         self.session = replace(self.session, server_version_num=server.version_num)
         log.info("PostgreSQL %s, database %s: %d tables to lock", server.version, server.database, len(names))
         main = self.session.connect()
@@ -553,7 +554,7 @@ class BackupJob:
             hint="nothing was written; fix the cause and run the backup again",
         )
 
-    def _inspect(self) -> tuple[Server, tuple[int, int], list[tuple[str, str]]]:
+    def _inspect(self) -> tuple[Server, tuple[int, int], list[dict]]:
         """Before the snapshot: server version, pg_dump, and which tables to lock (side connection)."""
         selection = self.options.selection
         with self.session.connect(autocommit=True) as side:
@@ -573,10 +574,7 @@ class BackupJob:
                     hint="check the `schemas` names (`backupkit check` lists what is there)",
                 )
             try:  # measuring a table's size takes its lock too
-                names = [
-                    (t["schema"], t["name"])
-                    for t in select_tables(list_tables(side, selection.schemas), selection.include, selection.exclude)
-                ]
+                tables = select_tables(list_tables(side, selection.schemas), selection.include, selection.exclude)
             except psycopg.errors.LockNotAvailable:
                 locked = side.execute(_EXCLUSIVELY_LOCKED, (selection.schemas,)).fetchall()
                 raise lock_wait_error(
@@ -584,7 +582,7 @@ class BackupJob:
                     self.session.lock_wait_timeout,
                     by_backup=False,
                 ) from None
-        return server, pg_dump_version, names
+        return server, pg_dump_version, tables
 
     def _fix_moment(
         self, main: psycopg.Connection, keepalive: KeepAlive, names: list[tuple[str, str]], server: Server

@@ -34,7 +34,7 @@ from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from .chunks import CHUNK_BYTES, MIN_CHUNK_BYTES, page_ranges
 from .sessions import IDLE_TIMEOUT, PING_EVERY, KeepAlive, SessionSpec, Stopper, lock_wait_error, open_worker
-from .workers import Workers
+from .workers import Workers, can_fork
 
 __all__ = [
     "CHUNK_BYTES",
@@ -52,6 +52,7 @@ __all__ = [
     "page_ranges",
     "plan",
     "start_workers",
+    "wants_processes",
 ]
 
 #: Below this much data, worker processes cost more to start than they save.
@@ -147,13 +148,18 @@ def _run_in_process(
     return _copy_item(_process_conn, item, target, session, output)
 
 
-def start_workers(jobs: int) -> Workers | None:
-    """The worker processes a backup with ``jobs`` may use: forked now if that is safe
-    (``workers``; call this before the backup opens anything), else spawned when the copy
-    needs them.  None for one job."""
-    if jobs < 2:
+def wants_processes(jobs: int, tables: Sequence[dict]) -> bool:
+    """Whether a copy of ``tables`` with ``jobs`` uses worker processes (see the module docstring)."""
+    return jobs > 1 and sum(t["relation_bytes"] for t in tables) > PROCESS_THRESHOLD
+
+
+def start_workers(jobs: int, tables: Sequence[dict]) -> Workers | None:
+    """Worker processes for copying ``tables`` with ``jobs``, forked now if they will be needed
+    and a fork is safe here (``capture.workers``: call this while the backup has nothing
+    open and no thread running); None: any needed are spawned by ``copy_all``."""
+    if not wants_processes(jobs, tables) or not can_fork():
         return None
-    return Workers.start_early(jobs - 1, _init_process, (os.getpid(),))
+    return Workers.forked(jobs - 1, _init_process, (os.getpid(),))
 
 
 class _Progress:
@@ -194,7 +200,7 @@ def copy_all(
     file is encrypted to them (``pg.copyio.copy_out``).  ``pooled``: the files are going
     into the repository's pool, and those their writer can put there directly go at once.
 
-    ``workers`` (``start_workers``): processes started before the backup opened anything;
+    ``workers`` (``start_workers``): processes forked before the backup opened anything;
     without them, any needed are spawned here.  They are ended before this returns.
 
     ``stopper.stop()`` (another thread: the run's timeout) kills the worker processes and
@@ -212,9 +218,8 @@ def copy_all(
         stopper or Stopper(),
         Output(tuple(recipients), pooled),
     )
-    big = sum(it.table["relation_bytes"] for it in items if it.n == 0) > PROCESS_THRESHOLD
     try:
-        if jobs > 1 and len(items) > 1 and big:
+        if len(items) > 1 and wants_processes(jobs, [it.table for it in items if it.n == 0]):
             with workers or Workers(jobs - 1, _init_process, (os.getpid(),), "spawn") as processes:
                 run.with_processes(items, processes)
         else:

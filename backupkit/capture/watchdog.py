@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from types import TracebackType
 
 from ..errors import SourceError
@@ -22,12 +23,15 @@ class Watchdog:
         self.timeout = timeout
         self.stopper = Stopper()
         self.expired = False
-        self._timer = threading.Timer(timeout, self._fire) if timeout else None
-        if self._timer is not None:
-            self._timer.daemon = True
+        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> Watchdog:
-        if self._timer is not None:
+        if self.timeout:
+            # The limit counts from the run's start (``session.deadline``), whenever the
+            # watchdog starts (after the backup's workers are forked: ``capture.workers``).
+            end = self.session.deadline or time.time() + self.timeout
+            self._timer = threading.Timer(max(0.0, end - time.time()), self._fire)
+            self._timer.daemon = True
             self._timer.start()
         return self
 

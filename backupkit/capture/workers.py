@@ -6,22 +6,21 @@ it imports psycopg and zstandard again (~0.2 s of CPU, and ~0.3 s of wall time o
 busy two-core host, while the table it would copy waits).  A forked worker has them
 already and starts at once.
 
-Fork is safe only under two conditions, so ``start_early`` forks only when both hold:
+Fork is safe only under two conditions, so a backup forks only when both hold:
 
 - *No other thread runs* (the CLI, a cron or systemd job, a script): a fork copies
   only the forking thread, and a lock another thread held at that moment (logging's,
   an allocator's, a Jupyter kernel's messaging) would stay locked in the child for
   ever.  Where other threads run (a notebook, a scheduler embedding backupkit),
-  workers are spawned, and only once the copy needs them.
-- *Nothing of the backup is open yet*: a child holds every descriptor its parent had
+  workers are spawned, once the copy needs them.
+- *Nothing the backup uses is open*: a child holds every descriptor its parent had
   at the fork.  A pg_dump output pipe held open by a worker never reaches end of file;
-  a repository lock or a session would outlive the parent's use of them.  So the
-  backup forks first, before it connects, locks or starts a tool
-  (``BackupJob.run``), whether the copy turns out to need processes or not (a fork
-  is a few milliseconds; unused workers just end).
+  a session would outlive the parent's use of it.  So the backup forks once it knows
+  the tables' sizes and has closed the session that read them, before it opens the
+  snapshot's session, starts pg_dump or its watchdog thread (``BackupJob._take``).
+  An idle keep-alive connection to S3 from taking the repository's lock may be
+  inherited: the worker never uses it, and it closes when the worker ends.
 
-Each worker dies with this process (``runtime.lifeline.die_with_parent``, run by the
-initializer ``readers`` gives).
 """
 
 from __future__ import annotations
@@ -54,9 +53,9 @@ def can_fork() -> bool:
 
 
 class Workers:
-    """``count`` worker processes running ``initializer(*initargs)`` first; started by
-    ``start_early`` (forked now, where safe) or on first use (spawned).  A context manager:
-    leaving it ends them."""
+    """``count`` worker processes running ``initializer(*initargs)`` first: forked at once
+    (``forked``, where ``can_fork``), or spawned by the first ``pool`` (``method="spawn"``).
+    A context manager: leaving it ends them."""
 
     def __init__(self, count: int, initializer: Callable[..., object], initargs: tuple[Any, ...], method: str):
         self.count = count
@@ -65,11 +64,10 @@ class Workers:
         self._pool: ProcessPoolExecutor | None = None
 
     @classmethod
-    def start_early(cls, count: int, initializer: Callable[..., object], initargs: tuple[Any, ...]) -> Workers:
-        """Workers forked now when ``can_fork``, else spawned later by the first ``pool``."""
-        workers = cls(count, initializer, initargs, "fork" if can_fork() else "spawn")
-        if workers.method == "fork":
-            workers.pool()
+    def forked(cls, count: int, initializer: Callable[..., object], initargs: tuple[Any, ...]) -> Workers:
+        """Workers forked now, from this thread: call only when ``can_fork``."""
+        workers = cls(count, initializer, initargs, "fork")
+        workers.pool()
         return workers
 
     def pool(self) -> ProcessPoolExecutor:

@@ -164,12 +164,6 @@ class Storage(abc.ABC):
             raise ValueError(f"{name} is larger than {limit} bytes")
         return data
 
-    def preload(self) -> None:
-        """Import what using this storage needs, opening nothing: called before a backup forks
-        its worker processes (``capture.workers``), which then have it without importing it
-        again.  The default has nothing to load."""
-        return
-
     @contextlib.contextmanager
     def local_path(self, name: str) -> Iterator[Path]:
         """A path on this machine holding ``name``'s bytes, for tools that need one (pg_restore, DuckDB).

@@ -209,11 +209,6 @@ class S3Storage(Storage):
                 self._s3 = client
             return self._s3
 
-    def preload(self) -> None:
-        """botocore's client modules (~0.1 s of CPU to import); no client, no connection."""
-        import botocore.client
-        import botocore.session  # noqa: F401 (imported to be loaded, not used here)
-
     def _endpoint(self) -> str:
         """The endpoint for a message: scheme, host and port only (no user info, no query)."""
         try:
