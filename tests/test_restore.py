@@ -241,6 +241,24 @@ def test_damaged_snapshot_restores_nothing(small, make_db):
     assert fingerprint(target) == before
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_damaged_schema_archive_is_reported_as_damage_and_restores_nothing(small, make_db, jobs):
+    """The restore is planned (pg_restore renders the schema) while the snapshot is verified:
+    a broken archive that makes pg_restore fail too is still reported as the damage it is."""
+    source, res = small
+    entry = next(e for e in res.manifest["schema_files"] if e["path"].endswith("schema.dump"))
+    dump = res.path / entry["path"]
+    dump.chmod(0o600)
+    dump.write_bytes(dump.read_bytes()[: entry["bytes"] // 2])
+    target = make_db("tgt")
+    before = fingerprint(target)
+    for extra in ([], ["--dry-run"]):
+        out = run_cli("restore", res.path, "--dsn", target, "--jobs", str(jobs), *extra)
+        assert out.returncode == 6, out.stderr
+        assert "damaged" in out.stderr and entry["path"] in out.stderr and "Traceback" not in out.stderr
+    assert fingerprint(target) == before
+
+
 def test_grants_to_missing_roles_are_skipped_and_reported(make_db, tmp_path, pg_server):
     source = make_db("src")
     role = "gone_" + conninfo_to_dict(source)["dbname"]

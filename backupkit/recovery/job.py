@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ConfigError, RestoreError, SnapshotError
@@ -100,57 +101,61 @@ def restore(
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
     lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "lock_wait_timeout"), _seconds(timeout, "timeout")
     location = locate(snapshot)
-    try:  # the key is checked first: hashing a large snapshot only to refuse it takes long
-        encryption.check_identity(location, mf.read(location), identity)
-    except SnapshotError:
-        pass  # a snapshot that cannot be read: ensure_intact says why
-    manifest = ensure_intact(location, public_key=public_key)
-    location = encryption.unlock(location, manifest, identity)
-    request = Request(tuple(tables), tuple(schemas), with_dependencies, schema_only, data_only, clean, create_roles)
-    found = survey(location, manifest, dsn, request)
-    plan = found.plan
-    log.info("%s: %d tables to restore into %s", location, len(plan.tables), describe(dsn)["database"])
-    result = RestoreResult(plan, dry_run=dry_run)
-    if manifest.get("partial"):
-        result.warnings.append(
-            "this snapshot is PARTIAL: row-level security hid rows of "
-            + ", ".join(manifest.get("partial_tables", []))
-            + " when it was taken"
-        )
-    jobs = _jobs(jobs, clean, found, result.warnings)
-    parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
-    scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's
-    if not data_only:
-        scripts = _render(dsn, location, found, owner=owner, create_roles=create_roles, parallel=parallel)
-        schema_sql = (scripts.pre_data or "") + (scripts.post_data or "")
-        stand_in = plan_stand_in(manifest, plan.tables, schema_sql, found.target.schemas)
-    if stand_in:
-        # Supabase's API roles may use auth.uid() in policies: they need the schema, as there.
-        stand_in.grantees = sorted(
-            {"anon", "authenticated", "service_role"} & (found.target.roles | set(plan.created_roles))
-        )
-        _add_stand_in(scripts, stand_in)
-        plan.notes.append(stand_in.describe())
-    problems = found.problems + _final_checks(dsn, found, stand_in, data_only)
-    if found.refused and len(problems) == 1:
-        raise found.refused
-    if problems:
-        raise RestoreError(
-            "the restore cannot succeed, nothing was changed: " + "; ".join(problems),
-            hint="fix each problem named, then run the restore (or a `dry_run`) again",
-        )
-    _complete_scripts(scripts, found, manifest, parallel=parallel, clean=clean)
-    if plan.skipped_grants:
-        result.warnings.append(
-            f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
-            "does not have (e.g. " + plan.skipped_grants[0] + ")"
-        )
-    if plan.dropped_column_options:
-        result.warnings.append(
-            f"left out column options the target server does not know in "
-            f"{len(plan.dropped_column_options)} statements (e.g. "
-            f"{plan.dropped_column_options[0]})"
-        )
+    try:
+        manifest = mf.read(location)
+    except SnapshotError:  # a manifest that cannot be read: ensure_intact says all that is wrong
+        manifest = ensure_intact(location, public_key=public_key)
+    # The key is checked first: hashing a large snapshot only to refuse it takes long.
+    encryption.check_identity(location, manifest, identity)
+    # Planning only reads (the target's catalogs, the schema archive): it goes on while the
+    # snapshot is verified, and the verdict is in before anything changes.
+    with _VerifiedMeanwhile(location, public_key):
+        location = encryption.unlock(location, manifest, identity)
+        request = Request(tuple(tables), tuple(schemas), with_dependencies, schema_only, data_only, clean, create_roles)
+        found = survey(location, manifest, dsn, request)
+        plan = found.plan
+        log.info("%s: %d tables to restore into %s", location, len(plan.tables), describe(dsn)["database"])
+        result = RestoreResult(plan, dry_run=dry_run)
+        if manifest.get("partial"):
+            result.warnings.append(
+                "this snapshot is PARTIAL: row-level security hid rows of "
+                + ", ".join(manifest.get("partial_tables", []))
+                + " when it was taken"
+            )
+        jobs = _jobs(jobs, clean, found, result.warnings)
+        parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
+        scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's
+        if not data_only:
+            scripts = _render(dsn, location, found, owner=owner, create_roles=create_roles, parallel=parallel)
+            schema_sql = (scripts.pre_data or "") + (scripts.post_data or "")
+            stand_in = plan_stand_in(manifest, plan.tables, schema_sql, found.target.schemas)
+        if stand_in:
+            # Supabase's API roles may use auth.uid() in policies: they need the schema, as there.
+            stand_in.grantees = sorted(
+                {"anon", "authenticated", "service_role"} & (found.target.roles | set(plan.created_roles))
+            )
+            _add_stand_in(scripts, stand_in)
+            plan.notes.append(stand_in.describe())
+        problems = found.problems + _final_checks(dsn, found, stand_in, data_only)
+        if found.refused and len(problems) == 1:
+            raise found.refused
+        if problems:
+            raise RestoreError(
+                "the restore cannot succeed, nothing was changed: " + "; ".join(problems),
+                hint="fix each problem named, then run the restore (or a `dry_run`) again",
+            )
+        _complete_scripts(scripts, found, manifest, parallel=parallel, clean=clean)
+        if plan.skipped_grants:
+            result.warnings.append(
+                f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
+                "does not have (e.g. " + plan.skipped_grants[0] + ")"
+            )
+        if plan.dropped_column_options:
+            result.warnings.append(
+                f"left out column options the target server does not know in "
+                f"{len(plan.dropped_column_options)} statements (e.g. "
+                f"{plan.dropped_column_options[0]})"
+            )
     for w in result.warnings:
         log.warning(w)
     if dry_run:
@@ -169,6 +174,31 @@ def restore(
     result.seconds = time.monotonic() - started
     log.info("restored %d rows in %.1f s", result.rows, result.seconds)
     return result
+
+
+class _VerifiedMeanwhile:
+    """``ensure_intact`` of a snapshot in a thread of its own, while the ``with`` block plans
+    the restore; leaving the block waits for it and raises ``SnapshotDamaged`` if it failed.
+    A damaged snapshot is also the error reported when the block itself fails: a broken
+    schema archive makes pg_restore fail too, but the damage is the cause."""
+
+    def __init__(self, location: SnapshotLocation, public_key: Path | str | None):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="backupkit-verify")
+        self._verdict = self._pool.submit(ensure_intact, location, public_key=public_key)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is not None and not issubclass(kind, Exception):  # Ctrl-C: no waiting for the hashes
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            return
+        try:
+            failure = self._verdict.exception()
+        finally:
+            self._pool.shutdown()
+        if failure is not None:
+            raise failure from None
 
 
 def _jobs(jobs: int, clean: bool, found: Survey, warnings: list[str]) -> int:
