@@ -132,6 +132,8 @@ def test_kill_9_of_the_backup_leaves_no_session(pg_server, big_db, tmp_path, spa
     during = catch_mid_copy(pg_server, child)
     assert len(during) >= 3 and worker_processes(child.pid)
     workers = worker_processes(child.pid)
+    # The command runs no other thread: its workers are forks (no interpreter spawned anew).
+    assert not [cmd for _, cmd in children(child.pid) if "spawn_main" in cmd or "resource_tracker" in cmd]
     time.sleep(0.3)  # the worker finishes its item and idles in its transaction, as in the issue
     assert len(backup_sessions(pg_server.admin_dsn, child.pid, pg_dump=False)) >= 3
 
@@ -217,6 +219,21 @@ def small_db_locked(make_db):
     yield dsn
     release.set()
     holder.join()
+
+
+def test_a_table_locked_before_the_backup_without_a_lock_wait_limit_ends_at_the_time_limit(
+    small_db_locked, tmp_path, pg_server
+):
+    """Measuring the tables (before the snapshot, before the watchdog starts) waits for the
+    lock for ever; the run's time limit still ends it, on time and reported as such."""
+    started = time.monotonic()
+    with pytest.raises(backupkit.SourceError) as err:
+        backupkit.backup(small_db_locked, tmp_path, lock_wait_timeout=0, timeout=2, progress=False)
+    assert time.monotonic() - started < 6
+    assert "time limit (2 s)" in str(err.value) and "`timeout`" in err.value.hint, err.value
+    assert exit_code(err.value) == 5
+    assert list(tmp_path.iterdir()) == []
+    assert not backup_sessions(pg_server.admin_dsn, os.getpid())
 
 
 def test_cli_exits_5_naming_the_locked_table(small_db_locked, tmp_path, spawn):

@@ -130,3 +130,17 @@ def test_text_output_names_each_problem(snap):
 def test_not_a_snapshot(tmp_path):
     out = run_cli("verify", tmp_path / "nope")
     assert out.returncode == 7 and "no snapshot at" in out.stderr
+
+
+def test_a_verification_stopped_midway_never_passes(snap):
+    """verify(stop=...) (a restore interrupted while it verifies): unchecked files are problems."""
+    import threading
+
+    from backupkit.snapshot.verify import verify
+
+    stop = threading.Event()
+    assert verify(snap, stop=stop).ok
+    stop.set()
+    report = verify(snap, stop=stop)
+    assert not report.ok and report.problems
+    assert all("not checked (verification stopped)" in p for p in report.problems), report.problems

@@ -33,13 +33,22 @@ def test_fork_only_while_no_other_thread_runs():
 
 
 WORKER_PIDS = r"""
-import os, sys
+import os, sys, time
+from pathlib import Path
 from backupkit.capture import workers
-assert workers.can_fork()
+
+def children():
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "stat").exists()
+            and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()]
+
+assert workers.can_fork() and not children()
 with workers.Workers.forked(2, os.getpid, ()) as w:
-    assert w.started
+    deadline = time.monotonic() + 10
+    while len(children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = len(children())  # before any task of ours: both started at once
     pids = set(w.pool().submit(os.getppid).result() for _ in range(4))
-    print(w.method, pids == {os.getpid()})
+    print(w.method, started, pids == {os.getpid()})
 """
 
 
@@ -47,4 +56,4 @@ with workers.Workers.forked(2, os.getpid, ()) as w:
 def test_forked_workers_start_with_the_backup_and_are_its_children():
     out = subprocess.run([sys.executable, "-c", WORKER_PIDS], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["fork", "True"]
+    assert out.stdout.split() == ["fork", "2", "True"]

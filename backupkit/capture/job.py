@@ -429,6 +429,11 @@ class BackupJob:
         try:
             server, pg_dump_version, tables = self._inspect()
         except psycopg.Error as exc:
+            # No watchdog runs yet (see below): the server ends a side session that outlives
+            # the run's time limit, and that is the error to report.
+            if self.session.deadline is not None and time.time() >= self.session.deadline:
+                self.watchdog.expired = True
+                raise self.watchdog.error() from None
             raise self._stopped_by_database(exc) from None
         # Forked here, if at all: the side session is closed, and no other session, pg_dump
         # or watchdog thread has started yet, which the workers would hold (``capture.workers``).
@@ -557,7 +562,7 @@ class BackupJob:
     def _inspect(self) -> tuple[Server, tuple[int, int], list[dict]]:
         """Before the snapshot: server version, pg_dump, and which tables to lock (side connection)."""
         selection = self.options.selection
-        with self.session.connect(autocommit=True) as side:
+        with self.session.connect(autocommit=True, margin=0) as side:
             server = Server(
                 *one_row(
                     side.execute(

@@ -128,11 +128,14 @@ _process_keepalive: KeepAlive | None = None
 
 
 def _init_process(parent_pid: int) -> None:
-    # Runs before the snapshot is known (a forked worker starts with the backup), so the
-    # session is opened by the first task.  SIGTERM as a spawned worker has it: a forked
-    # one would inherit the parent's handler.
+    # Runs before the snapshot is known (a forked worker starts before it is taken), so the
+    # session is opened by the first task.  SIGTERM as a spawned worker has it (a forked
+    # one would inherit the parent's handler); Ctrl-C, which reaches the whole process
+    # group, is the parent's to handle: it kills its workers (``with_processes``), and
+    # they die with it besides, so an idle one does not print a traceback of its own.
     global _process_keepalive
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent_pid)
     _process_keepalive = KeepAlive(parent_pid)
 

@@ -49,13 +49,13 @@ class SessionSpec:
     #: How far past the deadline the server-side limits lie: the watchdog acts first.
     MARGIN = 5.0
 
-    def settings(self) -> dict[str, str]:
+    def settings(self, margin: float = MARGIN) -> dict[str, str]:
         out = {
             "lock_timeout": str(int((self.lock_wait_timeout or 0) * 1000)),
             "idle_in_transaction_session_timeout": str(IDLE_TIMEOUT * 1000),
         }
         if self.deadline is not None:
-            left = max(1, int((self.deadline - time.time() + self.MARGIN) * 1000))
+            left = max(1, int((self.deadline - time.time() + margin) * 1000))
             out["statement_timeout"] = str(left)
             if self.server_version_num >= 170000:
                 out["transaction_timeout"] = str(left)
@@ -66,8 +66,10 @@ class SessionSpec:
         """The ``application_name`` of the run's pg_dump sessions: the run's, marked as pg_dump's."""
         return f"{self.application} pg_dump"
 
-    def connect(self, **kw) -> psycopg.Connection:
-        return connect(self.dsn, application=self.application, settings=self.settings(), **kw)
+    def connect(self, *, margin: float = MARGIN, **kw) -> psycopg.Connection:
+        """A session of the run; its server-side limits lie ``margin`` s past the deadline
+        (0 where no watchdog runs yet to act first)."""
+        return connect(self.dsn, application=self.application, settings=self.settings(margin), **kw)
 
 
 def _spec(session: SessionSpec | str) -> SessionSpec:

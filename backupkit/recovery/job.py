@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +88,8 @@ def restore(
     schema archives are decrypted into private scratch space for pg_restore, the data
     files as they stream into COPY.
 
-    The snapshot is verified first; a damaged one restores nothing.  The target
+    The snapshot is verified before anything changes (while the restore is planned, or
+    first with ``public_key``); a damaged one restores nothing.  The target
     must not already have the snapshot's tables unless ``clean`` (drop them
     first; with ``data_only``: empty them).  ``owner=False`` (the default)
     leaves objects owned by the connecting role, which is what a Supabase or
@@ -107,9 +109,15 @@ def restore(
         manifest = ensure_intact(location, public_key=public_key)
     # The key is checked first: hashing a large snapshot only to refuse it takes long.
     encryption.check_identity(location, manifest, identity)
-    # Planning only reads (the target's catalogs, the schema archive): it goes on while the
-    # snapshot is verified, and the verdict is in before anything changes.
-    with _VerifiedMeanwhile(location, public_key):
+    verifying: contextlib.AbstractContextManager[object]
+    if public_key is not None:  # a signed snapshot is proven genuine before any of it is parsed
+        ensure_intact(location, public_key=public_key)
+        verifying = contextlib.nullcontext()
+    else:
+        # Planning only reads (the target's catalogs, the schema archive): it goes on while
+        # the snapshot is verified, and the verdict is in before anything changes.
+        verifying = _VerifiedMeanwhile(location)
+    with verifying:
         location = encryption.unlock(location, manifest, identity)
         request = Request(tuple(tables), tuple(schemas), with_dependencies, schema_only, data_only, clean, create_roles)
         found = survey(location, manifest, dsn, request)
@@ -180,25 +188,33 @@ class _VerifiedMeanwhile:
     """``ensure_intact`` of a snapshot in a thread of its own, while the ``with`` block plans
     the restore; leaving the block waits for it and raises ``SnapshotDamaged`` if it failed.
     A damaged snapshot is also the error reported when the block itself fails: a broken
-    schema archive makes pg_restore fail too, but the damage is the cause."""
+    schema archive makes pg_restore fail too, but the damage is the cause.  Ctrl-C stops
+    the hashing after the files under way, instead of waiting for every file."""
 
-    def __init__(self, location: SnapshotLocation, public_key: Path | str | None):
+    def __init__(self, location: SnapshotLocation):
+        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="backupkit-verify")
-        self._verdict = self._pool.submit(ensure_intact, location, public_key=public_key)
+        self._verdict = self._pool.submit(ensure_intact, location, stop=self._stop)
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if kind is not None and not issubclass(kind, Exception):  # Ctrl-C: no waiting for the hashes
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        if kind is not None and not issubclass(kind, Exception):  # Ctrl-C, SIGTERM: it goes on
+            self._stop_now()
             return
         try:
             failure = self._verdict.exception()
-        finally:
-            self._pool.shutdown()
+        except BaseException:  # Ctrl-C while waiting for the verdict
+            self._stop_now()
+            raise
+        self._pool.shutdown()
         if failure is not None:
             raise failure from None
+
+    def _stop_now(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _jobs(jobs: int, clean: bool, found: Survey, warnings: list[str]) -> int:

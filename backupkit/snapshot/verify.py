@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -261,6 +262,7 @@ def verify(
     written: bool = False,
     quick: bool = False,
     confirmed: Mapping[str, int] | None = None,
+    stop: threading.Event | None = None,
 ) -> VerifyReport:
     """Re-hash every file of ``snapshot`` against its manifest (and with ``deep``, recount rows).
 
@@ -300,6 +302,9 @@ def verify(
     and sizes the caller saw stored while writing (a backup's own data files: each write
     succeeded with its digest checked, or found the pool's file of that size); they are
     compared with the manifest instead of asking the storage again, a request each.
+
+    ``stop`` (set by another thread): the files not checked yet are skipped, each a problem,
+    so a verification cut short never passes.
 
     Raises ``SnapshotNotFound`` when there is no folder and ``SnapshotError`` when a
     file or folder of the snapshot cannot be read (permissions): an unreadable
@@ -345,6 +350,8 @@ def verify(
     with ThreadPoolExecutor(workers) as pool:
 
         def check(e: tuple[dict, int | None, DataFormat]) -> list[str]:
+            if stop is not None and stop.is_set():
+                return [f"{e[0]['path']}: not checked (verification stopped)"]
             return _check_file(location, *e, rehash=rehash, confirmed=confirmed)
 
         for problems in pool.map(check, entries):
@@ -362,10 +369,11 @@ def ensure_intact(
     deep: bool = False,
     public_key: Ed25519PublicKey | str | Path | None = None,
     identity: IdentityArg | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem
-    (with ``public_key``, a missing or bad signature is one; see ``verify``)."""
-    report = verify(snapshot, deep=deep, public_key=public_key, identity=identity)
+    (with ``public_key``, a missing or bad signature is one; see ``verify``, also for ``stop``)."""
+    report = verify(snapshot, deep=deep, public_key=public_key, identity=identity, stop=stop)
     if not report.ok:
         raise SnapshotDamaged(
             f"snapshot {locate(snapshot).name} is damaged: "
