@@ -21,6 +21,8 @@ Fork is safe only under two conditions, so a backup forks only when both hold:
   An idle keep-alive connection to S3 from taking the repository's lock may be
   inherited: the worker never uses it, and it closes when the worker ends.
 
+Each worker dies with this process (``runtime.lifeline.die_with_parent``, in the
+initializer ``readers`` gives), and ignores Ctrl-C, which is the parent's to handle.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ class Workers:
     def forked(cls, count: int, initializer: Callable[..., object], initargs: tuple[Any, ...]) -> Workers:
         """Workers forked now, from this thread: call only when ``can_fork``."""
         workers = cls(count, initializer, initargs, "fork")
-        workers.pool()
+        try:
+            workers.pool()
+        except BaseException:
+            workers.close()
+            raise
         return workers
 
     def pool(self) -> ProcessPoolExecutor:
