@@ -430,8 +430,9 @@ class BackupJob:
             server, pg_dump_version, tables = self._inspect()
         except psycopg.Error as exc:
             # No watchdog runs yet (see below): the server ends a side session that outlives
-            # the run's time limit, and that is the error to report.
-            if self.session.deadline is not None and time.time() >= self.session.deadline:
+            # the run's time limit (its timeout, in whole milliseconds, may fire a little
+            # early), and that is the error to report.
+            if self.session.deadline is not None and time.time() >= self.session.deadline - 1:
                 self.watchdog.expired = True
                 raise self.watchdog.error() from None
             raise self._stopped_by_database(exc) from None
@@ -445,6 +446,7 @@ class BackupJob:
     def _copy_and_seal(
         self, server: Server, pg_dump_version: tuple[int, int], names: list[tuple[str, str]]
     ) -> BackupResult:
+        """Lock ``names``, fix the moment, copy data and schema, verify and publish."""
         self.session = replace(self.session, server_version_num=server.version_num)
         log.info("PostgreSQL %s, database %s: %d tables to lock", server.version, server.database, len(names))
         main = self.session.connect()
