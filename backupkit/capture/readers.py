@@ -358,14 +358,8 @@ class _CopyRun:
 
         hook = self.stopper.add(cut_short)
         here.start()
-        try:
-            try:
-                self._feed(workers.pool(), work, workers.count)
-            except BaseException:
-                cut_short()  # before the workers are waited for: no new work here either
-                raise
-            finally:
-                workers.close()
+        try:  # the caller ends the workers afterwards (``copy_all``), killed here if need be
+            self._feed(workers.pool(), work, workers.count)
         except BrokenProcessPool as exc:
             cut_short()
             here.join()

@@ -91,10 +91,6 @@ class Workers:
                 self._pool.submit(os.getpid)
         return self._pool
 
-    @property
-    def started(self) -> bool:
-        return self._pool is not None
-
     def kill(self) -> None:
         """SIGKILL every worker (a stop: what they were doing is thrown away)."""
         for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
