@@ -125,6 +125,9 @@ def _copy_item(
 # -- worker processes ------------------------------------------------------------------
 _process_conn: psycopg.Connection | None = None
 _process_keepalive: KeepAlive | None = None
+#: The target of this process's tasks, as the first one brought it: each task brings it pickled
+#: again, and an S3 storage unpickled is a new botocore client (~0.2 CPU-s to make) per task.
+_process_target: SnapshotLocation | None = None
 
 
 def _init_process(parent_pid: int) -> None:
@@ -140,10 +143,20 @@ def _init_process(parent_pid: int) -> None:
     _process_keepalive = KeepAlive(parent_pid)
 
 
+def _reused(target: SnapshotLocation) -> SnapshotLocation:
+    """``target`` as this process first received it, when it is the same snapshot: its storage
+    keeps its client (and connections) from one task to the next."""
+    global _process_target
+    if _process_target is None or target != _process_target:
+        _process_target = target
+    return _process_target
+
+
 def _run_in_process(
     item: Item, target: SnapshotLocation, output: Output, session: SessionSpec, snapshot: str
 ) -> list[FileResult]:
     global _process_conn
+    target = _reused(target)
     if _process_conn is None:  # the first task: its error goes back to the parent with message and hint
         _process_conn = open_worker(session, snapshot)
         assert _process_keepalive is not None  # set by _init_process
