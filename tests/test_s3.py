@@ -279,6 +279,8 @@ def test_a_backup_worker_process_makes_one_s3_client_for_all_its_tasks(s3_bucket
     assert again.storage.read("snap/a", 10) == b"a"
     other = readers._reused(task_target("other"))  # another snapshot: its own storage
     assert other.storage is not first.storage and other.storage.prefix == "other"
+    # Its own client, made from the service models the process has already parsed.
+    assert other.storage._client() is not client and other.storage._client()._loader is client._loader
 
 
 # -- interrupted publish and delete ----------------------------------------------------------------
