@@ -1,8 +1,6 @@
 """``python -m backupkit`` is the ``backupkit`` command."""
 
-import sys
-
-from .cli import main
+from .cli import command
 
 if __name__ == "__main__":  # not when a spawned worker process re-imports it
-    sys.exit(main())
+    command()

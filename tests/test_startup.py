@@ -47,3 +47,19 @@ def test_a_plain_backup_and_restore_import_nothing_they_do_not_use(make_db, tmp_
     assert restore == {"code": 0, "loaded": []}
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+
+
+def test_the_installed_executable_is_the_command_entry_point():
+    # ``command`` is ``main`` plus the exit that skips shutdown's collections; the script
+    # pip installs must call it, or every run pays them again.
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "backupkit"]
+    assert script.value == "backupkit.cli:command"
+    out = subprocess.run(
+        [sys.executable, "-c", "from backupkit.cli import command; command()", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.startswith("backupkit ")

@@ -1,12 +1,15 @@
-"""``main``: parse, run one command, and turn what went wrong into one line and an exit code."""
+"""``main``: parse, run one command, and turn what went wrong into one line and an exit code;
+``command``: the executable around it."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import re
 import sys
 import time
+from typing import NoReturn
 
 from ..errors import BackupkitError, ConfigError, RetentionError, SnapshotError, StorageError
 from ..terminal import paint
@@ -124,3 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         if notifier is not None:
             notifier.failure(f"unexpected error ({type(exc).__name__}); see the job's log")
         raise
+
+
+def command() -> NoReturn:
+    """The ``backupkit`` executable: ``main`` with the process's arguments, then exit with its code."""
+    code = main()
+    # The process ends here: Python's shutdown would otherwise run full garbage collections
+    # over every object of the run (~30 ms, a tenth of a small backup) to free memory the
+    # exit frees anyway.  Open files were closed by the commands; stdout and stderr are
+    # flushed at exit as before.
+    gc.freeze()
+    sys.exit(code)
