@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from ..pg.platform import Platform
 from ..pg.schema import TABLE_TAGGED, TocEntry, render, split_entries
 from ..snapshot import manifest as mf
 from .database_scripts import DatabasePlan
+
+#: pg_restore processes rendering a restore's scripts at once.
+RENDERINGS_AT_ONCE = 4
 
 _DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
 _ACL_GRANTEE = re.compile(r"\b(?:TO|FROM)\s+(.+?)(?:\s+WITH GRANT OPTION)?;\s*$")
@@ -296,61 +300,73 @@ def build_scripts(
     are the large objects a failed parallel restore unlinks again.
     """
     notes = ScriptNotes()
-    texts = {section: render(dump, section, entries, no_owner=not owner) for section in ("pre-data", "post-data")}
-    if database is not None:
-        db_dump, dbplan = database
-        # Extensions before the types that use them; publications and default privileges last.
-        texts["pre-data"] = _after_schemas(
-            texts["pre-data"],
-            dbplan.setup_sql() + (render(db_dump, "pre-data", dbplan.pre, no_owner=not owner) if dbplan.pre else ""),
-        )
-        if dbplan.post:
-            texts["post-data"] += render(db_dump, "post-data", dbplan.post, no_owner=not owner)
-    texts["pre-data"], notes.dropped_column_options = drop_options(
-        texts["pre-data"], unknown_options(dsn, texts["pre-data"])
-    )
-    policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
-    missing = sorted(policy_roles - roles)
-    if missing and not create_roles:
-        raise RestoreError(
-            f"the snapshot's row-level security policies name roles this database does not have: "
-            f"{', '.join(missing)}; skipping the policies would weaken security",
-            hint="restore into a Supabase project (which has these roles), create them first, "
-            "or pass `create_roles` to create them as NOLOGIN roles",
-        )
-    if create_roles:
-        from ..pg.database_objects import referenced_roles as every_role  # owners too, with --owner
+    with ThreadPoolExecutor(RENDERINGS_AT_ONCE, thread_name_prefix="backupkit-render") as pool:
+        # Every pg_restore rendering of the run is started here, before any is needed: each is
+        # a process of its own (~4 ms) and a parallel restore asks for a dozen.
+        def rendered(archive: Path, section: str, some: list[TocEntry], clean: bool = False) -> Future[str]:
+            if clean:
+                return pool.submit(render, archive, section, some, clean=True)
+            return pool.submit(render, archive, section, some, no_owner=not owner)
 
-        notes.created_roles = sorted(
-            (every_role(texts["pre-data"] + texts["post-data"]) | policy_roles | grant_roles | set(more_roles)) - roles
+        sections = {section: rendered(dump, section, entries) for section in ("pre-data", "post-data")}
+        # pg_restore --clean writes the DROPs, in reverse dependency order, before everything else.
+        cleans = [rendered(dump, section, entries, clean=True) for section in ("post-data", "pre-data")]
+        db_pre = db_post = None
+        if database is not None:
+            db_dump, dbplan = database
+            db_pre = rendered(db_dump, "pre-data", dbplan.pre) if dbplan.pre else None
+            db_post = rendered(db_dump, "post-data", dbplan.post) if dbplan.post else None
+        if parallel:
+            groups, rest = _index_groups(entries, chosen)
+            group_sql = {key: pool.submit(render, dump, "post-data", g) for key, g in groups.items()}
+            rest_sql = rendered(dump, "post-data", rest)
+        texts = {section: text.result() for section, text in sections.items()}
+        if database is not None:
+            # Extensions before the types that use them; publications and default privileges last.
+            texts["pre-data"] = _after_schemas(
+                texts["pre-data"], database[1].setup_sql() + (db_pre.result() if db_pre else "")
+            )
+            if db_post:
+                texts["post-data"] += db_post.result()
+        texts["pre-data"], notes.dropped_column_options = drop_options(
+            texts["pre-data"], unknown_options(dsn, texts["pre-data"])
         )
-        roles = roles | set(notes.created_roles)
-        texts["pre-data"] = (
-            "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n" for r in notes.created_roles)
-            + texts["pre-data"]
+        policy_roles, grant_roles = referenced_roles(texts["pre-data"] + texts["post-data"])
+        missing = sorted(policy_roles - roles)
+        if missing and not create_roles:
+            raise RestoreError(
+                f"the snapshot's row-level security policies name roles this database does not have: "
+                f"{', '.join(missing)}; skipping the policies would weaken security",
+                hint="restore into a Supabase project (which has these roles), create them first, "
+                "or pass `create_roles` to create them as NOLOGIN roles",
+            )
+        if create_roles:
+            from ..pg.database_objects import referenced_roles as every_role  # owners too, with --owner
+
+            notes.created_roles = sorted(
+                (every_role(texts["pre-data"] + texts["post-data"]) | policy_roles | grant_roles | set(more_roles))
+                - roles
+            )
+            roles = roles | set(notes.created_roles)
+            texts["pre-data"] = (
+                "".join(f"CREATE ROLE {sql.Identifier(r).as_string()} NOLOGIN;\n" for r in notes.created_roles)
+                + texts["pre-data"]
+            )
+        filtered: dict[str, str] = {}
+        for section, text in texts.items():
+            filtered[section], skipped = _filter_grants(text, roles)
+            notes.skipped_grants += skipped
+        scripts = Scripts(pre_data=filtered["pre-data"], post_data=filtered["post-data"], owner=owner)
+        if parallel:
+            scripts.index_groups = {key: g.result() for key, g in group_sql.items()}
+            scripts.post_data_rest = _filter_grants(rest_sql.result() + (db_post.result() if db_post else ""), roles)[0]
+        # Take the DROPs from the --clean preamble only, never from inside a function body.
+        drops = "".join(
+            line
+            for clean in cleans
+            for line in split_entries(clean.result())[0].splitlines(keepends=True)
+            if _DROP_LINE.match(line)
         )
-    filtered: dict[str, str] = {}
-    for section, text in texts.items():
-        filtered[section], skipped = _filter_grants(text, roles)
-        notes.skipped_grants += skipped
-    scripts = Scripts(pre_data=filtered["pre-data"], post_data=filtered["post-data"], owner=owner)
-    if parallel:
-        scripts.index_groups, rest = _index_groups(dump, entries, chosen)
-        rest_sql = render(dump, "post-data", rest, no_owner=not owner)
-        if database is not None and database[1].post:
-            rest_sql += render(database[0], "post-data", database[1].post, no_owner=not owner)
-        scripts.post_data_rest = _filter_grants(rest_sql, roles)[0]
-    # pg_restore --clean writes the DROPs, in reverse dependency order, before everything
-    # else: take them from that preamble only, never from inside a function body.
-    drops = "".join(
-        line
-        for section in ("post-data", "pre-data")
-        for line in split_entries(render(dump, section, entries, clean=True))[0].splitlines(keepends=True)
-        if _DROP_LINE.match(line)
-    )
-    if database is not None:
-        # Publications, large objects and extensions this restore made go after its tables.
-        drops += database[1].undo_sql(list(large_object_oids))
     scripts.undo = drops or "SELECT 1"
     if drop_first:
         # Schemas that existed before are left alone; their other contents are not ours.
@@ -373,7 +389,7 @@ def _after_schemas(script: str, insert: str) -> str:
     return head + insert + "".join(h + b for _, h, b in entries[n:])
 
 
-def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict]) -> tuple[dict[str, str], list[TocEntry]]:
+def _index_groups(entries: list[TocEntry], chosen: list[dict]) -> tuple[dict[str, list[TocEntry]], list[TocEntry]]:
     """Split post-data into each table's indexes and key constraints, which can build as soon
     as that table is loaded (as ``pg_restore -j`` does), and the rest (foreign keys, triggers,
     policies), which comes after all data."""
@@ -390,4 +406,4 @@ def _index_groups(dump: Path, entries: list[TocEntry], chosen: list[dict]) -> tu
             rest.append(e)
         else:
             groups.setdefault(mf.table_key(table), []).append(e)
-    return {key: render(dump, "post-data", g) for key, g in groups.items()}, rest
+    return groups, rest
