@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it (inside the subpackages; see README's module map)
 _EXPORTS = {
     "backup": "capture.job",
-    "BackupResult": "capture.job",
+    "BackupResult": "capture.result",
     "check": "capture.preflight",
     "CheckReport": "capture.preflight",
     "restore": "recovery.job",
@@ -76,8 +76,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .capture.job import BackupResult, backup
+    from .capture.job import backup
     from .capture.preflight import CheckReport, check
+    from .capture.result import BackupResult
     from .drills.job import DrillResult, drill
     from .errors import (
         BackupkitError,

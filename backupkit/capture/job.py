@@ -19,17 +19,15 @@ sessions closed, and ``KeyboardInterrupt`` raised.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
-import math
 import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +36,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ..errors import BackupkitError, ConfigError, RowLevelSecurityError, SourceError, StorageError, ToolError
+from ..errors import BackupkitError, RowLevelSecurityError, SourceError, StorageError, ToolError
 from ..pg import database_objects
 from ..pg.catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
 from ..pg.copyio import FileResult
@@ -60,120 +58,20 @@ from ..storage.location import SnapshotLocation, open_storage
 from ..storage.lock import DirLock
 from ..storage.repository import TMP_PREFIX, check_label, list_snapshots, new_id, publish, staging_name
 from ..storage.scratch import scratch
-from .chunks import CHUNK_BYTES, MIN_CHUNK_BYTES
-from .contents import Moment, Selection, Server, Written, build_manifest, file_stem, sequences_of
+from . import options as opt
+from .chunks import CHUNK_BYTES
+from .contents import Moment, Server, Written, build_manifest, file_stem, sequences_of
+from .options import LOCK_WAIT_TIMEOUT, TIMEOUT, BackupOptions
 from .readers import copy_all, plan, start_workers
+from .result import BackupResult
 from .sessions import KeepAlive, SessionSpec, lock_wait_error
 from .watchdog import Watchdog
 from .workers import Workers
 
 if TYPE_CHECKING:  # the buckets modules (and botocore) load only when buckets are backed up
-    from ..buckets.capture import BucketChoice
     from ..buckets.endpoint import Endpoint
 
 log = logging.getLogger("backupkit")
-
-#: Default seconds to wait for one table's lock (``pg_dump --lock-wait-timeout``).  Long
-#: enough to ride out the short exclusive locks of ordinary DDL and deploy migrations;
-#: short enough that a backup started under a long one (VACUUM FULL, a table rewrite)
-#: fails with a clear message instead of waiting for ever, queueing other sessions' locks.
-LOCK_WAIT_TIMEOUT = 60.0
-#: Default limit on a whole backup run, in seconds: the original system's 30 minutes.
-TIMEOUT = 30 * 60.0
-#: S3 Object Lock modes (``object_lock_mode``); the first is the default.
-LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
-#: The longest Object Lock retention ``object_lock_days`` takes (S3's own bound on a default retention).
-MAX_LOCK_DAYS = 36500
-
-
-@dataclass
-class BackupResult:
-    """A finished snapshot: where it is, its manifest, and anything worth a warning."""
-
-    location: SnapshotLocation
-    manifest: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    #: Bytes of data files the repository had already (shared with earlier snapshots, not stored again).
-    reused_bytes: int = 0
-    #: Storage bucket files read from the endpoint (the others were unchanged since the last
-    #: snapshot and carried over), and their bytes.
-    storage_files_read: int = 0
-    storage_bytes_read: int = 0
-
-    @property
-    def new_bytes(self) -> int:
-        """Bytes this backup added to the repository: every file but the shared ones it had already."""
-        return self.bytes - self.reused_bytes
-
-    @property
-    def path(self) -> Path:
-        """The snapshot's folder (a snapshot in a local repository)."""
-        return self.location.path
-
-    @property
-    def id(self) -> str:
-        return str(self.manifest["id"])
-
-    @property
-    def rows(self) -> int:
-        return sum(t["rows"] for t in self.manifest["tables"])
-
-    @property
-    def bytes(self) -> int:
-        return sum(f["bytes"] for f in mf.all_files(self.manifest))
-
-    def summary(self) -> list[dict[str, Any]]:
-        """One row per table: name, rows, compressed bytes, files."""
-        return [
-            {
-                "table": mf.table_key(t),
-                "rows": t["rows"],
-                "bytes": sum(f["bytes"] for f in t["files"]),
-                "files": len(t["files"]),
-            }
-            for t in self.manifest["tables"]
-        ]
-
-
-@dataclass
-class BackupOptions:
-    """How a backup runs, checked: what it covers and the limits it keeps."""
-
-    selection: Selection
-    jobs: int = 1
-    label: str | None = None
-    allow_partial: bool = False
-    progress: bool | None = None
-    chunk_bytes: int = CHUNK_BYTES
-    on_snapshot: Callable[[str], object] | None = None
-    lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT
-    timeout: float | None = TIMEOUT
-    key: Any = None  # an Ed25519 private key, when the snapshot is signed
-    #: Age public keys every file but the manifest is encrypted to (none: not encrypted).
-    recipients: tuple[str, ...] = ()
-    #: (mode, days) of the S3 Object Lock retention every object of the snapshot gets; None: none.
-    object_lock: tuple[str, float] | None = None
-    #: Data files go into the repository's pool of shared files (``storage.pool``).
-    dedup: bool = True
-    #: Supabase Storage buckets to back up beside the database; None: none.
-    buckets: BucketChoice | None = None
-
-    @property
-    def shares(self) -> bool:
-        """Whether data files go into the pool.  Not when encrypted (age encrypts every file
-        with a new random key: equal files never look equal) nor locked (a shared file would
-        need the longest lock of every snapshot using it)."""
-        return self.dedup and not self.recipients and self.object_lock is None
-
-
-def _chunk_bytes(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_CHUNK_BYTES:
-        raise ConfigError(
-            f"`chunk_bytes` {value!r} is too small: use at least {MIN_CHUNK_BYTES} bytes",
-            hint="the default suits most databases; smaller chunks mean more COPY statements run in parallel",
-        )
-    return value
 
 
 def backup(
@@ -255,25 +153,25 @@ def backup(
     """
     started = time.monotonic()
     options = BackupOptions(
-        _selection(schemas, tables, exclude),
+        opt.selection(schemas, tables, exclude),
         jobs=check_jobs(jobs) or 1,
         label=check_label(label),
         allow_partial=allow_partial,
         progress=progress,
-        chunk_bytes=_chunk_bytes(chunk_bytes),
+        chunk_bytes=opt.check_chunk_bytes(chunk_bytes),
         on_snapshot=on_snapshot,
         lock_wait_timeout=_seconds(lock_wait_timeout, "lock_wait_timeout"),
         timeout=_seconds(timeout, "timeout"),
         key=signing.load_private_key(sign_key) if sign_key is not None else None,
         recipients=tuple(encryption.parse_recipients(recipients or ())),
-        object_lock=_object_lock(object_lock_days, object_lock_mode),
+        object_lock=opt.object_lock(object_lock_days, object_lock_mode),
         dedup=bool(dedup),
-        buckets=_buckets(storage_buckets, storage_all_buckets, storage_endpoint, recipients),
+        buckets=opt.bucket_choice(storage_buckets, storage_all_buckets, storage_endpoint, recipients),
     )
     describe(dsn)  # a DSN that cannot be parsed fails before anything is created
     if options.object_lock is not None:
-        _check_object_lock(open_storage(to))  # before a local folder is made, or anything written
-    repository, created = _open_repository(to)
+        opt.check_object_lock(open_storage(to))  # before a local folder is made, or anything written
+    repository, created = opt.open_repository(to)
     try:
         result = BackupJob(dsn, repository, options).run()
     except BaseException:
@@ -282,105 +180,6 @@ def backup(
         raise
     result.seconds = time.monotonic() - started
     return result
-
-
-def _buckets(
-    names: Sequence[str], every: bool, endpoint: Endpoint | None, recipients: Sequence[str] | None
-) -> BucketChoice | None:
-    """The Storage buckets to back up, checked; None when none were asked for."""
-    if not names and not every:
-        return None
-    from ..buckets.capture import BucketChoice, check_choice
-    from ..buckets.endpoint import Endpoint
-
-    chosen = check_choice(names, every)
-    if not chosen and not every:
-        return None
-    if recipients:
-        raise ConfigError(
-            "Storage buckets cannot be backed up into an encrypted snapshot yet",
-            hint="back the buckets up in a separate, unencrypted run, or leave out `recipients`",
-        )
-    return BucketChoice(endpoint or Endpoint.from_env(), chosen, every)
-
-
-def _selection(schemas: Sequence[str] | None, tables: Sequence[str], exclude: Sequence[str]) -> Selection:
-    """What to back up, checked: every table named with its schema, whose schema is then included."""
-    chosen = list(schemas or ["public"])
-    for t in [*tables, *exclude]:
-        if "." not in t:
-            raise ConfigError(f"table {t!r} needs a schema: write it as schema.table")
-    for t in tables:  # naming a table includes its schema; excluding one never adds it
-        if t.split(".", 1)[0] not in chosen:
-            chosen.append(t.split(".", 1)[0])
-    return Selection(chosen, list(tables), list(exclude))
-
-
-def _object_lock(days: float | None, mode: str | None) -> tuple[str, float] | None:
-    """``object_lock_days`` and ``object_lock_mode``, checked: (MODE, days), or None for no lock."""
-    if days is None:
-        if mode is not None:
-            raise ConfigError("object_lock_mode needs `object_lock_days`", hint="give the days the lock lasts too")
-        return None
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days):
-        raise ConfigError(f"object_lock_days must be a number of days, not {days!r}")
-    if not 0 < days <= MAX_LOCK_DAYS:
-        raise ConfigError(f"object_lock_days must be above 0 and at most {MAX_LOCK_DAYS}, not {days:g}")
-    name = LOCK_MODES[0] if mode is None else str(mode).upper()
-    if name not in LOCK_MODES:
-        raise ConfigError(f"object_lock_mode must be {' or '.join(LOCK_MODES)}, not {mode!r}")
-    return name, float(days)
-
-
-def _check_object_lock(storage: Storage) -> None:
-    """``ConfigError`` unless ``storage`` is an S3 repository whose bucket has Object Lock enabled."""
-    from ..storage.s3 import S3Storage  # only when a lock is asked for: boto3 is imported by S3 users
-
-    if not isinstance(storage, S3Storage):
-        raise ConfigError(
-            f"object_lock_days needs an S3 repository (s3://bucket/prefix), and {storage.location} is a local folder",
-            hint="Object Lock is a feature of S3 buckets: back up to a bucket created with Object Lock enabled",
-        )
-    try:
-        enabled = storage.object_lock_enabled()
-    except OSError as exc:
-        raise _storage_error(exc, storage.where()) from None
-    if enabled is None:
-        log.warning("cannot ask whether bucket %s has Object Lock (access denied): publishing tells", storage.bucket)
-    elif not enabled:
-        raise ConfigError(
-            f"object_lock_days needs a bucket with Object Lock, and bucket {storage.bucket} has none: "
-            "create the bucket with Object Lock enabled",
-            hint=f"e.g. `aws s3api create-bucket --bucket {storage.bucket}-locked --object-lock-enabled-for-bucket` "
-            "(AWS can also enable it on a versioned bucket: `aws s3api put-object-lock-configuration`)",
-        )
-
-
-def _lock_entry(taken_at: datetime, mode: str, days: float) -> dict[str, str]:
-    """The manifest's ``object_lock``: ``taken_at`` plus ``days``, rounded up to a whole second."""
-    until = taken_at.astimezone(UTC) + timedelta(days=days)
-    if until.microsecond:
-        until = until.replace(microsecond=0) + timedelta(seconds=1)
-    return {"mode": mode, "retain_until": until.isoformat()}
-
-
-def _open_repository(to: str | os.PathLike[str] | Storage) -> tuple[Storage, LocalStorage | None]:
-    """The repository's storage, made if it is a missing local folder; that folder is returned
-    too, so that a backup that fails before writing anything can remove it again."""
-    storage = open_storage(to)
-    if isinstance(storage, LocalStorage) and not storage.root.exists():
-        return open_storage(to, create=True), storage
-    return storage, None
-
-
-def _storage_error(exc: OSError, where: str) -> StorageError:
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    hint = (
-        "free some space or back up to another `to` folder"
-        if exc.errno == errno.ENOSPC
-        else "check the folder's permissions and that it is writable"
-    )
-    return StorageError(f"cannot write the snapshot under {where}: {reason}", hint=hint)
 
 
 class BackupJob:
@@ -499,7 +298,7 @@ class BackupJob:
                 self._roles(main, database, schema_sql),
                 signing.key_id(self.options.key.public_key()) if self.options.key else None,
                 encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
-                object_lock=_lock_entry(moment.taken_at, *self.options.object_lock)
+                object_lock=opt.lock_entry(moment.taken_at, *self.options.object_lock)
                 if self.options.object_lock
                 else None,
                 storage=buckets,
@@ -514,7 +313,7 @@ class BackupJob:
         except psycopg.Error as exc:
             raise self._stopped_by_database(exc) from None
         except OSError as exc:  # disk full, permissions, read-only file system
-            raise _storage_error(exc, self.repository.where()) from None
+            raise opt.storage_error(exc, self.repository.where()) from None
         finally:
             keepalive.close()
             main.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..capture.job import BackupResult
+from ..capture.result import BackupResult
 from ..snapshot import manifest as mf
 from ..storage.repository import list_snapshots
 from .tables import _manifest_of, diff_table, table_stats

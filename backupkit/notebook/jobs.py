@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..capture.job import BackupResult
 from ..capture.job import backup as _backup
 from ..capture.preflight import check as _check
+from ..capture.result import BackupResult
 from ..errors import BackupkitError, ConfigError, SnapshotDamaged, SnapshotNotFound, SourceError
 from ..pg.dsn import DSN_ENV_VARS, resolve_dsn
 from ..recovery.job import RestoreResult

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..capture.job import BackupResult
+from ..capture.result import BackupResult
 from ..recovery.job import RestoreResult
 from ..snapshot import manifest as mf
 from ..storage.location import locate
