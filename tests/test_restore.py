@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
 from backupkit.demo.data import create_demo, mutate_demo
+from backupkit.pg.rows import one_row
 from backupkit.recovery.job import restore
 from backupkit.snapshot import formats
 from backupkit.snapshot import manifest as mf
@@ -86,6 +88,41 @@ def test_parallel_round_trip_is_exact(fidelity, make_db):
     result = restore(res.path, target, jobs=2, owner=True)
     assert result.rows == sum(t["rows"] for t in res.manifest["tables"])
     assert_same(source, target)
+
+
+def sessions_opened(pg_server, dsn: str) -> int:
+    """Sessions ever opened on ``dsn``'s database, once the ended ones are all counted."""
+    name = conninfo_to_dict(dsn)["dbname"]
+    seen: list[int] = []
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+        # A backend counts its session when it exits, a moment after its client closed it.
+        for _ in range(50):
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            seen.append(one_row(conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [name]))[0])
+            if len(seen) >= 4 and len(set(seen[-4:])) == 1:
+                break
+            time.sleep(0.1)
+    return seen[-1]
+
+
+def test_a_parallel_restore_of_many_tables_opens_a_connection_per_job_not_per_table(make_db, tmp_path, pg_server):
+    # A connection costs a handshake, authentication and settings, tens of milliseconds over a
+    # network, and a Supabase project allows only so many: each job keeps its own, as
+    # pg_restore -j does, instead of opening one per table and per index group.
+    source = make_db("many_src")
+    with psycopg.connect(source) as conn:
+        for i in range(30):
+            conn.execute(
+                f"CREATE TABLE public.t{i} (id int PRIMARY KEY, v text UNIQUE); "
+                f"INSERT INTO public.t{i} SELECT g, md5(g::text) FROM generate_series(1, 100) g"
+            )
+    snap = backupkit.backup(source, tmp_path)
+    target = make_db("many_dst")
+    before = sessions_opened(pg_server, target)
+    restore(snap.path, target, jobs=2)
+    opened = sessions_opened(pg_server, target) - before
+    assert_same(source, target)
+    assert opened <= 8, f"the restore opened {opened} connections for 30 tables and 2 jobs"
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -108,16 +108,18 @@ class LoadRun:
             conn.execute(self.scripts.pre_data)
 
     def load_session(self, conn: psycopg.Connection) -> None:
-        """Session settings for loading data.
+        """Settings for loading data, for the rest of ``conn``'s transaction.
 
         With --data-only the tables' triggers and foreign keys already exist, so
-        they are switched off the way pg_restore --disable-triggers does.
+        they are switched off the way pg_restore --disable-triggers does.  LOCAL:
+        a parallel restore's connection goes on to other tasks (index builds) after
+        its transaction, and none of this may follow it there.
         """
-        conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+        conn.execute("SELECT pg_catalog.set_config('row_security', 'off', true)")
         plan = self.plan
         if not plan.schema or plan.platform_tables or plan.in_place:
             try:
-                conn.execute("SET session_replication_role = replica")
+                conn.execute("SET LOCAL session_replication_role = replica")
             except psycopg.errors.InsufficientPrivilege:
                 raise RestoreError(
                     "data_only must stop the tables' triggers and foreign-key checks while loading, "
