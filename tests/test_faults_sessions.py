@@ -18,6 +18,7 @@ import pytest
 from helpers import load_small, snapshot_dirs, wait_for
 
 import backupkit
+import backupkit.capture.job
 import backupkit.capture.readers
 import backupkit.capture.sessions
 from backupkit.cli import exit_code
@@ -203,6 +204,32 @@ def test_a_locked_table_fails_the_backup_within_the_lock_wait_limit(small_db_loc
     assert time.monotonic() - started < 15
     assert "public.orders" in str(err.value) and "lock" in str(err.value)
     assert "`lock_wait_timeout`" in err.value.hint  # the CLI shows its flag instead
+    assert exit_code(err.value) == 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_table_locked_after_it_was_measured_is_named_though_all_are_locked_at_once(make_db, tmp_path, monkeypatch):
+    # The snapshot's session locks every table in one statement (one round trip to a remote
+    # database, not one per table); a migration that took a table in between is still named.
+    dsn = make_db("late_lock")
+    load_small(dsn)
+    ready, release, got = threading.Event(), threading.Event(), {}
+    holder = threading.Thread(target=_lock_holder, args=(dsn, "orders", ready, release, got))
+    fix_moment = backupkit.capture.job.BackupJob._fix_moment
+
+    def locked_meanwhile(self, *args, **kwargs):
+        holder.start()
+        assert wait_for(lambda: "locked_at" in got, 10)
+        return fix_moment(self, *args, **kwargs)
+
+    monkeypatch.setattr(backupkit.capture.job.BackupJob, "_fix_moment", locked_meanwhile)
+    try:
+        with pytest.raises(backupkit.SourceError) as err:
+            backupkit.backup(dsn, tmp_path, lock_wait_timeout=1, progress=False)
+    finally:
+        release.set()
+        holder.join()
+    assert str(err.value).startswith("table public.orders is locked by another session"), err.value
     assert exit_code(err.value) == 5
     assert list(tmp_path.iterdir()) == []
 
