@@ -37,22 +37,28 @@ Unit = tuple[dict, list[dict], bool]
 def load_in_parallel(run: LoadRun, jobs: int) -> int:
     """Commit pre-data (and the mark), load the data on ``jobs`` connections, then post-data;
     undo on failure.  Returns the rows loaded."""
-    with connect(run.dsn) as conn:
-        try:
-            run.session(conn)
-            run.prepare(conn)
-            assert run.scripts.mark is not None  # a parallel restore always marks the target
-            conn.execute(run.scripts.mark)  # committed with pre-data: visible until the last step
-        except psycopg.Error as exc:
-            rollback(conn)
-            raise RestoreError(f"restore failed before loading data and was rolled back: {run.why(exc)}") from None
-    return ParallelLoad(run, jobs).load()
+    conn = connect(run.dsn)
+    try:
+        run.session(conn)
+        run.prepare(conn)
+        assert run.scripts.mark is not None  # a parallel restore always marks the target
+        conn.execute(run.scripts.mark)  # committed with pre-data: visible until the last step
+        conn.commit()
+    except psycopg.Error as exc:
+        rollback(conn)
+        conn.close()
+        raise RestoreError(f"restore failed before loading data and was rolled back: {run.why(exc)}") from None
+    except BaseException:
+        conn.close()
+        raise
+    # The first task goes on with this connection: one connection less to wait for.
+    return ParallelLoad(run, jobs, ready=conn).load()
 
 
 class ParallelLoad:
     """The state of one parallel load, shared by its worker threads under ``lock``."""
 
-    def __init__(self, run: LoadRun, jobs: int) -> None:
+    def __init__(self, run: LoadRun, jobs: int, ready: psycopg.Connection | None = None) -> None:
         self.run = run
         self.jobs = jobs
         self.bar = byte_bar(sum(load_bytes(t["files"]) for t in run.chosen), "restore", run.show)
@@ -69,10 +75,10 @@ class ParallelLoad:
         #: Set once the pool has stopped: then there is nothing left to cancel.
         self.pool_done = threading.Event()
         self.pool = TaskPool(jobs, on_failure=self.cancel_running)
-        #: Each worker thread's connection, kept from one task to the next (``task_connection``).
-        self.mine = threading.local()
-        #: Every connection the tasks opened, and whether the load has ended (no more keeping them).
-        self.opened: list[psycopg.Connection] = []
+        #: Connections between two tasks, with the session's settings (``task_connection``);
+        #: ``ready``, the one that created pre-data, is the first.
+        self.idle: list[psycopg.Connection] = [ready] if ready is not None else []
+        #: Set when the load has ended: a connection is no longer kept once its task is done.
         self.closing = False
 
     def load(self) -> int:
@@ -90,9 +96,9 @@ class ParallelLoad:
                 self.pool.run()
             finally:
                 self.pool_done.set()
-                self.close_idle()
             self.finish()
         except BaseException as exc:
+            self.close_idle()
             # Whatever went wrong (a database error, a vanished file, Ctrl-C), committed
             # pre-data must not be left behind silently.
             self.bar.close()
@@ -105,14 +111,14 @@ class ParallelLoad:
                 left_behind=left_behind,
                 hint="fix the cause and run the restore again",
             ) from None
+        self.close_idle()
         self.bar.close()
         return self.rows_loaded
 
     def finish(self) -> None:
         """Large objects, the post-data the index groups left, sequences; then clear the mark."""
         run = self.run
-        with connect(run.dsn) as conn:
-            run.session(conn)
+        with self.task_connection() as conn:
             run.large_objects(conn)
             # In a parallel restore the index groups already ran: only the rest is left.
             scripts = run.scripts
@@ -149,21 +155,23 @@ class ParallelLoad:
         """A connection for one task, in a transaction of its own committed when the task
         succeeds; cancelled with the rest at a failure.
 
-        A worker thread keeps its connection from one task to the next, as ``pg_restore -j``
-        keeps one per worker: a connection costs a TCP (and TLS) handshake, authentication
-        and the session's settings, several round trips that a restore of many small tables
+        Connections are kept from one task to the next (``idle``), as ``pg_restore -j``
+        keeps one per worker: a new one costs a TCP (and TLS) handshake, authentication and
+        the session's settings, several round trips that a restore of many small tables
         would otherwise pay per table and per index group.  A connection whose task failed
         is closed, never reused.
         """
         if self.stopping.is_set():
             raise RestoreError("stopped: another part of the restore failed")
-        c: psycopg.Connection | None = getattr(self.mine, "conn", None)
+        with self.lock:
+            c = self.idle.pop() if self.idle else None
         if c is None:
             c = connect(self.run.dsn)
-            with self.lock:
-                self.opened.append(c)
-            self.run.session(c)  # should this fail, close_idle closes the connection with the rest
-            self.mine.conn = c
+            try:
+                self.run.session(c)
+            except BaseException:
+                c.close()
+                raise
         with self.lock:
             self.live.add(c)
         keep = False
@@ -175,15 +183,16 @@ class ParallelLoad:
             with self.lock:
                 self.live.discard(c)
                 keep = keep and not self.closing
+                if keep:
+                    self.idle.append(c)
             if not keep:
-                self.mine.conn = None
                 c.close()
 
     def close_idle(self) -> None:
-        """Close the connections the tasks kept; one still in a task closes when its task ends."""
+        """Close the kept connections; one still in a task closes when its task ends."""
         with self.lock:
             self.closing = True
-            idle = [c for c in self.opened if c not in self.live]
+            idle, self.idle = self.idle, []
         for c in idle:
             with contextlib.suppress(Exception):
                 c.close()
