@@ -400,9 +400,11 @@ class BackupJob:
         # Lock before the snapshot is taken (LOCK takes none): a TRUNCATE or ALTER that
         # commits in between would otherwise empty a table inside our "consistent" view.
         self._lock(main, names)
-        snapshot = one_row(main.execute("SELECT pg_export_snapshot()"))[0]
+        with main.pipeline():  # one round trip for both
+            exported = main.execute("SELECT pg_export_snapshot()")
+            main.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+        snapshot = one_row(exported)[0]
         taken_at = datetime.now(UTC)
-        main.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
         role = role_info(main)
         chosen = select_tables(list_tables(main, selection.schemas), selection.include, selection.exclude)
         locked = set(names)

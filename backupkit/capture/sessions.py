@@ -77,13 +77,18 @@ def _spec(session: SessionSpec | str) -> SessionSpec:
 
 
 def open_worker(session: SessionSpec | str, snapshot: str) -> psycopg.Connection:
-    """A connection inside the exported snapshot, with row security off (as pg_dump does)."""
+    """A connection inside the exported snapshot, with row security off (as pg_dump does).
+
+    BEGIN, SET TRANSACTION SNAPSHOT and the setting go out in one pipeline: one round
+    trip before the worker's first COPY instead of three.
+    """
     conn = _spec(session).connect()
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
+        with conn.pipeline():
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            conn.execute("SELECT pg_catalog.set_config('row_security', 'off', false)")
     except BaseException:
         conn.close()
         raise
