@@ -147,20 +147,22 @@ class LoadRun:
 
     def sequences_and_matviews(self, conn: psycopg.Connection) -> None:
         """setval of the restored sequences (all, those of whole schemas, those chosen tables own);
-        refresh of the restored populated materialized views."""
+        refresh of the restored populated materialized views.  All in one pipeline: one
+        round trip, not one per sequence."""
         plan = self.plan
         keys = {mf.table_key(t) for t in self.chosen}
         full = plan.full
-        for s in self.manifest.get("sequences", []):
-            owned = s.get("owned_by")
-            if full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
-                conn.execute(
-                    "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
-                    (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]),
-                )
-        for v in self.manifest.get("materialized_views", []):
-            if v["populated"] and (full or v["schema"] in plan.schemas):
-                conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
+        with conn.pipeline():
+            for s in self.manifest.get("sequences", []):
+                owned = s.get("owned_by")
+                if full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
+                    conn.execute(
+                        "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
+                        (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]),
+                    )
+            for v in self.manifest.get("materialized_views", []):
+                if v["populated"] and (full or v["schema"] in plan.schemas):
+                    conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
 
 
 def rollback(conn: psycopg.Connection) -> None:

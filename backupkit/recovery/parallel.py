@@ -230,8 +230,8 @@ class ParallelLoad:
                 # A parallel build would take CPU from the COPYs still running, one of
                 # which is the long pole; once all data is in, builds may go parallel.
                 # LOCAL: the script runs in this transaction, and a pooler's shared
-                # session keeps nothing of it.
-                c.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+                # session keeps nothing of it.  Sent with the script: one round trip.
+                script = "SET LOCAL max_parallel_maintenance_workers = 0;\n" + script
             c.execute(script)
 
 
@@ -242,8 +242,10 @@ def _empty_own_table(conn: psycopg.Connection, table: dict) -> None:
     it meanwhile; those are never thrown away: the restore stops instead.
     """
     rel = sql.Identifier(table["schema"], table["name"])
-    conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(rel))
-    if one_row(conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})").format(rel)))[0]:
+    with conn.pipeline():  # one round trip for both
+        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(rel))
+        has_rows = conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM ONLY {})").format(rel))
+    if one_row(has_rows)[0]:
         raise RestoreError(
             f"{mf.table_key(table)} received rows from another session during the restore",
             hint="stop whatever writes to the target database, then restore again",
