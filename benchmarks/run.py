@@ -1398,6 +1398,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="backup and restore against pg_dump/pg_restore at each of these scales, one table "
         "(e.g. 0.002,0.027,0.3,1: about 1 MB, 40 MB, 450 MB, 1.5 GB)",
     )
+    p.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="with --sizes: the contenders reach the server through benchmarks/lagproxy.py with "
+        "these round trips in milliseconds (a hosted database is a network away; e.g. 10)",
+    )
     p.add_argument("--workdir", type=Path, help="where snapshots and dumps go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     a = p.parse_args(argv)
@@ -1413,6 +1421,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error("--sizes takes numbers, e.g. 0.002,0.027,0.3,1")
         if not a.sizes or min(a.sizes) <= 0:
             p.error("--sizes needs positive scales")
+    if a.rtt < 0 or (a.rtt and not a.sizes):
+        p.error("--rtt takes milliseconds ≥ 0, with --sizes")
     if a.rss_scales:
         try:
             a.rss_scales = [float(s) for s in a.rss_scales.split(",") if s.strip()]
@@ -1494,7 +1504,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif args.sizes:
                     from sizes import sizes_report  # benchmarks/sizes.py: imports this module
 
-                    lines = sizes_report(cluster, tools, args.sizes, args.repeat, args.warmup, work)
+                    lines = sizes_report(cluster, tools, args.sizes, args.repeat, args.warmup, work, args.rtt)
                 else:
                     lines = benchmark(cluster, tools, args, work)
             finally:

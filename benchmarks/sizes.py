@@ -12,14 +12,25 @@ of medians and ratios with the targets of the fixed-costs issue:
 * backup ≤ 0.5× ``pg_dump -Fd -j2`` and ≤ 1.0× ``pg_dump -Fc`` at every size;
 * restore ≤ 0.85× ``pg_restore -j2`` from 450 MB (scale ≥ 0.3), ≤ 1.0× below;
 * ``backupkit --version`` under 0.1 s and ``backupkit list`` of 100 snapshots under 0.3 s.
+
+``--rtt MS`` puts ``lagproxy.py`` between the contenders and the server, so that every
+round trip takes that long, as to a hosted database a network away (the datasets and
+fixtures are built directly).
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import run as bench
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from run import (
     BK_BACKUP_2,
     BK_RESTORE,
@@ -93,8 +104,31 @@ def list_seconds(cluster: Cluster, tools: Tools, work: Path, repeat: int) -> flo
     return statistics.median(run_pipeline(listing).seconds for _ in range(max(3, repeat)))
 
 
+@contextlib.contextmanager
+def lagged(cluster: Cluster, rtt_ms: float) -> Iterator[Cluster]:
+    """``cluster`` reached through ``lagproxy.py`` with ``rtt_ms`` round trips (itself when 0)."""
+    if not rtt_ms:
+        yield cluster
+        return
+    with socket.socket() as probe:  # a free port for the proxy
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = conninfo_to_dict(cluster.admin_dsn).get("port") or "5432"
+    proxy = Path(__file__).with_name("lagproxy.py")
+    child = subprocess.Popen([sys.executable, str(proxy), str(port), str(target), str(rtt_ms / 2000)])
+    try:
+        for _ in range(100):  # until it listens
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.05)
+        yield Cluster(make_conninfo(cluster.admin_dsn, host="127.0.0.1", port=port))
+    finally:
+        child.terminate()
+        child.wait()
+
+
 def sizes_report(
-    cluster: Cluster, tools: Tools, scales: list[float], repeat: int, warmup: int, work: Path
+    cluster: Cluster, tools: Tools, scales: list[float], repeat: int, warmup: int, work: Path, rtt_ms: float = 0.0
 ) -> list[str]:
     """Build each scale's dataset in turn, run the five contenders on it; the report lines."""
     chosen = [c for c in CONTENDERS if c.name in NAMES]
@@ -103,9 +137,10 @@ def sizes_report(
         ds = build_dataset(cluster, tools, f"{DB_PREFIX}size_{i}", scale)
         log(ds.describe())
         fixtures = make_fixtures(cluster, tools, ds, work / f"size_{i}", {"backup", "restore"}, False)
-        b = Bench(cluster, tools, ds, fixtures, work / "runs")
-        b.runs_dir.mkdir(parents=True, exist_ok=True)
-        results = run_interleaved(b, chosen, repeat, warmup)
+        with lagged(cluster, rtt_ms) as reached:
+            b = Bench(reached, tools, ds, fixtures, work / "runs")
+            b.runs_dir.mkdir(parents=True, exist_ok=True)
+            results = run_interleaved(b, chosen, repeat, warmup)
         cluster.drop_database(ds.dbname)
         rows.append(_row(ds, results))
     version = startup_seconds(tools)
@@ -116,6 +151,11 @@ def sizes_report(
         *bench.machine_lines(cluster, tools),
         f"- {warmup} untimed warm-up round(s), then {repeat} repetition(s) per size, contenders interleaved; "
         "medians in seconds",
+        *(
+            [f"- network: every contender reaches the server through `lagproxy.py`, {rtt_ms:g} ms round trips"]
+            if rtt_ms
+            else []
+        ),
         "",
         "| COPY text MB | " + " | ".join(NAMES) + " | backup vs -Fd -j2 | backup vs -Fc | restore vs pg_restore -j2 |",
         "|" + "--:|" * (len(NAMES) + 1) + "---|---|---|",
