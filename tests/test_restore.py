@@ -125,6 +125,66 @@ def test_a_parallel_restore_of_many_tables_opens_a_connection_per_job_not_per_ta
     assert opened <= 8, f"the restore opened {opened} connections for 30 tables and 2 jobs"
 
 
+@pytest.fixture
+def latin1_db(pg_server):
+    """A new LATIN1 database (a non-UTF-8 source), dropped after the test."""
+    name = f"bk_latin1_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").format(
+                sql.Identifier(name)
+            )
+        )
+    dsn = pg_server.dsn(name)
+    yield dsn
+    pg_server.dropdb(dsn)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_latin1_database_restores_its_accented_text_exactly(latin1_db, make_db, tmp_path, jobs):
+    # The schema scripts pg_restore renders say SET client_encoding = 'LATIN1' (the source's);
+    # the data files hold UTF-8 all the same, and every COPY must read them as such.
+    with psycopg.connect(latin1_db) as conn:
+        conn.execute(
+            "CREATE TABLE public.big (id int PRIMARY KEY, word text); "
+            "INSERT INTO public.big SELECT g, 'café n° ' || g FROM generate_series(1, 5000) g; "
+            "CREATE TABLE public.small (id int PRIMARY KEY, word text); "
+            "INSERT INTO public.small VALUES (1, 'naïve'), (2, 'Ærø')"
+        )
+    snap = backupkit.backup(latin1_db, tmp_path)
+    target = make_db(f"from_latin1_{jobs}")
+    restore(snap.path, target, jobs=jobs)
+    with psycopg.connect(target) as conn:
+        assert one_row(conn.execute("SELECT word FROM public.big WHERE id = 7"))[0] == "café n° 7"
+        assert [r[0] for r in conn.execute("SELECT word FROM public.small ORDER BY id")] == ["naïve", "Ærø"]
+    # Every row, compared as text (a fingerprint would hash each database's own encoding).
+    for table in ("public.big", "public.small"):
+        query = f"SELECT * FROM {table} ORDER BY id"
+        with psycopg.connect(latin1_db) as a, psycopg.connect(target) as b:
+            assert a.execute(query).fetchall() == b.execute(query).fetchall(), table
+
+
+def test_every_parallel_task_starts_from_a_new_sessions_settings(make_db, tmp_path):
+    # A connection goes on from one task to the next; what a schema script SET on it before
+    # (search_path '' among others) must not follow it into the next table's COPY, where a
+    # CHECK calls a function that finds another one on the default search_path.
+    source = make_db("settings_src")
+    with psycopg.connect(source) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.inner_ok(k int) RETURNS boolean LANGUAGE sql AS 'SELECT $1 > 0'; "
+            "CREATE FUNCTION public.valid_k(k int) RETURNS boolean LANGUAGE plpgsql "
+            "AS $$ BEGIN RETURN inner_ok(k); END $$; "
+            "CREATE TABLE public.big (id int PRIMARY KEY, k int CHECK (public.valid_k(k))); "
+            "INSERT INTO public.big SELECT g, g FROM generate_series(1, 20000) g; "
+            "CREATE TABLE public.small (id int PRIMARY KEY, k int CHECK (public.valid_k(k))); "
+            "INSERT INTO public.small VALUES (1, 1)"
+        )
+    snap = backupkit.backup(source, tmp_path)
+    target = make_db("settings_dst")
+    restore(snap.path, target, jobs=2)
+    assert_same(source, target)
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_csv_snapshot_from_before_the_text_format_restores_exactly(fidelity, make_db, tmp_path, monkeypatch, jobs):
     # Snapshots written before 2026-12 hold CSV (format version 1); they must keep restoring.

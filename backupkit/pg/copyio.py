@@ -78,8 +78,17 @@ def text_hasher() -> Any:
 
 
 def copy_options(data_format: DataFormat, *, freeze: bool = False) -> sql.Composable:
-    """``(FORMAT ...)`` of a COPY in ``data_format``; ``freeze`` adds FREEZE (COPY FROM only)."""
-    return sql.SQL("(FORMAT {}{})").format(sql.SQL(data_format.name), sql.SQL(", FREEZE" if freeze else ""))
+    """``(FORMAT ..., ENCODING 'UTF8')`` of a COPY in ``data_format``; ``freeze`` adds FREEZE
+    (COPY FROM only).
+
+    Data files hold UTF-8, whatever the database's encoding.  Said in the COPY itself, not
+    left to the session's ``client_encoding``: a schema script rendered by pg_restore sets
+    that to the source's encoding (``SET client_encoding = 'LATIN1'``), and a COPY after it
+    on the same connection would read UTF-8 bytes as LATIN1.
+    """
+    return sql.SQL("(FORMAT {}, ENCODING 'UTF8'{})").format(
+        sql.SQL(data_format.name), sql.SQL(", FREEZE" if freeze else "")
+    )
 
 
 @dataclass
