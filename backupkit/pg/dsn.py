@@ -162,14 +162,19 @@ def connect(
             f"as {where['user'] or '(default user)'}: {reason}",
             hint="check host, port, user and password in the DSN, and that the server accepts connections",
         ) from None
-    every = {**SESSION_SETTINGS, **(settings or {})}
-    try:  # one round trip for all of them
-        conn.execute(
-            "SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(every)),
-            [x for kv in every.items() for x in kv],
-        )
+    try:
+        apply_settings(conn, settings)
     except BaseException:
         conn.close()
         raise
     conn.autocommit = autocommit
     return conn
+
+
+def apply_settings(conn: psycopg.Connection, settings: Mapping[str, str] | None = None) -> None:
+    """Set ``SESSION_SETTINGS`` and then ``settings`` for the rest of ``conn``'s session, in one round trip."""
+    every = {**SESSION_SETTINGS, **(settings or {})}
+    conn.execute(
+        "SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(every)),
+        [x for kv in every.items() for x in kv],
+    )

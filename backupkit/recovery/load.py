@@ -78,11 +78,18 @@ class LoadRun:
         first; lock waits end after ``lock_wait_timeout``.
         """
         plan = self.plan
+        settings = {}
         if conn.info.server_version >= 140000:
-            conn.execute("SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false)")
+            settings["client_connection_check_interval"] = "1000"
+            # A parallel restore keeps connections idle between tasks, one maybe through a
+            # long COPY of another: a server's idle_session_timeout must not end it meanwhile.
+            settings["idle_session_timeout"] = "0"
         if plan.lock_wait_timeout:
+            settings["lock_timeout"] = f"{int(plan.lock_wait_timeout * 1000)}ms"
+        if settings:  # one round trip
             conn.execute(
-                "SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f"{int(plan.lock_wait_timeout * 1000)}ms",)
+                "SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(settings)),
+                [x for kv in settings.items() for x in kv],
             )
         if plan.deadline is not None:
             plan.deadline.watch(conn)

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import BackupkitError, RestoreError
-from ..pg.dsn import connect
+from ..pg.dsn import apply_settings, connect
 from ..pg.rows import one_row
 from ..runtime.progress import byte_bar
 from ..runtime.taskpool import TaskPool
@@ -165,7 +165,19 @@ class ParallelLoad:
             raise RestoreError("stopped: another part of the restore failed")
         with self.lock:
             c = self.idle.pop() if self.idle else None
-        if c is None:
+        if c is not None:
+            # A schema script rendered by pg_restore SETs search_path, client_encoding,
+            # check_function_bodies... for the session: every task starts from the same
+            # settings, as on a new connection, whatever the connection ran before.
+            try:
+                with c.pipeline():  # one round trip
+                    c.execute("RESET ALL")
+                    apply_settings(c)
+                    self.run.session(c)
+            except BaseException:
+                c.close()
+                raise
+        else:
             c = connect(self.run.dsn)
             try:
                 self.run.session(c)
