@@ -84,14 +84,14 @@ class ParallelLoad:
     def load(self) -> int:
         """Queue every load, run them, then the rest of post-data; undo everything on failure."""
         run = self.run
-        units = _load_units(run.chosen, self.jobs, run.plan.schema)
-        self.units_left = len(units)
-        for table, files, freeze in units:
-            self.pool.submit(functools.partial(self.load_unit, table, files, freeze))
-        for t in run.chosen:
-            if not t["files"]:
-                self.table_done(mf.table_key(t))
-        try:
+        try:  # from here on, pre-data is committed: whatever happens is undone
+            units = _load_units(run.chosen, self.jobs, run.plan.schema)
+            self.units_left = len(units)
+            for table, files, freeze in units:
+                self.pool.submit(functools.partial(self.load_unit, table, files, freeze))
+            for t in run.chosen:
+                if not t["files"]:
+                    self.table_done(mf.table_key(t))
             try:
                 self.pool.run()
             finally:
