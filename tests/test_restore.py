@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 import backupkit
 from backupkit.demo.data import create_demo, mutate_demo
 from backupkit.pg.rows import one_row
+from backupkit.recovery import parallel
 from backupkit.recovery.job import restore
 from backupkit.snapshot import formats
 from backupkit.snapshot import manifest as mf
@@ -123,6 +124,35 @@ def test_a_parallel_restore_of_many_tables_opens_a_connection_per_job_not_per_ta
     opened = sessions_opened(pg_server, target) - before
     assert_same(source, target)
     assert opened <= 8, f"the restore opened {opened} connections for 30 tables and 2 jobs"
+
+
+def test_a_kept_connection_lost_between_two_tables_is_replaced(make_db, tmp_path, pg_server, monkeypatch):
+    # A parallel restore keeps its connections from one table to the next; one the server
+    # or the network closed while it waited is replaced by a new one, not a failed restore.
+    source = make_db("lost_src")
+    with psycopg.connect(source) as conn:
+        for i in range(6):
+            conn.execute(
+                f"CREATE TABLE public.t{i} (id int PRIMARY KEY); INSERT INTO public.t{i} SELECT generate_series(1, 50)"
+            )
+    snap = backupkit.backup(source, tmp_path)
+    kept = parallel.ParallelLoad._kept
+    ended: list[int] = []
+
+    def lose_the_first(self):
+        with self.lock:
+            idle = list(self.idle)
+        if idle and not ended:
+            ended.append(idle[-1].info.backend_pid)
+            with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+                assert one_row(admin.execute("SELECT pg_terminate_backend(%s)", [ended[0]]))[0]
+        return kept(self)
+
+    monkeypatch.setattr(parallel.ParallelLoad, "_kept", lose_the_first)
+    target = make_db("lost_dst")
+    restore(snap.path, target, jobs=2)
+    assert ended, "no connection was kept, so none was lost"
+    assert_same(source, target)
 
 
 @pytest.fixture

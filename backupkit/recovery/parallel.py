@@ -163,27 +163,7 @@ class ParallelLoad:
         """
         if self.stopping.is_set():
             raise RestoreError("stopped: another part of the restore failed")
-        with self.lock:
-            c = self.idle.pop() if self.idle else None
-        if c is not None:
-            # A schema script rendered by pg_restore SETs search_path, client_encoding,
-            # check_function_bodies... for the session: every task starts from the same
-            # settings, as on a new connection, whatever the connection ran before.
-            try:
-                with c.pipeline():  # one round trip
-                    c.execute("RESET ALL")
-                    apply_settings(c)
-                    self.run.session(c)
-            except BaseException:
-                c.close()
-                raise
-        else:
-            c = connect(self.run.dsn)
-            try:
-                self.run.session(c)
-            except BaseException:
-                c.close()
-                raise
+        c = self._kept() or self._opened()
         with self.lock:
             self.live.add(c)
         keep = False
@@ -199,6 +179,39 @@ class ParallelLoad:
                     self.idle.append(c)
             if not keep:
                 c.close()
+
+    def _kept(self) -> psycopg.Connection | None:
+        """A kept connection, reset to a new session's settings; None when none is kept, or
+        the one kept was lost meanwhile (the server or the network closed it)."""
+        with self.lock:
+            c = self.idle.pop() if self.idle else None
+        if c is None:
+            return None
+        # A schema script rendered by pg_restore SETs search_path, client_encoding,
+        # check_function_bodies... for the session: every task starts from the same
+        # settings, as on a new connection, whatever the connection ran before.
+        try:
+            with c.pipeline():  # one round trip
+                c.execute("RESET ALL")
+                apply_settings(c)
+                self.run.session(c)
+        except psycopg.OperationalError:  # nothing but a lost connection fails these statements
+            c.close()
+            return None  # a new connection takes its place
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+    def _opened(self) -> psycopg.Connection:
+        """A new connection with the restore's session settings."""
+        c = connect(self.run.dsn)
+        try:
+            self.run.session(c)
+        except BaseException:
+            c.close()
+            raise
+        return c
 
     def close_idle(self) -> None:
         """Close the kept connections; one still in a task closes when its task ends."""
