@@ -140,12 +140,11 @@ def test_a_kept_connection_lost_between_two_tables_is_replaced(make_db, tmp_path
     ended: list[int] = []
 
     def lose_the_first(self):
-        with self.lock:
-            idle = list(self.idle)
-        if idle and not ended:
-            ended.append(idle[-1].info.backend_pid)
-            with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
-                assert one_row(admin.execute("SELECT pg_terminate_backend(%s)", [ended[0]]))[0]
+        with self.lock:  # no task takes a kept connection while this one is ended
+            if self.idle and not ended:
+                ended.append(self.idle[-1].info.backend_pid)
+                with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:  # waits until it has ended
+                    assert one_row(admin.execute("SELECT pg_terminate_backend(%s, 5000)", [ended[0]]))[0]
         return kept(self)
 
     monkeypatch.setattr(parallel.ParallelLoad, "_kept", lose_the_first)
