@@ -383,7 +383,7 @@ class BackupJob:
                 tables = select_tables(list_tables(side, selection.schemas), selection.include, selection.exclude)
             except psycopg.errors.LockNotAvailable:
                 raise lock_wait_error(
-                    ", ".join(_exclusively_locked(side, schemas=selection.schemas)) or "(one of the tables)",
+                    _exclusively_locked(side, schemas=selection.schemas),
                     self.session.lock_wait_timeout,
                     by_backup=False,
                 ) from None
@@ -433,7 +433,7 @@ class BackupJob:
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(tables))
         except psycopg.errors.LockNotAvailable:
             raise lock_wait_error(
-                ", ".join(_exclusively_locked(conn, names)) or "(one of the tables)",
+                _exclusively_locked(conn, names),
                 self.session.lock_wait_timeout,
                 by_backup=False,
             ) from None
@@ -647,17 +647,17 @@ def _read_text(storage: Storage, rel: str) -> str:
 
 def _exclusively_locked(
     conn: psycopg.Connection, names: Sequence[tuple[str, str]] = (), *, schemas: Sequence[str] = ()
-) -> list[str]:
-    """``schema.table`` of the tables of ``names`` (or of ``schemas``) that another session
-    holds or awaits in ACCESS EXCLUSIVE mode, after a lock wait gave up on ``conn``: what to
-    name in the error.  Empty when that cannot be told (the lock is gone by now)."""
+) -> str:
+    """What to name in the error after a lock wait gave up on ``conn``: the tables of
+    ``names`` (or of ``schemas``) that another session holds or awaits in ACCESS EXCLUSIVE
+    mode, or "(one of the tables)" when that cannot be told (the lock is gone by now)."""
     wanted = sorted({schema for schema, _ in names} | set(schemas))
     try:
         conn.rollback()  # a transaction that gave up waiting is lost anyway: free the connection
-        held = [(s, n) for s, n in conn.execute(_EXCLUSIVELY_LOCKED, (wanted,)).fetchall()]
+        held = conn.execute(_EXCLUSIVELY_LOCKED, (wanted,)).fetchall()
     except psycopg.Error:
-        return []
-    return [f"{s}.{n}" for s, n in held if not names or (s, n) in names]
+        held = []
+    return ", ".join(f"{s}.{n}" for s, n in held if not names or (s, n) in names) or "(one of the tables)"
 
 
 #: Relations of these schemas that another session holds (or awaits) in ACCESS EXCLUSIVE mode.

@@ -173,8 +173,13 @@ def connect(
 
 def apply_settings(conn: psycopg.Connection, settings: Mapping[str, str] | None = None) -> None:
     """Set ``SESSION_SETTINGS`` and then ``settings`` for the rest of ``conn``'s session, in one round trip."""
-    every = {**SESSION_SETTINGS, **(settings or {})}
-    conn.execute(
-        "SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(every)),
-        [x for kv in every.items() for x in kv],
-    )
+    set_settings(conn, {**SESSION_SETTINGS, **(settings or {})})
+
+
+def set_settings(conn: psycopg.Connection, settings: Mapping[str, str]) -> None:
+    """Set exactly ``settings`` for the rest of ``conn``'s session, in one round trip (none when empty)."""
+    if settings:
+        conn.execute(
+            "SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(settings)),
+            [x for kv in settings.items() for x in kv],
+        )

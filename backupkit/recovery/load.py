@@ -18,7 +18,7 @@ from psycopg import sql
 
 from ..errors import BackupkitError, RestoreError
 from ..pg.copyio import copy_in
-from ..pg.dsn import connect, redact
+from ..pg.dsn import connect, redact, set_settings
 from ..runtime.progress import byte_bar
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
@@ -78,7 +78,7 @@ class LoadRun:
         first; lock waits end after ``lock_wait_timeout``.
         """
         plan = self.plan
-        settings = {}
+        settings: dict[str, str] = {}
         if conn.info.server_version >= 140000:
             settings["client_connection_check_interval"] = "1000"
             # A parallel restore keeps connections idle between tasks, one maybe through a
@@ -86,11 +86,7 @@ class LoadRun:
             settings["idle_session_timeout"] = "0"
         if plan.lock_wait_timeout:
             settings["lock_timeout"] = f"{int(plan.lock_wait_timeout * 1000)}ms"
-        if settings:  # one round trip
-            conn.execute(
-                "SELECT " + ", ".join(["pg_catalog.set_config(%s, %s, false)"] * len(settings)),
-                [x for kv in settings.items() for x in kv],
-            )
+        set_settings(conn, settings)
         if plan.deadline is not None:
             plan.deadline.watch(conn)
 
