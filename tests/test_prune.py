@@ -452,6 +452,30 @@ def test_prune_refuses_while_a_backup_holds_the_lock_then_takes_over_a_stale_one
     assert names(tmp_path) == {ids[0]}  # the lock is released, too
 
 
+PRUNE_HOLDER = HOLDER.replace('"backup"', '"prune"')
+
+
+def test_a_pin_waits_for_no_prune_a_running_prune_refuses_it_and_keeps_nothing_half_done(source, tmp_path, spawn):
+    """A prune reads the pins once and decides later: a pin set in between would be
+    ignored and its marker deleted with the snapshot, so a pin is refused while the
+    repository is locked, and the user is told so."""
+    [sid] = build(source, tmp_path, at("2025-11-26 10:00"))
+    holder = spawn(PRUNE_HOLDER, str(tmp_path))
+    assert holder.stdout.readline().strip() == "locked"
+
+    out = run_cli("pin", tmp_path / sid)
+
+    assert out.returncode == 10, out.stdout + out.stderr
+    assert f"is locked by pid {holder.pid} on host {socket.gethostname()} (prune, started " in out.stderr
+    assert not (tmp_path / ".pins" / sid).exists()
+
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    out = run_cli("pin", tmp_path / sid)
+    assert out.returncode == 0 and out.stdout.strip() == f"pinned {sid}", out.stderr
+    assert (tmp_path / ".pins" / sid).exists() and not (tmp_path / ".lock").exists()
+
+
 # -- interruption ------------------------------------------------------------------------------
 
 KILLED_PRUNE = """

@@ -318,11 +318,22 @@ def resolve(
 def set_pin(snapshot: Path | str | SnapshotLocation, pinned: bool = True) -> bool:
     """Pin (or unpin) a snapshot so prune never removes it; returns the new state.
 
-    ``SnapshotError`` (exit 7) when the snapshot cannot be read, ``StorageError``
-    (exit 8) when the pin marker cannot be written or removed.
+    Under the repository's lock: a prune reads the pins once, then takes a while to
+    decide, so a pin set in between would be ignored and then deleted with its snapshot.
+    ``LockError`` (exit 10) while a backup or prune runs, ``SnapshotError`` (exit 7)
+    when the snapshot cannot be read, ``StorageError`` (exit 8) when the pin marker
+    cannot be written or removed.
     """
+    from .lock import DirLock
+
     location = locate(snapshot)
-    mf.read(location)
+    mf.read(location)  # a snapshot that cannot be read fails before the lock is taken
+    with DirLock(location.storage, "pin"):
+        return _write_pin(location, pinned)
+
+
+def _write_pin(location: SnapshotLocation, pinned: bool) -> bool:
+    mf.read(location)  # still there: a prune may have removed it before the lock came
     storage, marker = location.storage, f"{PINS}/{location.id}"
     try:
         if pinned:
