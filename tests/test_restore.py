@@ -351,6 +351,29 @@ def test_selective_and_dependency_following_restore(small, make_db):
         )
 
 
+def test_a_table_restored_into_a_live_database_leaves_its_like_named_type_alone(make_db, tmp_path):
+    """The comment of the snapshot's type ``mood`` comes with it; that of ``moods``, a type the
+    target has already, must not: it would overwrite the target's own comment."""
+    source = make_db("src")
+    with psycopg.connect(source) as conn:
+        conn.execute(
+            "CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE TYPE moods AS ENUM ('many');"
+            "COMMENT ON TYPE mood IS 'one mood'; COMMENT ON TYPE moods IS 'the snapshot''s';"
+            "CREATE TABLE person (id int PRIMARY KEY, feels mood); INSERT INTO person VALUES (1, 'sad')"
+        )
+    res = backupkit.backup(source, tmp_path, progress=False)
+    target = make_db("tgt")
+    with psycopg.connect(target) as conn:
+        conn.execute("CREATE TYPE moods AS ENUM ('many'); COMMENT ON TYPE moods IS 'the target''s own'")
+
+    restore(res.path, target, tables=["public.person"], progress=False)
+
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT feels::text FROM person").fetchall() == [("sad",)]
+        assert conn.execute("SELECT obj_description('mood'::regtype)").fetchone() == ("one mood",)
+        assert conn.execute("SELECT obj_description('moods'::regtype)").fetchone() == ("the target's own",)
+
+
 def test_damaged_snapshot_restores_nothing(small, make_db):
     source, res = small
     entry = res.manifest["tables"][0]["files"][0]

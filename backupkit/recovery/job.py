@@ -110,8 +110,11 @@ def restore(
     # The key is checked first: hashing a large snapshot only to refuse it takes long.
     encryption.check_identity(location, manifest, identity)
     verifying: contextlib.AbstractContextManager[object]
-    if public_key is not None:  # a signed snapshot is proven genuine before any of it is parsed
-        ensure_intact(location, public_key=public_key)
+    if public_key is not None:
+        # A signed snapshot is proven genuine before any of it is used, and from here on the
+        # restore reads the manifest whose signature was checked, not the one read above.
+        manifest = ensure_intact(location, public_key=public_key)
+        encryption.check_identity(location, manifest, identity)
         verifying = contextlib.nullcontext()
     else:
         # Planning only reads (the target's catalogs, the schema archive): it goes on while

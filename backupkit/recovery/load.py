@@ -178,7 +178,7 @@ def load_in_one_transaction(run: LoadRun) -> int:
     """Run every step in one transaction, committed at the end; return the rows loaded."""
     plan, scripts, chosen = run.plan, run.scripts, run.chosen
     rows = 0
-    with connect(run.dsn) as conn:  # one transaction: psycopg commits on clean exit, rolls back on error
+    with connect(run.dsn) as conn:  # one transaction, committed by _commit; psycopg rolls back on error
         try:
             run.session(conn)
             run.prepare(conn)
@@ -224,4 +224,28 @@ def load_in_one_transaction(run: LoadRun) -> int:
                 f"restore failed and was rolled back, the target is unchanged: {exc}",
                 hint="verify the snapshot (`backupkit verify --deep`) and try again",
             ) from None
+        _commit(conn, run)
     return rows
+
+
+def _commit(conn: psycopg.Connection, run: LoadRun) -> None:
+    """Commit the restore's one transaction, saying what a failure there means for the target.
+
+    COMMIT can still fail: a deferred constraint checked only then (the server rolls the
+    transaction back), or the connection lost while it ran, after which only the target
+    can tell whether the restore landed.
+    """
+    try:
+        conn.commit()
+    except psycopg.Error as exc:
+        if not conn.broken:
+            raise RestoreError(
+                f"restore failed at COMMIT and was rolled back, the target is unchanged: {run.why(exc)}",
+                hint="fix the cause (see the message) and run the restore again",
+            ) from None
+        raise RestoreError(
+            f"the connection was lost while the restore committed: {run.why(exc)}; "
+            "the target may or may not have the restore",
+            hint="the restore is one transaction, so the target has all of it or none: look at its tables, "
+            "and run the restore again only if they are not there",
+        ) from None

@@ -217,7 +217,7 @@ def wanted_entries(
                 or e.rest.startswith(f"{s} SEQUENCE {n} ")
                 for s, n in names | seqs
             ) or any(
-                e.rest.startswith(f"{s} {kind} {n}")
+                _names(e.rest, f"{s} {kind} {n}")
                 for s, n in globals_kept
                 for kind in ("TYPE", "DOMAIN", "FUNCTION", "SCHEMA")
             )
@@ -226,6 +226,13 @@ def wanted_entries(
         if ok:
             wanted.append(e)
     return wanted
+
+
+def _names(rest: str, prefix: str) -> bool:
+    """Whether a TOC entry's ``rest`` is about the object ``prefix`` ("schema KIND name") itself:
+    its name ends there (an owner or a function's arguments follow), so type ``mood`` does not
+    take the comments of ``moods``."""
+    return rest.startswith(prefix) and rest[len(prefix) : len(prefix) + 1] in ("", " ", "(")
 
 
 def _bare_type(type_name: str) -> str:

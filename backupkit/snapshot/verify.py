@@ -58,6 +58,9 @@ class VerifyReport:
     #: Where ``storage.objects`` and the Storage bucket files differed at backup time
     #: (``model.Mismatch``): facts about the source project, not damage to the snapshot.
     storage_mismatches: list[dict] = field(default_factory=list)
+    #: The manifest every check was made against (None when it could not be read): the one a
+    #: caller acting on a verified snapshot must use, not a copy read again afterwards.
+    manifest: dict | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -330,6 +333,7 @@ def verify(
     except SnapshotDamaged as exc:
         report.problems.extend(exc.problems or [str(exc)])
         return report
+    report.manifest = m
     report.encrypted_to = encryption.recipients_of(m)
     report.storage_mismatches = list((m.get("storage") or {}).get("mismatches", []))
     if deep:  # recounting rows reads them: an encrypted snapshot's need its identity
@@ -371,8 +375,9 @@ def ensure_intact(
     identity: IdentityArg | None = None,
     stop: threading.Event | None = None,
 ) -> dict:
-    """Verify ``snapshot`` and return its manifest, or raise SnapshotDamaged naming every problem
-    (with ``public_key``, a missing or bad signature is one; see ``verify``, also for ``stop``)."""
+    """Verify ``snapshot`` and return the manifest it was verified against (with ``public_key``:
+    the one whose signature was checked), or raise SnapshotDamaged naming every problem (a
+    missing or bad signature is one; see ``verify``, also for ``stop``)."""
     report = verify(snapshot, deep=deep, public_key=public_key, identity=identity, stop=stop)
     if not report.ok:
         raise SnapshotDamaged(
@@ -382,4 +387,5 @@ def ensure_intact(
             report.problems,
             hint="restore from another snapshot (`backupkit list DIR`), and check the storage",
         )
-    return mf.read(snapshot)
+    assert report.manifest is not None  # read, or verify would have reported it
+    return report.manifest
