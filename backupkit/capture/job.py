@@ -288,16 +288,16 @@ class BackupJob:
             buckets = self._buckets(main, staging) if self.options.buckets else None
             database = database_objects.describe(main, self.options.selection.schemas)
             written = Written(
-                sid,
-                self.options.label,
-                describe(self.dsn),
-                pg_dump_version,
-                tables,
-                schema_files,
-                database,
-                self._roles(main, database, schema_sql),
-                signing.key_id(self.options.key.public_key()) if self.options.key else None,
-                encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
+                snapshot_id=sid,
+                label=self.options.label,
+                source=describe(self.dsn),
+                pg_dump_version=pg_dump_version,
+                tables=tables,
+                schema_files=schema_files,
+                database=database,
+                roles=self._roles(main, database, schema_sql),
+                signed_by=signing.key_id(self.options.key.public_key()) if self.options.key else None,
+                encryption=encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
                 object_lock=opt.lock_entry(moment.taken_at, *self.options.object_lock)
                 if self.options.object_lock
                 else None,
@@ -419,7 +419,16 @@ class BackupJob:
             )
         sequences = sequences_of(list_sequences(main, selection.schemas), chosen, selection)
         matviews = list_matviews(main, selection.schemas) if not selection.include else []
-        return Moment(snapshot, taken_at, server, role, chosen, hidden, sequences, matviews)
+        return Moment(
+            snapshot=snapshot,
+            taken_at=taken_at,
+            server=server,
+            role=role,
+            tables=chosen,
+            hidden=hidden,
+            sequences=sequences,
+            matviews=matviews,
+        )
 
     def _lock(self, conn: psycopg.Connection, names: list[tuple[str, str]]) -> None:
         """ACCESS SHARE on every table of ``names`` in one statement: one round trip, where a
@@ -470,15 +479,9 @@ class BackupJob:
         text = str(exc)
         # pg_dump --lock-wait-timeout runs its LOCK TABLE (of many tables) under a statement_timeout.
         if "LOCK TABLE" in text and ("statement timeout" in text or "lock timeout" in text):
-            try:
-                locked = main.execute(_EXCLUSIVELY_LOCKED, (self.options.selection.schemas,)).fetchall()
-            except psycopg.Error:
-                locked = []
-            return lock_wait_error(
-                ", ".join(f"{s}.{n}" for s, n in locked) or "(one of the tables)",
-                self.session.lock_wait_timeout,
-                by_backup=True,
-            )
+            # The backup ends here: the snapshot's transaction may end too.
+            locked = _exclusively_locked(main, schemas=self.options.selection.schemas)
+            return lock_wait_error(locked, self.session.lock_wait_timeout, by_backup=True)
         return exc
 
     def _upload(self, source: Storage, rel: str) -> dict[str, Any]:
