@@ -689,11 +689,91 @@ def test_backup_and_files_only_restore_on_the_command_line(make_db, storage_env,
             "kept_newer": [],
             "created_buckets": [],
             "bytes": 1234,
+            "dry_run": False,
         }
     }
     got = read(s3_client, name, "u/1.bin")
     assert (got["data"], got["metadata"]) == (one, {"k": "v"})
     no_secret_in(out.stdout, out.stderr, restored.stdout, restored.stderr)
+
+
+def test_a_dry_run_of_a_files_restore_says_what_it_would_do_and_changes_nothing(
+    make_db, storage_env, s3_client, buckets, tmp_path
+):
+    dsn = small_db(make_db)
+    kept, gone = buckets(), buckets()
+    one, two = os.urandom(1000), os.urandom(2000)
+    put(s3_client, kept, "a.bin", one, "application/octet-stream")
+    put(s3_client, kept, "b.bin", two, "application/octet-stream")
+    put(s3_client, gone, "c.bin", one, "application/octet-stream")
+    snapshot = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[kept, gone], progress=False).path
+    s3_client.delete_object(Bucket=kept, Key="a.bin")
+    drop_bucket(s3_client, gone)
+
+    out = run_cli("restore", snapshot, "--files-only", "--storage-all-buckets", "--dry-run", "--json", "-q")
+
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["files"] == {
+        "uploaded": sorted([f"{kept}/a.bin", f"{gone}/c.bin"]),
+        "same": [f"{kept}/b.bin"],
+        "kept_newer": [],
+        "created_buckets": [gone],
+        "bytes": 2000,
+        "dry_run": True,
+    }
+    assert missing(s3_client, kept, "a.bin")
+    with pytest.raises(ClientError):
+        s3_client.head_bucket(Bucket=gone)
+
+    words = run_cli("restore", snapshot, "--files-only", "--storage-bucket", kept, "--dry-run", "-q")
+
+    assert words.returncode == 0, words.stderr
+    assert "files (dry run): 1 would be uploaded" in words.stdout
+    assert missing(s3_client, kept, "a.bin")
+
+
+def test_a_database_and_files_restore_prints_one_json_document(make_db, storage_env, s3_client, buckets, tmp_path):
+    dsn = small_db(make_db)
+    name = buckets()
+    put(s3_client, name, "a.bin", b"a file", "text/plain")
+    snapshot = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False).path
+    s3_client.delete_object(Bucket=name, Key="a.bin")
+    target = make_db("bkt_target")
+
+    out = run_cli("restore", snapshot, "--dsn", target, "--storage-bucket", name, "--json", "-q")
+
+    assert out.returncode == 0, out.stderr
+    document = json.loads(out.stdout)  # one document: the restore's, with its files inside
+    assert document["rows_loaded"] == 100 and document["files"]["uploaded"] == [f"{name}/a.bin"]
+    assert read(s3_client, name, "a.bin")["data"] == b"a file"
+
+
+def test_a_files_restore_whose_database_cannot_be_used_changes_nothing_and_leaks_no_password(
+    make_db, storage_env, s3_client, buckets, tmp_path
+):
+    dsn = small_db(make_db)
+    name = buckets()
+    put(s3_client, name, "a.bin", b"a file", "text/plain")
+    snapshot = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False).path
+    drop_bucket(s3_client, name)
+    password = "s3%zzcr3t-" + uuid.uuid4().hex  # not valid percent-encoding: psycopg's own error quotes it
+    unusable = f"postgresql://someone:{password}@127.0.0.1:1/nowhere"
+
+    out = run_cli("restore", snapshot, "--files-only", "--storage-bucket", name, "--dsn", unusable)
+
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    assert password not in out.stdout + out.stderr
+    with pytest.raises(ClientError):  # the bucket was not made
+        s3_client.head_bucket(Bucket=name)
+
+    refused = run_cli(
+        "restore", snapshot, "--files-only", "--storage-bucket", name, "--dsn", "postgresql://someone@127.0.0.1:1/x"
+    )
+
+    assert refused.returncode == 3, refused.stderr
+    with pytest.raises(ClientError):
+        s3_client.head_bucket(Bucket=name)
 
 
 # -- a 1 GiB file, in flat memory -------------------------------------------------------------------

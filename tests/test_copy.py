@@ -25,7 +25,7 @@ def test_copy_replicates_every_snapshot_once(two_snapshots, tmp_path):
     repo, ids = two_snapshots
     out = run_cli("copy", repo, tmp_path / "b", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"copied": sorted(ids), "present": []}
+    assert json.loads(out.stdout) == {"copied": sorted(ids), "present": [], "unreadable": {}}
     copied = list_snapshots(tmp_path / "b")[0]
     assert sorted(s.id for s in copied) == sorted(ids)
     for s in copied:  # byte for byte the same snapshot, and it verifies where it now is
@@ -50,6 +50,24 @@ def test_a_damaged_source_is_not_copied_and_leaves_nothing_that_looks_complete(t
     assert out.returncode == 6, out.stdout + out.stderr  # snapshot damaged
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
     assert snapshot_dirs(tmp_path / "d") == [] and list_snapshots(tmp_path / "d") == ([], [])
+
+
+def test_a_snapshot_that_cannot_be_read_does_not_stop_the_others_from_being_copied(two_snapshots, tmp_path):
+    repo, ids = two_snapshots
+    old, new = sorted(ids)
+    manifest = repo / old / mf.MANIFEST
+    manifest.chmod(0o644)
+    manifest.write_text("{ not json")
+
+    out = run_cli("copy", repo, tmp_path / "e")
+
+    assert out.returncode == 7, out.stdout + out.stderr  # the copy did not do all it was for
+    assert f"copied {new}" in out.stdout and f"error: {old} was not copied" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert [s.id for s in list_snapshots(tmp_path / "e")[0]] == [new]
+    again = run_cli("copy", repo, tmp_path / "e", "--json")
+    assert again.returncode == 7
+    assert json.loads(again.stdout)["present"] == [new] and list(json.loads(again.stdout)["unreadable"]) == [old]
 
 
 def test_the_commands_work_on_an_s3_repository(two_snapshots, tmp_path, s3_bucket, make_db):

@@ -8,10 +8,12 @@ API cannot set the last two.  A file already there is left alone when it is the 
 reported.  Every file is checked against its SHA-256 before it becomes visible: a small
 one is read whole and hashed first, a big one is uploaded in parts and the upload
 completed only when the hash matched, so a damaged snapshot never lands in a bucket.
+A dry run makes the same decisions and changes nothing: no bucket, row or file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -21,7 +23,8 @@ from typing import Any
 
 import psycopg
 
-from ..errors import ConfigError, SnapshotDamaged, SnapshotError
+from ..errors import BucketError, ConfigError, SnapshotDamaged, SnapshotError
+from ..pg.dsn import connect
 from ..runtime.progress import byte_bar, wanted
 from ..snapshot import manifest as mf
 from ..storage.location import locate
@@ -63,13 +66,14 @@ def needs_hash(entry: Mapping, there: Head | None) -> bool:
 
 @dataclass
 class FilesRestored:
-    """What ``restore_files`` did, per file ("bucket/key")."""
+    """What ``restore_files`` did, per file ("bucket/key"); with ``dry_run``, what it would do."""
 
     uploaded: list[str] = field(default_factory=list)
     same: list[str] = field(default_factory=list)
     kept_newer: list[str] = field(default_factory=list)
     created_buckets: list[str] = field(default_factory=list)
     bytes: int = 0
+    dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,7 @@ class FilesRestored:
             "kept_newer": self.kept_newer,
             "created_buckets": self.created_buckets,
             "bytes": self.bytes,
+            "dry_run": self.dry_run,
         }
 
 
@@ -111,13 +116,16 @@ def restore_files(
     overwrite: bool = False,
     dsn: str | None = None,
     progress: bool | None = None,
+    dry_run: bool = False,
 ) -> FilesRestored:
     """Upload ``snapshot``'s bucket files (``buckets``: names, None for all; ``prefixes``:
     only keys starting with one) to ``endpoint`` (default: ``BACKUPKIT_STORAGE_*``).
 
     With ``dsn`` (the target project's database) each bucket's ``storage.buckets`` row
-    gets the snapshot's settings.  Restore the database first, then the files: Supabase
-    Storage updates a file's ``storage.objects`` row when the file is uploaded.
+    gets the snapshot's settings; the database is reached before any bucket is touched.
+    Restore the database first, then the files: Supabase Storage updates a file's
+    ``storage.objects`` row when the file is uploaded.  ``dry_run``: decide every file
+    as a restore would (reading the endpoint), change nothing, and say what would be done.
     """
     location = locate(snapshot)
     manifest = mf.read(location)
@@ -125,29 +133,36 @@ def restore_files(
         raise ConfigError("this snapshot is encrypted; it holds no Storage bucket files")
     work = chosen(manifest, buckets, prefixes)
     endpoint = endpoint or Endpoint.from_env()
-    done = FilesRestored()
-    for bucket, _ in work:
-        if not endpoint.has_bucket(bucket["name"]):
-            endpoint.create_bucket(bucket["name"], public=bool((bucket.get("settings") or {}).get("public")))
-            done.created_buckets.append(bucket["name"])
-    if dsn is not None:
-        apply_settings(dsn, [b for b, _ in work])
+    done = FilesRestored(dry_run=dry_run)
+    missing = {bucket["name"] for bucket, _ in work if not endpoint.has_bucket(bucket["name"])}
+    # Connected before any bucket is made, so a DSN that cannot be used fails with nothing changed.
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(connect(dsn)) if dsn is not None else None
+        for bucket, _ in work:
+            if bucket["name"] in missing:
+                if not dry_run:
+                    endpoint.create_bucket(bucket["name"], public=bool((bucket.get("settings") or {}).get("public")))
+                done.created_buckets.append(bucket["name"])
+        if conn is not None and not dry_run:
+            # After the buckets are made: Supabase Storage's CreateBucket adds their rows itself.
+            write_settings(conn, [b for b, _ in work])
     total = sum(f["size"] for _, files in work for f in files)
     with byte_bar(total, "files", wanted(progress)) as bar:
         for bucket, files in work:
             for f in files:
                 name = f"{bucket['name']}/{f['key']}"
-                there = endpoint.head(bucket["name"], f["key"])
+                there = None if bucket["name"] in missing else endpoint.head(bucket["name"], f["key"])
                 same = needs_hash(f, there) and endpoint.sha256(bucket["name"], f["key"]) == f["content_sha256"]
                 action = decide(f, there, overwrite, same)
                 if action == UPLOAD:
-                    _upload(location, endpoint, bucket["name"], f)
+                    if not dry_run:
+                        _upload(location, endpoint, bucket["name"], f)
                     done.uploaded.append(name)
                     done.bytes += f["size"]
                 else:
                     (done.same if action == SAME else done.kept_newer).append(name)
                 bar.update(f["size"])
-    for name in done.kept_newer:
+    for name in done.kept_newer if not dry_run else ():
         log.warning("storage: kept %s: it changed after the snapshot (pass `overwrite` to replace it)", name)
     return done
 
@@ -192,20 +207,29 @@ class _Hashing:
         return bytes(data)
 
 
-def apply_settings(dsn: str, buckets: Sequence[Mapping]) -> None:
+def write_settings(conn: psycopg.Connection, buckets: Sequence[Mapping]) -> None:
     """Give each bucket's ``storage.buckets`` row the snapshot's settings (a row is made when
-    the bucket has none); nothing when the target database has no ``storage.buckets``."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if not has_storage_tables(conn):
-            log.warning("storage: the target database has no storage.buckets; bucket settings not restored")
-            return
-        for b in buckets:
-            s = b.get("settings")
-            if s is None:
-                continue
-            conn.execute(
-                "INSERT INTO storage.buckets (id, name, public, file_size_limit, allowed_mime_types)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET public = excluded.public,"
-                " file_size_limit = excluded.file_size_limit, allowed_mime_types = excluded.allowed_mime_types",
-                [b["name"], b["name"], s["public"], s["file_size_limit"], s["allowed_mime_types"]],
-            )
+    the bucket has none), in one transaction on ``conn``; nothing when the target database has
+    no ``storage.buckets``.  BucketError when the row cannot be written."""
+    try:
+        with conn.transaction():
+            if not has_storage_tables(conn):
+                log.warning("storage: the target database has no storage.buckets; bucket settings not restored")
+                return
+            for b in buckets:
+                s = b.get("settings")
+                if s is None:
+                    continue
+                conn.execute(
+                    "INSERT INTO storage.buckets (id, name, public, file_size_limit, allowed_mime_types)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET public = excluded.public,"
+                    " file_size_limit = excluded.file_size_limit, allowed_mime_types = excluded.allowed_mime_types",
+                    [b["name"], b["name"], s["public"], s["file_size_limit"], s["allowed_mime_types"]],
+                )
+    except psycopg.Error as exc:
+        reason = (exc.diag.message_primary if isinstance(exc, psycopg.DatabaseError) else None) or str(exc)
+        raise BucketError(
+            f"cannot set the buckets' settings in storage.buckets: {reason}",
+            hint="connect as a role that may write storage.buckets (the project's postgres role), "
+            "or restore the files without a DSN",
+        ) from None

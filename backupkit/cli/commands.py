@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ..errors import (
     ConfigError,
     RetentionError,
     SnapshotDamaged,
+    SnapshotError,
     SourceError,
-    StorageError,
 )
 from ..terminal import paint
 from .codes import EXIT_DIFFERENT
@@ -58,6 +56,7 @@ def _endpoint(a: argparse.Namespace) -> Any:
 
 
 def cmd_backup(a: argparse.Namespace) -> int:
+    """``backupkit backup``: take a snapshot; print its folder last."""
     from ..capture.job import backup
     from ..pg.dsn import resolve_dsn
     from ..snapshot.encryption import recipients_from
@@ -104,6 +103,7 @@ def cmd_backup(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
+    """``backupkit list``: the snapshots of a repository, and unfinished folders."""
     from ..storage.repository import list_snapshots, usage
 
     snaps, unfinished = list_snapshots(a.dir)
@@ -152,6 +152,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    """``backupkit verify``: re-hash a snapshot (``--deep``: recount rows); exit 6 when damaged."""
     from ..snapshot.encryption import identity_path
     from ..snapshot.signing import public_key_path
     from ..snapshot.verify import verify
@@ -198,6 +199,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_keygen(a: argparse.Namespace) -> int:
+    """``backupkit keygen``: make a signing key pair or an age identity; print the public half."""
     from ..snapshot import encryption, signing
 
     if (a.private_key is None) != (a.public_key is None) or (a.private_key is None and a.age_identity is None):
@@ -223,6 +225,7 @@ def cmd_keygen(a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
+    """``backupkit check``: whether the source allows a backup, check by check; exit 5 when not."""
     from ..capture.preflight import check
     from ..pg.dsn import resolve_dsn
 
@@ -236,6 +239,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_restore(a: argparse.Namespace) -> int:
+    """``backupkit restore``: a snapshot into a database, and/or its Storage bucket files."""
     from ..pg.dsn import resolve_dsn
     from ..recovery.job import restore
     from ..snapshot.encryption import identity_path
@@ -243,8 +247,16 @@ def cmd_restore(a: argparse.Namespace) -> int:
     from ..storage.repository import resolve
 
     snapshot = resolve(a.snapshot)
+    if a.files_only and not (a.storage_buckets or a.storage_all_buckets):
+        raise ConfigError("`files_only` needs --storage-bucket NAME or --storage-all-buckets")
+    endpoint = _endpoint(a)  # before anything is restored: missing Storage settings change nothing
     if a.files_only:
-        return _restore_files(a, snapshot, resolve_dsn(a.dsn) if a.dsn else None)
+        files = _restore_files(a, snapshot, endpoint, resolve_dsn(a.dsn) if a.dsn else None)
+        if a.json:
+            print(json.dumps({"files": files.to_dict()}, indent=2))
+        else:
+            _print_files(files)
+        return 0
     res = restore(
         snapshot,
         resolve_dsn(a.dsn),
@@ -264,51 +276,53 @@ def cmd_restore(a: argparse.Namespace) -> int:
         identity=identity_path(a.identity),
         progress=None if not a.quiet else False,
     )
+    files = _restore_files(a, snapshot, endpoint, resolve_dsn(a.dsn)) if endpoint is not None else None
     if a.json:
-        print(json.dumps(res.to_dict(), indent=2))
-    elif a.dry_run:
+        print(json.dumps({**res.to_dict(), **({"files": files.to_dict()} if files else {})}, indent=2))
+        return 0
+    if a.dry_run:
         print("dry run — would:")
         for step in res.plan.describe():
             print(f"  - {step}")
     else:
         print(f"restored {len(res.plan.tables)} tables, {res.rows} rows in {res.seconds:.1f}s")
-    if not a.json:
-        # What the restore made or left out beyond the snapshot's own objects, in words.
-        for note in res.plan.notes:
-            print(f"  note: {note}")
-    if (a.storage_buckets or a.storage_all_buckets) and not a.dry_run:
-        return _restore_files(a, snapshot, resolve_dsn(a.dsn))
+    # What the restore made or left out beyond the snapshot's own objects, in words.
+    for note in res.plan.notes:
+        print(f"  note: {note}")
+    if files is not None:
+        _print_files(files)
     return 0
 
 
-def _restore_files(a: argparse.Namespace, snapshot: Any, dsn: str | None) -> int:
+def _restore_files(a: argparse.Namespace, snapshot: Any, endpoint: Any, dsn: str | None) -> Any:
     from ..buckets.restore import restore_files
 
-    if not (a.storage_buckets or a.storage_all_buckets):
-        raise ConfigError("`files_only` needs --storage-bucket NAME or --storage-all-buckets")
-    done = restore_files(
+    return restore_files(
         snapshot,
-        _endpoint(a),
+        endpoint,
         buckets=None if a.storage_all_buckets else a.storage_buckets,
         prefixes=a.storage_prefix or (),
         overwrite=a.storage_overwrite,
         dsn=dsn,
         progress=None if not a.quiet else False,
+        dry_run=a.dry_run,
     )
-    if a.json:
-        print(json.dumps({"files": done.to_dict()}, indent=2))
-        return 0
+
+
+def _print_files(done: Any) -> None:
+    """The files part of a restore, in words (``buckets.restore.FilesRestored``)."""
+    would = "would be " if done.dry_run else ""
     print(
-        f"files: {len(done.uploaded)} uploaded ({_human(done.bytes)}), {len(done.same)} already there, "
-        f"{len(done.kept_newer)} newer kept"
-        + (f"; created bucket(s) {', '.join(done.created_buckets)}" if done.created_buckets else "")
+        f"files{' (dry run)' if done.dry_run else ''}: {len(done.uploaded)} {would}uploaded ({_human(done.bytes)}), "
+        f"{len(done.same)} already there, {len(done.kept_newer)} newer kept"
+        + (f"; {would}created bucket(s) {', '.join(done.created_buckets)}" if done.created_buckets else "")
     )
     for name in done.kept_newer:
         print(f"  kept (changed after the snapshot; --storage-overwrite replaces it): {name}")
-    return 0
 
 
 def cmd_pin(a: argparse.Namespace, pinned: bool = True) -> int:
+    """``backupkit pin`` / ``unpin``: keep a snapshot from every prune, or no longer."""
     from ..storage.repository import resolve, set_pin
 
     path = resolve(a.snapshot)
@@ -318,6 +332,7 @@ def cmd_pin(a: argparse.Namespace, pinned: bool = True) -> int:
 
 
 def cmd_prune(a: argparse.Namespace) -> int:
+    """``backupkit prune``: apply a retention policy, printing each snapshot's decision and reasons."""
     from ..retention.policy import Policy, parse_duration
     from ..retention.prune import prune
 
@@ -362,9 +377,10 @@ def cmd_prune(a: argparse.Namespace) -> int:
 
 
 def cmd_diff(a: argparse.Namespace) -> int:
+    """``backupkit diff``: what changed between two snapshots (``--exit-code``: 12 when anything did)."""
     from ..lens.diff import diff_snapshots
     from ..lens.integrity import integrity
-    from ..lens.report import render_html, render_json, schema_text
+    from ..lens.report import render_html, render_json, save_html, schema_text
     from ..snapshot.encryption import identity_path
     from ..storage.repository import resolve
 
@@ -374,7 +390,7 @@ def cmd_diff(a: argparse.Namespace) -> int:
     code = EXIT_DIFFERENT if a.exit_code and not d["same"] else 0
     if a.html:
         reports = integrity(old, identity=identity), integrity(new, identity=identity)
-        _write_private(Path(a.html), render_html(d, *reports))
+        save_html(a.html, render_html(d, *reports))
         print(f"wrote {a.html}", file=sys.stderr)
     if a.json:
         print(render_json(d))
@@ -415,20 +431,8 @@ def cmd_diff(a: argparse.Namespace) -> int:
     return code
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600 whatever the umask): a report
-    shows row values, which are as private as the snapshot's own 0600 files."""
-
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
-            f.write(text)
-    except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def cmd_sql(a: argparse.Namespace) -> int:
+    """``backupkit sql``: a read-only SQL query over a snapshot's tables, with DuckDB."""
     import duckdb
 
     from ..lens.duck import open_snapshot
@@ -471,28 +475,36 @@ def cmd_sql(a: argparse.Namespace) -> int:
 
 
 def cmd_copy(a: argparse.Namespace) -> int:
+    """``backupkit copy``: replicate snapshots into another repository; exit 7 when one could not be read."""
     from ..storage.replicate import copy_snapshots
 
     res = copy_snapshots(a.source, a.target, a.snapshots)
+    # Snapshots left behind are a failure of the copy's purpose, though the others went.
+    code = SnapshotError.exit_code if res.unreadable else 0
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
-        return 0
+        return code
     for sid in res.copied:
         print(f"copied {sid} (verified in {a.target})")
     for sid in res.present:
         print(f"{sid}: already in {a.target}")
     print(f"copied {len(res.copied)} snapshot(s); {len(res.present)} already there")
-    return 0
+    for sid, why in res.unreadable.items():
+        print(f"error: {sid} was not copied: {why}", file=sys.stderr)
+    if res.unreadable:
+        print(f"hint: run `backupkit verify {a.source}/ID` to see what is wrong with each", file=sys.stderr)
+    return code
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    """``backupkit demo``: the demo end to end, or where its files are, or remove them."""
     from ..demo.run import remove_demo, run_demo, where
 
     if a.where:
         print(where())
         return 0
     if a.remove:
-        remove_demo()  # prints what it removed
+        print(remove_demo())
         return 0
     res = run_demo(a.to, scale=a.scale, keep_server=False)
     for line in res.lines:
@@ -500,10 +512,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-# -- parser -------------------------------------------------------------------------
-
-
 def cmd_drill(a: argparse.Namespace) -> int:
+    """``backupkit drill``: restore a snapshot into a throwaway database and compare; exit 14 on a difference."""
     from ..drills.job import drill
     from ..snapshot.encryption import identity_path
     from ..storage.repository import resolve
@@ -527,6 +537,7 @@ def cmd_drill(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    """``backupkit status``: whether a repository's backups are fresh and its last drill passed."""
     from ..monitor.status import status
     from ..retention.policy import parse_duration
 

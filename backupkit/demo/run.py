@@ -203,48 +203,55 @@ def where(home_dir: Path | str | None = None) -> DemoPaths:
     )
 
 
-def _stop(server: EmbeddedServer) -> bool:
-    port = server._portfile.read_text().strip() if server._portfile.exists() else "?"
-    if server.shut_down():
-        print(f"stopped the demo server at {server.datadir} (127.0.0.1:{port})")
-        return True
-    if server.datadir.exists():
-        print(f"no demo server is running (its cluster is at {server.datadir})")
-    else:
-        print(f"no demo server is running (no cluster at {server.datadir})")
-    return False
-
-
-def stop_demo_server(home_dir: Path | str | None = None, *, remove: bool = False) -> bool:
-    """Stop the persistent demo server under ``home_dir`` (default ``$BACKUPKIT_HOME``) if it runs.
-
-    For a server kept running for the CLI, or left behind by a kernel that was
-    killed (kernels stop the server they started when they exit).  Prints what
-    it did; returns True when a running server was stopped.  ``remove`` also
-    deletes the cluster and its files (``remove_demo()``).
-    """
-    if remove:
-        return remove_demo(home_dir).stopped
-    return _stop(_demo_cluster(home_dir))
-
-
 @dataclass
 class Removed:
-    """What ``remove_demo()`` did."""
+    """What ``stop_demo_server()`` or ``remove_demo()`` did, and ``lines`` saying so (``str()``
+    joins them: what the CLI prints and a notebook shows)."""
 
     stopped: bool = False
     paths: list[Path] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _stop(server: EmbeddedServer, done: Removed) -> None:
+    port = server.recorded_port() or "?"
+    done.stopped = server.shut_down()
+    if done.stopped:
+        done.lines.append(f"stopped the demo server at {server.datadir} (127.0.0.1:{port})")
+    elif server.datadir.exists():
+        done.lines.append(f"no demo server is running (its cluster is at {server.datadir})")
+    else:
+        done.lines.append(f"no demo server is running (no cluster at {server.datadir})")
+
+
+def stop_demo_server(home_dir: Path | str | None = None, *, remove: bool = False) -> Removed:
+    """Stop the persistent demo server under ``home_dir`` (default ``$BACKUPKIT_HOME``) if it runs.
+
+    For a server kept running for the CLI, or left behind by a kernel that was
+    killed (kernels stop the server they started when they exit).  Returns what it
+    did (``stopped``: a running server was stopped).  ``remove`` also deletes the
+    cluster and its files (``remove_demo()``).
+    """
+    if remove:
+        return remove_demo(home_dir)
+    done = Removed()
+    _stop(_demo_cluster(home_dir), done)
+    return done
 
 
 def remove_demo(home_dir: Path | str | None = None) -> Removed:
-    """Stop the demo server and delete its cluster, files and any binaries copy; print what went.
+    """Stop the demo server and delete its cluster, files and any binaries copy; what went.
 
     The system user that runs the server as root stays (other backupkit servers,
     such as the tests' and ``backupkit demo``'s, use it): ``userdel backupkit-pg``.
     """
     server = _demo_cluster(home_dir)
     state = where(home_dir)
-    done = Removed(stopped=_stop(server))
+    done = Removed()
+    _stop(server, done)
     done.paths = server.remove()
     base = Path(home_dir or home())
     copies = set(base.glob(f"{BINARIES_PREFIX}*")) if base.is_dir() else set()
@@ -260,12 +267,11 @@ def remove_demo(home_dir: Path | str | None = None) -> Removed:
             done.paths.append(base)
         except OSError:
             pass
-    for p in done.paths:
-        print(f"removed {p}")
+    done.lines += [f"removed {p}" for p in done.paths]
     if not done.paths:
-        print(f"nothing to remove: no demo cluster at {state.cluster}")
+        done.lines.append(f"nothing to remove: no demo cluster at {state.cluster}")
     if state.server_user:
-        print(
+        done.lines.append(
             f"the system user {state.server_user} stays (backupkit's other servers use it); "
             f"userdel {state.server_user} removes it"
         )

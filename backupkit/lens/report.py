@@ -14,6 +14,7 @@ from collections.abc import Set as AbstractSet
 from html import escape
 from pathlib import Path
 
+from ..errors import StorageError
 from .schema_diff import describe, owner_only, qualified
 
 #: Bars drawn per chart; the rest are summarised in a line under it.
@@ -418,12 +419,18 @@ def save_html(path: str | os.PathLike[str], page: str) -> Path:
 
     The file is readable by its owner only (``0600`` whatever the umask, as ``diff --html``
     writes it): a report shows row values, as private as the snapshot's own files.  An
-    existing file is replaced.  Returns the path written.
+    existing file is replaced.  Returns the path written; ``StorageError`` (exit 8) when it
+    cannot be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8") as f:
-        os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
-        f.write(page)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+            f.write(page)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write {path}: {exc.strerror or exc}", hint="name a file in a folder you may write"
+        ) from None
     return path

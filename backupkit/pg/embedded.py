@@ -298,6 +298,13 @@ class EmbeddedServer:
     def port(self) -> int:
         return int(self._portfile.read_text())
 
+    def recorded_port(self) -> int | None:
+        """The port of the last start, as recorded beside the cluster; None when there is none."""
+        try:
+            return self.port
+        except (OSError, ValueError):
+            return None
+
     def dsn(self, dbname: str = "postgres", user: str | None = None) -> str:
         """A libpq URI for ``dbname`` on this server, password included: keep it out of logs.
 
