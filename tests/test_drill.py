@@ -18,7 +18,9 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -33,11 +35,13 @@ import pytest
 import xxhash
 import zstandard
 from helpers import SMALL_SCHEMA, copy_snapshot_folder, run_cli, stored_file, wait_for
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import backupkit
 from backupkit.drills import compare, record, target
 from backupkit.drills.job import drill
-from backupkit.errors import DrillFailed
+from backupkit.errors import ConfigError, DrillFailed, RestoreError
 from backupkit.monitor.status import STATE_CODES, Facts, assess, status
 from backupkit.notebook.runs import RunRecord, new_run_id
 from backupkit.pg.copyio import TEXT_HASH
@@ -751,3 +755,222 @@ def test_piece_hashes_of_extra_trailing_rows(block):
     assert got == [*(h(p) for p in pieces(TEXT, SIZES)), h(extra)]
     assert list(compare.piece_hashes([b"a\n", b"b\n"], [])) == [h(b"a\nb\n")]
     assert list(compare.piece_hashes([b"ab"], [0])) == [h(b""), h(b"ab")]
+
+
+# -- 6. a --dsn whose role cannot do everything a drill does --------------------------------
+
+
+@pytest.fixture
+def drill_role(pg_server):
+    """Factory: ``drill_role("CREATEDB")`` makes a login role (never a superuser) with those
+    attributes and returns a DSN of the test server's database as that role.  The role, and
+    every database it owns, is dropped after the test."""
+    made: list[str] = []
+
+    def make(attributes: str = "") -> str:
+        role = f"bk_drill_{secrets.token_hex(4)}"
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER {} PASSWORD {}").format(
+                    sql.Identifier(role), sql.SQL(attributes), sql.Literal(ROLE_PASSWORD)
+                )
+            )
+        made.append(role)
+        return make_conninfo(pg_server.admin_dsn, user=role, password=ROLE_PASSWORD)
+
+    yield make
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+        for role in made:
+            owned = conn.execute(
+                "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s)", [role]
+            )
+            for (name,) in owned.fetchall():
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role)))
+
+
+#: The drill roles' password: a message that shows it leaks the DSN.
+ROLE_PASSWORD = "drill-pw-" + secrets.token_hex(6)
+
+
+def role_of(dsn: str) -> str:
+    return conninfo_to_dict(dsn)["user"]
+
+
+def database_exists(pg_server, name: str) -> bool:
+    with psycopg.connect(pg_server.admin_dsn) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
+def leftover_name() -> str:
+    """A throwaway database's name as a drill that died (a pid no process has) left it."""
+    return f"{target.PREFIX}{_dead_pid()}_{secrets.token_hex(4)}"
+
+
+def test_a_dsn_role_without_createdb_gets_one_error_saying_to_grant_it(snap, pg_server, drill_role):
+    dsn = drill_role()  # may log in, may not create databases
+    role = role_of(dsn)
+    with pytest.raises(ConfigError) as caught:
+        drill(snap, dsn=dsn, progress=False)
+    assert caught.value.exit_code == 2
+    assert role in str(caught.value) and "may not create databases" in str(caught.value)
+    assert "CREATEDB" in caught.value.hint and f'ALTER ROLE "{role}" CREATEDB' in caught.value.hint
+    assert ROLE_PASSWORD not in str(caught.value) + caught.value.hint
+    # Nothing was restored, so nothing is recorded against the snapshot, and no database is left.
+    assert record.latest(open_storage(snap.parent)) is None
+    assert drill_databases(pg_server, os.getpid()) == []
+
+    out = run_cli("drill", snap.parent, "--dsn", dsn, "-q")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and ROLE_PASSWORD not in out.stdout + out.stderr
+    error, hint = out.stderr.strip().splitlines()
+    assert error.startswith(f"error: --dsn role {role} may not create databases")
+    assert hint.startswith("hint: grant the role CREATEDB") and "another `--dsn`" in hint
+    assert record.latest(open_storage(snap.parent)) is None
+
+
+def test_leftovers_the_dsn_role_cannot_drop_are_warned_about_and_the_drill_still_runs(
+    snap, pg_server, drill_role, caplog
+):
+    """Another role's leftover ("must be owner"), and the role's own one held open by a
+    superuser's session (which it may not end): each is named in a warning and left; the drill
+    makes, fills, compares and drops its own database as usual."""
+    dsn = drill_role("CREATEDB")
+    others, held = leftover_name(), leftover_name()
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(others)))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(held)))
+    session = psycopg.connect(pg_server.dsn(held), autocommit=True)  # the admin: a superuser
+    try:
+        with caplog.at_level(logging.WARNING, logger="backupkit"):
+            res = drill(snap, dsn=dsn, progress=False)
+        assert res.ok and res.record.target == "dsn" and res.record.rows == ROWS
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        for name in (others, held):
+            [line] = [w for w in warned if name in w]
+            assert line.startswith(f"drill: cannot remove {name}, left by a drill that did not finish: ")
+            assert "drop it as its owner or a superuser" in line
+        assert "must be owner of database" in next(w for w in warned if others in w)
+        assert ROLE_PASSWORD not in "".join(warned)
+        assert database_exists(pg_server, others) and database_exists(pg_server, held)
+        assert drill_databases(pg_server, os.getpid()) == []  # its own database is gone
+
+        out = run_cli("drill", snap.parent, "--dsn", dsn, "-q")
+        assert out.returncode == 0, out.stderr
+        assert "passed" in out.stdout and "Traceback" not in out.stderr
+        assert f"warning: drill: cannot remove {others}" in out.stderr
+        assert f"warning: drill: cannot remove {held}" in out.stderr
+        assert ROLE_PASSWORD not in out.stdout + out.stderr
+    finally:
+        session.close()
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+            for name in (others, held):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _held_open_during_comparison(monkeypatch, pg_server) -> list[psycopg.Connection]:
+    """While the drill compares, a superuser's session opens its throwaway database, so the
+    drill's role cannot drop it at the end (it may not end a superuser's session).  Only the
+    timing is arranged: the comparison itself runs unchanged."""
+    sessions: list[psycopg.Connection] = []
+    compare_table = compare.table_differences
+
+    def hold_then_compare(conn, table):
+        if not sessions:
+            sessions.append(psycopg.connect(pg_server.dsn(conn.info.dbname), autocommit=True))
+        return compare_table(conn, table)
+
+    monkeypatch.setattr(compare, "table_differences", hold_then_compare)
+    return sessions
+
+
+def test_a_throwaway_database_that_cannot_be_dropped_leaves_the_verdict_and_a_warning(
+    snap, pg_server, drill_role, caplog, monkeypatch
+):
+    dsn = drill_role("CREATEDB")
+    sessions = _held_open_during_comparison(monkeypatch, pg_server)
+    try:
+        with caplog.at_level(logging.WARNING, logger="backupkit"):
+            res = drill(snap, dsn=dsn, progress=False)
+        assert res.ok and res.record.target == "dsn"
+        assert record.latest(open_storage(snap.parent)) == res.record
+        [name] = drill_databases(pg_server, os.getpid())  # left behind...
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warning.startswith(f"drill: cannot drop the throwaway database {name}: ")  # ...and said so
+        assert "the next drill on this server removes it" in warning
+    finally:
+        for session in sessions:
+            session.close()
+    # Once nobody holds it, the next drill (as that role) removes it, as the warning said.
+    monkeypatch.undo()
+    assert name in target.remove_leftovers(dsn)
+    assert drill_databases(pg_server, os.getpid()) == []
+
+
+def test_a_drill_that_fails_keeps_its_verdict_when_its_database_cannot_be_dropped(
+    snap, pg_server, drill_role, caplog, monkeypatch
+):
+    replace_rows(snap, "customers", 1, lambda text: text.replace(b"\tc", b"\tz", 1))
+    dsn = drill_role("CREATEDB")
+    sessions = _held_open_during_comparison(monkeypatch, pg_server)
+    try:
+        with caplog.at_level(logging.WARNING, logger="backupkit"), pytest.raises(DrillFailed) as caught:
+            drill(snap, dsn=dsn, progress=False)
+        assert caught.value.exit_code == 14 and "public.customers" in str(caught.value)
+        [name] = drill_databases(pg_server, os.getpid())
+        assert any(
+            r.getMessage().startswith(f"drill: cannot drop the throwaway database {name}") for r in caplog.records
+        )
+        # An interruption (Ctrl-C) during the comparison stays an interruption too.
+        sessions[0].close()
+        sessions.clear()
+
+        def interrupted(conn, table):
+            sessions.append(psycopg.connect(pg_server.dsn(conn.info.dbname), autocommit=True))
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(compare, "table_differences", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            drill(snap, dsn=dsn, progress=False)
+    finally:
+        for session in sessions:
+            session.close()
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as admin:
+            for name in drill_databases(pg_server, os.getpid()):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_server_that_refuses_the_new_database_for_another_reason_is_a_restore_error(snap, pg_server):
+    """A session on template1 (the template CREATE DATABASE copies) makes the server refuse it."""
+    if pg_server.embedded is None:
+        pytest.skip("a session on template1 of a shared server would stall other tests' CREATE DATABASE")
+    with psycopg.connect(pg_server.dsn("template1"), autocommit=True), pytest.raises(RestoreError) as caught:
+        drill(snap, dsn=pg_server.admin_dsn, progress=False)
+    assert caught.value.exit_code == 9
+    message = str(caught.value)
+    assert message.startswith("cannot create the drill's throwaway database backupkit_drill_")
+    assert 'source database "template1" is being accessed by other users' in message
+    assert "run the drill again" in caught.value.hint
+    assert pg_server.password is None or pg_server.password not in message + caught.value.hint
+    assert record.latest(open_storage(snap.parent)) is None  # the snapshot was never tried
+    assert drill_databases(pg_server, os.getpid()) == []
+
+
+def test_a_name_whose_lock_another_session_holds_is_replaced_by_a_fresh_one(snap, pg_server, monkeypatch):
+    """The drill's lock on a new name can only be taken already when its key collides with
+    another session's (hashtext): the drill takes another name; after five, it gives up."""
+    taken = f"{target.PREFIX}{os.getpid()}_0c011ide"
+    fresh = f"{target.PREFIX}{os.getpid()}_0f7e5400"
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [target.LOCK_CLASS, taken])
+        names = iter([taken, taken, fresh])
+        monkeypatch.setattr(target, "_new_name", lambda: next(names))
+        res = drill(snap, dsn=pg_server.admin_dsn, progress=False)
+        assert res.ok and next(names, None) is None  # the third name was used
+        monkeypatch.setattr(target, "_new_name", lambda: taken)
+        with pytest.raises(RestoreError) as caught:
+            drill(snap, dsn=pg_server.admin_dsn, progress=False)
+    assert caught.value.exit_code == 9 and "cannot reserve a name" in str(caught.value)
+    assert "run the drill again" in caught.value.hint
+    assert drill_databases(pg_server, os.getpid()) == []

@@ -29,7 +29,7 @@ import nbformat
 import papermill
 import psycopg
 import pytest
-from helpers import snapshot_dirs
+from helpers import load_small, snapshot_dirs
 from monitor import Monitor
 from papermill.exceptions import PapermillExecutionError
 from papermill.inspection import _infer_parameters
@@ -46,6 +46,7 @@ from backupkit.notebook.params import _literal_assignments
 from backupkit.notebook.runs import _post_run_cell
 from backupkit.pg.dsn import DSN_ENV_VARS
 from backupkit.snapshot.verify import verify
+from backupkit.storage.location import SnapshotLocation
 from backupkit.storage.repository import list_snapshots
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
@@ -723,3 +724,73 @@ def test_the_runs_folder_is_private_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "runs").stat().st_mode & 0o777 == 0o700
+
+
+# -- the operations, called as a notebook's cells call them ------------------------------------
+
+DRILL_VAR = "BK_NB_DRILL_SERVER"
+
+
+def test_a_drill_whose_dsn_env_is_unset_or_empty_fails_in_one_line_naming_it(make_db, tmp_path, monkeypatch):
+    dsn = make_db("nbdrill")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE t (a int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    backup(dsn, tmp_path / "bk", progress=False)
+    for value in (None, ""):  # unset; set but empty (libpq would take that for its defaults)
+        if value is None:
+            monkeypatch.delenv(DRILL_VAR, raising=False)
+        else:
+            monkeypatch.setenv(DRILL_VAR, value)
+        run = nb.start_run("drill", {"dsn_env": DRILL_VAR}, tmp_path / f"runs-{value is None}")
+        with pytest.raises(ConfigError) as caught:
+            nb.drill(tmp_path / "bk", dsn_env=DRILL_VAR, run=run)
+        assert caught.value.exit_code == 2
+        assert nb.error_lines(caught.value) == [
+            f"error: ${DRILL_VAR} is not set, or is empty",
+            f"hint: export {DRILL_VAR}=postgresql://... (a role with CREATEDB) or leave dsn_env empty "
+            "to drill on a temporary embedded server",
+        ]
+        (record,) = run_records(tmp_path / f"runs-{value is None}")
+        assert record["status"] == "failed" and record["failed_step"] == "drill"
+        assert record["exit_reason"] == f"ConfigError: ${DRILL_VAR} is not set, or is empty"
+        assert not (tmp_path / "bk" / ".drills").exists()  # nothing was drilled, so nothing recorded
+
+
+def test_verify_restore_and_drill_take_a_snapshot_on_s3(make_db, pg_server, s3_bucket, tmp_path, monkeypatch):
+    """``pick_snapshot`` of an s3:// repository is a ``SnapshotLocation`` (no folder on this
+    machine): the jobs show and record it by its id, after doing their work as usual."""
+    source, target = make_db("nbs3src"), make_db("nbs3tgt")
+    load_small(source)
+    url = f"s3://{s3_bucket}/repo"
+    made = backup(source, url, progress=False)
+    snap = nb.pick_snapshot(url)
+    assert isinstance(snap, SnapshotLocation) and snap.id == made.id
+    runs = tmp_path / "runs"
+
+    run = nb.start_run("verify", {}, runs)
+    (row,) = nb.verify(snap, deep=True, run=run).to_dict("records")
+    assert row["snapshot"] == snap.id and bool(row["intact"]) and row["files"] > 0
+    assert run.finish()["status"] == "succeeded"
+    (row,) = nb.verify(f"{url}/{snap.id}", deep=False).to_dict("records")  # named by its URL
+    assert row["snapshot"] == snap.id
+
+    monkeypatch.setenv(TARGET_VAR, target)
+    run = nb.start_run("restore", {"target_dsn_env": TARGET_VAR}, runs)
+    outcome = nb.restore(snap, TARGET_VAR, dry_run=False, run=run)
+    assert outcome.rows == 22003
+    assert row_counts(target, ["public.customers", "public.orders"]) == {
+        "public.customers": 2000,
+        "public.orders": 20000,
+    }
+    record = run.finish()
+    assert record["status"] == "succeeded" and record["snapshot"] == {"id": snap.id, "path": f"{url}/{snap.id}"}
+
+    monkeypatch.setenv(DRILL_VAR, pg_server.admin_dsn)
+    run = nb.start_run("drill", {"dsn_env": DRILL_VAR}, runs)
+    (row,) = nb.drill(url, dsn_env=DRILL_VAR, run=run).to_dict("records")
+    assert row["snapshot"] == snap.id and bool(row["passed"]) and row["rows"] == 22003
+    record = run.finish()
+    assert record["status"] == "succeeded" and record["snapshot"]["id"] == snap.id
+    assert record["summary"]["drill_ok"] is True
+    assert len(run_records(runs)) == 3
+    assert_no_secret(list(runs.glob("*.json")), source, target, pg_server.admin_dsn)

@@ -13,6 +13,11 @@ removes what earlier drills left behind:
   ends, however the drill died.  So drills on several machines sharing one server
   remove each other's leftovers, never each other's running drills (a pid says
   nothing about another machine).
+
+A leftover database the ``dsn``'s role cannot drop (another role's, or held open by a
+superuser's session) is named in a warning and left; so is the drill's own database
+when dropping it fails at the end, so that the drill's outcome is what the caller sees.
+A role without CREATEDB gets a ``ConfigError`` saying to grant it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ..pg.dsn import connect
+from ..errors import ConfigError, RestoreError
+from ..pg.dsn import connect, describe, redact
 from ..pg.embedded import EmbeddedServer
 
 log = logging.getLogger("backupkit")
@@ -93,9 +99,23 @@ def remove_leftovers(dsn: str | None = None) -> list[str]:
                 if conn.execute(_TRY_LOCK, _lock_args(name)).fetchone() != (True,):
                     continue  # its drill is running (here or on another machine)
                 try:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                    _drop(conn, name)
+                except psycopg.Error as exc:
+                    # Another role's leftover, or one a session of a superuser holds open: this
+                    # drill does not need it gone, so it says so and goes on.
+                    log.warning(
+                        "drill: cannot remove %s, left by a drill that did not finish: %s; drop it as its "
+                        "owner or a superuser (DROP DATABASE %s WITH (FORCE))",
+                        name,
+                        _reason(exc, dsn),
+                        sql.Identifier(name).as_string(conn),
+                    )
+                    if conn.broken:  # the server went away: the new database cannot be made either
+                        break
+                    continue
                 finally:
-                    conn.execute(_UNLOCK, _lock_args(name))
+                    if not conn.broken:  # a lost connection released its locks already
+                        conn.execute(_UNLOCK, _lock_args(name))
                 removed.append(name)
     for name in removed:
         log.info("drill: removed %s, left by a drill that did not finish", name)
@@ -121,10 +141,71 @@ def throwaway(dsn: str | None = None) -> Iterator[str]:
         return
     # The lock is taken before the database exists, so no other drill ever sees it unlocked.
     with connect(dsn, autocommit=True) as holder:
-        if holder.execute(_TRY_LOCK, _lock_args(name)).fetchone() != (True,):
-            raise psycopg.OperationalError(f"drill database name {name} is in use")  # a hash collision
-        holder.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        name = _locked_name(holder, name, dsn)
+        _create(holder, name, dsn)
         try:
             yield psycopg.conninfo.make_conninfo(dsn, dbname=name)
         finally:
-            holder.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            try:
+                _drop(holder, name)
+            except psycopg.Error as exc:
+                # The drill's own outcome (its result, or what stopped it) is what the caller must
+                # see; the database left behind is a warning, and the next drill removes it.
+                log.warning(
+                    "drill: cannot drop the throwaway database %s: %s; the next drill on this server "
+                    "removes it, or drop it as its owner or a superuser",
+                    name,
+                    _reason(exc, dsn),
+                )
+
+
+#: Names tried before giving up when another session holds the lock of each (a hash collision).
+_NAME_TRIES = 5
+
+
+def _locked_name(holder: psycopg.Connection, name: str, dsn: str) -> str:
+    """``name``, or a fresh one, whose drill lock ``holder`` now holds."""
+    for _ in range(_NAME_TRIES):
+        if holder.execute(_TRY_LOCK, _lock_args(name)).fetchone() == (True,):
+            return name
+        name = _new_name()  # its lock's key collides with one another session holds: another name
+    where = describe(dsn)
+    raise RestoreError(
+        f"cannot reserve a name for the drill's throwaway database on {where['host']}:{where['port']}: "
+        f"other sessions hold the advisory locks ({LOCK_CLASS}, …) of {_NAME_TRIES} random names",
+        hint="run the drill again; if it keeps failing, look in pg_locks for the sessions holding "
+        f"advisory locks with classid {LOCK_CLASS}",
+    )
+
+
+def _create(holder: psycopg.Connection, name: str, dsn: str) -> None:
+    """CREATE DATABASE ``name``; a refusal as a ``ConfigError`` (no CREATEDB) or a ``RestoreError``."""
+    try:
+        holder.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        role = holder.info.user
+        where = describe(dsn)
+        raise ConfigError(
+            f"dsn role {role} may not create databases on {where['host']}:{where['port']}, and a drill "
+            f"restores into a throwaway database it creates: {_reason(exc, dsn)}",
+            hint=f"grant the role CREATEDB (ALTER ROLE {sql.Identifier(role).as_string(holder)} CREATEDB), "
+            "pass another `dsn` whose role has it, or leave `dsn` out to drill on a temporary embedded server",
+        ) from None
+    except psycopg.Error as exc:
+        where = describe(dsn)
+        raise RestoreError(
+            f"cannot create the drill's throwaway database {name} on {where['host']}:{where['port']}: "
+            f"{_reason(exc, dsn)}",
+            hint="fix what the server says (another session on template1, disk space, max databases) and run "
+            "the drill again, or leave `dsn` out to drill on a temporary embedded server",
+        ) from None
+
+
+def _drop(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _reason(exc: psycopg.Error, dsn: str) -> str:
+    """The server's message about ``exc`` on one line, with no password in it."""
+    text = exc.diag.message_primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return redact(" ".join(text.split()), dsn)

@@ -32,7 +32,7 @@ from ..retention.prune import prune as _prune
 from ..snapshot import manifest as mf
 from ..snapshot.verify import verify as _verify
 from ..storage.local import LocalStorage
-from ..storage.location import SnapshotLocation
+from ..storage.location import SnapshotLocation, locate
 from ..storage.repository import list_snapshots, resolve
 from .frames import Table
 from .runs import RunRecord, _maybe_step, _now
@@ -72,6 +72,21 @@ def _restore_target(target_dsn_env: str) -> str:
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (RESTORE_SCRATCH_DB,)).fetchone()
     return server.dsn(RESTORE_SCRATCH_DB) if exists else server.createdb(RESTORE_SCRATCH_DB)
+
+
+def _drill_server(dsn_env: str) -> str | None:
+    """The DSN of the server a drill makes its throwaway database on: ``$dsn_env``; None
+    (a temporary embedded server) when ``dsn_env`` is empty."""
+    if not dsn_env:
+        return None
+    try:
+        return resolve_dsn(env_var=dsn_env)
+    except ConfigError:
+        raise ConfigError(
+            f"${dsn_env} is not set, or is empty",
+            hint=f"export {dsn_env}=postgresql://... (a role with CREATEDB) or leave dsn_env empty "
+            "to drill on a temporary embedded server",
+        ) from None
 
 
 def is_demo_source(source: Mapping[str, Any] | None) -> bool:
@@ -299,20 +314,21 @@ def backup(
     return result
 
 
-def verify(snapshot: Path | str, *, deep: bool = True, run: RunRecord | None = None) -> Table:
+def verify(snapshot: mf.SnapshotArg, *, deep: bool = True, run: RunRecord | None = None) -> Table:
     """Verify a snapshot (``deep``: also recount rows); one row, or ``SnapshotDamaged`` naming the problems."""
     with _maybe_step(run, "verify"):
         report = _verify(snapshot, deep=deep)
+        snapshot_id = locate(snapshot).id  # a folder's name, or the id of one on S3
         if not report.ok:
             raise SnapshotDamaged(
-                f"snapshot {Path(snapshot).name} is damaged: " + "; ".join(report.problems[:5]),
+                f"snapshot {snapshot_id} is damaged: " + "; ".join(report.problems[:5]),
                 report.problems,
                 hint="restore from another snapshot and check the storage",
             )
     return Table(
         [
             {
-                "snapshot": Path(snapshot).name,
+                "snapshot": snapshot_id,
                 "intact": report.ok,
                 "files": report.files,
                 "MB": round(report.bytes / 1e6, 2),
@@ -377,7 +393,7 @@ def drill(
 
     location = resolve(str(backup_dir), snapshot or "latest")
     with _maybe_step(run, "drill"):
-        result = _drill(location, dsn=os.environ[dsn_env] if dsn_env else None, progress=True)
+        result = _drill(location, dsn=_drill_server(dsn_env), progress=True)
     if run is not None:
         run.set_snapshot(location.id, location)
         run.summary.update(drill_ok=result.ok, drill_seconds=result.record.seconds, drill_rows=result.record.rows)
@@ -423,7 +439,7 @@ def prune_table(result: PruneResult) -> Table:
 
 
 def restore(
-    snapshot: Path | str,
+    snapshot: mf.SnapshotArg,
     target_dsn_env: str = "",
     *,
     tables: Sequence[str] = (),
@@ -452,7 +468,7 @@ def restore(
             progress=True,
         )
     if run is not None:
-        run.set_snapshot(Path(snapshot).name, snapshot)
+        run.set_snapshot(locate(snapshot).id, snapshot)
         run.summary.update(
             dry_run=dry_run, tables=len(result.plan.tables), rows_loaded=result.rows, restore_warnings=result.warnings
         )
