@@ -6,8 +6,8 @@ characters every time), so a line found byte for byte on both sides is a row
 that did not change.  Matching whole lines is about half the work of splitting
 every row into columns and joining on the key, because no column is parsed.
 Only the lines without a twin, the few rows inserted, deleted or updated, are
-then parsed and joined on the primary key (``diff._compare_whole`` over the
-leftover lines), which decides on the values themselves; that second step is
+then parsed and joined on the primary key (``diff_rows.TableComparison.whole``
+over the leftover lines), which decides on the values themselves; that second step is
 what makes the result exact, and the same as parsing everything.
 
 A line is a row only when no value holds a newline: always so in a format
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import duckdb
 import zstandard
@@ -36,10 +38,12 @@ from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import data_path
 from ..storage.base import Storage
-from ..storage.location import SnapshotLocation
 from .duck import literal, one_row, path_sql, reader_options
 
-#: Chunk pairs a diff joins at once (diff.DIFF_WORK_MEMORY is sized for two).
+if TYPE_CHECKING:  # diff_rows imports this module
+    from .diff_rows import Side, TableComparison
+
+#: Chunk pairs a diff joins at once (diff_rows.DIFF_WORK_MEMORY is sized for two).
 PAIRS_AT_ONCE = 2
 #: Not a byte PostgreSQL writes inside a value often, and never as a delimiter: a line
 #: holding it reads as two columns, which fails the read (strict mode) and the pass.
@@ -92,30 +96,29 @@ def _lines_sql(folder: mf.SnapshotArg, files: list[dict], i: int, line_size: int
     )
 
 
-def match_lines(
-    con: duckdb.DuckDBPyConnection, sides, spill: SnapshotLocation, line_size: int, limit: int
-) -> tuple | None:
-    """Match two sides' rows by line, file pair by file pair; write what found no twin to ``spill``.
+def match_lines(table: TableComparison) -> tuple[Side, Side] | None:
+    """Match a table's two sides' rows by line, file pair by file pair; write what found no twin
+    to ``table.spill``.
 
-    ``sides`` is ``((snapshot, table, rows), (snapshot, table, rows))`` as diff plans it,
-    every file with its ``rows``.  ``spill`` is a place in a scratch storage, where no
-    file exists yet.  Returns the same shape for the leftover lines (one file per side
-    in ``spill``, named with the table's format suffix and holding those lines exactly
-    as the snapshot did), or None when lines are not rows here, a read failed, or more
-    than ``limit`` lines were left over (rows moved wholesale: the caller's own
-    pairing copes better).
+    Every file of ``table.old`` and ``table.new`` has its ``rows``.  ``table.spill`` is a
+    place in a scratch storage, where no file exists yet.  Returns the two sides of the
+    leftover lines (one file per side in ``spill``, named with the table's format suffix
+    and holding those lines exactly as the snapshot did), or None when lines are not rows
+    here, a read failed, or more than ``table.max_leftover`` lines were left over (rows
+    moved wholesale: the caller's own pairing copes better).
     """
-    files = [s[1]["files"] for s in sides]
-    if any("rows" not in f for f in files[0] + files[1]):
+    con, sides, spill = table.con, (table.old, table.new), table.spill
+    if any("rows" not in f for f in table.old.files + table.new.files):
         return None  # an old manifest: lines cannot be checked against rows file by file
-    pairs = max(len(f) for f in files)
+    pairs = max(len(s.files) for s in sides)
     counts: dict[int, tuple[int, int]] = {}
 
     def run_pair(i: int) -> int:
-        o, n = (_lines_sql(s[0], f, i, line_size) for s, f in zip(sides, files, strict=True))
-        rows = [f[i]["rows"] if i < len(f) else 0 for f in files]
-        # The right side of a join is its build side (see diff._diff_connect): the one with fewer rows.
-        probe, build = (f"{n} AS n", f"{o} AS o") if rows[0] <= rows[1] else (f"{o} AS o", f"{n} AS n")
+        o, n = (_lines_sql(s.folder, s.files, i, table.line_size) for s in sides)
+        # The right side of a join is its build side (see diff_rows.connect): the one with fewer rows.
+        probe, build = (
+            (f"{n} AS n", f"{o} AS o") if table.old.rows_in(i) <= table.new.rows_in(i) else (f"{o} AS o", f"{n} AS n")
+        )
         with con.cursor() as cur:
             got = one_row(
                 cur.execute(
@@ -131,20 +134,20 @@ def match_lines(
     con.execute("CREATE OR REPLACE TABLE bk_lines (rows_o BIGINT, rows_n BIGINT, only_o VARCHAR[], only_n VARCHAR[])")
     try:
         try:
-            if not run_pairs(con, pairs, run_pair, limit):
+            if not run_pairs(con, pairs, run_pair, table.max_leftover):
                 return None
         except duckdb.Error:
             return None  # a line of two columns, or too long: parse the columns instead
-        expected = {i: tuple(f[i]["rows"] if i < len(f) else 0 for f in files) for i in range(pairs)}
+        expected = {i: (table.old.rows_in(i), table.new.rows_in(i)) for i in range(pairs)}
         if counts != expected:
             return None  # a value holds a newline (or a file is damaged: the checksums will say)
         left = []
-        for s, column in enumerate(("only_o", "only_n")):
-            name = f"left-{s}{formats.of(sides[s][1]).suffix}"
+        for s, (side, column) in enumerate(zip(sides, ("only_o", "only_n"), strict=True)):
+            name = f"left-{s}{formats.of(side.table).suffix}"
             n = _write_lines(con, f"SELECT unnest({column}) FROM bk_lines", spill.storage, spill.key(name))
-            table = {**sides[s][1], "files": [{"path": name, "rows": n}] if n else []}
-            left.append((spill, table, n))
-        return tuple(left)
+            files = [{"path": name, "rows": n}] if n else []
+            left.append(replace(side, folder=spill, table={**side.table, "files": files}, rows=n))
+        return left[0], left[1]
     finally:
         con.execute("DROP TABLE bk_lines")
 
