@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 import backupkit
-from backupkit.snapshot import encryption, model, signing
+from backupkit.snapshot import encryption, format_doc, model, signing
 from backupkit.snapshot import manifest as mf
 
 ROOT = Path(__file__).parent.parent
@@ -19,8 +19,8 @@ FIDELITY_SQL = Path(__file__).with_name("fidelity.sql")
 
 
 def test_snapshot_format_doc_is_current():
-    assert (ROOT / "docs" / "snapshot-format.md").read_text() == model.format_markdown(), (
-        "docs/snapshot-format.md is stale: python -c 'from backupkit.snapshot.model import format_markdown; "
+    assert (ROOT / "docs" / "snapshot-format.md").read_text() == format_doc.format_markdown(), (
+        "docs/snapshot-format.md is stale: python -c 'from backupkit.snapshot.format_doc import format_markdown; "
         'print(format_markdown(), end="")\' > docs/snapshot-format.md'
     )
 
@@ -35,7 +35,7 @@ def test_every_field_has_a_meaning():
         assert model.fields(cls), f"model.{cls.__name__} has no fields"
         for f in model.fields(cls):
             assert f.meaning.strip(), f"model.{cls.__name__}.{f.name} has no meaning"
-            assert model.type_text(f.type)
+            assert format_doc.type_text(f.type)
 
 
 def test_optional_keys():
@@ -88,14 +88,14 @@ def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) 
         return [p for k, item in value.items() for p in problems(item, args[1], f"{where}.{k}", seen)]
     if origin in (typing.Union, types.UnionType):
         if value is None:
-            return [] if type(None) in args else [f"{where}: null, not {model.type_text(tp)}"]
+            return [] if type(None) in args else [f"{where}: null, not {format_doc.type_text(tp)}"]
         members = [a for a in args if a is not type(None)]
         if len(members) == 1:
             return problems(value, members[0], where, seen)
         results = [problems(value, m, where, seen) for m in members]
-        return [] if any(not r for r in results) else [f"{where}: {value!r:.80} is not {model.type_text(tp)}"]
+        return [] if any(not r for r in results) else [f"{where}: {value!r:.80} is not {format_doc.type_text(tp)}"]
     if origin is typing.Literal:
-        return [] if value in args else [f"{where}: {value!r:.80} is not {model.type_text(tp)}"]
+        return [] if value in args else [f"{where}: {value!r:.80} is not {format_doc.type_text(tp)}"]
     ok = {
         str: isinstance(value, str),
         bool: isinstance(value, bool),
@@ -104,7 +104,7 @@ def problems(value: object, tp: object, where: str, seen: set[tuple[str, str]]) 
     }
     if tp not in ok:
         return [f"{where}: the test cannot check type {tp!r}"]
-    return [] if ok[tp] else [f"{where}: {value!r:.80} is not {model.type_text(tp)}"]
+    return [] if ok[tp] else [f"{where}: {value!r:.80} is not {format_doc.type_text(tp)}"]
 
 
 @pytest.fixture(scope="module")

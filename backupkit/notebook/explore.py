@@ -3,7 +3,7 @@
 ``snapshot_tables``, ``query`` and ``run_query`` run DuckDB SQL over a
 snapshot's views (tables named as in PostgreSQL, e.g. ``public.orders``) and
 return at most ``MAX_ROWS`` rows as a ``frames.Table`` (SQL NULL shown as ``NULL``).  ``explorer()`` builds a
-widget to pick a snapshot and a table, preview its rows and run SQL; errors
+widget (its state an ``Explorer``) to pick a snapshot and a table, preview its rows and run SQL; errors
 show as a short red message in the widget and are never raised into its loop.
 
 Everything here reads through ``duck.open_snapshot``, so a snapshot whose data
@@ -100,6 +100,133 @@ def error_html(exc: BaseException) -> str:
     return f'<pre style="color:#b00">{html.escape(one_line(exc))}</pre>'
 
 
+def _snapshot_options(backup_dir: Path | str, snapshot: Path | str) -> tuple[list[tuple[str, str]], str]:
+    """The snapshot dropdown's ``(label, location)`` options and the one to open first."""
+    snaps = [s for s in list_snapshots(backup_dir)[0] if s.error is None]
+    if not snaps:
+        raise SnapshotNotFound(
+            f"no complete snapshot in {backup_dir}", hint="take one with notebooks/backup.ipynb or `backupkit backup`"
+        )
+    chosen = str(pick_snapshot(backup_dir, str(snapshot))) if snapshot else str(snaps[0].location)
+    options = [(f"{s.id}  ({s.tables} tables, {s.rows} rows)", str(s.location)) for s in snaps]
+    if chosen not in [v for _, v in options]:
+        options.insert(0, (Path(chosen).name, chosen))
+    return options, chosen
+
+
+class Explorer:
+    """The explorer widget's state: its widgets and the DuckDB connection to the picked snapshot.
+
+    One connection is open at a time: picking another snapshot closes the previous one (and
+    removes an encrypted one's decrypted copy).  The widgets' handlers are this object's methods,
+    so it lives as long as the widgets do.
+    """
+
+    def __init__(
+        self,
+        backup_dir: Path | str,
+        snapshot: Path | str,
+        *,
+        table: str,
+        sql: str,
+        limit: int,
+        identity: IdentityArg | None,
+    ) -> None:
+        import ipywidgets as w
+
+        self.identity = _resolved_identity(identity)
+        options, chosen = _snapshot_options(backup_dir, snapshot)
+        self.wanted_table = table
+        self.limit = limit
+        self.con: Any = None
+        # True while the table list is replaced: one preview after the switch, not one per option change.
+        self.loading = False
+        self.snapshot = w.Dropdown(options=options, value=chosen, description="snapshot", layout=w.Layout(width="60%"))
+        self.table = w.Dropdown(description="table", layout=w.Layout(width="35%"))
+        self.preview = w.HTML()
+        self.sql = w.Textarea(
+            value=sql, placeholder="SELECT ... FROM public.orders", layout=w.Layout(width="100%", height="6em")
+        )
+        self.run = w.Button(description="Run query", button_style="primary", icon="play")
+        self.result = w.HTML()
+
+    def show_table(self, change=None) -> None:
+        """Preview the first ``limit`` rows of the picked table (not while the table list is replaced)."""
+        if self.loading:
+            return
+        if not self.table.value:
+            self.preview.value = "<i>this snapshot has no tables</i>"
+            return
+        try:
+            self.preview.value = frame_html(
+                run_query(self.con, preview_sql(self.table.value, self.limit), self.limit), self.limit
+            )
+        except Exception as exc:
+            self.preview.value = error_html(exc)
+
+    def open_selected(self, change=None) -> None:
+        """Open the picked snapshot (closing the previous one), list its tables and preview one."""
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        try:
+            self.con = _open(self.snapshot.value, self.identity)
+        except Exception as exc:
+            self.loading = True
+            try:
+                self.table.options = []
+            finally:
+                self.loading = False
+            self.preview.value = error_html(exc)
+            return
+        views = [
+            r[0]
+            for r in self.con.sql(
+                "SELECT view FROM backupkit.tables WHERE view IS NOT NULL ORDER BY schema, name"
+            ).fetchall()
+        ]
+        labels = [(v.replace('"', ""), v) for v in views]
+        wanted = next((v for lbl, v in labels if lbl == self.wanted_table), None)
+        self.loading = True
+        try:
+            self.table.options = labels
+            self.table.value = wanted or (views[0] if views else None)
+        finally:
+            self.loading = False
+        self.show_table()
+
+    def run_sql(self, _button=None) -> None:
+        """Run the SQL box's query on the open snapshot and show its first rows (or the error)."""
+        if self.con is None:
+            self.result.value = error_html(SnapshotNotFound("no snapshot is open: pick an intact one"))
+            return
+        try:
+            self.result.value = frame_html(run_query(self.con, self.sql.value), MAX_ROWS)
+        except Exception as exc:
+            self.result.value = error_html(exc)
+
+    def start(self):
+        """Open the chosen snapshot, wire the handlers, run the SQL once, and return the widget box."""
+        import ipywidgets as w
+
+        self.open_selected()
+        self.snapshot.observe(self.open_selected, "value")
+        self.table.observe(self.show_table, "value")
+        self.run.on_click(self.run_sql)
+        self.run_sql()
+        box = w.VBox([w.HBox([self.snapshot, self.table]), self.preview, self.sql, self.run, self.result])
+        # Reachable for scripts and tests: box.snapshot.value = ..., box.run.click(), box.result.value
+        box.snapshot, box.table, box.preview, box.sql, box.run, box.result = (
+            self.snapshot,
+            self.table,
+            self.preview,
+            self.sql,
+            self.run,
+            self.result,
+        )
+        return box
+
+
 def explorer(
     backup_dir: Path | str = "backups",
     snapshot: Path | str = "",
@@ -110,92 +237,4 @@ def explorer(
 ):
     """A widget: pick a snapshot and a table, preview its rows, run DuckDB SQL over the views
     (``identity``: to read encrypted snapshots with)."""
-    import ipywidgets as w
-
-    identity = _resolved_identity(identity)
-    snaps = [s for s in list_snapshots(backup_dir)[0] if s.error is None]
-    if not snaps:
-        raise SnapshotNotFound(
-            f"no complete snapshot in {backup_dir}", hint="take one with notebooks/backup.ipynb or `backupkit backup`"
-        )
-    chosen = str(pick_snapshot(backup_dir, str(snapshot))) if snapshot else str(snaps[0].location)
-    options = [(f"{s.id}  ({s.tables} tables, {s.rows} rows)", str(s.location)) for s in snaps]
-    if chosen not in [v for _, v in options]:
-        options.insert(0, (Path(chosen).name, chosen))
-
-    snap_dd = w.Dropdown(options=options, value=chosen, description="snapshot", layout=w.Layout(width="60%"))
-    table_dd = w.Dropdown(description="table", layout=w.Layout(width="35%"))
-    preview = w.HTML()
-    sql_box = w.Textarea(
-        value=sql, placeholder="SELECT ... FROM public.orders", layout=w.Layout(width="100%", height="6em")
-    )
-    button = w.Button(description="Run query", button_style="primary", icon="play")
-    result = w.HTML()
-    state: dict[str, Any] = {"con": None, "loading": False}
-
-    def show_table(change=None):
-        if state["loading"]:
-            return
-        if not table_dd.value:
-            preview.value = "<i>this snapshot has no tables</i>"
-            return
-        try:
-            preview.value = frame_html(run_query(state["con"], preview_sql(table_dd.value, limit), limit), limit)
-        except Exception as exc:
-            preview.value = error_html(exc)
-
-    def open_selected(change=None):
-        if state["con"] is not None:
-            state["con"].close()
-            state["con"] = None
-        try:
-            state["con"] = _open(snap_dd.value, identity)
-        except Exception as exc:
-            state["loading"] = True
-            try:
-                table_dd.options = []
-            finally:
-                state["loading"] = False
-            preview.value = error_html(exc)
-            return
-        views = [
-            r[0]
-            for r in state["con"]
-            .sql("SELECT view FROM backupkit.tables WHERE view IS NOT NULL ORDER BY schema, name")
-            .fetchall()
-        ]
-        labels = [(v.replace('"', ""), v) for v in views]
-        wanted = next((v for lbl, v in labels if lbl == table), None)
-        state["loading"] = True  # one preview after the switch, not one per option change
-        try:
-            table_dd.options = labels
-            table_dd.value = wanted or (views[0] if views else None)
-        finally:
-            state["loading"] = False
-        show_table()
-
-    def run_sql(_button=None):
-        if state["con"] is None:
-            result.value = error_html(SnapshotNotFound("no snapshot is open: pick an intact one"))
-            return
-        try:
-            result.value = frame_html(run_query(state["con"], sql_box.value), MAX_ROWS)
-        except Exception as exc:
-            result.value = error_html(exc)
-
-    open_selected()
-    snap_dd.observe(open_selected, "value")
-    table_dd.observe(show_table, "value")
-    button.on_click(run_sql)
-    run_sql()
-    box = w.VBox([w.HBox([snap_dd, table_dd]), preview, sql_box, button, result])
-    # Reachable for scripts and tests: box.snapshot.value = ..., box.run.click(), box.result.value
-    box.snapshot, box.table, box.preview, box.sql, box.run, box.result = (
-        snap_dd,
-        table_dd,
-        preview,
-        sql_box,
-        button,
-        result,
-    )
-    return box
+    return Explorer(backup_dir, snapshot, table=table, sql=sql, limit=limit, identity=identity).start()
