@@ -12,6 +12,8 @@ import importlib
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import psycopg
 import pytest
@@ -212,3 +214,121 @@ def test_a_restore_waiting_for_a_lock_gives_up_after_the_lock_wait_timeout(small
         )
     assert out.returncode == 9, out.stderr
     assert "lock timeout" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- the undo of a failed parallel restore ---------------------------------------------------------
+
+
+@pytest.fixture
+def extension_snapshot(make_db, tmp_path):
+    """A snapshot whose tables need an extension (citext, in its own schema) a new database lacks."""
+    source = make_db("src")
+    with psycopg.connect(source) as conn:
+        conn.execute(
+            "CREATE SCHEMA ext; CREATE EXTENSION citext WITH SCHEMA ext;"
+            "CREATE TABLE people (id int PRIMARY KEY, name ext.citext);"
+            "INSERT INTO people SELECT i, 'Name ' || i FROM generate_series(1, 500) i;"
+            "CREATE TABLE notes (id int PRIMARY KEY, body text);"
+            "INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 500) i"
+        )
+    return backupkit.backup(source, tmp_path, progress=False)
+
+
+def _extensions_and_schemas(dsn: str) -> tuple[list, list]:
+    with psycopg.connect(dsn) as conn:
+        extensions = conn.execute("SELECT extname FROM pg_extension ORDER BY 1").fetchall()
+        schemas = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_' ORDER BY 1").fetchall()
+    return extensions, schemas
+
+
+def test_a_failed_parallel_restore_drops_the_extensions_it_created(extension_snapshot, make_db, monkeypatch):
+    target = make_db("tgt")
+    before = _extensions_and_schemas(target)
+    restore_module = importlib.import_module("backupkit.recovery.job")
+
+    def fail(conn, *args, **kw):
+        raise OSError("the disk holding the snapshot went away")
+
+    monkeypatch.setattr(restore_module, "copy_in", fail)
+
+    with pytest.raises(RestoreError) as err:
+        backupkit.restore(extension_snapshot.path, target, jobs=2, progress=False)
+
+    assert "were dropped again" in str(err.value)
+    assert _extensions_and_schemas(target) == before  # no citext, no schema ext, no mark
+    assert not _marked(target)
+
+
+def test_an_undo_that_cannot_take_its_locks_gives_up_and_says_the_target_stays_marked(
+    extension_snapshot, make_db, monkeypatch
+):
+    """Another session reading a table the restore created: the undo's DROP waits for its lock
+    no longer than the restore's lock-wait limit, then says what is left, instead of hanging."""
+    target = make_db("tgt")
+    restore_module = importlib.import_module("backupkit.recovery.job")
+    reader = psycopg.connect(target)
+
+    def fail(conn, *args, **kw):
+        reader.execute("SELECT count(*) FROM _backupkit.restore_in_progress")  # holds ACCESS SHARE
+        raise OSError("the disk holding the snapshot went away")
+
+    monkeypatch.setattr(restore_module, "copy_in", fail)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            backupkit.restore(extension_snapshot.path, target, jobs=2, lock_wait_timeout=1, progress=False)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    try:
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "the undo waited for its lock without limit"
+    finally:
+        reader.close()  # lets a hung undo go on, so the test ends either way
+        worker.join()
+    [err] = outcome
+    assert isinstance(err, RestoreError) and "could NOT all be dropped" in str(err)
+    assert "_backupkit" in str(err) and "`clean`" in str(err)
+    assert _marked(target)
+    monkeypatch.undo()
+    backupkit.restore(extension_snapshot.path, target, clean=True, progress=False)
+    assert not _marked(target)
+
+
+_UNDO_CHILD = r"""
+import sys, importlib, logging, psycopg
+from backupkit.errors import RestoreError
+logging.basicConfig(stream=sys.stdout, format="%(levelname)s: %(message)s")
+r = importlib.import_module("backupkit.recovery.job")
+reader = psycopg.connect(sys.argv[2])
+def fail(conn, *args, **kw):
+    reader.execute("SELECT count(*) FROM _backupkit.restore_in_progress")  # holds ACCESS SHARE
+    print("failing", flush=True)
+    raise OSError("the disk holding the snapshot went away")
+r.copy_in = fail
+try:
+    r.restore(sys.argv[1], sys.argv[2], jobs=2, lock_wait_timeout=3)
+except RestoreError as exc:
+    print(exc, flush=True)
+    sys.exit(9)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_during_the_undo_does_not_cut_it_short(extension_snapshot, make_db, spawn):
+    target = make_db("tgt")
+    child = spawn(_UNDO_CHILD, str(extension_snapshot.path), target)
+    assert child.stdout.readline().strip() == "failing"
+    time.sleep(0.5)  # the undo is waiting for the reader's lock now
+    child.send_signal(signal.SIGINT)
+    child.send_signal(signal.SIGINT)
+
+    assert child.wait(timeout=60) == 9  # the restore's own error, after the undo ran its course
+    err = child.stdout.read()
+    assert "undoing the restore first" in err
+    assert "could NOT all be dropped" in err and "_backupkit" in err
+    assert _marked(target)

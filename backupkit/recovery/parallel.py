@@ -15,14 +15,16 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
 import psycopg
 from psycopg import sql
 
 from ..errors import BackupkitError, RestoreError
-from ..pg.dsn import apply_settings, connect
+from ..pg.dsn import apply_settings, connect, redact
 from ..pg.rows import one_row
 from ..runtime.progress import byte_bar
+from ..runtime.signals import interrupts_deferred
 from ..runtime.taskpool import TaskPool
 from ..snapshot import manifest as mf
 from . import mark as restore_mark
@@ -38,21 +40,35 @@ def load_in_parallel(run: LoadRun, jobs: int) -> int:
     """Commit pre-data (and the mark), load the data on ``jobs`` connections, then post-data;
     undo on failure.  Returns the rows loaded."""
     conn = connect(run.dsn)
+    committing = False
     try:
         run.session(conn)
         run.prepare(conn)
         assert run.scripts.mark is not None  # a parallel restore always marks the target
         conn.execute(run.scripts.mark)  # committed with pre-data: visible until the last step
+        committing = True
         conn.commit()
     except psycopg.Error as exc:
+        lost = committing and conn.broken
         rollback(conn)
         conn.close()
+        if lost:  # the server may have committed before the connection went
+            raise RestoreError(
+                f"the connection was lost while the restore's schema was being committed: {run.why(exc)}; "
+                f"the target may have its tables, marked as an unfinished restore (schema {restore_mark.SCHEMA})",
+                hint="run the same restore again with `clean`, which replaces whatever it left",
+            ) from None
         raise RestoreError(f"restore failed before loading data and was rolled back: {run.why(exc)}") from None
     except BaseException:
         conn.close()
         raise
-    # The first task goes on with this connection: one connection less to wait for.
-    return ParallelLoad(run, jobs, ready=conn).load()
+    try:
+        # The first task goes on with this connection: one connection less to wait for.
+        load = ParallelLoad(run, jobs, ready=conn)
+    except BaseException as exc:  # Ctrl-C right after the commit: pre-data is there, undo it
+        conn.close()
+        _failed(run, exc)
+    return load.load()
 
 
 class ParallelLoad:
@@ -99,18 +115,8 @@ class ParallelLoad:
             self.finish()
         except BaseException as exc:
             self.close_idle()
-            # Whatever went wrong (a database error, a vanished file, Ctrl-C), committed
-            # pre-data must not be left behind silently.
             self.bar.close()
-            left_behind = _undo(run)
-            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: say what is left, exit 130
-                log.error("restore interrupted; %s", left_behind)
-                raise
-            raise RestoreError(
-                f"restore failed: {run.why(exc)}; {left_behind}",
-                left_behind=left_behind,
-                hint="fix the cause and run the restore again",
-            ) from None
+            _failed(run, exc)
         self.close_idle()
         self.bar.close()
         return self.rows_loaded
@@ -321,6 +327,31 @@ def _load_units(chosen: list[dict], jobs: int, fresh: bool) -> list[Unit]:
     return units
 
 
+def _failed(run: LoadRun, exc: BaseException) -> NoReturn:
+    """Undo what a parallel load committed after ``exc`` stopped it, then raise: ``exc`` itself
+    for Ctrl-C or SIGTERM (exit 130, after logging what is left), else a RestoreError saying
+    what went wrong and what is left.
+
+    Whatever went wrong (a database error, a vanished file, Ctrl-C), committed pre-data must
+    not be left behind silently.
+    """
+    why = run.why(exc)  # before the undo: the deadline passing during it is not the cause
+    left_behind = _undo(run)
+    if isinstance(exc, KeyboardInterrupt):
+        log.error("restore interrupted; %s", left_behind)
+        raise exc
+    raise RestoreError(
+        f"restore failed: {why}; {left_behind}",
+        left_behind=left_behind,
+        hint="fix the cause and run the restore again",
+    ) from None
+
+
+#: How long the undo of a failed restore waits for a lock on what it drops, when the restore
+#: itself set no limit: a session holding one of the new tables must not keep it waiting for ever.
+UNDO_LOCK_WAIT = 60.0
+
+
 def _undo(run: LoadRun) -> str:
     """Drop what a failed parallel restore created; say what could not be undone."""
     plan, scripts = run.plan, run.scripts
@@ -339,15 +370,24 @@ def _undo(run: LoadRun) -> str:
             "again with `clean`, which empties them first."
         )
     assert scripts.undo is not None and scripts.unmark is not None  # build_scripts and the mark set them
+    # Roles are the cluster's, not the database's: they may serve others by now, so they stay.
+    roles = (
+        f" The roles it created ({', '.join(plan.created_roles)}) stay; DROP ROLE them if they are not wanted."
+        if plan.created_roles
+        else ""
+    )
+    lock_wait = plan.lock_wait_timeout or UNDO_LOCK_WAIT
+    # Not run.session: the deadline that may have stopped the restore must not stop its undo.
+    settings = {"lock_timeout": f"{int(lock_wait * 1000)}ms"}
     try:
-        with connect(run.dsn) as conn:
+        with interrupts_deferred("undoing the restore"), connect(run.dsn, settings=settings) as conn:
             conn.execute(scripts.undo)
             conn.execute(scripts.unmark)
-        return "the objects this restore created were dropped again." + lost
+        return "the objects this restore created were dropped again." + lost + roles
     except (psycopg.Error, BackupkitError) as exc:
         return (
             "the objects created so far could NOT all be dropped ("
-            + str(exc).strip().splitlines()[0]
+            + redact(str(exc).strip().splitlines()[0], run.dsn)
             + f"); the target stays marked as an unfinished restore (schema {restore_mark.SCHEMA}): "
-            "run the same restore again with `clean` to replace what it left." + lost
+            "run the same restore again with `clean` to replace what it left." + lost + roles
         )

@@ -374,6 +374,9 @@ def build_scripts(
             for line in split_entries(clean.result())[0].splitlines(keepends=True)
             if _DROP_LINE.match(line)
         )
+        if database is not None:
+            # Publications, large objects and extensions this restore made go after its tables.
+            drops += database[1].undo_sql(list(large_object_oids))
     scripts.undo = drops or "SELECT 1"
     if drop_first:
         # Schemas that existed before are left alone; their other contents are not ours.
