@@ -268,3 +268,38 @@ def test_the_lock_works_on_memory():
     with DirLock(memory, "prune") as lock:
         assert lock.took_over is None
     assert ".lock" not in memory.files
+
+
+# -- storage errors cross process boundaries ------------------------------------------------------
+
+
+def _fail_in_worker(kind: str) -> None:
+    from backupkit.storage.s3io import S3Error
+
+    if kind == "s3":
+        raise S3Error("access denied (AccessDenied)", "s3://bucket/prefix/x.copy.zst")
+    raise NotAPlainFile("t/x.copy.zst", "a symbolic link")
+
+
+@pytest.mark.parametrize("kind", ["s3", "plain"])
+def test_a_storage_error_in_a_worker_process_reaches_the_parent_as_itself(kind):
+    """A backup's worker processes send their errors back pickled: an S3 refusal must arrive as
+    that refusal (exit 8, its message), not as "a backup worker process died"."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from backupkit.storage.s3io import S3Error
+
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=fork) as pool, pytest.raises(OSError) as err:
+        pool.submit(_fail_in_worker, kind).result()
+
+    if kind == "s3":
+        assert type(err.value) is S3Error
+        assert str(err.value) == "s3://bucket/prefix/x.copy.zst: access denied (AccessDenied)"
+    else:
+        assert type(err.value) is NotAPlainFile and (err.value.name, err.value.what) == (
+            "t/x.copy.zst",
+            "a symbolic link",
+        )
+        assert str(err.value).count("snapshot files must be plain files") == 1

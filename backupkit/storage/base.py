@@ -63,6 +63,10 @@ class NotAPlainFile(OSError):
         self.name = name
         self.what = what
 
+    def __reduce__(self) -> tuple[type[NotAPlainFile], tuple[str, str]]:
+        # Sent back from a worker process pickled: OSError's own way would call it with (errno, text).
+        return (NotAPlainFile, (self.name, self.what))
+
 
 @dataclass(frozen=True)
 class Entry:

@@ -50,6 +50,11 @@ class S3Error(OSError):
     def __str__(self) -> str:
         return f"{self.filename}: {self.strerror}"
 
+    def __reduce__(self) -> tuple[type[S3Error], tuple[str, str]]:
+        # A backup worker process sends it back pickled: OSError's own way calls
+        # S3Error(None, message, where), which fails, and the pool then reports a dead worker.
+        return (S3Error, (self.strerror, self.filename))
+
 
 class Reader(io.RawIOBase):
     """The body of a GET, streamed; network failures become ``OSError``."""
