@@ -53,7 +53,7 @@ class S3Error(OSError):
     def __reduce__(self) -> tuple[type[S3Error], tuple[str, str]]:
         # A backup worker process sends it back pickled: OSError's own way calls
         # S3Error(None, message, where), which fails, and the pool then reports a dead worker.
-        return (S3Error, (self.strerror, self.filename))
+        return (S3Error, (str(self.strerror), str(self.filename)))
 
 
 class Reader(io.RawIOBase):
