@@ -161,3 +161,26 @@ def test_one_dirlock_cannot_be_acquired_twice(tmp_path):
 
 def test_read_lock_of_an_unlocked_directory(tmp_path):
     assert read_lock(tmp_path) is None
+
+
+def test_a_backup_whose_lock_cannot_be_removed_still_returns_its_snapshot(make_db, tmp_path, caplog):
+    """The lock goes last, after the snapshot is published: a lock that cannot be removed then
+    (here a folder put in its place; on S3 a failed request) is a warning, not a failed backup."""
+    import psycopg
+
+    import backupkit
+
+    dsn = make_db("lockrel")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)")
+    lock = tmp_path / ".lock"
+
+    def replace_the_lock(_snapshot_id: str) -> None:
+        lock.unlink()
+        lock.mkdir()
+
+    res = backupkit.backup(dsn, tmp_path, on_snapshot=replace_the_lock, progress=False)
+
+    assert backupkit.verify(res.path).ok and res.manifest["tables"][0]["rows"] == 10
+    assert f"could not remove the lock {lock}" in caplog.text
+    lock.rmdir()

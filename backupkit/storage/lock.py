@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -33,6 +34,8 @@ from typing import Any
 from ..errors import LockError, StorageError
 from .base import Storage
 from .location import open_storage
+
+log = logging.getLogger("backupkit")
 
 LOCK_NAME = ".lock"
 DEFAULT_STALE_AFTER = timedelta(hours=6)
@@ -281,17 +284,32 @@ class DirLock:
         )
 
     def release(self) -> bool:
-        """Remove the lock if it is still ours; True if it was removed."""
+        """Remove the lock if it is still ours; True if it was removed.
+
+        Never raises: it runs when the work is done (a snapshot published) or failed, and
+        neither outcome may be replaced by a lock that could not be removed.  That is logged
+        instead; the next run on this host takes it over once this process has ended.
+        """
         if self._written is None:
             return False
-        with self._serialised():
-            try:
-                current: bytes | None = self.storage.read(LOCK_NAME, MAX_LOCK_BYTES)
-            except (FileNotFoundError, ValueError):
-                current = None
-            # Someone removed our lock and another process took it: theirs now.
-            mine = current == self._written
-            if mine:
-                self.storage.remove(LOCK_NAME)
+        mine = False
+        try:
+            with self._serialised():
+                try:
+                    current: bytes | None = self.storage.read(LOCK_NAME, MAX_LOCK_BYTES)
+                except (FileNotFoundError, ValueError):
+                    current = None
+                # Someone removed our lock and another process took it: theirs now.
+                mine = current == self._written
+                if mine:
+                    self.storage.remove(LOCK_NAME)
+        except (OSError, StorageError) as exc:
+            mine = False
+            log.warning(
+                "could not remove the lock %s (%s); the next run on this host takes it over, "
+                "or remove it by hand once no backupkit runs",
+                self.path,
+                getattr(exc, "strerror", None) or exc,
+            )
         self._written = None
         return mine
