@@ -332,3 +332,25 @@ def test_ctrl_c_during_the_undo_does_not_cut_it_short(extension_snapshot, make_d
     assert "undoing the restore first" in err
     assert "could NOT all be dropped" in err and "_backupkit" in err
     assert _marked(target)
+
+
+def test_a_connection_lost_while_planning_is_one_clear_error_and_changes_nothing(small_snapshot, make_db, monkeypatch):
+    """Planning only reads the target: a connection lost there (a restarted pooler, a killed
+    session) says so in one line, without waiting for the snapshot's hash to finish."""
+    _, res = small_snapshot
+    target = make_db("tgt")
+    before = fingerprint(target)
+    plan_module = importlib.import_module("backupkit.recovery.plan")
+    real = plan_module.read_target
+
+    def lose_connection(conn, *args, **kw):
+        with psycopg.connect(target, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return real(conn, *args, **kw)
+
+    monkeypatch.setattr(plan_module, "read_target", lose_connection)
+    with pytest.raises(RestoreError) as err:
+        backupkit.restore(res.path, target, jobs=2, progress=False)
+
+    assert str(err.value).startswith("cannot read what the target database has, nothing was changed: ")
+    assert fingerprint(target) == before

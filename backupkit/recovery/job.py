@@ -26,9 +26,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
+
 from ..errors import ConfigError, RestoreError, SnapshotError
 from ..pg.copyio import copy_in
-from ..pg.dsn import connect, describe
+from ..pg.dsn import connect, describe, redact
 from ..runtime.deadline import Deadline
 from ..runtime.deadline import seconds as _seconds
 from ..runtime.progress import wanted
@@ -120,53 +122,67 @@ def restore(
         # Planning only reads (the target's catalogs, the schema archive): it goes on while
         # the snapshot is verified, and the verdict is in before anything changes.
         verifying = _VerifiedMeanwhile(location)
-    with verifying:
-        location = encryption.unlock(location, manifest, identity)
-        request = Request(tuple(tables), tuple(schemas), with_dependencies, schema_only, data_only, clean, create_roles)
-        found = survey(location, manifest, dsn, request)
-        plan = found.plan
-        log.info("%s: %d tables to restore into %s", location, len(plan.tables), describe(dsn)["database"])
-        result = RestoreResult(plan, dry_run=dry_run)
-        if manifest.get("partial"):
-            result.warnings.append(
-                "this snapshot is PARTIAL: row-level security hid rows of "
-                + ", ".join(manifest.get("partial_tables", []))
-                + " when it was taken"
+    try:  # planning only reads the target: a failure there changed nothing
+        with verifying:
+            location = encryption.unlock(location, manifest, identity)
+            request = Request(
+                tables=tuple(tables),
+                schemas=tuple(schemas),
+                with_dependencies=with_dependencies,
+                schema_only=schema_only,
+                data_only=data_only,
+                clean=clean,
+                create_roles=create_roles,
             )
-        jobs = _jobs(jobs, clean, found, result.warnings)
-        parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
-        scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's
-        if not data_only:
-            scripts = _render(dsn, location, found, owner=owner, create_roles=create_roles, parallel=parallel)
-            schema_sql = (scripts.pre_data or "") + (scripts.post_data or "")
-            stand_in = plan_stand_in(manifest, plan.tables, schema_sql, found.target.schemas)
-        if stand_in:
-            # Supabase's API roles may use auth.uid() in policies: they need the schema, as there.
-            stand_in.grantees = sorted(
-                {"anon", "authenticated", "service_role"} & (found.target.roles | set(plan.created_roles))
-            )
-            _add_stand_in(scripts, stand_in)
-            plan.notes.append(stand_in.describe())
-        problems = found.problems + _final_checks(dsn, found, stand_in, data_only)
-        if found.refused and len(problems) == 1:
-            raise found.refused
-        if problems:
-            raise RestoreError(
-                "the restore cannot succeed, nothing was changed: " + "; ".join(problems),
-                hint="fix each problem named, then run the restore (or a `dry_run`) again",
-            )
-        _complete_scripts(scripts, found, manifest, parallel=parallel, clean=clean)
-        if plan.skipped_grants:
-            result.warnings.append(
-                f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
-                "does not have (e.g. " + plan.skipped_grants[0] + ")"
-            )
-        if plan.dropped_column_options:
-            result.warnings.append(
-                f"left out column options the target server does not know in "
-                f"{len(plan.dropped_column_options)} statements (e.g. "
-                f"{plan.dropped_column_options[0]})"
-            )
+            found = survey(location, manifest, dsn, request)
+            plan = found.plan
+            log.info("%s: %d tables to restore into %s", location, len(plan.tables), describe(dsn)["database"])
+            result = RestoreResult(plan, dry_run=dry_run)
+            if manifest.get("partial"):
+                result.warnings.append(
+                    "this snapshot is PARTIAL: row-level security hid rows of "
+                    + ", ".join(manifest.get("partial_tables", []))
+                    + " when it was taken"
+                )
+            jobs = _jobs(jobs, clean, found, result.warnings)
+            parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
+            scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's
+            if not data_only:
+                scripts = _render(dsn, location, found, owner=owner, create_roles=create_roles, parallel=parallel)
+                schema_sql = (scripts.pre_data or "") + (scripts.post_data or "")
+                stand_in = plan_stand_in(manifest, plan.tables, schema_sql, found.target.schemas)
+            if stand_in:
+                # Supabase's API roles may use auth.uid() in policies: they need the schema, as there.
+                stand_in.grantees = sorted(
+                    {"anon", "authenticated", "service_role"} & (found.target.roles | set(plan.created_roles))
+                )
+                _add_stand_in(scripts, stand_in)
+                plan.notes.append(stand_in.describe())
+            problems = found.problems + _final_checks(dsn, found, stand_in, data_only)
+            if found.refused and len(problems) == 1:
+                raise found.refused
+            if problems:
+                raise RestoreError(
+                    "the restore cannot succeed, nothing was changed: " + "; ".join(problems),
+                    hint="fix each problem named, then run the restore (or a `dry_run`) again",
+                )
+            _complete_scripts(scripts, found, manifest, parallel=parallel, clean=clean)
+            if plan.skipped_grants:
+                result.warnings.append(
+                    f"skipped {len(plan.skipped_grants)} GRANT/REVOKE for roles this database "
+                    "does not have (e.g. " + plan.skipped_grants[0] + ")"
+                )
+            if plan.dropped_column_options:
+                result.warnings.append(
+                    f"left out column options the target server does not know in "
+                    f"{len(plan.dropped_column_options)} statements (e.g. "
+                    f"{plan.dropped_column_options[0]})"
+                )
+    except psycopg.Error as exc:
+        raise RestoreError(
+            f"cannot read what the target database has, nothing was changed: {redact(str(exc).strip(), dsn)}",
+            hint="check the connection to the target and its role's privileges, then run the restore again",
+        ) from None
     for w in result.warnings:
         log.warning(w)
     if dry_run:
@@ -203,7 +219,9 @@ class _VerifiedMeanwhile:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if kind is not None and not issubclass(kind, Exception):  # Ctrl-C, SIGTERM: it goes on
+        # Ctrl-C, SIGTERM: it goes on; the target failing (a lost connection, a privilege): no
+        # damage to the snapshot can be its cause, so the verdict is not waited for.
+        if kind is not None and (not issubclass(kind, Exception) or issubclass(kind, psycopg.Error)):
             self._stop_now()
             return
         try:
