@@ -398,3 +398,44 @@ def test_time_limits_are_checked(small_db, tmp_path, bad):
     for kw in ("timeout", "lock_wait_timeout"):
         with pytest.raises(backupkit.ConfigError):
             backupkit.backup(small_db, tmp_path, **{kw: bad})
+
+
+_SCHEMA_WAITS = r"""
+import sys, time
+import backupkit
+
+def exported(snapshot_id):
+    print("exported", flush=True)
+    time.sleep(1.5)  # the test queues its ACCESS EXCLUSIVE request meanwhile: pg_dump's LOCK waits behind it
+
+try:
+    backupkit.backup(sys.argv[1], sys.argv[2], on_snapshot=exported, progress=False)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_sigterm_while_pg_dump_waits_for_a_lock_ends_the_backup_at_once(make_db, tmp_path, spawn):
+    """systemd, docker and `timeout` send SIGTERM to backupkit alone: its pg_dump of the schema,
+    waiting for a table's lock, must not keep the backup (and its repository lock) alive."""
+    dsn = make_db("src")
+    load_small(dsn)
+    child = spawn(_SCHEMA_WAITS, dsn, str(tmp_path))
+    assert child.stdout.readline().strip() == "exported"
+    blocker = psycopg.connect(dsn)
+    waiting = threading.Thread(
+        target=lambda: blocker.execute("LOCK TABLE public.customers IN ACCESS EXCLUSIVE MODE"), daemon=True
+    )
+    try:
+        waiting.start()  # queued behind the backup's ACCESS SHARE; pg_dump's LOCK queues behind it
+        time.sleep(3)
+        started = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 130
+        assert time.monotonic() - started < 15, "the backup waited for its pg_dump"
+    finally:
+        blocker.cancel_safe()
+        waiting.join(timeout=10)
+        blocker.close()
+    assert snapshot_dirs(tmp_path) == [] and not any(tmp_path.glob(".tmp-*"))
+    assert not (tmp_path / ".lock").exists()

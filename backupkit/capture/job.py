@@ -65,7 +65,7 @@ from .options import LOCK_WAIT_TIMEOUT, TIMEOUT, BackupOptions
 from .readers import copy_all, plan, start_workers
 from .result import BackupResult
 from .sessions import KeepAlive, SessionSpec, lock_wait_error
-from .watchdog import Watchdog
+from .watchdog import Watchdog, end_sessions
 from .workers import Workers
 
 if TYPE_CHECKING:  # the buckets modules (and botocore) load only when buckets are backed up
@@ -248,7 +248,10 @@ class BackupJob:
         """Lock ``names``, fix the moment, copy data and schema, verify and publish."""
         self.session = replace(self.session, server_version_num=server.version_num)
         log.info("PostgreSQL %s, database %s: %d tables to lock", server.version, server.database, len(names))
-        main = self.session.connect()
+        try:
+            main = self.session.connect()
+        except psycopg.Error as exc:  # lost while its settings were being sent
+            raise self._stopped_by_database(exc) from None
         keepalive = KeepAlive()
         try:
             moment = self._fix_moment(main, keepalive, names, server)
@@ -272,12 +275,15 @@ class BackupJob:
                 schema_job.add_done_callback(self._stop_if_failed)
                 try:
                     tables = self._copy_data(moment, server.version_num, keepalive)
+                    schema_files, schema_sql = schema_job.result()
                 except BaseException:
-                    failed = schema_job.exception() if schema_job.done() else None
-                    if failed is not None:
+                    if not schema_job.done():
+                        # pg_dump runs on by itself (a SIGTERM sent to this process alone does
+                        # not reach it), and leaving the pool waits for it: end its sessions.
+                        end_sessions(self.session)
+                    elif (failed := schema_job.exception()) is not None:
                         raise failed from None
                     raise
-                schema_files, schema_sql = schema_job.result()
             self.watchdog.check()
             if self.options.shares:
                 tables = self._share(tables)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import select
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -164,9 +165,10 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
     pg.send_query(statement.as_bytes(conn))  # raises OperationalError itself on failure
     while pg.flush():  # psycopg may leave the connection non-blocking
         pass
-    res = pg.get_result()
+    server = _Server(pg)
+    res = server.result()
     if res is None or res.status != pq.ExecStatus.COPY_OUT:
-        _drain(pg)
+        server.drain()
         raise _error(res, conn)
     get, row_hash = pg.get_copy_data, xxhash.xxh3_64_intdigest
     low, high, per_byte = (cuts.min_bytes, cuts.max_bytes, cuts.per_byte) if cuts else (-1, -1, 0)
@@ -178,31 +180,41 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
         cut = False
         if cuts is None or before + len(buf) < low:
             for i in batch:  # noqa: B007 (i: the rows this batch appended, read after the loop)
-                nbytes, data = get(0)
+                nbytes, data = get(1)
                 # A large row ends the batch too, so a block overshoots BLOCK by less
                 # than _BATCH_ROWS small rows plus one row, whatever the rows' sizes.
                 if not 0 < nbytes < large:
+                    if nbytes == 0:  # none received yet: wait for it, in the same batch
+                        # (batches, hence cuts, must not depend on when rows arrive)
+                        nbytes, data = server.copy_data()
+                        if 0 < nbytes < large:
+                            buf += data
+                            continue
                     break
                 buf += data
             else:
                 i = _BATCH_ROWS
             rows += i  # counted per batch, not per row: no cost in the loop
-            if nbytes <= 0:
+            if nbytes < 0:
                 break
             if nbytes >= large:
                 buf += data
                 rows += 1
         else:  # looking for a cut: every row is weighed
             for _ in batch:
-                nbytes, data = get(0)
+                nbytes, data = get(1)
                 if nbytes <= 0:
-                    break
+                    if nbytes < 0:
+                        break
+                    nbytes, data = server.copy_data()
+                    if nbytes < 0:
+                        break
                 buf += data
                 rows += 1
                 if row_hash(data) < nbytes * per_byte:
                     cut = True
                     break
-            if nbytes <= 0:
+            if nbytes < 0:
                 break
             cut = cut or before + len(buf) >= high
         if cut:
@@ -213,8 +225,8 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
             yield buf, rows, False
             buf, rows = bytearray(), 0  # the caller may still hold the yielded one
     # get_copy_data raised on a broken stream (-2) itself; -1 is the normal end.
-    res = pg.get_result()
-    _drain(pg)
+    res = server.result()
+    server.drain()
     if res is None or res.status != pq.ExecStatus.COMMAND_OK:
         raise _error(res, conn)
     if res.command_tuples is None:  # COPY's command tag always carries its row count
@@ -223,9 +235,45 @@ def _receive(conn: psycopg.Connection, statement: sql.Composable, row_count: lis
     yield buf, rows, True
 
 
-def _drain(pg) -> None:
-    while pg.get_result() is not None:
-        pass
+class _Server:
+    """Waits for what the server sends on ``pg``, with the GIL released.
+
+    psycopg's ``get_result`` and blocking ``get_copy_data(0)`` wait inside libpq holding
+    the GIL: while a COPY waited for the server (a lock, a slow network) no other thread
+    of the process ran, not the watchdog, not the keep-alive, and no signal handler, so
+    Ctrl-C and SIGTERM went unanswered.  Here libpq is only asked for what it has already
+    received, and the waiting is a ``poll`` of its socket, as psycopg itself does.
+    """
+
+    def __init__(self, pg: Any):
+        self.pg = pg
+        self.poller = select.poll()
+        self.poller.register(pg.socket, select.POLLIN)
+
+    def _receive(self) -> None:
+        self.poller.poll()  # readable, or an error or hang-up that consume_input reports
+        self.pg.consume_input()
+
+    def copy_data(self) -> tuple[int, Any]:
+        """``get_copy_data`` once there is a row, the end (-1) or an error (raised)."""
+        pg = self.pg
+        pg.consume_input()  # what the kernel has already: most often a row, without a poll
+        while (got := pg.get_copy_data(1))[0] == 0:
+            self._receive()
+        return got
+
+    def result(self) -> Any:
+        """``get_result`` once it would not wait."""
+        pg = self.pg
+        pg.consume_input()
+        while pg.is_busy():
+            self._receive()
+        return pg.get_result()
+
+    def drain(self) -> None:
+        """Read the results left until the connection is idle."""
+        while self.result() is not None:
+            pass
 
 
 def _error(res, conn: psycopg.Connection) -> psycopg.Error:
