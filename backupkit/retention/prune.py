@@ -164,7 +164,9 @@ def prune(
         for info in remove:
             try:
                 log.info("removing %s (%s)", info.id, "; ".join(reasons.get(info.id, [])))
-                _delete(by_id[info.id].location, _after_rename)
+                left = _delete(by_id[info.id].location, _after_rename)
+                if left is not None:  # the snapshot is gone: reported as removed, its marker as a failure
+                    failed.append(left)
             except OSError as exc:
                 not_removed.add(info.id)
                 failed.append(f"{info.id}: {exc.strerror or exc}")
@@ -259,7 +261,9 @@ def _remove(storage: Storage, name: str) -> str | None:
     return "it is still there"
 
 
-def _delete(location: SnapshotLocation, after_rename: Callable[[str], object] | None = None) -> None:
+def _delete(location: SnapshotLocation, after_rename: Callable[[str], object] | None = None) -> str | None:
+    """Remove a snapshot (``OSError`` when it could not be); then its pin marker, and say so
+    when that could not be removed (the snapshot itself is gone by then)."""
     # The rename is atomic: from here on the snapshot is no longer listed.  A linked
     # snapshot folder is refused by the storage (list_snapshots never offers one).
     name = trash(location)
@@ -269,4 +273,8 @@ def _delete(location: SnapshotLocation, after_rename: Callable[[str], object] | 
     if why is not None:
         # Renamed but not removed: a later prune removes the .trash-* folder (and says so).
         raise OSError(f"moved to {name} but not removed: {why}")
-    location.storage.remove(f"{PINS}/{location.id}")
+    try:
+        location.storage.remove(f"{PINS}/{location.id}")
+    except OSError as exc:
+        return f"the pin marker {PINS}/{location.id} of the removed snapshot: {exc.strerror or exc}"
+    return None
