@@ -227,3 +227,36 @@ def test_restore_with_a_public_key_refuses_a_forgery_and_restores_the_signed_sna
 
     with psycopg.connect(forged) as conn:  # nothing was restored from the forgery
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_a_schema_archive_swapped_after_the_signature_was_checked_is_not_restored(snap, keys, make_db, monkeypatch):
+    """Someone who can write the snapshot swaps schema.dump between the check and its use:
+    pg_restore reads a private copy hashed against the signed manifest, so the swap is
+    refused, not restored."""
+    import importlib
+
+    import psycopg
+
+    _, public, _ = keys
+    restore_module = importlib.import_module("backupkit.recovery.job")
+    real = restore_module.ensure_intact
+    source = make_db("other_source")
+    with psycopg.connect(source) as conn:
+        conn.execute("CREATE TABLE planted (id int)")
+    other = backupkit.backup(source, snap.parent / "other", progress=False)
+
+    def check_then_swap(location, **kw):
+        manifest = real(location, **kw)
+        dump = snap / mf.DUMP
+        dump.chmod(0o600)
+        dump.write_bytes((other.path / mf.DUMP).read_bytes())  # after the check, before the use
+        return manifest
+
+    monkeypatch.setattr(restore_module, "ensure_intact", check_then_swap)
+    target = make_db("swap_target")
+    with pytest.raises(SnapshotDamaged) as err:
+        backupkit.restore(snap, target, public_key=public, progress=False)
+
+    assert "changed after the snapshot was verified" in str(err.value)
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)

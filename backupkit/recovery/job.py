@@ -148,7 +148,9 @@ def restore(
             parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
             scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's
             if not data_only:
-                scripts = _render(dsn, location, found, owner=owner, create_roles=create_roles, parallel=parallel)
+                scripts = _render(
+                    dsn, location, found, manifest=manifest, owner=owner, create_roles=create_roles, parallel=parallel
+                )
                 schema_sql = (scripts.pre_data or "") + (scripts.post_data or "")
                 stand_in = plan_stand_in(manifest, plan.tables, schema_sql, found.target.schemas)
             if stand_in:
@@ -258,17 +260,25 @@ def _jobs(jobs: int, clean: bool, found: Survey, warnings: list[str]) -> int:
 
 
 def _render(
-    dsn: str, location: SnapshotLocation, found: Survey, *, owner: bool, create_roles: bool, parallel: bool
+    dsn: str,
+    location: SnapshotLocation,
+    found: Survey,
+    *,
+    manifest: dict,
+    owner: bool,
+    create_roles: bool,
+    parallel: bool,
 ) -> Scripts:
     """The scripts of the planned restore; what they left out or add is recorded on the plan."""
     plan = found.plan
-    # pg_restore reads the archives from files on this machine (decrypted into scratch space
-    # when the snapshot is encrypted).
+    # pg_restore reads the archives from private copies on this machine (decrypted when the
+    # snapshot is encrypted), checked against ``manifest`` as they are made.
     with contextlib.ExitStack() as archives:
-        dump = archives.enter_context(encryption.local_path(location, mf.DUMP))
+        dump = archives.enter_context(encryption.local_path(location, mf.DUMP, manifest))
         database = None
         if found.database is not None:
-            database = (archives.enter_context(encryption.local_path(location, mf.DATABASE_DUMP)), found.database)
+            db_dump = archives.enter_context(encryption.local_path(location, mf.DATABASE_DUMP, manifest))
+            database = (db_dump, found.database)
         scripts, notes = build_scripts(
             dsn,
             dump,

@@ -145,7 +145,7 @@ class LoadRun:
         """Create the snapshot's large objects and stream their data in (pg_restore's data section)."""
         if self.scripts.large_objects:
             where = self.snapshot
-            with encryption.local_path(where, mf.DATABASE_DUMP) as dump:
+            with encryption.local_path(where, mf.DATABASE_DUMP, self.manifest) as dump:
                 restore_large_objects(conn, dump, self.scripts.large_objects, no_owner=not self.scripts.owner)
 
     def sequences_and_matviews(self, conn: psycopg.Connection) -> None:

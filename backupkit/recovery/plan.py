@@ -234,7 +234,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
         entries: list[TocEntry] = []
         if not request.data_only:
-            with encryption.local_path(location, mf.DUMP) as dump:
+            with encryption.local_path(location, mf.DUMP, manifest) as dump:
                 entries = wanted_entries(
                     toc(dump), manifest, rebuilt, full, conn, platform, schemas=schemas, tables_named=bool(tables)
                 )
@@ -299,7 +299,7 @@ def _plan_database(
 ) -> DatabasePlan:
     """The database archive's entries this restore runs (see ``plan_database``)."""
     chosen = plan.tables
-    with encryption.local_path(location, mf.DATABASE_DUMP) as db_dump:
+    with encryption.local_path(location, mf.DATABASE_DUMP, manifest) as db_dump:
         db_entries = toc(db_dump)
         return plan_database(
             db_entries,

@@ -39,6 +39,7 @@ and ``BACKUPKIT_IDENTITY`` (path of an identity file, for ``restore`` and ``veri
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -487,25 +488,52 @@ def open_plain(stored: Any, identities: Sequence[Any], rel: str) -> PlainReader:
     return PlainReader(stored, identities, rel)
 
 
-def decrypt_into(snapshot: mf.SnapshotArg, rel: str, into: LocalStorage, name: str | None = None) -> Path:
+def decrypt_into(
+    snapshot: mf.SnapshotArg, rel: str, into: LocalStorage, name: str | None = None, *, sha256: str | None = None
+) -> Path:
     """The plain bytes of file ``rel`` of ``snapshot`` in new file ``name`` (default: ``rel``'s
     base name) of scratch space ``into``; its path.
 
     For readers that need a plain file by path: pg_restore here, DuckDB (the lens) later.
     An ``unlock``-ed snapshot's file is decrypted on the way (streamed: memory does not grow
     with the file); any other is copied as stored.  ``into`` should be private scratch space
-    (``storage.scratch.scratch``), removed when done: it holds the plain bytes.
+    (``storage.scratch.scratch``), removed when done: it holds the plain bytes.  With
+    ``sha256`` (the manifest's, of the stored bytes) the stored bytes are hashed on the way,
+    and ``SnapshotDamaged`` raised, the copy unused, when they differ.
     """
     location = locate(snapshot)
     name = name or rel.rsplit("/", 1)[-1]
     identities = identities_of(location)
-    with mf.open_file(location, rel) as stored, into.create(name) as out:
+    with mf.open_file(location, rel) as raw, into.create(name) as out:
+        stored: Any = _Hashed(raw) if sha256 is not None else raw
         if identities is None:
             while block := stored.read(_BLOCK):
                 out.write(block)
         else:
             _decrypt(stored, out, identities, rel)
+            while sha256 is not None and stored.read(_BLOCK):  # what follows the age stream counts too
+                pass
+    if sha256 is not None and stored.hash.hexdigest() != sha256:
+        raise SnapshotDamaged(
+            f"{location.where(rel)} is not the file the manifest describes (its SHA-256 differs): "
+            "it changed after the snapshot was verified",
+            [f"{rel}: checksum mismatch"],
+            hint="run `backupkit verify` on the snapshot, and find out what is writing to it",
+        )
     return into.path(name)
+
+
+class _Hashed:
+    """A reader that hashes what passes through it (SHA-256)."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        return data
 
 
 def plain_copy(snapshot: mf.SnapshotArg, identity: IdentityArg, into: LocalStorage) -> SnapshotLocation:
@@ -559,14 +587,25 @@ def _decrypt(stored: BinaryIO, out: BinaryIO, identities: Sequence[Any], rel: st
 
 
 @contextlib.contextmanager
-def local_path(snapshot: mf.SnapshotArg, rel: str) -> Iterator[Path]:
+def local_path(snapshot: mf.SnapshotArg, rel: str, manifest: dict | None = None) -> Iterator[Path]:
     """A path on this machine holding the plain bytes of file ``rel`` of ``snapshot``, for a tool
     that reads files by path (pg_restore): an ``unlock``-ed snapshot's file decrypted into
-    private scratch space removed on exit, any other file as ``Storage.local_path`` gives it."""
+    private scratch space removed on exit, any other file as ``Storage.local_path`` gives it.
+
+    With the ``manifest`` a restore acts on, the path is always such a private copy, made
+    while its stored bytes are hashed against the manifest: the tool reads what was verified
+    (and, for a signed snapshot, what was signed), whatever happens to the snapshot meanwhile.
+    """
     location = locate(snapshot)
-    if identities_of(location) is None:
+    sha256 = _stored_sha256(manifest, rel) if manifest is not None else None
+    if sha256 is None and identities_of(location) is None:
         with location.storage.local_path(location.stored(rel)) as path:
             yield path
         return
     with scratch("backupkit-plain-") as tmp:
-        yield decrypt_into(location, rel, tmp)
+        yield decrypt_into(location, rel, tmp, sha256=sha256)
+
+
+def _stored_sha256(manifest: dict, rel: str) -> str | None:
+    """The manifest's SHA-256 of schema file ``rel`` (None when it lists no such file)."""
+    return next((f["sha256"] for f in manifest.get("schema_files", []) if f.get("path") == rel), None)
