@@ -236,7 +236,14 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         if not request.data_only:
             with encryption.local_path(location, mf.DUMP, manifest) as dump:
                 entries = wanted_entries(
-                    toc(dump), manifest, rebuilt, full, conn, platform, schemas=schemas, tables_named=bool(tables)
+                    toc(dump),
+                    manifest,
+                    rebuilt,
+                    full=full,
+                    target=conn,
+                    platform=platform,
+                    schemas=schemas,
+                    tables_named=bool(tables),
                 )
     if platform:
         _leave_platform_rows(plan, platform)

@@ -110,6 +110,7 @@ def wanted_entries(
     entries: list[TocEntry],
     manifest: dict,
     chosen: list[dict],
+    *,
     full: bool,
     target: psycopg.Connection,
     platform: Platform | None = None,
