@@ -1,6 +1,6 @@
 """The embedded server's lifetime: it ends with the process that started it, unless kept running.
 
-``stop_demo_server()`` says what it did, each time it is called.
+``stop_demo_server()`` returns what it did, each time it is called.
 """
 
 from __future__ import annotations
@@ -52,20 +52,24 @@ def test_a_kept_server_outlives_its_starter_until_stopped(home, capsys):
     dsn = _start_in_child(datadir, "keep")
     with psycopg.connect(dsn, connect_timeout=5) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    assert stop_demo_server(home) is True
-    assert capsys.readouterr().out.startswith(f"stopped the demo server at {datadir} (127.0.0.1:")
+    stopped = stop_demo_server(home)
+    assert stopped.stopped is True
+    assert str(stopped).startswith(f"stopped the demo server at {datadir} (127.0.0.1:")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=5)
-    assert stop_demo_server(home) is False
-    assert capsys.readouterr().out == f"no demo server is running (its cluster is at {datadir})\n"
+    again = stop_demo_server(home)
+    assert again.stopped is False
+    assert str(again) == f"no demo server is running (its cluster is at {datadir})"
+    assert capsys.readouterr().out == ""  # said in the result; printing is the caller's
 
 
 def test_a_server_stops_with_the_process_that_started_it(home, capsys):
     dsn = _start_in_child(home / "demo-pg" / "data", "stop")
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=5)
-    assert stop_demo_server(home) is False
-    assert "no demo server is running" in capsys.readouterr().out
+    stopped = stop_demo_server(home)
+    assert stopped.stopped is False
+    assert "no demo server is running" in str(stopped)
 
 
 def test_remove_stops_the_server_and_deletes_its_files(home, capsys):
@@ -73,13 +77,15 @@ def test_remove_stops_the_server_and_deletes_its_files(home, capsys):
     dsn = _start_in_child(datadir, "keep")
     server = EmbeddedServer(datadir, persistent=True)
     assert all(p.exists() for p in server.paths)
-    assert stop_demo_server(home, remove=True) is True
-    out = capsys.readouterr().out
+    removed = stop_demo_server(home, remove=True)
+    assert removed.stopped is True
+    out = str(removed) + "\n"
     assert f"stopped the demo server at {datadir}" in out
     for p in [*server.paths, datadir.parent]:
         assert not p.exists()
         assert f"removed {p}\n" in out
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=5)
-    assert stop_demo_server(home, remove=True) is False
-    assert "nothing to remove" in capsys.readouterr().out
+    again = stop_demo_server(home, remove=True)
+    assert again.stopped is False
+    assert "nothing to remove" in str(again)
