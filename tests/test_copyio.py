@@ -208,3 +208,29 @@ def test_files_being_closed_at_once_are_bounded_in_number_and_bytes(make_db, tmp
 def _copy_text_of(dsn: str) -> bytes:
     with psycopg.connect(dsn) as conn:
         return _copy_text(conn)
+
+
+def test_a_copy_whose_session_is_ended_says_why_and_lets_other_threads_run(make_db, tmp_path):
+    """A session ended mid-COPY (pg_terminate_backend, a server shutdown) is reported with the
+    server's reason, not "server closed the connection unexpectedly".  The COPY waits for a row
+    the server sleeps on, and another thread of the process ends the session meanwhile: a COPY
+    holding the GIL while it waited (psycopg's blocking calls do) would keep that thread from
+    running until the row came, and then end without an error."""
+    dsn = make_db("cut")
+    statement = psycopg.sql.SQL(
+        "COPY (SELECT g, pg_sleep(CASE WHEN g = 500 THEN 30 ELSE 0 END) FROM generate_series(1, 1000) g) TO STDOUT"
+    )
+
+    def end_it(pid: int) -> None:
+        time.sleep(0.5)  # into the server's sleep
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        helper = threading.Thread(target=end_it, args=(conn.info.backend_pid,))
+        helper.start()
+        with pytest.raises(psycopg.OperationalError) as err:
+            copyio.copy_out(conn, statement, LocalStorage(tmp_path), "t.copy.zst", "t.copy.zst")
+        helper.join()
+
+    assert "terminating connection due to administrator command" in str(err.value)

@@ -10,6 +10,7 @@ decrypted by ``iter_blocks`` before they are decompressed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -250,7 +251,7 @@ class _Server:
         self.poller = select.poll()
         self.poller.register(pg.socket, select.POLLIN)
 
-    def _receive(self) -> None:
+    def _wait_readable(self) -> None:
         self.poller.poll()  # readable, or an error or hang-up that consume_input reports
         self.pg.consume_input()
 
@@ -259,21 +260,24 @@ class _Server:
         pg = self.pg
         pg.consume_input()  # what the kernel has already: most often a row, without a poll
         while (got := pg.get_copy_data(1))[0] == 0:
-            self._receive()
+            self._wait_readable()
         return got
 
     def result(self) -> Any:
-        """``get_result`` once it would not wait."""
+        """``get_result`` once it would not wait.  ``is_busy`` first, as psycopg's own fetch:
+        a result already received (the server's reason for ending the session) is returned
+        before the closed socket is read."""
         pg = self.pg
-        pg.consume_input()
         while pg.is_busy():
-            self._receive()
+            self._wait_readable()
         return pg.get_result()
 
     def drain(self) -> None:
-        """Read the results left until the connection is idle."""
-        while self.result() is not None:
-            pass
+        """Read the results left until the connection is idle; one the server has closed
+        (after the error being reported) has none left to read."""
+        with contextlib.suppress(psycopg.OperationalError):
+            while self.result() is not None:
+                pass
 
 
 def _error(res, conn: psycopg.Connection) -> psycopg.Error:
