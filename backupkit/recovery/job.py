@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psycopg
 
-from ..errors import ConfigError, RestoreError, SnapshotError
+from ..errors import ConfigError, ConnectionFailed, RestoreError, SnapshotError
 from ..pg.copyio import copy_in
 from ..pg.dsn import connect, describe, redact
 from ..runtime.deadline import Deadline
@@ -223,7 +223,7 @@ class _VerifiedMeanwhile:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         # Ctrl-C, SIGTERM: it goes on; the target failing (a lost connection, a privilege): no
         # damage to the snapshot can be its cause, so the verdict is not waited for.
-        if kind is not None and (not issubclass(kind, Exception) or issubclass(kind, psycopg.Error)):
+        if kind is not None and (not issubclass(kind, Exception) or issubclass(kind, psycopg.Error | ConnectionFailed)):
             self._stop_now()
             return
         try:

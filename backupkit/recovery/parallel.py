@@ -24,7 +24,7 @@ from ..errors import BackupkitError, RestoreError
 from ..pg.dsn import apply_settings, connect, redact
 from ..pg.rows import one_row
 from ..runtime.progress import byte_bar
-from ..runtime.signals import interrupts_deferred
+from ..runtime.signals import uninterrupted
 from ..runtime.taskpool import TaskPool
 from ..snapshot import manifest as mf
 from . import mark as restore_mark
@@ -39,6 +39,8 @@ Unit = tuple[dict, list[dict], bool]
 def load_in_parallel(run: LoadRun, jobs: int) -> int:
     """Commit pre-data (and the mark), load the data on ``jobs`` connections, then post-data;
     undo on failure.  Returns the rows loaded."""
+    # Made first: from the commit on, only load()'s own undo stands between a failure and the target.
+    load = ParallelLoad(run, jobs)
     conn = connect(run.dsn)
     committing = False
     try:
@@ -52,29 +54,29 @@ def load_in_parallel(run: LoadRun, jobs: int) -> int:
         lost = committing and conn.broken
         rollback(conn)
         conn.close()
+        load.bar.close()
         if lost:  # the server may have committed before the connection went
+            left = f"the target may have its tables, marked as an unfinished restore (schema {restore_mark.SCHEMA})"
             raise RestoreError(
-                f"the connection was lost while the restore's schema was being committed: {run.why(exc)}; "
-                f"the target may have its tables, marked as an unfinished restore (schema {restore_mark.SCHEMA})",
+                f"the connection was lost while the restore's schema was being committed: {run.why(exc)}; {left}",
+                left_behind=left,
                 hint="run the same restore again with `clean`, which replaces whatever it left",
             ) from None
         raise RestoreError(f"restore failed before loading data and was rolled back: {run.why(exc)}") from None
-    except BaseException:
+    except BaseException as exc:
         conn.close()
+        load.bar.close()
+        if committing:  # Ctrl-C while COMMIT was on its way: it may have landed, so undo
+            _failed(run, exc)
         raise
-    try:
-        # The first task goes on with this connection: one connection less to wait for.
-        load = ParallelLoad(run, jobs, ready=conn)
-    except BaseException as exc:  # Ctrl-C right after the commit: pre-data is there, undo it
-        conn.close()
-        _failed(run, exc)
+    load.idle.append(conn)  # the first task goes on with this connection: one less to wait for
     return load.load()
 
 
 class ParallelLoad:
     """The state of one parallel load, shared by its worker threads under ``lock``."""
 
-    def __init__(self, run: LoadRun, jobs: int, ready: psycopg.Connection | None = None) -> None:
+    def __init__(self, run: LoadRun, jobs: int) -> None:
         self.run = run
         self.jobs = jobs
         self.bar = byte_bar(sum(load_bytes(t["files"]) for t in run.chosen), "restore", run.show)
@@ -92,8 +94,8 @@ class ParallelLoad:
         self.pool_done = threading.Event()
         self.pool = TaskPool(jobs, on_failure=self.cancel_running)
         #: Connections between two tasks, with the session's settings (``task_connection``);
-        #: ``ready``, the one that created pre-data, is the first.
-        self.idle: list[psycopg.Connection] = [ready] if ready is not None else []
+        #: The one that created pre-data is the first (``load_in_parallel``).
+        self.idle: list[psycopg.Connection] = []
         #: Set when the load has ended: a connection is no longer kept once its task is done.
         self.closing = False
 
@@ -380,7 +382,7 @@ def _undo(run: LoadRun) -> str:
     # Not run.session: the deadline that may have stopped the restore must not stop its undo.
     settings = {"lock_timeout": f"{int(lock_wait * 1000)}ms"}
     try:
-        with interrupts_deferred("undoing the restore"), connect(run.dsn, settings=settings) as conn:
+        with uninterrupted("undoing the restore"), connect(run.dsn, settings=settings) as conn:
             conn.execute(scripts.undo)
             conn.execute(scripts.unmark)
         return "the objects this restore created were dropped again." + lost + roles

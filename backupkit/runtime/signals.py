@@ -4,7 +4,7 @@ Python's default for SIGTERM ends the process at once, skipping every cleanup
 (the undo of a parallel restore, the removal of an unfinished snapshot).  While
 a job runs, SIGTERM raises KeyboardInterrupt in the main thread instead, so the
 same cleanup as for Ctrl-C runs and the command exits 130.  A cleanup that must
-run to its end (the undo of a parallel restore) runs with both signals deferred.
+run to its end (the undo of a parallel restore) runs with both signals ignored (``uninterrupted``).
 """
 
 from __future__ import annotations
@@ -38,26 +38,28 @@ def sigterm_as_interrupt():
 
 
 @contextlib.contextmanager
-def interrupts_deferred(doing: str) -> Iterator[list[int]]:
-    """Within this block Ctrl-C and SIGTERM do not cut it short: each is noted (the list
-    yielded) and logged once, saying ``doing`` goes on.  Main thread only; elsewhere a no-op.
+def uninterrupted(doing: str) -> Iterator[None]:
+    """Within this block Ctrl-C and SIGTERM do not cut it short: the first is logged, saying
+    ``doing`` goes on, and none is raised.  Main thread only; elsewhere a no-op.
 
-    For a cleanup whose interruption would leave more damage than the first signal meant
-    to stop: a second Ctrl-C in the middle of undoing a restore left half of it undone.
+    For a cleanup whose interruption would leave more damage than the signal meant to stop
+    (a second Ctrl-C in the middle of undoing a restore left half of it undone).  The
+    cleanup must end by itself: the restore's undo waits for each lock a bounded time.
     """
-    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield received
+        yield
         return
+    told = False
 
     def note(signum, frame) -> None:
-        if not received:
+        nonlocal told
+        if not told:
+            told = True
             log.warning("%s first; it ends by itself (another interrupt is not needed)", doing)
-        received.append(signum)
 
     previous = signal.signal(signal.SIGINT, note), signal.signal(signal.SIGTERM, note)
     try:
-        yield received
+        yield
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

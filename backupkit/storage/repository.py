@@ -18,6 +18,7 @@ Every name is spelled here; the bytes go through a ``Storage`` (``storage.base``
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,8 @@ from ..snapshot import manifest as mf
 from . import pool
 from .base import Entry, Storage, check_name
 from .location import SnapshotLocation, locate, open_storage, scheme_of
+
+log = logging.getLogger("backupkit")
 
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -328,7 +331,9 @@ def set_pin(snapshot: Path | str | SnapshotLocation, pinned: bool = True) -> boo
 
     location = locate(snapshot)
     mf.read(location)  # a snapshot that cannot be read fails before the lock is taken
-    with DirLock(location.storage, "pin"):
+    with DirLock(location.storage, "pin") as lock:
+        if lock.took_over:
+            log.warning(lock.took_over)
         return _write_pin(location, pinned)
 
 
