@@ -748,6 +748,23 @@ def test_a_database_and_files_restore_prints_one_json_document(make_db, storage_
     assert read(s3_client, name, "a.bin")["data"] == b"a file"
 
 
+def test_a_restore_whose_files_fail_still_reports_the_database_it_restored(make_db, storage_env, buckets, tmp_path):
+    """The database part is committed before the files go: when the Storage endpoint then cannot
+    be reached, the output still says what was restored, and the exit code says what failed."""
+    dsn = small_db(make_db)
+    name = buckets()
+    snapshot = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False).path
+    nowhere = ("--storage-endpoint", "http://127.0.0.1:1")
+
+    words = run_cli("restore", snapshot, "--dsn", make_db("tgt_words"), "--storage-bucket", name, *nowhere, "-q")
+    document = run_cli("restore", snapshot, "--dsn", make_db("tgt_json"), "--storage-bucket", name, *nowhere, "--json")
+
+    assert words.returncode == 13, words.stderr
+    assert words.stdout.startswith("restored 1 tables, 100 rows")
+    assert document.returncode == 13, document.stderr
+    assert json.loads(document.stdout)["rows_loaded"] == 100 and "files" not in json.loads(document.stdout)
+
+
 def test_a_files_restore_whose_database_cannot_be_used_changes_nothing_and_leaks_no_password(
     make_db, storage_env, s3_client, buckets, tmp_path
 ):

@@ -276,9 +276,13 @@ def cmd_restore(a: argparse.Namespace) -> int:
         identity=identity_path(a.identity),
         progress=None if not a.quiet else False,
     )
-    files = _restore_files(a, snapshot, endpoint, resolve_dsn(a.dsn)) if endpoint is not None else None
     if a.json:
-        print(json.dumps({**res.to_dict(), **({"files": files.to_dict()} if files else {})}, indent=2))
+        document = res.to_dict()
+        try:
+            if endpoint is not None:
+                document["files"] = _restore_files(a, snapshot, endpoint, resolve_dsn(a.dsn)).to_dict()
+        finally:  # the database part is done: it is reported even when the files fail
+            print(json.dumps(document, indent=2))
         return 0
     if a.dry_run:
         print("dry run — would:")
@@ -289,8 +293,9 @@ def cmd_restore(a: argparse.Namespace) -> int:
     # What the restore made or left out beyond the snapshot's own objects, in words.
     for note in res.plan.notes:
         print(f"  note: {note}")
-    if files is not None:
-        _print_files(files)
+    if endpoint is not None:
+        sys.stdout.flush()  # said before the files are, which may fail
+        _print_files(_restore_files(a, snapshot, endpoint, resolve_dsn(a.dsn)))
     return 0
 
 
