@@ -732,3 +732,29 @@ def test_a_schema_restore_brings_the_whole_schema_and_only_what_it_uses_of_other
             "SELECT to_regtype('other.level') IS NOT NULL, to_regproc('other.unused') IS NULL, "
             "to_regclass('other.x') IS NULL"
         ).fetchone() == (True, True, True)
+
+
+def test_a_restore_copies_each_archive_once_and_checks_it(make_db, tmp_path, monkeypatch):
+    """pg_restore reads private copies of the archives, hashed as they are made; database.dump
+    holds every large object's data, so it is copied once per restore, not once per reading."""
+    from backupkit.snapshot import encryption
+
+    source = make_db("src")
+    with psycopg.connect(source) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, doc oid); INSERT INTO t VALUES (1, lo_from_bytea(0, 'x'))")
+    res = backupkit.backup(source, tmp_path, progress=False)
+    copied: list[str] = []
+    real = encryption.decrypt_into
+
+    def counted(snapshot, rel, *args, **kw):
+        copied.append(rel)
+        return real(snapshot, rel, *args, **kw)
+
+    monkeypatch.setattr(encryption, "decrypt_into", counted)
+    target = make_db("tgt")
+
+    restore(res.path, target, progress=False)
+
+    assert sorted(copied) == sorted([mf.DUMP, mf.DATABASE_DUMP])
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT lo_get(doc) FROM t").fetchone() == (b"x",)

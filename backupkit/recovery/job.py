@@ -56,6 +56,7 @@ log = logging.getLogger("backupkit")
 LOCK_WAIT_TIMEOUT = 60.0
 
 
+@encryption.checked_copies()  # each archive copied and checked once per restore (``encryption.local_path``)
 def restore(
     snapshot: mf.SnapshotArg,
     dsn: str,

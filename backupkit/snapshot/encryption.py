@@ -39,6 +39,7 @@ and ``BACKUPKIT_IDENTITY`` (path of an identity file, for ``restore`` and ``veri
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import os
 import re
@@ -595,15 +596,53 @@ def local_path(snapshot: mf.SnapshotArg, rel: str, manifest: dict | None = None)
     With the ``manifest`` a restore acts on, the path is always such a private copy, made
     while its stored bytes are hashed against the manifest: the tool reads what was verified
     (and, for a signed snapshot, what was signed), whatever happens to the snapshot meanwhile.
+    Inside ``checked_copies`` each file is copied once and the copy handed out again.
     """
     location = locate(snapshot)
-    sha256 = _stored_sha256(manifest, rel) if manifest is not None else None
-    if sha256 is None and identities_of(location) is None:
-        with location.storage.local_path(location.stored(rel)) as path:
-            yield path
+    if manifest is None:
+        if identities_of(location) is None:
+            with location.storage.local_path(location.stored(rel)) as path:
+                yield path
+            return
+        with scratch("backupkit-plain-") as tmp:
+            yield decrypt_into(location, rel, tmp)
         return
-    with scratch("backupkit-plain-") as tmp:
-        yield decrypt_into(location, rel, tmp, sha256=sha256)
+    sha256 = _stored_sha256(manifest, rel)
+    if sha256 is None:
+        raise SnapshotDamaged(f"{location.where(rel)} is not listed in the manifest", [f"{rel}: not listed"])
+    copies = _COPIES.get()
+    if copies is None:
+        with scratch("backupkit-plain-") as tmp:
+            yield decrypt_into(location, rel, tmp, sha256=sha256)
+        return
+    key = (location.where(rel), sha256)
+    if key not in copies.paths:
+        copies.paths[key] = decrypt_into(location, rel, copies.folder, f"{len(copies.paths)}.bin", sha256=sha256)
+    yield copies.paths[key]
+
+
+@dataclass
+class _Copies:
+    """The checked copies of one ``checked_copies`` block, in its scratch folder."""
+
+    folder: LocalStorage
+    paths: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+
+_COPIES: contextvars.ContextVar[_Copies | None] = contextvars.ContextVar("backupkit_checked_copies", default=None)
+
+
+@contextlib.contextmanager
+def checked_copies() -> Iterator[None]:
+    """Within this block (in this thread) ``local_path(..., manifest)`` copies and checks each
+    file once: a restore reads its archives three times, and database.dump holds every large
+    object's data.  The copies are removed when the block ends.  Also a function decorator."""
+    with scratch("backupkit-checked-") as folder:
+        token = _COPIES.set(_Copies(folder))
+        try:
+            yield
+        finally:
+            _COPIES.reset(token)
 
 
 def _stored_sha256(manifest: dict, rel: str) -> str | None:
