@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import stat
 import subprocess
 import sys
-from datetime import datetime, timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,56 @@ def test_a_backup_whose_lock_cannot_be_removed_still_returns_its_snapshot(make_d
     assert backupkit.verify(res.path).ok and res.manifest["tables"][0]["rows"] == 10
     assert f"could not remove the lock {lock}" in caplog.text
     lock.rmdir()
+
+
+STALE = {"host": "another-host.invalid", "pid": 4242, "purpose": "backup", "started_at": "2025-11-26T12:00:00+00:00"}
+
+
+@pytest.fixture(params=["local", "s3"])
+def repository(request, tmp_path):
+    """A repository on disk, or on the suite's S3 server (where nothing serialises two takers)."""
+    from backupkit.storage.location import open_storage
+
+    if request.param == "local":
+        return open_storage(tmp_path)
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_storage(f"s3://{bucket}/repo", create=True)
+
+
+def _write_stale(storage) -> None:
+    storage.write(".lock", json.dumps(STALE).encode())
+
+
+def test_two_processes_that_read_one_stale_lock_never_both_hold_the_lock(repository):
+    """B read the stale lock, then A took it over: B's takeover must not remove A's new lock
+    (it would, then write its own, and both would run: a prune beside a backup)."""
+    _write_stale(repository)
+    late = DirLock(repository, "prune")
+    seen_by_late = read_lock(repository)  # read before the other takes over
+
+    with DirLock(repository, "backup") as first:
+        assert "another-host.invalid" in first.took_over
+        with pytest.raises(LockError):
+            late._take_over(seen_by_late, datetime.now(UTC))  # the moment B goes on
+        assert read_lock(repository)["pid"] == os.getpid() and read_lock(repository)["purpose"] == "backup"
+    assert read_lock(repository) is None
+    assert [e.name for e in repository.list() if e.name.startswith(".lock")] == []  # no claim left
+
+
+def test_a_claim_in_progress_keeps_others_off_the_stale_lock_until_it_is_abandoned(tmp_path):
+    from backupkit.storage.location import open_storage
+
+    storage = open_storage(tmp_path)
+    _write_stale(storage)
+    claim = f".lock.takeover-{hashlib.sha256(json.dumps(STALE, sort_keys=True).encode()).hexdigest()[:32]}"
+    (tmp_path / claim).write_bytes(b"")  # another process is taking it over right now
+
+    with pytest.raises(LockError):
+        DirLock(tmp_path, "prune").acquire()
+    assert read_lock(tmp_path) == STALE
+
+    old = time.time() - 3600  # that process died in the middle: its claim is abandoned
+    os.utime(tmp_path / claim, (old, old))
+    with DirLock(tmp_path, "prune") as lock:
+        assert "another-host.invalid" in lock.took_over
+    assert not (tmp_path / claim).exists() and read_lock(tmp_path) is None

@@ -10,7 +10,12 @@ see other hosts' processes, so only age can tell.
 
 Checking a lock and replacing a stale one is not one atomic step, so every
 acquire and release on this host is serialised (``Storage.serialised``: ``flock``
-on a local folder, released by the kernel if we die).
+on a local folder, released by the kernel if we die).  Across hosts, and on S3
+where nothing is serialised, a stale lock is replaced only by the process that
+first creates its claim (``.lock.takeover-<digest of the stale lock>``, created
+exclusively like the lock itself) and then finds that same stale lock still there:
+two processes that read one stale lock cannot both remove it, nor remove the new
+lock the first of them writes.
 
 A ``.lock`` that is empty or not a backupkit lock is replaced once it is older
 than ``GARBAGE_GRACE``; a fresher one is refused with the command to remove it.
@@ -21,6 +26,7 @@ A repository that cannot be written (permissions, read-only, disk full) raises
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -50,6 +56,9 @@ _PID_REUSE_SLACK = timedelta(seconds=10)
 
 #: A ``.lock`` larger than this is not one backupkit wrote.
 MAX_LOCK_BYTES = 64 << 10
+#: A takeover claim older than this was left by a process that died taking over (which
+#: takes milliseconds); it no longer keeps the stale lock from being replaced.
+CLAIM_GRACE = timedelta(minutes=10)
 
 
 def _storage(what: str, path: Path | str, exc: OSError) -> StorageError:
@@ -250,7 +259,7 @@ class DirLock:
                         f"{self.directory} is locked by {describe(old)}; wait for it, or remove"
                         f" {self.path} if you are sure no backupkit runs"
                     )
-                self._remove_lock()
+                self._take_over(old, now)
             try:
                 writer = self.storage.create(LOCK_NAME)
             except FileExistsError:
@@ -275,6 +284,47 @@ class DirLock:
             self.took_over = self._garbage_reason
         self._written = data
         self.info = info
+
+    def _take_over(self, old: dict[str, Any], now: datetime) -> None:
+        """Remove the stale lock ``old``, if this process is the one to (see the module)."""
+        claim = f"{LOCK_NAME}.takeover-{hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:32]}"
+        for _ in range(2):  # a second time only after removing an abandoned claim
+            try:
+                with self.storage.create(claim) as writer:
+                    writer.write(b"")
+                break
+            except FileExistsError:
+                try:
+                    left = datetime.fromtimestamp(self.storage.stat(claim).mtime, UTC)
+                except FileNotFoundError:
+                    continue  # its taker finished meanwhile: try to claim again
+                except OSError as exc:
+                    raise _storage("cannot read the takeover claim", self.storage.where(claim), exc) from None
+                if now - left < CLAIM_GRACE:
+                    raise self._raced() from None  # another process is replacing this stale lock
+                self._remove(claim)
+            except OSError as exc:
+                raise _storage("cannot claim the stale lock", self.path, exc) from None
+        else:
+            raise self._raced()
+        try:
+            try:
+                current = read_lock(self.storage)
+            except _Unreadable:
+                current = None  # not the stale lock we read: the create below decides
+            if current is not None and current != old:
+                raise self._raced()  # taken over, or released, since we read it
+            if current is not None:
+                self._remove_lock()
+        finally:
+            with contextlib.suppress(OSError):  # one left behind stops mattering after CLAIM_GRACE
+                self.storage.remove(claim)
+
+    def _remove(self, name: str) -> None:
+        try:
+            self.storage.remove(name)
+        except OSError as exc:
+            raise _storage("cannot remove", self.storage.where(name), exc) from None
 
     def _raced(self) -> LockError:
         holder = read_lock(self.storage)
