@@ -10,9 +10,11 @@ tests/test_s3.py (byte for byte, verified) and tests/test_copy.py (the command).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -335,3 +337,76 @@ def test_a_prune_holding_the_lock_makes_a_backup_fail_then_the_backup_goes_ahead
     assert again.returncode == 0, again.stderr
     second = again.stdout.strip().rsplit("/", 1)[-1]
     assert sorted(s.id for s in list_snapshots(url)[0]) == sorted([first.location.id, second])
+
+
+class _LoseOneAnswer:
+    """A TCP proxy to an HTTP server that passes everything on, except the answer to the first
+    request of ``method`` whose path ends with ``path_end``: that request reaches the server, and the
+    client's connection is closed before the answer reaches the client (a lost response).
+    Real sockets both ways; the client retries as it would on any network."""
+
+    def __init__(self, endpoint: str, method: bytes, path_end: bytes):
+        host, port = endpoint.rsplit("//", 1)[1].split(":")
+        self.target, self.method, self.path_end = (host, int(port)), method, path_end
+        self.lost = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+        losing = threading.Event()
+
+        def requests() -> None:
+            with contextlib.suppress(OSError):
+                while data := client.recv(1 << 16):
+                    method, path, *_ = data.split(b"\r\n", 1)[0].split(b" ") + [b"", b""]
+                    if not self.lost.is_set() and method == self.method and path.split(b"?")[0].endswith(self.path_end):
+                        losing.set()
+                    upstream.sendall(data)
+
+        threading.Thread(target=requests, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(1 << 16):
+                if losing.is_set():
+                    if data.startswith(b"HTTP/1.1 100"):  # "100 Continue": the body is still to come
+                        interim, _, data = data.partition(b"\r\n\r\n")
+                        client.sendall(interim + b"\r\n\r\n")
+                        if not data:
+                            continue
+                    self.lost.set()  # the final answer: the request was carried out
+                    break
+                client.sendall(data)
+        for end in (client, upstream):  # shutdown: the other thread's recv returns, the client sees the close
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_lock_whose_answer_was_lost_is_taken_not_refused_as_anothers(s3_server, s3_bucket):
+    """The PUT of .lock lands but its answer is lost; the client sends it again and S3 refuses
+    it (412: the name is taken, by our own lock).  That lock is ours: refusing it as another
+    process's would block every run on the repository until it went stale."""
+    from backupkit.storage.lock import DirLock, read_lock
+    from backupkit.storage.s3 import S3Storage
+
+    proxy = _LoseOneAnswer(s3_server, b"PUT", b"/.lock")
+    try:
+        storage = S3Storage(s3_bucket, "repo", endpoint_url=proxy.url)
+        with DirLock(storage, "backup"):
+            assert proxy.lost.is_set()  # the first answer was indeed lost, and the PUT sent again
+            assert read_lock(storage)["pid"] == os.getpid()
+        assert read_lock(storage) is None
+    finally:
+        proxy.close()
