@@ -941,20 +941,29 @@ def test_a_drill_that_fails_keeps_its_verdict_when_its_database_cannot_be_droppe
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_a_server_that_refuses_the_new_database_for_another_reason_is_a_restore_error(snap, pg_server):
-    """A session on template1 (the template CREATE DATABASE copies) makes the server refuse it."""
-    if pg_server.embedded is None:
-        pytest.skip("a session on template1 of a shared server would stall other tests' CREATE DATABASE")
-    with psycopg.connect(pg_server.dsn("template1"), autocommit=True), pytest.raises(RestoreError) as caught:
-        drill(snap, dsn=pg_server.admin_dsn, progress=False)
+def test_a_server_that_refuses_the_new_database_for_another_reason_is_a_restore_error(snap):
+    """A session on template1 (the template CREATE DATABASE copies) makes the server refuse it.
+    On a server of its own: such a session stalls every other test's CREATE DATABASE."""
+    import types
+
+    from backupkit.pg.embedded import temporary_server
+
+    server = temporary_server().start()
+    password = server.password
+    try:
+        with psycopg.connect(server.dsn("template1"), autocommit=True), pytest.raises(RestoreError) as caught:
+            drill(snap, dsn=server.dsn(), progress=False)
+        left = drill_databases(types.SimpleNamespace(admin_dsn=server.dsn()), os.getpid())
+    finally:
+        server.stop()
     assert caught.value.exit_code == 9
     message = str(caught.value)
     assert message.startswith("cannot create the drill's throwaway database backupkit_drill_")
     assert 'source database "template1" is being accessed by other users' in message
     assert "run the drill again" in caught.value.hint
-    assert pg_server.password is None or pg_server.password not in message + caught.value.hint
+    assert password not in message + caught.value.hint
     assert record.latest(open_storage(snap.parent)) is None  # the snapshot was never tried
-    assert drill_databases(pg_server, os.getpid()) == []
+    assert left == []
 
 
 def test_a_name_whose_lock_another_session_holds_is_replaced_by_a_fresh_one(snap, pg_server, monkeypatch):
