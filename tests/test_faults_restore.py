@@ -133,19 +133,24 @@ def test_server_restart_mid_parallel_restore_keeps_the_cause_and_says_what_is_le
         server.stop()
 
 
-def test_a_lost_connection_in_a_one_transaction_restore_is_one_clear_error(small_snapshot, make_db, monkeypatch):
-    _, res = small_snapshot
-    target = make_db("tgt")
-    before = fingerprint(target)
-    restore_module = importlib.import_module("backupkit.recovery.job")
-    real = restore_module.copy_in
+def _after_losing_the_session(real, target: str):
+    """``real`` (called with a connection first), run after the server has ended that
+    connection's session, as a restarted pooler or a killed backend would."""
 
     def lose_connection(conn, *args, **kw):
         with psycopg.connect(target, autocommit=True) as other:
             other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
         return real(conn, *args, **kw)
 
-    monkeypatch.setattr(restore_module, "copy_in", lose_connection)
+    return lose_connection
+
+
+def test_a_lost_connection_in_a_one_transaction_restore_is_one_clear_error(small_snapshot, make_db, monkeypatch):
+    _, res = small_snapshot
+    target = make_db("tgt")
+    before = fingerprint(target)
+    restore_module = importlib.import_module("backupkit.recovery.job")
+    monkeypatch.setattr(restore_module, "copy_in", _after_losing_the_session(restore_module.copy_in, target))
     with pytest.raises(RestoreError) as err:
         backupkit.restore(res.path, target)
     assert "rolled back, the target is unchanged" in str(err.value)
@@ -341,14 +346,7 @@ def test_a_connection_lost_while_planning_is_one_clear_error_and_changes_nothing
     target = make_db("tgt")
     before = fingerprint(target)
     plan_module = importlib.import_module("backupkit.recovery.plan")
-    real = plan_module.read_target
-
-    def lose_connection(conn, *args, **kw):
-        with psycopg.connect(target, autocommit=True) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-        return real(conn, *args, **kw)
-
-    monkeypatch.setattr(plan_module, "read_target", lose_connection)
+    monkeypatch.setattr(plan_module, "read_target", _after_losing_the_session(plan_module.read_target, target))
     with pytest.raises(RestoreError) as err:
         backupkit.restore(res.path, target, jobs=2, progress=False)
 
