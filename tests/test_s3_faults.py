@@ -410,3 +410,20 @@ def test_a_lock_whose_answer_was_lost_is_taken_not_refused_as_anothers(s3_server
         assert read_lock(storage) is None
     finally:
         proxy.close()
+
+
+def test_a_file_whose_answer_was_lost_is_kept_and_the_backup_goes_on(make_db, s3_server, s3_bucket, monkeypatch):
+    """The PUT of the schema archive lands but its answer is lost; sent again, it is refused
+    (412: the name holds it already).  The object holds exactly what was sent, so it is this
+    PUT's: the backup goes on and the snapshot verifies, where a network blip failed the backup.
+    (Data files go to the pool, whose writer already takes a name holding the same file.)"""
+    dsn = make_db("lost")
+    load_small(dsn)
+    proxy = _LoseOneAnswer(s3_server, b"PUT", b"/schema/schema.dump")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        res = backupkit.backup(dsn, f"s3://{s3_bucket}/repo", jobs=1, progress=False)
+        assert proxy.lost.is_set()
+        assert verify(res.location).ok
+    finally:
+        proxy.close()

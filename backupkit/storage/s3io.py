@@ -168,7 +168,7 @@ class Writer(AbortOnError, io.RawIOBase):
                 body = bytes(self._buf)
                 lock = {**self._s._retention_args(), **self._md5(body)}
                 if self._redirect is None or not self._put_redirected(body, lock):
-                    self._s._call("put_object", self._name, Key=self._key, Body=body, IfNoneMatch="*", **lock)
+                    self._put_new(body, lock)
             else:
                 self._send_part()
                 parts = [p.result() for p in self._parts]
@@ -186,6 +186,21 @@ class Writer(AbortOnError, io.RawIOBase):
             raise
         self._stop()
         super().close()
+
+    def _put_new(self, body: bytes, lock: dict[str, Any]) -> None:
+        """PUT ``body`` under this writer's name, which must be new (``FileExistsError``).
+
+        A refusal of a name that holds exactly ``body`` (size, and the ETag S3 gives a single
+        PUT: the body's MD5) is this PUT's own: it landed, its answer was lost on the way, and
+        the client sent it again.  Failing the backup for it would fail it for a network blip.
+        """
+        try:
+            self._s._call("put_object", self._name, Key=self._key, Body=body, IfNoneMatch="*", **lock)
+        except FileExistsError:
+            found = self._s._head(self._name)
+            md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+            if found is None or found.size != len(body) or str(found.version[0]).strip('"') != md5:
+                raise
 
     def _put_redirected(self, body: bytes, lock: dict[str, Any]) -> bool:
         """Put ``body`` under the redirected name; False when that name holds other bytes."""
