@@ -273,10 +273,8 @@ class DirLock:
             except FileExistsError:
                 # An object store's conditional write decides when the lock is stored: the other
                 # host's lock is there, and must not be removed as if it were our half-written one.
-                # Unless it is ours: a PUT that landed, whose answer was lost, is refused when the
-                # client sends it again (412), and our own lock would then block every run.
-                if not self._stored_is(data):
-                    raise self._raced() from None
+                # (Our own PUT refused on its retry, its answer lost, is taken by the writer itself.)
+                raise self._raced() from None
             except OSError as exc:
                 # An empty lock file would block every later run until removed by hand.
                 self._remove_lock()
@@ -287,13 +285,6 @@ class DirLock:
             self.took_over = self._garbage_reason
         self._written = data
         self.info = info
-
-    def _stored_is(self, data: bytes) -> bool:
-        """Whether the stored ``.lock`` holds exactly ``data`` (this acquire's, to the microsecond)."""
-        try:
-            return self.storage.read(LOCK_NAME, MAX_LOCK_BYTES) == data
-        except (OSError, ValueError):
-            return False
 
     def _take_over(self, old: dict[str, Any], now: datetime) -> None:
         """Remove the stale lock ``old``, if this process is the one to (see the module)."""
