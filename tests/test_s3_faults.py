@@ -341,13 +341,13 @@ def test_a_prune_holding_the_lock_makes_a_backup_fail_then_the_backup_goes_ahead
 
 class _LoseOneAnswer:
     """A TCP proxy to an HTTP server that passes everything on, except the answer to the first
-    request of ``method`` whose path ends with ``path_end``: that request reaches the server, and the
-    client's connection is closed before the answer reaches the client (a lost response).
-    Real sockets both ways; the client retries as it would on any network."""
+    request of ``method`` whose path ends with ``path_end`` (and whose query has ``query_has``): that
+    request reaches the server, and the client's connection is closed before the answer reaches the
+    client (a lost response).  Real sockets both ways; the client retries as it would on any network."""
 
-    def __init__(self, endpoint: str, method: bytes, path_end: bytes):
+    def __init__(self, endpoint: str, method: bytes, path_end: bytes, query_has: bytes = b""):
         host, port = endpoint.rsplit("//", 1)[1].split(":")
-        self.target, self.method, self.path_end = (host, int(port)), method, path_end
+        self.target, self.method, self.path_end, self.query_has = (host, int(port)), method, path_end, query_has
         self.lost = threading.Event()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
@@ -369,7 +369,9 @@ class _LoseOneAnswer:
             with contextlib.suppress(OSError):
                 while data := client.recv(1 << 16):
                     method, path, *_ = data.split(b"\r\n", 1)[0].split(b" ") + [b"", b""]
-                    if not self.lost.is_set() and method == self.method and path.split(b"?")[0].endswith(self.path_end):
+                    where, _, query = path.partition(b"?")
+                    wanted = method == self.method and where.endswith(self.path_end) and self.query_has in query
+                    if wanted and not self.lost.is_set():
                         losing.set()
                     upstream.sendall(data)
 
@@ -408,6 +410,26 @@ def test_a_lock_whose_answer_was_lost_is_taken_not_refused_as_anothers(s3_server
             assert proxy.lost.is_set()  # the first answer was indeed lost, and the PUT sent again
             assert read_lock(storage)["pid"] == os.getpid()
         assert read_lock(storage) is None
+    finally:
+        proxy.close()
+
+
+def test_a_multipart_file_whose_completion_answer_was_lost_is_kept(s3_server, s3_bucket):
+    """CompleteMultipartUpload lands but its answer is lost, and the client sends it again.  The
+    file is there, whole, and the writer's close succeeds: S3 may answer the retry itself (as
+    this server does) or refuse it (412, or NoSuchUpload), and then the object holding exactly
+    this upload (size and multipart ETag) is recognised as the writer's own."""
+    from backupkit.storage.s3 import MIN_PART_SIZE, S3Storage
+
+    data = os.urandom(2 * MIN_PART_SIZE + 123)
+    proxy = _LoseOneAnswer(s3_server, b"POST", b"/big", query_has=b"uploadId=")
+    try:
+        storage = S3Storage(s3_bucket, "mp", endpoint_url=proxy.url, part_size=MIN_PART_SIZE)
+        with storage.create("big") as f:
+            f.write(data)
+        assert proxy.lost.is_set()
+        with storage.open("big") as f:
+            assert f.read() == data
     finally:
         proxy.close()
 

@@ -244,6 +244,8 @@ class S3Storage(Storage):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in _NOT_FOUND:
                 return FileNotFoundError(2, "no such object", where)
+            if code == "NoSuchUpload":  # completed or aborted already (or by the bucket's lifecycle rule)
+                return FileNotFoundError(2, "no such multipart upload", where)
             # 409: a concurrent write to the key won while our conditional one was completing.
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
                 return FileExistsError(17, "already exists", where)

@@ -97,6 +97,7 @@ class Writer(AbortOnError, io.RawIOBase):
         self._pool: ThreadPoolExecutor | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self._pending: collections.deque[Future[dict[str, Any]]] = collections.deque()
+        self._sent = 0  # bytes handed to parts
         self._redirect: str | None = None
         #: After ``close``, for a redirected file: ``"added"`` (stored under the new name),
         #: ``"present"`` (that name held the same bytes already), or ``""`` (under its own name).
@@ -156,6 +157,7 @@ class Writer(AbortOnError, io.RawIOBase):
         while len(self._pending) >= PARTS_IN_FLIGHT:
             self._pending.popleft().result()  # waits for room; raises the first failure
         part = self._pool.submit(self._put_part, len(self._parts) + 1, bytes(self._buf))
+        self._sent += len(self._buf)
         self._parts.append(part)
         self._pending.append(part)
         self._buf.clear()
@@ -171,15 +173,7 @@ class Writer(AbortOnError, io.RawIOBase):
                     self._put_new(body, lock)
             else:
                 self._send_part()
-                parts = [p.result() for p in self._parts]
-                self._s._call(
-                    "complete_multipart_upload",
-                    self._name,
-                    Key=self._key,
-                    UploadId=self._upload,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                )
+                self._complete([p.result() for p in self._parts])
                 self._upload = None
         except BaseException:
             self.abort()
@@ -200,6 +194,30 @@ class Writer(AbortOnError, io.RawIOBase):
             found = self._s._head(self._name)
             md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
             if found is None or found.size != len(body) or str(found.version[0]).strip('"') != md5:
+                raise
+
+    def _complete(self, parts: list[dict[str, Any]]) -> None:
+        """Complete the upload of ``parts`` under this writer's name, which must be new.
+
+        As with ``_put_new``: when the answer to a completion that landed is lost, the client
+        sends it again, and S3 may refuse it (412: the name is taken; or NoSuchUpload: the
+        upload is over).  A name holding exactly this upload (its size, and the ETag S3 gives
+        a multipart object: the MD5 of its parts' MD5s, then ``-`` and their number) is ours.
+        """
+        try:
+            self._s._call(
+                "complete_multipart_upload",
+                self._name,
+                Key=self._key,
+                UploadId=self._upload,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except (FileExistsError, FileNotFoundError):
+            found = self._s._head(self._name)
+            digests = b"".join(bytes.fromhex(str(p["ETag"]).strip('"')) for p in parts)
+            etag = f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
+            if found is None or found.size != self._sent or str(found.version[0]).strip('"') != etag:
                 raise
 
     def _put_redirected(self, body: bytes, lock: dict[str, Any]) -> bool:
