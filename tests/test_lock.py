@@ -165,23 +165,28 @@ def test_read_lock_of_an_unlocked_directory(tmp_path):
     assert read_lock(tmp_path) is None
 
 
-def test_a_backup_whose_lock_cannot_be_removed_still_returns_its_snapshot(make_db, tmp_path, caplog):
+def test_a_backup_whose_lock_cannot_be_removed_still_returns_its_snapshot(make_db, tmp_path, caplog, monkeypatch):
     """The lock goes last, after the snapshot is published: a lock that cannot be removed then
     (here a folder put in its place; on S3 a failed request) is a warning, not a failed backup."""
     import psycopg
 
     import backupkit
+    import backupkit.capture.job as job
 
     dsn = make_db("lockrel")
     with psycopg.connect(dsn) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)")
     lock = tmp_path / ".lock"
+    real_publish = job.publish
 
-    def replace_the_lock(_snapshot_id: str) -> None:
+    def publish_then_replace_the_lock(*args, **kwargs):
+        published = real_publish(*args, **kwargs)
         lock.unlink()
         lock.mkdir()
+        return published
 
-    res = backupkit.backup(dsn, tmp_path, on_snapshot=replace_the_lock, progress=False)
+    monkeypatch.setattr(job, "publish", publish_then_replace_the_lock)
+    res = backupkit.backup(dsn, tmp_path, progress=False)
 
     assert backupkit.verify(res.path).ok and res.manifest["tables"][0]["rows"] == 10
     assert f"could not remove the lock {lock}" in caplog.text
@@ -239,3 +244,49 @@ def test_a_claim_in_progress_keeps_others_off_the_stale_lock_until_it_is_abandon
     with DirLock(tmp_path, "prune") as lock:
         assert "another-host.invalid" in lock.took_over
     assert not (tmp_path / claim).exists() and read_lock(tmp_path) is None
+
+
+def test_a_backup_whose_lock_was_taken_over_publishes_nothing(make_db, tmp_path, monkeypatch):
+    """A backup that outlived ``stale_after`` had its lock taken over by a prune from another
+    host, which removed the old snapshot and the shared data file this backup had found in the
+    pool and reused.  Publishing it would list a snapshot that does not restore: the backup
+    fails instead, naming the takeover, and leaves nothing that looks like a snapshot."""
+    import psycopg
+
+    import backupkit
+    import backupkit.capture.job as job
+    from backupkit.retention.policy import Policy
+    from backupkit.storage.repository import list_snapshots
+
+    dsn = make_db("takeover")
+
+    def load(tag: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, v text)")
+            conn.execute("TRUNCATE t")
+            conn.execute("INSERT INTO t SELECT i, %s || i FROM generate_series(1, 2000) i", [tag])
+
+    load("v1-")
+    first = backupkit.backup(dsn, tmp_path, progress=False)
+    load("v2-")
+    second = backupkit.backup(dsn, tmp_path, progress=False)
+    load("v1-")  # the third backup finds the first one's data file in the pool
+    real_verify = job.verify
+
+    def verify_then_lose_the_lock(*args, **kwargs):
+        report = real_verify(*args, **kwargs)
+        held = json.loads((tmp_path / ".lock").read_text())
+        old = (datetime.now(UTC) - timedelta(hours=7)).isoformat()
+        (tmp_path / ".lock").write_text(json.dumps({**held, "host": "backup-host.invalid", "started_at": old}))
+        pruned = backupkit.prune(tmp_path, Policy(keep_last=1), now=datetime.now(UTC))
+        assert pruned.removed == [first.location.id] and pruned.shared_removed
+        return report
+
+    monkeypatch.setattr(job, "verify", verify_then_lose_the_lock)
+    with pytest.raises(LockError, match="was taken over while this backup ran.*nothing was published"):
+        backupkit.backup(dsn, tmp_path, progress=False)
+
+    snapshots, unfinished = list_snapshots(tmp_path)
+    assert [s.id for s in snapshots] == [second.location.id]
+    assert not [u for u in unfinished if u.kind != "trash"]
+    assert backupkit.verify(second.location).ok

@@ -204,6 +204,7 @@ class BackupJob:
         self.confirmed: dict[str, int] = {}
         self.storage_read = (0, 0)  # (files, bytes) read from the Storage endpoint
         self.workers: Workers | None = None
+        self.lock: DirLock | None = None  # the repository's, while ``run`` holds it
 
     def warn(self, message: str) -> None:
         """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
@@ -215,6 +216,7 @@ class BackupJob:
         if is_transaction_pooler(self.dsn):
             self.warn(POOLER_WARNING)
         with sigterm_as_interrupt(), DirLock(self.repository, "backup") as lock:
+            self.lock = lock
             if lock.took_over:
                 self.warn(lock.took_over)
             try:
@@ -622,6 +624,8 @@ class BackupJob:
                 hint="the storage under `to` may be faulty; try another folder",
             )
         self.watchdog.check()  # past the time limit, nothing becomes a snapshot
+        assert self.lock is not None
+        self.lock.check_held()  # a prune that took the lock over may have removed shared files
         log.info("verified %d files; publishing as %s", report.files, sid)
         # durable: everything before the rename; locked, when asked, by the copies that publish it
         publish(self._publisher(manifest), self.staging.id, sid)

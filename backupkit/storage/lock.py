@@ -334,6 +334,32 @@ class DirLock:
             f" wait for it, or remove {self.path} if you are sure no backupkit runs"
         )
 
+    def check_held(self) -> None:
+        """``LockError`` unless the lock is still this one's.
+
+        Called right before work becomes visible (a snapshot published): a run that outlived
+        ``stale_after`` may have had its lock taken over from another host, and a prune under
+        that lock may have removed shared files the run counted on.  Publishing then could
+        list a snapshot that does not restore; failing leaves nothing that looks complete.
+        """
+        try:
+            current: bytes | None = self.storage.read(LOCK_NAME, MAX_LOCK_BYTES)
+        except (FileNotFoundError, ValueError):
+            current = None
+        except OSError as exc:
+            raise _storage("cannot read the lock", self.path, exc) from None
+        if self._written is None or current != self._written:
+            try:
+                holder = read_lock(self.storage)
+            except LockError:
+                holder = None
+            raise LockError(
+                f"{self.path} was taken over while this {self.purpose} ran (now held by "
+                f"{describe(holder) if holder else 'no one'}); nothing was published",
+                hint=f"run the {self.purpose} again; if it runs longer than {self.stale_after},"
+                " raise stale_after on the hosts that prune",
+            )
+
     def release(self) -> bool:
         """Remove the lock if it is still ours; True if it was removed.
 

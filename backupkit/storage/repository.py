@@ -374,7 +374,7 @@ def copy_snapshot(source: Path | str | SnapshotLocation, target: Path | str | St
     dst = open_storage(target, create=True)
     staging = staging_name(src.id)
     manifest = mf.read(src)
-    with DirLock(dst, "copy"):
+    with DirLock(dst, "copy") as lock:
         try:
             for entry in src.storage.walk(src.id):
                 if entry.kind == "dir":
@@ -401,6 +401,7 @@ def copy_snapshot(source: Path | str | SnapshotLocation, target: Path | str | St
                     report.problems,
                     hint=f"run `backupkit verify {src}`",
                 )
+            lock.check_held()  # a prune that took the lock over may have removed shared files
             return publish(dst, staging, src.id)
         finally:
             if any(e.name == staging for e in dst.list()):
