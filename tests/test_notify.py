@@ -99,3 +99,18 @@ def test_notify_must_be_an_http_url(make_db, tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith("error: `--notify` is not an http(s) URL")
     assert not (tmp_path / "bk").exists()
+
+
+@pytest.mark.parametrize("password", ["Xk9/Q2w+Zr", "Xk9@Q2wZr"], ids=["slash", "at"])
+def test_a_password_a_uri_must_encode_is_refused_without_showing_any_of_it(tmp_path, monitor, password):
+    """libpq ends a URI's user information at the first "/" or "@": the rest of such a password
+    became the port or part of the host, and was shown wherever those are.  Refused, in one line."""
+    dsn = f"postgresql://postgres:{password}@127.0.0.1:5432/postgres"
+
+    out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "bk", "--notify", f"{monitor.url}/ping/abc")
+
+    assert out.returncode == 2, out.stderr
+    assert "must percent-encode (@ as %40, / as %2F)" in out.stderr
+    shown = out.stdout + out.stderr + " ".join(body for _, body in monitor.requests)
+    assert not [piece for piece in ("Xk9", "Q2w", "Zr") if piece in shown]
+    assert not (tmp_path / "bk").exists()

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -58,26 +59,61 @@ def _password(dsn: str) -> str | None:
         return m.group(1) if m else None
 
 
+#: A URI's user information as its writer meant it: everything up to the last ``@``.
+_USERINFO = re.compile(r"postgres(?:ql)?://(?P<user>[^:@/]*)(?::(?P<password>.*))?@[^@]*$", re.S)
+
+
+def _meant(dsn: str) -> tuple[str, str | None] | None:
+    """User and password of a URI DSN as written (up to its last ``@``, decoded), or None."""
+    m = _USERINFO.match(dsn)
+    if m is None:
+        return None
+    password = m.group("password")
+    return unquote(m.group("user")), None if password is None else unquote(password)
+
+
 def redact(text: str, dsn: str | None = None) -> str:
-    """``text`` with any password (from ``dsn`` or URI/key=value syntax) replaced by ``****``."""
+    """``text`` with any password (from ``dsn`` or URI/key=value syntax), age secret key or PEM
+    private key replaced by ``****``."""
     if dsn:
-        pw = _password(dsn)
-        if pw:
-            text = text.replace(pw, "****")
+        meant = _meant(dsn)
+        for pw in (_password(dsn), meant[1] if meant else None):
+            if pw:
+                text = text.replace(pw, "****")
+    # Key material that reached a message by mistake (a key given where a path was expected).
+    text = re.sub(r"(AGE-SECRET-KEY-)[0-9A-Za-z]+", r"\1****", text, flags=re.I)
+    text = re.sub(
+        r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)",
+        r"-----BEGIN \1PRIVATE KEY-----****",
+        text,
+        flags=re.S,
+    )
     text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1****@", text)
     return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1****", text, flags=re.I)
 
 
+_ENCODE_HINT = (
+    "use postgresql://user:password@host:5432/dbname, with special characters in the password percent-encoded"
+)
+
+
 def _parse(dsn: str) -> dict:
     try:
-        return conninfo_to_dict(dsn)
+        parsed = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         # libpq's message quotes the offending part, which may be the password: never show it.
+        raise ConfigError("the DSN cannot be parsed (check its quoting and %-escapes)", hint=_ENCODE_HINT) from None
+    meant = _meant(dsn)
+    if meant is not None and (
+        meant[0] != parsed.get("user", "") or (meant[1] is not None and meant[1] != parsed.get("password"))
+    ):
+        # libpq ends the user information at the first "@" or "/": a password holding one
+        # is read in part as the host or the port, and shown wherever those are.
         raise ConfigError(
-            "the DSN cannot be parsed (check its quoting and %-escapes)",
-            hint="use postgresql://user:password@host:5432/dbname, with special "
-            "characters in the password percent-encoded",
-        ) from None
+            "the DSN's user or password holds a character a URI must percent-encode (@ as %40, / as %2F)",
+            hint=_ENCODE_HINT,
+        )
+    return parsed
 
 
 def describe(dsn: str) -> dict:
