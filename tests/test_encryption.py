@@ -522,3 +522,23 @@ def test_library_errors_say_what_to_pass(sealed, tmp_path):
     manifest = json.loads((sealed.path / mf.MANIFEST).read_text())
     manifest["encryption"]["scheme"] = "rot13"
     assert any("rot13" in p for p in mf.validate(manifest))
+
+
+def test_a_key_given_instead_of_its_path_is_never_shown(sealed, keys):
+    """CI and Kubernetes often put the secret itself in a variable: BACKUPKIT_IDENTITY holding the
+    age secret key, not the path of its file.  The error says so in one line, and neither it nor
+    the monitor's ping carries the key."""
+    from monitor import Monitor
+
+    secret = next(line for line in keys[0].read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    monitor = Monitor()
+    try:
+        out = run_cli("drill", sealed.path, "--notify", f"{monitor.url}/ping/k", env={"BACKUPKIT_IDENTITY": secret})
+    finally:
+        monitor.close()
+    assert out.returncode == ConfigError.exit_code, out.stderr
+    assert "given as the key itself, not as the path of a file" in one_error(out)
+    sent = " ".join(body for _, body in monitor.requests)
+    assert "/ping/k/fail" in [path for path, _ in monitor.requests]
+    assert secret[20:] not in out.stdout + out.stderr + sent
+    assert not (sealed.path.parent / ".drills").exists()  # the caller's mistake, not a failed drill on record

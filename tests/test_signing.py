@@ -260,3 +260,22 @@ def test_a_schema_archive_swapped_after_the_signature_was_checked_is_not_restore
     assert "changed after the snapshot was verified" in str(err.value)
     with psycopg.connect(target) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_a_signing_key_given_instead_of_its_path_is_never_shown(keys, tmp_path):
+    """BACKUPKIT_SIGN_KEY holding the PEM itself (as a CI secret often does), not its path: one
+    line says so, before anything else is done, and no line of the key is printed."""
+    pem = keys[0].read_text()
+    out = run_cli(
+        "backup",
+        "--dsn",
+        "postgresql://nobody@127.0.0.1:1/none",
+        "--to",
+        tmp_path / "b",
+        env={"BACKUPKIT_SIGN_KEY": pem},
+    )
+    assert out.returncode == 2, out.stderr
+    assert "the signing key was given as the key itself, not as the path of a file" in out.stderr
+    body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    assert body and not [line for line in body if line in out.stdout + out.stderr]
+    assert not (tmp_path / "b").exists()

@@ -62,6 +62,9 @@ def drill(
     clock = time.monotonic()
     ensure_intact(location)  # a damaged snapshot fails like verify: exit 6, nothing restored
     manifest = mf.read(location)
+    # A missing or wrong identity is the caller's to fix (exit 2), not a snapshot that
+    # failed its drill (exit 14, and a failed drill on record), so it is checked first.
+    encryption.check_identity(location, manifest, identity)
     differences: list[str] = []
     rows = 0
     with throwaway(dsn) as target:

@@ -60,6 +60,11 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def _is_key_material(text: str) -> bool:
+    """Whether a "path" is in fact a key (an age identity, a PEM block) or too long to be one."""
+    return "\n" in text or "SECRET-KEY-" in text.upper() or "-----BEGIN" in text or len(text) > 4096
+
+
 def read_key_file(
     path: Path,
     what: str,
@@ -76,6 +81,13 @@ def read_key_file(
     every key file backupkit reads is read here.  ``why`` ends the hint of the refusal of a
     private key others may read; ``make`` is the hint for a missing file.
     """
+    if _is_key_material(str(path)):
+        # A secret put in BACKUPKIT_IDENTITY or BACKUPKIT_SIGN_KEY itself, as CI and Kubernetes
+        # inject secrets: "no such file" would print the key, and notify and drills record it.
+        raise ConfigError(
+            f"the {what} was given as the key itself, not as the path of a file holding it",
+            hint="save the key in a file only you can read (chmod 600) and give that file's path",
+        )
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
