@@ -52,6 +52,25 @@ def test_a_damaged_source_is_not_copied_and_leaves_nothing_that_looks_complete(t
     assert snapshot_dirs(tmp_path / "d") == [] and list_snapshots(tmp_path / "d") == ([], [])
 
 
+def test_a_damaged_snapshot_does_not_stop_the_others_from_being_copied(two_snapshots, tmp_path):
+    """Copying every snapshot, an old one damaged in the source is named and left out; the newer
+    ones still leave the machine, and the command exits 7 (it did not do all it was for)."""
+    repo, ids = two_snapshots
+    old, new = sorted(ids)
+    own = next(f for f in mf.all_files(mf.read(repo / old)) if not f.get("shared"))  # not in the pool
+    data = repo / old / own["path"]
+    data.write_bytes(data.read_bytes()[:-1] + bytes([data.read_bytes()[-1] ^ 1]))  # same size, other bytes
+
+    out = run_cli("copy", repo, tmp_path / "f", "--json")
+
+    assert out.returncode == 7, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    assert result["copied"] == [new] and list(result["unreadable"]) == [old]
+    assert result["unreadable"][old].startswith("damaged: ")
+    assert [s.id for s in list_snapshots(tmp_path / "f")[0]] == [new]
+    assert list_snapshots(tmp_path / "f")[1] == []  # nothing half-copied left
+
+
 def test_a_snapshot_that_cannot_be_read_does_not_stop_the_others_from_being_copied(two_snapshots, tmp_path):
     repo, ids = two_snapshots
     old, new = sorted(ids)

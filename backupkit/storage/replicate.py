@@ -4,8 +4,9 @@ Each snapshot is copied with ``repository.copy_snapshot``: streamed file by file
 verified in the target before it is listed there, under the target's lock.  A
 snapshot the target already has (same id) is skipped, never overwritten: snapshots
 are write-once, so the same id is the same snapshot.  Copying every snapshot, one
-whose manifest cannot be read is reported (``unreadable``) and the others still go:
-a damaged old snapshot must not stop the new ones from leaving the machine.
+whose manifest cannot be read, or whose files do not verify, is reported (``unreadable``)
+and the others still go: a damaged old snapshot must not stop the new ones from leaving
+the machine.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import SnapshotDamaged
 from .base import Storage
 from .location import open_storage
 from .repository import copy_snapshot, list_snapshots, resolve
@@ -22,7 +24,7 @@ from .repository import copy_snapshot, list_snapshots, resolve
 @dataclass
 class CopyResult:
     """What ``copy_snapshots`` did: ids copied, ids the target already had, and the source's
-    snapshots that could not be read and were not copied ({id: why})."""
+    snapshots that could not be read, or were damaged, and were not copied ({id: why})."""
 
     copied: list[str] = field(default_factory=list)
     present: list[str] = field(default_factory=list)
@@ -39,8 +41,9 @@ def copy_snapshots(
 ) -> CopyResult:
     """Copy the snapshots ``refs`` (ids, ``latest``, ``latest~N``; default: every complete one)
     of repository ``source`` into repository ``target``, oldest first; those already there
-    are left as they are.  By default a snapshot whose manifest cannot be read is left out
-    and named in ``unreadable``; one named in ``refs`` raises."""
+    are left as they are.  By default a snapshot whose manifest cannot be read, or whose
+    copy does not verify (``SnapshotDamaged``: damaged in the source), is left out and named
+    in ``unreadable``; one named in ``refs`` raises."""
     src = open_storage(source)
     dst = open_storage(target, create=True)
     result = CopyResult()
@@ -55,6 +58,12 @@ def copy_snapshots(
         if location.id in there:
             result.present.append(location.id)
             continue
-        copy_snapshot(location, dst)
+        try:
+            copy_snapshot(location, dst)
+        except SnapshotDamaged as exc:
+            if refs:
+                raise
+            result.unreadable[location.id] = f"damaged: {str(exc).splitlines()[0]}"
+            continue
         result.copied.append(location.id)
     return result
