@@ -480,7 +480,7 @@ def cmd_sql(a: argparse.Namespace) -> int:
 
 
 def cmd_copy(a: argparse.Namespace) -> int:
-    """``backupkit copy``: replicate snapshots into another repository; exit 7 when one could not be read or was damaged."""
+    """``backupkit copy``: replicate snapshots into another repository; exit 7 when one was unreadable or damaged."""
     from ..storage.replicate import copy_snapshots
 
     res = copy_snapshots(a.source, a.target, a.snapshots)
