@@ -274,6 +274,25 @@ def test_fidelity_snapshot_from_15_restores_into_18_with_database_objects(pg15, 
         assert conn.execute("SELECT convert_from(lo_get(4242001, 0, 17), 'UTF8')").fetchone()[0] == "large object ✓ "
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_snapshot_from_15_restores_exactly_into_15(pg15, tmp_path, jobs):
+    """Back into the version it came from (a Supabase project on PostgreSQL 15): the scripts
+    pg_restore 18 renders set transaction_timeout, which 15 does not have."""
+    source = pg15.createdb(f"same15_{jobs}")
+    create_demo(source, scale=0.02)
+    mutate_demo(source)
+    with psycopg.connect(source) as conn:
+        conn.execute(EXTRA_15)
+    res = backupkit.backup(source, tmp_path, schemas=["public", "auth", "storage"], jobs=2)
+    assert res.manifest["source"]["pg_dump_version"].startswith("18")  # the scripts are 18's
+    target = pg15.createdb(f"into15_{jobs}")
+    result = restore(res.path, target, jobs=jobs)
+    assert not [w for w in result.warnings if "`jobs` is ignored" in w]  # -j2 did load in parallel
+    a, b = fingerprint(source), fingerprint(target)  # the same version: everything, nothing left out
+    assert len(a["data"]) >= 10 and a["sequences"] and any(t["kind"] == "e" for t in a["types"].values())
+    assert a == b, "\n".join(diff_fingerprints(a, b)[:40])
+
+
 def test_too_old_pg_dump_is_refused_clearly(make_db, tmp_path):
     """Debian's pg_dump 15 cannot dump PostgreSQL 18: one clear line, exit 4, no snapshot."""
     from helpers import run_cli, snapshot_dirs

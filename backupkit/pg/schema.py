@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +77,26 @@ _META = re.compile(r"^\\(un)?restrict \S+\s*$")
 #: pg_restore's preamble switches lock waits' limit off; the restore's own (--lock-wait-timeout)
 #: must stay in force.  Its other SETs stay: a role's statement_timeout must not cut a long COPY.
 _NO_LIMITS = re.compile(r"^SET lock_timeout = 0;\s*$")
+#: pg_dump 17 and later write ``SET transaction_timeout = 0`` into every script, which a server
+#: before 17 refuses as an unknown parameter: a PostgreSQL 15 database (Supabase's) could not
+#: be restored into PostgreSQL 15.  The same setting, made only where the server has it:
+_TRANSACTION_TIMEOUT = re.compile(r"^SET transaction_timeout = 0;\s*$")
+_TRANSACTION_TIMEOUT_ANY_VERSION = (
+    "SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout';\n"
+)
+
+
+def _runnable(lines: Iterable[str]) -> Iterator[str]:
+    """pg_restore's output lines as psycopg runs them, on any server version: without psql's
+    meta-commands (pg_dump 18's ``\\restrict`` / ``\\unrestrict``; any other backslash line may
+    be part of a function body or a string literal and must survive untouched), without the
+    preamble's lock-wait limit switched off, and with ``transaction_timeout`` set where it exists."""
+    for line in lines:
+        if _META.match(line) or _NO_LIMITS.match(line):
+            continue
+        yield _TRANSACTION_TIMEOUT_ANY_VERSION if _TRANSACTION_TIMEOUT.match(line) else line
+
+
 _HEADER = re.compile(r"^--\n-- (?:Data for )?Name: [^\n]*?; Type: ([A-Z ]+); Schema: [^\n]*\n--\n", re.M)
 
 
@@ -175,7 +195,7 @@ def render(
 ) -> str:
     """SQL for one section of the archive, optionally only the given TOC entries.
 
-    psql meta-commands (``\\restrict``) are removed: the SQL runs through psycopg.
+    Made runnable through psycopg on any server version (``_runnable``).
     """
     args = [f"--section={section}", "--file=-"]
     if no_owner:
@@ -188,11 +208,7 @@ def render(
         if entries is not None:
             args.append(f"--use-list={stack.enter_context(_toc_list(entries))}")
         out = run_tool(find_tool("pg_restore"), [*args, str(dump)], text=True).stdout
-    # Only pg_dump 18's \\restrict / \\unrestrict lines: any other backslash line may be
-    # part of a function body or a string literal and must survive untouched.
-    return "".join(
-        line for line in out.splitlines(keepends=True) if not _META.match(line) and not _NO_LIMITS.match(line)
-    )
+    return "".join(_runnable(out.splitlines(keepends=True)))
 
 
 @contextlib.contextmanager
@@ -223,7 +239,7 @@ def _pg_restore_lines(args: list[str]) -> Iterator[Iterator[str]]:
     stdout, stderr = proc.stdout, proc.stderr
     assert stdout is not None and stderr is not None  # both are pipes
     try:
-        yield (line for line in stdout if not _META.match(line) and not _NO_LIMITS.match(line))
+        yield _runnable(stdout)
         stdout.read()
         err = stderr.read()
         if proc.wait() != 0:
