@@ -293,6 +293,23 @@ def test_snapshot_from_15_restores_exactly_into_15(pg15, tmp_path, jobs):
     assert a == b, "\n".join(diff_fingerprints(a, b)[:40])
 
 
+def test_a_snapshot_from_18_into_15_is_warned_about_and_a_plain_schema_still_comes_back(pg15, make_db, tmp_path):
+    """Older than the source: pg_dump's schema is meant for the same or a newer version, so
+    the dry run says so; a schema that uses nothing 18 added still restores."""
+    source = make_db("from18")
+    with psycopg.connect(source) as conn:
+        conn.execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 50) i"
+        )
+    res = backupkit.backup(source, tmp_path, progress=False)
+    target = pg15.createdb("into15_from18")
+    dry = restore(res.path, target, dry_run=True)
+    assert [w for w in dry.warnings if "the snapshot is from PostgreSQL 18 and the target runs 15" in w]
+    assert restore(res.path, target).rows == 50
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*), max(v) FROM t").fetchone() == (50, "v9")
+
+
 def test_too_old_pg_dump_is_refused_clearly(make_db, tmp_path):
     """Debian's pg_dump 15 cannot dump PostgreSQL 18: one clear line, exit 4, no snapshot."""
     from helpers import run_cli, snapshot_dirs

@@ -97,14 +97,14 @@ class StandIn:
         return "".join(out)
 
     def describe(self) -> str:
-        """One line for the restore's notes: what the stand-in made."""
+        """One line for the restore's notes (a dry run's too): what the stand-in makes."""
         made = [f"auth.{f}()" for f in self.functions]
         if self.columns:
             made.append(
                 f"auth.users ({', '.join(self.columns)}) holding the ids referenced by "
                 + ", ".join(sorted({f"{s}.{t}" for s, t, _, _ in self.sources}))
             )
-        return "created a stand-in auth schema for plain PostgreSQL: " + ", ".join(made)
+        return "a stand-in auth schema for plain PostgreSQL (none in the target), with " + ", ".join(made)
 
 
 def plan_stand_in(manifest: dict, chosen: list[dict], schema_sql: str, target_schemas: set[str]) -> StandIn | None:

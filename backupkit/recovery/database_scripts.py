@@ -47,6 +47,8 @@ class Target:
     large_objects: set[int]
     #: ``schema.name`` of every function (an event trigger's must exist)
     functions: set[str] = field(default_factory=set)
+    #: The target server's ``server_version_num``.
+    server_version_num: int = 0
 
     #: roles the restore will create (--create-roles) before it needs them
     will_create: set[str] = field(default_factory=set)
@@ -92,6 +94,7 @@ def read_target(conn: psycopg.Connection, manifest: dict) -> Target:
 
     (user, superuser), *_ = rows["me"]
     return Target(
+        server_version_num=conn.info.server_version,
         user=user,
         superuser=superuser,
         roles=col("roles"),

@@ -145,6 +145,15 @@ def restore(
                     + ", ".join(manifest.get("partial_tables", []))
                     + " when it was taken"
                 )
+            source_major = manifest["source"]["server_version_num"] // 10000
+            if found.target.server_version_num // 10000 < source_major:
+                # pg_dump's schema is meant for the same or a newer major version.
+                result.warnings.append(
+                    f"the snapshot is from PostgreSQL {source_major} and the target runs "
+                    f"{found.target.server_version_num // 10000}: a schema may use what the older "
+                    "version lacks, and the restore then fails and is rolled back or undone; "
+                    f"restore into PostgreSQL {source_major} or newer to be sure"
+                )
             jobs = _jobs(jobs, clean, found, result.warnings)
             parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
             scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's
