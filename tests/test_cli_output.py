@@ -80,3 +80,17 @@ def test_check_colours_its_status_on_a_terminal_and_not_when_piped(small_db):
     assert "\033[" not in _on_a_terminal("check", env={**env, "NO_COLOR": "1"})
     piped = run_cli("check", env=env)
     assert piped.returncode == 0 and "OK    connection:" in piped.stdout and "\033[" not in piped.stdout
+
+
+def test_output_closed_early_ends_quietly_with_141():
+    """`backupkit list | head -1`: the reader closed the pipe, so the rest cannot be printed.
+    No "cannot access Broken pipe" with a hint about permissions: exit 141, as SIGPIPE's."""
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backupkit", "demo", "--where"], stdout=write, stderr=subprocess.PIPE, text=True
+    )
+    os.close(write)
+    os.close(read)  # long before the command has started: its first write finds no reader
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 141, stderr
+    assert stderr == ""

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from backupkit import errors
-from backupkit.cli import EXIT_DIFFERENT, EXIT_INTERRUPTED, build_parser, exit_code, help_markdown, main
+from backupkit.cli import (
+    EXIT_DIFFERENT,
+    EXIT_INTERRUPTED,
+    EXIT_PIPE_CLOSED,
+    build_parser,
+    exit_code,
+    help_markdown,
+    main,
+)
 from backupkit.pg.dsn import DSN_ENV_VARS, resolve_dsn
 from backupkit.runtime.deadline import seconds
 
@@ -43,7 +51,14 @@ def test_every_exit_code_is_in_readme():
     table = README.split("## Exit codes", 1)[1]
     from backupkit.monitor.status import STATE_CODES
 
-    codes = {0, EXIT_DIFFERENT, EXIT_INTERRUPTED, *STATE_CODES.values(), *(cls.exit_code for cls in error_classes())}
+    codes = {
+        0,
+        EXIT_DIFFERENT,
+        EXIT_INTERRUPTED,
+        EXIT_PIPE_CLOSED,
+        *STATE_CODES.values(),
+        *(cls.exit_code for cls in error_classes()),
+    }
     for code in sorted(codes):
         assert re.search(rf"^\| {code} \|", table, re.M), f"exit code {code} missing from README"
 

@@ -9,13 +9,14 @@ names into the command's flags (``--lock-wait-timeout``) when it reports an erro
 a line.
 """
 
-from .codes import EXIT_DIFFERENT, EXIT_INTERRUPTED, EXIT_UNEXPECTED, exit_code
+from .codes import EXIT_DIFFERENT, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, EXIT_UNEXPECTED, exit_code
 from .parser import build_parser, help_markdown
 from .run import command, main
 
 __all__ = [
     "EXIT_DIFFERENT",
     "EXIT_INTERRUPTED",
+    "EXIT_PIPE_CLOSED",
     "EXIT_UNEXPECTED",
     "build_parser",
     "command",

@@ -13,6 +13,9 @@ EXIT_UNEXPECTED = 1
 #: ``diff --exit-code``: the snapshots differ (like ``git diff --exit-code``); 0 when the same.
 EXIT_DIFFERENT = 12
 EXIT_INTERRUPTED = 130
+#: Standard output was closed before the command had printed everything (``| head``), as a
+#: command ended by SIGPIPE reports it (128 + 13).
+EXIT_PIPE_CLOSED = 141
 
 
 def exit_code(exc: BaseException) -> int:

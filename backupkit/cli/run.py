@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import re
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import NoReturn
 
 from ..errors import BackupkitError, ConfigError, RetentionError, SnapshotError, StorageError
 from ..terminal import paint
-from .codes import EXIT_INTERRUPTED
+from .codes import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED
 from .parser import build_parser, commands_of
 
 #: Library parameters whose option has another name (a repeatable option is singular).
@@ -98,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         try:
             code = args.func(args)
+        except BrokenPipeError:
+            # `backupkit list | head`: the reader has what it wanted.  Nothing more can be
+            # written there, and Python's own flush at exit must not fail on it again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            if notifier is not None:
+                notifier.failure("standard output was closed before the command had printed everything")
+            return EXIT_PIPE_CLOSED
         except OSError as exc:
             raise _os_error(exc) from None
         if notifier is not None:
