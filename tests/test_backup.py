@@ -193,6 +193,8 @@ def test_check_names_every_missing_privilege_not_only_rls(make_db, tmp_path):
         detail = checks["privileges"]["detail"]
         assert checks["privileges"]["status"] == "fail"
         assert "no SELECT on sequence public.notes_id_seq" in detail and "no SELECT on table public.secrets" in detail
+        shown = run_cli("check", "--dsn", reader).stdout  # in the command's words: backup's flags
+        assert "`--allow-partial`" in shown and "allow_partial" not in shown, shown
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
                 f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "

@@ -94,3 +94,10 @@ def test_output_closed_early_ends_quietly_with_141():
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 141, stderr
     assert stderr == ""
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "x"])
+def test_sql_max_rows_out_of_range_is_a_usage_error(tmp_path, value):
+    out = run_cli("sql", tmp_path, "select 1", "--max-rows", value)
+    assert out.returncode == 2 and "is not a number of rows: give 1 or more" in out.stderr
+    assert "Traceback" not in out.stderr

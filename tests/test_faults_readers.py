@@ -281,8 +281,10 @@ def test_the_lens_reads_the_snapshot_and_nothing_else(snaps, tmp_path):
     for sql in refused:
         with pytest.raises(duckdb.Error):
             con.execute(sql).fetchall()
-    with pytest.raises(duckdb.PermissionException, match="external_access=True"):
+    with pytest.raises(duckdb.PermissionException, match="opening it with `external_access` lifts this"):
         con.sql(f"COPY (SELECT 1) TO '{out}.csv'")
+    shown = run_cli("sql", snap, f"COPY (SELECT 1) TO '{out}.csv'")  # in the command's words
+    assert shown.returncode == 2 and "opening it with `--external-access` lifts this" in shown.stderr, shown.stderr
     with pytest.raises(duckdb.Error):  # cursors and chained calls are guarded too
         con.cursor().execute(f"COPY (SELECT 1) TO '{out}.csv'")
     with pytest.raises(duckdb.Error):

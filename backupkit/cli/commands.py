@@ -228,13 +228,18 @@ def cmd_check(a: argparse.Namespace) -> int:
     """``backupkit check``: whether the source allows a backup, check by check; exit 5 when not."""
     from ..capture.preflight import check
     from ..pg.dsn import resolve_dsn
+    from .parser import build_parser, commands_of
+    from .run import in_flags_of
 
     report = check(resolve_dsn(a.dsn), schemas=a.schema or None, to=a.to)
     if a.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
+        # The checks are about a backup: parameters they name are shown as backup's flags.
+        words = in_flags_of(commands_of(build_parser())["backup"])
         for i in report.items:
-            print(f"{paint(i['status'].upper().ljust(5), i['status'], stream=sys.stdout)} {i['check']}: {i['detail']}")
+            status = paint(i["status"].upper().ljust(5), i["status"], stream=sys.stdout)
+            print(f"{status} {i['check']}: {words(i['detail'])}")
     return 0 if report.ok else SourceError.exit_code
 
 

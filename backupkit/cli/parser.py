@@ -39,6 +39,13 @@ def _size(text: str) -> int:
     return int(m[1]) * _UNITS[m[2].lower()]
 
 
+def _rows(text: str) -> int:
+    """A number of rows to show: 1 or more."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows: give 1 or more")
+    return int(text)
+
+
 def _notify_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--notify",
@@ -359,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sql", help="query a snapshot with DuckDB SQL")
     q.add_argument("snapshot")
     q.add_argument("query", nargs="?", help="SQL to run (default: an interactive prompt)")
-    q.add_argument("--max-rows", type=int, default=40)
+    q.add_argument("--max-rows", type=_rows, default=40, help="rows to show at most (default 40)")
     q.add_argument(
         "--external-access",
         action="store_true",

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import NoReturn
 
 from ..errors import BackupkitError, ConfigError, RetentionError, SnapshotError, StorageError
@@ -47,6 +48,12 @@ def _in_flags(text: str, flags: dict[str, str], *, leading: bool) -> str:
     if leading and first and first[0] in flags:
         text = flags[first[0]] + text[first.end() :]
     return text
+
+
+def in_flags_of(command: argparse.ArgumentParser) -> Callable[[str], str]:
+    """A function that shows a library text in ``command``'s words (``_in_flags``)."""
+    flags = _flags(command)
+    return lambda text: _in_flags(text, flags, leading=False)
 
 
 class _FlagsFormatter(logging.Formatter):

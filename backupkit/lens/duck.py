@@ -414,7 +414,7 @@ _LENS_STATEMENTS = frozenset(
 LENS_SETTINGS = ("TimeZone", "threads", "memory_limit", "enable_progress_bar")
 _LENS_HINT = (
     "the snapshot's SQL lens reads the snapshot's files and nothing else, and writes nothing; "
-    "open_snapshot(path, external_access=True) lifts this"
+    "opening it with `external_access` lifts this"
 )
 
 
