@@ -361,6 +361,7 @@ def test_a_missing_bucket_or_endpoint_is_one_line_without_secrets(make_db, s3_se
     with pytest.raises(SnapshotError) as caught:
         list_snapshots("s3://no-such-bucket-here/repo")
     assert "does not exist" in _one_clean_line(caught.value)
+    assert "AWS_ENDPOINT_URL" in caught.value.hint and "permissions" not in caught.value.hint  # not a folder's
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

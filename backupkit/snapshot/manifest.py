@@ -82,9 +82,12 @@ MAX_MANIFEST_BYTES = 256 << 20
 
 def unreadable(path: Path | str | SnapshotLocation, exc: OSError) -> SnapshotError:
     """The error for a snapshot file or folder that exists but cannot be read (exit 7)."""
+    remote = str(path).startswith("s3://")
     return SnapshotError(
         f"cannot read {path}: {exc.strerror or exc}",
-        hint="run backupkit as a user that may read the backup directory, or fix its permissions",
+        hint="check the bucket, the endpoint (AWS_ENDPOINT_URL) and the credentials (AWS_* variables or a profile)"
+        if remote
+        else "run backupkit as a user that may read the backup directory, or fix its permissions",
     )
 
 
