@@ -55,8 +55,9 @@ def _notify_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _storage_options(p: argparse.ArgumentParser, verb: str) -> None:
-    """The Supabase Storage options of ``backup`` and ``restore`` (the secret: environment only)."""
+def _storage_options(p: argparse.ArgumentParser, verb: str, every: str) -> None:
+    """The Supabase Storage options of ``backup`` and ``restore`` (the secret: environment only);
+    ``verb`` and ``every`` are the help of ``--storage-bucket`` and ``--storage-all-buckets``."""
     g = p.add_argument_group(
         "Supabase Storage buckets",
         "files read and written through Storage's S3 endpoint; the secret key only from $BACKUPKIT_STORAGE_SECRET",
@@ -64,7 +65,7 @@ def _storage_options(p: argparse.ArgumentParser, verb: str) -> None:
     g.add_argument(
         "--storage-bucket", dest="storage_buckets", action="append", metavar="NAME", help=f"{verb} (repeatable)"
     )
-    g.add_argument("--storage-all-buckets", action="store_true", help=f"{verb}: every bucket")
+    g.add_argument("--storage-all-buckets", action="store_true", help=every)
     g.add_argument(
         "--storage-endpoint",
         metavar="URL",
@@ -165,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _notify_option(b)
-    _storage_options(b, "also back up the files of this Storage bucket")
+    _storage_options(
+        b, "also back up the files of this Storage bucket", "also back up the files of every Storage bucket"
+    )
     b.set_defaults(func=cmd_backup)
 
     ls = sub.add_parser("list", help="list snapshots in a backup directory")
@@ -279,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="age identity file (mode 0600) of a recipient of an encrypted snapshot (default: $BACKUPKIT_IDENTITY)",
     )
     r.add_argument("--quiet", "-q", action="store_true")
-    _storage_options(r, "also restore the snapshot's files of this bucket, after the database")
+    _storage_options(
+        r,
+        "also restore the snapshot's files of this bucket, after the database",
+        "also restore the snapshot's files of every bucket it holds, after the database",
+    )
     r.add_argument(
         "--storage-prefix", action="append", metavar="PREFIX", help="only files whose key starts so (repeatable)"
     )
@@ -304,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     _notify_option(dr)
     dr.set_defaults(func=cmd_drill)
 
-    st = sub.add_parser("status", help="a repository's state for monitoring: exit 0 ok, 6, 14, 15 or 16 (README)")
+    st = sub.add_parser(
+        "status",
+        help="a repository's state for monitoring: exit 0 ok, 6, 14, 15 or 16 (README); 7 when it cannot be read",
+    )
     st.add_argument("repository", metavar="REPO", help="backup directory or s3:// URL")
     st.add_argument(
         "--max-age", default="26h", metavar="DURATION", help="stale when the newest snapshot is older (default 26h)"

@@ -309,7 +309,11 @@ def resolve(
         snaps = sorted(list_snapshots(storage)[0], key=_when, reverse=True)
         n = int(m.group(1) or 0)
         if n >= len(snaps):
-            raise SnapshotNotFound(f"{storage.location} has only {len(snaps)} complete snapshot(s); no {ref}")
+            raise SnapshotNotFound(
+                f"{storage.location} has only {len(snaps)} complete snapshot(s); no {ref}",
+                hint=f"run `backupkit list {storage.location}` to see what is there"
+                + ("; check the path (the folder given to `backupkit backup --to`)" if not snaps else ""),
+            )
         return snaps[n].location
     if check_name(ref) or "/" in ref:
         raise SnapshotNotFound(
