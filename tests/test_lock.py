@@ -57,7 +57,9 @@ def test_lock_file_is_private_json(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         info = read_lock(tmp_path)
         assert info == lock.info
-        assert set(info) == {"host", "pid", "purpose", "started_at"}
+        assert set(info) == {"host", "pid", "purpose", "started_at", "process"}
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert info["process"].startswith(boot + ":")  # this boot, and when the process started in it
         assert (info["host"], info["pid"], info["purpose"]) == (socket.gethostname(), os.getpid(), "prune")
         assert datetime.fromisoformat(info["started_at"]).utcoffset() == timedelta(0)
         assert lock.took_over is None
@@ -120,6 +122,39 @@ def test_pid_reused_by_a_newer_process_counts_as_dead(tmp_path, spawn):
     with DirLock(tmp_path, "prune") as lock:
         assert f"pid {unrelated.pid}" in lock.took_over
     assert unrelated.poll() is None  # taking over never touches the process
+
+
+def test_a_live_holder_is_known_by_its_start_since_boot_whatever_the_clock_says(tmp_path, spawn):
+    """The wall clock set forward after a lock was taken (NTP's first sync, a VM resumed) made the
+    holder look like a newer process that reused its pid, and a prune on the same host took its
+    lock over mid-backup.  The holder's boot id and start time since boot do not move."""
+    from backupkit.storage.lock import process_identity
+
+    holder = spawn("import sys; sys.stdin.read()")
+    long_before = "2001-01-01T00:00:00+00:00"  # as the clock now sees the moment the lock was taken
+    write_lock(
+        tmp_path,
+        host=socket.gethostname(),
+        pid=holder.pid,
+        purpose="backup",
+        started_at=long_before,
+        process=process_identity(holder.pid),
+    )
+    with pytest.raises(LockError, match=f"locked by pid {holder.pid}"):
+        DirLock(tmp_path, "prune").acquire()
+    # The same pid, recorded with another start: a process that reused it, not the holder.
+    boot, ticks = process_identity(holder.pid).rsplit(":", 1)
+    write_lock(
+        tmp_path,
+        host=socket.gethostname(),
+        pid=holder.pid,
+        purpose="backup",
+        started_at=long_before,
+        process=f"{boot}:{int(ticks) - 1}",
+    )
+    with DirLock(tmp_path, "prune") as lock:
+        assert "no longer runs" in lock.took_over
+    assert holder.poll() is None
 
 
 def test_other_hosts_lock_is_respected_until_stale(tmp_path):

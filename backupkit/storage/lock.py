@@ -2,9 +2,10 @@
 
 ``.lock`` at the top of the repository is created exclusively (``O_EXCL`` on a
 file system, atomic also on NFS v3+; a conditional ``If-None-Match`` write on S3)
-and holds JSON ``{host, pid, purpose, started_at}``.  A lock whose holder is gone
+and holds JSON ``{host, pid, purpose, started_at, process}``.  A lock whose holder is gone
 is taken over; the holder counts as gone when it ran on this host and its pid no
-longer exists (or now belongs to a process started after the lock was taken), or
+longer exists (or now belongs to another process: ``process`` is the holder's boot id and
+start time since boot, which setting the clock does not move), or
 when it ran on another host and the lock is older than ``stale_after``: we cannot
 see other hosts' processes, so only age can tell.
 
@@ -110,6 +111,8 @@ def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
             raise ValueError("no valid pid")
         if not isinstance(info.get("host"), str):
             raise ValueError("no host")
+        if not isinstance(info.get("process", ""), str):
+            raise ValueError("process is not text")
         _started(info)
     except ValueError as exc:
         raise _Unreadable(
@@ -144,13 +147,32 @@ def _process_start(pid: int) -> datetime | None:
     return datetime.fromtimestamp(btime + ticks / os.sysconf("SC_CLK_TCK"), UTC)
 
 
-def _pid_alive(pid: int, started: datetime) -> bool:
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time in clock ticks since boot>`` of process ``pid`` (Linux), or None.
+
+    Unlike a start time in wall-clock terms (``_process_start``), it does not move when the
+    clock is set (NTP's first sync, a VM resumed): a live holder is never taken for a new
+    process that reused its pid, nor a reused pid for the holder."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = stat[stat.rindex(")") + 2 :].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"{boot}:{ticks}"
+
+
+def _pid_alive(pid: int, started: datetime, process: str | None = None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by another user
+    if process:  # recorded by the holder (see process_identity)
+        now = process_identity(pid)
+        if now is not None:
+            return now == process
     begun = _process_start(pid)
     # A pid recycled after a crash or reboot must not keep the lock forever.
     return begun is None or begun <= started + _PID_REUSE_SLACK
@@ -230,7 +252,8 @@ class DirLock:
         """Why the lock's holder is gone, or None if it may still run."""
         started = _started(info)
         if info["host"] == socket.gethostname():
-            return None if _pid_alive(info["pid"], started) else "that process no longer runs"
+            alive = _pid_alive(info["pid"], started, info.get("process"))
+            return None if alive else "that process no longer runs"
         if now - started < self.stale_after:
             return None
         return f"it is older than {self.stale_after} and its host cannot be checked from here"
@@ -246,6 +269,9 @@ class DirLock:
             "purpose": self.purpose,
             "started_at": now.isoformat(),
         }
+        process = process_identity(os.getpid())
+        if process is not None:
+            info["process"] = process
         data = json.dumps(info, indent=1).encode() + b"\n"
         with self._serialised():
             try:
