@@ -28,7 +28,8 @@ _HEADER_LINE = re.compile(r"^-- Name: (.*?); Type: ([A-Z ]+); Schema: (.*?); Own
 #: pg_restore writes an object's owner as its own statement; owners are compared apart.
 _OWNER_LINE = re.compile(r"^ALTER [A-Z ]+ .* OWNER TO .*;$")
 #: Session settings pg_restore writes between entries land at the end of the previous one.
-_TRAILER_LINE = re.compile(r"^(SET [a-z_.]+ = .*;|SELECT pg_catalog\.set_config\(.*\);|--.*|)$")
+# (set_config also as backupkit renders pg_dump's ``SET transaction_timeout``: ``pg.schema._runnable``)
+_TRAILER_LINE = re.compile(r"^(SET [a-z_.]+ = .*;|SELECT pg_catalog\.set_config\(.*;|--.*|)$")
 #: TOC entry types that hold a part of another object, and what that part is called.
 _PARTS = {"ACL": "grants", "COMMENT": "comment", "SECURITY LABEL": "security label"}
 #: TOC entry types tagged "table name" (``pg.schema.TABLE_TAGGED`` but ROW SECURITY, whose tag
