@@ -146,9 +146,10 @@ def test_kill_9_of_the_backup_leaves_no_session(pg_server, big_db, tmp_path, spa
     assert wait_for(lambda: not any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers), 5)
     # kill -9 cannot clean up: an unfinished .tmp folder stays, and is never a snapshot.
     assert snapshot_dirs(tmp_path / "bk") == []
-    # (the staging folder, and the schema's scratch folder if pg_dump's output was being split)
+    # (the staging folder, the schema's scratch folder if pg_dump's output was being split, and
+    # the lock with its holder's last sign of life)
     left_over = [p.name for p in (tmp_path / "bk").iterdir() if p.name != ".lock"]
-    assert all(name.startswith(".tmp-") for name in left_over), left_over
+    assert all(name.startswith((".tmp-", ".lock.alive-")) for name in left_over), left_over
     # The source can be altered at once: no stranded lock.
     with psycopg.connect(big_db, autocommit=True) as conn:
         conn.execute("SET lock_timeout = '2s'")

@@ -57,7 +57,7 @@ def test_lock_file_is_private_json(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         info = read_lock(tmp_path)
         assert info == lock.info
-        assert set(info) == {"host", "pid", "purpose", "started_at", "process"}
+        assert set(info) == {"host", "pid", "purpose", "started_at", "process", "token"}
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         assert info["process"].startswith(boot + ":")  # this boot, and when the process started in it
         assert (info["host"], info["pid"], info["purpose"]) == (socket.gethostname(), os.getpid(), "prune")
@@ -155,6 +155,37 @@ def test_a_live_holder_is_known_by_its_start_since_boot_whatever_the_clock_says(
     with DirLock(tmp_path, "prune") as lock:
         assert "no longer runs" in lock.took_over
     assert holder.poll() is None
+
+
+def test_the_holder_shows_it_is_alive_and_leaves_no_sign_behind(tmp_path, monkeypatch):
+    from backupkit.storage import lock as lock_module
+
+    monkeypatch.setattr(lock_module, "HEARTBEAT_EVERY", 0.05)
+    with DirLock(tmp_path, "backup") as lock:
+        prefix = f".lock.alive-{lock.info['token']}-"
+        assert (tmp_path / f"{prefix}00000000").exists()  # at once, not only after the first interval
+        deadline = time.monotonic() + 30
+        while not (tmp_path / f"{prefix}00000002").exists():
+            assert time.monotonic() < deadline, sorted(p.name for p in tmp_path.iterdir())
+            time.sleep(0.01)
+        assert len(list(tmp_path.glob(".lock.alive-*"))) <= 2  # each new one replaces the one before
+    assert not list(tmp_path.glob(".lock.alive-*")) and not (tmp_path / ".lock").exists()
+
+
+def test_another_hosts_long_run_is_not_stale_while_it_shows_signs_of_life(tmp_path):
+    """A backup of a very large database holds the lock longer than stale_after (6 h): while its
+    host keeps making signs of life, a prune elsewhere waits; once they stop, it takes over."""
+    seven_hours_ago = (datetime.now(UTC) - timedelta(hours=7)).isoformat()
+    write_lock(tmp_path, **{**STALE, "started_at": seven_hours_ago, "token": "feedc0de"})
+    alive = tmp_path / ".lock.alive-feedc0de-00000083"
+    alive.write_bytes(b"")  # made just now
+    with pytest.raises(LockError, match="locked by pid 4242 on host another-host.invalid"):
+        DirLock(tmp_path, "prune").acquire()
+    old = time.time() - 6.5 * 3600
+    os.utime(alive, (old, old))  # its last sign of life, six and a half hours ago
+    with DirLock(tmp_path, "prune") as lock:
+        assert "with no sign of life since" in lock.took_over
+        assert not alive.exists()  # the stale holder's signs go with its lock
 
 
 def test_other_hosts_lock_is_respected_until_stale(tmp_path):
@@ -282,10 +313,10 @@ def test_a_claim_in_progress_keeps_others_off_the_stale_lock_until_it_is_abandon
 
 
 def test_a_backup_whose_lock_was_taken_over_publishes_nothing(make_db, tmp_path, monkeypatch):
-    """A backup that outlived ``stale_after`` had its lock taken over by a prune from another
-    host, which removed the old snapshot and the shared data file this backup had found in the
-    pool and reused.  Publishing it would list a snapshot that does not restore: the backup
-    fails instead, naming the takeover, and leaves nothing that looks like a snapshot."""
+    """A backup whose host showed no sign of life for ``stale_after`` had its lock taken over by a
+    prune from another host, which removed the old snapshot and the shared data file this backup
+    had found in the pool and reused.  Publishing it would list a snapshot that does not restore:
+    the backup fails instead, naming the takeover, and leaves nothing that looks like a snapshot."""
     import psycopg
 
     import backupkit
@@ -313,6 +344,8 @@ def test_a_backup_whose_lock_was_taken_over_publishes_nothing(make_db, tmp_path,
         held = json.loads((tmp_path / ".lock").read_text())
         old = (datetime.now(UTC) - timedelta(hours=7)).isoformat()
         (tmp_path / ".lock").write_text(json.dumps({**held, "host": "backup-host.invalid", "started_at": old}))
+        for alive in tmp_path.glob(".lock.alive-*"):  # and its signs of life stopped (its host was suspended)
+            os.utime(alive, (time.time() - 7 * 3600,) * 2)
         pruned = backupkit.prune(tmp_path, Policy(keep_last=1), now=datetime.now(UTC))
         assert pruned.removed == [first.location.id] and pruned.shared_removed
         return report

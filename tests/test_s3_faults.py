@@ -164,10 +164,12 @@ def test_kill_9_mid_upload_leaves_no_snapshot_and_prune_removes_every_object(big
 
     left = settled(s3_client, s3_bucket)
     prefixes = {k.split("/")[1] for k in left}
-    # The lock, one staging prefix and the pool's new files: caught mid-upload.
-    assert prefixes <= {".lock", ".shared"} | {p for p in prefixes if p.startswith(".tmp-")}, left
+    signs = {p for p in prefixes if p.startswith(".lock.alive-")}
+    # The lock and its holder's last sign of life, one staging prefix and the pool's new files.
+    assert prefixes <= {".lock", ".shared"} | signs | {p for p in prefixes if p.startswith(".tmp-")}, left
     assert "repo/.lock" in left and any(k.startswith("repo/.shared/") for k in left), left
-    (staging,) = prefixes - {".lock", ".shared"}
+    assert len(signs) == 1, left
+    (staging,) = prefixes - {".lock", ".shared"} - signs
     assert staging.startswith(".tmp-")
     lock = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="repo/.lock")["Body"].read())
     assert lock["pid"] == child.pid and lock["purpose"] == "backup"
@@ -248,6 +250,9 @@ def test_two_backups_racing_for_one_s3_repository_one_fails_with_the_lock(small_
     assert winner.stdout.readline().strip() == "holding"
     # Never two writers: one staging prefix, the winner's lock.
     prefixes = {k.split("/")[1] for k in keys(s3_client, s3_bucket)}  # the pool of shared files besides
+    alive = {p for p in prefixes if p.startswith(".lock.alive-")}
+    assert len(alive) == 1, prefixes  # the winner's sign of life; the loser left none
+    prefixes -= alive
     assert len(prefixes - {".shared"}) == 2 and ".lock" in prefixes
     assert all(p.startswith((".lock", ".tmp-", ".shared")) for p in prefixes)
     lock = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="repo/.lock")["Body"].read())
@@ -287,7 +292,8 @@ def test_prune_copy_and_backup_during_a_backup_on_s3_fail_with_the_lock(
     out = run_cli("copy", tmp_path / "local", url)
     assert out.returncode == 10 and holder in out.stderr, out.stdout + out.stderr
     assert keys(s3_client, s3_bucket) == before  # none of them wrote or removed anything
-    assert {k.split("/")[1] for k in before} == {".lock", staging, ".shared"}
+    signs = {k.split("/")[1] for k in before if k.startswith("repo/.lock.alive-")}  # the holder's
+    assert len(signs) == 1 and {k.split("/")[1] for k in before} == {".lock", staging, ".shared", *signs}
 
     tell(child)
     out = child.communicate(timeout=60)[0]

@@ -215,7 +215,8 @@ class BackupJob:
         """Lock the repository, take the snapshot, release the lock."""
         if is_transaction_pooler(self.dsn):
             self.warn(POOLER_WARNING)
-        with sigterm_as_interrupt(), DirLock(self.repository, "backup") as lock:
+        # Its signs of life start once the workers are forked (``_take``): no thread may run at a fork.
+        with sigterm_as_interrupt(), DirLock(self.repository, "backup", heartbeat=False) as lock:
             self.lock = lock
             if lock.took_over:
                 self.warn(lock.took_over)
@@ -241,6 +242,8 @@ class BackupJob:
         # or watchdog thread has started yet, which the workers would hold (``capture.workers``).
         # The watchdog's limit counts from the run's start all the same (``session.deadline``).
         self.workers = start_workers(self.options.jobs, tables)
+        assert self.lock is not None
+        self.lock.beat()  # a backup longer than the lock's stale_after is not taken for a crashed one
         with self.workers or contextlib.nullcontext(), self.watchdog:
             return self._copy_and_seal(server, pg_dump_version, [(t["schema"], t["name"]) for t in tables])
 

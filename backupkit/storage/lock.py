@@ -6,8 +6,10 @@ and holds JSON ``{host, pid, purpose, started_at, process}``.  A lock whose hold
 is taken over; the holder counts as gone when it ran on this host and its pid no
 longer exists (or now belongs to another process: ``process`` is the holder's boot id and
 start time since boot, which setting the clock does not move), or
-when it ran on another host and the lock is older than ``stale_after``: we cannot
-see other hosts' processes, so only age can tell.
+when it ran on another host and it has shown no sign of life for ``stale_after``: we
+cannot see other hosts' processes, so the holder makes a new ``.lock.alive-<token>-<n>``
+every few minutes (``storage.heartbeat``), and a lock taken longer ago than that but with
+a recent sign of life (a backup of a very large database) is not stale.
 
 Checking a lock and replacing a stale one is not one atomic step, so every
 acquire and release on this host is serialised (``Storage.serialised``: ``flock``
@@ -31,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -40,6 +43,7 @@ from typing import Any
 
 from ..errors import LockError, StorageError
 from .base import Storage
+from .heartbeat import Heartbeat, last_beat, remove_beats
 from .location import open_storage
 
 log = logging.getLogger("backupkit")
@@ -54,6 +58,11 @@ GARBAGE_GRACE = timedelta(minutes=1)
 # reused when its process started clearly after the lock was taken.
 _PID_REUSE_SLACK = timedelta(seconds=10)
 
+
+#: The holder's signs of life (``storage.heartbeat``): ``.lock.alive-<token>-<n>``.
+ALIVE_PREFIX = f"{LOCK_NAME}.alive-"
+#: How often the holder shows it is alive; far below ``stale_after``, so missed beats do not matter.
+HEARTBEAT_EVERY = 300.0
 
 #: A ``.lock`` larger than this is not one backupkit wrote.
 MAX_LOCK_BYTES = 64 << 10
@@ -111,8 +120,8 @@ def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
             raise ValueError("no valid pid")
         if not isinstance(info.get("host"), str):
             raise ValueError("no host")
-        if not isinstance(info.get("process", ""), str):
-            raise ValueError("process is not text")
+        if not isinstance(info.get("process", ""), str) or not isinstance(info.get("token", ""), str):
+            raise ValueError("process or token is not text")
         _started(info)
     except ValueError as exc:
         raise _Unreadable(
@@ -190,7 +199,14 @@ class DirLock:
     lock was replaced (the CLI prints it).
     """
 
-    def __init__(self, repository: Path | str | Storage, purpose: str, *, stale_after: timedelta = DEFAULT_STALE_AFTER):
+    def __init__(
+        self,
+        repository: Path | str | Storage,
+        purpose: str,
+        *,
+        stale_after: timedelta = DEFAULT_STALE_AFTER,
+        heartbeat: bool = True,
+    ):
         self.storage = open_storage(repository)
         self.directory = self.storage.location
         self.path = self.storage.where(LOCK_NAME)
@@ -200,6 +216,10 @@ class DirLock:
         self.info: dict[str, Any] | None = None
         self._written: bytes | None = None
         self._garbage_reason: str | None = None
+        #: Start the holder's signs of life on acquiring (else ``beat`` starts them: a backup
+        #: forks its workers first, and no thread may run at a fork).
+        self.heartbeat = heartbeat
+        self._heart: Heartbeat | None = None
 
     def __enter__(self) -> DirLock:
         self.acquire()
@@ -256,7 +276,16 @@ class DirLock:
             return None if alive else "that process no longer runs"
         if now - started < self.stale_after:
             return None
-        return f"it is older than {self.stale_after} and its host cannot be checked from here"
+        if info.get("token"):
+            try:
+                beat = last_beat(self.storage, f"{ALIVE_PREFIX}{info['token']}-")
+            except OSError as exc:
+                raise _storage("cannot read the lock's signs of life", self.directory, exc) from None
+            if beat is not None and now - datetime.fromtimestamp(beat, UTC) < self.stale_after:
+                return None
+        return (
+            f"it is older than {self.stale_after} with no sign of life since, and its host cannot be checked from here"
+        )
 
     def acquire(self) -> None:
         """Take the lock, replacing a stale one; ``LockError`` if a live process holds it."""
@@ -268,6 +297,7 @@ class DirLock:
             "pid": os.getpid(),
             "purpose": self.purpose,
             "started_at": now.isoformat(),
+            "token": secrets.token_hex(8),
         }
         process = process_identity(os.getpid())
         if process is not None:
@@ -311,6 +341,16 @@ class DirLock:
             self.took_over = self._garbage_reason
         self._written = data
         self.info = info
+        if old is not None and old.get("token"):  # the stale holder's last sign of life
+            with contextlib.suppress(OSError):
+                remove_beats(self.storage, f"{ALIVE_PREFIX}{old['token']}-")
+        if self.heartbeat:
+            self.beat()
+
+    def beat(self) -> None:
+        """Start showing other hosts that the holder is alive (``storage.heartbeat``), if not yet."""
+        if self._heart is None and self.info is not None:
+            self._heart = Heartbeat(self.storage, f"{ALIVE_PREFIX}{self.info['token']}-", HEARTBEAT_EVERY).start()
 
     def _take_over(self, old: dict[str, Any], now: datetime) -> None:
         """Remove the stale lock ``old``, if this process is the one to (see the module)."""
@@ -363,9 +403,10 @@ class DirLock:
     def check_held(self) -> None:
         """``LockError`` unless the lock is still this one's.
 
-        Called right before work becomes visible (a snapshot published): a run that outlived
-        ``stale_after`` may have had its lock taken over from another host, and a prune under
-        that lock may have removed shared files the run counted on.  Publishing then could
+        Called right before work becomes visible (a snapshot published): a run whose signs of
+        life stopped for ``stale_after`` (its machine suspended) may have had its lock taken over
+        from another host, and a prune under that lock may have removed shared files the run
+        counted on.  Publishing then could
         list a snapshot that does not restore; failing leaves nothing that looks complete.
         """
         try:
@@ -382,8 +423,8 @@ class DirLock:
             raise LockError(
                 f"{self.path} was taken over while this {self.purpose} ran (now held by "
                 f"{describe(holder) if holder else 'no one'}); nothing was published",
-                hint=f"run the {self.purpose} again; if it runs longer than {self.stale_after},"
-                " raise stale_after on the hosts that prune",
+                hint=f"run the {self.purpose} again; another host takes a lock over when its holder has shown"
+                f" no sign of life for {self.stale_after} (a suspended machine, storage out of reach)",
             )
 
     def release(self) -> bool:
@@ -395,6 +436,9 @@ class DirLock:
         """
         if self._written is None:
             return False
+        if self._heart is not None:
+            self._heart.stop()
+            self._heart = None
         mine = False
         try:
             with self._serialised():
