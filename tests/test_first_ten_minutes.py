@@ -66,7 +66,9 @@ def test_report_and_explore_read_the_snapshots_the_demo_just_wrote(home, tmp_pat
     pair = text_of(report, "pair = nb.pick_pair(backup_dir, old, new)\npair")
     assert pair.index(before) < pair.index(after)
     totals = diff_snapshots(demo.snapshots[0], demo.snapshots[1])["totals"]
-    assert text_of(report, 'diff = nb.diff(pair.old, pair.new, sample=sample)\ndiff["totals"]') == repr(totals)
+    assert text_of(
+        report, 'diff = nb.diff(pair.old, pair.new, sample=sample, identity=identity)\ndiff["totals"]'
+    ) == repr(totals)
     assert totals["inserted"] and totals["updated"] and totals["deleted"]
     history = text_of(report, "nb.history_table(backup_dir)")
     assert before in history and after in history

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -53,6 +54,12 @@ NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 NAMES = ["backup", "drill", "explore", "prune", "report", "restore"]
 SOURCE_VAR = "BK_NB_SOURCE"
 TARGET_VAR = "BK_NB_TARGET"
+DRILL_CELL = "nb.drill(backup_dir, snapshot, dsn_env=dsn_env, identity=identity, run=run)"
+RESTORE_CELL = (
+    "outcome = nb.restore(snap, target_dsn_env, tables=tables, with_dependencies=with_dependencies,\n"
+    "                     clean=clean, create_roles=create_roles, jobs=jobs, dry_run=dry_run,\n"
+    "                     identity=identity, run=run)"
+)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -330,11 +337,7 @@ def test_restore_notebook_restores_a_chosen_snapshot_into_an_empty_database(sour
     (record,) = run_records(tmp_path / "runs")
     assert record["status"] == "succeeded" and record["snapshot"]["id"] == first.id
     assert record["summary"]["rows_loaded"] == sum(before.values())
-    restore_cell = (
-        "outcome = nb.restore(snap, target_dsn_env, tables=tables, with_dependencies=with_dependencies,\n"
-        "                     clean=clean, create_roles=create_roles, jobs=jobs, dry_run=dry_run, run=run)"
-    )
-    assert widgets(outputs_of(out, restore_cell)), "no progress widget for the restore"
+    assert widgets(outputs_of(out, RESTORE_CELL)), "no progress widget for the restore"
     steps = html_table(out, "nb.restore_steps(outcome)")
     assert steps and all(s["state"] == "done" for s in steps)
     assert_no_secret([out, *(tmp_path / "runs").glob("*.json")], source, target)
@@ -364,7 +367,7 @@ def test_drill_notebook_proves_the_newest_snapshot_restores_and_shows_the_status
 
     out = execute("drill", tmp_path, backup_dir="bk", runs_dir="runs")
 
-    (row,) = html_table(out, "nb.drill(backup_dir, snapshot, dsn_env=dsn_env, run=run)")
+    (row,) = html_table(out, DRILL_CELL)
     assert row["snapshot"] == snap.id and row["passed"] == "True"
     (record,) = run_records(tmp_path / "runs")
     assert record["status"] == "succeeded" and record["summary"]["drill_ok"] is True
@@ -496,6 +499,97 @@ def test_a_failed_run_ends_with_the_error_and_its_hint_not_a_traceback(source, t
     assert snapshot_dirs(tmp_path / "bk") == []
 
 
+#: A secret given where the NAME of a variable belongs, per notebook and parameter: (notebook,
+#: parameter, the example variable the error names, what such a variable holds).
+MISPLACED = [
+    ("backup", "dsn_env", "BACKUPKIT_DSN", "a DSN"),
+    ("drill", "dsn_env", "BACKUPKIT_DSN", "a DSN"),
+    ("restore", "target_dsn_env", "TARGET_DSN", "a DSN"),
+    ("backup", "notify_env", "BACKUPKIT_NOTIFY", "a monitor URL"),
+    ("drill", "notify_env", "BACKUPKIT_NOTIFY", "a monitor URL"),
+    ("prune", "notify_env", "BACKUPKIT_NOTIFY", "a monitor URL"),
+]
+
+
+def test_every_env_parameter_of_every_notebook_is_checked_for_a_misplaced_secret():
+    declared = {
+        name: _literal_assignments(nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells[0].source)
+        for name in NAMES
+    }
+    found = {(name, p) for name, params in declared.items() for p in params if p.endswith("_env")}
+    assert found == {(name, p) for name, p, _, _ in MISPLACED}
+
+
+@pytest.mark.parametrize("name, parameter, example, holds", MISPLACED)
+def test_a_dsn_or_url_given_where_a_variable_name_belongs_is_refused_and_shown_nowhere(
+    tmp_path, name, parameter, example, holds
+):
+    """``-r dsn_env postgresql://postgres:PW@…``: the run fails in one line that shows nothing of the
+    value, before any cell shows the parameters; only papermill's own injected cell holds it."""
+    password = "pw" + secrets.token_hex(8)
+    if parameter == "notify_env":
+        value = f"https://hc-ping.com/{password}"  # a ping URL's path is its secret
+    else:
+        value = f"postgresql://postgres:{password}@127.0.0.1:{free_port()}/demo"
+    line = f"{parameter} takes the NAME of an environment variable (e.g. {example}), not {holds}: nothing of the value is shown"
+
+    with pytest.raises(PapermillExecutionError) as info:
+        execute(name, tmp_path, backup_dir="bk", runs_dir="runs", **{parameter: value})
+
+    assert info.value.ename == "ConfigError" and info.value.evalue == line
+    out = tmp_path / f"{name}.out.ipynb"
+    book = nbformat.read(out, as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0]["evalue"] == line
+    assert errors[0]["traceback"][0] == f"error: {line}" and f"-r {parameter} {example}" in errors[0]["traceback"][1]
+    # Refused before the parameters are shown: nothing after the failed cell ran, and a DSN
+    # fails the check of the parameters itself (a monitor URL, the run's start: it pings it).
+    failed = next(i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs))
+    assert ("nb.start_run(" if parameter == "notify_env" else "nb.check_parameters(run)") in code[failed].source
+    assert all(c.outputs == [] for c in code[failed + 1 :])
+    # No output, no error holds the value or its secret.
+    for cell in code:
+        for output in cell.outputs:
+            assert password not in json.dumps(output), (cell.source, output)
+    # Papermill's injected cell and its record of the parameters hold what was passed (nothing in
+    # the notebook can prevent that); nothing else in the executed notebook does.
+    injected = [c for c in code if nb.is_injected(c.source)]
+    assert len(injected) == 1 and password in injected[0].source
+    del book.metadata["papermill"]["parameters"]
+    book.cells = [c for c in book.cells if c not in injected]
+    assert password not in nbformat.writes(book)
+    for record in run_records(tmp_path / "runs"):  # none when the run could not start
+        assert record["status"] == "failed" and record["failed_step"] == "parameters"
+        assert record["exit_reason"] == f"ConfigError: {line}" and record["parameters"][parameter] == "(not shown)"
+    assert all(password not in p.read_text() for p in (tmp_path / "runs").glob("*.json"))
+
+
+def test_a_list_passed_as_text_fails_with_the_papermill_option_that_passes_a_list(tmp_path):
+    # papermill -p tables '["public.orders"]' (and -r) gives the notebook that text.
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("restore", tmp_path, backup_dir="bk", tables='["public.orders"]', runs_dir="runs")
+
+    assert info.value.ename == "ConfigError"
+    assert info.value.evalue == "parameter 'tables' must be a list like its default [], not text '[\"public.orders\"]'"
+    hint = "pass a list with papermill's YAML option: -y 'tables: [public.orders]'"
+    (record,) = run_records(tmp_path / "runs")
+    assert record["hint"] == hint and record["failed_step"] == "parameters"
+    assert str(info.value).strip().splitlines()[-1] == f"hint: {hint}"
+    # The option the hint shows gives the notebook the list (papermill's command, preparing only).
+    option = shlex.split(hint.split(": ", 1)[1])
+    assert option == ["-y", "tables: [public.orders]"]
+    prepared = tmp_path / "prepared.ipynb"
+    subprocess.run(
+        [sys.executable, "-m", "papermill", "--prepare-only", str(NOTEBOOKS / "restore.ipynb"), str(prepared), *option],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (cell,) = [c for c in nbformat.read(prepared, as_version=4).cells if nb.is_injected(c.source)]
+    assert _literal_assignments(cell.source) == {"tables": ["public.orders"]}
+
+
 def test_a_notebook_backup_of_the_demo_database_shows_tqdm_progress_widgets(source, tmp_path):
     out = execute("backup", tmp_path, backup_dir="bk", dsn_env=SOURCE_VAR, runs_dir="runs")
 
@@ -571,6 +665,98 @@ def test_demo_snapshots_say_where_they_went_and_why(tmp_path):
         nb.DemoSnapshots([], Path("backups"), 2, nb.demo_snapshots_reason([None, None], 2, "", {}))
     )
     assert "a database is named ($MY_DSN)" in nb.demo_snapshots_reason([], 1, "MY_DSN", {})
+
+
+# -- encrypted repositories ------------------------------------------------------------------------
+
+IDENTITY_VAR = "BACKUPKIT_IDENTITY"
+
+
+@pytest.fixture
+def sealed(source, tmp_path):
+    """Two snapshots of the demo database in ``tmp_path/bk``, encrypted to a new age key, a day of
+    traffic between them: their results, the identity file, the rows of the first and the changes."""
+    from backupkit.snapshot import encryption
+
+    (tmp_path / "keys").mkdir()
+    identity = tmp_path / "keys" / "age.txt"
+    recipient = encryption.keygen(identity)
+    before = row_counts(source, PUBLIC)
+    first = backupkit.backup(source, tmp_path / "bk", recipients=[recipient], progress=False)
+    changed = mutate_demo(source)
+    second = backupkit.backup(source, tmp_path / "bk", recipients=[recipient], progress=False)
+    assert first.manifest["encryption"]["recipients"] == [recipient]
+    return SimpleNamespace(first=first, second=second, identity=identity, before=before, changed=changed)
+
+
+@pytest.mark.parametrize("given", ["environment", "parameter"])
+def test_drill_restore_and_report_notebooks_read_an_encrypted_repository(
+    sealed, source, make_db, pg_server, tmp_path, monkeypatch, given
+):
+    """The identity as the command line takes it: ``$BACKUPKIT_IDENTITY`` in the kernel's
+    environment, or the notebooks' ``identity`` parameter (the path of the file)."""
+    if given == "environment":
+        monkeypatch.setenv(IDENTITY_VAR, str(sealed.identity))
+        identity = {}
+    else:
+        monkeypatch.delenv(IDENTITY_VAR, raising=False)
+        identity = {"identity": str(sealed.identity)}
+    monkeypatch.setenv(DRILL_VAR, pg_server.admin_dsn)
+
+    out = execute("drill", tmp_path, backup_dir="bk", dsn_env=DRILL_VAR, runs_dir="runs", **identity)
+    (row,) = html_table(out, DRILL_CELL)
+    assert row["snapshot"] == sealed.second.id and row["passed"] == "True"
+
+    target = make_db("nbenctgt")
+    monkeypatch.setenv(TARGET_VAR, target)
+    execute(
+        "restore",
+        tmp_path,
+        backup_dir="bk",
+        snapshot=sealed.first.id,
+        target_dsn_env=TARGET_VAR,
+        dry_run=False,
+        runs_dir="runs",
+        **identity,
+    )
+    assert row_counts(target, PUBLIC) == sealed.before
+
+    report = execute("report", tmp_path, backup_dir="bk", **identity)
+    rows = {r["table"]: r for r in html_table(report, "nb.diff_table(diff)")}
+    assert set(rows) == set(PUBLIC)
+    counted = ["public.orders", "public.order_items", "public.profiles", "public.events"]
+    assert sum(int(rows[t]["updated"]) for t in counted) == sealed.changed["updated"]
+    integrity = html_table(report, "nb.integrity_table(checks)")
+    assert {r["snapshot"] for r in integrity} == {sealed.first.id, sealed.second.id}
+    assert integrity and all(r["ok"] == "True" for r in integrity)
+
+    records = run_records(tmp_path / "runs")
+    assert sorted(r["job"] for r in records) == ["drill", "restore"] and all(
+        r["status"] == "succeeded" for r in records
+    )
+    key = next(line for line in sealed.identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+    for path in [out, report, tmp_path / "restore.out.ipynb", *(tmp_path / "runs").glob("*.json")]:
+        assert key not in path.read_text()
+
+
+def test_an_encrypted_snapshot_without_an_identity_says_to_pass_the_parameter(sealed, pg_server, tmp_path, monkeypatch):
+    monkeypatch.delenv(IDENTITY_VAR, raising=False)
+    monkeypatch.setenv(DRILL_VAR, pg_server.admin_dsn)
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("drill", tmp_path, backup_dir="bk", dsn_env=DRILL_VAR, runs_dir="runs")
+    assert info.value.ename == "ConfigError"
+    assert f"snapshot {sealed.second.id} is encrypted" in info.value.evalue and "pass `identity`" in info.value.evalue
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "failed" and record["failed_step"] == "drill"
+    assert not (tmp_path / "bk" / ".drills").exists()  # the caller's to fix, not a failed drill on record
+    # A key pasted where the identity file's path belongs: refused, and shown nowhere.
+    key = next(line for line in sealed.identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-1"))
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("drill", tmp_path, backup_dir="bk", dsn_env=DRILL_VAR, runs_dir="runs2", identity=key)
+    assert info.value.evalue.startswith("identity takes the PATH of an age identity file")
+    book = nbformat.read(tmp_path / "drill.out.ipynb", as_version=4)
+    assert all(key not in json.dumps(o) for c in book.cells if c.cell_type == "code" for o in c.outputs)
+    assert all(key not in p.read_text() for p in (tmp_path / "runs2").glob("*.json"))
 
 
 # -- a fresh checkout: nbval, defaults only, the embedded demo database ----------------------------
@@ -653,6 +839,59 @@ def test_demo_snapshots_are_only_taken_for_the_defaults_and_never_mixed_in():
     assert nb.demo_snapshots_needed([], 2, "MY_DSN", {}) == 0
     assert nb.demo_snapshots_needed([], 2, "", {"DATABASE_URL": "postgresql://x"}) == 0
     assert nb.demo_snapshots_needed([real], 2, "", {}) == 0
+
+
+def test_a_variable_name_is_all_an_env_parameter_takes_and_a_refused_value_is_never_repeated():
+    for fine in ("", "BACKUPKIT_DSN", "_x", "app_database_url2"):
+        assert nb.misplaced_secret("dsn_env", fine) is None
+    for wrong in (
+        "postgresql://postgres:pw@127.0.0.1:5432/demo",
+        "host=db password=pw",
+        "A=B",
+        "user@host",
+        "MY DSN",
+        "1DSN",
+        "https://hc-ping.com/uuid",
+        ["BACKUPKIT_DSN"],
+        5,
+    ):
+        error = nb.misplaced_secret("target_dsn_env", wrong)
+        assert isinstance(error, ConfigError) and error.exit_code == 2
+        for line in nb.error_lines(error):
+            assert str(wrong) not in line
+    assert nb.misplaced_secret("identity", "/secure/age.txt") is None
+    assert nb.misplaced_secret("identity", "AGE-SECRET-KEY-1QQQ") is not None
+    # The helpers refuse it too, called from a cell of one's own.
+    with pytest.raises(ConfigError, match="^dsn_env takes the NAME"):
+        nb.preflight("bk", "postgresql://u:pw@h/d")
+    with pytest.raises(ConfigError, match="^identity takes the PATH"):
+        nb.resolve_identity("AGE-SECRET-KEY-1QQQ")
+    # A mistyped *_env parameter's value is not repeated either; the shown parameters are masked.
+    (problem,) = nb.parameter_problems({"dsn_env": ""}, [], {"dsn_env": ["postgresql://u:pw@h/d"]})
+    assert (
+        problem.startswith("parameter 'dsn_env' must be text like its default '', not a list (") and "pw" not in problem
+    )
+    shown = nb.Parameters({"dsn_env": "postgresql://u:pw@h/d", "jobs": 2})
+    assert "pw" not in repr(shown) and "(not shown)" in repr(shown)
+
+
+def test_the_hint_for_a_mistyped_parameter_shows_the_papermill_option_that_passes_it():
+    assert nb.how_to_pass("tables", [], '["public.orders", "auth.users"]') == (
+        "pass a list with papermill's YAML option: -y 'tables: [public.orders, auth.users]'"
+    )
+    assert nb.how_to_pass("tables", [], "public.orders") == (
+        "pass a list with papermill's YAML option: -y 'tables: [public.orders]'"
+    )
+    assert nb.how_to_pass("storage_buckets", [], "*").endswith("""-y 'storage_buckets: ["*"]'""")
+    assert nb.how_to_pass("schemas", ["public"], 3).endswith("-y 'schemas: [public]'")
+    assert nb.how_to_pass("label", "", 2024) == "pass text with -r: -r label 2024"
+    assert nb.how_to_pass("jobs", 1, "2") == "pass a number with -p: -p jobs 2"
+    assert nb.how_to_pass("prune", False, "true") == "pass True or False with -p: -p prune True"
+    declared = {"backup_dir": "bk", "schemas": ["public"]}
+    assert nb.parameter_hint(declared, ["schemas"], {"backup_dir": "bk", "schemas": "public,auth"}) == (
+        "pass a list with papermill's YAML option: -y 'schemas: [public, auth]'"
+    )
+    assert "papermill --help-notebook" in nb.parameter_hint(declared, ["backupdir"], declared)
 
 
 def test_run_record_hook_marks_a_failed_cell_and_redacts(tmp_path, monkeypatch):

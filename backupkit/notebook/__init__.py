@@ -6,7 +6,11 @@ public API) and shows the result.  This package provides
 
 * **strict parameters** — ``check_parameters()`` fails the run when papermill
   injected a parameter the notebook does not declare (papermill itself only
-  logs a warning) or gave a declared one a value of the wrong type;
+  logs a warning) or gave a declared one a value of the wrong type (the hint
+  says how to pass it: ``-y 'tables: [public.orders]'`` for a list), and first
+  of all when a ``*_env`` parameter is not an environment variable's name (the
+  DSN or URL itself, often) or ``identity`` is a key, not a path: one line
+  that shows nothing of the value, and no output echoes it;
 * **a run record** — ``start_run()`` writes ``RUNS_DIR/<run_id>.json`` and keeps
   it current (steps and their durations, the snapshot, the outcome); an IPython
   ``post_run_cell`` hook marks the run failed when any cell raises, so a
@@ -17,7 +21,9 @@ public API) and shows the result.  This package provides
 * **operations** taking the *name* of the environment variable that holds a
   DSN (``dsn_env``), never a DSN, so no secret enters a notebook's parameters,
   variables or outputs; ``""`` means the CLI's lookup, then the embedded demo
-  database (restores: a scratch database on the demo server);
+  database (restores: a scratch database on the demo server); and reading
+  encrypted snapshots with ``identity``, an age identity file's path (``""``:
+  ``$BACKUPKIT_IDENTITY`` when set, as for the command line);
 * **progress** — backups, restores and diffs ask the library for its progress
   bars (tqdm's widget in a notebook);
 * **display helpers** turning results into pandas DataFrames (``Table``: SQL
@@ -36,7 +42,8 @@ picking, demo snapshots and server), ``frames`` (how a table shows),
 ``explore`` (DuckDB queries and the explorer widget).  Imports point one way,
 towards ``runs`` and ``frames``: ``params``, ``jobs`` and ``tables`` use
 ``runs``; ``jobs``, ``tables`` and ``explore`` use ``frames``; ``charts`` uses
-``tables``; ``explore`` uses ``jobs`` and ``runs``.
+``tables``; ``tables`` and ``explore`` use ``jobs`` (``resolve_identity``),
+``explore`` also ``runs``.
 """
 
 from __future__ import annotations
@@ -65,19 +72,32 @@ from .jobs import (
     preflight,
     prune,
     prune_table,
+    resolve_identity,
     restore,
     status_table,
     verify,
 )
 from .params import (
     INJECTED_MARKER,
+    Parameters,
     check_parameters,
+    how_to_pass,
     is_injected,
     locate_parameters,
     namespace_parameters,
+    parameter_hint,
     parameter_problems,
 )
-from .runs import ErrorNote, RunRecord, error_lines, install_error_display, new_run_id, one_line, start_run
+from .runs import (
+    ErrorNote,
+    RunRecord,
+    error_lines,
+    install_error_display,
+    misplaced_secret,
+    new_run_id,
+    one_line,
+    start_run,
+)
 from .tables import (
     backup_table,
     check_integrity,
@@ -109,7 +129,10 @@ __all__ = [
     "is_injected",
     "locate_parameters",
     "parameter_problems",
+    "parameter_hint",
+    "how_to_pass",
     "namespace_parameters",
+    "Parameters",
     "check_parameters",
     # runs
     "new_run_id",
@@ -119,6 +142,7 @@ __all__ = [
     "error_lines",
     "ErrorNote",
     "install_error_display",
+    "misplaced_secret",
     # jobs
     "is_demo_source",
     "demo_snapshots_needed",
@@ -126,6 +150,7 @@ __all__ = [
     "DemoSnapshots",
     "ensure_demo_snapshots",
     "pick_snapshot",
+    "resolve_identity",
     "Pair",
     "pick_pair",
     "failed_checks",

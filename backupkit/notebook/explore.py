@@ -24,33 +24,24 @@ encrypted snapshot is refused with one line.
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..errors import SnapshotNotFound
-from ..snapshot.encryption import IdentityArg, identity_path
+from ..snapshot.encryption import IdentityArg
 from ..storage.repository import list_snapshots
 from . import frames
 from .frames import MAX_ROWS, NULL_STYLE, Table
-from .jobs import pick_snapshot
+from .jobs import pick_snapshot, resolve_identity
 from .runs import one_line
-
-
-def _resolved_identity(identity: IdentityArg | None) -> IdentityArg | None:
-    """The identity to read snapshots with: a file path as given (``""`` or None:
-    ``$BACKUPKIT_IDENTITY`` if set, else None), other identities (pyrage's) unchanged."""
-    if identity is None or isinstance(identity, (str, os.PathLike)):
-        return identity_path(identity)
-    return identity
 
 
 def _open(snapshot: Path | str, identity: IdentityArg | None):
     from ..lens.duck import open_snapshot
 
-    return open_snapshot(snapshot, identity=_resolved_identity(identity))
+    return open_snapshot(snapshot, identity=resolve_identity(identity))
 
 
 def snapshot_tables(snapshot: Path | str, identity: IdentityArg | None = None) -> Table:
@@ -134,7 +125,7 @@ class Explorer:
     ) -> None:
         import ipywidgets as w
 
-        self.identity = _resolved_identity(identity)
+        self.identity = resolve_identity(identity)
         options, chosen = _snapshot_options(backup_dir, snapshot)
         self.wanted_table = table
         self.limit = limit

@@ -4,7 +4,11 @@ Each operation (preflight, backup, verify, prune, restore) takes the *name* of
 the environment variable that holds a DSN (``dsn_env``), never a DSN, so no
 secret enters a notebook's parameters, variables or outputs; ``""`` means the
 CLI's lookup, then the embedded demo database (restores: a scratch database on
-the demo server).  Given a ``RunRecord`` an operation runs as one of its steps
+the demo server); a value that is not a variable's name (the DSN itself, often) is
+refused in one line that shows nothing of it.  Those that read rows (verify, drill,
+restore, diff) take ``identity`` for encrypted snapshots: an age identity file's path,
+``""`` meaning ``$BACKUPKIT_IDENTITY`` when set (``resolve_identity``, as the command line
+resolves ``--identity``).  Given a ``RunRecord`` an operation runs as one of its steps
 and adds what it did to the run's summary.  Backups, restores and diffs show
 their progress (tqdm: a widget in a notebook, by bytes where the library counts
 them).  Also here: picking snapshots by id, path or ``latest~N``, and taking
@@ -30,12 +34,13 @@ from ..retention.policy import Policy
 from ..retention.prune import PruneResult
 from ..retention.prune import prune as _prune
 from ..snapshot import manifest as mf
+from ..snapshot.encryption import IdentityArg, identity_path
 from ..snapshot.verify import verify as _verify
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
 from ..storage.repository import list_snapshots, resolve
 from .frames import Table
-from .runs import RunRecord, _maybe_step, _now
+from .runs import RunRecord, _maybe_step, _now, env_name, misplaced_secret
 
 #: Database on the embedded demo server that restores go to when no target is named.
 RESTORE_SCRATCH_DB = "restore_target"
@@ -50,12 +55,25 @@ def _dsn(dsn_env: str) -> str:
     """The DSN a notebook means (see ``demo.notebook_dsn``); never display it."""
     from ..demo.run import notebook_dsn
 
-    return notebook_dsn(dsn_env or None)
+    return notebook_dsn(env_name("dsn_env", dsn_env) or None)
+
+
+def resolve_identity(identity: IdentityArg | None) -> IdentityArg | None:
+    """The identity to read encrypted snapshots with, as the command line resolves ``--identity``
+    (``encryption.identity_path``): a file's path as given, ``""`` or None: ``$BACKUPKIT_IDENTITY``
+    when set, else None; pyrage identities unchanged.  Key material given where the path belongs
+    is refused without being shown."""
+    if identity is None or isinstance(identity, (str, os.PathLike)):
+        refused = misplaced_secret("identity", str(identity or ""))
+        if refused is not None:
+            raise refused
+        return identity_path(identity)
+    return identity
 
 
 def _restore_target(target_dsn_env: str) -> str:
     """The restore target: ``$target_dsn_env``, else an empty scratch database on the demo server."""
-    if target_dsn_env:
+    if env_name("target_dsn_env", target_dsn_env):
         try:
             return resolve_dsn(env_var=target_dsn_env)
         except ConfigError:
@@ -77,7 +95,7 @@ def _restore_target(target_dsn_env: str) -> str:
 def _drill_server(dsn_env: str) -> str | None:
     """The DSN of the server a drill makes its throwaway database on: ``$dsn_env``; None
     (a temporary embedded server) when ``dsn_env`` is empty."""
-    if not dsn_env:
+    if not env_name("dsn_env", dsn_env):
         return None
     try:
         return resolve_dsn(env_var=dsn_env)
@@ -185,6 +203,7 @@ def ensure_demo_snapshots(backup_dir: Path | str = "backups", n: int = 2, dsn_en
     has, and, when it took some, where and why.
     """
     backup_dir = Path(backup_dir)
+    env_name("dsn_env", dsn_env)
     sources = _sources(backup_dir)
     missing = demo_snapshots_needed(sources, n, dsn_env, os.environ)
     reason = demo_snapshots_reason(sources, n, dsn_env, os.environ)
@@ -314,10 +333,13 @@ def backup(
     return result
 
 
-def verify(snapshot: mf.SnapshotArg, *, deep: bool = True, run: RunRecord | None = None) -> Table:
-    """Verify a snapshot (``deep``: also recount rows); one row, or ``SnapshotDamaged`` naming the problems."""
+def verify(
+    snapshot: mf.SnapshotArg, *, deep: bool = True, identity: IdentityArg | None = "", run: RunRecord | None = None
+) -> Table:
+    """Verify a snapshot (``deep``: also recount rows, which an encrypted snapshot needs ``identity``
+    for: ``resolve_identity``); one row, or ``SnapshotDamaged`` naming the problems."""
     with _maybe_step(run, "verify"):
-        report = _verify(snapshot, deep=deep)
+        report = _verify(snapshot, deep=deep, identity=resolve_identity(identity))
         snapshot_id = locate(snapshot).id  # a folder's name, or the id of one on S3
         if not report.ok:
             raise SnapshotDamaged(
@@ -383,17 +405,23 @@ def prune(backup_dir: Path | str, policy: Policy, *, dry_run: bool = True, run: 
 
 
 def drill(
-    backup_dir: Path | str, snapshot: str = "latest", *, dsn_env: str = "", run: RunRecord | None = None
+    backup_dir: Path | str,
+    snapshot: str = "latest",
+    *,
+    dsn_env: str = "",
+    identity: IdentityArg | None = "",
+    run: RunRecord | None = None,
 ) -> Table:
     """Restore ``snapshot`` of ``backup_dir`` into a throwaway database and compare (``backupkit drill``);
     one row, or ``DrillFailed`` naming every difference.  ``dsn_env``: the NAME of a variable
-    holding a server's DSN to make the throwaway database on (empty: a temporary embedded server)."""
+    holding a server's DSN to make the throwaway database on (empty: a temporary embedded server);
+    ``identity``: the age identity file an encrypted snapshot needs (``resolve_identity``)."""
     from ..drills.job import drill as _drill
     from ..storage.repository import resolve
 
     location = resolve(str(backup_dir), snapshot or "latest")
     with _maybe_step(run, "drill"):
-        result = _drill(location, dsn=_drill_server(dsn_env), progress=True)
+        result = _drill(location, dsn=_drill_server(dsn_env), identity=resolve_identity(identity), progress=True)
     if run is not None:
         run.set_snapshot(location.id, location)
         run.summary.update(drill_ok=result.ok, drill_seconds=result.record.seconds, drill_rows=result.record.rows)
@@ -448,17 +476,21 @@ def restore(
     create_roles: bool = False,
     jobs: int = 1,
     dry_run: bool = True,
+    identity: IdentityArg | None = "",
     run: RunRecord | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot`` into ``$target_dsn_env`` ("" = the demo server's scratch database).
 
     With ``dry_run`` nothing changes and the result holds the plan; ``create_roles``
     creates the roles the snapshot names that the target lacks, as NOLOGIN roles.
+    An encrypted snapshot needs ``identity`` (``resolve_identity``).
     """
     with _maybe_step(run, "restore"):
+        key = resolve_identity(identity)
         result = _restore(
             snapshot,
             _restore_target(target_dsn_env),
+            identity=key,
             tables=list(tables),
             with_dependencies=with_dependencies,
             clean=clean,
@@ -476,8 +508,9 @@ def restore(
     return result
 
 
-def diff(old: Path | str, new: Path | str, *, sample: int = 5) -> dict:
-    """``backupkit.diff_snapshots`` of two snapshots, with its progress bar (a widget in the notebook)."""
+def diff(old: Path | str, new: Path | str, *, sample: int = 5, identity: IdentityArg | None = "") -> dict:
+    """``backupkit.diff_snapshots`` of two snapshots, with its progress bar (a widget in the notebook);
+    encrypted ones need ``identity`` (``resolve_identity``)."""
     from ..lens.diff import diff_snapshots
 
-    return diff_snapshots(old, new, sample=sample, progress=True)
+    return diff_snapshots(old, new, sample=sample, identity=resolve_identity(identity), progress=True)

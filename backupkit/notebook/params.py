@@ -2,8 +2,13 @@
 
 Papermill only logs a warning when it injects a parameter the notebook does
 not declare; ``check_parameters()`` fails the run instead, and also when a
-declared parameter got a value of the wrong type.  The decisions (which cells
-hold the parameters, which names are unknown, which values are mistyped) are
+declared parameter got a value of the wrong type, with a hint that says how to
+pass it (``how_to_pass``: a list through papermill's YAML option,
+``-y 'tables: [public.orders]'``, since -p and -r pass text).  Before any of that,
+a ``*_env`` parameter that is not an environment variable's name (the DSN or
+monitor URL itself, often) or an ``identity`` that is a key fails the run in one
+line that shows nothing of the value; no message or output repeats those values.
+The decisions (which cells hold the parameters, which names are unknown, which values are mistyped) are
 pure functions over cell sources and values; ``check_parameters`` reads them
 from the kernel's input history, or from its namespace when no history is kept.
 """
@@ -12,11 +17,15 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
+import re
+import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .runs import RunRecord, _maybe_step, _shell
+from ..pg.dsn import redact
+from .runs import RunRecord, _maybe_step, _shell, misplaced_secret
 
 #: First line of the cell papermill injects (its Python translator writes ``# Parameters``).
 INJECTED_MARKER = "# Parameters"
@@ -101,6 +110,11 @@ def _type_ok(default: Any, value: Any) -> bool:
     return True
 
 
+def _never_shown(name: str) -> bool:
+    """Parameters whose values no message repeats: a wrong one is often the secret itself."""
+    return name.endswith("_env") or name == "identity"
+
+
 def parameter_problems(declared: Mapping[str, Any], injected: Iterable[str], values: Mapping[str, Any]) -> list[str]:
     """Why these parameters do not describe a run: unknown names and values of the wrong type."""
     problems = []
@@ -118,11 +132,92 @@ def parameter_problems(declared: Mapping[str, Any], injected: Iterable[str], val
                 if isinstance(default, str)
                 else ""
             )
+            shown = "" if _never_shown(name) else f" {value!r}"
             problems.append(
-                f"parameter {name!r} must be {_type_name(default)} like its default "
-                f"{default!r}, not {_type_name(value)} {value!r}{hint}"
+                redact(
+                    f"parameter {name!r} must be {_type_name(default)} like its default {default!r}, "
+                    f"not {_type_name(value)}{shown}{hint}"
+                )
             )
     return problems
+
+
+#: YAML words PyYAML reads as something other than text (papermill -y uses yaml.safe_load).
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "none", "y", "n", "~"}
+
+
+def _yaml_item(item: Any) -> str:
+    """``item`` as a YAML flow sequence shows it: plain when YAML reads it back as the same text."""
+    if isinstance(item, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", item) and item.lower() not in _YAML_WORDS:
+        return item
+    return json.dumps(item)
+
+
+def _as_list(value: Any, default: list) -> list:
+    """The list a user meant by a mistyped list parameter, for the example: the text read as a
+    list (``'["public.orders"]'``), or as one item; else the default, else a placeholder."""
+    if isinstance(value, str) and value.strip():
+        try:
+            meant = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            meant = None
+        if isinstance(meant, (list, tuple)) and all(isinstance(x, (str, int, float)) for x in meant):
+            return list(meant)
+        return [x.strip() for x in value.split(",") if x.strip()]
+    return list(default) or ["..."]
+
+
+def how_to_pass(name: str, default: Any, value: Any = None) -> str:
+    """The papermill option that gives parameter ``name`` a value of its default's type, for a hint:
+    ``-y 'tables: [public.orders]'`` for a list (papermill's YAML option; -p and -r pass text)."""
+    if isinstance(default, list):
+        items = ["..."] if _never_shown(name) else _as_list(value, default)
+        flow = "[" + ", ".join(_yaml_item(x) for x in items) + "]"
+        return f"pass a list with papermill's YAML option: -y {shlex.quote(f'{name}: {flow}')}"
+    if isinstance(default, dict):
+        return f"pass a mapping with papermill's YAML option: -y {shlex.quote(f'{name}: {{key: value}}')}"
+    text = value.strip() if isinstance(value, str) else ""
+    if isinstance(default, bool):
+        meant = text.lower() in ("true", "1", "yes", "on") if text else not default
+        return f"pass True or False with -p: -p {name} {meant}"
+    if isinstance(default, (int, float)):
+        number = re.fullmatch(r"-?\d+(\.\d*)?([eE][-+]?\d+)?", text) is not None
+        return f"pass a number with -p: -p {name} {text if number else repr(default)}"
+    if isinstance(default, str):
+        shown = "VALUE" if _never_shown(name) or not isinstance(value, (int, float)) else redact(str(value))
+        return f"pass text with -r: -r {name} {shlex.quote(shown)}"
+    return f"pass {name} as its default's type"
+
+
+def parameter_hint(declared: Mapping[str, Any], injected: Iterable[str], values: Mapping[str, Any]) -> str:
+    """The hint for ``parameter_problems``: how to pass each mistyped parameter, and what to fix
+    when a name is unknown."""
+    hints = [
+        how_to_pass(name, default, values[name])
+        for name, default in declared.items()
+        if name in values and not _type_ok(default, values[name])
+    ]
+    if any(n not in declared for n in injected):
+        hints.append("fix the names of the papermill -p/-r/-y/-f parameters (`papermill --help-notebook` lists them)")
+    return "; ".join(hints) or "fix the papermill -p/-r/-y/-f parameters (names and types as declared)"
+
+
+def masked(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with each value ``misplaced_secret`` refuses replaced by ``"(not shown)"``."""
+    return {k: "(not shown)" if misplaced_secret(k, v) is not None else v for k, v in params.items()}
+
+
+class Parameters(dict):
+    """A notebook's parameters, as ``check_parameters`` returns them: a dict shown with every
+    password (of a DSN given where none belongs) and key redacted."""
+
+    def __repr__(self) -> str:
+        return redact(repr(dict(masked(self))))
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        import pprint
+
+        p.text(redact(pprint.pformat(dict(masked(self)), width=100, sort_dicts=False)))
 
 
 def namespace_parameters(user_ns: Mapping[str, Any], hidden: Iterable[str] = ()) -> dict[str, Any]:
@@ -141,13 +236,17 @@ def namespace_parameters(user_ns: Mapping[str, Any], hidden: Iterable[str] = ())
     }
 
 
-def check_parameters(run: RunRecord | None = None, *, shell=None) -> dict[str, Any]:
+def check_parameters(run: RunRecord | None = None, *, shell=None) -> Parameters:
     """Fail unless every parameter papermill injected is declared and well typed; return them all.
 
     Call it in a cell after the ``parameters`` cell.  Returns ``{name: value}``
     for the declared parameters (as the notebook now sees them) and records
     them in ``run``.  Raises ``ConfigError`` naming unknown parameters and the
-    allowed ones (papermill itself only warns about them).
+    allowed ones (papermill itself only warns about them), and how to pass a
+    mistyped one (``how_to_pass``).  First of all, a ``*_env`` parameter that is
+    not the name of an environment variable (often the DSN or URL itself), or an
+    ``identity`` that is a key rather than a path, fails the run in one line that
+    shows nothing of it (``runs.misplaced_secret``); the run record says ``(not shown)``.
 
     The parameters and papermill's injected cell are found in the kernel's
     input history, which papermill (nbclient) always keeps.  An executor that
@@ -165,11 +264,12 @@ def check_parameters(run: RunRecord | None = None, *, shell=None) -> dict[str, A
             declared = namespace_parameters(shell.user_ns, getattr(shell, "user_ns_hidden", ()))
             injected = {}
         values = {name: shell.user_ns.get(name, default) for name, default in declared.items()}
-        problems = parameter_problems(declared, list(injected), values)
+        refused = [e for name, value in values.items() if (e := misplaced_secret(name, value)) is not None]
+        problems = [] if refused else parameter_problems(declared, list(injected), values)
         if run is not None:
-            run.params = values if not problems else {**values, **injected}
+            run.params = masked(values if not (problems or refused) else {**values, **injected})
+        if refused:
+            raise refused[0]
         if problems:
-            raise ConfigError(
-                "; ".join(problems), hint="fix the papermill -p/-r/-f parameters (names and types as declared)"
-            )
-    return values
+            raise ConfigError("; ".join(problems), hint=parameter_hint(declared, list(injected), values))
+    return Parameters(values)

@@ -26,6 +26,7 @@ import dataclasses
 import html
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -60,9 +61,66 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: What the name of an environment variable may be (as a shell's ``export`` takes it).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Per ``*_env`` parameter: a variable it might name, what that variable holds, and its form.
+_ENV_EXAMPLES = {
+    "dsn_env": ("BACKUPKIT_DSN", "a DSN", "postgresql://..."),
+    "target_dsn_env": ("TARGET_DSN", "a DSN", "postgresql://..."),
+    "notify_env": ("BACKUPKIT_NOTIFY", "a monitor URL", "https://hc-ping.com/<uuid>"),
+}
+
+
+def is_env_name(value: object) -> bool:
+    """True when ``value`` is text that can name an environment variable (``[A-Za-z_][A-Za-z0-9_]*``)."""
+    return isinstance(value, str) and _ENV_NAME.fullmatch(value) is not None
+
+
+def env_name_error(parameter: str) -> ConfigError:
+    """The error for a ``*_env`` parameter given something other than a variable's name; it
+    shows nothing of the value, which is often the DSN or URL itself (a password, a ping URL)."""
+    example, holds, form = _ENV_EXAMPLES.get(
+        parameter, ("MY_VARIABLE", "a DSN" if "dsn" in parameter else "a secret", "...")
+    )
+    return ConfigError(
+        f"{parameter} takes the NAME of an environment variable (e.g. {example}), not {holds}: "
+        "nothing of the value is shown",
+        hint=f"put {holds.replace('a ', 'the ', 1)} in the kernel's environment (export {example}={form}) "
+        f"and pass its name: -r {parameter} {example}",
+    )
+
+
+def env_name(parameter: str, value: str) -> str:
+    """``value`` when it is empty or an environment variable's name; else ``env_name_error``."""
+    if value == "" or is_env_name(value):
+        return value
+    raise env_name_error(parameter)
+
+
+#: Key material where a key file's path belongs (an age secret key, a PEM private key).
+_KEY_MATERIAL = re.compile(r"AGE-SECRET-KEY-|PRIVATE KEY-----", re.I)
+
+
+def misplaced_secret(parameter: str, value: object) -> ConfigError | None:
+    """The error for a parameter holding what looks like a secret where a name or path belongs:
+    a ``*_env`` parameter that is not an environment variable's name (often the DSN or URL
+    itself), an ``identity`` that is key material rather than a file's path.  None when fine.
+    Neither error shows anything of the value."""
+    if parameter.endswith("_env"):
+        return None if value == "" or is_env_name(value) else env_name_error(parameter)
+    if parameter == "identity" and isinstance(value, str) and (_KEY_MATERIAL.search(value) or "\n" in value):
+        return ConfigError(
+            "identity takes the PATH of an age identity file (e.g. ~/backupkit-identity.txt), not the key "
+            "itself: nothing of the value is shown",
+            hint="save the key in a file only you can read (chmod 600) and pass its path: -r identity FILE; "
+            "empty: $BACKUPKIT_IDENTITY",
+        )
+    return None
+
+
 def _secrets_for(params: Mapping[str, Any]) -> list[str]:
     """DSNs this run may have seen: the variables named by ``*dsn_env`` parameters and the CLI's."""
-    names = [v for k, v in params.items() if k.endswith("dsn_env") and isinstance(v, str) and v]
+    names = [v for k, v in params.items() if k.endswith("dsn_env") and is_env_name(v)]
     return [os.environ[n] for n in [*names, *DSN_ENV_VARS] if os.environ.get(n)]
 
 
@@ -119,7 +177,7 @@ class RunRecord:
             "exit_reason": self.exit_reason,
             "hint": self.hint,
             "failed_step": self.failed_step,
-            "parameters": self.params,
+            "parameters": {k: "(not shown)" if misplaced_secret(k, v) else v for k, v in self.params.items()},
             "summary": self.summary,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -263,7 +321,7 @@ def start_run(
 
 def _notifier(job: str, notify_env: str) -> Notifier | None:
     """The monitor of a run: the URL in variable ``notify_env``, else ``$BACKUPKIT_NOTIFY``."""
-    if not notify_env:
+    if not env_name("notify_env", notify_env):
         return Notifier.from_option(None, job)
     url = os.environ.get(notify_env)
     if not url:

@@ -19,6 +19,7 @@ import pandas as pd
 from ..capture.result import BackupResult
 from ..recovery.job import RestoreResult
 from ..snapshot import manifest as mf
+from ..snapshot.encryption import IdentityArg
 from ..storage.location import locate
 from ..storage.repository import list_snapshots
 from .frames import Table
@@ -271,12 +272,15 @@ def integrity_rows(name: str, report: dict) -> list[dict]:
     return rows
 
 
-def check_integrity(*snapshots: mf.SnapshotArg) -> dict[str, dict]:
+def check_integrity(*snapshots: mf.SnapshotArg, identity: IdentityArg | None = "") -> dict[str, dict]:
     """``backupkit.lens.integrity`` of each snapshot (checksums; primary keys, foreign keys and
-    sequences checked in DuckDB), keyed by snapshot id."""
+    sequences checked in DuckDB), keyed by snapshot id; encrypted ones need ``identity``
+    (``jobs.resolve_identity``: ``""``, ``$BACKUPKIT_IDENTITY`` when set)."""
     from ..lens.integrity import integrity
+    from .jobs import resolve_identity
 
-    return {locate(s).name: integrity(s) for s in snapshots}
+    key = resolve_identity(identity)
+    return {locate(s).name: integrity(s, identity=key) for s in snapshots}
 
 
 def integrity_table(reports: Mapping[str, dict]) -> Table:
