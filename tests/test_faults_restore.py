@@ -352,3 +352,54 @@ def test_a_connection_lost_while_planning_is_one_clear_error_and_changes_nothing
 
     assert str(err.value).startswith("cannot read what the target database has, nothing was changed: ")
     assert fingerprint(target) == before
+
+
+def _sequence(dsn: str, name: str) -> tuple:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT last_value, is_called FROM {name}").fetchone()
+
+
+def test_a_failed_in_place_restore_leaves_the_targets_sequences_as_they_were(make_db, tmp_path):
+    """setval is not undone by a rollback.  An in-place restore that the foreign-key check stops
+    said "the target is unchanged" but had rewound orders_id_seq to the snapshot's value: the
+    app's next INSERT took an id that exists."""
+    dsn = make_db("seqs")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            CREATE TABLE orders (id serial PRIMARY KEY, x int);
+            CREATE TABLE line_items (id serial PRIMARY KEY, order_id int REFERENCES orders);
+            INSERT INTO orders (x) SELECT g FROM generate_series(1, 5) g""")
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    with psycopg.connect(dsn, autocommit=True) as conn:  # later: orders 6-8, and an item of order 7
+        conn.execute("INSERT INTO orders (x) SELECT g FROM generate_series(6, 8) g")
+        conn.execute("INSERT INTO line_items (order_id) VALUES (7)")
+    before = _sequence(dsn, "orders_id_seq")
+    assert before == (8, True)
+
+    with pytest.raises(RestoreError, match="break foreign keys.*rolled back, the target is unchanged"):
+        backupkit.restore(snap, dsn, tables=["public.orders"], clean=True, progress=False)
+
+    assert _sequence(dsn, "orders_id_seq") == before
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("INSERT INTO orders (x) VALUES (99) RETURNING id").fetchone() == (9,)
+
+
+def test_a_data_only_restore_whose_view_refresh_fails_leaves_the_sequences_as_they_were(make_db, tmp_path):
+    """The same after a materialized view's refresh gave up on a lock an app's report held."""
+    dsn = make_db("seqmv")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            CREATE TABLE t (id serial PRIMARY KEY, x int);
+            INSERT INTO t (x) SELECT g FROM generate_series(1, 5) g;
+            CREATE MATERIALIZED VIEW mv AS SELECT count(*) FROM t""")
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO t (x) SELECT g FROM generate_series(6, 50) g")
+    before = _sequence(dsn, "t_id_seq")
+    with psycopg.connect(dsn) as report:
+        report.execute("SELECT * FROM mv").fetchall()  # a report reading mv in a long transaction
+        with pytest.raises(RestoreError, match="rolled back, the target is unchanged"):
+            backupkit.restore(snap, dsn, data_only=True, clean=True, lock_wait_timeout=1, progress=False)
+    assert _sequence(dsn, "t_id_seq") == before
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (50,)

@@ -24,7 +24,7 @@ from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from .database_scripts import restore_large_objects
-from .in_place import broken_references
+from .in_place import broken_references, empty_sql
 from .plan import RestorePlan
 from .scripts import Scripts
 
@@ -101,12 +101,6 @@ class LoadRun:
         """Drop or empty what --clean asks for, then create the pre-data objects."""
         if self.scripts.clean is not None:
             conn.execute(self.scripts.clean)
-        if self.truncate:
-            conn.execute(
-                sql.SQL("TRUNCATE {}").format(
-                    sql.SQL(", ").join(sql.Identifier(t["schema"], t["name"]) for t in self.chosen)
-                )
-            )
         if self.scripts.pre_data is not None:
             conn.execute(self.scripts.pre_data)
 
@@ -130,6 +124,30 @@ class LoadRun:
                     hint="restore without `data_only` into an empty database, or connect as a superuser",
                 ) from None
 
+    def empty_tables(self, conn: psycopg.Connection) -> set[str]:
+        """--data-only --clean: empty the chosen tables, after ``load_session`` (triggers and
+        foreign-key actions off); the keys of those emptied by TRUNCATE, which COPY FREEZE may load.
+
+        ONLY: a table's inheritance children that the snapshot does not reload keep their rows.
+        TRUNCATE refuses a table that a table it does not empty references (and CASCADE would
+        empty that one too), so such tables, and those they in turn reference, are emptied by
+        DELETE; the foreign keys are checked after loading (``broken_references``)."""
+        names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in self.chosen]
+        oids = [r[0] for r in conn.execute("SELECT unnest(%s::regclass[])::oid", (names,)).fetchall()]
+        edges = conn.execute(
+            "SELECT conrelid, confrelid FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = ANY(%s)",
+            (oids,),
+        ).fetchall()
+        deleted = deleting(oids, edges)
+        by_oid = dict(zip(oids, self.chosen, strict=True))
+        truncated = [by_oid[o] for o in oids if o not in deleted]
+        if truncated:
+            rels = sql.SQL(", ").join(sql.Identifier(t["schema"], t["name"]) for t in truncated)
+            conn.execute(sql.SQL("TRUNCATE ONLY {}").format(rels))
+        if deleted:
+            conn.execute(empty_sql([by_oid[o] for o in oids if o in deleted]))
+        return {mf.table_key(t) for t in truncated}
+
     def load_table(
         self, conn: psycopg.Connection, table: dict, files: list[dict] | None = None, freeze: bool = False
     ) -> int:
@@ -149,23 +167,48 @@ class LoadRun:
                 restore_large_objects(conn, dump, self.scripts.large_objects, no_owner=not self.scripts.owner)
 
     def sequences_and_matviews(self, conn: psycopg.Connection) -> None:
-        """setval of the restored sequences (all, those of whole schemas, those chosen tables own);
-        refresh of the restored populated materialized views.  All in one pipeline: one
-        round trip, not one per sequence."""
+        """``materialized_views``, then ``sequences``."""
+        self.materialized_views(conn)
+        self.sequences(conn)
+
+    def materialized_views(self, conn: psycopg.Connection) -> None:
+        """Refresh the restored populated materialized views, in one pipeline."""
+        plan = self.plan
+        with conn.pipeline():
+            for v in self.manifest.get("materialized_views", []):
+                if v["populated"] and (plan.full or v["schema"] in plan.schemas):
+                    conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
+
+    def sequences(self, conn: psycopg.Connection) -> None:
+        """setval of the restored sequences (all, those of whole schemas, those chosen tables own),
+        in one pipeline: one round trip, not one per sequence.
+
+        setval is not undone by a rollback: on a sequence that existed before the restore (a
+        data-only or in-place one) it is the one change a failure after it leaves behind, so
+        it comes last, after every check that can fail."""
         plan = self.plan
         keys = {mf.table_key(t) for t in self.chosen}
-        full = plan.full
         with conn.pipeline():
             for s in self.manifest.get("sequences", []):
                 owned = s.get("owned_by")
-                if full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
+                if plan.full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
                     conn.execute(
                         "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
                         (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]),
                     )
-            for v in self.manifest.get("materialized_views", []):
-                if v["populated"] and (full or v["schema"] in plan.schemas):
-                    conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(v["schema"], v["name"])))
+
+
+def deleting(tables: list[int], references: list[tuple[int, int]]) -> set[int]:
+    """Which of ``tables`` (oids) --data-only --clean must empty by DELETE rather than TRUNCATE:
+    those a table outside them references, and then those any such one references
+    (``references``: (referencing, referenced) pairs).  Pure."""
+    chosen = set(tables)
+    deleted = {to for frm, to in references if to in chosen and frm not in chosen}
+    while True:
+        more = {to for frm, to in references if frm in deleted and to in chosen} - deleted
+        if not more:
+            return deleted
+        deleted |= more
 
 
 def rollback(conn: psycopg.Connection) -> None:
@@ -186,28 +229,37 @@ def load_in_one_transaction(run: LoadRun) -> int:
                 run.load_session(conn)
                 if scripts.empty is not None:  # with triggers off: no ON DELETE CASCADE into other tables
                     conn.execute(scripts.empty)
-                # Tables created (or emptied) in this transaction can take their rows frozen:
+                truncated = run.empty_tables(conn) if run.truncate else set()
+                # Tables created (or truncated) in this transaction can take their rows frozen:
                 # no hint-bit rewrite of every page and no anti-wraparound VACUUM of them later.
-                freeze = plan.schema or run.truncate
                 with byte_bar(sum(load_bytes(t["files"]) for t in chosen), "restore", run.show) as bar:
                     for t in chosen:
-                        own = mf.table_key(t) not in plan.platform_tables + plan.in_place
-                        rows += run.load_table(conn, t, freeze=freeze and own)
+                        key = mf.table_key(t)
+                        own = key not in plan.platform_tables + plan.in_place
+                        rows += run.load_table(conn, t, freeze=(plan.schema and own) or key in truncated)
                         bar.update(load_bytes(t["files"]))
                 if plan.platform_tables or plan.in_place:  # triggers created next must fire again
                     conn.execute("SET session_replication_role = DEFAULT")
             run.large_objects(conn)
             if scripts.post_data is not None:
                 conn.execute(scripts.post_data)
-            run.sequences_and_matviews(conn)
+            run.materialized_views(conn)
             if scripts.unmark is not None:
                 conn.execute(scripts.unmark)
-            broken = broken_references(conn, [t for t in chosen if mf.table_key(t) in plan.in_place])
+            # Loaded with foreign-key checks off: in place, or into existing tables (--data-only).
+            checked = (
+                chosen if plan.data and not plan.schema else [t for t in chosen if mf.table_key(t) in plan.in_place]
+            )
+            broken = broken_references(conn, checked)
             if broken:
                 raise RestoreError(
                     "the restored rows break foreign keys: " + ", ".join(broken),
                     hint="restore the tables on both sides of each key together (name them all in `tables`)",
                 )
+            # Deferred constraints are checked now, not at COMMIT: what can fail fails before
+            # the sequences, whose setval a rollback would not undo.
+            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            run.sequences(conn)
         except psycopg.Error as exc:
             rollback(conn)
             raise RestoreError(
