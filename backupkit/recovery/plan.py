@@ -231,6 +231,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         if clean and existing and not full and not request.data_only and not request.schema_only and not marks:
             in_place, problems_in_place = _keep_in_place(conn, plan, chosen)
             problems += problems_in_place
+        if clean and existing and not request.data_only:
+            problems += _partitions_lost(conn, chosen, existing, plan.in_place)
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
         entries: list[TocEntry] = []
         if not request.data_only:
@@ -364,6 +366,34 @@ def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, 
             hint="restore into an empty database, or pass `clean` to drop those tables first",
         )
     return existing
+
+
+def _partitions_lost(
+    conn: psycopg.Connection, chosen: list[dict], existing: list[str], in_place: list[str]
+) -> list[str]:
+    """Partitions a `clean` restore would drop with their partitioned table and not bring back.
+
+    Restoring one partition with `clean` drops and recreates its parent, and DROP TABLE takes
+    every partition of it along: the others' rows, written after the snapshot too, would be lost."""
+    keys = {mf.table_key(t) for t in chosen}
+    parents = sorted({t["parent"] for t in chosen if t.get("is_partition") and t.get("parent")} & set(existing))
+    problems = []
+    for parent in parents:
+        if parent in in_place:
+            continue
+        rows = conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_partition_tree(%s::regclass) t "
+            "JOIN pg_catalog.pg_class c ON c.oid = t.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE t.isleaf AND t.level > 0",
+            (sql.Identifier(*parent.split(".", 1)).as_string(conn),),
+        ).fetchall()
+        others = sorted({r[0] for r in rows} - keys)
+        if others:
+            problems.append(
+                f"`clean` would drop {parent} with its partitions {', '.join(others)}, which this restore "
+                "does not bring back; name them in `tables` too, or reload the rows with `data_only`"
+            )
+    return problems
 
 
 def may_disable_triggers(conn: psycopg.Connection) -> bool:

@@ -1,8 +1,10 @@
-"""--data-only into tables that exist: what it empties, what it leaves, and the foreign keys after.
+"""Restoring into a database that is in use: what a restore empties or drops, what it leaves.
 
-The tables' triggers and foreign keys exist already, so the rows load with them switched off
-(``session_replication_role = replica``, as ``pg_restore --disable-triggers``); everything here
-runs against a real PostgreSQL and checks what a user would look at afterwards.
+--data-only loads into tables that exist, whose triggers and foreign keys exist already, so
+the rows load with them switched off (``session_replication_role = replica``, as
+``pg_restore --disable-triggers``) and the keys are checked afterwards; a selective `clean`
+restore must never take along what it does not bring back.  Everything here runs against a
+real PostgreSQL and checks what a user would look at afterwards.
 """
 
 from __future__ import annotations
@@ -95,3 +97,25 @@ def test_which_tables_are_emptied_by_delete():
     assert deleting([1, 2], [(2, 1)]) == set()  # both truncated together
     assert deleting([1], [(1, 1)]) == set()  # a table referencing itself
     assert deleting([1, 2], [(3, 1), (2, 2)]) == {1}
+
+
+def test_one_partition_with_clean_never_drops_the_others(make_db, tmp_path):
+    """Restoring one partition with clean dropped and recreated its partitioned table, and every
+    other partition with it: rows written after the snapshot were lost, and it said it succeeded."""
+    dsn = make_db("parts")
+    _run(
+        dsn,
+        """
+        CREATE TABLE m (id int, ts date, v text) PARTITION BY RANGE (ts);
+        CREATE TABLE m_2023 PARTITION OF m FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+        CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+        INSERT INTO m VALUES (1, '2023-05-01', 'a'), (2, '2024-05-01', 'b')""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    _run(dsn, "DROP TABLE m_2023; INSERT INTO m VALUES (3, '2024-06-01', 'new')")  # dropped by mistake
+
+    with pytest.raises(RestoreError, match=r"`clean` would drop public\.m with its partitions public\.m_2024"):
+        backupkit.restore(snap, dsn, tables=["public.m_2023"], clean=True, dry_run=True, progress=False)
+    with pytest.raises(RestoreError, match="nothing was changed"):
+        backupkit.restore(snap, dsn, tables=["public.m_2023"], clean=True, progress=False)
+    assert _rows(dsn, "SELECT id FROM m ORDER BY id") == [(2,), (3,)]
