@@ -87,6 +87,57 @@ def test_restore_into_a_new_project_as_postgres_gives_the_project_back(supabase_
         assert conn.execute("SELECT count(*) FROM storage.objects").fetchone()[0] == 2
 
 
+_PRIVATE = """
+CREATE TABLE public.secrets (id int PRIMARY KEY, note text);
+REVOKE ALL ON public.secrets FROM anon, authenticated;
+CREATE VIEW public.secret_notes AS SELECT note FROM public.secrets;
+REVOKE ALL ON public.secret_notes FROM anon;
+CREATE FUNCTION public.internal() RETURNS int LANGUAGE sql AS 'SELECT 1';
+REVOKE EXECUTE ON FUNCTION public.internal() FROM anon, PUBLIC;
+"""
+
+_ACLS = """
+SELECT c.relname, c.relacl::text FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace
+   AND c.relname IN ('secrets', 'secret_notes')
+UNION ALL SELECT p.proname, p.proacl::text FROM pg_proc p WHERE p.oid = 'public.internal()'::regprocedure
+ORDER BY 1
+"""
+
+_DEFAULTS = "SELECT defaclrole::regrole::text, defaclnamespace::regnamespace::text, defaclobjtype, defaclacl::text FROM pg_default_acl ORDER BY 1, 2, 3"
+
+
+def test_privileges_revoked_in_the_source_stay_revoked_in_a_new_project(supabase_project, tmp_path):
+    """A new project's default privileges grant anon, authenticated and service_role everything
+    postgres creates in public.  pg_dump writes grants as changes from PostgreSQL's built-in
+    default, so a table whose anon privileges were revoked came back readable by anon, through
+    the project's API and its public key.  The restored objects get the source's grants, exactly,
+    and the project keeps its default privileges."""
+    source = supabase_project.app_project()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(_PRIVATE)
+        assert conn.execute("SELECT has_table_privilege('anon', 'public.secrets', 'SELECT')").fetchone() == (False,)
+        acls = conn.execute(_ACLS).fetchall()
+    res = backupkit.backup(source, tmp_path / "backups", schemas=APP_SCHEMAS)
+    target = supabase_project.new_project()
+    with psycopg.connect(target) as conn:
+        defaults = conn.execute(_DEFAULTS).fetchall()
+    assert [d for d in defaults if d[:2] == ("postgres", "public") and "anon" in d[3]]  # the trap is there
+
+    with supautils_policy_grants(supabase_project, target):
+        out = run_cli("restore", res.path, "--dsn", target, "-q", "--jobs", "2")
+    assert out.returncode == 0, out.stderr
+
+    with psycopg.connect(target) as conn:
+        assert conn.execute(_ACLS).fetchall() == acls
+        assert conn.execute(
+            "SELECT has_table_privilege('anon', 'public.secrets', 'SELECT'), "
+            "has_table_privilege('anon', 'public.secret_notes', 'SELECT'), "
+            "has_function_privilege('anon', 'public.internal()', 'EXECUTE')"
+        ).fetchone() == (False, False, False)
+        # The project's own default privileges are all still there (the snapshot's add theirs).
+        assert set(defaults) <= set(conn.execute(_DEFAULTS).fetchall())
+
+
 def test_a_project_that_already_has_users_is_refused_before_anything_changes(supabase_project, app_snapshot):
     _, res = app_snapshot
     target = supabase_project.app_project()  # a live project: auth.users has rows

@@ -23,6 +23,7 @@ from ..runtime.progress import byte_bar
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
+from . import default_privileges
 from .database_scripts import restore_large_objects
 from .in_place import broken_references, empty_sql
 from .plan import RestorePlan
@@ -102,7 +103,9 @@ class LoadRun:
         if self.scripts.clean is not None:
             conn.execute(self.scripts.clean)
         if self.scripts.pre_data is not None:
-            conn.execute(self.scripts.pre_data)
+            # The objects get the snapshot's grants, not also the target's default privileges.
+            with default_privileges.suspended(conn):
+                conn.execute(self.scripts.pre_data)
 
     def load_session(self, conn: psycopg.Connection) -> None:
         """Settings for loading data, for the rest of ``conn``'s transaction.
