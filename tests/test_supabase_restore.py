@@ -186,6 +186,28 @@ def _dev_database(pg_server) -> tuple[str, str]:
     return dsn, psycopg.conninfo.make_conninfo(dsn, user="bk_dev")
 
 
+def test_default_privileges_of_a_role_the_restorer_only_administers_are_skipped_not_failed(
+    supabase_project, pg_server, tmp_path
+):
+    """A developer's CREATEROLE role that created supabase_admin (a first restore with
+    create_roles) is its ADMIN-only member: no INHERIT, no SET.  ALTER DEFAULT PRIVILEGES FOR
+    ROLE supabase_admin is refused to it, and a second restore on that server failed there,
+    after a dry run that passed."""
+    source = supabase_project.app_project()
+    res = backupkit.backup(source, tmp_path)
+    admin_dsn, dev = _dev_database(pg_server)
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.errors.DuplicateObject):
+            conn.execute("CREATE ROLE supabase_admin NOLOGIN")
+        conn.execute("GRANT supabase_admin TO bk_dev WITH ADMIN TRUE, INHERIT FALSE, SET FALSE")
+    try:
+        result = backupkit.restore(res.path, dev, create_roles=True)
+        assert "skipped default privileges FOR ROLE supabase_admin (in schema public)" in "\n".join(result.plan.notes)
+    finally:
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+            conn.execute("REVOKE supabase_admin FROM bk_dev")
+
+
 def _as_one_role(fp: dict, role: str) -> str:
     """The fingerprint with ``role`` written as ROLE: owners and grantors differ by design
     when a non-superuser restores (everything becomes its own), nothing else may."""
