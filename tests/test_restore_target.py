@@ -119,3 +119,35 @@ def test_one_partition_with_clean_never_drops_the_others(make_db, tmp_path):
     with pytest.raises(RestoreError, match="nothing was changed"):
         backupkit.restore(snap, dsn, tables=["public.m_2023"], clean=True, progress=False)
     assert _rows(dsn, "SELECT id FROM m ORDER BY id") == [(2,), (3,)]
+
+
+def test_data_only_by_a_role_that_cannot_stop_triggers_is_refused_when_planning(make_db, tmp_path):
+    """Found before anything changes (the dry run says it), not after a parallel restore had
+    marked the target and every load had failed."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    dsn = make_db("nosuper")
+    role = "loader_" + conninfo_to_dict(dsn)["dbname"]
+    _run(
+        dsn,
+        f"""
+        CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);
+        CREATE ROLE {role} LOGIN PASSWORD 'pw-loader'; GRANT ALL ON t TO {role}""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    loader = make_conninfo(dsn, user=role, password="pw-loader")
+    try:
+        for jobs in (1, 2):
+            with pytest.raises(RestoreError, match="data_only must stop the tables' triggers") as caught:
+                backupkit.restore(snap, loader, data_only=True, clean=True, jobs=jobs, dry_run=True, progress=False)
+            assert "nothing was changed" in str(caught.value)
+    finally:
+        _run(dsn, f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_a_data_only_restore_says_it_leaves_the_large_objects_out(make_db, tmp_path):
+    dsn = make_db("lobs")
+    _run(dsn, "CREATE TABLE docs (id int PRIMARY KEY, body oid); INSERT INTO docs VALUES (1, lo_from_bytea(0, 'x'))")
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    result = backupkit.restore(snap, dsn, data_only=True, clean=True, dry_run=True, progress=False)
+    assert any("left out the snapshot's 1 large object(s)" in n for n in result.plan.notes)

@@ -220,6 +220,13 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                 "loading the project's auth/storage tables needs their triggers off "
                 "(session_replication_role), which this role may not set"
             )
+        elif request.data_only and not may_disable_triggers(conn):
+            # Found when planning, before a parallel restore marks the target and every load fails.
+            problems.append(
+                "data_only must stop the tables' triggers and foreign-key checks while loading "
+                "(session_replication_role), which this role may not set: connect as a superuser, "
+                "or restore without `data_only` into an empty database"
+            )
         plan = RestorePlan(
             location, chosen, existing, clean and bool(existing), not request.data_only, not request.schema_only, full
         )
@@ -249,6 +256,11 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                 )
     if platform:
         _leave_platform_rows(plan, platform)
+    if request.data_only and manifest.get("large_objects"):
+        plan.notes.append(
+            f"left out the snapshot's {len(manifest['large_objects'])} large object(s): they come with "
+            "the schema, so a data_only restore does not load them; restore without `data_only` for them"
+        )
     database = None
     if not request.data_only:
         entries = _allowed_default_acls(entries, target, plan)
