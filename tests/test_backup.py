@@ -390,3 +390,25 @@ def test_a_backup_that_cannot_connect_leaves_no_folder_behind(tmp_path):
     out = run_cli("backup", "--dsn", "postgresql://nobody@127.0.0.1:1/none", "--to", to)
     assert out.returncode == 3, out.stderr
     assert not to.exists()
+
+
+def test_a_dependency_on_a_schema_left_out_is_warned_about_by_check_and_backup(make_db, tmp_path):
+    """A column default calling private.short_code(), with only public backed up: backup, check
+    and verify all said OK, and the restore into a new database failed on 'schema private does
+    not exist'.  Both now name the schema to add, and the object that needs it."""
+    dsn = make_db("outside")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            CREATE SCHEMA private;
+            CREATE FUNCTION private.short_code() RETURNS text LANGUAGE sql AS $$SELECT 'x'$$;
+            CREATE TABLE public.codes (id int PRIMARY KEY, code text DEFAULT private.short_code())""")
+    checked = run_cli("check", "--dsn", dsn, "--json")
+    item = {c["check"]: c for c in json.loads(checked.stdout)["checks"]}["dependencies"]
+    assert item["status"] == "warn" and "schema(s) private" in item["detail"], item
+    assert "default value for public.codes.code needs function private.short_code()" in item["detail"]
+
+    out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "b")
+    assert out.returncode == 0, out.stderr
+    assert "need schema(s) private that this backup leaves out" in out.stderr and "add them to `--schema`" in out.stderr
+    out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "c", "--schema", "public", "--schema", "private")
+    assert out.returncode == 0 and "leaves out" not in out.stderr, out.stderr

@@ -38,7 +38,16 @@ from psycopg.conninfo import make_conninfo
 
 from ..errors import BackupkitError, RowLevelSecurityError, SourceError, StorageError, ToolError
 from ..pg import database_objects
-from ..pg.catalog import existing_schemas, list_matviews, list_sequences, list_tables, role_info, select_tables
+from ..pg.catalog import (
+    existing_schemas,
+    list_matviews,
+    list_sequences,
+    list_tables,
+    needs_outside,
+    needs_outside_warning,
+    role_info,
+    select_tables,
+)
 from ..pg.copyio import FileResult
 from ..pg.dsn import POOLER_WARNING, describe, is_transaction_pooler, redact
 from ..pg.rows import one_row
@@ -390,6 +399,9 @@ class BackupJob:
                     f"no such schema: {', '.join(missing)}",
                     hint="check the `schemas` names (`backupkit check` lists what is there)",
                 )
+            needs = needs_outside(side, selection.schemas)
+            if needs:
+                self.warn(needs_outside_warning(needs))
             try:  # measuring a table's size takes its lock too
                 tables = select_tables(list_tables(side, selection.schemas), selection.include, selection.exclude)
             except psycopg.errors.LockNotAvailable:

@@ -10,7 +10,14 @@ from pathlib import Path
 import psycopg
 
 from ..errors import BackupkitError
-from ..pg.catalog import SUPABASE_MANAGED, existing_schemas, list_tables, role_info
+from ..pg.catalog import (
+    SUPABASE_MANAGED,
+    existing_schemas,
+    list_tables,
+    needs_outside,
+    needs_outside_warning,
+    role_info,
+)
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
 from ..pg.rows import one_row
 from ..pg.tools import check_pg_dump
@@ -86,6 +93,9 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
         ]
         if managed:
             report.add("supabase schemas", "ok", f"not included unless named in `schemas`: {', '.join(managed)}")
+        needs = needs_outside(conn, found)
+        if needs:
+            report.add("dependencies", "warn", needs_outside_warning(needs))
         report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
     if to is not None:
         _check_repository(report, to, size)

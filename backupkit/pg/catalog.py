@@ -126,6 +126,61 @@ def existing_schemas(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
     return [r[0] for r in rows]
 
 
+#: What objects in the backed-up schemas need from other schemas' own objects (a column
+#: default calling a function, a view, trigger, policy, key or function using a relation,
+#: function or type there): the dependent's schema found through its table where it has one.
+_NEEDS_OUTSIDE = """
+WITH dep AS (
+  SELECT d.classid, d.objid, d.objsubid, d.refclassid, d.refobjid,
+         CASE d.classid
+           WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_class WHERE oid = d.objid)
+           WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef a
+                                               JOIN pg_class c ON c.oid = a.adrelid WHERE a.oid = d.objid)
+           WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite w
+                                               JOIN pg_class c ON c.oid = w.ev_class WHERE w.oid = d.objid)
+           WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_trigger t
+                                               JOIN pg_class c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
+           WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_policy p
+                                              JOIN pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
+           WHEN 'pg_constraint'::regclass THEN (SELECT connamespace FROM pg_constraint WHERE oid = d.objid)
+           WHEN 'pg_proc'::regclass THEN (SELECT pronamespace FROM pg_proc WHERE oid = d.objid)
+           WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_type WHERE oid = d.objid)
+         END AS nsp
+    FROM pg_depend d
+   WHERE d.deptype = 'n' AND d.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_type'::regclass)
+)
+SELECT DISTINCT r.schema, o.type, o.identity, r.type, r.identity
+  FROM dep JOIN pg_namespace n ON n.oid = dep.nsp,
+       LATERAL pg_identify_object(dep.classid, dep.objid, dep.objsubid) o,
+       LATERAL pg_identify_object(dep.refclassid, dep.refobjid, 0) r
+ WHERE n.nspname = ANY(%(schemas)s)
+   AND r.schema IS NOT NULL AND r.schema <> ALL(%(provided)s) AND r.type <> 'index'
+   AND NOT EXISTS (SELECT FROM pg_depend e
+                    WHERE e.classid = dep.refclassid AND e.objid = dep.refobjid AND e.deptype = 'e')
+ ORDER BY 1, 2
+"""
+
+
+def needs_outside(conn: psycopg.Connection, schemas: list[str]) -> dict[str, list[str]]:
+    """{schema: ["<object> needs <type> <object>", ...]} for the schemas outside ``schemas`` whose
+    own objects (not an extension's, not PostgreSQL's or the Supabase platform's) objects of
+    ``schemas`` need: a backup of ``schemas`` alone does not restore into a new database."""
+    provided = [*schemas, "pg_catalog", "information_schema", "pg_toast", *SUPABASE_MANAGED]
+    needs: dict[str, list[str]] = {}
+    for schema, kind, what, ref_kind, ref in conn.execute(_NEEDS_OUTSIDE, {"schemas": schemas, "provided": provided}):
+        needs.setdefault(schema, []).append(f"{kind} {what} needs {ref_kind} {ref}")
+    return needs
+
+
+def needs_outside_warning(needs: dict[str, list[str]]) -> str:
+    """One line about ``needs_outside``'s answer (not empty)."""
+    first = next(iter(needs.values()))[0]
+    return (
+        f"the backed-up schemas need schema(s) {', '.join(needs)} that this backup leaves out (e.g. {first}): "
+        "a restore into a new database fails on them; add them to `schemas`"
+    )
+
+
 def list_tables(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
     """Every ordinary table (partitions and inheritance children included) in ``schemas``.
 
