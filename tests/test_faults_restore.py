@@ -86,6 +86,10 @@ def test_kill_9_mid_parallel_restore_leaves_a_mark_that_the_next_restore_reports
     assert out.returncode == 9 and "Traceback" not in out.stderr
     assert f"a restore of snapshot {res.id}" in out.stderr and "did not finish" in out.stderr
     assert "--clean" in out.stderr
+    # One table with --clean would clear the mark and leave the others half-loaded, unflagged.
+    one = run_cli("restore", res.path, "--dsn", target, "--clean", "--table", "public.customers", "--dry-run")
+    assert one.returncode == 9 and "this restore would not replace public." in one.stderr, one.stderr
+    assert _marked(target)
     out = run_cli("restore", res.path, "--dsn", target, "--clean", "-q")
     assert out.returncode == 0, out.stderr
     assert "replacing what an unfinished restore left" in out.stdout

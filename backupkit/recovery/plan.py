@@ -203,7 +203,17 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         if marks and not clean:
             problems.append(restore_mark.describe(marks) + "; restore again with `clean` to replace them")
         elif marks:
-            early_notes.append("replacing what an unfinished restore left: " + restore_mark.describe(marks))
+            # This restore clears the mark: it must replace everything the mark names.
+            left = sorted({k for m in marks for k in m["tables"]} - {mf.table_key(t) for t in chosen})
+            if left:
+                problems.append(
+                    restore_mark.describe(marks)
+                    + f"; this restore would not replace {', '.join(left[:5])}"
+                    + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+                    + ", which would then look finished: restore them with `clean` too"
+                )
+            else:
+                early_notes.append("replacing what an unfinished restore left: " + restore_mark.describe(marks))
         may_mark = bool(
             one_row(
                 conn.execute(
