@@ -151,3 +151,25 @@ def test_a_data_only_restore_says_it_leaves_the_large_objects_out(make_db, tmp_p
     snap = backupkit.backup(dsn, tmp_path, progress=False).path
     result = backupkit.restore(snap, dsn, data_only=True, clean=True, dry_run=True, progress=False)
     assert any("left out the snapshot's 1 large object(s)" in n for n in result.plan.notes)
+
+
+def test_a_selective_data_only_restore_sets_the_sequence_a_default_uses(make_db, tmp_path):
+    """A sequence no table owns, used through DEFAULT nextval(): left as it was, so the next
+    insert after restoring the table took an id that exists."""
+    dsn = make_db("freeseq")
+    _run(
+        dsn,
+        """
+        CREATE SEQUENCE ticket_no;
+        CREATE TABLE tickets (id bigint PRIMARY KEY DEFAULT nextval('ticket_no'), t text);
+        CREATE TABLE other (id int);
+        INSERT INTO tickets (t) SELECT 't' FROM generate_series(1, 5)""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    _run(dsn, "TRUNCATE tickets; SELECT setval('ticket_no', 1, false)")  # emptied, and counting restarted
+
+    backupkit.restore(snap, dsn, tables=["public.tickets"], data_only=True, clean=True, progress=False)
+
+    assert _rows(dsn, "SELECT last_value, is_called FROM ticket_no") == [(5, True)]
+    _run(dsn, "INSERT INTO tickets (t) VALUES ('new')")
+    assert _rows(dsn, "SELECT max(id) FROM tickets") == [(6,)]

@@ -127,6 +127,9 @@ class LoadRun:
                     hint="restore without `data_only` into an empty database, or connect as a superuser",
                 ) from None
 
+    def _regclasses(self, conn: psycopg.Connection) -> list[str]:
+        return [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in self.chosen]
+
     def empty_tables(self, conn: psycopg.Connection) -> set[str]:
         """--data-only --clean: empty the chosen tables, after ``load_session`` (triggers and
         foreign-key actions off); the keys of those emptied by TRUNCATE, which COPY FREEZE may load.
@@ -135,8 +138,7 @@ class LoadRun:
         TRUNCATE refuses a table that a table it does not empty references (and CASCADE would
         empty that one too), so such tables, and those they in turn reference, are emptied by
         DELETE; the foreign keys are checked after loading (``broken_references``)."""
-        names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in self.chosen]
-        oids = [r[0] for r in conn.execute("SELECT unnest(%s::regclass[])::oid", (names,)).fetchall()]
+        oids = [r[0] for r in conn.execute("SELECT unnest(%s::regclass[])::oid", (self._regclasses(conn),)).fetchall()]
         edges = conn.execute(
             "SELECT conrelid, confrelid FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = ANY(%s)",
             (oids,),
@@ -191,14 +193,34 @@ class LoadRun:
         it comes last, after every check that can fail."""
         plan = self.plan
         keys = {mf.table_key(t) for t in self.chosen}
+        # A sequence no table owns, used by a chosen table's column default (nextval('s')).
+        used = set() if plan.full else {tuple(r) for r in conn.execute(_DEFAULTS_USE, (self._regclasses(conn),))}
         with conn.pipeline():
             for s in self.manifest.get("sequences", []):
                 owned = s.get("owned_by")
-                if plan.full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
+                if (
+                    plan.full
+                    or s["schema"] in plan.schemas
+                    or (owned and f"{owned[0]}.{owned[1]}" in keys)
+                    or (s["schema"], s["name"]) in used
+                ):
                     conn.execute(
                         "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
                         (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]),
                     )
+
+
+#: The sequences the column defaults of some tables use: (schema, name).
+_DEFAULTS_USE = """
+SELECT DISTINCT n.nspname, s.relname
+  FROM pg_catalog.pg_attrdef a
+  JOIN pg_catalog.pg_depend d
+    ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid
+   AND d.refclassid = 'pg_catalog.pg_class'::regclass
+  JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+  JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+ WHERE a.adrelid = ANY(%s::regclass[])
+"""
 
 
 def deleting(tables: list[int], references: list[tuple[int, int]]) -> set[int]:
