@@ -173,3 +173,47 @@ def test_a_selective_data_only_restore_sets_the_sequence_a_default_uses(make_db,
     assert _rows(dsn, "SELECT last_value, is_called FROM ticket_no") == [(5, True)]
     _run(dsn, "INSERT INTO tickets (t) VALUES ('new')")
     assert _rows(dsn, "SELECT max(id) FROM tickets") == [(6,)]
+
+
+@pytest.mark.parametrize("reshaped", [False, True], ids=["all-in-place", "one-reshaped"])
+def test_a_schema_clean_restore_keeps_in_place_what_it_says_it_keeps(make_db, tmp_path, reshaped):
+    """--schema app --clean, app.t unchanged in shape: planned "in place" (its grants, triggers
+    and what points at it stay), but the whole schema's entries still held app.t's own, so the
+    restore failed on 'already exists', or, beside a reshaped table, dropped and recreated app.t
+    and lost the grant and trigger the target had added."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    dsn = make_db("schemaclean")
+    reader = "reader_" + conninfo_to_dict(dsn)["dbname"]
+    _run(
+        dsn,
+        """
+        CREATE SCHEMA app;
+        CREATE TABLE app.t (id int PRIMARY KEY, v text);
+        CREATE TABLE app.u (id int PRIMARY KEY);
+        INSERT INTO app.t VALUES (1, 'a'), (2, 'b'); INSERT INTO app.u VALUES (1)""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, schemas=["public", "app"], progress=False).path
+    _run(
+        dsn,
+        f"""
+        INSERT INTO app.t VALUES (3, 'c');
+        CREATE ROLE {reader}; GRANT USAGE ON SCHEMA app TO {reader}; GRANT SELECT ON app.t TO {reader};
+        CREATE FUNCTION app.stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+        CREATE TRIGGER stamp BEFORE INSERT ON app.t FOR EACH ROW EXECUTE FUNCTION app.stamp()""",
+    )
+    if reshaped:
+        _run(dsn, "ALTER TABLE app.u ADD COLUMN extra int")
+    oid = _rows(dsn, "SELECT 'app.t'::regclass::oid")
+    try:
+        result = backupkit.restore(snap, dsn, schemas=["app"], clean=True, progress=False)
+        assert result.plan.in_place == (["app.t"] if reshaped else ["app.t", "app.u"])
+        assert _rows(dsn, "SELECT id, v FROM app.t ORDER BY id") == [(1, "a"), (2, "b")]
+        assert _rows(dsn, "SELECT 'app.t'::regclass::oid") == oid  # the same table, not a new one
+        assert _rows(dsn, f"SELECT has_table_privilege('{reader}', 'app.t', 'SELECT')") == [(True,)]
+        assert _rows(dsn, "SELECT tgname FROM pg_trigger WHERE tgrelid = 'app.t'::regclass AND NOT tgisinternal") == [
+            ("stamp",)
+        ]
+        assert _rows(dsn, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'u'") == [(1,)]
+    finally:
+        _run(dsn, f"DROP OWNED BY {reader}; DROP ROLE {reader}")

@@ -263,6 +263,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     platform=platform,
                     schemas=schemas,
                     tables_named=bool(tables),
+                    in_place=in_place,
                 )
     if platform:
         _leave_platform_rows(plan, platform)

@@ -10,7 +10,7 @@ probe works on a temporary table).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +116,11 @@ def wanted_entries(
     platform: Platform | None = None,
     schemas: Sequence[str] = (),
     tables_named: bool = True,
+    in_place: Sequence[dict] = (),
 ) -> list[TocEntry]:
     """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
-    and, for ``schemas``, everything in those schemas (views, functions, sequences too).
+    and, for ``schemas``, everything in those schemas (views, functions, sequences too) but
+    what belongs to the ``in_place`` tables, whose rows alone are replaced.
 
     Objects the target already has (the public schema, always; types and
     functions on a selective restore into a live database; whatever the
@@ -195,9 +197,13 @@ def wanted_entries(
             return name in selected or tables_named or name in type_schemas
         return schema in selected or tables_named or type_used(kind, schema, name)
 
+    kept = _belonging_to(in_place, manifest)
+
     for e in entries:
         if selected and in_selected(e) and e.type not in _GLOBAL_TYPES:
-            ok = True  # a whole schema: its views, sequences, comments and grants too
+            # A whole schema: its views, sequences, comments and grants too, but not what
+            # the tables kept in place have (they, their keys, triggers and grants stay).
+            ok = not kept(e)
         elif e.type in ("TABLE", "TABLE ATTACH"):
             ok = any(e.belongs_to(s, n) for s, n in names)
         elif e.type in ("INDEX", "INDEX ATTACH"):
@@ -227,6 +233,39 @@ def wanted_entries(
         if ok:
             wanted.append(e)
     return wanted
+
+
+def _belonging_to(tables: Sequence[dict], manifest: dict) -> Callable[[TocEntry], bool]:
+    """Whether a TOC entry is one of ``tables``' own: the table, its constraints, triggers,
+    policies and defaults, its indexes, the sequences it owns, comments and grants on them."""
+    keys = {mf.table_key(t) for t in tables}
+    names = {(t["schema"], t["name"]) for t in tables}
+    indexes = {(t["schema"], i) for t in tables for i in t.get("indexes", [])}
+    seqs = {
+        (s["schema"], s["name"])
+        for s in manifest.get("sequences", [])
+        if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in keys
+    }
+
+    def belongs(e: TocEntry) -> bool:
+        if not tables:
+            return False
+        if e.type in ("TABLE", "TABLE ATTACH") or e.type in TABLE_TAGGED:
+            return any(e.belongs_to(s, n) for s, n in names)
+        if e.type in ("INDEX", "INDEX ATTACH"):
+            return any(e.belongs_to(s, i) for s, i in indexes)
+        if e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
+            return any(e.belongs_to(s, n) for s, n in seqs)
+        if e.type in ("COMMENT", "ACL", "SECURITY LABEL"):
+            return any(
+                e.rest.startswith(f"{s} TABLE {n} ")
+                or e.rest.startswith(f"{s} COLUMN {n}.")
+                or e.rest.startswith(f"{s} SEQUENCE {n} ")
+                for s, n in names | seqs
+            )
+        return False
+
+    return belongs
 
 
 def _names(rest: str, prefix: str) -> bool:
