@@ -217,3 +217,22 @@ def test_a_schema_clean_restore_keeps_in_place_what_it_says_it_keeps(make_db, tm
         assert _rows(dsn, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'u'") == [(1,)]
     finally:
         _run(dsn, f"DROP OWNED BY {reader}; DROP ROLE {reader}")
+
+
+def test_an_in_place_restore_does_not_mix_in_rows_the_app_writes_meanwhile(make_db, tmp_path):
+    """The rows were replaced under ROW EXCLUSIVE only: an app's insert committed while the
+    restore ran survived beside the snapshot's rows.  The tables are locked against writes
+    first; a write in progress makes the restore wait (here, give up after 1 s), not mix."""
+    dsn = make_db("mix")
+    _run(dsn, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    _run(dsn, "UPDATE t SET v = 'oops'")
+    with psycopg.connect(dsn) as app:
+        app.execute("INSERT INTO t VALUES (99, 'written meanwhile')")  # not committed yet
+        with pytest.raises(RestoreError, match="rolled back, the target is unchanged"):
+            backupkit.restore(snap, dsn, tables=["public.t"], clean=True, lock_wait_timeout=1, progress=False)
+        app.commit()
+    assert _rows(dsn, "SELECT id, v FROM t ORDER BY id") == [(1, "oops"), (2, "oops"), (99, "written meanwhile")]
+    result = backupkit.restore(snap, dsn, tables=["public.t"], clean=True, progress=False)
+    assert result.plan.in_place == ["public.t"]
+    assert _rows(dsn, "SELECT id, v FROM t ORDER BY id") == [(1, "a"), (2, "b")]

@@ -71,10 +71,15 @@ def split_by_shape(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[d
 
 
 def empty_sql(tables: list[dict]) -> str:
-    """DELETE, not TRUNCATE: TRUNCATE refuses a table other tables reference, and CASCADE would empty them."""
-    return "".join(
-        sql.SQL("DELETE FROM ONLY {};\n").format(sql.Identifier(t["schema"], t["name"])).as_string() for t in tables
-    )
+    """DELETE, not TRUNCATE: TRUNCATE refuses a table other tables reference, and CASCADE would empty them.
+
+    The tables are locked against writes first (reads go on): a row the app commits while the
+    restore runs would otherwise survive beside the snapshot's rows."""
+    if not tables:
+        return ""
+    rels = [sql.Identifier(t["schema"], t["name"]) for t in tables]
+    lock = sql.SQL("LOCK TABLE ONLY {} IN EXCLUSIVE MODE;\n").format(sql.SQL(", ").join(rels)).as_string()
+    return lock + "".join(sql.SQL("DELETE FROM ONLY {};\n").format(rel).as_string() for rel in rels)
 
 
 def broken_references(conn: psycopg.Connection, tables: list[dict]) -> list[str]:
