@@ -55,7 +55,7 @@ from ..pg.schema import dump_schema
 from ..pg.tools import check_pg_dump
 from ..runtime.deadline import seconds as _seconds
 from ..runtime.progress import wanted
-from ..runtime.signals import sigterm_as_interrupt
+from ..runtime.signals import sigterm_as_interrupt, uninterrupted
 from ..snapshot import encryption, signing
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import BLOCK
@@ -225,16 +225,25 @@ class BackupJob:
         if is_transaction_pooler(self.dsn):
             self.warn(POOLER_WARNING)
         # Its signs of life start once the workers are forked (``_take``): no thread may run at a fork.
-        with sigterm_as_interrupt(), DirLock(self.repository, "backup", heartbeat=False) as lock:
-            self.lock = lock
-            if lock.took_over:
-                self.warn(lock.took_over)
+        with sigterm_as_interrupt():
+            lock = self.lock = DirLock(self.repository, "backup", heartbeat=False)
+            lock.acquire()
             try:
-                return self._take()
+                if lock.took_over:
+                    self.warn(lock.took_over)
+                result = self._take()
             except (BackupkitError, psycopg.Error, OSError):
+                lock.release()
                 if self.watchdog.expired:
                     raise self.watchdog.error() from None
                 raise
+            except BaseException:
+                lock.release()
+                raise
+            # Published: an interrupt now would report a finished backup as interrupted.
+            with uninterrupted("releasing the repository's lock (the snapshot is published)"):
+                lock.release()
+            return result
 
     def _take(self) -> BackupResult:
         try:

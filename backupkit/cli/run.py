@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 def command() -> NoReturn:
     """The ``backupkit`` executable: ``main`` with the process's arguments, then exit with its code."""
     code = main()
+    # The command is done and has said so: a Ctrl-C or SIGTERM from here on must not turn a
+    # published snapshot's exit 0 into 130, after its path was printed.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     # The process ends here: Python's shutdown would otherwise run full garbage collections
     # over every object of the run (~30 ms, a tenth of a small backup) to free memory the
     # exit frees anyway.  Open files were closed by the commands; stdout and stderr are
