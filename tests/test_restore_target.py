@@ -236,3 +236,40 @@ def test_an_in_place_restore_does_not_mix_in_rows_the_app_writes_meanwhile(make_
     result = backupkit.restore(snap, dsn, tables=["public.t"], clean=True, progress=False)
     assert result.plan.in_place == ["public.t"]
     assert _rows(dsn, "SELECT id, v FROM t ORDER BY id") == [(1, "a"), (2, "b")]
+
+
+def test_a_view_over_a_forced_rls_table_refreshes_for_a_non_superuser_owner(make_db, pg_server, tmp_path):
+    """FORCE ROW LEVEL SECURITY applies to the table's owner: with row_security off (as for
+    loading) PostgreSQL refused the materialized view's refresh, after a dry run that passed."""
+    from psycopg import sql as pgsql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    source = make_db("forced")
+    owner = "owner_" + conninfo_to_dict(source)["dbname"]
+    _run(
+        source,
+        f"""
+        CREATE ROLE {owner} LOGIN PASSWORD 'pw-owner';
+        CREATE TABLE todos (id int PRIMARY KEY, done boolean);
+        INSERT INTO todos VALUES (1, true), (2, false), (3, true);
+        ALTER TABLE todos ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+        CREATE POLICY open_only ON todos USING (NOT done);
+        CREATE MATERIALIZED VIEW todo_counts AS SELECT count(*) AS n FROM todos;
+        ALTER TABLE todos OWNER TO {owner}; ALTER MATERIALIZED VIEW todo_counts OWNER TO {owner}""",
+    )
+    snap = backupkit.backup(source, tmp_path, progress=False).path
+    target = make_db("forced_to")
+    name = conninfo_to_dict(target)["dbname"]
+    with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("ALTER DATABASE {} OWNER TO {}").format(pgsql.Identifier(name), pgsql.Identifier(owner)))
+    try:
+        result = backupkit.restore(snap, make_conninfo(target, user=owner, password="pw-owner"), progress=False)
+        assert result.rows == 3
+        assert _rows(target, "SELECT count(*) FROM todos") == [(3,)]  # every row, whatever the policy
+        # The view as its owner's REFRESH makes it: through the policy, as on the source.
+        assert _rows(target, "SELECT n FROM todo_counts") == [(1,)]
+    finally:
+        _run(target, f"DROP OWNED BY {owner}")
+        with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(pgsql.Identifier(name)))
+        _run(source, f"DROP OWNED BY {owner}; DROP ROLE {owner}")
