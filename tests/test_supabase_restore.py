@@ -329,6 +329,17 @@ def test_a_table_that_references_auth_users_restores_with_dependencies_into_the_
     assert_same(before, fingerprint(supabase_project.admin(source)))
 
 
+def test_with_dependencies_into_a_new_project_names_the_users_it_lacks_in_the_dry_run(supabase_project, app_snapshot):
+    """The same restore into a new project: its auth.users is empty, so profiles' rows would
+    point at nothing.  The dry run passed and the restore failed on the foreign key; now the
+    dry run names the table and what to do."""
+    _, res = app_snapshot
+    target = supabase_project.new_project()
+    with pytest.raises(RestoreError, match=r"need rows of auth\.users, which this project does not have") as caught:
+        backupkit.restore(res.path, target, tables=["public.profiles"], with_dependencies=True, dry_run=True)
+    assert "nothing was changed" in str(caught.value)
+
+
 def test_a_whole_supabase_snapshot_restores_into_plain_postgres_as_a_superuser(app_snapshot, make_db):
     """The platform's event triggers call functions of schemas the snapshot does not hold
     (extensions): they are named and skipped, not a failure of the whole restore."""

@@ -187,6 +187,14 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             named = {mf.table_key(t) for t in select_tables(manifest, tables, schemas)}
             pulled = sorted(k for k in platform.tables if k not in named)
             if pulled:
+                # A new project's are empty: the restored rows would point at nothing.
+                had = {mf.table_key(t): t.get("rows", 0) for t in manifest["tables"]}
+                missing = [k for k in pulled if k not in platform.nonempty and had.get(k, 0)]
+                if missing:
+                    problems.append(
+                        f"the tables named need rows of {', '.join(missing)}, which this project does not "
+                        "have (it has none): restore into the live project, or name them in `tables` too"
+                    )
                 chosen = [t for t in chosen if mf.table_key(t) not in pulled]
                 platform = read_platform(conn, chosen)
                 early_notes.append("left the project's own " + ", ".join(pulled) + " as they are (dependencies it has)")
