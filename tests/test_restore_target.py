@@ -273,3 +273,37 @@ def test_a_view_over_a_forced_rls_table_refreshes_for_a_non_superuser_owner(make
         with psycopg.connect(pg_server.admin_dsn, autocommit=True) as conn:
             conn.execute(pgsql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(pgsql.Identifier(name)))
         _run(source, f"DROP OWNED BY {owner}; DROP ROLE {owner}")
+
+
+@pytest.mark.parametrize("how", ["in-place", "data-only"])
+def test_triggers_that_fire_even_with_triggers_off_do_not_fire_during_the_load(make_db, tmp_path, how):
+    """ENABLE ALWAYS triggers fire under session_replication_role = replica: an audit trigger
+    wrote a row for each of the restore's DELETEs and COPY rows, and one that stamps a column
+    changed the snapshot's values.  Switched off for the load and back on, as they were."""
+    dsn = make_db("always")
+    _run(
+        dsn,
+        """
+        CREATE TABLE audit (what text);
+        CREATE TABLE t (id int PRIMARY KEY, v text, stamped text);
+        CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN INSERT INTO audit VALUES (TG_OP); RETURN COALESCE(NEW, OLD); END$$;
+        CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN NEW.stamped := 'by trigger'; RETURN NEW; END$$;
+        INSERT INTO t VALUES (1, 'a'), (2, 'b');
+        CREATE TRIGGER log_it AFTER INSERT OR DELETE ON t FOR EACH ROW EXECUTE FUNCTION log_it();
+        CREATE TRIGGER stamp BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION stamp();
+        ALTER TABLE t ENABLE ALWAYS TRIGGER log_it; ALTER TABLE t ENABLE REPLICA TRIGGER stamp;
+        TRUNCATE audit""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    _run(dsn, "UPDATE t SET v = 'oops'; TRUNCATE audit")
+    kw = {"data_only": True} if how == "data-only" else {}
+    result = backupkit.restore(snap, dsn, tables=["public.t"], clean=True, jobs=2, progress=False, **kw)
+    assert len(result.plan.firing_triggers) == 2
+    assert _rows(dsn, "SELECT id, v, stamped FROM t ORDER BY id") == [(1, "a", None), (2, "b", None)]
+    assert _rows(dsn, "SELECT count(*) FROM audit") == [(0,)]
+    assert _rows(dsn, "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 't'::regclass ORDER BY 1") == [
+        ("log_it", "A"),
+        ("stamp", "R"),
+    ]

@@ -260,6 +260,12 @@ def _jobs(jobs: int, clean: bool, found: Survey, warnings: list[str]) -> int:
         # Rows committed into the project's own tables could not be undone by dropping them.
         warnings.append("a restore into the project's auth/storage tables runs in one transaction; `jobs` is ignored")
         jobs = 1
+    if jobs > 1 and found.plan.firing_triggers:
+        # They are switched off and on again within the one transaction that loads the rows.
+        warnings.append(
+            "tables with triggers that fire even with triggers off are loaded in one transaction; `jobs` is ignored"
+        )
+        jobs = 1
     if jobs > 1 and not found.may_mark:
         warnings.append(
             "a parallel restore marks the target until it finishes (schema "

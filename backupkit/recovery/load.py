@@ -127,6 +127,17 @@ class LoadRun:
                     hint="restore without `data_only` into an empty database, or connect as a superuser",
                 ) from None
 
+    def firing_triggers(self, conn: psycopg.Connection, *, enable: bool) -> None:
+        """Switch off (or back on, as they were) the triggers of the tables loaded with triggers
+        off that fire all the same (ENABLE ALWAYS, REPLICA): an audit trigger wrote rows for the
+        restore's DELETE and COPY, one that sets a column changed the snapshot's values."""
+        for schema, table, trigger, mode in self.plan.firing_triggers:
+            rel, name = sql.Identifier(schema, table), sql.Identifier(trigger)
+            if enable:
+                conn.execute(sql.SQL("ALTER TABLE {} ENABLE {} TRIGGER {}").format(rel, sql.SQL(mode), name))
+            else:
+                conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(rel, name))
+
     def _regclasses(self, conn: psycopg.Connection) -> list[str]:
         return [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in self.chosen]
 
@@ -264,6 +275,7 @@ def load_in_one_transaction(run: LoadRun) -> int:
             run.prepare(conn)
             if plan.data:
                 run.load_session(conn)
+                run.firing_triggers(conn, enable=False)
                 if scripts.empty is not None:  # with triggers off: no ON DELETE CASCADE into other tables
                     conn.execute(scripts.empty)
                 truncated = run.empty_tables(conn) if run.truncate else set()
@@ -275,6 +287,7 @@ def load_in_one_transaction(run: LoadRun) -> int:
                         own = key not in plan.platform_tables + plan.in_place
                         rows += run.load_table(conn, t, freeze=(plan.schema and own) or key in truncated)
                         bar.update(load_bytes(t["files"]))
+                run.firing_triggers(conn, enable=True)
                 if plan.platform_tables or plan.in_place:  # triggers created next must fire again
                     conn.execute("SET session_replication_role = DEFAULT")
             run.large_objects(conn)

@@ -65,6 +65,9 @@ class RestorePlan:
     in_place: list[str] = field(default_factory=list)
     #: The Supabase project's own tables that get rows but are never created or dropped.
     platform_tables: list[str] = field(default_factory=list)
+    #: Triggers on tables loaded with triggers off that fire all the same (ENABLE ALWAYS or
+    #: REPLICA): (schema, table, trigger, "ALWAYS" or "REPLICA"), switched off for the load.
+    firing_triggers: list[tuple[str, str, str, str]] = field(default_factory=list)
     #: Limits of the run (set when it starts; not part of what it does).
     lock_wait_timeout: float | None = field(default=None, repr=False)
     deadline: Deadline | None = field(default=None, repr=False)
@@ -75,7 +78,8 @@ class RestorePlan:
         """Human-readable steps."""
         steps = [f"verify snapshot {self.snapshot.name}"]
         if self.drop_first and self.existing:
-            steps.append(f"drop existing tables first (--clean): {', '.join(self.existing)}")
+            verb = "drop" if self.schema else "empty"
+            steps.append(f"{verb} existing tables first (--clean): {', '.join(self.existing)}")
         if self.schema:
             steps.append("create schema objects (pre-data)")
         if self.in_place:
@@ -87,7 +91,7 @@ class RestorePlan:
             steps.append(f"create {len(self.large_objects)} large objects and load their data")
         if self.schema:
             steps.append("create indexes, constraints, foreign keys, triggers, policies (post-data)")
-        steps.append("set sequences; refresh materialized views")
+        steps.append("refresh materialized views; set sequences")
         return steps
 
     def to_dict(self) -> dict:
@@ -258,6 +262,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             problems += problems_in_place
         if clean and existing and not request.data_only:
             problems += _partitions_lost(conn, chosen, existing, plan.in_place)
+        loaded_into = chosen if request.data_only else [t for t in chosen if mf.table_key(t) in plan.in_place]
+        plan.firing_triggers = _firing_triggers(conn, loaded_into)
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
         entries: list[TocEntry] = []
         if not request.data_only:
@@ -425,6 +431,22 @@ def _partitions_lost(
                 "does not bring back; name them in `tables` too, or reload the rows with `data_only`"
             )
     return problems
+
+
+def _firing_triggers(conn: psycopg.Connection, tables: list[dict]) -> list[tuple[str, str, str, str]]:
+    """Triggers of ``tables`` that session_replication_role = replica does not stop."""
+    if not tables:
+        return []
+    names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, t.tgname, CASE t.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END "
+        "FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE t.tgrelid = ANY(%s::regclass[]) AND t.tgenabled IN ('A', 'R') AND NOT t.tgisinternal "
+        "ORDER BY 1, 2, 3",
+        (names,),
+    ).fetchall()
+    return [(s, t, g, m) for s, t, g, m in rows]
 
 
 def may_disable_triggers(conn: psycopg.Connection) -> bool:
