@@ -827,3 +827,17 @@ def test_policy_from_config_spellings():
 )
 def test_is_empty(policy, empty):
     assert policy.is_empty() is empty
+
+
+def test_max_age_counts_absolute_days_when_now_is_zoned_across_a_dst_change():
+    """``now`` in Berlin's summer time, a snapshot 6 days 23 h 30 min earlier in absolute time,
+    before the clocks went forward: younger than 7 days, kept.  Subtracting on the wall clock
+    put the cutoff an hour later, and removed it."""
+    from zoneinfo import ZoneInfo
+
+    now = datetime(2026, 3, 31, 12, 0, tzinfo=ZoneInfo(BERLIN))  # CEST (+02:00)
+    young = SnapshotInfo("young", now.astimezone(UTC) - timedelta(days=7) + timedelta(minutes=30))
+    old = SnapshotInfo("old", now.astimezone(UTC) - timedelta(days=7, minutes=30))
+    keep, remove, reasons = apply_policy([old, young], Policy(max_age_days=7, min_keep=1), now)
+    assert [s.id for s in keep] == ["young"] and [s.id for s in remove] == ["old"]
+    assert any("7 days" in r for r in reasons["young"]), reasons["young"]  # kept by the rule, not the floor

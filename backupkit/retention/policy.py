@@ -26,7 +26,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -245,9 +245,11 @@ def _days_label(days: float) -> str:
 
 
 def _before(t: datetime, span: Callable[[], timedelta]) -> datetime | None:
-    """``t - span()``, or None when that lies before year 1 (so everything is younger)."""
+    """``t - span()`` in absolute time, or None when that lies before year 1 (so everything is
+    younger).  In UTC: Python subtracts from a zoned time on the wall clock, an hour off across
+    a daylight-saving change."""
     try:
-        return t - span()
+        return t.astimezone(UTC) - span()
     except OverflowError:
         return None
 
