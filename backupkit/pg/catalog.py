@@ -130,34 +130,43 @@ def existing_schemas(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
 #: default calling a function, a view, trigger, policy, key or function using a relation,
 #: function or type there): the dependent's schema found through its table where it has one.
 _NEEDS_OUTSIDE = """
-WITH dep AS (
+WITH inside AS (SELECT oid FROM pg_namespace WHERE nspname = ANY(%(schemas)s)),
+provided AS (SELECT oid FROM pg_namespace WHERE nspname = ANY(%(provided)s)),
+objs AS (
+  SELECT 'pg_class'::regclass AS classid, c.oid AS objid FROM pg_class c
+   WHERE c.relnamespace IN (SELECT oid FROM inside)
+  UNION ALL SELECT 'pg_attrdef'::regclass, a.oid FROM pg_attrdef a JOIN pg_class c ON c.oid = a.adrelid
+   WHERE c.relnamespace IN (SELECT oid FROM inside)
+  UNION ALL SELECT 'pg_rewrite'::regclass, w.oid FROM pg_rewrite w JOIN pg_class c ON c.oid = w.ev_class
+   WHERE c.relnamespace IN (SELECT oid FROM inside)
+  UNION ALL SELECT 'pg_trigger'::regclass, t.oid FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+   WHERE c.relnamespace IN (SELECT oid FROM inside) AND NOT t.tgisinternal
+  UNION ALL SELECT 'pg_policy'::regclass, p.oid FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+   WHERE c.relnamespace IN (SELECT oid FROM inside)
+  UNION ALL SELECT 'pg_constraint'::regclass, k.oid FROM pg_constraint k
+   WHERE k.connamespace IN (SELECT oid FROM inside)
+  UNION ALL SELECT 'pg_proc'::regclass, f.oid FROM pg_proc f WHERE f.pronamespace IN (SELECT oid FROM inside)
+  UNION ALL SELECT 'pg_type'::regclass, y.oid FROM pg_type y WHERE y.typnamespace IN (SELECT oid FROM inside)
+),
+refs AS (
   SELECT d.classid, d.objid, d.objsubid, d.refclassid, d.refobjid,
-         CASE d.classid
-           WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_class WHERE oid = d.objid)
-           WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef a
-                                               JOIN pg_class c ON c.oid = a.adrelid WHERE a.oid = d.objid)
-           WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite w
-                                               JOIN pg_class c ON c.oid = w.ev_class WHERE w.oid = d.objid)
-           WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_trigger t
-                                               JOIN pg_class c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
-           WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_policy p
-                                              JOIN pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
-           WHEN 'pg_constraint'::regclass THEN (SELECT connamespace FROM pg_constraint WHERE oid = d.objid)
-           WHEN 'pg_proc'::regclass THEN (SELECT pronamespace FROM pg_proc WHERE oid = d.objid)
-           WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_type WHERE oid = d.objid)
-         END AS nsp
-    FROM pg_depend d
+         CASE d.refclassid
+           WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_class WHERE oid = d.refobjid)
+           WHEN 'pg_proc'::regclass THEN (SELECT pronamespace FROM pg_proc WHERE oid = d.refobjid)
+           WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_type WHERE oid = d.refobjid)
+         END AS refnsp
+    FROM objs JOIN pg_depend d ON d.classid = objs.classid AND d.objid = objs.objid
    WHERE d.deptype = 'n' AND d.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_type'::regclass)
 )
 SELECT DISTINCT r.schema, o.type, o.identity, r.type, r.identity
-  FROM dep JOIN pg_namespace n ON n.oid = dep.nsp,
-       LATERAL pg_identify_object(dep.classid, dep.objid, dep.objsubid) o,
-       LATERAL pg_identify_object(dep.refclassid, dep.refobjid, 0) r
- WHERE n.nspname = ANY(%(schemas)s)
-   AND r.schema IS NOT NULL AND r.schema <> ALL(%(provided)s) AND r.type <> 'index'
+  FROM refs,
+       LATERAL pg_identify_object(refs.classid, refs.objid, refs.objsubid) o,
+       LATERAL pg_identify_object(refs.refclassid, refs.refobjid, 0) r
+ WHERE refs.refnsp NOT IN (SELECT oid FROM inside) AND refs.refnsp NOT IN (SELECT oid FROM provided)
+   AND r.type <> 'index'
    AND NOT EXISTS (SELECT FROM pg_depend e
-                    WHERE e.classid = dep.refclassid AND e.objid = dep.refobjid AND e.deptype = 'e')
- ORDER BY 1, 2
+                    WHERE e.classid = refs.refclassid AND e.objid = refs.refobjid AND e.deptype = 'e')
+ ORDER BY 1, 2, 3
 """
 
 
