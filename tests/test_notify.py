@@ -114,3 +114,24 @@ def test_a_password_a_uri_must_encode_is_refused_without_showing_any_of_it(tmp_p
     shown = out.stdout + out.stderr + " ".join(body for _, body in monitor.requests)
     assert not [piece for piece in ("Xk9", "Q2w", "Zr") if piece in shown]
     assert not (tmp_path / "bk").exists()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:pw@db.invalid/app?application_name=backup@nightly",
+        "postgresql://u:pw@db.invalid/app?sslrootcert=/home/a@corp/root.crt",
+        "postgresql://db.invalid:5432/app?application_name=a@b",
+        "postgresql://[::1]:5432/app?application_name=y@z",
+        "postgresql://@db.invalid/app?user=bob",
+        "postgresql://bob:pw@db.invalid/app?user=alice",
+        "postgresql://bob:@db.invalid/app",
+        "postgresql://u%40x:p%2Fw@db.invalid:5432/d",
+    ],
+)
+def test_dsns_libpq_reads_as_written_are_not_refused(dsn):
+    """The check for a password a URI must encode looks only at the user information, before
+    the query: an @ in a query value, or a user set in the query, is not a mistake."""
+    from backupkit.pg.dsn import describe
+
+    assert describe(dsn)["host"] in ("db.invalid", "::1")

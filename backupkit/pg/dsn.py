@@ -59,17 +59,22 @@ def _password(dsn: str) -> str | None:
         return m.group(1) if m else None
 
 
-#: A URI's user information as its writer meant it: everything up to the last ``@``.
+#: A URI's user information as its writer meant it: everything up to the last ``@`` before
+#: the query (a query's values may hold ``@``: ``?application_name=backup@nightly``).
 _USERINFO = re.compile(r"postgres(?:ql)?://(?P<user>[^:@/]*)(?::(?P<password>.*))?@[^@]*$", re.S)
 
 
 def _meant(dsn: str) -> tuple[str, str | None] | None:
-    """User and password of a URI DSN as written (up to its last ``@``, decoded), or None."""
-    m = _USERINFO.match(dsn)
+    """User and password of a URI DSN as written (decoded; an empty password is none), or None
+    when it has no user information, or its query sets the user or password."""
+    head, _, query = dsn.partition("?")
+    if re.search(r"(?:^|&)(?:user|password)=", query):
+        return None
+    m = _USERINFO.match(head)
     if m is None:
         return None
     password = m.group("password")
-    return unquote(m.group("user")), None if password is None else unquote(password)
+    return unquote(m.group("user")), unquote(password) if password else None
 
 
 def redact(text: str, dsn: str | None = None) -> str:
