@@ -279,3 +279,15 @@ def test_a_signing_key_given_instead_of_its_path_is_never_shown(keys, tmp_path):
     body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
     assert body and not [line for line in body if line in out.stdout + out.stderr]
     assert not (tmp_path / "b").exists()
+
+
+def test_a_key_file_whose_name_says_secret_key_is_read_as_a_file(keys, tmp_path):
+    """Only key material is refused as a path, not a file named like one."""
+    import shutil
+
+    from backupkit.snapshot.signing import load_private_key
+
+    named = tmp_path / "backup-secret-key-2024.pem"
+    shutil.copy(keys[0], named)
+    named.chmod(0o600)
+    assert load_private_key(named) is not None

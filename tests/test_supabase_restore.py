@@ -338,6 +338,11 @@ def test_with_dependencies_into_a_new_project_names_the_users_it_lacks_in_the_dr
     with pytest.raises(RestoreError, match=r"need rows of auth\.users, which this project does not have") as caught:
         backupkit.restore(res.path, target, tables=["public.profiles"], with_dependencies=True, dry_run=True)
     assert "nothing was changed" in str(caught.value)
+    # The schema alone needs no rows: that restore goes on as before.
+    plan = backupkit.restore(
+        res.path, target, tables=["public.profiles"], with_dependencies=True, schema_only=True, dry_run=True
+    )
+    assert any("left the project's own auth.users" in n for n in plan.plan.notes)
 
 
 def test_a_whole_supabase_snapshot_restores_into_plain_postgres_as_a_superuser(app_snapshot, make_db):

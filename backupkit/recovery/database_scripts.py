@@ -64,9 +64,11 @@ class Target:
 _TARGET_QUERIES = {
     "me": "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user",
     "roles": "SELECT rolname FROM pg_roles",
-    # USAGE, not MEMBER: a role's privileges, which ALTER DEFAULT PRIVILEGES FOR ROLE needs; a
-    # CREATEROLE role is made an ADMIN-only member (no INHERIT, no SET) of the roles it creates.
-    "member_of": "SELECT rolname FROM pg_roles WHERE pg_has_role(current_user, oid, 'USAGE')",
+    # From PostgreSQL 16, ALTER DEFAULT PRIVILEGES FOR ROLE needs the role's privileges (USAGE):
+    # a CREATEROLE role is made an ADMIN-only member (no INHERIT, no SET) of the roles it
+    # creates.  Before 16 membership was enough.
+    "member_of": "SELECT rolname FROM pg_roles WHERE pg_has_role(current_user, oid, "
+    "CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'USAGE' ELSE 'MEMBER' END)",
     "schemas": "SELECT nspname FROM pg_namespace",
     "extensions": "SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace",
     "available": "SELECT name FROM pg_available_extensions",

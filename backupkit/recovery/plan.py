@@ -193,7 +193,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             if pulled:
                 # A new project's are empty: the restored rows would point at nothing.
                 had = {mf.table_key(t): t.get("rows", 0) for t in manifest["tables"]}
-                missing = [k for k in pulled if k not in platform.nonempty and had.get(k, 0)]
+                missing = [
+                    k for k in pulled if k not in platform.nonempty and had.get(k, 0) and not request.schema_only
+                ]
                 if missing:
                     problems.append(
                         f"the tables named need rows of {', '.join(missing)}, which this project does not "

@@ -33,6 +33,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,7 +63,12 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 def _is_key_material(text: str) -> bool:
     """Whether a "path" is in fact a key (an age identity, a PEM block) or too long to be one."""
-    return "\n" in text or "SECRET-KEY-" in text.upper() or "-----BEGIN" in text or len(text) > 4096
+    return (
+        "\n" in text
+        or re.fullmatch(r"\s*AGE-SECRET-KEY-1[0-9A-Z]+\s*", text) is not None
+        or "-----BEGIN" in text
+        or len(text) > 4096
+    )
 
 
 def read_key_file(

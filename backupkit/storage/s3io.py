@@ -87,6 +87,16 @@ class Reader(io.RawIOBase):
         super().close()
 
 
+def _multipart_etag(parts: list[dict[str, Any]]) -> str | None:
+    """The ETag S3 gives an object completed from ``parts``: the MD5 of their MD5s, ``-N``; None
+    when a part's ETag is not an MD5 (some S3-compatible stores, encrypted uploads)."""
+    try:
+        digests = b"".join(bytes.fromhex(str(p["ETag"]).strip('"')) for p in parts)
+    except ValueError:
+        return None
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
 class Writer(AbortOnError, io.RawIOBase):
     """A new object, uploaded while it is written; see the module docstring."""
 
@@ -215,9 +225,8 @@ class Writer(AbortOnError, io.RawIOBase):
             )
         except (FileExistsError, FileNotFoundError):
             found = self._s._head(self._name)
-            digests = b"".join(bytes.fromhex(str(p["ETag"]).strip('"')) for p in parts)
-            etag = f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
-            if found is None or found.size != self._sent or str(found.version[0]).strip('"') != etag:
+            etag = _multipart_etag(parts)
+            if etag is None or found is None or found.size != self._sent or str(found.version[0]).strip('"') != etag:
                 raise
 
     def _put_redirected(self, body: bytes, lock: dict[str, Any]) -> bool:
