@@ -307,3 +307,57 @@ def test_triggers_that_fire_even_with_triggers_off_do_not_fire_during_the_load(m
         ("log_it", "A"),
         ("stamp", "R"),
     ]
+
+
+def test_one_partition_kept_in_place_is_restored_not_refused(make_db, tmp_path):
+    """The partition exists with the snapshot's columns: its rows are replaced in place, and
+    its partitioned table and the other partitions are not touched."""
+    dsn = make_db("partkept")
+    _run(
+        dsn,
+        """
+        CREATE TABLE m (id int, ts date, v text) PARTITION BY RANGE (ts);
+        CREATE TABLE m_2023 PARTITION OF m FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+        CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+        INSERT INTO m VALUES (1, '2023-05-01', 'a'), (2, '2024-05-01', 'b')""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    _run(dsn, "UPDATE m SET v = 'oops'; INSERT INTO m VALUES (3, '2024-06-01', 'new')")
+
+    result = backupkit.restore(snap, dsn, tables=["public.m_2023"], clean=True, progress=False)
+
+    assert result.plan.in_place == ["public.m_2023"]
+    assert _rows(dsn, "SELECT id, v FROM m ORDER BY id") == [(1, "a"), (2, "oops"), (3, "new")]
+
+
+def test_a_sequence_two_tables_share_never_goes_back(make_db, tmp_path):
+    """Restoring one of two tables that take ids from one sequence rewound it to the snapshot's
+    value, and the other table's next insert took an id it already had."""
+    dsn = make_db("sharedseq")
+    _run(
+        dsn,
+        """
+        CREATE SEQUENCE ids;
+        CREATE TABLE a (id bigint PRIMARY KEY DEFAULT nextval('ids'));
+        CREATE TABLE b (id bigint PRIMARY KEY DEFAULT nextval('ids'));
+        INSERT INTO a DEFAULT VALUES; INSERT INTO b DEFAULT VALUES""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path  # ids at 2
+    _run(dsn, "INSERT INTO b DEFAULT VALUES; INSERT INTO b DEFAULT VALUES")  # ids at 4
+
+    backupkit.restore(snap, dsn, tables=["public.a"], clean=True, progress=False)
+
+    assert _rows(dsn, "SELECT last_value FROM ids") == [(4,)]
+    _run(dsn, "INSERT INTO b DEFAULT VALUES")
+    assert _rows(dsn, "SELECT max(id) FROM b") == [(5,)]
+
+
+def test_a_parallel_data_only_restore_checks_the_foreign_keys_too(shop, tmp_path):
+    """With --jobs 2 the rows loaded and committed without the check: orders of a customer
+    deleted since the snapshot, and success."""
+    snap = backupkit.backup(shop, tmp_path, progress=False).path
+    _run(shop, "DELETE FROM customers WHERE id = 2")
+    _run(shop, "DELETE FROM items; DELETE FROM orders")
+    with pytest.raises(RestoreError, match="break foreign keys: orders_customer_fkey"):
+        backupkit.restore(snap, shop, tables=["public.orders", "public.items"], data_only=True, jobs=2, progress=False)
+    assert _rows(shop, "SELECT count(*) FROM orders") == [(0,)]

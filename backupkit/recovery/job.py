@@ -260,6 +260,11 @@ def _jobs(jobs: int, clean: bool, found: Survey, warnings: list[str]) -> int:
         # Rows committed into the project's own tables could not be undone by dropping them.
         warnings.append("a restore into the project's auth/storage tables runs in one transaction; `jobs` is ignored")
         jobs = 1
+    if jobs > 1 and not found.plan.schema:
+        # Loaded with foreign-key checks off into tables that exist: the keys are checked
+        # before the one transaction commits, and a violation rolls it all back.
+        warnings.append("a data-only restore runs in one transaction (its foreign keys are checked); `jobs` is ignored")
+        jobs = 1
     if jobs > 1 and found.plan.firing_triggers:
         # They are switched off and on again within the one transaction that loads the rows.
         warnings.append(

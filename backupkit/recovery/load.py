@@ -216,20 +216,22 @@ class LoadRun:
         it comes last, after every check that can fail."""
         plan = self.plan
         keys = {mf.table_key(t) for t in self.chosen}
-        # A sequence no table owns, used by a chosen table's column default (nextval('s')).
+        # A sequence no table owns, used by a chosen table's column default (nextval('s')):
+        # other tables may use it too, so it only ever moves forward to the snapshot's value.
         used = set() if plan.full else {tuple(r) for r in conn.execute(_DEFAULTS_USE, (self._regclasses(conn),))}
         with conn.pipeline():
             for s in self.manifest.get("sequences", []):
                 owned = s.get("owned_by")
-                if (
-                    plan.full
-                    or s["schema"] in plan.schemas
-                    or (owned and f"{owned[0]}.{owned[1]}" in keys)
-                    or (s["schema"], s["name"]) in used
-                ):
+                name = sql.Identifier(s["schema"], s["name"]).as_string(conn)
+                if plan.full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
                     conn.execute(
-                        "SELECT pg_catalog.setval(%s::regclass, %s, %s)",
-                        (sql.Identifier(s["schema"], s["name"]).as_string(conn), s["last_value"], s["is_called"]),
+                        "SELECT pg_catalog.setval(%s::regclass, %s, %s)", (name, s["last_value"], s["is_called"])
+                    )
+                elif (s["schema"], s["name"]) in used and s["is_called"]:
+                    conn.execute(
+                        "SELECT pg_catalog.setval(%s::regclass, %s, true) "
+                        "WHERE coalesce(pg_catalog.pg_sequence_last_value(%s::regclass) < %s, true)",
+                        (name, s["last_value"], name, s["last_value"]),
                     )
 
 

@@ -418,13 +418,18 @@ def _partitions_lost(
     parents = sorted({t["parent"] for t in chosen if t.get("is_partition") and t.get("parent")} & set(existing))
     problems = []
     for parent in parents:
-        if parent in in_place:
+        # Kept when every chosen partition of it is replaced in place: nothing drops it.
+        mine = [mf.table_key(t) for t in chosen if t.get("is_partition") and t.get("parent") == parent]
+        if all(k in in_place for k in mine):
             continue
+        # Keys are "schema.name" (a schema may hold a dot): matched as written, as existing was.
         rows = conn.execute(
-            "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_partition_tree(%s::regclass) t "
+            "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class p "
+            "JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace, "
+            "LATERAL pg_catalog.pg_partition_tree(p.oid) t "
             "JOIN pg_catalog.pg_class c ON c.oid = t.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE t.isleaf AND t.level > 0",
-            (sql.Identifier(*parent.split(".", 1)).as_string(conn),),
+            "WHERE pn.nspname || '.' || p.relname = %s AND t.isleaf AND t.level > 0",
+            (parent,),
         ).fetchall()
         others = sorted({r[0] for r in rows} - keys)
         if others:
@@ -445,6 +450,8 @@ def _firing_triggers(conn: psycopg.Connection, tables: list[dict]) -> list[tuple
         "FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE t.tgrelid = ANY(%s::regclass[]) AND t.tgenabled IN ('A', 'R') AND NOT t.tgisinternal "
+        # ALTER TABLE needs the table's owner; another's triggers fire as they always did.
+        "AND pg_catalog.pg_has_role(c.relowner, 'USAGE') "
         "ORDER BY 1, 2, 3",
         (names,),
     ).fetchall()
