@@ -361,3 +361,26 @@ def test_a_parallel_data_only_restore_checks_the_foreign_keys_too(shop, tmp_path
     with pytest.raises(RestoreError, match="break foreign keys: orders_customer_fkey"):
         backupkit.restore(snap, shop, tables=["public.orders", "public.items"], data_only=True, jobs=2, progress=False)
     assert _rows(shop, "SELECT count(*) FROM orders") == [(0,)]
+
+
+def test_a_kept_tables_foreign_key_to_a_rebuilt_table_is_made_again(make_db, tmp_path):
+    """--schema app --clean: app.a is kept in place, app.b (reshaped) dropped and recreated.
+    a's foreign key to b stood in the way of dropping b and failed the restore."""
+    dsn = make_db("fkrebuilt")
+    _run(
+        dsn,
+        """
+        CREATE SCHEMA app;
+        CREATE TABLE app.b (id int PRIMARY KEY);
+        CREATE TABLE app.a (id int PRIMARY KEY, b int REFERENCES app.b);
+        INSERT INTO app.b VALUES (1), (2); INSERT INTO app.a VALUES (10, 1)""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, schemas=["public", "app"], progress=False).path
+    _run(dsn, "ALTER TABLE app.b ADD COLUMN extra int; UPDATE app.a SET b = 2")
+
+    result = backupkit.restore(snap, dsn, schemas=["app"], clean=True, progress=False)
+
+    assert result.plan.in_place == ["app.a"]
+    assert _rows(dsn, "SELECT id, b FROM app.a") == [(10, 1)]
+    assert _rows(dsn, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'b'") == [(1,)]
+    assert _rows(dsn, "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'a_b_fkey'") == [("app.b",)]

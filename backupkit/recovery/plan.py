@@ -280,6 +280,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     schemas=schemas,
                     tables_named=bool(tables),
                     in_place=in_place,
+                    rebuilding=bool(plan.existing),
                 )
     if platform:
         _leave_platform_rows(plan, platform)

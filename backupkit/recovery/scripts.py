@@ -117,10 +117,13 @@ def wanted_entries(
     schemas: Sequence[str] = (),
     tables_named: bool = True,
     in_place: Sequence[dict] = (),
+    rebuilding: bool = False,
 ) -> list[TocEntry]:
     """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
     and, for ``schemas``, everything in those schemas (views, functions, sequences too) but
-    what belongs to the ``in_place`` tables, whose rows alone are replaced.
+    what belongs to the ``in_place`` tables, whose rows alone are replaced (but, when
+    ``rebuilding`` other tables, their foreign keys: one may point at a table dropped and
+    recreated, so it is dropped first and made again).
 
     Objects the target already has (the public schema, always; types and
     functions on a selective restore into a live database; whatever the
@@ -197,7 +200,7 @@ def wanted_entries(
             return name in selected or tables_named or name in type_schemas
         return schema in selected or tables_named or type_used(kind, schema, name)
 
-    kept = _belonging_to(in_place, manifest)
+    kept = _belonging_to(in_place, manifest, foreign_keys=not rebuilding)
 
     for e in entries:
         if selected and in_selected(e) and e.type not in _GLOBAL_TYPES:
@@ -235,9 +238,10 @@ def wanted_entries(
     return wanted
 
 
-def _belonging_to(tables: Sequence[dict], manifest: dict) -> Callable[[TocEntry], bool]:
-    """Whether a TOC entry is one of ``tables``' own: the table, its constraints, triggers,
-    policies and defaults, its indexes, the sequences it owns, comments and grants on them."""
+def _belonging_to(tables: Sequence[dict], manifest: dict, *, foreign_keys: bool = True) -> Callable[[TocEntry], bool]:
+    """Whether a TOC entry is one of ``tables``' own: the table, its constraints (foreign keys
+    only with ``foreign_keys``), triggers, policies and defaults, its indexes, the sequences it
+    owns, comments and grants on them."""
     keys = {mf.table_key(t) for t in tables}
     names = {(t["schema"], t["name"]) for t in tables}
     indexes = {(t["schema"], i) for t in tables for i in t.get("indexes", [])}
@@ -249,6 +253,8 @@ def _belonging_to(tables: Sequence[dict], manifest: dict) -> Callable[[TocEntry]
 
     def belongs(e: TocEntry) -> bool:
         if not tables:
+            return False
+        if e.type == "FK CONSTRAINT" and not foreign_keys:
             return False
         if e.type in ("TABLE", "TABLE ATTACH") or e.type in TABLE_TAGGED:
             return any(e.belongs_to(s, n) for s, n in names)
