@@ -412,3 +412,10 @@ def test_a_dependency_on_a_schema_left_out_is_warned_about_by_check_and_backup(m
     assert "need schema(s) private that this backup leaves out" in out.stderr and "add them to `--schema`" in out.stderr
     out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "c", "--schema", "public", "--schema", "private")
     assert out.returncode == 0 and "leaves out" not in out.stderr, out.stderr
+    # Schemas named as pg_identify_object quotes them, an extension's array type: no warning.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            CREATE SCHEMA "App"; CREATE SCHEMA ext; CREATE EXTENSION citext SCHEMA ext;
+            CREATE TYPE "App".mood AS ENUM ('a'); CREATE TABLE "App".t (m "App".mood, tags ext.citext[])""")
+    out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "d", "--schema", "App")
+    assert out.returncode == 0 and "leaves out" not in out.stderr, out.stderr

@@ -154,18 +154,23 @@ refs AS (
            WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_class WHERE oid = d.refobjid)
            WHEN 'pg_proc'::regclass THEN (SELECT pronamespace FROM pg_proc WHERE oid = d.refobjid)
            WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_type WHERE oid = d.refobjid)
-         END AS refnsp
+         END AS refnsp,
+         -- an array type stands for its element type (an extension's citext[] is the extension's)
+         CASE WHEN d.refclassid = 'pg_type'::regclass
+              THEN coalesce((SELECT nullif(typelem, 0) FROM pg_type WHERE oid = d.refobjid AND typcategory = 'A'),
+                            d.refobjid)
+              ELSE d.refobjid END AS refbase
     FROM objs JOIN pg_depend d ON d.classid = objs.classid AND d.objid = objs.objid
    WHERE d.deptype = 'n' AND d.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_type'::regclass)
 )
-SELECT DISTINCT r.schema, o.type, o.identity, r.type, r.identity
-  FROM refs,
+SELECT DISTINCT rn.nspname, o.type, o.identity, r.type, r.identity
+  FROM refs JOIN pg_namespace rn ON rn.oid = refs.refnsp,
        LATERAL pg_identify_object(refs.classid, refs.objid, refs.objsubid) o,
        LATERAL pg_identify_object(refs.refclassid, refs.refobjid, 0) r
  WHERE refs.refnsp NOT IN (SELECT oid FROM inside) AND refs.refnsp NOT IN (SELECT oid FROM provided)
    AND r.type <> 'index'
    AND NOT EXISTS (SELECT FROM pg_depend e
-                    WHERE e.classid = refs.refclassid AND e.objid = refs.refobjid AND e.deptype = 'e')
+                    WHERE e.classid = refs.refclassid AND e.objid = refs.refbase AND e.deptype = 'e')
  ORDER BY 1, 2, 3
 """
 
