@@ -99,18 +99,19 @@ def test_which_tables_are_emptied_by_delete():
     assert deleting([1, 2], [(3, 1), (2, 2)]) == {1}
 
 
+#: A table in two yearly partitions, one row in each.
+PARTITIONED = """
+    CREATE TABLE m (id int, ts date, v text) PARTITION BY RANGE (ts);
+    CREATE TABLE m_2023 PARTITION OF m FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+    CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+    INSERT INTO m VALUES (1, '2023-05-01', 'a'), (2, '2024-05-01', 'b')"""
+
+
 def test_one_partition_with_clean_never_drops_the_others(make_db, tmp_path):
     """Restoring one partition with clean dropped and recreated its partitioned table, and every
     other partition with it: rows written after the snapshot were lost, and it said it succeeded."""
     dsn = make_db("parts")
-    _run(
-        dsn,
-        """
-        CREATE TABLE m (id int, ts date, v text) PARTITION BY RANGE (ts);
-        CREATE TABLE m_2023 PARTITION OF m FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
-        CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
-        INSERT INTO m VALUES (1, '2023-05-01', 'a'), (2, '2024-05-01', 'b')""",
-    )
+    _run(dsn, PARTITIONED)
     snap = backupkit.backup(dsn, tmp_path, progress=False).path
     _run(dsn, "DROP TABLE m_2023; INSERT INTO m VALUES (3, '2024-06-01', 'new')")  # dropped by mistake
 
@@ -313,14 +314,7 @@ def test_one_partition_kept_in_place_is_restored_not_refused(make_db, tmp_path):
     """The partition exists with the snapshot's columns: its rows are replaced in place, and
     its partitioned table and the other partitions are not touched."""
     dsn = make_db("partkept")
-    _run(
-        dsn,
-        """
-        CREATE TABLE m (id int, ts date, v text) PARTITION BY RANGE (ts);
-        CREATE TABLE m_2023 PARTITION OF m FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
-        CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
-        INSERT INTO m VALUES (1, '2023-05-01', 'a'), (2, '2024-05-01', 'b')""",
-    )
+    _run(dsn, PARTITIONED)
     snap = backupkit.backup(dsn, tmp_path, progress=False).path
     _run(dsn, "UPDATE m SET v = 'oops'; INSERT INTO m VALUES (3, '2024-06-01', 'new')")
 
