@@ -378,3 +378,29 @@ def test_a_kept_tables_foreign_key_to_a_rebuilt_table_is_made_again(make_db, tmp
     assert _rows(dsn, "SELECT id, b FROM app.a") == [(10, 1)]
     assert _rows(dsn, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'b'") == [(1,)]
     assert _rows(dsn, "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'a_b_fkey'") == [("app.b",)]
+
+
+def test_a_schema_clean_restore_with_every_table_in_place_replaces_its_views_and_sequences(make_db, tmp_path):
+    """The rollback procedure (--schema public --clean) with nothing reshaped: the schema's
+    views and unowned sequences already existed, and the restore failed on 'already exists'."""
+    dsn = make_db("allkept")
+    _run(
+        dsn,
+        """
+        CREATE SEQUENCE ids;
+        CREATE SEQUENCE spare;
+        CREATE TABLE t (id bigint PRIMARY KEY DEFAULT nextval('ids'), v text);
+        CREATE VIEW t_names AS SELECT v FROM t;
+        CREATE VIEW t_count AS SELECT count(*) AS n FROM t_names;
+        INSERT INTO t (v) VALUES ('a'), ('b')""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    _run(dsn, "UPDATE t SET v = 'oops'; INSERT INTO t (v) VALUES ('c')")
+
+    result = backupkit.restore(snap, dsn, schemas=["public"], clean=True, progress=False)
+
+    assert result.plan.in_place == ["public.t"]
+    assert _rows(dsn, "SELECT v FROM t_names ORDER BY v") == [("a",), ("b",)]
+    assert _rows(dsn, "SELECT n FROM t_count") == [(2,)]
+    _run(dsn, "INSERT INTO t (v) VALUES ('d')")
+    assert _rows(dsn, "SELECT max(id) FROM t") == [(3,)]  # ids as in the snapshot, whose rows t holds again

@@ -97,3 +97,24 @@ def broken_references(conn: psycopg.Connection, tables: list[dict]) -> list[str]
         if one_row(conn.execute(query))[0]:
             broken.append(f"{name} ({cs}.{ct} -> {ps}.{pt})")
     return broken
+
+
+#: The sequences the column defaults of some tables use: (schema, name).
+_DEFAULTS_USE = """
+SELECT DISTINCT n.nspname, s.relname
+  FROM pg_catalog.pg_attrdef a
+  JOIN pg_catalog.pg_depend d
+    ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid
+   AND d.refclassid = 'pg_catalog.pg_class'::regclass
+  JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+  JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+ WHERE a.adrelid = ANY(%s::regclass[])
+"""
+
+
+def sequences_used(conn: psycopg.Connection, tables: list[dict]) -> set[tuple[str, str]]:
+    """(schema, name) of the sequences the column defaults of ``tables`` use (``nextval('s')``)."""
+    if not tables:
+        return set()
+    names = [_regclass(t) for t in tables]
+    return {(r[0], r[1]) for r in conn.execute(_DEFAULTS_USE, (names,)).fetchall()}

@@ -25,7 +25,7 @@ from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import default_privileges
 from .database_scripts import restore_large_objects
-from .in_place import broken_references, empty_sql
+from .in_place import broken_references, empty_sql, sequences_used
 from .plan import RestorePlan
 from .scripts import Scripts
 
@@ -218,7 +218,7 @@ class LoadRun:
         keys = {mf.table_key(t) for t in self.chosen}
         # A sequence no table owns, used by a chosen table's column default (nextval('s')):
         # other tables may use it too, so it only ever moves forward to the snapshot's value.
-        used = set() if plan.full else {tuple(r) for r in conn.execute(_DEFAULTS_USE, (self._regclasses(conn),))}
+        used = set() if plan.full else sequences_used(conn, self.chosen)
         with conn.pipeline():
             for s in self.manifest.get("sequences", []):
                 owned = s.get("owned_by")
@@ -233,19 +233,6 @@ class LoadRun:
                         "WHERE coalesce(pg_catalog.pg_sequence_last_value(%s::regclass) < %s, true)",
                         (name, s["last_value"], name, s["last_value"]),
                     )
-
-
-#: The sequences the column defaults of some tables use: (schema, name).
-_DEFAULTS_USE = """
-SELECT DISTINCT n.nspname, s.relname
-  FROM pg_catalog.pg_attrdef a
-  JOIN pg_catalog.pg_depend d
-    ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid
-   AND d.refclassid = 'pg_catalog.pg_class'::regclass
-  JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
-  JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
- WHERE a.adrelid = ANY(%s::regclass[])
-"""
 
 
 def deleting(tables: list[int], references: list[tuple[int, int]]) -> set[int]:

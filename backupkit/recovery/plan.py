@@ -38,7 +38,7 @@ from .database_scripts import (
     plan_database,
     read_target,
 )
-from .in_place import split_by_shape
+from .in_place import sequences_used, split_by_shape
 from .scripts import object_key, wanted_entries
 from .selection import select_tables
 
@@ -281,7 +281,12 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     tables_named=bool(tables),
                     in_place=in_place,
                     rebuilding=bool(plan.existing),
+                    in_place_sequences=sequences_used(conn, in_place) if schemas else set(),
                 )
+            if schemas and in_place and not plan.existing:
+                # Nothing rebuilt, but the schemas' other objects (views, sequences) exist:
+                # --clean drops them first, as it would with a table to rebuild.
+                plan.drop_first = True
     if platform:
         _leave_platform_rows(plan, platform)
     if request.data_only and manifest.get("large_objects"):

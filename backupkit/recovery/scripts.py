@@ -118,12 +118,14 @@ def wanted_entries(
     tables_named: bool = True,
     in_place: Sequence[dict] = (),
     rebuilding: bool = False,
+    in_place_sequences: Collection[tuple[str, str]] = (),
 ) -> list[TocEntry]:
     """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
     and, for ``schemas``, everything in those schemas (views, functions, sequences too) but
     what belongs to the ``in_place`` tables, whose rows alone are replaced (but, when
     ``rebuilding`` other tables, their foreign keys: one may point at a table dropped and
-    recreated, so it is dropped first and made again).
+    recreated, so it is dropped first and made again).  ``in_place_sequences`` are the
+    sequences their column defaults use, which stay too.
 
     Objects the target already has (the public schema, always; types and
     functions on a selective restore into a live database; whatever the
@@ -200,7 +202,7 @@ def wanted_entries(
             return name in selected or tables_named or name in type_schemas
         return schema in selected or tables_named or type_used(kind, schema, name)
 
-    kept = _belonging_to(in_place, manifest, foreign_keys=not rebuilding)
+    kept = _belonging_to(in_place, manifest, foreign_keys=not rebuilding, sequences=in_place_sequences)
 
     for e in entries:
         if selected and in_selected(e) and e.type not in _GLOBAL_TYPES:
@@ -238,7 +240,13 @@ def wanted_entries(
     return wanted
 
 
-def _belonging_to(tables: Sequence[dict], manifest: dict, *, foreign_keys: bool = True) -> Callable[[TocEntry], bool]:
+def _belonging_to(
+    tables: Sequence[dict],
+    manifest: dict,
+    *,
+    foreign_keys: bool = True,
+    sequences: Collection[tuple[str, str]] = (),
+) -> Callable[[TocEntry], bool]:
     """Whether a TOC entry is one of ``tables``' own: the table, its constraints (foreign keys
     only with ``foreign_keys``), triggers, policies and defaults, its indexes, the sequences it
     owns, comments and grants on them."""
@@ -249,7 +257,7 @@ def _belonging_to(tables: Sequence[dict], manifest: dict, *, foreign_keys: bool 
         (s["schema"], s["name"])
         for s in manifest.get("sequences", [])
         if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in keys
-    }
+    } | set(sequences)
 
     def belongs(e: TocEntry) -> bool:
         if not tables:
