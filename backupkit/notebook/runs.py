@@ -39,6 +39,7 @@ from .. import __version__
 from ..errors import BackupkitError, ConfigError
 from ..monitor.notify import Notifier
 from ..pg.dsn import DSN_ENV_VARS, redact
+from ..snapshot.signing import is_key_material
 
 
 def _now() -> datetime:
@@ -97,10 +98,6 @@ def env_name(parameter: str, value: str) -> str:
     raise env_name_error(parameter)
 
 
-#: Key material where a key file's path belongs (an age secret key, a PEM private key).
-_KEY_MATERIAL = re.compile(r"AGE-SECRET-KEY-|PRIVATE KEY-----", re.I)
-
-
 def misplaced_secret(parameter: str, value: object) -> ConfigError | None:
     """The error for a parameter holding what looks like a secret where a name or path belongs:
     a ``*_env`` parameter that is not an environment variable's name (often the DSN or URL
@@ -108,7 +105,7 @@ def misplaced_secret(parameter: str, value: object) -> ConfigError | None:
     Neither error shows anything of the value."""
     if parameter.endswith("_env"):
         return None if value == "" or is_env_name(value) else env_name_error(parameter)
-    if parameter == "identity" and isinstance(value, str) and (_KEY_MATERIAL.search(value) or "\n" in value):
+    if parameter == "identity" and isinstance(value, str) and is_key_material(value):
         return ConfigError(
             "identity takes the PATH of an age identity file (e.g. ~/backupkit-identity.txt), not the key "
             "itself: nothing of the value is shown",

@@ -61,7 +61,7 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _is_key_material(text: str) -> bool:
+def is_key_material(text: str) -> bool:
     """Whether a "path" is in fact a key (an age identity, a PEM block) or too long to be one."""
     return (
         "\n" in text
@@ -87,7 +87,7 @@ def read_key_file(
     every key file backupkit reads is read here.  ``why`` ends the hint of the refusal of a
     private key others may read; ``make`` is the hint for a missing file.
     """
-    if _is_key_material(str(path)):
+    if is_key_material(str(path)):
         # A secret put in BACKUPKIT_IDENTITY or BACKUPKIT_SIGN_KEY itself, as CI and Kubernetes
         # inject secrets: "no such file" would print the key, and notify and drills record it.
         raise ConfigError(
