@@ -131,27 +131,24 @@ def test_a_live_holder_is_known_by_its_start_since_boot_whatever_the_clock_says(
     from backupkit.storage.lock import process_identity
 
     holder = spawn("import sys; sys.stdin.read()")
-    long_before = "2001-01-01T00:00:00+00:00"  # as the clock now sees the moment the lock was taken
-    write_lock(
-        tmp_path,
-        host=socket.gethostname(),
-        pid=holder.pid,
-        purpose="backup",
-        started_at=long_before,
-        process=process_identity(holder.pid),
-    )
+
+    def lock_recording(process: str) -> None:
+        # started_at: as the clock now sees the moment the lock was taken, long before
+        write_lock(
+            tmp_path,
+            host=socket.gethostname(),
+            pid=holder.pid,
+            purpose="backup",
+            started_at="2001-01-01T00:00:00+00:00",
+            process=process,
+        )
+
+    lock_recording(process_identity(holder.pid))
     with pytest.raises(LockError, match=f"locked by pid {holder.pid}"):
         DirLock(tmp_path, "prune").acquire()
     # The same pid, recorded with another start: a process that reused it, not the holder.
     boot, ticks = process_identity(holder.pid).rsplit(":", 1)
-    write_lock(
-        tmp_path,
-        host=socket.gethostname(),
-        pid=holder.pid,
-        purpose="backup",
-        started_at=long_before,
-        process=f"{boot}:{int(ticks) - 1}",
-    )
+    lock_recording(f"{boot}:{int(ticks) - 1}")
     with DirLock(tmp_path, "prune") as lock:
         assert "no longer runs" in lock.took_over
     assert holder.poll() is None
