@@ -13,25 +13,24 @@ from __future__ import annotations
 import logging
 import threading
 
-from .base import Storage
+from .base import Entry, Storage
 
 log = logging.getLogger("backupkit")
 
 
-def beats(storage: Storage, prefix: str) -> list[str]:
-    """The names of the marker files starting with ``prefix`` at the top of ``storage``."""
-    return sorted(e.name for e in storage.list() if e.kind == "file" and e.name.startswith(prefix))
+def _markers(storage: Storage, prefix: str) -> list[Entry]:
+    """The marker files starting with ``prefix`` at the top of ``storage``."""
+    return [e for e in storage.list() if e.kind == "file" and e.name.startswith(prefix)]
 
 
 def last_beat(storage: Storage, prefix: str) -> float | None:
     """When the newest marker starting with ``prefix`` was made (seconds since the epoch), or None."""
-    times = [e.mtime for e in storage.list() if e.kind == "file" and e.name.startswith(prefix)]
-    return max(times, default=None)
+    return max((e.mtime for e in _markers(storage, prefix)), default=None)
 
 
 def remove_beats(storage: Storage, prefix: str) -> None:
     """Remove every marker starting with ``prefix``; what cannot be removed is left (it is empty)."""
-    for name in beats(storage, prefix):
+    for name in sorted(e.name for e in _markers(storage, prefix)):
         try:
             storage.remove(name)
         except OSError:
