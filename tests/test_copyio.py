@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -234,3 +236,41 @@ def test_a_copy_whose_session_is_ended_says_why_and_lets_other_threads_run(make_
         helper.join()
 
     assert "terminating connection due to administrator command" in str(err.value)
+
+
+BLOCK_FAULTS = r"""
+import hashlib, os, resource, sys
+import zstandard
+from backupkit.runtime.heap import keep_freed_blocks
+
+rows = [os.urandom(40).hex().encode() * (1 + i % 5) + b"\n" for i in range(1000)]
+compress = zstandard.ZstdCompressor(level=copyio_level).compress
+
+def blocks(n):
+    # As pg.copyio streams: rows appended to a block of 1 MiB, compressed, hashed, freed.
+    for _ in range(n):
+        buf = bytearray()
+        i = 0
+        while len(buf) < 1 << 20:
+            buf += rows[i % 1000]
+            i += 1
+        hashlib.sha256(compress(buf)).digest()
+
+print(keep_freed_blocks())
+blocks(3)  # the first blocks fault their pages in once
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+blocks(100)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+def test_streamed_blocks_reuse_their_memory():
+    """A process streaming data keeps freed block-sized memory (``runtime.heap``): its 100
+    next blocks of 1 MiB fault in almost no new pages, where glibc's defaults fault about
+    one per page per block (23,800 for these 100; 70,000 in a 450 MB backup)."""
+    probe = BLOCK_FAULTS.replace("copyio_level", str(copyio.ZSTD_LEVEL))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    kept, faults = out.stdout.split()
+    assert kept == "True"
+    assert int(faults) < 100 * 256 // 10, f"{faults} page faults for 100 blocks of 256 pages"

@@ -27,6 +27,7 @@ import psycopg.errors
 
 from ..errors import SourceError
 from ..pg.copyio import FILE_CUTS, FileResult, copy_out, copy_source
+from ..runtime.heap import keep_freed_blocks
 from ..runtime.lifeline import die_with_parent
 from ..runtime.progress import byte_bar, wanted
 from ..snapshot import formats
@@ -137,6 +138,7 @@ def _init_process(parent_pid: int) -> None:
     # group, is the parent's to handle: it kills its workers (``with_processes``), and
     # they die with it besides, so an idle one does not print a traceback of its own.
     global _process_keepalive
+    keep_freed_blocks()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent_pid)
@@ -222,6 +224,7 @@ def copy_all(
     ``stopper.stop()`` (another thread: the run's timeout) kills the worker processes and
     cancels the in-process queries; this then raises.
     """
+    keep_freed_blocks()  # this process streams too
     spec = session if isinstance(session, SessionSpec) else SessionSpec(session)
     show = wanted(progress)
     own_keepalive = keepalive is None
