@@ -310,6 +310,44 @@ def test_triggers_that_fire_even_with_triggers_off_do_not_fire_during_the_load(m
     ]
 
 
+def test_a_trigger_that_fires_and_that_the_role_cannot_switch_off_is_refused_when_planning(make_db, tmp_path):
+    """Only a table's owner may switch a trigger off: an ENABLE ALWAYS trigger on another
+    role's table fired for every row a data-only restore loaded (an audit row per COPY row)
+    and the restore said nothing.  Refused before anything changes, naming the trigger."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    dsn = make_db("alwaysnotmine")
+    role = "loader_" + conninfo_to_dict(dsn)["dbname"]
+    _run(
+        dsn,
+        f"""
+        CREATE TABLE audit (what text);
+        CREATE TABLE t (id int PRIMARY KEY, v text);
+        CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NEW; END$$;
+        INSERT INTO t VALUES (1, 'a'), (2, 'b');
+        CREATE TRIGGER log_it AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION log_it();
+        ALTER TABLE t ENABLE ALWAYS TRIGGER log_it;
+        CREATE ROLE {role} LOGIN PASSWORD 'pw-loader'; GRANT ALL ON t, audit TO {role};
+        GRANT SET ON PARAMETER session_replication_role TO {role}""",
+    )
+    snap = backupkit.backup(dsn, tmp_path, progress=False).path
+    _run(dsn, "UPDATE t SET v = 'oops'; TRUNCATE audit")
+    loader = make_conninfo(dsn, user=role, password="pw-loader")
+    try:
+        with pytest.raises(
+            RestoreError, match="public.t.s trigger log_it is ENABLE ALWAYS.*ENABLE ALWAYS TRIGGER log_it. after it"
+        ) as caught:
+            backupkit.restore(snap, loader, data_only=True, clean=True, progress=False)
+        assert "nothing was changed" in str(caught.value)
+        assert _rows(dsn, "SELECT v FROM t ORDER BY id") == [("oops",), ("oops",)]
+        assert _rows(dsn, "SELECT count(*) FROM audit") == [(0,)]
+    finally:
+        _run(
+            dsn, f"REVOKE SET ON PARAMETER session_replication_role FROM {role}; DROP OWNED BY {role}; DROP ROLE {role}"
+        )
+
+
 def test_one_partition_kept_in_place_is_restored_not_refused(make_db, tmp_path):
     """The partition exists with the snapshot's columns: its rows are replaced in place, and
     its partitioned table and the other partitions are not touched."""

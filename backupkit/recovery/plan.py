@@ -264,8 +264,16 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             problems += problems_in_place
         if clean and existing and not request.data_only:
             problems += _partitions_lost(conn, chosen, existing, plan.in_place)
-        loaded_into = chosen if request.data_only else [t for t in chosen if mf.table_key(t) in plan.in_place]
-        plan.firing_triggers = _firing_triggers(conn, loaded_into)
+        plan.firing_triggers, foreign = _firing_triggers(
+            conn, _loaded_with_triggers_off(chosen, plan, platform, request)
+        )
+        problems += [
+            f"{rel}'s trigger {name} is ENABLE {mode}, so it would fire for every restored row, and only "
+            f"the table's owner {owner} may switch it off: have {owner} run `ALTER TABLE {rel} DISABLE "
+            f"TRIGGER {name}` before the restore and `ALTER TABLE {rel} ENABLE {mode} TRIGGER {name}` after "
+            f"it, or restore as {owner}"
+            for rel, name, mode, owner in foreign
+        ]
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
         entries: list[TocEntry] = []
         if not request.data_only:
@@ -334,14 +342,20 @@ def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dic
     return in_place, problems
 
 
+def _platform_loading(platform: Platform) -> tuple[list[str], list[str]]:
+    """The platform tables whose rows the project keeps, and those this restore loads rows into
+    (the others hold none in the snapshot)."""
+    kept = kept_rows(platform)
+    skip = set(kept) | set(platform_empty(platform))
+    return kept, sorted(set(platform.tables) - skip)
+
+
 def _leave_platform_rows(plan: RestorePlan, platform: Platform) -> None:
     """Take off ``plan`` the platform tables whose rows the project keeps, or that hold none."""
-    kept = kept_rows(platform)
+    kept, loading = _platform_loading(platform)
     if kept:
         plan.notes.append("kept the project's own " + ", ".join(kept) + " (the platform's migration records)")
-    skip = set(kept) | set(platform_empty(platform))
-    plan.tables = [t for t in plan.tables if mf.table_key(t) not in skip]
-    loading = sorted(set(platform.tables) - skip)
+    plan.tables = [t for t in plan.tables if mf.table_key(t) not in platform.tables or mf.table_key(t) in loading]
     if loading:
         plan.notes.append(
             "loaded rows into the project's own " + ", ".join(loading) + "; their owners and grants are unchanged"
@@ -446,22 +460,42 @@ def _partitions_lost(
     return problems
 
 
-def _firing_triggers(conn: psycopg.Connection, tables: list[dict]) -> list[tuple[str, str, str, str]]:
-    """Triggers of ``tables`` that session_replication_role = replica does not stop."""
-    if not tables:
+def _loaded_with_triggers_off(
+    chosen: list[dict], plan: RestorePlan, platform: Platform, request: Request
+) -> list[dict]:
+    """The tables whose rows go into a table that exists already, with session_replication_role
+    = replica: all of them for data_only, else those kept in place and the platform's."""
+    if request.data_only:
+        return chosen
+    if request.schema_only:
         return []
+    loading = set(plan.in_place) | set(_platform_loading(platform)[1])
+    return [t for t in chosen if mf.table_key(t) in loading]
+
+
+def _firing_triggers(
+    conn: psycopg.Connection, tables: list[dict]
+) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:
+    """Triggers of ``tables`` that session_replication_role = replica does not stop: those this
+    role may switch off (schema, table, trigger, ALWAYS or REPLICA), and those only their table's
+    owner may (table and trigger quoted as SQL, ALWAYS or REPLICA, the owner)."""
+    if not tables:
+        return [], []
     names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
     rows = conn.execute(
-        "SELECT n.nspname, c.relname, t.tgname, CASE t.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END "
+        "SELECT n.nspname, c.relname, t.tgname, CASE t.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END, "
+        # ALTER TABLE ... DISABLE TRIGGER needs the table's owner.
+        "pg_catalog.pg_has_role(c.relowner, 'USAGE'), pg_catalog.format('%%I.%%I', n.nspname, c.relname), "
+        "pg_catalog.quote_ident(t.tgname), pg_catalog.pg_get_userbyid(c.relowner) "
         "FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "WHERE t.tgrelid = ANY(%s::regclass[]) AND t.tgenabled IN ('A', 'R') AND NOT t.tgisinternal "
-        # ALTER TABLE needs the table's owner; another's triggers fire as they always did.
-        "AND pg_catalog.pg_has_role(c.relowner, 'USAGE') "
         "ORDER BY 1, 2, 3",
         (names,),
     ).fetchall()
-    return [(s, t, g, m) for s, t, g, m in rows]
+    mine = [(s, t, g, m) for s, t, g, m, may, *_ in rows if may]
+    others = [(rel, name, m, owner) for _, _, _, m, may, rel, name, owner in rows if not may]
+    return mine, others
 
 
 def may_disable_triggers(conn: psycopg.Connection) -> bool:
