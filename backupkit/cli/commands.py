@@ -155,7 +155,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     """``backupkit verify``: re-hash a snapshot (``--deep``: recount rows); exit 6 when damaged."""
     from ..snapshot.encryption import identity_path
     from ..snapshot.signing import public_key_path
-    from ..snapshot.verify import verify
+    from ..snapshot.verify import damage_hint, verify
     from ..storage.repository import resolve
 
     report = verify(
@@ -195,6 +195,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
         )
         if report.encrypted_to:
             print(f"encrypted: yes (age, to {', '.join(report.encrypted_to)})")
+        if not report.ok:
+            print(f"hint: {damage_hint(report)}", file=sys.stderr)
     return 0 if report.ok else SnapshotDamaged.exit_code
 
 

@@ -37,7 +37,7 @@ from ..runtime.progress import wanted
 from ..runtime.signals import sigterm_as_interrupt
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
-from ..snapshot.verify import check_jobs, ensure_intact
+from ..snapshot.verify import check_jobs, ensure_intact, refuse_unfinished
 from ..storage.location import SnapshotLocation, locate
 from . import mark as restore_mark
 from .auth_stand_in import StandIn, plan_stand_in
@@ -106,6 +106,7 @@ def restore(
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
     lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "lock_wait_timeout"), _seconds(timeout, "timeout")
     location = locate(snapshot)
+    refuse_unfinished(location)  # before the target is even looked at
     try:
         manifest = mf.read(location)
     except SnapshotError:  # a manifest that cannot be read: ensure_intact says all that is wrong

@@ -95,7 +95,7 @@ def read(snapshot: SnapshotArg) -> dict:
     """Load a snapshot's manifest, checking it is one and has the shape readers rely on.
 
     Raises ``SnapshotNotFound`` (no snapshot), ``SnapshotError`` (it cannot be read:
-    permissions), or ``SnapshotDamaged`` naming the problem (no manifest, not JSON,
+    permissions; or a newer backupkit wrote it), or ``SnapshotDamaged`` naming the problem (no manifest, not JSON,
     nested too deep, a wrong type or a missing key, a file path that is not a plain
     path inside the snapshot; see ``validate``).  The manifest's own checksum and the
     files' hashes are checked by ``verify``.
@@ -156,10 +156,12 @@ def read(snapshot: SnapshotArg) -> dict:
             [f"{MANIFEST}: format_version is not a whole number"],
         )
     if version > FORMAT_VERSION:
-        raise SnapshotDamaged(
-            f"{folder} was written by a newer backupkit (format {manifest['format_version']})",
-            [f"unsupported format_version {manifest['format_version']}"],
-            hint="upgrade backupkit to read it",
+        # Not damage: every snapshot that backupkit wrote is refused alike, so "restore from
+        # another snapshot" would be the wrong advice; unusable here (exit 7) until upgraded.
+        raise SnapshotError(
+            f"{folder} was written by a newer backupkit (format_version {version}; "
+            f"this one reads up to {FORMAT_VERSION})",
+            hint="upgrade backupkit (pip install -U backupkit) to read it",
         )
     problems = validate(manifest)
     if problems:

@@ -367,6 +367,37 @@ def verify(
     return report
 
 
+def refuse_unfinished(snapshot: mf.SnapshotArg) -> None:
+    """Raise ``SnapshotNotFound`` for a folder whose name starts with ``.``: never a snapshot.
+
+    A backup killed between writing its manifest and publishing it leaves such a folder
+    (``.tmp-…``) holding files that may verify, but it was never checked through to the
+    end nor published: ``list`` calls it incomplete, and nothing may restore it as if whole.
+    """
+    location = locate(snapshot)
+    if location.id.startswith("."):
+        raise SnapshotNotFound(
+            f"{location} is an unfinished backup (or one being removed), not a snapshot",
+            hint="restore a complete snapshot: `backupkit list DIR` shows them",
+        )
+
+
+def damage_hint(report: VerifyReport) -> str:
+    """What to do about a damaged snapshot.  "Another snapshot" is the answer unless a damaged
+    file is one the repository stores once for several snapshots: the next one picked may
+    use the same file, so the user is told so, and where its bytes are."""
+    tables = (report.manifest or {}).get("tables", [])
+    shared = [f["path"] for t in tables for f in t["files"] if f.get("shared") is True]
+    hit = next((p for p in shared for q in report.problems if q.startswith((f"{p}:", f"missing file {p}"))), None)
+    if hit is None:
+        return "restore from another snapshot (`backupkit list DIR`), and check the storage"
+    where = report.snapshot.storage.where(report.snapshot.stored(hit))
+    return (
+        f"{hit} is stored once for the repository, at {where}, and other snapshots "
+        "may use it too: `backupkit verify` the snapshot you pick before restoring it, and check the storage"
+    )
+
+
 def ensure_intact(
     snapshot: mf.SnapshotArg,
     *,
@@ -377,7 +408,9 @@ def ensure_intact(
 ) -> dict:
     """Verify ``snapshot`` and return the manifest it was verified against (with ``public_key``:
     the one whose signature was checked), or raise SnapshotDamaged naming every problem (a
-    missing or bad signature is one; see ``verify``, also for ``stop``)."""
+    missing or bad signature is one; see ``verify``, also for ``stop``).  An unfinished
+    backup's folder is refused first (``refuse_unfinished``)."""
+    refuse_unfinished(snapshot)
     report = verify(snapshot, deep=deep, public_key=public_key, identity=identity, stop=stop)
     if not report.ok:
         raise SnapshotDamaged(
@@ -385,7 +418,7 @@ def ensure_intact(
             + "; ".join(report.problems[:5])
             + (f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""),
             report.problems,
-            hint="restore from another snapshot (`backupkit list DIR`), and check the storage",
+            hint=damage_hint(report),
         )
     assert report.manifest is not None  # read, or verify would have reported it
     return report.manifest

@@ -24,20 +24,24 @@ Rules that keep the pool safe, all under the repository's lock (``storage.lock``
   collection) only once it is older than a grace period, so a backup whose lock was
   taken over as stale does not lose what it has just added.
 
-A pool file whose size is not what its name promises (a crash mid-copy into a pool
-that is not atomic, someone's edit) is never used again: the new file stays in its
-snapshot's own folder instead, and ``verify`` names any snapshot referring to it.
+A pool file whose bytes are not what its name promises (a crash mid-copy into a pool
+that is not atomic, someone's edit, bit rot on a disk) is never used again: the new file
+stays in its snapshot's own folder instead, and ``verify`` names any snapshot referring to
+it.  On a local disk its bytes are hashed; on a storage that checks every body it accepts
+(``Storage.verified_writes``: S3), where reading it back would cost a download, only its
+size is compared.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .base import Entry, Storage
+from .base import BLOCK, Entry, Storage
 
 log = logging.getLogger("backupkit")
 
@@ -62,9 +66,26 @@ def _size(storage: Storage, name: str) -> int | None:
 ADDED, PRESENT, KEPT = "added", "present", "kept"
 
 
+def _intact(storage: Storage, name: str, sha256: str) -> bool:
+    """Whether pool file ``name`` still hashes to ``sha256``; taken on trust where reading it
+    back means a download (see the module docstring)."""
+    if storage.verified_writes:
+        return True
+    h = hashlib.sha256()
+    try:
+        with storage.open(name) as f:
+            while block := f.read(BLOCK):
+                h.update(block)
+    except OSError:
+        return False
+    return h.hexdigest() == sha256
+
+
 def has(storage: Storage, sha256: str, size: int) -> bool:
-    """Whether the pool holds the file of that hash, whole (of that size)."""
-    return _size(storage, blob_name(sha256)) == size
+    """Whether the pool holds the file of that hash, whole (of that size, and on a local disk
+    of those bytes)."""
+    name = blob_name(sha256)
+    return _size(storage, name) == size and _intact(storage, name, sha256)
 
 
 def share(storage: Storage, staged: str, sha256: str, size: int) -> str:
@@ -82,10 +103,14 @@ def share(storage: Storage, staged: str, sha256: str, size: int) -> str:
             return ADDED
         except FileExistsError:
             found = _size(storage, name)
-    if found == size:
+    if found == size and _intact(storage, name, sha256):
         storage.remove(staged)
         return PRESENT
-    log.warning("%s is %s bytes, not %d: this snapshot keeps its own copy", storage.where(name), found, size)
+    if found == size:
+        # Bit rot keeps the size: trusting it would make every later snapshot of these rows damaged.
+        log.warning("%s does not hash to its name: this snapshot keeps its own copy", storage.where(name))
+    else:
+        log.warning("%s is %s bytes, not %d: this snapshot keeps its own copy", storage.where(name), found, size)
     return KEPT
 
 
