@@ -6,7 +6,9 @@ or as a multiset of rows) on PostgreSQL's exact text; the schema SQL, its object
 
 * A table whose chunk files are byte-identical (the same SHA-256s) is not read.
   Of a table that changed, a file with a byte-identical partner on the other
-  side is not read either: the two hold the same rows, which cancel out.
+  side is not read either: the two hold the same rows, which cancel out.  Both
+  hold only when the two tables store the same columns in the same order and data
+  format (``_same_layout``); otherwise every file is read.
 
 The tables are compared one at a time on one DuckDB connection, spilling to a
 private scratch folder (``storage.scratch``, removed at the end, which also holds
@@ -27,7 +29,7 @@ import duckdb
 
 from ..errors import SnapshotDamaged
 from ..runtime.progress import byte_bar, wanted
-from ..snapshot import encryption
+from ..snapshot import encryption, formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files
 from ..storage.local import LocalStorage
@@ -131,9 +133,22 @@ def _check_schema_files(folder: mf.SnapshotArg, m: dict) -> None:
     check_files(folder, entries)
 
 
+def _same_layout(old: dict, new: dict) -> bool:
+    """Whether equal bytes mean equal rows in both tables: the same stored columns, in the same
+    order, in the same data format.
+
+    A file's bytes say which values it holds only given its columns and format: after two
+    columns swapped names, or between a CSV and a text-format snapshot (an empty line is NULL
+    in one and '' in the other), byte-identical files hold different rows.
+    """
+    return old["copy_columns"] == new["copy_columns"] and formats.of(old) is formats.of(new)
+
+
 def _plan(old_dir: mf.SnapshotArg, new_dir: mf.SnapshotArg, old: dict, new: dict) -> tuple[Side, Side] | None:
     """The old and new sides to compare, each table with only the files to read, or None
     when both sides hold byte-identical files and nothing needs reading."""
+    if not _same_layout(old, new):
+        return Side(old_dir, old, old["rows"]), Side(new_dir, new, new["rows"])
     if Counter(f["sha256"] for f in old["files"]) == Counter(f["sha256"] for f in new["files"]):
         return None
     read = _read_files(old, new)

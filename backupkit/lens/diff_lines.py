@@ -16,7 +16,8 @@ otherwise (a CSV snapshot, written before 2026-12).  A file has exactly as many
 lines as the manifest has rows exactly when that is so, since every newline
 inside a value adds one.  Each pair checks this whatever the format (it also
 catches a damaged file), and so does every other assumption (one column per
-line, no line longer than the read buffer, no empty line): when one fails,
+line, no line longer than the read buffer, no empty line, no file starting with
+a byte order mark, which DuckDB would drop from its first line): when one fails,
 ``match_lines`` returns None and the caller parses columns.
 
 The lines left over are written to the diff's scratch space (``storage.scratch``)
@@ -38,7 +39,7 @@ from ..snapshot import formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import data_path
 from ..storage.base import Storage
-from .duck import literal, one_row, path_sql, reader_options
+from .duck import literal, one_row, path_sql, reader_options, starts_with_bom
 
 if TYPE_CHECKING:  # diff_rows imports this module
     from .diff_rows import Side, TableComparison
@@ -110,6 +111,8 @@ def match_lines(table: TableComparison) -> tuple[Side, Side] | None:
     con, sides, spill = table.con, (table.old, table.new), table.spill
     if any("rows" not in f for f in table.old.files + table.new.files):
         return None  # an old manifest: lines cannot be checked against rows file by file
+    if any(starts_with_bom(data_path(s.folder, f)) for s in sides for f in s.files):
+        return None  # DuckDB drops a byte order mark that starts a file: its first line would lose it
     pairs = max(len(s.files) for s in sides)
     counts: dict[int, tuple[int, int]] = {}
 
@@ -156,13 +159,12 @@ def _write_lines(con: duckdb.DuckDBPyConnection, query: str, storage: Storage, n
     """Write the strings ``query`` returns to new file ``name`` of ``storage`` as newline-ended
     lines, zstd-compressed; return how many.
 
-    The file starts with a UTF-8 byte order mark: DuckDB drops one at the start of a
-    file, and without it a first line that begins with U+FEFF would lose that character.
+    A first line that begins with U+FEFF is kept as it is: the readers (``duck.files_sql``)
+    give a byte order mark at the start of a file back to the first row.
     """
     n = 0
     cur = con.execute(query)
     with storage.create(name) as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw, closefd=False) as out:
-        out.write("\ufeff".encode())
         while batch := cur.fetchmany(_BATCH):
             out.write(("\n".join(r[0] for r in batch) + "\n").encode())
             n += len(batch)

@@ -97,10 +97,12 @@ import secrets
 import tempfile
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import zstandard
 
 from ..errors import ConfigError, SnapshotDamaged
 from ..snapshot import encryption, formats
@@ -234,42 +236,101 @@ def files_sql(folder: mf.SnapshotArg, table: dict, *, max_line_size: int = MAX_L
     DuckDB's read buffer (and the memory it reserves per file being read) smaller;
     a longer row then fails the query (``duckdb.InvalidInputException`` or
     ``NotImplementedException``) and a caller can retry with the default.  The
-    virtual column ``file_index`` numbers the files.  Each data format is read as ``READERS`` says.
+    column ``file_index`` numbers the files.  Each data format is read as ``READERS`` says;
+    a file starting with a byte order mark as ``_marked_file_sql`` says.
     """
-    files = "[" + ", ".join(path_sql(p) for p in _file_paths(folder, table["files"])) + "]"
+    paths = _file_paths(folder, table["files"])
     n = len(table["copy_columns"])
-    if not table["files"]:  # read_csv needs at least one file
+    if not paths:  # read_csv needs at least one file
         cols = ", ".join(f"NULL::VARCHAR AS c{i}" for i in range(n))
         return f"(SELECT {cols}, NULL::UBIGINT AS file_index WHERE false)"
-    return READERS[formats.of(table).name](files, n, reader_options(max_line_size))
+    reader, common = READERS[formats.of(table).name], reader_options(max_line_size)
+    marked = {i for i, p in enumerate(paths) if n and starts_with_bom(p)}
+    plain = [i for i in range(len(paths)) if i not in marked]
+    parts = [_marked_file_sql(reader, paths[i], i, n, common) for i in sorted(marked)]
+    if plain:
+        files = "[" + ", ".join(path_sql(paths[i]) for i in plain) + "]"
+        # file_index counts the files read together; without the marked ones it needs mapping back.
+        index = "file_index" if not marked else f"([{', '.join(map(str, plain))}])[file_index + 1]::UBIGINT"
+        cols = ", ".join(f"{reader.value(f'c{i}')} AS c{i}" for i in range(n))
+        parts.insert(0, f"SELECT {cols}, {index} AS file_index FROM {reader.raw(files, n, common)}")
+    return "(" + " UNION ALL ".join(parts) + ")"
 
 
-def _read_text(files: str, n: int, common: str) -> str:
-    """COPY's text format: nothing is quoted, a field ends at a tab, a row at a newline, and
-    both are escaped inside values; an empty field is '' and ``\\N`` is NULL (``_text_value``)."""
-    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
-    reader = f"read_csv({files}, columns = {columns}, delim = '\t', quote = '', escape = '', {common})"
-    cols = ", ".join(f"{_text_value(f'c{i}')} AS c{i}" for i in range(n))
-    return f"(SELECT {cols}, file_index FROM {reader})"
+def _marked_file_sql(reader: Reader, path: Path, index: int, n: int, common: str) -> str:
+    """The rows of one file that starts with a UTF-8 byte order mark, with ``index`` as ``file_index``.
 
-
-def _read_csv(files: str, n: int, common: str) -> str:
-    """COPY's CSV: nothing is sniffed, quoting, NULL handling and types are exactly what
-    COPY (FORMAT csv) wrote (an unquoted empty field is NULL, a quoted one '')."""
-    columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
+    The mark is data (the first value begins with U+FEFF), but DuckDB drops a mark at
+    the start of a file.  Its first row is the one row that reading the file whole has
+    and reading it from the second row on has not (``EXCEPT ALL``: duplicates count),
+    and gets the mark back in front of its first field.  DuckDB's ``skip`` counts rows
+    (a CSV row may span lines), and a first field starting with the mark is never quoted
+    (PostgreSQL quotes a CSV field only when it must, and then it starts with ``"``).
+    """
+    one = "[" + path_sql(path) + "]"
+    raw = ", ".join(f"c{i}" for i in range(n))
+    rest = reader.raw(one, n, common, skip=1)
+    first = f"SELECT {raw} FROM {reader.raw(one, n, common)} EXCEPT ALL SELECT {raw} FROM {rest}"
+    fields = ["chr(65279) || coalesce(c0, '')"] + [f"c{i}" for i in range(1, n)]
+    restored = ", ".join(f"{reader.value(f)} AS c{i}" for i, f in enumerate(fields))
+    cols = ", ".join(f"{reader.value(f'c{i}')} AS c{i}" for i in range(n))
     return (
-        f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', "
-        f"allow_quoted_nulls = false, {common})"
+        f"SELECT {restored}, {index}::UBIGINT AS file_index FROM ({first}) "
+        f"UNION ALL SELECT {cols}, {index}::UBIGINT AS file_index FROM {rest}"
     )
 
 
-#: How DuckDB reads each data format (``snapshot.formats``), by ``DataFormat.name``: given the
-#: list of files (SQL), the number of columns and ``reader_options``, a relation of the rows with
-#: columns c0, c1, ... (VARCHAR, each value's text) and ``file_index``.
-READERS: dict[str, Callable[[str, int, str], str]] = {
-    formats.TEXT.name: _read_text,
-    formats.CSV.name: _read_csv,
-}
+_BOM = b"\xef\xbb\xbf"
+
+
+def starts_with_bom(path: Path) -> bool:
+    """Whether the decompressed data file ``path`` starts with a UTF-8 byte order mark (which DuckDB drops).
+
+    A file that cannot be read says no: reading it fails again where the checksums are
+    checked and reported (``check_files``), which is what should speak of the damage.
+    """
+    head = b""
+    try:
+        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as z:
+            while len(head) < len(_BOM) and (block := z.read(len(_BOM) - len(head))):
+                head += block
+    except (OSError, zstandard.ZstdError):
+        return False
+    return head == _BOM
+
+
+def _text_options(files: str, columns: str) -> str:
+    """COPY's text format: nothing is quoted, a field ends at a tab, a row at a newline, and
+    both are escaped inside values (``_text_value`` undoes the escapes)."""
+    return f"read_csv({files}, columns = {columns}, delim = '\t', quote = '', escape = ''"
+
+
+def _csv_options(files: str, columns: str) -> str:
+    """COPY's CSV: quoting and NULL handling exactly as COPY (FORMAT csv) wrote them (an unquoted
+    empty field is NULL, a quoted one '')."""
+    return (
+        f"read_csv({files}, columns = {columns}, delim = ',', quote = '\"', escape = '\"', allow_quoted_nulls = false"
+    )
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How DuckDB reads one data format: nothing sniffed, every field as VARCHAR."""
+
+    #: ``read_csv(files, columns = ..., <the format's options>`` without the closing parenthesis.
+    options: Callable[[str, str], str]
+    #: SQL turning a field as DuckDB read it into the value it stands for.
+    value: Callable[[str], str]
+
+    def raw(self, files: str, n: int, common: str, skip: int = 0) -> str:
+        """``read_csv`` of ``files`` (a SQL list), fields c0.. as read, after the first ``skip`` rows."""
+        columns = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n)) + "}"
+        return f"{self.options(files, columns)}, skip = {skip}, {common})"
+
+
+def _as_read(c: str) -> str:
+    """A CSV field as DuckDB read it is the value."""
+    return c
 
 
 #: The escapes COPY's text format writes (besides \\ for a backslash): \b \f \n \r \t \v.
@@ -292,6 +353,13 @@ def _text_value(c: str) -> str:
         rf"CASE WHEN {c} IS NULL THEN '' WHEN {c} = '\N' THEN NULL "
         rf"WHEN contains({c}, '\') THEN {unescaped} ELSE {c} END"
     )
+
+
+#: How DuckDB reads each data format (``snapshot.formats``), by ``DataFormat.name``.
+READERS: dict[str, Reader] = {
+    formats.TEXT.name: Reader(_text_options, _text_value),
+    formats.CSV.name: Reader(_csv_options, _as_read),
+}
 
 
 def columns_sql(

@@ -4,6 +4,7 @@ foreign keys, and sequences ahead of their columns."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -16,6 +17,7 @@ from ..snapshot import manifest as mf
 from ..snapshot.verify import verify
 from ..storage.location import SnapshotLocation
 from .duck import columns_sql, duck_connection
+from .schema_diff import read_schema_sql, sequence_increments
 from .source import readable
 
 #: Orphan / duplicate rows quoted per integrity check.
@@ -54,13 +56,35 @@ def _pk_check(con, folder: mf.SnapshotArg, t: dict) -> dict:
     return _check("primary_key", mf.table_key(t), ok, detail, count=dup_rows + nulls, samples=samples)
 
 
+def _base_types(t: dict, names: list[str]) -> list[str]:
+    """The base types (domains resolved) of the named columns of a manifest table."""
+    types = {c["name"]: c.get("base_type") or c["type"] for c in t["columns"]}
+    return [types.get(name, "text") for name in names]
+
+
+def _key_text(ref: str, child_type: str, parent_type: str) -> str:
+    """SQL for a foreign key column's text as PostgreSQL's equality sees it.
+
+    Texts that differ can be equal values: numeric 1.0 equals 1.00 and integer 1 (a
+    numeric(12,2) column references an unconstrained numeric key), and character(n)
+    pads with blanks that do not count ('ab  ' references 'ab').
+    """
+    both = (child_type, parent_type)
+    if any(re.fullmatch(r"numeric(\(.*\))?", x) for x in both):
+        return f"CASE WHEN contains({ref}, '.') THEN rtrim(rtrim({ref}, '0'), '.') ELSE {ref} END"
+    if any(re.fullmatch(r"character(\(\d+\))?|bpchar", x) for x in both):
+        return f"rtrim({ref}, ' ')"
+    return ref
+
+
 def _fk_check(con, folder: mf.SnapshotArg, t: dict, fk: dict, ref: dict) -> dict:
     cols, ref_cols = fk["columns"], fk["ref_columns"]
     n = len(cols)
     child, parent = columns_sql(folder, t, cols), columns_sql(folder, ref, ref_cols, "r")
     # MATCH SIMPLE: a row with any NULL in the key references nothing.
     not_null = " AND ".join(f"c.k{i} IS NOT NULL" for i in range(n))
-    on = " AND ".join(f"c.k{i} = p.r{i}" for i in range(n))
+    pairs = zip(_base_types(t, cols), _base_types(ref, ref_cols), strict=True)
+    on = " AND ".join(f"{_key_text(f'c.k{i}', a, b)} = {_key_text(f'p.r{i}', a, b)}" for i, (a, b) in enumerate(pairs))
     orphans_sql = (
         f"SELECT {', '.join(f'c.k{i}' for i in range(n))} FROM {child} AS c "
         f"WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {on})"
@@ -85,19 +109,22 @@ def _fk_check(con, folder: mf.SnapshotArg, t: dict, fk: dict, ref: dict) -> dict
     )
 
 
-def _sequence_check(con, folder: mf.SnapshotArg, seq: dict, t: dict) -> dict:
+def _sequence_check(con, folder: mf.SnapshotArg, seq: dict, t: dict, step: int = 1) -> dict:
+    """Whether the sequence's next value is past every value of its column, in the direction
+    it counts (``step``, its INCREMENT BY: a descending sequence must stay below the minimum)."""
     column = seq["owned_by"][2]
     name = f"{seq['schema']}.{seq['name']}"
     if column not in t["copy_columns"]:
         return _check("sequence", mf.table_key(t), True, f"{name}: column {column} not stored, not checked")
-    top = con.execute(f"SELECT max(TRY_CAST(k0 AS HUGEINT)) FROM {columns_sql(folder, t, [column])}").fetchone()[0]
-    # nextval returns last_value + 1 once the sequence was called, else last_value itself.
-    following = seq["last_value"] + 1 if seq["is_called"] else seq["last_value"]
-    ok = top is None or following > top
+    edge = "min" if step < 0 else "max"
+    top = con.execute(f"SELECT {edge}(TRY_CAST(k0 AS HUGEINT)) FROM {columns_sql(folder, t, [column])}").fetchone()[0]
+    # nextval returns last_value + INCREMENT BY once the sequence was called, else last_value itself.
+    following = seq["last_value"] + step if seq["is_called"] else seq["last_value"]
+    ok = top is None or (following < top if step < 0 else following > top)
     detail = (
-        f"{name}: next value {following} > max({column}) = {top}"
+        f"{name}: next value {following} {'<' if step < 0 else '>'} {edge}({column}) = {top}"
         if ok
-        else f"{name}: next value {following} but max({column}) is {top}; new rows would collide"
+        else f"{name}: next value {following} but {edge}({column}) is {top}; new rows would collide"
     )
     return _check(
         "sequence",
@@ -106,8 +133,16 @@ def _sequence_check(con, folder: mf.SnapshotArg, seq: dict, t: dict) -> dict:
         detail,
         sequence=name,
         next_value=following,
-        max_value=None if top is None else int(top),
+        **{f"{edge}_value": None if top is None else int(top)},
     )
+
+
+def _increments(folder: SnapshotLocation) -> dict[tuple[str | None, str], int]:
+    """Each sequence's INCREMENT BY, from the snapshot's schema SQL (the manifest does not record it)."""
+    try:
+        return sequence_increments(read_schema_sql(folder, mf.PRE_DATA))
+    except SnapshotError:  # verify already listed why the schema SQL is unusable
+        return {}
 
 
 def _damaged_files(problems: list[str], m: dict) -> set[str]:
@@ -127,7 +162,8 @@ def integrity(path: mf.SnapshotArg, *, identity: encryption.IdentityArg | None =
     Returns ``{"ok", "checksums": VerifyReport.to_dict(), "checks": [{"check", "table",
     "ok", "detail", ...}]}``.  Foreign keys are checked only when both tables are in the
     snapshot, MATCH SIMPLE (a key with a NULL references nothing), comparing PostgreSQL's
-    text of the key columns.
+    text of the key columns, with numeric's trailing zeros and character(n)'s padding
+    left out as PostgreSQL's equality leaves them out (``_key_text``).
 
     Every data file is hashed first (``verify``); a check whose table has a damaged or
     missing file fails with "not checked" instead of reading it, so no result of a
@@ -162,11 +198,13 @@ def _integrity(folder: SnapshotLocation) -> dict:
                 and all(c in t["copy_columns"] for c in fk["columns"])
             ):
                 jobs.append(("foreign_key", t, [t, ref], partial(_fk_check, folder=folder, t=t, fk=fk, ref=ref)))
+    increments = _increments(folder)
     for s in m.get("sequences") or []:
         owner = s.get("owned_by")
         t = tables.get((owner[0], owner[1])) if owner else None
         if t is not None:
-            jobs.append(("sequence", t, [t], partial(_sequence_check, folder=folder, seq=s, t=t)))
+            step = increments.get((s["schema"], s["name"]), 1)
+            jobs.append(("sequence", t, [t], partial(_sequence_check, folder=folder, seq=s, t=t, step=step)))
     damaged = _damaged_files(report.problems, m)
     con = duck_connection()
     try:

@@ -314,6 +314,17 @@ def read_schema_sql(snapshot: mf.SnapshotArg, rel: str) -> str:
     return "" if data is None else data.decode("utf-8", "replace")
 
 
+def sequence_increments(script: str) -> dict[tuple[str | None, str], int]:
+    """{(schema, name): INCREMENT BY} of the sequences in pg_restore's SQL (identity columns' too:
+    their SEQUENCE entry is the ``ADD GENERATED ... AS IDENTITY (...)`` that names it)."""
+    out = {}
+    for e in _entries(script):
+        m = re.search(r"\bINCREMENT BY (-?\d+)", e["body"]) if e["type"] == "sequence" else None
+        if m:
+            out[(e["schema"], e["tag"])] = int(m.group(1))
+    return out
+
+
 def _read_sql(snapshot: mf.SnapshotArg) -> str:
     return "".join(read_schema_sql(snapshot, p) for p in (mf.PRE_DATA, mf.POST_DATA))
 
