@@ -5,7 +5,8 @@ the way (memory stays flat whatever its size), and then named by its SHA-256: mo
 the repository's pool (``storage.pool``) when the snapshot shares files, else to
 ``files/<sha256>`` in the snapshot.  A file the previous snapshot has with the same key,
 size, ETag and modification time, whose bytes the pool still holds, is not read at all:
-its entry is carried over.
+its entry is carried over.  A listed file gone by the time it is read is left out with a
+warning (the reconciliation then reports its row without a file).
 
 Everything happens under the repository's lock and before the manifest is written, like
 the data files: a crash leaves only files no snapshot refers to, which prune collects.
@@ -97,7 +98,16 @@ class Copier:
         listed = list(self.endpoint.list(name))
         bar = byte_bar(sum(h.size for h in listed), f"bucket {name}", show)
         with bar, ThreadPoolExecutor(THREADS) as workers:
-            done = list(workers.map(lambda h: self._one(name, h, bar), listed))
+            results = list(workers.map(lambda h: self._one(name, h, bar), listed))
+        for h, result in zip(listed, results, strict=True):
+            if result is None:
+                log.warning(
+                    "storage: %s/%s was listed but gone when read (deleted meanwhile, or a "
+                    "storage.objects row whose file is missing); it is not in the snapshot",
+                    name,
+                    h.key,
+                )
+        done = [r for r in results if r is not None]
         files = [f for f, _, _ in done]
         self.read_files += sum(1 for _, read, _ in done if read)
         self.read_bytes += sum(f["size"] for f, read, _ in done if read)
@@ -105,13 +115,20 @@ class Copier:
         self.added_bytes += sum(added for _, _, added in done)
         return {"name": name, "settings": settings, "files": files, "bytes": sum(f["size"] for f in files)}
 
-    def _one(self, bucket: str, listed: Head, bar: object) -> tuple[dict, bool, int]:
-        """The file's entry, whether it was read (False: carried over), and the bytes it added."""
+    def _one(self, bucket: str, listed: Head, bar: object) -> tuple[dict, bool, int] | None:
+        """The file's entry, whether it was read (False: carried over), and the bytes it added;
+        None when the file is gone by the time it is read."""
         before = self.previous.get((bucket, listed.key))
         if before is not None and _unchanged(before, listed) and self._still_stored(before):
             bar.update(before["size"])  # type: ignore[attr-defined]
             return dict(before), False, 0
-        head, body = self.endpoint.open(bucket, listed.key)
+        # A busy bucket loses files between the listing and their reads, and Supabase lists
+        # storage.objects rows, whose file may be missing: either is a row without its file
+        # for the reconciliation to report, not a reason to have no backup at all.
+        opened = self.endpoint.open_if_there(bucket, listed.key)
+        if opened is None:
+            return None
+        head, body = opened
         staged = self.staging.key(f"{mf.FILES_DIR}/.incoming-{next(self._names)}")
         digest, size = hashlib.sha256(), 0
         try:
@@ -154,7 +171,10 @@ class Copier:
     @staticmethod
     def _entry(listed: Head, head: Head, sha: str, size: int, shared: bool) -> dict:
         """The file's ``model.BucketFile``: ETag and time as the listing shows them (what the
-        next backup compares), type, caching and metadata as the download did."""
+        next backup compares), type, caching and metadata as the download did.  A file replaced
+        between the listing and the download gets the download's ETag and time: those of the
+        bytes stored (the listing's would call another version the same on restore)."""
+        described = head if head.etag and head.etag != listed.etag else listed
         entry = {
             "key": head.key,
             "path": f"{mf.FILES_DIR}/{sha}",
@@ -165,8 +185,8 @@ class Copier:
             "content_type": head.content_type,
             "cache_control": head.cache_control,
             "metadata": dict(head.metadata),
-            "etag": listed.etag,
-            "last_modified": listed.last_modified,
+            "etag": described.etag,
+            "last_modified": described.last_modified,
         }
         if shared:
             entry["shared"] = True

@@ -37,6 +37,7 @@ ENV = {
 BLOCK = 1 << 20
 #: Parts of a multipart upload: S3 wants at least 5 MiB each, 10,000 at most.
 PART = 8 << 20
+MAX_PARTS = 10_000
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
@@ -198,6 +199,18 @@ class Endpoint:
         r = self.call("get_object", bucket, key)
         return _head(key, r), r["Body"]
 
+    def open_if_there(self, bucket: str, key: str) -> tuple[Head, BinaryIO] | None:
+        """``open``, or None when there is no such file (any other failure is a ``BucketError``)."""
+        try:
+            r = self.client().get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
+                return None
+            raise self.error(exc, bucket, key) from None
+        except BotoCoreError as exc:
+            raise self.error(exc, bucket, key) from None
+        return _head(key, r), r["Body"]
+
     def sha256(self, bucket: str, key: str) -> str:
         """SHA-256 of the file's bytes, read in blocks."""
         digest = hashlib.sha256()
@@ -220,7 +233,7 @@ class Endpoint:
         """Write ``size`` bytes read from ``body`` as ``key`` with ``head``'s type, caching and
         metadata.  ``before_commit()`` runs once everything is read and before the file becomes
         visible; raising there leaves the target as it was.  A file up to ``PART`` bytes is one
-        PutObject (held in memory), a bigger one parts of ``PART`` bytes."""
+        PutObject (held in memory), a bigger one parts of ``part_size(size)`` bytes."""
         extra: dict[str, Any] = {"Metadata": dict(head.metadata)}
         if head.content_type:
             extra["ContentType"] = head.content_type
@@ -232,10 +245,11 @@ class Endpoint:
             self.call("put_object", bucket, key, Body=data, **extra)
             return
         upload = self.call("create_multipart_upload", bucket, key, **extra)["UploadId"]
+        part = part_size(size)
         try:
             parts = []
-            for number in range(1, 10_001):
-                chunk = body.read(PART)
+            for number in range(1, MAX_PARTS + 1):
+                chunk = body.read(part)
                 if not chunk:
                     break
                 r = self.call("upload_part", bucket, key, UploadId=upload, PartNumber=number, Body=chunk)
@@ -248,6 +262,14 @@ class Endpoint:
             except (ClientError, BotoCoreError):
                 pass  # the first failure is the one to report
             raise
+
+
+def part_size(size: int) -> int:
+    """Bytes per part for a file of ``size``: ``PART``, or whole MiB more when ``PART`` would
+    need more than S3's ``MAX_PARTS`` (files over 78 GiB; Supabase takes up to 500 GB): the
+    parts beyond were never sent, and the file was refused as not matching its SHA-256."""
+    least = -(-size // MAX_PARTS)
+    return max(PART, -(-least // BLOCK) * BLOCK)
 
 
 def _iso(when: Any) -> str:

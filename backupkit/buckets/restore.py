@@ -4,10 +4,11 @@ Into the same project or another one: a missing bucket is created (public when t
 snapshot's was), and with a database connection its ``storage.buckets`` settings
 (public, size limit, MIME types) are set as the snapshot recorded them; Supabase's S3
 API cannot set the last two.  A file already there is left alone when it is the same
-(size and ETag) or newer than the snapshot's copy, unless ``overwrite``; each decision is
-reported.  Every file is checked against its SHA-256 before it becomes visible: a small
-one is read whole and hashed first, a big one is uploaded in parts and the upload
-completed only when the hash matched, so a damaged snapshot never lands in a bucket.
+(its bytes, and the type, caching and metadata the snapshot recorded) or newer than the
+snapshot's copy, unless ``overwrite``; each decision is reported.  Every file is
+checked against its SHA-256 before it becomes visible: a small one is read whole and
+hashed first, a big one is uploaded in parts and the upload completed only when the hash
+matched, so a damaged snapshot never lands in a bucket.
 A dry run makes the same decisions and changes nothing: no bucket, row or file.
 """
 
@@ -26,6 +27,7 @@ import psycopg
 from ..errors import BucketError, ConfigError, SnapshotDamaged, SnapshotError
 from ..pg.dsn import connect
 from ..runtime.progress import byte_bar, wanted
+from ..runtime.signals import sigterm_as_interrupt
 from ..snapshot import manifest as mf
 from ..storage.location import locate
 from .endpoint import PART, Endpoint, Head
@@ -39,21 +41,35 @@ UPLOAD, SAME, NEWER = "upload", "same", "newer"
 
 def decide(entry: Mapping, there: Head | None, overwrite: bool, same_bytes: bool = False) -> str:
     """``UPLOAD`` the snapshot's file, or leave the target's: the ``SAME`` file (size and
-    ETag, or ``same_bytes``: its SHA-256 is the snapshot's), or a ``NEWER`` one (changed
-    at or after the snapshot copy's time: S3 times have whole seconds, so a tie is kept;
+    ETag, or ``same_bytes``: its SHA-256 is the snapshot's, and the type, caching and
+    metadata the snapshot recorded), or a ``NEWER`` one (changed at or after the snapshot
+    copy's time, to the second: HEAD's times have whole seconds, so a tie is kept;
     replaced only with ``overwrite``)."""
     if there is None:
         return UPLOAD
-    if there.size == entry["size"] and (there.etag == entry["etag"] or same_bytes):
+    if there.size == entry["size"] and (there.etag == entry["etag"] or same_bytes) and _described_alike(entry, there):
         return SAME
     if not overwrite and _when(there.last_modified) >= _when(entry["last_modified"]):
         return NEWER
     return UPLOAD
 
 
+def _described_alike(entry: Mapping, there: Head) -> bool:
+    """Whether the target file has the type, caching and metadata the snapshot recorded: the
+    same bytes served as another type (or uncached, or without their metadata) break the app
+    as surely as other bytes.  What the snapshot did not record is not compared (a restore
+    does not set it either, and the server may fill in its own default)."""
+    wanted = [(entry.get("content_type"), there.content_type), (entry.get("cache_control"), there.cache_control)]
+    if any(mine is not None and mine != theirs for mine, theirs in wanted):
+        return False
+    return not entry.get("metadata") or dict(entry["metadata"]) == dict(there.metadata)
+
+
 def _when(iso: str) -> datetime:
+    # Whole seconds: Supabase lists times to the millisecond and HEAD gives an HTTP date, so a
+    # copy of 12:00:00.700 and a target changed at 12:00:00.900 (HEAD: 12:00:00) are a tie, kept.
     try:
-        return datetime.fromisoformat(iso)
+        return datetime.fromisoformat(iso).replace(microsecond=0)
     except ValueError:  # no time recorded: the target's copy may be anything, keep it
         return datetime.min.replace(tzinfo=UTC)
 
@@ -134,20 +150,48 @@ def restore_files(
     work = chosen(manifest, buckets, prefixes)
     endpoint = endpoint or Endpoint.from_env()
     done = FilesRestored(dry_run=dry_run)
+    # SIGTERM (systemd, docker, timeout) stops it like Ctrl-C: an unfinished multipart upload
+    # is aborted on the way out instead of staying in the bucket, unseen and billed.
+    with sigterm_as_interrupt():
+        missing = _prepare_buckets(endpoint, work, dsn, done)
+        _put_files(location, endpoint, work, missing, overwrite, done, wanted(progress))
+    for name in done.kept_newer if not dry_run else ():
+        log.warning("storage: kept %s: it changed after the snapshot (pass `overwrite` to replace it)", name)
+    return done
+
+
+def _prepare_buckets(
+    endpoint: Endpoint, work: list[tuple[dict, list[dict]]], dsn: str | None, done: FilesRestored
+) -> set[str]:
+    """Make the buckets the target lacks and, with ``dsn``, set their settings (not in a dry
+    run, which only notes them in ``done``); the names of the buckets that were missing."""
     missing = {bucket["name"] for bucket, _ in work if not endpoint.has_bucket(bucket["name"])}
     # Connected before any bucket is made, so a DSN that cannot be used fails with nothing changed.
     with contextlib.ExitStack() as stack:
         conn = stack.enter_context(connect(dsn)) if dsn is not None else None
         for bucket, _ in work:
             if bucket["name"] in missing:
-                if not dry_run:
+                if not done.dry_run:
                     endpoint.create_bucket(bucket["name"], public=bool((bucket.get("settings") or {}).get("public")))
                 done.created_buckets.append(bucket["name"])
-        if conn is not None and not dry_run:
+        if conn is not None and not done.dry_run:
             # After the buckets are made: Supabase Storage's CreateBucket adds their rows itself.
             write_settings(conn, [b for b, _ in work])
+    return missing
+
+
+def _put_files(
+    location: Any,
+    endpoint: Endpoint,
+    work: list[tuple[dict, list[dict]]],
+    missing: set[str],
+    overwrite: bool,
+    done: FilesRestored,
+    show: bool,
+) -> None:
+    """Decide every file of ``work`` and upload those to upload (not in a dry run), noting each in ``done``."""
     total = sum(f["size"] for _, files in work for f in files)
-    with byte_bar(total, "files", wanted(progress)) as bar:
+    with byte_bar(total, "files", show) as bar:
         for bucket, files in work:
             for f in files:
                 name = f"{bucket['name']}/{f['key']}"
@@ -155,16 +199,13 @@ def restore_files(
                 same = needs_hash(f, there) and endpoint.sha256(bucket["name"], f["key"]) == f["content_sha256"]
                 action = decide(f, there, overwrite, same)
                 if action == UPLOAD:
-                    if not dry_run:
+                    if not done.dry_run:
                         _upload(location, endpoint, bucket["name"], f)
                     done.uploaded.append(name)
                     done.bytes += f["size"]
                 else:
                     (done.same if action == SAME else done.kept_newer).append(name)
                 bar.update(f["size"])
-    for name in done.kept_newer if not dry_run else ():
-        log.warning("storage: kept %s: it changed after the snapshot (pass `overwrite` to replace it)", name)
-    return done
 
 
 def _upload(location: Any, endpoint: Endpoint, bucket: str, f: Mapping) -> None:
