@@ -419,3 +419,21 @@ def test_a_dependency_on_a_schema_left_out_is_warned_about_by_check_and_backup(m
             CREATE TYPE "App".mood AS ENUM ('a'); CREATE TABLE "App".t (m "App".mood, tags ext.citext[])""")
     out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "d", "--schema", "App")
     assert out.returncode == 0 and "leaves out" not in out.stderr, out.stderr
+
+
+def test_two_tables_backupkit_cannot_tell_apart_are_refused_in_one_line(make_db, tmp_path):
+    """ "a.b".c and a."b.c" are one name, a.b.c, to backupkit (its manifest and its files key
+    tables so): the backup failed with "StorageError ... File exists" after copying.  Refused
+    before anything is written, naming both, exit 5."""
+    dsn = make_db("dots")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            'CREATE SCHEMA "a.b"; CREATE TABLE "a.b".c AS SELECT 1 AS x; CREATE SCHEMA a; CREATE TABLE a."b.c" AS SELECT 2 AS y'
+        )
+    repo = tmp_path / "repo"
+    out = run_cli("backup", "--dsn", dsn, "--to", repo, "--schema", "a", "--schema", "a.b", "-q")
+    assert out.returncode == 5, out.stderr
+    first = out.stderr.splitlines()[0]
+    assert '"a"."b.c" and "a.b"."c"' in first, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(repo.glob("2*")), "no snapshot is published"

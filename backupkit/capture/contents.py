@@ -81,6 +81,17 @@ def file_stem(table: dict[str, Any]) -> str:
     return f"{_encode(table['schema'])}.{_encode(table['name'])}"
 
 
+def same_names(tables: list[dict[str, Any]]) -> list[list[str]]:
+    """Tables that backupkit would not tell apart, as their SQL names: everything keys a
+    table by ``schema.name`` (``manifest.table_key``), which is one string for ``"a.b".c``
+    and ``a."b.c"``."""
+    by_key: dict[str, list[str]] = {}
+    for t in tables:
+        quoted = ".".join('"' + part.replace('"', '""') + '"' for part in (t["schema"], t["name"]))
+        by_key.setdefault(mf.table_key(t), []).append(quoted)
+    return [sorted(names) for names in by_key.values() if len(names) > 1]
+
+
 def sequences_of(
     sequences: list[dict[str, Any]], chosen: list[dict[str, Any]], selection: Selection
 ) -> list[dict[str, Any]]:

@@ -69,7 +69,7 @@ from ..storage.repository import TMP_PREFIX, check_label, list_snapshots, new_id
 from ..storage.scratch import scratch
 from . import options as opt
 from .chunks import CHUNK_BYTES
-from .contents import Moment, Server, Written, build_manifest, file_stem, sequences_of
+from .contents import Moment, Server, Written, build_manifest, file_stem, same_names, sequences_of
 from .options import LOCK_WAIT_TIMEOUT, TIMEOUT, BackupOptions
 from .readers import copy_all, plan, start_workers
 from .result import BackupResult
@@ -419,6 +419,13 @@ class BackupJob:
                     self.session.lock_wait_timeout,
                     by_backup=False,
                 ) from None
+        clashes = same_names(tables)
+        if clashes:  # the second table's files and manifest entry would take the first's place
+            raise SourceError(
+                "backupkit names tables schema.name and cannot tell apart "
+                + "; ".join(" and ".join(names) for names in clashes),
+                hint="rename one of each (ALTER TABLE ... RENAME, or ALTER SCHEMA ... RENAME), then back up",
+            )
         return server, pg_dump_version, tables
 
     def _fix_moment(
