@@ -9,11 +9,14 @@ HTTP with boto3, the CLI runs in subprocesses, and peak memory is read from ``wa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -901,3 +904,91 @@ def test_a_1_gib_file_backs_up_and_restores_in_flat_memory(make_db, storage_env,
     print(timing)
     assert backup_mb < 150, timing
     assert restore_mb < 150, timing
+
+
+class _HoldReads:
+    """A TCP proxy to the S3 server that holds back every request for ``key`` until ``release``;
+    ``held`` is set once one is being held.  Real sockets both ways."""
+
+    def __init__(self, endpoint: str, key: str):
+        host, port = endpoint.rsplit("//", 1)[1].split(":")
+        self.target, self.key = (host, int(port)), key.encode()
+        self.held, self.go = threading.Event(), threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+
+        def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := upstream.recv(1 << 16):
+                    client.sendall(data)
+            client.close()
+
+        threading.Thread(target=answers, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := client.recv(1 << 16):
+                line = data.split(b"\r\n", 1)[0]
+                if line.startswith(b"GET ") and self.key in line:
+                    self.held.set()
+                    self.go.wait(60)
+                upstream.sendall(data)
+        upstream.close()
+
+    def release(self) -> None:
+        self.go.set()
+        self.server.close()
+
+
+def test_the_database_is_let_go_before_the_bucket_files_are_copied(
+    make_db, storage_env, s3_client, buckets, tmp_path, monkeypatch
+):
+    """The backup held its consistent moment's transaction, and its ACCESS SHARE lock on every
+    table, while it copied the bucket files: for a bucket of an hour, an hour in which a
+    migration's ALTER TABLE (and every query queued behind it) waited, and VACUUM could clean
+    up nothing.  The rows it needs are read first; then the session ends."""
+    dsn = small_db(make_db)
+    name = buckets()
+    put(s3_client, name, "slow/file.bin", os.urandom(1000), "application/octet-stream")
+    proxy = _HoldReads(storage_env, "slow/file.bin")
+    monkeypatch.setenv("BACKUPKIT_STORAGE_ENDPOINT", proxy.url)
+    result: dict = {}
+    run = threading.Thread(
+        target=lambda: result.update(
+            done=backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False)
+        )
+    )
+    run.start()
+    try:
+        assert proxy.held.wait(60), "the backup never read the file"
+        others = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND (backend_xmin IS NOT NULL OR state LIKE 'idle in transaction%%')"
+        )
+        locks = "SELECT count(*) FROM pg_locks WHERE relation = 'notes'::regclass AND pid <> pg_backend_pid()"
+        assert rows(dsn, others) == [(0,)]
+        assert rows(dsn, locks) == [(0,)]
+        with psycopg.connect(dsn, autocommit=True) as conn:  # a migration gets its lock at once
+            conn.execute("SET lock_timeout = '2s'")
+            conn.execute("ALTER TABLE notes ADD COLUMN later text")
+    finally:
+        proxy.release()
+        run.join(120)
+    assert "done" in result
+    assert backupkit.verify(result["done"].path).ok
+    assert [
+        c["name"] for c in next(t for t in result["done"].manifest["tables"] if t["name"] == "notes")["columns"]
+    ] == [
+        "id",
+        "body",
+    ]

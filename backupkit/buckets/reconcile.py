@@ -101,3 +101,20 @@ def read_settings(conn: psycopg.Connection, buckets: Collection[str]) -> dict[st
         b: {"public": bool(public), "file_size_limit": limit, "allowed_mime_types": types}
         for b, public, limit, types in cur
     }
+
+
+@dataclass(frozen=True)
+class AtMoment:
+    """What the database said of the chosen buckets at the backup's consistent moment: their
+    settings and ``storage.objects`` rows (``has_tables`` False: nothing to reconcile with)."""
+
+    names: list[str]
+    has_tables: bool
+    settings: dict[str, dict]
+    rows: list[Row]
+
+
+def read_at_moment(conn: psycopg.Connection, names: list[str]) -> AtMoment:
+    """Read ``names``' settings and rows in ``conn``'s transaction (the consistent moment's)."""
+    there = has_storage_tables(conn)
+    return AtMoment(names, there, read_settings(conn, names) if there else {}, read_rows(conn, names) if there else [])

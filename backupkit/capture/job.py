@@ -78,6 +78,7 @@ from .watchdog import Watchdog, end_sessions
 from .workers import Workers
 
 if TYPE_CHECKING:  # the buckets modules (and botocore) load only when buckets are backed up
+    from ..buckets import reconcile
     from ..buckets.endpoint import Endpoint
 
 log = logging.getLogger("backupkit")
@@ -314,8 +315,15 @@ class BackupJob:
             # Where each data file's bytes now are, as its writer (or the pool) confirmed them.
             files = [f for fs in tables.values() for f in fs]
             self.confirmed = {pool.blob_name(f.sha256) if f.shared else staging.key(f.path): f.bytes for f in files}
-            buckets = self._buckets(main, staging) if self.options.buckets else None
+            # The last reads of the consistent moment; then its transaction ends, before the
+            # bucket files are copied and everything is verified: held open, its table locks
+            # would queue a migration's ALTER TABLE (and every query behind it) for as long.
+            at_moment = self._bucket_rows(main) if self.options.buckets else None
             database = database_objects.describe(main, self.options.selection.schemas)
+            roles = self._roles(main, database, schema_sql)
+            keepalive.close()
+            main.close()
+            buckets = self._buckets(at_moment, staging) if at_moment is not None else None
             written = Written(
                 snapshot_id=sid,
                 label=self.options.label,
@@ -324,7 +332,7 @@ class BackupJob:
                 tables=tables,
                 schema_files=schema_files,
                 database=database,
-                roles=self._roles(main, database, schema_sql),
+                roles=roles,
                 signed_by=signing.key_id(self.options.key.public_key()) if self.options.key else None,
                 encryption=encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
                 object_lock=opt.lock_entry(moment.taken_at, *self.options.object_lock)
@@ -568,18 +576,22 @@ class BackupJob:
             repository.remove(staging.key(mf.DATA_DIR))  # an empty folder, on a disk
         return {key: [replace(f, shared=outcome[f.path] != pool.KEPT) for f in fs] for key, fs in tables.items()}
 
-    def _buckets(self, main: psycopg.Connection, staging: SnapshotLocation) -> dict[str, Any]:
+    def _bucket_rows(self, main: psycopg.Connection) -> reconcile.AtMoment:
+        """The chosen buckets' settings and ``storage.objects`` rows at the consistent moment (``main`` is in it)."""
+        from ..buckets.reconcile import read_at_moment
+
+        assert self.options.buckets is not None
+        return read_at_moment(main, self.options.buckets.resolve())
+
+    def _buckets(self, at_moment: reconcile.AtMoment, staging: SnapshotLocation) -> dict[str, Any]:
         """Copy the chosen Storage buckets' files and reconcile them with ``storage.objects`` as
-        of the consistent moment (``main`` is in it): the manifest's ``storage``."""
+        of the consistent moment (``at_moment``): the manifest's ``storage``."""
         from ..buckets import reconcile
         from ..buckets.capture import Copier
 
         choice = self.options.buckets
         assert choice is not None
-        names = choice.resolve()
-        rows_there = reconcile.has_storage_tables(main)
-        settings = reconcile.read_settings(main, names) if rows_there else {}
-        rows = reconcile.read_rows(main, names) if rows_there else []
+        names, settings, rows, rows_there = at_moment.names, at_moment.settings, at_moment.rows, at_moment.has_tables
         copier = Copier(choice.endpoint, self.repository, staging, self.options.shares, self._previous_files())
         show = wanted(self.options.progress)
         entries = []
