@@ -98,11 +98,6 @@ def live(supabase_project):
     return dsn
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--schema public --clean drops a partitioned table whose partitions it keeps in place "
-    "(backupkit/recovery/plan.py:400 and :321-324): relation public.events_2024 does not exist",
-)
 def test_schema_public_clean_rolls_back_rows_in_a_project_with_a_partitioned_table(supabase_project, live, tmp_path):
     """docs/recovery.md §3: a data migration deleted orders; "every table of a schema:
     `backupkit restore backups/PRE --dsn "$DB" --schema public --clean`".  The dry run said
@@ -196,11 +191,6 @@ def test_one_table_whose_default_uses_its_own_sequence_restores_into_a_new_proje
     assert inserted == (1005,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_target counts a named partition's parent as an existing table "
-    "(backupkit/recovery/plan.py:399-400), and job.py:204-205 warns that it is emptied",
-)
 def test_data_only_clean_of_one_partition_does_not_say_it_empties_the_whole_table(supabase_project, live, tmp_path):
     """docs/recovery.md "For data only ... --data-only --clean": the migration deleted this
     year's events, so the user reloads `--table public.events_2025 --data-only --clean`.

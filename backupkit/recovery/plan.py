@@ -258,10 +258,12 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         plan.notes += early_notes
         plan.schemas = schemas
         in_place: list[dict] = []
+        kept_parents: list[dict] = []
         # Tables an interrupted restore left may lack their indexes and keys: never kept in place.
         if clean and existing and not full and not request.data_only and not request.schema_only and not marks:
             in_place, problems_in_place = _keep_in_place(conn, plan, chosen)
             problems += problems_in_place
+            kept_parents = _keep_parents_in_place(conn, plan, chosen)
         if clean and existing and not request.data_only:
             problems += _partitions_lost(conn, chosen, existing, plan.in_place)
         plan.firing_triggers, foreign = _firing_triggers(
@@ -287,7 +289,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     platform=platform,
                     schemas=schemas,
                     tables_named=bool(tables),
-                    in_place=in_place,
+                    in_place=in_place + kept_parents,
                     rebuilding=bool(plan.existing),
                     in_place_sequences=sequences_used(conn, in_place) if schemas else set(),
                 )
@@ -312,6 +314,41 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             if database.large_objects and not request.schema_only:
                 plan.large_objects = list(manifest.get("large_objects", []))
     return Survey(plan, entries, target, marks, may_mark, in_place, platform, database, problems, refused)
+
+
+def _keep_parents_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> list[dict]:
+    """Take off ``plan.existing`` the partitioned tables whose partitions in this restore are all
+    kept in place, and return them as table entries for the scripts to leave alone.
+
+    A partitioned table holds no rows of its own, and its partitions have its columns: when
+    they are all kept, so is it.  Dropped, it took every partition with it, those kept in
+    place too, and the restore failed on them (``--schema public --clean`` of any project
+    with a partitioned table).  Its indexes are named as the target has them.
+    """
+    kept = set(plan.in_place)
+    partitions: dict[str, list[str]] = {}
+    for t in chosen:
+        if t.get("parent") and t.get("is_partition"):
+            partitions.setdefault(t["parent"], []).append(mf.table_key(t))
+    parents = [p for p in plan.existing if p in partitions and all(k in kept for k in partitions[p])]
+    if not parents:
+        return []
+    plan.existing = [k for k in plan.existing if k not in parents]
+    plan.drop_first = bool(plan.existing)
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname, i.relname FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_index x ON x.indrelid = c.oid JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid "
+        "WHERE n.nspname || '.' || c.relname = ANY(%s)",
+        (parents,),
+    ).fetchall()
+    indexes: dict[str, list[str]] = {p: [] for p in parents}
+    for parent, index in rows:
+        indexes[parent].append(index)
+    return [
+        {"schema": p.split(".", 1)[0], "name": p.split(".", 1)[1], "indexes": indexes[p], "columns": []}
+        for p in parents
+    ]
 
 
 def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> tuple[list[dict], list[str]]:
@@ -396,7 +433,9 @@ def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
 def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool) -> list[str]:
     """The snapshot's tables the target already has; refuse what would mix old and new rows."""
     keys = [mf.table_key(t) for t in chosen]
-    parents = sorted({t["parent"] for t in chosen if t.get("parent") and t.get("is_partition")})
+    # A clean restore drops and makes again a partitioned table with its partitions; a data-only
+    # load fills the partitions alone and leaves their partitioned table as it is.
+    parents = [] if data_only else sorted({t["parent"] for t in chosen if t.get("parent") and t.get("is_partition")})
     existing = _existing_tables(conn, keys + parents)
     if data_only:
         missing = sorted(set(keys) - set(existing))
