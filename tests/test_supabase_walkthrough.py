@@ -161,11 +161,6 @@ def test_dropped_column_dry_run_names_the_foreign_keys_that_stop_the_restore(sup
     assert "messages_profile_id_fkey" in dry.stderr and "orders_profile_id_fkey" in dry.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a selective restore brings only sequences its tables own, not one a column default "
-    "uses (backupkit/recovery/scripts.py:180-185)",
-)
 def test_one_table_whose_default_uses_its_own_sequence_restores_into_a_new_project(supabase_project, live, tmp_path):
     """docs/recovery.md "One table (or a few), elsewhere": public.orders references auth.users
     and profiles; into a new project the dry run asks to name auth.users too, then

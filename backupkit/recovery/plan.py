@@ -39,7 +39,7 @@ from .database_scripts import (
     read_target,
 )
 from .in_place import sequences_used, split_by_shape
-from .scripts import object_key, wanted_entries
+from .scripts import default_sequences, object_key, wanted_entries
 from .selection import select_tables
 
 
@@ -280,8 +280,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         entries: list[TocEntry] = []
         if not request.data_only:
             with encryption.local_path(location, mf.DUMP, manifest) as dump:
+                listed = toc(dump)
                 entries = wanted_entries(
-                    toc(dump),
+                    listed,
                     manifest,
                     rebuilt,
                     full=full,
@@ -292,6 +293,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     in_place=in_place + kept_parents,
                     rebuilding=bool(plan.existing),
                     in_place_sequences=sequences_used(conn, in_place) if schemas else set(),
+                    new_sequences=set() if full else _missing(conn, default_sequences(dump, listed, rebuilt)),
                 )
             if schemas and in_place and not plan.existing:
                 # Nothing rebuilt, but the schemas' other objects (views, sequences) exist:
@@ -417,6 +419,19 @@ def _plan_database(
             functions_made={".".join(object_key(e)[1:]) for e in entries if e.type in ("FUNCTION", "PROCEDURE")},
             event_functions=_event_functions(db_dump, db_entries),
         )
+
+
+def _missing(conn: psycopg.Connection, sequences: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The ``sequences`` the target does not have: a selective restore creates them (a table's
+    default draws from one no table owns), and leaves those it has as they are."""
+    if not sequences:
+        return set()
+    ordered = sorted(sequences)
+    names = [sql.Identifier(*s).as_string(conn) for s in ordered]
+    rows = conn.execute(
+        "SELECT to_regclass(n) IS NULL FROM unnest(%s::text[]) WITH ORDINALITY u(n, i) ORDER BY i", (names,)
+    )
+    return {s for s, (gone,) in zip(ordered, rows.fetchall(), strict=True) if gone}
 
 
 def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:

@@ -119,13 +119,15 @@ def wanted_entries(
     in_place: Sequence[dict] = (),
     rebuilding: bool = False,
     in_place_sequences: Collection[tuple[str, str]] = (),
+    new_sequences: Collection[tuple[str, str]] = (),
 ) -> list[TocEntry]:
     """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
     and, for ``schemas``, everything in those schemas (views, functions, sequences too) but
     what belongs to the ``in_place`` tables, whose rows alone are replaced (but, when
     ``rebuilding`` other tables, their foreign keys: one may point at a table dropped and
     recreated, so it is dropped first and made again).  ``in_place_sequences`` are the
-    sequences their column defaults use, which stay too.
+    sequences their column defaults use, which stay too.  ``new_sequences`` are sequences no
+    chosen table owns that their defaults use and the target lacks (``default_sequences``).
 
     Objects the target already has (the public schema, always; types and
     functions on a selective restore into a live database; whatever the
@@ -179,7 +181,7 @@ def wanted_entries(
         (s["schema"], s["name"])
         for s in manifest.get("sequences", [])
         if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in chosen_keys
-    }
+    } | set(new_sequences)
     names = {(t["schema"], t["name"]) for t in chosen}
     names |= {tuple(t["parent"].split(".", 1)) for t in chosen if t.get("parent") and t.get("is_partition")}
     indexes = {(t["schema"], i) for t in chosen for i in t.get("indexes", [])}
@@ -238,6 +240,30 @@ def wanted_entries(
         if ok:
             wanted.append(e)
     return wanted
+
+
+#: ``nextval('schema.name'::regclass)`` as pg_dump writes a column default, the name quoted as SQL.
+_NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'::regclass\)")
+_PART = r'("(?:[^"]|"")*"|[^."]+)'
+
+
+def default_sequences(dump: Path, entries: Sequence[TocEntry], tables: Sequence[dict]) -> set[tuple[str, str]]:
+    """(schema, name) of the sequences the column defaults of ``tables`` draw from (``nextval``),
+    as the archive says: in CREATE TABLE, or in a DEFAULT entry of its own (a serial column's)."""
+    defaults = [
+        e
+        for e in entries
+        if e.type in ("TABLE", "DEFAULT") and any(e.belongs_to(t["schema"], t["name"]) for t in tables)
+    ]
+    if not defaults:
+        return set()
+    found = set()
+    for m in _NEXTVAL.finditer(render(dump, "pre-data", defaults)):
+        parts = re.fullmatch(_PART + r"\." + _PART, m.group(1).replace("''", "'"))
+        if parts:  # pg_dump qualifies every name (its search_path is empty)
+            schema, name = (p[1:-1].replace('""', '"') if p.startswith('"') else p for p in parts.groups())
+            found.add((schema, name))
+    return found
 
 
 def _belonging_to(
