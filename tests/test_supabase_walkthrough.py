@@ -138,11 +138,6 @@ def test_a_renamed_table_is_named_by_the_dry_run_not_by_a_failed_restore(supabas
     assert "public.posts" in dry.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a table to be dropped and recreated is not checked for other tables' foreign keys "
-    "and views on it (backupkit/recovery/plan.py:335-340 only adds a note)",
-)
 def test_dropped_column_dry_run_names_the_foreign_keys_that_stop_the_restore(supabase_project, live, tmp_path):
     """Bad migration: `alter table public.profiles drop column avatar_url`.  The docs'
     rollback, `--table public.profiles --clean --dry-run`, exits 0 with a note that views

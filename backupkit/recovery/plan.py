@@ -264,6 +264,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             in_place, problems_in_place = _keep_in_place(conn, plan, chosen)
             problems += problems_in_place
             kept_parents = _keep_parents_in_place(conn, plan, chosen)
+            problems += _dependents_in_the_way(conn, plan.existing, schemas)
         if clean and existing and not request.data_only:
             problems += _partitions_lost(conn, chosen, existing, plan.in_place)
         plan.firing_triggers, foreign = _firing_triggers(
@@ -316,6 +317,48 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             if database.large_objects and not request.schema_only:
                 plan.large_objects = list(manifest.get("large_objects", []))
     return Survey(plan, entries, target, marks, may_mark, in_place, platform, database, problems, refused)
+
+
+_DEPENDENTS = """
+WITH names AS (
+  SELECT c.oid, pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS name, n.nspname || '.' || c.relname AS key,
+         n.nspname AS schema
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+)
+SELECT t.name, x.what || ' ' || r.name FROM (
+  SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what
+    FROM pg_catalog.pg_constraint c
+   WHERE c.contype = 'f' AND c.confrelid = ANY(%(tables)s::regclass[]) AND c.conrelid <> c.confrelid
+  UNION
+  SELECT d.refobjid, v.oid, 'view'
+    FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
+    JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
+   WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+     AND d.refobjid = ANY(%(tables)s::regclass[]) AND v.oid <> d.refobjid
+) x
+JOIN names t ON t.oid = x.target JOIN names r ON r.oid = x.rel
+WHERE NOT (r.key = ANY(%(dropped)s) OR r.schema = ANY(%(schemas)s))
+ORDER BY 1, 2
+"""
+
+
+def _dependents_in_the_way(conn: psycopg.Connection, dropped: list[str], schemas: list[str]) -> list[str]:
+    """What stops ``clean`` from dropping the tables it recreates: other tables' foreign keys
+    and views on them that this restore neither drops nor makes again (those in ``schemas``
+    it does).  Found here, not by the real run failing after a dry run that passed."""
+    if not dropped:
+        return []
+    names = [sql.Identifier(*k.split(".", 1)).as_string(conn) for k in dropped]
+    found: dict[str, list[str]] = {}
+    for table, what in conn.execute(_DEPENDENTS, {"tables": names, "dropped": dropped, "schemas": schemas}):
+        found.setdefault(table, []).append(what)
+    return [
+        f"`clean` would drop and make again {table} (its columns are not the snapshot's), but "
+        f"{', '.join(whats)} depend on it: undo the column change first (the schema part of the "
+        "down-migration) so its rows are replaced in place, or restore what depends on it too"
+        for table, whats in found.items()
+    ]
 
 
 def _keep_parents_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> list[dict]:
