@@ -303,7 +303,7 @@ def verify(
 
     ``confirmed`` (with ``written``, on a storage with ``verified_writes``): storage names
     and sizes the caller saw stored while writing (a backup's own data files: each write
-    succeeded with its digest checked, or found the pool's file of that size); they are
+    succeeded with its digest checked, or found the pool's file holding those bytes by its ETag); they are
     compared with the manifest instead of asking the storage again, a request each.
 
     ``stop`` (set by another thread): the files not checked yet are skipped, each a problem,

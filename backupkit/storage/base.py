@@ -132,6 +132,12 @@ class Storage(abc.ABC):
     #: read-back is cheap.
     verified_writes: bool = False
 
+    def content_tag(self, entry: Entry) -> str | None:
+        """What the storage tells of file ``entry``'s bytes with its ``stat``, at no cost: two files
+        of equal tags hold the same bytes (S3's ETag, an MD5).  None where it tells nothing (a
+        local disk, whose files are hashed instead).  Unequal tags prove nothing either way."""
+        return None
+
     def where(self, name: str = "") -> str:
         """``name`` as people should see it in a message: the location and the name."""
         return f"{self.location.rstrip('/')}/{name}" if name else self.location

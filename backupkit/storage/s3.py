@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .base import BLOCK, Entry, NotAPlainFile, Storage, check_name, valid_name
-from .s3io import Reader, S3Error, Writer
+from .s3io import Reader, S3Error, Writer, etag_of
 from .scratch import scratch
 
 #: Bytes per multipart part (see ``s3io.Writer``); S3 wants at least 5 MiB but for the last.
@@ -355,6 +355,11 @@ class S3Storage(Storage):
         if not node.files and not node.dirs:
             raise FileNotFoundError(2, "no such object or folder", self.where(name))
         return Entry(name, "dir", 0, node.mtime)
+
+    def content_tag(self, entry: Entry) -> str | None:
+        """The object's ETag: the MD5 of its bytes (a single PUT, a copy) or of its parts' MD5s
+        (a multipart upload), where the store computes it so (not SSE-KMS, not every store)."""
+        return etag_of(entry) or None
 
     def list(self, prefix: str = "") -> list[Entry]:
         return self._children(self._folder(prefix), prefix)

@@ -6,10 +6,18 @@ uploaded by its threads; a small file is one conditional ``PutObject``.  Nothing
 appears under the name until the writer is closed without an error
 (``CompleteMultipartUpload`` with ``If-None-Match: *``); otherwise the upload is aborted.
 
-A file still one unsent part when it ends can be ``redirect``-ed to another name: the
-repository's pool stores data files under their hash (``storage.pool.place``), known only
-once the last byte is written, and so a small file goes there in one ``PutObject``
-instead of being uploaded under its snapshot's name and copied.
+A file can be ``redirect``-ed to another name before it is closed: the repository's pool
+stores data files under their hash (``storage.pool.place``), known only once the last
+byte is written.  A file still one unsent part goes there in one ``PutObject``; a larger
+one is uploaded under its own name, then copied there server-side by the writer itself.
+Either way the writer knows the MD5 of its bytes (and of its parts), so a name taken
+already is accepted only when its ETag is one of those (``holds``): a pool object
+overwritten with other bytes of the same size is never taken for this file.
+
+A store whose ETags are not MD5s (SSE-KMS on AWS, some S3-compatible stores) never
+matches: the file then stays under its own name, and the snapshot keeps its own copy.
+That costs space where the pool object was intact; taking an ETag that does not match
+for a match could cost a snapshot.
 
 Through a storage with ``retention`` (``S3Storage.with_retention``) the object is created
 locked: ``PutObject`` or ``CreateMultipartUpload`` carries the Object Lock mode and
@@ -23,12 +31,13 @@ import base64
 import collections
 import hashlib
 import io
+from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import AbortOnError, valid_name
+from .base import AbortOnError, Entry, valid_name
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -97,6 +106,19 @@ def _multipart_etag(parts: list[dict[str, Any]]) -> str | None:
     return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
+def etag_of(entry: Entry) -> str:
+    """The ETag S3 gave object ``entry`` (``S3Storage`` keeps it as its ``version``), unquoted."""
+    return str(entry.version[0] if entry.version else "").strip('"')
+
+
+def holds(found: Entry, size: int, etags: Collection[str]) -> bool:
+    """Whether object ``found`` holds the ``size`` bytes whose possible ETags are ``etags``
+    (the MD5 of the whole, as a ``PutObject`` or ``CopyObject`` gives it; that of the parts,
+    as a multipart upload does), in lowercase hex.  Any other ETag is not known to be of
+    those bytes: a store whose ETags are not MD5s never matches."""
+    return found.size == size and etag_of(found).lower() in etags
+
+
 class Writer(AbortOnError, io.RawIOBase):
     """A new object, uploaded while it is written; see the module docstring."""
 
@@ -108,17 +130,21 @@ class Writer(AbortOnError, io.RawIOBase):
         self._parts: list[Future[dict[str, Any]]] = []
         self._pending: collections.deque[Future[dict[str, Any]]] = collections.deque()
         self._sent = 0  # bytes handed to parts
+        #: MD5 of the bytes handed to parts (of the whole file, once closed), and of each part.
+        self._whole = hashlib.md5(usedforsecurity=False)
+        self._digests: dict[int, bytes] = {}
         self._redirect: str | None = None
         #: After ``close``, for a redirected file: ``"added"`` (stored under the new name),
         #: ``"present"`` (that name held the same bytes already), or ``""`` (under its own name).
         self.placed = ""
 
     def redirect(self, name: str) -> bool:
-        """Store the file under ``name`` instead of its own, when it is closed; possible
-        (True) only while no part of it has been sent.  ``name`` is taken only if free, or
-        holding as many bytes (a content-addressed name: the same file); otherwise the
-        file goes under its own name after all.  ``placed`` says which, after ``close``."""
-        if self._upload is not None or self.closed:
+        """Store the file under ``name`` instead of its own, when it is closed (False: closed
+        already).  ``name`` is taken only if free, or holding these very bytes by its ETag (a
+        content-addressed name: the same file); otherwise the file stays under its own name.
+        ``placed`` says which, after ``close``.  A file sent in parts is uploaded under its own
+        name first, then copied to ``name`` server-side."""
+        if self.closed:
             return False
         self._redirect = valid_name(name)
         return True
@@ -146,14 +172,10 @@ class Writer(AbortOnError, io.RawIOBase):
         return {"ContentMD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()}
 
     def _put_part(self, number: int, body: bytes) -> dict[str, Any]:
+        md5 = self._md5(body)
+        self._digests[number] = base64.b64decode(md5["ContentMD5"])
         r = self._s._call(
-            "upload_part",
-            self._name,
-            Key=self._key,
-            UploadId=self._upload,
-            PartNumber=number,
-            Body=body,
-            **self._md5(body),
+            "upload_part", self._name, Key=self._key, UploadId=self._upload, PartNumber=number, Body=body, **md5
         )
         return {"PartNumber": number, "ETag": r["ETag"]}
 
@@ -167,6 +189,7 @@ class Writer(AbortOnError, io.RawIOBase):
         while len(self._pending) >= PARTS_IN_FLIGHT:
             self._pending.popleft().result()  # waits for room; raises the first failure
         part = self._pool.submit(self._put_part, len(self._parts) + 1, bytes(self._buf))
+        self._whole.update(self._buf)  # while the part goes up: hashlib lets go of the GIL
         self._sent += len(self._buf)
         self._parts.append(part)
         self._pending.append(part)
@@ -185,6 +208,8 @@ class Writer(AbortOnError, io.RawIOBase):
                 self._send_part()
                 self._complete([p.result() for p in self._parts])
                 self._upload = None
+                if self._redirect is not None:
+                    self._move_redirected()
         except BaseException:
             self.abort()
             raise
@@ -202,8 +227,7 @@ class Writer(AbortOnError, io.RawIOBase):
             self._s._call("put_object", self._name, Key=self._key, Body=body, IfNoneMatch="*", **lock)
         except FileExistsError:
             found = self._s._head(self._name)
-            md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
-            if found is None or found.size != len(body) or str(found.version[0]).strip('"') != md5:
+            if found is None or not holds(found, len(body), {hashlib.md5(body, usedforsecurity=False).hexdigest()}):
                 raise
 
     def _complete(self, parts: list[dict[str, Any]]) -> None:
@@ -230,7 +254,8 @@ class Writer(AbortOnError, io.RawIOBase):
                 raise
 
     def _put_redirected(self, body: bytes, lock: dict[str, Any]) -> bool:
-        """Put ``body`` under the redirected name; False when that name holds other bytes."""
+        """Put ``body`` under the redirected name; False when that name is not known to hold
+        ``body`` (see the module docstring): its ETag is not ``body``'s MD5."""
         assert self._redirect is not None
         try:
             self._s._call(
@@ -240,10 +265,32 @@ class Writer(AbortOnError, io.RawIOBase):
             return True
         except FileExistsError:
             found = self._s._head(self._redirect)
-            if found is not None and found.size == len(body):
+            if found is not None and holds(found, len(body), {hashlib.md5(body, usedforsecurity=False).hexdigest()}):
                 self.placed = "present"
                 return True
             return False
+
+    def _move_redirected(self) -> None:
+        """After a multipart upload under this writer's name: copy it to the redirected name
+        when that is free, or drop it when that name holds these bytes (by its ETag); otherwise
+        it stays under its own name.  Both MD5s are this writer's own, never the server's."""
+        assert self._redirect is not None
+        found = self._s._head(self._redirect)
+        if found is None:
+            self._s._copy(self._name, self._redirect, self._sent)
+            self.placed = "added"
+        elif holds(found, self._sent, self._etags()):
+            self.placed = "present"
+        else:
+            return
+        self._s._call("delete_object", self._name, Key=self._key)
+
+    def _etags(self) -> set[str]:
+        """The ETags an object holding this multipart file's bytes can have: the MD5 of the whole
+        (made by ``CopyObject``) and that of its parts' MD5s, ``-N`` (a multipart upload)."""
+        digests = b"".join(self._digests[n] for n in sorted(self._digests))
+        parts = f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(self._digests)}"
+        return {self._whole.hexdigest(), parts}
 
     def _stop(self) -> None:
         self._buf = bytearray()
