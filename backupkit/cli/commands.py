@@ -364,7 +364,7 @@ def cmd_prune(a: argparse.Namespace) -> int:
         keep_within=keep_within,
         max_age_days=a.max_age_days,
         min_keep=a.min_keep,
-        tz=a.tz or "UTC",
+        tz=_zone(a.tz),
     )
     res = prune(a.dir, policy, now=datetime.now(UTC), dry_run=a.dry_run, stale_after_hours=a.stale_after_hours)
     # prune logs each warning as it happens (a scheduled run's log keeps it): not twice.
@@ -386,6 +386,13 @@ def cmd_prune(a: argparse.Namespace) -> int:
     verb = "would remove" if a.dry_run else "removed"
     print(f"{verb} {len(res.removed)} snapshot(s), kept {len(res.kept)}" + (" (dry run)" if a.dry_run else ""))
     return 0
+
+
+def _zone(tz: str) -> str:
+    """``--tz``; empty (an unset "$TZ") is a mistake, not UTC: the periods would shift unseen."""
+    if not tz.strip():
+        raise ConfigError("--tz is empty", hint="give an IANA zone such as Europe/Berlin, or leave --tz out for UTC")
+    return tz
 
 
 def cmd_diff(a: argparse.Namespace) -> int:
@@ -451,6 +458,9 @@ def cmd_sql(a: argparse.Namespace) -> int:
     from ..snapshot.encryption import identity_path
     from ..storage.repository import resolve
 
+    if a.query is not None and not a.query.strip():
+        # An unset "$QUERY" must not turn a scheduled job into a prompt waiting for input.
+        raise ConfigError("the query is empty", hint="give the SQL to run, or leave it out for an interactive prompt")
     identity = identity_path(a.identity)
     con = open_snapshot(resolve(a.snapshot), external_access=a.external_access, identity=identity)
     try:  # closing removes an encrypted snapshot's decrypted copy
@@ -460,8 +470,9 @@ def cmd_sql(a: argparse.Namespace) -> int:
                 if rel is not None:  # rows are read here: a failure here is the query's too
                     rel.show(max_rows=a.max_rows)
             except duckdb.Error as exc:
+                # DuckDB's "Did you mean ...?" and LINE/caret parts come on lines of their own.
                 raise ConfigError(
-                    f"DuckDB could not run the query: {exc}",
+                    f"DuckDB could not run the query: {' '.join(str(exc).split())}",
                     hint="tables are views like public.orders; `select * from backupkit.tables` lists them",
                 ) from None
             return 0

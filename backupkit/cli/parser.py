@@ -39,6 +39,11 @@ def _size(text: str) -> int:
     return int(m[1]) * _UNITS[m[2].lower()]
 
 
+def _path(text: str) -> Path | str:
+    """A path; an empty argument stays "" (not ``Path("")``, which is "."), so that it is refused."""
+    return Path(text) if text else text
+
+
 def _rows(text: str) -> int:
     """A number of rows to show: 1 or more."""
     if not text.strip().isdigit() or int(text) < 1:
@@ -120,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--sign-key",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="sign the manifest with this Ed25519 private key (PEM, mode 0600; from "
         "`backupkit keygen`) into manifest.json.sig (default: $BACKUPKIT_SIGN_KEY)",
@@ -181,14 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--deep", action="store_true", help="also decompress and recount rows")
     v.add_argument(
         "--public-key",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="require a good signature by this Ed25519 public key (PEM) "
         "(default: $BACKUPKIT_PUBLIC_KEY; without one a signature is not checked)",
     )
     v.add_argument(
         "--identity",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="age identity file (mode 0600) to decrypt an encrypted snapshot with; only --deep needs it "
         "(default: $BACKUPKIT_IDENTITY)",
@@ -201,19 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument(
         "--private-key",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="where to write the signing private key (PEM, mode 0600; never overwritten)",
     )
     k.add_argument(
         "--public-key",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="where to write the signing public key (PEM, for verify --public-key)",
     )
     k.add_argument(
         "--age-identity",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="where to write a new age identity (mode 0600; never overwritten; for restore --identity); "
         "its public key, for backup --recipient, is printed",
@@ -277,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--identity",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="age identity file (mode 0600) of a recipient of an encrypted snapshot (default: $BACKUPKIT_IDENTITY)",
     )
@@ -305,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the throwaway database on this server (its role needs CREATEDB); default: a temporary "
         "embedded PostgreSQL",
     )
-    dr.add_argument("--identity", type=Path, metavar="FILE", help="age identity file, for an encrypted snapshot")
+    dr.add_argument("--identity", type=_path, metavar="FILE", help="age identity file, for an encrypted snapshot")
     dr.add_argument("--json", action="store_true")
     dr.add_argument("--quiet", "-q", action="store_true")
     _notify_option(dr)
@@ -366,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--identity",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="age identity file to read encrypted snapshots with (decrypted into private scratch space, "
         "removed at the end; default: $BACKUPKIT_IDENTITY)",
@@ -385,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--identity",
-        type=Path,
+        type=_path,
         metavar="FILE",
         help="age identity file to read an encrypted snapshot with (decrypted into private scratch space, "
         "removed when the command ends; not with --external-access; default: $BACKUPKIT_IDENTITY)",
@@ -400,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=cmd_copy)
 
     dm = sub.add_parser("demo", help="build a demo database on embedded PostgreSQL, back it up twice, verify")
-    dm.add_argument("--to", type=Path, default=Path("backups"), help="backup directory (default ./backups)")
+    dm.add_argument("--to", type=_path, default=Path("backups"), help="backup directory (default ./backups)")
     dm.add_argument("--scale", type=float, default=1.0, help="demo size (1.0: a few hundred thousand rows)")
     dm.add_argument(
         "--where", action="store_true", help="list every file, folder and user the demo's server uses, and stop"

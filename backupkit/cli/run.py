@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import re
 import signal
@@ -18,6 +19,9 @@ from ..errors import BackupkitError, ConfigError, RetentionError, SnapshotError,
 from ..terminal import paint
 from .codes import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED
 from .parser import build_parser, commands_of
+
+#: PostgreSQL keeps a time limit in milliseconds in a 32-bit integer: at most about 24.8 days.
+MAX_SECONDS = 2_147_483
 
 #: Library parameters whose option has another name (a repeatable option is singular).
 _PARAMETER_OPTIONS = {"schemas": "schema", "tables": "table", "exclude": "exclude_table"}
@@ -75,13 +79,35 @@ def _os_error(exc: OSError) -> BackupkitError:
     exit 8 when something could not be written (disk full, read-only), else 7 (cannot read)."""
     import errno
 
-    where = f"{exc.filename}: " if exc.filename else ""
+    # os.fdopen and friends name the file by its descriptor ("cannot access 3"): no name is better.
+    where = f"{exc.filename}: " if isinstance(exc.filename, str) and exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
         return StorageError(f"cannot write {where}{exc.strerror or exc}")
     return SnapshotError(
         f"cannot access {where}{exc.strerror or exc}",
         hint="check that this user may read (and for backup/prune/pin, write) the backup directory",
     )
+
+
+def _check_time_limits(args: argparse.Namespace) -> None:
+    """A time limit beyond what PostgreSQL (or a timer) can hold fails here, in one line, rather
+    than on the server after the work began, or silently not at all."""
+    for dest in ("timeout", "lock_wait_timeout"):
+        value = getattr(args, dest, None)
+        if isinstance(value, float) and math.isfinite(value) and value > MAX_SECONDS:
+            raise ConfigError(
+                f"{dest} {value:g} is out of range: use at most {MAX_SECONDS} seconds (about 24 days)",
+                hint="0 means no limit",
+            )
+
+
+def _keep_undecodable_names() -> None:
+    """A path that is not UTF-8 (``backup --to $'r\\xff'``) is printed with its own bytes, as
+    the shell gave it: under a strict UTF-8 stdout, printing a published snapshot's path
+    would otherwise fail after the backup succeeded."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None and getattr(sys.stdout, "errors", None) == "strict":
+        reconfigure(errors="surrogateescape")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     notifier = None
     try:
+        from . import places  # after parsing: --version and --help need none of it
+
+        places.check(args)
+        _check_time_limits(args)
         if getattr(args, "jobs", None) is not None:
             from ..snapshot.verify import check_jobs
 
@@ -147,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> NoReturn:
     """The ``backupkit`` executable: ``main`` with the process's arguments, then exit with its code."""
+    _keep_undecodable_names()
     code = main()
     # The command is done and has said so: a Ctrl-C or SIGTERM from here on must not turn a
     # published snapshot's exit 0 into 130, after its path was printed.

@@ -53,7 +53,7 @@ def _password(dsn: str) -> str | None:
     try:
         password = conninfo_to_dict(dsn).get("password")
         return None if password is None else str(password)
-    except psycopg.ProgrammingError:
+    except (psycopg.ProgrammingError, UnicodeEncodeError):
         # Unparseable: take what stands between "user:" and "@" of a URI.
         m = re.match(r"postgres(?:ql)?://[^:/@\s]*:([^@\s]*)@", dsn)
         return m.group(1) if m else None
@@ -105,6 +105,9 @@ _ENCODE_HINT = (
 def _parse(dsn: str) -> dict:
     try:
         parsed = conninfo_to_dict(dsn)
+    except UnicodeEncodeError:
+        # Bytes the shell or environment gave that are not UTF-8 (Python keeps them as surrogates).
+        raise ConfigError("the DSN holds bytes that are not UTF-8 text", hint=_ENCODE_HINT) from None
     except psycopg.ProgrammingError:
         # libpq's message quotes the offending part, which may be the password: never show it.
         raise ConfigError("the DSN cannot be parsed (check its quoting and %-escapes)", hint=_ENCODE_HINT) from None
@@ -171,6 +174,15 @@ def _reason(exc: Exception) -> str:
     return " ".join(first.replace("FATAL:", "").split())
 
 
+def _connect_hint(reason: str) -> str:
+    """What to do next for libpq's ``reason``: a missing database or SSL is no password problem."""
+    if re.search(r'database ".*" does not exist', reason):
+        return "check the database name at the end of the DSN (host:port/DBNAME); the server has no such database"
+    if "SSL" in reason and "not support" in reason:
+        return "this server offers no SSL: remove sslmode=require (or verify-*) from the DSN, or enable SSL on it"
+    return "check host, port, user and password in the DSN, and that the server accepts connections"
+
+
 #: TCP keepalives (unless the DSN sets its own), so a client waiting on a server that vanished
 #: from the network notices within about a minute instead of the kernel's two hours.
 TCP_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
@@ -201,7 +213,7 @@ def connect(
         raise ConnectionFailed(
             f"cannot connect to {where['host']}:{where['port']}/{where['database']} "
             f"as {where['user'] or '(default user)'}: {reason}",
-            hint="check host, port, user and password in the DSN, and that the server accepts connections",
+            hint=_connect_hint(reason),
         ) from None
     try:
         apply_settings(conn, settings)

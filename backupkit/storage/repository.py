@@ -206,7 +206,8 @@ def list_snapshots(repository: Path | str | Storage) -> tuple[list[Snapshot], li
             unfinished.append(Unfinished(name, kind, now - entry.mtime, storage.where(name)))
         elif not name.startswith("."):
             if not storage.atomic_rename and entry.kind == "dir" and not _has_manifest(storage, name):
-                unfinished.append(Unfinished(name, "incomplete", now - entry.mtime, storage.where(name)))
+                if not holds_repository(storage, name):  # s3://bucket given for s3://bucket/prod
+                    unfinished.append(Unfinished(name, "incomplete", now - entry.mtime, storage.where(name)))
             else:
                 snaps.append(_summary(SnapshotLocation(storage, name), pinned, entry))
     snaps.sort(key=lambda s: (s.created_at is not None, s.created_at or datetime.min, s.id), reverse=True)
@@ -239,6 +240,18 @@ def usage(snaps: list[Snapshot]) -> Usage:
         stored=sum(s.own_bytes for s in snaps) + sum(sizes.values()),
         unique=unique,
     )
+
+
+def holds_repository(storage: Storage, name: str) -> bool:
+    """Whether prefix ``name`` is a backup directory of its own (its pool, pins or lock, or a
+    snapshot in it): never an interrupted upload to prune, whatever its age."""
+    try:
+        children = storage.list(name)
+    except OSError:
+        return True  # cannot be told: left alone
+    if {c.basename for c in children} & {".shared", ".pins", ".lock"}:
+        return True
+    return any(c.kind == "dir" and _has_manifest(storage, c.name) for c in children)
 
 
 def _has_manifest(storage: Storage, name: str) -> bool:
