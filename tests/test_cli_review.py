@@ -244,3 +244,10 @@ def test_a_missing_database_or_ssl_gets_its_own_next_step(repo):
     ssl = psycopg.conninfo.make_conninfo(dsn, sslmode="require")
     out = run_cli("backup", "--dsn", ssl, "--to", "unused")
     assert "server does not support SSL" in one_line(out, 3) and "remove sslmode=require" in out.stderr
+
+
+def test_an_s3_endpoint_that_is_not_a_url_is_one_line(s3_bucket):
+    """AWS_ENDPOINT_URL=not-a-url gave botocore's traceback (exit 1) ending in the value."""
+    out = run_cli("list", f"s3://{s3_bucket}/prod", env={"AWS_ENDPOINT_URL": "not-a-url"})
+    assert "the S3 endpoint is not a URL" in one_line(out, 2)
+    assert "not-a-url" not in out.stderr

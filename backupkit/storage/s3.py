@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..errors import ConfigError
 from .base import BLOCK, Entry, NotAPlainFile, Storage, check_name, valid_name
 from .s3io import Reader, S3Error, Writer, etag_of
 from .scratch import scratch
@@ -220,9 +221,15 @@ class S3Storage(Storage):
                 )
                 session = botocore.session.Session(profile=self.profile)
                 session.register_component("data_loader", _shared_loader())
-                client = session.create_client(
-                    "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
-                )
+                try:
+                    client = session.create_client(
+                        "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+                    )
+                except ValueError:  # botocore's "Invalid endpoint: <the value>"; the value is not repeated
+                    raise ConfigError(
+                        "the S3 endpoint is not a URL (the storage's endpoint_url, or AWS_ENDPOINT_URL)",
+                        hint="give it as https://host[:port], e.g. AWS_ENDPOINT_URL=https://s3.eu-central-1.amazonaws.com",
+                    ) from None
                 client.meta.events.register("before-call.s3.CopyObject", _md5_of_a_locked_copy)
                 self._s3 = client
             return self._s3
