@@ -251,3 +251,12 @@ def test_an_s3_endpoint_that_is_not_a_url_is_one_line(s3_bucket):
     out = run_cli("list", f"s3://{s3_bucket}/prod", env={"AWS_ENDPOINT_URL": "not-a-url"})
     assert "the S3 endpoint is not a URL" in one_line(out, 2)
     assert "not-a-url" not in out.stderr
+
+
+def test_recipients_set_to_nothing_is_not_a_plaintext_backup(repo, tmp_path):
+    """BACKUPKIT_RECIPIENTS set but empty ("$KEYS" unset in a cron line) gave an unencrypted
+    backup without a word, where the user meant every backup to be encrypted."""
+    _, _, dsn = repo
+    out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "r", "-q", env={"BACKUPKIT_RECIPIENTS": " , "})
+    assert "BACKUPKIT_RECIPIENTS is set but holds no age public key" in one_line(out, 2)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())

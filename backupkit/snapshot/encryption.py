@@ -107,7 +107,16 @@ def recipients_from(option: Sequence[str] | None) -> list[str]:
     """``--recipient`` values if any, else the keys in ``$BACKUPKIT_RECIPIENTS`` (spaces or commas between)."""
     if option:
         return list(option)
-    return [r for r in re.split(r"[\s,]+", os.environ.get(RECIPIENTS_ENV, "")) if r]
+    if RECIPIENTS_ENV not in os.environ:
+        return []
+    found = [r for r in re.split(r"[\s,]+", os.environ[RECIPIENTS_ENV]) if r]
+    if not found:
+        # Set to nothing ("$KEYS" unset in a cron line): meant to encrypt, so never a plaintext backup.
+        raise ConfigError(
+            f"{RECIPIENTS_ENV} is set but holds no age public key",
+            hint=f"put the keys (age1...) in it, or unset {RECIPIENTS_ENV} for an unencrypted backup",
+        )
+    return found
 
 
 def identity_path(option: str | os.PathLike[str] | None) -> Path | None:
