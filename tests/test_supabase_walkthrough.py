@@ -116,11 +116,6 @@ def test_schema_public_clean_rolls_back_rows_in_a_project_with_a_partitioned_tab
     _assert_same(before, fingerprint(supabase_project.admin(live)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the dry run does not check the names a recreated table's sequence and indexes need "
-    "(backupkit/recovery/plan.py: no check; the real run fails in pre-data)",
-)
 def test_a_renamed_table_is_named_by_the_dry_run_not_by_a_failed_restore(supabase_project, live, tmp_path):
     """Bad migration: `alter table public.messages rename to posts`.  The user puts messages
     back with `--table public.messages --clean --dry-run`: exit 0, "create schema objects,

@@ -278,6 +278,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             for rel, name, mode, owner in foreign
         ]
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
+        if not request.data_only and not full:
+            created = [t for t in rebuilt if mf.table_key(t) not in existing and mf.table_key(t) not in platform.tables]
+            problems += _names_taken(conn, created, manifest, dropped=plan.existing)
         entries: list[TocEntry] = []
         if not request.data_only:
             with encryption.local_path(location, mf.DUMP, manifest) as dump:
@@ -462,6 +465,47 @@ def _plan_database(
             functions_made={".".join(object_key(e)[1:]) for e in entries if e.type in ("FUNCTION", "PROCEDURE")},
             event_functions=_event_functions(db_dump, db_entries),
         )
+
+
+_TAKEN = """
+SELECT r.n, CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'index' END,
+       pg_catalog.format('%%I.%%I', tn.nspname, t.relname), tn.nspname || '.' || t.relname
+  FROM unnest(%s::text[]) WITH ORDINALITY r(n, i)
+  JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.n)
+  LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid
+  LEFT JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+       AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') AND c.relkind = 'S'
+  JOIN pg_catalog.pg_class t ON t.oid = coalesce(x.indrelid, d.refobjid)
+  JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+ ORDER BY r.i
+"""
+
+
+def _names_taken(conn: psycopg.Connection, created: list[dict], manifest: dict, dropped: list[str]) -> list[str]:
+    """Names the tables this restore creates need for their indexes and sequences, held in the
+    target by another table's (not one it drops first) (a migration renamed messages to posts: posts keeps
+    messages_pkey and messages_id_seq).  Found here, not by the real run failing on
+    'already exists' after a dry run that passed."""
+    if not created:
+        return []
+    keys = {mf.table_key(t): t for t in created}
+    wanted: list[tuple[str, dict]] = []
+    for t in created:
+        wanted += [(sql.Identifier(t["schema"], i).as_string(conn), t) for i in t.get("indexes", [])]
+    for s in manifest.get("sequences", []):
+        owner = s.get("owned_by")
+        if owner and f"{owner[0]}.{owner[1]}" in keys:
+            wanted.append((sql.Identifier(s["schema"], s["name"]).as_string(conn), keys[f"{owner[0]}.{owner[1]}"]))
+    if not wanted:
+        return []
+    table_of = dict(wanted)
+    return [
+        f"{name} already exists ({kind} of {owner}), and {mf.table_key(table_of[name])} needs that name for its "
+        f"own: was {mf.table_key(table_of[name])} renamed to {owner}? Rename it back (or drop it) first, "
+        "or restore into another database"
+        for name, kind, owner, key in conn.execute(_TAKEN, ([n for n, _ in wanted],)).fetchall()
+        if key not in dropped and key != mf.table_key(table_of[name])
+    ]
 
 
 def _missing(conn: psycopg.Connection, sequences: set[tuple[str, str]]) -> set[tuple[str, str]]:
