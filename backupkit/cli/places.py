@@ -11,8 +11,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from ..errors import BackupkitError, ConfigError, SnapshotNotFound
-from ..snapshot.manifest import MANIFEST
+from ..snapshot.manifest import FORMAT, MANIFEST
 from ..storage.base import Storage
+from ..storage.local import LocalStorage
 from ..storage.location import open_storage, scheme_of
 from ..storage.repository import holds_repository
 
@@ -171,12 +172,23 @@ def holding_snapshot(text: str) -> tuple[str, bool] | None:
     path = Path(os.path.abspath(given))
     for n, folder in enumerate((path, *path.parents)):
         try:
-            if (folder / MANIFEST).is_file():
+            if (folder / MANIFEST).is_file() and _is_manifest(LocalStorage(folder), MANIFEST):
                 shown = folder if given.is_absolute() else Path(os.path.relpath(folder))
                 return str(shown), n == 0
         except OSError:
             continue
     return None
+
+
+#: How every manifest backupkit writes begins (``"format"`` is its first key).
+_FORMAT_KEY = re.compile(rb'"format"\s*:\s*"' + re.escape(FORMAT.encode()) + rb'"')
+
+
+def _is_manifest(storage: Storage, name: str) -> bool:
+    """Whether file ``name`` is a backupkit manifest: a folder that holds some other
+    ``manifest.json`` (a web app's, a container image's) is no snapshot."""
+    with storage.open(name) as f:
+        return _FORMAT_KEY.search(f.read(64 << 10)) is not None
 
 
 def _s3_snapshot(text: str) -> tuple[str, bool] | None:
@@ -188,7 +200,8 @@ def _s3_snapshot(text: str) -> tuple[str, bool] | None:
         storage = open_storage(f"s3://{parts.netloc}")
         for n, prefix in enumerate((names, *list(names.parents)[:-1])):
             try:
-                if storage.stat(f"{prefix}/{MANIFEST}").kind == "file":
+                name = f"{prefix}/{MANIFEST}"
+                if storage.stat(name).kind == "file" and _is_manifest(storage, name):
                     return f"s3://{parts.netloc}/{prefix}", n == 0
             except FileNotFoundError:
                 continue

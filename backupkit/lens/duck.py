@@ -109,6 +109,7 @@ from ..snapshot import encryption, formats
 from ..snapshot import manifest as mf
 from ..snapshot.datafile import check_files, data_path
 from ..storage.cache import local_copy
+from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
 from .source import readable
 
@@ -291,7 +292,7 @@ def starts_with_bom(path: Path) -> bool:
     """
     head = b""
     try:
-        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as z:
+        with LocalStorage(path.parent).open(path.name) as f, zstandard.ZstdDecompressor().stream_reader(f) as z:
             while len(head) < len(_BOM) and (block := z.read(len(_BOM) - len(head))):
                 head += block
     except (OSError, zstandard.ZstdError):

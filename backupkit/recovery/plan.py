@@ -331,14 +331,15 @@ WITH names AS (
 SELECT t.name, x.what || ' ' || r.name FROM (
   SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what
     FROM pg_catalog.pg_constraint c
-   WHERE c.contype = 'f' AND c.confrelid = ANY(%(tables)s::regclass[]) AND c.conrelid <> c.confrelid
+   WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
+     AND c.confrelid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
   UNION
   SELECT d.refobjid, v.oid, 'view'
     FROM pg_catalog.pg_depend d
     JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
     JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
    WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-     AND d.refobjid = ANY(%(tables)s::regclass[]) AND v.oid <> d.refobjid
+     AND d.refobjid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s)) AND v.oid <> d.refobjid
 ) x
 JOIN names t ON t.oid = x.target JOIN names r ON r.oid = x.rel
 WHERE NOT (r.key = ANY(%(dropped)s) OR r.schema = ANY(%(schemas)s))
@@ -352,9 +353,8 @@ def _dependents_in_the_way(conn: psycopg.Connection, dropped: list[str], schemas
     it does).  Found here, not by the real run failing after a dry run that passed."""
     if not dropped:
         return []
-    names = [sql.Identifier(*k.split(".", 1)).as_string(conn) for k in dropped]
     found: dict[str, list[str]] = {}
-    for table, what in conn.execute(_DEPENDENTS, {"tables": names, "dropped": dropped, "schemas": schemas}):
+    for table, what in conn.execute(_DEPENDENTS, {"dropped": dropped, "schemas": schemas}):
         found.setdefault(table, []).append(what)
     return [
         f"`clean` would drop and make again {table} (its columns are not the snapshot's), but "
@@ -383,20 +383,15 @@ def _keep_parents_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: 
         return []
     plan.existing = [k for k in plan.existing if k not in parents]
     plan.drop_first = bool(plan.existing)
+    # Schema and name as the catalog has them: a key ("a.b.c") does not say where the dot is.
     rows = conn.execute(
-        "SELECT n.nspname || '.' || c.relname, i.relname FROM pg_catalog.pg_class c "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "JOIN pg_catalog.pg_index x ON x.indrelid = c.oid JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid "
-        "WHERE n.nspname || '.' || c.relname = ANY(%s)",
+        "SELECT n.nspname, c.relname, array_remove(array_agg(i.relname ORDER BY i.relname), NULL) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_catalog.pg_index x ON x.indrelid = c.oid LEFT JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid "
+        "WHERE c.relkind = 'p' AND n.nspname || '.' || c.relname = ANY(%s) GROUP BY 1, 2",
         (parents,),
     ).fetchall()
-    indexes: dict[str, list[str]] = {p: [] for p in parents}
-    for parent, index in rows:
-        indexes[parent].append(index)
-    return [
-        {"schema": p.split(".", 1)[0], "name": p.split(".", 1)[1], "indexes": indexes[p], "columns": []}
-        for p in parents
-    ]
+    return [{"schema": schema, "name": name, "indexes": list(indexes), "columns": []} for schema, name, indexes in rows]
 
 
 def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> tuple[list[dict], list[str]]:
