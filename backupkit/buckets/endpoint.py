@@ -9,6 +9,10 @@ The secret is read from the environment only, never from an argument (it would s
 message name the endpoint by scheme, host and port alone.
 
 Every failure becomes a ``BucketError`` whose message is written here, never the server's.
+A URL that is not an S3 API (the project's URL without ``/storage/v1/s3``, a web page) is
+told apart from a missing bucket or file by what it answers: S3 answers every GET with its
+XML, a document or an ``<Error>`` whose code names the reason; anything else is
+"not an S3 endpoint", found before any bucket is made or file written.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from ..errors import BucketError, ConfigError
 
@@ -41,6 +46,13 @@ MAX_PARTS = 10_000
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+#: What a request may raise: S3's answers, transport failures, and (not a BotoCoreError) a
+#: 200 whose body is not XML, as a web page's.
+_FAILS = (ClientError, BotoCoreError, ResponseParserError)
+#: Statuses a proxy in front of S3 answers without S3's XML while the service is down.
+_GATEWAY = {502, 503, 504}
+#: The S3 endpoint's form, for the hint when a URL is not one.
+S3_FORM = "https://<project ref>.supabase.co/storage/v1/s3"
 
 
 @dataclass(frozen=True)
@@ -120,12 +132,29 @@ class Endpoint:
                 )
             return self._client
 
+    def not_s3(self, answer: str) -> BucketError:
+        """The endpoint answered, but not as an S3 API does (``answer``: what it gave instead)."""
+        return BucketError(
+            f"{self.where} is not an S3 endpoint ({answer})",
+            hint=f"set {ENV['url']} (or `storage_endpoint`) to the project's S3 endpoint, {S3_FORM} "
+            "(Supabase dashboard: Project Settings > Storage > S3 Connection)",
+        )
+
     def error(self, exc: Exception, bucket: str, key: str = "") -> BucketError:
         """A botocore failure as one line about ``bucket``/``key`` (never the server's text)."""
         what = f"{bucket}/{key}" if key else f"bucket {bucket}" if bucket else "listing the buckets"
+        if isinstance(exc, ResponseParserError):  # a 200 whose body is no XML: a web page
+            return self.not_s3("it answered with a page that is not S3's XML")
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if not _s3_error(exc) and status not in _GATEWAY:
+                # botocore gives a 200 whose body is not XML (a web page) as a 500, after retries.
+                return self.not_s3(
+                    f"it answered HTTP {status} without an S3 error code"
+                    if status != 500
+                    else "it answered with a page that is not S3's XML"
+                )
             if code == "NoSuchBucket":
                 return BucketError(f"{what}: no such bucket at {self.where}", hint="check the bucket's name")
             if code in _NOT_FOUND:
@@ -146,7 +175,7 @@ class Endpoint:
             kwargs["Key"] = key
         try:
             return getattr(self.client(), method)(Bucket=bucket, **kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except _FAILS as exc:
             raise self.error(exc, bucket, key) from None
 
     # -- reading -----------------------------------------------------------------------------
@@ -154,21 +183,31 @@ class Endpoint:
     def buckets(self) -> list[str]:
         """Every bucket's name."""
         try:
-            return sorted(b["Name"] for b in self.client().list_buckets().get("Buckets", []))
-        except (ClientError, BotoCoreError) as exc:
+            listing = self.client().list_buckets()
+        except _FAILS as exc:
             raise self.error(exc, "") from None
+        if "Buckets" not in listing:  # S3 always has the element; a page that parsed as XML lacks it
+            raise self.not_s3("its answer to ListBuckets is not S3's")
+        return sorted(b["Name"] for b in listing["Buckets"])
 
     def has_bucket(self, bucket: str) -> bool:
-        """Whether ``bucket`` exists."""
+        """Whether ``bucket`` exists; BucketError when the endpoint is not an S3 API.
+
+        A GET of the bucket's listing (one key), not HeadBucket: HEAD's 404 has no body, so
+        a missing bucket and a URL that is not an S3 API (the project's URL without
+        ``/storage/v1/s3``) looked the same, and every bucket looked missing.  To the GET,
+        S3 answers NoSuchBucket in its XML for a missing bucket."""
         try:
-            self.client().head_bucket(Bucket=bucket)
-            return True
+            listing = self.client().list_objects_v2(Bucket=bucket, MaxKeys=1)
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchBucket", "404", "NotFound"):
+            if str(exc.response.get("Error", {}).get("Code", "")) == "NoSuchBucket":
                 return False
             raise self.error(exc, bucket) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, ResponseParserError) as exc:
             raise self.error(exc, bucket) from None
+        if "Name" not in listing:  # S3's ListBucketResult always names the bucket
+            raise self.not_s3("its answer to a bucket listing is not S3's")
+        return True
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[Head]:
         """Every file in ``bucket`` under ``prefix``, in key order, as the listing describes it
@@ -190,7 +229,7 @@ class Endpoint:
             if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
                 return None
             raise self.error(exc, bucket, key) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, ResponseParserError) as exc:
             raise self.error(exc, bucket, key) from None
         return _head(key, r)
 
@@ -207,7 +246,7 @@ class Endpoint:
             if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
                 return None
             raise self.error(exc, bucket, key) from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, ResponseParserError) as exc:
             raise self.error(exc, bucket, key) from None
         return _head(key, r), r["Body"]
 
@@ -259,7 +298,7 @@ class Endpoint:
         except BaseException:
             try:
                 self.client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
-            except (ClientError, BotoCoreError):
+            except _FAILS:
                 pass  # the first failure is the one to report
             raise
 
@@ -270,6 +309,14 @@ def part_size(size: int) -> int:
     parts beyond were never sent, and the file was refused as not matching its SHA-256."""
     least = -(-size // MAX_PARTS)
     return max(PART, -(-least // BLOCK) * BLOCK)
+
+
+def _s3_error(exc: ClientError) -> bool:
+    """Whether the failure is an S3 service's answer: an ``<Error>`` document with a code
+    (botocore puts the bare HTTP status, or nothing, where the body had none).  HEAD answers
+    have no body on any S3 service: their status is all there is, and it is taken as S3's."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return exc.operation_name.startswith("Head") or (bool(code) and not code.isdigit())
 
 
 def _iso(when: Any) -> str:

@@ -104,7 +104,13 @@ class FilesRestored:
 
 def chosen(manifest: Mapping, buckets: Sequence[str] | None, prefixes: Sequence[str]) -> list[tuple[dict, list[dict]]]:
     """The snapshot's buckets named in ``buckets`` (None: all), each with its files under one
-    of ``prefixes`` (none: all); ConfigError naming a bucket the snapshot lacks."""
+    of ``prefixes`` (none: all); ConfigError when the snapshot is encrypted (it holds no bucket
+    files), has none, or lacks a bucket named."""
+    if manifest.get("encryption"):
+        raise ConfigError(
+            "this snapshot is encrypted; it holds no Storage bucket files",
+            hint="restore its database without `storage_buckets`; back the files up in a separate, unencrypted run",
+        )
     there = {b["name"]: b for b in (manifest.get("storage") or {}).get("buckets", [])}
     if not there:
         raise ConfigError(
@@ -121,6 +127,19 @@ def chosen(manifest: Mapping, buckets: Sequence[str] | None, prefixes: Sequence[
         (there[n], [f for f in there[n]["files"] if not prefixes or f["key"].startswith(tuple(prefixes))])
         for n in names
     ]
+
+
+def check_request(snapshot: mf.SnapshotArg, buckets: Sequence[str] | None, prefixes: Sequence[str] = ()) -> None:
+    """ConfigError when ``restore_files`` would refuse ``snapshot``'s ``buckets`` (encrypted, no
+    bucket files, a bucket it lacks); reads the manifest only.  A restore of the database and
+    the files runs it before the database is touched: the files were refused only after the
+    database was restored, half of what was asked.  A manifest that cannot be read is left to
+    the restore, which says all that is wrong with the snapshot."""
+    try:
+        manifest = mf.read(locate(snapshot))
+    except SnapshotError:
+        return
+    chosen(manifest, buckets, prefixes)
 
 
 def restore_files(
@@ -144,10 +163,7 @@ def restore_files(
     as a restore would (reading the endpoint), change nothing, and say what would be done.
     """
     location = locate(snapshot)
-    manifest = mf.read(location)
-    if manifest.get("encryption"):
-        raise ConfigError("this snapshot is encrypted; it holds no Storage bucket files")
-    work = chosen(manifest, buckets, prefixes)
+    work = chosen(mf.read(location), buckets, prefixes)
     endpoint = endpoint or Endpoint.from_env()
     done = FilesRestored(dry_run=dry_run)
     # SIGTERM (systemd, docker, timeout) stops it like Ctrl-C: an unfinished multipart upload

@@ -257,6 +257,10 @@ def cmd_restore(a: argparse.Namespace) -> int:
     if a.files_only and not (a.storage_buckets or a.storage_all_buckets):
         raise ConfigError("`files_only` needs --storage-bucket NAME or --storage-all-buckets")
     endpoint = _endpoint(a)  # before anything is restored: missing Storage settings change nothing
+    if endpoint is not None:  # and files the snapshot cannot give: not after the database is restored
+        from ..buckets.restore import check_request
+
+        check_request(snapshot, None if a.storage_all_buckets else a.storage_buckets, a.storage_prefix or ())
     if a.files_only:
         files = _restore_files(a, snapshot, endpoint, resolve_dsn(a.dsn) if a.dsn else None)
         if a.json:
