@@ -7,7 +7,9 @@ public API) and shows the result.  This package provides
 * **strict parameters** — ``check_parameters()`` fails the run when papermill
   injected a parameter the notebook does not declare (papermill itself only
   logs a warning) or gave a declared one a value of the wrong type (the hint
-  says how to pass it: ``-y 'tables: [public.orders]'`` for a list), and first
+  says how to pass it: ``-y 'tables: [public.orders]'`` for a list) or a value that
+  describes no run (an empty or in-snapshot place, ``jobs`` 0, a policy or ``max_age``
+  that cannot be read: ``value_problems``), before the job does anything, and first
   of all when a ``*_env`` parameter is not an environment variable's name (the
   DSN or URL itself, often) or ``identity`` is a key, not a path: one line
   that shows nothing of the value, and no output echoes it;
@@ -43,7 +45,7 @@ picking, demo snapshots and server), ``frames`` (how a table shows),
 towards ``runs`` and ``frames``: ``params``, ``jobs`` and ``tables`` use
 ``runs``; ``jobs``, ``tables`` and ``explore`` use ``frames``; ``charts`` uses
 ``tables``; ``tables`` and ``explore`` use ``jobs`` (``resolve_identity``),
-``explore`` also ``runs``.
+``params`` too (``make_policy``, to check a policy), ``explore`` also ``runs``.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ from .params import (
     namespace_parameters,
     parameter_hint,
     parameter_problems,
+    value_problems,
 )
 from .runs import (
     ErrorNote,
@@ -129,6 +132,7 @@ __all__ = [
     "is_injected",
     "locate_parameters",
     "parameter_problems",
+    "value_problems",
     "parameter_hint",
     "how_to_pass",
     "namespace_parameters",

@@ -34,7 +34,8 @@ from ..retention.policy import Policy
 from ..retention.prune import PruneResult
 from ..retention.prune import prune as _prune
 from ..snapshot import manifest as mf
-from ..snapshot.encryption import IdentityArg, identity_path
+from ..snapshot.encryption import IdentityArg, identity_path, recipients_from, recipients_of
+from ..snapshot.signing import public_key_path, sign_key_path
 from ..snapshot.verify import verify as _verify
 from ..storage.local import LocalStorage
 from ..storage.location import SnapshotLocation, locate
@@ -303,7 +304,11 @@ def backup(
     run: RunRecord | None = None,
 ) -> BackupResult:
     """Back up the database ``$dsn_env`` names into a new snapshot under ``backup_dir``, with
-    the files of ``storage_buckets`` (``["*"]``: every bucket; endpoint from ``BACKUPKIT_STORAGE_*``)."""
+    the files of ``storage_buckets`` (``["*"]``: every bucket; endpoint from ``BACKUPKIT_STORAGE_*``).
+
+    Encrypted to the keys in ``$BACKUPKIT_RECIPIENTS`` and signed with ``$BACKUPKIT_SIGN_KEY``
+    when set, as ``backupkit backup`` is: the scheduled notebook runs on the same host, with the
+    same environment, as the command it stands in for."""
     every = list(storage_buckets) == ["*"]
     with _maybe_step(run, "backup"):
         result = _backup(
@@ -317,10 +322,14 @@ def backup(
             progress=True,
             storage_buckets=() if every else list(storage_buckets),
             storage_all_buckets=every,
+            recipients=recipients_from(None),
+            sign_key=sign_key_path(None),
         )
     if run is not None:
         run.set_snapshot(result.id, result.location)
         run.summary.update(
+            encrypted=recipients_of(result.manifest) is not None,
+            signed_by=result.manifest.get("signed_by"),
             tables=len(result.manifest["tables"]),
             rows=result.rows,
             bytes=result.bytes,
@@ -337,9 +346,16 @@ def verify(
     snapshot: mf.SnapshotArg, *, deep: bool = True, identity: IdentityArg | None = "", run: RunRecord | None = None
 ) -> Table:
     """Verify a snapshot (``deep``: also recount rows, which an encrypted snapshot needs ``identity``
-    for: ``resolve_identity``); one row, or ``SnapshotDamaged`` naming the problems."""
+    for: ``resolve_identity``); one row, or ``SnapshotDamaged`` naming the problems.
+
+    An encrypted snapshot with no identity at hand is checked by its hashes only, its row
+    shows that rows were not recounted: a backup host holds the public key alone, by design.
+    With ``$BACKUPKIT_PUBLIC_KEY`` set the signature is checked too, as ``backupkit verify`` does."""
     with _maybe_step(run, "verify"):
-        report = _verify(snapshot, deep=deep, identity=resolve_identity(identity))
+        key = resolve_identity(identity)
+        if deep and key is None and recipients_of(mf.read(snapshot)) is not None:
+            deep = False
+        report = _verify(snapshot, deep=deep, identity=key, public_key=public_key_path(None))
         snapshot_id = locate(snapshot).id  # a folder's name, or the id of one on S3
         if not report.ok:
             raise SnapshotDamaged(
@@ -347,6 +363,9 @@ def verify(
                 report.problems,
                 hint="restore from another snapshot and check the storage",
             )
+    if run is not None:
+        run.summary.update(rows_recounted=report.deep, signature=report.signature)
+        run.write()
     return Table(
         [
             {
@@ -355,6 +374,8 @@ def verify(
                 "files": report.files,
                 "MB": round(report.bytes / 1e6, 2),
                 "rows recounted": report.deep,
+                "encrypted": report.encrypted_to is not None,
+                "signature": report.signature,
             }
         ]
     )

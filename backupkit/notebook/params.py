@@ -4,7 +4,9 @@ Papermill only logs a warning when it injects a parameter the notebook does
 not declare; ``check_parameters()`` fails the run instead, and also when a
 declared parameter got a value of the wrong type, with a hint that says how to
 pass it (``how_to_pass``: a list through papermill's YAML option,
-``-y 'tables: [public.orders]'``, since -p and -r pass text).  Before any of that,
+``-y 'tables: [public.orders]'``, since -p and -r pass text), and when a well-typed value
+describes no run (``value_problems``: an empty place or one inside a snapshot, ``jobs`` 0, a
+retention policy that cannot hold), so a scheduled run fails before its work, not after.  Before any of that,
 a ``*_env`` parameter that is not an environment variable's name (the DSN or
 monitor URL itself, often) or an ``identity`` that is a key fails the run in one
 line that shows nothing of the value; no message or output repeats those values.
@@ -25,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..pg.dsn import redact
-from .runs import RunRecord, _maybe_step, _shell, misplaced_secret
+from .runs import EMPTY_HINT, RunRecord, _maybe_step, _shell, misplaced_secret, place_problem
 
 #: First line of the cell papermill injects (its Python translator writes ``# Parameters``).
 INJECTED_MARKER = "# Parameters"
@@ -202,6 +204,71 @@ def parameter_hint(declared: Mapping[str, Any], injected: Iterable[str], values:
     return "; ".join(hints) or "fix the papermill -p/-r/-y/-f parameters (names and types as declared)"
 
 
+#: Parameters naming a place a run writes to, and whether empty means "none" (``html_report``).
+_PLACES = {"backup_dir": False, "runs_dir": False, "html_report": True}
+#: The notebooks' retention parameters (``jobs.make_policy``'s arguments).
+_POLICY = (
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "keep_within",
+    "max_age_days",
+    "min_keep",
+    "tz",
+)
+#: List parameters whose items are names (an unset variable in ``-y 'schemas: [$S]'`` gives "").
+_NAME_LISTS = ("schemas", "tables", "storage_buckets")
+
+
+def value_problems(values: Mapping[str, Any]) -> list[ConfigError]:
+    """Why well-typed parameter values still describe no run, each an error with its hint: a
+    place that is empty or inside a snapshot (``runs.place_problem``), ``jobs`` out of range, a
+    retention policy or ``max_age`` that cannot be read, an empty name in a list, a count below
+    its least.  Checked with the parameters, so a run fails before it does anything rather than
+    after the backup or the drill it was scheduled for."""
+    from ..errors import BackupkitError
+    from ..retention.policy import parse_duration
+    from ..snapshot.verify import MAX_JOBS
+    from .jobs import make_policy
+
+    problems = [
+        e
+        for name, optional in _PLACES.items()
+        if name in values and (e := place_problem(name, values[name], optional=optional)) is not None
+    ]
+    jobs = values.get("jobs", 1)
+    if not 1 <= jobs <= MAX_JOBS:
+        problems.append(
+            ConfigError(
+                f"parameter 'jobs' is {jobs}: use 1 to {MAX_JOBS}",
+                hint="each job is a process with its own PostgreSQL connection; a few per CPU core is plenty",
+            )
+        )
+    policy = {k: values[k] for k in _POLICY if k in values}
+    if policy:
+        try:
+            make_policy(**policy)
+        except BackupkitError as exc:
+            problems.append(ConfigError(redact(str(exc)), hint=exc.hint or "fix the retention parameters"))
+    if "max_age" in values:
+        try:
+            parse_duration(values["max_age"])
+        except BackupkitError as exc:
+            problems.append(ConfigError(f"parameter 'max_age': {redact(str(exc))}", hint="e.g. -r max_age 26h"))
+    for name in _NAME_LISTS:
+        if any(not str(item).strip() for item in values.get(name) or []):
+            problems.append(ConfigError(f"parameter {name!r} holds an empty name", hint=EMPTY_HINT))
+    for name, least in (("sample", 0), ("limit", 1)):
+        if name in values and values[name] < least:
+            problems.append(
+                ConfigError(f"parameter {name!r} is {values[name]}: use {least} or more", hint=f"e.g. -p {name} 5")
+            )
+    return problems
+
+
 def masked(params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` with each value ``misplaced_secret`` refuses replaced by ``"(not shown)"``."""
     return {k: "(not shown)" if misplaced_secret(k, v) is not None else v for k, v in params.items()}
@@ -266,10 +333,14 @@ def check_parameters(run: RunRecord | None = None, *, shell=None) -> Parameters:
         values = {name: shell.user_ns.get(name, default) for name, default in declared.items()}
         refused = [e for name, value in values.items() if (e := misplaced_secret(name, value)) is not None]
         problems = [] if refused else parameter_problems(declared, list(injected), values)
+        wrong = [] if refused or problems else value_problems(values)
         if run is not None:
             run.params = masked(values if not (problems or refused) else {**values, **injected})
         if refused:
             raise refused[0]
         if problems:
             raise ConfigError("; ".join(problems), hint=parameter_hint(declared, list(injected), values))
+        if wrong:
+            hints = list(dict.fromkeys(str(e.hint) for e in wrong if e.hint))
+            raise ConfigError("; ".join(str(e) for e in wrong), hint="; ".join(hints) or None)
     return Parameters(values)

@@ -115,6 +115,41 @@ def misplaced_secret(parameter: str, value: object) -> ConfigError | None:
     return None
 
 
+#: What an unset shell variable does to a parameter (``-r backup_dir "$DIR"``), for hints.
+EMPTY_HINT = "an unset shell variable gives an empty value: check the variable, or write the value out"
+
+
+def place_problem(parameter: str, value: object, *, optional: bool = False) -> ConfigError | None:
+    """The error for a parameter naming a place a run reads or writes (``backup_dir``,
+    ``runs_dir``, ``html_report``) that names none: not text, empty (an unset shell variable;
+    ``optional``: empty means "none" and is fine), or a snapshot's folder or a folder inside one,
+    where writing would damage the snapshot (``backupkit verify``: unexpected files).
+    None when fine."""
+    if not isinstance(value, (str, os.PathLike)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        shown = redact(repr(value)) if isinstance(value, (int, float, bool, list, dict)) else type(value).__name__
+        return ConfigError(
+            f"parameter {parameter!r} must be text (a path), not {shown}",
+            # papermill -p reads 2024 as a number: -r keeps it the folder name it was meant to be.
+            hint=f"pass text with -r: -r {parameter} {value if number else 'PATH'}",
+        )
+    text = os.fspath(value)
+    if not text.strip():
+        return None if optional and text == "" else ConfigError(f"parameter {parameter!r} is empty", hint=EMPTY_HINT)
+    from ..cli.places import holding_snapshot
+
+    found = holding_snapshot(text)
+    if found is None:
+        return None
+    snapshot, exactly = found
+    where = "is a snapshot" if exactly else f"is inside snapshot {snapshot}"
+    if parameter == "backup_dir":
+        hint = f"give the directory that holds the snapshots: {os.path.dirname(snapshot.rstrip('/')) or '.'}"
+    else:
+        hint = "give a place outside the snapshots' folders"
+    return ConfigError(f"parameter {parameter!r} {redact(text)} {where}: writing there would damage it", hint=hint)
+
+
 def _secrets_for(params: Mapping[str, Any]) -> list[str]:
     """DSNs this run may have seen: the variables named by ``*dsn_env`` parameters and the CLI's."""
     names = [v for k, v in params.items() if k.endswith("dsn_env") and is_env_name(v)]
@@ -296,13 +331,23 @@ def start_run(
     forms); empty: ``$BACKUPKIT_NOTIFY``, and no monitor when that is unset.  The monitor
     is pinged now, and when the run succeeds or fails."""
     global _ACTIVE, _LAST
+    refused = place_problem("runs_dir", runs_dir)
+    if refused is not None:
+        raise refused
     notifier = _notifier(job, notify_env)
     now = _now()
     run_id = new_run_id(job, now)
     run = RunRecord(
         job=job, run_id=run_id, path=Path(runs_dir) / f"{run_id}.json", started_at=now, params=dict(params or {})
     )
-    run.write()
+    try:
+        run.write()
+    except OSError as exc:
+        # Without a record no monitor reading runs_dir learns of this run: fail it here, in one line.
+        raise ConfigError(
+            f"cannot write the run record in runs_dir {redact(os.fspath(runs_dir))}: {exc.strerror or exc}",
+            hint="give runs_dir a folder this user may write (papermill: -r runs_dir /var/backups/runs)",
+        ) from None
     shell = shell or _shell()
     if shell is not None and _post_run_cell not in shell.events.callbacks["post_run_cell"]:
         shell.events.register("post_run_cell", _post_run_cell)
