@@ -6,8 +6,9 @@ memory goes back to the kernel (as a mapping of its own, or by trimming the heap
 and the next block faults the same pages in again: about 70,000 page faults for a 450 MB
 backup, most of them in ``memmove`` into the growing block (``perf record -e page-faults``).
 Blocks kept on the heap (``M_MMAP_THRESHOLD`` 4 MiB) and the heap's top kept up to
-``M_TRIM_THRESHOLD`` took that to 24,000 and the backup's own CPU down by about 5%, for
-about 6 MB more peak memory per process, whatever the table's size (benchmarks/RESULTS.md).
+``M_TRIM_THRESHOLD`` took that to 24,000 and the backup's own CPU down by 2-5% (its system
+time by a fifth), for about 6 MB more peak memory per process, whatever the table's size;
+its wall time moved less than this machine's run-to-run spread (benchmarks/RESULTS.md).
 
 Process-wide, so only the processes that stream data set it; where the C library is not
 glibc it does nothing.
