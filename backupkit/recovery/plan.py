@@ -278,7 +278,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             for rel, name, mode, owner in foreign
         ]
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
-        if not request.data_only and not full:
+        if not request.data_only:  # a whole-snapshot `clean` restore into the live database too
             created = [t for t in rebuilt if mf.table_key(t) not in existing and mf.table_key(t) not in platform.tables]
             problems += _names_taken(conn, created, manifest, dropped=plan.existing)
         entries: list[TocEntry] = []
