@@ -260,3 +260,15 @@ def test_recipients_set_to_nothing_is_not_a_plaintext_backup(repo, tmp_path):
     out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "r", "-q", env={"BACKUPKIT_RECIPIENTS": " , "})
     assert "BACKUPKIT_RECIPIENTS is set but holds no age public key" in one_line(out, 2)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+@pytest.mark.parametrize("variable", ["BACKUPKIT_SIGN_KEY", "BACKUPKIT_PUBLIC_KEY"])
+def test_a_key_variable_set_to_nothing_is_refused_not_ignored(repo, tmp_path, variable):
+    """BACKUPKIT_SIGN_KEY (or BACKUPKIT_PUBLIC_KEY) set but empty ("$KEY" unset in a cron line)
+    gave an unsigned snapshot (or a verify that checked no signature) without a word."""
+    _, snap, dsn = repo
+    if variable == "BACKUPKIT_SIGN_KEY":
+        out = run_cli("backup", "--dsn", dsn, "--to", tmp_path / "r", "-q", env={variable: ""})
+    else:
+        out = run_cli("verify", snap, env={variable: " "})
+    assert f"{variable} is set but empty" in one_line(out, 2)

@@ -246,15 +246,21 @@ def check(manifest_bytes: bytes, signature: bytes, key: Ed25519PublicKey) -> boo
 def _from_env(value: Path | str | None, env: str) -> Path | None:
     if value is not None and str(value) != "":
         return Path(value)
-    found = os.environ.get(env, "")
-    return Path(found) if found else None
+    if env not in os.environ:
+        return None
+    found = os.environ[env]
+    if not found.strip():
+        # Set to nothing ("$KEY" unset in a cron line): meant to sign or to check, so never a
+        # snapshot left unsigned, or a signature left unchecked, without a word.
+        raise ConfigError(f"{env} is set but empty", hint=f"give it the key file's path, or unset {env}")
+    return Path(found)
 
 
 def sign_key_path(option: Path | str | None) -> Path | None:
-    """``--sign-key`` if given, else ``$BACKUPKIT_SIGN_KEY`` if set and not empty, else None."""
+    """``--sign-key`` if given, else ``$BACKUPKIT_SIGN_KEY`` if set (ConfigError when set to nothing), else None."""
     return _from_env(option, SIGN_KEY_ENV)
 
 
 def public_key_path(option: Path | str | None) -> Path | None:
-    """``--public-key`` if given, else ``$BACKUPKIT_PUBLIC_KEY`` if set and not empty, else None."""
+    """``--public-key`` if given, else ``$BACKUPKIT_PUBLIC_KEY`` if set (ConfigError when set to nothing), else None."""
     return _from_env(option, PUBLIC_KEY_ENV)
