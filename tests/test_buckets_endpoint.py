@@ -23,6 +23,7 @@ Real components: the moto S3 server of the suite for Storage's S3 API, a real HT
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import threading
@@ -67,9 +68,9 @@ class NotS3:
         return [r for r in self.requests if r[0] not in ("GET", "HEAD")]
 
 
-@pytest.fixture(params=sorted(NOT_S3))
-def not_s3(request) -> Iterator[NotS3]:
-    status, content_type, body = NOT_S3[request.param]
+@contextlib.contextmanager
+def serving(status: int, content_type: str, body: bytes) -> Iterator[NotS3]:
+    """A real HTTP server on 127.0.0.1 answering every request with one page."""
     seen: list[tuple[str, str]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -99,6 +100,12 @@ def not_s3(request) -> Iterator[NotS3]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture(params=sorted(NOT_S3))
+def not_s3(request) -> Iterator[NotS3]:
+    with serving(*NOT_S3[request.param]) as server:
+        yield server
 
 
 def one_error(err: str) -> str:
@@ -234,3 +241,13 @@ def test_a_snapshot_without_the_bucket_asked_for_is_refused_before_the_database_
             assert words in one_error(out.stderr), out.stderr
             assert out.stdout == ""
             assert tables(target) == []
+
+
+def test_a_rate_limit_page_is_a_busy_endpoint_not_a_wrong_one(storage_env):
+    """A gateway in front of Storage's S3 API answers 429 with a JSON page when the project is
+    rate-limited: that was called "not an S3 endpoint", sending the user to change a right URL."""
+    page = b'{"message":"API rate limit exceeded"}'
+    with serving(429, "application/json", page) as busy, pytest.raises(BucketError) as caught:
+        Endpoint.from_env(url=busy.url).has_bucket("anything")
+    assert "not an S3 endpoint" not in str(caught.value)
+    assert "429" in str(caught.value)

@@ -49,8 +49,9 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Inval
 #: What a request may raise: S3's answers, transport failures, and (not a BotoCoreError) a
 #: 200 whose body is not XML, as a web page's.
 _FAILS = (ClientError, BotoCoreError, ResponseParserError)
-#: Statuses a proxy in front of S3 answers without S3's XML while the service is down.
-_GATEWAY = {502, 503, 504}
+#: Statuses a proxy in front of S3 answers without S3's XML while the service is down or
+#: rate-limits the project: a busy endpoint, not a wrong one.
+_GATEWAY = {429, 502, 503, 504}
 #: The S3 endpoint's form, for the hint when a URL is not one.
 S3_FORM = "https://<project ref>.supabase.co/storage/v1/s3"
 
