@@ -40,6 +40,7 @@ from ..errors import BackupkitError, ConfigError
 from ..monitor.notify import Notifier
 from ..pg.dsn import DSN_ENV_VARS, redact
 from ..snapshot.signing import is_key_material
+from ..storage.lock import process_identity
 
 
 def _now() -> datetime:
@@ -156,6 +157,22 @@ def _secrets_for(params: Mapping[str, Any]) -> list[str]:
     return [os.environ[n] for n in [*names, *DSN_ENV_VARS] if os.environ.get(n)]
 
 
+def running_processes() -> dict[str, Any]:
+    """What tells a reader whether this run can still be going (``monitor.status.interruption``):
+    ``process``, this process's identity (``<boot id>:<start time>``, ``storage.lock``'s
+    ``process_identity``; Linux), and in a Jupyter kernel ``launcher``, the pid and identity of
+    the process that started the kernel (papermill, the Jupyter server), which the kernel
+    outlives by a moment when it is killed.  Empty where /proc cannot tell."""
+    found: dict[str, Any] = {}
+    identity = process_identity(os.getpid())
+    if identity is not None:
+        found["process"] = identity
+    parent = os.getppid()
+    if str(parent) == os.environ.get("JPY_PARENT_PID") and parent > 1:  # jupyter_client started this kernel
+        found["launcher"] = {"pid": parent, "process": process_identity(parent)}
+    return found
+
+
 def _redacted(value: Any, dsns: list[str]) -> Any:
     if isinstance(value, str):
         for dsn in dsns:
@@ -190,6 +207,8 @@ class RunRecord:
     _current_step: str | None = dataclasses.field(default=None, repr=False)
     #: Told of the run's start, success and failure (``monitor.notify``); its URL is a secret.
     notifier: Notifier | None = dataclasses.field(default=None, repr=False)
+    #: ``running_processes()`` when the record was made: what a reader checks while it says running.
+    processes: dict = dataclasses.field(default_factory=running_processes, repr=False)
 
     def __repr__(self) -> str:
         return f"RunRecord(job={self.job!r}, run_id={self.run_id!r}, status={self.status!r}, path='{self.path}')"
@@ -213,6 +232,7 @@ class RunRecord:
             "summary": self.summary,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            **self.processes,
             "backupkit_version": __version__,
         }
         return _redacted(data, _secrets_for(self.params))
