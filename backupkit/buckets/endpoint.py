@@ -224,15 +224,8 @@ class Endpoint:
 
     def head(self, bucket: str, key: str) -> Head | None:
         """What the endpoint says about ``key``; None when there is no such file."""
-        try:
-            r = self.client().head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
-                return None
-            raise self.error(exc, bucket, key) from None
-        except (BotoCoreError, ResponseParserError) as exc:
-            raise self.error(exc, bucket, key) from None
-        return _head(key, r)
+        r = self._if_there("head_object", bucket, key)
+        return None if r is None else _head(key, r)
 
     def open(self, bucket: str, key: str) -> tuple[Head, BinaryIO]:
         """The file's description and its body, streamed."""
@@ -241,15 +234,19 @@ class Endpoint:
 
     def open_if_there(self, bucket: str, key: str) -> tuple[Head, BinaryIO] | None:
         """``open``, or None when there is no such file (any other failure is a ``BucketError``)."""
+        r = self._if_there("get_object", bucket, key)
+        return None if r is None else (_head(key, r), r["Body"])
+
+    def _if_there(self, method: str, bucket: str, key: str) -> dict[str, Any] | None:
+        """Client ``method``'s answer for ``key``, or None when there is no such file."""
         try:
-            r = self.client().get_object(Bucket=bucket, Key=key)
+            return getattr(self.client(), method)(Bucket=bucket, Key=key)
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
                 return None
             raise self.error(exc, bucket, key) from None
         except (BotoCoreError, ResponseParserError) as exc:
             raise self.error(exc, bucket, key) from None
-        return _head(key, r), r["Body"]
 
     def sha256(self, bucket: str, key: str) -> str:
         """SHA-256 of the file's bytes, read in blocks."""
