@@ -95,7 +95,9 @@ def test_exit_codes_are_on_the_error_classes():
 def test_readme_opens_with_the_two_commands():
     first_block = README.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
     assert len(first_block) == 2
-    assert first_block[0].endswith("backupkit demo") and first_block[1].endswith("-m pytest")
+    # The demo, then the whole suite (in two processes: pytest-xdist comes with .[test]).
+    assert first_block[0].endswith("backupkit demo") and first_block[1].endswith("-m pytest -n 2")
+    assert "'.[test]'" in first_block[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "-m pytest" in ci and "README.md" in ci
 
