@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,3 +96,30 @@ def copy_snapshot_folder(snapshot: Path, dest: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(snapshot.parent / name, target)
     return dest
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 (``url``) to the server at ``endpoint`` (``http://host:port``):
+    each connection it accepts is served by ``serve`` in a thread of its own.  Real sockets."""
+
+    def __init__(self, endpoint: str):
+        host, port = endpoint.rsplit("//", 1)[1].split(":")
+        self.target = (host, int(port))
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(client,), daemon=True).start()
+
+    def serve(self, client: socket.socket) -> None:
+        """Pass one client connection on to ``target`` (the subclass's behaviour)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from botocore.exceptions import ClientError
-from helpers import run_cli, stored_file
+from helpers import TcpProxy, run_cli, stored_file
 from supabase_platform import supautils_policy_grants
 from test_snapshot_model import problems as model_problems
 
@@ -906,27 +906,16 @@ def test_a_1_gib_file_backs_up_and_restores_in_flat_memory(make_db, storage_env,
     assert restore_mb < 150, timing
 
 
-class _HoldReads:
+class _HoldReads(TcpProxy):
     """A TCP proxy to the S3 server that holds back every request for ``key`` until ``release``;
     ``held`` is set once one is being held.  Real sockets both ways."""
 
     def __init__(self, endpoint: str, key: str):
-        host, port = endpoint.rsplit("//", 1)[1].split(":")
-        self.target, self.key = (host, int(port)), key.encode()
+        self.key = key.encode()
         self.held, self.go = threading.Event(), threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(endpoint)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
+    def serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.target)
 
         def answers() -> None:
@@ -947,7 +936,7 @@ class _HoldReads:
 
     def release(self) -> None:
         self.go.set()
-        self.server.close()
+        self.close()
 
 
 def test_the_database_is_let_go_before_the_bucket_files_are_copied(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import load_small, run_cli, wait_for
+from helpers import TcpProxy, load_small, run_cli, wait_for
 
 import backupkit
 from backupkit.errors import LockError
@@ -345,29 +345,18 @@ def test_a_prune_holding_the_lock_makes_a_backup_fail_then_the_backup_goes_ahead
     assert sorted(s.id for s in list_snapshots(url)[0]) == sorted([first.location.id, second])
 
 
-class _LoseOneAnswer:
+class _LoseOneAnswer(TcpProxy):
     """A TCP proxy to an HTTP server that passes everything on, except the answer to the first
     request of ``method`` whose path ends with ``path_end`` (and whose query has ``query_has``): that
     request reaches the server, and the client's connection is closed before the answer reaches the
     client (a lost response).  Real sockets both ways; the client retries as it would on any network."""
 
     def __init__(self, endpoint: str, method: bytes, path_end: bytes, query_has: bytes = b""):
-        host, port = endpoint.rsplit("//", 1)[1].split(":")
-        self.target, self.method, self.path_end, self.query_has = (host, int(port)), method, path_end, query_has
+        self.method, self.path_end, self.query_has = method, path_end, query_has
         self.lost = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(endpoint)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
+    def serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.target)
         losing = threading.Event()
 
@@ -397,9 +386,6 @@ class _LoseOneAnswer:
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def test_a_lock_whose_answer_was_lost_is_taken_not_refused_as_anothers(s3_server, s3_bucket):
