@@ -30,6 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from ..errors import BucketError, ConfigError
+from ..runtime.signals import deferred
 
 #: Environment variables, by the ``Endpoint`` field each sets.
 ENV = {
@@ -281,7 +282,8 @@ class Endpoint:
             before_commit()
             self.call("put_object", bucket, key, Body=data, **extra)
             return
-        upload = self.call("create_multipart_upload", bucket, key, **extra)["UploadId"]
+        with deferred():  # a Ctrl-C or SIGTERM now would leave an upload whose id never arrived
+            upload = self.call("create_multipart_upload", bucket, key, **extra)["UploadId"]
         part = part_size(size)
         try:
             parts = []

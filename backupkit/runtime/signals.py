@@ -63,3 +63,29 @@ def uninterrupted(doing: str) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within this block Ctrl-C and SIGTERM wait for its end, then take effect as they would
+    have (raised again, to the handlers in place after the block).  Main thread only.
+
+    For one request whose interruption would leave behind what nothing knows of: a multipart
+    upload the server created while its id was still on the way back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def note(signum, frame) -> None:
+        came.append(signum)
+
+    previous = signal.signal(signal.SIGINT, note), signal.signal(signal.SIGTERM, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    if came:
+        signal.raise_signal(came[0])
