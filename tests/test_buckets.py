@@ -751,21 +751,52 @@ def test_a_database_and_files_restore_prints_one_json_document(make_db, storage_
     assert read(s3_client, name, "a.bin")["data"] == b"a file"
 
 
-def test_a_restore_whose_files_fail_still_reports_the_database_it_restored(make_db, storage_env, buckets, tmp_path):
-    """The database part is committed before the files go: when the Storage endpoint then cannot
-    be reached, the output still says what was restored, and the exit code says what failed."""
+class _DropUploads(TcpProxy):
+    """A TCP proxy to the S3 server that lets reads through and cuts the connection at the
+    first PUT (an endpoint lost while files are uploaded).  Real sockets both ways."""
+
+    def serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+
+        def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := upstream.recv(1 << 16):
+                    client.sendall(data)
+            client.close()
+
+        threading.Thread(target=answers, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := client.recv(1 << 16):
+                if data.startswith(b"PUT "):
+                    break
+                upstream.sendall(data)
+        client.close()
+        upstream.close()
+
+
+def test_a_restore_whose_files_fail_still_reports_the_database_it_restored(
+    make_db, storage_env, s3_client, buckets, tmp_path
+):
+    """The database part is committed before the files go: when the Storage endpoint is lost
+    while they upload, the output still says what was restored, and the exit code says what failed."""
     dsn = small_db(make_db)
     name = buckets()
+    put(s3_client, name, "a.bin", b"a file", "text/plain")
     snapshot = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False).path
-    nowhere = ("--storage-endpoint", "http://127.0.0.1:1")
-
-    words = run_cli("restore", snapshot, "--dsn", make_db("tgt_words"), "--storage-bucket", name, *nowhere, "-q")
-    document = run_cli("restore", snapshot, "--dsn", make_db("tgt_json"), "--storage-bucket", name, *nowhere, "--json")
+    s3_client.delete_object(Bucket=name, Key="a.bin")
+    proxy = _DropUploads(storage_env)
+    lost = ("--storage-endpoint", proxy.url)
+    try:
+        words = run_cli("restore", snapshot, "--dsn", make_db("tgt_words"), "--storage-bucket", name, *lost, "-q")
+        document = run_cli("restore", snapshot, "--dsn", make_db("tgt_json"), "--storage-bucket", name, *lost, "--json")
+    finally:
+        proxy.close()
 
     assert words.returncode == 13, words.stderr
     assert words.stdout.startswith("restored 1 tables, 100 rows")
     assert document.returncode == 13, document.stderr
     assert json.loads(document.stdout)["rows_loaded"] == 100 and "files" not in json.loads(document.stdout)
+    assert "a.bin" not in keys(s3_client, name)
 
 
 def test_a_files_restore_whose_database_cannot_be_used_changes_nothing_and_leaks_no_password(

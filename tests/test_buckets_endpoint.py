@@ -120,6 +120,30 @@ def says_not_s3(err: str, url: str) -> None:
     assert "/storage/v1/s3" in err, err  # the hint names the endpoint's form
 
 
+def test_a_storage_endpoint_that_cannot_be_used_stops_the_restore_before_the_database(
+    make_db, storage_env, s3_client, buckets, tmp_path
+):
+    """Asked for the database and its files, a restore whose Storage endpoint was unreachable
+    or not an S3 API restored the database first and failed after: half of what was asked,
+    the first half into a live project.  Now the endpoint is asked first; nothing is touched."""
+    dsn = small_db(make_db)
+    name = buckets()
+    put(s3_client, name, "a.bin", b"a file", "text/plain")
+    snapshot = backupkit.backup(dsn, tmp_path / "repo", storage_buckets=[name], progress=False).path
+    with serving(*NOT_S3["404-html"]) as page:
+        for case, url in {"unreachable": "http://127.0.0.1:1", "not_s3": page.url}.items():
+            target = make_db("tgt_" + case)
+
+            out = run_cli("restore", snapshot, "--dsn", target, "--storage-bucket", name, "--storage-endpoint", url)
+
+            assert out.returncode == 13, (case, out.stderr)
+            assert out.stdout == "" and url.removeprefix("http://") in one_error(out.stderr), (case, out.stderr)
+            with psycopg.connect(target) as conn:
+                tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+            assert tables == (0,), case
+        assert page.changing() == []
+
+
 # -- 1. an endpoint that is not S3 --------------------------------------------------------------------
 
 

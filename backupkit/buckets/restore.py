@@ -129,17 +129,29 @@ def chosen(manifest: Mapping, buckets: Sequence[str] | None, prefixes: Sequence[
     ]
 
 
-def check_request(snapshot: mf.SnapshotArg, buckets: Sequence[str] | None, prefixes: Sequence[str] = ()) -> None:
+def check_request(
+    snapshot: mf.SnapshotArg,
+    buckets: Sequence[str] | None,
+    prefixes: Sequence[str] = (),
+    endpoint: Endpoint | None = None,
+) -> None:
     """ConfigError when ``restore_files`` would refuse ``snapshot``'s ``buckets`` (encrypted, no
-    bucket files, a bucket it lacks); reads the manifest only.  A restore of the database and
-    the files runs it before the database is touched: the files were refused only after the
-    database was restored, half of what was asked.  A manifest that cannot be read is left to
-    the restore, which says all that is wrong with the snapshot."""
+    bucket files, a bucket it lacks); reads the manifest only.  With ``endpoint``, also asks it
+    whether each chosen bucket is there (changing nothing): BucketError when it cannot be
+    reached, is not an S3 API or refuses the keys.
+
+    A restore of the database and the files runs it before the database is touched: the
+    files were refused, or their endpoint found wrong, only after the database was restored,
+    half of what was asked.  A manifest that cannot be read is left to the restore, which
+    says all that is wrong with the snapshot."""
     try:
         manifest = mf.read(locate(snapshot))
     except SnapshotError:
         return
-    chosen(manifest, buckets, prefixes)
+    work = chosen(manifest, buckets, prefixes)
+    if endpoint is not None:
+        for bucket, _ in work:  # a missing bucket is fine: the restore makes it
+            endpoint.has_bucket(bucket["name"])
 
 
 def restore_files(

@@ -260,7 +260,9 @@ def cmd_restore(a: argparse.Namespace) -> int:
     if endpoint is not None:  # and files the snapshot cannot give: not after the database is restored
         from ..buckets.restore import check_request
 
-        check_request(snapshot, None if a.storage_all_buckets else a.storage_buckets, a.storage_prefix or ())
+        # A files-only restore asks the endpoint itself, with nothing restored before.
+        probe = None if a.files_only else endpoint
+        check_request(snapshot, None if a.storage_all_buckets else a.storage_buckets, a.storage_prefix or (), probe)
     if a.files_only:
         files = _restore_files(a, snapshot, endpoint, resolve_dsn(a.dsn) if a.dsn else None)
         if a.json:
