@@ -218,3 +218,31 @@ def test_this_process_is_seen_alive_and_its_record_names_it():
     if sys.platform.startswith("linux"):
         assert rec["process"].split(":")[0] == monitor.look_here(rec).boot_id
     assert monitor.interruption(rec, datetime.now(UTC), monitor.look_here(rec)) is None
+
+
+def test_the_run_limit_for_another_hosts_runs_is_a_status_option(repo, tmp_path):
+    """A job that runs on db1 and a monitor on another host sharing its runs_dir: a run killed
+    outright on db1 was reported failed only after 24 h, a limit only the library could
+    change.  ``--run-limit`` says how long a job of this schedule may take."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    started = datetime.now(UTC) - timedelta(hours=3)
+    rec = record(started, host="db1-" + os.urandom(4).hex(), pid=4242, process="aaaa:1")
+    (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+
+    assert status_cli(repo, runs)[0] == 0  # 3 h may still be a running backup
+
+    def with_limit(limit: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "backupkit", "status", str(repo), "--runs", str(runs), "--run-limit", limit],
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+        )
+
+    short = with_limit("2h")
+    assert short.returncode == 16, short.stderr
+    assert "interrupted" in short.stdout and "2 h" in short.stdout
+    assert with_limit("4h").returncode == 0
+    bad = with_limit("soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: `--run-limit`: cannot read")

@@ -570,11 +570,13 @@ def cmd_status(a: argparse.Namespace) -> int:
     from ..monitor.status import status
     from ..retention.policy import parse_duration
 
-    try:
-        max_age = parse_duration(a.max_age)
-    except RetentionError as exc:
-        raise ConfigError(f"`max_age`: {exc}", hint="e.g. --max-age 26h or 2d") from None
-    st = status(a.repository, max_age=max_age, runs_dir=a.runs)
+    limits = {}
+    for name, value in (("max_age", a.max_age), ("run_limit", a.run_limit)):
+        try:
+            limits[name] = parse_duration(value)
+        except RetentionError as exc:
+            raise ConfigError(f"`{name}`: {exc}", hint=f"e.g. --{name.replace('_', '-')} 26h or 2d") from None
+    st = status(a.repository, runs_dir=a.runs, **limits)
     if a.json:
         print(json.dumps(st.to_dict(), indent=2, default=str))
         return st.exit_code

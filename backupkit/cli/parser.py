@@ -325,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-age", default="26h", metavar="DURATION", help="stale when the newest snapshot is older (default 26h)"
     )
     st.add_argument("--runs", metavar="DIR", help="the scheduled notebooks' runs_dir, for the last run's status")
+    st.add_argument(
+        "--run-limit",
+        default="24h",
+        metavar="DURATION",
+        help="a run recorded on another host that still says running after this is taken for dead "
+        "(default 24h; on this host a run's processes are looked at)",
+    )
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
