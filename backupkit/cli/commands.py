@@ -576,7 +576,7 @@ def cmd_status(a: argparse.Namespace) -> int:
             limits[name] = parse_duration(value)
         except RetentionError as exc:
             raise ConfigError(f"`{name}`: {exc}", hint=f"e.g. --{name.replace('_', '-')} 26h or 2d") from None
-    st = status(a.repository, runs_dir=a.runs, **limits)
+    st = status(a.repository, max_age=limits["max_age"], runs_dir=a.runs, run_limit=limits["run_limit"])
     if a.json:
         print(json.dumps(st.to_dict(), indent=2, default=str))
         return st.exit_code
