@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import BackupkitError, DrillFailed
+from ..errors import BackupkitError, DrillFailed, SnapshotDamaged
 from ..pg.dsn import connect
 from ..recovery.job import restore
+from ..runtime.signals import sigterm_as_interrupt
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..snapshot.verify import ensure_intact
@@ -55,19 +56,41 @@ def drill(
     database through ``dsn``, whose role needs CREATEDB), compare, record, clean up.
 
     Returns the result when everything matched; raises ``DrillFailed`` (after recording it)
-    naming every difference otherwise.
+    naming every difference otherwise, and ``SnapshotDamaged`` (also recorded as a failed
+    drill, nothing restored) when the snapshot's files are not those its manifest lists.
     """
     location = locate(snapshot)
     started = datetime.now(UTC)
     clock = time.monotonic()
-    ensure_intact(location)  # a damaged snapshot fails like verify: exit 6, nothing restored
+    target_kind = "embedded" if dsn is None else "dsn"
+    try:
+        ensure_intact(location)  # a damaged snapshot fails like verify: exit 6, nothing restored
+    except SnapshotDamaged as exc:
+        # ...and is a failed drill on record: `status` only checks sizes, so without it a file
+        # changed in place would leave the last drill's "passed" standing and status at ok.
+        problems = exc.problems or [str(exc).splitlines()[0]]
+        damaged = record.DrillRecord(
+            snapshot=location.id,
+            started_at=started.isoformat(),
+            seconds=round(time.monotonic() - clock, 3),
+            ok=False,
+            differences=[f"the snapshot is damaged: {p}" for p in problems],
+            target=target_kind,
+        )
+        try:
+            record.write(location.storage, damaged)
+        except (OSError, BackupkitError) as why:  # the damage is what the caller must see
+            log.warning("drill: cannot record the failed drill of %s: %s", location.id, why)
+        raise
     manifest = mf.read(location)
     # A missing or wrong identity is the caller's to fix (exit 2), not a snapshot that
     # failed its drill (exit 14, and a failed drill on record), so it is checked first.
     encryption.check_identity(location, manifest, identity)
     differences: list[str] = []
     rows = 0
-    with throwaway(dsn) as target:
+    # SIGTERM (systemd's stop, Airflow's timeout) ends the drill like Ctrl-C, through the
+    # throwaway's clean-up: otherwise a server or database holding the snapshot's rows is left.
+    with sigterm_as_interrupt(), throwaway(dsn) as target:
         log.info("drill: restoring %s into a throwaway database", location.id)
         try:
             rows = restore(location, target, create_roles=True, identity=identity, progress=progress).rows
@@ -88,7 +111,7 @@ def drill(
         differences=differences,
         tables=len(manifest["tables"]),
         rows=rows,
-        target="embedded" if dsn is None else "dsn",
+        target=target_kind,
     )
     name = record.write(location.storage, rec)
     outcome = DrillResult(rec, location.storage.where(name))

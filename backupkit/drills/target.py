@@ -38,6 +38,7 @@ from psycopg import sql
 from ..errors import ConfigError, RestoreError
 from ..pg.dsn import connect, describe, redact
 from ..pg.embedded import EmbeddedServer
+from ..runtime.signals import uninterrupted
 
 log = logging.getLogger("backupkit")
 
@@ -136,8 +137,10 @@ def throwaway(dsn: str | None = None) -> Iterator[str]:
             server.start()
             yield server.createdb("drill")
         finally:
-            server.stop()
-            shutil.rmtree(folder, ignore_errors=True)
+            # A second Ctrl-C or SIGTERM must not leave the server half-stopped (pg_ctl's wait is bounded).
+            with uninterrupted("drill: stopping the throwaway server"):
+                server.stop()
+                shutil.rmtree(folder, ignore_errors=True)
         return
     # The lock is taken before the database exists, so no other drill ever sees it unlocked.
     with connect(dsn, autocommit=True) as holder:
@@ -147,7 +150,8 @@ def throwaway(dsn: str | None = None) -> Iterator[str]:
             yield psycopg.conninfo.make_conninfo(dsn, dbname=name)
         finally:
             try:
-                _drop(holder, name)
+                with uninterrupted("drill: dropping the throwaway database"):
+                    _drop(holder, name)
             except psycopg.Error as exc:
                 # The drill's own outcome (its result, or what stopped it) is what the caller must
                 # see; the database left behind is a warning, and the next drill removes it.

@@ -20,7 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from ..pg.dsn import redact
@@ -51,7 +51,7 @@ class Notifier:
         if url is None:
             return None
         parts = urlsplit(url.removeprefix(_JSON))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname or not _has_valid_port(url):
             raise ConfigError(
                 "`notify` is not an http(s) URL", hint="e.g. https://hc-ping.com/<uuid>, or json+https://… for JSON"
             )
@@ -76,14 +76,29 @@ class Notifier:
         return self._send("fail", reason=reason.splitlines()[0] if reason else "", snapshot=snapshot)
 
     def _request(self, event: str, reason: str, payload: dict) -> urllib.request.Request:
+        import base64
         import urllib.request
 
+        parts = urlsplit(self.url.removeprefix(_JSON))
+        # urllib takes user:password@ for part of the host (it failed, or printed the password
+        # in its error): the credentials go in an Authorization header instead.
+        netloc = parts.netloc.rpartition("@")[2]
         if self.url.startswith(_JSON):
-            body = json.dumps(payload).encode()
+            body, path = json.dumps(payload).encode(), parts.path
             headers = {"Content-Type": "application/json"}
-            return urllib.request.Request(self.url.removeprefix(_JSON), body, headers, method="POST")
-        suffix = {"start": "/start", "success": "", "fail": "/fail"}[event]
-        return urllib.request.Request(self.url.rstrip("/") + suffix, reason.encode(), method="POST")
+        else:
+            # The event's suffix ends the path, before any query (Healthchecks' ?create=1,
+            # ?rid=…): after it, /start and /fail would both count as a success ping.
+            suffix = {"start": "/start", "success": "", "fail": "/fail"}[event]
+            body, path, headers = reason.encode(), parts.path.rstrip("/") + suffix, {}
+        request = urllib.request.Request(
+            urlunsplit((parts.scheme, netloc, path, parts.query, "")), body, headers, method="POST"
+        )
+        if parts.username is not None or parts.password is not None:
+            user_pass = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            # Unredirected: a redirect to another host does not carry the credentials along.
+            request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(user_pass.encode()).decode())
+        return request
 
     def _send(self, event: str, *, reason: str = "", snapshot: str | None = None, seconds: float | None = None) -> bool:
         reason = redact(reason)
@@ -97,6 +112,7 @@ class Notifier:
             "host": socket.gethostname(),
         }
         # Imported here, when a notification is sent: ~13 ms of every command's start-up otherwise.
+        import http.client
         import urllib.error
         import urllib.request
 
@@ -109,7 +125,8 @@ class Notifier:
                     why = f"HTTP {r.status}"
             except urllib.error.HTTPError as exc:
                 why = f"HTTP {exc.code}"
-            except (urllib.error.URLError, OSError) as exc:
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+                # The class only: the messages of these can repeat the URL, whose path is a secret.
                 why = type(getattr(exc, "reason", exc)).__name__
             if attempt + 1 < ATTEMPTS:
                 time.sleep(pause)
@@ -118,3 +135,12 @@ class Notifier:
             "could not notify %s of %s %s (%s); the job itself is not affected", self.where, self.job, event, why
         )
         return False
+
+
+def _has_valid_port(url: str) -> bool:
+    """Whether ``url``'s port, if it has one, is a number (urllib would fail on every request)."""
+    try:
+        urlsplit(url.removeprefix(_JSON)).port  # noqa: B018 -- raises ValueError otherwise
+    except ValueError:
+        return False
+    return True
