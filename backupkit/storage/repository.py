@@ -63,6 +63,9 @@ class Snapshot:
     #: What removing it alone would free: its own files and the shared ones no other snapshot
     #: refers to (set by ``list_snapshots``).
     unique_bytes: int = 0
+    #: The manifest's recorded checksum (``manifest_sha256``): two snapshots of one id are the
+    #: same snapshot only when these are equal.
+    digest: str | None = None
 
     @property
     def path(self) -> Path:
@@ -159,12 +162,24 @@ def _summary(location: SnapshotLocation, pinned: set[str], entry: Entry) -> Snap
             partial=bool(m.get("partial")),
             own_bytes=sum(f["bytes"] for f in mf.all_files(m) if f.get("shared") is not True),
             shared=shared,
+            digest=m["manifest_sha256"] if isinstance(m.get("manifest_sha256"), str) else None,
         )
     except (SnapshotError, KeyError, TypeError, ValueError, OSError) as exc:
         # One folder that cannot be read never hides the others: it is listed as unreadable.
         return Snapshot(
             id=location.id, location=location, created_at=None, pinned=location.id in pinned, error=str(exc)
         )
+
+
+def summary(location: SnapshotLocation) -> Snapshot:
+    """One snapshot as ``list_snapshots`` describes it (``error`` set when it cannot be read;
+    ``pinned`` and ``unique_bytes`` are the listing's and stay unset)."""
+    try:
+        entry = location.storage.stat(location.id)
+    except OSError as exc:
+        error = str(mf.unreadable(location.where(), exc))
+        return Snapshot(id=location.id, location=location, created_at=None, error=error)
+    return _summary(location, set(), entry)
 
 
 def pins(repository: Path | str | Storage) -> set[str]:
