@@ -7,13 +7,19 @@ repositories from it with the real commands or with whole-snapshot copies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
-from helpers import load_small, run_cli, snapshot_dirs
+from helpers import TcpProxy, load_small, run_cli, snapshot_dirs
 
 import backupkit
 from backupkit.snapshot import manifest as mf
@@ -122,3 +128,70 @@ def test_copy_heals_a_rotten_shared_file_in_the_target_instead_of_blaming_the_so
     for sid in ids:
         check = run_cli("verify", target / sid, "--deep")
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+class _HoldStagedWrites(TcpProxy):
+    """A TCP proxy to the S3 server that holds the first upload into a ``.tmp-`` folder (a
+    copy half-way) until ``release``; ``held`` is set once it is being held.  Real sockets."""
+
+    def __init__(self, endpoint: str):
+        self.held, self.go = threading.Event(), threading.Event()
+        super().__init__(endpoint)
+
+    def serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+
+        def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := upstream.recv(1 << 16):
+                    client.sendall(data)
+            client.close()
+
+        threading.Thread(target=answers, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := client.recv(1 << 16):
+                line = data.split(b"\r\n", 1)[0]
+                if line.startswith(b"PUT ") and b".tmp-" in line and not self.held.is_set():
+                    self.held.set()
+                    self.go.wait(60)
+                upstream.sendall(data)
+        upstream.close()
+
+    def release(self) -> None:
+        self.go.set()
+        self.close()
+
+
+def test_sigterm_stops_a_copy_like_ctrl_c_leaving_no_lock_and_no_half_copy(repo, s3_bucket, s3_client, s3_server):
+    """systemd's stop, `timeout` or a cancelled CI job send SIGTERM: it killed `copy` (and
+    `prune`) outright, leaving the repository's lock, which another host waits out for
+    hours, and a half-written .tmp- folder.  Now it ends them as Ctrl-C does."""
+    root, ids = repo
+    url = f"s3://{s3_bucket}/offsite"
+    proxy = _HoldStagedWrites(s3_server)
+    env = {k: v for k, v in os.environ.items() if k not in ("BACKUPKIT_DSN", "DATABASE_URL", "SUPABASE_DB_URL")}
+    env["AWS_ENDPOINT_URL"] = proxy.url
+    copy = subprocess.Popen(
+        [sys.executable, "-m", "backupkit", "copy", str(root), url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proxy.held.wait(120), "the copy never uploaded a file"
+        copy.send_signal(signal.SIGTERM)
+        _, err = copy.communicate(timeout=120)
+    finally:
+        proxy.release()
+        if copy.poll() is None:
+            copy.kill()
+            copy.wait()
+
+    assert copy.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    left = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert not [k for k in left if "/.lock" in k or ".tmp-" in k], left
+    assert list_snapshots(url) == ([], [])
+    assert run_cli("copy", root, url).returncode == 0  # no lock to wait out
+    assert sorted(s.id for s in list_snapshots(url)[0]) == sorted(ids)

@@ -135,8 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             if notifier is not None:
                 notifier.start()
         started = time.monotonic()
+        from ..runtime.signals import sigterm_as_interrupt
+
         try:
-            code = args.func(args)
+            # SIGTERM (systemd's stop, `timeout`, a cancelled CI job) ends every command as
+            # Ctrl-C does: locks released, unfinished folders removed, the monitor told.
+            # Killed outright, a prune or copy left its lock, which another host waits out.
+            with sigterm_as_interrupt():
+                code = args.func(args)
         except BrokenPipeError:
             # `backupkit list | head`: the reader has what it wanted.  Nothing more can be
             # written there, and Python's own flush at exit must not fail on it again.
