@@ -6,13 +6,16 @@ left, so a plan that would fail halfway never reports success.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Set as AbstractSet
 
 import psycopg
+from psycopg import sql
 
 from ..pg.rows import one_row
 from ..pg.schema import TocEntry
 from ..snapshot import manifest as mf
+from .in_place import unqualified
 
 _CREATES_IN_SCHEMA = {
     "TABLE",
@@ -96,3 +99,72 @@ def role_creation(conn: psycopg.Connection, to_create: list[str]) -> list[str]:
         return []
     ok = one_row(conn.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"))[0]
     return [] if ok else [f"{conn.info.user} may not create roles ({', '.join(to_create)}): it lacks CREATEROLE"]
+
+
+#: The target's columns of a table: name, type, generated, NOT NULL with nothing to fill it.
+_COLUMNS = """
+SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attgenerated <> '',
+       a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
+  FROM pg_catalog.pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+
+def column_mismatches(conn: psycopg.Connection, tables: list[dict]) -> list[str]:
+    """Tables that exist whose columns cannot take the snapshot's rows as they are (data_only).
+
+    COPY maps the columns by name, so another order is fine; but a column the target lacks or
+    generates fails the load, a NOT NULL one without a default the snapshot lacks too, and one
+    of another type converts every value silently (numeric(12,2) into numeric(12,0) rounds,
+    timestamptz into timestamp drops the zone).  Found here, before anything changes."""
+    problems = []
+    for t in tables:
+        rel = sql.Identifier(t["schema"], t["name"]).as_string(conn)
+        have = {name: (ty, gen, required) for name, ty, gen, required in conn.execute(_COLUMNS, (rel,)).fetchall()}
+        types = {c["name"]: c["type"] for c in t["columns"]}
+        wrong = []
+        for name in t["copy_columns"]:
+            if name not in have:
+                wrong.append(f"{name} is missing")
+            elif have[name][1]:
+                wrong.append(f"{name} is a generated column")
+            elif name in types and not takes_exactly(unqualified(have[name][0]), unqualified(types[name])):
+                wrong.append(f"{name} is {have[name][0]}, not the snapshot's {types[name]}")
+        wrong += [
+            f"{name} is NOT NULL without a default and not in the snapshot"
+            for name, (_, _, required) in have.items()
+            if required and name not in t["copy_columns"]
+        ]
+        if wrong:
+            problems.append(
+                f"data_only loads {mf.table_key(t)} into the table the target has, whose columns are not the "
+                f"snapshot's: {'; '.join(wrong)} (the rows would fail to load or change): change the table back "
+                "to the snapshot's columns, or restore without `data_only` into another database"
+            )
+    return problems
+
+
+_INTEGERS = ["smallint", "integer", "bigint", "numeric"]
+_SIZED = re.compile(r"^(character varying|numeric)(?:\((\d+)(?:,(\d+))?\))?$")
+
+
+def takes_exactly(have: str, want: str) -> bool:
+    """Whether a column of type ``have`` takes every value of type ``want`` unchanged (its text the
+    same): the same type, or a wider one a migration commonly makes (integer to bigint, a longer
+    or unbounded varchar, text, more digits before a numeric's point).  Pure."""
+    if have == want:
+        return True
+    if want in _INTEGERS and have in _INTEGERS:
+        return _INTEGERS.index(have) >= _INTEGERS.index(want)
+    h, w = _SIZED.match(have), _SIZED.match(want)
+    if want == "text" or (w and w[1] == "character varying"):
+        if have == "text":
+            return True
+        if not (h and h[1] == "character varying"):
+            return False
+        return h[2] is None or (w is not None and w[2] is not None and int(h[2]) >= int(w[2]))
+    if w and h and w[1] == h[1] == "numeric":
+        if h[2] is None:
+            return True
+        return w[2] is not None and int(h[3] or 0) == int(w[3] or 0) and int(h[2]) >= int(w[2])
+    return False

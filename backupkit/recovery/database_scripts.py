@@ -49,6 +49,8 @@ class Target:
     functions: set[str] = field(default_factory=set)
     #: The target server's ``server_version_num``.
     server_version_num: int = 0
+    #: The target database's ``server_encoding``.
+    encoding: str = ""
 
     #: roles the restore will create (--create-roles) before it needs them
     will_create: set[str] = field(default_factory=set)
@@ -99,6 +101,7 @@ def read_target(conn: psycopg.Connection, manifest: dict) -> Target:
     (user, superuser), *_ = rows["me"]
     return Target(
         server_version_num=conn.info.server_version,
+        encoding=conn.info.parameter_status("server_encoding") or "",
         user=user,
         superuser=superuser,
         roles=col("roles"),

@@ -45,7 +45,8 @@ def _regclass(table: dict) -> str:
     return sql.Identifier(table["schema"], table["name"]).as_string()
 
 
-def _unqualified(type_name: str) -> str:
+def unqualified(type_name: str) -> str:
+    """A type name as format_type printed it, without its schema (which depends on search_path)."""
     return re.sub(r'^(?:"(?:[^"]|"")+"|[^".(\s]+)\.', "", type_name)
 
 
@@ -55,8 +56,8 @@ def split_by_shape(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[d
     for t in tables:
         # Types as format_type printed them, whose schema prefix depends on each side's
         # search_path (Supabase's has extensions): compared without it.
-        have = [(n, _unqualified(ty)) for n, ty in conn.execute(_COLUMNS, (_regclass(t),)).fetchall()]
-        want = [(c["name"], _unqualified(c["type"])) for c in t["columns"]]
+        have = [(n, unqualified(ty)) for n, ty in conn.execute(_COLUMNS, (_regclass(t),)).fetchall()]
+        want = [(c["name"], unqualified(c["type"])) for c in t["columns"]]
         if have == want:
             same.append(t)
         else:

@@ -155,6 +155,18 @@ def restore(
                     "version lacks, and the restore then fails and is rolled back or undone; "
                     f"restore into PostgreSQL {source_major} or newer to be sure"
                 )
+            encoding = found.target.encoding
+            if plan.data and manifest["source"].get("encoding") == "UTF8" and encoding not in ("", "UTF8"):
+                # The data files hold UTF-8; the target converts each value to its own encoding.
+                result.warnings.append(
+                    f"the target database's encoding is {encoding}, the snapshot's UTF8: "
+                    + (
+                        "the text is stored as bytes, unchecked and unconverted"
+                        if encoding == "SQL_ASCII"
+                        else f"a character {encoding} cannot hold stops the restore (rolled back or undone)"
+                    )
+                    + "; restore into a UTF8 database to keep every value as it was"
+                )
             jobs = _jobs(jobs, clean, found, result.warnings)
             parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
             scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's

@@ -138,6 +138,17 @@ class LoadRun:
             else:
                 conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(rel, name))
 
+    def row_security(self, conn: psycopg.Connection, *, force: bool) -> None:
+        """Switch off (or back on) FORCE ROW LEVEL SECURITY of the tables loaded into that this
+        role owns: with it, their owner's COPY is refused, and with row_security off so is the
+        DELETE before it and the foreign-key check after it."""
+        for schema, table in self.plan.forced_rls:
+            conn.execute(
+                sql.SQL("ALTER TABLE ONLY {} {} ROW LEVEL SECURITY").format(
+                    sql.Identifier(schema, table), sql.SQL("FORCE" if force else "NO FORCE")
+                )
+            )
+
     def _regclasses(self, conn: psycopg.Connection) -> list[str]:
         return [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in self.chosen]
 
@@ -223,7 +234,17 @@ class LoadRun:
             for s in self.manifest.get("sequences", []):
                 owned = s.get("owned_by")
                 name = sql.Identifier(s["schema"], s["name"]).as_string(conn)
-                if plan.full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
+                if owned and len(owned) > 2 and f"{owned[0]}.{owned[1]}" in keys:
+                    # The sequence the column draws from in the target: a table that existed
+                    # (data_only, in place) may have one of another name (made by other DDL).
+                    table = sql.Identifier(owned[0], owned[1]).as_string(conn)
+                    conn.execute(
+                        "SELECT pg_catalog.setval(q.s, %s, %s) FROM (SELECT coalesce(pg_catalog.to_regclass("
+                        "pg_catalog.pg_get_serial_sequence(%s, %s)), pg_catalog.to_regclass(%s)) AS s) q "
+                        "WHERE q.s IS NOT NULL",
+                        (s["last_value"], s["is_called"], table, owned[2], name),
+                    )
+                elif plan.full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
                     conn.execute(
                         "SELECT pg_catalog.setval(%s::regclass, %s, %s)", (name, s["last_value"], s["is_called"])
                     )
@@ -265,6 +286,7 @@ def load_in_one_transaction(run: LoadRun) -> int:
             if plan.data:
                 run.load_session(conn)
                 run.firing_triggers(conn, enable=False)
+                run.row_security(conn, force=False)
                 if scripts.empty is not None:  # with triggers off: no ON DELETE CASCADE into other tables
                     conn.execute(scripts.empty)
                 truncated = run.empty_tables(conn) if run.truncate else set()
@@ -282,9 +304,6 @@ def load_in_one_transaction(run: LoadRun) -> int:
             run.large_objects(conn)
             if scripts.post_data is not None:
                 conn.execute(scripts.post_data)
-            run.materialized_views(conn)
-            if scripts.unmark is not None:
-                conn.execute(scripts.unmark)
             # Loaded with foreign-key checks off: in place, or into existing tables (--data-only).
             checked = (
                 chosen if plan.data and not plan.schema else [t for t in chosen if mf.table_key(t) in plan.in_place]
@@ -295,6 +314,13 @@ def load_in_one_transaction(run: LoadRun) -> int:
                     "the restored rows break foreign keys: " + ", ".join(broken),
                     hint="restore the tables on both sides of each key together (name them all in `tables`)",
                 )
+            if plan.data:
+                # After the key check (which must see every row), before the views are refreshed
+                # through the policies as on the source.
+                run.row_security(conn, force=True)
+            run.materialized_views(conn)
+            if scripts.unmark is not None:
+                conn.execute(scripts.unmark)
             # Deferred constraints are checked now, not at COMMIT: what can fail fails before
             # the sequences, whose setval a rollback would not undo.
             conn.execute("SET CONSTRAINTS ALL IMMEDIATE")

@@ -30,6 +30,7 @@ from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import mark as restore_mark
+from .checks import column_mismatches
 from .database_scripts import (
     DatabasePlan,
     Target,
@@ -68,6 +69,9 @@ class RestorePlan:
     #: Triggers on tables loaded with triggers off that fire all the same (ENABLE ALWAYS or
     #: REPLICA): (schema, table, trigger, "ALWAYS" or "REPLICA"), switched off for the load.
     firing_triggers: list[tuple[str, str, str, str]] = field(default_factory=list)
+    #: Tables loaded into as they are whose FORCE ROW LEVEL SECURITY would refuse their owner,
+    #: the connecting role, the load: (schema, table), switched to NO FORCE for it and back.
+    forced_rls: list[tuple[str, str]] = field(default_factory=list)
     #: Limits of the run (set when it starts; not part of what it does).
     lock_wait_timeout: float | None = field(default=None, repr=False)
     deadline: Deadline | None = field(default=None, repr=False)
@@ -267,9 +271,19 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             problems += _dependents_in_the_way(conn, plan.existing, schemas)
         if clean and existing and not request.data_only:
             problems += _partitions_lost(conn, chosen, existing, plan.in_place)
-        plan.firing_triggers, foreign = _firing_triggers(
-            conn, _loaded_with_triggers_off(chosen, plan, platform, request)
-        )
+            problems += _dropped_not_owned(conn, plan.existing)
+        loaded_into = _loaded_with_triggers_off(chosen, plan, platform, request)
+        plan.firing_triggers, foreign = _firing_triggers(conn, loaded_into)
+        plan.forced_rls, problems_rls = _row_security(conn, loaded_into)
+        problems += problems_rls
+        if plan.forced_rls:
+            plan.notes.append(
+                "switching off FORCE ROW LEVEL SECURITY of "
+                + ", ".join(f"{s}.{t}" for s, t in plan.forced_rls)
+                + " while the rows load, and on again: reads of them wait until the restore commits"
+            )
+        if request.data_only:
+            problems += column_mismatches(conn, [t for t in chosen if mf.table_key(t) not in platform.tables])
         problems += [
             f"{rel}'s trigger {name} is ENABLE {mode}, so it would fire for every restored row, and only "
             f"the table's owner {owner} may switch it off: have {owner} run `ALTER TABLE {rel} DISABLE "
@@ -361,6 +375,25 @@ def _dependents_in_the_way(conn: psycopg.Connection, dropped: list[str], schemas
         f"{', '.join(whats)} depend on it: undo the column change first (the schema part of the "
         "down-migration) so its rows are replaced in place, or restore what depends on it too"
         for table, whats in found.items()
+    ]
+
+
+def _dropped_not_owned(conn: psycopg.Connection, dropped: list[str]) -> list[str]:
+    """Tables ``clean`` would drop that only another role may drop (DROP TABLE needs their
+    owner): the real run failed on 'must be owner' after a dry run that passed."""
+    if not dropped:
+        return []
+    rows = conn.execute(
+        "SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname), pg_catalog.pg_get_userbyid(c.relowner) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname || '.' || c.relname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+        "AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') ORDER BY 1",
+        (dropped,),
+    ).fetchall()
+    return [
+        f"`clean` would drop {rel} to make it again, and only its owner {owner} may drop it: "
+        f"restore as {owner} or a superuser"
+        for rel, owner in rows
     ]
 
 
@@ -632,6 +665,36 @@ def _firing_triggers(
     mine = [(s, t, g, m) for s, t, g, m, may, *_ in rows if may]
     others = [(rel, name, m, owner) for _, _, _, m, may, rel, name, owner in rows if not may]
     return mine, others
+
+
+_ROW_SECURITY = """
+SELECT n.nspname, c.relname, pg_catalog.format('%%I.%%I', n.nspname, c.relname),
+       pg_catalog.pg_get_userbyid(c.relowner), pg_catalog.pg_has_role(c.relowner, 'USAGE'), c.relforcerowsecurity
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = ANY(%s::regclass[]) AND c.relrowsecurity
+   AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user)
+ ORDER BY 1, 2
+"""
+
+
+def _row_security(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Row-level security of tables loaded into as they are, where it applies to this role: the
+    tables it owns with FORCE (switched off for the load: ALTER TABLE needs their owner), and
+    problems for those of other roles.  COPY FROM under RLS is refused, and so is, with
+    row_security off, anything it would affect: the real run failed after a dry run that passed."""
+    if not tables:
+        return [], []
+    names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
+    forced, problems = [], []
+    for schema, name, rel, owner, mine, force in conn.execute(_ROW_SECURITY, (names,)).fetchall():
+        if mine and force:
+            forced.append((schema, name))
+        elif not mine:
+            problems.append(
+                f"row-level security of {rel} applies to {conn.info.user} (not its owner {owner}, no BYPASSRLS), "
+                f"so it may not load every row: restore as {owner}, a superuser, or a role with BYPASSRLS"
+            )
+    return forced, problems
 
 
 def may_disable_triggers(conn: psycopg.Connection) -> bool:
