@@ -6,16 +6,25 @@ table, files in order, into a new table), so a plain ``COPY table TO`` of the re
 table yields the same text in the same order, file after file; it is cut at each file's
 ``text_bytes`` and hashed piece by piece.  A file whose stored bytes were replaced (and
 the manifest resealed so ``verify`` passes) loads other rows, and its hash says so.
+
+On Supabase row-level security is the public API's security boundary, so a table that came
+back without it (or without one of its policies) is a difference like a lost row: each
+table's ``rls`` flags are compared with the manifest's, and the policies of the snapshot's
+tables in its schema archive with ``pg_policies``.  The decisions (``rls_differences``,
+``policy_differences``, ``archive_policies``) are pure; the rest reads the database.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from ..pg.copyio import TEXT_HASH, copy_source, text_hasher
+from ..pg.schema import render, toc, unquote_ident
 from ..snapshot import manifest as mf
 
 
@@ -117,6 +126,8 @@ def _largest(conn: psycopg.Connection, owner: list[str]) -> int | None:
     try:
         with conn.transaction():
             row = conn.execute(query).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        raise  # row-level security hides rows from this role: the caller says so (never "no rows")
     except psycopg.Error:  # a column a sequence fills but that max() or numeric does not take
         return None
     return None if row is None or row[0] is None else int(row[0])
@@ -148,4 +159,86 @@ def object_differences(conn: psycopg.Connection, tables: list[dict]) -> list[str
             for fk in t.get("foreign_keys", [])
             if fk.get("name") and fk["name"] not in constraints
         ]
+        flags = conn.execute(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = %s::regclass", [regclass]
+        ).fetchone()
+        if flags is not None:
+            found += rls_differences(t, enabled=bool(flags[0]), forced=bool(flags[1]))
+    return found
+
+
+def row_security_applies(conn: psycopg.Connection, tables: list[dict]) -> list[str]:
+    """``schema.name`` of the ``tables`` whose rows row-level security filters for this session's
+    role (it is not a superuser, has no BYPASSRLS, and the table is forced or another role's)."""
+    names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
+    rows = conn.execute(
+        "SELECT n FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i)"
+        " WHERE to_regclass(n) IS NOT NULL AND row_security_active(to_regclass(n)) ORDER BY i",
+        [names],
+    )
+    keyed = dict(zip(names, (mf.table_key(t) for t in tables), strict=True))
+    return [keyed[n] for (n,) in rows]
+
+
+def rls_differences(table: dict, *, enabled: bool, forced: bool) -> list[str]:
+    """How the restored ``table``'s row-level security (``pg_class.relrowsecurity``,
+    ``relforcerowsecurity``) differs from its manifest entry's ``rls`` (none recorded: nothing)."""
+    rls = table.get("rls")
+    if not isinstance(rls, dict):
+        return []  # a snapshot from before rls was recorded
+    key = mf.table_key(table)
+    found = []
+    if bool(rls.get("enabled")) and not enabled:
+        found.append(f"{key}: row-level security lost (enabled in the snapshot, off in the restored table)")
+    elif enabled and not rls.get("enabled"):
+        found.append(f"{key}: row-level security enabled in the restored table, off in the snapshot")
+    if bool(rls.get("forced")) and not forced:
+        found.append(f"{key}: FORCE ROW LEVEL SECURITY lost (forced in the snapshot, not in the restored table)")
+    elif forced and not rls.get("forced"):
+        found.append(f"{key}: FORCE ROW LEVEL SECURITY set in the restored table, not in the snapshot")
+    return found
+
+
+#: An identifier as pg_dump writes it: quoted (doubled quotes inside), or plain.
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\s".]+)'
+#: The start of each CREATE POLICY statement pg_restore renders: name, schema, table.
+_CREATE_POLICY = re.compile(rf"^CREATE POLICY ({_IDENT}) ON ({_IDENT})\.({_IDENT})", re.M)
+
+Policy = tuple[str, str, str]
+
+
+def policies_in(script: str) -> set[Policy]:
+    """(schema, table, policy) of every CREATE POLICY in pg_restore's rendering ``script``.
+
+    Read from the SQL, not from ``pg_restore --list``: its "table policy" tag is ambiguous when
+    a name holds a space, the SQL quotes every name that needs it."""
+    return {
+        (unquote_ident(schema), unquote_ident(table), unquote_ident(name))
+        for name, schema, table in _CREATE_POLICY.findall(script)
+    }
+
+
+def archive_policies(dump: Path) -> set[Policy]:
+    """(schema, table, policy) of the policies in the schema archive ``dump`` (its POLICY entries)."""
+    entries = [e for e in toc(dump) if e.type == "POLICY"]
+    return policies_in(render(dump, "post-data", entries)) if entries else set()
+
+
+def restored_policies(conn: psycopg.Connection) -> set[Policy]:
+    """(schema, table, policy) of every policy in the restored database."""
+    rows = conn.execute("SELECT schemaname::text, tablename::text, policyname::text FROM pg_catalog.pg_policies")
+    return {(s, t, p) for s, t, p in rows}
+
+
+def policy_differences(tables: list[dict], recorded: set[Policy], restored: set[Policy]) -> list[str]:
+    """Policies of the snapshot's ``tables`` that are ``recorded`` (in its schema archive) but
+    not ``restored``, or restored but not recorded (a policy nobody wrote can widen access)."""
+    keys = {(t["schema"], t["name"]) for t in tables}
+    found = []
+    for s, t, p in sorted(recorded - restored):
+        if (s, t) in keys:
+            found.append(f"{s}.{t}: policy {sql.Identifier(p).as_string()} missing")
+    for s, t, p in sorted(restored - recorded):
+        if (s, t) in keys:
+            found.append(f"{s}.{t}: policy {sql.Identifier(p).as_string()} not in the snapshot")
     return found

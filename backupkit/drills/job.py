@@ -2,10 +2,13 @@
 
 The restore is the ordinary one (one transaction, so the tables' rows lie in file order),
 then ``compare`` checks every table's row count and the hash of its COPY text against what
-the backup recorded, every sequence's value, and that the tables, indexes and foreign keys
-the snapshot names exist.  The result is recorded beside the snapshot (``record``) and a
-difference raises ``DrillFailed`` (exit 14).  Memory is the restore's: the comparison
-streams each table once.
+the backup recorded, every sequence's value, that the tables, indexes and foreign keys
+the snapshot names exist, that each table's row-level security is on (and forced) as it
+was, and that the policies of the snapshot's schema archive are those of the restored
+tables.  The comparison runs with ``row_security`` off: a ``dsn`` role that policies would
+filter gets an error saying so, never a verdict on the rows it happened to see.  The
+result is recorded beside the snapshot (``record``) and a difference raises
+``DrillFailed`` (exit 14).  Memory is the restore's: the comparison streams each table once.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import BackupkitError, DrillFailed, SnapshotDamaged
+import psycopg
+from psycopg import sql
+
+from ..errors import BackupkitError, ConfigError, DrillFailed, SnapshotDamaged
 from ..pg.dsn import connect
 from ..recovery.job import restore
 from ..runtime.signals import sigterm_as_interrupt
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..snapshot.verify import ensure_intact
-from ..storage.location import locate
+from ..storage.location import SnapshotLocation, locate
 from . import compare, record
 from .target import throwaway
 
@@ -97,12 +103,28 @@ def drill(
         except BackupkitError as exc:  # a snapshot that does not restore is the failure a drill exists for
             differences.append(f"the restore failed: {str(exc).splitlines()[0]}")
         if not differences:
+            recorded = _recorded_policies(location, manifest, identity)
             with connect(target) as conn:
                 conn.execute("SET synchronize_seqscans = off")  # every scan from the table's first page
-                for t in manifest["tables"]:
-                    differences += compare.table_differences(conn, t)
-                differences += compare.sequence_differences(conn, manifest.get("sequences", []))
-                differences += compare.object_differences(conn, manifest["tables"])
+                # A `dsn` role that row-level security applies to would count and hash only the
+                # rows the policies show it, and fail (or pass) on those: with it off, PostgreSQL
+                # refuses such a query instead, and the drill says why.
+                conn.execute("SET row_security = off")
+                try:
+                    for t in manifest["tables"]:
+                        differences += compare.table_differences(conn, t)
+                    differences += compare.sequence_differences(conn, manifest.get("sequences", []))
+                    differences += compare.object_differences(conn, manifest["tables"])
+                    if recorded is not None:
+                        differences += compare.policy_differences(
+                            manifest["tables"], recorded, compare.restored_policies(conn)
+                        )
+                except psycopg.errors.InsufficientPrivilege:
+                    conn.rollback()
+                    hidden = compare.row_security_applies(conn, manifest["tables"])
+                    if not hidden:
+                        raise
+                    raise _rows_hidden(conn, hidden) from None
     rec = record.DrillRecord(
         snapshot=location.id,
         started_at=started.isoformat(),
@@ -122,3 +144,27 @@ def drill(
             hint="restore from another snapshot, and check how this one was written or changed",
         )
     return outcome
+
+
+def _recorded_policies(
+    location: SnapshotLocation, manifest: dict, identity: encryption.IdentityArg | Path | None
+) -> set[compare.Policy] | None:
+    """The policies in the snapshot's schema archive (None: it has none to read)."""
+    if not any(f.get("path") == mf.DUMP for f in manifest.get("schema_files", [])):
+        return None
+    plain = encryption.unlock(location, manifest, identity)
+    with encryption.local_path(plain, mf.DUMP, manifest) as dump:
+        return compare.archive_policies(dump)
+
+
+def _rows_hidden(conn: psycopg.Connection, tables: list[str]) -> ConfigError:
+    """The error for a `dsn` role that row-level security keeps from reading every restored row."""
+    role = conn.info.user
+    named = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+    return ConfigError(
+        f"dsn role {role} is subject to row-level security on {named} in the restored database "
+        "(FORCE ROW LEVEL SECURITY, or another role's table), so the drill cannot compare every row",
+        hint=f"drill as a superuser or a role with BYPASSRLS "
+        f"(ALTER ROLE {sql.Identifier(role).as_string(conn)} BYPASSRLS, as a superuser), "
+        "or leave `dsn` out to drill on a temporary embedded server",
+    )
