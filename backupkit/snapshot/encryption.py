@@ -70,6 +70,11 @@ _BLOCK = 1 << 20
 _PIPE_BUFFER = 64 << 10
 _SECRET_PREFIX = "AGE-SECRET-KEY-1"
 _KEYGEN_HINT = "create one with `backupkit keygen --age-identity FILE` (or age-keygen)"
+#: An age secret key's prefix anywhere in a value, in either case.
+_SECRET_IN = re.compile(r"AGE-SECRET-KEY-", re.I)
+#: A recipient value an error may quote: what a mistyped public key looks like, nothing that
+#: could be a DSN, a URL or a secret of another kind.
+_SHOWN = re.compile(r"[A-Za-z0-9._-]{0,80}")
 
 #: What ``identity`` may be: a path of an identity file, or pyrage X25519 identities.
 IdentityArg = str | os.PathLike[str] | Any
@@ -83,19 +88,25 @@ def parse_recipients(recipients: Iterable[str | Any]) -> list[str]:
     spelt as age spells them, each once, in the order given; ConfigError for one that is not."""
     import pyrage
 
+    texts = [r.strip() if isinstance(r, str) else str(r) for r in recipients]
+    # Every value is looked at before any is echoed: a secret key anywhere (quoted as in a .env
+    # file, after a NAME=, or after the comment lines of an identity file pasted whole) is never
+    # shown, and the error says what it is rather than that "#" is no public key.
+    if any(_SECRET_IN.search(text) for text in texts):
+        raise ConfigError(
+            "recipients holds a secret key (AGE-SECRET-KEY-1…) where a public key (age1…) belongs",
+            hint="a backup host needs only the public key: `backupkit keygen --age-identity` prints it",
+        )
     found: list[str] = []
-    for r in recipients:
-        text = r.strip() if isinstance(r, str) else str(r)
-        if text.upper().startswith("AGE-SECRET-KEY-"):  # never echoed: it is a secret
-            raise ConfigError(
-                "recipients holds a secret key (AGE-SECRET-KEY-1…) where a public key (age1…) belongs",
-                hint="a backup host needs only the public key: `backupkit keygen --age-identity` prints it",
-            )
+    for text in texts:
         try:
             key = str(pyrage.x25519.Recipient.from_str(text))
         except (pyrage.RecipientError, ValueError):
+            # Only what may be a mistyped key is shown: a DSN or a password put in the wrong
+            # variable is not (executed notebooks keep a failed cell's message unredacted).
+            shown = repr(text) if _SHOWN.fullmatch(text) else f"of {len(text)} characters"
             raise ConfigError(
-                f"recipients {text[:80]!r} is not an age X25519 public key (age1…)",
+                f"recipients {shown} is not an age X25519 public key (age1…)",
                 hint="`backupkit keygen --age-identity FILE` prints the public key of the identity it writes",
             ) from None
         if key not in found:
@@ -153,7 +164,8 @@ def load_identity(identity: IdentityArg) -> tuple[Any, ...]:
         make=_KEYGEN_HINT,
     )
     try:
-        lines = data.decode("utf-8").splitlines()
+        # utf-8-sig: a key saved back from a password manager by a Windows editor starts with a BOM.
+        lines = data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not an age identity file (not text)", hint=_KEYGEN_HINT) from None
     found = []
@@ -412,7 +424,10 @@ def _decrypt_error(rel: str, exc: BaseException) -> SnapshotDamaged:
     return SnapshotDamaged(
         f"{name} cannot be decrypted ({exc}): the file is damaged, or not encrypted to this identity",
         [f"{rel}: cannot be decrypted ({exc})"],
-        hint="run `backupkit verify` on the snapshot",
+        # Plain `verify` hashes the stored bytes only, and a file resealed into the manifest
+        # passes it: only decrypting every file shows which ones do not.
+        hint="run `backupkit verify --deep --identity FILE` on the snapshot to find every such file, "
+        "and restore from another snapshot",
     )
 
 
@@ -550,7 +565,8 @@ def plain_copy(snapshot: mf.SnapshotArg, identity: IdentityArg, into: LocalStora
     """A decrypted copy of encrypted ``snapshot`` in private scratch space ``into``, for readers
     of plain files (diff, integrity: DuckDB).
 
-    Every stored file is verified against the manifest first; the copy's manifest records
+    Every stored file is verified against the manifest first, and hashed again as it is
+    decrypted (a file replaced meanwhile is SnapshotDamaged); the copy's manifest records
     the plain files' sizes and hashes, without ``encryption`` (nor ``signed_by``: the copy is
     not what was signed), sealed anew.  ``into`` holds plain data: remove it when done
     (``storage.scratch.scratch``).  A wrong or missing identity is the usual ConfigError.
@@ -561,8 +577,7 @@ def plain_copy(snapshot: mf.SnapshotArg, identity: IdentityArg, into: LocalStora
     from .verify import verify
 
     location = locate(snapshot)
-    manifest = mf.read(location)
-    unlocked = unlock(location, manifest, identity)
+    unlock(location, mf.read(location), identity)  # a wrong key is refused before anything is hashed
     report = verify(location)
     if not report.ok:
         raise SnapshotDamaged(
@@ -570,11 +585,17 @@ def plain_copy(snapshot: mf.SnapshotArg, identity: IdentityArg, into: LocalStora
             report.problems,
             hint=f"run `backupkit verify {location}`",
         )
+    assert report.manifest is not None  # read, or the report would not be ok
+    manifest = report.manifest
+    unlocked = unlock(location, manifest, identity)
     plain = copy.deepcopy(manifest)
     plain.pop("encryption", None)
     plain.pop("signed_by", None)
     for entry in plain.get("schema_files", []) + [f for t in plain["tables"] for f in t["files"]]:
-        decrypt_into(unlocked, entry["path"], into, name=f"{location.id}/{entry['path']}")
+        # The stored bytes are hashed again as they are decrypted: a file replaced after it was
+        # verified (anyone can encrypt to the public recipients the manifest names) is refused,
+        # not handed to DuckDB as the snapshot's rows.
+        decrypt_into(unlocked, entry["path"], into, name=f"{location.id}/{entry['path']}", sha256=entry["sha256"])
         sha, size = hashlib.sha256(), 0
         with into.open(f"{location.id}/{entry['path']}") as f:
             while block := f.read(_BLOCK):

@@ -61,12 +61,20 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+#: An age secret key anywhere in a text, in either case: a variable copied with its quotes
+#: (``"AGE-SECRET-KEY-1…"``), a ``NAME=`` or a ``;`` around it is a key all the same.
+_AGE_SECRET = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+", re.I)
+#: How the base64 body of every Ed25519 PKCS#8 private key begins (a PEM without its lines).
+_ED25519_PKCS8 = "MC4CAQAwBQYDK2VwBCIEI"
+
+
 def is_key_material(text: str) -> bool:
-    """Whether a "path" is in fact a key (an age identity, a PEM block) or too long to be one."""
+    """Whether a "path" is in fact a key (an age identity, a PEM block or its body) or too long to be one."""
     return (
         "\n" in text
-        or re.fullmatch(r"\s*AGE-SECRET-KEY-1[0-9A-Z]+\s*", text) is not None
+        or _AGE_SECRET.search(text) is not None
         or "-----BEGIN" in text
+        or _ED25519_PKCS8 in text
         or len(text) > 4096
     )
 
@@ -182,7 +190,7 @@ def keygen(private_key: Path | str, public_key: Path | str) -> str:
 
     private_key, public_key = Path(private_key), Path(public_key)
     if private_key.absolute() == public_key.absolute():
-        raise ConfigError("private_key and public_key must be different files")
+        raise ConfigError("private_key and `public_key` must be different files")
     for p in (private_key, public_key):
         if os.path.lexists(p):
             raise ConfigError(
