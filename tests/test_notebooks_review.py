@@ -152,3 +152,31 @@ def test_a_runs_dir_that_is_no_folder_fails_the_first_cell_in_one_line(home, tmp
     assert error["traceback"][0] == f"error: {expected}" and error["traceback"][1].startswith("hint: ")
     assert "Traceback" not in (tmp_path / "prune.out.ipynb").read_text()
     assert list(tmp_path.glob("*.json")) == []
+
+
+def test_an_executed_notebook_keeps_only_the_redacted_error(tmp_path, monkeypatch):
+    """A failed cell showed the redacted error lines, but the executed notebook also keeps the
+    error's text as its ``evalue``, and that was the raw message: a password that reached a
+    message would be masked on screen and kept in the .ipynb (and in papermill's log)."""
+    import papermill
+
+    book = nbformat.v4.new_notebook()
+    book.cells = [
+        nbformat.v4.new_code_cell(
+            "import os\nimport backupkit.notebook as nb\nfrom backupkit.errors import ConfigError"
+        ),
+        nbformat.v4.new_code_cell('raise ConfigError(f"cannot use {os.environ[\'APP_DSN\']}", hint="check it")'),
+    ]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    monkeypatch.setenv("APP_DSN", "postgresql://app:TopSecret-77@db.example/app")
+    source, out = tmp_path / "fails.ipynb", tmp_path / "fails.out.ipynb"
+    nbformat.write(book, source)
+
+    with pytest.raises(PapermillExecutionError) as info:
+        papermill.execute_notebook(str(source), str(out), kernel_name="python3", progress_bar=False)
+
+    assert "TopSecret-77" not in out.read_text() and "TopSecret-77" not in str(info.value)
+    (error,) = _error_outputs(out)
+    assert error["ename"] == "ConfigError"
+    assert error["evalue"] == "cannot use postgresql://app:****@db.example/app"
+    assert error["traceback"] == ["error: cannot use postgresql://app:****@db.example/app", "hint: check it"]

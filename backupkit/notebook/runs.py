@@ -459,12 +459,21 @@ def _show_error(shell, etype, value, tb, tb_offset=None) -> None:
     from IPython.display import display
 
     display(ErrorNote(lines, record))
-    value._render_traceback_ = lambda: list(lines)  # IPython's hook for an exception's own traceback
-    try:
-        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
-    finally:
-        with contextlib.suppress(AttributeError):
-            del value._render_traceback_
+    shown = _as_shown(etype, lines)
+    shell.showtraceback((type(shown), shown, tb), tb_offset=tb_offset)
+
+
+def _as_shown(etype: type[BaseException], lines: list[str]) -> BackupkitError:
+    """An exception of ``etype``'s name whose text is the redacted error line: the output an
+    executed notebook keeps holds the error's ``str`` (its ``evalue``), and that must be the
+    redacted text the cell showed, not the raw message."""
+    # _render_traceback_: IPython's hook for an exception's own traceback (the same lines).
+    named = type(
+        etype.__name__,
+        (BackupkitError,),
+        {"__module__": etype.__module__, "_render_traceback_": lambda self: list(lines)},
+    )
+    return named(lines[0].removeprefix("error: "))
 
 
 def install_error_display(shell=None) -> bool:
