@@ -157,6 +157,17 @@ def test_verify_needs_no_key(sealed, keys):
     assert "is encrypted" in one_error(out) and "`--identity`" in out.stderr
 
 
+def test_verify_with_an_identity_that_cannot_open_the_snapshot_says_so(sealed, keys):
+    """`verify --identity KEY` is how an operator asks "can this key restore it?": with another
+    key it answered "intact", exit 0, and the restore at 3 a.m. found out."""
+    with pytest.raises(ConfigError, match="cannot decrypt"):
+        backupkit.verify(sealed.path, identity=keys[2])
+    out = run_cli("verify", "--identity", keys[2], sealed.path)
+    assert out.returncode == ConfigError.exit_code and "cannot decrypt" in one_error(out), out.stdout
+    assert backupkit.verify(sealed.path, identity=keys[0]).ok
+    assert run_cli("verify", "--identity", keys[0], sealed.path).returncode == 0
+
+
 def test_verify_catches_a_flipped_byte_without_a_key(damaged, sealed):
     entry = max((f for t in sealed.manifest["tables"] for f in t["files"]), key=lambda f: f["bytes"])
     path = damaged / entry["path"]

@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--identity",
         type=_path,
         metavar="FILE",
-        help="age identity file (mode 0600) to decrypt an encrypted snapshot with; only --deep needs it "
-        "(default: $BACKUPKIT_IDENTITY)",
+        help="age identity file (mode 0600) to decrypt an encrypted snapshot with; only --deep needs it, "
+        "and given, it must be one of the snapshot's recipients (default: $BACKUPKIT_IDENTITY)",
     )
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)

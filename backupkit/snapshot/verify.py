@@ -296,7 +296,8 @@ def verify(
     key: the hashes are of the stored, encrypted bytes.  Only ``deep`` (recounting rows
     means decrypting) needs ``identity``, an age identity file of one of its recipients;
     without it, or with another key, ``deep`` raises ``ConfigError`` before anything is
-    hashed.  ``report.encrypted_to`` lists the recipients.
+    hashed.  An ``identity`` given without ``deep`` is checked all the same (ConfigError when
+    it is not one of the recipients).  ``report.encrypted_to`` lists the recipients.
 
     ``quick=True`` checks every file's presence and size only, not its hash (what a monitor
     can afford at every poll; ``status`` uses it).
@@ -338,6 +339,10 @@ def verify(
     report.storage_mismatches = list((m.get("storage") or {}).get("mismatches", []))
     if deep:  # recounting rows reads them: an encrypted snapshot's need its identity
         location = encryption.unlock(location, m, identity)
+    elif identity is not None:
+        # Not needed to hash the stored bytes, but given: "intact" must not read as "and this
+        # key opens it" when it does not.
+        encryption.check_identity(location, m, identity)
     if m.get("manifest_sha256") != mf.digest(m):
         report.problems.append("manifest.json was edited after the backup (its checksum does not match)")
     # mf.read validated the shape: every entry has a contained path, a size and a hash.
