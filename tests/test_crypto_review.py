@@ -216,10 +216,26 @@ def test_keygen_same_file_twice_names_both_flags(tmp_path):
     must be different files": half flag, half Python parameter."""
     out = run_cli("keygen", "--private-key", tmp_path / "k.pem", "--public-key", tmp_path / "k.pem")
     assert out.returncode == 2
-    assert "error: --private-key and `--public-key` must be different files" in out.stderr, out.stderr
+    assert "error: --private-key, --public-key and --age-identity must be different files" in out.stderr, out.stderr
     assert not (tmp_path / "k.pem").exists()
     with pytest.raises(ConfigError, match="private_key and `public_key` must be different files"):
         signing.keygen(tmp_path / "k.pem", tmp_path / "k.pem")
+
+
+def test_keygen_writes_nothing_when_one_of_its_files_exists(tmp_path):
+    """Asked for a signing pair and an age identity whose file exists, keygen wrote the pair,
+    then refused the identity: half of what was asked, and a re-run refused the pair."""
+    (tmp_path / "age.txt").write_text("something of the user's\n")
+    pair = ("--private-key", tmp_path / "sign.pem", "--public-key", tmp_path / "sign.pub")
+
+    out = run_cli("keygen", *pair, "--age-identity", tmp_path / "age.txt")
+
+    assert out.returncode == 2 and "age.txt already exists" in out.stderr and "nothing was written" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["age.txt"]
+    assert (tmp_path / "age.txt").read_text() == "something of the user's\n"
+    again = run_cli("keygen", *pair, "--age-identity", tmp_path / "new-age.txt")
+    assert again.returncode == 0, again.stderr
+    assert {"sign.pem", "sign.pub", "new-age.txt"} <= {p.name for p in tmp_path.iterdir()}
 
 
 # -- 5. a file that does not decrypt: the hint leads somewhere -----------------------------------

@@ -202,6 +202,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 def cmd_keygen(a: argparse.Namespace) -> int:
     """``backupkit keygen``: make a signing key pair or an age identity; print the public half."""
+    import os
+    from pathlib import Path
+
     from ..snapshot import encryption, signing
 
     if (a.private_key is None) != (a.public_key is None) or (a.private_key is None and a.age_identity is None):
@@ -209,6 +212,17 @@ def cmd_keygen(a: argparse.Namespace) -> int:
             "keygen writes a signing key pair (give both --private-key and --public-key), "
             "an encryption identity (--age-identity), or both"
         )
+    # Every file is checked before any is written: a pair written and then a refusal of the
+    # identity's file left half of what was asked.
+    files = [Path(p).absolute() for p in (a.private_key, a.public_key, a.age_identity) if p is not None]
+    if len(set(files)) != len(files):
+        raise ConfigError("--private-key, --public-key and --age-identity must be different files")
+    for path in files:
+        if os.path.lexists(path):
+            raise ConfigError(
+                f"{path} already exists; backupkit never overwrites a key; nothing was written",
+                hint="choose another file name, or remove the old key if nothing needs it",
+            )
     if a.private_key is not None:
         kid = signing.keygen(a.private_key, a.public_key)
         print(
