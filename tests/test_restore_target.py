@@ -14,7 +14,7 @@ import pytest
 
 import backupkit
 from backupkit.errors import RestoreError
-from backupkit.recovery.load import deleting
+from backupkit.recovery.in_place import deleting
 
 
 def _rows(dsn: str, query: str) -> list[tuple]:

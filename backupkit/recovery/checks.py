@@ -168,3 +168,62 @@ def takes_exactly(have: str, want: str) -> bool:
             return True
         return w[2] is not None and int(h[3] or 0) == int(w[3] or 0) and int(h[2]) >= int(w[2])
     return False
+
+
+#: Of each (relation, column or NULL, privilege) asked for, those the connecting role lacks, in
+#: order: the relation as SQL, whether it is a sequence.  A relation or column the target lacks
+#: is not asked about here (other checks name it).
+_LACKING = """
+SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname), c.relkind = 'S', u.i
+  FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY u(rel, col, priv, i)
+  JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(u.rel)
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = u.col AND a.attnum > 0
+       AND NOT a.attisdropped
+ WHERE NOT CASE WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(c.oid, u.priv)
+                WHEN u.col IS NULL THEN pg_catalog.has_table_privilege(c.oid, u.priv)
+                WHEN a.attnum IS NULL THEN true
+                ELSE pg_catalog.has_column_privilege(c.oid, a.attnum, u.priv) END
+ ORDER BY u.i
+"""
+
+
+def privileges(conn: psycopg.Connection, needs: list[tuple[str, str | None, str, str]]) -> list[str]:
+    """The privileges the restore uses on tables and sequences that exist that the connecting role
+    lacks, in one problem naming each relation, privilege and why, and the GRANT to run.
+
+    ``needs``: (relation as SQL, column or None, privilege, what for); a privilege such as
+    ``"USAGE, SELECT"`` is had when any of them is (named by the first).  The real run failed
+    on 'permission denied' and rolled back, after a dry run that passed."""
+    if not needs:
+        return []
+    rows = conn.execute(_LACKING, ([n[0] for n in needs], [n[1] for n in needs], [n[2] for n in needs])).fetchall()
+    lacking: dict[tuple[str, bool], tuple[list[str], list[str]]] = {}
+    for rel, is_sequence, i in rows:
+        _, _, priv, why = needs[i - 1]
+        privs, whys = lacking.setdefault((rel, is_sequence), ([], []))
+        name = priv.split(",")[0].strip().upper()
+        if name not in privs:
+            privs.append(name)
+        # "to check foreign key a", "... b": "to check foreign key a, b"
+        prefix, _, _ = why.rpartition(" ")
+        same = [k for k, w in enumerate(whys) if w.startswith(prefix + " ")] if prefix else []
+        if same and why not in whys[same[0]].split(", "):
+            whys[same[0]] += ", " + why.rpartition(" ")[2]
+        elif not same and why not in whys:
+            whys.append(why)
+    if not lacking:
+        return []
+    role = one_row(conn.execute("SELECT pg_catalog.quote_ident(current_user)"))[0]
+    said = [
+        f"{', '.join(privs)} on {'sequence ' if seq else ''}{rel} ({', '.join(whys)})"
+        for (rel, seq), (privs, whys) in lacking.items()
+    ]
+    grants = [
+        f"GRANT {', '.join(privs)} ON {'SEQUENCE ' if seq else ''}{rel} TO {role};"
+        for (rel, seq), (privs, whys) in lacking.items()
+    ]
+    return [
+        f"{conn.info.user} lacks privileges the restore uses on what it does not own: {'; '.join(said)}: "
+        f"have their owner run `{' '.join(grants)}`, or restore as their owner or a superuser"
+    ]

@@ -83,11 +83,43 @@ def empty_sql(tables: list[dict]) -> str:
     return lock + "".join(sql.SQL("DELETE FROM ONLY {};\n").format(rel).as_string() for rel in rels)
 
 
+def deleting(tables: list[int], references: list[tuple[int, int]]) -> set[int]:
+    """Which of ``tables`` (oids) --data-only --clean must empty by DELETE rather than TRUNCATE:
+    those a table outside them references, and then those any such one references
+    (``references``: (referencing, referenced) pairs).  Pure."""
+    chosen = set(tables)
+    deleted = {to for frm, to in references if to in chosen and frm not in chosen}
+    while True:
+        more = {to for frm, to in references if frm in deleted and to in chosen} - deleted
+        if not more:
+            return deleted
+        deleted |= more
+
+
+def split_emptying(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``tables`` (which exist) as those --data-only --clean empties by TRUNCATE and those by DELETE
+    (``deleting``)."""
+    oids = [r[0] for r in conn.execute("SELECT unnest(%s::regclass[])::oid", ([_regclass(t) for t in tables],))]
+    edges = conn.execute(
+        "SELECT conrelid, confrelid FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = ANY(%s)",
+        (oids,),
+    ).fetchall()
+    deleted = deleting(oids, edges)
+    by_oid = dict(zip(oids, tables, strict=True))
+    return [by_oid[o] for o in oids if o not in deleted], [by_oid[o] for o in oids if o in deleted]
+
+
+def foreign_keys(conn: psycopg.Connection, tables: list[dict]) -> list[tuple]:
+    """Foreign keys to or from ``tables``: (name, schema, table, referenced schema, referenced
+    table, columns, referenced columns)."""
+    oids = [_regclass(t) for t in tables]
+    return conn.execute(_FOREIGN_KEYS, (oids, oids)).fetchall()
+
+
 def broken_references(conn: psycopg.Connection, tables: list[dict]) -> list[str]:
     """Foreign keys to or from ``tables`` that some row now violates (MATCH SIMPLE: a NULL matches)."""
-    oids = [_regclass(t) for t in tables]
     broken = []
-    for name, cs, ct, ps, pt, cols, refs in conn.execute(_FOREIGN_KEYS, (oids, oids)).fetchall():
+    for name, cs, ct, ps, pt, cols, refs in foreign_keys(conn, tables):
         match = sql.SQL(" AND ").join(
             sql.SQL("p.{} = c.{}").format(sql.Identifier(r), sql.Identifier(c)) for c, r in zip(cols, refs, strict=True)
         )

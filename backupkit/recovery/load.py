@@ -25,9 +25,10 @@ from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import default_privileges
 from .database_scripts import restore_large_objects
-from .in_place import broken_references, empty_sql, sequences_used
+from .in_place import broken_references, empty_sql, sequences_used, split_emptying
 from .plan import RestorePlan
 from .scripts import Scripts
+from .sequences import to_set
 
 
 def load_bytes(files: list[dict]) -> int:
@@ -149,9 +150,6 @@ class LoadRun:
                 )
             )
 
-    def _regclasses(self, conn: psycopg.Connection) -> list[str]:
-        return [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in self.chosen]
-
     def empty_tables(self, conn: psycopg.Connection) -> set[str]:
         """--data-only --clean: empty the chosen tables, after ``load_session`` (triggers and
         foreign-key actions off); the keys of those emptied by TRUNCATE, which COPY FREEZE may load.
@@ -160,19 +158,12 @@ class LoadRun:
         TRUNCATE refuses a table that a table it does not empty references (and CASCADE would
         empty that one too), so such tables, and those they in turn reference, are emptied by
         DELETE; the foreign keys are checked after loading (``broken_references``)."""
-        oids = [r[0] for r in conn.execute("SELECT unnest(%s::regclass[])::oid", (self._regclasses(conn),)).fetchall()]
-        edges = conn.execute(
-            "SELECT conrelid, confrelid FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = ANY(%s)",
-            (oids,),
-        ).fetchall()
-        deleted = deleting(oids, edges)
-        by_oid = dict(zip(oids, self.chosen, strict=True))
-        truncated = [by_oid[o] for o in oids if o not in deleted]
+        truncated, deleted = split_emptying(conn, self.chosen)
         if truncated:
             rels = sql.SQL(", ").join(sql.Identifier(t["schema"], t["name"]) for t in truncated)
             conn.execute(sql.SQL("TRUNCATE ONLY {}").format(rels))
         if deleted:
-            conn.execute(empty_sql([by_oid[o] for o in oids if o in deleted]))
+            conn.execute(empty_sql(deleted))
         return {mf.table_key(t) for t in truncated}
 
     def load_table(
@@ -226,47 +217,33 @@ class LoadRun:
         data-only or in-place one) it is the one change a failure after it leaves behind, so
         it comes last, after every check that can fail."""
         plan = self.plan
-        keys = {mf.table_key(t) for t in self.chosen}
         # A sequence no table owns, used by a chosen table's column default (nextval('s')):
         # other tables may use it too, so it only ever moves forward to the snapshot's value.
         used = set() if plan.full else sequences_used(conn, self.chosen)
+        values = to_set(self.manifest, self.chosen, full=plan.full, schemas=plan.schemas, used=used)
         with conn.pipeline():
-            for s in self.manifest.get("sequences", []):
-                owned = s.get("owned_by")
-                name = sql.Identifier(s["schema"], s["name"]).as_string(conn)
-                if owned and len(owned) > 2 and f"{owned[0]}.{owned[1]}" in keys:
+            for s in values:
+                if s.key in plan.sequences_left_out:  # the target lacks it (data_only), named by a note
+                    continue
+                name = sql.Identifier(s.schema, s.name).as_string(conn)
+                if s.column is not None:
                     # The sequence the column draws from in the target: a table that existed
                     # (data_only, in place) may have one of another name (made by other DDL).
-                    table = sql.Identifier(owned[0], owned[1]).as_string(conn)
+                    table = sql.Identifier(*s.column[:2]).as_string(conn)
                     conn.execute(
                         "SELECT pg_catalog.setval(q.s, %s, %s) FROM (SELECT coalesce(pg_catalog.to_regclass("
                         "pg_catalog.pg_get_serial_sequence(%s, %s)), pg_catalog.to_regclass(%s)) AS s) q "
                         "WHERE q.s IS NOT NULL",
-                        (s["last_value"], s["is_called"], table, owned[2], name),
+                        (s.last_value, s.is_called, table, s.column[2], name),
                     )
-                elif plan.full or s["schema"] in plan.schemas or (owned and f"{owned[0]}.{owned[1]}" in keys):
-                    conn.execute(
-                        "SELECT pg_catalog.setval(%s::regclass, %s, %s)", (name, s["last_value"], s["is_called"])
-                    )
-                elif (s["schema"], s["name"]) in used and s["is_called"]:
+                elif not s.forward:
+                    conn.execute("SELECT pg_catalog.setval(%s::regclass, %s, %s)", (name, s.last_value, s.is_called))
+                else:
                     conn.execute(
                         "SELECT pg_catalog.setval(%s::regclass, %s, true) "
                         "WHERE coalesce(pg_catalog.pg_sequence_last_value(%s::regclass) < %s, true)",
-                        (name, s["last_value"], name, s["last_value"]),
+                        (name, s.last_value, name, s.last_value),
                     )
-
-
-def deleting(tables: list[int], references: list[tuple[int, int]]) -> set[int]:
-    """Which of ``tables`` (oids) --data-only --clean must empty by DELETE rather than TRUNCATE:
-    those a table outside them references, and then those any such one references
-    (``references``: (referencing, referenced) pairs).  Pure."""
-    chosen = set(tables)
-    deleted = {to for frm, to in references if to in chosen and frm not in chosen}
-    while True:
-        more = {to for frm, to in references if frm in deleted and to in chosen} - deleted
-        if not more:
-            return deleted
-        deleted |= more
 
 
 def rollback(conn: psycopg.Connection) -> None:

@@ -30,7 +30,7 @@ from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import mark as restore_mark
-from .checks import column_mismatches
+from .checks import column_mismatches, privileges
 from .database_scripts import (
     DatabasePlan,
     Target,
@@ -39,9 +39,10 @@ from .database_scripts import (
     plan_database,
     read_target,
 )
-from .in_place import sequences_used, split_by_shape
+from .in_place import foreign_keys, sequences_used, split_by_shape, split_emptying
 from .scripts import default_sequences, object_key, wanted_entries
 from .selection import select_tables
+from .sequences import resolve, to_set
 
 
 @dataclass
@@ -72,6 +73,9 @@ class RestorePlan:
     #: Tables loaded into as they are whose FORCE ROW LEVEL SECURITY would refuse their owner,
     #: the connecting role, the load: (schema, table), switched to NO FORCE for it and back.
     forced_rls: list[tuple[str, str]] = field(default_factory=list)
+    #: The snapshot's sequences (schema.name) the restore does not set: the target lacks them and
+    #: the restore does not make them (data_only), so no column there draws from them.
+    sequences_left_out: list[str] = field(default_factory=list)
     #: Limits of the run (set when it starts; not part of what it does).
     lock_wait_timeout: float | None = field(default=None, repr=False)
     deadline: Deadline | None = field(default=None, repr=False)
@@ -268,7 +272,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             in_place, problems_in_place = _keep_in_place(conn, plan, chosen)
             problems += problems_in_place
             kept_parents = _keep_parents_in_place(conn, plan, chosen)
-            problems += _dependents_in_the_way(conn, plan.existing, schemas)
+            problems += _dependents_in_the_way(conn, plan.existing, schemas, plan.in_place)
         if clean and existing and not request.data_only:
             problems += _partitions_lost(conn, chosen, existing, plan.in_place)
             problems += _dropped_not_owned(conn, plan.existing)
@@ -296,9 +300,11 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             created = [t for t in rebuilt if mf.table_key(t) not in existing and mf.table_key(t) not in platform.tables]
             problems += _names_taken(conn, created, manifest, dropped=plan.existing)
         entries: list[TocEntry] = []
+        defaults: set[tuple[str, str]] = set()  # what the rebuilt tables' defaults draw from
         if not request.data_only:
             with encryption.local_path(location, mf.DUMP, manifest) as dump:
                 listed = toc(dump)
+                defaults = set() if full else default_sequences(dump, listed, rebuilt)
                 entries = wanted_entries(
                     listed,
                     manifest,
@@ -311,12 +317,14 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     in_place=in_place + kept_parents,
                     rebuilding=bool(plan.existing),
                     in_place_sequences=sequences_used(conn, in_place) if schemas else set(),
-                    new_sequences=set() if full else _missing(conn, default_sequences(dump, listed, rebuilt)),
+                    new_sequences=_missing(conn, defaults),
                 )
             if schemas and in_place and not plan.existing:
                 # Nothing rebuilt, but the schemas' other objects (views, sequences) exist:
                 # --clean drops them first, as it would with a table to rebuild.
                 plan.drop_first = True
+        if not request.schema_only:
+            problems += _privileges(conn, manifest, plan, request, entries, in_place, defaults, platform)
     if platform:
         _leave_platform_rows(plan, platform)
     if request.data_only and manifest.get("large_objects"):
@@ -343,32 +351,47 @@ WITH names AS (
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 )
 SELECT t.name, x.what || ' ' || r.name FROM (
-  SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what
+  SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what,
+         false AS kept
     FROM pg_catalog.pg_constraint c
    WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
      AND c.confrelid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
   UNION
-  SELECT d.refobjid, v.oid, 'view'
+  SELECT d.refobjid, v.oid, 'view', false
     FROM pg_catalog.pg_depend d
     JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
     JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
    WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
      AND d.refobjid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s)) AND v.oid <> d.refobjid
+  UNION
+  -- A policy whose expression reads the table (a storage.objects policy checking public.profiles):
+  -- kept, unless its table is remade, even in a restored schema when its table stays in place.
+  SELECT d.refobjid, p.polrelid, 'policy ' || pg_catalog.quote_ident(p.polname) || ' on',
+         p.polrelid IN (SELECT oid FROM names WHERE key = ANY(%(in_place)s))
+    FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_policy p ON p.oid = d.objid
+   WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+     AND d.deptype = 'n' AND d.refobjid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
+     AND p.polrelid <> d.refobjid
 ) x
 JOIN names t ON t.oid = x.target JOIN names r ON r.oid = x.rel
-WHERE NOT (r.key = ANY(%(dropped)s) OR r.schema = ANY(%(schemas)s))
+WHERE NOT (r.key = ANY(%(dropped)s) OR (r.schema = ANY(%(schemas)s) AND NOT x.kept))
 ORDER BY 1, 2
 """
 
 
-def _dependents_in_the_way(conn: psycopg.Connection, dropped: list[str], schemas: list[str]) -> list[str]:
-    """What stops ``clean`` from dropping the tables it recreates: other tables' foreign keys
-    and views on them that this restore neither drops nor makes again (those in ``schemas``
-    it does).  Found here, not by the real run failing after a dry run that passed."""
+def _dependents_in_the_way(
+    conn: psycopg.Connection, dropped: list[str], schemas: list[str], in_place: list[str]
+) -> list[str]:
+    """What stops ``clean`` from dropping the tables it recreates: other tables' foreign keys,
+    views and policies on them that this restore neither drops nor makes again (those in
+    ``schemas`` it does, but the policies of tables kept ``in_place``).  Found here, not by the
+    real run failing after a dry run that passed."""
     if not dropped:
         return []
     found: dict[str, list[str]] = {}
-    for table, what in conn.execute(_DEPENDENTS, {"dropped": dropped, "schemas": schemas}):
+    params = {"dropped": dropped, "schemas": schemas, "in_place": in_place}
+    for table, what in conn.execute(_DEPENDENTS, params):
         found.setdefault(table, []).append(what)
     return [
         f"`clean` would drop and make again {table} (its columns are not the snapshot's), but "
@@ -453,6 +476,89 @@ def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dic
             "stop the restore"
         )
     return in_place, problems
+
+
+def _privileges(
+    conn: psycopg.Connection,
+    manifest: dict,
+    plan: RestorePlan,
+    request: Request,
+    entries: list[TocEntry],
+    in_place: list[dict],
+    defaults: set[tuple[str, str]],
+    platform: Platform,
+) -> list[str]:
+    """Privileges the real run uses on what the target has and the restore does not make: INSERT
+    (COPY), TRUNCATE or DELETE (emptying) on the tables loaded into as they are, SELECT for the
+    foreign-key check after it, REFERENCES for the foreign keys it creates to existing tables,
+    UPDATE on the sequences it sets (and USAGE to read one it only moves forward).  Records on
+    ``plan`` the sequences a data_only restore leaves out, which the target lacks."""
+    loading = set(_platform_loading(platform)[1]) if platform else set()
+    tables = [t for t in plan.tables if mf.table_key(t) not in platform.tables or mf.table_key(t) in loading]
+    # The project's own tables: their INSERT is checked by platform_problems, and never emptied.
+    into = [t for t in (tables if request.data_only else in_place) if mf.table_key(t) not in platform.tables]
+    needs: list[tuple[str, str | None, str, str]] = []
+
+    def rel(schema: str, name: str) -> str:
+        return sql.Identifier(schema, name).as_string(conn)
+
+    for t in into:
+        needs += [(rel(t["schema"], t["name"]), c, "INSERT", "to load its rows") for c in t["copy_columns"]]
+        if request.data_only and not request.clean:
+            needs.append((rel(t["schema"], t["name"]), None, "SELECT", "to see that it is empty"))
+    if request.data_only and request.clean:
+        truncated, deleted = split_emptying(conn, into)
+        needs += [(rel(t["schema"], t["name"]), None, "TRUNCATE", "to empty it") for t in truncated]
+        needs += [(rel(t["schema"], t["name"]), None, "DELETE", "to empty it") for t in deleted]
+    elif not request.data_only:
+        needs += [(rel(t["schema"], t["name"]), None, "DELETE", "to empty it") for t in in_place]
+    checked = tables if request.data_only else in_place
+    for name, cs, ct, ps, pt, cols, refs in foreign_keys(conn, checked) if checked else []:
+        why = f"to check foreign key {name}"
+        needs += [(rel(cs, ct), c, "SELECT", why) for c in cols] + [(rel(ps, pt), r, "SELECT", why) for r in refs]
+    if not request.data_only:
+        restored = {mf.table_key(t) for t in plan.tables}
+        kept = set(plan.in_place) | set(platform.tables)
+        for t in plan.tables:
+            if mf.table_key(t) in kept:
+                continue
+            needs += [
+                (rel(fk["ref_schema"], fk["ref_table"]), r, "REFERENCES", f"for foreign key {fk['name']}")
+                for fk in t.get("foreign_keys", [])
+                if f"{fk['ref_schema']}.{fk['ref_table']}" not in restored
+                for r in fk["ref_columns"]
+            ]
+    existing = [t for t in tables if request.data_only or mf.table_key(t) in set(plan.in_place)]
+    used = set() if plan.full else sequences_used(conn, existing) | defaults
+    values = to_set(manifest, tables, full=plan.full, schemas=plan.schemas, used=used)
+    made = [e for e in entries if e.type == "SEQUENCE"]
+    values = [v for v in values if not any(e.belongs_to(v.schema, v.name) for e in made)]
+    left_out = []
+    for v, target in zip(values, resolve(conn, values), strict=True):
+        if target is None:
+            left_out.append(v)
+            continue
+        needs.append((target, None, "UPDATE", "to set its value"))
+        if v.forward:
+            needs.append((target, None, "USAGE, SELECT", "to read its value"))
+    if left_out:
+        plan.sequences_left_out = [v.key for v in left_out]
+        plan.notes.append(
+            "did not set sequence "
+            + ", ".join(f"{v.key} (the snapshot's value {v.last_value})" for v in left_out)
+            + (
+                ": the target does not have it, so no column there draws from it"
+                if len(left_out) == 1
+                else ": the target does not have them, so no column there draws from them"
+            )
+            + (" (data_only creates nothing)" if request.data_only else "")
+            + "; if you need it, create it and set it: "
+            + " ".join(
+                f"`SELECT setval('{rel(v.schema, v.name)}', {v.last_value}, {str(v.is_called).lower()})`"
+                for v in left_out
+            )
+        )
+    return privileges(conn, needs)
 
 
 def _platform_loading(platform: Platform) -> tuple[list[str], list[str]]:
@@ -574,10 +680,20 @@ def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, 
                 f"data_only needs the tables to exist; missing: {', '.join(missing)}",
                 hint="restore without `data_only` to create them",
             )
+        # Tables this role may not read are named by the privilege check (``_privileges``).
+        rels = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in chosen]
+        may_read = conn.execute(
+            "SELECT pg_catalog.has_table_privilege(r::regclass, 'SELECT') "
+            "FROM unnest(%s::text[]) WITH ORDINALITY u(r, i) ORDER BY i",
+            (rels,),
+        ).fetchall()
+        readable = {k for k, (ok,) in zip(keys, may_read, strict=True) if ok}
         nonempty = [
             k
             for k in keys
-            if one_row(
+            if not clean
+            and k in readable
+            and one_row(
                 conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*k.split(".", 1))))
             )[0]
         ]
