@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import psycopg.errors
 
 from ..errors import BackupkitError
 from ..pg.catalog import (
@@ -20,7 +21,10 @@ from ..pg.catalog import (
 )
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
 from ..pg.rows import one_row
-from ..pg.tools import check_pg_dump
+from ..pg.tools import check_pg_dump, find_tool, tool_version
+from ..runtime.deadline import seconds
+from .contents import same_names
+from .options import LOCK_WAIT_TIMEOUT
 
 
 @dataclass
@@ -40,17 +44,29 @@ class CheckReport:
         return {"ok": self.ok, "checks": self.items}
 
 
-def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None = None) -> CheckReport:
+def check(
+    dsn: str,
+    *,
+    schemas: list[str] | None = None,
+    to: Path | str | None = None,
+    lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT,
+) -> CheckReport:
     """Run every preflight check and report all of them, failing ones included.
+
+    ``lock_wait_timeout`` (seconds, as for ``backup``; 0 or None waits for ever) bounds the
+    wait for a table that another session (a migration) holds exclusively: past it the
+    backup would fail, and so does this check, naming the table.
 
     Only a failure to connect raises (nothing else can be checked then).
     """
     schemas = list(schemas or ["public"])
+    limit = seconds(lock_wait_timeout, "lock_wait_timeout")
     report = CheckReport()
     where = describe(dsn)
     if is_transaction_pooler(dsn):
         report.add("pooler", "fail", POOLER_WARNING)
-    with connect(dsn) as conn:
+    # Autocommit: a lock wait that gives up must not abort the checks after it.
+    with connect(dsn, autocommit=True, settings={"lock_timeout": str(int((limit or 0) * 1000))}) as conn:
         version, num, size = one_row(
             conn.execute(
                 "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
@@ -62,11 +78,7 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
             "ok",
             f"{where['user']}@{where['host']}:{where['port']}/{where['database']}, PostgreSQL {version}",
         )
-        try:
-            path, tool = check_pg_dump(num)
-            report.add("pg_dump", "ok", f"{path} (version {tool[0]}.{tool[1]})")
-        except BackupkitError as exc:
-            report.add("pg_dump", "fail", f"{exc} — {exc.hint or ''}".rstrip(" —"))
+        _check_tools(report, num)
         role = role_info(conn)
         flags = [f for f, on in (("superuser", role["superuser"]), ("BYPASSRLS", role["bypassrls"])) if on]
         report.add("role", "ok", f"{role['user']} ({', '.join(flags) or 'no superuser, no BYPASSRLS'})")
@@ -74,19 +86,12 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
         missing = sorted(set(schemas) - set(found))
         if missing:
             report.add("schemas", "fail", f"no such schema: {', '.join(missing)}")
-        tables = list_tables(conn, found)
-        report.add("tables", "ok" if tables else "warn", f"{len(tables)} tables in {', '.join(found) or '(none)'}")
-        hidden = [f"{t['schema']}.{t['name']}" for t in tables if not t["rls"]["bypassed"]]
-        if hidden:
-            report.add(
-                "row-level security",
-                "fail",
-                f"RLS would hide rows of {', '.join(hidden)}: connect as their owner or a "
-                "BYPASSRLS role, or back up with `allow_partial`",
-            )
+        try:  # measuring a table's size takes its lock, as the backup's listing does
+            tables = list_tables(conn, found)
+        except psycopg.errors.LockNotAvailable:
+            report.add("locks", "fail", _locked_detail(conn, found, limit))
         else:
-            rls = sum(1 for t in tables if t["rls"]["enabled"])
-            report.add("row-level security", "ok", f"{rls} tables with RLS, all readable in full")
+            _check_tables(report, tables, found)
         _check_privileges(report, conn, found)
         managed = [
             s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED)) and s not in schemas
@@ -102,8 +107,84 @@ def check(dsn: str, *, schemas: list[str] | None = None, to: Path | str | None =
     return report
 
 
-#: Everything in the schemas that a backup reads and this role may not: schemas without
-#: USAGE, tables and sequences without SELECT (pg_dump reads every sequence's state).
+def _check_tools(report: CheckReport, server_version_num: int) -> None:
+    """pg_dump (not older than the server) and pg_restore, which renders the schema it dumps:
+    a backup runs both."""
+    for name in ("pg_dump", "pg_restore"):
+        try:
+            if name == "pg_dump":
+                path, version = check_pg_dump(server_version_num)
+            else:
+                path = find_tool(name)
+                version = tool_version(path)
+        except BackupkitError as exc:
+            report.add(name, "fail", f"{exc} — {exc.hint or ''}".rstrip(" —"))
+        except OSError as exc:  # there, but not a program this user can run
+            report.add(
+                name,
+                "fail",
+                f"cannot run {exc.filename or name}: {exc.strerror or exc} — "
+                f"install PostgreSQL client tools or set ${'BACKUPKIT_' + name.upper()} to one",
+            )
+        else:
+            report.add(name, "ok", f"{path} (version {version[0]}.{version[1]})")
+
+
+def _check_tables(report: CheckReport, tables: list[dict], schemas: list[str]) -> None:
+    """The tables the backup copies: how many, whether RLS hides rows, whether their names clash."""
+    report.add("tables", "ok" if tables else "warn", f"{len(tables)} tables in {', '.join(schemas) or '(none)'}")
+    clashes = same_names(tables)
+    if clashes:  # the backup refuses these (``BackupJob._inspect``)
+        report.add(
+            "table names",
+            "fail",
+            "backupkit names tables schema.name and cannot tell apart "
+            + "; ".join(" and ".join(names) for names in clashes)
+            + ": rename one of each (ALTER TABLE ... RENAME, or ALTER SCHEMA ... RENAME)",
+        )
+    hidden = [f"{t['schema']}.{t['name']}" for t in tables if not t["rls"]["bypassed"]]
+    if hidden:
+        report.add(
+            "row-level security",
+            "fail",
+            f"RLS would hide rows of {', '.join(hidden)}: connect as their owner or a "
+            "BYPASSRLS role, or back up with `allow_partial`",
+        )
+    else:
+        rls = sum(1 for t in tables if t["rls"]["enabled"])
+        report.add("row-level security", "ok", f"{rls} tables with RLS, all readable in full")
+
+
+#: Relations of these schemas that another session holds (or awaits) in ACCESS EXCLUSIVE mode.
+_LOCKED = """
+SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_catalog.pg_locks l
+  JOIN pg_catalog.pg_class c ON c.oid = l.relation
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid()
+   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+   AND n.nspname = ANY(%s) ORDER BY 1
+"""
+
+
+def _locked_detail(conn: psycopg.Connection, schemas: list[str], limit: float | None) -> str:
+    """What to say when listing the tables gave up waiting for a lock: the backup would too."""
+    try:
+        names = ", ".join(r[0] for r in conn.execute(_LOCKED, (schemas,)).fetchall())
+    except psycopg.Error:
+        names = ""
+    waited = f"within {limit:g} s" if limit else "in time"
+    return (
+        f"table {names or '(one of the tables)'} is locked by another session (a migration, ALTER TABLE, "
+        f"TRUNCATE, VACUUM FULL, REINDEX) and was not free {waited}, so a backup now would fail: "
+        "run it once that session is done (pg_stat_activity shows it), or raise `lock_wait_timeout`"
+    )
+
+
+#: Everything that a backup reads and this role may not: in the schemas, schemas without
+#: USAGE, tables (partitioned ones too: pg_dump locks them) and sequences without SELECT
+#: (pg_dump reads every sequence's state); in the whole database, large objects without
+#: SELECT (their data is in every snapshot).  Views, materialized views and foreign tables
+#: are not read (their definitions are pg_dump's, from the catalogs).
 _MISSING_PRIVILEGES = """
 SELECT 'USAGE on schema', quote_ident(n.nspname)
   FROM pg_catalog.pg_namespace n
@@ -112,11 +193,21 @@ UNION ALL
 SELECT CASE c.relkind WHEN 'S' THEN 'SELECT on sequence' ELSE 'SELECT on table' END,
        quote_ident(n.nspname) || '.' || quote_ident(c.relname)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'S', 'm', 'f')
+ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'S')
    AND has_schema_privilege(n.oid, 'USAGE')
    AND NOT has_table_privilege(c.oid, 'SELECT')
+UNION ALL
+SELECT 'SELECT on large object', l.oid::text
+  FROM pg_catalog.pg_largeobject_metadata l
+ WHERE NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+   AND NOT current_setting('lo_compat_privileges')::bool
+   AND NOT EXISTS (SELECT FROM pg_catalog.aclexplode(coalesce(l.lomacl, pg_catalog.acldefault('L', l.lomowner))) a
+                    WHERE a.privilege_type = 'SELECT' AND (a.grantee = 0 OR pg_catalog.pg_has_role(a.grantee, 'USAGE')))
  ORDER BY 1, 2
 """
+
+#: Names shown per kind of missing privilege; a role short of hundreds is told how many.
+_SHOWN = 10
 
 
 def _check_privileges(report: CheckReport, conn: psycopg.Connection, schemas: list[str]) -> None:
@@ -125,9 +216,12 @@ def _check_privileges(report: CheckReport, conn: psycopg.Connection, schemas: li
     for what, name in conn.execute(_MISSING_PRIVILEGES, {"schemas": schemas}).fetchall():
         missing.setdefault(what, []).append(name)
     if not missing:
-        report.add("privileges", "ok", "USAGE on every schema, SELECT on every table and sequence")
+        report.add("privileges", "ok", "USAGE on every schema, SELECT on every table, sequence and large object")
         return
-    detail = "; ".join(f"no {what} {', '.join(names)}" for what, names in missing.items())
+    detail = "; ".join(
+        f"no {what} {', '.join(names[:_SHOWN])}" + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+        for what, names in missing.items()
+    )
     report.add("privileges", "fail", f"{detail}: GRANT them to this role, or connect as the owner")
 
 
