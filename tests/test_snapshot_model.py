@@ -49,6 +49,7 @@ def test_optional_keys():
             "default_privileges",
             "large_objects",
             "roles",
+            "role_settings",
             "encryption",
             "object_lock",
             "signed_by",

@@ -135,6 +135,8 @@ class Written:
     object_lock: dict[str, Any] | None = None
     #: The manifest's ``storage`` (``model.Buckets``: Storage bucket files); None: none backed up.
     storage: dict[str, Any] | None = None
+    #: The manifest's ``role_settings`` (``database_objects.role_settings``: the roles' own settings).
+    role_settings: dict[str, Any] | None = None
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:
@@ -170,6 +172,7 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
         "materialized_views": moment.matviews,
         **written.database,
         "roles": written.roles,
+        **({"role_settings": written.role_settings} if written.role_settings is not None else {}),
         "schema_files": written.schema_files,
     }
     if written.storage is not None:

@@ -7,7 +7,10 @@ the same exported snapshot, with every schema excluded, dumps exactly those
 data streams through it.  The catalog queries here only describe the same
 objects in the manifest, for people, ``diff`` and the restore's checks: which
 extensions the snapshot's own objects depend on, publication members, and the
-roles a restore must find or make.
+roles a restore must find or make, with their own settings (``ALTER ROLE ... SET``),
+which no pg_dump run here carries: those for every database are global objects
+(``pg_dumpall --globals-only``), and those for this database only come with the
+archive's ``DATABASE PROPERTIES``, which pg_restore renders only with ``--create``.
 """
 
 from __future__ import annotations
@@ -132,6 +135,46 @@ def role_attributes(conn: psycopg.Connection, names: set[str]) -> list[dict]:
     """Name and attributes (never a password) of the given roles that exist; built-in pg_* roles left out."""
     names = {n for n in names if not n.startswith("pg_")}
     return conn.cursor(row_factory=dict_row).execute(_ROLES, (sorted(names),)).fetchall()
+
+
+_ROLE_SETTINGS = """
+SELECT r.rolname, s.setdatabase <> 0 AS this_database, c.setting
+  FROM pg_catalog.pg_db_role_setting s
+  JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
+ CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)
+ WHERE r.rolname = ANY(%s)
+   AND s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))
+ ORDER BY 1, 2
+"""
+
+#: What the manifest holds instead of a setting's value when the value may be a secret.
+WITHHELD = "(not recorded: may be a secret)"
+
+# A setting is withheld when its name says it holds a secret (PostgREST's pgrst.jwt_secret,
+# app.settings.service_key, an API token), or its value looks like one: a JWT, a PEM block,
+# a password in a connection string or URL, or a long random-looking string.
+_SECRET_NAME = re.compile(r"password|passwd|pwd|secret|key|token|credential|private|salt", re.I)
+_SECRET_VALUE = re.compile(
+    r"eyJ[\w-]+\.[\w-]+\.|-----BEGIN|(?i:password)\s*=|://[^/@\s]*:[^/@\s]*@"
+    r"|^(?=[\w+/=.-]{32,}$)(?=.*\d)(?=.*[a-z])(?=.*[A-Z])|^[0-9a-fA-F]{32,}$"
+)
+
+
+def may_be_secret(name: str, value: str) -> bool:
+    """Whether a setting's name or value looks like it holds a secret (then its value is never recorded)."""
+    return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
+
+
+def role_settings(conn: psycopg.Connection, names: list[str] | set[str]) -> dict[str, dict[str, dict[str, str]]]:
+    """The given roles' own settings (``pg_db_role_setting``), as the manifest's ``role_settings``:
+    ``{"all_databases": {role: {name: value}}, "this_database": {...}}``; a value that may be a
+    secret (``may_be_secret``) is ``WITHHELD``."""
+    out: dict[str, dict[str, dict[str, str]]] = {"all_databases": {}, "this_database": {}}
+    for role, this_database, setting in conn.execute(_ROLE_SETTINGS, (sorted(names),)).fetchall():
+        name, _, value = setting.partition("=")
+        scope = out["this_database" if this_database else "all_databases"]
+        scope.setdefault(role, {})[name] = WITHHELD if may_be_secret(name, value) else value
+    return out
 
 
 def dump_database_objects(dsn: str, path: Path, *, snapshot: str) -> None:

@@ -30,6 +30,7 @@ from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import mark as restore_mark
+from . import role_settings
 from .checks import column_mismatches, privileges
 from .database_scripts import (
     DatabasePlan,
@@ -264,6 +265,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         )
         plan.platform_tables = sorted(platform.tables)
         plan.notes += early_notes
+        if full:  # the roles' settings are the project's configuration: a whole restore's business
+            current = role_settings.target_settings(conn, manifest)
+            plan.notes += role_settings.differences(manifest, current, conn.info.dbname)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []

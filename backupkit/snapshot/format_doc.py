@@ -129,6 +129,20 @@ written before 2026-12 have no `database.dump`/`database.sql` (and no
 `extensions` … `roles` in the manifest); they still verify, restore and diff, the
 restore then creating only what `schema.dump` holds.
 
+The roles' own settings (`ALTER ROLE ... SET`: Supabase's `statement_timeout` of
+`anon` and `authenticated`, a user's `app.*` setting for RLS functions) are in
+neither dump as something a restore runs: those for every database are global
+objects, outside any pg_dump; those for this database only are in `database.dump`'s
+`DATABASE PROPERTIES` entry (with `ALTER DATABASE ... SET`), which pg_restore renders
+only with `--create` and which names the source database. The manifest's
+`role_settings` records both for the roles of `roles`, so a restore can say what
+differs in the target and the statements that bring it back. A value that may be a
+secret (`pgrst.jwt_secret`, any setting named like a password, key or token, or a
+value that looks like a JWT or a key) is never recorded: the manifest holds
+`"(not recorded: may be a secret)"` instead. (`database.dump` is pg_dump's archive:
+its `DATABASE PROPERTIES` hold this database's values as they are, as any pg_dump's do;
+encrypt snapshots, `backup --recipient`, when those may be secrets.)
+
 ## Data files
 
 Each table's rows are in one or more files under `data/`, named

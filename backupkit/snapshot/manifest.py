@@ -236,6 +236,25 @@ def _storage_problems(storage: object) -> list[str]:
     return problems
 
 
+def _role_settings_problems(settings: object) -> list[str]:
+    """The shape of ``role_settings`` (when present): for each scope, settings by role and name, all strings."""
+    if settings is None:
+        return []
+    scopes = ("all_databases", "this_database")
+    if isinstance(settings, dict) and all(
+        isinstance(by_role := settings.get(scope), dict)
+        and all(
+            isinstance(role, str)
+            and isinstance(values, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in values.items())
+            for role, values in by_role.items()
+        )
+        for scope in scopes
+    ):
+        return []
+    return [f"{MANIFEST}: role_settings is not settings by role and name for all_databases and this_database"]
+
+
 def validate(manifest: dict) -> list[str]:
     """Every way ``manifest`` lacks the shape readers rely on (empty when it has it).
 
@@ -243,7 +262,8 @@ def validate(manifest: dict) -> list[str]:
     ``schema``/``name``, a count ``rows`` and a list ``files``; ``schema_files`` (when
     present) a list; every file entry an object with a contained ``path`` (``check_path``),
     a size ``bytes``, a hex ``sha256`` and, for data files, an optional count ``rows``;
-    no path listed twice; ``encryption`` (when present) of a scheme this backupkit reads.
+    no path listed twice; ``encryption`` (when present) of a scheme this backupkit reads;
+    ``role_settings`` (when present) strings by scope, role and setting name.
     Called by ``read``, so list, verify, restore, diff, sql and prune all refuse the same
     malformed manifests the same way.
     """
@@ -275,6 +295,7 @@ def validate(manifest: dict) -> list[str]:
             problems.append(f"{MANIFEST}: {key}: unknown data_format {t.get('data_format')!r}")
         problems += _file_problems(key, t.get("files"), data=True)
     problems += _storage_problems(manifest.get("storage"))
+    problems += _role_settings_problems(manifest.get("role_settings"))
     if not problems:
         paths = [e["path"] for e in all_files(manifest)]
         dupes = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(paths) else []

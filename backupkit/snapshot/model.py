@@ -234,6 +234,28 @@ class Role(TypedDict):
     bypassrls: Annotated[bool, "BYPASSRLS."]
 
 
+class RoleSettings(TypedDict):
+    """The manifest's ``role_settings``: the own settings (``ALTER ROLE ... SET``) of the roles in
+    ``roles``, from ``pg_db_role_setting``, each as ``{role: {setting: value}}``.
+
+    No dump in the snapshot carries them, and a new project has the platform's (Supabase:
+    ``statement_timeout`` of ``anon`` and ``authenticated``), so a restore can name the
+    differences with the statements that bring them back.  A value that may be a secret (its
+    setting's name holds `password`, `secret`, `key`, `token`, ...: `pgrst.jwt_secret`; or
+    the value looks like a JWT, a PEM key, a password in a connection string, or a long random
+    string) is never recorded: it reads `"(not recorded: may be a secret)"`.  A role with no
+    settings is absent.
+    """
+
+    all_databases: Annotated[
+        dict[str, dict[str, str]], "Settings for every database (`ALTER ROLE role SET`), by role and setting name."
+    ]
+    this_database: Annotated[
+        dict[str, dict[str, str]],
+        "Settings for the backed-up database only (`ALTER ROLE role IN DATABASE db SET`), by role and setting name.",
+    ]
+
+
 class Encryption(TypedDict):
     """The manifest's ``encryption``: present only in an encrypted snapshot (``backup --recipient``).
 
@@ -373,6 +395,9 @@ class Manifest(TypedDict):
     large_objects: NotRequired[Annotated[list[LargeObject], "Every large object (absent before 2026-12)."]]
     roles: NotRequired[
         Annotated[list[Role], "The roles the snapshot names that exist on the source (absent before 2026-12)."]
+    ]
+    role_settings: NotRequired[
+        Annotated[RoleSettings, "The own settings of the roles in `roles`, no secret (absent before 2026-12-07)."]
     ]
     schema_files: Annotated[list[SchemaFile], "The files under `schema/`, sorted by path."]
     storage: NotRequired[

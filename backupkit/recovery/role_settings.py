@@ -1,0 +1,139 @@
+"""The roles' own settings a restore does not bring back, and the statements that would.
+
+A role's settings (``ALTER ROLE authenticated SET statement_timeout = '8s'``, a user's
+``app.tenant`` for RLS functions) are in no dump a restore runs (``snapshot/format_doc``):
+after a disaster restore into a new project the roles have the platform's defaults.  The
+manifest's ``role_settings`` recorded them; ``differences`` compares them with the target's
+(``target_settings``) and returns one note per setting that differs, each with the exact
+``ALTER ROLE`` statement that would bring it back.  Nothing here changes the target: the
+statements are for a person to read and run (a role's settings are the project's
+configuration, and the connecting role may not even be allowed to change them).
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from psycopg import sql
+
+from ..pg.database_objects import WITHHELD, role_settings
+
+#: The settings whose value is a list of names, each quoted like an identifier: given as one
+#: string literal, ``SET`` would take the whole list for one name.  They are written one
+#: literal per element, as pg_dump does (its ``variable_is_guc_list_quote``).
+LIST_QUOTE = frozenset(
+    {
+        "local_preload_libraries",
+        "search_path",
+        "session_preload_libraries",
+        "shared_preload_libraries",
+        "temp_tablespaces",
+        "unix_socket_directories",
+    }
+)
+
+_SCOPES = {"all_databases": "for every database", "this_database": "in this database"}
+
+
+def target_settings(conn: psycopg.Connection, manifest: dict) -> dict[str, dict[str, dict[str, str]]]:
+    """The target's settings of the snapshot's roles, for every database and for the connected
+    one, shaped like the manifest's ``role_settings`` (a value that may be a secret withheld alike)."""
+    return role_settings(conn, [r["name"] for r in manifest.get("roles", [])])
+
+
+def differences(manifest: dict, target: dict[str, dict[str, dict[str, str]]], database: str) -> list[str]:
+    """One note per setting of the snapshot's roles that the target (``target_settings``, of
+    database ``database``) lacks, has with another value, or has where the snapshot had none;
+    each names the role, the setting, both values and the statement that brings it back.
+
+    A snapshot without ``role_settings`` (written before they were recorded) gives none.
+    A withheld value (a possible secret) is named only when the target lacks the setting.
+    """
+    recorded = manifest.get("role_settings")
+    if recorded is None:
+        return []
+    notes = []
+    for role in sorted({r["name"] for r in manifest.get("roles", [])}):
+        for scope, where in _SCOPES.items():
+            db = database if scope == "this_database" else None
+            want = recorded.get(scope, {}).get(role, {})
+            have = target.get(scope, {}).get(role, {})
+            for name in sorted(want.keys() | have.keys()):
+                ours, theirs = want.get(name), have.get(name)
+                if (ours == WITHHELD and theirs is not None) or _same(name, ours, theirs):
+                    continue
+                head = f"role {role}: setting {name} {where}"
+                if ours == WITHHELD:
+                    notes.append(
+                        f"{head} is set in the snapshot (its value {WITHHELD}), not set here; to bring it "
+                        f"back, with its value filled in: {statement(role, name, '...', database=db)};"
+                    )
+                    continue
+                notes.append(
+                    f"{head} is {_shown(ours)} in the snapshot, {_shown(theirs)} here; to bring it back: "
+                    f"{statement(role, name, ours, database=db)};"
+                )
+    return notes
+
+
+def statement(role: str, name: str, value: str | None, *, database: str | None = None) -> str:
+    """``ALTER ROLE role [IN DATABASE database] SET name TO value`` (``RESET name`` when ``value``
+    is None), every name and value quoted: the value as ``pg_db_role_setting`` holds it."""
+    parts = [sql.SQL("ALTER ROLE {}").format(sql.Identifier(role))]
+    if database is not None:
+        parts.append(sql.SQL("IN DATABASE {}").format(sql.Identifier(database)))
+    if value is None:
+        parts.append(sql.SQL("RESET {}").format(sql.Identifier(name)))
+    else:
+        items = split_list(value) if name in LIST_QUOTE else None
+        values = sql.SQL(", ").join(sql.Literal(v) for v in (items if items is not None else [value]))
+        parts.append(sql.SQL("SET {} TO {}").format(sql.Identifier(name), values))
+    return sql.SQL(" ").join(parts).as_string()
+
+
+def split_list(value: str) -> list[str] | None:
+    """The elements of a list setting's stored value (``"$user", public``), quoted ones
+    unquoted; None when it is not such a list (then it is given as one literal)."""
+    items: list[str] = []
+    i, n = 0, len(value)
+    while True:
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == '"':
+            end = i + 1
+            while True:
+                end = value.find('"', end)
+                if end < 0:
+                    return None  # an unclosed quote
+                if value[end + 1 : end + 2] != '"':
+                    break
+                end += 2
+            items.append(value[i + 1 : end].replace('""', '"'))
+            i = end + 1
+        else:
+            start = i
+            while i < n and value[i] != "," and not value[i].isspace():
+                i += 1
+            if i == start:
+                return None  # an empty element
+            items.append(value[start:i])
+        while i < n and value[i].isspace():
+            i += 1
+        if i == n:
+            return items
+        if value[i] != ",":
+            return None
+        i += 1
+
+
+def _same(name: str, ours: str | None, theirs: str | None) -> bool:
+    """Equal values; for a list setting, equal elements (the spacing between them may differ)."""
+    if ours is None or theirs is None or name not in LIST_QUOTE:
+        return ours == theirs
+    return (split_list(ours) or [ours]) == (split_list(theirs) or [theirs])
+
+
+def _shown(value: str | None) -> str:
+    """A value in a one-line note: quoted, with any control character escaped."""
+    return "not set" if value is None else value if value == WITHHELD else json.dumps(value, ensure_ascii=False)
