@@ -148,3 +148,25 @@ def test_a_missing_pg_restore_or_unrunnable_pg_dump_fails_check_like_backup(make
     assert "cannot run" in checks["pg_dump"]["detail"] and "Permission denied" in checks["pg_dump"]["detail"]
     code, checks = _check(dsn, tmp_path / "backups")
     assert code == 0 and checks["pg_restore"]["status"] == "ok", checks
+
+
+def test_a_table_left_out_is_not_read_not_even_its_sequence(reader, tmp_path):
+    """`--exclude-table` is how a user backs up around a table the backup role may not read,
+    but the backup read every sequence of the schema first and failed on the excluded table's
+    ("permission denied for sequence secret_id_seq")."""
+    owner, dsn, role = reader
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.notes (id serial PRIMARY KEY, body text);"
+            "CREATE TABLE public.secret (id serial PRIMARY KEY, body text);"
+            "INSERT INTO public.notes (body) VALUES ('a'), ('b'); INSERT INTO public.secret (body) VALUES ('x');"
+            f"GRANT SELECT ON public.notes TO {role}; GRANT SELECT ON SEQUENCE public.notes_id_seq TO {role}"
+        )
+
+    out = _backup(dsn, tmp_path / "bk", "--exclude-table", "public.secret", "-q")
+
+    assert out.returncode == 0, out.stderr
+    (snapshot,) = snapshot_dirs(tmp_path / "bk")
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["tables"]] == ["notes"]
+    assert [(s["name"], s["last_value"]) for s in manifest["sequences"]] == [("notes_id_seq", 2)]

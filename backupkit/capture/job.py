@@ -45,6 +45,7 @@ from ..pg.catalog import (
     list_tables,
     needs_outside,
     needs_outside_warning,
+    read_sequences,
     role_info,
     select_tables,
 )
@@ -467,7 +468,8 @@ class BackupJob:
                 hint="connect as the tables' owner or a role with BYPASSRLS (Supabase: the postgres "
                 "role), or pass `allow_partial` to back up only the visible rows",
             )
-        sequences = sequences_of(list_sequences(main, selection.schemas), chosen, selection)
+        # Chosen before any is read: an excluded table's sequence may be one this role cannot read.
+        sequences = read_sequences(main, sequences_of(list_sequences(main, selection.schemas), chosen, selection))
         matviews = list_matviews(main, selection.schemas) if not selection.include else []
         return Moment(
             snapshot=snapshot,

@@ -280,14 +280,20 @@ def select_tables(tables: list[dict], include: list[str], exclude: list[str]) ->
 
 
 def list_sequences(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
-    """Every sequence in ``schemas`` with its current value and is_called flag.
+    """Every sequence in ``schemas`` (schema, name, ``owned_by``), without its value: which of
+    them a backup reads is decided first (``read_sequences``), as a role may not read one
+    owned by a table the backup leaves out."""
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    return cur.execute(_SEQUENCES, {"schemas": schemas}).fetchall()
+
+
+def read_sequences(conn: psycopg.Connection, seqs: list[dict]) -> list[dict]:
+    """``seqs`` with their current value and is_called flag.
 
     Sequences are not transactional: the value read may be ahead of the
     snapshot, never behind it, so restored ids never collide.  Each sequence is read
     by a query of its own, all in one pipeline: one round trip, not one per sequence.
     """
-    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-    seqs = cur.execute(_SEQUENCES, {"schemas": schemas}).fetchall()
     with conn.pipeline():
         reads = [
             conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(qualified(s["schema"], s["name"])))
