@@ -153,7 +153,8 @@ def test_a_missing_pg_restore_or_unrunnable_pg_dump_fails_check_like_backup(make
 def test_a_table_left_out_is_not_read_not_even_its_sequence(reader, tmp_path):
     """`--exclude-table` is how a user backs up around a table the backup role may not read,
     but the backup read every sequence of the schema first and failed on the excluded table's
-    ("permission denied for sequence secret_id_seq")."""
+    ("permission denied for sequence secret_id_seq"); and `check` had no `--exclude-table`,
+    so it could only fail on the table the backup leaves out."""
     owner, dsn, role = reader
     with psycopg.connect(owner, autocommit=True) as conn:
         conn.execute(
@@ -164,7 +165,14 @@ def test_a_table_left_out_is_not_read_not_even_its_sequence(reader, tmp_path):
         )
 
     out = _backup(dsn, tmp_path / "bk", "--exclude-table", "public.secret", "-q")
+    # check, asked about the same backup, agrees; about the whole schema, it names the table.
+    code, checks = _check(dsn, tmp_path / "bk", "--exclude-table", "public.secret")
+    whole, whole_checks = _check(dsn, tmp_path / "bk")
+    typo, typo_checks = _check(dsn, tmp_path / "bk", "--table", "public.notez")
 
+    assert (code, checks["privileges"]["status"]) == (0, "ok"), checks
+    assert whole == 5 and "public.secret" in whole_checks["privileges"]["detail"], whole_checks
+    assert typo == 5 and "no such table: public.notez" in typo_checks["tables"]["detail"], typo_checks
     assert out.returncode == 0, out.stderr
     (snapshot,) = snapshot_dirs(tmp_path / "bk")
     manifest = json.loads((snapshot / "manifest.json").read_text())

@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import psycopg.errors
 
-from ..errors import BackupkitError
+from ..errors import BackupkitError, SourceError
 from ..pg.catalog import (
     SUPABASE_MANAGED,
     existing_schemas,
+    list_sequences,
     list_tables,
     needs_outside,
     needs_outside_warning,
     role_info,
+    select_tables,
 )
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
 from ..pg.rows import one_row
 from ..pg.tools import check_pg_dump, find_tool, tool_version
 from ..runtime.deadline import seconds
-from .contents import same_names
+from . import options as opt
+from .contents import same_names, sequences_of
 from .options import LOCK_WAIT_TIMEOUT
 
 
@@ -50,16 +54,21 @@ def check(
     schemas: list[str] | None = None,
     to: Path | str | None = None,
     lock_wait_timeout: float | None = LOCK_WAIT_TIMEOUT,
+    tables: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> CheckReport:
     """Run every preflight check and report all of them, failing ones included.
 
     ``lock_wait_timeout`` (seconds, as for ``backup``; 0 or None waits for ever) bounds the
     wait for a table that another session (a migration) holds exclusively: past it the
-    backup would fail, and so does this check, naming the table.
+    backup would fail, and so does this check, naming the table.  ``tables`` and
+    ``exclude`` choose tables as ``backup`` does: what the backup leaves out (and the
+    sequences of those tables) is not checked.
 
     Only a failure to connect raises (nothing else can be checked then).
     """
-    schemas = list(schemas or ["public"])
+    selection = opt.selection(schemas, tables, exclude)
+    schemas = selection.schemas
     limit = seconds(lock_wait_timeout, "lock_wait_timeout")
     report = CheckReport()
     where = describe(dsn)
@@ -86,13 +95,24 @@ def check(
         missing = sorted(set(schemas) - set(found))
         if missing:
             report.add("schemas", "fail", f"no such schema: {', '.join(missing)}")
+        left_out: set[tuple[str, str]] = set()  # (schema, name) of what the backup does not read
         try:  # measuring a table's size takes its lock, as the backup's listing does
-            tables = list_tables(conn, found)
+            listed = list_tables(conn, found)
         except psycopg.errors.LockNotAvailable:
             report.add("locks", "fail", _locked_detail(conn, found, limit))
         else:
-            _check_tables(report, tables, found)
-        _check_privileges(report, conn, found)
+            try:
+                chosen = select_tables(listed, selection.include, selection.exclude)
+            except SourceError as exc:
+                report.add("tables", "fail", f"{exc} — {exc.hint or ''}".rstrip(" —"))
+                chosen = []
+            else:
+                _check_tables(report, chosen, found)
+            sequences = list_sequences(conn, found)
+            kept = sequences_of(sequences, chosen, selection)
+            read = {(t["schema"], t["name"]) for t in chosen + kept}
+            left_out = {(t["schema"], t["name"]) for t in listed + sequences} - read
+        _check_privileges(report, conn, found, left_out)
         managed = [
             s for s in SUPABASE_MANAGED if s in existing_schemas(conn, list(SUPABASE_MANAGED)) and s not in schemas
         ]
@@ -186,18 +206,18 @@ def _locked_detail(conn: psycopg.Connection, schemas: list[str], limit: float | 
 #: SELECT (their data is in every snapshot).  Views, materialized views and foreign tables
 #: are not read (their definitions are pg_dump's, from the catalogs).
 _MISSING_PRIVILEGES = """
-SELECT 'USAGE on schema', quote_ident(n.nspname)
+SELECT 'USAGE on schema', quote_ident(n.nspname), NULL, NULL
   FROM pg_catalog.pg_namespace n
  WHERE n.nspname = ANY(%(schemas)s) AND NOT has_schema_privilege(n.oid, 'USAGE')
 UNION ALL
 SELECT CASE c.relkind WHEN 'S' THEN 'SELECT on sequence' ELSE 'SELECT on table' END,
-       quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+       quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname::text, c.relname::text
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'S')
    AND has_schema_privilege(n.oid, 'USAGE')
    AND NOT has_table_privilege(c.oid, 'SELECT')
 UNION ALL
-SELECT 'SELECT on large object', l.oid::text
+SELECT 'SELECT on large object', l.oid::text, NULL, NULL
   FROM pg_catalog.pg_largeobject_metadata l
  WHERE NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
    AND NOT current_setting('lo_compat_privileges')::bool
@@ -210,11 +230,15 @@ SELECT 'SELECT on large object', l.oid::text
 _SHOWN = 10
 
 
-def _check_privileges(report: CheckReport, conn: psycopg.Connection, schemas: list[str]) -> None:
-    """Every privilege the backup needs, all missing ones named at once (not the first only)."""
+def _check_privileges(
+    report: CheckReport, conn: psycopg.Connection, schemas: list[str], left_out: set[tuple[str, str]]
+) -> None:
+    """Every privilege the backup needs, all missing ones named at once (not the first only);
+    none on the tables and sequences it leaves out (``left_out``: (schema, name))."""
     missing: dict[str, list[str]] = {}
-    for what, name in conn.execute(_MISSING_PRIVILEGES, {"schemas": schemas}).fetchall():
-        missing.setdefault(what, []).append(name)
+    for what, name, schema, relation in conn.execute(_MISSING_PRIVILEGES, {"schemas": schemas}).fetchall():
+        if (schema, relation) not in left_out:
+            missing.setdefault(what, []).append(name)
     if not missing:
         report.add("privileges", "ok", "USAGE on every schema, SELECT on every table, sequence and large object")
         return

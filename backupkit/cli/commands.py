@@ -247,7 +247,14 @@ def cmd_check(a: argparse.Namespace) -> int:
     from .parser import build_parser, commands_of
     from .run import in_flags_of
 
-    report = check(resolve_dsn(a.dsn), schemas=a.schema or None, to=a.to)
+    report = check(
+        resolve_dsn(a.dsn),
+        schemas=a.schema or None,
+        to=a.to,
+        lock_wait_timeout=a.lock_wait_timeout,
+        tables=a.table or (),
+        exclude=a.exclude_table or (),
+    )
     if a.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

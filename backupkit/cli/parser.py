@@ -228,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="preflight: can this database be backed up completely?")
     c.add_argument("--dsn", help=dsn_help)
     c.add_argument("--schema", action="append")
+    c.add_argument("--table", action="append", help="only this schema.table, as for backup (repeatable)")
+    c.add_argument("--exclude-table", action="append", help="leave out schema.table, as for backup (repeatable)")
+    c.add_argument(
+        "--lock-wait-timeout",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="fail when a table stays locked (e.g. by a migration) this long, as the backup would "
+        "(default 60; 0 waits forever)",
+    )
     c.add_argument("--to", metavar="REPO", help="backup directory (free space) or s3:// URL (reachable)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)

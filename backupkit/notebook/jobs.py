@@ -277,11 +277,14 @@ def preflight(
     dsn_env: str = "",
     schemas: list[str] | None = None,
     *,
+    tables: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     run: RunRecord | None = None,
 ) -> Table:
-    """Run ``backupkit check``; the table of checks, or ``SourceError`` naming every failed one."""
+    """Run ``backupkit check`` (on the tables the backup chooses); the table of checks, or
+    ``SourceError`` naming every failed one."""
     with _maybe_step(run, "preflight"):
-        report = _check(_dsn(dsn_env), schemas=schemas, to=backup_dir)
+        report = _check(_dsn(dsn_env), schemas=schemas, to=backup_dir, tables=tables, exclude=exclude)
         failed = failed_checks(report.items)
         if failed:
             raise SourceError(
