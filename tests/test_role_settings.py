@@ -253,3 +253,23 @@ def test_a_whole_restore_names_the_settings_it_does_not_bring_back(project, tmp_
     assert one_table.returncode == 0 and "ALTER ROLE" not in one_table.stdout, one_table.stdout
     assert real.returncode == 0 and wanted in real.stdout, real.stdout + real.stderr
     assert JWT_SECRET not in dry.stdout + real.stdout
+
+
+def test_a_role_whose_name_holds_quotes_and_a_comma_keeps_its_grants(project, tmp_path):
+    """Grantee names were split on every comma and stripped of their quotes: a role named
+    `bk rs "quoted", Role` was not in the snapshot's roles, and its GRANT was dropped on restore
+    as one "the target lacks", though the target had the role."""
+    source, target, roles = project
+    odd = sql.Identifier(roles["quoted"])
+    _run(source, "CREATE TABLE public.notes (id int PRIMARY KEY); GRANT SELECT, INSERT ON public.notes TO {}", odd)
+    manifest = _backup(source, tmp_path)
+    assert roles["quoted"] in {r["name"] for r in manifest["roles"]}
+
+    backupkit.restore(tmp_path / "backups" / manifest["id"], target)
+
+    with psycopg.connect(target) as conn:
+        granted = conn.execute(
+            "SELECT has_table_privilege(%s, 'public.notes', 'SELECT'), has_table_privilege(%s, 'public.notes', 'INSERT')",
+            (roles["quoted"], roles["quoted"]),
+        ).fetchone()
+    assert granted == (True, True)

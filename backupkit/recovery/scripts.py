@@ -21,7 +21,7 @@ from psycopg import sql
 from ..errors import RestoreError
 from ..pg.column_options import drop_options, unknown_options
 from ..pg.platform import Platform
-from ..pg.schema import TABLE_TAGGED, TocEntry, render, split_entries
+from ..pg.schema import TABLE_TAGGED, TocEntry, render, split_entries, unquote_ident
 from ..snapshot import manifest as mf
 from .database_scripts import DatabasePlan
 
@@ -29,7 +29,6 @@ from .database_scripts import DatabasePlan
 RENDERINGS_AT_ONCE = 4
 
 _DROP_LINE = re.compile(r"^(DROP |ALTER (TABLE|FOREIGN TABLE|DOMAIN|TYPE) IF EXISTS .* DROP )")
-_ACL_GRANTEE = re.compile(r"\b(?:TO|FROM)\s+(.+?)(?:\s+WITH GRANT OPTION)?;\s*$")
 _POLICY_ROLES = re.compile(r"^CREATE POLICY .*? TO (.+?)(?: USING | WITH CHECK |;)", re.M)
 _GLOBAL_TYPES = {
     "SCHEMA",
@@ -331,21 +330,36 @@ def _acl_lines(script: str) -> Iterator[tuple[str, bool]]:
             yield line, etype in ("ACL", "DEFAULT ACL")
 
 
+#: A token of a pg_dump SQL line: a quoted identifier (doubled quotes inside), a comma or a
+#: semicolon, or a run of anything else up to a space: quoted names may hold ", " and " TO ".
+_TOKEN = re.compile(r'"(?:[^"]|"")*"|[,;]|[^\s",;]+')
+_NOT_ROLES = {"public", "PUBLIC", "CURRENT_USER", "SESSION_USER", "CURRENT_ROLE"}
+
+
 def _role_names(listing: str) -> set[str]:
-    return {r.strip().strip('"') for r in listing.split(",")} - {"public", "PUBLIC", "CURRENT_USER", "SESSION_USER"}
+    """The roles of a comma-separated list as pg_dump writes it (quoted names may hold commas)."""
+    return {unquote_ident(t) for t in _TOKEN.findall(listing) if t not in (",", ";")} - _NOT_ROLES
+
+
+def _grantee(line: str) -> str | None:
+    """The role a pg_dump GRANT or REVOKE line names (after its last unquoted TO or FROM), or None."""
+    tokens = _TOKEN.findall(line)
+    ends = [i for i, t in enumerate(tokens) if t in ("TO", "FROM")]
+    if not ends:
+        return None
+    names = [t for t in tokens[ends[-1] + 1 :] if t not in (",", ";")]
+    return unquote_ident(names[0]) if names else None
 
 
 def referenced_roles(script: str) -> tuple[set[str], set[str]]:
     """Roles named by the script's policies, and by its GRANT/REVOKE statements."""
     bodies = [body for etype, _, body in split_entries(script)[1] if etype == "POLICY"]
     policies = set().union(*(_role_names(m) for b in bodies for m in _POLICY_ROLES.findall(b)))
-    grants = set().union(
-        *(
-            _role_names(m.group(1))
-            for line, acl in _acl_lines(script)
-            if acl and line.startswith(("GRANT ", "REVOKE ")) and (m := _ACL_GRANTEE.search(line))
-        )
-    )
+    grants = {
+        who
+        for line, acl in _acl_lines(script)
+        if acl and line.startswith(("GRANT ", "REVOKE ")) and (who := _grantee(line)) is not None
+    } - _NOT_ROLES
     return policies, grants
 
 
@@ -353,12 +367,10 @@ def _filter_grants(script: str, roles: set[str]) -> tuple[str, list[str]]:
     """Drop GRANT/REVOKE lines naming roles the target lacks (Supabase's roles on plain PostgreSQL)."""
     kept, skipped = [], []
     for line, acl in _acl_lines(script):
-        m = _ACL_GRANTEE.search(line) if acl and line.startswith(("GRANT ", "REVOKE ")) else None
-        if m:
-            grantee = m.group(1).strip().strip('"')
-            if grantee.upper() != "PUBLIC" and grantee not in roles:
-                skipped.append(line.strip())
-                continue
+        grantee = _grantee(line) if acl and line.startswith(("GRANT ", "REVOKE ")) else None
+        if grantee is not None and grantee.upper() != "PUBLIC" and grantee not in roles:
+            skipped.append(line.strip())
+            continue
         kept.append(line)
     return "".join(kept), skipped
 
