@@ -65,6 +65,23 @@ def test_the_backup_notebook_encrypts_and_signs_as_the_environment_says_like_the
     assert backupkit.verify(snap.path, deep=True, identity=tmp_path / "keys" / "age.txt").ok
 
 
+def test_the_backup_notebook_backs_up_to_an_s3_repository_end_to_end(source, s3_bucket, tmp_path):
+    """README: set `backup_dir` to the URL.  The notebook published the snapshot, then failed
+    on `result.path` ("not in a folder on this machine"): never verified, never pruned, the
+    run failed and the monitor told so, every night."""
+    url = f"s3://{s3_bucket}/prod"
+
+    out = execute("backup", tmp_path, backup_dir=url, dsn_env=SOURCE_VAR, runs_dir="runs", prune=True)
+
+    (snap,) = list_snapshots(url)[0]
+    assert _error_outputs(out) == []
+    (record,) = run_records(tmp_path / "runs")
+    assert record["status"] == "succeeded", record
+    assert {"backup", "verify", "prune"} <= set(record["steps"])
+    assert record["summary"]["rows_recounted"] is True
+    assert backupkit.verify(snap.location).ok
+
+
 @pytest.mark.parametrize(
     "name, bad, expected",
     [

@@ -32,8 +32,13 @@ class BackupResult:
 
     @property
     def path(self) -> Path:
-        """The snapshot's folder (a snapshot in a local repository)."""
+        """The snapshot's folder (a snapshot in a local repository; see ``where`` for any)."""
         return self.location.path
+
+    @property
+    def where(self) -> str:
+        """Where the snapshot is, for people: its folder, or its ``s3://`` URL."""
+        return str(self.location)
 
     @property
     def id(self) -> str:
