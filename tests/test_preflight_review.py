@@ -146,6 +146,8 @@ def test_a_missing_pg_restore_or_unrunnable_pg_dump_fails_check_like_backup(make
         assert code == 5 and checks[tool]["status"] == "fail", checks
         assert checks["tables"]["status"] != "fail" and checks["disk space"]["status"] == "ok"
     assert "cannot run" in checks["pg_dump"]["detail"] and "Permission denied" in checks["pg_dump"]["detail"]
+    # The backup says the same, as a tool's fault (exit 4), not the backup directory's (exit 7).
+    assert backup.returncode == 4 and "cannot run" in backup.stderr and "directory" not in backup.stderr, backup.stderr
     code, checks = _check(dsn, tmp_path / "backups")
     assert code == 0 and checks["pg_restore"]["status"] == "ok", checks
 

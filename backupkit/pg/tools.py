@@ -40,9 +40,20 @@ def find_tool(name: str) -> Path:
     )
 
 
+def _cannot_run(path: Path, exc: OSError) -> ToolError:
+    """The error for a tool that is there but cannot be run (not executable, not a program)."""
+    return ToolError(
+        f"cannot run {path}: {exc.strerror or exc}",
+        hint="point $BACKUPKIT_PG_DUMP / $BACKUPKIT_PG_RESTORE at PostgreSQL's own programs, or unset them",
+    )
+
+
 def tool_version(path: Path) -> tuple[int, int]:
     """(major, minor) of a PostgreSQL tool, from ``--version``."""
-    out = subprocess.run([str(path), "--version"], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True).stdout
+    except OSError as exc:  # a file that is no program: not the backup directory's fault
+        raise _cannot_run(path, exc) from None
     m = re.search(r"(\d+)(?:\.(\d+))?", out)
     if not m:
         raise ToolError(f"cannot tell the version of {path}: {out.strip()!r}")
@@ -70,7 +81,10 @@ def run_tool(path: Path, args: list[str], dsn: str | None = None, **kw) -> subpr
         bare, extra = split_password(dsn)
         env.update(extra)
         args = [f"--dbname={bare}", *args]
-    res = subprocess.run([str(path), *args], capture_output=True, env=env, **kw)
+    try:
+        res = subprocess.run([str(path), *args], capture_output=True, env=env, **kw)
+    except OSError as exc:
+        raise _cannot_run(path, exc) from None
     if res.returncode != 0:
         err = res.stderr.decode(errors="replace") if isinstance(res.stderr, bytes) else res.stderr
         raise ToolError(f"{path.name} failed: {redact(err.strip(), dsn)}")
