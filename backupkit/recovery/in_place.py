@@ -141,13 +141,26 @@ SELECT DISTINCT n.nspname, s.relname
    AND d.refclassid = 'pg_catalog.pg_class'::regclass
   JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
   JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
- WHERE a.adrelid = ANY(%s::regclass[])
+ WHERE a.adrelid = ANY(%(rels)s::regclass[])
+UNION
+-- The identity sequence of a partitioned parent its partitions draw from (they have no default
+-- and own no sequence): the partitions restored are not all the parent's rows.
+SELECT n.nspname, s.relname
+  FROM unnest(%(rels)s::regclass[]) r(rel)
+ CROSS JOIN LATERAL pg_catalog.pg_partition_ancestors(r.rel) p(relid)
+  JOIN pg_catalog.pg_depend d
+    ON d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+   AND d.refobjid = p.relid AND d.deptype = 'i'
+  JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+  JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+ WHERE p.relid <> r.rel
 """
 
 
 def sequences_used(conn: psycopg.Connection, tables: list[dict]) -> set[tuple[str, str]]:
-    """(schema, name) of the sequences the column defaults of ``tables`` use (``nextval('s')``)."""
+    """(schema, name) of the sequences the column defaults of ``tables`` use (``nextval('s')``),
+    and the identity sequences of their partitioned ancestors."""
     if not tables:
         return set()
     names = [_regclass(t) for t in tables]
-    return {(r[0], r[1]) for r in conn.execute(_DEFAULTS_USE, (names,)).fetchall()}
+    return {(r[0], r[1]) for r in conn.execute(_DEFAULTS_USE, {"rels": names}).fetchall()}

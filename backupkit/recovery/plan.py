@@ -267,7 +267,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         plan.notes += early_notes
         if full:  # the roles' settings are the project's configuration: a whole restore's business
             current = role_settings.target_settings(conn, manifest)
-            plan.notes += role_settings.differences(manifest, current, conn.info.dbname)
+            plan.notes += role_settings.differences(
+                manifest, current, conn.info.dbname, roles=target.roles | target.will_create
+            )
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []

@@ -13,6 +13,7 @@ configuration, and the connecting role may not even be allowed to change them).
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 
 import psycopg
 from psycopg import sql
@@ -42,19 +43,27 @@ def target_settings(conn: psycopg.Connection, manifest: dict) -> dict[str, dict[
     return role_settings(conn, [r["name"] for r in manifest.get("roles", [])])
 
 
-def differences(manifest: dict, target: dict[str, dict[str, dict[str, str]]], database: str) -> list[str]:
+def differences(
+    manifest: dict,
+    target: dict[str, dict[str, dict[str, str]]],
+    database: str,
+    roles: AbstractSet[str] | None = None,
+) -> list[str]:
     """One note per setting of the snapshot's roles that the target (``target_settings``, of
     database ``database``) lacks, has with another value, or has where the snapshot had none;
     each names the role, the setting, both values and the statement that brings it back.
 
     A snapshot without ``role_settings`` (written before they were recorded) gives none.
     A withheld value (a possible secret) is named only when the target lacks the setting.
+    Only the roles in ``roles`` (those the target has or the restore creates) are compared, when
+    given: another's ``ALTER ROLE`` would fail, and its grants were left out with a note already.
     """
     recorded = manifest.get("role_settings")
     if recorded is None:
         return []
     notes = []
-    for role in sorted({r["name"] for r in manifest.get("roles", [])}):
+    names = {r["name"] for r in manifest.get("roles", [])}
+    for role in sorted(names if roles is None else names & roles):
         for scope, where in _SCOPES.items():
             db = database if scope == "this_database" else None
             want = recorded.get(scope, {}).get(role, {})
