@@ -46,7 +46,7 @@ from .in_place import empty_sql
 from .load import LoadRun, load_in_one_transaction
 from .parallel import load_in_parallel
 from .plan import Request, RestorePlan, RestoreResult, Survey, survey
-from .scripts import Scripts, build_scripts
+from .scripts import Scripts, build_scripts, object_key
 
 __all__ = ["LOCK_WAIT_TIMEOUT", "RestorePlan", "RestoreResult", "restore"]
 
@@ -349,6 +349,10 @@ def _final_checks(dsn: str, found: Survey, stand_in: StandIn | None, data_only: 
     problems: list[str] = []
     with connect(dsn) as conn:
         provided = {"auth.users"} if stand_in and stand_in.columns else set()
+        # Every table the scripts create is there for a foreign key, with rows or without: a
+        # partitioned table (its rows are its partitions') was taken for one not restored.
+        tables = [object_key(e) for e in found.entries if e.type == "TABLE"]
+        provided |= {f"{schema}.{name}" for _, schema, name in tables}
         if not data_only:  # foreign keys are created by post-data
             problems += missing_references(conn, plan.tables, provided)
         made = set(found.database.schemas_to_create if found.database else []) | ({"auth"} if stand_in else set())

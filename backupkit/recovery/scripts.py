@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,12 +461,12 @@ def build_scripts(
             scripts.index_groups = {key: g.result() for key, g in group_sql.items()}
             scripts.post_data_rest = _filter_grants(rest_sql.result() + (db_post.result() if db_post else ""), roles)[0]
         # Take the DROPs from the --clean preamble only, never from inside a function body.
-        drops = "".join(
-            line
-            for clean in cleans
-            for line in split_entries(clean.result())[0].splitlines(keepends=True)
-            if _DROP_LINE.match(line)
+        post, pre = (
+            [line for line in split_entries(c.result())[0].splitlines(keepends=True) if _DROP_LINE.match(line)]
+            for c in cleans
         )
+        partitions = {(t["schema"], t["name"]) for t in chosen if t.get("is_partition")}
+        drops = "".join(partitions_last(post, partitions) + pre)
         if database is not None:
             # Publications, large objects and extensions this restore made go after its tables.
             drops += database[1].undo_sql(list(large_object_oids))
@@ -477,6 +478,28 @@ def build_scripts(
             or "SELECT 1"
         )
     return scripts, notes
+
+
+#: ``ALTER TABLE IF EXISTS ONLY schema.table DROP CONSTRAINT``, as pg_restore --clean writes it.
+_DROP_CONSTRAINT = re.compile(
+    r'^ALTER TABLE IF EXISTS ONLY ("(?:[^"]|"")*"|[^\s".]+)\.("(?:[^"]|"")*"|[^\s".]+) DROP CONSTRAINT '
+)
+
+
+def partitions_last(lines: list[str], partitions: AbstractSet[tuple[str, str]]) -> list[str]:
+    """pg_restore --clean's post-data DROP lines, those dropping a constraint of one of
+    ``partitions`` ((schema, name)) moved after the others.  Pure.
+
+    pg_restore drops in reverse order of creation, so a partition's primary key (made after
+    its partitioned table's) was dropped first, and PostgreSQL refuses to drop an inherited
+    constraint: every `clean` restore of a database with a partitioned table and a key
+    failed.  Dropped after its parent's, it is gone already (IF EXISTS: nothing to do)."""
+
+    def on_partition(line: str) -> bool:
+        m = _DROP_CONSTRAINT.match(line)
+        return m is not None and (unquote_ident(m[1]), unquote_ident(m[2])) in partitions
+
+    return [line for line in lines if not on_partition(line)] + [line for line in lines if on_partition(line)]
 
 
 def _after_schemas(script: str, insert: str) -> str:
