@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -432,10 +434,11 @@ def cmd_diff(a: argparse.Namespace) -> int:
 
     old, new = resolve(a.old), resolve(a.new)
     identity = identity_path(a.identity)
-    d = diff_snapshots(old, new, identity=identity)
+    with _queries_interruptible():
+        d = diff_snapshots(old, new, identity=identity)
+        reports = (integrity(old, identity=identity), integrity(new, identity=identity)) if a.html else None
     code = EXIT_DIFFERENT if a.exit_code and not d["same"] else 0
-    if a.html:
-        reports = integrity(old, identity=identity), integrity(new, identity=identity)
+    if reports is not None:
         save_html(a.html, render_html(d, *reports))
         print(f"wrote {a.html}", file=sys.stderr)
     if a.json:
@@ -477,6 +480,23 @@ def cmd_diff(a: argparse.Namespace) -> int:
     return code
 
 
+@contextlib.contextmanager
+def _queries_interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop a running DuckDB query at once: DuckDB does not return to
+    Python while it runs, so the signal took effect only when the query ended (``timeout``,
+    systemd's stop and Ctrl-C waited on a big snapshot's query for as long as it took)."""
+    import duckdb
+
+    from ..lens.duck import interrupt_queries
+    from ..runtime.signals import interrupting
+
+    try:
+        with interrupting(interrupt_queries):
+            yield
+    except duckdb.InterruptException:  # only ever ours: the signal's own KeyboardInterrupt follows
+        raise KeyboardInterrupt from None
+
+
 def cmd_sql(a: argparse.Namespace) -> int:
     """``backupkit sql``: a read-only SQL query over a snapshot's tables, with DuckDB."""
     import duckdb
@@ -493,9 +513,10 @@ def cmd_sql(a: argparse.Namespace) -> int:
     try:  # closing removes an encrypted snapshot's decrypted copy
         if a.query:
             try:
-                rel = con.sql(a.query)
-                if rel is not None:  # rows are read here: a failure here is the query's too
-                    rel.show(max_rows=a.max_rows)
+                with _queries_interruptible():
+                    rel = con.sql(a.query)
+                    if rel is not None:  # rows are read here: a failure here is the query's too
+                        rel.show(max_rows=a.max_rows)
             except duckdb.Error as exc:
                 # DuckDB's "Did you mean ...?" and LINE/caret parts come on lines of their own.
                 raise ConfigError(
@@ -514,9 +535,10 @@ def cmd_sql(a: argparse.Namespace) -> int:
             buf += line + "\n"
             if buf.strip().endswith(";"):
                 try:
-                    rel = con.sql(buf)
-                    if rel is not None:
-                        rel.show(max_rows=a.max_rows)
+                    with _queries_interruptible():
+                        rel = con.sql(buf)
+                        if rel is not None:
+                            rel.show(max_rows=a.max_rows)
                 except Exception as exc:
                     print(f"error: {exc}")
                 buf = ""

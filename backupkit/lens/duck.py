@@ -389,9 +389,22 @@ def columns_sql(
     )
 
 
+#: The DuckDB connections this process opened and still holds (``interrupt_queries``).
+_OPEN: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
+
+
+def interrupt_queries() -> None:
+    """Make the query each open connection of the lens runs fail at once (InterruptException);
+    callable from any thread (``runtime.signals.interrupting``)."""
+    for con in list(_OPEN):
+        with contextlib.suppress(duckdb.Error):
+            con.interrupt()
+
+
 def duck_connection() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with UTC as its time zone."""
     con = duckdb.connect(":memory:")
+    _OPEN.add(con)
     con.execute("SET TimeZone = 'UTC'")
     return con
 
@@ -698,6 +711,7 @@ def _connect(folder: SnapshotLocation, *, raw: bool, external_access: bool) -> d
         raise _manifest_damaged(folder, exc) from None
     check_files(folder, entries)
     con = duckdb.connect(":memory:")
+    _OPEN.add(con)
     try:
         # The files hold UTC timestamps; show them as such whatever the machine's zone.
         con.execute("SET TimeZone = 'UTC'")

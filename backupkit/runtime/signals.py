@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("backupkit")
 
@@ -89,3 +90,37 @@ def deferred() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous[1])
     if came:
         signal.raise_signal(came[0])
+
+
+@contextlib.contextmanager
+def interrupting(stop: Callable[[], object]) -> Iterator[None]:
+    """Within this block Ctrl-C and SIGTERM also call ``stop`` at once, from a thread of its own.
+
+    For work in C that does not return to Python while it runs (a DuckDB query): the
+    signal's Python handler, which raises KeyboardInterrupt, runs only once it returns, so
+    the process ignored SIGTERM until the query ended, hours on a big snapshot.  ``stop``
+    (``duckdb.DuckDBPyConnection.interrupt``) makes it return.  Main thread only;
+    elsewhere a no-op.  Start no worker processes inside: a thread runs here.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while data := reader.recv(64):  # the signals' numbers, written by the C-level handler
+                if any(n in (signal.SIGINT, signal.SIGTERM) for n in data):
+                    stop()
+
+    watcher = threading.Thread(target=watch, name="backupkit-interrupt", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        writer.close()  # the watcher reads the end of the stream and stops
+        watcher.join()
+        reader.close()
