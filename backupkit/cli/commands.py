@@ -61,6 +61,7 @@ def cmd_backup(a: argparse.Namespace) -> int:
     """``backupkit backup``: take a snapshot; print its folder last."""
     from ..capture.job import backup
     from ..pg.dsn import resolve_dsn
+    from ..runtime.signals import uninterrupted
     from ..snapshot.encryption import recipients_from
     from ..snapshot.signing import sign_key_path
 
@@ -86,6 +87,15 @@ def cmd_backup(a: argparse.Namespace) -> int:
         storage_all_buckets=a.storage_all_buckets,
         storage_endpoint=_endpoint(a),
     )
+    a.snapshot_id = res.id  # for --notify
+    # Published: a Ctrl-C or SIGTERM now must not turn the job into "interrupted", exit 130.
+    with uninterrupted("backup: the snapshot is published; saying where"):
+        _print_backup(a, res)
+    return 0
+
+
+def _print_backup(a: argparse.Namespace, res: Any) -> None:
+    """The backup's summary line (unless quiet) and, last, where the snapshot is."""
     if not a.quiet:
         signed = f", signed (key {res.manifest['signed_by']})" if res.manifest.get("signed_by") else ""
         to = (res.manifest.get("encryption") or {}).get("recipients")
@@ -100,8 +110,6 @@ def cmd_backup(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(res.location)
-    a.snapshot_id = res.id  # for --notify
-    return 0
 
 
 def cmd_list(a: argparse.Namespace) -> int:
