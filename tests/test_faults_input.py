@@ -19,6 +19,7 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -558,7 +559,9 @@ def test_a_fresh_garbage_lock_says_how_to_remove_it_and_an_old_one_is_replaced(d
     os.utime(lock, (old, old))
     out = run_cli("prune", d, "--keep-last", "5")
     assert out.returncode == 0, out.stderr
-    assert "replaced an unreadable lock file (empty, 120 s old)" in out.stderr
+    # Its age as the command saw it: 120 s, or a second or two more on a busy machine.
+    said = re.search(r"replaced an unreadable lock file \(empty, (\d+) s old\)", out.stderr)
+    assert said is not None and int(said[1]) >= 120, out.stderr
     assert not lock.exists()
 
 
