@@ -268,3 +268,35 @@ def split_entries(script: str) -> tuple[str, list[tuple[str, str, str]]]:
         end = nxt.start() if nxt else len(script)
         entries.append((m.group(1), m.group(0), script[m.end() : end]))
     return script[: matches[0].start()], entries
+
+
+_IDENT = r'("(?:[^"]|"")*"|[^\s".]+)'
+_ATTACH = re.compile(rf"^ALTER TABLE ONLY {_IDENT}\.{_IDENT} ATTACH PARTITION {_IDENT}\.{_IDENT} ", re.M)
+_INDEX_ON = re.compile(rf"^CREATE (?:UNIQUE )?INDEX {_IDENT} ON (?:ONLY )?{_IDENT}\.{_IDENT} ", re.M)
+
+
+def attached_partitions(dump: Path, entries: Iterable[TocEntry]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(schema, name) of each partition the archive attaches -> (schema, name) of its partitioned
+    table, from the TABLE ATTACH entries as pg_restore renders them (``ALTER TABLE ONLY parent
+    ATTACH PARTITION child``): the whole hierarchy, partitioned tables' own parents too."""
+    attaches = [e for e in entries if e.type == "TABLE ATTACH"]
+    if not attaches:
+        return {}
+    found = {}
+    for m in _ATTACH.finditer(render(dump, "pre-data", attaches)):
+        ps, pn, cs, cn = (unquote_ident(g) for g in m.groups())
+        found[(cs, cn)] = (ps, pn)
+    return found
+
+
+def index_tables(dump: Path, entries: Iterable[TocEntry]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(schema, index) -> (schema, table) of the archive's INDEX ``entries`` (the TOC names no
+    table for an index), as pg_restore renders them."""
+    indexes = [e for e in entries if e.type == "INDEX"]
+    if not indexes:
+        return {}
+    found = {}
+    for m in _INDEX_ON.finditer(render(dump, "post-data", indexes)):
+        index, schema, table = (unquote_ident(g) for g in m.groups())
+        found[(schema, index)] = (schema, table)
+    return found

@@ -24,7 +24,7 @@ from ..pg.platform import Platform, kept_rows, read_platform
 from ..pg.platform import empty as platform_empty
 from ..pg.platform import problems as platform_problems
 from ..pg.rows import one_row
-from ..pg.schema import TocEntry, render, toc
+from ..pg.schema import TocEntry, attached_partitions, index_tables, render, toc
 from ..runtime.deadline import Deadline
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
@@ -42,7 +42,7 @@ from .database_scripts import (
 )
 from .in_place import foreign_keys, sequences_used, split_by_shape, split_emptying
 from .scripts import default_sequences, object_key, wanted_entries
-from .selection import select_tables
+from .selection import ancestors, partition_parents, partitioned_above, select_tables
 from .sequences import resolve, to_set
 
 
@@ -188,7 +188,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
     Nothing changes in the target; problems are collected in ``Survey.problems``.
     """
     tables, schemas, clean = list(request.tables), list(request.schemas), request.clean
-    chosen = select_tables(manifest, tables, schemas, request.with_dependencies)
+    # The whole partition hierarchy (the manifest knows a partition's immediate parent only).
+    parents = {} if request.full else _partition_parents(location, manifest)
+    chosen = select_tables(manifest, tables, schemas, request.with_dependencies, parents)
     full = request.full
     problems: list[str] = []
     early_notes: list[str] = []
@@ -197,7 +199,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         if request.with_dependencies and platform:
             # A live project already has the platform tables the chosen ones reference
             # (auth.users): they are the dependency, not something to load again.
-            named = {mf.table_key(t) for t in select_tables(manifest, tables, schemas)}
+            named = {mf.table_key(t) for t in select_tables(manifest, tables, schemas, parents=parents)}
             pulled = sorted(k for k in platform.tables if k not in named)
             if pulled:
                 # A new project's are empty: the restored rows would point at nothing.
@@ -216,7 +218,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         refused: TargetNotEmpty | None = None
         try:
             existing = check_target(
-                conn, [t for t in chosen if mf.table_key(t) not in platform.tables], request.data_only, clean
+                conn, [t for t in chosen if mf.table_key(t) not in platform.tables], request.data_only, clean, parents
             )
         except TargetNotEmpty as exc:  # listed with every other problem, by the caller
             refused, existing = exc, []
@@ -277,10 +279,10 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         if clean and existing and not full and not request.data_only and not request.schema_only and not marks:
             in_place, problems_in_place = _keep_in_place(conn, plan, chosen)
             problems += problems_in_place
-            kept_parents = _keep_parents_in_place(conn, plan, chosen)
+            kept_parents = _keep_parents_in_place(conn, plan, chosen, parents)
             problems += _dependents_in_the_way(conn, plan.existing, schemas, plan.in_place)
         if clean and existing and not request.data_only:
-            problems += _partitions_lost(conn, chosen, existing, plan.in_place)
+            problems += _partitions_lost(conn, chosen, existing, plan.in_place, parents)
             problems += _dropped_not_owned(conn, plan.existing)
         loaded_into = _loaded_with_triggers_off(chosen, plan, platform, request)
         plan.firing_triggers, foreign = _firing_triggers(conn, loaded_into)
@@ -310,11 +312,17 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         if not request.data_only:
             with encryption.local_path(location, mf.DUMP, manifest) as dump:
                 listed = toc(dump)
-                defaults = set() if full else default_sequences(dump, listed, rebuilt)
+                # The partitioned tables above the rebuilt partitions, every level, are made too
+                # (with their keys and indexes, which their partitions' attach to).
+                kept_keys = {mf.table_key(t) for t in kept_parents}
+                made = _partitioned_tables(
+                    dump, listed, manifest, [a for a in partitioned_above(rebuilt, parents) if a not in kept_keys]
+                )
+                defaults = set() if full else default_sequences(dump, listed, rebuilt + made)
                 entries = wanted_entries(
                     listed,
                     manifest,
-                    rebuilt,
+                    rebuilt + made,
                     full=full,
                     target=conn,
                     platform=platform,
@@ -342,7 +350,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
     if not request.data_only:
         entries = _allowed_default_acls(entries, target, plan)
         if _has_file(manifest, mf.DATABASE_DUMP):
-            database = _plan_database(location, manifest, target, plan, entries, clean)
+            database = _plan_database(location, manifest, target, plan, entries, clean, parents)
             problems += database.problems
             plan.notes += database.notes
             if database.large_objects and not request.schema_only:
@@ -426,24 +434,24 @@ def _dropped_not_owned(conn: psycopg.Connection, dropped: list[str]) -> list[str
     ]
 
 
-def _keep_parents_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> list[dict]:
+def _keep_parents_in_place(
+    conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict], parents: dict[str, str]
+) -> list[dict]:
     """Take off ``plan.existing`` the partitioned tables whose partitions in this restore are all
     kept in place, and return them as table entries for the scripts to leave alone.
 
     A partitioned table holds no rows of its own, and its partitions have its columns: when
     they are all kept, so is it.  Dropped, it took every partition with it, those kept in
     place too, and the restore failed on them (``--schema public --clean`` of any project
-    with a partitioned table).  Its indexes are named as the target has them.
+    with a partitioned table).  Every level above them: a sub-partition's grandparent too.
+    Its indexes are named as the target has them.
     """
     kept = set(plan.in_place)
-    partitions: dict[str, list[str]] = {}
-    for t in chosen:
-        if t.get("parent") and t.get("is_partition"):
-            partitions.setdefault(t["parent"], []).append(mf.table_key(t))
-    parents = [p for p in plan.existing if p in partitions and all(k in kept for k in partitions[p])]
-    if not parents:
+    partitions = _partitions_below(chosen, parents)
+    whole = [p for p in plan.existing if p in partitions and all(k in kept for k in partitions[p])]
+    if not whole:
         return []
-    plan.existing = [k for k in plan.existing if k not in parents]
+    plan.existing = [k for k in plan.existing if k not in whole]
     plan.drop_first = bool(plan.existing)
     # Schema and name as the catalog has them: a key ("a.b.c") does not say where the dot is.
     rows = conn.execute(
@@ -451,7 +459,7 @@ def _keep_parents_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: 
         "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
         "LEFT JOIN pg_catalog.pg_index x ON x.indrelid = c.oid LEFT JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid "
         "WHERE c.relkind = 'p' AND n.nspname || '.' || c.relname = ANY(%s) GROUP BY 1, 2",
-        (parents,),
+        (whole,),
     ).fetchall()
     return [{"schema": schema, "name": name, "indexes": list(indexes), "columns": []} for schema, name, indexes in rows]
 
@@ -588,7 +596,13 @@ def _leave_platform_rows(plan: RestorePlan, platform: Platform) -> None:
 
 
 def _plan_database(
-    location: SnapshotLocation, manifest: dict, target: Target, plan: RestorePlan, entries: list[TocEntry], clean: bool
+    location: SnapshotLocation,
+    manifest: dict,
+    target: Target,
+    plan: RestorePlan,
+    entries: list[TocEntry],
+    clean: bool,
+    parents: dict[str, str],
 ) -> DatabasePlan:
     """The database archive's entries this restore runs (see ``plan_database``)."""
     chosen = plan.tables
@@ -598,7 +612,9 @@ def _plan_database(
             db_entries,
             manifest,
             target,
-            tables={mf.table_key(t) for t in chosen} | {t["parent"] for t in chosen if t.get("parent")},
+            tables={mf.table_key(t) for t in chosen}
+            | {t["parent"] for t in chosen if t.get("parent")}
+            | set(partitioned_above(chosen, parents)),
             full=plan.full,
             clean=clean,
             schemas_made={e.rest.split(" ")[1] for e in entries if e.type == "SCHEMA"},
@@ -672,13 +688,17 @@ def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
-def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool) -> list[str]:
-    """The snapshot's tables the target already has; refuse what would mix old and new rows."""
+def check_target(
+    conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool, parents: dict[str, str] | None = None
+) -> list[str]:
+    """The snapshot's tables the target already has; refuse what would mix old and new rows.
+
+    ``parents`` is the partition hierarchy (``partition_parents``)."""
     keys = [mf.table_key(t) for t in chosen]
-    # A clean restore drops and makes again a partitioned table with its partitions; a data-only
-    # load fills the partitions alone and leaves their partitioned table as it is.
-    parents = [] if data_only else sorted({t["parent"] for t in chosen if t.get("parent") and t.get("is_partition")})
-    existing = _existing_tables(conn, keys + parents)
+    # A clean restore drops and makes again the partitioned tables above its partitions, every
+    # level; a data-only load fills the partitions alone and leaves those as they are.
+    above = [] if data_only else partitioned_above(chosen, partition_parents({"tables": chosen}, parents))
+    existing = _existing_tables(conn, keys + above)
     if data_only:
         missing = sorted(set(keys) - set(existing))
         if missing:
@@ -719,19 +739,18 @@ def check_target(conn: psycopg.Connection, chosen: list[dict], data_only: bool, 
 
 
 def _partitions_lost(
-    conn: psycopg.Connection, chosen: list[dict], existing: list[str], in_place: list[str]
+    conn: psycopg.Connection, chosen: list[dict], existing: list[str], in_place: list[str], parents: dict[str, str]
 ) -> list[str]:
     """Partitions a `clean` restore would drop with their partitioned table and not bring back.
 
     Restoring one partition with `clean` drops and recreates its parent, and DROP TABLE takes
     every partition of it along: the others' rows, written after the snapshot too, would be lost."""
     keys = {mf.table_key(t) for t in chosen}
-    parents = sorted({t["parent"] for t in chosen if t.get("is_partition") and t.get("parent")} & set(existing))
+    below = _partitions_below(chosen, parents)
     problems = []
-    for parent in parents:
+    for parent in sorted(set(below) & set(existing)):
         # Kept when every chosen partition of it is replaced in place: nothing drops it.
-        mine = [mf.table_key(t) for t in chosen if t.get("is_partition") and t.get("parent") == parent]
-        if all(k in in_place for k in mine):
+        if all(k in in_place for k in below[parent]):
             continue
         # Keys are "schema.name" (a schema may hold a dot): matched as written, as existing was.
         rows = conn.execute(
@@ -749,6 +768,49 @@ def _partitions_lost(
                 "does not bring back; name them in `tables` too, or reload the rows with `data_only`"
             )
     return problems
+
+
+def _partitions_below(chosen: list[dict], parents: dict[str, str]) -> dict[str, list[str]]:
+    """Each partitioned table above ``chosen`` -> the chosen partitions below it, any level.  Pure."""
+    hierarchy = partition_parents({"tables": chosen}, parents)
+    found: dict[str, list[str]] = {}
+    for t in chosen:
+        for a in ancestors(mf.table_key(t), hierarchy):
+            found.setdefault(a, []).append(mf.table_key(t))
+    return found
+
+
+def _partition_parents(location: SnapshotLocation, manifest: dict) -> dict[str, str]:
+    """The snapshot's partition hierarchy (``partition_parents``), read from its schema archive."""
+    if not _has_file(manifest, mf.DUMP):
+        return partition_parents(manifest)
+    with encryption.local_path(location, mf.DUMP, manifest) as dump:
+        attached = attached_partitions(dump, toc(dump))
+    return partition_parents(manifest, {f"{c[0]}.{c[1]}": f"{p[0]}.{p[1]}" for c, p in attached.items()})
+
+
+def _partitioned_tables(dump: Path, listed: list[TocEntry], manifest: dict, keys: list[str]) -> list[dict]:
+    """Table entries, as the scripts take them, of the partitioned tables ``keys`` (no tables of
+    the manifest): schema and name as the archive has them, and their indexes (their keys',
+    and those of INDEX entries), which their partitions' indexes attach to."""
+    if not keys:
+        return []
+    # A key ("a.b.c") does not say where the schema ends: the archive's TABLE entry does.
+    splits = [(k[:i], k[i + 1 :]) for k in keys for i, c in enumerate(k) if c == "."]
+    made = [(s, n) for s, n in splits if any(e.type == "TABLE" and e.belongs_to(s, n) for e in listed)]
+    known = {(t["schema"], i) for t in manifest["tables"] for i in t.get("indexes", [])}
+    others = [e for e in listed if e.type == "INDEX" and not any(e.belongs_to(s, i) for s, i in known)]
+    on = index_tables(dump, others) if others else {}
+    tables = []
+    for s, n in made:
+        indexes = [
+            e.rest[len(f"{s} {n} ") :].rsplit(" ", 1)[0]
+            for e in listed
+            if e.type == "CONSTRAINT" and e.rest.startswith(f"{s} {n} ")
+        ]
+        indexes += [i for (si, i), table in on.items() if table == (s, n)]
+        tables.append({"schema": s, "name": n, "indexes": indexes, "columns": []})
+    return tables
 
 
 def _loaded_with_triggers_off(

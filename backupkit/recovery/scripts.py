@@ -122,7 +122,8 @@ def wanted_entries(
     new_sequences: Collection[tuple[str, str]] = (),
 ) -> list[TocEntry]:
     """TOC entries to restore: everything for a full restore, else what belongs to ``chosen``
-    and, for ``schemas``, everything in those schemas (views, functions, sequences too) but
+    (the partitioned tables above its partitions among them, every level: the caller's) and,
+    for ``schemas``, everything in those schemas (views, functions, sequences too) but
     what belongs to the ``in_place`` tables, whose rows alone are replaced (but, when
     ``rebuilding`` other tables, their foreign keys: one may point at a table dropped and
     recreated, so it is dropped first and made again).  ``in_place_sequences`` are the
@@ -183,7 +184,6 @@ def wanted_entries(
         if s.get("owned_by") and f"{s['owned_by'][0]}.{s['owned_by'][1]}" in chosen_keys
     } | set(new_sequences)
     names = {(t["schema"], t["name"]) for t in chosen}
-    names |= {tuple(t["parent"].split(".", 1)) for t in chosen if t.get("parent") and t.get("is_partition")}
     indexes = {(t["schema"], i) for t in chosen for i in t.get("indexes", [])}
     globals_kept = set()
     selected = set(schemas)
@@ -466,6 +466,15 @@ def build_scripts(
             for c in cleans
         )
         partitions = {(t["schema"], t["name"]) for t in chosen if t.get("is_partition")}
+        # A partitioned table attached to another (a sub-partitioned one) is no table of the
+        # manifest: its TABLE ATTACH entry says it is a partition too.
+        partitions |= {
+            name
+            for line in post
+            if (m := _DROP_CONSTRAINT.match(line))
+            and (name := (unquote_ident(m[1]), unquote_ident(m[2]))) not in partitions
+            and any(e.type == "TABLE ATTACH" and e.belongs_to(*name) for e in entries)
+        }
         drops = "".join(partitions_last(post, partitions) + pre)
         if database is not None:
             # Publications, large objects and extensions this restore made go after its tables.
