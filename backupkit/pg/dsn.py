@@ -86,7 +86,8 @@ def redact(text: str, dsn: str | None = None) -> str:
             if pw:
                 text = text.replace(pw, "****")
     # Key material that reached a message by mistake (a key given where a path was expected).
-    text = re.sub(r"(AGE-SECRET-KEY-)[0-9A-Za-z]+", r"\1****", text, flags=re.I)
+    # A key's body is 59 characters; "AGE-SECRET-KEY-1…" alone is backupkit naming the kind.
+    text = re.sub(r"(AGE-SECRET-KEY-)[0-9A-Za-z]{8,}", r"\1****", text, flags=re.I)
     text = re.sub(
         r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)",
         r"-----BEGIN \1PRIVATE KEY-----****",
