@@ -1,4 +1,4 @@
-"""Late review of the planning check for names a created table needs (``recovery/plan.py``).
+"""Late review of the planning check for names a created table needs (``recovery/obstacles.py``).
 
 A whole-snapshot restore with ``--clean`` into the live database after a migration renamed
 ``messages`` to ``posts`` (which keeps ``messages_pkey`` and ``messages_id_seq``): the dry run

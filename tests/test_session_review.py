@@ -46,7 +46,7 @@ def test_a_clean_restore_that_remakes_a_table_in_a_schema_with_a_dot_in_its_name
     """`restore --schema my.app --clean` after a column was renamed remade the table before;
     the new check for dependents split the key "my.app.t" at its first dot and failed with
     'cannot read what the target database has: relation "my.app.t" does not exist' (exit 9).
-    Fails until backupkit/recovery/plan.py's _DEPENDENTS matches tables by key (see the review)."""
+    Fails until backupkit/recovery/obstacles.py's _DEPENDENTS matches tables by key (see the review)."""
     dsn = make_db("dotted_schema")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(

@@ -18,20 +18,19 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ..errors import RestoreError, TargetNotEmpty
+from ..errors import TargetNotEmpty
 from ..pg.dsn import connect
-from ..pg.platform import Platform, kept_rows, read_platform
-from ..pg.platform import empty as platform_empty
+from ..pg.platform import Platform, read_platform
 from ..pg.platform import problems as platform_problems
 from ..pg.rows import one_row
-from ..pg.schema import TocEntry, attached_partitions, index_tables, render, toc
+from ..pg.schema import TocEntry, render, toc
 from ..runtime.deadline import Deadline
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import mark as restore_mark
 from . import role_settings
-from .checks import column_mismatches, privileges
+from .checks import column_mismatches
 from .database_scripts import (
     DatabasePlan,
     Target,
@@ -40,10 +39,21 @@ from .database_scripts import (
     plan_database,
     read_target,
 )
-from .in_place import foreign_keys, sequences_used, split_by_shape, split_emptying
+from .in_place import sequences_used, split_by_shape
+from .obstacles import (
+    check_target,
+    dependents_in_the_way,
+    dropped_not_owned,
+    firing_triggers,
+    may_disable_triggers,
+    names_taken,
+    row_security,
+)
+from .partitions import keep_parents_in_place, partition_hierarchy, partitioned_tables, partitions_lost
+from .platform_rows import leave_platform_rows, platform_loading
+from .privileges import missing_privileges
 from .scripts import default_sequences, object_key, wanted_entries
-from .selection import ancestors, partition_parents, partitioned_above, select_tables
-from .sequences import resolve, to_set
+from .selection import partitioned_above, select_tables
 
 
 @dataclass
@@ -189,7 +199,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
     """
     tables, schemas, clean = list(request.tables), list(request.schemas), request.clean
     # The whole partition hierarchy (the manifest knows a partition's immediate parent only).
-    parents = {} if request.full else _partition_parents(location, manifest)
+    parents = {} if request.full else partition_hierarchy(location, manifest)
     chosen = select_tables(manifest, tables, schemas, request.with_dependencies, parents)
     full = request.full
     problems: list[str] = []
@@ -279,14 +289,14 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         if clean and existing and not full and not request.data_only and not request.schema_only and not marks:
             in_place, problems_in_place = _keep_in_place(conn, plan, chosen)
             problems += problems_in_place
-            kept_parents = _keep_parents_in_place(conn, plan, chosen, parents)
-            problems += _dependents_in_the_way(conn, plan.existing, schemas, plan.in_place)
+            kept_parents = keep_parents_in_place(conn, plan, chosen, parents)
+            problems += dependents_in_the_way(conn, plan.existing, schemas, plan.in_place)
         if clean and existing and not request.data_only:
-            problems += _partitions_lost(conn, chosen, existing, plan.in_place, parents)
-            problems += _dropped_not_owned(conn, plan.existing)
+            problems += partitions_lost(conn, chosen, existing, plan.in_place, parents)
+            problems += dropped_not_owned(conn, plan.existing)
         loaded_into = _loaded_with_triggers_off(chosen, plan, platform, request)
-        plan.firing_triggers, foreign = _firing_triggers(conn, loaded_into)
-        plan.forced_rls, problems_rls = _row_security(conn, loaded_into)
+        plan.firing_triggers, foreign = firing_triggers(conn, loaded_into)
+        plan.forced_rls, problems_rls = row_security(conn, loaded_into)
         problems += problems_rls
         if plan.forced_rls:
             plan.notes.append(
@@ -306,7 +316,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         rebuilt = [t for t in chosen if mf.table_key(t) not in plan.in_place]
         if not request.data_only:  # a whole-snapshot `clean` restore into the live database too
             created = [t for t in rebuilt if mf.table_key(t) not in existing and mf.table_key(t) not in platform.tables]
-            problems += _names_taken(conn, created, manifest, dropped=plan.existing)
+            problems += names_taken(conn, created, manifest, dropped=plan.existing)
         entries: list[TocEntry] = []
         defaults: set[tuple[str, str]] = set()  # what the rebuilt tables' defaults draw from
         if not request.data_only:
@@ -315,7 +325,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                 # The partitioned tables above the rebuilt partitions, every level, are made too
                 # (with their keys and indexes, which their partitions' attach to).
                 kept_keys = {mf.table_key(t) for t in kept_parents}
-                made = _partitioned_tables(
+                made = partitioned_tables(
                     dump, listed, manifest, [a for a in partitioned_above(rebuilt, parents) if a not in kept_keys]
                 )
                 defaults = set() if full else default_sequences(dump, listed, rebuilt + made)
@@ -338,9 +348,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                 # --clean drops them first, as it would with a table to rebuild.
                 plan.drop_first = True
         if not request.schema_only:
-            problems += _privileges(conn, manifest, plan, request, entries, in_place, defaults, platform)
+            problems += missing_privileges(conn, manifest, plan, request, entries, in_place, defaults, platform)
     if platform:
-        _leave_platform_rows(plan, platform)
+        leave_platform_rows(plan, platform)
     if request.data_only and manifest.get("large_objects"):
         plan.notes.append(
             f"left out the snapshot's {len(manifest['large_objects'])} large object(s): they come with "
@@ -356,112 +366,6 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             if database.large_objects and not request.schema_only:
                 plan.large_objects = list(manifest.get("large_objects", []))
     return Survey(plan, entries, target, marks, may_mark, in_place, platform, database, problems, refused)
-
-
-_DEPENDENTS = """
-WITH names AS (
-  SELECT c.oid, pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS name, n.nspname || '.' || c.relname AS key,
-         n.nspname AS schema
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-)
-SELECT t.name, x.what || ' ' || r.name FROM (
-  SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what,
-         false AS kept
-    FROM pg_catalog.pg_constraint c
-   WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
-     AND c.confrelid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
-  UNION
-  SELECT d.refobjid, v.oid, 'view', false
-    FROM pg_catalog.pg_depend d
-    JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
-    JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
-   WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-     AND d.refobjid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s)) AND v.oid <> d.refobjid
-  UNION
-  -- A policy whose expression reads the table (a storage.objects policy checking public.profiles):
-  -- kept, unless its table is remade, even in a restored schema when its table stays in place.
-  SELECT d.refobjid, p.polrelid, 'policy ' || pg_catalog.quote_ident(p.polname) || ' on',
-         p.polrelid IN (SELECT oid FROM names WHERE key = ANY(%(in_place)s))
-    FROM pg_catalog.pg_depend d
-    JOIN pg_catalog.pg_policy p ON p.oid = d.objid
-   WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
-     AND d.deptype = 'n' AND d.refobjid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
-     AND p.polrelid <> d.refobjid
-) x
-JOIN names t ON t.oid = x.target JOIN names r ON r.oid = x.rel
-WHERE NOT (r.key = ANY(%(dropped)s) OR (r.schema = ANY(%(schemas)s) AND NOT x.kept))
-ORDER BY 1, 2
-"""
-
-
-def _dependents_in_the_way(
-    conn: psycopg.Connection, dropped: list[str], schemas: list[str], in_place: list[str]
-) -> list[str]:
-    """What stops ``clean`` from dropping the tables it recreates: other tables' foreign keys,
-    views and policies on them that this restore neither drops nor makes again (those in
-    ``schemas`` it does, but the policies of tables kept ``in_place``).  Found here, not by the
-    real run failing after a dry run that passed."""
-    if not dropped:
-        return []
-    found: dict[str, list[str]] = {}
-    params = {"dropped": dropped, "schemas": schemas, "in_place": in_place}
-    for table, what in conn.execute(_DEPENDENTS, params):
-        found.setdefault(table, []).append(what)
-    return [
-        f"`clean` would drop and make again {table} (its columns are not the snapshot's), but "
-        f"{', '.join(whats)} depend on it: undo the column change first (the schema part of the "
-        "down-migration) so its rows are replaced in place, or restore what depends on it too"
-        for table, whats in found.items()
-    ]
-
-
-def _dropped_not_owned(conn: psycopg.Connection, dropped: list[str]) -> list[str]:
-    """Tables ``clean`` would drop that only another role may drop (DROP TABLE needs their
-    owner): the real run failed on 'must be owner' after a dry run that passed."""
-    if not dropped:
-        return []
-    rows = conn.execute(
-        "SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname), pg_catalog.pg_get_userbyid(c.relowner) "
-        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname || '.' || c.relname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
-        "AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') ORDER BY 1",
-        (dropped,),
-    ).fetchall()
-    return [
-        f"`clean` would drop {rel} to make it again, and only its owner {owner} may drop it: "
-        f"restore as {owner} or a superuser"
-        for rel, owner in rows
-    ]
-
-
-def _keep_parents_in_place(
-    conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict], parents: dict[str, str]
-) -> list[dict]:
-    """Take off ``plan.existing`` the partitioned tables whose partitions in this restore are all
-    kept in place, and return them as table entries for the scripts to leave alone.
-
-    A partitioned table holds no rows of its own, and its partitions have its columns: when
-    they are all kept, so is it.  Dropped, it took every partition with it, those kept in
-    place too, and the restore failed on them (``--schema public --clean`` of any project
-    with a partitioned table).  Every level above them: a sub-partition's grandparent too.
-    Its indexes are named as the target has them.
-    """
-    kept = set(plan.in_place)
-    partitions = _partitions_below(chosen, parents)
-    whole = [p for p in plan.existing if p in partitions and all(k in kept for k in partitions[p])]
-    if not whole:
-        return []
-    plan.existing = [k for k in plan.existing if k not in whole]
-    plan.drop_first = bool(plan.existing)
-    # Schema and name as the catalog has them: a key ("a.b.c") does not say where the dot is.
-    rows = conn.execute(
-        "SELECT n.nspname, c.relname, array_remove(array_agg(i.relname ORDER BY i.relname), NULL) "
-        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "LEFT JOIN pg_catalog.pg_index x ON x.indrelid = c.oid LEFT JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid "
-        "WHERE c.relkind = 'p' AND n.nspname || '.' || c.relname = ANY(%s) GROUP BY 1, 2",
-        (whole,),
-    ).fetchall()
-    return [{"schema": schema, "name": name, "indexes": list(indexes), "columns": []} for schema, name, indexes in rows]
 
 
 def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> tuple[list[dict], list[str]]:
@@ -492,109 +396,6 @@ def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dic
     return in_place, problems
 
 
-def _privileges(
-    conn: psycopg.Connection,
-    manifest: dict,
-    plan: RestorePlan,
-    request: Request,
-    entries: list[TocEntry],
-    in_place: list[dict],
-    defaults: set[tuple[str, str]],
-    platform: Platform,
-) -> list[str]:
-    """Privileges the real run uses on what the target has and the restore does not make: INSERT
-    (COPY), TRUNCATE or DELETE (emptying) on the tables loaded into as they are, SELECT for the
-    foreign-key check after it, REFERENCES for the foreign keys it creates to existing tables,
-    UPDATE on the sequences it sets (and USAGE to read one it only moves forward).  Records on
-    ``plan`` the sequences a data_only restore leaves out, which the target lacks."""
-    loading = set(_platform_loading(platform)[1]) if platform else set()
-    tables = [t for t in plan.tables if mf.table_key(t) not in platform.tables or mf.table_key(t) in loading]
-    # The project's own tables: their INSERT is checked by platform_problems, and never emptied.
-    into = [t for t in (tables if request.data_only else in_place) if mf.table_key(t) not in platform.tables]
-    needs: list[tuple[str, str | None, str, str]] = []
-
-    def rel(schema: str, name: str) -> str:
-        return sql.Identifier(schema, name).as_string(conn)
-
-    for t in into:
-        needs += [(rel(t["schema"], t["name"]), c, "INSERT", "to load its rows") for c in t["copy_columns"]]
-        if request.data_only and not request.clean:
-            needs.append((rel(t["schema"], t["name"]), None, "SELECT", "to see that it is empty"))
-    if request.data_only and request.clean:
-        truncated, deleted = split_emptying(conn, into)
-        needs += [(rel(t["schema"], t["name"]), None, "TRUNCATE", "to empty it") for t in truncated]
-        needs += [(rel(t["schema"], t["name"]), None, "DELETE", "to empty it") for t in deleted]
-    elif not request.data_only:
-        needs += [(rel(t["schema"], t["name"]), None, "DELETE", "to empty it") for t in in_place]
-    checked = tables if request.data_only else in_place
-    for name, cs, ct, ps, pt, cols, refs in foreign_keys(conn, checked) if checked else []:
-        why = f"to check foreign key {name}"
-        needs += [(rel(cs, ct), c, "SELECT", why) for c in cols] + [(rel(ps, pt), r, "SELECT", why) for r in refs]
-    if not request.data_only:
-        restored = {mf.table_key(t) for t in plan.tables}
-        kept = set(plan.in_place) | set(platform.tables)
-        for t in plan.tables:
-            if mf.table_key(t) in kept:
-                continue
-            needs += [
-                (rel(fk["ref_schema"], fk["ref_table"]), r, "REFERENCES", f"for foreign key {fk['name']}")
-                for fk in t.get("foreign_keys", [])
-                if f"{fk['ref_schema']}.{fk['ref_table']}" not in restored
-                for r in fk["ref_columns"]
-            ]
-    existing = [t for t in tables if request.data_only or mf.table_key(t) in set(plan.in_place)]
-    used = set() if plan.full else sequences_used(conn, existing) | defaults
-    values = to_set(manifest, tables, full=plan.full, schemas=plan.schemas, used=used)
-    made = [e for e in entries if e.type == "SEQUENCE"]
-    values = [v for v in values if not any(e.belongs_to(v.schema, v.name) for e in made)]
-    left_out = []
-    for v, target in zip(values, resolve(conn, values), strict=True):
-        if target is None:
-            left_out.append(v)
-            continue
-        needs.append((target, None, "UPDATE", "to set its value"))
-        if v.forward:
-            needs.append((target, None, "USAGE, SELECT", "to read its value"))
-    if left_out:
-        plan.sequences_left_out = [v.key for v in left_out]
-        plan.notes.append(
-            "did not set sequence "
-            + ", ".join(f"{v.key} (the snapshot's value {v.last_value})" for v in left_out)
-            + (
-                ": the target does not have it, so no column there draws from it"
-                if len(left_out) == 1
-                else ": the target does not have them, so no column there draws from them"
-            )
-            + (" (data_only creates nothing)" if request.data_only else "")
-            + "; if you need it, create it and set it: "
-            + " ".join(
-                f"`SELECT setval('{rel(v.schema, v.name)}', {v.last_value}, {str(v.is_called).lower()})`"
-                for v in left_out
-            )
-        )
-    return privileges(conn, needs)
-
-
-def _platform_loading(platform: Platform) -> tuple[list[str], list[str]]:
-    """The platform tables whose rows the project keeps, and those this restore loads rows into
-    (the others hold none in the snapshot)."""
-    kept = kept_rows(platform)
-    skip = set(kept) | set(platform_empty(platform))
-    return kept, sorted(set(platform.tables) - skip)
-
-
-def _leave_platform_rows(plan: RestorePlan, platform: Platform) -> None:
-    """Take off ``plan`` the platform tables whose rows the project keeps, or that hold none."""
-    kept, loading = _platform_loading(platform)
-    if kept:
-        plan.notes.append("kept the project's own " + ", ".join(kept) + " (the platform's migration records)")
-    plan.tables = [t for t in plan.tables if mf.table_key(t) not in platform.tables or mf.table_key(t) in loading]
-    if loading:
-        plan.notes.append(
-            "loaded rows into the project's own " + ", ".join(loading) + "; their owners and grants are unchanged"
-        )
-
-
 def _plan_database(
     location: SnapshotLocation,
     manifest: dict,
@@ -623,47 +424,6 @@ def _plan_database(
         )
 
 
-_TAKEN = """
-SELECT r.n, CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'index' END,
-       pg_catalog.format('%%I.%%I', tn.nspname, t.relname), tn.nspname || '.' || t.relname
-  FROM unnest(%s::text[]) WITH ORDINALITY r(n, i)
-  JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.n)
-  LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid
-  LEFT JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
-       AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') AND c.relkind = 'S'
-  JOIN pg_catalog.pg_class t ON t.oid = coalesce(x.indrelid, d.refobjid)
-  JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
- ORDER BY r.i
-"""
-
-
-def _names_taken(conn: psycopg.Connection, created: list[dict], manifest: dict, dropped: list[str]) -> list[str]:
-    """Names the tables this restore creates need for their indexes and sequences, held in the
-    target by another table's (not one it drops first) (a migration renamed messages to posts: posts keeps
-    messages_pkey and messages_id_seq).  Found here, not by the real run failing on
-    'already exists' after a dry run that passed."""
-    if not created:
-        return []
-    keys = {mf.table_key(t): t for t in created}
-    wanted: list[tuple[str, dict]] = []
-    for t in created:
-        wanted += [(sql.Identifier(t["schema"], i).as_string(conn), t) for i in t.get("indexes", [])]
-    for s in manifest.get("sequences", []):
-        owner = s.get("owned_by")
-        if owner and f"{owner[0]}.{owner[1]}" in keys:
-            wanted.append((sql.Identifier(s["schema"], s["name"]).as_string(conn), keys[f"{owner[0]}.{owner[1]}"]))
-    if not wanted:
-        return []
-    table_of = dict(wanted)
-    return [
-        f"{name} already exists ({kind} of {owner}), and {mf.table_key(table_of[name])} needs that name for its "
-        f"own: was {mf.table_key(table_of[name])} renamed to {owner}? Rename it back (or drop it) first, "
-        "or restore into another database"
-        for name, kind, owner, key in conn.execute(_TAKEN, ([n for n, _ in wanted],)).fetchall()
-        if key not in dropped and key != mf.table_key(table_of[name])
-    ]
-
-
 def _missing(conn: psycopg.Connection, sequences: set[tuple[str, str]]) -> set[tuple[str, str]]:
     """The ``sequences`` the target does not have: a selective restore creates them (a table's
     default draws from one no table owns), and leaves those it has as they are."""
@@ -677,142 +437,6 @@ def _missing(conn: psycopg.Connection, sequences: set[tuple[str, str]]) -> set[t
     return {s for s, (gone,) in zip(ordered, rows.fetchall(), strict=True) if gone}
 
 
-def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
-    if not keys:
-        return []
-    rows = conn.execute(
-        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname || '.' || c.relname = ANY(%s)",
-        (keys,),
-    ).fetchall()
-    return sorted(r[0] for r in rows)
-
-
-def check_target(
-    conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool, parents: dict[str, str] | None = None
-) -> list[str]:
-    """The snapshot's tables the target already has; refuse what would mix old and new rows.
-
-    ``parents`` is the partition hierarchy (``partition_parents``)."""
-    keys = [mf.table_key(t) for t in chosen]
-    # A clean restore drops and makes again the partitioned tables above its partitions, every
-    # level; a data-only load fills the partitions alone and leaves those as they are.
-    above = [] if data_only else partitioned_above(chosen, partition_parents({"tables": chosen}, parents))
-    existing = _existing_tables(conn, keys + above)
-    if data_only:
-        missing = sorted(set(keys) - set(existing))
-        if missing:
-            raise RestoreError(
-                f"data_only needs the tables to exist; missing: {', '.join(missing)}",
-                hint="restore without `data_only` to create them",
-            )
-        # Tables this role may not read are named by the privilege check (``_privileges``).
-        rels = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in chosen]
-        may_read = conn.execute(
-            "SELECT pg_catalog.has_table_privilege(r::regclass, 'SELECT') "
-            "FROM unnest(%s::text[]) WITH ORDINALITY u(r, i) ORDER BY i",
-            (rels,),
-        ).fetchall()
-        readable = {k for k, (ok,) in zip(keys, may_read, strict=True) if ok}
-        nonempty = [
-            k
-            for k in keys
-            if not clean
-            and k in readable
-            and one_row(
-                conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*k.split(".", 1))))
-            )[0]
-        ]
-        if nonempty and not clean:
-            raise TargetNotEmpty(
-                f"the target's tables already hold rows: {', '.join(nonempty)}",
-                hint="pass `clean` to empty them first, or restore elsewhere",
-            )
-    elif existing and not clean:
-        raise TargetNotEmpty(
-            f"the target already has {len(existing)} of the snapshot's tables: "
-            + ", ".join(existing[:10])
-            + (" ..." if len(existing) > 10 else ""),
-            hint="restore into an empty database, or pass `clean` to drop those tables first",
-        )
-    return existing
-
-
-def _partitions_lost(
-    conn: psycopg.Connection, chosen: list[dict], existing: list[str], in_place: list[str], parents: dict[str, str]
-) -> list[str]:
-    """Partitions a `clean` restore would drop with their partitioned table and not bring back.
-
-    Restoring one partition with `clean` drops and recreates its parent, and DROP TABLE takes
-    every partition of it along: the others' rows, written after the snapshot too, would be lost."""
-    keys = {mf.table_key(t) for t in chosen}
-    below = _partitions_below(chosen, parents)
-    problems = []
-    for parent in sorted(set(below) & set(existing)):
-        # Kept when every chosen partition of it is replaced in place: nothing drops it.
-        if all(k in in_place for k in below[parent]):
-            continue
-        # Keys are "schema.name" (a schema may hold a dot): matched as written, as existing was.
-        rows = conn.execute(
-            "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class p "
-            "JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace, "
-            "LATERAL pg_catalog.pg_partition_tree(p.oid) t "
-            "JOIN pg_catalog.pg_class c ON c.oid = t.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE pn.nspname || '.' || p.relname = %s AND t.isleaf AND t.level > 0",
-            (parent,),
-        ).fetchall()
-        others = sorted({r[0] for r in rows} - keys)
-        if others:
-            problems.append(
-                f"`clean` would drop {parent} with its partitions {', '.join(others)}, which this restore "
-                "does not bring back; name them in `tables` too, or reload the rows with `data_only`"
-            )
-    return problems
-
-
-def _partitions_below(chosen: list[dict], parents: dict[str, str]) -> dict[str, list[str]]:
-    """Each partitioned table above ``chosen`` -> the chosen partitions below it, any level.  Pure."""
-    hierarchy = partition_parents({"tables": chosen}, parents)
-    found: dict[str, list[str]] = {}
-    for t in chosen:
-        for a in ancestors(mf.table_key(t), hierarchy):
-            found.setdefault(a, []).append(mf.table_key(t))
-    return found
-
-
-def _partition_parents(location: SnapshotLocation, manifest: dict) -> dict[str, str]:
-    """The snapshot's partition hierarchy (``partition_parents``), read from its schema archive."""
-    if not _has_file(manifest, mf.DUMP):
-        return partition_parents(manifest)
-    with encryption.local_path(location, mf.DUMP, manifest) as dump:
-        attached = attached_partitions(dump, toc(dump))
-    return partition_parents(manifest, {f"{c[0]}.{c[1]}": f"{p[0]}.{p[1]}" for c, p in attached.items()})
-
-
-def _partitioned_tables(dump: Path, listed: list[TocEntry], manifest: dict, keys: list[str]) -> list[dict]:
-    """Table entries, as the scripts take them, of the partitioned tables ``keys`` (no tables of
-    the manifest): schema and name as the archive has them, and their indexes (their keys',
-    and those of INDEX entries), which their partitions' indexes attach to."""
-    if not keys:
-        return []
-    # A key ("a.b.c") does not say where the schema ends: the archive's TABLE entry does.
-    splits = [(k[:i], k[i + 1 :]) for k in keys for i, c in enumerate(k) if c == "."]
-    made = [(s, n) for s, n in splits if any(e.type == "TABLE" and e.belongs_to(s, n) for e in listed)]
-    known = {(t["schema"], i) for t in manifest["tables"] for i in t.get("indexes", [])}
-    others = [e for e in listed if e.type == "INDEX" and not any(e.belongs_to(s, i) for s, i in known)]
-    on = index_tables(dump, others) if others else {}
-    tables = []
-    for s, n in made:
-        indexes = [
-            e.rest[len(f"{s} {n} ") :].rsplit(" ", 1)[0]
-            for e in listed
-            if e.type == "CONSTRAINT" and e.rest.startswith(f"{s} {n} ")
-        ]
-        indexes += [i for (si, i), table in on.items() if table == (s, n)]
-        tables.append({"schema": s, "name": n, "indexes": indexes, "columns": []})
-    return tables
-
-
 def _loaded_with_triggers_off(
     chosen: list[dict], plan: RestorePlan, platform: Platform, request: Request
 ) -> list[dict]:
@@ -822,73 +446,8 @@ def _loaded_with_triggers_off(
         return chosen
     if request.schema_only:
         return []
-    loading = set(plan.in_place) | set(_platform_loading(platform)[1])
+    loading = set(plan.in_place) | set(platform_loading(platform)[1])
     return [t for t in chosen if mf.table_key(t) in loading]
-
-
-def _firing_triggers(
-    conn: psycopg.Connection, tables: list[dict]
-) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:
-    """Triggers of ``tables`` that session_replication_role = replica does not stop: those this
-    role may switch off (schema, table, trigger, ALWAYS or REPLICA), and those only their table's
-    owner may (table and trigger quoted as SQL, ALWAYS or REPLICA, the owner)."""
-    if not tables:
-        return [], []
-    names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
-    rows = conn.execute(
-        "SELECT n.nspname, c.relname, t.tgname, CASE t.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END, "
-        # ALTER TABLE ... DISABLE TRIGGER needs the table's owner.
-        "pg_catalog.pg_has_role(c.relowner, 'USAGE'), pg_catalog.format('%%I.%%I', n.nspname, c.relname), "
-        "pg_catalog.quote_ident(t.tgname), pg_catalog.pg_get_userbyid(c.relowner) "
-        "FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE t.tgrelid = ANY(%s::regclass[]) AND t.tgenabled IN ('A', 'R') AND NOT t.tgisinternal "
-        "ORDER BY 1, 2, 3",
-        (names,),
-    ).fetchall()
-    mine = [(s, t, g, m) for s, t, g, m, may, *_ in rows if may]
-    others = [(rel, name, m, owner) for _, _, _, m, may, rel, name, owner in rows if not may]
-    return mine, others
-
-
-_ROW_SECURITY = """
-SELECT n.nspname, c.relname, pg_catalog.format('%%I.%%I', n.nspname, c.relname),
-       pg_catalog.pg_get_userbyid(c.relowner), pg_catalog.pg_has_role(c.relowner, 'USAGE'), c.relforcerowsecurity
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE c.oid = ANY(%s::regclass[]) AND c.relrowsecurity
-   AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user)
- ORDER BY 1, 2
-"""
-
-
-def _row_security(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
-    """Row-level security of tables loaded into as they are, where it applies to this role: the
-    tables it owns with FORCE (switched off for the load: ALTER TABLE needs their owner), and
-    problems for those of other roles.  COPY FROM under RLS is refused, and so is, with
-    row_security off, anything it would affect: the real run failed after a dry run that passed."""
-    if not tables:
-        return [], []
-    names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
-    forced, problems = [], []
-    for schema, name, rel, owner, mine, force in conn.execute(_ROW_SECURITY, (names,)).fetchall():
-        if mine and force:
-            forced.append((schema, name))
-        elif not mine:
-            problems.append(
-                f"row-level security of {rel} applies to {conn.info.user} (not its owner {owner}, no BYPASSRLS), "
-                f"so it may not load every row: restore as {owner}, a superuser, or a role with BYPASSRLS"
-            )
-    return forced, problems
-
-
-def may_disable_triggers(conn: psycopg.Connection) -> bool:
-    """Whether this role may SET session_replication_role (superuser, or granted as Supabase does)."""
-    try:
-        with conn.transaction(force_rollback=True):
-            conn.execute("SET LOCAL session_replication_role = replica")
-        return True
-    except psycopg.errors.InsufficientPrivilege:
-        return False
 
 
 def _event_functions(dump: Path, entries: list[TocEntry]) -> dict[str, str]:

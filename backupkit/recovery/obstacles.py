@@ -1,0 +1,263 @@
+"""What in the target stands in the way of a restore plan, found before anything changes.
+
+A dry run that passes must mean the real run can: each check here names, in
+words, what would otherwise stop the restore halfway (tables it already has,
+objects that depend on the tables ``clean`` drops, tables only another role may
+drop, names another table holds, triggers that fire with triggers off, row-level
+security, a role that may not set ``session_replication_role``).  ``survey``
+collects their problems with every other one.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from ..errors import RestoreError, TargetNotEmpty
+from ..pg.rows import one_row
+from ..snapshot import manifest as mf
+from .selection import partition_parents, partitioned_above
+
+
+def check_target(
+    conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool, parents: dict[str, str] | None = None
+) -> list[str]:
+    """The snapshot's tables the target already has; refuse what would mix old and new rows.
+
+    ``parents`` is the partition hierarchy (``partition_parents``)."""
+    keys = [mf.table_key(t) for t in chosen]
+    # A clean restore drops and makes again the partitioned tables above its partitions, every
+    # level; a data-only load fills the partitions alone and leaves those as they are.
+    above = [] if data_only else partitioned_above(chosen, partition_parents({"tables": chosen}, parents))
+    existing = _existing_tables(conn, keys + above)
+    if data_only:
+        missing = sorted(set(keys) - set(existing))
+        if missing:
+            raise RestoreError(
+                f"data_only needs the tables to exist; missing: {', '.join(missing)}",
+                hint="restore without `data_only` to create them",
+            )
+        # Tables this role may not read are named by the privilege check (``missing_privileges``).
+        rels = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in chosen]
+        may_read = conn.execute(
+            "SELECT pg_catalog.has_table_privilege(r::regclass, 'SELECT') "
+            "FROM unnest(%s::text[]) WITH ORDINALITY u(r, i) ORDER BY i",
+            (rels,),
+        ).fetchall()
+        readable = {k for k, (ok,) in zip(keys, may_read, strict=True) if ok}
+        nonempty = [
+            k
+            for k in keys
+            if not clean
+            and k in readable
+            and one_row(
+                conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(sql.Identifier(*k.split(".", 1))))
+            )[0]
+        ]
+        if nonempty and not clean:
+            raise TargetNotEmpty(
+                f"the target's tables already hold rows: {', '.join(nonempty)}",
+                hint="pass `clean` to empty them first, or restore elsewhere",
+            )
+    elif existing and not clean:
+        raise TargetNotEmpty(
+            f"the target already has {len(existing)} of the snapshot's tables: "
+            + ", ".join(existing[:10])
+            + (" ..." if len(existing) > 10 else ""),
+            hint="restore into an empty database, or pass `clean` to drop those tables first",
+        )
+    return existing
+
+
+def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
+    """Which of ``keys`` (``schema.name``) the target has as a table, view or foreign table, sorted."""
+    if not keys:
+        return []
+    rows = conn.execute(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname || '.' || c.relname = ANY(%s)",
+        (keys,),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+_DEPENDENTS = """
+WITH names AS (
+  SELECT c.oid, pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS name, n.nspname || '.' || c.relname AS key,
+         n.nspname AS schema
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+)
+SELECT t.name, x.what || ' ' || r.name FROM (
+  SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what,
+         false AS kept
+    FROM pg_catalog.pg_constraint c
+   WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
+     AND c.confrelid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
+  UNION
+  SELECT d.refobjid, v.oid, 'view', false
+    FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
+    JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
+   WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+     AND d.refobjid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s)) AND v.oid <> d.refobjid
+  UNION
+  -- A policy whose expression reads the table (a storage.objects policy checking public.profiles):
+  -- kept, unless its table is remade, even in a restored schema when its table stays in place.
+  SELECT d.refobjid, p.polrelid, 'policy ' || pg_catalog.quote_ident(p.polname) || ' on',
+         p.polrelid IN (SELECT oid FROM names WHERE key = ANY(%(in_place)s))
+    FROM pg_catalog.pg_depend d
+    JOIN pg_catalog.pg_policy p ON p.oid = d.objid
+   WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+     AND d.deptype = 'n' AND d.refobjid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
+     AND p.polrelid <> d.refobjid
+) x
+JOIN names t ON t.oid = x.target JOIN names r ON r.oid = x.rel
+WHERE NOT (r.key = ANY(%(dropped)s) OR (r.schema = ANY(%(schemas)s) AND NOT x.kept))
+ORDER BY 1, 2
+"""
+
+
+def dependents_in_the_way(
+    conn: psycopg.Connection, dropped: list[str], schemas: list[str], in_place: list[str]
+) -> list[str]:
+    """What stops ``clean`` from dropping the tables it recreates: other tables' foreign keys,
+    views and policies on them that this restore neither drops nor makes again (those in
+    ``schemas`` it does, but the policies of tables kept ``in_place``).  Found here, not by the
+    real run failing after a dry run that passed."""
+    if not dropped:
+        return []
+    found: dict[str, list[str]] = {}
+    params = {"dropped": dropped, "schemas": schemas, "in_place": in_place}
+    for table, what in conn.execute(_DEPENDENTS, params):
+        found.setdefault(table, []).append(what)
+    return [
+        f"`clean` would drop and make again {table} (its columns are not the snapshot's), but "
+        f"{', '.join(whats)} depend on it: undo the column change first (the schema part of the "
+        "down-migration) so its rows are replaced in place, or restore what depends on it too"
+        for table, whats in found.items()
+    ]
+
+
+def dropped_not_owned(conn: psycopg.Connection, dropped: list[str]) -> list[str]:
+    """Tables ``clean`` would drop that only another role may drop (DROP TABLE needs their
+    owner): the real run failed on 'must be owner' after a dry run that passed."""
+    if not dropped:
+        return []
+    rows = conn.execute(
+        "SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname), pg_catalog.pg_get_userbyid(c.relowner) "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname || '.' || c.relname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
+        "AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') ORDER BY 1",
+        (dropped,),
+    ).fetchall()
+    return [
+        f"`clean` would drop {rel} to make it again, and only its owner {owner} may drop it: "
+        f"restore as {owner} or a superuser"
+        for rel, owner in rows
+    ]
+
+
+_TAKEN = """
+SELECT r.n, CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'index' END,
+       pg_catalog.format('%%I.%%I', tn.nspname, t.relname), tn.nspname || '.' || t.relname
+  FROM unnest(%s::text[]) WITH ORDINALITY r(n, i)
+  JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.n)
+  LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid
+  LEFT JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+       AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') AND c.relkind = 'S'
+  JOIN pg_catalog.pg_class t ON t.oid = coalesce(x.indrelid, d.refobjid)
+  JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+ ORDER BY r.i
+"""
+
+
+def names_taken(conn: psycopg.Connection, created: list[dict], manifest: dict, dropped: list[str]) -> list[str]:
+    """Names the tables this restore creates need for their indexes and sequences, held in the
+    target by another table's (not one it drops first) (a migration renamed messages to posts: posts keeps
+    messages_pkey and messages_id_seq).  Found here, not by the real run failing on
+    'already exists' after a dry run that passed."""
+    if not created:
+        return []
+    keys = {mf.table_key(t): t for t in created}
+    wanted: list[tuple[str, dict]] = []
+    for t in created:
+        wanted += [(sql.Identifier(t["schema"], i).as_string(conn), t) for i in t.get("indexes", [])]
+    for s in manifest.get("sequences", []):
+        owner = s.get("owned_by")
+        if owner and f"{owner[0]}.{owner[1]}" in keys:
+            wanted.append((sql.Identifier(s["schema"], s["name"]).as_string(conn), keys[f"{owner[0]}.{owner[1]}"]))
+    if not wanted:
+        return []
+    table_of = dict(wanted)
+    return [
+        f"{name} already exists ({kind} of {owner}), and {mf.table_key(table_of[name])} needs that name for its "
+        f"own: was {mf.table_key(table_of[name])} renamed to {owner}? Rename it back (or drop it) first, "
+        "or restore into another database"
+        for name, kind, owner, key in conn.execute(_TAKEN, ([n for n, _ in wanted],)).fetchall()
+        if key not in dropped and key != mf.table_key(table_of[name])
+    ]
+
+
+def firing_triggers(
+    conn: psycopg.Connection, tables: list[dict]
+) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]]]:
+    """Triggers of ``tables`` that session_replication_role = replica does not stop: those this
+    role may switch off (schema, table, trigger, ALWAYS or REPLICA), and those only their table's
+    owner may (table and trigger quoted as SQL, ALWAYS or REPLICA, the owner)."""
+    if not tables:
+        return [], []
+    names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname, t.tgname, CASE t.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END, "
+        # ALTER TABLE ... DISABLE TRIGGER needs the table's owner.
+        "pg_catalog.pg_has_role(c.relowner, 'USAGE'), pg_catalog.format('%%I.%%I', n.nspname, c.relname), "
+        "pg_catalog.quote_ident(t.tgname), pg_catalog.pg_get_userbyid(c.relowner) "
+        "FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE t.tgrelid = ANY(%s::regclass[]) AND t.tgenabled IN ('A', 'R') AND NOT t.tgisinternal "
+        "ORDER BY 1, 2, 3",
+        (names,),
+    ).fetchall()
+    mine = [(s, t, g, m) for s, t, g, m, may, *_ in rows if may]
+    others = [(rel, name, m, owner) for _, _, _, m, may, rel, name, owner in rows if not may]
+    return mine, others
+
+
+_ROW_SECURITY = """
+SELECT n.nspname, c.relname, pg_catalog.format('%%I.%%I', n.nspname, c.relname),
+       pg_catalog.pg_get_userbyid(c.relowner), pg_catalog.pg_has_role(c.relowner, 'USAGE'), c.relforcerowsecurity
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = ANY(%s::regclass[]) AND c.relrowsecurity
+   AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user)
+ ORDER BY 1, 2
+"""
+
+
+def row_security(conn: psycopg.Connection, tables: list[dict]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Row-level security of tables loaded into as they are, where it applies to this role: the
+    tables it owns with FORCE (switched off for the load: ALTER TABLE needs their owner), and
+    problems for those of other roles.  COPY FROM under RLS is refused, and so is, with
+    row_security off, anything it would affect: the real run failed after a dry run that passed."""
+    if not tables:
+        return [], []
+    names = [sql.Identifier(t["schema"], t["name"]).as_string(conn) for t in tables]
+    forced, problems = [], []
+    for schema, name, rel, owner, mine, force in conn.execute(_ROW_SECURITY, (names,)).fetchall():
+        if mine and force:
+            forced.append((schema, name))
+        elif not mine:
+            problems.append(
+                f"row-level security of {rel} applies to {conn.info.user} (not its owner {owner}, no BYPASSRLS), "
+                f"so it may not load every row: restore as {owner}, a superuser, or a role with BYPASSRLS"
+            )
+    return forced, problems
+
+
+def may_disable_triggers(conn: psycopg.Connection) -> bool:
+    """Whether this role may SET session_replication_role (superuser, or granted as Supabase does)."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL session_replication_role = replica")
+        return True
+    except psycopg.errors.InsufficientPrivilege:
+        return False
