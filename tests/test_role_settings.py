@@ -3,7 +3,7 @@
 Supabase's platform sets ``statement_timeout`` for ``anon`` and ``authenticated``; users raise
 it, or add their own settings for RLS functions.  No dump carries them into a new project
 (``snapshot/format_doc``), so the manifest records them (never a secret's value) and
-``recovery.role_settings`` names what the target lacks, with the statement that brings it back.
+``recovery.settings`` names what the target lacks, with the statement that brings it back.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 import backupkit
 from backupkit.pg.database_objects import WITHHELD
-from backupkit.recovery.role_settings import differences, target_settings
+from backupkit.recovery.settings import differences, target_settings
 from backupkit.snapshot import manifest as mf
 
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
@@ -273,3 +273,100 @@ def test_a_role_whose_name_holds_quotes_and_a_comma_keeps_its_grants(project, tm
             (roles["quoted"], roles["quoted"]),
         ).fetchone()
     assert granted == (True, True)
+
+
+def test_the_database_settings_are_recorded_and_named_after_a_whole_restore(project, tmp_path):
+    """Supabase's docs set the project's time zone and time limit with ``ALTER DATABASE postgres
+    SET``: no dump carries them, so a restored project silently ran with the platform's UTC and
+    limits.  The manifest records them (no secret's value); a whole restore names what differs
+    in the target with the ``ALTER DATABASE`` that brings it back, and those statements are exact."""
+    from helpers import run_cli
+
+    source, target, _ = project
+    src, tgt = (sql.Identifier(conninfo_to_dict(d)["dbname"]) for d in (source, target))
+    _run(source, "ALTER DATABASE {} SET timezone TO 'America/New_York'", src)
+    _run(source, "ALTER DATABASE {} SET statement_timeout = '60s'", src)
+    _run(source, """ALTER DATABASE {} SET search_path = "$user", public, extensions""", src)
+    _run(source, "ALTER DATABASE {} SET app.greeting = {}", src, sql.Literal(ODD_VALUE))
+    _run(source, "ALTER DATABASE {} SET app.settings.jwt_secret = {}", src, sql.Literal(JWT_SECRET))
+    _run(source, "CREATE TABLE public.events (id int PRIMARY KEY, at timestamptz)")
+    _run(target, "ALTER DATABASE {} SET statement_timeout = '8s'", tgt)
+    _run(target, "ALTER DATABASE {} SET app.only_here = 'x'", tgt)
+
+    manifest = _backup(source, tmp_path)
+    assert manifest["database_settings"] == {
+        "TimeZone": "America/New_York",
+        "statement_timeout": "60s",
+        "search_path": '"$user", public, extensions',
+        "app.greeting": ODD_VALUE,
+        "app.settings.jwt_secret": WITHHELD,
+    }
+    assert mf.validate({**manifest, "database_settings": {"TimeZone": 1}})
+    snapshot = tmp_path / "backups" / manifest["id"]
+
+    dry = run_cli("restore", snapshot, "--dsn", target, "--dry-run")
+    one_table = run_cli("restore", snapshot, "--dsn", target, "--table", "public.events", "--dry-run")
+    real = run_cli("restore", snapshot, "--dsn", target)
+    t = tgt.as_string()
+    wanted = [
+        f"note: database setting TimeZone is \"America/New_York\" in the snapshot, not set here; to bring it back: "
+        f"ALTER DATABASE {t} SET \"TimeZone\" TO 'America/New_York';",
+        f'note: database setting app.greeting is {json.dumps(ODD_VALUE)} in the snapshot, not set here; to bring '
+        f'it back: ALTER DATABASE {t} SET "app.greeting" TO {sql.Literal(ODD_VALUE).as_string()};',
+        f'note: database setting app.only_here is not set in the snapshot, "x" here; to bring it back: '
+        f'ALTER DATABASE {t} RESET "app.only_here";',
+        f"note: database setting app.settings.jwt_secret is set in the snapshot (its value {WITHHELD}), not set "
+        f"here; to bring it back, with its value filled in: ALTER DATABASE {t} SET \"app.settings.jwt_secret\" "
+        "TO '...';",
+        f'note: database setting search_path is "\\"$user\\", public, extensions" in the snapshot, not set here; '
+        f"to bring it back: ALTER DATABASE {t} SET \"search_path\" TO '$user', 'public', 'extensions';",
+        f'note: database setting statement_timeout is "60s" in the snapshot, "8s" here; to bring it back: '
+        f"ALTER DATABASE {t} SET \"statement_timeout\" TO '60s';",
+    ]
+    for run in (dry, real):
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert [line.strip() for line in run.stdout.splitlines() if "database setting" in line] == wanted
+        assert JWT_SECRET not in run.stdout + run.stderr
+    assert one_table.returncode == 0 and "ALTER DATABASE" not in one_table.stdout, one_table.stdout
+
+    # Nothing was applied; run as they are, the statements (all but the secret's, whose value
+    # is the user's to give) give the target the source's settings: a new session sees its zone.
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SHOW timezone").fetchone()[0] != "America/New_York"
+        for note in wanted:
+            if WITHHELD not in note:
+                conn.execute(note.split("to bring it back: ", 1)[1].encode())
+    with psycopg.connect(target, autocommit=True) as conn:
+        assert conn.execute("SHOW timezone").fetchone()[0] == "America/New_York"
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "1min"
+    again = run_cli("restore", snapshot, "--dsn", target, "--clean", "--dry-run")
+    assert [line.strip() for line in again.stdout.splitlines() if "database setting" in line] == [wanted[3]]
+
+
+def test_supabase_authenticator_timeout_and_project_time_zone_come_back_as_notes(supabase_project, tmp_path):
+    """What Supabase's docs tell a user to run: ``alter role authenticator set statement_timeout``
+    (the API's limit; no table names the authenticator) and ``alter database postgres set
+    timezone``.  A backup as postgres records both; a new project is named each difference."""
+    source = supabase_project.app_project()
+    db = sql.Identifier(conninfo_to_dict(source)["dbname"])
+    admin = supabase_project.admin(source)
+    try:  # roles are cluster-wide: the session's other projects must get the platform's back
+        _run(admin, "ALTER ROLE authenticator SET statement_timeout = '15s'")
+        _run(admin, "ALTER DATABASE {} SET timezone TO 'America/New_York'", db)
+        manifest = backupkit.backup(source, tmp_path / "backups", schemas=["public"]).manifest  # as postgres
+    finally:  # the platform's (tests/supabase/sql: 20221028101028_set_authenticator_timeout)
+        _run(admin, "ALTER ROLE authenticator SET statement_timeout = '8s'")
+    assert manifest["role_settings"]["all_databases"]["authenticator"]["statement_timeout"] == "15s"
+    assert "authenticator" not in {r["name"] for r in manifest["roles"]}  # recorded though no object names it
+    assert manifest["database_settings"] == {"TimeZone": "America/New_York"}
+
+    target = supabase_project.new_project()
+    result = backupkit.restore(tmp_path / "backups" / manifest["id"], target, dry_run=True)  # as postgres
+    tdb = sql.Identifier(conninfo_to_dict(target)["dbname"]).as_string()
+    ours = [n for n in result.plan.notes if "authenticator" in n or "database setting" in n]
+    assert ours == [
+        'role authenticator: setting statement_timeout for every database is "15s" in the snapshot, "8s" here; '
+        """to bring it back: ALTER ROLE "authenticator" SET "statement_timeout" TO '15s';""",
+        'database setting TimeZone is "America/New_York" in the snapshot, not set here; to bring it back: '
+        f"""ALTER DATABASE {tdb} SET "TimeZone" TO 'America/New_York';""",
+    ]

@@ -50,6 +50,7 @@ def test_optional_keys():
             "large_objects",
             "roles",
             "role_settings",
+            "database_settings",
             "encryption",
             "object_lock",
             "signed_by",

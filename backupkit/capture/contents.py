@@ -137,6 +137,8 @@ class Written:
     storage: dict[str, Any] | None = None
     #: The manifest's ``role_settings`` (``database_objects.role_settings``: the roles' own settings).
     role_settings: dict[str, Any] | None = None
+    #: The manifest's ``database_settings`` (``database_objects.database_settings``).
+    database_settings: dict[str, str] | None = None
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:
@@ -173,6 +175,7 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
         **written.database,
         "roles": written.roles,
         **({"role_settings": written.role_settings} if written.role_settings is not None else {}),
+        **({"database_settings": written.database_settings} if written.database_settings is not None else {}),
         "schema_files": written.schema_files,
     }
     if written.storage is not None:

@@ -322,8 +322,10 @@ class BackupJob:
             at_moment = self._bucket_rows(main) if self.options.buckets else None
             database = database_objects.describe(main, self.options.selection.schemas)
             roles = self._roles(main, database, schema_sql)
-            # Not in any dump: restore can only say what differs (``recovery.role_settings``).
-            role_settings = database_objects.role_settings(main, [r["name"] for r in roles])
+            # Not in any dump: restore can only say what differs (``recovery.settings``).
+            named = {r["name"] for r in roles} | set(database_objects.API_ROLES)
+            role_settings = database_objects.role_settings(main, named)
+            database_settings = database_objects.database_settings(main)
             keepalive.close()
             main.close()
             buckets = self._buckets(at_moment, staging) if at_moment is not None else None
@@ -337,6 +339,7 @@ class BackupJob:
                 database=database,
                 roles=roles,
                 role_settings=role_settings,
+                database_settings=database_settings,
                 signed_by=signing.key_id(self.options.key.public_key()) if self.options.key else None,
                 encryption=encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
                 object_lock=opt.lock_entry(moment.taken_at, *self.options.object_lock)

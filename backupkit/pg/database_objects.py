@@ -7,10 +7,11 @@ the same exported snapshot, with every schema excluded, dumps exactly those
 data streams through it.  The catalog queries here only describe the same
 objects in the manifest, for people, ``diff`` and the restore's checks: which
 extensions the snapshot's own objects depend on, publication members, and the
-roles a restore must find or make, with their own settings (``ALTER ROLE ... SET``),
-which no pg_dump run here carries: those for every database are global objects
-(``pg_dumpall --globals-only``), and those for this database only come with the
-archive's ``DATABASE PROPERTIES``, which pg_restore renders only with ``--create``.
+roles a restore must find or make, with their own settings (``ALTER ROLE ... SET``), and
+the database's own (``ALTER DATABASE ... SET``), which no pg_dump run here carries: a role's
+settings for every database are global objects (``pg_dumpall --globals-only``), and the
+database's, like a role's in this database only, come only with the ``DATABASE PROPERTIES``
+of a pg_dump of the whole database, which neither run here is (both are schema-filtered).
 """
 
 from __future__ import annotations
@@ -147,6 +148,11 @@ SELECT r.rolname, s.setdatabase <> 0 AS this_database, c.setting
  ORDER BY 1, 2
 """
 
+#: Supabase's API roles: PostgREST logs in as ``authenticator`` and switches to one of the
+#: others.  Their settings are recorded even when the snapshot names none of them: Supabase's
+#: docs raise the API's time limit with ``ALTER ROLE authenticator SET statement_timeout``.
+API_ROLES = ("authenticator", "anon", "authenticated", "service_role")
+
 #: What the manifest holds instead of a setting's value when the value may be a secret.
 WITHHELD = "(not recorded: may be a secret)"
 
@@ -171,10 +177,31 @@ def role_settings(conn: psycopg.Connection, names: list[str] | set[str]) -> dict
     secret (``may_be_secret``) is ``WITHHELD``."""
     out: dict[str, dict[str, dict[str, str]]] = {"all_databases": {}, "this_database": {}}
     for role, this_database, setting in conn.execute(_ROLE_SETTINGS, (sorted(names),)).fetchall():
-        name, _, value = setting.partition("=")
-        scope = out["this_database" if this_database else "all_databases"]
-        scope.setdefault(role, {})[name] = WITHHELD if may_be_secret(name, value) else value
+        name, value = _setting(setting)
+        out["this_database" if this_database else "all_databases"].setdefault(role, {})[name] = value
     return out
+
+
+_DATABASE_SETTINGS = """
+SELECT c.setting
+  FROM pg_catalog.pg_db_role_setting s
+ CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)
+ WHERE s.setrole = 0
+   AND s.setdatabase = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+"""
+
+
+def database_settings(conn: psycopg.Connection) -> dict[str, str]:
+    """The connected database's own settings (``ALTER DATABASE ... SET``: Supabase's documented
+    way to change the project's ``timezone`` or ``statement_timeout``), as the manifest's
+    ``database_settings``: ``{name: value}``, a value that may be a secret ``WITHHELD``."""
+    return dict(_setting(setting) for (setting,) in conn.execute(_DATABASE_SETTINGS).fetchall())
+
+
+def _setting(setting: str) -> tuple[str, str]:
+    """``name=value`` as ``pg_db_role_setting`` holds it: (name, value, or ``WITHHELD``)."""
+    name, _, value = setting.partition("=")
+    return name, WITHHELD if may_be_secret(name, value) else value
 
 
 def dump_database_objects(dsn: str, path: Path, *, snapshot: str) -> None:

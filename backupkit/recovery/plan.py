@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import TargetNotEmpty
+from ..pg.database_objects import database_settings
 from ..pg.dsn import connect
 from ..pg.platform import Platform, read_platform
 from ..pg.platform import problems as platform_problems
@@ -29,7 +30,7 @@ from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from . import mark as restore_mark
-from . import role_settings
+from . import settings
 from .checks import column_mismatches
 from .database_scripts import (
     DatabasePlan,
@@ -277,11 +278,10 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         )
         plan.platform_tables = sorted(platform.tables)
         plan.notes += early_notes
-        if full:  # the roles' settings are the project's configuration: a whole restore's business
-            current = role_settings.target_settings(conn, manifest)
-            plan.notes += role_settings.differences(
-                manifest, current, conn.info.dbname, roles=target.roles | target.will_create
-            )
+        if full:  # the roles' and database's settings are the project's configuration: a whole restore's business
+            current, have = settings.target_settings(conn, manifest), target.roles | target.will_create
+            plan.notes += settings.differences(manifest, current, conn.info.dbname, roles=have)
+            plan.notes += settings.database_differences(manifest, database_settings(conn), conn.info.dbname)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []

@@ -130,18 +130,19 @@ written before 2026-12 have no `database.dump`/`database.sql` (and no
 restore then creating only what `schema.dump` holds.
 
 The roles' own settings (`ALTER ROLE ... SET`: Supabase's `statement_timeout` of
-`anon` and `authenticated`, a user's `app.*` setting for RLS functions) are in
-neither dump as something a restore runs: those for every database are global
-objects, outside any pg_dump; those for this database only are in `database.dump`'s
-`DATABASE PROPERTIES` entry (with `ALTER DATABASE ... SET`), which pg_restore renders
-only with `--create` and which names the source database. The manifest's
-`role_settings` records both for the roles of `roles`, so a restore can say what
-differs in the target and the statements that bring it back. A value that may be a
-secret (`pgrst.jwt_secret`, any setting named like a password, key or token, or a
-value that looks like a JWT or a key) is never recorded: the manifest holds
-`"(not recorded: may be a secret)"` instead. (`database.dump` is pg_dump's archive:
-its `DATABASE PROPERTIES` hold this database's values as they are, as any pg_dump's do;
-encrypt snapshots, `backup --recipient`, when those may be secrets.)
+`anon`, `authenticated` and `authenticator`, a user's `app.*` setting for RLS
+functions) and the database's own (`ALTER DATABASE ... SET`: Supabase's documented
+way to set the project's `timezone` or `statement_timeout`) are in neither dump: a
+role's settings for every database are global objects, outside any pg_dump, and the
+database's, like a role's in this database only, come only with the `DATABASE
+PROPERTIES` of a pg_dump of the whole database, which neither schema-filtered run is.
+The manifest's `role_settings` records the roles' settings for the roles of `roles`
+and for Supabase's API roles (`authenticator`, `anon`, `authenticated`,
+`service_role`, when the source has them); `database_settings` records the
+database's. A whole-snapshot restore says what differs in the target and gives the
+statements that bring it back. A value that may be a secret (`pgrst.jwt_secret`, any
+setting named like a password, key or token, or a value that looks like a JWT or a
+key) is never recorded: the manifest holds `"(not recorded: may be a secret)"` instead.
 
 ## Data files
 

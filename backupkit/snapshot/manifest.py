@@ -255,6 +255,15 @@ def _role_settings_problems(settings: object) -> list[str]:
     return [f"{MANIFEST}: role_settings is not settings by role and name for all_databases and this_database"]
 
 
+def _database_settings_problems(settings: object) -> list[str]:
+    """The shape of ``database_settings`` (when present): settings by name, all strings."""
+    if settings is None or (
+        isinstance(settings, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in settings.items())
+    ):
+        return []
+    return [f"{MANIFEST}: database_settings is not settings by name"]
+
+
 def validate(manifest: dict) -> list[str]:
     """Every way ``manifest`` lacks the shape readers rely on (empty when it has it).
 
@@ -263,7 +272,8 @@ def validate(manifest: dict) -> list[str]:
     present) a list; every file entry an object with a contained ``path`` (``check_path``),
     a size ``bytes``, a hex ``sha256`` and, for data files, an optional count ``rows``;
     no path listed twice; ``encryption`` (when present) of a scheme this backupkit reads;
-    ``role_settings`` (when present) strings by scope, role and setting name.
+    ``role_settings`` (when present) strings by scope, role and setting name;
+    ``database_settings`` (when present) strings by setting name.
     Called by ``read``, so list, verify, restore, diff, sql and prune all refuse the same
     malformed manifests the same way.
     """
@@ -296,6 +306,7 @@ def validate(manifest: dict) -> list[str]:
         problems += _file_problems(key, t.get("files"), data=True)
     problems += _storage_problems(manifest.get("storage"))
     problems += _role_settings_problems(manifest.get("role_settings"))
+    problems += _database_settings_problems(manifest.get("database_settings"))
     if not problems:
         paths = [e["path"] for e in all_files(manifest)]
         dupes = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(paths) else []

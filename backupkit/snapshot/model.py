@@ -236,7 +236,9 @@ class Role(TypedDict):
 
 class RoleSettings(TypedDict):
     """The manifest's ``role_settings``: the own settings (``ALTER ROLE ... SET``) of the roles in
-    ``roles``, from ``pg_db_role_setting``, each as ``{role: {setting: value}}``.
+    ``roles`` and of Supabase's API roles (``authenticator``, ``anon``, ``authenticated``,
+    ``service_role``, when the source has them), from ``pg_db_role_setting``, each as
+    ``{role: {setting: value}}``.
 
     No dump in the snapshot carries them, and a new project has the platform's (Supabase:
     ``statement_timeout`` of ``anon`` and ``authenticated``), so a restore can name the
@@ -397,7 +399,18 @@ class Manifest(TypedDict):
         Annotated[list[Role], "The roles the snapshot names that exist on the source (absent before 2026-12)."]
     ]
     role_settings: NotRequired[
-        Annotated[RoleSettings, "The own settings of the roles in `roles`, no secret (absent before 2026-12-07)."]
+        Annotated[
+            RoleSettings,
+            "The own settings of the roles in `roles` and Supabase's API roles, no secret (absent before 2026-12-07).",
+        ]
+    ]
+    database_settings: NotRequired[
+        Annotated[
+            dict[str, str],
+            "The backed-up database's own settings (`ALTER DATABASE db SET`: Supabase's `timezone`, "
+            '`statement_timeout`), by name; a possible secret\'s value is `"(not recorded: may be a secret)"` '
+            "(absent before 2026-12-07).",
+        ]
     ]
     schema_files: Annotated[list[SchemaFile], "The files under `schema/`, sorted by path."]
     storage: NotRequired[

@@ -1,13 +1,16 @@
-"""The roles' own settings a restore does not bring back, and the statements that would.
+"""The roles' and the database's own settings a restore does not bring back, and the statements that would.
 
 A role's settings (``ALTER ROLE authenticated SET statement_timeout = '8s'``, a user's
-``app.tenant`` for RLS functions) are in no dump a restore runs (``snapshot/format_doc``):
-after a disaster restore into a new project the roles have the platform's defaults.  The
-manifest's ``role_settings`` recorded them; ``differences`` compares them with the target's
-(``target_settings``) and returns one note per setting that differs, each with the exact
-``ALTER ROLE`` statement that would bring it back.  Nothing here changes the target: the
-statements are for a person to read and run (a role's settings are the project's
-configuration, and the connecting role may not even be allowed to change them).
+``app.tenant`` for RLS functions) and the database's (``ALTER DATABASE postgres SET timezone
+TO 'America/New_York'``) are in no dump a restore runs (``snapshot/format_doc``): after a
+disaster restore into a new project they have the platform's defaults.  The manifest's
+``role_settings`` and ``database_settings`` recorded them; ``differences`` and
+``database_differences`` compare them with the target's (``target_settings``,
+``database_objects.database_settings``) and return one note per setting that differs, each
+with the exact ``ALTER ROLE`` or ``ALTER DATABASE`` statement that would bring it back.
+Nothing here changes the target: the statements are for a person to read and run (these
+settings are the project's configuration, and the connecting role may not even be allowed
+to change them).
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ _SCOPES = {"all_databases": "for every database", "this_database": "in this data
 def target_settings(conn: psycopg.Connection, manifest: dict) -> dict[str, dict[str, dict[str, str]]]:
     """The target's settings of the snapshot's roles, for every database and for the connected
     one, shaped like the manifest's ``role_settings`` (a value that may be a secret withheld alike)."""
-    return role_settings(conn, [r["name"] for r in manifest.get("roles", [])])
+    return role_settings(conn, _recorded_roles(manifest))
+
+
+def _recorded_roles(manifest: dict) -> set[str]:
+    """The roles whose settings a snapshot speaks for: those of ``roles``, and any with recorded settings."""
+    recorded = manifest.get("role_settings") or {}
+    return {r["name"] for r in manifest.get("roles", [])}.union(*(recorded.get(scope, {}) for scope in _SCOPES))
 
 
 def differences(
@@ -62,7 +71,7 @@ def differences(
     if recorded is None:
         return []
     notes = []
-    names = {r["name"] for r in manifest.get("roles", [])}
+    names = _recorded_roles(manifest)
     for role in sorted(names if roles is None else names & roles):
         for scope, where in _SCOPES.items():
             db = database if scope == "this_database" else None
@@ -72,18 +81,39 @@ def differences(
                 ours, theirs = want.get(name), have.get(name)
                 if (ours == WITHHELD and theirs is not None) or _same(name, ours, theirs):
                     continue
-                head = f"role {role}: setting {name} {where}"
-                if ours == WITHHELD:
-                    notes.append(
-                        f"{head} is set in the snapshot (its value {WITHHELD}), not set here; to bring it "
-                        f"back, with its value filled in: {statement(role, name, '...', database=db)};"
-                    )
-                    continue
-                notes.append(
-                    f"{head} is {_shown(ours)} in the snapshot, {_shown(theirs)} here; to bring it back: "
-                    f"{statement(role, name, ours, database=db)};"
-                )
+                alter = statement(role, name, ours, database=db)
+                notes.append(_note(f"role {role}: setting {name} {where}", ours, theirs, alter))
     return notes
+
+
+def database_differences(manifest: dict, target: dict[str, str], database: str) -> list[str]:
+    """One note per setting of the snapshot's database (the manifest's ``database_settings``)
+    that the target database ``database`` (its ``database_objects.database_settings``) lacks,
+    has with another value, or has where the snapshot had none; each names the setting, both
+    values and the ``ALTER DATABASE`` that brings it back.  A snapshot without
+    ``database_settings`` (written before they were recorded) gives none."""
+    recorded = manifest.get("database_settings")
+    if recorded is None:
+        return []
+    notes = []
+    for name in sorted(recorded.keys() | target.keys()):
+        ours, theirs = recorded.get(name), target.get(name)
+        if (ours == WITHHELD and theirs is not None) or _same(name, ours, theirs):
+            continue
+        change = _set_or_reset(name, "..." if ours == WITHHELD else ours)
+        alter = sql.SQL("ALTER DATABASE {} {}").format(sql.Identifier(database), change).as_string()
+        notes.append(_note(f"database setting {name}", ours, theirs, alter))
+    return notes
+
+
+def _note(head: str, ours: str | None, theirs: str | None, alter: str) -> str:
+    """A note on one setting that differs, ending with the statement that brings it back."""
+    if ours == WITHHELD:
+        return (
+            f"{head} is set in the snapshot (its value {WITHHELD}), not set here; to bring it "
+            f"back, with its value filled in: {alter};"
+        )
+    return f"{head} is {_shown(ours)} in the snapshot, {_shown(theirs)} here; to bring it back: {alter};"
 
 
 def statement(role: str, name: str, value: str | None, *, database: str | None = None) -> str:
@@ -92,13 +122,17 @@ def statement(role: str, name: str, value: str | None, *, database: str | None =
     parts = [sql.SQL("ALTER ROLE {}").format(sql.Identifier(role))]
     if database is not None:
         parts.append(sql.SQL("IN DATABASE {}").format(sql.Identifier(database)))
-    if value is None:
-        parts.append(sql.SQL("RESET {}").format(sql.Identifier(name)))
-    else:
-        items = split_list(value) if name in LIST_QUOTE else None
-        values = sql.SQL(", ").join(sql.Literal(v) for v in (items if items is not None else [value]))
-        parts.append(sql.SQL("SET {} TO {}").format(sql.Identifier(name), values))
+    parts.append(_set_or_reset(name, "..." if value == WITHHELD else value))
     return sql.SQL(" ").join(parts).as_string()
+
+
+def _set_or_reset(name: str, value: str | None) -> sql.Composed:
+    """``SET name TO value`` (a list setting's elements each its own literal), or ``RESET name``."""
+    if value is None:
+        return sql.SQL("RESET {}").format(sql.Identifier(name))
+    items = split_list(value) if name in LIST_QUOTE else None
+    values = sql.SQL(", ").join(sql.Literal(v) for v in (items if items is not None else [value]))
+    return sql.SQL("SET {} TO {}").format(sql.Identifier(name), values)
 
 
 def split_list(value: str) -> list[str] | None:
