@@ -15,6 +15,7 @@ from psycopg import sql
 
 from ..errors import RestoreError, TargetNotEmpty
 from ..pg.rows import one_row
+from ..pg.schema import TocEntry
 from ..snapshot import manifest as mf
 from .selection import partition_parents, partitioned_above
 
@@ -84,10 +85,10 @@ def _existing_tables(conn: psycopg.Connection, keys: list[str]) -> list[str]:
 _DEPENDENTS = """
 WITH names AS (
   SELECT c.oid, pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS name, n.nspname || '.' || c.relname AS key,
-         n.nspname AS schema
+         n.nspname AS schema, c.relname
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 )
-SELECT t.name, x.what || ' ' || r.name FROM (
+SELECT t.name, x.what || ' ' || r.name, r.schema, r.relname FROM (
   SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what,
          false AS kept
     FROM pg_catalog.pg_constraint c
@@ -128,12 +129,40 @@ def dependents_in_the_way(
         return []
     found: dict[str, list[str]] = {}
     params = {"dropped": dropped, "schemas": schemas, "in_place": in_place}
-    for table, what in conn.execute(_DEPENDENTS, params):
+    for table, what, _, _ in conn.execute(_DEPENDENTS, params):
         found.setdefault(table, []).append(what)
     return [
         f"`clean` would drop and make again {table} (its columns are not the snapshot's), but "
         f"{', '.join(whats)} depend on it: undo the column change first (the schema part of the "
         "down-migration) so its rows are replaced in place, or restore what depends on it too"
+        for table, whats in found.items()
+    ]
+
+
+#: The archive's entries whose object ``pg_restore --clean`` drops and makes again as a relation.
+_RELATIONS = {"TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE"}
+
+
+def dependents_outside(conn: psycopg.Connection, manifest: dict, entries: list[TocEntry]) -> list[str]:
+    """What stops a whole-snapshot ``clean`` restore: the target's foreign keys, views and
+    policies that depend on a table or view the restore drops and makes again (its ``entries``
+    of the snapshot's archive), and that the archive does not have (another schema's, or made
+    after the backup), so pg_restore drops the object they depend on while they stand.  Found
+    here, not by the real run failing on 'other objects depend on it' after a dry run that passed."""
+    relations = [e for e in entries if e.type in _RELATIONS]
+    # pg_restore -l writes "schema name owner": a name with spaces is matched by its entry.
+    tables = [t for t in manifest["tables"] if any(e.belongs_to(t["schema"], t["name"]) for e in relations)]
+    dropped = {mf.table_key(t) for t in tables}
+    dropped |= {f"{e.rest.split(' ')[0]}.{' '.join(e.rest.split(' ')[1:-1])}" for e in relations}
+    found: dict[str, list[str]] = {}
+    params: dict[str, list[str]] = {"dropped": sorted(dropped), "schemas": [], "in_place": []}
+    for table, what, schema, name in conn.execute(_DEPENDENTS, params):
+        if not any(e.belongs_to(schema, name) for e in relations):
+            found.setdefault(table, []).append(what)
+    return [
+        f"`clean` drops and makes again {table}, but these depend on it and are not in the snapshot "
+        f"(the restore would not make them again): {', '.join(whats)}; drop them first if they should "
+        "go, or restore into an empty database"
         for table, whats in found.items()
     ]
 

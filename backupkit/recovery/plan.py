@@ -44,6 +44,7 @@ from .in_place import sequences_used, split_by_shape
 from .obstacles import (
     check_target,
     dependents_in_the_way,
+    dependents_outside,
     dropped_not_owned,
     firing_triggers,
     may_disable_triggers,
@@ -343,6 +344,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     in_place_sequences=sequences_used(conn, in_place) if schemas else set(),
                     new_sequences=_missing(conn, defaults),
                 )
+                if full and clean and plan.existing:
+                    problems += dependents_outside(conn, manifest, entries)
             if schemas and in_place and not plan.existing:
                 # Nothing rebuilt, but the schemas' other objects (views, sequences) exist:
                 # --clean drops them first, as it would with a table to rebuild.
