@@ -167,6 +167,22 @@ def dependents_outside(conn: psycopg.Connection, manifest: dict, entries: list[T
     ]
 
 
+def parents_missing(conn: psycopg.Connection, chosen: list[dict]) -> list[str]:
+    """Tables the restore makes that inherit (``INHERITS``, not a partition) from a table it
+    neither makes nor finds in the target: their CREATE TABLE failed on 'relation does not
+    exist' after a dry run that passed.  (The manifest names a table's first parent.)"""
+    keys = {mf.table_key(t) for t in chosen}
+    children = {mf.table_key(t): t["parent"] for t in chosen if t.get("parent") and not t.get("is_partition")}
+    outside = sorted({p for p in children.values() if p not in keys})
+    have = set(_existing_tables(conn, outside))
+    return [
+        f"{child} inherits from {parent}, which the target does not have and this restore does not "
+        f"make: restore {parent} too (`tables`), or make it first"
+        for child, parent in sorted(children.items())
+        if parent not in keys and parent not in have
+    ]
+
+
 def dropped_not_owned(conn: psycopg.Connection, dropped: list[str]) -> list[str]:
     """Tables ``clean`` would drop that only another role may drop (DROP TABLE needs their
     owner): the real run failed on 'must be owner' after a dry run that passed."""

@@ -49,6 +49,7 @@ from .obstacles import (
     firing_triggers,
     may_disable_triggers,
     names_taken,
+    parents_missing,
     row_security,
 )
 from .partitions import keep_parents_in_place, partition_hierarchy, partitioned_tables, partitions_lost
@@ -236,6 +237,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             refused, existing = exc, []
             problems.append(str(exc))
         target = read_target(conn, manifest)
+        if not full and not request.data_only:
+            problems += parents_missing(conn, [t for t in chosen if mf.table_key(t) not in platform.tables])
         marks = restore_mark.read(conn)
         if marks and not clean:
             problems.append(restore_mark.describe(marks) + "; restore again with `clean` to replace them")
