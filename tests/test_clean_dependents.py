@@ -71,3 +71,44 @@ def test_whole_clean_restore_names_what_outside_the_snapshot_depends_on_its_tabl
         ("Solaris", "Lem"),
         ("The Dispossessed", "Le Guin"),
     ]
+
+
+def test_a_key_or_policy_added_after_the_backup_between_the_snapshots_own_tables(make_db, tmp_path):
+    """A later migration's foreign key or policy on one of the snapshot's tables, reading another:
+    pg_restore drops the archive's keys first, then its tables in reverse order, so a new key
+    always stood in the way, and a new policy when its table was dropped after the one it reads;
+    a policy whose table is dropped first goes with it."""
+    source, target = make_db("cdsrc2"), make_db("cdtgt2")
+    _run(
+        source,
+        """CREATE TABLE public.a_child (id int PRIMARY KEY, p int);
+           CREATE TABLE public.b_parent (id int PRIMARY KEY);
+           CREATE TABLE public.c_docs (id int PRIMARY KEY, member int);
+           CREATE TABLE public.z_child (id int PRIMARY KEY, p int);
+           INSERT INTO public.b_parent VALUES (1); INSERT INTO public.a_child VALUES (1, 1);
+           INSERT INTO public.z_child VALUES (1, 1); INSERT INTO public.c_docs VALUES (1, 1)""",
+    )
+    snap = backupkit.backup(source, tmp_path, progress=False).path
+    backupkit.restore(snap, target, progress=False)
+    _run(
+        target,
+        """ALTER TABLE public.z_child ADD FOREIGN KEY (p) REFERENCES public.b_parent;
+           ALTER TABLE public.a_child ENABLE ROW LEVEL SECURITY;
+           CREATE POLICY members ON public.a_child USING (p IN (SELECT member FROM public.c_docs));
+           ALTER TABLE public.z_child ENABLE ROW LEVEL SECURITY;
+           CREATE POLICY parents ON public.z_child USING (p IN (SELECT id FROM public.b_parent))""",
+    )
+
+    dry = run_cli("restore", snap, "--dsn", target, "--clean", "--dry-run")
+
+    assert dry.returncode == 9, dry.stdout + dry.stderr
+    assert "public.b_parent, but these depend on it and are not in the snapshot" in dry.stderr
+    assert "foreign key z_child_p_fkey of public.z_child;" in dry.stderr
+    assert "public.c_docs, but these depend on it and are not in the snapshot" in dry.stderr
+    assert "policy members on public.a_child;" in dry.stderr
+    assert "policy parents" not in dry.stderr  # public.z_child, and it with it, is dropped first
+
+    _run(target, "ALTER TABLE public.z_child DROP CONSTRAINT z_child_p_fkey; DROP POLICY members ON public.a_child")
+    real = run_cli("restore", snap, "--dsn", target, "--clean")
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert _rows(target, "SELECT count(*) FROM pg_policy WHERE polname = 'parents'") == [(0,)]

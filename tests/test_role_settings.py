@@ -277,7 +277,7 @@ def test_a_role_whose_name_holds_quotes_and_a_comma_keeps_its_grants(project, tm
 
 def test_the_database_settings_are_recorded_and_named_after_a_whole_restore(project, tmp_path):
     """Supabase's docs set the project's time zone and time limit with ``ALTER DATABASE postgres
-    SET``: no dump carries them, so a restored project silently ran with the platform's UTC and
+    SET``: nothing a restore runs carries them, so a restored project silently ran with the platform's UTC and
     limits.  The manifest records them (no secret's value); a whole restore names what differs
     in the target with the ``ALTER DATABASE`` that brings it back, and those statements are exact."""
     from helpers import run_cli
@@ -309,14 +309,14 @@ def test_the_database_settings_are_recorded_and_named_after_a_whole_restore(proj
     real = run_cli("restore", snapshot, "--dsn", target)
     t = tgt.as_string()
     wanted = [
-        f"note: database setting TimeZone is \"America/New_York\" in the snapshot, not set here; to bring it back: "
+        f'note: database setting TimeZone is "America/New_York" in the snapshot, not set here; to bring it back: '
         f"ALTER DATABASE {t} SET \"TimeZone\" TO 'America/New_York';",
-        f'note: database setting app.greeting is {json.dumps(ODD_VALUE)} in the snapshot, not set here; to bring '
+        f"note: database setting app.greeting is {json.dumps(ODD_VALUE)} in the snapshot, not set here; to bring "
         f'it back: ALTER DATABASE {t} SET "app.greeting" TO {sql.Literal(ODD_VALUE).as_string()};',
         f'note: database setting app.only_here is not set in the snapshot, "x" here; to bring it back: '
         f'ALTER DATABASE {t} RESET "app.only_here";',
         f"note: database setting app.settings.jwt_secret is set in the snapshot (its value {WITHHELD}), not set "
-        f"here; to bring it back, with its value filled in: ALTER DATABASE {t} SET \"app.settings.jwt_secret\" "
+        f'here; to bring it back, with its value filled in: ALTER DATABASE {t} SET "app.settings.jwt_secret" '
         "TO '...';",
         f'note: database setting search_path is "\\"$user\\", public, extensions" in the snapshot, not set here; '
         f"to bring it back: ALTER DATABASE {t} SET \"search_path\" TO '$user', 'public', 'extensions';",
@@ -370,3 +370,45 @@ def test_supabase_authenticator_timeout_and_project_time_zone_come_back_as_notes
         'database setting TimeZone is "America/New_York" in the snapshot, not set here; to bring it back: '
         f"""ALTER DATABASE {tdb} SET "TimeZone" TO 'America/New_York';""",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("app.db_pass", "Xk9#mP2$vL5@nQ8!"),  # by its name (pass), and its value (a strong password)
+        ("app.notify", "https://hooks.slack.com/services/T0000000/B0000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
+        ("app.slack", "xoxb-1234567890-abcdefghijkl"),
+        ("app.settings.jwt", "my-shared-hmac-signing-string"),
+        ("app.basic_auth", "admin:correcthorse"),
+        ("app.upstream", "admin:correcthorse"),  # user:password, by its value
+        ("app.stripe", "sk_live_51Habcdefghijklmnop"),
+        ("app.github", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
+        ("app.aws", "AKIAIOSFODNN7EXAMPLE"),
+        ("app.random", "k3j4h5g6f7d8s9a0q1w2e3r4t5y6"),  # lower case and digits, 28 characters
+    ],
+)
+def test_values_that_may_be_secrets_are_withheld(name, value):
+    """Values Supabase users keep in `ALTER DATABASE ... SET app.*`: the manifest (never
+    encrypted) and the restore's notes must not show them."""
+    from backupkit.pg.database_objects import may_be_secret
+
+    assert may_be_secret(name, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TimeZone", "America/New_York"),
+        ("TimeZone", "UTC+05:30"),
+        ("statement_timeout", "60s"),
+        ("search_path", '"$user", public, extensions'),
+        ("session_preload_libraries", "supautils, safeupdate"),
+        ("app.tenant", "acme"),
+        ("app.api_url", "https://api.example.com"),
+        ("log_min_duration_statement", "1000"),
+    ],
+)
+def test_ordinary_settings_are_recorded(name, value):
+    from backupkit.pg.database_objects import may_be_secret
+
+    assert not may_be_secret(name, value)

@@ -8,10 +8,10 @@ data streams through it.  The catalog queries here only describe the same
 objects in the manifest, for people, ``diff`` and the restore's checks: which
 extensions the snapshot's own objects depend on, publication members, and the
 roles a restore must find or make, with their own settings (``ALTER ROLE ... SET``), and
-the database's own (``ALTER DATABASE ... SET``), which no pg_dump run here carries: a role's
-settings for every database are global objects (``pg_dumpall --globals-only``), and the
-database's, like a role's in this database only, come only with the ``DATABASE PROPERTIES``
-of a pg_dump of the whole database, which neither run here is (both are schema-filtered).
+the database's own (``ALTER DATABASE ... SET``), which nothing a restore runs carries: a
+role's settings for every database are global objects (``pg_dumpall --globals-only``), and
+the database's, like a role's in this database only, are in the archives' ``DATABASE
+PROPERTIES`` entry, which pg_restore renders only with ``--create``.
 """
 
 from __future__ import annotations
@@ -157,12 +157,21 @@ API_ROLES = ("authenticator", "anon", "authenticated", "service_role")
 WITHHELD = "(not recorded: may be a secret)"
 
 # A setting is withheld when its name says it holds a secret (PostgREST's pgrst.jwt_secret,
-# app.settings.service_key, an API token), or its value looks like one: a JWT, a PEM block,
-# a password in a connection string or URL, or a long random-looking string.
-_SECRET_NAME = re.compile(r"password|passwd|pwd|secret|key|token|credential|private|salt", re.I)
+# app.settings.service_key, app.db_pass, a webhook, an API token), or its value looks like one:
+# a JWT, a PEM block, a password in a connection string or URL, user:password, a URL with a
+# long token in its path (a Slack webhook), a provider's token (Slack xoxb-, Stripe sk_live_,
+# GitHub ghp_, AWS AKIA...), or a long random-looking string.  Withholding a harmless value
+# costs only its note's value; recording a secret puts it in a manifest no key encrypts.
+_SECRET_NAME = re.compile(r"pass|pwd|secret|key|token|credential|private|salt|jwt|auth|hook|dsn|conninfo|signing", re.I)
 _SECRET_VALUE = re.compile(
     r"eyJ[\w-]+\.[\w-]+\.|-----BEGIN|(?i:password)\s*=|://[^/@\s]*:[^/@\s]*@"
+    r"|^[^\s:/@]+:[^\s:/@]{6,}$"
+    r"|://\S*[/?=]\S*[\w-]{16,}"
+    r"|\b(?:xox[a-z]-|(?:sk|rk|pk)_(?:live|test)_|gh[pousr]_|github_pat_|glpat-"
+    r"|AKIA[0-9A-Z]{12}|AIza[\w-]{20}|SG\.[\w-]{16})"
     r"|^(?=[\w+/=.-]{32,}$)(?=.*\d)(?=.*[a-z])(?=.*[A-Z])|^[0-9a-fA-F]{32,}$"
+    r"|^(?=[\w+/=.-]{24,}$)(?=.*\d)(?=.*[a-z])"
+    r"|^(?=\S{12,}$)(?=.*\d)(?=.*[a-z])(?=.*[A-Z])(?=.*[^\w])"
 )
 
 

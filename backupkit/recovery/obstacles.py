@@ -10,6 +10,8 @@ collects their problems with every other one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import psycopg
 from psycopg import sql
 
@@ -88,14 +90,14 @@ WITH names AS (
          n.nspname AS schema, c.relname
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 )
-SELECT t.name, x.what || ' ' || r.name, r.schema, r.relname FROM (
+SELECT t.name, x.what || ' ' || r.name, t.schema, t.relname, r.schema, r.relname, x.kind, x.object FROM (
   SELECT c.confrelid AS target, c.conrelid AS rel, 'foreign key ' || pg_catalog.quote_ident(c.conname) || ' of' AS what,
-         false AS kept
+         false AS kept, 'FK CONSTRAINT' AS kind, c.conname::text AS object
     FROM pg_catalog.pg_constraint c
    WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
      AND c.confrelid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
   UNION
-  SELECT d.refobjid, v.oid, 'view', false
+  SELECT d.refobjid, v.oid, 'view', false, 'VIEW', NULL
     FROM pg_catalog.pg_depend d
     JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
     JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class
@@ -105,7 +107,7 @@ SELECT t.name, x.what || ' ' || r.name, r.schema, r.relname FROM (
   -- A policy whose expression reads the table (a storage.objects policy checking public.profiles):
   -- kept, unless its table is remade, even in a restored schema when its table stays in place.
   SELECT d.refobjid, p.polrelid, 'policy ' || pg_catalog.quote_ident(p.polname) || ' on',
-         p.polrelid IN (SELECT oid FROM names WHERE key = ANY(%(in_place)s))
+         p.polrelid IN (SELECT oid FROM names WHERE key = ANY(%(in_place)s)), 'POLICY', p.polname::text
     FROM pg_catalog.pg_depend d
     JOIN pg_catalog.pg_policy p ON p.oid = d.objid
    WHERE d.classid = 'pg_catalog.pg_policy'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
@@ -113,7 +115,7 @@ SELECT t.name, x.what || ' ' || r.name, r.schema, r.relname FROM (
      AND p.polrelid <> d.refobjid
 ) x
 JOIN names t ON t.oid = x.target JOIN names r ON r.oid = x.rel
-WHERE NOT (r.key = ANY(%(dropped)s) OR (r.schema = ANY(%(schemas)s) AND NOT x.kept))
+WHERE NOT ((%(skip_dropped)s AND r.key = ANY(%(dropped)s)) OR (r.schema = ANY(%(schemas)s) AND NOT x.kept))
 ORDER BY 1, 2
 """
 
@@ -128,8 +130,8 @@ def dependents_in_the_way(
     if not dropped:
         return []
     found: dict[str, list[str]] = {}
-    params = {"dropped": dropped, "schemas": schemas, "in_place": in_place}
-    for table, what, _, _ in conn.execute(_DEPENDENTS, params):
+    params = {"dropped": dropped, "schemas": schemas, "in_place": in_place, "skip_dropped": True}
+    for table, what, *_ in conn.execute(_DEPENDENTS, params):
         found.setdefault(table, []).append(what)
     return [
         f"`clean` would drop and make again {table} (its columns are not the snapshot's), but "
@@ -146,25 +148,44 @@ _RELATIONS = {"TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE"}
 def dependents_outside(conn: psycopg.Connection, manifest: dict, entries: list[TocEntry]) -> list[str]:
     """What stops a whole-snapshot ``clean`` restore: the target's foreign keys, views and
     policies that depend on a table or view the restore drops and makes again (its ``entries``
-    of the snapshot's archive), and that the archive does not have (another schema's, or made
-    after the backup), so pg_restore drops the object they depend on while they stand.  Found
-    here, not by the real run failing on 'other objects depend on it' after a dry run that passed."""
-    relations = [e for e in entries if e.type in _RELATIONS]
-    # pg_restore -l writes "schema name owner": a name with spaces is matched by its entry.
-    tables = [t for t in manifest["tables"] if any(e.belongs_to(t["schema"], t["name"]) for e in relations)]
-    dropped = {mf.table_key(t) for t in tables}
-    dropped |= {f"{e.rest.split(' ')[0]}.{' '.join(e.rest.split(' ')[1:-1])}" for e in relations}
+    of the snapshot's archive), that the archive does not have (another schema's, or made after
+    the backup), and that pg_restore does not drop first with their own table (it drops in
+    the archive's reverse order, keys and policies before tables).  Found here, not by the
+    real run failing on 'other objects depend on it' after a dry run that passed."""
+    relations = _positions(e for e in entries if e.type in _RELATIONS)
+    archived = {kind: _positions(e for e in entries if e.type == kind) for kind in ("FK CONSTRAINT", "POLICY")}
+    archived["VIEW"] = relations
+    dropped = [mf.table_key(t) for t in manifest["tables"] if f"{t['schema']} {t['name']}" in relations]
+    # pg_restore -l writes "schema name owner"; each name is found again by its entry above.
+    dropped += [f"{e.rest.split(' ')[0]}.{' '.join(e.rest.split(' ')[1:-1])}" for e in entries if e.type in _RELATIONS]
     found: dict[str, list[str]] = {}
-    params: dict[str, list[str]] = {"dropped": sorted(dropped), "schemas": [], "in_place": []}
-    for table, what, schema, name in conn.execute(_DEPENDENTS, params):
-        if not any(e.belongs_to(schema, name) for e in relations):
-            found.setdefault(table, []).append(what)
+    params = {"dropped": sorted(set(dropped)), "schemas": [], "in_place": [], "skip_dropped": False}
+    for table, what, t_schema, t_name, schema, name, kind, obj in conn.execute(_DEPENDENTS, params):
+        own = f"{schema} {name}" + (f" {obj}" if obj is not None else "")
+        if own in archived[kind]:
+            continue  # pg_restore drops it first, as it is in the archive
+        # A policy goes with its table, when that is dropped before the one it reads; a foreign
+        # key never does: the key it references is dropped first, before any table.
+        if kind == "POLICY" and relations.get(f"{schema} {name}", -1) > relations.get(f"{t_schema} {t_name}", -1) >= 0:
+            continue
+        found.setdefault(table, []).append(what)
     return [
         f"`clean` drops and makes again {table}, but these depend on it and are not in the snapshot "
         f"(the restore would not make them again): {', '.join(whats)}; drop them first if they should "
         "go, or restore into an empty database"
         for table, whats in found.items()
     ]
+
+
+def _positions(entries: Iterable[TocEntry]) -> dict[str, int]:
+    """Each entry's possible "schema name" (every start of its text ending before a space: its
+    owner, or a name with spaces, follows) -> the entry's position among them, the first kept."""
+    found: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        words = e.rest.split(" ")
+        for n in range(2, len(words)):
+            found.setdefault(" ".join(words[:n]), i)
+    return found
 
 
 def parents_missing(conn: psycopg.Connection, chosen: list[dict]) -> list[str]:

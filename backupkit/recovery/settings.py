@@ -2,7 +2,7 @@
 
 A role's settings (``ALTER ROLE authenticated SET statement_timeout = '8s'``, a user's
 ``app.tenant`` for RLS functions) and the database's (``ALTER DATABASE postgres SET timezone
-TO 'America/New_York'``) are in no dump a restore runs (``snapshot/format_doc``): after a
+TO 'America/New_York'``) are in nothing a restore runs (``snapshot/format_doc``): after a
 disaster restore into a new project they have the platform's defaults.  The manifest's
 ``role_settings`` and ``database_settings`` recorded them; ``differences`` and
 ``database_differences`` compare them with the target's (``target_settings``,

@@ -132,17 +132,20 @@ restore then creating only what `schema.dump` holds.
 The roles' own settings (`ALTER ROLE ... SET`: Supabase's `statement_timeout` of
 `anon`, `authenticated` and `authenticator`, a user's `app.*` setting for RLS
 functions) and the database's own (`ALTER DATABASE ... SET`: Supabase's documented
-way to set the project's `timezone` or `statement_timeout`) are in neither dump: a
-role's settings for every database are global objects, outside any pg_dump, and the
-database's, like a role's in this database only, come only with the `DATABASE
-PROPERTIES` of a pg_dump of the whole database, which neither schema-filtered run is.
-The manifest's `role_settings` records the roles' settings for the roles of `roles`
-and for Supabase's API roles (`authenticator`, `anon`, `authenticated`,
-`service_role`, when the source has them); `database_settings` records the
-database's. A whole-snapshot restore says what differs in the target and gives the
-statements that bring it back. A value that may be a secret (`pgrst.jwt_secret`, any
-setting named like a password, key or token, or a value that looks like a JWT or a
-key) is never recorded: the manifest holds `"(not recorded: may be a secret)"` instead.
+way to set the project's `timezone` or `statement_timeout`) are nothing a restore runs:
+a role's settings for every database are global objects, outside any pg_dump, and the
+database's, like a role's in this database only, are in both archives' `DATABASE
+PROPERTIES` entry, which pg_restore renders only with `--create` and which names the
+source database. The manifest's `role_settings` records the roles' settings for the
+roles of `roles` and for Supabase's API roles (`authenticator`, `anon`,
+`authenticated`, `service_role`, when the source has them); `database_settings`
+records the database's. A whole-snapshot restore says what differs in the target and
+gives the statements that bring it back. A value that may be a secret (`pgrst.jwt_secret`,
+any setting named like a password, key, token or JWT, or a value that looks like a JWT,
+a key or an API token) is never recorded in the manifest: it holds `"(not recorded: may
+be a secret)"` instead. (`schema.dump` and `database.dump` are pg_dump's archives: their
+`DATABASE PROPERTIES` hold this database's settings as they are, as any pg_dump's do;
+encrypt snapshots, `backup --recipient`, when those may be secrets.)
 
 ## Data files
 
