@@ -52,12 +52,12 @@ def test_whole_clean_restore_names_what_outside_the_snapshot_depends_on_its_tabl
         assert run.returncode == 9, run.stdout + run.stderr
         assert "nothing was changed" in run.stderr
         assert (
-            "`--clean` drops and makes again public.authors, but these depend on it and are not in the "
-            "snapshot (the restore would not make them again): view public.made_later;"
+            "`--clean` drops and makes again public.authors, but these depend on it and the restore "
+            "would not drop and make them again: view public.made_later;"
         ) in run.stderr
         assert (
-            "`--clean` drops and makes again public.books, but these depend on it and are not in the "
-            "snapshot (the restore would not make them again): foreign key favourites_book_fkey of "
+            "`--clean` drops and makes again public.books, but these depend on it and the restore "
+            "would not drop and make them again: foreign key favourites_book_fkey of "
             "reports.favourites, view reports.per_author;"
         ) in run.stderr
         # The snapshot's own view and foreign key are dropped and made again with their tables.
@@ -102,9 +102,9 @@ def test_a_key_or_policy_added_after_the_backup_between_the_snapshots_own_tables
     dry = run_cli("restore", snap, "--dsn", target, "--clean", "--dry-run")
 
     assert dry.returncode == 9, dry.stdout + dry.stderr
-    assert "public.b_parent, but these depend on it and are not in the snapshot" in dry.stderr
+    assert "public.b_parent, but these depend on it and the restore would not" in dry.stderr
     assert "foreign key z_child_p_fkey of public.z_child;" in dry.stderr
-    assert "public.c_docs, but these depend on it and are not in the snapshot" in dry.stderr
+    assert "public.c_docs, but these depend on it and the restore would not" in dry.stderr
     assert "policy members on public.a_child;" in dry.stderr
     assert "policy parents" not in dry.stderr  # public.z_child, and it with it, is dropped first
 
@@ -112,3 +112,25 @@ def test_a_key_or_policy_added_after_the_backup_between_the_snapshots_own_tables
     real = run_cli("restore", snap, "--dsn", target, "--clean")
     assert real.returncode == 0, real.stdout + real.stderr
     assert _rows(target, "SELECT count(*) FROM pg_policy WHERE polname = 'parents'") == [(0,)]
+
+
+def test_supabase_trigger_on_auth_users_stops_a_whole_clean_restore_of_public(supabase_project, tmp_path):
+    """Supabase's own quickstart: trigger on_auth_user_created on auth.users calls
+    public.handle_new_user().  A whole `--clean` restore of a `public` snapshot into the live
+    project drops that function to make it again, while the platform's auth.users and its
+    trigger stay: the dry run passed and the real run rolled back.  Naming the schema, as the
+    message says, replaces the rows in place and keeps the function."""
+    project = supabase_project.app_project()
+    snap = backupkit.backup(project, tmp_path, schemas=["public"], progress=False).path
+
+    dry = run_cli("restore", snap, "--dsn", project, "--clean", "--dry-run")
+    real = run_cli("restore", snap, "--dsn", project, "--clean")
+
+    for run in (dry, real):
+        assert run.returncode == 9, run.stdout + run.stderr
+        assert (
+            "`--clean` drops and makes again public.handle_new_user(), but these depend on it and the restore "
+            "would not drop and make them again: trigger on_auth_user_created on auth.users;"
+        ) in run.stderr
+    named = run_cli("restore", snap, "--dsn", project, "--schema", "public", "--clean", "--dry-run")
+    assert named.returncode == 0, named.stdout + named.stderr

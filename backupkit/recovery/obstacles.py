@@ -169,12 +169,37 @@ def dependents_outside(conn: psycopg.Connection, manifest: dict, entries: list[T
         if kind == "POLICY" and relations.get(f"{schema} {name}", -1) > relations.get(f"{t_schema} {t_name}", -1) >= 0:
             continue
         found.setdefault(table, []).append(what)
+    # A trigger calling one of the archive's functions (Supabase's on_auth_user_created on
+    # auth.users, calling public.handle_new_user): pg_restore drops the function after the
+    # tables, so a trigger the archive does not drop, on a table it keeps, stands in the way.
+    functions = _positions(e for e in entries if e.type == "FUNCTION")
+    triggers = _positions(e for e in entries if e.type == "TRIGGER")
+    for function, f_schema, signature, what, schema, name, trigger in conn.execute(_TRIGGERS):
+        if f"{f_schema} {signature}" in functions and not (
+            f"{schema} {name} {trigger}" in triggers or f"{schema} {name}" in relations
+        ):
+            found.setdefault(function, []).append(what)
     return [
-        f"`clean` drops and makes again {table}, but these depend on it and are not in the snapshot "
-        f"(the restore would not make them again): {', '.join(whats)}; drop them first if they should "
-        "go, or restore into an empty database"
+        f"`clean` drops and makes again {table}, but these depend on it and the restore would not "
+        f"drop and make them again: {', '.join(whats)}; name the schemas (`schemas`) to replace the "
+        "tables' rows in place instead, drop those first if they should go, or restore into an empty database"
         for table, whats in found.items()
     ]
+
+
+_TRIGGERS = """
+SELECT pg_catalog.format('%I.%I()', n.nspname, p.proname), n.nspname,
+       p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')',
+       'trigger ' || pg_catalog.quote_ident(t.tgname) || ' on ' || pg_catalog.format('%I.%I', tn.nspname, c.relname),
+       tn.nspname, c.relname, t.tgname
+  FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+  JOIN pg_catalog.pg_namespace tn ON tn.oid = c.relnamespace
+ WHERE NOT t.tgisinternal AND n.nspname <> 'pg_catalog'
+ ORDER BY 1, 4
+"""
 
 
 def _positions(entries: Iterable[TocEntry]) -> dict[str, int]:

@@ -284,8 +284,10 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         plan.notes += early_notes
         if full:  # the roles' and database's settings are the project's configuration: a whole restore's business
             current, have = settings.target_settings(conn, manifest), target.roles | target.will_create
-            plan.notes += settings.differences(manifest, current, conn.info.dbname, roles=have)
-            plan.notes += settings.database_differences(manifest, database_settings(conn), conn.info.dbname)
+            # The database's own name: a pooler may route another name to it.
+            dbname = one_row(conn.execute("SELECT pg_catalog.current_database()"))[0]
+            plan.notes += settings.differences(manifest, current, dbname, roles=have)
+            plan.notes += settings.database_differences(manifest, database_settings(conn), dbname)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []
