@@ -95,6 +95,8 @@ SELECT t.name, x.what || ' ' || r.name, t.schema, t.relname, r.schema, r.relname
          false AS kept, 'FK CONSTRAINT' AS kind, c.conname::text AS object
     FROM pg_catalog.pg_constraint c
    WHERE c.contype = 'f' AND c.conrelid <> c.confrelid
+     -- A partition's copy of a partitioned table's key goes with that key (whole restores).
+     AND (%(skip_dropped)s OR c.conparentid = 0)
      AND c.confrelid IN (SELECT oid FROM names WHERE key = ANY(%(dropped)s))
   UNION
   SELECT d.refobjid, v.oid, 'view', false, 'VIEW', NULL
