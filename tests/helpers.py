@@ -29,6 +29,18 @@ INSERT INTO "Odd ""Name"".x" VALUES (1, 'dup'), (1, 'dup'), (NULL, NULL);
 """
 
 
+def run_sql(dsn: str, script: str) -> None:
+    """Run ``script`` (one or more statements, no parameters) in its own autocommit session."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(script)
+
+
+def sql_rows(dsn: str, query: str) -> list[tuple]:
+    """The rows of ``query``, read in a session of its own."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query).fetchall()
+
+
 def load_small(dsn: str) -> None:
     """A small database with awkward names and values (used by backup/verify tests)."""
     with psycopg.connect(dsn) as conn:

@@ -7,8 +7,7 @@ in the snapshot, so the DROP failed and the restore rolled back, after a dry run
 
 from __future__ import annotations
 
-import psycopg
-from helpers import run_cli
+from helpers import run_cli, run_sql, sql_rows
 
 import backupkit
 
@@ -28,22 +27,12 @@ OUTSIDE = """
 """
 
 
-def _run(dsn: str, script: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(script)
-
-
-def _rows(dsn: str, query: str) -> list[tuple]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(query).fetchall()
-
-
 def test_whole_clean_restore_names_what_outside_the_snapshot_depends_on_its_tables(make_db, tmp_path):
     source, target = make_db("cdsrc"), make_db("cdtgt")
-    _run(source, SCHEMA)
+    run_sql(source, SCHEMA)
     snap = backupkit.backup(source, tmp_path, schemas=["public"], progress=False).path
     backupkit.restore(snap, target, progress=False)
-    _run(target, OUTSIDE + "DELETE FROM public.books WHERE id = 2")
+    run_sql(target, OUTSIDE + "DELETE FROM public.books WHERE id = 2")
 
     dry = run_cli("restore", snap, "--dsn", target, "--clean", "--dry-run")
     real = run_cli("restore", snap, "--dsn", target, "--clean")
@@ -62,12 +51,12 @@ def test_whole_clean_restore_names_what_outside_the_snapshot_depends_on_its_tabl
         ) in run.stderr
         # The snapshot's own view and foreign key are dropped and made again with their tables.
         assert "public.titles" not in run.stderr and "books_author_fkey" not in run.stderr
-    assert _rows(target, "SELECT count(*) FROM public.books") == [(1,)]  # unchanged
+    assert sql_rows(target, "SELECT count(*) FROM public.books") == [(1,)]  # unchanged
 
-    _run(target, "DROP SCHEMA reports CASCADE; DROP VIEW public.made_later")
+    run_sql(target, "DROP SCHEMA reports CASCADE; DROP VIEW public.made_later")
     again = run_cli("restore", snap, "--dsn", target, "--clean")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert _rows(target, "SELECT * FROM public.titles ORDER BY 1") == [
+    assert sql_rows(target, "SELECT * FROM public.titles ORDER BY 1") == [
         ("Solaris", "Lem"),
         ("The Dispossessed", "Le Guin"),
     ]
@@ -79,7 +68,7 @@ def test_a_key_or_policy_added_after_the_backup_between_the_snapshots_own_tables
     always stood in the way, and a new policy when its table was dropped after the one it reads;
     a policy whose table is dropped first goes with it."""
     source, target = make_db("cdsrc2"), make_db("cdtgt2")
-    _run(
+    run_sql(
         source,
         """CREATE TABLE public.a_child (id int PRIMARY KEY, p int);
            CREATE TABLE public.b_parent (id int PRIMARY KEY);
@@ -90,7 +79,7 @@ def test_a_key_or_policy_added_after_the_backup_between_the_snapshots_own_tables
     )
     snap = backupkit.backup(source, tmp_path, progress=False).path
     backupkit.restore(snap, target, progress=False)
-    _run(
+    run_sql(
         target,
         """ALTER TABLE public.z_child ADD FOREIGN KEY (p) REFERENCES public.b_parent;
            ALTER TABLE public.a_child ENABLE ROW LEVEL SECURITY;
@@ -108,10 +97,10 @@ def test_a_key_or_policy_added_after_the_backup_between_the_snapshots_own_tables
     assert "policy members on public.a_child;" in dry.stderr
     assert "policy parents" not in dry.stderr  # public.z_child, and it with it, is dropped first
 
-    _run(target, "ALTER TABLE public.z_child DROP CONSTRAINT z_child_p_fkey; DROP POLICY members ON public.a_child")
+    run_sql(target, "ALTER TABLE public.z_child DROP CONSTRAINT z_child_p_fkey; DROP POLICY members ON public.a_child")
     real = run_cli("restore", snap, "--dsn", target, "--clean")
     assert real.returncode == 0, real.stdout + real.stderr
-    assert _rows(target, "SELECT count(*) FROM pg_policy WHERE polname = 'parents'") == [(0,)]
+    assert sql_rows(target, "SELECT count(*) FROM pg_policy WHERE polname = 'parents'") == [(0,)]
 
 
 def test_supabase_trigger_on_auth_users_stops_a_whole_clean_restore_of_public(supabase_project, tmp_path):

@@ -6,8 +6,7 @@ failed on 'relation does not exist'; now planning names the parent to bring alon
 
 from __future__ import annotations
 
-import psycopg
-from helpers import run_cli
+from helpers import run_cli, run_sql, sql_rows
 
 import backupkit
 
@@ -19,19 +18,9 @@ SCHEMA = """
 """
 
 
-def _run(dsn: str, script: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(script)
-
-
-def _rows(dsn: str, query: str) -> list[tuple]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(query).fetchall()
-
-
 def test_a_child_table_without_its_parent_is_refused_when_planning(make_db, tmp_path):
     source, target = make_db("inhsrc"), make_db("inhtgt")
-    _run(source, SCHEMA)
+    run_sql(source, SCHEMA)
     snap = backupkit.backup(source, tmp_path, progress=False).path
 
     for extra in (["--dry-run"], []):
@@ -41,22 +30,22 @@ def test_a_child_table_without_its_parent_is_refused_when_planning(make_db, tmp_
             "public.measures_2026 inherits from public.measures, which the target does not have and this "
             "restore does not make: restore public.measures too (`--table`), or make it first"
         ) in run.stderr
-    assert _rows(target, "SELECT to_regclass('public.measures_2026')") == [(None,)]
+    assert sql_rows(target, "SELECT to_regclass('public.measures_2026')") == [(None,)]
 
     both = run_cli("restore", snap, "--dsn", target, "--table", "public.measures_2026", "--table", "public.measures")
     assert both.returncode == 0, both.stdout + both.stderr
     # The parent's own row once, the child's through the parent too: as in the source.
-    assert _rows(target, "SELECT id, v FROM public.measures ORDER BY id") == [(1, "own"), (2, "child"), (3, "child")]
-    assert _rows(target, "SELECT id FROM ONLY public.measures") == [(1,)]
+    assert sql_rows(target, "SELECT id, v FROM public.measures ORDER BY id") == [(1, "own"), (2, "child"), (3, "child")]
+    assert sql_rows(target, "SELECT id FROM ONLY public.measures") == [(1,)]
 
 
 def test_a_child_table_restores_alone_where_its_parent_is(make_db, tmp_path):
     source, target = make_db("inhsrc2"), make_db("inhtgt2")
-    _run(source, SCHEMA)
+    run_sql(source, SCHEMA)
     snap = backupkit.backup(source, tmp_path, progress=False).path
-    _run(target, "CREATE TABLE public.measures (id int PRIMARY KEY, v text)")
+    run_sql(target, "CREATE TABLE public.measures (id int PRIMARY KEY, v text)")
 
     run = run_cli("restore", snap, "--dsn", target, "--table", "public.measures_2026")
 
     assert run.returncode == 0, run.stdout + run.stderr
-    assert _rows(target, "SELECT id, extra FROM public.measures_2026 ORDER BY id") == [(2, 5), (3, 6)]
+    assert sql_rows(target, "SELECT id, extra FROM public.measures_2026 ORDER BY id") == [(2, 5), (3, 6)]
