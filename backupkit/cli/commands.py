@@ -495,16 +495,26 @@ def _queries_interruptible() -> Iterator[None]:
     """Ctrl-C and SIGTERM stop a running DuckDB query at once: DuckDB does not return to
     Python while it runs, so the signal took effect only when the query ended (``timeout``,
     systemd's stop and Ctrl-C waited on a big snapshot's query for as long as it took)."""
-    import duckdb
+    import threading
 
     from ..lens.duck import interrupt_queries
     from ..runtime.signals import interrupting
 
+    stopped = threading.Event()
+
+    def stop() -> None:
+        stopped.set()
+        interrupt_queries()
+
     try:
-        with interrupting(interrupt_queries):
+        with interrupting(stop):
             yield
-    except duckdb.InterruptException:  # only ever ours: the signal's own KeyboardInterrupt follows
-        raise KeyboardInterrupt from None
+    except Exception:
+        # An interrupted query fails as InterruptException, or, caught while DuckDB fetches
+        # the rows, as a RuntimeError('Query interrupted'): after a signal, either is the stop.
+        if stopped.is_set():
+            raise KeyboardInterrupt from None
+        raise
 
 
 def cmd_sql(a: argparse.Namespace) -> int:
