@@ -322,7 +322,7 @@ class BackupJob:
             at_moment = self._bucket_rows(main) if self.options.buckets else None
             database = database_objects.describe(main, self.options.selection.schemas)
             roles = self._roles(main, database, schema_sql)
-            # Not in any dump: restore can only say what differs (``recovery.settings``).
+            # Nothing a restore runs carries them: it can only say what differs (``recovery.settings``).
             named = {r["name"] for r in roles} | set(database_objects.API_ROLES)
             role_settings = database_objects.role_settings(main, named)
             database_settings = database_objects.database_settings(main)

@@ -100,8 +100,7 @@ def database_differences(manifest: dict, target: dict[str, str], database: str) 
         ours, theirs = recorded.get(name), target.get(name)
         if (ours == WITHHELD and theirs is not None) or _same(name, ours, theirs):
             continue
-        change = _set_or_reset(name, "..." if ours == WITHHELD else ours)
-        alter = sql.SQL("ALTER DATABASE {} {}").format(sql.Identifier(database), change).as_string()
+        alter = sql.SQL("ALTER DATABASE {} {}").format(sql.Identifier(database), _set_or_reset(name, ours)).as_string()
         notes.append(_note(f"database setting {name}", ours, theirs, alter))
     return notes
 
@@ -122,12 +121,15 @@ def statement(role: str, name: str, value: str | None, *, database: str | None =
     parts = [sql.SQL("ALTER ROLE {}").format(sql.Identifier(role))]
     if database is not None:
         parts.append(sql.SQL("IN DATABASE {}").format(sql.Identifier(database)))
-    parts.append(_set_or_reset(name, "..." if value == WITHHELD else value))
+    parts.append(_set_or_reset(name, value))
     return sql.SQL(" ").join(parts).as_string()
 
 
 def _set_or_reset(name: str, value: str | None) -> sql.Composed:
-    """``SET name TO value`` (a list setting's elements each its own literal), or ``RESET name``."""
+    """``SET name TO value`` (a list setting's elements each its own literal; a withheld value
+    ``'...'``, for the user to fill in), or ``RESET name``."""
+    if value == WITHHELD:
+        value = "..."
     if value is None:
         return sql.SQL("RESET {}").format(sql.Identifier(name))
     items = split_list(value) if name in LIST_QUOTE else None
