@@ -139,6 +139,8 @@ class Written:
     role_settings: dict[str, Any] | None = None
     #: The manifest's ``database_settings`` (``database_objects.database_settings``).
     database_settings: dict[str, str] | None = None
+    #: The manifest's ``cron_jobs`` (``pg.cron.Job.summary`` of each); None: the source has no pg_cron.
+    cron_jobs: list[dict[str, Any]] | None = None
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:
@@ -176,6 +178,7 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
         "roles": written.roles,
         **({"role_settings": written.role_settings} if written.role_settings is not None else {}),
         **({"database_settings": written.database_settings} if written.database_settings is not None else {}),
+        **({"cron_jobs": written.cron_jobs} if written.cron_jobs is not None else {}),
         "schema_files": written.schema_files,
     }
     if written.storage is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import secrets
@@ -29,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 import psycopg.errors
@@ -37,7 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from ..errors import BackupkitError, RowLevelSecurityError, SourceError, StorageError, ToolError
-from ..pg import database_objects
+from ..pg import cron, database_objects
 from ..pg.catalog import (
     existing_schemas,
     list_matviews,
@@ -216,6 +217,7 @@ class BackupJob:
         self.storage_read = (0, 0)  # (files, bytes) read from the Storage endpoint
         self.workers: Workers | None = None
         self.lock: DirLock | None = None  # the repository's, while ``run`` holds it
+        self.jobs_hidden = False  # pg_cron's jobs left out (``allow_partial``)
 
     def warn(self, message: str) -> None:
         """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
@@ -326,9 +328,12 @@ class BackupJob:
             named = {r["name"] for r in roles} | set(database_objects.API_ROLES)
             role_settings = database_objects.role_settings(main, named)
             database_settings = database_objects.database_settings(main)
+            jobs = self._cron_jobs(main, moment)
             keepalive.close()
             main.close()
             buckets = self._buckets(at_moment, staging) if at_moment is not None else None
+            if jobs is not None:
+                schema_files.append(self._store(io.BytesIO(cron.dumps(jobs)), mf.CRON_JOBS))
             written = Written(
                 snapshot_id=sid,
                 label=self.options.label,
@@ -340,6 +345,7 @@ class BackupJob:
                 roles=roles,
                 role_settings=role_settings,
                 database_settings=database_settings,
+                cron_jobs=[j.summary() for j in jobs] if jobs is not None else None,
                 signed_by=signing.key_id(self.options.key.public_key()) if self.options.key else None,
                 encryption=encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
                 object_lock=opt.lock_entry(moment.taken_at, *self.options.object_lock)
@@ -347,7 +353,11 @@ class BackupJob:
                 else None,
                 storage=buckets,
             )
-            result = self._seal(sid, build_manifest(moment, self.options.selection, written))
+            manifest = build_manifest(moment, self.options.selection, written)
+            if self.jobs_hidden:  # like a table's rows row-level security hid (``allow_partial``)
+                manifest["partial"] = True
+                manifest["partial_tables"].append("cron.job")
+            result = self._seal(sid, manifest)
             if moment.hidden:
                 self.warn(
                     f"partial backup: only rows visible to {moment.role['user']} were copied from "
@@ -530,6 +540,23 @@ class BackupJob:
         log.info("schema: pg_dump wrote %d files in %.1f s", len(entries), time.monotonic() - step)
         return entries, sql_text
 
+    def _cron_jobs(self, main: psycopg.Connection, moment: Moment) -> list[cron.Job] | None:
+        """pg_cron's jobs at the consistent moment (None: no pg_cron); a role that may not
+        read them fails the backup, as rows hidden from it do, unless ``allow_partial``."""
+        try:
+            return cron.read_jobs(main)
+        except cron.Unreadable:
+            user = moment.role["user"]
+            if not self.options.allow_partial:
+                raise SourceError(
+                    f"role {user} may not read every pg_cron job (cron.job), so the snapshot would lack them",
+                    hint="back up as a role with SELECT on cron.job and BYPASSRLS (Supabase: postgres), "
+                    "or pass `allow_partial` to back up without the jobs",
+                ) from None
+            self.warn(f"partial backup: role {user} may not read pg_cron's scheduled jobs (cron.job): none recorded")
+            self.jobs_hidden = True
+            return None
+
     def _pg_dump_error(self, main: psycopg.Connection, exc: ToolError) -> BackupkitError:
         text = str(exc)
         # pg_dump --lock-wait-timeout runs its LOCK TABLE (of many tables) under a statement_timeout.
@@ -540,11 +567,16 @@ class BackupJob:
         return exc
 
     def _upload(self, source: Storage, rel: str) -> dict[str, Any]:
-        """Copy file ``rel`` of ``source`` into the snapshot being written (encrypted to the
+        """Copy file ``rel`` of ``source`` into the snapshot being written (``_store``)."""
+        with source.open(rel) as src:
+            return self._store(src, rel)
+
+    def _store(self, src: BinaryIO, rel: str) -> dict[str, Any]:
+        """Write ``src``'s bytes as file ``rel`` of the snapshot being written (encrypted to the
         recipients, if any); its manifest entry, of the bytes stored."""
         assert self.staging is not None
         recipients = self.options.recipients
-        with source.open(rel) as src, self.repository.create(self.staging.key(rel)) as dst:
+        with self.repository.create(self.staging.key(rel)) as dst:
             if recipients:
                 size, digest = encryption.encrypt_file(src, dst, recipients)
             else:

@@ -296,6 +296,8 @@ def load_in_one_transaction(run: LoadRun) -> int:
                 # through the policies as on the source.
                 run.row_security(conn, force=True)
             run.materialized_views(conn)
+            if scripts.cron is not None:
+                conn.execute(scripts.cron)
             if scripts.unmark is not None:
                 conn.execute(scripts.unmark)
             # Deferred constraints are checked now, not at COMMIT: what can fail fails before

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import TargetNotEmpty
+from ..pg import cron
 from ..pg.database_objects import database_settings
 from ..pg.dsn import connect
 from ..pg.platform import Platform, read_platform
@@ -32,6 +33,7 @@ from ..storage.location import SnapshotLocation
 from . import mark as restore_mark
 from . import settings
 from .checks import column_mismatches
+from .cron_jobs import plan_jobs
 from .database_scripts import (
     DatabasePlan,
     Target,
@@ -193,6 +195,8 @@ class Survey:
     #: Why the restore cannot succeed, in words; the target-not-empty one is also ``refused``.
     problems: list[str]
     refused: TargetNotEmpty | None
+    #: The snapshot's pg_cron jobs to schedule (whole restores of snapshots that have some).
+    cron: cron.Scheduling | None = None
 
 
 def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Request) -> Survey:
@@ -201,6 +205,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
     Nothing changes in the target; problems are collected in ``Survey.problems``.
     """
     tables, schemas, clean = list(request.tables), list(request.schemas), request.clean
+    scheduling: cron.Scheduling | None = None
     # The whole partition hierarchy (the manifest knows a partition's immediate parent only).
     parents = {} if request.full else partition_hierarchy(location, manifest)
     chosen = select_tables(manifest, tables, schemas, request.with_dependencies, parents)
@@ -288,6 +293,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             dbname = one_row(conn.execute("SELECT pg_catalog.current_database()"))[0]
             plan.notes += settings.differences(manifest, current, dbname, roles=have)
             plan.notes += settings.database_differences(manifest, database_settings(conn), dbname)
+            if not request.data_only:
+                scheduling = plan_jobs(conn, location, manifest, target, dbname)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []
@@ -373,7 +380,11 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             plan.notes += database.notes
             if database.large_objects and not request.schema_only:
                 plan.large_objects = list(manifest.get("large_objects", []))
-    return Survey(plan, entries, target, marks, may_mark, in_place, platform, database, problems, refused)
+    if scheduling is not None:
+        plan.notes += scheduling.notes
+        if scheduling.scheduled:
+            plan.notes.append("scheduling the snapshot's pg_cron jobs last: " + ", ".join(scheduling.scheduled))
+    return Survey(plan, entries, target, marks, may_mark, in_place, platform, database, problems, refused, scheduling)
 
 
 def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> tuple[list[dict], list[str]]:

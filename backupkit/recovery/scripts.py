@@ -69,6 +69,8 @@ class Scripts:
     unmark: str | None = None
     #: The large objects' entries of the database archive, created with their data after the tables.
     large_objects: list[TocEntry] = field(default_factory=list)
+    #: ``cron.schedule`` of the snapshot's pg_cron jobs (``recovery.cron_jobs``), run last.
+    cron: str | None = None
     #: Whether pg_restore keeps the snapshot's owners (``--owner``) in what is rendered later.
     owner: bool = False
 

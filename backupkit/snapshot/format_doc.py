@@ -86,7 +86,8 @@ outside it, in `DIR/.pins/<id>`).
 │   ├── pre-data.sql       # the same, plain SQL, pre-data section (for humans and diffs)
 │   ├── post-data.sql      # the same, post-data section
 │   ├── database.dump      # pg_dump -Fc --exclude-schema=* -b: what lives outside the schemas
-│   └── database.sql       # its DDL as plain SQL (for humans and diffs; no large-object data)
+│   ├── database.sql       # its DDL as plain SQL (for humans and diffs; no large-object data)
+│   └── cron_jobs.json     # only when the source has pg_cron: its scheduled jobs, commands included
 ├── data/                  # only the data files that are not shared (see below)
 │   ├── public.orders.0000.copy.zst       # one or more files per table
 │   ├── public.orders.0000.001.copy.zst   # the same COPY's next rows
@@ -128,6 +129,16 @@ rendered as SQL; the large objects' data stays in the archive only. Snapshots
 written before 2026-12 have no `database.dump`/`database.sql` (and no
 `extensions` … `roles` in the manifest); they still verify, restore and diff, the
 restore then creating only what `schema.dump` holds.
+
+`cron_jobs.json` holds pg_cron's jobs (Supabase Cron), read in the same exported
+snapshot: `cron.job` belongs to the extension, so neither archive has its rows, and on
+Supabase the `postgres` role may not insert them anyway. A whole-snapshot restore
+schedules them again with `cron.schedule`, last, in its own transaction. Commands may
+hold keys (an `Authorization` header of an Edge Function call), so they are in this
+file, encrypted with the other schema files, and the manifest's `cron_jobs` names the
+jobs without them. A backup by a role that may not see every job (pg_cron's row-level
+security shows a role without BYPASSRLS only its own) fails, or with `--allow-partial`
+is marked partial with `cron.job` among its `partial_tables`.
 
 The roles' own settings (`ALTER ROLE ... SET`: Supabase's `statement_timeout` of
 `anon`, `authenticated` and `authenticator`, a user's `app.*` setting for RLS

@@ -41,6 +41,8 @@ POST_DATA = "schema/post-data.sql"
 #: Extensions, publications, database-wide default privileges, large objects (since 2026-12).
 DATABASE_DUMP = "schema/database.dump"
 DATABASE_SQL = "schema/database.sql"
+#: pg_cron's jobs, commands included (``pg.cron``): a schema file, encrypted like the others.
+CRON_JOBS = "schema/cron_jobs.json"
 
 
 def digest(manifest: dict) -> str:
@@ -264,6 +266,22 @@ def _database_settings_problems(settings: object) -> list[str]:
     return [f"{MANIFEST}: database_settings is not settings by name"]
 
 
+def _cron_jobs_problems(jobs: object) -> list[str]:
+    """The shape of ``cron_jobs`` (when present): jobs with a name (or null) and the strings
+    and flag a restore reads."""
+    if jobs is None:
+        return []
+    if isinstance(jobs, list) and all(
+        isinstance(j, dict)
+        and (j.get("name") is None or isinstance(j.get("name"), str))
+        and all(isinstance(j.get(k), str) for k in ("schedule", "database", "username"))
+        and isinstance(j.get("active"), bool)
+        for j in jobs
+    ):
+        return []
+    return [f"{MANIFEST}: cron_jobs is not a list of jobs with schedule, database, username and active"]
+
+
 def validate(manifest: dict) -> list[str]:
     """Every way ``manifest`` lacks the shape readers rely on (empty when it has it).
 
@@ -273,7 +291,8 @@ def validate(manifest: dict) -> list[str]:
     a size ``bytes``, a hex ``sha256`` and, for data files, an optional count ``rows``;
     no path listed twice; ``encryption`` (when present) of a scheme this backupkit reads;
     ``role_settings`` (when present) strings by scope, role and setting name;
-    ``database_settings`` (when present) strings by setting name.
+    ``database_settings`` (when present) strings by setting name; ``cron_jobs`` (when present)
+    jobs of the shape ``model.CronJob`` describes.
     Called by ``read``, so list, verify, restore, diff, sql and prune all refuse the same
     malformed manifests the same way.
     """
@@ -307,6 +326,7 @@ def validate(manifest: dict) -> list[str]:
     problems += _storage_problems(manifest.get("storage"))
     problems += _role_settings_problems(manifest.get("role_settings"))
     problems += _database_settings_problems(manifest.get("database_settings"))
+    problems += _cron_jobs_problems(manifest.get("cron_jobs"))
     if not problems:
         paths = [e["path"] for e in all_files(manifest)]
         dupes = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(paths) else []

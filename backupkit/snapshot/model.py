@@ -258,6 +258,18 @@ class RoleSettings(TypedDict):
     ]
 
 
+class CronJob(TypedDict):
+    """One entry of the manifest's ``cron_jobs``: a pg_cron job of the source (``cron.job``), without
+    its command, which may hold keys and is in ``schema/cron_jobs.json`` (encrypted with the other
+    schema files; the same fields, ``command`` added, in jobid order)."""
+
+    name: Annotated[str | None, "`jobname` (null: an unnamed job)."]
+    schedule: Annotated[str, "Its cron schedule, as pg_cron has it (`0 3 * * *`, `@hourly`, `30 seconds`)."]
+    database: Annotated[str, "The database it runs in."]
+    username: Annotated[str, "The role it runs as."]
+    active: Annotated[bool, "Whether it runs (`cron.alter_job(..., active := false)` pauses it)."]
+
+
 class Encryption(TypedDict):
     """The manifest's ``encryption``: present only in an encrypted snapshot (``backup --recipient``).
 
@@ -412,7 +424,16 @@ class Manifest(TypedDict):
             "(absent before 2026-12-07).",
         ]
     ]
-    schema_files: Annotated[list[SchemaFile], "The files under `schema/`, sorted by path."]
+    cron_jobs: NotRequired[
+        Annotated[
+            list[CronJob],
+            "Only when the source has pg_cron (Supabase Cron): its scheduled jobs, which a whole "
+            "restore schedules again (absent before 2026-12-07).",
+        ]
+    ]
+    schema_files: Annotated[
+        list[SchemaFile], "The files under `schema/`, sorted by path (`cron_jobs.json`, when present, last)."
+    ]
     storage: NotRequired[
         Annotated[Buckets, "Only with `backup --storage-bucket`: the Supabase Storage files backed up beside the rows."]
     ]

@@ -1,0 +1,196 @@
+"""pg_cron's scheduled jobs come back with a whole restore (Supabase Cron is pg_cron).
+
+A schema-filtered pg_dump leaves ``cron.job`` out, and on Supabase the ``postgres`` role
+may not insert into it anyway: before backupkit recorded the jobs, a restored project
+silently had none.  These tests run real pg_cron (Debian's postgresql-15-cron, preloaded
+in two PostgreSQL 15 clusters: pg_cron lives in one database of a server, ``postgres``),
+with the jobs made the way Supabase users make them: ``cron.schedule`` by a role that is
+not a superuser and has no BYPASSRLS, with pg_cron's own row-level security on its table.
+
+Needs ``/usr/lib/postgresql/15`` with pg_cron (``.ci/run`` installs both); marked
+``crossversion`` with the other PostgreSQL 15 tests.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pyrage
+import pytest
+from helpers import run_cli
+from test_snapshot_model import problems as model_problems
+
+import backupkit
+from backupkit.errors import SourceError
+from backupkit.pg.embedded import EmbeddedServer
+from backupkit.snapshot import manifest as mf
+from backupkit.snapshot import model
+
+pytestmark = pytest.mark.crossversion
+
+PG15 = Path(os.environ.get("BACKUPKIT_PG15_BIN", "/usr/lib/postgresql/15/bin"))
+SECRET = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc"
+
+#: What a project's role is given to use pg_cron (Supabase's grant_pg_cron_access, minus
+#: the writes on cron.job it revokes again).
+APP_ROLE = """
+CREATE ROLE app LOGIN PASSWORD 'app-pw';
+GRANT USAGE ON SCHEMA cron TO app;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA cron TO app;
+GRANT SELECT ON cron.job TO app;
+GRANT CREATE ON SCHEMA public TO app;
+"""
+
+JOBS = [
+    ("nightly", "0 3 * * *", "VACUUM public.notes", True),
+    ("purge", "*/5 * * * *", "DELETE FROM public.notes\n WHERE body = 'it''s old';", True),
+    (None, "@hourly", f"SELECT 'Authorization: Bearer {SECRET}'", True),
+    ("paused", "0 0 * * 0", "SELECT 1", False),
+]
+
+
+def cron_cluster(tag: str) -> EmbeddedServer:
+    """A PostgreSQL 15 cluster with pg_cron preloaded and created in ``postgres``, and role app."""
+    assert (PG15 / "postgres").exists(), f"PostgreSQL 15 not found in {PG15}: apt-get install postgresql-15"
+    root = Path(tempfile.mkdtemp(prefix=f"backupkit-cron-{tag}-"))
+    os.chmod(root, 0o755)
+    server = EmbeddedServer(root / "data", bindir=PG15, remove_parent=True).start()
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_cron'")
+    server.shut_down()
+    server.start()
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_cron")
+        conn.execute(APP_ROLE)
+    return server
+
+
+def as_app(server: EmbeddedServer) -> str:
+    return server.dsn(user="app").replace(f":{server.password}@", ":app-pw@")
+
+
+def jobs_of(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT jobname, schedule, command, database, username, active FROM cron.job ORDER BY jobid"
+        ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def source():
+    server = cron_cluster("source")
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE other_db")
+        conn.execute("CREATE TABLE public.notes (id int PRIMARY KEY, body text)")
+        conn.execute("ALTER TABLE public.notes OWNER TO app")
+        conn.execute("INSERT INTO public.notes VALUES (1, 'it''s old'), (2, 'new')")
+        conn.execute("SELECT cron.schedule('backup-role-job', '15 * * * *', 'SELECT 2')")  # the superuser's
+        conn.execute("SELECT cron.schedule_in_database('elsewhere', '0 1 * * *', 'SELECT 3', 'other_db')")
+        conn.execute("SET ROLE app")
+        for name, schedule, command, active in JOBS:
+            args = [schedule, command] if name is None else [name, schedule, command]
+            jobid = conn.execute(f"SELECT cron.schedule({', '.join(['%s'] * len(args))})", args).fetchone()[0]
+            if not active:
+                conn.execute("SELECT cron.alter_job(%s, active := false)", (jobid,))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def target():
+    server = cron_cluster("target")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def snapshot(source, tmp_path_factory):
+    return str(backupkit.backup(source.dsn(), tmp_path_factory.mktemp("cron-repo")).location)
+
+
+def app_jobs(dsn: str) -> list[tuple]:
+    return [j for j in jobs_of(dsn) if j[4] == "app"]
+
+
+def test_the_manifest_names_the_jobs_and_holds_no_command(source, snapshot):
+    manifest = (Path(snapshot) / "manifest.json").read_text()
+    listed = mf.read(snapshot)["cron_jobs"]
+    assert [(j["name"], j["username"], j["active"]) for j in listed] == [
+        ("backup-role-job", "postgres", True),
+        ("elsewhere", "postgres", True),
+        ("nightly", "app", True),
+        ("purge", "app", True),
+        (None, "app", True),
+        ("paused", "app", False),
+    ]
+    assert SECRET not in manifest and "VACUUM" not in manifest
+    seen: set[tuple[str, str]] = set()
+    assert model_problems(mf.read(snapshot), model.Manifest, "manifest", seen) == []
+    assert {("CronJob", f.name) for f in model.fields(model.CronJob)} <= seen
+    assert backupkit.verify(snapshot).ok
+
+
+def test_a_whole_restore_schedules_them_as_they_were(source, target, snapshot):
+    dry = backupkit.restore(snapshot, as_app(target), dry_run=True)
+    assert jobs_of(target.dsn()) == []
+    said = " ".join(dry.plan.notes)
+    assert "nightly (0 3 * * *)" in said and "paused (0 0 * * 0, inactive)" in said
+
+    result = backupkit.restore(snapshot, as_app(target), jobs=2)
+    assert app_jobs(target.dsn()) == app_jobs(source.dsn())
+    said = " ".join(result.plan.notes)
+    # Not the connecting role's, or another database's: named, with where the commands are.
+    assert "backup-role-job (15 * * * *) of role postgres" in said
+    assert "elsewhere (0 1 * * *) in database other_db" in said
+    assert "schema/cron_jobs.json" in said
+    assert SECRET not in said
+
+    # Restoring again replaces the named jobs and adds no second copy of the unnamed one.
+    backupkit.restore(snapshot, as_app(target), clean=True)
+    assert app_jobs(target.dsn()) == app_jobs(source.dsn())
+
+
+def test_a_superuser_restores_every_role_s_jobs(source, target, snapshot):
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+    backupkit.restore(snapshot, target.dsn(), clean=True)
+    here = [j for j in jobs_of(source.dsn()) if j[3] == "postgres"]
+    assert sorted(jobs_of(target.dsn()), key=repr) == sorted(here, key=repr)
+
+
+def test_a_target_without_pg_cron_is_told_which_jobs_it_lacks(snapshot, make_db):
+    result = backupkit.restore(snapshot, make_db())  # PostgreSQL 18, no pg_cron there
+    said = " ".join(result.plan.notes)
+    assert "did not schedule the snapshot's 6 pg_cron job(s)" in said
+    assert "nightly (0 3 * * *)" in said and "has no pg_cron" in said
+
+
+def test_an_encrypted_snapshot_keeps_the_commands_sealed(source, target, tmp_path):
+    identity = pyrage.x25519.Identity.generate()
+    key = tmp_path / "age.key"
+    key.write_text(str(identity))
+    key.chmod(0o600)
+    snap = backupkit.backup(source.dsn(), tmp_path / "repo", recipients=[str(identity.to_public())]).location
+    stored = [p for p in Path(str(snap)).rglob("*") if p.is_file()]
+    assert any(p.name == "cron_jobs.json" for p in stored)
+    assert not [p for p in stored if SECRET.encode() in p.read_bytes()]
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+    backupkit.restore(str(snap), target.dsn(), clean=True, identity=key)
+    here = [j for j in jobs_of(source.dsn()) if j[3] == "postgres"]
+    assert sorted(jobs_of(target.dsn()), key=repr) == sorted(here, key=repr)
+
+
+def test_a_role_that_sees_only_its_own_jobs_does_not_make_a_complete_looking_snapshot(source, tmp_path):
+    # app owns the table but has no BYPASSRLS: pg_cron shows it its own jobs only.
+    with pytest.raises(SourceError, match=r"may not read every pg_cron job \(cron.job\)"):
+        backupkit.backup(as_app(source), tmp_path / "repo")
+    out = run_cli("backup", "--to", tmp_path / "repo", env={"BACKUPKIT_DSN": as_app(source)})
+    assert out.returncode == 5 and "allow-partial" in out.stderr.replace("_", "-")
+    result = backupkit.backup(as_app(source), tmp_path / "repo", allow_partial=True)
+    assert result.manifest["partial"] is True and "cron.job" in result.manifest["partial_tables"]
+    assert "cron_jobs" not in result.manifest
+    assert any("cron.job" in w for w in result.warnings)
