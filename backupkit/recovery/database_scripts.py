@@ -73,7 +73,13 @@ _TARGET_QUERIES = {
     "CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'USAGE' ELSE 'MEMBER' END)",
     "schemas": "SELECT nspname FROM pg_namespace",
     "extensions": "SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace",
-    "available": "SELECT name FROM pg_available_extensions",
+    # pg_cron installs only where the server runs it: preloaded, for the database its
+    # cron.database_name names (else CREATE EXTENSION fails, after a dry run that passed).
+    # A role that may not read that setting (not a superuser or pg_read_all_settings)
+    # sees no row for it, and cannot tell: then it counts as available, as before.
+    "available": "SELECT name FROM pg_available_extensions WHERE name <> 'pg_cron' "
+    "OR coalesce((SELECT setting = current_database() FROM pg_settings WHERE name = 'cron.database_name'), "
+    "NOT pg_has_role('pg_read_all_settings', 'USAGE'))",
     "publications": "SELECT pubname FROM pg_publication",
     "publication_tables": "SELECT pubname, schemaname, tablename FROM pg_publication_tables",
     "publication_schemas": "SELECT p.pubname, n.nspname FROM pg_publication_namespace pn "
@@ -82,6 +88,12 @@ _TARGET_QUERIES = {
     "functions": "SELECT n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace",
     "large_objects": "SELECT oid::bigint FROM pg_largeobject_metadata WHERE oid::bigint = ANY(%s)",
 }
+
+
+_PG_CRON_WHERE = (
+    " in this database (pg_cron runs only where shared_preload_libraries loads it, in the one"
+    " database its cron.database_name names)"
+)
 
 
 def read_target(conn: psycopg.Connection, manifest: dict) -> Target:
@@ -196,7 +208,9 @@ def plan_database(
                 )
             else:
                 plan.notes.append(
-                    f"skipped extension {name}: this server does not offer it, and nothing restored uses it"
+                    f"skipped extension {name}: this server does not offer it"
+                    + (_PG_CRON_WHERE if name == "pg_cron" else "")
+                    + ", and nothing restored uses it"
                 )
             continue
         created.add(name)
