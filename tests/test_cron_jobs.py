@@ -49,6 +49,15 @@ JOBS = [
     ("purge", "*/5 * * * *", "DELETE FROM public.notes\n WHERE body = 'it''s old';", True),
     (None, "@hourly", f"SELECT 'Authorization: Bearer {SECRET}'", True),
     ("paused", "0 0 * * 0", "SELECT 1", False),
+    # Supabase's guide to calling an Edge Function on a schedule, its key kept in Vault.
+    (
+        "call-edge",
+        "*/10 * * * *",
+        "SELECT net.http_post(url := 'https://old.supabase.co/functions/v1/hello', headers := "
+        "jsonb_build_object('Authorization', 'Bearer ' || (SELECT decrypted_secret FROM "
+        "\"vault\".decrypted_secrets WHERE name = 'service_role_key')))",
+        True,
+    ),
 ]
 
 
@@ -125,6 +134,7 @@ def test_the_manifest_names_the_jobs_and_holds_no_command(source, snapshot):
         ("purge", "app", True),
         (None, "app", True),
         ("paused", "app", False),
+        ("call-edge", "app", True),
     ]
     assert SECRET not in manifest and "VACUUM" not in manifest
     seen: set[tuple[str, str]] = set()
@@ -143,10 +153,13 @@ def test_a_whole_restore_schedules_them_as_they_were(source, target, snapshot):
     assert app_jobs(target.dsn()) == app_jobs(source.dsn())
     said = " ".join(result.plan.notes)
     # Not the connecting role's, or another database's: named, with where the commands are.
-    assert "backup-role-job (15 * * * *) of role postgres" in said
-    assert "elsewhere (0 1 * * *) in database other_db" in said
+    assert "backup-role-job (15 * * * *) of role postgres in database postgres: they run as another role" in said
+    assert "elsewhere (0 1 * * *) of role postgres in database other_db: they ran in another database" in said
     assert "schema/cron_jobs.json" in said
     assert SECRET not in said
+    # Supabase's way to keep a job's key out of its command does not move with the project.
+    vault = [n for n in result.plan.notes if "Vault" in n]
+    assert len(vault) == 1 and vault[0].startswith("pg_cron job(s) call-edge (*/10 * * * *) read Supabase Vault")
 
     # Restoring again replaces the named jobs and adds no second copy of the unnamed one.
     backupkit.restore(snapshot, as_app(target), clean=True)
@@ -164,7 +177,7 @@ def test_a_superuser_restores_every_role_s_jobs(source, target, snapshot):
 def test_a_target_without_pg_cron_is_told_which_jobs_it_lacks(snapshot, make_db):
     result = backupkit.restore(snapshot, make_db())  # PostgreSQL 18, no pg_cron there
     said = " ".join(result.plan.notes)
-    assert "did not schedule the snapshot's 6 pg_cron job(s)" in said
+    assert "did not schedule the snapshot's 7 pg_cron job(s)" in said
     assert "nightly (0 3 * * *)" in said and "has no pg_cron" in said
 
 
@@ -206,8 +219,116 @@ def test_a_server_that_does_not_run_pg_cron_gets_the_rest_of_the_snapshot(snapsh
         result = backupkit.restore(snapshot, server.dsn())
         said = " ".join(result.plan.notes)
         assert "skipped extension pg_cron" in said and "shared_preload_libraries" in said
-        assert "did not schedule the snapshot's 6 pg_cron job(s)" in said
+        assert "did not schedule the snapshot's 7 pg_cron job(s)" in said
         with psycopg.connect(server.dsn()) as conn:
             assert conn.execute("SELECT body FROM public.notes ORDER BY id").fetchall() == [("it's old",), ("new",)]
+    finally:
+        server.stop()
+
+
+def bare_cluster(tag: str) -> EmbeddedServer:
+    """A PostgreSQL 15 cluster running pg_cron in ``postgres``, without role app."""
+    root = Path(tempfile.mkdtemp(prefix=f"backupkit-cron-{tag}-"))
+    os.chmod(root, 0o755)
+    server = EmbeddedServer(root / "data", bindir=PG15, remove_parent=True).start()
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_cron'")
+    server.shut_down()
+    server.start()
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_cron")
+    return server
+
+
+def test_jobs_pg_cron_refuses_or_roles_that_cannot_run_them_cost_nothing_else(source, tmp_path):
+    """A superuser restores into a server without role app (then with app made NOLOGIN by
+    --create-roles): app's jobs cannot run there and are named; a job whose schedule this
+    pg_cron does not know (30 seconds: pg_cron 1.5+, Supabase's 1.6) is a warning; the
+    superuser's own jobs, and a job of the same name of another role, are all scheduled."""
+    with psycopg.connect(source.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT cron.schedule('purge', '0 4 * * *', 'SELECT 4')")  # the superuser's purge, beside app's
+        # As a newer pg_cron has it (1.4 would refuse to schedule it).
+        conn.execute(
+            "INSERT INTO cron.job (schedule, command, nodename, nodeport, database, username, jobname) "
+            "VALUES ('30 seconds', 'SELECT 5 /* often-key */', 'localhost', 5432, 'postgres', 'postgres', 'often')"
+        )
+    try:
+        snap = str(backupkit.backup(source.dsn(), tmp_path / "repo").location)
+    finally:
+        with psycopg.connect(source.dsn(), autocommit=True) as conn:
+            conn.execute("DELETE FROM cron.job WHERE username = 'postgres' AND jobname IN ('purge', 'often')")
+    server = bare_cluster("no-app")
+    try:
+        result = backupkit.restore(snap, server.dsn())
+        said = " ".join(result.plan.notes)
+        assert "nightly (0 3 * * *) of role app in database postgres" in said and "may not log in" in said
+        assert [w for w in result.warnings if "often" in w] == [
+            "pg_cron did not schedule job often (30 seconds) of role postgres in database postgres: invalid "
+            "schedule: 30 seconds; their commands are in the snapshot's schema/cron_jobs.json"
+        ]
+        assert sorted(j[:2] + j[4:] for j in jobs_of(server.dsn())) == [
+            ("backup-role-job", "15 * * * *", "postgres", True),
+            ("purge", "0 4 * * *", "postgres", True),
+        ]
+        with psycopg.connect(server.dsn()) as conn:  # and the rest of the snapshot
+            assert conn.execute("SELECT count(*) FROM public.notes").fetchone() == (2,)
+        # The refused job's command went as a parameter: not into the server's error log.
+        assert "often-key" not in (server.datadir / "server.log").read_text()
+
+        # --create-roles makes app, NOLOGIN: pg_cron would refuse to run its jobs.
+        result = backupkit.restore(snap, server.dsn(), clean=True, create_roles=True, dry_run=True)
+        assert "nightly (0 3 * * *) of role app" in " ".join(result.plan.notes)
+    finally:
+        server.stop()
+
+
+def test_a_role_without_pg_cron_rights_restores_everything_else(snapshot, tmp_path):
+    """Self-hosted pg_cron grants nothing to PUBLIC: a role without USAGE on schema cron (or
+    without EXECUTE on cron.alter_job, which pauses a job) restored the snapshot before
+    backupkit knew of jobs, and must still; a paused job is never scheduled active."""
+    server = bare_cluster("no-rights")
+    try:
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE app LOGIN PASSWORD 'app-pw'; GRANT CREATE ON SCHEMA public TO app")
+        result = backupkit.restore(snapshot, as_app(server))
+        assert "role app may not run cron.schedule here" in " ".join(result.plan.notes)
+        assert jobs_of(server.dsn()) == []
+
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute(
+                "GRANT USAGE ON SCHEMA cron TO app; GRANT EXECUTE ON FUNCTION cron.schedule(text,text,text), "
+                "cron.schedule(text,text) TO app"
+            )
+        result = backupkit.restore(snapshot, as_app(server), clean=True)
+        said = " ".join(result.plan.notes)
+        assert "paused (0 0 * * 0, inactive) of role app in database postgres: they are paused" in said
+        assert sorted(j[0] or "" for j in jobs_of(server.dsn())) == ["", "call-edge", "nightly", "purge"]
+        assert all(j[5] for j in jobs_of(server.dsn()))
+    finally:
+        server.stop()
+
+
+def test_a_backup_role_without_usage_on_cron_says_so(source, tmp_path):
+    with psycopg.connect(source.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE reader LOGIN BYPASSRLS PASSWORD 'app-pw'")
+        conn.execute("GRANT SELECT ON public.notes TO reader")
+    reader = source.dsn(user="reader").replace(f":{source.password}@", ":app-pw@")
+    with pytest.raises(SourceError, match=r"may not read every pg_cron job"):
+        backupkit.backup(reader, tmp_path / "repo", schemas=["public"])
+    result = backupkit.backup(reader, tmp_path / "repo", schemas=["public"], allow_partial=True)
+    assert "cron.job" in result.manifest["partial_tables"]
+
+
+def test_a_role_whose_jobs_are_all_its_own_backs_up_without_bypassrls(tmp_path):
+    """pg_cron shows a role without BYPASSRLS its own jobs only; when those are all there
+    are, its backup is complete (it was before jobs were recorded) and has them."""
+    server = cron_cluster("own")
+    try:
+        with psycopg.connect(as_app(server), autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+            conn.execute("SELECT cron.schedule('mine', '0 5 * * *', 'SELECT 1')")
+        result = backupkit.backup(as_app(server), tmp_path / "repo")
+        assert result.manifest["partial"] is False
+        assert [j["name"] for j in result.manifest["cron_jobs"]] == ["mine"]
     finally:
         server.stop()

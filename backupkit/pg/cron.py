@@ -4,32 +4,39 @@ pg_cron keeps its jobs in ``cron.job``, a table of the extension's own that a
 schema-filtered pg_dump leaves out (and a whole one dumps as rows that Supabase's
 ``postgres`` role may not insert: on Supabase only ``cron.schedule`` adds jobs).  So a
 backup reads the jobs itself, in the snapshot's transaction, and a whole restore
-schedules them again with ``cron.schedule`` in its own transaction, as the connecting
-role: a failed restore leaves no job behind.
+schedules them again, last, in its own transaction: a failed restore leaves no job.
 
-A job's command may hold keys (Supabase's guide to scheduling Edge Functions puts an
-``Authorization: Bearer`` header in it), so commands go to a schema file of the
-snapshot, encrypted with the others (``CRON_JOBS``); the manifest names the jobs only.
+Each job is scheduled on its own (a savepoint each, the command a bound parameter): one
+pg_cron refuses (a schedule syntax newer than its version, a role that may not log in)
+is named in a warning and costs neither the restore nor the other jobs, and no command
+reaches the server's log with an error.  A job's command may hold keys (Supabase's guide
+to scheduling Edge Functions puts an ``Authorization: Bearer`` header in it), so commands
+go to a schema file of the snapshot, encrypted with the others (``CRON_JOBS``); the
+manifest, notes and warnings name the jobs only.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import psycopg
-from psycopg import sql
 
 from .rows import one_row
 
-#: Is pg_cron's job table there, and may this role read every row of it?  (No row: not
-#: there.)  pg_cron lets every role see only its own jobs (row-level security); a backup
-#: reads with row_security off, where such a table is an error rather than a filter.
+#: Is pg_cron's job table there (no row: not there); may this role read it (SELECT, and
+#: USAGE on its schema); does it see every row?  pg_cron shows a role without BYPASSRLS
+#: only its own jobs (row-level security), and with row_security off, as a backup reads,
+#: such a table is an error rather than a filter.  The live row count comes from the
+#: statistics, which every role may read.
 _READABLE = """
-SELECT pg_catalog.has_table_privilege(c.oid, 'SELECT'),
+SELECT pg_catalog.has_table_privilege(c.oid, 'SELECT') AND pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
        NOT c.relrowsecurity OR r.rolsuper OR r.rolbypassrls
-       OR (pg_catalog.pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity)
+       OR (pg_catalog.pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity),
+       pg_catalog.pg_stat_get_live_tuples(c.oid)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
        pg_catalog.pg_roles r
  WHERE n.nspname = 'cron' AND c.relname = 'job' AND c.relkind = 'r' AND r.rolname = current_user
@@ -37,6 +44,10 @@ SELECT pg_catalog.has_table_privilege(c.oid, 'SELECT'),
 
 # Whole rows as JSON: pg_cron before 1.3 had no jobname, before 1.4 no active.
 _JOBS = "SELECT pg_catalog.to_jsonb(j) FROM cron.job j ORDER BY j.jobid"
+
+#: A command that reads Supabase Vault (``vault.decrypted_secrets``, Supabase's way to keep
+#: a job's keys out of its command).
+_VAULT = re.compile(r'(?<![\w$])"?vault"?\s*\.', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,9 @@ class Job:
     database: str
     username: str
     active: bool = True
+    #: Where pg_cron connects to run it (None: not recorded); a restore runs it on the target.
+    nodename: str | None = None
+    nodeport: int | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> Job:
@@ -60,14 +74,16 @@ class Job:
             database=str(row["database"]),
             username=str(row["username"]),
             active=bool(row.get("active", True)),
+            nodename=row.get("nodename"),
+            nodeport=row.get("nodeport"),
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> dict:
-        """What the manifest says of the job: everything but its command."""
-        return {k: v for k, v in asdict(self).items() if k != "command"}
+        """What the manifest says of the job: no command, no node."""
+        return {k: getattr(self, k) for k in ("name", "schedule", "database", "username", "active")}
 
     def describe(self) -> str:
         """``name (schedule)``, ``, inactive`` added inside the parentheses when it is."""
@@ -75,19 +91,34 @@ class Job:
         return (self.name if self.name is not None else "an unnamed job") + f" ({self.schedule}{state})"
 
 
+class Unreadable(Exception):
+    """The database has pg_cron jobs this role may not read, or not all of them."""
+
+
 def read_jobs(conn: psycopg.Connection) -> list[Job] | None:
-    """The database's pg_cron jobs in jobid order; None when it has no pg_cron.  A job
-    table this role may not read raises ``Unreadable``: that is not "no jobs"."""
+    """The database's pg_cron jobs in jobid order; None when it has no pg_cron.
+
+    A job table this role may not read, or of which row-level security hides rows (the
+    statistics count more live rows than it sees: a job made within the last second may
+    not be counted yet), raises ``Unreadable``: that is not "no jobs"."""
     row = conn.execute(_READABLE).fetchone()
     if row is None:
         return None
-    if not (row[0] and row[1]):
+    usable, sees_all, live = row
+    if not usable:
         raise Unreadable
-    return [Job.from_row(r[0]) for r in conn.execute(_JOBS).fetchall()]
-
-
-class Unreadable(Exception):
-    """The database has pg_cron jobs this role may not read, or not all of them."""
+    if sees_all:
+        return [Job.from_row(r[0]) for r in conn.execute(_JOBS).fetchall()]
+    # Its own jobs, through pg_cron's policy (row_security on for this one query).
+    was = one_row(conn.execute("SELECT pg_catalog.current_setting('row_security')"))[0]
+    conn.execute("SELECT pg_catalog.set_config('row_security', 'on', true)")
+    try:
+        own = [Job.from_row(r[0]) for r in conn.execute(_JOBS).fetchall()]
+    finally:
+        conn.execute("SELECT pg_catalog.set_config('row_security', %s, true)", (was,))
+    if live > len(own):
+        raise Unreadable
+    return own
 
 
 def dumps(jobs: Sequence[Job]) -> bytes:
@@ -100,85 +131,177 @@ def loads(data: bytes) -> list[Job]:
     return [Job.from_row(r) for r in json.loads(data)]
 
 
+@dataclass(frozen=True)
+class Statement:
+    """One job's scheduling: a query, its parameters (the command among them), the job."""
+
+    query: str
+    params: tuple
+    job: Job
+
+
+@dataclass
+class TargetCron:
+    """What the target's pg_cron lets the connecting role do, and the jobs it sees there."""
+
+    may_schedule: bool
+    may_alter: bool
+    jobs: list[Job] = field(default_factory=list)
+    #: Roles of the target that may log in (pg_cron runs jobs only as such a role).
+    login_roles: set[str] = field(default_factory=set)
+
+
 @dataclass
 class Scheduling:
-    """What a restore does with the snapshot's jobs: the SQL it runs, what it says."""
+    """What a restore does with the snapshot's jobs: the statements it runs, what it says."""
 
-    statements: list[sql.Composed]
+    statements: list[Statement]
     scheduled: list[str]
     notes: list[str]
 
 
+_OWN = {
+    (True, False): "SELECT cron.schedule(%s, %s, %s)",
+    (False, False): "SELECT cron.schedule(%s, %s)",
+    (True, True): "SELECT cron.alter_job(cron.schedule(%s, %s, %s), active := %s)",
+    (False, True): "SELECT cron.alter_job(cron.schedule(%s, %s), active := %s)",
+}
+#: Another role's job (a superuser restoring): made for that role directly, so pg_cron's
+#: replace-by-name matches that role's job of the name, not the superuser's.
+_OTHER_NAMED = "SELECT cron.schedule_in_database(%s, %s, %s, pg_catalog.current_database(), %s, %s)"
+_OTHER_UNNAMED = "SELECT cron.alter_job(cron.schedule(%s, %s), username := %s, active := %s)"
+_WHERE = "their commands are in the snapshot's schema/cron_jobs.json"
+
+
 def plan(
     jobs: Sequence[Job],
-    there: Sequence[Job],
+    target: TargetCron,
     *,
     source_database: str,
-    target_database: str,
     role: str,
     superuser: bool,
 ) -> Scheduling:
-    """How to schedule ``jobs`` (the snapshot's) in a target that has ``there``.  Pure.
+    """How to schedule ``jobs`` (the snapshot's) in ``target``.  Pure.
 
-    A job the target has already (the same name, schedule, command, role and state) is
-    left alone, so restoring twice makes no duplicate of an unnamed job.  A named one is
-    scheduled by name: pg_cron replaces the role's job of that name.  Jobs that ran in
-    another database of the source's server, or as another role than the connecting
-    one (which only a superuser may schedule for), are named in a note instead."""
-    statements: list[sql.Composed] = []
-    scheduled: list[str] = []
-    notes: list[str] = []
-    have = {(j.name, j.schedule, j.command, j.username, j.active) for j in there if j.database == target_database}
-    other_db = [j for j in jobs if j.database != source_database]
-    other_role = [j for j in jobs if j.database == source_database and j.username != role and not superuser]
+    A job the target has already is left alone: a named one with the same schedule,
+    command and state; unnamed ones counted alike, paused or not, so restoring twice
+    makes no second copy.  A named job replaces the role's job of that name (pg_cron's
+    own rule).  Jobs that ran in another database of the source's server, as another
+    role than the connecting one (which only a superuser may schedule for, and only for a
+    role that may log in here), or that this role could schedule only active although
+    they were paused, are named in notes instead."""
+    there_named = {(j.name, j.username): j for j in target.jobs if j.name is not None}
+    unnamed_there = Counter((j.schedule, j.command, j.username) for j in target.jobs if j.name is None)
+    statements: list[Statement] = []
+    left: dict[str, list[Job]] = {}
+
+    def leave(why: str, job: Job) -> None:
+        left.setdefault(why, []).append(job)
+
     for job in jobs:
-        if job in other_db or job in other_role:
+        mine = job.username == role
+        if job.database != source_database:
+            leave(f"they ran in another database than {source_database} (cron.schedule_in_database there)", job)
             continue
-        if (job.name, job.schedule, job.command, job.username, job.active) in have:
+        if not mine and not superuser:
+            leave(f"they run as another role, which only a superuser may schedule for (not {role})", job)
             continue
-        args = [sql.Literal(job.schedule), sql.Literal(job.command)]
-        if job.name is not None:
-            args.insert(0, sql.Literal(job.name))
-        call = sql.SQL("cron.schedule({})").format(sql.SQL(", ").join(args))
-        changes = []
-        if job.username != role:  # a superuser restoring another role's job
-            changes.append(sql.SQL("username := {}").format(sql.Literal(job.username)))
-        named_there = any(j.name == job.name and j.username == job.username for j in there if job.name is not None)
-        if not job.active or named_there:  # replacing a job by name keeps its old state
-            changes.append(sql.SQL("active := {}").format(sql.Literal(job.active)))
-        if changes:
-            call = sql.SQL("cron.alter_job({}, {})").format(call, sql.SQL(", ").join(changes))
-        statements.append(sql.SQL("SELECT {}").format(call))
-        scheduled.append(job.describe())
-    if other_db:
+        if not mine and job.username not in target.login_roles:
+            leave("they run as a role this server lacks or that may not log in (pg_cron needs LOGIN)", job)
+            continue
+        if job.name is None:
+            key = (job.schedule, job.command, job.username)
+            if unnamed_there[key]:
+                unnamed_there[key] -= 1
+                continue
+            replaced = None
+        else:
+            replaced = there_named.get((job.name, job.username))
+            if replaced is not None and (replaced.schedule, replaced.command, replaced.active) == (
+                job.schedule,
+                job.command,
+                job.active,
+            ):
+                continue
+        # Replacing a job by name keeps its old state, so the state is set whenever it may differ.
+        set_active = not job.active or (replaced is not None and not replaced.active)
+        if mine:
+            if set_active and not target.may_alter:
+                leave(f"they are paused, and {role} may not run cron.alter_job to pause them here", job)
+                continue
+            args: tuple = (job.schedule, job.command) if job.name is None else (job.name, job.schedule, job.command)
+            query = _OWN[(job.name is not None, set_active)]
+            statements.append(Statement(query, (*args, job.active) if set_active else args, job))
+        elif job.name is not None:
+            params = (job.name, job.schedule, job.command, job.username, job.active)
+            statements.append(Statement(_OTHER_NAMED, params, job))
+        else:
+            statements.append(Statement(_OTHER_UNNAMED, (job.schedule, job.command, job.username, job.active), job))
+    notes = [
+        "did not schedule pg_cron job(s) " + ", ".join(_named(j) for j in held) + f": {why}; {_WHERE}"
+        for why, held in left.items()
+    ]
+    chosen = [s.job for s in statements]
+    vault = [j for j in chosen if _VAULT.search(j.command)]
+    if vault:
         notes.append(
-            "did not schedule pg_cron job(s) "
-            + ", ".join(f"{j.describe()} in database {j.database}" for j in other_db)
-            + f": they ran in another database than {source_database}; schedule them there with "
-            "cron.schedule_in_database (their commands are in the snapshot's schema/cron_jobs.json)"
+            "pg_cron job(s) "
+            + ", ".join(j.describe() for j in vault)
+            + " read Supabase Vault secrets, which are not in the snapshot (they are encrypted "
+            "with the old project's key): create them here (vault.create_secret) before the jobs next run"
         )
-    if other_role:
+    elsewhere = [j for j in chosen if j.nodename not in (None, "localhost")]
+    if elsewhere:
         notes.append(
-            "did not schedule pg_cron job(s) "
-            + ", ".join(f"{j.describe()} of role {j.username}" for j in other_role)
-            + f": only a superuser may schedule a job for another role than {role}; connect as that "
-            "role and schedule them with cron.schedule (their commands are in the snapshot's "
-            "schema/cron_jobs.json)"
+            "pg_cron job(s) "
+            + ", ".join(f"{j.describe()} on {j.nodename}:{j.nodeport}" for j in elsewhere)
+            + " ran on another node than the source's own server; here they run on this server"
         )
-    return Scheduling(statements, scheduled, notes)
+    return Scheduling(statements, [j.describe() for j in chosen], notes)
 
 
-def target_jobs(conn: psycopg.Connection) -> tuple[bool, list[Job]]:
-    """(whether this role may schedule jobs, the jobs the target has that it sees) for a
-    target with pg_cron; a job table this role may not read counts as none.  Read with
-    row_security on: a role without BYPASSRLS sees its own jobs, the ones it can replace."""
-    may = one_row(conn.execute(_MAY_SCHEDULE))[0]
-    row = conn.execute(_READABLE).fetchone()
-    jobs = [Job.from_row(r[0]) for r in conn.execute(_JOBS).fetchall()] if row is not None and row[0] else []
-    return bool(may), jobs
+def _named(job: Job) -> str:
+    return f"{job.describe()} of role {job.username} in database {job.database}"
 
 
-_MAY_SCHEDULE = """
-SELECT coalesce(pg_catalog.has_function_privilege(
-         pg_catalog.to_regprocedure('cron.schedule(text,text,text)'), 'EXECUTE'), false)
+_USAGE = "SELECT pg_catalog.has_schema_privilege('cron', 'USAGE')"
+#: Only with USAGE on schema cron: without it, even naming cron.job is an error.
+_MAY = """
+SELECT pg_catalog.has_table_privilege('cron.job', 'SELECT'),
+       coalesce(pg_catalog.has_function_privilege(
+           pg_catalog.to_regprocedure('cron.schedule(text,text,text)'), 'EXECUTE'), false),
+       coalesce(pg_catalog.has_function_privilege(
+           pg_catalog.to_regprocedure('cron.alter_job(bigint,text,text,text,text,boolean)'), 'EXECUTE'), false)
 """
+_LOGIN_ROLES = "SELECT rolname FROM pg_catalog.pg_roles WHERE rolcanlogin"
+
+
+def read_target_roles(conn: psycopg.Connection) -> set[str]:
+    """The roles of the target that may log in (pg_cron runs a job only as such a role)."""
+    return {r[0] for r in conn.execute(_LOGIN_ROLES).fetchall()}
+
+
+def read_target(conn: psycopg.Connection) -> TargetCron:
+    """What the target's pg_cron (which it has) lets this role do, and the jobs it sees there
+    (with row_security on, as planning reads: a role without BYPASSRLS sees its own, the
+    ones it can replace).  Without USAGE on schema ``cron`` it may do nothing."""
+    logins = read_target_roles(conn)
+    if not one_row(conn.execute(_USAGE))[0]:
+        return TargetCron(False, False, login_roles=logins)
+    readable, may_schedule, may_alter = one_row(conn.execute(_MAY))
+    jobs = [Job.from_row(r[0]) for r in conn.execute(_JOBS).fetchall()] if readable else []
+    return TargetCron(bool(may_schedule), bool(may_alter), jobs, logins)
+
+
+def schedule(conn: psycopg.Connection, statements: Sequence[Statement]) -> list[str]:
+    """Run ``statements`` in ``conn``'s transaction, each in a savepoint of its own; the
+    warnings for those pg_cron refused (the job named, with pg_cron's reason)."""
+    refused = []
+    for s in statements:
+        try:
+            with conn.transaction():
+                conn.execute(s.query, s.params)
+        except psycopg.Error as exc:
+            reason = (exc.diag.message_primary or type(exc).__name__).replace(s.job.command, "(its command)")
+            refused.append(f"pg_cron did not schedule job {_named(s.job)}: {reason}; {_WHERE}")
+    return refused

@@ -2,9 +2,9 @@
 
 They are the project's configuration, like its settings: a restore of the whole
 snapshot schedules them, last, in its own transaction (a failed restore leaves no
-job); a restore of some tables or schemas leaves them alone.  A target without
-pg_cron, or whose role may not schedule jobs, is named in a note with what to do;
-the restore itself goes on.
+job); a restore of some tables or schemas, or of the rows only, leaves them alone.  A
+target without pg_cron, or whose role may not schedule jobs, is named in a note with
+what to do; the restore itself goes on.
 """
 
 from __future__ import annotations
@@ -21,44 +21,40 @@ _WHERE = "their commands are in the snapshot's schema/cron_jobs.json"
 
 
 def plan_jobs(
-    conn: psycopg.Connection, location: SnapshotLocation, manifest: dict, target: Target, dbname: str
+    conn: psycopg.Connection, location: SnapshotLocation, manifest: dict, target: Target, *, data_only: bool
 ) -> cron.Scheduling | None:
     """What a whole restore into ``conn``'s database does with the snapshot's jobs; None when
     the snapshot has none (or was taken before backupkit recorded them)."""
-    if not manifest.get("cron_jobs"):
+    summary = manifest.get("cron_jobs")
+    if not summary:
         return None
-    with encryption.local_path(location, mf.CRON_JOBS, manifest) as path:
-        jobs = cron.loads(path.read_bytes())
+    if data_only:
+        return _none(f"the snapshot's {len(summary)} pg_cron job(s) are not scheduled by a data_only restore")
+    jobs = cron.loads(encryption.read_checked(location, mf.CRON_JOBS, manifest))
     names = ", ".join(j.describe() for j in jobs)
-    if "pg_cron" not in target.extensions:
-        if "pg_cron" in target.available and any(e["name"] == "pg_cron" for e in manifest.get("extensions", [])):
-            there: list[cron.Job] = []  # the restore creates the extension (the database archive's)
-        else:
-            return cron.Scheduling(
-                [],
-                [],
-                [
-                    f"did not schedule the snapshot's {len(jobs)} pg_cron job(s) {names}: this database "
-                    "has no pg_cron; enable it (on Supabase: Integrations, Cron) and schedule them with "
-                    f"cron.schedule ({_WHERE})"
-                ],
+    if "pg_cron" in target.extensions:
+        there = cron.read_target(conn)
+        if not there.may_schedule:
+            return _none(
+                f"did not schedule the snapshot's {len(jobs)} pg_cron job(s) {names}: role {target.user} may not "
+                f"run cron.schedule here (USAGE on schema cron, EXECUTE on its functions); {_WHERE}"
             )
+    elif "pg_cron" in target.available and any(e["name"] == "pg_cron" for e in manifest.get("extensions", [])):
+        # The restore creates the extension (the database archive's), as this role: it owns it.
+        there = cron.TargetCron(True, True, login_roles=cron.read_target_roles(conn))
     else:
-        may, there = cron.target_jobs(conn)
-        if not may:
-            return cron.Scheduling(
-                [],
-                [],
-                [
-                    f"did not schedule the snapshot's {len(jobs)} pg_cron job(s) {names}: role {target.user} "
-                    f"may not run cron.schedule here; have a role that may schedule them ({_WHERE})"
-                ],
-            )
+        return _none(
+            f"did not schedule the snapshot's {len(jobs)} pg_cron job(s) {names}: this database has no "
+            f"pg_cron; enable it (on Supabase: Integrations, Cron) and schedule them with cron.schedule ({_WHERE})"
+        )
     return cron.plan(
         jobs,
         there,
         source_database=manifest["source"]["database"],
-        target_database=dbname,
         role=target.user,
         superuser=target.superuser,
     )
+
+
+def _none(note: str) -> cron.Scheduling:
+    return cron.Scheduling([], [], [note])

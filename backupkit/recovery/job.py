@@ -223,6 +223,9 @@ def restore(
     log.info("loading %s", f"with {jobs} jobs (parallel transactions)" if parallel else "in one transaction")
     with sigterm_as_interrupt(), Deadline(timeout) as plan.deadline:
         result.rows = load_in_parallel(run, jobs) if parallel else load_in_one_transaction(run)
+    for w in run.unscheduled:  # pg_cron refused them; everything else is restored
+        log.warning(w)
+        result.warnings.append(w)
     result.seconds = time.monotonic() - started
     log.info("restored %d rows in %.1f s", result.rows, result.seconds)
     return result
@@ -370,14 +373,8 @@ def _complete_scripts(scripts: Scripts, found: Survey, manifest: dict, *, parall
         scripts.mark = restore_mark.set_sql(manifest["id"], [mf.table_key(t) for t in plan.tables]).as_string()
     if parallel or found.marks:
         scripts.unmark = restore_mark.clear_sql()
-    if found.cron is not None and found.cron.statements:
-        # With row-level security on: pg_cron's job table has it, and a role without BYPASSRLS
-        # may only add its own jobs (loading turned it off, where that is an error instead).
-        scripts.cron = (
-            "SELECT pg_catalog.set_config('row_security', 'on', true);\n"
-            + "".join(s.as_string() + ";\n" for s in found.cron.statements)
-            + "SELECT pg_catalog.set_config('row_security', 'off', true);\n"
-        )
+    if found.cron is not None:
+        scripts.cron = found.cron.statements
     if plan.large_objects and found.database is not None:  # large objects come with the database archive
         scripts.large_objects = found.database.large_objects
         if clean and found.target.large_objects:

@@ -10,13 +10,14 @@ target exactly as it was.  ``backupkit.recovery.parallel`` is the one with more.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import psycopg
 from psycopg import sql
 
 from ..errors import BackupkitError, RestoreError
+from ..pg import cron
 from ..pg.copyio import copy_in
 from ..pg.dsn import connect, redact, set_settings
 from ..runtime.progress import byte_bar
@@ -66,6 +67,8 @@ class LoadRun:
     show: bool
     #: How a table's files are copied in; the caller's (``job.copy_in``) is the one fault drills replace.
     copy: CopyIn = copy_in
+    #: Warnings for the snapshot's pg_cron jobs pg_cron refused (``cron_jobs``).
+    unscheduled: list[str] = field(default_factory=list)
 
     @property
     def chosen(self) -> list[dict]:
@@ -184,6 +187,10 @@ class LoadRun:
             with encryption.local_path(where, mf.DATABASE_DUMP, self.manifest) as dump:
                 restore_large_objects(conn, dump, self.scripts.large_objects, no_owner=not self.scripts.owner)
 
+    def cron_jobs(self, conn: psycopg.Connection) -> None:
+        """Schedule the snapshot's pg_cron jobs; those pg_cron refuses go to ``unscheduled``."""
+        self.unscheduled = cron.schedule(conn, self.scripts.cron)
+
     def sequences_and_matviews(self, conn: psycopg.Connection) -> None:
         """``materialized_views``, then ``sequences``."""
         self.materialized_views(conn)
@@ -296,8 +303,7 @@ def load_in_one_transaction(run: LoadRun) -> int:
                 # through the policies as on the source.
                 run.row_security(conn, force=True)
             run.materialized_views(conn)
-            if scripts.cron is not None:
-                conn.execute(scripts.cron)
+            run.cron_jobs(conn)
             if scripts.unmark is not None:
                 conn.execute(scripts.unmark)
             # Deferred constraints are checked now, not at COMMIT: what can fail fails before

@@ -134,8 +134,7 @@ class ParallelLoad:
             if rest:
                 conn.execute(rest)
             run.sequences_and_matviews(conn)
-            if scripts.cron is not None:
-                conn.execute(scripts.cron)
+            run.cron_jobs(conn)
             assert scripts.unmark is not None  # set with the mark
             conn.execute(scripts.unmark)
 

@@ -293,8 +293,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             dbname = one_row(conn.execute("SELECT pg_catalog.current_database()"))[0]
             plan.notes += settings.differences(manifest, current, dbname, roles=have)
             plan.notes += settings.database_differences(manifest, database_settings(conn), dbname)
-            if not request.data_only:
-                scheduling = plan_jobs(conn, location, manifest, target, dbname)
+            scheduling = plan_jobs(conn, location, manifest, target, data_only=request.data_only)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []

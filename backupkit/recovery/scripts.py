@@ -21,6 +21,7 @@ from psycopg import sql
 
 from ..errors import RestoreError
 from ..pg.column_options import drop_options, unknown_options
+from ..pg.cron import Statement
 from ..pg.platform import Platform
 from ..pg.schema import TABLE_TAGGED, TocEntry, render, split_entries, unquote_ident
 from ..snapshot import manifest as mf
@@ -69,8 +70,8 @@ class Scripts:
     unmark: str | None = None
     #: The large objects' entries of the database archive, created with their data after the tables.
     large_objects: list[TocEntry] = field(default_factory=list)
-    #: ``cron.schedule`` of the snapshot's pg_cron jobs (``recovery.cron_jobs``), run last.
-    cron: str | None = None
+    #: The snapshot's pg_cron jobs to schedule (``pg.cron.schedule``), last.
+    cron: list[Statement] = field(default_factory=list)
     #: Whether pg_restore keeps the snapshot's owners (``--owner``) in what is rendered later.
     owner: bool = False
 

@@ -651,6 +651,17 @@ def local_path(snapshot: mf.SnapshotArg, rel: str, manifest: dict | None = None)
     yield copies.paths[key]
 
 
+def read_checked(snapshot: mf.SnapshotArg, rel: str, manifest: dict, limit: int = 64 << 20) -> bytes:
+    """The plain bytes of small schema file ``rel`` (``local_path`` with ``manifest``: checked
+    against its SHA-256 and decrypted); more than ``limit`` bytes is damage."""
+    with local_path(snapshot, rel, manifest) as path, LocalStorage(path.parent).open(path.name) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        where = locate(snapshot).where(rel)
+        raise SnapshotDamaged(f"{where} is larger than {limit} bytes", [f"{rel}: too large"])
+    return data
+
+
 @dataclass
 class _Copies:
     """The checked copies of one ``checked_copies`` block, in its scratch folder."""
