@@ -412,3 +412,32 @@ def test_ordinary_settings_are_recorded(name, value):
     from backupkit.pg.database_objects import may_be_secret
 
     assert not may_be_secret(name, value)
+
+
+def test_an_api_role_setting_the_source_did_not_have_is_named_too(supabase_project, tmp_path):
+    """The authenticator is named by no object, so before, a source authenticator without
+    settings was not recorded at all, and a new project's platform settings on it (its 8s
+    timeout) went unnamed: the API then cut requests the old project let run."""
+    source = supabase_project.app_project()
+    admin = supabase_project.admin(source)
+    with psycopg.connect(admin) as conn:
+        platform = conn.execute(
+            "SELECT unnest(setconfig) FROM pg_db_role_setting "
+            "WHERE setrole = 'authenticator'::regrole AND setdatabase = 0 ORDER BY 1"
+        ).fetchall()
+    assert ("statement_timeout=8s",) in platform
+    try:  # roles are cluster-wide: the session's other projects must get the platform's back
+        _run(admin, "ALTER ROLE authenticator RESET ALL")
+        manifest = backupkit.backup(source, tmp_path / "backups", schemas=["public"]).manifest  # as postgres
+    finally:
+        for (setting,) in platform:
+            name, _, value = setting.partition("=")
+            _run(admin, "ALTER ROLE authenticator SET {} TO {}", sql.Identifier(name), sql.Literal(value))
+    assert manifest["role_settings"]["all_databases"]["authenticator"] == {}
+    result = backupkit.restore(tmp_path / "backups" / manifest["id"], supabase_project.new_project(), dry_run=True)
+    ours = [n for n in result.plan.notes if "authenticator" in n]
+    assert len(ours) == len(platform)
+    assert (
+        'role authenticator: setting statement_timeout for every database is not set in the snapshot, "8s" here; '
+        'to bring it back: ALTER ROLE "authenticator" RESET "statement_timeout";'
+    ) in ours

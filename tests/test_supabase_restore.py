@@ -357,3 +357,36 @@ def test_a_whole_supabase_snapshot_restores_into_plain_postgres_as_a_superuser(a
         assert conn.execute(
             "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'storage.objects'::regclass"
         ).fetchone() == ("postgres",)
+
+
+_CLI_HISTORY = """
+CREATE SCHEMA IF NOT EXISTS supabase_migrations;
+CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text NOT NULL PRIMARY KEY);
+ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS statements text[];
+ALTER TABLE supabase_migrations.schema_migrations ADD COLUMN IF NOT EXISTS name text;
+INSERT INTO supabase_migrations.schema_migrations VALUES
+    ('20260101000000', ARRAY['create table public.todos (id int)'], 'init'),
+    ('20260201000000', ARRAY['alter table public.todos add column done bool'], 'done');
+"""
+
+
+def test_the_supabase_cli_migration_history_moves_with_the_project(supabase_project, tmp_path):
+    """docs/recovery.md: a project deployed with `supabase db push` is moved with
+    `--schema supabase_migrations` too, so the CLI finds its history in the new project
+    (the schema is the CLI's, made as postgres) instead of pushing every migration again."""
+    source = supabase_project.app_project()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(_CLI_HISTORY)
+        history = conn.execute("SELECT * FROM supabase_migrations.schema_migrations ORDER BY 1").fetchall()
+    res = backupkit.backup(source, tmp_path / "backups", schemas=[*APP_SCHEMAS, "supabase_migrations"])
+    target = supabase_project.new_project()
+    with supautils_policy_grants(supabase_project, target):
+        out = run_cli("restore", res.path, "--dsn", target, "-q")
+    assert out.returncode == 0, out.stderr
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT * FROM supabase_migrations.schema_migrations ORDER BY 1").fetchall() == history
+        # As the CLI made it: postgres's, so the next `supabase db push` can record into it.
+        assert conn.execute(
+            "SELECT nspowner::regrole::text, has_table_privilege('supabase_migrations.schema_migrations', 'INSERT') "
+            "FROM pg_namespace WHERE nspname = 'supabase_migrations'"
+        ).fetchone() == ("postgres", True)

@@ -326,7 +326,7 @@ class BackupJob:
             roles = self._roles(main, database, schema_sql)
             # Nothing a restore runs carries them: it can only say what differs (``recovery.settings``).
             named = {r["name"] for r in roles} | set(database_objects.API_ROLES)
-            role_settings = database_objects.role_settings(main, named)
+            role_settings = database_objects.role_settings(main, named, always=database_objects.API_ROLES)
             database_settings = database_objects.database_settings(main)
             jobs = self._cron_jobs(main, moment)
             keepalive.close()

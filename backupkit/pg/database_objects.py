@@ -17,6 +17,7 @@ PROPERTIES`` entry, which pg_restore renders only with ``--create``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -180,11 +181,19 @@ def may_be_secret(name: str, value: str) -> bool:
     return bool(_SECRET_NAME.search(name) or _SECRET_VALUE.search(value))
 
 
-def role_settings(conn: psycopg.Connection, names: list[str] | set[str]) -> dict[str, dict[str, dict[str, str]]]:
+def role_settings(
+    conn: psycopg.Connection, names: list[str] | set[str], *, always: Sequence[str] = ()
+) -> dict[str, dict[str, dict[str, str]]]:
     """The given roles' own settings (``pg_db_role_setting``), as the manifest's ``role_settings``:
     ``{"all_databases": {role: {name: value}}, "this_database": {...}}``; a value that may be a
-    secret (``may_be_secret``) is ``WITHHELD``."""
+    secret (``may_be_secret``) is ``WITHHELD``.  The roles of ``always`` that exist are listed
+    (``all_databases``) even with no settings: that they had none is worth saying too (a new
+    Supabase project's ``authenticator`` has a ``statement_timeout``)."""
     out: dict[str, dict[str, dict[str, str]]] = {"all_databases": {}, "this_database": {}}
+    if always:
+        present = conn.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", (list(always),))
+        for (role,) in present.fetchall():
+            out["all_databases"][role] = {}
     for role, this_database, setting in conn.execute(_ROLE_SETTINGS, (sorted(names),)).fetchall():
         name, value = _setting(setting)
         out["this_database" if this_database else "all_databases"].setdefault(role, {})[name] = value

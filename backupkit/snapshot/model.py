@@ -246,7 +246,9 @@ class RoleSettings(TypedDict):
     setting's name holds `password`, `secret`, `key`, `token`, ...: `pgrst.jwt_secret`; or
     the value looks like a JWT, a PEM key, a password in a connection string, or a long random
     string) is never recorded: it reads `"(not recorded: may be a secret)"`.  A role with no
-    settings is absent.
+    settings is absent, except Supabase's API roles: those the source has are always in
+    ``all_databases`` (``{}`` when they have none), so a restore can name a setting the target's
+    has and the source's had not.
     """
 
     all_databases: Annotated[
