@@ -332,3 +332,35 @@ def test_a_role_whose_jobs_are_all_its_own_backs_up_without_bypassrls(tmp_path):
         assert [j["name"] for j in result.manifest["cron_jobs"]] == ["mine"]
     finally:
         server.stop()
+
+
+def test_a_staging_copy_gets_the_jobs_paused_or_none(source, target, snapshot):
+    """A copy restored to try a migration must not call the webhooks and send the emails the
+    project's jobs do: `--cron-jobs paused` schedules every job inactive, `skip` none."""
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+    out = run_cli("restore", snapshot, "--clean", "--cron-jobs", "paused", env={"BACKUPKIT_DSN": target.dsn()})
+    assert out.returncode == 0, out.stderr
+    restored = jobs_of(target.dsn())
+    here = [j for j in jobs_of(source.dsn()) if j[3] == "postgres"]
+    assert sorted(repr(j[:5]) for j in restored) == sorted(repr(j[:5]) for j in here)
+    assert not any(j[5] for j in restored)
+
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+    result = backupkit.restore(snapshot, target.dsn(), clean=True, cron_jobs="skip")
+    assert jobs_of(target.dsn()) == []
+    assert any("did not schedule the snapshot's 7 pg_cron job(s) (`cron_jobs` skip)" in n for n in result.plan.notes)
+    out = run_cli("restore", snapshot, "--cron-jobs", "later", env={"BACKUPKIT_DSN": target.dsn()})
+    assert out.returncode == 2 and "--cron-jobs" in out.stderr
+
+
+def test_jobs_only_the_target_has_are_named(target, snapshot):
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT cron.unschedule(jobid) FROM cron.job")
+        conn.execute("SELECT cron.schedule('made-after', '0 6 * * *', 'SELECT 6')")
+    result = backupkit.restore(snapshot, target.dsn(), clean=True)
+    assert [n for n in result.plan.notes if n.startswith("kept")] == [
+        "kept this database's pg_cron job(s) made-after (0 6 * * *) of role postgres, which the snapshot "
+        "does not have (cron.unschedule removes one)"
+    ]

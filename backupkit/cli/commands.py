@@ -315,6 +315,7 @@ def cmd_restore(a: argparse.Namespace) -> int:
         jobs=a.jobs,
         owner=a.owner,
         create_roles=a.create_roles,
+        cron_jobs=a.cron_jobs,
         dry_run=a.dry_run,
         lock_wait_timeout=a.lock_wait_timeout,
         timeout=a.timeout,

@@ -268,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create roles named by policies/grants that the target lacks (NOLOGIN)",
     )
+    r.add_argument(
+        "--cron-jobs",
+        choices=("as-they-were", "paused", "skip"),
+        default="as-they-were",
+        help="the snapshot's pg_cron jobs, on a whole restore: scheduled as they were (default), "
+        "all paused (a staging copy), or not at all",
+    )
     r.add_argument("--dry-run", action="store_true", help="show what would be done")
     r.add_argument("--json", action="store_true")
     r.add_argument(

@@ -42,6 +42,10 @@ SELECT pg_catalog.has_table_privilege(c.oid, 'SELECT') AND pg_catalog.has_schema
  WHERE n.nspname = 'cron' AND c.relname = 'job' AND c.relkind = 'r' AND r.rolname = current_user
 """
 
+#: What a whole restore may do with the snapshot's jobs: schedule them as they were, schedule
+#: them all paused (a staging copy must not send what the original sends), or leave them out.
+MODES = ("as-they-were", "paused", "skip")
+
 # Whole rows as JSON: pg_cron before 1.3 had no jobname, before 1.4 no active.
 _JOBS = "SELECT pg_catalog.to_jsonb(j) FROM cron.job j ORDER BY j.jobid"
 
@@ -149,6 +153,8 @@ class TargetCron:
     jobs: list[Job] = field(default_factory=list)
     #: Roles of the target that may log in (pg_cron runs jobs only as such a role).
     login_roles: set[str] = field(default_factory=set)
+    #: The target database's name (its jobs are those whose ``database`` it is).
+    database: str = ""
 
 
 @dataclass
@@ -241,6 +247,13 @@ def plan(
         "did not schedule pg_cron job(s) " + ", ".join(_named(j) for j in held) + f": {why}; {_WHERE}"
         for why, held in left.items()
     ]
+    kept = _only_there(jobs, [j for j in target.jobs if j.database == target.database])
+    if kept:
+        notes.append(
+            "kept this database's pg_cron job(s) "
+            + ", ".join(f"{j.describe()} of role {j.username}" for j in kept)
+            + ", which the snapshot does not have (cron.unschedule removes one)"
+        )
     chosen = [s.job for s in statements]
     vault = [j for j in chosen if _VAULT.search(j.command)]
     if vault:
@@ -258,6 +271,22 @@ def plan(
             + " ran on another node than the source's own server; here they run on this server"
         )
     return Scheduling(statements, [j.describe() for j in chosen], notes)
+
+
+def _only_there(jobs: Sequence[Job], there: Sequence[Job]) -> list[Job]:
+    """The jobs of ``there`` that no job of ``jobs`` replaces or matches (unnamed ones counted)."""
+    named = {(j.name, j.username) for j in jobs if j.name is not None}
+    unnamed = Counter((j.schedule, j.command, j.username) for j in jobs if j.name is None)
+    kept = []
+    for j in there:
+        if j.name is not None:
+            if (j.name, j.username) not in named:
+                kept.append(j)
+        elif unnamed[(j.schedule, j.command, j.username)]:
+            unnamed[(j.schedule, j.command, j.username)] -= 1
+        else:
+            kept.append(j)
+    return kept
 
 
 def _named(job: Job) -> str:
@@ -286,11 +315,12 @@ def read_target(conn: psycopg.Connection) -> TargetCron:
     (with row_security on, as planning reads: a role without BYPASSRLS sees its own, the
     ones it can replace).  Without USAGE on schema ``cron`` it may do nothing."""
     logins = read_target_roles(conn)
+    database = one_row(conn.execute("SELECT pg_catalog.current_database()"))[0]
     if not one_row(conn.execute(_USAGE))[0]:
-        return TargetCron(False, False, login_roles=logins)
+        return TargetCron(False, False, login_roles=logins, database=database)
     readable, may_schedule, may_alter = one_row(conn.execute(_MAY))
     jobs = [Job.from_row(r[0]) for r in conn.execute(_JOBS).fetchall()] if readable else []
-    return TargetCron(bool(may_schedule), bool(may_alter), jobs, logins)
+    return TargetCron(bool(may_schedule), bool(may_alter), jobs, logins, database)
 
 
 def schedule(conn: psycopg.Connection, statements: Sequence[Statement]) -> list[str]:

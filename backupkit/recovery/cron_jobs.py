@@ -9,6 +9,9 @@ what to do; the restore itself goes on.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import psycopg
 
 from ..pg import cron
@@ -17,20 +20,27 @@ from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
 from .database_scripts import Target
 
+if TYPE_CHECKING:  # plan imports this module
+    from .plan import Request
+
 _WHERE = "their commands are in the snapshot's schema/cron_jobs.json"
 
 
 def plan_jobs(
-    conn: psycopg.Connection, location: SnapshotLocation, manifest: dict, target: Target, *, data_only: bool
+    conn: psycopg.Connection, location: SnapshotLocation, manifest: dict, target: Target, request: Request
 ) -> cron.Scheduling | None:
     """What a whole restore into ``conn``'s database does with the snapshot's jobs; None when
     the snapshot has none (or was taken before backupkit recorded them)."""
     summary = manifest.get("cron_jobs")
     if not summary:
         return None
-    if data_only:
+    if request.data_only:
         return _none(f"the snapshot's {len(summary)} pg_cron job(s) are not scheduled by a data_only restore")
+    if request.cron_jobs == "skip":
+        return _none(f"did not schedule the snapshot's {len(summary)} pg_cron job(s) (`cron_jobs` skip); {_WHERE}")
     jobs = cron.loads(encryption.read_checked(location, mf.CRON_JOBS, manifest))
+    if request.cron_jobs == "paused":  # a copy (staging) must not call what the original calls
+        jobs = [replace(j, active=False) for j in jobs]
     names = ", ".join(j.describe() for j in jobs)
     if "pg_cron" in target.extensions:
         there = cron.read_target(conn)

@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 
 from ..errors import ConfigError, ConnectionFailed, RestoreError, SnapshotError
+from ..pg import cron
 from ..pg.copyio import copy_in
 from ..pg.dsn import connect, describe, redact
 from ..runtime.deadline import Deadline
@@ -76,6 +77,7 @@ def restore(
     timeout: float | None = None,
     public_key: Path | str | None = None,
     identity: encryption.IdentityArg | None = None,
+    cron_jobs: str = "as-they-were",
 ) -> RestoreResult:
     """Restore ``snapshot`` (a folder, or a ``SnapshotLocation``) into the database at ``dsn``
     and return what was done.
@@ -99,10 +101,15 @@ def restore(
     fresh database needs; GRANTs to roles the target lacks are skipped and reported.
     Policies naming missing roles (Supabase's ``anon``, ``authenticated``) stop the
     restore before anything changes, unless ``create_roles`` creates them (NOLOGIN).
+    ``cron_jobs`` says what a whole restore does with the snapshot's pg_cron jobs:
+    ``"as-they-were"`` (the default), ``"paused"`` (every job scheduled inactive: a copy
+    must not call the webhooks the original calls) or ``"skip"``.
     """
     started = time.monotonic()
     if schema_only and data_only:
         raise ConfigError("schema_only and data_only exclude each other")
+    if cron_jobs not in cron.MODES:
+        raise ConfigError(f"cron_jobs is {cron_jobs!r}", hint="give one of " + ", ".join(repr(m) for m in cron.MODES))
     check_jobs(jobs)  # 1 to MAX_JOBS: each job is a connection (and a process, for backup)
     lock_wait_timeout, timeout = _seconds(lock_wait_timeout, "lock_wait_timeout"), _seconds(timeout, "timeout")
     location = locate(snapshot)
@@ -135,6 +142,7 @@ def restore(
                 data_only=data_only,
                 clean=clean,
                 create_roles=create_roles,
+                cron_jobs=cron_jobs,
             )
             found = survey(location, manifest, dsn, request)
             plan = found.plan

@@ -167,6 +167,8 @@ class Request:
     data_only: bool = False
     clean: bool = False
     create_roles: bool = False
+    #: What a whole restore does with the snapshot's pg_cron jobs (``pg.cron.MODES``).
+    cron_jobs: str = "as-they-were"
 
     @property
     def full(self) -> bool:
@@ -293,7 +295,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             dbname = one_row(conn.execute("SELECT pg_catalog.current_database()"))[0]
             plan.notes += settings.differences(manifest, current, dbname, roles=have)
             plan.notes += settings.database_differences(manifest, database_settings(conn), dbname)
-            scheduling = plan_jobs(conn, location, manifest, target, data_only=request.data_only)
+            scheduling = plan_jobs(conn, location, manifest, target, request)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []
