@@ -390,3 +390,21 @@ def test_the_supabase_cli_migration_history_moves_with_the_project(supabase_proj
             "SELECT nspowner::regrole::text, has_table_privilege('supabase_migrations.schema_migrations', 'INSERT') "
             "FROM pg_namespace WHERE nspname = 'supabase_migrations'"
         ).fetchone() == ("postgres", True)
+
+
+def test_a_public_only_backup_names_what_it_leaves_on_the_platform_tables(supabase_project, tmp_path):
+    """The default backup is `public`: Supabase's sign-up trigger on auth.users (calling
+    public.handle_new_user) and the avatar policies on storage.objects are not in it, and a
+    new project restored from it would lose them without a word.  Both the backup and
+    `backupkit check` now name them, with the schemas that keep them."""
+    source = supabase_project.app_project()
+    res = backupkit.backup(source, tmp_path / "backups")
+    [warning] = [w for w in res.warnings if "platform's tables" in w]
+    assert 'trigger "on_auth_user_created" on auth.users' in warning
+    assert 'policy "Anyone can upload an avatar." on storage.objects' in warning
+    assert "add auth, storage to `schemas`" in warning
+    out = run_cli("check", env={"BACKUPKIT_DSN": source})
+    assert 'trigger "on_auth_user_created" on auth.users' in out.stdout + out.stderr, out.stdout + out.stderr
+    # A backup of what a project move takes has them all: nothing to name.
+    res = backupkit.backup(source, tmp_path / "backups", schemas=APP_SCHEMAS)
+    assert not [w for w in res.warnings if "platform's tables" in w]

@@ -41,6 +41,8 @@ from ..errors import BackupkitError, RowLevelSecurityError, SourceError, Storage
 from ..pg import cron, database_objects
 from ..pg.catalog import (
     existing_schemas,
+    left_on_platform,
+    left_on_platform_warning,
     list_matviews,
     list_sequences,
     list_tables,
@@ -436,6 +438,9 @@ class BackupJob:
             needs = needs_outside(side, selection.schemas)
             if needs:
                 self.warn(needs_outside_warning(needs))
+            left = left_on_platform(side, selection.schemas) if not selection.include else []
+            if left:
+                self.warn(left_on_platform_warning(left))
             try:  # measuring a table's size takes its lock too
                 tables = select_tables(list_tables(side, selection.schemas), selection.include, selection.exclude)
             except psycopg.errors.LockNotAvailable:

@@ -15,6 +15,8 @@ from ..errors import BackupkitError, SourceError
 from ..pg.catalog import (
     SUPABASE_MANAGED,
     existing_schemas,
+    left_on_platform,
+    left_on_platform_warning,
     list_sequences,
     list_tables,
     needs_outside,
@@ -121,6 +123,9 @@ def check(
         needs = needs_outside(conn, found)
         if needs:
             report.add("dependencies", "warn", needs_outside_warning(needs))
+        left = left_on_platform(conn, found) if not selection.include else []
+        if left:
+            report.add("platform tables", "warn", left_on_platform_warning(left))
         report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
     if to is not None:
         _check_repository(report, to, size)

@@ -195,6 +195,48 @@ def needs_outside_warning(needs: dict[str, list[str]]) -> str:
     )
 
 
+#: The platform's schemas whose tables a project puts its own policies and triggers on
+#: (storage.objects' upload policies, the on_auth_user_created trigger of Supabase's guides).
+_PLATFORM_TABLES = ("auth", "storage", "realtime")
+
+# Policies: the platform makes none on these schemas' tables, so every one is the project's.
+# Triggers: the project's call a function outside the platform's schemas (public.handle_new_user).
+_LEFT_ON_PLATFORM = """
+SELECT 'policy', p.polname, n.nspname, c.relname
+  FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = ANY(%(platform)s) AND n.nspname <> ALL(%(schemas)s)
+UNION ALL
+SELECT 'trigger', t.tgname, n.nspname, c.relname
+  FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+ WHERE NOT t.tgisinternal AND n.nspname = ANY(%(platform)s) AND n.nspname <> ALL(%(schemas)s)
+   AND fn.nspname <> ALL(%(managed)s) AND fn.nspname NOT IN ('pg_catalog', 'information_schema')
+ ORDER BY 3, 4, 1, 2
+"""
+
+
+def left_on_platform(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
+    """The project's own policies and triggers on the platform's tables (auth, storage,
+    realtime) that a backup of ``schemas`` leaves out, each as ``policy "name" on schema.table``."""
+    rows = conn.execute(
+        _LEFT_ON_PLATFORM, {"platform": list(_PLATFORM_TABLES), "schemas": schemas, "managed": list(SUPABASE_MANAGED)}
+    ).fetchall()
+    return [f'{kind} "{name}" on {schema}.{table}' for kind, name, schema, table in rows]
+
+
+def left_on_platform_warning(left: list[str]) -> str:
+    """One line about ``left_on_platform``'s answer (not empty)."""
+    schemas = sorted({item.rsplit(" on ", 1)[1].split(".", 1)[0] for item in left})
+    shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+    return (
+        f"this backup leaves out the project's own objects on the platform's tables: {shown}; "
+        f"a restore into a new project comes back without them: add {', '.join(schemas)} to `schemas` "
+        "(a new project needs its users and files too)"
+    )
+
+
 def list_tables(conn: psycopg.Connection, schemas: list[str]) -> list[dict]:
     """Every ordinary table (partitions and inheritance children included) in ``schemas``.
 
