@@ -13,6 +13,7 @@ Needs ``/usr/lib/postgresql/15`` with pg_cron (``.ci/run`` installs both); marke
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -364,3 +365,31 @@ def test_jobs_only_the_target_has_are_named(target, snapshot):
         "kept this database's pg_cron job(s) made-after (0 6 * * *) of role postgres, which the snapshot "
         "does not have (cron.unschedule removes one)"
     ]
+
+
+def test_diff_names_jobs_added_removed_and_rescheduled(source, snapshot, tmp_path):
+    with psycopg.connect(source.dsn(), autocommit=True) as conn:
+        conn.execute("SET ROLE app")
+        conn.execute("SELECT cron.schedule('nightly', '30 2 * * *', 'VACUUM public.notes')")  # moved
+        conn.execute("SELECT cron.unschedule('purge')")
+        conn.execute("SELECT cron.schedule('weekly', '0 1 * * 1', 'SELECT 7')")
+    try:
+        later = str(backupkit.backup(source.dsn(), tmp_path / "repo").location)
+    finally:
+        with psycopg.connect(source.dsn(), autocommit=True) as conn:
+            conn.execute("SET ROLE app")
+            conn.execute("SELECT cron.unschedule('weekly')")
+            conn.execute("SELECT cron.schedule('nightly', '0 3 * * *', 'VACUUM public.notes')")
+            conn.execute("SELECT cron.schedule('purge', %s, %s)", JOBS[1][1:3])
+    out = run_cli("diff", snapshot, later, "--json")
+    assert out.returncode == 0, out.stderr
+    jobs = {
+        (o["name"], o["change"], o.get("detail"))
+        for o in json.loads(out.stdout)["schema_objects"]
+        if o["type"] == "cron job"
+    }
+    assert jobs == {
+        ("purge of role app in database postgres", "removed", None),
+        ("weekly of role app in database postgres", "added", None),
+        ("nightly of role app in database postgres", "changed", 'schedule "0 3 * * *" → "30 2 * * *"'),
+    }

@@ -45,6 +45,8 @@ _MANIFEST_LISTS = {
     "publications": ("publication", {"publication", "publication table", "publication tables in schema"}),
     "default_privileges": ("default privileges", {"default acl"}),
     "large_objects": ("large object", {"large object", "blob", "blob metadata"}),
+    # pg_cron's jobs (the manifest names them without their commands, which may hold keys).
+    "cron_jobs": ("cron job", set()),
 }
 #: Order of changes in a listing: what was lost first.
 _CHANGE_ORDER = {"removed": 0, "added": 1, "changed": 2}
@@ -235,6 +237,9 @@ def _identity(kind: str, item: dict) -> tuple:
     if kind == "default privileges":
         scope = item.get("object_type") or "?"
         return kind, item.get("schema"), None, f"{scope} for role {item.get('role')}"
+    if kind == "cron job":
+        name = item.get("name") or f"an unnamed job ({item.get('schedule')})"
+        return kind, None, None, f"{name} of role {item.get('username')} in database {item.get('database')}"
     return kind, None, None, str(item.get("name"))
 
 
@@ -264,8 +269,9 @@ def _field_changes(kind: str, old: dict, new: dict) -> list[str]:
 
 
 def manifest_objects(old_m: dict, new_m: dict) -> list[dict]:
-    """Extensions, publications, default privileges and large objects added, removed or
-    changed, for each list both manifests have (older manifests have none: nothing said)."""
+    """Extensions, publications, default privileges, large objects and pg_cron jobs added,
+    removed or changed, for each list both manifests have (older manifests have none: nothing
+    said).  A job's command is not in the manifest: a changed command is not seen here."""
     out = []
     for key, (kind, _) in _MANIFEST_LISTS.items():
         if not isinstance(old_m.get(key), list) or not isinstance(new_m.get(key), list):
