@@ -408,3 +408,50 @@ def test_a_public_only_backup_names_what_it_leaves_on_the_platform_tables(supaba
     # A backup of what a project move takes has them all: nothing to name.
     res = backupkit.backup(source, tmp_path / "backups", schemas=APP_SCHEMAS)
     assert not [w for w in res.warnings if "platform's tables" in w]
+
+
+def test_pg_graphql_settings_on_the_public_schema_come_back(supabase_project, tmp_path):
+    """pg_graphql reads its settings from the schema's comment (Supabase's GraphQL docs:
+    ``comment on schema public is e'@graphql({"inflect_names": true})'``).  The comment on a
+    schema the new project already has was dropped, and the API's names changed case."""
+    source = supabase_project.app_project()
+    directive = '@graphql({"inflect_names": true})'
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(sql.SQL("COMMENT ON SCHEMA public IS {}").format(sql.Literal(directive)))
+    res = backupkit.backup(source, tmp_path / "backups", schemas=APP_SCHEMAS)
+    target = supabase_project.new_project()
+    with supautils_policy_grants(supabase_project, target):
+        backupkit.restore(res.path, target)
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT obj_description('public'::regnamespace, 'pg_namespace')").fetchone() == (directive,)
+
+
+_WEBHOOK = """
+CREATE SCHEMA supabase_functions AUTHORIZATION supabase_admin;
+CREATE FUNCTION supabase_functions.http_request() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RETURN NEW; END $$;
+GRANT USAGE ON SCHEMA supabase_functions TO postgres;
+GRANT EXECUTE ON FUNCTION supabase_functions.http_request() TO postgres;
+"""
+
+
+def test_a_database_webhook_into_a_project_without_webhooks_is_refused_by_the_dry_run(supabase_project, tmp_path):
+    """A Database Webhook is a trigger calling supabase_functions.http_request, a schema a
+    project has once Webhooks are switched on (its name and function as Supabase's
+    webhooks.sql makes them; the body here does nothing).  Into a new project without it,
+    the dry run passed and the restore failed at the CREATE TRIGGER, rolled back."""
+    source = supabase_project.app_project()
+    admin = supabase_project.admin(source)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(_WEBHOOK)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TRIGGER new_message_hook AFTER INSERT ON public.messages FOR EACH ROW "
+            "EXECUTE FUNCTION supabase_functions.http_request('https://example.com/hook', 'POST', '{}', '{}', '1000')"
+        )
+    res = backupkit.backup(source, tmp_path / "backups", schemas=APP_SCHEMAS)
+    target = supabase_project.new_project()
+    out = run_cli("restore", res.path, "--dsn", target, "--dry-run")
+    assert out.returncode == 9, out.stdout + out.stderr
+    assert "trigger new_message_hook on public.messages calls supabase_functions.http_request()" in out.stderr
+    assert "enable Database Webhooks" in out.stderr

@@ -154,30 +154,25 @@ def wanted_entries(
     def new_global(e: TocEntry) -> bool:
         return global_keys[e.line] not in existing
 
-    def comment_on_existing_schema(e: TocEntry) -> bool:
-        return (
-            e.type == "COMMENT"
-            and e.rest.startswith("- SCHEMA ")
-            and any(e.rest.startswith(f"- SCHEMA {k[2]} ") for k in existing if k[0] == "SCHEMA")
-        )
-
-    # Grants on a schema the target has and the connecting role does not own (Supabase's
-    # auth, storage) are the owner's to give; re-granting them fails or changes nothing.
+    # Grants and comments on a schema the target has and the connecting role does not own
+    # (Supabase's auth, storage) are the owner's to give; re-granting them fails or changes
+    # nothing.  On a schema it owns (public, on Supabase) the snapshot's comment is put back:
+    # pg_graphql reads its settings from it (``@graphql({"inflect_names": true})``).
     not_ours = {
         r[0]
         for r in target.execute("SELECT nspname FROM pg_namespace WHERE NOT pg_has_role(nspowner, 'USAGE')").fetchall()
     }
 
-    def acl_on_foreign_schema(e: TocEntry) -> bool:
-        return e.type == "ACL" and any(e.rest.startswith(f"- SCHEMA {n} ") for n in not_ours)
+    def on_foreign_schema(e: TocEntry, kind: str) -> bool:
+        return e.type == kind and any(e.rest.startswith(f"- SCHEMA {n} ") for n in not_ours)
 
     if full:
         return [
             e
             for e in entries
             if (e.type != "SCHEMA" or new_global(e))
-            and not comment_on_existing_schema(e)
-            and not acl_on_foreign_schema(e)
+            and not on_foreign_schema(e, "COMMENT")
+            and not on_foreign_schema(e, "ACL")
         ]
     wanted = []
     chosen_keys = {mf.table_key(t) for t in chosen}
