@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 
 from ..pg.rows import one_row
-from ..pg.schema import TocEntry
+from ..pg.schema import TocEntry, unquote_ident
 from ..snapshot import manifest as mf
 from .in_place import unqualified
 
@@ -227,3 +227,36 @@ def privileges(conn: psycopg.Connection, needs: list[tuple[str, str | None, str,
         f"{conn.info.user} lacks privileges the restore uses on what it does not own: {'; '.join(said)}: "
         f"have their owner run `{' '.join(grants)}`, or restore as their owner or a superuser"
     ]
+
+
+_IDENT = r'(?:"(?:[^"]|"")+"|[^\s."(]+)'
+#: pg_dump's CREATE TRIGGER, on one line, its function always schema-qualified.
+_TRIGGER = re.compile(
+    rf"^CREATE (?:CONSTRAINT )?TRIGGER ({_IDENT}) .*? ON ({_IDENT}\.{_IDENT}) .*?"
+    rf"EXECUTE (?:FUNCTION|PROCEDURE) ({_IDENT})\.({_IDENT})\(",
+    re.M,
+)
+_SCHEMA = re.compile(rf"^CREATE SCHEMA (?:IF NOT EXISTS )?({_IDENT})", re.M)
+#: Schemas a Supabase project has only once a feature is switched on, and where to do it.
+_FEATURES = {"supabase_functions": "enable Database Webhooks in the project (Database, Webhooks) first"}
+
+
+def missing_trigger_functions(pre_data: str, post_data: str, schemas: AbstractSet[str]) -> list[str]:
+    """Triggers of the rendered ``post_data`` whose function is in a schema that neither the
+    target has (``schemas``, with those the restore makes outside ``pre_data``) nor ``pre_data``
+    creates, such as a Database Webhook's ``supabase_functions.http_request`` in a project that
+    has not switched webhooks on: the CREATE TRIGGER would fail after everything before it
+    ran.  (A function missing from a schema that is there may come with an extension the
+    restore creates: not judged here.)  Pure."""
+    made = {unquote_ident(name) for name in _SCHEMA.findall(pre_data)}
+    problems = []
+    for trigger, table, schema, name in _TRIGGER.findall(post_data):
+        schema = unquote_ident(schema)
+        if schema in schemas or schema in made:
+            continue
+        fix = _FEATURES.get(schema, f"create schema {schema} and the function first")
+        problems.append(
+            f"trigger {unquote_ident(trigger)} on {table} calls {schema}.{unquote_ident(name)}(), "
+            f"and this database has no schema {schema}: {fix}"
+        )
+    return problems

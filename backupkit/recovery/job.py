@@ -42,7 +42,7 @@ from ..snapshot.verify import check_jobs, ensure_intact, refuse_unfinished
 from ..storage.location import SnapshotLocation, locate
 from . import mark as restore_mark
 from .auth_stand_in import StandIn, plan_stand_in
-from .checks import missing_references, role_creation, schema_privileges
+from .checks import missing_references, missing_trigger_functions, role_creation, schema_privileges
 from .in_place import empty_sql
 from .load import LoadRun, load_in_one_transaction
 from .parallel import load_in_parallel
@@ -192,6 +192,11 @@ def restore(
                 _add_stand_in(scripts, stand_in)
                 plan.notes.append(stand_in.describe())
             problems = found.problems + _final_checks(dsn, found, stand_in, data_only)
+            post = [scripts.post_data, scripts.post_data_rest, *scripts.index_groups.values()]
+            made = set(found.database.schemas_to_create) if found.database else set()
+            problems += missing_trigger_functions(
+                scripts.pre_data or "", "".join(p for p in post if p), found.target.schemas | made
+            )
             if found.refused and len(problems) == 1:
                 raise found.refused
             if problems:
