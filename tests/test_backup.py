@@ -437,3 +437,33 @@ def test_two_tables_backupkit_cannot_tell_apart_are_refused_in_one_line(make_db,
     assert '"a"."b.c" and "a.b"."c"' in first, out.stderr
     assert "Traceback" not in out.stderr
     assert not list(repo.glob("2*")), "no snapshot is published"
+
+
+def test_vault_secrets_and_queues_no_snapshot_holds_are_named(make_db, tmp_path):
+    """Supabase Vault's secrets (vault.secrets) and Queues' queues (pgmq.meta) are extension
+    tables: no pg_dump of the schemas has their rows, and a project restored from a snapshot
+    lacks them, along with whatever reads them (a cron job's key).  The tables here stand in
+    for the extensions' (not on this server): the backup and `check` name what they hold."""
+    dsn = make_db("vaulted")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        conn.execute("CREATE SCHEMA vault; CREATE TABLE vault.secrets (id uuid, name text, secret text)")
+        conn.execute("INSERT INTO vault.secrets VALUES (gen_random_uuid(), 'service_role_key', 'x'), (NULL, 'b', 'y')")
+        conn.execute("SELECT pg_stat_force_next_flush()")
+    res = backupkit.backup(dsn, tmp_path / "repo")
+    assert [w for w in res.warnings if "Vault" in w] == [
+        "not in any snapshot: 2 Supabase Vault secret(s) (encrypted with this project's own key): "
+        "keep them where you keep your keys, and make them again in a restored project"
+    ]
+    out = run_cli("check", env={"BACKUPKIT_DSN": dsn})
+    assert "2 Supabase Vault secret(s)" in out.stdout + out.stderr
+
+
+def test_realtime_policies_are_named_without_the_schema_to_add():
+    """Realtime's tables are the Realtime service's (partitioned by day): adding the schema
+    would not bring a policy on realtime.messages back, so the warning does not say to."""
+    from backupkit.pg.catalog import left_on_platform_warning
+
+    warning = left_on_platform_warning(['policy "members read" on realtime.messages', 'trigger "t" on auth.users'])
+    assert "add auth to `schemas`" in warning and "realtime to" not in warning
+    assert "make the realtime ones again in the new project" in warning

@@ -51,6 +51,7 @@ from ..pg.catalog import (
     read_sequences,
     role_info,
     select_tables,
+    unkept_extension_data,
 )
 from ..pg.copyio import FileResult
 from ..pg.dsn import POOLER_WARNING, describe, is_transaction_pooler, redact
@@ -441,6 +442,9 @@ class BackupJob:
             left = left_on_platform(side, selection.schemas) if not selection.include else []
             if left:
                 self.warn(left_on_platform_warning(left))
+            unkept = unkept_extension_data(side)
+            if unkept:
+                self.warn(unkept)
             try:  # measuring a table's size takes its lock too
                 tables = select_tables(list_tables(side, selection.schemas), selection.include, selection.exclude)
             except psycopg.errors.LockNotAvailable:

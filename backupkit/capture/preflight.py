@@ -23,6 +23,7 @@ from ..pg.catalog import (
     needs_outside_warning,
     role_info,
     select_tables,
+    unkept_extension_data,
 )
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
 from ..pg.rows import one_row
@@ -126,6 +127,9 @@ def check(
         left = left_on_platform(conn, found) if not selection.include else []
         if left:
             report.add("platform tables", "warn", left_on_platform_warning(left))
+        unkept = unkept_extension_data(conn)
+        if unkept:
+            report.add("extension data", "warn", unkept)
         report.add("database size", "ok", f"{size / 1e6:.1f} MB on disk")
     if to is not None:
         _check_repository(report, to, size)

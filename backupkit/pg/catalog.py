@@ -227,13 +227,46 @@ def left_on_platform(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
 
 
 def left_on_platform_warning(left: list[str]) -> str:
-    """One line about ``left_on_platform``'s answer (not empty)."""
-    schemas = sorted({item.rsplit(" on ", 1)[1].split(".", 1)[0] for item in left})
+    """One line about ``left_on_platform``'s answer (not empty).  Realtime's tables are the
+    Realtime service's, partitioned by day: a new project's are not the snapshot's, so the
+    schema is not one to add, and its policies are to be made again."""
+    schemas = sorted({item.rsplit(" on ", 1)[1].split(".", 1)[0] for item in left} - {"realtime"})
     shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+    fixes = []
+    if schemas:
+        fixes.append(f"add {', '.join(schemas)} to `schemas` (a new project needs its users and files too)")
+    if any(" on realtime." in item for item in left):
+        fixes.append("make the realtime ones again in the new project (backupkit does not restore Realtime's tables)")
     return (
         f"this backup leaves out the project's own objects on the platform's tables: {shown}; "
-        f"a restore into a new project comes back without them: add {', '.join(schemas)} to `schemas` "
-        "(a new project needs its users and files too)"
+        f"a restore into a new project comes back without them: {'; '.join(fixes)}"
+    )
+
+
+#: Extension tables with a project's own rows that no backup holds (pg_dump leaves an
+#: extension's tables out unless they are dumped with the extension): what they hold, and why.
+_EXTENSION_DATA = {
+    ("vault", "secrets"): ("Supabase Vault secret(s)", "encrypted with this project's own key"),
+    ("pgmq", "meta"): ("Supabase Queues queue(s)", "the pgmq extension's own tables"),
+}
+# Live rows from the statistics, which every role may read, whatever its privileges on the table.
+_EXTENSION_ROWS = """
+SELECT n.nspname, c.relname, pg_catalog.pg_stat_get_live_tuples(c.oid)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE (n.nspname, c.relname) IN (('vault', 'secrets'), ('pgmq', 'meta'))
+"""
+
+
+def unkept_extension_data(conn: psycopg.Connection) -> str | None:
+    """A warning naming the Vault secrets and Queues the database has, which no snapshot holds
+    (None when it has none): a restored project lacks them, and what reads them fails."""
+    found = [(_EXTENSION_DATA[(s, t)], rows) for s, t, rows in conn.execute(_EXTENSION_ROWS).fetchall() if rows]
+    if not found:
+        return None
+    return (
+        "not in any snapshot: "
+        + "; ".join(f"{rows} {what} ({why})" for (what, why), rows in found)
+        + ": keep them where you keep your keys, and make them again in a restored project"
     )
 
 
