@@ -58,7 +58,7 @@ DRILL_CELL = "nb.drill(backup_dir, snapshot, dsn_env=dsn_env, identity=identity,
 RESTORE_CELL = (
     "outcome = nb.restore(snap, target_dsn_env, tables=tables, with_dependencies=with_dependencies,\n"
     "                     clean=clean, create_roles=create_roles, jobs=jobs, dry_run=dry_run,\n"
-    "                     identity=identity, run=run)"
+    "                     identity=identity, cron_jobs=cron_jobs, run=run)"
 )
 
 

@@ -95,6 +95,8 @@ def test_the_backup_notebook_backs_up_to_an_s3_repository_end_to_end(source, s3_
         ("drill", {"max_age": "2x"}, "parameter 'max_age': cannot read duration '2x'"),
         # was: exit 0, the query cell showing every row (no limit), the explorer a DuckDB Binder Error
         ("explore", {"limit": -1}, "parameter 'limit' is -1: use 1 or more"),
+        # a staging copy's jobs: a misspelt choice must not schedule them as they were
+        ("restore", {"cron_jobs": "pause"}, "parameter 'cron_jobs' is 'pause'"),
     ],
 )
 def test_a_bad_value_fails_the_parameters_check_before_the_job_does_anything(source, tmp_path, name, bad, expected):
@@ -104,7 +106,7 @@ def test_a_bad_value_fails_the_parameters_check_before_the_job_does_anything(sou
     if name == "explore":
         params.pop("runs_dir")  # an interactive notebook: no run record
     else:
-        params["dsn_env"] = SOURCE_VAR
+        params["target_dsn_env" if name == "restore" else "dsn_env"] = SOURCE_VAR
     if name != "backup":
         backupkit.backup(source, tmp_path / "bk", progress=False)
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -501,12 +501,14 @@ def restore(
     jobs: int = 1,
     dry_run: bool = True,
     identity: IdentityArg | None = "",
+    cron_jobs: str = "as-they-were",
     run: RunRecord | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot`` into ``$target_dsn_env`` ("" = the demo server's scratch database).
 
     With ``dry_run`` nothing changes and the result holds the plan; ``create_roles``
-    creates the roles the snapshot names that the target lacks, as NOLOGIN roles.
+    creates the roles the snapshot names that the target lacks, as NOLOGIN roles;
+    ``cron_jobs`` is ``backupkit.restore``'s (a staging copy: ``"paused"``).
     An encrypted snapshot needs ``identity`` (``resolve_identity``).
     """
     with _maybe_step(run, "restore"):
@@ -521,6 +523,7 @@ def restore(
             create_roles=create_roles,
             jobs=jobs,
             dry_run=dry_run,
+            cron_jobs=cron_jobs,
             progress=True,
         )
     if run is not None:

@@ -230,6 +230,7 @@ def value_problems(values: Mapping[str, Any]) -> list[ConfigError]:
     its least.  Checked with the parameters, so a run fails before it does anything rather than
     after the backup or the drill it was scheduled for."""
     from ..errors import BackupkitError
+    from ..pg.cron import MODES as CRON_MODES
     from ..retention.policy import parse_duration
     from ..snapshot.verify import MAX_JOBS
     from .jobs import make_policy
@@ -258,6 +259,13 @@ def value_problems(values: Mapping[str, Any]) -> list[ConfigError]:
             parse_duration(values["max_age"])
         except BackupkitError as exc:
             problems.append(ConfigError(f"parameter 'max_age': {redact(str(exc))}", hint="e.g. -r max_age 26h"))
+    if "cron_jobs" in values and values["cron_jobs"] not in CRON_MODES:
+        problems.append(
+            ConfigError(
+                f"parameter 'cron_jobs' is {values['cron_jobs']!r}",
+                hint="use one of " + ", ".join(CRON_MODES) + ", e.g. -r cron_jobs paused",
+            )
+        )
     for name in _NAME_LISTS:
         if any(not str(item).strip() for item in values.get(name) or []):
             problems.append(ConfigError(f"parameter {name!r} holds an empty name", hint=EMPTY_HINT))
