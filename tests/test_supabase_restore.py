@@ -455,3 +455,22 @@ def test_a_database_webhook_into_a_project_without_webhooks_is_refused_by_the_dr
     assert out.returncode == 9, out.stdout + out.stderr
     assert "trigger new_message_hook on public.messages calls supabase_functions.http_request()" in out.stderr
     assert "enable Database Webhooks" in out.stderr
+
+
+def test_trigger_functions_in_schemas_the_restore_makes_are_not_missing():
+    """The pure check behind the dry run's webhook problem: pg_dump's quoting and statement
+    ends (``CREATE SCHEMA storage;``) read right, and only a schema nobody makes is named."""
+    from backupkit.recovery.checks import missing_trigger_functions
+
+    pre = 'CREATE SCHEMA storage;\nCREATE SCHEMA "my hooks";\n'
+    post = (
+        "CREATE TRIGGER t1 BEFORE UPDATE ON storage.objects FOR EACH ROW EXECUTE FUNCTION "
+        "storage.update_updated_at_column();\n"
+        'CREATE TRIGGER "t 2" AFTER INSERT ON public."a b" FOR EACH ROW WHEN ((new.id > 0)) EXECUTE FUNCTION '
+        "\"my hooks\".f('x');\n"
+        "CREATE TRIGGER t3 AFTER INSERT ON public.m FOR EACH ROW EXECUTE FUNCTION supabase_functions.http_request();\n"
+    )
+    assert missing_trigger_functions(pre, post, {"public"}) == [
+        "trigger t3 on public.m calls supabase_functions.http_request(), and this database has no schema "
+        "supabase_functions: enable Database Webhooks in the project (Database, Webhooks) first"
+    ]

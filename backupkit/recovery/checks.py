@@ -229,7 +229,7 @@ def privileges(conn: psycopg.Connection, needs: list[tuple[str, str | None, str,
     ]
 
 
-_IDENT = r'(?:"(?:[^"]|"")+"|[^\s."(]+)'
+_IDENT = r'(?:"(?:[^"]|"")+"|[^\s."(;]+)'
 #: pg_dump's CREATE TRIGGER, on one line, its function always schema-qualified.
 _TRIGGER = re.compile(
     rf"^CREATE (?:CONSTRAINT )?TRIGGER ({_IDENT}) .*? ON ({_IDENT}\.{_IDENT}) .*?"
