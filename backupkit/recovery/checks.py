@@ -242,21 +242,22 @@ _FEATURES = {"supabase_functions": "enable Database Webhooks in the project (Dat
 
 
 def missing_trigger_functions(pre_data: str, post_data: str, schemas: AbstractSet[str]) -> list[str]:
-    """Triggers of the rendered ``post_data`` whose function is in a schema that neither the
-    target has (``schemas``, with those the restore makes outside ``pre_data``) nor ``pre_data``
-    creates, such as a Database Webhook's ``supabase_functions.http_request`` in a project that
-    has not switched webhooks on: the CREATE TRIGGER would fail after everything before it
-    ran.  (A function missing from a schema that is there may come with an extension the
-    restore creates: not judged here.)  Pure."""
+    """Triggers of the rendered ``post_data`` whose function is in a schema a Supabase project
+    has only once a feature is switched on (``_FEATURES``: a Database Webhook's
+    ``supabase_functions.http_request``) that neither the target has (``schemas``, with those
+    the restore makes outside ``pre_data``) nor ``pre_data`` creates: the CREATE TRIGGER would
+    fail after everything before it ran.  Other schemas are not judged: an extension the
+    restore creates may bring a schema of its own (TimescaleDB's ``_timescaledb_functions``),
+    which no script names.  Pure."""
     made = {unquote_ident(name) for name in _SCHEMA.findall(pre_data)}
-    problems = []
+    problems: dict[str, None] = {}
     for trigger, table, schema, name in _TRIGGER.findall(post_data):
         schema = unquote_ident(schema)
-        if schema in schemas or schema in made:
+        if schema not in _FEATURES or schema in schemas or schema in made:
             continue
-        fix = _FEATURES.get(schema, f"create schema {schema} and the function first")
-        problems.append(
+        problem = (
             f"trigger {unquote_ident(trigger)} on {table} calls {schema}.{unquote_ident(name)}(), "
-            f"and this database has no schema {schema}: {fix}"
+            f"and this database has no schema {schema}: {_FEATURES[schema]}"
         )
-    return problems
+        problems[problem] = None
+    return list(problems)

@@ -192,10 +192,10 @@ def restore(
                 _add_stand_in(scripts, stand_in)
                 plan.notes.append(stand_in.describe())
             problems = found.problems + _final_checks(dsn, found, stand_in, data_only)
-            post = [scripts.post_data, scripts.post_data_rest, *scripts.index_groups.values()]
+            # post_data is the whole post-data in a parallel restore too (the groups split it).
             made = set(found.database.schemas_to_create) if found.database else set()
             problems += missing_trigger_functions(
-                scripts.pre_data or "", "".join(p for p in post if p), found.target.schemas | made
+                scripts.pre_data or "", scripts.post_data or "", found.target.schemas | made
             )
             if found.refused and len(problems) == 1:
                 raise found.refused
