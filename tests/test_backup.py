@@ -442,14 +442,21 @@ def test_two_tables_backupkit_cannot_tell_apart_are_refused_in_one_line(make_db,
 def test_vault_secrets_and_queues_no_snapshot_holds_are_named(make_db, tmp_path):
     """Supabase Vault's secrets (vault.secrets) and Queues' queues (pgmq.meta) are extension
     tables: no pg_dump of the schemas has their rows, and a project restored from a snapshot
-    lacks them, along with whatever reads them (a cron job's key).  The tables here stand in
-    for the extensions' (not on this server): the backup and `check` name what they hold."""
+    lacks them, along with whatever reads them (a cron job's key).  The backup and `check`
+    name what they hold.  (supabase_vault is not on this server: its table is made an
+    extension's here with ALTER EXTENSION ... ADD TABLE, the catalog state the real one has.)
+    A project's own table of the same name is backed up like any other, and not named."""
     dsn = make_db("vaulted")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.t (id int PRIMARY KEY)")
         conn.execute("CREATE SCHEMA vault; CREATE TABLE vault.secrets (id uuid, name text, secret text)")
         conn.execute("INSERT INTO vault.secrets VALUES (gen_random_uuid(), 'service_role_key', 'x'), (NULL, 'b', 'y')")
-        conn.execute("SELECT pg_stat_force_next_flush()")
+    res = backupkit.backup(dsn, tmp_path / "repo", schemas=["public", "vault"])
+    assert "vault.secrets" in {mf.table_key(t) for t in res.manifest["tables"]}
+    assert not [w for w in res.warnings if "Vault" in w]
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_trgm; ALTER EXTENSION pg_trgm ADD TABLE vault.secrets")
     res = backupkit.backup(dsn, tmp_path / "repo")
     assert [w for w in res.warnings if "Vault" in w] == [
         "not in any snapshot: 2 Supabase Vault secret(s) (encrypted with this project's own key): "

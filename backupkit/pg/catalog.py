@@ -249,18 +249,28 @@ _EXTENSION_DATA = {
     ("vault", "secrets"): ("Supabase Vault secret(s)", "encrypted with this project's own key"),
     ("pgmq", "meta"): ("Supabase Queues queue(s)", "the pgmq extension's own tables"),
 }
-# Live rows from the statistics, which every role may read, whatever its privileges on the table.
-_EXTENSION_ROWS = """
-SELECT n.nspname, c.relname, pg_catalog.pg_stat_get_live_tuples(c.oid)
+# Only the extensions' own tables (a project's table of the same name is backed up like any).
+# Rows counted where this role may read them; else from the statistics, which every role may
+# read (but which a crash or a restore from a base backup resets).
+_EXTENSION_TABLES = """
+SELECT n.nspname, c.relname, pg_catalog.has_table_privilege(c.oid, 'SELECT')
+       AND pg_catalog.has_schema_privilege(n.oid, 'USAGE'), pg_catalog.pg_stat_get_live_tuples(c.oid)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE (n.nspname, c.relname) IN (('vault', 'secrets'), ('pgmq', 'meta'))
+   AND EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                AND d.objid = c.oid AND d.deptype = 'e')
 """
 
 
 def unkept_extension_data(conn: psycopg.Connection) -> str | None:
     """A warning naming the Vault secrets and Queues the database has, which no snapshot holds
     (None when it has none): a restored project lacks them, and what reads them fails."""
-    found = [(_EXTENSION_DATA[(s, t)], rows) for s, t, rows in conn.execute(_EXTENSION_ROWS).fetchall() if rows]
+    found = []
+    for schema, table, readable, live in conn.execute(_EXTENSION_TABLES).fetchall():
+        if readable:
+            live = one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))))[0]
+        if live:
+            found.append((_EXTENSION_DATA[(schema, table)], live))
     if not found:
         return None
     return (
