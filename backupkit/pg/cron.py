@@ -56,7 +56,8 @@ _VAULT = re.compile(r'(?<![\w$])"?vault"?\s*\.', re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Job:
-    """One row of ``cron.job``, without its jobid (a restore's jobs get new ones)."""
+    """One row of ``cron.job``.  A snapshot's jobs have no ``jobid`` (a restore's get new
+    ones); a target's have theirs, for pausing one that is there already."""
 
     name: str | None
     schedule: str
@@ -67,6 +68,7 @@ class Job:
     #: Where pg_cron connects to run it (None: not recorded); a restore runs it on the target.
     nodename: str | None = None
     nodeport: int | None = None
+    jobid: int | None = field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: dict) -> Job:
@@ -80,10 +82,12 @@ class Job:
             active=bool(row.get("active", True)),
             nodename=row.get("nodename"),
             nodeport=row.get("nodeport"),
+            jobid=row.get("jobid"),
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The job as the snapshot's jobs file holds it (no jobid)."""
+        return {k: v for k, v in asdict(self).items() if k != "jobid"}
 
     def summary(self) -> dict:
         """What the manifest says of the job: no command, no node."""
@@ -176,6 +180,11 @@ _OWN = {
 #: replace-by-name matches that role's job of the name, not the superuser's.
 _OTHER_NAMED = "SELECT cron.schedule_in_database(%s, %s, %s, pg_catalog.current_database(), %s, %s)"
 _OTHER_UNNAMED = "SELECT cron.alter_job(cron.schedule(%s, %s), username := %s, active := %s)"
+_OTHER_REPLACED = (
+    "SELECT cron.alter_job(cron.schedule_in_database(%s, %s, %s, pg_catalog.current_database(), %s, %s), active := %s)"
+)
+#: Pausing (or resuming) a job the target has already.
+_STATE = "SELECT cron.alter_job(%s, active := %s)"
 _WHERE = "their commands are in the snapshot's schema/cron_jobs.json"
 
 
@@ -190,14 +199,18 @@ def plan(
     """How to schedule ``jobs`` (the snapshot's) in ``target``.  Pure.
 
     A job the target has already is left alone: a named one with the same schedule,
-    command and state; unnamed ones counted alike, paused or not, so restoring twice
-    makes no second copy.  A named job replaces the role's job of that name (pg_cron's
+    command and state; unnamed ones counted alike, so restoring twice makes no second copy,
+    and one there in the other state is paused or resumed (``--cron-jobs paused`` into a
+    copy that has the jobs running).  A named job replaces the role's job of that name (pg_cron's
     own rule).  Jobs that ran in another database of the source's server, as another
     role than the connecting one (which only a superuser may schedule for, and only for a
     role that may log in here), or that this role could schedule only active although
     they were paused, are named in notes instead."""
     there_named = {(j.name, j.username): j for j in target.jobs if j.name is not None}
-    unnamed_there = Counter((j.schedule, j.command, j.username) for j in target.jobs if j.name is None)
+    unnamed_there: dict[tuple[str, str, str], list[Job]] = {}
+    for j in target.jobs:
+        if j.name is None:
+            unnamed_there.setdefault((j.schedule, j.command, j.username), []).append(j)
     statements: list[Statement] = []
     left: dict[str, list[Job]] = {}
 
@@ -216,9 +229,15 @@ def plan(
             leave("they run as a role this server lacks or that may not log in (pg_cron needs LOGIN)", job)
             continue
         if job.name is None:
-            key = (job.schedule, job.command, job.username)
-            if unnamed_there[key]:
-                unnamed_there[key] -= 1
+            same = unnamed_there.get((job.schedule, job.command, job.username), [])
+            if same:  # there already: one in the same state if any, else one to pause or resume
+                match = next((j for j in same if j.active == job.active), same[0])
+                same.remove(match)
+                if match.active != job.active:
+                    if not target.may_alter:
+                        leave(f"they are there in another state, and {role} may not run cron.alter_job here", job)
+                    else:
+                        statements.append(Statement(_STATE, (match.jobid, job.active), job))
                 continue
             replaced = None
         else:
@@ -240,7 +259,10 @@ def plan(
             statements.append(Statement(query, (*args, job.active) if set_active else args, job))
         elif job.name is not None:
             params = (job.name, job.schedule, job.command, job.username, job.active)
-            statements.append(Statement(_OTHER_NAMED, params, job))
+            if replaced is not None:  # pg_cron's replace-by-name keeps the old state
+                statements.append(Statement(_OTHER_REPLACED, (*params, job.active), job))
+            else:
+                statements.append(Statement(_OTHER_NAMED, params, job))
         else:
             statements.append(Statement(_OTHER_UNNAMED, (job.schedule, job.command, job.username, job.active), job))
     notes = [
@@ -252,7 +274,9 @@ def plan(
         notes.append(
             "kept this database's pg_cron job(s) "
             + ", ".join(f"{j.describe()} of role {j.username}" for j in kept)
-            + ", which the snapshot does not have (cron.unschedule removes one)"
+            + ", which the snapshot does not have"
+            + ("; the active ones run on" if any(j.active for j in kept) else "")
+            + " (cron.unschedule removes one, cron.alter_job pauses one)"
         )
     chosen = [s.job for s in statements]
     vault = [j for j in chosen if _VAULT.search(j.command)]
