@@ -636,3 +636,23 @@ def test_text_and_html_name_added_and_removed_tables(snaps, tmp_path):
     assert html.returncode == 0, html.stderr
     body = page.read_text()
     assert "added" in body and "dropme" in body
+
+
+def test_unnamed_cron_jobs_are_counted_not_merged():
+    """Two unnamed pg_cron jobs of one schedule and role were one identity: one of them
+    removed, or paused, was no change at all (``diff --exit-code`` said same)."""
+    from backupkit.lens.schema_diff import manifest_objects
+
+    def job(active: bool) -> dict:
+        return {"name": None, "schedule": "*/5 * * * *", "database": "postgres", "username": "app", "active": active}
+
+    two = {"cron_jobs": [job(True), job(True)]}
+    name = "an unnamed job (*/5 * * * *) of role app in database postgres #2"
+    assert manifest_objects(two, {"cron_jobs": [job(True)]}) == [
+        {"type": "cron job", "schema": None, "name": name, "change": "removed"}
+    ]
+    assert manifest_objects(two, {"cron_jobs": [job(False), job(True)]}) == [
+        {"type": "cron job", "schema": None, "name": name, "change": "changed", "detail": "active true → false"}
+    ]
+    # The same jobs in another jobid order are the same.
+    assert manifest_objects({"cron_jobs": [job(False), job(True)]}, {"cron_jobs": [job(True), job(False)]}) == []

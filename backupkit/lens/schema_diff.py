@@ -243,6 +243,22 @@ def _identity(kind: str, item: dict) -> tuple:
     return kind, None, None, str(item.get("name"))
 
 
+def _keyed(kind: str, items: list[dict]) -> dict[tuple, dict]:
+    """``items`` by identity.  Unnamed pg_cron jobs of the same schedule, role and database
+    are told apart by number, paused ones last: two such jobs becoming one is a removal, one
+    of them paused a change, whatever their order in ``cron.job``."""
+    if kind == "cron job":
+        items = sorted(items, key=lambda j: not j.get("active", True))
+    out: dict[tuple, dict] = {}
+    for item in items:
+        ident = _identity(kind, item)
+        n = 1
+        while (numbered := ident if n == 1 else (*ident[:3], f"{ident[3]} #{n}")) in out:
+            n += 1
+        out[numbered] = item
+    return out
+
+
 def _publication_tables(pub: dict) -> dict:
     return {f"{t.get('schema')}.{t.get('name')}": t for t in pub.get("tables") or []}
 
@@ -276,8 +292,7 @@ def manifest_objects(old_m: dict, new_m: dict) -> list[dict]:
     for key, (kind, _) in _MANIFEST_LISTS.items():
         if not isinstance(old_m.get(key), list) or not isinstance(new_m.get(key), list):
             continue
-        old = {_identity(kind, i): i for i in old_m[key]}
-        new = {_identity(kind, i): i for i in new_m[key]}
+        old, new = _keyed(kind, old_m[key]), _keyed(kind, new_m[key])
         for ident in old.keys() | new.keys():
             o, n = old.get(ident), new.get(ident)
             schema = (new[ident] if n else old[ident]).get("schema") if kind == "extension" else ident[1]
