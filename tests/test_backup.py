@@ -474,3 +474,17 @@ def test_realtime_policies_are_named_without_the_schema_to_add():
     warning = left_on_platform_warning(['policy "members read" on realtime.messages', 'trigger "t" on auth.users'])
     assert "add auth to `schemas`" in warning and "realtime to" not in warning
     assert "make the realtime ones again in the new project" in warning
+
+
+def test_a_schema_called_auth_outside_supabase_is_the_project_s_own_choice(make_db, tmp_path):
+    """Only a Supabase project's auth and storage are the platform's: elsewhere a public-only
+    backup leaving out an auth schema of one's own gets no word about "the platform's tables"."""
+    dsn = make_db("own_auth")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        conn.execute(
+            "CREATE SCHEMA auth; CREATE TABLE auth.users (id int); ALTER TABLE auth.users ENABLE ROW LEVEL SECURITY"
+        )
+        conn.execute("CREATE POLICY own ON auth.users USING (true)")
+    res = backupkit.backup(dsn, tmp_path / "repo")
+    assert not [w for w in res.warnings if "platform's tables" in w]

@@ -398,9 +398,18 @@ def test_a_public_only_backup_names_what_it_leaves_on_the_platform_tables(supaba
     new project restored from it would lose them without a word.  Both the backup and
     `backupkit check` now name them, with the schemas that keep them."""
     source = supabase_project.app_project()
+    with psycopg.connect(supabase_project.admin(source), autocommit=True) as conn:
+        conn.execute(_WEBHOOK)  # a Database Webhook on sign-ups: the project's, though its function is Supabase's
+        conn.execute(
+            "CREATE TRIGGER signup_hook AFTER INSERT ON auth.users FOR EACH ROW "
+            "EXECUTE FUNCTION supabase_functions.http_request('https://example.com/hook', 'POST', '{}', '{}', '1000')"
+        )
     res = backupkit.backup(source, tmp_path / "backups")
     [warning] = [w for w in res.warnings if "platform's tables" in w]
     assert 'trigger "on_auth_user_created" on auth.users' in warning
+    assert 'trigger "signup_hook" on auth.users' in warning
+    # The platform's own triggers (storage's, calling storage.*) are not the project's.
+    assert "update_objects_updated_at" not in warning
     assert 'policy "Anyone can upload an avatar." on storage.objects' in warning
     assert "add auth, storage to `schemas`" in warning
     out = run_cli("check", env={"BACKUPKIT_DSN": source})

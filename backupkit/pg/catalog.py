@@ -199,20 +199,29 @@ def needs_outside_warning(needs: dict[str, list[str]]) -> str:
 #: (storage.objects' upload policies, the on_auth_user_created trigger of Supabase's guides).
 _PLATFORM_TABLES = ("auth", "storage", "realtime")
 
+# Only in a Supabase project (its Auth or Storage has run its migrations there): elsewhere a
+# schema called auth is the project's own, and a backup that leaves it out is its choice.
 # Policies: the platform makes none on these schemas' tables, so every one is the project's.
-# Triggers: the project's call a function outside the platform's schemas (public.handle_new_user).
+# Triggers: the platform's call its own functions; the project's call anything else
+# (public.handle_new_user, a Database Webhook's supabase_functions.http_request).  A trigger
+# on a partitioned table is named once, not once per partition.
 _LEFT_ON_PLATFORM = """
+WITH supabase AS (
+  SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE (n.nspname, c.relname) IN (('auth', 'schema_migrations'), ('storage', 'migrations'))
+)
 SELECT 'policy', p.polname, n.nspname, c.relname
   FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = ANY(%(platform)s) AND n.nspname <> ALL(%(schemas)s)
+ WHERE n.nspname = ANY(%(platform)s) AND n.nspname <> ALL(%(schemas)s) AND EXISTS (SELECT FROM supabase)
 UNION ALL
 SELECT 'trigger', t.tgname, n.nspname, c.relname
   FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
- WHERE NOT t.tgisinternal AND n.nspname = ANY(%(platform)s) AND n.nspname <> ALL(%(schemas)s)
-   AND fn.nspname <> ALL(%(managed)s) AND fn.nspname NOT IN ('pg_catalog', 'information_schema')
+ WHERE NOT t.tgisinternal AND t.tgparentid = 0
+   AND n.nspname = ANY(%(platform)s) AND n.nspname <> ALL(%(schemas)s)
+   AND fn.nspname <> ALL(%(services)s) AND EXISTS (SELECT FROM supabase)
  ORDER BY 3, 4, 1, 2
 """
 
@@ -220,9 +229,8 @@ SELECT 'trigger', t.tgname, n.nspname, c.relname
 def left_on_platform(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
     """The project's own policies and triggers on the platform's tables (auth, storage,
     realtime) that a backup of ``schemas`` leaves out, each as ``policy "name" on schema.table``."""
-    rows = conn.execute(
-        _LEFT_ON_PLATFORM, {"platform": list(_PLATFORM_TABLES), "schemas": schemas, "managed": list(SUPABASE_MANAGED)}
-    ).fetchall()
+    params = {"platform": list(_PLATFORM_TABLES), "schemas": schemas, "services": [*_PLATFORM_TABLES, "_realtime"]}
+    rows = conn.execute(_LEFT_ON_PLATFORM, params).fetchall()
     return [f'{kind} "{name}" on {schema}.{table}' for kind, name, schema, table in rows]
 
 
