@@ -62,8 +62,8 @@ JOBS = [
 ]
 
 
-def cron_cluster(tag: str) -> EmbeddedServer:
-    """A PostgreSQL 15 cluster with pg_cron preloaded and created in ``postgres``, and role app."""
+def bare_cluster(tag: str) -> EmbeddedServer:
+    """A PostgreSQL 15 cluster with pg_cron preloaded and created in ``postgres``."""
     assert (PG15 / "postgres").exists(), f"PostgreSQL 15 not found in {PG15}: apt-get install postgresql-15"
     root = Path(tempfile.mkdtemp(prefix=f"backupkit-cron-{tag}-"))
     os.chmod(root, 0o755)
@@ -74,6 +74,13 @@ def cron_cluster(tag: str) -> EmbeddedServer:
     server.start()
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_cron")
+    return server
+
+
+def cron_cluster(tag: str) -> EmbeddedServer:
+    """``bare_cluster``, with role app given pg_cron as a Supabase project's role is."""
+    server = bare_cluster(tag)
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute(APP_ROLE)
     return server
 
@@ -225,20 +232,6 @@ def test_a_server_that_does_not_run_pg_cron_gets_the_rest_of_the_snapshot(snapsh
             assert conn.execute("SELECT body FROM public.notes ORDER BY id").fetchall() == [("it's old",), ("new",)]
     finally:
         server.stop()
-
-
-def bare_cluster(tag: str) -> EmbeddedServer:
-    """A PostgreSQL 15 cluster running pg_cron in ``postgres``, without role app."""
-    root = Path(tempfile.mkdtemp(prefix=f"backupkit-cron-{tag}-"))
-    os.chmod(root, 0o755)
-    server = EmbeddedServer(root / "data", bindir=PG15, remove_parent=True).start()
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_cron'")
-    server.shut_down()
-    server.start()
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION pg_cron")
-    return server
 
 
 def test_jobs_pg_cron_refuses_or_roles_that_cannot_run_them_cost_nothing_else(source, tmp_path):
