@@ -469,9 +469,14 @@ def test_vault_secrets_and_queues_no_snapshot_holds_are_named(make_db, tmp_path)
 def test_realtime_policies_are_named_without_the_schema_to_add():
     """Realtime's tables are the Realtime service's (partitioned by day): adding the schema
     would not bring a policy on realtime.messages back, so the warning does not say to."""
-    from backupkit.pg.catalog import left_on_platform_warning
+    from backupkit.pg.left_out import left_on_platform_warning
 
-    warning = left_on_platform_warning(['policy "members read" on realtime.messages', 'trigger "t" on auth.users'])
+    warning = left_on_platform_warning(
+        [
+            {"kind": "policy", "name": "members read", "schema": "realtime", "table": "messages"},
+            {"kind": "trigger", "name": "t", "schema": "auth", "table": "users"},
+        ]
+    )
     assert "add auth to `schemas`" in warning and "realtime to" not in warning
     assert "make the realtime ones again in the new project" in warning
 

@@ -52,6 +52,7 @@ def test_optional_keys():
             "role_settings",
             "database_settings",
             "cron_jobs",
+            "left_on_platform",
             "encryption",
             "object_lock",
             "signed_by",
@@ -155,6 +156,10 @@ def test_written_manifest_is_the_model(written):
     }
     # cron_jobs needs pg_cron: tests/test_cron_jobs.py checks it against the model.
     s3_only |= {("Manifest", "cron_jobs")} | {("CronJob", f.name) for f in model.fields(model.CronJob)}
+    # left_on_platform needs a Supabase project: tests/test_supabase_restore.py checks it against the model.
+    s3_only |= {("Manifest", "left_on_platform")} | {
+        ("PlatformObject", f.name) for f in model.fields(model.PlatformObject)
+    }
     assert sorted(declared - seen - s3_only) == []
     # The fixture does reach the cases the docs describe.
     tables = {mf.table_key(t): t for t in written["tables"]}

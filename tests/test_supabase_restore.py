@@ -20,10 +20,12 @@ from fingerprint import diff_fingerprints, fingerprint
 from helpers import run_cli
 from psycopg import sql
 from supabase_platform import supautils_policy_grants
+from test_snapshot_model import problems as model_problems
 
 import backupkit
 from backupkit.errors import RestoreError
 from backupkit.snapshot import manifest as mf
+from backupkit.snapshot import model
 
 APP_SCHEMAS = ["public", "auth", "storage"]
 
@@ -414,9 +416,24 @@ def test_a_public_only_backup_names_what_it_leaves_on_the_platform_tables(supaba
     assert "add auth, storage to `schemas`" in warning
     out = run_cli("check", env={"BACKUPKIT_DSN": source})
     assert 'trigger "on_auth_user_created" on auth.users' in out.stdout + out.stderr, out.stdout + out.stderr
+    # The snapshot records them, and a restore into a new project names each it lacks there.
+    left = res.manifest["left_on_platform"]
+    assert {"kind": "trigger", "name": "on_auth_user_created", "schema": "auth", "table": "users"} in left
+    seen: set[tuple[str, str]] = set()
+    assert model_problems(res.manifest, model.Manifest, "manifest", seen) == []
+    assert {("PlatformObject", f.name) for f in model.fields(model.PlatformObject)} <= seen
+    plan = backupkit.restore(res.path, supabase_project.new_project(), dry_run=True).plan
+    [note] = [n for n in plan.notes if n.startswith("the source project had")]
+    assert 'trigger "on_auth_user_created" on auth.users' in note and "--schema auth --schema storage" in note
+    # ... and none of those a database has (the live project has them all).
+    from backupkit.recovery.left_out import missing_notes
+
+    with psycopg.connect(source) as conn:
+        assert missing_notes(conn, res.manifest) == []
     # A backup of what a project move takes has them all: nothing to name.
     res = backupkit.backup(source, tmp_path / "backups", schemas=APP_SCHEMAS)
     assert not [w for w in res.warnings if "platform's tables" in w]
+    assert "left_on_platform" not in res.manifest
 
 
 def test_pg_graphql_settings_on_the_public_schema_come_back(supabase_project, tmp_path):

@@ -141,6 +141,8 @@ class Written:
     database_settings: dict[str, str] | None = None
     #: The manifest's ``cron_jobs`` (``pg.cron.Job.summary`` of each); None: the source has no pg_cron.
     cron_jobs: list[dict[str, Any]] | None = None
+    #: The manifest's ``left_on_platform`` (``pg.left_out.left_on_platform``), written when not empty.
+    left_on_platform: list[dict[str, str]] = field(default_factory=list)
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:
@@ -179,6 +181,7 @@ def build_manifest(moment: Moment, selection: Selection, written: Written) -> di
         **({"role_settings": written.role_settings} if written.role_settings is not None else {}),
         **({"database_settings": written.database_settings} if written.database_settings is not None else {}),
         **({"cron_jobs": written.cron_jobs} if written.cron_jobs is not None else {}),
+        **({"left_on_platform": written.left_on_platform} if written.left_on_platform else {}),
         "schema_files": written.schema_files,
     }
     if written.storage is not None:

@@ -41,8 +41,6 @@ from ..errors import BackupkitError, RowLevelSecurityError, SourceError, Storage
 from ..pg import cron, database_objects
 from ..pg.catalog import (
     existing_schemas,
-    left_on_platform,
-    left_on_platform_warning,
     list_matviews,
     list_sequences,
     list_tables,
@@ -51,10 +49,10 @@ from ..pg.catalog import (
     read_sequences,
     role_info,
     select_tables,
-    unkept_extension_data,
 )
 from ..pg.copyio import FileResult
 from ..pg.dsn import POOLER_WARNING, describe, is_transaction_pooler, redact
+from ..pg.left_out import left_on_platform, left_on_platform_warning, unkept_extension_data
 from ..pg.rows import one_row
 from ..pg.schema import dump_schema
 from ..pg.tools import check_pg_dump
@@ -221,6 +219,8 @@ class BackupJob:
         self.workers: Workers | None = None
         self.lock: DirLock | None = None  # the repository's, while ``run`` holds it
         self.jobs_hidden = False  # pg_cron's jobs left out (``allow_partial``)
+        #: The project's own objects on the platform's tables this backup leaves out (``pg.left_out``).
+        self.left_on_platform: list[dict[str, str]] = []
 
     def warn(self, message: str) -> None:
         """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
@@ -349,6 +349,7 @@ class BackupJob:
                 role_settings=role_settings,
                 database_settings=database_settings,
                 cron_jobs=[j.summary() for j in jobs] if jobs is not None else None,
+                left_on_platform=self.left_on_platform,
                 signed_by=signing.key_id(self.options.key.public_key()) if self.options.key else None,
                 encryption=encryption.manifest_entry(self.options.recipients) if self.options.recipients else None,
                 object_lock=opt.lock_entry(moment.taken_at, *self.options.object_lock)
@@ -439,7 +440,7 @@ class BackupJob:
             needs = needs_outside(side, selection.schemas)
             if needs:
                 self.warn(needs_outside_warning(needs))
-            left = left_on_platform(side, selection.schemas) if not selection.include else []
+            left = self.left_on_platform = left_on_platform(side, selection.schemas) if not selection.include else []
             if left:
                 self.warn(left_on_platform_warning(left))
             unkept = unkept_extension_data(side)

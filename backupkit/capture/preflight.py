@@ -15,17 +15,15 @@ from ..errors import BackupkitError, SourceError
 from ..pg.catalog import (
     SUPABASE_MANAGED,
     existing_schemas,
-    left_on_platform,
-    left_on_platform_warning,
     list_sequences,
     list_tables,
     needs_outside,
     needs_outside_warning,
     role_info,
     select_tables,
-    unkept_extension_data,
 )
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
+from ..pg.left_out import left_on_platform, left_on_platform_warning, unkept_extension_data
 from ..pg.rows import one_row
 from ..pg.tools import check_pg_dump, find_tool, tool_version
 from ..runtime.deadline import seconds

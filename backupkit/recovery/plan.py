@@ -43,6 +43,7 @@ from .database_scripts import (
     read_target,
 )
 from .in_place import sequences_used, split_by_shape
+from .left_out import missing_notes
 from .obstacles import (
     check_target,
     dependents_in_the_way,
@@ -296,6 +297,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             plan.notes += settings.differences(manifest, current, dbname, roles=have)
             plan.notes += settings.database_differences(manifest, database_settings(conn), dbname)
             scheduling = plan_jobs(conn, location, manifest, target, request)
+            plan.notes += missing_notes(conn, manifest)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []

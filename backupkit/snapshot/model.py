@@ -272,6 +272,17 @@ class CronJob(TypedDict):
     active: Annotated[bool, "Whether it runs (`cron.alter_job(..., active := false)` pauses it)."]
 
 
+class PlatformObject(TypedDict):
+    """One entry of the manifest's ``left_on_platform``: a Supabase project's own policy or
+    trigger on a table of the platform's ``auth``, ``storage`` or ``realtime`` schema, which
+    the backed-up schemas leave out (the backup warned of it)."""
+
+    kind: Annotated[str, "`policy` or `trigger`."]
+    name: Annotated[str, "Its name."]
+    schema: Annotated[str, "Its table's schema."]
+    table: Annotated[str, "Its table's name."]
+
+
 class Encryption(TypedDict):
     """The manifest's ``encryption``: present only in an encrypted snapshot (``backup --recipient``).
 
@@ -431,6 +442,14 @@ class Manifest(TypedDict):
             list[CronJob],
             "Only when the source has pg_cron (Supabase Cron): its scheduled jobs, which a whole "
             "restore schedules again (absent before 2026-12-07).",
+        ]
+    ]
+    left_on_platform: NotRequired[
+        Annotated[
+            list[PlatformObject],
+            "Only when there are some: the project's own policies and triggers on Supabase's auth, storage "
+            "and realtime tables that the backed-up schemas leave out (a whole restore names those the target "
+            "lacks; absent before 2026-12-07).",
         ]
     ]
     schema_files: Annotated[
