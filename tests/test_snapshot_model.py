@@ -190,3 +190,19 @@ def test_model_catches_what_it_does_not_know(written):
         for f in t["files"]:
             del f["text_bytes"]
     assert problems(old, model.Manifest, "manifest", set()) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("cron_jobs", [{"name": 1}], "cron_jobs is not a list of jobs"),
+        ("cron_jobs", "nightly", "cron_jobs is not a list of jobs"),
+        ("left_on_platform", ['trigger "t" on auth.users'], "left_on_platform is not a list of objects"),
+        ("left_on_platform", [{"kind": "policy", "name": "p", "schema": "storage"}], "left_on_platform is not"),
+    ],
+)
+def test_a_malformed_new_key_is_a_manifest_problem_not_a_crash(written, key, value, problem):
+    """A restore reads these keys: a manifest whose shape is wrong is refused as such, like any."""
+    broken = {**json.loads(json.dumps(written)), key: value}
+    added = set(mf.validate(broken)) - set(mf.validate(written))
+    assert [p for p in added if problem in p] == list(added) != [], added

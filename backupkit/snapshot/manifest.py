@@ -282,6 +282,17 @@ def _cron_jobs_problems(jobs: object) -> list[str]:
     return [f"{MANIFEST}: cron_jobs is not a list of jobs with schedule, database, username and active"]
 
 
+def _left_on_platform_problems(left: object) -> list[str]:
+    """The shape of ``left_on_platform`` (when present): objects of four strings."""
+    keys = ("kind", "name", "schema", "table")
+    if left is None or (
+        isinstance(left, list)
+        and all(isinstance(i, dict) and all(isinstance(i.get(k), str) for k in keys) for i in left)
+    ):
+        return []
+    return [f"{MANIFEST}: left_on_platform is not a list of objects with kind, name, schema and table"]
+
+
 def validate(manifest: dict) -> list[str]:
     """Every way ``manifest`` lacks the shape readers rely on (empty when it has it).
 
@@ -291,8 +302,9 @@ def validate(manifest: dict) -> list[str]:
     a size ``bytes``, a hex ``sha256`` and, for data files, an optional count ``rows``;
     no path listed twice; ``encryption`` (when present) of a scheme this backupkit reads;
     ``role_settings`` (when present) strings by scope, role and setting name;
-    ``database_settings`` (when present) strings by setting name; ``cron_jobs`` (when present)
-    jobs of the shape ``model.CronJob`` describes.
+    ``database_settings`` (when present) strings by setting name; ``cron_jobs`` and
+    ``left_on_platform`` (when present) of the shapes ``model.CronJob`` and
+    ``model.PlatformObject`` describe.
     Called by ``read``, so list, verify, restore, diff, sql and prune all refuse the same
     malformed manifests the same way.
     """
@@ -327,6 +339,7 @@ def validate(manifest: dict) -> list[str]:
     problems += _role_settings_problems(manifest.get("role_settings"))
     problems += _database_settings_problems(manifest.get("database_settings"))
     problems += _cron_jobs_problems(manifest.get("cron_jobs"))
+    problems += _left_on_platform_problems(manifest.get("left_on_platform"))
     if not problems:
         paths = [e["path"] for e in all_files(manifest)]
         dupes = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(paths) else []
