@@ -295,7 +295,7 @@ def test_a_role_without_pg_cron_rights_restores_everything_else(snapshot, tmp_pa
             )
         result = backupkit.restore(snapshot, as_app(server), clean=True)
         said = " ".join(result.plan.notes)
-        assert "paused (0 0 * * 0, inactive) of role app in database postgres: they are paused" in said
+        assert "paused (0 0 * * 0, inactive) of role app in database postgres: they are to be paused" in said
         assert sorted(j[0] or "" for j in jobs_of(server.dsn())) == ["", "call-edge", "nightly", "purge"]
         assert all(j[5] for j in jobs_of(server.dsn()))
     finally:
@@ -389,3 +389,27 @@ def test_diff_names_jobs_added_removed_and_rescheduled(source, snapshot, tmp_pat
         ("weekly of role app in database postgres", "added", None),
         ("nightly of role app in database postgres", "changed", 'schedule "0 3 * * *" → "30 2 * * *"'),
     }
+
+
+def test_plan_matches_only_this_database_and_says_what_paused_cannot_pause():
+    """Pure: an unnamed job of another database on the target is not this one's copy (it was
+    paused in its place); under `paused`, jobs left to their role are named with their own
+    state, and a copy of them the target runs is said to run on."""
+    from backupkit.pg import cron
+
+    mine = cron.Job(None, "*/5 * * * *", "SELECT 1", "postgres", "app")
+    theirs = cron.Job("report", "0 8 * * *", "SELECT 2", "postgres", "owner")
+    elsewhere = cron.Job(None, "*/5 * * * *", "SELECT 1", "other_db", "app", jobid=7)
+    target = cron.TargetCron(
+        True,
+        True,
+        [elsewhere, cron.Job("report", "0 8 * * *", "SELECT 2", "postgres", "owner", jobid=8)],
+        {"app", "owner"},
+        "postgres",
+    )
+    done = cron.plan([mine, theirs], target, source_database="postgres", role="app", superuser=False, paused=True)
+    assert [(s.query, s.params) for s in done.statements] == [
+        ("SELECT cron.alter_job(cron.schedule(%s, %s), active := %s)", ("*/5 * * * *", "SELECT 1", False))
+    ]
+    assert done.notes[0].startswith("did not schedule pg_cron job(s) report (0 8 * * *) of role owner")
+    assert done.notes[1].startswith("a copy of those jobs this database already has runs on")

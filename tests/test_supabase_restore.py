@@ -486,8 +486,8 @@ def test_a_database_webhook_into_a_project_without_webhooks_is_refused_by_the_dr
 def test_trigger_functions_in_schemas_the_restore_makes_are_not_missing():
     """The pure check behind the dry run's webhook problem: pg_dump's quoting and statement
     ends (``CREATE SCHEMA supabase_functions;``) read right; only the webhook schema nobody
-    makes is named, once; an extension's own schema (made by CREATE EXTENSION, in no
-    script) is not judged."""
+    makes is named, once; a schema an extension may bring (made by CREATE EXTENSION, in no
+    script) is not judged when the restore creates an extension."""
     from backupkit.recovery.checks import missing_trigger_functions
 
     post = (
@@ -497,9 +497,19 @@ def test_trigger_functions_in_schemas_the_restore_makes_are_not_missing():
         "supabase_functions.http_request('x');\n"
         "CREATE TRIGGER t4 BEFORE INSERT ON public.h FOR EACH ROW EXECUTE FUNCTION _timescaledb_functions.b();\n"
     )
-    assert missing_trigger_functions("", post + post, {"public"}) == [
+    webhook = (
         'trigger t 2 on public."a b" calls supabase_functions.http_request(), and this database has no schema '
         "supabase_functions: enable Database Webhooks in the project (Database, Webhooks) first"
-    ]
-    assert missing_trigger_functions("CREATE SCHEMA supabase_functions;\n", post, {"public"}) == []
-    assert missing_trigger_functions("", post, {"public", "supabase_functions"}) == []
+    )
+    timescale = (
+        "trigger t4 on public.h calls _timescaledb_functions.b(), and this database has no schema "
+        "_timescaledb_functions: back up schema _timescaledb_functions too, or create it and the function here first"
+    )
+    assert missing_trigger_functions("", post + post, {"public", "storage"}) == [webhook, timescale]
+    # An extension the restore creates may bring that schema: only Supabase's feature schemas are judged.
+    assert missing_trigger_functions("", post, {"public", "storage"}, creates_extensions=True) == [webhook]
+    assert (
+        missing_trigger_functions("CREATE SCHEMA supabase_functions;\n", post, {"public"}, creates_extensions=True)
+        == []
+    )
+    assert missing_trigger_functions("", post, {"public", "supabase_functions"}, creates_extensions=True) == []

@@ -21,7 +21,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import psycopg
 
@@ -195,6 +195,7 @@ def plan(
     source_database: str,
     role: str,
     superuser: bool,
+    paused: bool = False,
 ) -> Scheduling:
     """How to schedule ``jobs`` (the snapshot's) in ``target``.  Pure.
 
@@ -205,11 +206,12 @@ def plan(
     own rule).  Jobs that ran in another database of the source's server, as another
     role than the connecting one (which only a superuser may schedule for, and only for a
     role that may log in here), or that this role could schedule only active although
-    they were paused, are named in notes instead."""
+    they were paused, are named in notes instead.  ``paused`` schedules every job inactive
+    (a staging copy), and pauses the copies the target already runs."""
     there_named = {(j.name, j.username): j for j in target.jobs if j.name is not None}
     unnamed_there: dict[tuple[str, str, str], list[Job]] = {}
     for j in target.jobs:
-        if j.name is None:
+        if j.name is None and j.database == target.database:
             unnamed_there.setdefault((j.schedule, j.command, j.username), []).append(j)
     statements: list[Statement] = []
     left: dict[str, list[Job]] = {}
@@ -217,16 +219,19 @@ def plan(
     def leave(why: str, job: Job) -> None:
         left.setdefault(why, []).append(job)
 
-    for job in jobs:
+    for snapshot_job in jobs:
+        job = replace(snapshot_job, active=False) if paused else snapshot_job
         mine = job.username == role
         if job.database != source_database:
-            leave(f"they ran in another database than {source_database} (cron.schedule_in_database there)", job)
+            leave(
+                f"they ran in another database than {source_database} (cron.schedule_in_database there)", snapshot_job
+            )
             continue
         if not mine and not superuser:
-            leave(f"they run as another role, which only a superuser may schedule for (not {role})", job)
+            leave(f"they run as another role, which only a superuser may schedule for (not {role})", snapshot_job)
             continue
         if not mine and job.username not in target.login_roles:
-            leave("they run as a role this server lacks or that may not log in (pg_cron needs LOGIN)", job)
+            leave("they run as a role this server lacks or that may not log in (pg_cron needs LOGIN)", snapshot_job)
             continue
         if job.name is None:
             same = unnamed_there.get((job.schedule, job.command, job.username), [])
@@ -234,8 +239,10 @@ def plan(
                 match = next((j for j in same if j.active == job.active), same[0])
                 same.remove(match)
                 if match.active != job.active:
-                    if not target.may_alter:
-                        leave(f"they are there in another state, and {role} may not run cron.alter_job here", job)
+                    if not target.may_alter or match.jobid is None:
+                        leave(
+                            f"they are there in another state, and {role} may not run cron.alter_job here", snapshot_job
+                        )
                     else:
                         statements.append(Statement(_STATE, (match.jobid, job.active), job))
                 continue
@@ -252,7 +259,7 @@ def plan(
         set_active = not job.active or (replaced is not None and not replaced.active)
         if mine:
             if set_active and not target.may_alter:
-                leave(f"they are paused, and {role} may not run cron.alter_job to pause them here", job)
+                leave(f"they are to be paused, and {role} may not run cron.alter_job to pause them here", snapshot_job)
                 continue
             args: tuple = (job.schedule, job.command) if job.name is None else (job.name, job.schedule, job.command)
             query = _OWN[(job.name is not None, set_active)]
@@ -269,6 +276,11 @@ def plan(
         "did not schedule pg_cron job(s) " + ", ".join(_named(j) for j in held) + f": {why}; {_WHERE}"
         for why, held in left.items()
     ]
+    if paused and left:
+        notes.append(
+            "a copy of those jobs this database already has runs on, as it is: pause it "
+            "(cron.alter_job(jobid, active := false)) as its role or a superuser"
+        )
     kept = _only_there(jobs, [j for j in target.jobs if j.database == target.database])
     if kept:
         notes.append(
@@ -294,7 +306,8 @@ def plan(
             + ", ".join(f"{j.describe()} on {j.nodename}:{j.nodeport}" for j in elsewhere)
             + " ran on another node than the source's own server; here they run on this server"
         )
-    return Scheduling(statements, [j.describe() for j in chosen], notes)
+    done = [s.job.describe() + (", which was there already" if s.query == _STATE else "") for s in statements]
+    return Scheduling(statements, done, notes)
 
 
 def _only_there(jobs: Sequence[Job], there: Sequence[Job]) -> list[Job]:

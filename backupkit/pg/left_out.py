@@ -8,6 +8,8 @@ tables no pg_dump of the schemas holds (Supabase Vault's secrets, Queues' queues
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 from psycopg import sql
 
@@ -53,9 +55,24 @@ def left_on_platform(conn: psycopg.Connection, schemas: list[str]) -> list[dict[
     return [{"kind": kind, "name": name, "schema": schema, "table": table} for kind, name, schema, table in rows]
 
 
+#: A name that reads the same unquoted (keywords aside): left as it is in messages.
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def _name(name: str) -> str:
+    return name if _PLAIN.fullmatch(name) else sql.Identifier(name).as_string()
+
+
 def describe(item: dict[str, str]) -> str:
-    """``policy "name" on schema.table``."""
-    return f'{item["kind"]} "{item["name"]}" on {item["schema"]}.{item["table"]}'
+    """``policy "Anyone can upload" on storage.objects``: names quoted where SQL needs it (a
+    policy's or trigger's name always, as it is usually a sentence)."""
+    name = sql.Identifier(item["name"]).as_string()
+    return f"{item['kind']} {name} on {_name(item['schema'])}.{_name(item['table'])}"
+
+
+def shown(items: list[dict[str, str]], most: int = 4) -> str:
+    """The first ``most`` items described, ``and N more`` for the rest."""
+    return ", ".join(map(describe, items[:most])) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def left_on_platform_warning(left: list[dict[str, str]]) -> str:
@@ -63,14 +80,13 @@ def left_on_platform_warning(left: list[dict[str, str]]) -> str:
     Realtime service's, partitioned by day: a new project's are not the snapshot's, so the
     schema is not one to add, and its policies are to be made again."""
     schemas = sorted({item["schema"] for item in left} - {"realtime"})
-    shown = ", ".join(map(describe, left[:4])) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
     fixes = []
     if schemas:
         fixes.append(f"add {', '.join(schemas)} to `schemas` (a new project needs its users and files too)")
     if any(item["schema"] == "realtime" for item in left):
         fixes.append("make the realtime ones again in the new project (backupkit does not restore Realtime's tables)")
     return (
-        f"this backup leaves out the project's own objects on the platform's tables: {shown}; "
+        f"this backup leaves out the project's own objects on the platform's tables: {shown(left)}; "
         f"a restore into a new project comes back without them: {'; '.join(fixes)}"
     )
 
@@ -99,8 +115,9 @@ def unkept_extension_data(conn: psycopg.Connection) -> str | None:
     (None when it has none): a restored project lacks them, and what reads them fails."""
     found = []
     for schema, table, readable, live in conn.execute(_EXTENSION_TABLES).fetchall():
-        if readable:
-            live = one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))))[0]
+        if readable:  # row-level security may hide rows from the count: the larger of the two
+            count = one_row(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))))[0]
+            live = max(live, count)
         if live:
             found.append((_EXTENSION_DATA[(schema, table)], live))
     if not found:

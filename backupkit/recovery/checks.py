@@ -241,23 +241,27 @@ _SCHEMA = re.compile(rf"^CREATE SCHEMA (?:IF NOT EXISTS )?({_IDENT})", re.M)
 _FEATURES = {"supabase_functions": "enable Database Webhooks in the project (Database, Webhooks) first"}
 
 
-def missing_trigger_functions(pre_data: str, post_data: str, schemas: AbstractSet[str]) -> list[str]:
-    """Triggers of the rendered ``post_data`` whose function is in a schema a Supabase project
-    has only once a feature is switched on (``_FEATURES``: a Database Webhook's
-    ``supabase_functions.http_request``) that neither the target has (``schemas``, with those
-    the restore makes outside ``pre_data``) nor ``pre_data`` creates: the CREATE TRIGGER would
-    fail after everything before it ran.  Other schemas are not judged: an extension the
-    restore creates may bring a schema of its own (TimescaleDB's ``_timescaledb_functions``),
-    which no script names.  Pure."""
+def missing_trigger_functions(
+    pre_data: str, post_data: str, schemas: AbstractSet[str], *, creates_extensions: bool = False
+) -> list[str]:
+    """Triggers of the rendered ``post_data`` whose function is in a schema that neither the
+    target has (``schemas``, with those the restore makes outside ``pre_data``) nor
+    ``pre_data`` creates: the CREATE TRIGGER would fail after everything before it ran.  A
+    Database Webhook's ``supabase_functions.http_request`` in a project that has not switched
+    webhooks on, or a function in a schema the snapshot left out (Supabase's guides put
+    security-definer functions in ``private``).  When the restore creates an extension, only
+    the schemas of Supabase's features (``_FEATURES``) are judged: an extension may bring a
+    schema of its own (TimescaleDB's ``_timescaledb_functions``), which no script names.  Pure."""
     made = {unquote_ident(name) for name in _SCHEMA.findall(pre_data)}
     problems: dict[str, None] = {}
     for trigger, table, schema, name in _TRIGGER.findall(post_data):
         schema = unquote_ident(schema)
-        if schema not in _FEATURES or schema in schemas or schema in made:
+        if schema in schemas or schema in made or (creates_extensions and schema not in _FEATURES):
             continue
+        fix = _FEATURES.get(schema, f"back up schema {schema} too, or create it and the function here first")
         problem = (
             f"trigger {unquote_ident(trigger)} on {table} calls {schema}.{unquote_ident(name)}(), "
-            f"and this database has no schema {schema}: {_FEATURES[schema]}"
+            f"and this database has no schema {schema}: {fix}"
         )
         problems[problem] = None
     return list(problems)

@@ -9,7 +9,6 @@ what to do; the restore itself goes on.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -39,8 +38,6 @@ def plan_jobs(
     if request.cron_jobs == "skip":
         return _none(f"did not schedule the snapshot's {len(summary)} pg_cron job(s) (`cron_jobs` skip); {_WHERE}")
     jobs = cron.loads(encryption.read_checked(location, mf.CRON_JOBS, manifest))
-    if request.cron_jobs == "paused":  # a copy (staging) must not call what the original calls
-        jobs = [replace(j, active=False) for j in jobs]
     names = ", ".join(j.describe() for j in jobs)
     if "pg_cron" in target.extensions:
         there = cron.read_target(conn)
@@ -63,6 +60,7 @@ def plan_jobs(
         source_database=manifest["source"]["database"],
         role=target.user,
         superuser=target.superuser,
+        paused=request.cron_jobs == "paused",  # a copy (staging) must not call what the original calls
     )
 
 

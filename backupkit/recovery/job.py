@@ -195,7 +195,10 @@ def restore(
             # post_data is the whole post-data in a parallel restore too (the groups split it).
             made = set(found.database.schemas_to_create) if found.database else set()
             problems += missing_trigger_functions(
-                scripts.pre_data or "", scripts.post_data or "", found.target.schemas | made
+                scripts.pre_data or "",
+                scripts.post_data or "",
+                found.target.schemas | made,
+                creates_extensions=bool(found.database and found.database.extensions_to_create),
             )
             if found.refused and len(problems) == 1:
                 raise found.refused

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import psycopg
 
-from ..pg.left_out import describe
+from ..pg.left_out import shown
 
 _THERE = """
 SELECT 'policy', n.nspname, c.relname, p.polname
@@ -26,20 +26,25 @@ SELECT 'trigger', n.nspname, c.relname, t.tgname
 
 def missing_notes(conn: psycopg.Connection, manifest: dict) -> list[str]:
     """One note naming the source's objects on the platform's tables that the snapshot does
-    not hold and the target lacks (none when it has them all, or the manifest names none)."""
-    left = manifest.get("left_on_platform") or []
+    not hold and the target lacks (none when it has them all, or the manifest names none),
+    with the backup that would hold them; Realtime's are to be made again (backupkit does not
+    restore Realtime's own tables)."""
+    backed_up = list(manifest.get("schemas", []))
+    left = [i for i in manifest.get("left_on_platform") or [] if i["schema"] not in backed_up]
     if not left:
         return []
     there = set(conn.execute(_THERE, {"schemas": sorted({i["schema"] for i in left})}).fetchall())
     missing = [i for i in left if (i["kind"], i["schema"], i["table"], i["name"]) not in there]
     if not missing:
         return []
+    fixes = []
+    add = sorted({i["schema"] for i in missing} - {"realtime"})
+    if add:
+        whole = " ".join(f"--schema {s}" for s in [*backed_up, *add])
+        fixes.append(f"restore a snapshot taken with {whole} for them")
+    if any(i["schema"] == "realtime" for i in missing):
+        fixes.append("make the realtime ones again here")
     return [
-        "the source project had "
-        + ", ".join(map(describe, missing))
-        + ", which this snapshot does not hold (its schemas were "
-        + ", ".join(manifest.get("schemas", []))
-        + ") and this database lacks: make them again here, or restore a snapshot taken with --schema "
-        + " --schema ".join(sorted({i["schema"] for i in missing if i["schema"] != "realtime"} or {"auth"}))
-        + " as well"
+        f"the source project had {shown(missing)}, which this snapshot does not hold (its schemas were "
+        f"{', '.join(backed_up)}) and this database lacks: " + "; ".join(fixes)
     ]
