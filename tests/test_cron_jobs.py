@@ -348,6 +348,11 @@ def test_a_staging_copy_gets_the_jobs_paused_or_none(source, target, snapshot):
     result = backupkit.restore(snapshot, target.dsn(), clean=True, cron_jobs="skip")
     assert jobs_of(target.dsn()) == []
     assert any("did not schedule the snapshot's 7 pg_cron job(s) (`cron_jobs` skip)" in n for n in result.plan.notes)
+    # Only a whole restore schedules jobs: asking a partial one to pause them is answered.
+    partial = backupkit.restore(
+        snapshot, target.dsn(), schemas=["public"], clean=True, cron_jobs="paused", dry_run=True
+    )
+    assert "`cron_jobs` paused is for whole restores: this one schedules no jobs" in partial.warnings
     out = run_cli("restore", snapshot, "--cron-jobs", "later", env={"BACKUPKIT_DSN": target.dsn()})
     assert out.returncode == 2 and "--cron-jobs" in out.stderr
 

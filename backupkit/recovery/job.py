@@ -176,6 +176,8 @@ def restore(
                     + "; restore into a UTF8 database to keep every value as it was"
                 )
             jobs = _jobs(jobs, clean, found, result.warnings)
+            if cron_jobs != "as-they-were" and not request.full:
+                result.warnings.append(f"`cron_jobs` {cron_jobs} is for whole restores: this one schedules no jobs")
             parallel = jobs > 1 and not schema_only and sum(len(t["files"]) for t in plan.tables) >= 2
             scripts, stand_in = Scripts(), None  # --data-only runs no SQL of the snapshot's
             if not data_only:
