@@ -255,23 +255,11 @@ def plan(
                 job.active,
             ):
                 continue
-        # Replacing a job by name keeps its old state, so the state is set whenever it may differ.
-        set_active = not job.active or (replaced is not None and not replaced.active)
-        if mine:
-            if set_active and not target.may_alter:
-                leave(f"they are to be paused, and {role} may not run cron.alter_job to pause them here", snapshot_job)
-                continue
-            args: tuple = (job.schedule, job.command) if job.name is None else (job.name, job.schedule, job.command)
-            query = _OWN[(job.name is not None, set_active)]
-            statements.append(Statement(query, (*args, job.active) if set_active else args, job))
-        elif job.name is not None:
-            params = (job.name, job.schedule, job.command, job.username, job.active)
-            if replaced is not None:  # pg_cron's replace-by-name keeps the old state
-                statements.append(Statement(_OTHER_REPLACED, (*params, job.active), job))
-            else:
-                statements.append(Statement(_OTHER_NAMED, params, job))
+        statement = _scheduling(job, replaced, mine=mine, may_alter=target.may_alter)
+        if statement is None:
+            leave(f"they are to be paused, and {role} may not run cron.alter_job to pause them here", snapshot_job)
         else:
-            statements.append(Statement(_OTHER_UNNAMED, (job.schedule, job.command, job.username, job.active), job))
+            statements.append(statement)
     notes = [
         "did not schedule pg_cron job(s) " + ", ".join(_named(j) for j in held) + f": {why}; {_WHERE}"
         for why, held in left.items()
@@ -308,6 +296,24 @@ def plan(
         )
     done = [s.job.describe() + (", which was there already" if s.query == _STATE else "") for s in statements]
     return Scheduling(statements, done, notes)
+
+
+def _scheduling(job: Job, replaced: Job | None, *, mine: bool, may_alter: bool) -> Statement | None:
+    """The statement that makes ``job`` (replacing ``replaced``, the role's job of its name
+    there, if any); None when it must be paused and this role may not run cron.alter_job."""
+    # Replacing a job by name keeps its old state, so the state is set whenever it may differ.
+    set_active = not job.active or (replaced is not None and not replaced.active)
+    if mine:
+        if set_active and not may_alter:
+            return None
+        args: tuple = (job.schedule, job.command) if job.name is None else (job.name, job.schedule, job.command)
+        return Statement(_OWN[(job.name is not None, set_active)], (*args, job.active) if set_active else args, job)
+    if job.name is None:
+        return Statement(_OTHER_UNNAMED, (job.schedule, job.command, job.username, job.active), job)
+    params = (job.name, job.schedule, job.command, job.username, job.active)
+    if replaced is not None:  # pg_cron's replace-by-name keeps the old state
+        return Statement(_OTHER_REPLACED, (*params, job.active), job)
+    return Statement(_OTHER_NAMED, params, job)
 
 
 def _only_there(jobs: Sequence[Job], there: Sequence[Job]) -> list[Job]:
