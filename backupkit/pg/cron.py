@@ -166,8 +166,12 @@ class Scheduling:
     """What a restore does with the snapshot's jobs: the statements it runs, what it says."""
 
     statements: list[Statement]
-    scheduled: list[str]
     notes: list[str]
+
+    @property
+    def scheduled(self) -> list[str]:
+        """Each job the statements make (or pause, when it was there already), described."""
+        return [s.job.describe() + (", which was there already" if s.query == _STATE else "") for s in self.statements]
 
 
 _OWN = {
@@ -185,7 +189,8 @@ _OTHER_REPLACED = (
 )
 #: Pausing (or resuming) a job the target has already.
 _STATE = "SELECT cron.alter_job(%s, active := %s)"
-_WHERE = "their commands are in the snapshot's schema/cron_jobs.json"
+#: Where a note that names jobs sends a person for their commands.
+COMMANDS_AT = "their commands are in the snapshot's schema/cron_jobs.json"
 
 
 def plan(
@@ -261,7 +266,7 @@ def plan(
         else:
             statements.append(statement)
     notes = [
-        "did not schedule pg_cron job(s) " + ", ".join(_named(j) for j in held) + f": {why}; {_WHERE}"
+        "did not schedule pg_cron job(s) " + ", ".join(_named(j) for j in held) + f": {why}; {COMMANDS_AT}"
         for why, held in left.items()
     ]
     if paused and left:
@@ -294,8 +299,7 @@ def plan(
             + ", ".join(f"{j.describe()} on {j.nodename}:{j.nodeport}" for j in elsewhere)
             + " ran on another node than the source's own server; here they run on this server"
         )
-    done = [s.job.describe() + (", which was there already" if s.query == _STATE else "") for s in statements]
-    return Scheduling(statements, done, notes)
+    return Scheduling(statements, notes)
 
 
 def _scheduling(job: Job, replaced: Job | None, *, mine: bool, may_alter: bool) -> Statement | None:
@@ -376,5 +380,5 @@ def schedule(conn: psycopg.Connection, statements: Sequence[Statement]) -> list[
                 conn.execute(s.query, s.params)
         except psycopg.Error as exc:
             reason = (exc.diag.message_primary or type(exc).__name__).replace(s.job.command, "(its command)")
-            refused.append(f"pg_cron did not schedule job {_named(s.job)}: {reason}; {_WHERE}")
+            refused.append(f"pg_cron did not schedule job {_named(s.job)}: {reason}; {COMMANDS_AT}")
     return refused

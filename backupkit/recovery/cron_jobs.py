@@ -22,8 +22,6 @@ from .database_scripts import Target
 if TYPE_CHECKING:  # plan imports this module
     from .plan import Request
 
-_WHERE = "their commands are in the snapshot's schema/cron_jobs.json"
-
 
 def plan_jobs(
     conn: psycopg.Connection, location: SnapshotLocation, manifest: dict, target: Target, request: Request
@@ -36,7 +34,9 @@ def plan_jobs(
     if request.data_only:
         return _none(f"the snapshot's {len(summary)} pg_cron job(s) are not scheduled by a data_only restore")
     if request.cron_jobs == "skip":
-        return _none(f"did not schedule the snapshot's {len(summary)} pg_cron job(s) (`cron_jobs` skip); {_WHERE}")
+        return _none(
+            f"did not schedule the snapshot's {len(summary)} pg_cron job(s) (`cron_jobs` skip); {cron.COMMANDS_AT}"
+        )
     jobs = cron.loads(encryption.read_checked(location, mf.CRON_JOBS, manifest))
     names = ", ".join(j.describe() for j in jobs)
     if "pg_cron" in target.extensions:
@@ -44,15 +44,15 @@ def plan_jobs(
         if not there.may_schedule:
             return _none(
                 f"did not schedule the snapshot's {len(jobs)} pg_cron job(s) {names}: role {target.user} may not "
-                f"run cron.schedule here (USAGE on schema cron, EXECUTE on its functions); {_WHERE}"
+                f"run cron.schedule here (USAGE on schema cron, EXECUTE on its functions); {cron.COMMANDS_AT}"
             )
     elif "pg_cron" in target.available and any(e["name"] == "pg_cron" for e in manifest.get("extensions", [])):
         # The restore creates the extension (the database archive's), as this role: it owns it.
         there = cron.TargetCron(True, True, login_roles=cron.read_target_roles(conn))
     else:
         return _none(
-            f"did not schedule the snapshot's {len(jobs)} pg_cron job(s) {names}: this database has no "
-            f"pg_cron; enable it (on Supabase: Integrations, Cron) and schedule them with cron.schedule ({_WHERE})"
+            f"did not schedule the snapshot's {len(jobs)} pg_cron job(s) {names}: this database has no pg_cron; "
+            f"enable it (on Supabase: Integrations, Cron) and schedule them with cron.schedule ({cron.COMMANDS_AT})"
         )
     return cron.plan(
         jobs,
@@ -65,4 +65,4 @@ def plan_jobs(
 
 
 def _none(note: str) -> cron.Scheduling:
-    return cron.Scheduling([], [], [note])
+    return cron.Scheduling([], [note])
