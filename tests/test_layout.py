@@ -70,6 +70,7 @@ ALLOWED = {
     "drills/target.py": "the throwaway PostgreSQL server's folder a drill restores into (not a repository)",
     "monitor/status.py": "reads the run records of scheduled notebooks (JSON in --runs)",
     "capture/workers.py": "counts this process's threads in /proc/self/task",
+    "runtime/place.py": "reads where this process runs from /proc and /etc (boot id, machine id)",
     "cli/run.py": "points standard output at /dev/null once its reader has gone (| head)",
 }
 

@@ -57,7 +57,12 @@ def test_lock_file_is_private_json(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         info = read_lock(tmp_path)
         assert info == lock.info
-        assert set(info) == {"host", "pid", "purpose", "started_at", "process", "token"}
+        recorded = {"host", "pid_namespace", "pid", "purpose", "started_at", "process", "token"}
+        machine_id = Path("/etc/machine-id")
+        assert set(info) == (recorded | {"machine"} if machine_id.exists() else recorded)
+        assert info["pid_namespace"] == os.readlink("/proc/self/ns/pid")
+        if machine_id.exists():  # a digest of it, never the id itself (machine-id(5): keep it private)
+            assert len(info["machine"]) == 32 and machine_id.read_text().strip() not in json.dumps(info)
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         assert info["process"].startswith(boot + ":")  # this boot, and when the process started in it
         assert (info["host"], info["pid"], info["purpose"]) == (socket.gethostname(), os.getpid(), "prune")
@@ -152,6 +157,56 @@ def test_a_live_holder_is_known_by_its_start_since_boot_whatever_the_clock_says(
     with DirLock(tmp_path, "prune") as lock:
         assert "no longer runs" in lock.took_over
     assert holder.poll() is None
+
+
+def _here_but(**changes) -> dict:
+    """A lock as a holder would write it on this host name, changed as ``changes`` say."""
+    from backupkit.runtime.place import Place
+    from backupkit.storage.lock import process_identity
+
+    holder = subprocess.Popen([sys.executable, "-c", "pass"])
+    holder.wait()  # a pid that runs nowhere in this namespace
+    info = {
+        **Place.here().record(),
+        "pid": holder.pid,
+        "purpose": "backup",
+        "started_at": datetime.now(UTC).isoformat(),
+        "process": process_identity(os.getpid()),
+        "token": "0ddba11",
+    }
+    return {**info, **changes}
+
+
+def test_a_holder_in_another_container_of_the_same_host_name_is_not_taken_for_dead(tmp_path):
+    """Containers of one compose file share their configured host name, each in a pid namespace
+    of its own: a prune run beside the scheduled backup's container found no process with the
+    backup's pid in its own namespace, took the lock over and could delete under the backup."""
+    write_lock(tmp_path, **_here_but(pid_namespace="pid:[4026532999]"))
+    with pytest.raises(LockError, match="locked by pid .* on host " + socket.gethostname()):
+        DirLock(tmp_path, "prune").acquire()
+    # Like any holder out of sight: stale once it has shown no sign of life for stale_after.
+    write_lock(tmp_path, **_here_but(pid_namespace="pid:[4026532999]", started_at="2025-11-26T12:00:00+00:00"))
+    with DirLock(tmp_path, "prune") as lock:
+        assert "another container, or another machine of the same name" in lock.took_over
+
+
+def test_a_holder_on_a_clone_of_this_machine_is_not_taken_for_dead(tmp_path):
+    """Machines cloned from one image share a host name, and a pid namespace of the same
+    number: another boot id there is another machine, not this one restarted, unless this
+    machine's own id says the lock is its own from before it booted."""
+    from backupkit.runtime.place import Place
+
+    here = Place.here()
+    clone = _here_but(process="0f0f0f0f-0000-4000-8000-000000000000:12345", machine="c" * 32)
+    write_lock(tmp_path, **clone)
+    with pytest.raises(LockError, match="locked by pid"):
+        DirLock(tmp_path, "prune").acquire()
+    if here.machine is None or here.booted_at is None:
+        return  # this machine cannot tell its own restarts: the lock waits for stale_after
+    before_boot = (here.booted_at - timedelta(minutes=5)).isoformat()
+    write_lock(tmp_path, **{**clone, "machine": here.machine, "started_at": before_boot})
+    with DirLock(tmp_path, "prune") as lock:
+        assert "its machine restarted since" in lock.took_over
 
 
 def test_the_holder_shows_it_is_alive_and_leaves_no_sign_behind(tmp_path, monkeypatch):

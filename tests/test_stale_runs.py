@@ -186,8 +186,29 @@ def test_on_its_own_host_a_run_lives_exactly_as_long_as_its_processes():
     assert why is not None and "pid 90" in why and "gone" in why
     why = monitor.interruption(rec, NOW, monitor.Here("db1", BOOT, {**alive, 100: (f"{BOOT}:999", None)}))  # pid reused
     assert why is not None and "pid 100" in why
-    why = monitor.interruption(rec, NOW, monitor.Here("db1", "another-boot", {}))
+    machine = {"pid_namespace": "pid:[4026531836]", "machine": "d1" * 16}
+    rec = {**rec, **machine}
+    restarted = monitor.Here("db1", "another-boot", {}, **machine, booted_at=NOW - timedelta(hours=1))
+    why = monitor.interruption(rec, NOW, restarted)
     assert why is not None and "restarted" in why
+
+
+def test_a_run_in_another_container_or_on_a_clone_of_the_same_host_name_is_not_looked_at():
+    """Containers of one compose file share a host name, each in a pid namespace of its own, and
+    machines cloned from one image share one too: the reader cannot see the run's processes, so
+    it goes by the run limit, as for another host."""
+    started = NOW - timedelta(hours=3)
+    place = {"pid_namespace": "pid:[4026531836]", "machine": "d1" * 16}
+    rec = record(started, host="db1", pid=100, process=f"{BOOT}:500", **place)
+    nothing_here = {100: None}  # no such pid where the reader runs
+    container = monitor.Here("db1", BOOT, nothing_here, pid_namespace="pid:[4026532999]", machine="d1" * 16)
+    assert monitor.interruption(rec, NOW, container) is None
+    clone = monitor.Here("db1", "another-boot", nothing_here, **place, booted_at=NOW - timedelta(hours=1))
+    assert monitor.interruption({**rec, "machine": "c0" * 16}, NOW, clone) is None
+    # Past the run limit it is taken for dead, as from any place that cannot look.
+    old = {**rec, "started_at": (NOW - monitor.RUN_LIMIT - timedelta(minutes=1)).isoformat()}
+    why = monitor.interruption(old, NOW, container)
+    assert why is not None and "cannot be checked from here" in why
 
 
 def test_records_written_before_processes_were_recorded_stay_readable():

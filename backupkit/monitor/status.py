@@ -12,11 +12,11 @@ the run records.
 A run killed outright (SIGTERM from systemd or Airflow, a timeout, the OOM killer) leaves its
 record saying ``running``: nothing in the dead kernel could mark it failed.  ``interruption``
 decides, pure and given ``now`` and what ``look_here`` saw, whether such a run can still be
-going: on the host that ran it (same host name and boot id) its kernel and the process that
+going: where it ran (the same host name, pid namespace and boot: ``runtime.place``) its kernel and the process that
 launched it (papermill) must both still run, as the record names them (pid and
 ``<boot id>:<start time>``, as ``storage.lock`` names a lock's holder; a record without the
-identity, written before it was recorded, by its pid and start time); from another host,
-which cannot look (a shared runs_dir), a run still ``running`` after ``RUN_LIMIT`` is taken
+identity, written before it was recorded, by its pid and start time); from another host or
+container, which cannot look (a shared runs_dir), a run still ``running`` after ``RUN_LIMIT`` is taken
 for dead.  ``last_run`` reports such a record as failed, ``exit_reason`` ``interrupted: ...``;
 the file itself is left as it is.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from ..drills import record
 from ..errors import SnapshotError
+from ..runtime.place import Place, Whereabouts, whereabouts
 from ..snapshot.verify import verify
 from ..storage.location import open_storage
 from ..storage.repository import list_snapshots, usage
@@ -111,12 +111,10 @@ Seen = tuple[str | None, datetime | None] | None
 
 
 @dataclass(frozen=True)
-class Here:
-    """What the reader saw where it runs: its host name, boot id and the processes it looked at
-    (pid -> ``Seen``; a pid not in it was not looked at)."""
+class Here(Place):
+    """What the reader saw where it runs: its place (host name, boot, pid namespace) and the
+    processes it looked at (pid -> ``Seen``; a pid not in it was not looked at)."""
 
-    host: str
-    boot_id: str | None
     processes: Mapping[int, Seen] = field(default_factory=dict)
 
 
@@ -139,12 +137,12 @@ def interruption(run: Mapping, now: datetime, here: Here, limit: timedelta = RUN
         return None
     started = _started_at(run)
     host = run.get("host")
-    if isinstance(host, str) and host == here.host:
+    place = whereabouts(run, started, here)
+    kernel = f"its kernel (pid {run.get('pid')} on host {host})"
+    if place is Whereabouts.RESTARTED:
+        return f"interrupted: host {host} restarted since the run began, so {kernel} is gone"
+    if place is Whereabouts.HERE:
         identity = run.get("process")
-        boot = identity.split(":", 1)[0] if isinstance(identity, str) else None
-        kernel = f"its kernel (pid {run.get('pid')} on host {host})"
-        if boot and here.boot_id and boot != here.boot_id:
-            return f"interrupted: host {host} restarted since the run began, so {kernel} is gone"
         launcher = run.get("launcher")
         checks = [(kernel, run.get("pid"), identity)]
         if isinstance(launcher, Mapping):
@@ -223,23 +221,19 @@ def _seen(pid: int, boot_id: str | None) -> Seen:
 
 
 def look_here(run: Mapping) -> Here:
-    """This host's name and boot id, and, when ``run`` was written on this host, what is seen of
-    the processes it names (the I/O for ``interruption``)."""
-    host = socket.gethostname()
-    try:
-        boot_id: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        boot_id = None
+    """This process's place, and, when ``run`` was written here (``runtime.place``), what is
+    seen of the processes it names (the I/O for ``interruption``)."""
+    place = Place.here()
     processes: dict[int, Seen] = {}
-    if run.get("status") == "running" and run.get("host") == host:
+    if run.get("status") == "running" and whereabouts(run, _started_at(run), place) is Whereabouts.HERE:
         launcher = run.get("launcher")
         for pid in (run.get("pid"), launcher.get("pid") if isinstance(launcher, Mapping) else None):
             if isinstance(pid, int) and not isinstance(pid, bool):
                 try:
-                    processes[pid] = _seen(pid, boot_id)
+                    processes[pid] = _seen(pid, place.boot_id)
                 except LookupError:
                     pass
-    return Here(host, boot_id, processes)
+    return Here(**vars(place), processes=processes)
 
 
 def settle(run: dict, now: datetime, here: Here, limit: timedelta = RUN_LIMIT) -> dict:

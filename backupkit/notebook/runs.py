@@ -39,6 +39,7 @@ from .. import __version__
 from ..errors import BackupkitError, ConfigError
 from ..monitor.notify import Notifier
 from ..pg.dsn import DSN_ENV_VARS, redact
+from ..runtime.place import Place
 from ..snapshot.signing import is_key_material
 from ..storage.lock import process_identity
 
@@ -160,10 +161,11 @@ def _secrets_for(params: Mapping[str, Any]) -> list[str]:
 def running_processes() -> dict[str, Any]:
     """What tells a reader whether this run can still be going (``monitor.status.interruption``):
     ``process``, this process's identity (``<boot id>:<start time>``, ``storage.lock``'s
-    ``process_identity``; Linux), and in a Jupyter kernel ``launcher``, the pid and identity of
-    the process that started the kernel (papermill, the Jupyter server), which the kernel
-    outlives by a moment when it is killed.  Empty where /proc cannot tell."""
-    found: dict[str, Any] = {}
+    ``process_identity``; Linux), where it runs (``pid_namespace``, ``machine``: see
+    ``runtime.place``), and in a Jupyter kernel ``launcher``, the pid and identity of the
+    process that started the kernel (papermill, the Jupyter server), which the kernel outlives
+    by a moment when it is killed.  Empty where /proc cannot tell."""
+    found: dict[str, Any] = {k: v for k, v in Place.here().record().items() if k != "host"}
     identity = process_identity(os.getpid())
     if identity is not None:
         found["process"] = identity

@@ -2,12 +2,14 @@
 
 ``.lock`` at the top of the repository is created exclusively (``O_EXCL`` on a
 file system, atomic also on NFS v3+; a conditional ``If-None-Match`` write on S3)
-and holds JSON ``{host, pid, purpose, started_at, process}``.  A lock whose holder is gone
-is taken over; the holder counts as gone when it ran on this host and its pid no
-longer exists (or now belongs to another process: ``process`` is the holder's boot id and
-start time since boot, which setting the clock does not move), or
-when it ran on another host and it has shown no sign of life for ``stale_after``: we
-cannot see other hosts' processes, so the holder makes a new ``.lock.alive-<token>-<n>``
+and holds JSON ``{host, pid_namespace, machine, pid, purpose, started_at, process, token}``.
+A lock whose holder is gone is taken over; the holder counts as gone when it ran here (the
+same host name, pid namespace and boot: ``runtime.place``) and its pid no longer exists (or
+now belongs to another process: ``process`` is the holder's boot id and start time since
+boot, which setting the clock does not move), when this machine restarted since the lock was
+taken, or when it ran elsewhere (another host, another container of the same host name, a
+cloned machine) and it has shown no sign of life for ``stale_after``: we cannot see those
+processes, so the holder makes a new ``.lock.alive-<token>-<n>``
 every few minutes (``storage.heartbeat``), and a lock taken longer ago than that but with
 a recent sign of life (a backup of a very large database) is not stale.
 
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LockError, StorageError
+from ..runtime.place import Place, Whereabouts, whereabouts
 from .base import Storage
 from .heartbeat import Heartbeat, last_beat, remove_beats
 from .location import open_storage
@@ -271,7 +274,10 @@ class DirLock:
     def _stale_because(self, info: dict[str, Any], now: datetime) -> str | None:
         """Why the lock's holder is gone, or None if it may still run."""
         started = _started(info)
-        if info["host"] == socket.gethostname():
+        where = whereabouts(info, started, Place.here())
+        if where is Whereabouts.RESTARTED:
+            return "its machine restarted since"
+        if where is Whereabouts.HERE:
             alive = _pid_alive(info["pid"], started, info.get("process"))
             return None if alive else "that process no longer runs"
         if now - started < self.stale_after:
@@ -285,6 +291,9 @@ class DirLock:
                 return None
         return (
             f"it is older than {self.stale_after} with no sign of life since, and its host cannot be checked from here"
+            if info["host"] != socket.gethostname()
+            else f"it is older than {self.stale_after} with no sign of life since, and its process cannot be"
+            " checked from here (another container, or another machine of the same name)"
         )
 
     def acquire(self) -> None:
@@ -293,7 +302,7 @@ class DirLock:
             raise LockError(f"{self.path} is already held by this DirLock")
         now = datetime.now(UTC)
         info = {
-            "host": socket.gethostname(),
+            **Place.here().record(),
             "pid": os.getpid(),
             "purpose": self.purpose,
             "started_at": now.isoformat(),
