@@ -19,7 +19,7 @@ import pytest
 from fingerprint import diff_fingerprints, fingerprint
 from helpers import run_cli
 from psycopg import sql
-from supabase_platform import supautils_policy_grants
+from supabase_platform import APP_POLICY_GRANTS_SQL, supautils_policy_grants
 from test_snapshot_model import problems as model_problems
 
 import backupkit
@@ -394,11 +394,12 @@ def test_the_supabase_cli_migration_history_moves_with_the_project(supabase_proj
         ).fetchone() == ("postgres", True)
 
 
-def test_a_public_only_backup_names_what_it_leaves_on_the_platform_tables(supabase_project, tmp_path):
+def test_a_public_only_backup_keeps_the_projects_objects_on_the_platform_tables(supabase_project, tmp_path):
     """The default backup is `public`: Supabase's sign-up trigger on auth.users (calling
-    public.handle_new_user) and the avatar policies on storage.objects are not in it, and a
-    new project restored from it would lose them without a word.  Both the backup and
-    `backupkit check` now name them, with the schemas that keep them."""
+    public.handle_new_user) and the avatar policies on storage.objects are not in its schemas,
+    and a new project restored from it lost them without a word.  The backup now names them
+    (the manifest's left_on_platform) and keeps them (schema/platform.dump); `backupkit check`
+    says so."""
     source = supabase_project.app_project()
     with psycopg.connect(supabase_project.admin(source), autocommit=True) as conn:
         conn.execute(_WEBHOOK)  # a Database Webhook on sign-ups: the project's, though its function is Supabase's
@@ -407,33 +408,90 @@ def test_a_public_only_backup_names_what_it_leaves_on_the_platform_tables(supaba
             "EXECUTE FUNCTION supabase_functions.http_request('https://example.com/hook', 'POST', '{}', '{}', '1000')"
         )
     res = backupkit.backup(source, tmp_path / "backups")
-    [warning] = [w for w in res.warnings if "platform's tables" in w]
-    assert 'trigger "on_auth_user_created" on auth.users' in warning
-    assert 'trigger "signup_hook" on auth.users' in warning
-    # The platform's own triggers (storage's, calling storage.*) are not the project's.
-    assert "update_objects_updated_at" not in warning
-    assert 'policy "Anyone can upload an avatar." on storage.objects' in warning
-    assert "add auth, storage to `schemas`" in warning
-    out = run_cli("check", env={"BACKUPKIT_DSN": source})
-    assert 'trigger "on_auth_user_created" on auth.users' in out.stdout + out.stderr, out.stdout + out.stderr
-    # The snapshot records them, and a restore into a new project names each it lacks there.
+    assert not [w for w in res.warnings if "platform's tables" in w], res.warnings
     left = res.manifest["left_on_platform"]
     assert {"kind": "trigger", "name": "on_auth_user_created", "schema": "auth", "table": "users"} in left
+    assert {"kind": "trigger", "name": "signup_hook", "schema": "auth", "table": "users"} in left
+    assert {"kind": "policy", "name": "Anyone can upload an avatar.", "schema": "storage", "table": "objects"} in left
+    # The platform's own triggers (storage's, calling storage.*) are not the project's.
+    assert not [i for i in left if i["name"] == "update_objects_updated_at"]
+    assert mf.PLATFORM_DUMP in [f["path"] for f in res.manifest["schema_files"]]
+    assert backupkit.verify(res.path).ok
+    out = run_cli("check", env={"BACKUPKIT_DSN": source})
+    said = out.stdout + out.stderr
+    assert "keeping the project's own objects on the platform's tables" in said, said
+    assert 'trigger "on_auth_user_created" on auth.users' in said, said
     seen: set[tuple[str, str]] = set()
     assert model_problems(res.manifest, model.Manifest, "manifest", seen) == []
     assert {("PlatformObject", f.name) for f in model.fields(model.PlatformObject)} <= seen
     plan = backupkit.restore(res.path, supabase_project.new_project(), dry_run=True).plan
-    [note] = [n for n in plan.notes if n.startswith("the source project had")]
-    assert 'trigger "on_auth_user_created" on auth.users' in note and "--schema auth --schema storage" in note
-    # ... and none of those a database has (the live project has them all).
-    from backupkit.recovery.left_out import missing_notes
+    [note] = [n for n in plan.notes if n.startswith("making the source project's own objects")]
+    assert 'trigger "on_auth_user_created" on auth.users' in note
+    assert 'policy "Anyone can upload an avatar." on storage.objects' in note
+    # ... and nothing to make where they all are (the live project has them all).
+    from backupkit.recovery.left_out import plan_platform_objects
+    from backupkit.storage.location import locate
 
     with psycopg.connect(source) as conn:
-        assert missing_notes(conn, res.manifest) == []
-    # A backup of what a project move takes has them all: nothing to name.
+        assert plan_platform_objects(conn, locate(res.path), res.manifest).make == []
+    # A backup of what a project move takes has them all in its schemas: nothing to keep apart.
     res = backupkit.backup(source, tmp_path / "backups", schemas=APP_SCHEMAS)
-    assert not [w for w in res.warnings if "platform's tables" in w]
     assert "left_on_platform" not in res.manifest
+    assert mf.PLATFORM_DUMP not in [f["path"] for f in res.manifest["schema_files"]]
+
+
+_SIGN_UPS = """
+CREATE TABLE public.profiles (id uuid PRIMARY KEY, username text);
+CREATE FUNCTION public.handle_new_user() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$ BEGIN INSERT INTO public.profiles (id, username) VALUES (new.id, new.raw_user_meta_data ->> 'username');
+RETURN new; END $$;
+CREATE TRIGGER on_auth_user_created AFTER INSERT ON auth.users FOR EACH ROW EXECUTE FUNCTION public.handle_new_user();
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_new_project_restored_from_a_public_only_backup_creates_profiles_on_sign_up(supabase_project, tmp_path, jobs):
+    """What a user checks after moving a project: a sign-up makes its profile row, and uploads
+    pass the bucket's policies.  The trigger on auth.users and the policies on storage.objects
+    come back from a backup of `public` alone; the Database Webhook, whose function a project
+    without Webhooks lacks, is named in a warning and costs the restore nothing else."""
+    source = supabase_project.new_project()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(_SIGN_UPS)
+    admin = supabase_project.admin(source)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(APP_POLICY_GRANTS_SQL)
+        conn.execute(_WEBHOOK)
+        conn.execute(
+            "CREATE TRIGGER signup_hook AFTER INSERT ON auth.users FOR EACH ROW "
+            "EXECUTE FUNCTION supabase_functions.http_request('https://example.com/hook', 'POST', '{}', '{}', '1000')"
+        )
+    res = backupkit.backup(source, tmp_path / "backups")
+    target = supabase_project.new_project()
+    with supautils_policy_grants(supabase_project, target):
+        result = backupkit.restore(res.path, target, jobs=jobs)
+    [warning] = [w for w in result.warnings if "signup_hook" in w]
+    assert warning.startswith('could not make trigger "signup_hook" on auth.users again: ')
+    assert "schema/platform.dump" in warning
+    storage_policies = "SELECT policyname, cmd, qual, with_check FROM pg_policies WHERE schemaname = 'storage'"
+    with psycopg.connect(target) as conn:
+        policies = conn.execute(storage_policies + " ORDER BY 1").fetchall()
+    with psycopg.connect(source) as conn:
+        assert policies == conn.execute(storage_policies + " ORDER BY 1").fetchall()
+    assert [p[0] for p in policies] == ["Anyone can upload an avatar.", "Avatar images are publicly accessible."]
+    with psycopg.connect(supabase_project.admin(target), autocommit=True) as conn:
+        user = conn.execute(
+            'INSERT INTO auth.users (id, raw_user_meta_data) VALUES (gen_random_uuid(), \'{"username": "ann"}\') '
+            "RETURNING id"
+        ).fetchone()[0]
+        assert conn.execute("SELECT id, username FROM public.profiles").fetchall() == [(user, "ann")]
+    # Planned again, nothing is made twice: the target has them now, all but the refused one.
+    from backupkit.recovery.left_out import plan_platform_objects
+    from backupkit.storage.location import locate
+
+    with psycopg.connect(target) as conn:
+        again = plan_platform_objects(conn, locate(res.path), res.manifest)
+    assert [r.item["name"] for r in again.make] == ["signup_hook"]
 
 
 def test_pg_graphql_settings_on_the_public_schema_come_back(supabase_project, tmp_path):
@@ -513,3 +571,36 @@ def test_trigger_functions_in_schemas_the_restore_makes_are_not_missing():
         == []
     )
     assert missing_trigger_functions("", post, {"public", "supabase_functions"}, creates_extensions=True) == []
+
+
+def test_a_backup_role_that_may_not_dump_the_platform_tables_keeps_the_rest_and_says_so(supabase_project, tmp_path):
+    """A backup role with rights on `public` alone cannot pg_dump auth.users: the backup is
+    taken all the same, warns that the project's objects on those tables are left out (the
+    manifest still names them), and a whole restore names those the new project lacks."""
+    source = supabase_project.new_project()
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(_SIGN_UPS)
+    with psycopg.connect(supabase_project.admin(source), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE public_reader LOGIN PASSWORD {}").format(sql.Literal(supabase_project.password))
+        )
+        conn.execute("GRANT USAGE ON SCHEMA public TO public_reader")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO public_reader")
+    try:
+        res = backupkit.backup(supabase_project.as_role(source, "public_reader"), tmp_path / "backups")
+        [warning] = [w for w in res.warnings if "platform's tables" in w]
+        assert 'trigger "on_auth_user_created" on auth.users' in warning
+        assert "pg_dump could not keep them: pg_dump failed: " in warning
+        assert supabase_project.password not in warning
+        assert {"kind": "trigger", "name": "on_auth_user_created", "schema": "auth", "table": "users"} in res.manifest[
+            "left_on_platform"
+        ]
+        assert mf.PLATFORM_DUMP not in [f["path"] for f in res.manifest["schema_files"]]
+        plan = backupkit.restore(res.path, supabase_project.new_project(), dry_run=True).plan
+        [note] = [n for n in plan.notes if "which this snapshot does not hold" in n]
+        assert 'trigger "on_auth_user_created" on auth.users' in note
+        assert "--schema public --schema auth" in note
+    finally:
+        with psycopg.connect(supabase_project.admin(source), autocommit=True) as conn:
+            conn.execute("DROP OWNED BY public_reader")
+            conn.execute("DROP ROLE public_reader")

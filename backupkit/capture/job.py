@@ -52,7 +52,13 @@ from ..pg.catalog import (
 )
 from ..pg.copyio import FileResult
 from ..pg.dsn import POOLER_WARNING, describe, is_transaction_pooler, redact
-from ..pg.left_out import left_on_platform, left_on_platform_warning, unkept_extension_data
+from ..pg.left_out import (
+    dump_platform_objects,
+    kept_on_platform_note,
+    left_on_platform,
+    left_on_platform_warning,
+    unkept_extension_data,
+)
 from ..pg.rows import one_row
 from ..pg.schema import dump_schema
 from ..pg.tools import check_pg_dump
@@ -442,7 +448,7 @@ class BackupJob:
                 self.warn(needs_outside_warning(needs))
             left = self.left_on_platform = left_on_platform(side, selection.schemas) if not selection.include else []
             if left:
-                self.warn(left_on_platform_warning(left))
+                log.info("%s", kept_on_platform_note(left))
             unkept = unkept_extension_data(side)
             if unkept:
                 self.warn(unkept)
@@ -545,10 +551,30 @@ class BackupJob:
                 )
             except ToolError as exc:
                 raise self._pg_dump_error(main, exc) from None
+            if self.left_on_platform and (kept := self._dump_platform_objects(tmp, moment)):
+                rels.append(kept)
             entries = [self._upload(tmp, rel) for rel in sorted(rels)]
             sql_text = "".join(_read_text(tmp, rel) for rel in (mf.PRE_DATA, mf.POST_DATA, mf.DATABASE_SQL))
         log.info("schema: pg_dump wrote %d files in %.1f s", len(entries), time.monotonic() - step)
         return entries, sql_text
+
+    def _dump_platform_objects(self, tmp: LocalStorage, moment: Moment) -> str | None:
+        """The project's own objects on the platform's tables, kept (``mf.PLATFORM_DUMP``); a
+        role that may not dump those tables keeps the rest of the backup, warned that they are
+        left out (the manifest still names them, and a restore says which are missing)."""
+        try:
+            dump_platform_objects(
+                make_conninfo(self.session.dsn, application_name=self.session.tool_application),
+                tmp.path(mf.PLATFORM_DUMP),
+                snapshot=moment.snapshot,
+                left=self.left_on_platform,
+                lock_wait_timeout=self.session.lock_wait_timeout,
+            )
+        except ToolError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.warn(left_on_platform_warning(self.left_on_platform, reason=reason))
+            return None
+        return mf.PLATFORM_DUMP
 
     def _cron_jobs(self, main: psycopg.Connection, moment: Moment) -> list[cron.Job] | None:
         """pg_cron's jobs at the consistent moment (None: no pg_cron); a role that may not

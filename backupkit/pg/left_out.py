@@ -1,19 +1,27 @@
-"""What a backup of some schemas leaves out of a Supabase project, said when it is taken.
+"""What a backup of some schemas leaves out of a Supabase project, kept or said when it is taken.
 
 Two kinds, both silent in a restored project otherwise: the project's own policies and
 triggers on the platform's tables (``storage.objects`` upload policies, the sign-up trigger
 on ``auth.users``) when ``auth`` or ``storage`` is not backed up; and the rows of extension
 tables no pg_dump of the schemas holds (Supabase Vault's secrets, Queues' queues).
+
+The first are kept (``dump_platform_objects``: pg_dump's post-data of those tables, in the
+same exported snapshot) for a whole restore to make again where the target lacks them
+(``recovery.left_out``); the second are named.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from ..runtime.lifeline import dies_with_us
+from ..snapshot.manifest import PLATFORM_DUMP
 from .rows import one_row
+from .tools import find_tool, run_tool
 
 #: The platform's schemas whose tables a project puts its own policies and triggers on
 #: (storage.objects' upload policies, the on_auth_user_created trigger of Supabase's guides).
@@ -75,19 +83,45 @@ def shown(items: list[dict[str, str]], most: int = 4) -> str:
     return ", ".join(map(describe, items[:most])) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
-def left_on_platform_warning(left: list[dict[str, str]]) -> str:
+def dump_platform_objects(
+    dsn: str, path: Path, *, snapshot: str, left: list[dict[str, str]], lock_wait_timeout: float | None = None
+) -> None:
+    """pg_dump's post-data (``--format=custom``) of the tables ``left`` (``left_on_platform``'s
+    answer) names, inside the exported ``snapshot``, into ``path``: their policies and triggers
+    as pg_dump writes them, for a restore to pick by name (the rest of it is the platform's)."""
+    args = ["--schema-only", "--section=post-data", "--format=custom", f"--snapshot={snapshot}", "--no-sync"]
+    args.append(f"--file={path}")
+    if lock_wait_timeout:
+        args.append(f"--lock-wait-timeout={max(1, int(lock_wait_timeout * 1000))}")
+    tables = sorted({(item["schema"], item["table"]) for item in left})
+    args += ["--table=" + ".".join('"' + p.replace('"', '""') + '"' for p in t) for t in tables]
+    run_tool(find_tool("pg_dump"), args, dsn, preexec_fn=dies_with_us())
+
+
+def left_on_platform_warning(left: list[dict[str, str]], reason: str | None = None) -> str:
     """One line about ``left_on_platform``'s answer (not empty).  Realtime's tables are the
     Realtime service's, partitioned by day: a new project's are not the snapshot's, so the
     schema is not one to add, and its policies are to be made again."""
     schemas = sorted({item["schema"] for item in left} - {"realtime"})
     fixes = []
+    if reason:
+        fixes.append("back up as a role that may read those tables (Supabase: postgres)")
     if schemas:
         fixes.append(f"add {', '.join(schemas)} to `schemas` (a new project needs its users and files too)")
     if any(item["schema"] == "realtime" for item in left):
         fixes.append("make the realtime ones again in the new project (backupkit does not restore Realtime's tables)")
     return (
-        f"this backup leaves out the project's own objects on the platform's tables: {shown(left)}; "
-        f"a restore into a new project comes back without them: {'; '.join(fixes)}"
+        f"this backup leaves out the project's own objects on the platform's tables: {shown(left)}"
+        + (f" (pg_dump could not keep them: {reason})" if reason else "")
+        + f"; a restore into a new project comes back without them: {'; '.join(fixes)}"
+    )
+
+
+def kept_on_platform_note(left: list[dict[str, str]]) -> str:
+    """One line saying the backup keeps ``left`` (not empty) beside the schemas it backs up."""
+    return (
+        f"keeping the project's own objects on the platform's tables, for a whole restore to make "
+        f"again where they are missing: {shown(left)} ({PLATFORM_DUMP})"
     )
 
 

@@ -241,7 +241,7 @@ def restore(
     log.info("loading %s", f"with {jobs} jobs (parallel transactions)" if parallel else "in one transaction")
     with sigterm_as_interrupt(), Deadline(timeout) as plan.deadline:
         result.rows = load_in_parallel(run, jobs) if parallel else load_in_one_transaction(run)
-    for w in run.unscheduled:  # pg_cron refused them; everything else is restored
+    for w in run.unmade + run.unscheduled:  # the target refused them; everything else is restored
         log.warning(w)
         result.warnings.append(w)
     result.seconds = time.monotonic() - started
@@ -393,6 +393,8 @@ def _complete_scripts(scripts: Scripts, found: Survey, manifest: dict, *, parall
         scripts.unmark = restore_mark.clear_sql()
     if found.cron is not None:
         scripts.cron = found.cron.statements
+    if found.platform_objects is not None:
+        scripts.platform_objects = found.platform_objects.make
     if plan.large_objects and found.database is not None:  # large objects come with the database archive
         scripts.large_objects = found.database.large_objects
         if clean and found.target.large_objects:

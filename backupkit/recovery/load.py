@@ -27,6 +27,7 @@ from ..storage.location import SnapshotLocation
 from . import default_privileges
 from .database_scripts import restore_large_objects
 from .in_place import broken_references, empty_sql, sequences_used, split_emptying
+from .left_out import make_again
 from .plan import RestorePlan
 from .scripts import Scripts
 from .sequences import to_set
@@ -69,6 +70,8 @@ class LoadRun:
     copy: CopyIn = copy_in
     #: Warnings for the snapshot's pg_cron jobs pg_cron refused (``cron_jobs``).
     unscheduled: list[str] = field(default_factory=list)
+    #: Warnings for the objects on the platform's tables the target refused (``platform_objects``).
+    unmade: list[str] = field(default_factory=list)
 
     @property
     def chosen(self) -> list[dict]:
@@ -187,6 +190,10 @@ class LoadRun:
             with encryption.local_path(where, mf.DATABASE_DUMP, self.manifest) as dump:
                 restore_large_objects(conn, dump, self.scripts.large_objects, no_owner=not self.scripts.owner)
 
+    def platform_objects(self, conn: psycopg.Connection) -> None:
+        """Make the source's own objects on the platform's tables again; refusals go to ``unmade``."""
+        self.unmade = make_again(conn, self.scripts.platform_objects)
+
     def cron_jobs(self, conn: psycopg.Connection) -> None:
         """Schedule the snapshot's pg_cron jobs; those pg_cron refuses go to ``unscheduled``."""
         self.unscheduled = cron.schedule(conn, self.scripts.cron)
@@ -303,6 +310,7 @@ def load_in_one_transaction(run: LoadRun) -> int:
                 # through the policies as on the source.
                 run.row_security(conn, force=True)
             run.materialized_views(conn)
+            run.platform_objects(conn)
             run.cron_jobs(conn)
             if scripts.unmark is not None:
                 conn.execute(scripts.unmark)

@@ -124,7 +124,8 @@ class ParallelLoad:
         return self.rows_loaded
 
     def finish(self) -> None:
-        """Large objects, the post-data the index groups left, sequences, pg_cron jobs; then clear the mark."""
+        """Large objects, the post-data the index groups left, sequences, the objects on the platform's
+        tables, pg_cron jobs; then clear the mark."""
         run = self.run
         with self.task_connection() as conn:
             run.large_objects(conn)
@@ -134,6 +135,7 @@ class ParallelLoad:
             if rest:
                 conn.execute(rest)
             run.sequences_and_matviews(conn)
+            run.platform_objects(conn)
             run.cron_jobs(conn)
             assert scripts.unmark is not None  # set with the mark
             conn.execute(scripts.unmark)

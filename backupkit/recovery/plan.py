@@ -43,7 +43,7 @@ from .database_scripts import (
     read_target,
 )
 from .in_place import sequences_used, split_by_shape
-from .left_out import missing_notes
+from .left_out import PlatformObjects, plan_platform_objects
 from .obstacles import (
     check_target,
     dependents_in_the_way,
@@ -200,6 +200,8 @@ class Survey:
     refused: TargetNotEmpty | None
     #: The snapshot's pg_cron jobs to schedule (whole restores of snapshots that have some).
     cron: cron.Scheduling | None = None
+    #: The source's own objects on the platform's tables to make again (whole restores).
+    platform_objects: PlatformObjects | None = None
 
 
 def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Request) -> Survey:
@@ -209,6 +211,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
     """
     tables, schemas, clean = list(request.tables), list(request.schemas), request.clean
     scheduling: cron.Scheduling | None = None
+    platform_objects: PlatformObjects | None = None
     # The whole partition hierarchy (the manifest knows a partition's immediate parent only).
     parents = {} if request.full else partition_hierarchy(location, manifest)
     chosen = select_tables(manifest, tables, schemas, request.with_dependencies, parents)
@@ -297,7 +300,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             plan.notes += settings.differences(manifest, current, dbname, roles=have)
             plan.notes += settings.database_differences(manifest, database_settings(conn), dbname)
             scheduling = plan_jobs(conn, location, manifest, target, request)
-            plan.notes += missing_notes(conn, manifest)
+            platform_objects = plan_platform_objects(conn, location, manifest)
+            plan.notes += platform_objects.notes
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []
@@ -387,7 +391,20 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         plan.notes += scheduling.notes
         if scheduling.scheduled:
             plan.notes.append("scheduling the snapshot's pg_cron jobs last: " + ", ".join(scheduling.scheduled))
-    return Survey(plan, entries, target, marks, may_mark, in_place, platform, database, problems, refused, scheduling)
+    return Survey(
+        plan,
+        entries,
+        target,
+        marks,
+        may_mark,
+        in_place,
+        platform,
+        database,
+        problems,
+        refused,
+        scheduling,
+        platform_objects,
+    )
 
 
 def _keep_in_place(conn: psycopg.Connection, plan: RestorePlan, chosen: list[dict]) -> tuple[list[dict], list[str]]:

@@ -87,6 +87,7 @@ outside it, in `DIR/.pins/<id>`).
 │   ├── post-data.sql      # the same, post-data section
 │   ├── database.dump      # pg_dump -Fc --exclude-schema=* -b: what lives outside the schemas
 │   ├── database.sql       # its DDL as plain SQL (for humans and diffs; no large-object data)
+│   ├── platform.dump      # Supabase: the project's own policies and triggers on auth/storage tables
 │   └── cron_jobs.json     # only when the source has pg_cron: its scheduled jobs, commands included
 ├── data/                  # only the data files that are not shared (see below)
 │   ├── public.orders.0000.copy.zst       # one or more files per table
@@ -129,6 +130,13 @@ rendered as SQL; the large objects' data stays in the archive only. Snapshots
 written before 2026-12 have no `database.dump`/`database.sql` (and no
 `extensions` … `roles` in the manifest); they still verify, restore and diff, the
 restore then creating only what `schema.dump` holds.
+
+`platform.dump` is `pg_dump --schema-only --section=post-data --table=...` of the
+Supabase platform tables (`auth.users`, `storage.objects`, `realtime.messages`, ...) on
+which the project made policies or triggers of its own, when the backed-up schemas leave
+those tables out; it runs in the same exported snapshot. Only the objects the manifest's
+`left_on_platform` names are taken from it: a whole restore makes again those the target
+lacks. A role that may not dump those tables writes no such file (the backup warns).
 
 `cron_jobs.json` holds pg_cron's jobs (Supabase Cron), read in the same exported
 snapshot: `cron.job` belongs to the extension, so neither archive has its rows, and on

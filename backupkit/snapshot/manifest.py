@@ -43,6 +43,9 @@ DATABASE_DUMP = "schema/database.dump"
 DATABASE_SQL = "schema/database.sql"
 #: pg_cron's jobs, commands included (``pg.cron``): a schema file, encrypted like the others.
 CRON_JOBS = "schema/cron_jobs.json"
+#: pg_dump's post-data of the platform tables (auth, storage, realtime) a Supabase project put
+#: its own policies and triggers on, kept when those schemas are not backed up (``pg.left_out``).
+PLATFORM_DUMP = "schema/platform.dump"
 
 
 def digest(manifest: dict) -> str:
