@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -204,7 +205,44 @@ def test_a_holder_on_a_clone_of_this_machine_is_not_taken_for_dead(tmp_path):
     if here.machine is None or here.booted_at is None:
         return  # this machine cannot tell its own restarts: the lock waits for stale_after
     before_boot = (here.booted_at - timedelta(minutes=5)).isoformat()
-    write_lock(tmp_path, **{**clone, "machine": here.machine, "started_at": before_boot})
+    mine = {**clone, "machine": here.machine, "started_at": before_boot, "token": "c10e"}
+    # A clone that shares this machine's id (a template not prepared for cloning) is told
+    # apart by its signs of life: one made since this machine booted.
+    write_lock(tmp_path, **mine)
+    beat = tmp_path / ".lock.alive-c10e-00000007"
+    beat.write_bytes(b"")
+    with pytest.raises(LockError, match="locked by pid"):
+        DirLock(tmp_path, "prune").acquire()
+    long_before = (here.booted_at - timedelta(hours=1)).timestamp()
+    os.utime(beat, (long_before, long_before))  # its last, an hour before this machine booted
+    with DirLock(tmp_path, "prune") as lock:
+        assert "its machine restarted since" in lock.took_over
+
+
+def test_a_holder_that_showed_life_just_before_this_machine_booted_gets_time_to_show_more(tmp_path, monkeypatch):
+    """A sign of life a minute before this machine booted: a crash just then, or a clone sharing
+    this machine's id that beats every few minutes.  Right after the boot it cannot be told, so
+    the lock is kept until a beat would have come; then it is taken over."""
+    from backupkit.runtime.place import Place
+    from backupkit.storage import lock as lock_module
+
+    booted = datetime.now(UTC) - timedelta(minutes=1)
+    here = Place.here()
+    monkeypatch.setattr(Place, "here", classmethod(lambda cls: replace(here, booted_at=booted, machine="m" * 32)))
+    started = (booted - timedelta(hours=2)).isoformat()
+    write_lock(
+        tmp_path,
+        **_here_but(
+            process="0f0f0f0f-0000-4000-8000-000000000000:1", machine="m" * 32, started_at=started, token="be47"
+        ),
+    )
+    beat = tmp_path / ".lock.alive-be47-00000020"
+    beat.write_bytes(b"")
+    just_before = (booted - timedelta(minutes=1)).timestamp()
+    os.utime(beat, (just_before, just_before))
+    with pytest.raises(LockError, match="locked by pid"):
+        DirLock(tmp_path, "prune").acquire()
+    monkeypatch.setattr(lock_module, "HEARTBEAT_EVERY", 10.0)  # the window a beat would have come in is over
     with DirLock(tmp_path, "prune") as lock:
         assert "its machine restarted since" in lock.took_over
 

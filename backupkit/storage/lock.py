@@ -274,27 +274,44 @@ class DirLock:
     def _stale_because(self, info: dict[str, Any], now: datetime) -> str | None:
         """Why the lock's holder is gone, or None if it may still run."""
         started = _started(info)
-        where = whereabouts(info, started, Place.here())
+        here = Place.here()
+        where = whereabouts(info, started, here)
         if where is Whereabouts.RESTARTED:
-            return "its machine restarted since"
+            # A clone sharing this machine's id (a VM template not prepared for cloning) looks
+            # the same: a sign of life since this machine booted proves the holder is elsewhere,
+            # and one just before it may yet be followed by one (beats come every few minutes).
+            beat, booted = self._last_beat(info), here.booted_at
+            if beat is not None and booted is not None:
+                window = timedelta(seconds=1.5 * HEARTBEAT_EVERY)
+                if datetime.fromtimestamp(beat, UTC) >= booted:
+                    where = Whereabouts.ELSEWHERE
+                elif now < booted + window and datetime.fromtimestamp(beat, UTC) > booted - window:
+                    return None
+            if where is Whereabouts.RESTARTED:
+                return "its machine restarted since"
         if where is Whereabouts.HERE:
             alive = _pid_alive(info["pid"], started, info.get("process"))
             return None if alive else "that process no longer runs"
         if now - started < self.stale_after:
             return None
-        if info.get("token"):
-            try:
-                beat = last_beat(self.storage, f"{ALIVE_PREFIX}{info['token']}-")
-            except OSError as exc:
-                raise _storage("cannot read the lock's signs of life", self.directory, exc) from None
-            if beat is not None and now - datetime.fromtimestamp(beat, UTC) < self.stale_after:
-                return None
+        beat = self._last_beat(info)
+        if beat is not None and now - datetime.fromtimestamp(beat, UTC) < self.stale_after:
+            return None
         return (
             f"it is older than {self.stale_after} with no sign of life since, and its host cannot be checked from here"
             if info["host"] != socket.gethostname()
             else f"it is older than {self.stale_after} with no sign of life since, and its process cannot be"
             " checked from here (another container, or another machine of the same name)"
         )
+
+    def _last_beat(self, info: dict[str, Any]) -> float | None:
+        """When the lock's holder last showed it was alive (``storage.heartbeat``), if ever."""
+        if not info.get("token"):
+            return None
+        try:
+            return last_beat(self.storage, f"{ALIVE_PREFIX}{info['token']}-")
+        except OSError as exc:
+            raise _storage("cannot read the lock's signs of life", self.directory, exc) from None
 
     def acquire(self) -> None:
         """Take the lock, replacing a stale one; ``LockError`` if a live process holds it."""
