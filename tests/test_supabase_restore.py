@@ -409,7 +409,8 @@ def test_a_public_only_backup_keeps_the_projects_objects_on_the_platform_tables(
         )
     res = backupkit.backup(source, tmp_path / "backups")
     assert not [w for w in res.warnings if "platform's tables" in w], res.warnings
-    left = res.manifest["left_on_platform"]
+    left = [{k: i[k] for k in ("kind", "name", "schema", "table")} for i in res.manifest["left_on_platform"]]
+    assert all(isinstance(i["oid"], int) for i in res.manifest["left_on_platform"])  # its entry in platform.dump
     assert {"kind": "trigger", "name": "on_auth_user_created", "schema": "auth", "table": "users"} in left
     assert {"kind": "trigger", "name": "signup_hook", "schema": "auth", "table": "users"} in left
     assert {"kind": "policy", "name": "Anyone can upload an avatar.", "schema": "storage", "table": "objects"} in left
@@ -461,6 +462,8 @@ def test_a_new_project_restored_from_a_public_only_backup_creates_profiles_on_si
     admin = supabase_project.admin(source)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(APP_POLICY_GRANTS_SQL)
+        # pg_restore --list prints names unquoted and newlines as spaces: found by oid.
+        conn.execute('CREATE POLICY "two\nlines " ON storage.objects FOR SELECT USING (false)')
         conn.execute(_WEBHOOK)
         conn.execute(
             "CREATE TRIGGER signup_hook AFTER INSERT ON auth.users FOR EACH ROW "
@@ -478,7 +481,11 @@ def test_a_new_project_restored_from_a_public_only_backup_creates_profiles_on_si
         policies = conn.execute(storage_policies + " ORDER BY 1").fetchall()
     with psycopg.connect(source) as conn:
         assert policies == conn.execute(storage_policies + " ORDER BY 1").fetchall()
-    assert [p[0] for p in policies] == ["Anyone can upload an avatar.", "Avatar images are publicly accessible."]
+    assert [p[0] for p in policies] == [
+        "Anyone can upload an avatar.",
+        "Avatar images are publicly accessible.",
+        "two\nlines ",
+    ]
     with psycopg.connect(supabase_project.admin(target), autocommit=True) as conn:
         user = conn.execute(
             'INSERT INTO auth.users (id, raw_user_meta_data) VALUES (gen_random_uuid(), \'{"username": "ann"}\') '
@@ -587,14 +594,18 @@ def test_a_backup_role_that_may_not_dump_the_platform_tables_keeps_the_rest_and_
         conn.execute("GRANT USAGE ON SCHEMA public TO public_reader")
         conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO public_reader")
     try:
-        res = backupkit.backup(supabase_project.as_role(source, "public_reader"), tmp_path / "backups")
+        reader = supabase_project.as_role(source, "public_reader")
+        out = run_cli("check", env={"BACKUPKIT_DSN": reader})
+        said = out.stdout + out.stderr
+        assert "public_reader may not read auth.users" in said, said
+        assert "back up as a role that may read those tables" in said, said
+        res = backupkit.backup(reader, tmp_path / "backups")
         [warning] = [w for w in res.warnings if "platform's tables" in w]
         assert 'trigger "on_auth_user_created" on auth.users' in warning
         assert "pg_dump could not keep them: pg_dump failed: " in warning
         assert supabase_project.password not in warning
-        assert {"kind": "trigger", "name": "on_auth_user_created", "schema": "auth", "table": "users"} in res.manifest[
-            "left_on_platform"
-        ]
+        [trigger] = [i for i in res.manifest["left_on_platform"] if i["kind"] == "trigger"]
+        assert (trigger["name"], trigger["schema"], trigger["table"]) == ("on_auth_user_created", "auth", "users")
         assert mf.PLATFORM_DUMP not in [f["path"] for f in res.manifest["schema_files"]]
         plan = backupkit.restore(res.path, supabase_project.new_project(), dry_run=True).plan
         [note] = [n for n in plan.notes if "which this snapshot does not hold" in n]
@@ -604,3 +615,62 @@ def test_a_backup_role_that_may_not_dump_the_platform_tables_keeps_the_rest_and_
         with psycopg.connect(supabase_project.admin(source), autocommit=True) as conn:
             conn.execute("DROP OWNED BY public_reader")
             conn.execute("DROP ROLE public_reader")
+
+
+def test_a_clean_restore_into_the_live_project_makes_its_storage_policies_again(supabase_project, tmp_path):
+    """Rolling the live project back to last night's `public`-only snapshot (`--clean`, whole):
+    a storage policy calls public.is_admin, which the restore drops and makes again.  The dry
+    run did not see it (a policy depending on a function), and the real run failed on DROP
+    FUNCTION, rolled back.  The policy is now dropped first and made again from the snapshot
+    in the restore's one transaction; a role that may not drop it is refused by the dry run."""
+    project = supabase_project.new_project()
+    with psycopg.connect(project, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO public.notes VALUES (1, 'kept')")
+        conn.execute("CREATE FUNCTION public.is_admin() RETURNS boolean LANGUAGE sql STABLE AS 'SELECT false'")
+    admin = supabase_project.admin(project)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            'CREATE POLICY "Admins upload anything" ON storage.objects FOR INSERT WITH CHECK (public.is_admin())'
+        )
+        conn.execute('CREATE POLICY "Anyone reads anything" ON storage.objects FOR SELECT USING (true)')
+    res = backupkit.backup(project, tmp_path / "backups")
+    assert mf.PLATFORM_DUMP in [f["path"] for f in res.manifest["schema_files"]]
+    with psycopg.connect(project, autocommit=True) as conn:  # the day's change the rollback undoes
+        conn.execute("INSERT INTO public.notes VALUES (2, 'after the snapshot')")
+    with psycopg.connect(admin, autocommit=True) as conn:  # closed on purpose since the snapshot
+        conn.execute('DROP POLICY "Anyone reads anything" ON storage.objects')
+    # Without the right to drop a policy on storage.objects: refused before anything changes.
+    out = run_cli("restore", res.path, "--dsn", project, "--clean", "--dry-run")
+    assert out.returncode == 9, out.stdout + out.stderr
+    assert 'policy "Admins upload anything" on storage.objects calls (in schema public)' in out.stderr
+    with supautils_policy_grants(supabase_project, project):
+        plan = backupkit.restore(res.path, project, clean=True, dry_run=True).plan
+        [note] = [n for n in plan.notes if n.startswith("dropping and making again from the snapshot")]
+        assert 'policy "Admins upload anything" on storage.objects' in note
+        # A rollback does not bring back what the project dropped since: it is only named.
+        [note] = [n for n in plan.notes if "which this database lacks now" in n]
+        assert 'policy "Anyone reads anything" on storage.objects' in note
+        assert not [n for n in plan.notes if n.startswith("making the source project's own objects")]
+        result = backupkit.restore(res.path, project, clean=True)
+    assert not [w for w in result.warnings if "could not make" in w], result.warnings
+    with psycopg.connect(admin, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM public.notes").fetchall() == [(1, "kept")]
+        assert conn.execute(
+            "SELECT count(*) FROM pg_policies WHERE policyname = 'Anyone reads anything'"
+        ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT cmd, with_check FROM pg_policies WHERE policyname = 'Admins upload anything'"
+        ).fetchone() == ("INSERT", "is_admin()")
+        # The policy calls the function the restore made, not one left behind.
+        assert conn.execute(
+            "SELECT count(*) FROM pg_depend d JOIN pg_policy p ON p.oid = d.objid "
+            "WHERE p.polname = 'Admins upload anything' AND d.refobjid = 'public.is_admin()'::regprocedure"
+        ).fetchone() == (1,)
+    # A data_only restore makes no schema: not the policy dropped since the snapshot either.
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute('DROP POLICY "Admins upload anything" ON storage.objects')
+    backupkit.restore(res.path, admin, data_only=True, clean=True)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM public.notes").fetchall() == [(1, "kept")]
+        assert conn.execute("SELECT count(*) FROM pg_policies WHERE schemaname = 'storage'").fetchone() == (0,)

@@ -142,7 +142,7 @@ class Written:
     #: The manifest's ``cron_jobs`` (``pg.cron.Job.summary`` of each); None: the source has no pg_cron.
     cron_jobs: list[dict[str, Any]] | None = None
     #: The manifest's ``left_on_platform`` (``pg.left_out.left_on_platform``), written when not empty.
-    left_on_platform: list[dict[str, str]] = field(default_factory=list)
+    left_on_platform: list[dict[str, Any]] = field(default_factory=list)
 
 
 def build_manifest(moment: Moment, selection: Selection, written: Written) -> dict[str, Any]:

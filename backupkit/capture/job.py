@@ -226,7 +226,7 @@ class BackupJob:
         self.lock: DirLock | None = None  # the repository's, while ``run`` holds it
         self.jobs_hidden = False  # pg_cron's jobs left out (``allow_partial``)
         #: The project's own objects on the platform's tables this backup leaves out (``pg.left_out``).
-        self.left_on_platform: list[dict[str, str]] = []
+        self.left_on_platform: list[dict[str, Any]] = []
 
     def warn(self, message: str) -> None:
         """Log a warning now (a scheduled run's log shows it even if the backup then fails) and keep it."""
@@ -300,6 +300,10 @@ class BackupJob:
                 len(moment.tables),
                 len(moment.sequences),
             )
+            if not self.options.selection.include:
+                # Again at the consistent moment, which the platform tables' pg_dump sees: the
+                # manifest names (and finds by oid) exactly what that archive holds.
+                self.left_on_platform = left_on_platform(main, self.options.selection.schemas)
             sid = new_id(moment.taken_at, self.options.label)
             self.staging = staging = SnapshotLocation(self.repository, staging_name(sid))
             # The schema's pg_dump runs while the data is copied (both inside the exported

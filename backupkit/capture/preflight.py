@@ -23,7 +23,13 @@ from ..pg.catalog import (
     select_tables,
 )
 from ..pg.dsn import POOLER_WARNING, connect, describe, is_transaction_pooler
-from ..pg.left_out import kept_on_platform_note, left_on_platform, unkept_extension_data
+from ..pg.left_out import (
+    kept_on_platform_note,
+    left_on_platform,
+    left_on_platform_warning,
+    undumpable,
+    unkept_extension_data,
+)
 from ..pg.rows import one_row
 from ..pg.tools import check_pg_dump, find_tool, tool_version
 from ..runtime.deadline import seconds
@@ -124,7 +130,12 @@ def check(
             report.add("dependencies", "warn", needs_outside_warning(needs))
         left = left_on_platform(conn, found) if not selection.include else []
         if left:
-            report.add("platform tables", "ok", kept_on_platform_note(left))
+            unreadable = undumpable(conn, left)
+            if unreadable:
+                reason = f"{conn.info.user} may not read {', '.join(unreadable)}"
+                report.add("platform tables", "warn", left_on_platform_warning(left, reason=reason))
+            else:
+                report.add("platform tables", "ok", kept_on_platform_note(left))
         unkept = unkept_extension_data(conn)
         if unkept:
             report.add("extension data", "warn", unkept)

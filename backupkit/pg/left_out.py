@@ -13,7 +13,9 @@ same exported snapshot) for a whole restore to make again where the target lacks
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -38,12 +40,12 @@ WITH supabase AS (
   SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
    WHERE (n.nspname, c.relname) IN (('auth', 'schema_migrations'), ('storage', 'migrations'))
 )
-SELECT 'policy', p.polname, n.nspname, c.relname
+SELECT 'policy', p.polname, n.nspname, c.relname, p.oid
   FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = ANY(%(platform)s) AND n.nspname <> ALL(%(schemas)s) AND EXISTS (SELECT FROM supabase)
 UNION ALL
-SELECT 'trigger', t.tgname, n.nspname, c.relname
+SELECT 'trigger', t.tgname, n.nspname, c.relname, t.oid
   FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
@@ -54,13 +56,17 @@ SELECT 'trigger', t.tgname, n.nspname, c.relname
 """
 
 
-def left_on_platform(conn: psycopg.Connection, schemas: list[str]) -> list[dict[str, str]]:
+def left_on_platform(conn: psycopg.Connection, schemas: list[str]) -> list[dict[str, Any]]:
     """The project's own policies and triggers on the platform's tables (auth, storage,
     realtime) that a backup of ``schemas`` leaves out, each as the manifest's
-    ``left_on_platform`` has it: ``{"kind", "name", "schema", "table"}``."""
+    ``left_on_platform`` has it: ``{"kind", "name", "schema", "table", "oid"}`` (the oid finds
+    its entry in ``dump_platform_objects``' archive, whatever its name holds)."""
     params = {"platform": list(_PLATFORM_TABLES), "schemas": schemas, "services": [*_PLATFORM_TABLES, "_realtime"]}
     rows = conn.execute(_LEFT_ON_PLATFORM, params).fetchall()
-    return [{"kind": kind, "name": name, "schema": schema, "table": table} for kind, name, schema, table in rows]
+    return [
+        {"kind": kind, "name": name, "schema": schema, "table": table, "oid": oid}
+        for kind, name, schema, table, oid in rows
+    ]
 
 
 #: A name that reads the same unquoted (keywords aside): left as it is in messages.
@@ -71,20 +77,20 @@ def _name(name: str) -> str:
     return name if _PLAIN.fullmatch(name) else sql.Identifier(name).as_string()
 
 
-def describe(item: dict[str, str]) -> str:
+def describe(item: Mapping[str, Any]) -> str:
     """``policy "Anyone can upload" on storage.objects``: names quoted where SQL needs it (a
     policy's or trigger's name always, as it is usually a sentence)."""
     name = sql.Identifier(item["name"]).as_string()
     return f"{item['kind']} {name} on {_name(item['schema'])}.{_name(item['table'])}"
 
 
-def shown(items: list[dict[str, str]], most: int = 4) -> str:
+def shown(items: Sequence[Mapping[str, Any]], most: int = 4) -> str:
     """The first ``most`` items described, ``and N more`` for the rest."""
     return ", ".join(map(describe, items[:most])) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def dump_platform_objects(
-    dsn: str, path: Path, *, snapshot: str, left: list[dict[str, str]], lock_wait_timeout: float | None = None
+    dsn: str, path: Path, *, snapshot: str, left: list[dict[str, Any]], lock_wait_timeout: float | None = None
 ) -> None:
     """pg_dump's post-data (``--format=custom``) of the tables ``left`` (``left_on_platform``'s
     answer) names, inside the exported ``snapshot``, into ``path``: their policies and triggers
@@ -98,13 +104,31 @@ def dump_platform_objects(
     run_tool(find_tool("pg_dump"), args, dsn, preexec_fn=dies_with_us())
 
 
-def left_on_platform_warning(left: list[dict[str, str]], reason: str | None = None) -> str:
+_UNREADABLE = """
+SELECT DISTINCT pg_catalog.format('%%I.%%I', n.nspname, c.relname)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(tables)s::text[]))
+   AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+            AND pg_catalog.has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE'))
+ ORDER BY 1
+"""
+
+
+def undumpable(conn: psycopg.Connection, left: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The tables of ``left`` this role may not pg_dump (it locks each, which takes a right on
+    it and its schema), so a backup cannot keep their objects (``dump_platform_objects``)."""
+    tables = sorted({(i["schema"], i["table"]) for i in left})
+    params = {"schemas": [t[0] for t in tables], "tables": [t[1] for t in tables]}
+    return [r[0] for r in conn.execute(_UNREADABLE, params).fetchall()]
+
+
+def left_on_platform_warning(left: Sequence[Mapping[str, Any]], reason: str | None = None) -> str:
     """One line about ``left_on_platform``'s answer (not empty).  Realtime's tables are the
     Realtime service's, partitioned by day: a new project's are not the snapshot's, so the
     schema is not one to add, and its policies are to be made again."""
     schemas = sorted({item["schema"] for item in left} - {"realtime"})
     fixes = []
-    if reason:
+    if reason and ("permission denied" in reason or "may not read" in reason):
         fixes.append("back up as a role that may read those tables (Supabase: postgres)")
     if schemas:
         fixes.append(f"add {', '.join(schemas)} to `schemas` (a new project needs its users and files too)")
@@ -117,7 +141,7 @@ def left_on_platform_warning(left: list[dict[str, str]], reason: str | None = No
     )
 
 
-def kept_on_platform_note(left: list[dict[str, str]]) -> str:
+def kept_on_platform_note(left: Sequence[Mapping[str, Any]]) -> str:
     """One line saying the backup keeps ``left`` (not empty) beside the schemas it backs up."""
     return (
         f"keeping the project's own objects on the platform's tables, for a whole restore to make "

@@ -9,13 +9,23 @@ again, as pg_dump wrote it, last and in a savepoint of its own: one the target r
 role without the right on a platform table, a function the target lacks) is a warning
 naming it, and costs nothing else.  Those the snapshot does not hold (older snapshots, a
 role that could not dump those tables) or whose table the target lacks are named in notes.
+
+A ``clean`` restore into the project itself (its tables there) makes none it lacks: they may
+have been dropped on purpose since the backup, and a rollback of ``public`` must not bring an
+upload policy back.  It only drops first, and makes again, those of its own that depend on
+what it replaces (``PlatformObjects.in_the_way``).  A ``data_only`` restore makes none.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ..pg.left_out import describe, shown
 from ..pg.schema import TocEntry, render, toc
@@ -43,80 +53,218 @@ SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namesp
 DEFINITION_AT = f"its definition is in the snapshot's {mf.PLATFORM_DUMP} (pg_restore -f - shows it)"
 
 _KINDS = {"POLICY": "policy", "TRIGGER": "trigger"}
+#: ``pg_restore --list``: ``<dump id>; <catalog oid> <object oid> <type> ...``.
+_TOC_OIDS = re.compile(r"^\d+; \d+ (\d+) ")
 
 
 @dataclass(frozen=True)
 class Remade:
     """One object to make again: as the manifest names it, and pg_dump's SQL for it."""
 
-    item: dict[str, str]
+    item: Mapping[str, Any]
     sql: str
+
+
+Key = tuple[str, str, str, str]
 
 
 @dataclass
 class PlatformObjects:
     """What a whole restore does with the source's own objects on the platform's tables."""
 
-    make: list[Remade] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    #: The objects the snapshot keeps (``schema/platform.dump``), by key, and where to read them.
+    kept: dict[Key, TocEntry] = field(default_factory=dict)
+    location: SnapshotLocation | None = None
+    manifest: dict = field(default_factory=dict)
+    #: Those the target lacks, made again (``leave_missing`` names them instead).
+    missing: list[Remade] = field(default_factory=list)
+    #: Those the target lacks and the snapshot does not hold; those whose table it lacks.
+    unkept: list[dict[str, Any]] = field(default_factory=list)
+    no_table: list[dict[str, Any]] = field(default_factory=list)
+    #: The target's copies in the way of a ``clean`` restore, dropped first and made again.
+    replaced: list[Remade] = field(default_factory=list)
+    #: Those the target lacks that a ``clean`` restore into the project leaves out.
+    left_missing: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @property
+    def make(self) -> list[Remade]:
+        """What the restore makes, last, each in a savepoint (``make_again``)."""
+        return self.missing + self.replaced
+
+    @property
+    def drops(self) -> list[str]:
+        """DROPs of the ``replaced`` objects' copies, run before the restore's own."""
+        return [
+            sql.SQL("DROP {} IF EXISTS {} ON {};\n")
+            .format(
+                sql.SQL(r.item["kind"].upper()),
+                sql.Identifier(r.item["name"]),
+                sql.Identifier(r.item["schema"], r.item["table"]),
+            )
+            .as_string(None)
+            for r in self.replaced
+        ]
+
+    @property
+    def notes(self) -> list[str]:
+        """What the plan says of them."""
+        backed_up = list(self.manifest.get("schemas", []))
+        notes = []
+        if self.missing:
+            made = ", ".join(describe(r.item) for r in self.missing)
+            notes.append(f"making the source project's own objects on the platform's tables again, last: {made}")
+        if self.replaced:
+            notes.append(
+                f"dropping and making again from the snapshot {shown([r.item for r in self.replaced])}: "
+                "they depend on what the clean restore replaces"
+            )
+        if self.left_missing:
+            notes.append(
+                f"the source project had {shown(self.left_missing)}, which this database lacks now: a clean "
+                f"restore into the project does not make them again (they may have been dropped since); "
+                f"{DEFINITION_AT}"
+            )
+        if self.unkept:
+            schemas = [*backed_up, *sorted({i["schema"] for i in self.unkept})]
+            notes.append(
+                f"the source project had {shown(self.unkept)}, which this snapshot does not hold (its schemas "
+                f"were {', '.join(backed_up)}) and this database lacks: restore a snapshot taken with "
+                + " ".join(f"--schema {s}" for s in schemas)
+                + " for them"
+            )
+        if self.no_table:
+            tables = sorted({i["schema"] + "." + i["table"] for i in self.no_table})
+            notes.append(
+                f"the source project had {shown(self.no_table)}, and this database lacks their tables "
+                f"({', '.join(tables)}): switch the feature on in the project (Realtime's tables come with "
+                "its first start) and make them again"
+            )
+        return notes
+
+    def leave_missing(self) -> None:
+        """A ``clean`` restore into the project itself: what the project lacks now is named,
+        not made again (dropped on purpose since the backup, a rollback must not bring back
+        an upload policy)."""
+        self.left_missing += [r.item for r in self.missing]
+        self.missing = []
+
+    def render(self, items: Sequence[Mapping[str, Any]]) -> list[Remade]:
+        """pg_dump's SQL for each of ``items`` the snapshot keeps."""
+        found = [(i, self.kept[_key(i)]) for i in items if _key(i) in self.kept]
+        if not found or self.location is None:
+            return []
+        with encryption.local_path(self.location, mf.PLATFORM_DUMP, self.manifest) as dump:
+            return [Remade(i, render(dump, "post-data", [e], no_owner=True, no_acl=True)) for i, e in found]
+
+    def in_the_way(self, conn: psycopg.Connection, schemas: list[str]) -> tuple[set[Key], list[str]]:
+        """The target's policies and triggers on other schemas' tables that depend on something
+        in ``schemas``, which a whole ``clean`` restore drops and makes again (the sign-up
+        trigger calling public.handle_new_user, a storage policy calling a public function).
+        Those the snapshot keeps and this role may drop are dropped first (``drops``) and made
+        again from the snapshot (``make``), in the same transaction; their keys are returned,
+        for ``obstacles.dependents_outside`` to pass over.  Also returned: the problems of the
+        policies in the way through a function or type alone, which that check does not see."""
+        granted = _policy_grants(conn)
+        remade: list[dict[str, str]] = []
+        problems = []
+        for kind, schema, table, name, owner, by_relation in conn.execute(_DEPENDING, {"schemas": schemas}):
+            key = (kind, schema, table, name)
+            item = {"kind": kind, "name": name, "schema": schema, "table": table}
+            # Dropping a trigger or policy takes the table's owner; Supabase's supautils lets
+            # postgres manage policies on the tables its policy_grants names.
+            may_drop = owner or (kind == "policy" and f"{schema}.{table}" in granted)
+            if key in self.kept and may_drop:
+                remade.append(item)
+            elif kind == "policy" and not by_relation:
+                why = "may not drop it" if key in self.kept else "does not hold it"
+                problems.append(
+                    f"`clean` drops and makes again what {describe(item)} calls (in schema "
+                    f"{', '.join(schemas)}), and the restore {why}: restore into an empty database, "
+                    "or drop the policy first and make it again after"
+                )
+        self.replaced += self.render(remade)
+        return {_key(i) for i in remade}, problems
 
 
-def _key(item: dict[str, str]) -> tuple[str, str, str, str]:
+def _policy_grants(conn: psycopg.Connection) -> set[str]:
+    """The tables (``schema.table``) supautils' ``policy_grants`` lets this role manage policies on."""
+    row = conn.execute("SELECT current_user, current_setting('supautils.policy_grants', true)").fetchone()
+    if row is None or not row[1]:
+        return set()
+    try:
+        grants = json.loads(row[1])
+    except ValueError:
+        return set()
+    tables = grants.get(row[0]) if isinstance(grants, dict) else None
+    return {t for t in tables if isinstance(t, str)} if isinstance(tables, list) else set()
+
+
+#: The triggers and policies on tables outside the given schemas that depend on a function,
+#: table or type in them: (kind, schema, table, name, whether this role may act as the table's
+#: owner, whether through a table or view).
+_DEPENDING = """
+SELECT o.kind, n.nspname, c.relname, o.name, pg_catalog.pg_has_role(c.relowner, 'USAGE'),
+       EXISTS (SELECT FROM pg_catalog.pg_depend d
+                WHERE d.classid = o.cls AND d.objid = o.oid AND d.deptype = 'n'
+                  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> o.rel AND d.refobjid IN (
+                      SELECT r.oid FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+                       WHERE rn.nspname = ANY(%(schemas)s)))
+  FROM (
+  SELECT 'policy' AS kind, p.polname AS name, p.polrelid AS rel, 'pg_catalog.pg_policy'::regclass AS cls, p.oid
+    FROM pg_catalog.pg_policy p
+  UNION ALL
+  SELECT 'trigger', t.tgname, t.tgrelid, 'pg_catalog.pg_trigger'::regclass, t.oid
+    FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal
+) o
+JOIN pg_catalog.pg_class c ON c.oid = o.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname <> ALL(%(schemas)s) AND EXISTS (
+  SELECT FROM pg_catalog.pg_depend d
+   WHERE d.classid = o.cls AND d.objid = o.oid AND d.deptype = 'n' AND (
+         (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (
+            SELECT f.oid FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+             WHERE fn.nspname = ANY(%(schemas)s)))
+      OR (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> o.rel AND d.refobjid IN (
+            SELECT r.oid FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+             WHERE rn.nspname = ANY(%(schemas)s)))
+      OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (
+            SELECT y.oid FROM pg_catalog.pg_type y JOIN pg_catalog.pg_namespace yn ON yn.oid = y.typnamespace
+             WHERE yn.nspname = ANY(%(schemas)s)))))
+"""
+
+
+def _key(item: Mapping[str, Any]) -> Key:
     return item["kind"], item["schema"], item["table"], item["name"]
 
 
-def _entry_key(e: TocEntry) -> tuple[str, str, str, str] | None:
-    """(kind, schema, table, name) of a policy's or trigger's TOC entry (``schema table name
-    owner``; the name, usually a sentence, may hold spaces: the owner, last, holds none)."""
-    if e.type not in _KINDS or e.rest.count(" ") < 3:
-        return None
-    schema, table, rest = e.rest.split(" ", 2)
-    return _KINDS[e.type], schema, table, rest.rsplit(" ", 1)[0]
+def _entry_oid(e: TocEntry) -> tuple[str, int] | None:
+    """(kind, oid) of a policy's or trigger's TOC entry: found by oid, whatever its name holds
+    (``pg_restore --list`` prints names unquoted, newlines as spaces)."""
+    m = _TOC_OIDS.match(e.line)
+    return (_KINDS[e.type], int(m.group(1))) if m and e.type in _KINDS else None
 
 
 def plan_platform_objects(conn: psycopg.Connection, location: SnapshotLocation, manifest: dict) -> PlatformObjects:
     """Which of the source's objects on the platform's tables the target (``conn``) lacks and
-    the restore makes again, with their SQL; notes for those it cannot make."""
+    the restore makes again, with their SQL; what it cannot make, for the notes."""
     backed_up = list(manifest.get("schemas", []))
     left = [i for i in manifest.get("left_on_platform") or [] if i["schema"] not in backed_up]
+    found = PlatformObjects(location=location, manifest=manifest)
     if not left:
-        return PlatformObjects()
+        return found
+    if any(f["path"] == mf.PLATFORM_DUMP for f in manifest.get("schema_files", [])):
+        by_oid = {(i["kind"], i["oid"]): i for i in left if isinstance(i.get("oid"), int)}
+        with encryption.local_path(location, mf.PLATFORM_DUMP, manifest) as dump:
+            found.kept = {_key(by_oid[o]): e for e in toc(dump) if (o := _entry_oid(e)) in by_oid}
     schemas = {"schemas": sorted({i["schema"] for i in left})}
     there = set(conn.execute(_THERE, schemas).fetchall())
-    missing = [i for i in left if (i["kind"], i["schema"], i["table"], i["name"]) not in there]
+    missing = [i for i in left if _key(i) not in there]
     if not missing:
-        return PlatformObjects()
+        return found
     tables = set(conn.execute(_TABLES, schemas).fetchall())
-    found = PlatformObjects()
-    no_table = [i for i in missing if (i["schema"], i["table"]) not in tables]
+    found.no_table = [i for i in missing if (i["schema"], i["table"]) not in tables]
     makeable = [i for i in missing if (i["schema"], i["table"]) in tables]
-    if makeable and any(f["path"] == mf.PLATFORM_DUMP for f in manifest.get("schema_files", [])):
-        with encryption.local_path(location, mf.PLATFORM_DUMP, manifest) as dump:
-            entries = {k: e for e in toc(dump) if (k := _entry_key(e)) is not None}
-            for item in makeable:
-                entry = entries.get(_key(item))
-                if entry is not None:
-                    sql = render(dump, "post-data", [entry], no_owner=True, no_acl=True)
-                    found.make.append(Remade(item, sql))
-    made = {_key(r.item) for r in found.make}
-    unkept = [i for i in makeable if _key(i) not in made]
-    if found.make:
-        found.notes.append(
-            "making the source project's own objects on the platform's tables again, last: "
-            + ", ".join(describe(r.item) for r in found.make)
-        )
-    if unkept:
-        whole = " ".join(f"--schema {s}" for s in [*backed_up, *sorted({i["schema"] for i in unkept})])
-        found.notes.append(
-            f"the source project had {shown(unkept)}, which this snapshot does not hold (its schemas were "
-            f"{', '.join(backed_up)}) and this database lacks: restore a snapshot taken with {whole} for them"
-        )
-    if no_table:
-        found.notes.append(
-            f"the source project had {shown(no_table)}, and this database lacks their tables "
-            f"({', '.join(sorted({i['schema'] + '.' + i['table'] for i in no_table}))}): switch the feature on "
-            "in the project (Realtime's tables come with its first start) and make them again"
-        )
+    found.missing = found.render(makeable)
+    found.unkept = [i for i in makeable if _key(i) not in found.kept]
     return found
 
 
@@ -128,6 +276,8 @@ def make_again(conn: psycopg.Connection, objects: list[Remade]) -> list[str]:
         try:
             with conn.transaction():
                 conn.execute(obj.sql)
+        except psycopg.OperationalError:
+            raise  # the time limit, a lock wait, a lost connection: the restore's failure, not the object's
         except psycopg.Error as exc:
             reason = exc.diag.message_primary or type(exc).__name__
             refused.append(f"could not make {describe(obj.item)} again: {reason}; {DEFINITION_AT}")

@@ -11,6 +11,7 @@ collects their problems with every other one.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 import psycopg
 from psycopg import sql
@@ -147,13 +148,20 @@ def dependents_in_the_way(
 _RELATIONS = {"TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE"}
 
 
-def dependents_outside(conn: psycopg.Connection, manifest: dict, entries: list[TocEntry]) -> list[str]:
+def dependents_outside(
+    conn: psycopg.Connection,
+    manifest: dict,
+    entries: list[TocEntry],
+    remade: AbstractSet[tuple[str, str, str, str]] = frozenset(),
+) -> list[str]:
     """What stops a whole-snapshot ``clean`` restore: the target's foreign keys, views and
     policies that depend on a table or view the restore drops and makes again (its ``entries``
     of the snapshot's archive), that the archive does not have (another schema's, or made after
     the backup), and that pg_restore does not drop first with their own table (it drops in
     the archive's reverse order, keys and policies before tables).  Found here, not by the
-    real run failing on 'other objects depend on it' after a dry run that passed."""
+    real run failing on 'other objects depend on it' after a dry run that passed.  Policies and
+    triggers in ``remade`` ((kind, schema, table, name): the restore drops them first and makes
+    them again, ``left_out.PlatformObjects.in_the_way``) stand in no one's way."""
     relations = _positions(e for e in entries if e.type in _RELATIONS)
     archived = {kind: _positions(e for e in entries if e.type == kind) for kind in ("FK CONSTRAINT", "POLICY")}
     archived["VIEW"] = relations
@@ -164,7 +172,7 @@ def dependents_outside(conn: psycopg.Connection, manifest: dict, entries: list[T
     params = {"dropped": sorted(set(dropped)), "schemas": [], "in_place": [], "skip_dropped": False}
     for table, what, t_schema, t_name, schema, name, kind, obj in conn.execute(_DEPENDENTS, params):
         own = f"{schema} {name}" + (f" {obj}" if obj is not None else "")
-        if own in archived[kind]:
+        if own in archived[kind] or (kind == "POLICY" and ("policy", schema, name, obj) in remade):
             continue  # pg_restore drops it first, as it is in the archive
         # A policy goes with its table, when that is dropped before the one it reads; a foreign
         # key never does: the key it references is dropped first, before any table.
@@ -178,7 +186,9 @@ def dependents_outside(conn: psycopg.Connection, manifest: dict, entries: list[T
     triggers = _positions(e for e in entries if e.type == "TRIGGER")
     for function, f_schema, signature, what, schema, name, trigger in conn.execute(_TRIGGERS):
         if f"{f_schema} {signature}" in functions and not (
-            f"{schema} {name} {trigger}" in triggers or f"{schema} {name}" in relations
+            f"{schema} {name} {trigger}" in triggers
+            or f"{schema} {name}" in relations
+            or ("trigger", schema, name, trigger) in remade
         ):
             found.setdefault(function, []).append(what)
     return [

@@ -300,8 +300,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             plan.notes += settings.differences(manifest, current, dbname, roles=have)
             plan.notes += settings.database_differences(manifest, database_settings(conn), dbname)
             scheduling = plan_jobs(conn, location, manifest, target, request)
-            platform_objects = plan_platform_objects(conn, location, manifest)
-            plan.notes += platform_objects.notes
+            if not request.data_only:  # they are schema, as the jobs are
+                platform_objects = plan_platform_objects(conn, location, manifest)
         plan.schemas = schemas
         in_place: list[dict] = []
         kept_parents: list[dict] = []
@@ -364,7 +364,15 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     new_sequences=_missing(conn, defaults),
                 )
                 if full and clean and plan.existing:
-                    problems += dependents_outside(conn, manifest, entries)
+                    # The snapshot's own copies of the project's objects on the platform's
+                    # tables are dropped first and made again, so they stand in no one's way.
+                    backed_up = list(manifest.get("schemas", []))
+                    remade: set[tuple[str, str, str, str]] = set()
+                    if platform_objects is not None:
+                        platform_objects.leave_missing()
+                        remade, in_the_way = platform_objects.in_the_way(conn, backed_up)
+                        problems += in_the_way
+                    problems += dependents_outside(conn, manifest, entries, remade=remade)
             if schemas and in_place and not plan.existing:
                 # Nothing rebuilt, but the schemas' other objects (views, sequences) exist:
                 # --clean drops them first, as it would with a table to rebuild.
@@ -387,6 +395,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
             plan.notes += database.notes
             if database.large_objects and not request.schema_only:
                 plan.large_objects = list(manifest.get("large_objects", []))
+    if platform_objects is not None:
+        plan.notes += platform_objects.notes
     if scheduling is not None:
         plan.notes += scheduling.notes
         if scheduling.scheduled:

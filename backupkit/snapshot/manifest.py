@@ -286,12 +286,17 @@ def _cron_jobs_problems(jobs: object) -> list[str]:
 
 
 def _left_on_platform_problems(left: object) -> list[str]:
-    """The shape of ``left_on_platform`` (when present): objects of four strings."""
+    """The shape of ``left_on_platform`` (when present): objects of four strings, and an
+    integer ``oid`` where recorded."""
     keys = ("kind", "name", "schema", "table")
-    if left is None or (
-        isinstance(left, list)
-        and all(isinstance(i, dict) and all(isinstance(i.get(k), str) for k in keys) for i in left)
-    ):
+
+    def good(i: object) -> bool:
+        if not (isinstance(i, dict) and all(isinstance(i.get(k), str) for k in keys)):
+            return False
+        oid = i.get("oid", 0)
+        return isinstance(oid, int) and not isinstance(oid, bool)
+
+    if left is None or (isinstance(left, list) and all(map(good, left))):
         return []
     return [f"{MANIFEST}: left_on_platform is not a list of objects with kind, name, schema and table"]
 

@@ -282,6 +282,13 @@ class PlatformObject(TypedDict):
     name: Annotated[str, "Its name."]
     schema: Annotated[str, "Its table's schema."]
     table: Annotated[str, "Its table's name."]
+    oid: NotRequired[
+        Annotated[
+            int,
+            "Its oid in the source (`pg_policy`, `pg_trigger`), read at the consistent moment: its entry in "
+            "`schema/platform.dump` (absent in snapshots without that file).",
+        ]
+    ]
 
 
 class Encryption(TypedDict):
