@@ -378,6 +378,8 @@ def schedule(conn: psycopg.Connection, statements: Sequence[Statement]) -> list[
         try:
             with conn.transaction():
                 conn.execute(s.query, s.params)
+        except psycopg.OperationalError:
+            raise  # the time limit, a lock wait, a lost connection: the restore's failure, not the job's
         except psycopg.Error as exc:
             reason = (exc.diag.message_primary or type(exc).__name__).replace(s.job.command, "(its command)")
             refused.append(f"pg_cron did not schedule job {_named(s.job)}: {reason}; {COMMANDS_AT}")
