@@ -205,6 +205,9 @@ def test_a_run_in_another_container_or_on_a_clone_of_the_same_host_name_is_not_l
     assert monitor.interruption(rec, NOW, container) is None
     clone = monitor.Here("db1", "another-boot", nothing_here, **place, booted_at=NOW - timedelta(hours=1))
     assert monitor.interruption({**rec, "machine": "c0" * 16}, NOW, clone) is None
+    # Another machine id is another machine, even where the namespace or boot cannot be read.
+    unreadable = monitor.Here("db1", None, nothing_here, machine="c0" * 16)
+    assert monitor.interruption(rec, NOW, unreadable) is None
     # Past the run limit it is taken for dead, as from any place that cannot look.
     old = {**rec, "started_at": (NOW - monitor.RUN_LIMIT - timedelta(minutes=1)).isoformat()}
     why = monitor.interruption(old, NOW, container)

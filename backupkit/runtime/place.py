@@ -75,10 +75,12 @@ def whereabouts(recorded: Mapping[str, Any], started: datetime | None, here: Pla
     namespace = recorded.get("pid_namespace")
     if isinstance(namespace, str) and here.pid_namespace is not None and namespace != here.pid_namespace:
         return Whereabouts.ELSEWHERE  # another container, on this kernel or another
+    machine = recorded.get("machine")
+    if isinstance(machine, str) and here.machine is not None and machine != here.machine:
+        return Whereabouts.ELSEWHERE  # another machine of the same name, whatever else cannot be read
     identity = recorded.get("process")
     boot = identity.split(":", 1)[0] if isinstance(identity, str) else None
     if boot and here.boot_id and boot != here.boot_id:
-        machine = recorded.get("machine")
         if (
             isinstance(machine, str)
             and machine == here.machine
