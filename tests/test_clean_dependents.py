@@ -123,3 +123,55 @@ def test_supabase_trigger_on_auth_users_stops_a_whole_clean_restore_of_public(su
         ) in run.stderr
     named = run_cli("restore", snap, "--dsn", project, "--schema", "public", "--clean", "--dry-run")
     assert named.returncode == 0, named.stdout + named.stderr
+
+
+ROUTINES = """
+    CREATE TABLE public.orders (id int PRIMARY KEY, state text);
+    CREATE FUNCTION public.new_id() RETURNS int LANGUAGE sql AS 'SELECT 7';
+    CREATE TYPE public.mood AS ENUM ('sad', 'ok');
+    INSERT INTO public.orders VALUES (1, 'open');
+"""
+
+ON_ROUTINES = """
+    CREATE SCHEMA app;
+    CREATE TABLE app.events (id int DEFAULT public.new_id(), feeling public.mood, copy public.orders);
+    CREATE VIEW app.next_ids AS SELECT public.new_id() AS id;
+    CREATE FUNCTION public.made_later() RETURNS int LANGUAGE sql AS 'SELECT 1';
+    CREATE VIEW app.later AS SELECT public.made_later() AS one;
+"""
+
+
+def test_whole_clean_restore_names_what_outside_depends_on_its_functions_and_types(make_db, tmp_path):
+    """Another schema's column default calling public.new_id(), a view calling it and a column
+    of the public.mood type: pg_restore --clean drops the function and the type to make them
+    again, and the DROP failed in the real run (rolled back) after a dry run that passed.  A
+    function made after the backup is not the snapshot's: the restore leaves it, and what uses it."""
+    target = make_db("cdfn")
+    run_sql(target, ROUTINES)
+    snap = backupkit.backup(target, tmp_path, schemas=["public"], progress=False).path
+    run_sql(target, ON_ROUTINES + "UPDATE public.orders SET state = 'paid'")
+
+    dry = run_cli("restore", snap, "--dsn", target, "--clean", "--dry-run")
+    real = run_cli("restore", snap, "--dsn", target, "--clean")
+    for run in (dry, real):
+        assert run.returncode == 9, run.stdout + run.stderr
+        assert (
+            "`--clean` drops and makes again function public.new_id(), but these depend on it and the restore "
+            "would not drop and make them again: default value for column id of table app.events, view app.next_ids;"
+        ) in run.stderr
+        assert (
+            "`--clean` drops and makes again type public.mood, but these depend on it and the restore would not "
+            "drop and make them again: column feeling of table app.events;"
+        ) in run.stderr
+        assert (
+            "`--clean` drops and makes again type public.orders, but these depend on it and the restore would not "
+            "drop and make them again: column copy of table app.events;"
+        ) in run.stderr
+        assert "made_later" not in run.stderr
+    assert sql_rows(target, "SELECT state FROM public.orders") == [("paid",)]  # unchanged
+
+    run_sql(target, "DROP TABLE app.events; DROP VIEW app.next_ids")
+    again = run_cli("restore", snap, "--dsn", target, "--clean")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sql_rows(target, "SELECT state FROM public.orders") == [("open",)]
+    assert sql_rows(target, "SELECT one FROM app.later") == [(1,)]

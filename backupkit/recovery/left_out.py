@@ -156,34 +156,24 @@ class PlatformObjects:
         with encryption.local_path(self.location, mf.PLATFORM_DUMP, self.manifest) as dump:
             return [Remade(i, render(dump, "post-data", [e], no_owner=True, no_acl=True)) for i, e in found]
 
-    def in_the_way(self, conn: psycopg.Connection, schemas: list[str]) -> tuple[set[Key], list[str]]:
+    def in_the_way(self, conn: psycopg.Connection, schemas: list[str]) -> set[Key]:
         """The target's policies and triggers on other schemas' tables that depend on something
         in ``schemas``, which a whole ``clean`` restore drops and makes again (the sign-up
         trigger calling public.handle_new_user, a storage policy calling a public function).
         Those the snapshot keeps and this role may drop are dropped first (``drops``) and made
         again from the snapshot (``make``), in the same transaction; their keys are returned,
-        for ``obstacles.dependents_outside`` to pass over.  Also returned: the problems of the
-        policies in the way through a function or type alone, which that check does not see."""
+        for ``obstacles.dependents_outside`` and ``routine_dependents`` to pass over (the
+        others stay in the way, and those checks name them)."""
         granted = _policy_grants(conn)
-        remade: list[dict[str, str]] = []
-        problems = []
-        for kind, schema, table, name, owner, by_relation in conn.execute(_DEPENDING, {"schemas": schemas}):
-            key = (kind, schema, table, name)
-            item = {"kind": kind, "name": name, "schema": schema, "table": table}
+        remade = []
+        for kind, schema, table, name, owner in conn.execute(_DEPENDING, {"schemas": schemas}):
             # Dropping a trigger or policy takes the table's owner; Supabase's supautils lets
             # postgres manage policies on the tables its policy_grants names.
             may_drop = owner or (kind == "policy" and f"{schema}.{table}" in granted)
-            if key in self.kept and may_drop:
-                remade.append(item)
-            elif kind == "policy" and not by_relation:
-                why = "may not drop it" if key in self.kept else "does not hold it"
-                problems.append(
-                    f"`clean` drops and makes again what {describe(item)} calls (in schema "
-                    f"{', '.join(schemas)}), and the restore {why}: restore into an empty database, "
-                    "or drop the policy first and make it again after"
-                )
+            if (kind, schema, table, name) in self.kept and may_drop:
+                remade.append({"kind": kind, "name": name, "schema": schema, "table": table})
         self.replaced += self.render(remade)
-        return {_key(i) for i in remade}, problems
+        return {_key(i) for i in remade}
 
 
 def _policy_grants(conn: psycopg.Connection) -> set[str]:
@@ -201,14 +191,9 @@ def _policy_grants(conn: psycopg.Connection) -> set[str]:
 
 #: The triggers and policies on tables outside the given schemas that depend on a function,
 #: table or type in them: (kind, schema, table, name, whether this role may act as the table's
-#: owner, whether through a table or view).
+#: owner).
 _DEPENDING = """
-SELECT o.kind, n.nspname, c.relname, o.name, pg_catalog.pg_has_role(c.relowner, 'USAGE'),
-       EXISTS (SELECT FROM pg_catalog.pg_depend d
-                WHERE d.classid = o.cls AND d.objid = o.oid AND d.deptype = 'n'
-                  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> o.rel AND d.refobjid IN (
-                      SELECT r.oid FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
-                       WHERE rn.nspname = ANY(%(schemas)s)))
+SELECT o.kind, n.nspname, c.relname, o.name, pg_catalog.pg_has_role(c.relowner, 'USAGE')
   FROM (
   SELECT 'policy' AS kind, p.polname AS name, p.polrelid AS rel, 'pg_catalog.pg_policy'::regclass AS cls, p.oid
     FROM pg_catalog.pg_policy p

@@ -225,6 +225,96 @@ def _positions(entries: Iterable[TocEntry]) -> dict[str, int]:
     return found
 
 
+#: Objects outside the given schemas (by their table's, or their own, schema) that depend on a
+#: function or type in them: what they depend on (its kind, schema and "name(args)" as
+#: pg_restore lists it), and the object in words.  Triggers are ``dependents_outside``'s, and
+#: so is whatever also depends on one of those schemas' tables or views (views, policies).
+_ON_ROUTINES = """
+WITH refs AS (
+  SELECT 'pg_catalog.pg_proc'::regclass AS cls, p.oid, 'FUNCTION' AS kind, n.nspname,
+         p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')' AS name
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+   WHERE n.nspname = ANY(%(schemas)s)
+  UNION ALL
+  SELECT 'pg_catalog.pg_type'::regclass, t.oid, 'TYPE', n.nspname, t.typname
+    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+   WHERE n.nspname = ANY(%(schemas)s)
+), deps AS (
+  SELECT r.kind, r.nspname, r.name, d.classid, d.objid, d.objsubid,
+         CASE d.classid
+           WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = d.objid)
+           WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_attrdef a
+                JOIN pg_catalog.pg_class c ON c.oid = a.adrelid WHERE a.oid = d.objid)
+           WHEN 'pg_catalog.pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_rewrite w
+                JOIN pg_catalog.pg_class c ON c.oid = w.ev_class WHERE w.oid = d.objid)
+           WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_policy p
+                JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
+           WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT pronamespace FROM pg_catalog.pg_proc WHERE oid = d.objid)
+           WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT typnamespace FROM pg_catalog.pg_type WHERE oid = d.objid)
+           WHEN 'pg_catalog.pg_constraint'::regclass THEN (
+                SELECT coalesce(c.relnamespace, t.typnamespace, k.connamespace) FROM pg_catalog.pg_constraint k
+                  LEFT JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+                  LEFT JOIN pg_catalog.pg_type t ON t.oid = k.contypid WHERE k.oid = d.objid)
+         END AS namespace
+    FROM pg_catalog.pg_depend d JOIN refs r ON r.cls = d.refclassid AND r.oid = d.refobjid
+   WHERE d.deptype = 'n' AND d.classid <> 'pg_catalog.pg_trigger'::regclass
+)
+SELECT x.kind, x.nspname, x.name, pg_catalog.quote_ident(x.nspname),
+       CASE WHEN x.classid = 'pg_catalog.pg_rewrite'::regclass
+            THEN 'view ' || (SELECT ev_class::regclass::text FROM pg_catalog.pg_rewrite WHERE oid = x.objid)
+            ELSE pg_catalog.pg_describe_object(x.classid, x.objid, x.objsubid) END,
+       CASE WHEN x.classid = 'pg_catalog.pg_policy'::regclass
+            THEN (SELECT p.polname::text FROM pg_catalog.pg_policy p WHERE p.oid = x.objid) END,
+       CASE WHEN x.classid = 'pg_catalog.pg_policy'::regclass
+            THEN (SELECT c.relname::text FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+                   WHERE p.oid = x.objid) END,
+       n.nspname
+  FROM deps x JOIN pg_catalog.pg_namespace n ON n.oid = x.namespace
+ WHERE n.nspname <> ALL(%(schemas)s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e JOIN pg_catalog.pg_class c ON c.oid = e.refobjid
+                    JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+                   WHERE e.classid = x.classid AND e.objid = x.objid AND e.deptype = 'n'
+                     AND e.refclassid = 'pg_catalog.pg_class'::regclass AND cn.nspname = ANY(%(schemas)s))
+ ORDER BY 1, 2, 3, 5
+"""
+
+
+def routine_dependents(
+    conn: psycopg.Connection,
+    entries: list[TocEntry],
+    schemas: list[str],
+    remade: AbstractSet[tuple[str, str, str, str]] = frozenset(),
+) -> list[str]:
+    """What else stops a whole-snapshot ``clean`` restore (``dependents_outside`` has tables,
+    views and triggers): objects in other schemas that depend on one of the archive's
+    functions or types, which pg_restore drops and makes again (a column default calling
+    public.new_id(), a view in reporting calling a public function, a column of a public
+    enum type or of a public table's row type, a policy calling public.is_admin()).  DROP
+    FUNCTION or DROP TYPE would fail on each in the real run; those in ``remade`` the restore
+    drops first itself."""
+    archived = {
+        "FUNCTION": _positions(e for e in entries if e.type in ("FUNCTION", "PROCEDURE", "AGGREGATE")),
+        # A table's or view's row type goes with it: a column of that type stands in the way too.
+        "TYPE": _positions(e for e in entries if e.type in ("TYPE", "DOMAIN", *_RELATIONS)),
+    }
+    found: dict[str, list[str]] = {}
+    rows = conn.execute(_ON_ROUTINES, {"schemas": schemas})
+    for kind, schema, name, shown_schema, what, policy, table, dependent_schema in rows:
+        if f"{schema} {name}" not in archived[kind]:
+            continue  # not the archive's: the restore neither drops nor makes it
+        if policy is not None and ("policy", dependent_schema, table, policy) in remade:
+            continue
+        label = f"{'function' if kind == 'FUNCTION' else 'type'} {shown_schema}.{name}"
+        if what not in found.setdefault(label, []):
+            found[label].append(what)
+    return [
+        f"`clean` drops and makes again {ref}, but these depend on it and the restore would not drop "
+        f"and make them again: {', '.join(whats)}; restore into an empty database, or drop those first "
+        "(and make them again after)"
+        for ref, whats in found.items()
+    ]
+
+
 def parents_missing(conn: psycopg.Connection, chosen: list[dict]) -> list[str]:
     """Tables the restore makes that inherit (``INHERITS``, not a partition) from a table it
     neither makes nor finds in the target: their CREATE TABLE failed on 'relation does not

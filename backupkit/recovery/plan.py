@@ -53,6 +53,7 @@ from .obstacles import (
     may_disable_triggers,
     names_taken,
     parents_missing,
+    routine_dependents,
     row_security,
 )
 from .partitions import keep_parents_in_place, partition_hierarchy, partitioned_tables, partitions_lost
@@ -370,9 +371,9 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     remade: set[tuple[str, str, str, str]] = set()
                     if platform_objects is not None:
                         platform_objects.leave_missing()
-                        remade, in_the_way = platform_objects.in_the_way(conn, backed_up)
-                        problems += in_the_way
+                        remade = platform_objects.in_the_way(conn, backed_up)
                     problems += dependents_outside(conn, manifest, entries, remade=remade)
+                    problems += routine_dependents(conn, entries, backed_up, remade=remade)
             if schemas and in_place and not plan.existing:
                 # Nothing rebuilt, but the schemas' other objects (views, sequences) exist:
                 # --clean drops them first, as it would with a table to rebuild.
