@@ -175,3 +175,41 @@ def test_whole_clean_restore_names_what_outside_depends_on_its_functions_and_typ
     assert again.returncode == 0, again.stdout + again.stderr
     assert sql_rows(target, "SELECT state FROM public.orders") == [("open",)]
     assert sql_rows(target, "SELECT one FROM app.later") == [(1,)]
+
+
+def test_whole_clean_restore_sets_aside_the_triggers_that_call_its_functions_and_puts_them_back(make_db, tmp_path):
+    """A trigger on a partitioned table of another schema calls public.stamp(), which the
+    restore drops and makes again: it is set aside with its partitions' clones and made again
+    as it is, and the restore goes through (it was refused, naming each partition's clone)."""
+    target = make_db("cdtrg")
+    run_sql(
+        target,
+        """
+        CREATE TABLE public.orders (id int PRIMARY KEY);
+        CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN NEW.at := 1; RETURN NEW; END';
+        INSERT INTO public.orders VALUES (1);
+        """,
+    )
+    snap = backupkit.backup(target, tmp_path, schemas=["public"], progress=False).path
+    run_sql(
+        target,
+        """
+        CREATE SCHEMA events;
+        CREATE TABLE events.log (day int, at int) PARTITION BY RANGE (day);
+        CREATE TABLE events.log_1 PARTITION OF events.log FOR VALUES FROM (0) TO (10);
+        CREATE TRIGGER stamp BEFORE INSERT ON events.log FOR EACH ROW EXECUTE FUNCTION public.stamp();
+        INSERT INTO public.orders VALUES (2);
+        """,
+    )
+    dry = run_cli("restore", snap, "--dsn", target, "--clean", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert 'setting aside trigger "stamp" on events.log' in dry.stdout + dry.stderr
+    real = run_cli("restore", snap, "--dsn", target, "--clean")
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert sql_rows(target, "SELECT id FROM public.orders") == [(1,)]
+    run_sql(target, "INSERT INTO events.log (day) VALUES (3)")
+    assert sql_rows(target, "SELECT day, at FROM events.log") == [(3, 1)]  # the trigger fires, on the new function
+    assert sql_rows(target, "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'stamp' ORDER BY 1") == [
+        ("events.log",),
+        ("events.log_1",),
+    ]

@@ -621,7 +621,7 @@ def test_a_clean_restore_into_the_live_project_makes_its_storage_policies_again(
     """Rolling the live project back to last night's `public`-only snapshot (`--clean`, whole):
     a storage policy calls public.is_admin, which the restore drops and makes again.  The dry
     run did not see it (a policy depending on a function), and the real run failed on DROP
-    FUNCTION, rolled back.  The policy is now dropped first and made again from the snapshot
+    FUNCTION, rolled back.  The policy is now set aside and made again as the project has it,
     in the restore's one transaction; a role that may not drop it is refused by the dry run."""
     project = supabase_project.new_project()
     with psycopg.connect(project, autocommit=True) as conn:
@@ -638,8 +638,12 @@ def test_a_clean_restore_into_the_live_project_makes_its_storage_policies_again(
     assert mf.PLATFORM_DUMP in [f["path"] for f in res.manifest["schema_files"]]
     with psycopg.connect(project, autocommit=True) as conn:  # the day's change the rollback undoes
         conn.execute("INSERT INTO public.notes VALUES (2, 'after the snapshot')")
-    with psycopg.connect(admin, autocommit=True) as conn:  # closed on purpose since the snapshot
+    with psycopg.connect(admin, autocommit=True) as conn:  # changed on purpose since the snapshot
         conn.execute('DROP POLICY "Anyone reads anything" ON storage.objects')
+        conn.execute(
+            'ALTER POLICY "Admins upload anything" ON storage.objects '
+            "WITH CHECK (public.is_admin() AND bucket_id = 'uploads')"
+        )
     # Without the right to drop a policy on storage.objects: refused before anything changes.
     out = run_cli("restore", res.path, "--dsn", project, "--clean", "--dry-run")
     assert out.returncode == 9, out.stdout + out.stderr
@@ -649,7 +653,7 @@ def test_a_clean_restore_into_the_live_project_makes_its_storage_policies_again(
     ) in out.stderr
     with supautils_policy_grants(supabase_project, project):
         plan = backupkit.restore(res.path, project, clean=True, dry_run=True).plan
-        [note] = [n for n in plan.notes if n.startswith("dropping and making again from the snapshot")]
+        [note] = [n for n in plan.notes if n.startswith("setting aside ")]
         assert 'policy "Admins upload anything" on storage.objects' in note
         # A rollback does not bring back what the project dropped since: it is only named.
         [note] = [n for n in plan.notes if "which this database lacks now" in n]
@@ -662,9 +666,10 @@ def test_a_clean_restore_into_the_live_project_makes_its_storage_policies_again(
         assert conn.execute(
             "SELECT count(*) FROM pg_policies WHERE policyname = 'Anyone reads anything'"
         ).fetchone() == (0,)
+        # As the project has it now, not as the snapshot had it: a rollback of public changes no policy.
         assert conn.execute(
             "SELECT cmd, with_check FROM pg_policies WHERE policyname = 'Admins upload anything'"
-        ).fetchone() == ("INSERT", "is_admin()")
+        ).fetchone() == ("INSERT", "(is_admin() AND (bucket_id = 'uploads'::text))")
         # The policy calls the function the restore made, not one left behind.
         assert conn.execute(
             "SELECT count(*) FROM pg_depend d JOIN pg_policy p ON p.oid = d.objid "
@@ -677,3 +682,35 @@ def test_a_clean_restore_into_the_live_project_makes_its_storage_policies_again(
     with psycopg.connect(admin, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM public.notes").fetchall() == [(1, "kept")]
         assert conn.execute("SELECT count(*) FROM pg_policies WHERE schemaname = 'storage'").fetchone() == (0,)
+
+
+def test_a_policy_that_cannot_be_put_back_rolls_the_clean_restore_back(supabase_project, tmp_path):
+    """The policy set aside uses the function the snapshot replaces, whose snapshot version no
+    longer fits it (it returned a boolean then, an integer now): making it again fails, and
+    the whole restore is rolled back instead of committing without the policy.  A policy that
+    uses only what was made after the backup is not in the way at all, and stays as it is."""
+    project = supabase_project.new_project()
+    with psycopg.connect(project, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.is_admin() RETURNS boolean LANGUAGE sql STABLE AS 'SELECT false'")
+        conn.execute("CREATE TABLE public.notes (id int PRIMARY KEY)")
+    res = backupkit.backup(project, tmp_path / "backups")
+    admin = supabase_project.admin(project)
+    with psycopg.connect(project, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION public.is_admin()")
+        conn.execute("CREATE FUNCTION public.is_admin() RETURNS int LANGUAGE sql STABLE AS 'SELECT 0'")
+        conn.execute("CREATE FUNCTION public.may_upload() RETURNS boolean LANGUAGE sql STABLE AS 'SELECT true'")
+        conn.execute("INSERT INTO public.notes VALUES (1)")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute('CREATE POLICY "Admins" ON storage.objects FOR INSERT WITH CHECK (public.is_admin() = 1)')
+        conn.execute('CREATE POLICY "Uploads" ON storage.objects FOR INSERT WITH CHECK (public.may_upload())')
+    with supautils_policy_grants(supabase_project, project):
+        plan = backupkit.restore(res.path, project, clean=True, dry_run=True).plan
+        [note] = [n for n in plan.notes if n.startswith("setting aside ")]
+        assert 'policy "Admins" on storage.objects' in note and "Uploads" not in note
+        with pytest.raises(RestoreError, match='could not make policy "Admins" on storage.objects again as it was'):
+            backupkit.restore(res.path, project, clean=True)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT policyname, with_check FROM pg_policies WHERE schemaname = 'storage' ORDER BY 1"
+        ).fetchall() == [("Admins", "(is_admin() = 1)"), ("Uploads", "may_upload()")]
+        assert conn.execute("SELECT * FROM public.notes").fetchall() == [(1,)]  # rolled back

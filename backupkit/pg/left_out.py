@@ -108,15 +108,15 @@ _UNREADABLE = """
 SELECT DISTINCT pg_catalog.format('%%I.%%I', n.nspname, c.relname)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(tables)s::text[]))
-   AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')
-            AND pg_catalog.has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE'))
+   AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))
  ORDER BY 1
 """
 
 
 def undumpable(conn: psycopg.Connection, left: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The tables of ``left`` this role may not pg_dump (it locks each, which takes a right on
-    it and its schema), so a backup cannot keep their objects (``dump_platform_objects``)."""
+    """The tables of ``left`` this role may not pg_dump (it locks each, which takes SELECT on
+    PostgreSQL 15, and USAGE on its schema), so a backup cannot keep their objects
+    (``dump_platform_objects``)."""
     tables = sorted({(i["schema"], i["table"]) for i in left})
     params = {"schemas": [t[0] for t in tables], "tables": [t[1] for t in tables]}
     return [r[0] for r in conn.execute(_UNREADABLE, params).fetchall()]

@@ -395,8 +395,10 @@ def _complete_scripts(scripts: Scripts, found: Survey, manifest: dict, *, parall
         scripts.cron = found.cron.statements
     if found.platform_objects is not None:
         scripts.platform_objects = found.platform_objects.make
-        if found.platform_objects.drops:  # before pg_restore's DROPs of what they depend on
-            scripts.clean = "".join(found.platform_objects.drops) + (scripts.clean or "")
+    if found.in_the_way is not None and found.in_the_way.put_back:
+        scripts.put_back = found.in_the_way.put_back
+        # Before pg_restore's DROPs of what they use: a whole clean restore always drops first.
+        scripts.clean = "".join(found.in_the_way.drops) + (scripts.clean or "")
     if plan.large_objects and found.database is not None:  # large objects come with the database archive
         scripts.large_objects = found.database.large_objects
         if clean and found.target.large_objects:

@@ -12,20 +12,18 @@ role that could not dump those tables) or whose table the target lacks are named
 
 A ``clean`` restore into the project itself (its tables there) makes none it lacks: they may
 have been dropped on purpose since the backup, and a rollback of ``public`` must not bring an
-upload policy back.  It only drops first, and makes again, those of its own that depend on
-what it replaces (``PlatformObjects.in_the_way``).  A ``data_only`` restore makes none.
+upload policy back (those it has and that use what it replaces are set aside and put back as
+they are: ``in_the_way``).  A ``data_only`` restore makes none.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from ..pg.left_out import describe, shown
 from ..pg.schema import TocEntry, render, toc
@@ -81,29 +79,13 @@ class PlatformObjects:
     #: Those the target lacks and the snapshot does not hold; those whose table it lacks.
     unkept: list[dict[str, Any]] = field(default_factory=list)
     no_table: list[dict[str, Any]] = field(default_factory=list)
-    #: The target's copies in the way of a ``clean`` restore, dropped first and made again.
-    replaced: list[Remade] = field(default_factory=list)
     #: Those the target lacks that a ``clean`` restore into the project leaves out.
     left_missing: list[Mapping[str, Any]] = field(default_factory=list)
 
     @property
     def make(self) -> list[Remade]:
         """What the restore makes, last, each in a savepoint (``make_again``)."""
-        return self.missing + self.replaced
-
-    @property
-    def drops(self) -> list[str]:
-        """DROPs of the ``replaced`` objects' copies, run before the restore's own."""
-        return [
-            sql.SQL("DROP {} IF EXISTS {} ON {};\n")
-            .format(
-                sql.SQL(r.item["kind"].upper()),
-                sql.Identifier(r.item["name"]),
-                sql.Identifier(r.item["schema"], r.item["table"]),
-            )
-            .as_string(None)
-            for r in self.replaced
-        ]
+        return self.missing
 
     @property
     def notes(self) -> list[str]:
@@ -113,11 +95,6 @@ class PlatformObjects:
         if self.missing:
             made = ", ".join(describe(r.item) for r in self.missing)
             notes.append(f"making the source project's own objects on the platform's tables again, last: {made}")
-        if self.replaced:
-            notes.append(
-                f"dropping and making again from the snapshot {shown([r.item for r in self.replaced])}: "
-                "they depend on what the clean restore replaces"
-            )
         if self.left_missing:
             notes.append(
                 f"the source project had {shown(self.left_missing)}, which this database lacks now: a clean "
@@ -155,66 +132,6 @@ class PlatformObjects:
             return []
         with encryption.local_path(self.location, mf.PLATFORM_DUMP, self.manifest) as dump:
             return [Remade(i, render(dump, "post-data", [e], no_owner=True, no_acl=True)) for i, e in found]
-
-    def in_the_way(self, conn: psycopg.Connection, schemas: list[str]) -> set[Key]:
-        """The target's policies and triggers on other schemas' tables that depend on something
-        in ``schemas``, which a whole ``clean`` restore drops and makes again (the sign-up
-        trigger calling public.handle_new_user, a storage policy calling a public function).
-        Those the snapshot keeps and this role may drop are dropped first (``drops``) and made
-        again from the snapshot (``make``), in the same transaction; their keys are returned,
-        for ``obstacles.dependents_outside`` and ``routine_dependents`` to pass over (the
-        others stay in the way, and those checks name them)."""
-        granted = _policy_grants(conn)
-        remade = []
-        for kind, schema, table, name, owner in conn.execute(_DEPENDING, {"schemas": schemas}):
-            # Dropping a trigger or policy takes the table's owner; Supabase's supautils lets
-            # postgres manage policies on the tables its policy_grants names.
-            may_drop = owner or (kind == "policy" and f"{schema}.{table}" in granted)
-            if (kind, schema, table, name) in self.kept and may_drop:
-                remade.append({"kind": kind, "name": name, "schema": schema, "table": table})
-        self.replaced += self.render(remade)
-        return {_key(i) for i in remade}
-
-
-def _policy_grants(conn: psycopg.Connection) -> set[str]:
-    """The tables (``schema.table``) supautils' ``policy_grants`` lets this role manage policies on."""
-    row = conn.execute("SELECT current_user, current_setting('supautils.policy_grants', true)").fetchone()
-    if row is None or not row[1]:
-        return set()
-    try:
-        grants = json.loads(row[1])
-    except ValueError:
-        return set()
-    tables = grants.get(row[0]) if isinstance(grants, dict) else None
-    return {t for t in tables if isinstance(t, str)} if isinstance(tables, list) else set()
-
-
-#: The triggers and policies on tables outside the given schemas that depend on a function,
-#: table or type in them: (kind, schema, table, name, whether this role may act as the table's
-#: owner).
-_DEPENDING = """
-SELECT o.kind, n.nspname, c.relname, o.name, pg_catalog.pg_has_role(c.relowner, 'USAGE')
-  FROM (
-  SELECT 'policy' AS kind, p.polname AS name, p.polrelid AS rel, 'pg_catalog.pg_policy'::regclass AS cls, p.oid
-    FROM pg_catalog.pg_policy p
-  UNION ALL
-  SELECT 'trigger', t.tgname, t.tgrelid, 'pg_catalog.pg_trigger'::regclass, t.oid
-    FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal
-) o
-JOIN pg_catalog.pg_class c ON c.oid = o.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname <> ALL(%(schemas)s) AND EXISTS (
-  SELECT FROM pg_catalog.pg_depend d
-   WHERE d.classid = o.cls AND d.objid = o.oid AND d.deptype = 'n' AND (
-         (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (
-            SELECT f.oid FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
-             WHERE fn.nspname = ANY(%(schemas)s)))
-      OR (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> o.rel AND d.refobjid IN (
-            SELECT r.oid FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
-             WHERE rn.nspname = ANY(%(schemas)s)))
-      OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (
-            SELECT y.oid FROM pg_catalog.pg_type y JOIN pg_catalog.pg_namespace yn ON yn.oid = y.typnamespace
-             WHERE yn.nspname = ANY(%(schemas)s)))))
-"""
 
 
 def _key(item: Mapping[str, Any]) -> Key:

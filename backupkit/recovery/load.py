@@ -27,6 +27,7 @@ from ..storage.location import SnapshotLocation
 from . import default_privileges
 from .database_scripts import restore_large_objects
 from .in_place import broken_references, empty_sql, sequences_used, split_emptying
+from .in_the_way import put_back
 from .left_out import make_again
 from .plan import RestorePlan
 from .scripts import Scripts
@@ -191,7 +192,9 @@ class LoadRun:
                 restore_large_objects(conn, dump, self.scripts.large_objects, no_owner=not self.scripts.owner)
 
     def platform_objects(self, conn: psycopg.Connection) -> None:
-        """Make the source's own objects on the platform's tables again; refusals go to ``unmade``."""
+        """Put back what ``clean`` set aside (or fail), then make the source's own objects on the
+        platform's tables again; refusals of those go to ``unmade``."""
+        put_back(conn, self.scripts.put_back)
         self.unmade = make_again(conn, self.scripts.platform_objects)
 
     def cron_jobs(self, conn: psycopg.Connection) -> None:

@@ -199,6 +199,7 @@ def dependents_outside(
     ]
 
 
+#: Every trigger (a partition's clone goes with its parent's) with the function it calls.
 _TRIGGERS = """
 SELECT pg_catalog.format('%I.%I()', n.nspname, p.proname), n.nspname,
        p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')',
@@ -209,7 +210,7 @@ SELECT pg_catalog.format('%I.%I()', n.nspname, p.proname), n.nspname,
   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
   JOIN pg_catalog.pg_namespace tn ON tn.oid = c.relnamespace
- WHERE NOT t.tgisinternal AND n.nspname <> 'pg_catalog'
+ WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND n.nspname <> 'pg_catalog'
  ORDER BY 1, 4
 """
 
@@ -279,6 +280,16 @@ SELECT x.kind, x.nspname, x.name, pg_catalog.quote_ident(x.nspname),
 """
 
 
+def archived_positions(entries: list[TocEntry]) -> dict[str, dict[str, int]]:
+    """The archive's functions (``FUNCTION``: "schema name(args)") and types (``TYPE``: "schema
+    name", tables' and views' row types among them, as they go with their relation), each as
+    ``_positions`` has it: what a whole ``clean`` restore drops and makes again."""
+    return {
+        "FUNCTION": _positions(e for e in entries if e.type in ("FUNCTION", "PROCEDURE", "AGGREGATE")),
+        "TYPE": _positions(e for e in entries if e.type in ("TYPE", "DOMAIN", *_RELATIONS)),
+    }
+
+
 def routine_dependents(
     conn: psycopg.Connection,
     entries: list[TocEntry],
@@ -292,11 +303,7 @@ def routine_dependents(
     enum type or of a public table's row type, a policy calling public.is_admin()).  DROP
     FUNCTION or DROP TYPE would fail on each in the real run; those in ``remade`` the restore
     drops first itself."""
-    archived = {
-        "FUNCTION": _positions(e for e in entries if e.type in ("FUNCTION", "PROCEDURE", "AGGREGATE")),
-        # A table's or view's row type goes with it: a column of that type stands in the way too.
-        "TYPE": _positions(e for e in entries if e.type in ("TYPE", "DOMAIN", *_RELATIONS)),
-    }
+    archived = archived_positions(entries)
     found: dict[str, list[str]] = {}
     rows = conn.execute(_ON_ROUTINES, {"schemas": schemas})
     for kind, schema, name, shown_schema, what, policy, table, dependent_schema in rows:

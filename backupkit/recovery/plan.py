@@ -43,6 +43,7 @@ from .database_scripts import (
     read_target,
 )
 from .in_place import sequences_used, split_by_shape
+from .in_the_way import InTheWay, plan_in_the_way
 from .left_out import PlatformObjects, plan_platform_objects
 from .obstacles import (
     check_target,
@@ -203,6 +204,8 @@ class Survey:
     cron: cron.Scheduling | None = None
     #: The source's own objects on the platform's tables to make again (whole restores).
     platform_objects: PlatformObjects | None = None
+    #: Policies and triggers a whole clean restore sets aside and puts back as they are.
+    in_the_way: InTheWay | None = None
 
 
 def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Request) -> Survey:
@@ -213,6 +216,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
     tables, schemas, clean = list(request.tables), list(request.schemas), request.clean
     scheduling: cron.Scheduling | None = None
     platform_objects: PlatformObjects | None = None
+    in_the_way: InTheWay | None = None
     # The whole partition hierarchy (the manifest knows a partition's immediate parent only).
     parents = {} if request.full else partition_hierarchy(location, manifest)
     chosen = select_tables(manifest, tables, schemas, request.with_dependencies, parents)
@@ -368,12 +372,11 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                     # The snapshot's own copies of the project's objects on the platform's
                     # tables are dropped first and made again, so they stand in no one's way.
                     backed_up = list(manifest.get("schemas", []))
-                    remade: set[tuple[str, str, str, str]] = set()
                     if platform_objects is not None:
                         platform_objects.leave_missing()
-                        remade = platform_objects.in_the_way(conn, backed_up)
-                    problems += dependents_outside(conn, manifest, entries, remade=remade)
-                    problems += routine_dependents(conn, entries, backed_up, remade=remade)
+                    in_the_way = plan_in_the_way(conn, dsn, entries, backed_up)
+                    problems += dependents_outside(conn, manifest, entries, remade=in_the_way.keys)
+                    problems += routine_dependents(conn, entries, backed_up, remade=in_the_way.keys)
             if schemas and in_place and not plan.existing:
                 # Nothing rebuilt, but the schemas' other objects (views, sequences) exist:
                 # --clean drops them first, as it would with a table to rebuild.
@@ -398,6 +401,8 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
                 plan.large_objects = list(manifest.get("large_objects", []))
     if platform_objects is not None:
         plan.notes += platform_objects.notes
+    if in_the_way is not None:
+        plan.notes += in_the_way.notes
     if scheduling is not None:
         plan.notes += scheduling.notes
         if scheduling.scheduled:
@@ -415,6 +420,7 @@ def survey(location: SnapshotLocation, manifest: dict, dsn: str, request: Reques
         refused,
         scheduling,
         platform_objects,
+        in_the_way,
     )
 
 

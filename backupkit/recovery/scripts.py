@@ -26,6 +26,7 @@ from ..pg.platform import Platform
 from ..pg.schema import TABLE_TAGGED, TocEntry, render, split_entries, unquote_ident
 from ..snapshot import manifest as mf
 from .database_scripts import DatabasePlan
+from .in_the_way import PutBack
 from .left_out import Remade
 
 #: pg_restore processes rendering a restore's scripts at once.
@@ -75,6 +76,8 @@ class Scripts:
     cron: list[Statement] = field(default_factory=list)
     #: The source's own objects on the platform's tables (``left_out.make_again``), before the jobs.
     platform_objects: list[Remade] = field(default_factory=list)
+    #: The policies and triggers set aside in ``clean``, made again as they were (``in_the_way``).
+    put_back: list[PutBack] = field(default_factory=list)
     #: Whether pg_restore keeps the snapshot's owners (``--owner``) in what is rendered later.
     owner: bool = False
 
