@@ -7,6 +7,7 @@ in the snapshot, so the DROP failed and the restore rolled back, after a dry run
 
 from __future__ import annotations
 
+import pytest
 from helpers import run_cli, run_sql, sql_rows
 
 import backupkit
@@ -129,12 +130,18 @@ ROUTINES = """
     CREATE TABLE public.orders (id int PRIMARY KEY, state text);
     CREATE FUNCTION public.new_id() RETURNS int LANGUAGE sql AS 'SELECT 7';
     CREATE TYPE public.mood AS ENUM ('sad', 'ok');
+    CREATE FUNCTION public.to_mood(int) RETURNS public.mood LANGUAGE sql AS $$SELECT 'ok'::public.mood$$;
+    CREATE FUNCTION public.on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
     INSERT INTO public.orders VALUES (1, 'open');
 """
 
 ON_ROUTINES = """
     CREATE SCHEMA app;
-    CREATE TABLE app.events (id int DEFAULT public.new_id(), feeling public.mood, copy public.orders);
+    CREATE TABLE app.events (id int DEFAULT public.new_id(), feeling public.mood, copy public.orders,
+                             moods public.mood[]);
+    CREATE FUNCTION app.count_orders() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM public.orders; END;
+    CREATE CAST (int AS public.mood) WITH FUNCTION public.to_mood(int);
+    CREATE EVENT TRIGGER watch_ddl ON ddl_command_end EXECUTE FUNCTION public.on_ddl();
     CREATE VIEW app.next_ids AS SELECT public.new_id() AS id;
     CREATE FUNCTION public.made_later() RETURNS int LANGUAGE sql AS 'SELECT 1';
     CREATE VIEW app.later AS SELECT public.made_later() AS one;
@@ -161,7 +168,20 @@ def test_whole_clean_restore_names_what_outside_depends_on_its_functions_and_typ
         ) in run.stderr
         assert (
             "`--clean` drops and makes again type public.mood, but these depend on it and the restore would not "
-            "drop and make them again: column feeling of table app.events;"
+            "drop and make them again: cast from integer to mood, column feeling of table app.events, "
+            "column moods of table app.events;"
+        ) in run.stderr
+        assert (
+            "`--clean` drops and makes again function public.to_mood(integer), but these depend on it and the "
+            "restore would not drop and make them again: cast from integer to mood;"
+        ) in run.stderr
+        assert (
+            "`--clean` drops and makes again function public.on_ddl(), but these depend on it and the restore "
+            "would not drop and make them again: event trigger watch_ddl;"
+        ) in run.stderr
+        assert (  # its SQL-standard body reads the table
+            "`--clean` drops and makes again table public.orders, but these depend on it and the restore would not "
+            "drop and make them again: function app.count_orders();"
         ) in run.stderr
         assert (
             "`--clean` drops and makes again type public.orders, but these depend on it and the restore would not "
@@ -170,7 +190,11 @@ def test_whole_clean_restore_names_what_outside_depends_on_its_functions_and_typ
         assert "made_later" not in run.stderr
     assert sql_rows(target, "SELECT state FROM public.orders") == [("paid",)]  # unchanged
 
-    run_sql(target, "DROP TABLE app.events; DROP VIEW app.next_ids")
+    run_sql(
+        target,
+        "DROP TABLE app.events; DROP VIEW app.next_ids; DROP FUNCTION app.count_orders();"
+        "DROP CAST (int AS public.mood); DROP EVENT TRIGGER watch_ddl",
+    )
     again = run_cli("restore", snap, "--dsn", target, "--clean")
     assert again.returncode == 0, again.stdout + again.stderr
     assert sql_rows(target, "SELECT state FROM public.orders") == [("open",)]
@@ -187,6 +211,7 @@ def test_whole_clean_restore_sets_aside_the_triggers_that_call_its_functions_and
         """
         CREATE TABLE public.orders (id int PRIMARY KEY);
         CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN NEW.at := 1; RETURN NEW; END';
+        CREATE FUNCTION public.loud() RETURNS boolean LANGUAGE sql AS 'SELECT true';
         INSERT INTO public.orders VALUES (1);
         """,
     )
@@ -197,7 +222,14 @@ def test_whole_clean_restore_sets_aside_the_triggers_that_call_its_functions_and
         CREATE SCHEMA events;
         CREATE TABLE events.log (day int, at int) PARTITION BY RANGE (day);
         CREATE TABLE events.log_1 PARTITION OF events.log FOR VALUES FROM (0) TO (10);
+        CREATE TABLE events.log_2 PARTITION OF events.log FOR VALUES FROM (10) TO (20);
         CREATE TRIGGER stamp BEFORE INSERT ON events.log FOR EACH ROW EXECUTE FUNCTION public.stamp();
+        COMMENT ON TRIGGER stamp ON events.log IS 'stamps every row';
+        ALTER TABLE events.log_2 DISABLE TRIGGER stamp;
+        CREATE FUNCTION events.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+        CREATE TABLE events.plain (id int);
+        CREATE TRIGGER noisy BEFORE INSERT ON events.plain FOR EACH ROW WHEN (public.loud())
+          EXECUTE FUNCTION events.noop();
         INSERT INTO public.orders VALUES (2);
         """,
     )
@@ -207,9 +239,81 @@ def test_whole_clean_restore_sets_aside_the_triggers_that_call_its_functions_and
     real = run_cli("restore", snap, "--dsn", target, "--clean")
     assert real.returncode == 0, real.stdout + real.stderr
     assert sql_rows(target, "SELECT id FROM public.orders") == [(1,)]
-    run_sql(target, "INSERT INTO events.log (day) VALUES (3)")
-    assert sql_rows(target, "SELECT day, at FROM events.log") == [(3, 1)]  # the trigger fires, on the new function
-    assert sql_rows(target, "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'stamp' ORDER BY 1") == [
-        ("events.log",),
-        ("events.log_1",),
-    ]
+    run_sql(target, "INSERT INTO events.log (day) VALUES (3), (13)")
+    # It fires, on the function the restore made, and not where it was switched off.
+    assert sql_rows(target, "SELECT day, at FROM events.log ORDER BY 1") == [(3, 1), (13, None)]
+    assert sql_rows(
+        target, "SELECT tgrelid::regclass::text, tgenabled::text FROM pg_trigger WHERE tgname = 'stamp' ORDER BY 1"
+    ) == [("events.log", "O"), ("events.log_1", "O"), ("events.log_2", "D")]
+    assert sql_rows(
+        target, "SELECT obj_description(oid, 'pg_trigger') FROM pg_trigger WHERE tgname = 'stamp' AND tgparentid = 0"
+    ) == [("stamps every row",)]
+    # A trigger whose WHEN clause calls the snapshot's function: set aside and put back too.
+    assert sql_rows(
+        target, "SELECT pg_get_triggerdef(oid) LIKE '%WHEN (loud())%' FROM pg_trigger WHERE tgname = 'noisy'"
+    ) == [(True,)]
+
+
+def test_what_changed_since_the_restore_was_planned_is_not_undone(make_db, tmp_path):
+    """The set-aside trigger's definition is read when the restore is planned; switched off
+    (or changed) between that and the restore, putting the planned definition back would
+    undo it without a word.  The restore checks, the table locked, before dropping anything."""
+    import psycopg
+
+    from backupkit.errors import RestoreError
+    from backupkit.pg.schema import toc
+    from backupkit.recovery.in_the_way import plan_in_the_way, still_as_planned
+
+    target = make_db("cdrace")
+    run_sql(
+        target,
+        """
+        CREATE FUNCTION public.stamp() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+        CREATE SCHEMA events;
+        CREATE TABLE events.log (id int);
+        CREATE TRIGGER stamp BEFORE INSERT ON events.log FOR EACH ROW EXECUTE FUNCTION public.stamp();
+        """,
+    )
+    snap = backupkit.backup(target, tmp_path, schemas=["public"], progress=False).path
+    entries = toc(snap / "schema" / "schema.dump")
+    with psycopg.connect(target) as conn:
+        planned = plan_in_the_way(conn, target, entries, ["public"])
+    assert [p.item["name"] for p in planned.put_back] == ["stamp"]
+    with psycopg.connect(target) as conn:
+        still_as_planned(conn, planned.put_back)  # nothing changed: no error
+    run_sql(target, "ALTER TABLE events.log DISABLE TRIGGER stamp")
+    with psycopg.connect(target) as conn, pytest.raises(RestoreError, match="changed since the restore was planned"):
+        still_as_planned(conn, planned.put_back)
+
+
+def test_materialized_views_are_refreshed_with_the_set_aside_policies_back_in_place(make_db, tmp_path):
+    """A materialized view of the snapshot, owned by a role row-level security applies to,
+    reads another schema's table through a restrictive policy that calls one of the
+    snapshot's functions.  The policy is set aside while the restore replaces the function;
+    the view was refreshed before it was back, and held the rows the policy hides."""
+    target = make_db("cdmv")
+    run_sql(
+        target,
+        """
+        DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mv_reader') THEN
+          CREATE ROLE mv_reader NOLOGIN; END IF; END $$;
+        CREATE TABLE public.orders (id int PRIMARY KEY);
+        CREATE SCHEMA app;
+        CREATE TABLE app.t (id int);
+        INSERT INTO app.t VALUES (1), (2);
+        GRANT USAGE ON SCHEMA app TO mv_reader;
+        GRANT SELECT ON app.t TO mv_reader;
+        CREATE FUNCTION public.visible(int) RETURNS boolean LANGUAGE sql STABLE AS 'SELECT $1 = 1';
+        ALTER TABLE app.t ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY everyone ON app.t FOR SELECT USING (true);
+        CREATE POLICY only_visible ON app.t AS RESTRICTIVE FOR SELECT USING (public.visible(id));
+        CREATE MATERIALIZED VIEW public.mv AS SELECT id FROM app.t;
+        ALTER MATERIALIZED VIEW public.mv OWNER TO mv_reader;
+        REFRESH MATERIALIZED VIEW public.mv;
+        """,
+    )
+    assert sql_rows(target, "SELECT id FROM public.mv") == [(1,)]
+    snap = backupkit.backup(target, tmp_path, schemas=["public"], progress=False).path
+    real = run_cli("restore", snap, "--dsn", target, "--clean", "--owner")
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert sql_rows(target, "SELECT id FROM public.mv") == [(1,)]

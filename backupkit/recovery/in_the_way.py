@@ -24,58 +24,54 @@ from psycopg import sql
 
 from ..errors import RestoreError
 from ..pg.left_out import describe, shown
+from ..pg.rows import one_row
 from ..pg.schema import TocEntry, render, toc
 from ..pg.tools import find_tool, run_tool
 from ..storage.scratch import scratch
-from .obstacles import archived_positions
+from .obstacles import REFS, archived_positions
 
 Key = tuple[str, str, str, str]
 
 #: ``pg_restore --list``: ``<dump id>; <catalog oid> <object oid> <type> ...``.
-_TOC_OIDS = re.compile(r"^\d+; \d+ (\d+) ")
+_TOC_OIDS = re.compile(r"^\d+; (\d+) (\d+) ")
 
 #: Policies and triggers (not a partition's clone: it goes and comes with its parent's) on
 #: tables outside the given schemas, with what they depend on there: (kind, schema, table,
-#: name, oid, may this role act as the table's owner, what: kind, schema, "name(args)").
-_DEPENDING = """
+#: name, catalog and oid, may this role act as the table's owner, what: kind, schema, name).
+_DEPENDING = (
+    """
 WITH o AS (
   SELECT 'policy' AS kind, p.polname AS name, p.polrelid AS rel, 'pg_catalog.pg_policy'::regclass AS cls, p.oid
     FROM pg_catalog.pg_policy p
   UNION ALL
   SELECT 'trigger', t.tgname, t.tgrelid, 'pg_catalog.pg_trigger'::regclass, t.oid
     FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgparentid = 0
-), refs AS (
-  SELECT 'pg_catalog.pg_proc'::regclass AS cls, p.oid, 'FUNCTION' AS kind, n.nspname,
-         p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')' AS name
-    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-   WHERE n.nspname = ANY(%(schemas)s)
-  UNION ALL
-  SELECT 'pg_catalog.pg_type'::regclass, t.oid, 'TYPE', n.nspname, t.typname
-    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-   WHERE n.nspname = ANY(%(schemas)s)
-  UNION ALL
-  SELECT 'pg_catalog.pg_class'::regclass, c.oid, 'TYPE', n.nspname, c.relname
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-   WHERE n.nspname = ANY(%(schemas)s)
-)
-SELECT DISTINCT o.kind, n.nspname, c.relname, o.name, o.oid, pg_catalog.pg_has_role(c.relowner, 'USAGE'),
-       r.kind, r.nspname, r.name
+), refs AS ("""
+    + REFS
+    + """)
+SELECT DISTINCT o.kind, n.nspname, c.relname, o.name, o.cls::oid::int, o.oid::int,
+       pg_catalog.pg_has_role(c.relowner, 'USAGE'), r.kind, r.nspname, r.name
   FROM o
   JOIN pg_catalog.pg_class c ON c.oid = o.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_depend d ON d.classid = o.cls AND d.objid = o.oid AND d.deptype = 'n'
-  JOIN refs r ON r.cls = d.refclassid AND r.oid = d.refobjid AND NOT (r.cls = 'pg_catalog.pg_class'::regclass
-       AND r.oid = o.rel)
+  JOIN refs r ON r.cls = d.refclassid AND r.oid = d.refobjid AND NOT (r.relation AND r.oid = o.rel)
  WHERE n.nspname <> ALL(%(schemas)s)
  ORDER BY 1, 2, 3, 4
 """
+)
 
 
 @dataclass(frozen=True)
 class PutBack:
-    """One policy or trigger set aside: named, and the target's own SQL for it."""
+    """One policy or trigger set aside: named, the target's own SQL for it (with its comment,
+    and its partitions' clones' states where they differ), and how it was when planned."""
 
     item: Mapping[str, str]
     sql: str
+    catalog: int
+    oid: int
+    #: Its catalog row's version, comment and clones' states when the SQL was read (``_SEEN``).
+    seen: str
 
 
 @dataclass
@@ -119,8 +115,8 @@ def plan_in_the_way(conn: psycopg.Connection, dsn: str, entries: list[TocEntry],
     and that this role may drop: each with the target's own definition (pg_dump of their tables)."""
     archived = archived_positions(entries)
     granted = _policy_grants(conn)
-    found: dict[int, dict[str, str]] = {}
-    for kind, schema, table, name, oid, owner, ref_kind, ref_schema, ref_name in conn.execute(
+    found: dict[tuple[int, int], dict[str, str]] = {}
+    for kind, schema, table, name, catalog, oid, owner, ref_kind, ref_schema, ref_name in conn.execute(
         _DEPENDING, {"schemas": schemas}
     ):
         if f"{ref_schema} {ref_name}" not in archived[ref_kind]:
@@ -128,28 +124,93 @@ def plan_in_the_way(conn: psycopg.Connection, dsn: str, entries: list[TocEntry],
         # Dropping a trigger or policy takes the table's owner; Supabase's supautils lets
         # postgres manage policies on the tables its policy_grants names.
         if owner or (kind == "policy" and f"{schema}.{table}" in granted):
-            found[oid] = {"kind": kind, "name": name, "schema": schema, "table": table}
+            found[(catalog, oid)] = {"kind": kind, "name": name, "schema": schema, "table": table}
     if not found:
         return InTheWay()
-    return InTheWay(_definitions(dsn, found))
+    seen = _seen(conn, list(found))
+    return InTheWay(_definitions(conn, dsn, found, seen))
 
 
-def _definitions(dsn: str, found: dict[int, dict[str, str]]) -> list[PutBack]:
-    """pg_dump's SQL (the target's, now) for each object of ``found`` (by oid)."""
+#: How each object (catalog, oid) is: its row's version, its comment, and for a trigger its
+#: partitions' clones' states.  Read when planning and again, the tables locked, before the
+#: restore drops them: a change in between would otherwise be undone without a word.
+_SEEN = """
+SELECT 'pg_catalog.pg_policy'::regclass::oid::int, p.oid::int,
+       p.xmin::text || '/' || coalesce(pg_catalog.obj_description(p.oid, 'pg_policy'), '')
+  FROM pg_catalog.pg_policy p WHERE p.oid = ANY(%(oids)s)
+UNION ALL
+SELECT 'pg_catalog.pg_trigger'::regclass::oid::int, t.oid::int,
+       t.xmin::text || '/' || coalesce(pg_catalog.obj_description(t.oid, 'pg_trigger'), '') || '/'
+       || coalesce((SELECT string_agg(c.tgrelid::text || ':' || c.tgenabled::text, ',' ORDER BY c.tgrelid)
+                      FROM pg_catalog.pg_trigger c WHERE c.tgparentid = t.oid), '')
+  FROM pg_catalog.pg_trigger t WHERE t.oid = ANY(%(oids)s)
+"""
+
+#: A trigger's clones whose state is not the parent's (ALTER TABLE partition DISABLE TRIGGER).
+_CLONE_STATES = """
+SELECT n.nspname, c.relname, t.tgenabled::text FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_trigger parent ON parent.oid = t.tgparentid
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE t.tgparentid = %s AND t.tgenabled <> parent.tgenabled ORDER BY 1, 2
+"""
+_STATES = {"O": "ENABLE", "D": "DISABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}
+
+
+def _seen(conn: psycopg.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    rows = conn.execute(_SEEN, {"oids": sorted({oid for _, oid in keys})}).fetchall()
+    return {(catalog, oid): seen for catalog, oid, seen in rows if (catalog, oid) in set(keys)}
+
+
+def _definitions(
+    conn: psycopg.Connection, dsn: str, found: dict[tuple[int, int], dict[str, str]], seen: dict[tuple[int, int], str]
+) -> list[PutBack]:
+    """pg_dump's SQL (the target's, now) for each object of ``found`` (by catalog and oid),
+    its comment's with it; and the states of a trigger's clones that differ from its own."""
     tables = sorted({(i["schema"], i["table"]) for i in found.values()})
     with scratch("backupkit-in-the-way-") as folder:
         dump = folder.path("post-data.dump")
         args = ["--schema-only", "--section=post-data", "--format=custom", "--no-sync", f"--file={dump}"]
         args += ["--table=" + ".".join('"' + p.replace('"', '""') + '"' for p in t) for t in tables]
         run_tool(find_tool("pg_dump"), args, dsn)
-        entries = {int(m.group(1)): e for e in toc(dump) if (m := _TOC_OIDS.match(e.line))}
+        listed = toc(dump)
+        by_oid = {(int(m.group(1)), int(m.group(2))): e for e in listed if (m := _TOC_OIDS.match(e.line))}
         put_back = []
-        for oid, item in found.items():
-            entry = entries.get(oid)
-            if entry is None:  # gone since it was read: nothing to set aside
+        for key, item in found.items():
+            entry = by_oid.get(key)
+            if entry is None or key not in seen:  # gone since it was read: nothing to set aside
                 continue
-            put_back.append(PutBack(item, render(dump, "post-data", [entry], no_owner=True, no_acl=True)))
+            # pg_dump's COMMENT entry: "schema KIND name ON table owner", names quoted as SQL needs.
+            quoted = one_row(conn.execute("SELECT quote_ident(%s), quote_ident(%s)", (item["name"], item["table"])))
+            comment = f"{item['schema']} {item['kind'].upper()} {quoted[0]} ON {quoted[1]} "
+            chosen = [entry, *(e for e in listed if e.type == "COMMENT" and e.rest.startswith(comment))]
+            text = render(dump, "post-data", chosen, no_owner=True, no_acl=True)
+            if item["kind"] == "trigger":
+                for schema, partition, state in conn.execute(_CLONE_STATES, (key[1],)):
+                    text += (
+                        sql.SQL("ALTER TABLE {} {} TRIGGER {};\n")
+                        .format(
+                            sql.Identifier(schema, partition), sql.SQL(_STATES[state]), sql.Identifier(item["name"])
+                        )
+                        .as_string(conn)
+                    )
+            put_back.append(PutBack(item, text, key[0], key[1], seen[key]))
     return put_back
+
+
+def still_as_planned(conn: psycopg.Connection, objects: list[PutBack]) -> None:
+    """Lock the set-aside objects' tables (as their DROP would) and check that each is as it was
+    when the restore was planned; a ``RestoreError`` names those changed since (nothing dropped)."""
+    if not objects:
+        return
+    for schema, table in sorted({(o.item["schema"], o.item["table"]) for o in objects}):
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, table)))
+    now = _seen(conn, [(o.catalog, o.oid) for o in objects])
+    changed = [o.item for o in objects if now.get((o.catalog, o.oid)) != o.seen]
+    if changed:
+        raise RestoreError(
+            f"{shown(changed)} changed since the restore was planned, and the restore would undo that",
+            hint="run the restore (or its dry run) again",
+        )
 
 
 def put_back(conn: psycopg.Connection, objects: list[PutBack]) -> None:

@@ -27,7 +27,7 @@ from ..storage.location import SnapshotLocation
 from . import default_privileges
 from .database_scripts import restore_large_objects
 from .in_place import broken_references, empty_sql, sequences_used, split_emptying
-from .in_the_way import put_back
+from .in_the_way import put_back, still_as_planned
 from .left_out import make_again
 from .plan import RestorePlan
 from .scripts import Scripts
@@ -108,6 +108,7 @@ class LoadRun:
 
     def prepare(self, conn: psycopg.Connection) -> None:
         """Drop or empty what --clean asks for, then create the pre-data objects."""
+        still_as_planned(conn, self.scripts.put_back)  # before they are dropped
         if self.scripts.clean is not None:
             conn.execute(self.scripts.clean)
         if self.scripts.pre_data is not None:
@@ -298,6 +299,8 @@ def load_in_one_transaction(run: LoadRun) -> int:
             run.large_objects(conn)
             if scripts.post_data is not None:
                 conn.execute(scripts.post_data)
+            # With the rest of the schema, before any view is refreshed through the policies.
+            run.platform_objects(conn)
             # Loaded with foreign-key checks off: in place, or into existing tables (--data-only).
             checked = (
                 chosen if plan.data and not plan.schema else [t for t in chosen if mf.table_key(t) in plan.in_place]
@@ -313,7 +316,6 @@ def load_in_one_transaction(run: LoadRun) -> int:
                 # through the policies as on the source.
                 run.row_security(conn, force=True)
             run.materialized_views(conn)
-            run.platform_objects(conn)
             run.cron_jobs(conn)
             if scripts.unmark is not None:
                 conn.execute(scripts.unmark)

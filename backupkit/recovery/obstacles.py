@@ -226,22 +226,37 @@ def _positions(entries: Iterable[TocEntry]) -> dict[str, int]:
     return found
 
 
-#: Objects outside the given schemas (by their table's, or their own, schema) that depend on a
-#: function or type in them: what they depend on (its kind, schema and "name(args)" as
-#: pg_restore lists it), and the object in words.  Triggers are ``dependents_outside``'s, and
-#: so is whatever also depends on one of those schemas' tables or views (views, policies).
-_ON_ROUTINES = """
-WITH refs AS (
+#: The functions, types and relations of the given schemas, as ``archived_positions`` names
+#: them: an array type (or multirange) by its element's (or range's) name, as it goes with it.
+REFS = """
   SELECT 'pg_catalog.pg_proc'::regclass AS cls, p.oid, 'FUNCTION' AS kind, n.nspname,
-         p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')' AS name
+         p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')' AS name, false AS relation
     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
    WHERE n.nspname = ANY(%(schemas)s)
   UNION ALL
-  SELECT 'pg_catalog.pg_type'::regclass, t.oid, 'TYPE', n.nspname, t.typname
+  SELECT 'pg_catalog.pg_type'::regclass, t.oid, 'TYPE', n.nspname,
+         coalesce((SELECT e.typname FROM pg_catalog.pg_type e WHERE e.typarray = t.oid),
+                  (SELECT r.typname FROM pg_catalog.pg_range g JOIN pg_catalog.pg_type r ON r.oid = g.rngtypid
+                    WHERE g.rngmultitypid = t.oid), t.typname), false
     FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
    WHERE n.nspname = ANY(%(schemas)s)
-), deps AS (
-  SELECT r.kind, r.nspname, r.name, d.classid, d.objid, d.objsubid,
+  UNION ALL
+  SELECT 'pg_catalog.pg_class'::regclass, c.oid, 'TYPE', n.nspname, c.relname, true
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE n.nspname = ANY(%(schemas)s)
+"""
+
+#: Objects outside the given schemas (by their table's, or their own, schema; casts, event
+#: triggers and transforms have none) that depend on a function or type in them, or a
+#: function (a SQL-standard body) on a table: what they depend on (its kind, schema and
+#: name as pg_restore lists it), the object in words, and a policy's or trigger's own key.
+#: Left to ``dependents_outside``: triggers through the function they execute, and views and
+#: policies that also depend on one of those schemas' tables or views.
+_ON_ROUTINES = (
+    "WITH refs AS ("
+    + REFS
+    + """), deps AS (
+  SELECT r.kind, r.nspname, r.name, r.relation, d.classid, d.objid, d.objsubid,
          CASE d.classid
            WHEN 'pg_catalog.pg_class'::regclass THEN (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = d.objid)
            WHEN 'pg_catalog.pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_attrdef a
@@ -250,34 +265,57 @@ WITH refs AS (
                 JOIN pg_catalog.pg_class c ON c.oid = w.ev_class WHERE w.oid = d.objid)
            WHEN 'pg_catalog.pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_policy p
                 JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
+           WHEN 'pg_catalog.pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_trigger t
+                JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
            WHEN 'pg_catalog.pg_proc'::regclass THEN (SELECT pronamespace FROM pg_catalog.pg_proc WHERE oid = d.objid)
            WHEN 'pg_catalog.pg_type'::regclass THEN (SELECT typnamespace FROM pg_catalog.pg_type WHERE oid = d.objid)
+           WHEN 'pg_catalog.pg_operator'::regclass THEN (
+                SELECT oprnamespace FROM pg_catalog.pg_operator WHERE oid = d.objid)
+           WHEN 'pg_catalog.pg_opclass'::regclass THEN (
+                SELECT opcnamespace FROM pg_catalog.pg_opclass WHERE oid = d.objid)
+           WHEN 'pg_catalog.pg_opfamily'::regclass THEN (
+                SELECT opfnamespace FROM pg_catalog.pg_opfamily WHERE oid = d.objid)
+           WHEN 'pg_catalog.pg_statistic_ext'::regclass THEN (
+                SELECT stxnamespace FROM pg_catalog.pg_statistic_ext WHERE oid = d.objid)
            WHEN 'pg_catalog.pg_constraint'::regclass THEN (
                 SELECT coalesce(c.relnamespace, t.typnamespace, k.connamespace) FROM pg_catalog.pg_constraint k
                   LEFT JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
                   LEFT JOIN pg_catalog.pg_type t ON t.oid = k.contypid WHERE k.oid = d.objid)
-         END AS namespace
+         END AS namespace,
+         d.classid IN ('pg_catalog.pg_cast'::regclass, 'pg_catalog.pg_event_trigger'::regclass,
+                       'pg_catalog.pg_transform'::regclass) AS global
     FROM pg_catalog.pg_depend d JOIN refs r ON r.cls = d.refclassid AND r.oid = d.refobjid
-   WHERE d.deptype = 'n' AND d.classid <> 'pg_catalog.pg_trigger'::regclass
+   WHERE d.deptype = 'n' AND (NOT r.relation OR d.classid = 'pg_catalog.pg_proc'::regclass)
+     AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND EXISTS (
+              SELECT FROM pg_catalog.pg_trigger t WHERE t.oid = d.objid
+                 AND (t.tgparentid <> 0 OR (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid = t.tgfoid))))
 )
-SELECT x.kind, x.nspname, x.name, pg_catalog.quote_ident(x.nspname),
-       CASE WHEN x.classid = 'pg_catalog.pg_rewrite'::regclass
+SELECT x.kind, x.nspname, x.name, x.relation, pg_catalog.quote_ident(x.nspname),
+       CASE WHEN x.classid = 'pg_catalog.pg_rewrite'::regclass AND (
+                 SELECT rulename = '_RETURN' FROM pg_catalog.pg_rewrite WHERE oid = x.objid)
             THEN 'view ' || (SELECT ev_class::regclass::text FROM pg_catalog.pg_rewrite WHERE oid = x.objid)
             ELSE pg_catalog.pg_describe_object(x.classid, x.objid, x.objsubid) END,
-       CASE WHEN x.classid = 'pg_catalog.pg_policy'::regclass
-            THEN (SELECT p.polname::text FROM pg_catalog.pg_policy p WHERE p.oid = x.objid) END,
-       CASE WHEN x.classid = 'pg_catalog.pg_policy'::regclass
-            THEN (SELECT c.relname::text FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-                   WHERE p.oid = x.objid) END,
+       CASE x.classid WHEN 'pg_catalog.pg_policy'::regclass THEN 'policy'
+                      WHEN 'pg_catalog.pg_trigger'::regclass THEN 'trigger' END,
+       coalesce((SELECT p.polname::text FROM pg_catalog.pg_policy p WHERE x.classid = 'pg_catalog.pg_policy'::regclass
+                  AND p.oid = x.objid),
+                (SELECT t.tgname::text FROM pg_catalog.pg_trigger t WHERE x.classid = 'pg_catalog.pg_trigger'::regclass
+                  AND t.oid = x.objid)),
+       coalesce((SELECT c.relname::text FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+                  WHERE x.classid = 'pg_catalog.pg_policy'::regclass AND p.oid = x.objid),
+                (SELECT c.relname::text FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+                  WHERE x.classid = 'pg_catalog.pg_trigger'::regclass AND t.oid = x.objid)),
        n.nspname
-  FROM deps x JOIN pg_catalog.pg_namespace n ON n.oid = x.namespace
- WHERE n.nspname <> ALL(%(schemas)s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-   AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e JOIN pg_catalog.pg_class c ON c.oid = e.refobjid
-                    JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
-                   WHERE e.classid = x.classid AND e.objid = x.objid AND e.deptype = 'n'
-                     AND e.refclassid = 'pg_catalog.pg_class'::regclass AND cn.nspname = ANY(%(schemas)s))
- ORDER BY 1, 2, 3, 5
+  FROM deps x LEFT JOIN pg_catalog.pg_namespace n ON n.oid = x.namespace
+ WHERE (x.global OR (n.nspname <> ALL(%(schemas)s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')))
+   AND NOT (x.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass) AND EXISTS (
+            SELECT FROM pg_catalog.pg_depend e JOIN pg_catalog.pg_class c ON c.oid = e.refobjid
+              JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+             WHERE e.classid = x.classid AND e.objid = x.objid AND e.deptype = 'n'
+               AND e.refclassid = 'pg_catalog.pg_class'::regclass AND cn.nspname = ANY(%(schemas)s)))
+ ORDER BY 1, 2, 3, 6
 """
+)
 
 
 def archived_positions(entries: list[TocEntry]) -> dict[str, dict[str, int]]:
@@ -297,21 +335,22 @@ def routine_dependents(
     remade: AbstractSet[tuple[str, str, str, str]] = frozenset(),
 ) -> list[str]:
     """What else stops a whole-snapshot ``clean`` restore (``dependents_outside`` has tables,
-    views and triggers): objects in other schemas that depend on one of the archive's
-    functions or types, which pg_restore drops and makes again (a column default calling
-    public.new_id(), a view in reporting calling a public function, a column of a public
-    enum type or of a public table's row type, a policy calling public.is_admin()).  DROP
-    FUNCTION or DROP TYPE would fail on each in the real run; those in ``remade`` the restore
-    drops first itself."""
+    views and triggers): objects in other schemas, or in none, that depend on one of the
+    archive's functions or types, which pg_restore drops and makes again (a column default
+    calling public.new_id(), a view in reporting calling a public function, a column of a
+    public enum type, of an array of it or of a public table's row type, a policy calling
+    public.is_admin(), a trigger's WHEN clause, a cast or an event trigger using one), or a
+    function whose SQL-standard body reads one of its tables.  DROP would fail on each in the
+    real run; those in ``remade`` the restore drops first itself."""
     archived = archived_positions(entries)
     found: dict[str, list[str]] = {}
     rows = conn.execute(_ON_ROUTINES, {"schemas": schemas})
-    for kind, schema, name, shown_schema, what, policy, table, dependent_schema in rows:
+    for kind, schema, name, relation, shown_schema, what, own_kind, own_name, table, dependent_schema in rows:
         if f"{schema} {name}" not in archived[kind]:
             continue  # not the archive's: the restore neither drops nor makes it
-        if policy is not None and ("policy", dependent_schema, table, policy) in remade:
+        if own_kind is not None and (own_kind, dependent_schema, table, own_name) in remade:
             continue
-        label = f"{'function' if kind == 'FUNCTION' else 'type'} {shown_schema}.{name}"
+        label = f"{'function' if kind == 'FUNCTION' else 'table' if relation else 'type'} {shown_schema}.{name}"
         if what not in found.setdefault(label, []):
             found[label].append(what)
     return [

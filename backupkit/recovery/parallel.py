@@ -124,8 +124,8 @@ class ParallelLoad:
         return self.rows_loaded
 
     def finish(self) -> None:
-        """Large objects, the post-data the index groups left, sequences, the objects on the platform's
-        tables, pg_cron jobs; then clear the mark."""
+        """Large objects, the post-data the index groups left, the objects on the platform's tables,
+        sequences and materialized views, pg_cron jobs; then clear the mark."""
         run = self.run
         with self.task_connection() as conn:
             run.large_objects(conn)
@@ -134,8 +134,8 @@ class ParallelLoad:
             rest = scripts.post_data_rest if scripts.post_data_rest is not None else scripts.post_data
             if rest:
                 conn.execute(rest)
+            run.platform_objects(conn)  # with the rest of the schema, before any view is refreshed
             run.sequences_and_matviews(conn)
-            run.platform_objects(conn)
             run.cron_jobs(conn)
             assert scripts.unmark is not None  # set with the mark
             conn.execute(scripts.unmark)
