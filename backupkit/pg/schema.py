@@ -100,6 +100,10 @@ def _runnable(lines: Iterable[str]) -> Iterator[str]:
 _HEADER = re.compile(r"^--\n-- (?:Data for )?Name: [^\n]*?; Type: ([A-Z ]+); Schema: [^\n]*\n--\n", re.M)
 
 
+#: ``pg_restore --list``: ``<dump id>; <catalog oid> <object oid> <type> ...``.
+_TOC_OIDS = re.compile(r"^\d+; (\d+) (\d+) ")
+
+
 def unquote_ident(ident: str) -> str:
     """A SQL identifier as written, quoted (doubled quotes inside) or plain, back to its name."""
     return ident[1:-1].replace('""', '"') if len(ident) > 1 and ident[0] == ident[-1] == '"' else ident
@@ -116,6 +120,13 @@ class TocEntry:
     def belongs_to(self, schema: str, name: str) -> bool:
         """True when this entry's schema and tag start with the given ``schema`` and ``name``."""
         return self.rest.startswith(f"{schema} {name} ") or self.rest == f"{schema} {name}"
+
+    @property
+    def oids(self) -> tuple[int, int] | None:
+        """The object's catalog's and its own oid (``<dump id>; <catalog> <oid> ...``): which
+        object it is, whatever its name holds; None for entries of no catalog object (0 0)."""
+        m = _TOC_OIDS.match(self.line)
+        return (int(m.group(1)), int(m.group(2))) if m and m.group(2) != "0" else None
 
 
 def dump_schema(

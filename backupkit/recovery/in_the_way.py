@@ -15,7 +15,6 @@ the way, and ``obstacles`` names them before anything changes.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,9 +30,6 @@ from ..storage.scratch import scratch
 from .obstacles import REFS, archived_positions
 
 Key = tuple[str, str, str, str]
-
-#: ``pg_restore --list``: ``<dump id>; <catalog oid> <object oid> <type> ...``.
-_TOC_OIDS = re.compile(r"^\d+; (\d+) (\d+) ")
 
 #: Policies and triggers (not a partition's clone: it goes and comes with its parent's) on
 #: tables outside the given schemas, with what they depend on there: (kind, schema, table,
@@ -173,7 +169,7 @@ def _definitions(
         args += ["--table=" + ".".join('"' + p.replace('"', '""') + '"' for p in t) for t in tables]
         run_tool(find_tool("pg_dump"), args, dsn)
         listed = toc(dump)
-        by_oid = {(int(m.group(1)), int(m.group(2))): e for e in listed if (m := _TOC_OIDS.match(e.line))}
+        by_oid = {e.oids: e for e in listed if e.oids is not None}
         put_back = []
         for key, item in found.items():
             entry = by_oid.get(key)

@@ -18,7 +18,6 @@ they are: ``in_the_way``).  A ``data_only`` restore makes none.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +50,6 @@ SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namesp
 DEFINITION_AT = f"its definition is in the snapshot's {mf.PLATFORM_DUMP} (pg_restore -f - shows it)"
 
 _KINDS = {"POLICY": "policy", "TRIGGER": "trigger"}
-#: ``pg_restore --list``: ``<dump id>; <catalog oid> <object oid> <type> ...``.
-_TOC_OIDS = re.compile(r"^\d+; \d+ (\d+) ")
 
 
 @dataclass(frozen=True)
@@ -141,8 +138,7 @@ def _key(item: Mapping[str, Any]) -> Key:
 def _entry_oid(e: TocEntry) -> tuple[str, int] | None:
     """(kind, oid) of a policy's or trigger's TOC entry: found by oid, whatever its name holds
     (``pg_restore --list`` prints names unquoted, newlines as spaces)."""
-    m = _TOC_OIDS.match(e.line)
-    return (_KINDS[e.type], int(m.group(1))) if m and e.type in _KINDS else None
+    return (_KINDS[e.type], e.oids[1]) if e.type in _KINDS and e.oids is not None else None
 
 
 def plan_platform_objects(conn: psycopg.Connection, location: SnapshotLocation, manifest: dict) -> PlatformObjects:

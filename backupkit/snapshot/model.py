@@ -276,7 +276,7 @@ class PlatformObject(TypedDict):
     """One entry of the manifest's ``left_on_platform``: a Supabase project's own policy or
     trigger on a table of the platform's ``auth``, ``storage`` or ``realtime`` schema, which
     the backed-up schemas leave out (kept in ``schema/platform.dump``, made again by a whole
-    restore where the target lacks it)."""
+    restore into a new project that lacks it)."""
 
     kind: Annotated[str, "`policy` or `trigger`."]
     name: Annotated[str, "Its name."]
@@ -457,8 +457,8 @@ class Manifest(TypedDict):
             list[PlatformObject],
             "Only when there are some: the project's own policies and triggers on Supabase's auth, storage "
             "and realtime tables that the backed-up schemas leave out, kept in `schema/platform.dump` when the "
-            "backup could dump those tables (a whole restore makes again those the target lacks, and names "
-            "those it cannot; absent before 2026-12-07).",
+            "backup could dump those tables (a whole restore into a new project makes again those it lacks, "
+            "and names those it cannot; absent before 2026-12-07).",
         ]
     ]
     schema_files: Annotated[
