@@ -12,6 +12,13 @@ from helpers import run_cli, run_sql, sql_rows
 
 import backupkit
 
+
+def clean_runs(snap, dsn: str) -> tuple:
+    """A whole-snapshot `--clean` restore's dry run, then the real run, by the CLI."""
+    dry = run_cli("restore", snap, "--dsn", dsn, "--clean", "--dry-run")
+    return dry, run_cli("restore", snap, "--dsn", dsn, "--clean")
+
+
 SCHEMA = """
     CREATE TABLE public.authors (id int PRIMARY KEY, name text);
     CREATE TABLE public.books (id int PRIMARY KEY, author int REFERENCES public.authors, title text);
@@ -35,8 +42,7 @@ def test_whole_clean_restore_names_what_outside_the_snapshot_depends_on_its_tabl
     backupkit.restore(snap, target, progress=False)
     run_sql(target, OUTSIDE + "DELETE FROM public.books WHERE id = 2")
 
-    dry = run_cli("restore", snap, "--dsn", target, "--clean", "--dry-run")
-    real = run_cli("restore", snap, "--dsn", target, "--clean")
+    dry, real = clean_runs(snap, target)
 
     for run in (dry, real):
         assert run.returncode == 9, run.stdout + run.stderr
@@ -113,8 +119,7 @@ def test_supabase_trigger_on_auth_users_stops_a_whole_clean_restore_of_public(su
     project = supabase_project.app_project()
     snap = backupkit.backup(project, tmp_path, schemas=["public"], progress=False).path
 
-    dry = run_cli("restore", snap, "--dsn", project, "--clean", "--dry-run")
-    real = run_cli("restore", snap, "--dsn", project, "--clean")
+    dry, real = clean_runs(snap, project)
 
     for run in (dry, real):
         assert run.returncode == 9, run.stdout + run.stderr
@@ -158,8 +163,7 @@ def test_whole_clean_restore_names_what_outside_depends_on_its_functions_and_typ
     snap = backupkit.backup(target, tmp_path, schemas=["public"], progress=False).path
     run_sql(target, ON_ROUTINES + "UPDATE public.orders SET state = 'paid'")
 
-    dry = run_cli("restore", snap, "--dsn", target, "--clean", "--dry-run")
-    real = run_cli("restore", snap, "--dsn", target, "--clean")
+    dry, real = clean_runs(snap, target)
     for run in (dry, real):
         assert run.returncode == 9, run.stdout + run.stderr
         assert (

@@ -23,17 +23,15 @@ from psycopg import sql
 
 from ..errors import RestoreError
 from ..pg.left_out import describe, shown
-from ..pg.rows import one_row
 from ..pg.schema import TocEntry, render, toc
 from ..pg.tools import find_tool, run_tool
 from ..storage.scratch import scratch
-from .obstacles import REFS, archived_positions
-
-Key = tuple[str, str, str, str]
+from .obstacles import REFS, ObjectKey, archived_positions
 
 #: Policies and triggers (not a partition's clone: it goes and comes with its parent's) on
 #: tables outside the given schemas, with what they depend on there: (kind, schema, table,
-#: name, catalog and oid, may this role act as the table's owner, what: kind, schema, name).
+#: name, catalog and oid, may this role act as the table's owner, what: kind, schema, name;
+#: and "name ON table" quoted as pg_dump's COMMENT entries have it).
 _DEPENDING = (
     """
 WITH o AS (
@@ -46,7 +44,8 @@ WITH o AS (
     + REFS
     + """)
 SELECT DISTINCT o.kind, n.nspname, c.relname, o.name, o.cls::oid::int, o.oid::int,
-       pg_catalog.pg_has_role(c.relowner, 'USAGE'), r.kind, r.nspname, r.name
+       pg_catalog.pg_has_role(c.relowner, 'USAGE'), r.kind, r.nspname, r.name,
+       pg_catalog.quote_ident(o.name) || ' ON ' || pg_catalog.quote_ident(c.relname)
   FROM o
   JOIN pg_catalog.pg_class c ON c.oid = o.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_depend d ON d.classid = o.cls AND d.objid = o.oid AND d.deptype = 'n'
@@ -77,7 +76,7 @@ class InTheWay:
     put_back: list[PutBack] = field(default_factory=list)
 
     @property
-    def keys(self) -> set[Key]:
+    def keys(self) -> set[ObjectKey]:
         """(kind, schema, table, name) of each, for ``obstacles``' checks to pass over."""
         return {(p.item["kind"], p.item["schema"], p.item["table"], p.item["name"]) for p in self.put_back}
 
@@ -112,7 +111,8 @@ def plan_in_the_way(conn: psycopg.Connection, dsn: str, entries: list[TocEntry],
     archived = archived_positions(entries)
     granted = _policy_grants(conn)
     found: dict[tuple[int, int], dict[str, str]] = {}
-    for kind, schema, table, name, catalog, oid, owner, ref_kind, ref_schema, ref_name in conn.execute(
+    tags: dict[tuple[int, int], str] = {}
+    for kind, schema, table, name, catalog, oid, owner, ref_kind, ref_schema, ref_name, tag in conn.execute(
         _DEPENDING, {"schemas": schemas}
     ):
         if f"{ref_schema} {ref_name}" not in archived[ref_kind]:
@@ -121,10 +121,11 @@ def plan_in_the_way(conn: psycopg.Connection, dsn: str, entries: list[TocEntry],
         # postgres manage policies on the tables its policy_grants names.
         if owner or (kind == "policy" and f"{schema}.{table}" in granted):
             found[(catalog, oid)] = {"kind": kind, "name": name, "schema": schema, "table": table}
+            tags[(catalog, oid)] = f"{schema} {kind.upper()} {tag} "
     if not found:
         return InTheWay()
     seen = _seen(conn, list(found))
-    return InTheWay(_definitions(conn, dsn, found, seen))
+    return InTheWay(_definitions(conn, dsn, found, seen, tags))
 
 
 #: How each object (catalog, oid) is: its row's version, its comment, and for a trigger its
@@ -153,12 +154,17 @@ _STATES = {"O": "ENABLE", "D": "DISABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REP
 
 
 def _seen(conn: psycopg.Connection, keys: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
-    rows = conn.execute(_SEEN, {"oids": sorted({oid for _, oid in keys})}).fetchall()
-    return {(catalog, oid): seen for catalog, oid, seen in rows if (catalog, oid) in set(keys)}
+    wanted = set(keys)
+    rows = conn.execute(_SEEN, {"oids": sorted({oid for _, oid in wanted})}).fetchall()
+    return {(catalog, oid): seen for catalog, oid, seen in rows if (catalog, oid) in wanted}
 
 
 def _definitions(
-    conn: psycopg.Connection, dsn: str, found: dict[tuple[int, int], dict[str, str]], seen: dict[tuple[int, int], str]
+    conn: psycopg.Connection,
+    dsn: str,
+    found: dict[tuple[int, int], dict[str, str]],
+    seen: dict[tuple[int, int], str],
+    tags: dict[tuple[int, int], str],
 ) -> list[PutBack]:
     """pg_dump's SQL (the target's, now) for each object of ``found`` (by catalog and oid),
     its comment's with it; and the states of a trigger's clones that differ from its own."""
@@ -176,9 +182,7 @@ def _definitions(
             if entry is None or key not in seen:  # gone since it was read: nothing to set aside
                 continue
             # pg_dump's COMMENT entry: "schema KIND name ON table owner", names quoted as SQL needs.
-            quoted = one_row(conn.execute("SELECT quote_ident(%s), quote_ident(%s)", (item["name"], item["table"])))
-            comment = f"{item['schema']} {item['kind'].upper()} {quoted[0]} ON {quoted[1]} "
-            chosen = [entry, *(e for e in listed if e.type == "COMMENT" and e.rest.startswith(comment))]
+            chosen = [entry, *(e for e in listed if e.type == "COMMENT" and e.rest.startswith(tags[key]))]
             text = render(dump, "post-data", chosen, no_owner=True, no_acl=True)
             if item["kind"] == "trigger":
                 for schema, partition, state in conn.execute(_CLONE_STATES, (key[1],)):

@@ -29,6 +29,7 @@ from ..pg.schema import TocEntry, render, toc
 from ..snapshot import encryption
 from ..snapshot import manifest as mf
 from ..storage.location import SnapshotLocation
+from .obstacles import ObjectKey
 
 _THERE = """
 SELECT 'policy', n.nspname, c.relname, p.polname
@@ -60,15 +61,12 @@ class Remade:
     sql: str
 
 
-Key = tuple[str, str, str, str]
-
-
 @dataclass
 class PlatformObjects:
     """What a whole restore does with the source's own objects on the platform's tables."""
 
     #: The objects the snapshot keeps (``schema/platform.dump``), by key, and where to read them.
-    kept: dict[Key, TocEntry] = field(default_factory=dict)
+    kept: dict[ObjectKey, TocEntry] = field(default_factory=dict)
     location: SnapshotLocation | None = None
     manifest: dict = field(default_factory=dict)
     #: Those the target lacks, made again (``leave_missing`` names them instead).
@@ -131,7 +129,7 @@ class PlatformObjects:
             return [Remade(i, render(dump, "post-data", [e], no_owner=True, no_acl=True)) for i, e in found]
 
 
-def _key(item: Mapping[str, Any]) -> Key:
+def _key(item: Mapping[str, Any]) -> ObjectKey:
     return item["kind"], item["schema"], item["table"], item["name"]
 
 

@@ -22,6 +22,9 @@ from ..pg.schema import TocEntry
 from ..snapshot import manifest as mf
 from .selection import partition_parents, partitioned_above
 
+#: A policy or trigger: (kind, its table's schema, its table, its name).
+ObjectKey = tuple[str, str, str, str]
+
 
 def check_target(
     conn: psycopg.Connection, chosen: list[dict], data_only: bool, clean: bool, parents: dict[str, str] | None = None
@@ -152,7 +155,7 @@ def dependents_outside(
     conn: psycopg.Connection,
     manifest: dict,
     entries: list[TocEntry],
-    remade: AbstractSet[tuple[str, str, str, str]] = frozenset(),
+    remade: AbstractSet[ObjectKey] = frozenset(),
 ) -> list[str]:
     """What stops a whole-snapshot ``clean`` restore: the target's foreign keys, views and
     policies that depend on a table or view the restore drops and makes again (its ``entries``
@@ -332,7 +335,7 @@ def routine_dependents(
     conn: psycopg.Connection,
     entries: list[TocEntry],
     schemas: list[str],
-    remade: AbstractSet[tuple[str, str, str, str]] = frozenset(),
+    remade: AbstractSet[ObjectKey] = frozenset(),
 ) -> list[str]:
     """What else stops a whole-snapshot ``clean`` restore (``dependents_outside`` has tables,
     views and triggers): objects in other schemas, or in none, that depend on one of the
